@@ -1,0 +1,229 @@
+"""The XCon contract: the small interface every remote connection implements.
+
+The engine (skynet/handler.py) only ever talks to a remote through this class, the
+way rclone's sync code only talks to a backend through its `Fs` interface. Every
+connection passes the same contract suite in tests/test_xcon_contract.py.
+
+Paths given to a connection are *relative* POSIX paths ("a/b/c.txt"), already
+checked by the Mapper (no "..", no absolute paths, no empty parts). The connection
+joins them to its own remote root with `remote_join`, which checks again, so that a
+bug elsewhere can never make a connection touch anything outside its root.
+
+A connection raises; it never retries on its own (the handler decides):
+  * TransientError: the remote is unreachable or busy; retry later / reconnect.
+  * PermanentError: this action will not succeed as it is (permission denied,
+    name refused, disk full on the remote...); record it as failed and move on.
+  * RemoteNotFound: the thing to move or stat is not on the remote.
+"""
+from __future__ import annotations
+
+import posixpath
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+
+class XConError(Exception):
+    """Base of every error a connection raises on purpose."""
+
+
+class TransientError(XConError):
+    """The remote is unreachable, slow or busy: the same call may work later."""
+
+
+class PermanentError(XConError):
+    """The call will not succeed by retrying: report it and move on."""
+
+
+class RemoteNotFound(XConError):
+    """The remote path does not exist."""
+
+
+class UnsafePath(PermanentError):
+    """A path would escape the remote root, or is not a clean relative path."""
+
+
+def check_rel(rel: str) -> str:
+    """Return `rel` if it is a clean relative POSIX path, else raise UnsafePath.
+
+    Clean means: not empty, not absolute, no "." or ".." or empty components.
+    Names may contain anything else (spaces, quotes, newlines, surrogate-escaped
+    bytes): they are data, never shell words.
+    """
+    if not rel or rel.startswith("/") or "\x00" in rel:
+        raise UnsafePath(f"unsafe remote path {rel!r}")
+    for part in rel.split("/"):
+        if part in ("", ".", ".."):
+            raise UnsafePath(f"unsafe remote path {rel!r}")
+    return rel
+
+
+def remote_join(root: str, rel: str) -> str:
+    """Join a checked relative path to a remote root ('' for the root itself)."""
+    if rel == "":
+        return root
+    check_rel(rel)
+    if not root:
+        return rel
+    return posixpath.join(root, rel) if not root.endswith("/") else root + rel
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """The version of a local file being sent: what resume state is tied to."""
+
+    path: str  # absolute local path (str, surrogate-escaped for odd bytes)
+    rel: str  # relative POSIX path under the mapping root
+    size: int
+    mtime_ns: int
+    mode: int  # permission bits only (st_mode & 0o7777)
+    ino: int
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One remote file as a listing or stat sees it."""
+
+    rel: str
+    size: int
+    mtime_ns: int | None = None  # None when the remote cannot tell
+    mode: int | None = None
+    etag: str | None = None  # content hash / ETag where the remote offers one
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the remote holds after a successful send; recorded in the Index."""
+
+    size: int
+    etag: str | None = None
+    bytes_sent: int = 0  # bytes that crossed the wire this time (resume shows here)
+
+
+class ResumeStore(Protocol):
+    """Key/value state for one resumable upload, kept in the state database.
+
+    The engine gives each send a store bound to its relative path; a connection
+    that can resume saves what it needs (upload id, parts...) and must check that
+    the saved identity (size, mtime, inode) matches the file it is sending now.
+    """
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class NullResumeStore:
+    """A ResumeStore that keeps nothing (tests, connections without resume)."""
+
+    def __init__(self) -> None:
+        self._state: dict | None = None
+
+    def load(self) -> dict | None:
+        return self._state
+
+    def save(self, state: dict) -> None:
+        self._state = dict(state)
+
+    def clear(self) -> None:
+        self._state = None
+
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, total)
+
+
+@dataclass
+class TransferContext:
+    """Everything a send may use besides the file: progress, resume, stop."""
+
+    progress: ProgressFn | None = None
+    resume: ResumeStore = field(default_factory=NullResumeStore)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+
+@dataclass(frozen=True)
+class Abilities:
+    """Optional abilities a connection declares (rclone's "features")."""
+
+    server_side_move: bool = True  # move() is a rename/copy on the remote
+    resumable: bool = False  # send() continues an interrupted upload
+    byte_names: bool = False  # names that are not valid UTF-8 can be stored
+    mode: bool = True  # permission bits are kept
+    mtime_precision_ns: int = 1  # granularity of the stored mtime
+
+
+class XCon(ABC):
+    """A connection to one remote root (one mapping's target).
+
+    Implementations: connections.local.LocalCon, connections.s3.S3Con,
+    connections.sftp.SFTPCon. All methods may be called from several worker
+    threads at once; a connection keeps whatever per-thread sessions it needs.
+    """
+
+    #: short service name used in configs and logs: "local", "s3", "sftp"
+    service: str = ""
+    abilities: Abilities = Abilities()
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open (or re-open) the connection; raise TransientError if unreachable
+        and PermanentError if the configuration itself is wrong (bad bucket,
+        rejected credentials or host key)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """A cheap liveness probe used by the reconnection loop."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release every thread, socket and file the connection holds."""
+
+    @abstractmethod
+    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
+        """Make the remote file `f.rel` hold the bytes of `f.path`, atomically:
+        readers of the remote never see a half-written file. mtime and mode
+        travel with it. Raises FileNotFoundError if the local file vanished."""
+
+    @abstractmethod
+    def delete(self, rel: str) -> None:
+        """Delete the remote file `rel`, or the folder `rel` with everything
+        under it. A missing path is not an error."""
+
+    @abstractmethod
+    def move(self, src: str, dest: str) -> None:
+        """Rename a remote file or folder. Raises RemoteNotFound if `src` is not
+        there. An existing file at `dest` is replaced."""
+
+    @abstractmethod
+    def stat(self, rel: str) -> RemoteEntry | None:
+        """The remote file `rel`, or None."""
+
+    @abstractmethod
+    def list(self, rel: str = "") -> Iterator[RemoteEntry]:
+        """Every remote file under folder `rel` (recursively), streamed: an
+        implementation must page, never build the whole listing in memory."""
+
+    def cleanup(self, keep: list[dict]) -> None:
+        """Remove partial uploads of ours that no resume state in `keep` still
+        needs (abandoned multipart uploads, stray temporary files). Called by
+        the handler at start-up and after a run; the default has nothing to do."""
+
+    def describe(self) -> str:
+        """A one-line description for logs, with no secrets in it."""
+        return self.service
+
+    def __enter__(self) -> "XCon":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,245 @@
+"""LocalCon: the remote is a folder (a mounted disk, a NAS share, another path).
+
+Writes are atomic: the bytes go to a hidden temporary file beside the target,
+get their mtime and mode, and are renamed over the target. A reader of the
+target folder sees the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat as statmod
+from typing import Iterator
+
+from connections.base import (
+    Abilities,
+    LocalFile,
+    PermanentError,
+    RemoteEntry,
+    RemoteNotFound,
+    SendResult,
+    TransferContext,
+    TransientError,
+    UnsafePath,
+    XCon,
+    check_rel,
+)
+
+TMP_PREFIX = ".skynet-tmp-"
+CHUNK = 1 << 20
+
+
+def temp_name(name: str) -> str:
+    """The temporary name used while `name` is being written, in the same folder.
+
+    It is derived from the name (not random) so that an upload cut short by a
+    crash is overwritten by the next attempt instead of left behind, and a later
+    delete of the file can remove it too. Hashing keeps it short and byte-safe.
+    """
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:24]
+    return TMP_PREFIX + digest
+
+# errno values that mean "this action will not work by retrying".
+_PERMANENT = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EINVAL,
+    errno.EILSEQ,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EFBIG,
+}
+
+
+def classify_os_error(exc: OSError, what: str) -> Exception:
+    """Turn an OSError on the target side into the contract's error kinds."""
+    if isinstance(exc, FileNotFoundError):
+        return RemoteNotFound(f"{what}: {exc.strerror}")
+    if exc.errno in _PERMANENT:
+        return PermanentError(f"{what}: {exc.strerror}")
+    return TransientError(f"{what}: {exc.strerror or exc}")
+
+
+class LocalCon(XCon):
+    service = "local"
+    abilities = Abilities(server_side_move=True, resumable=False, byte_names=True)
+
+    def __init__(self, root: str, fsync: bool = False) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.fsync = fsync
+
+    # -- paths -------------------------------------------------------------
+    def _path(self, rel: str) -> str:
+        """The absolute target path of `rel`, guaranteed to stay inside root."""
+        if rel == "":
+            return self.root
+        check_rel(rel)
+        full = os.path.join(self.root, rel)
+        # check_rel already forbids "..", so normpath can only shorten "a//b".
+        if os.path.commonpath([self.root, os.path.normpath(full)]) != self.root:
+            raise UnsafePath(f"{rel!r} escapes {self.root!r}")
+        # A symlinked folder inside the target must not lead writes elsewhere.
+        parent = os.path.dirname(full)
+        if parent != self.root and os.path.realpath(parent) != os.path.normpath(parent):
+            real = os.path.realpath(parent)
+            if os.path.commonpath([os.path.realpath(self.root), real]) != os.path.realpath(self.root):
+                raise UnsafePath(f"{rel!r} goes through a link out of {self.root!r}")
+        return full
+
+    # -- lifecycle ---------------------------------------------------------
+    def connect(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            # An unmounted share or a missing disk: it may come back.
+            raise TransientError(f"target folder {self.root!r} is not there")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermanentError(f"target folder {self.root!r} is not writable")
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+    # -- operations --------------------------------------------------------
+    def _makedirs(self, folder: str, what: str) -> None:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except FileExistsError as exc:  # a file sits where a folder must be
+            raise PermanentError(f"{what}: a file is in the way of folder {folder!r}") from exc
+        except OSError as exc:
+            raise classify_os_error(exc, what) from exc
+
+    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
+        target = self._path(f.rel)
+        folder = os.path.dirname(target)
+        what = f"send {f.rel!r}"
+        self._makedirs(folder, what)
+        tmp = os.path.join(folder, temp_name(os.path.basename(target)))
+        done = 0
+        try:
+            src = open(f.path, "rb")  # FileNotFoundError/PermissionError: the caller's (local side)
+            try:
+                try:
+                    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                except OSError as exc:
+                    raise classify_os_error(exc, what) from exc
+                try:
+                    while True:
+                        if ctx.stop.is_set():
+                            raise TransientError(f"{what}: stopped")
+                        chunk = src.read(CHUNK)
+                        if not chunk:
+                            break
+                        try:
+                            os.write(dst, chunk)
+                        except OSError as exc:
+                            raise classify_os_error(exc, what) from exc
+                        done += len(chunk)
+                        ctx.report(done, f.size)
+                    if self.fsync:
+                        os.fsync(dst)
+                finally:
+                    os.close(dst)
+            finally:
+                src.close()
+            try:
+                os.chmod(tmp, f.mode)
+                os.utime(tmp, ns=(f.mtime_ns, f.mtime_ns))
+                if os.path.isdir(target) and not os.path.islink(target):
+                    raise PermanentError(f"{what}: a folder is in the way of the file")
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise classify_os_error(exc, what) from exc
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return SendResult(size=done, etag=None, bytes_sent=done)
+
+    def delete(self, rel: str) -> None:
+        target = self._path(check_rel(rel))
+        try:  # an upload of this file cut short by a crash may have left its temp file
+            os.unlink(os.path.join(os.path.dirname(target), temp_name(os.path.basename(target))))
+        except OSError:
+            pass
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise classify_os_error(exc, f"delete {rel!r}") from exc
+        try:
+            if statmod.S_ISDIR(st.st_mode):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise classify_os_error(exc, f"delete {rel!r}") from exc
+
+    def move(self, src: str, dest: str) -> None:
+        a, b = self._path(check_rel(src)), self._path(check_rel(dest))
+        what = f"move {src!r} -> {dest!r}"
+        if not os.path.lexists(a):
+            raise RemoteNotFound(f"{what}: source not on the target")
+        self._makedirs(os.path.dirname(b), what)
+        try:
+            if os.path.isdir(a) and os.path.isdir(b):
+                # rename() refuses a non-empty destination folder: the moved
+                # folder replaces it, as it does on the source side.
+                shutil.rmtree(b)
+            os.replace(a, b)
+        except OSError as exc:
+            raise classify_os_error(exc, what) from exc
+
+    def stat(self, rel: str) -> RemoteEntry | None:
+        try:
+            st = os.lstat(self._path(check_rel(rel)))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise classify_os_error(exc, f"stat {rel!r}") from exc
+        if not statmod.S_ISREG(st.st_mode):
+            return None
+        return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
+
+    def list(self, rel: str = "") -> Iterator[RemoteEntry]:
+        base = self._path(rel)
+        stack = [(base, rel)]
+        while stack:
+            folder, prefix = stack.pop()
+            try:
+                it = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise classify_os_error(exc, f"list {prefix!r}") from exc
+            with it:
+                for entry in it:
+                    if entry.name.startswith(TMP_PREFIX):
+                        continue
+                    child = f"{prefix}/{entry.name}" if prefix else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, child))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        yield RemoteEntry(child, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
+
+    def leftovers(self) -> list[str]:
+        """Temporary files left in the target (the contract checks for none)."""
+        found = []
+        for folder, _dirs, files in os.walk(self.root):
+            found += [os.path.join(folder, n) for n in files if n.startswith(TMP_PREFIX)]
+        return found

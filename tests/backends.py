@@ -1,0 +1,61 @@
+"""Factories that build a connected XCon on a fresh, empty remote root.
+
+The contract suite (test_xcon_contract.py) and the end-to-end tests are
+parametrised over BACKENDS, so adding a connection here subjects it to every
+shared test. Each factory is a context manager taking the test's tmp_path and
+the session's servers (see tests/servers.py) and yielding a `Backend`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator
+
+from connections.base import XCon
+from connections.local import LocalCon
+
+
+@dataclass
+class Backend:
+    """A connection under test plus what the tests need to know about it."""
+
+    con: XCon
+    #: the [mapping] / service config lines an end-to-end test writes for it
+    config: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: names of temporary/partial uploads left on the remote (must be empty)
+    leftovers: Callable[[], list[str]] = lambda: []
+
+
+@contextlib.contextmanager
+def local_backend(tmp_path, servers) -> Iterator[Backend]:
+    root = tmp_path / "remote"
+    root.mkdir()
+    con = LocalCon(str(root))
+    con.connect()
+    try:
+        yield Backend(
+            con=con,
+            config={"mapping": {"target": str(root)}},
+            leftovers=con.leftovers,
+        )
+    finally:
+        con.close()
+
+
+BackendFactory = Callable[..., ContextManager[Backend]]
+
+BACKENDS: dict[str, BackendFactory] = {"local": local_backend}
+
+
+def register(name: str, factory: BackendFactory) -> None:
+    BACKENDS[name] = factory
+
+
+def enabled_backends() -> list[str]:
+    """Backends to run: all, or those listed in SKYNET_TEST_BACKENDS."""
+    wanted = os.environ.get("SKYNET_TEST_BACKENDS")
+    names = list(BACKENDS)
+    if wanted:
+        names = [n for n in names if n in wanted.split(",")]
+    return names
