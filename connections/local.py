@@ -26,6 +26,7 @@ from connections.base import (
     XCon,
     check_rel,
 )
+from skynet.values import parse_bool
 
 TMP_PREFIX = ".skynet-tmp-"
 CHUNK = 1 << 20
@@ -243,3 +244,28 @@ class LocalCon(XCon):
         for folder, _dirs, files in os.walk(self.root):
             found += [os.path.join(folder, n) for n in files if n.startswith(TMP_PREFIX)]
         return found
+
+
+# -- configuration (the [local] section) -------------------------------------
+KEYS: dict[str, tuple[str, str]] = {
+    "fsync": ("no", "flush each file to the target disk before renaming it into place (slower, survives power loss)"),
+}
+
+
+def _parse(options: dict[str, str], target: str) -> tuple[str, bool]:
+    if not target.strip():
+        raise ValueError("target: missing: the folder to mirror into")
+    try:
+        fsync = parse_bool(options.get("fsync", KEYS["fsync"][0]))
+    except ValueError as exc:
+        raise ValueError(f"fsync: {exc}") from None
+    return target.strip(), fsync
+
+
+def validate(options: dict[str, str], target: str) -> None:
+    _parse(options, target)
+
+
+def build(options: dict[str, str], target: str) -> LocalCon:
+    root, fsync = _parse(options, target)
+    return LocalCon(root, fsync=fsync)

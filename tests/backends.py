@@ -14,6 +14,7 @@ from typing import Callable, ContextManager, Iterator
 
 from connections.base import XCon
 from connections.local import LocalCon
+from tests.harness import tree
 
 
 @dataclass
@@ -25,6 +26,9 @@ class Backend:
     config: dict[str, dict[str, str]] = field(default_factory=dict)
     #: names of temporary/partial uploads left on the remote (must be empty)
     leftovers: Callable[[], list[str]] = lambda: []
+    #: the remote's files as {relative path bytes: content}, for convergence checks
+    fetch: Callable[[], dict[bytes, bytes]] = lambda: {}
+    service: str = "local"
 
 
 @contextlib.contextmanager
@@ -38,6 +42,8 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
             con=con,
             config={"mapping": {"target": str(root)}},
             leftovers=con.leftovers,
+            fetch=lambda: tree(root),
+            service="local",
         )
     finally:
         con.close()

@@ -1,0 +1,247 @@
+"""Configuration: one INI file per service, holding one or more mappings.
+
+    [skynet]            daemon-wide settings (GLOBAL_KEYS)
+    [local] / [s3] / [sftp]
+                        the connection's settings (the KEYS of its module)
+    [mapping NAME]      one local folder -> one remote root (MAPPING_KEYS)
+
+Every key is listed below with its default and meaning; config/*.ini and the
+README are written from the same tables. Unknown sections and keys are errors
+(a typo must not silently turn an option off), and each error names the file,
+the section, the key and the problem.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import platformdirs
+
+from connections import SERVICES, service_module
+from skynet.ignore import validate_pattern
+from skynet.values import (
+    LOG_LEVELS,
+    _str,
+    parse_bool,
+    parse_choice,
+    parse_int_range,
+    parse_level,
+    parse_path,
+    parse_patterns,
+    parse_seconds,
+)
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the user."""
+
+    def __init__(self, path: str, section: str | None, key: str | None, problem: str) -> None:
+        where = path
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {problem}")
+
+
+Key = tuple[str, str, Callable[[str], Any]]  # default, doc, parser
+
+GLOBAL_KEYS: dict[str, Key] = {
+    "service": ("", "which connection this file configures: local, s3 or sftp", parse_choice(*SERVICES)),
+    "state_dir": ("", "folder for the queue, the Index and resume state (default: $XDG_STATE_HOME/skynet/<service>)", parse_path),
+    "workers": ("8", "actions run in parallel (per mapping, unless the mapping sets its own)", parse_int_range(1, 256)),
+    "max_attempts": ("5", "tries of one action on transient errors before it is recorded as failed", parse_int_range(1, 1000)),
+    "backoff_cap": ("60", "longest wait, in seconds, between reconnection attempts", parse_seconds),
+    "stop_timeout": ("20", "seconds SIGTERM waits for running actions before checkpointing them", parse_seconds),
+    "settle_seconds": ("1.0", "quiet time before a created/modified file with no close event is sent", parse_seconds),
+    "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
+    "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
+    "log_format": ("text", "text or json", parse_choice("text", "json")),
+}
+
+MAPPING_KEYS: dict[str, Key] = {
+    "source": ("", "the local folder to mirror (required)", parse_path),
+    "target": ("", "where it goes: a folder (local), a key prefix (s3) or a remote folder (sftp) (required for local and sftp)", _str),
+    "complete_sync": ("no", "also delete on the remote what is deleted locally (an exact mirror)", parse_bool),
+    "ignore": ("", "extra gitignore-style patterns, one per line or comma-separated", parse_patterns),
+    "default_ignores": ("yes", "also ignore editor swap/temp files, partial downloads and skynet's own files", parse_bool),
+    "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
+    "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
+}
+
+
+@dataclass
+class MappingConfig:
+    name: str
+    source: str
+    target: str
+    complete_sync: bool = False
+    ignore: list[str] = field(default_factory=list)
+    default_ignores: bool = True
+    follow_symlinks: bool = False
+    workers: int = 8
+
+
+@dataclass
+class Config:
+    path: str
+    service: str
+    state_dir: str
+    workers: int = 8
+    max_attempts: int = 5
+    backoff_cap: float = 60.0
+    stop_timeout: float = 20.0
+    settle_seconds: float = 1.0
+    log_level: str = "INFO"
+    log_file: str = ""
+    log_format: str = "text"
+    service_options: dict[str, str] = field(default_factory=dict)
+    mappings: list[MappingConfig] = field(default_factory=list)
+
+
+def default_config_path(service: str) -> str:
+    return os.path.join(platformdirs.user_config_dir("skynet"), f"{service}.ini")
+
+
+def default_state_dir(service: str) -> str:
+    return os.path.join(platformdirs.user_state_dir("skynet"), service)
+
+
+def _parse_section(path: str, section: str, items: dict[str, str], keys: dict[str, Key]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in items.items():
+        if key not in keys:
+            known = ", ".join(sorted(keys))
+            raise ConfigError(path, section, key, f"unknown key (known keys: {known})")
+        try:
+            out[key] = keys[key][2](raw)
+        except ValueError as exc:
+            raise ConfigError(path, section, key, str(exc)) from None
+    return out
+
+
+def read_ini(path: str) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cp.read_file(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "no such config file (create one with: python main.py --config SERVICE)") from None
+    except PermissionError:
+        raise ConfigError(path, None, None, "cannot read the config file: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(path, None, None, f"line {exc.lineno}: a key before any [section] header") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(path, exc.section, None, f"line {exc.lineno}: section appears twice") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(path, exc.section, exc.option, f"line {exc.lineno}: key appears twice") from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0] if exc.errors else (0, "")
+        raise ConfigError(path, None, None, f"line {lineno}: cannot parse {line.strip()!r}") from None
+    except configparser.Error as exc:
+        raise ConfigError(path, None, None, str(exc).splitlines()[0]) from None
+    return cp
+
+
+def load(path: str, service: str | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError."""
+    path = os.path.abspath(os.path.expanduser(path))
+    cp = read_ini(path)
+    if "skynet" not in cp:
+        raise ConfigError(path, "skynet", None, "missing section (it must at least say: service = local|s3|sftp)")
+    g = _parse_section(path, "skynet", dict(cp["skynet"]), GLOBAL_KEYS)
+    file_service = g.get("service") or service
+    if not file_service:
+        raise ConfigError(path, "skynet", "service", "missing (local, s3 or sftp)")
+    if service and file_service != service:
+        raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
+    mod = service_module(file_service)
+    cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "log_level", "log_file", "log_format"):
+        if k in g:
+            setattr(cfg, k, g[k])
+    for section in cp.sections():
+        if section == "skynet":
+            continue
+        if section in SERVICES:
+            if section != file_service:
+                raise ConfigError(path, section, None, f"settings for {section!r} in a {file_service!r} config")
+            opts = dict(cp[section])
+            for key, raw in opts.items():
+                if key not in mod.KEYS:
+                    known = ", ".join(sorted(mod.KEYS))
+                    raise ConfigError(path, section, key, f"unknown key (known keys: {known})")
+            cfg.service_options = opts
+            continue
+        if section.startswith("mapping ") and section[8:].strip():
+            name = section[8:].strip()
+            m = _parse_section(path, section, dict(cp[section]), MAPPING_KEYS)
+            if not m.get("source"):
+                raise ConfigError(path, section, "source", "missing: which local folder to mirror?")
+            if not m.get("target") and file_service != "s3":
+                raise ConfigError(path, section, "target", "missing: where should the files go?")
+            mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
+            for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "workers"):
+                if k in m:
+                    setattr(mc, k, m[k])
+            if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ConfigError(path, section, None, "mapping names may hold letters, digits, '-', '_' and '.' only")
+            cfg.mappings.append(mc)
+            continue
+        raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s] or [mapping NAME])" % file_service)
+    if not cfg.mappings:
+        raise ConfigError(path, None, None, "no [mapping NAME] section: nothing to sync")
+    # Let the connection validate its own settings now, not at the first upload.
+    for m in cfg.mappings:
+        try:
+            mod.validate(cfg.service_options, m.target)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            if problem:
+                sect = "mapping " + m.name if key == "target" else file_service
+                raise ConfigError(path, sect, key, problem) from None
+            raise ConfigError(path, file_service, None, str(exc)) from None
+    return cfg
+
+
+def check_folders(cfg: Config) -> None:
+    """Checks that need the disk: source folders exist, no loops. ConfigError."""
+    for m in cfg.mappings:
+        sect = f"mapping {m.name}"
+        if not os.path.exists(m.source):
+            raise ConfigError(cfg.path, sect, "source", f"folder {m.source!r} does not exist")
+        if not os.path.isdir(m.source):
+            raise ConfigError(cfg.path, sect, "source", f"{m.source!r} is not a folder")
+        if not os.access(m.source, os.R_OK | os.X_OK):
+            raise ConfigError(cfg.path, sect, "source", f"folder {m.source!r} is not readable")
+        if cfg.service == "local":
+            t = os.path.abspath(os.path.expanduser(m.target))
+            s = m.source
+            if t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/"):
+                raise ConfigError(cfg.path, sect, "target", f"{t!r} and the source {s!r} overlap; that would loop")
+
+
+def write(path: str, sections: dict[str, dict[str, str]], comments: dict[str, str] | None = None) -> None:
+    """Write a config file with mode 0600 (it may hold secrets), atomically."""
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lines = ["# skynet configuration; every key is described in config/README.md", ""]
+    for name, items in sections.items():
+        if comments and name in comments:
+            lines.append(f"# {comments[name]}")
+        lines.append(f"[{name}]")
+        for k, v in items.items():
+            v = str(v)
+            if "\n" in v:
+                v = "\n    " + "\n    ".join(x for x in v.splitlines() if x.strip())
+            lines.append(f"{k} = {v}")
+        lines.append("")
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

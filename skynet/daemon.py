@@ -1,0 +1,242 @@
+"""The daemon: wires Watcher, UniqueQ, SyncSnap, Handler and an XCon per mapping.
+
+Start-up order matters for never losing a change: the watch is set up *before*
+the start-up scan, so a file changed during the scan is caught by one or the
+other (both is harmless: the second send finds the Index up to date).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import sqlite3
+import threading
+import time
+from typing import Callable
+
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from connections import service_module
+from connections.base import PermanentError, TransientError, XCon
+from skynet.config import Config, MappingConfig
+from skynet.handler import Handler
+from skynet.ignore import IgnoreRules, rel_inside
+from skynet.mapper import Mapper
+from skynet.reconcile import Reconciler
+from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
+from skynet.syncsnap import SyncSnap
+from skynet.uniqueq import UniqueQ
+from skynet.watcher import EVENT_TYPES, Watcher
+
+log = logging.getLogger("skynet")
+
+INOTIFY_HINT = (
+    "raise the limit with: sudo sysctl fs.inotify.max_user_watches=1048576 "
+    "(and add fs.inotify.max_user_watches=1048576 to /etc/sysctl.d/90-skynet.conf to keep it)"
+)
+
+
+class FatalError(Exception):
+    """The daemon cannot go on (state unwritable, configuration rejected)."""
+
+
+class StateLock:
+    """An exclusive lock on a mapping's state, so two daemons never share it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise FatalError(f"another skynet is already running on this state ({self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class MappingRunner:
+    """Everything that keeps one mapping in sync."""
+
+    def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.m = m
+        self.observer = observer
+        self.fatal = fatal
+        self.name = m.name
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        self.lock = StateLock(os.path.join(cfg.state_dir, f"{m.name}.lock"))
+        self.lock.acquire()
+        self.db = StateDB(os.path.join(cfg.state_dir, f"{m.name}.db"))
+        self.index = Index(self.db)
+        self.failed = FailedActions(self.db)
+        self.resume = ResumeTable(self.db)
+        self._check_identity()
+        self.con: XCon = service_module(cfg.service).build(cfg.service_options, m.target)
+        self.mapper = Mapper(m.source, m.target)
+        inner_state = rel_inside(m.source, cfg.state_dir)
+        self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
+        self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
+        self.reconciler = Reconciler(self.mapper, self.con, self.index, self.queue, self.resume, self.ignore,
+                                     follow_symlinks=m.follow_symlinks)
+        self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
+                               max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal)
+        self.watcher = Watcher(self.mapper, self.ignore, self.queue, m.complete_sync, settle=cfg.settle_seconds,
+                               on_rescan=self.rescan)
+        self.watch = None
+        self.scan_done = threading.Event()
+        self._scan_lock = threading.Lock()
+
+    def _wake(self) -> None:
+        h = getattr(self, "handler", None)
+        if h is not None:
+            h.wake()
+
+    def _check_identity(self) -> None:
+        """If the mapping now points elsewhere, what the Index says is void."""
+        ident = f"{self.cfg.service}|{self.m.source}|{self.m.target}"
+        old = self.db.get_meta("identity")
+        if old is not None and old != ident:
+            log.warning("%s: source or target changed since the last run; forgetting what the old remote held",
+                        self.name)
+            self.index.clear()
+        if old != ident:
+            self.db.set_meta("identity", ident)
+
+    def start(self) -> None:
+        self.queue.reset_inflight()
+        connected = False
+        try:
+            self.con.connect()
+            connected = True
+        except TransientError as exc:
+            log.warning("%s: remote not reachable yet (%s); changes are queued until it is", self.name, exc)
+        except PermanentError as exc:
+            raise FatalError(f"mapping {self.name!r}: {exc}") from exc
+        if connected:
+            try:
+                self.con.cleanup(self.resume.all())
+            except Exception as exc:
+                log.warning("%s: could not clean up old partial uploads: %s", self.name, exc)
+        self._watch()
+        self.handler.start(connected)
+        threading.Thread(target=self._scan, args=("start-up",), name=f"{self.name}-scan", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            self.watch = self.observer.schedule(self.watcher, self.m.source, recursive=True, event_filter=EVENT_TYPES)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                log.error("%s: cannot watch %r: inotify limit reached; %s. Falling back to polling every 30 s.",
+                          self.name, self.m.source, INOTIFY_HINT)
+                poller = PollingObserver(timeout=30)
+                self.watch = poller.schedule(self.watcher, self.m.source, recursive=True)
+                poller.start()
+                self._poller = poller
+            else:
+                raise FatalError(f"mapping {self.name!r}: cannot watch {self.m.source!r}: {exc.strerror}") from exc
+
+    def _scan(self, why: str) -> None:
+        with self._scan_lock:
+            try:
+                snap = SyncSnap(self.mapper, self.index, self.queue, self.ignore, self.m.complete_sync, self.con,
+                                follow_symlinks=self.m.follow_symlinks)
+                st = snap.run()
+                log.info("%s: %s scan: %d files (%d bytes) in %.1fs: %d to send, %d to delete, %d unchanged%s",
+                         self.name, why, st.files, st.bytes, st.seconds, st.sends, st.deletes, st.unchanged,
+                         f", {st.adopted} already on the remote" if st.adopted else "")
+            except (sqlite3.Error, StateError) as exc:
+                self.fatal(f"{self.name}: cannot write the state database during the scan: {exc}")
+            except Exception:
+                log.exception("%s: %s scan failed", self.name, why)
+            finally:
+                self.scan_done.set()
+
+    def rescan(self, why: str) -> None:
+        log.warning("%s: rescanning %r (%s)", self.name, self.m.source, why)
+        threading.Thread(target=self._scan, args=(why,), name=f"{self.name}-rescan", daemon=True).start()
+
+    def stop(self, timeout: float) -> None:
+        if self.watch is not None:
+            try:
+                (getattr(self, "_poller", None) or self.observer).unschedule(self.watch)
+            except Exception:
+                pass
+        self.watcher.close()  # pending settle-delayed sends go to the queue now
+        self.queue.flush()
+        self.handler.stop(timeout)
+        self.queue.close()
+        try:
+            self.con.close()
+        except Exception:
+            pass
+        self.db.close()
+        self.lock.release()
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.fatal_reason: str | None = None
+        self.runners: list[MappingRunner] = []
+        self.observer = Observer()
+
+    def fatal(self, reason: str) -> None:
+        if self.fatal_reason is None:
+            self.fatal_reason = reason
+            log.critical("stopping: %s", reason)
+        self.stop_event.set()
+
+    def _signal(self, signum, _frame) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        try:
+            for m in self.cfg.mappings:
+                self.runners.append(MappingRunner(self.cfg, m, self.observer, self.fatal))
+            self.observer.start()
+            for r in self.runners:
+                r.start()
+                log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
+        except (FatalError, StateError) as exc:
+            log.critical("%s", exc)
+            self._shutdown()
+            return 2
+        except (sqlite3.Error, OSError) as exc:
+            log.critical("cannot start: %s", exc)
+            self._shutdown()
+            return 1
+        self.stop_event.wait()
+        self._shutdown()
+        return 1 if self.fatal_reason else 0
+
+    def _shutdown(self) -> None:
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=r.stop, args=(self.cfg.stop_timeout,)) for r in self.runners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.cfg.stop_timeout + 15)
+        try:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+        except Exception:
+            pass
+        log.info("stopped cleanly in %.1fs", time.monotonic() - t0)

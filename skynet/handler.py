@@ -1,0 +1,389 @@
+"""Handler: runs queued actions on a pool of workers, in a safe order.
+
+Scheduling only (s3transfer's split: this decides *when*, the Reconciler
+decides *what*, the XCon *how*):
+
+* Ordering: two actions touching the same path, or a folder and a path under
+  it, never run at once and run in queue order; unrelated paths run in
+  parallel. The dispatcher keeps a window of claimed actions and hands out the
+  oldest one whose paths conflict with nothing running and nothing older that
+  is still waiting.
+* Wake-ups: the queue calls `wake()` after each commit and workers notify when
+  they finish, so an idle handler sleeps on a condition variable and reacts at
+  once. The only timed wait is for a retry's back-off.
+* Failures: a TransientError first checks the connection. If the remote is
+  down, every worker pauses and a reconnect loop polls with capped exponential
+  back-off and jitter (tenacity); the action goes back to the front of the
+  window and is retried, not dropped. If the remote is fine, the action alone
+  is retried with back-off, up to `max_attempts`, then recorded as failed. A
+  PermanentError records it as failed at once. Either way the queue moves on.
+"""
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import random
+import threading
+import time
+from typing import Callable
+
+import tenacity
+
+from connections.base import PermanentError, TransientError, XCon
+from skynet.reconcile import Outcome, Reconciler
+from skynet.state import FailedActions
+from skynet.uniqueq import Action, UniqueQ
+
+log = logging.getLogger(__name__)
+
+WINDOW = 512
+
+
+def ancestors(rel: str) -> list[str]:
+    """'a/b/c' -> ['', 'a', 'a/b'] (the root '' is every path's ancestor)."""
+    out = [""]
+    i = rel.find("/")
+    while i != -1:
+        out.append(rel[:i])
+        i = rel.find("/", i + 1)
+    return out
+
+
+class PathLocks:
+    """The set of paths held by running or skipped-over actions, with a
+    conflict test that costs O(depth): p conflicts with q when p == q or one
+    is a folder holding the other."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.inner: set[str] = set()  # every proper ancestor of a held path
+
+    def add(self, rel: str) -> None:
+        self.held.add(rel)
+        self.inner.update(ancestors(rel) if rel else ())
+
+    def conflicts(self, rel: str) -> bool:
+        if rel in self.held or rel in self.inner:
+            return True
+        if rel == "":
+            return bool(self.held)
+        return any(a in self.held for a in ancestors(rel))
+
+
+class Handler:
+    def __init__(
+        self,
+        name: str,
+        queue: UniqueQ,
+        con: XCon,
+        reconciler: Reconciler,
+        failed: FailedActions,
+        workers: int = 8,
+        max_attempts: int = 5,
+        backoff_cap: float = 60.0,
+        on_event: Callable[[str, Action, object], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.con = con
+        self.reconciler = reconciler
+        self.failed = failed
+        self.n_workers = workers
+        self.max_attempts = max_attempts
+        self.backoff_cap = backoff_cap
+        self.on_event = on_event or (lambda kind, action, info: None)
+        self.on_fatal = on_fatal or (lambda reason: None)
+
+        self._cv = threading.Condition()
+        self._window: list[Action] = []
+        self._busy: dict[int, Action] = {}
+        self._attempts: dict[int, int] = {}
+        self._not_before: dict[int, float] = {}
+        self._dirty = True  # the queue may hold work we have not claimed
+        self._stopping = False
+        self._paused = False
+        self.connected = False
+        self._work: stdqueue.SimpleQueue[Action | None] = stdqueue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stop_event = threading.Event()  # tells transfers in flight to stop
+        self._halt = threading.Event()  # wakes the reconnect loop's back-off sleep at stop
+        self.stats = Outcome()
+        self.done_count = 0
+        self.failed_count = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, connected: bool) -> None:
+        self.connected = connected
+        self._threads = [threading.Thread(target=self._dispatch_loop, name=f"{self.name}-dispatch", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._worker_loop, name=f"{self.name}-worker-{i}", daemon=True)
+            for i in range(self.n_workers)
+        ]
+        for t in self._threads:
+            t.start()
+        if not connected:
+            self._pause("not connected at start-up")
+
+    def wake(self) -> None:
+        with self._cv:
+            self._dirty = True
+            self._cv.notify_all()
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """Stop taking work; let running actions finish for up to `timeout`
+        seconds, then ask transfers to stop at their next checkpoint (they stay
+        resumable). Claimed-but-unstarted actions go back to the queue."""
+        deadline = time.monotonic() + timeout
+        self._halt.set()
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+            while self._busy and time.monotonic() < deadline:
+                self._cv.wait(max(0.01, deadline - time.monotonic()))
+            if self._busy:
+                log.warning("%s: %d action(s) still running at stop; interrupting them (they resume next start)",
+                            self.name, len(self._busy))
+                self._stop_event.set()
+                end = time.monotonic() + 5
+                while self._busy and time.monotonic() < end:
+                    self._cv.wait(0.1)
+            leftover = [a.id for a in self._window]
+            self._window.clear()
+        for _ in range(self.n_workers):
+            self._work.put(None)
+        if leftover:
+            self.queue.release(leftover)
+        for t in self._threads:
+            t.join(timeout=2)
+        return not self._busy
+
+    def idle(self) -> bool:
+        """No action running, none claimed, none waiting (for tests and status)."""
+        with self._cv:
+            return not self._busy and not self._window and not self._dirty and not self._paused
+
+    def in_flight(self) -> list[Action]:
+        with self._cv:
+            return list(self._busy.values())
+
+    # -- dispatcher --------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        with self._cv:
+            while not self._stopping:
+                if self._paused:
+                    self._cv.wait()
+                    continue
+                timeout = self._dispatch_some()
+                if self._stopping:
+                    break
+                self._cv.wait(timeout)
+
+    def _dispatch_some(self) -> float | None:
+        """Hand out what can run; return how long to sleep (None: until woken)."""
+        free = self.n_workers - len(self._busy)
+        if free <= 0:
+            return None
+        if self._dirty and len(self._window) < WINDOW // 2:
+            self._dirty = False
+            try:
+                claimed = self.queue.claim(WINDOW - len(self._window))
+            except Exception as exc:  # state database unusable
+                self.on_fatal(f"{self.name}: cannot read the action queue: {exc}")
+                return None
+            self._window.extend(claimed)
+            if len(claimed) >= WINDOW // 2:
+                self._dirty = True  # probably more behind them
+        locks = PathLocks()
+        for a in self._busy.values():
+            for p in a.paths():
+                locks.add(p)
+        now = time.monotonic()
+        next_due: float | None = None
+        i = 0
+        while i < len(self._window) and free > 0:
+            a = self._window[i]
+            due = self._not_before.get(a.id)
+            blocked = any(locks.conflicts(p) for p in a.paths())
+            if not blocked and due is not None and due > now:
+                blocked = True
+                next_due = due if next_due is None else min(next_due, due)
+            if blocked:
+                for p in a.paths():  # later actions on these paths must wait too
+                    locks.add(p)
+                i += 1
+                continue
+            del self._window[i]
+            self._busy[a.id] = a
+            for p in a.paths():
+                locks.add(p)
+            self._work.put(a)
+            free -= 1
+        if self._dirty and len(self._window) < WINDOW // 2 and free > 0:
+            return 0  # go round again to claim more
+        return None if next_due is None else max(0.0, next_due - now)
+
+    # -- workers -----------------------------------------------------------
+    def _worker_loop(self) -> None:
+        while True:
+            a = self._work.get()
+            if a is None:
+                return
+            self._run(a)
+
+    def _run(self, a: Action) -> None:
+        self.on_event("started", a, None)
+        outcome: Outcome | None = None
+        error: Exception | None = None
+        try:
+            outcome = self.reconciler.run(a, self._stop_event)
+        except Exception as exc:  # classified below; nothing escapes a worker
+            error = exc
+        if error is None:
+            self._finish(a, outcome)
+        elif isinstance(error, TransientError) and not self._stopping:
+            self._transient(a, error)
+        elif isinstance(error, TransientError):
+            self._give_back(a)  # stopping: leave it queued for the next start
+        else:
+            self._fail(a, error)
+
+    def _finish(self, a: Action, outcome: Outcome) -> None:
+        try:
+            self.queue.done(a.id)
+            for p in a.paths():
+                self.failed.clear_path(p)
+        except Exception as exc:  # disk full, state folder gone: stop rather than drift
+            self.on_fatal(f"{self.name}: cannot record {a} as done in the state database: {exc}")
+        log.info("%s: done %s%s", self.name, a, _describe(outcome))
+        with self._cv:
+            self._busy.pop(a.id, None)
+            self._attempts.pop(a.id, None)
+            self._not_before.pop(a.id, None)
+            self.done_count += 1
+            for k in ("uploaded", "bytes_sent", "deleted", "moved"):
+                setattr(self.stats, k, getattr(self.stats, k) + getattr(outcome, k))
+            self._cv.notify_all()
+        self.on_event("done", a, outcome)
+
+    def _fail(self, a: Action, error: Exception) -> None:
+        attempts = self._attempts.get(a.id, 0) + 1
+        kind = "permanent error" if isinstance(error, PermanentError) else "error"
+        if not isinstance(error, (PermanentError, TransientError)):
+            log.exception("%s: unexpected error in %s", self.name, a, exc_info=error)
+        log.error("%s: FAILED %s after %d attempt(s): %s: %s", self.name, a, attempts, kind, error)
+        try:
+            self.failed.record(a.kind, a.src, a.dest, str(error), attempts)
+            self.queue.done(a.id)
+        except Exception as exc:
+            self.on_fatal(f"{self.name}: cannot record the failure of {a} in the state database: {exc}")
+        with self._cv:
+            self._busy.pop(a.id, None)
+            self._attempts.pop(a.id, None)
+            self._not_before.pop(a.id, None)
+            self.failed_count += 1
+            self._cv.notify_all()
+        self.on_event("failed", a, error)
+
+    def _give_back(self, a: Action) -> None:
+        with self._cv:
+            self._busy.pop(a.id, None)
+            self._window.insert(0, a)
+            self._cv.notify_all()
+
+    def _transient(self, a: Action, error: Exception) -> None:
+        try:
+            self.con.check()
+            remote_ok = True
+        except Exception:
+            remote_ok = False
+        if not remote_ok:
+            log.warning("%s: remote unreachable during %s: %s", self.name, a, error)
+            with self._cv:
+                self._busy.pop(a.id, None)
+                self._window.insert(0, a)  # retried first when we are back
+                self._cv.notify_all()
+            self._pause(str(error))
+            return
+        attempts = self._attempts.get(a.id, 0) + 1
+        if attempts >= self.max_attempts:
+            self._attempts[a.id] = attempts - 1
+            self._fail(a, error)
+            return
+        delay = min(self.backoff_cap, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+        log.warning("%s: %s failed (%s); retry %d/%d in %.1fs", self.name, a, error, attempts,
+                    self.max_attempts - 1, delay)
+        with self._cv:
+            self._attempts[a.id] = attempts
+            self._not_before[a.id] = time.monotonic() + delay
+            self._busy.pop(a.id, None)
+            self._window.insert(0, a)
+            self._cv.notify_all()
+
+    # -- reconnection ------------------------------------------------------
+    def _pause(self, why: str) -> None:
+        with self._cv:
+            if self._paused or self._stopping:
+                return
+            self._paused = True
+            self.connected = False
+        log.warning("%s: pausing: %s; reconnecting in the background", self.name, why)
+        threading.Thread(target=self._reconnect_loop, name=f"{self.name}-reconnect", daemon=True).start()
+
+    def _reconnect_loop(self) -> None:
+        def sleep(seconds: float) -> None:
+            self._halt.wait(seconds)
+            if self._stopping:
+                raise _Stop()
+
+        def before_sleep(rs: tenacity.RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            log.info("%s: still unreachable (%s); next try in %.1fs", self.name, exc, rs.next_action.sleep)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(Exception),
+            wait=tenacity.wait_exponential_jitter(initial=0.5, max=self.backoff_cap, jitter=1.0),
+            stop=tenacity.stop_never,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if self._stopping:
+                        return
+                    try:
+                        self.con.connect()
+                    except PermanentError as exc:
+                        log.critical("%s: cannot reconnect: %s", self.name, exc)
+                        raise
+        except _Stop:
+            return
+        except PermanentError:
+            return
+        log.warning("%s: connection is back; resuming", self.name)
+        with self._cv:
+            self._paused = False
+            self.connected = True
+            self._dirty = True
+            self._cv.notify_all()
+
+
+class _Stop(Exception):
+    """Raised inside the reconnect loop's sleep when the daemon stops."""
+
+
+def _describe(o: Outcome | None) -> str:
+    if o is None:
+        return ""
+    bits = []
+    if o.uploaded:
+        bits.append(f"{o.uploaded} uploaded ({o.bytes_sent} bytes)")
+    if o.moved:
+        bits.append("moved on the remote")
+    if o.deleted:
+        bits.append("deleted on the remote")
+    if o.queued:
+        bits.append(f"{o.queued} file(s) queued")
+    return (": " + ", ".join(bits)) if bits else ": nothing to do"

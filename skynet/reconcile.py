@@ -1,0 +1,262 @@
+"""Reconciler: what an action does, decided by looking at the disk *now*.
+
+Actions are hints (Syncthing's lesson): by the time one runs, the file may have
+changed, vanished, come back or moved again. Each method below makes the remote
+match the current disk for the paths the action names, so any order of hints
+converges and replaying one after a crash is harmless (idempotent):
+
+* send(p):   p is a file -> upload it unless the Index says the remote already
+             has this version; p is a folder -> queue a send for each file under
+             it that the remote lacks; p is gone -> nothing (its delete hint, if
+             any, does the rest).
+* delete(p): p is back on disk -> behave like send(p); else delete the remote
+             file or folder and forget it in the Index.
+* move(s,d): s is back on disk -> only send(d); the remote has s -> rename it on
+             the remote, then send whatever in d differs; the remote lacks s
+             (the "write x.part, rename to x" case) -> send(d).
+
+This module decides *what* to do; skynet/handler.py decides *when* (ordering,
+parallelism, retries) and connections/* decide *how*.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat as statmod
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from connections.base import LocalFile, PermanentError, RemoteNotFound, TransferContext, XCon
+from skynet.ignore import IgnoreRules
+from skynet.mapper import Mapper
+from skynet.state import Index, IndexEntry, ResumeTable
+from skynet.uniqueq import DELETE, MOVE, SEND, Action, UniqueQ
+
+log = logging.getLogger(__name__)
+
+# How many times one send re-uploads a file that keeps changing under it before
+# leaving it to the next event (a file being written continuously).
+MAX_CHASE = 3
+
+
+class LocalFileError(PermanentError):
+    """The local file cannot be read (permission denied, I/O error)."""
+
+
+def same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    """True if nothing about the file's content changed between two stats."""
+    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ino, b.st_ctime_ns)
+
+
+def index_matches(entry: IndexEntry | None, st: os.stat_result, mtime_precision_ns: int = 1) -> bool:
+    """True if the remote (per the Index) already holds this version of the file.
+
+    Unknown mtime or mode (an entry seeded from a remote listing) does not
+    match by itself: the start-up scan checks those with a content hash.
+    """
+    if entry is None or entry.size != st.st_size or entry.mtime_ns is None:
+        return False
+    p = max(1, mtime_precision_ns)
+    if entry.mtime_ns // p != st.st_mtime_ns // p:
+        return False
+    return entry.mode is None or entry.mode == statmod.S_IMODE(st.st_mode)
+
+
+@dataclass
+class Outcome:
+    """What an action did, for logs, notifications and tests."""
+
+    uploaded: int = 0
+    bytes_sent: int = 0
+    deleted: int = 0
+    moved: int = 0
+    queued: int = 0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        mapper: Mapper,
+        con: XCon,
+        index: Index,
+        queue: UniqueQ,
+        resume: ResumeTable,
+        ignore: IgnoreRules,
+        follow_symlinks: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.mapper = mapper
+        self.con = con
+        self.index = index
+        self.queue = queue
+        self.resume = resume
+        self.ignore = ignore
+        self.follow_symlinks = follow_symlinks
+        self.progress = progress
+        self.stop = None  # threading.Event set by the handler on shutdown
+
+    # -- entry point -------------------------------------------------------
+    def run(self, action: Action, ctx_stop=None) -> Outcome:
+        out = Outcome()
+        if action.kind == SEND:
+            self.sync_path(action.src, out, ctx_stop)
+        elif action.kind == DELETE:
+            self.delete(action.src, out, ctx_stop)
+        elif action.kind == MOVE:
+            self.move(action.src, action.dest, out, ctx_stop)
+        else:  # pragma: no cover - the queue only holds the three kinds
+            raise PermanentError(f"unknown action kind {action.kind!r}")
+        return out
+
+    # -- helpers -----------------------------------------------------------
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        try:
+            if self.follow_symlinks:
+                return os.stat(self.mapper.local(rel))
+            return os.lstat(self.mapper.local(rel))
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        except OSError as exc:
+            raise LocalFileError(f"cannot stat {rel!r}: {exc.strerror}") from exc
+
+    def sync_path(self, rel: str, out: Outcome, ctx_stop=None) -> None:
+        """Make the remote match whatever `rel` is on disk now (file or folder)."""
+        st = self._lstat(rel)
+        if st is None:
+            return
+        if statmod.S_ISDIR(st.st_mode):
+            if self.ignore.ignored(rel, is_dir=True):
+                return
+            out.queued += self.queue.put_many(self.pending_sends(rel))
+        elif statmod.S_ISREG(st.st_mode):
+            if not self.ignore.ignored(rel):
+                self.send_file(rel, st, out, ctx_stop)
+        elif statmod.S_ISLNK(st.st_mode):
+            log.info("skipping symbolic link %r (set follow_symlinks = yes to copy its target)", rel)
+        else:
+            log.info("skipping %r: not a regular file", rel)
+
+    def pending_sends(self, top: str) -> Iterator[tuple[str, str, str]]:
+        """`send` actions for every file under folder `top` that the remote lacks.
+
+        Streams: one folder listing in memory at a time.
+        """
+        stack = [top]
+        while stack:
+            rel_dir = stack.pop()
+            try:
+                it = os.scandir(self.mapper.local(rel_dir))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                log.error("cannot list folder %r: %s", rel_dir, exc.strerror)
+                continue
+            with it:
+                for entry in it:
+                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                    try:
+                        if entry.is_dir(follow_symlinks=self.follow_symlinks):
+                            if not self.ignore.ignored(rel, is_dir=True):
+                                stack.append(rel)
+                            continue
+                        if not entry.is_file(follow_symlinks=self.follow_symlinks) or self.ignore.ignored(rel):
+                            continue
+                        st = entry.stat(follow_symlinks=self.follow_symlinks)
+                    except OSError:
+                        continue
+                    if not index_matches(self.index.get(rel), st, self.con.abilities.mtime_precision_ns):
+                        yield (SEND, rel, "")
+
+    # -- send --------------------------------------------------------------
+    def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None) -> None:
+        precision = self.con.abilities.mtime_precision_ns
+        if index_matches(self.index.get(rel), st, precision):
+            return
+        if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
+            raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")
+        for _ in range(MAX_CHASE):
+            f = LocalFile(
+                path=self.mapper.local(rel),
+                rel=rel,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                mode=statmod.S_IMODE(st.st_mode),
+                ino=st.st_ino,
+                uid=st.st_uid,
+                gid=st.st_gid,
+            )
+            ctx = TransferContext(
+                progress=(lambda d, t, r=rel: self.progress(r, d, t)) if self.progress else None,
+                resume=self.resume.store(rel),
+            )
+            if ctx_stop is not None:
+                ctx.stop = ctx_stop
+            try:
+                res = self.con.send(f, ctx)
+            except FileNotFoundError:
+                log.info("%r vanished before it could be sent", rel)
+                return
+            except PermissionError as exc:
+                raise LocalFileError(f"cannot read {rel!r}: {exc.strerror}") from exc
+            except IsADirectoryError:
+                self.sync_path(rel, out, ctx_stop)  # became a folder meanwhile
+                return
+            except OSError as exc:  # local read error (EIO...): not the remote's fault
+                raise LocalFileError(f"cannot read {rel!r}: {exc.strerror or exc}") from exc
+            out.uploaded += 1
+            out.bytes_sent += res.bytes_sent
+            after = self._lstat(rel)
+            if after is None:
+                # Sent, then deleted: the remote has the last version; the
+                # delete hint (with complete_sync) removes it.
+                self.index.put(rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag)
+                return
+            if same_version(st, after):
+                self.index.put(rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag)
+                return
+            if not statmod.S_ISREG(after.st_mode):
+                self.sync_path(rel, out, ctx_stop)
+                return
+            log.debug("%r changed while it was sent; sending again", rel)
+            st = after
+        # Still being written: the writer's own events will bring it back.
+        self.queue.put(SEND, rel)
+
+    # -- delete ------------------------------------------------------------
+    def delete(self, rel: str, out: Outcome, ctx_stop=None) -> None:
+        if self._lstat(rel) is not None:
+            self.sync_path(rel, out, ctx_stop)  # it is back: converge on what is there
+            return
+        if self.ignore.ignored_path(rel) and self.index.get(rel) is None and not self.index.has_under(rel):
+            return
+        self.con.delete(rel)
+        self.index.remove(rel)
+        self.resume.clear(rel)
+        out.deleted += 1
+
+    # -- move --------------------------------------------------------------
+    def move(self, src: str, dest: str, out: Outcome, ctx_stop=None) -> None:
+        if self._lstat(src) is not None:
+            # The source is there again: the move is a copy now. src keeps its
+            # remote copy; its own events handle any change to it.
+            self.sync_path(dest, out, ctx_stop)
+            return
+        on_remote = self.index.get(src) is not None or self.index.has_under(src)
+        if on_remote and self.con.abilities.server_side_move:
+            try:
+                self.con.move(src, dest)
+                self.index.rename(src, dest)
+                self.resume.clear(src)
+                out.moved += 1
+            except RemoteNotFound:
+                log.info("move source %r was not on the remote; sending %r instead", src, dest)
+                self.index.remove(src)
+        elif on_remote:
+            # No server-side move: upload the destination, then drop the source.
+            self.sync_path(dest, out, ctx_stop)
+            self.con.delete(src)
+            self.index.remove(src)
+            return
+        self.sync_path(dest, out, ctx_stop)

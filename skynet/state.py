@@ -1,0 +1,356 @@
+"""The state database of one mapping: queue, Index, failed actions, resume state.
+
+One SQLite file per mapping, in WAL mode. Every thread gets its own connection
+(SQLite connections must not be shared across threads mid-transaction); WAL
+lets readers run while one writer commits. synchronous=NORMAL in WAL mode never
+corrupts the database on power loss; it may roll back the last transactions,
+which is safe here because every action is idempotent and the start-up scan
+(SyncSnap) re-derives anything a rolled-back transaction had recorded.
+
+Paths are stored as BLOBs of their exact bytes (os.fsencode), so names that
+are not valid UTF-8 survive, and ORDER BY path is plain byte order, which the
+start-up scan's merge-join relies on.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    src BLOB NOT NULL,
+    dest BLOB NOT NULL DEFAULT x'',
+    state INTEGER NOT NULL DEFAULT 0,      -- 0 waiting, 1 claimed by the handler
+    queued_at REAL NOT NULL
+);
+-- An identical action that is still *waiting* is not queued twice; one that is
+-- already claimed (in flight) does not block a new one: that is the fix for the
+-- "de-duplicating queue drops the last write" trap.
+CREATE UNIQUE INDEX IF NOT EXISTS queue_unique_waiting ON queue(kind, src, dest) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS queue_order ON queue(state, id);
+CREATE TABLE IF NOT EXISTS entries (
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER,                       -- NULL: not known (seeded from a remote listing)
+    mode INTEGER,
+    ino INTEGER,
+    etag TEXT,
+    synced_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failed (
+    kind TEXT NOT NULL,
+    src BLOB NOT NULL,
+    dest BLOB NOT NULL DEFAULT x'',
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (kind, src, dest)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resume (path BLOB PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+def enc(rel: str) -> bytes:
+    return os.fsencode(rel)
+
+
+def dec(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+def under_range(rel: str) -> tuple[bytes, bytes]:
+    """Byte range [lo, hi) holding exactly the paths below folder `rel`.
+
+    '0' is the byte after '/', so 'dir/' <= p < 'dir0' selects 'dir/...' and
+    never 'dir2/x' or 'dir.bak'. The root ('') covers everything.
+    """
+    if rel == "":
+        return b"", b"\xff" * 8
+    b = enc(rel)
+    return b + b"/", b + b"0"
+
+
+class StateError(Exception):
+    """The state database cannot be used (corrupt, unwritable, disk full)."""
+
+
+class StateDB:
+    """One mapping's SQLite state file, with a connection per thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            c = self.conn()
+            c.executescript(SCHEMA)
+            c.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state database {path!r} is unusable: {exc}") from exc
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE: take the write lock up front,
+        so two writers never deadlock upgrading from a read)."""
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def check(self) -> None:
+        """Raise StateError if SQLite finds the file damaged."""
+        row = self.conn().execute("PRAGMA quick_check").fetchone()
+        if not row or row[0] != "ok":
+            raise StateError(f"state database {self.path!r} failed its integrity check: {row}")
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                with contextlib.suppress(Exception):
+                    c.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    rel: str
+    size: int
+    mtime_ns: int | None
+    mode: int | None
+    ino: int | None
+    etag: str | None
+
+
+class Index:
+    """What the remote holds, per relative path, as of the last successful action."""
+
+    def __init__(self, db: StateDB) -> None:
+        self.db = db
+
+    def get(self, rel: str) -> IndexEntry | None:
+        row = self.db.conn().execute(
+            "SELECT size, mtime_ns, mode, ino, etag FROM entries WHERE path = ?", (enc(rel),)
+        ).fetchone()
+        return IndexEntry(rel, *row) if row else None
+
+    def put(self, rel: str, size: int, mtime_ns: int | None, mode: int | None, ino: int | None, etag: str | None) -> None:
+        with self.db.write() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) VALUES (?,?,?,?,?,?,?)",
+                (enc(rel), size, mtime_ns, mode, ino, etag, time.time()),
+            )
+
+    def put_many(self, rows: Iterable[tuple[str, int, int | None, int | None, int | None, str | None]]) -> None:
+        now = time.time()
+        with self.db.write() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) VALUES (?,?,?,?,?,?,?)",
+                ((enc(r[0]), r[1], r[2], r[3], r[4], r[5], now) for r in rows),
+            )
+
+    def has_under(self, rel: str) -> bool:
+        lo, hi = under_range(rel)
+        return (
+            self.db.conn().execute("SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone()
+            is not None
+        )
+
+    def remove(self, rel: str) -> None:
+        """Forget `rel` and everything under it."""
+        lo, hi = under_range(rel)
+        with self.db.write() as c:
+            c.execute("DELETE FROM entries WHERE path = ?", (enc(rel),))
+            c.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (lo, hi))
+
+    def remove_many(self, rels: Iterable[str]) -> None:
+        with self.db.write() as c:
+            c.executemany("DELETE FROM entries WHERE path = ?", ((enc(r),) for r in rels))
+
+    def rename(self, src: str, dest: str) -> None:
+        """Re-key `src` (a file, or a folder's whole subtree) to `dest`."""
+        s, d = enc(src), enc(dest)
+        lo, hi = under_range(src)
+        dlo, dhi = under_range(dest)
+        with self.db.write() as c:
+            c.execute("DELETE FROM entries WHERE path = ?", (d,))
+            c.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (dlo, dhi))
+            c.execute("UPDATE entries SET path = ? WHERE path = ?", (d, s))
+            # Re-key the subtree in pages, in Python: SQLite's || turns BLOBs
+            # into TEXT, and paths must stay byte-exact BLOBs.
+            cut = len(s) + 1
+            last = lo
+            while True:
+                rows = c.execute(
+                    "SELECT path, size, mtime_ns, mode, ino, etag, synced_at FROM entries"
+                    " WHERE path >= ? AND path < ? ORDER BY path LIMIT 1000",
+                    (last, hi),
+                ).fetchall()
+                if not rows:
+                    break
+                c.executemany("DELETE FROM entries WHERE path = ?", ((r[0],) for r in rows))
+                c.executemany(
+                    "INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) VALUES (?,?,?,?,?,?,?)",
+                    ((d + b"/" + r[0][cut:], *r[1:]) for r in rows),
+                )
+                last = rows[-1][0]
+
+    def iter_sorted(self, batch: int = 2000) -> Iterator[IndexEntry]:
+        """All entries in byte order, paged so memory stays flat."""
+        last = b""  # no stored path is empty, so every path sorts after it
+        c = self.db.conn()
+        while True:
+            rows = c.execute(
+                "SELECT path, size, mtime_ns, mode, ino, etag FROM entries WHERE path > ? ORDER BY path LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield IndexEntry(dec(r[0]), r[1], r[2], r[3], r[4], r[5])
+            last = rows[-1][0]
+
+    def count(self) -> int:
+        return self.db.conn().execute("SELECT count(*) FROM entries").fetchone()[0]
+
+    def clear(self) -> None:
+        with self.db.write() as c:
+            c.execute("DELETE FROM entries")
+
+
+@dataclass(frozen=True)
+class FailedAction:
+    kind: str
+    src: str
+    dest: str
+    error: str
+    attempts: int
+    first_at: float
+    last_at: float
+
+
+class FailedActions:
+    """Actions given up on (permanent error, or too many attempts)."""
+
+    def __init__(self, db: StateDB) -> None:
+        self.db = db
+
+    def record(self, kind: str, src: str, dest: str, error: str, attempts: int) -> None:
+        now = time.time()
+        with self.db.write() as c:
+            c.execute(
+                """INSERT INTO failed(kind, src, dest, error, attempts, first_at, last_at) VALUES (?,?,?,?,?,?,?)
+                   ON CONFLICT(kind, src, dest) DO UPDATE SET error = excluded.error,
+                   attempts = failed.attempts + excluded.attempts, last_at = excluded.last_at""",
+                (kind, enc(src), enc(dest), error, attempts, now, now),
+            )
+
+    def clear_path(self, rel: str) -> None:
+        """A later success on `rel` settles any failure recorded for it."""
+        b = enc(rel)
+        with self.db.write() as c:
+            c.execute("DELETE FROM failed WHERE src = ? OR dest = ?", (b, b))
+
+    def list(self) -> list[FailedAction]:
+        rows = self.db.conn().execute(
+            "SELECT kind, src, dest, error, attempts, first_at, last_at FROM failed ORDER BY last_at"
+        ).fetchall()
+        return [FailedAction(r[0], dec(r[1]), dec(r[2]), *r[3:]) for r in rows]
+
+    def take(self, paths: list[str] | None = None) -> list[FailedAction]:
+        """Remove and return failed actions (all, or those touching `paths`)."""
+        items = self.list()
+        if paths:
+            wanted = set(paths)
+            items = [f for f in items if f.src in wanted or f.dest in wanted]
+        with self.db.write() as c:
+            c.executemany(
+                "DELETE FROM failed WHERE kind = ? AND src = ? AND dest = ?",
+                ((f.kind, enc(f.src), enc(f.dest)) for f in items),
+            )
+        return items
+
+    def count(self) -> int:
+        return self.db.conn().execute("SELECT count(*) FROM failed").fetchone()[0]
+
+
+class ResumeTable:
+    """Resume state of interrupted uploads, one JSON document per path."""
+
+    def __init__(self, db: StateDB) -> None:
+        self.db = db
+
+    def store(self, rel: str) -> "BoundResumeStore":
+        return BoundResumeStore(self, rel)
+
+    def load(self, rel: str) -> dict | None:
+        row = self.db.conn().execute("SELECT state FROM resume WHERE path = ?", (enc(rel),)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save(self, rel: str, state: dict) -> None:
+        with self.db.write() as c:
+            c.execute("INSERT OR REPLACE INTO resume(path, state) VALUES (?, ?)", (enc(rel), json.dumps(state)))
+
+    def clear(self, rel: str) -> None:
+        with self.db.write() as c:
+            c.execute("DELETE FROM resume WHERE path = ?", (enc(rel),))
+
+    def all(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.conn().execute("SELECT state FROM resume")]
+
+
+class BoundResumeStore:
+    """The ResumeStore protocol of connections.base, bound to one path."""
+
+    def __init__(self, table: ResumeTable, rel: str) -> None:
+        self.table, self.rel = table, rel
+
+    def load(self) -> dict | None:
+        return self.table.load(self.rel)
+
+    def save(self, state: dict) -> None:
+        self.table.save(self.rel, state)
+
+    def clear(self) -> None:
+        self.table.clear(self.rel)

@@ -1,0 +1,216 @@
+"""SyncSnap: the start-up scan that catches up with what happened while we were away.
+
+At every start the local tree is walked and compared with the Index (what the
+remote holds): new or changed files get a `send`; files the Index knows but the
+disk no longer has get a `delete` (with complete_sync). Changes made while the
+daemon was stopped, or lost in a crash or a watch-queue overflow, are found here.
+
+Memory stays flat whatever the tree size: the walk holds one folder listing
+per level, the Index is read in byte order page by page, and the two streams
+are merge-joined. Each folder's entries are sorted by name, with "/" appended
+to folder names, which makes the walk's order exactly the byte order of the
+full paths (the Index's ORDER BY). Actions go to the queue in batches.
+
+First sync: when the Index is empty and the connection can list, the remote is
+listed once (paged) and its files are taken into the Index, so files already
+there and identical (same size and mtime, or same content hash) are not sent.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat as statmod
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from connections.base import XCon
+from skynet.ignore import IgnoreRules
+from skynet.mapper import Mapper
+from skynet.reconcile import index_matches
+from skynet.state import Index, IndexEntry
+from skynet.uniqueq import DELETE, SEND, UniqueQ
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+
+
+@dataclass
+class ScanStats:
+    files: int = 0
+    bytes: int = 0
+    sends: int = 0
+    deletes: int = 0
+    unchanged: int = 0
+    adopted: int = 0  # already on the remote at first sync
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def _md5(path: str) -> str | None:
+    h = hashlib.md5()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class SyncSnap:
+    def __init__(
+        self,
+        mapper: Mapper,
+        index: Index,
+        queue: UniqueQ,
+        ignore: IgnoreRules,
+        complete_sync: bool,
+        con: XCon | None = None,
+        follow_symlinks: bool = False,
+    ) -> None:
+        self.mapper = mapper
+        self.index = index
+        self.queue = queue
+        self.ignore = ignore
+        self.complete_sync = complete_sync
+        self.con = con
+        self.follow_symlinks = follow_symlinks
+        self.stats = ScanStats()
+
+    # -- the walk ----------------------------------------------------------
+    def walk(self, rel_dir: str = "") -> Iterator[tuple[str, os.stat_result]]:
+        """(rel, stat) of every regular file under `rel_dir`, in byte order."""
+        try:
+            with os.scandir(self.mapper.local(rel_dir)) as it:
+                entries = []
+                for e in it:
+                    try:
+                        is_dir = e.is_dir(follow_symlinks=self.follow_symlinks)
+                    except OSError:
+                        continue
+                    key = os.fsencode(e.name) + (b"/" if is_dir else b"")
+                    entries.append((key, e.name, is_dir, e))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            log.error("cannot list folder %r: %s", rel_dir or ".", exc.strerror)
+            self.stats.errors += 1
+            return
+        entries.sort(key=lambda t: t[0])
+        for _key, name, is_dir, e in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if self.ignore.ignored(rel, is_dir=is_dir):
+                continue
+            if is_dir:
+                yield from self.walk(rel)
+                continue
+            try:
+                st = e.stat(follow_symlinks=self.follow_symlinks)
+            except OSError:
+                continue
+            if statmod.S_ISREG(st.st_mode):
+                yield rel, st
+        del entries
+
+    # -- first sync --------------------------------------------------------
+    def adopt_remote(self) -> int:
+        """Take a listing of the remote into the empty Index (first sync only)."""
+        if self.con is None or self.index.count() > 0:
+            return 0
+        n = 0
+        batch: list[tuple] = []
+        try:
+            for e in self.con.list(""):
+                batch.append((e.rel, e.size, e.mtime_ns, e.mode, None, e.etag))
+                if len(batch) >= BATCH:
+                    self.index.put_many(batch)
+                    n += len(batch)
+                    batch = []
+        except Exception as exc:
+            log.warning("could not list the remote for the first sync (%s); every file will be sent", exc)
+            return n
+        if batch:
+            self.index.put_many(batch)
+            n += len(batch)
+        if n:
+            log.info("first sync: the remote already holds %d file(s); identical ones will not be sent", n)
+        return n
+
+    def _identical_to_listing(self, rel: str, st: os.stat_result, entry: IndexEntry) -> bool:
+        """At first sync: is the remote copy (listed, not yet verified) this file?"""
+        if entry.size != st.st_size:
+            return False
+        precision = self.con.abilities.mtime_precision_ns if self.con else 1
+        if entry.mtime_ns is not None:
+            return entry.mtime_ns // precision == st.st_mtime_ns // precision
+        etag = (entry.etag or "").strip('"').lower()
+        if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+            return _md5(self.mapper.local(rel)) == etag
+        return False
+
+    # -- the scan ----------------------------------------------------------
+    def run(self) -> ScanStats:
+        t0 = time.monotonic()
+        s = self.stats
+        first = self.adopt_remote() > 0
+        sends: list[tuple[str, str, str]] = []
+        deletes: list[tuple[str, str, str]] = []
+        refresh: list[tuple] = []
+        prec = self.con.abilities.mtime_precision_ns if self.con else 1
+
+        def flush(force: bool = False) -> None:
+            nonlocal sends, deletes, refresh
+            if sends and (force or len(sends) >= BATCH):
+                self.queue.put_many(sends)
+                sends = []
+            if deletes and (force or len(deletes) >= BATCH):
+                self.queue.put_many(deletes)
+                deletes = []
+            if refresh and (force or len(refresh) >= BATCH):
+                self.index.put_many(refresh)
+                refresh = []
+
+        local = self.walk("")
+        remote = self.index.iter_sorted()
+        lf = next(local, None)
+        ie = next(remote, None)
+        while lf is not None or ie is not None:
+            lkey = os.fsencode(lf[0]) if lf is not None else None
+            ikey = os.fsencode(ie.rel) if ie is not None else None
+            if ikey is None or (lkey is not None and lkey < ikey):
+                rel, st = lf
+                s.files += 1
+                s.bytes += st.st_size
+                sends.append((SEND, rel, ""))
+                s.sends += 1
+                lf = next(local, None)
+            elif lkey is None or ikey < lkey:
+                if ie.mtime_ns is None and not self.complete_sync:
+                    pass  # a remote-only file seen at first sync: leave it alone
+                elif self.ignore.ignored_path(ie.rel):
+                    pass  # excluded now, but not ours to delete
+                elif self.complete_sync:
+                    deletes.append((DELETE, ie.rel, ""))
+                    s.deletes += 1
+                ie = next(remote, None)
+            else:
+                rel, st = lf
+                s.files += 1
+                s.bytes += st.st_size
+                if index_matches(ie, st, prec):
+                    s.unchanged += 1
+                elif first and self._identical_to_listing(rel, st, ie):
+                    refresh.append((rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode), st.st_ino, ie.etag))
+                    s.adopted += 1
+                else:
+                    sends.append((SEND, rel, ""))
+                    s.sends += 1
+                lf = next(local, None)
+                ie = next(remote, None)
+            flush()
+        flush(force=True)
+        s.seconds = time.monotonic() - t0
+        return s

@@ -1,0 +1,171 @@
+"""UniqueQ: the disk-backed, de-duplicating queue of actions.
+
+It keeps the contract of persist-queue's UniqueQ (an identical waiting action is
+stored once; actions survive kill -9) but lives as a table of the mapping's state
+database, for two measured reasons (see README, "Why not persist-queue"):
+
+* persist-queue commits (and fsyncs) every put: ~2,800 puts/s here, so a
+  million-file start-up scan would spend minutes in the queue. Here puts are
+  group-committed: the watcher's puts are buffered and written by one thread in
+  one transaction per burst, and the scan writes thousands per transaction.
+* persist-queue's UniqueQ forgets an item once it is handed out, so a new
+  identical action arriving while the first is in flight is silently dropped
+  (the lost-last-write trap). Here uniqueness only applies among *waiting*
+  actions; an action is deleted only when the handler has finished it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from skynet.state import StateDB, StateError, dec, enc
+
+log = logging.getLogger(__name__)
+
+SEND, DELETE, MOVE = "send", "delete", "move"
+KINDS = (SEND, DELETE, MOVE)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One queued hint: make the remote match the disk for these paths."""
+
+    id: int
+    kind: str
+    src: str
+    dest: str = ""
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.src, self.dest) if self.kind == MOVE else (self.src,)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.src!r}" + (f" -> {self.dest!r}" if self.kind == MOVE else "")
+
+
+ActionSpec = tuple[str, str, str]  # (kind, src, dest)
+
+
+class UniqueQ:
+    """The action queue of one mapping.
+
+    put() is cheap and non-blocking (buffered, group-committed by a writer
+    thread); put_many() writes synchronously in one transaction (used by the
+    start-up scan). `on_put` is called after each commit so the handler wakes
+    at once: no polling anywhere.
+    """
+
+    def __init__(
+        self,
+        db: StateDB,
+        on_put: Callable[[], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.on_put = on_put or (lambda: None)
+        self.on_fatal = on_fatal or (lambda reason: None)
+        self._buf: list[ActionSpec] = []
+        self._cv = threading.Condition()
+        self._closing = False
+        self._writing = False
+        self.error: Exception | None = None  # set if the writer could not write (disk full...)
+        self._writer = threading.Thread(target=self._write_loop, name="uniqueq-writer", daemon=True)
+        self._writer.start()
+
+    # -- producers ---------------------------------------------------------
+    def put(self, kind: str, src: str, dest: str = "") -> None:
+        assert kind in KINDS
+        with self._cv:
+            self._buf.append((kind, src, dest))
+            self._cv.notify_all()
+
+    def put_many(self, specs: Iterable[ActionSpec]) -> int:
+        """Insert in one transaction; returns how many were new."""
+        now = time.time()
+        with self.db.write() as c:
+            before = c.total_changes
+            c.executemany(
+                "INSERT OR IGNORE INTO queue(kind, src, dest, state, queued_at) VALUES (?, ?, ?, 0, ?)",
+                ((k, enc(s), enc(d), now) for k, s, d in specs),
+            )
+            added = c.total_changes - before
+        if added:
+            self.on_put()
+        return added
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every buffered put is committed."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while (self._buf or self._writing) and self.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._buf and not self._closing:
+                    self._cv.wait()
+                if not self._buf and self._closing:
+                    return
+                batch, self._buf = self._buf, []
+                self._writing = True
+            try:
+                self.put_many(batch)
+            except (sqlite3.Error, StateError, OSError) as exc:
+                self.error = exc
+                self.on_fatal(f"cannot write the action queue in {self.db.path}: {exc}")
+            finally:
+                with self._cv:
+                    self._writing = False
+                    self._cv.notify_all()
+
+    # -- the handler's side ------------------------------------------------
+    def reset_inflight(self) -> None:
+        """At start-up: actions claimed by a previous run go back to waiting.
+
+        If an identical action is also waiting, the claimed copy is redundant
+        and dropped (UPDATE OR IGNORE leaves it at state 1, then it is deleted).
+        """
+        with self.db.write() as c:
+            c.execute("UPDATE OR IGNORE queue SET state = 0 WHERE state = 1")
+            c.execute("DELETE FROM queue WHERE state = 1")
+
+    def claim(self, limit: int) -> list[Action]:
+        """Hand out up to `limit` waiting actions, oldest first, marking them claimed."""
+        with self.db.write() as c:
+            rows = c.execute(
+                "SELECT id, kind, src, dest FROM queue WHERE state = 0 ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+            if rows:
+                c.executemany("UPDATE queue SET state = 1 WHERE id = ?", ((r[0],) for r in rows))
+        return [Action(r[0], r[1], dec(r[2]), dec(r[3])) for r in rows]
+
+    def release(self, ids: Iterable[int]) -> None:
+        """Give claimed actions back (graceful stop with work still queued)."""
+        ids = list(ids)
+        with self.db.write() as c:
+            c.executemany("UPDATE OR IGNORE queue SET state = 0 WHERE id = ?", ((i,) for i in ids))
+            # Still claimed means an identical action is waiting: this copy is redundant.
+            c.executemany("DELETE FROM queue WHERE id = ? AND state = 1", ((i,) for i in ids))
+
+    def done(self, action_id: int) -> None:
+        """The action's effect is on the remote and in the Index: forget it."""
+        with self.db.write() as c:
+            c.execute("DELETE FROM queue WHERE id = ?", (action_id,))
+
+    def __len__(self) -> int:
+        return self.db.conn().execute("SELECT count(*) FROM queue").fetchone()[0] + len(self._buf)
+
+    def close(self) -> None:
+        self.flush()
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._writer.join(timeout=10)

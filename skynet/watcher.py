@@ -1,0 +1,214 @@
+"""Watcher: turns watchdog's file-system events into queued actions.
+
+The event rules of DESIGN.md live here, and only here:
+
+| event                          | action                                              |
+|--------------------------------|-----------------------------------------------------|
+| file closed after writing      | send, at once                                       |
+| file created / modified / chmod| send after `settle` seconds of quiet (a file moved   |
+|                                | in, or written through mmap, never reports a close)  |
+| folder created (or moved in)   | send of the folder after settle: queues its files    |
+| moved inside the root          | move (watchdog's per-child copies of a folder move   |
+|                                | are ignored: the folder move covers them)            |
+| moved from an ignored name     | send of the destination (editor save, x.part -> x)   |
+| moved to an ignored name / out | delete (only with complete_sync)                     |
+| deleted                        | delete (only with complete_sync)                     |
+
+Events are only hints; the Reconciler checks the disk when the action runs.
+Only the event types we use are subscribed, so reading files (our own uploads
+included) wakes nothing.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from typing import Callable
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+
+from skynet.ignore import IgnoreRules
+from skynet.mapper import Mapper
+from skynet.uniqueq import DELETE, MOVE, SEND, UniqueQ
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+]
+
+
+class Debouncer:
+    """Delays `send`s until a path has been quiet for `settle` seconds.
+
+    One thread sleeping on a condition until the earliest deadline: no polling.
+    A later event on the same path pushes its deadline back (many writes, one
+    upload); `fire_now` and `cancel` drop a pending send.
+    """
+
+    def __init__(self, settle: float, fire: Callable[[str], None]) -> None:
+        self.settle = settle
+        self.fire = fire
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="debouncer", daemon=True)
+        self._thread.start()
+
+    def touch(self, rel: str) -> None:
+        when = time.monotonic() + self.settle
+        with self._cv:
+            self._due[rel] = when
+            heapq.heappush(self._heap, (when, rel))
+            if self._heap[0][1] == rel:
+                self._cv.notify()
+
+    def cancel(self, rel: str) -> bool:
+        with self._cv:
+            return self._due.pop(rel, None) is not None
+
+    def cancel_under(self, rel: str) -> None:
+        prefix = rel + "/"
+        with self._cv:
+            for k in [k for k in self._due if k == rel or k.startswith(prefix)]:
+                del self._due[k]
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._due)
+
+    def _loop(self) -> None:
+        while True:
+            ready: list[str] = []
+            with self._cv:
+                while not self._closed:
+                    now = time.monotonic()
+                    while self._heap and self._heap[0][0] <= now:
+                        when, rel = heapq.heappop(self._heap)
+                        if self._due.get(rel) == when:
+                            del self._due[rel]
+                            ready.append(rel)
+                    if ready:
+                        break
+                    self._cv.wait(self._heap[0][0] - now if self._heap else None)
+                if self._closed:
+                    return
+            for rel in ready:
+                self.fire(rel)
+
+    def flush(self) -> None:
+        """Fire everything pending now (used at stop so nothing is forgotten)."""
+        with self._cv:
+            rels = list(self._due)
+            self._due.clear()
+            self._heap.clear()
+        for rel in rels:
+            self.fire(rel)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=5)
+
+
+class Watcher(FileSystemEventHandler):
+    """watchdog event handler for one mapping's source folder."""
+
+    def __init__(
+        self,
+        mapper: Mapper,
+        ignore: IgnoreRules,
+        queue: UniqueQ,
+        complete_sync: bool,
+        settle: float = 1.0,
+        on_rescan: Callable[[str], None] | None = None,
+    ) -> None:
+        self.mapper = mapper
+        self.ignore = ignore
+        self.queue = queue
+        self.complete_sync = complete_sync
+        self.debouncer = Debouncer(settle, lambda rel: self.queue.put(SEND, rel))
+        self.on_rescan = on_rescan or (lambda why: None)
+        self.events = 0
+
+    def _rel(self, path: str | bytes) -> str | None:
+        rel = self.mapper.rel(path)
+        if rel is None:
+            return None
+        return rel
+
+    def dispatch(self, event: FileSystemEvent) -> None:  # called on watchdog's thread
+        self.events += 1
+        try:
+            self._handle(event)
+        except Exception:  # never let one odd event kill the observer thread
+            log.exception("could not handle event %r", event)
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            if event.is_synthetic:
+                return  # a child of a folder move: the folder's move covers it
+            self._moved(event)
+            return
+        rel = self._rel(event.src_path)
+        if rel is None:
+            return
+        if rel == "":
+            if isinstance(event, DirDeletedEvent):
+                log.error("the source folder %r itself was deleted or moved away", self.mapper.source)
+                self.on_rescan("source folder deleted")
+            return
+        is_dir = event.is_directory
+        if self.ignore.ignored(rel, is_dir=is_dir):
+            return
+        if isinstance(event, FileClosedEvent):
+            self.debouncer.cancel(rel)
+            self.queue.put(SEND, rel)
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileAttribEvent, DirCreatedEvent)):
+            self.debouncer.touch(rel)
+        elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
+            self.debouncer.cancel_under(rel)
+            if self.complete_sync:
+                self.queue.put(DELETE, rel)
+
+    def _moved(self, event: FileSystemEvent) -> None:
+        is_dir = event.is_directory
+        src = self._rel(event.src_path)
+        dest = self._rel(event.dest_path)
+        src_ok = src not in (None, "") and not self.ignore.ignored(src, is_dir=is_dir)
+        dest_ok = dest not in (None, "") and not self.ignore.ignored(dest, is_dir=is_dir)
+        if src:
+            self.debouncer.cancel_under(src)
+        if src_ok and dest_ok:
+            self.queue.put(MOVE, src, dest)
+        elif dest_ok:
+            self.queue.put(SEND, dest)  # from an ignored name: the final file arrives
+        elif src_ok and self.complete_sync:
+            self.queue.put(DELETE, src)  # to an ignored name, or out of the root
+
+    def close(self) -> None:
+        self.debouncer.flush()
+        self.debouncer.close()

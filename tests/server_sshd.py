@@ -1,0 +1,321 @@
+"""A real OpenSSH sshd on 127.0.0.1 for the SFTP tests and benchmarks.
+
+Registered as `servers.get("sftp")`. It follows ../shared/TEST-SERVERS.md:
+key-only auth, `internal-sftp`, its own config, host key and client key on a
+free high port, started in the foreground and stopped by the PID we started.
+
+When the tests run as root, sshd runs as a dedicated unprivileged user
+(created once with useradd): only then do permission bits mean something on
+the remote (root ignores a folder's 0500), as they do on a real server. Its
+files live in a fresh folder under /tmp owned by that user, because pytest's
+own temporary tree is private to root.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from tests.servers import register
+
+SSHD = "/usr/sbin/sshd"
+TEST_USER = "skynet-sftp"  # used only when the tests run as root
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def ensure_sshd() -> None:
+    """Install Debian's openssh-server if sshd is missing (we are root on CI)."""
+    if os.path.exists(SSHD):
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(f"{SSHD} missing: apt-get install -y openssh-server")
+    # RUNLEVEL=1 keeps the package's scripts from starting a system sshd.
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", RUNLEVEL="1")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        _run(["apt-get", "update"], env=env)
+        _run(install, env=env)
+
+
+def ensure_user() -> pwd.struct_passwd:
+    """The account sshd runs as: ourselves, or a dedicated one when we are root."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        # '*' (not '!'): no password login, but not a locked account either.
+        _run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
+              "--password", "*", TEST_USER])
+        return pwd.getpwnam(TEST_USER)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited ({proc.returncode}):\n{log.read_text(errors='replace')}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"sshd did not listen on {port}:\n{log.read_text(errors='replace')}")
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (the per-connection sshd processes it forked)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as fh:
+                kids = [int(k) for k in fh.read().split()]
+        except OSError:
+            kids = []
+        found += kids
+        todo += kids
+    return found
+
+
+@dataclass
+class SSHServer:
+    """What a test needs to reach the server (and to look behind its back)."""
+
+    host: str
+    port: int
+    user: str
+    key_file: str  # the client's private key (no passphrase)
+    known_hosts: str  # trusts this server's host key for host:port
+    root: str  # remote folder under which tests make their own folders
+    dir: str  # the server's own folder (config, keys, log)
+    pid: int
+    host_key_file: str
+    uid: int = -1
+    gid: int = -1
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def fresh_folder(self, prefix: str = "t") -> str:
+        """A new, empty remote folder owned by the login user; returns its path.
+
+        The server runs on this machine without chroot, so the remote path is
+        also the local path (tests may inspect files directly).
+        """
+        path = os.path.join(self.root, f"{prefix}-{uuid.uuid4().hex[:10]}")
+        os.mkdir(path, 0o755)
+        if os.geteuid() == 0:
+            os.chown(path, self.uid, self.gid)
+        return path
+
+    def service(self, **extra: str) -> dict[str, str]:
+        """The [sftp] service keys (see connections.sftp.KEYS) for this server."""
+        cfg = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "key_file": self.key_file,
+            "known_hosts": self.known_hosts,
+            "use_agent": "no",
+        }
+        cfg.update(extra)
+        return cfg
+
+    def known_hosts_line(self, port: int | None = None) -> str:
+        """The known_hosts line trusting this server's key at `port` (a proxy's)."""
+        key = Path(self.host_key_file + ".pub").read_text().split()
+        return f"[{self.host}]:{port or self.port} {key[0]} {key[1]}\n"
+
+    def sessions(self) -> list[int]:
+        """PIDs of the per-connection sshd processes alive now."""
+        return _children(self.pid)
+
+
+def _sshd_config(d: Path, port: int) -> str:
+    lines = [
+        f"Port {port}",
+        "ListenAddress 127.0.0.1",
+        f"HostKey {d}/host_ed25519",
+        f"PidFile {d}/sshd.pid",
+        f"AuthorizedKeysFile {d}/authorized_keys",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "UseDNS no",
+        # The pool and the benchmarks open many connections at once.
+        "MaxStartups 200:30:400",
+        "MaxSessions 64",
+        "LogLevel INFO",
+        "Subsystem sftp internal-sftp",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def run_sshd(logdir: Path) -> Iterator[SSHServer]:
+    """Start sshd, yield an SSHServer, then stop it (and its sessions) by PID."""
+    ensure_sshd()
+    account = ensure_user()
+    is_root = os.geteuid() == 0
+    logdir.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="skynet-sshd-"))
+    proc = None
+    try:
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "skynet-test-host", "-f", str(d / "host_ed25519")])
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "skynet-test-client", "-f", str(d / "client_ed25519")])
+        shutil.copy(d / "client_ed25519.pub", d / "authorized_keys")
+        root = d / "remote"
+        root.mkdir()
+        port = free_port()
+        (d / "sshd_config").write_text(_sshd_config(d, port))
+        if is_root:
+            # sshd refuses a host key its own user cannot read; the client
+            # key stays root's (the tests read it).
+            for p in (d, root, d / "host_ed25519", d / "sshd_config", d / "authorized_keys"):
+                os.chown(p, account.pw_uid, account.pw_gid)
+            os.chmod(d, 0o755)
+        log = logdir / "sshd.log"
+        with open(log, "ab") as logfh:
+            kw = {}
+            if is_root:
+                kw = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+            proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                stdin=subprocess.DEVNULL, stdout=logfh, stderr=logfh, cwd=str(d), **kw,
+            )
+        wait_port(port, proc, log)
+        pub = (d / "host_ed25519.pub").read_text().split()
+        known = d / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+        os.chmod(known, 0o600)
+        yield SSHServer(
+            host="127.0.0.1",
+            port=port,
+            user=account.pw_name,
+            key_file=str(d / "client_ed25519"),
+            known_hosts=str(known),
+            root=str(root),
+            dir=str(d),
+            pid=proc.pid,
+            host_key_file=str(d / "host_ed25519"),
+            uid=account.pw_uid,
+            gid=account.pw_gid,
+        )
+    finally:
+        if proc is not None:
+            stop_sshd(proc)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def stop_sshd(proc: subprocess.Popen) -> None:
+    """Stop the listener we started, then the session processes it forked."""
+    kids = _children(proc.pid)
+    for pid in [proc.pid] + kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # a test may have frozen one
+            os.kill(pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    for pid in kids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGKILL)
+
+
+@register("sftp")
+def sftp_server(workdir: Path) -> Iterator[SSHServer]:
+    return run_sshd(workdir)
+
+
+class FreezableProxy:
+    """A TCP relay in front of sshd that a test can freeze (a silent, dead
+    network: no RST, no FIN) or cut (connections reset), then restore."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.target = (host, target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, 5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True, name="proxy-pump").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                while self.frozen.is_set() and not self._closed:
+                    time.sleep(0.05)  # hold the bytes: the peer hears nothing
+                if self._closed:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self.frozen.clear()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with self._lock:
+            for s in self._socks:
+                with contextlib.suppress(OSError):
+                    s.close()
+            self._socks.clear()
