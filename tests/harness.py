@@ -63,9 +63,11 @@ def write_config(path: Path, service: str, mappings: dict[str, dict[str, str]], 
 class Daemon:
     """One `python main.py --run-with SERVICE --config-file CFG` process."""
 
-    def __init__(self, config: Path, service: str = "local", log: Path | None = None) -> None:
+    def __init__(self, config: Path, service: str = "local", log: Path | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.config = config
         self.service = service
+        self.prefix = prefix or []
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
 
@@ -73,7 +75,7 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config)],
+            self.prefix + [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config)],
             cwd=str(REPO), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
         )
         self.wait_log("watching", timeout=30)
@@ -115,6 +117,20 @@ class Daemon:
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+def run_main(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python main.py ARGS` to completion (for commands that exit)."""
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=str(REPO), capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+
+
+def unprivileged_prefix() -> list[str]:
+    """Command prefix that runs a process as 'nobody' when we are root, so that
+    file permissions (an unreadable file) mean something. Empty if not root."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bool, timeout: float = 30,

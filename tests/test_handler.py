@@ -1,0 +1,99 @@
+"""Handler scheduling: per-path ordering, parallelism, failure classification."""
+from __future__ import annotations
+
+import threading
+import time
+
+from connections.base import PermanentError, TransientError
+from skynet.handler import Handler, PathLocks
+from skynet.reconcile import Outcome
+from skynet.state import FailedActions, StateDB
+from skynet.uniqueq import MOVE, SEND, UniqueQ
+
+
+def test_path_locks_conflicts():
+    L = PathLocks()
+    L.add("a/b")
+    assert L.conflicts("a/b") and L.conflicts("a") and L.conflicts("") and L.conflicts("a/b/c")
+    assert not L.conflicts("a/bc") and not L.conflicts("a/c") and not L.conflicts("b")
+
+
+class FakeReconciler:
+    def __init__(self, delay=0.05, fail=None):
+        self.delay = delay
+        self.fail = fail or {}
+        self.log: list[tuple[str, str, float, float]] = []
+        self.lock = threading.Lock()
+        self.running = 0
+        self.max_running = 0
+
+    def run(self, a, stop=None):
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        t0 = time.monotonic()
+        time.sleep(self.delay)
+        with self.lock:
+            self.running -= 1
+            self.log.append((a.kind, a.src, t0, time.monotonic()))
+        err = self.fail.get(a.src)
+        if err:
+            raise err
+        return Outcome()
+
+
+class OkCon:
+    def check(self):
+        pass
+
+    def connect(self):
+        pass
+
+
+def run_handler(tmp_path, specs, rec, workers=4):
+    db = StateDB(str(tmp_path / "s.db"))
+    h = None
+    q = UniqueQ(db, on_put=lambda: h and h.wake())
+    h = Handler("t", q, OkCon(), rec, FailedActions(db), workers=workers, max_attempts=2)
+    h.start(connected=True)
+    q.put_many(specs)
+    deadline = time.monotonic() + 20
+    while len(q) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    h.stop(5)
+    return q, FailedActions(db)
+
+
+def test_same_path_runs_in_order_and_never_concurrently(tmp_path):
+    rec = FakeReconciler()
+    specs = [(SEND, "a", ""), (MOVE, "a", "b"), (SEND, "b", ""), (SEND, "x", ""), (SEND, "y", "")]
+    run_handler(tmp_path, specs, rec)
+    order = [(k, s) for k, s, _, _ in sorted(rec.log, key=lambda r: r[2])]
+    touching_ab = [o for o in order if o[1] in ("a", "b")]
+    assert touching_ab == [(SEND, "a"), (MOVE, "a"), (SEND, "b")]
+    spans = {(k, s): (t0, t1) for k, s, t0, t1 in rec.log}
+    assert spans[(SEND, "a")][1] <= spans[(MOVE, "a")][0] + 1e-3
+    assert rec.max_running >= 2  # unrelated paths ran in parallel
+
+
+def test_folder_and_path_under_it_do_not_overlap(tmp_path):
+    rec = FakeReconciler()
+    run_handler(tmp_path, [(SEND, "d/1", ""), (MOVE, "d", "e"), (SEND, "e/1", "")], rec)
+    spans = sorted(rec.log, key=lambda r: r[2])
+    for (_, _, _, end), (_, _, start, _) in zip(spans, spans[1:]):
+        assert end <= start + 1e-3
+
+
+def test_permanent_error_does_not_block_the_rest(tmp_path):
+    rec = FakeReconciler(fail={"bad": PermanentError("nope")})
+    q, failed = run_handler(tmp_path, [(SEND, "bad", "")] + [(SEND, f"ok{i}", "") for i in range(10)], rec)
+    assert len(q) == 0
+    assert [f.src for f in failed.list()] == ["bad"]
+    assert len(rec.log) == 11
+
+
+def test_transient_error_retried_then_failed(tmp_path):
+    rec = FakeReconciler(delay=0.0, fail={"flaky": TransientError("timeout")})
+    q, failed = run_handler(tmp_path, [(SEND, "flaky", "")], rec)
+    assert len([r for r in rec.log if r[1] == "flaky"]) == 2  # max_attempts=2
+    assert failed.list()[0].attempts == 2

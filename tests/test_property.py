@@ -1,0 +1,97 @@
+"""Property: whatever sequence of file operations happens, the remote converges.
+
+Hypothesis draws random sequences of creates, writes, appends, renames of files
+and folders, deletes, atomic saves and moves in and out of the root; one daemon
+(complete_sync) runs through all examples, and after each the remote must equal
+the source byte for byte.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.harness import Daemon, tree, wait_converged, write_config
+
+NAMES = ["a", "b", "c.txt", "d1/a", "d1/b", "d1/sub/x", "d2/y", "d2/deep/z", "d3/q"]
+DIRS = ["d1", "d2", "d3", "d1/sub", "d4"]
+
+op = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(NAMES), st.binary(max_size=3000)),
+    st.tuples(st.just("append"), st.sampled_from(NAMES), st.binary(min_size=1, max_size=500)),
+    st.tuples(st.just("delete"), st.sampled_from(NAMES)),
+    st.tuples(st.just("rename"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
+    st.tuples(st.just("rename_dir"), st.sampled_from(DIRS), st.sampled_from(DIRS)),
+    st.tuples(st.just("rmtree"), st.sampled_from(DIRS)),
+    st.tuples(st.just("atomic_save"), st.sampled_from(NAMES), st.binary(max_size=2000)),
+    st.tuples(st.just("move_in"), st.sampled_from(NAMES + DIRS), st.binary(max_size=1000)),
+    st.tuples(st.just("move_out"), st.sampled_from(NAMES + DIRS)),
+)
+
+
+def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
+    kind, *args = step
+    try:
+        if kind == "write":
+            p = src / args[0]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(args[1])
+        elif kind == "append":
+            with open(src / args[0], "ab") as f:
+                f.write(args[1])
+        elif kind == "delete":
+            (src / args[0]).unlink()
+        elif kind == "rename":
+            (src / args[1]).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src / args[0], src / args[1])
+        elif kind == "rename_dir":
+            os.rename(src / args[0], src / args[1])
+        elif kind == "rmtree":
+            shutil.rmtree(src / args[0])
+        elif kind == "atomic_save":
+            p = src / args[0]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.parent / f".{p.name}.save{n}"
+            tmp.write_bytes(args[1])
+            os.rename(tmp, p)
+        elif kind == "move_in":
+            staged = outside / f"in{n}"
+            if args[0] in DIRS:
+                (staged / "inner").mkdir(parents=True)
+                (staged / "inner" / "f").write_bytes(args[1])
+            else:
+                staged.write_bytes(args[1])
+            (src / args[0]).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged, src / args[0])
+        elif kind == "move_out":
+            os.rename(src / args[0], outside / f"out{n}")
+    except OSError:
+        pass  # the operation did not apply to the current tree: fine, like a user's failed command
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    base = tmp_path_factory.mktemp("prop")
+    src, dst, outside = base / "src", base / "dst", base / "outside"
+    for d in (src, dst, outside):
+        d.mkdir()
+    cfg = write_config(base / "c.ini", "local", {"p": {"source": str(src), "target": str(dst), "complete_sync": "yes"}},
+                       base / "state")
+    d = Daemon(cfg).start()
+    yield src, dst, outside, d
+    assert d.stop() == 0
+
+
+@settings(max_examples=int(os.environ.get("SKYNET_PROP_EXAMPLES", "30")), deadline=None, suppress_health_check=list(HealthCheck))
+@given(steps=st.lists(op, min_size=1, max_size=25))
+def test_any_sequence_converges(running, steps):
+    src, dst, outside, d = running
+    for n, step in enumerate(steps):
+        apply(src, outside, step, n)
+    shutil.rmtree(outside)
+    outside.mkdir()
+    wait_converged(src, lambda: tree(dst), exact=True, timeout=30, daemon=d)
