@@ -22,11 +22,14 @@ def _existing(path: str) -> dict[str, dict[str, str]]:
     return {s: dict(cp[s]) for s in cp.sections()}
 
 
-def _ask(section: dict[str, str], key: str, keys: dict, prompt: str | None = None, **kw) -> str:
-    default, doc, parse = keys[key]
-    current = section.get(key, default)
+def _ask(section: dict[str, str], key: str, keys: dict, prompt: str | None = None, default: str | None = None) -> str:
+    """Ask for one key, offering the current value (or `default`, or the
+    documented default); re-ask until the value parses."""
+    documented, doc, parse = keys[key]
+    current = section.get(key, default if default is not None else documented)
+    current = " ".join(current.split()) if "\n" in current else current  # multi-line ignore lists
     while True:
-        value = click.prompt(f"{prompt or key} ({doc})", default=current, show_default=True, **kw)
+        value = click.prompt(f"{prompt or key} ({doc})", default=current, show_default=True)
         value = str(value).strip()
         if value == "" and not default:
             return value
@@ -84,6 +87,7 @@ def run_wizard(service: str, path: str) -> None:
             section["target"] = click.prompt("Remote folder or prefix", default=section.get("target", "") or None)
         section["complete_sync"] = _ask(section, "complete_sync", MAPPING_KEYS, "Delete on the remote what is deleted here?")
         section["ignore"] = _ask(section, "ignore", MAPPING_KEYS, "Extra ignore patterns, comma-separated", default="")
+        section["ignore"] = ", ".join(p.strip() for p in section["ignore"].replace("\n", ",").split(",") if p.strip())
         if not section["ignore"]:
             section.pop("ignore")
         mappings[name] = section
