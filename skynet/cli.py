@@ -34,11 +34,27 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
               help="Run the daemon in the foreground for SERVICE's config until SIGINT/SIGTERM.")
 @click.option("--config-file", type=click.Path(dir_okay=False), envvar="SKYNET_CONFIG", show_envvar=True,
               help="Config file to use (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini).")
-def main(setup_service: str | None, run_service: str | None, config_file: str | None) -> None:
+@click.option("--service", type=click.Choice(SERVICES), metavar="SERVICE",
+              help="Which service's config --failed/--retry-failed read (default: the only one that exists).")
+@click.option("--failed", "show_failed", is_flag=True, help="List the actions that failed (error, attempts, times).")
+@click.option("--retry-failed", is_flag=True, help="Queue failed actions again: all, or those of the PATHs given.")
+@click.option("--json", "as_json", is_flag=True, help="With --failed: print JSON.")
+@click.argument("paths", nargs=-1)
+def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
+         show_failed: bool, retry_failed: bool, as_json: bool, paths: tuple[str, ...]) -> None:
     """skynet keeps local folders mirrored to S3, SFTP or another folder, in real time,
-    and never loses a change through crashes, reboots or outages."""
-    if setup_service and run_service:
-        fail("choose one of --config and --run-with")
+    and never loses a change through crashes, reboots or outages.
+
+    PATHS (with --retry-failed) are paths relative to a mapping's source folder."""
+    if sum(map(bool, (setup_service, run_service, show_failed, retry_failed))) > 1:
+        fail("choose one of --config, --run-with, --failed and --retry-failed")
+    if paths and not retry_failed:
+        fail(f"unexpected argument {paths[0]!r} (paths go with --retry-failed)")
+    if show_failed or retry_failed:
+        from skynet import failed_cli
+
+        cfg = load_for_inspection(config_file, service)
+        sys.exit(failed_cli.list_failed(cfg, as_json) if show_failed else failed_cli.retry_failed(cfg, paths))
     if setup_service:
         from skynet.wizard import run_wizard
 
@@ -54,6 +70,21 @@ def main(setup_service: str | None, run_service: str | None, config_file: str | 
     if run_service:
         sys.exit(run_daemon(run_service, resolve_config_path(config_file, run_service)))
     click.echo(click.get_current_context().get_help())
+
+
+def load_for_inspection(config_file: str | None, service: str | None) -> "configmod.Config":
+    """The config that --failed/--retry-failed/--status look at."""
+    if config_file is None:
+        candidates = [service] if service else [s for s in SERVICES if os.path.exists(configmod.default_config_path(s))]
+        if len(candidates) != 1:
+            fail("say which config: --config-file PATH or --service SERVICE"
+                 + ("" if candidates else " (no config found; create one with --config SERVICE)"))
+        service = candidates[0]
+    try:
+        return configmod.load(resolve_config_path(config_file, service or ""), service)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # not reached
 
 
 def run_daemon(service: str, path: str) -> int:

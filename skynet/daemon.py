@@ -208,6 +208,8 @@ class Daemon:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        # `--retry-failed` queued work from another process: look at the queue again.
+        signal.signal(signal.SIGUSR1, lambda *_: [r.handler.wake() for r in self.runners])
         try:
             for m in self.cfg.mappings:
                 self.runners.append(MappingRunner(self.cfg, m, self.observer, self.fatal))

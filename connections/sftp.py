@@ -1,0 +1,1204 @@
+"""SFTPCon: the remote is a folder on an SSH server, reached over SFTP.
+
+Only SFTP requests are used (no exec_command, no shell): a file name is data,
+never a shell word. paramiko provides SSH (transport, host keys, auth,
+channels); on top of its SFTPClient we keep a few protocol details it hides:
+the server's extension list (posix-rename, limits, statvfs, check-file), the
+raw status codes (to tell "permission denied" from "no such file" from a
+generic "Failure"), byte-exact names, and pipelined requests whose errors are
+never dropped.
+
+How a file is sent (atomic for readers of the remote):
+  OPEN temp  |  WRITE... + FSETSTAT(mode, mtime) + CLOSE (pipelined)  |  RENAME
+The temporary name is derived from the target name (connections.local.temp_name),
+so a retry overwrites what a failed attempt left. The rename is OpenSSH's
+posix-rename (atomic replace) when the server offers it; otherwise see _replace().
+
+Large files (>= RESUME_MIN bytes) are resumable: the file's identity (size,
+mtime, inode) is saved in ctx.resume when the upload starts; a later send of the
+same unchanged file reopens the temp file and continues from its size (OpenSSH
+applies the pipelined writes of one handle in order, so the temp file's size is
+exactly what arrived).
+
+Threads: a pool of up to `connections` SSH connections, each with one SFTP
+channel, each used by one thread at a time. A connection that fails (socket
+error, timeout, EOF) is dropped from the pool; the next call opens a new one.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import posixpath
+import socket
+import stat as statmod
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import paramiko
+from paramiko.message import Message
+from paramiko.sftp import (
+    CMD_ATTRS,
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
+    CMD_FSETSTAT,
+    CMD_FSTAT,
+    CMD_HANDLE,
+    CMD_INIT,
+    CMD_NAME,
+    CMD_OPEN,
+    CMD_OPENDIR,
+    CMD_READ,
+    CMD_READDIR,
+    CMD_DATA,
+    CMD_VERSION,
+    CMD_WRITE,
+    SFTP_BAD_MESSAGE,
+    SFTP_CONNECTION_LOST,
+    SFTP_EOF,
+    SFTP_FAILURE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    SFTP_NO_CONNECTION,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    SFTP_OP_UNSUPPORTED,
+    SFTP_PERMISSION_DENIED,
+    SFTPError,
+)
+from paramiko.sftp_attr import SFTPAttributes
+from paramiko.sftp_client import SFTPClient, int64
+
+from connections.base import (
+    Abilities,
+    LocalFile,
+    PermanentError,
+    RemoteEntry,
+    RemoteNotFound,
+    SendResult,
+    TransferContext,
+    TransientError,
+    UnsafePath,
+    XCon,
+    XConError,
+    check_rel,
+    remote_join,
+)
+from connections.local import TMP_PREFIX, temp_name
+
+log = logging.getLogger("skynet.sftp")
+
+#: config keys of an [sftp] service: key -> (default, one-line doc)
+KEYS: dict[str, tuple[str, str]] = {
+    "host": ("", "SSH server name or address (required)"),
+    "port": ("22", "SSH port"),
+    "user": ("", "login name (default: the local user name)"),
+    "key_file": ("", "private key file; empty: keys from ssh-agent and ~/.ssh"),
+    "key_passphrase": ("", "passphrase of key_file, if it is encrypted (never logged)"),
+    "password": ("", "password login; discouraged, prefer a key (never logged)"),
+    "use_agent": ("yes", "also offer the keys held by ssh-agent"),
+    "known_hosts": ("~/.ssh/known_hosts", "trusted host keys; an unknown or changed key is refused"),
+    "connections": ("4", "SSH connections kept open for parallel transfers"),
+    "keepalive": ("5", "seconds between SSH keepalive messages (0: off)"),
+    "timeout": ("15", "seconds a silent server may take before it counts as unreachable"),
+}
+
+#: keys a service section may carry that are not ours to check
+_GENERIC_KEYS = {"type", "service", "name"}
+
+#: files at least this big are resumable (their identity goes to ctx.resume)
+RESUME_MIN = 8 << 20
+#: bytes per SFTP WRITE when the server's limits@openssh.com allows it
+WRITE_SIZE = 256 << 10
+#: the size every SFTP server must accept (draft-ietf-secsh-filexfer-02)
+SAFE_WRITE_SIZE = 32768
+#: unacknowledged WRITE requests allowed in flight on one channel
+MAX_INFLIGHT = 32
+#: bytes re-read from the end of a large upload to check it arrived intact
+VERIFY_TAIL = 64 << 10
+#: name prefix of the old file moved aside by the no-posix-rename fallback
+ASIDE_PREFIX = ".skynet-old-"
+#: ciphers tried first: AES-GCM needs no separate MAC, cheapest for us and sshd
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+#: name prefixes of our own temporary files (never listed, removed by cleanup)
+_OURS = (TMP_PREFIX.encode(), ASIDE_PREFIX.encode())
+_MAX_U32 = 2**32 - 1
+
+
+# --------------------------------------------------------------------------
+# host keys: helpers for the connection and for the setup wizard
+# --------------------------------------------------------------------------
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's fingerprint of a public key: "SHA256:" + unpadded base64."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """How known_hosts names a server: "host" on port 22, else "[host]:port"."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def known_hosts_line(host: str, port: int, key: paramiko.PKey) -> str:
+    return f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+
+
+def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0) -> paramiko.PKey:
+    """Connect only far enough to read the server's host key (no login).
+
+    For the wizard, which shows fingerprint(key) and asks before trusting it.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout)
+    except OSError as exc:
+        raise TransientError(f"cannot reach {host}:{port}: {exc}") from exc
+    t = paramiko.Transport(sock)
+    t.banner_timeout = t.handshake_timeout = timeout
+    try:
+        t.start_client(timeout=timeout)
+        return t.get_remote_server_key()
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise TransientError(f"no SSH server answered at {host}:{port}: {exc}") from exc
+    finally:
+        t.close()
+
+
+def trust_host_key(known_hosts_path: str, host: str, port: int, key: paramiko.PKey) -> str:
+    """Write `key` as the trusted key of host:port; returns the line written.
+
+    An older line for the same name and key type is replaced (it would
+    otherwise still be matched first). The file is written whole and renamed
+    into place, mode 0600.
+    """
+    path = os.path.expanduser(known_hosts_path)
+    name = known_hosts_name(host, port)
+    line = known_hosts_line(host, port, key)
+    kept: list[str] = []
+    with contextlib.suppress(FileNotFoundError):
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            for old in fh:
+                fields = old.split()
+                if len(fields) >= 2 and name in fields[0].split(",") and fields[1] == key.get_name():
+                    continue
+                kept.append(old if old.endswith("\n") else old + "\n")
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    tmp = f"{path}.skynet-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+        fh.writelines(kept + [line])
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return line
+
+
+class UnknownHostKey(PermanentError):
+    """The server's host key is not in known_hosts."""
+
+
+class HostKeyChanged(PermanentError):
+    """The server's host key differs from the trusted one."""
+
+
+class _RejectUnknownHost(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, with a message that tells how to trust the key."""
+
+    def __init__(self, known_hosts: str, host: str, port: int) -> None:
+        self.known_hosts, self.host, self.port = known_hosts, host, port
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise UnknownHostKey(
+            f"host key of {hostname} is not trusted yet: {key.get_name()} {fingerprint(key)}. "
+            f"Check that fingerprint with the server's administrator, then trust it by adding this "
+            f"line to {self.known_hosts}:\n{known_hosts_line(self.host, self.port, key)}"
+            f"(or: ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts} and compare "
+            f"`ssh-keygen -lf {self.known_hosts}`), or re-run the setup wizard."
+        )
+
+
+def _changed_key_error(host: str, port: int, known_hosts: str, got, expected) -> HostKeyChanged:
+    name = known_hosts_name(host, port)
+    return HostKeyChanged(
+        f"HOST KEY CHANGED for {name}! The server offered {got.get_name()} {fingerprint(got)} but "
+        f"{known_hosts} trusts {expected.get_name()} {fingerprint(expected)}. Someone may be "
+        f"intercepting the connection (possible man-in-the-middle attack), or the server was "
+        f"reinstalled. Not connecting. If the change is expected, remove the old key "
+        f"(ssh-keygen -R '{name}' -f {known_hosts}) and trust the new one (setup wizard)."
+    )
+
+
+# --------------------------------------------------------------------------
+# the SFTP layer: paramiko's client plus what it hides
+# --------------------------------------------------------------------------
+class SFTPStatus(IOError):
+    """An SFTP status reply other than OK/EOF, with its code kept."""
+
+    def __init__(self, code: int, text: str) -> None:
+        err = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}.get(code)
+        super().__init__(err, text) if err else super().__init__(text)
+        self.code, self.text = code, text
+
+
+class _SFTP(SFTPClient):
+    """SFTPClient that keeps the server's extensions and raw status codes."""
+
+    extensions: dict[str, bytes]
+
+    def _send_version(self) -> int:
+        # Same exchange as paramiko's, but the extension pairs are kept.
+        m = Message()
+        m.add_int(3)
+        self._send_packet(CMD_INIT, m)
+        t, data = self._read_packet()
+        if t != CMD_VERSION:
+            raise SFTPError("Incompatible sftp protocol")
+        msg = Message(data)
+        version = msg.get_int()
+        self.extensions = {}
+        while msg.get_remainder():
+            name = msg.get_string().decode("utf-8", "replace")
+            self.extensions[name] = msg.get_string()
+        return version
+
+    def _convert_status(self, msg: Message) -> None:
+        code = msg.get_int()
+        text = msg.get_string().decode("utf-8", "replace")
+        if code == SFTP_OK:
+            return
+        if code == SFTP_EOF:
+            raise EOFError(text)
+        raise SFTPStatus(code, text)
+
+    # -- requests paramiko has no method for ---------------------------------
+    def extended(self, name: str, *args) -> Message | None:
+        t, msg = self._request(CMD_EXTENDED, name, *args)
+        return msg if t == CMD_EXTENDED_REPLY else None
+
+    def limits(self) -> dict[str, int]:
+        """limits@openssh.com: the server's largest read/write, open handles."""
+        if "limits@openssh.com" not in self.extensions:
+            return {}
+        msg = self.extended("limits@openssh.com")
+        if msg is None:
+            return {}
+        keys = ("max_packet", "max_read", "max_write", "max_handles")
+        return {k: msg.get_int64() for k in keys}
+
+    def free_bytes(self, path: bytes) -> int | None:
+        """Bytes available to us on the file system of `path` (statvfs@openssh.com)."""
+        if "statvfs@openssh.com" not in self.extensions:
+            return None
+        msg = self.extended("statvfs@openssh.com", path)
+        if msg is None:
+            return None
+        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+        return frsize * bavail
+
+    def open_handle(self, path: bytes, flags: int) -> bytes:
+        t, msg = self._request(CMD_OPEN, path, flags, SFTPAttributes())
+        if t != CMD_HANDLE:
+            raise SFTPError("Expected handle")
+        return msg.get_binary()
+
+    def send_async(self, cmd: int, *args) -> int:
+        """Queue one request without waiting; collect it with wait(num)."""
+        return self._async_request(type(None), cmd, *args)
+
+    def wait(self, num: int) -> tuple[int, Message]:
+        """The reply to request `num` (replies arrive in request order)."""
+        t, msg = self._read_response(num)
+        if t is None:
+            raise SFTPError(f"no reply to request {num}")
+        return t, msg
+
+    def scandir(self, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
+        """Entries of one folder, names as raw bytes (any encoding survives)."""
+        t, msg = self._request(CMD_OPENDIR, path)
+        if t != CMD_HANDLE:
+            raise SFTPError("Expected handle")
+        handle = msg.get_binary()
+        found: list[tuple[bytes, SFTPAttributes]] = []
+        try:
+            while True:
+                try:
+                    t, msg = self._request(CMD_READDIR, handle)
+                except EOFError:
+                    break
+                if t != CMD_NAME:
+                    raise SFTPError("Expected name response")
+                for _ in range(msg.get_int()):
+                    name = msg.get_string()
+                    msg.get_string()  # "longname", an ls -l line
+                    attr = SFTPAttributes._from_msg(msg)
+                    if name not in (b".", b".."):
+                        found.append((name, attr))
+        finally:
+            self._request(CMD_CLOSE, handle)
+        return found
+
+
+def _attrs(mode: int | None = None, mtime_ns: int | None = None) -> SFTPAttributes:
+    a = SFTPAttributes()
+    if mode is not None:
+        a.st_mode = mode & 0o7777
+    if mtime_ns is not None:
+        # SFTPv3 stores whole seconds in an unsigned 32-bit field.
+        secs = min(max(mtime_ns // 1_000_000_000, 0), _MAX_U32)
+        a.st_atime = a.st_mtime = secs
+    return a
+
+
+@dataclass
+class _Session:
+    """One SSH connection with one SFTP channel, used by one thread at a time."""
+
+    client: paramiko.SSHClient
+    sftp: _SFTP
+    write_size: int
+    posix_rename: bool
+    check_file: bool
+
+    def alive(self) -> bool:
+        t = self.client.get_transport()
+        return t is not None and t.is_active() and not self.sftp.sock.closed
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sftp.close()
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+class _Pool:
+    """At most `size` sessions; a thread borrows one, returns it or drops it."""
+
+    def __init__(self, factory: Callable[[], _Session], size: int) -> None:
+        self._factory = factory
+        self._size = size
+        self._idle: list[_Session] = []
+        self._count = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def acquire(self) -> _Session:
+        while True:
+            stale: _Session | None = None
+            with self._cond:
+                while not self._idle and self._count >= self._size and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    raise TransientError("connection closed")
+                if self._idle:
+                    s = self._idle.pop()  # the most recently used: warmest
+                    if s.alive():
+                        return s
+                    self._count -= 1
+                    stale = s
+                else:
+                    self._count += 1
+                    break
+            if stale is not None:
+                stale.close()
+        try:
+            return self._factory()
+        except BaseException:
+            with self._cond:
+                self._count -= 1
+                self._cond.notify()
+            raise
+
+    def release(self, s: _Session, broken: bool) -> None:
+        with self._cond:
+            keep = not broken and not self._closed
+            if keep:
+                self._idle.append(s)
+            else:
+                self._count -= 1
+            self._cond.notify()
+        if not keep:
+            s.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._count -= len(idle)
+            self._cond.notify_all()
+        for s in idle:
+            s.close()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._closed = False
+
+
+class _LocalError(Exception):
+    """Carries an error of the local file through the remote error mapping."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+def _read_local(fh, n: int) -> bytes:
+    try:
+        return fh.read(n)
+    except OSError as exc:
+        raise _LocalError(exc) from exc
+
+
+_TRANSIENT_STATUS = {SFTP_NO_CONNECTION, SFTP_CONNECTION_LOST}
+
+
+def _status_error(exc: SFTPStatus, what: str) -> XConError:
+    """Turn an SFTP status into the contract's error kinds, with a plain message."""
+    text = f" ({exc.text})" if exc.text else ""
+    if exc.code == SFTP_NO_SUCH_FILE:
+        return RemoteNotFound(f"{what}: no such file or folder on the server{text}")
+    if exc.code == SFTP_PERMISSION_DENIED:
+        return PermanentError(f"{what}: permission denied by the server{text}")
+    if exc.code == SFTP_BAD_MESSAGE:
+        return PermanentError(f"{what}: the server refused the request or the name (too long or invalid?){text}")
+    if exc.code == SFTP_OP_UNSUPPORTED:
+        return PermanentError(f"{what}: the server does not support this operation{text}")
+    if exc.code in _TRANSIENT_STATUS:
+        return TransientError(f"{what}: the server lost its connection{text}")
+    # SSH_FX_FAILURE: OpenSSH says only "Failure" for ENOSPC, EISDIR, EEXIST,
+    # ENOTEMPTY, EDQUOT... Callers add what they can find out (_diagnose).
+    return PermanentError(f"{what}: the server reported a failure{text}")
+
+
+def _map_error(exc: BaseException, what: str) -> BaseException:
+    """Any exception out of a remote call -> the contract's error kinds."""
+    if isinstance(exc, (XConError, _LocalError)):
+        return exc.exc if isinstance(exc, _LocalError) else exc
+    if isinstance(exc, SFTPStatus):
+        return _status_error(exc, what)
+    if isinstance(exc, paramiko.AuthenticationException):
+        return PermanentError(f"{what}: login refused by the server ({exc})")
+    if isinstance(exc, (paramiko.SSHException, EOFError, SFTPError, OSError, struct.error)):
+        kind = type(exc).__name__
+        return TransientError(f"{what}: connection lost or timed out ({kind}: {exc})")
+    return exc
+
+
+class _StartOver(TransientError):
+    """A finished upload failed its check: drop the temp file and resume state."""
+
+
+def _session_ok(exc: BaseException) -> bool:
+    """True when the server answered (or we stopped on purpose): the session
+    is still in step and can go back to the pool. Anything else (socket error,
+    timeout, EOF, protocol confusion) drops it."""
+    return isinstance(exc, (SFTPStatus, XConError, _LocalError))
+
+
+# --------------------------------------------------------------------------
+# the connection
+# --------------------------------------------------------------------------
+@dataclass
+class _Upload:
+    """Where one send stands (for resume, progress and cleanup)."""
+
+    target: bytes
+    tmp: bytes
+    tmp_rel: str
+    size: int
+    resumable: bool
+    offset: int = 0  # bytes already in the temp file when this attempt began
+    sent: int = 0  # bytes written by this attempt
+    handle: bytes | None = None
+
+
+class SFTPCon(XCon):
+    service = "sftp"
+    # SFTPv3 carries mtime in whole seconds.
+    abilities = Abilities(
+        server_side_move=True, resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000
+    )
+
+    def __init__(
+        self,
+        host: str,
+        root: str,
+        *,
+        port: int = 22,
+        user: str = "",
+        key_file: str = "",
+        key_passphrase: str = "",
+        password: str = "",
+        use_agent: bool = True,
+        known_hosts: str = "~/.ssh/known_hosts",
+        connections: int = 4,
+        keepalive: float = 5.0,
+        timeout: float = 15.0,
+        write_size: int = WRITE_SIZE,
+        resume_min: int = RESUME_MIN,
+        ciphers: tuple[str, ...] = PREFERRED_CIPHERS,
+    ) -> None:
+        self.host, self.port = host, port
+        self.user = user or _local_user()
+        self.root = _clean_root(root)
+        self._prefix = "" if self.root == "." else (self.root if self.root.endswith("/") else self.root + "/")
+        self.key_file = os.path.expanduser(key_file) if key_file else ""
+        self._passphrase = key_passphrase  # secrets: never in messages or logs
+        self._password = password
+        self.use_agent = use_agent
+        self.known_hosts = os.path.expanduser(known_hosts)
+        self.connections = max(1, connections)
+        self.keepalive = keepalive
+        self.timeout = timeout
+        self.write_size = write_size
+        self.resume_min = resume_min
+        self.ciphers = ciphers
+        self._pool = _Pool(self._open_session, self.connections)
+        self._pkey: paramiko.PKey | None = None
+
+    def __repr__(self) -> str:
+        return f"<SFTPCon {self.describe()}>"
+
+    def describe(self) -> str:
+        return f"sftp:{self.user}@{known_hosts_name(self.host, self.port)}:{self.root}"
+
+    # -- paths -------------------------------------------------------------
+    def _abs(self, rel: str) -> str:
+        """The remote path of `rel`, guaranteed to stay under the root."""
+        if rel == "":
+            return self.root
+        full = remote_join(self.root, check_rel(rel))
+        norm = posixpath.normpath(full)
+        if self._prefix:
+            ok = norm.startswith(self._prefix) and len(norm) > len(self._prefix)
+        else:  # root "." (the login folder): stay relative and below it
+            ok = not norm.startswith("/") and norm != ".." and not norm.startswith("../")
+            full = norm
+        if not ok:
+            raise UnsafePath(f"{rel!r} escapes the remote root {self.root!r}")
+        return full
+
+    def _rel_of(self, path: str) -> str:
+        return path[len(self._prefix):] if self._prefix else path
+
+    @staticmethod
+    def _b(path: str) -> bytes:
+        return os.fsencode(path)
+
+    # -- sessions ----------------------------------------------------------
+    def _load_key(self) -> paramiko.PKey | None:
+        if not self.key_file:
+            return None
+        if self._pkey is None:
+            try:
+                self._pkey = paramiko.PKey.from_path(self.key_file, password=self._passphrase or None)
+            except FileNotFoundError as exc:
+                raise PermanentError(f"key_file {self.key_file!r}: no such file") from None
+            except paramiko.PasswordRequiredException:
+                raise PermanentError(
+                    f"key_file {self.key_file!r} is encrypted: set key_passphrase (or load it into ssh-agent)"
+                ) from None
+            except (paramiko.SSHException, ValueError, OSError) as exc:
+                hint = " (wrong key_passphrase?)" if self._passphrase else ""
+                raise PermanentError(f"key_file {self.key_file!r}: cannot load the key{hint}: {type(exc).__name__}") from None
+        return self._pkey
+
+    def _transport_factory(self, sock, **kw) -> paramiko.Transport:
+        t = paramiko.Transport(sock, **kw)
+        opts = t.get_security_options()
+        first = [c for c in self.ciphers if c in opts.ciphers]
+        opts.ciphers = tuple(first + [c for c in opts.ciphers if c not in first])
+        return t
+
+    def _open_session(self) -> _Session:
+        """Connect, verify the host key, log in, open the SFTP channel."""
+        where = f"connect to {self.describe()}"
+        pkey = self._load_key()
+        client = paramiko.SSHClient()
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                client.load_system_host_keys(self.known_hosts)
+        except (OSError, paramiko.SSHException) as exc:
+            raise PermanentError(f"known_hosts {self.known_hosts!r}: cannot read it: {exc}") from None
+        client.set_missing_host_key_policy(_RejectUnknownHost(self.known_hosts, self.host, self.port))
+        # Every step below has its own timeout but one (paramiko waits for the
+        # subsystem reply without a limit): a watchdog closes the connection
+        # if the whole set-up takes far too long.
+        watchdog = threading.Timer(4 * self.timeout + 5, client.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            client.connect(
+                self.host,
+                self.port,
+                username=self.user,
+                password=self._password or None,
+                pkey=pkey,
+                allow_agent=self.use_agent,
+                look_for_keys=not (self.key_file or self._password),
+                timeout=self.timeout,
+                banner_timeout=self.timeout,
+                auth_timeout=self.timeout,
+                channel_timeout=self.timeout,
+                transport_factory=self._transport_factory,
+            )
+            transport = client.get_transport()
+            if self.keepalive > 0:
+                transport.set_keepalive(max(1, int(self.keepalive)))
+            chan = transport.open_session(timeout=self.timeout)
+            chan.settimeout(self.timeout)
+            chan.invoke_subsystem("sftp")
+            sftp = _SFTP(chan)
+            limits = sftp.limits()
+        except BaseException as exc:
+            watchdog.cancel()
+            client.close()
+            if isinstance(exc, paramiko.BadHostKeyException):
+                raise _changed_key_error(self.host, self.port, self.known_hosts, exc.key, exc.expected_key) from None
+            if isinstance(exc, paramiko.AuthenticationException):
+                raise PermanentError(f"{where}: login refused for user {self.user!r} ({exc})") from None
+            if isinstance(exc, socket.gaierror):
+                raise TransientError(f"{where}: cannot resolve {self.host!r} ({exc})") from None
+            if isinstance(exc, XConError):
+                raise
+            mapped = _map_error(exc, where)
+            if mapped is exc:
+                raise
+            raise mapped from None
+        watchdog.cancel()
+        max_write = limits.get("max_write") or SAFE_WRITE_SIZE
+        return _Session(
+            client=client,
+            sftp=sftp,
+            write_size=max(1024, min(self.write_size, max_write)),
+            posix_rename="posix-rename@openssh.com" in sftp.extensions,
+            check_file="check-file" in sftp.extensions,
+        )
+
+    @contextlib.contextmanager
+    def _session(self, what: str) -> Iterator[_Session]:
+        """Borrow a session; map errors; drop the session if it broke."""
+        s = self._pool.acquire()
+        broken = False
+        try:
+            yield s
+        except BaseException as exc:
+            broken = not _session_ok(exc)
+            mapped = _map_error(exc, what)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        finally:
+            self._pool.release(s, broken)
+
+    # -- lifecycle ---------------------------------------------------------
+    def connect(self) -> None:
+        """Open the first connection now (so a bad key or host key shows at
+        once) and make sure the remote root folder exists."""
+        self._pool.reopen()
+        with self._session(f"connect to {self.describe()}") as s:
+            self._ensure_dir(s, self.root, f"create remote root {self.root!r}")
+
+    def check(self) -> None:
+        with self._session(f"check {self.describe()}") as s:
+            try:
+                s.sftp.stat(self._b(self.root))
+            except SFTPStatus as exc:
+                if exc.code != SFTP_NO_SUCH_FILE:  # missing: sends will re-create it
+                    raise
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- folders -----------------------------------------------------------
+    def _ensure_dir(self, s: _Session, folder: str, what: str) -> None:
+        """mkdir -p: create each missing level, stopping at the first that exists."""
+        missing: list[str] = []
+        cur = folder
+        while cur not in ("", "/", "."):
+            try:
+                st = s.sftp.stat(self._b(cur))
+            except SFTPStatus as exc:
+                if exc.code != SFTP_NO_SUCH_FILE:
+                    raise
+                missing.append(cur)
+                cur = posixpath.dirname(cur.rstrip("/"))
+                continue
+            if not statmod.S_ISDIR(st.st_mode or 0):
+                raise PermanentError(f"{what}: a file is in the way of folder {cur!r}")
+            break
+        for d in reversed(missing):
+            try:
+                s.sftp.mkdir(self._b(d), 0o755)
+            except SFTPStatus as exc:
+                # Another thread may have made it meanwhile (OpenSSH: "Failure").
+                try:
+                    st = s.sftp.stat(self._b(d))
+                except SFTPStatus:
+                    raise exc from None
+                if not statmod.S_ISDIR(st.st_mode or 0):
+                    raise PermanentError(f"{what}: a file is in the way of folder {d!r}") from None
+
+    def _lstat(self, s: _Session, path: str) -> SFTPAttributes | None:
+        try:
+            return s.sftp.lstat(self._b(path))
+        except SFTPStatus as exc:
+            if exc.code == SFTP_NO_SUCH_FILE:
+                return None
+            raise
+
+    def _diagnose(self, s: _Session, exc: SFTPStatus, what: str, path: str, need: int = 0) -> BaseException:
+        """Explain a bare "Failure" (OpenSSH hides ENOSPC, EISDIR... behind it)."""
+        if exc.code != SFTP_FAILURE:
+            return _status_error(exc, what)
+        with contextlib.suppress(Exception):
+            st = self._lstat(s, path)
+            if st is not None and statmod.S_ISDIR(st.st_mode or 0):
+                return PermanentError(f"{what}: a folder is in the way of the file")
+        with contextlib.suppress(Exception):
+            free = s.sftp.free_bytes(self._b(posixpath.dirname(path) or "."))
+            if free is not None and free < max(need, 1 << 20):
+                return PermanentError(f"{what}: no space left on the server ({free} bytes free, {need} needed)")
+        return _status_error(exc, what)
+
+    # -- send --------------------------------------------------------------
+    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
+        target = self._abs(f.rel)
+        folder, name = posixpath.split(target)
+        tmp = posixpath.join(folder, temp_name(name))
+        what = f"send {f.rel!r}"
+        src = open(f.path, "rb")  # FileNotFoundError: the local file went away
+        with src:
+            up = _Upload(
+                target=self._b(target),
+                tmp=self._b(tmp),
+                tmp_rel=self._rel_of(tmp),
+                size=f.size,
+                resumable=f.size >= self.resume_min,
+            )
+            with self._session(what) as s:
+                try:
+                    return self._send(s, f, ctx, src, up, what)
+                except BaseException as exc:
+                    self._after_failure(s, exc, up, ctx)
+                    if isinstance(exc, SFTPStatus):
+                        raise self._diagnose(s, exc, what, target, f.size - up.offset) from exc
+                    raise
+
+    def _after_failure(self, s: _Session, exc: BaseException, up: _Upload, ctx: TransferContext) -> None:
+        """Leave no temp file behind, unless the upload can resume from it."""
+        in_step = _session_ok(exc)
+        if up.resumable and isinstance(exc, TransientError) and not isinstance(exc, _StartOver):
+            return  # stopped: keep the temp file and ctx.resume for the next attempt
+        if up.resumable and not in_step:
+            return  # connection lost: the same, and the next attempt continues
+        if up.resumable:
+            ctx.resume.clear()
+        if in_step and s.alive():
+            with contextlib.suppress(Exception):
+                if up.handle is not None:
+                    s.sftp._request(CMD_CLOSE, up.handle)
+                s.sftp.remove(up.tmp)
+
+    def _send(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload, what: str) -> SendResult:
+        sftp = s.sftp
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        if up.resumable:
+            flags |= SFTP_FLAG_READ  # to re-read the tail when verifying
+            up.offset = self._resume_offset(s, f, ctx, src, up)
+            if up.offset:
+                flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ  # no CREATE: never write after a hole
+            else:
+                ctx.resume.save(self._identity(f, up))
+        try:
+            up.handle = sftp.open_handle(up.tmp, flags)
+        except SFTPStatus as exc:
+            if exc.code != SFTP_NO_SUCH_FILE or up.offset:
+                raise
+            # Optimistic open failed: the folder is missing. Make it, retry.
+            self._ensure_dir(s, posixpath.dirname(os.fsdecode(up.target)), what)
+            up.handle = sftp.open_handle(up.tmp, flags)
+
+        pending: deque[tuple[int, int]] = deque()  # (request, end offset) not yet acknowledged
+        pos = up.offset
+        src.seek(pos)
+        ctx.report(pos, f.size)
+        stopped = False
+        while True:
+            if ctx.stop.is_set():
+                stopped = True
+                break
+            chunk = _read_local(src, s.write_size)
+            if not chunk:
+                break
+            pending.append((sftp.send_async(CMD_WRITE, up.handle, int64(pos), chunk), pos + len(chunk)))
+            pos += len(chunk)
+            up.sent += len(chunk)
+            # Collect acknowledgements as they come: early errors, true progress.
+            while pending and (len(pending) > MAX_INFLIGHT or sftp.sock.recv_ready()):
+                num, end = pending.popleft()
+                sftp.wait(num)
+                ctx.report(end, f.size)
+
+        # Metadata, the checks' requests and CLOSE go out behind the last write.
+        setstat = stat_req = tail_req = None
+        if not stopped:
+            setstat = sftp.send_async(CMD_FSETSTAT, up.handle, _attrs(f.mode, f.mtime_ns))
+            if up.resumable:
+                stat_req = sftp.send_async(CMD_FSTAT, up.handle)
+                if pos:
+                    n = min(VERIFY_TAIL, pos)
+                    tail_req = sftp.send_async(CMD_READ, up.handle, int64(pos - n), n)
+        close = sftp.send_async(CMD_CLOSE, up.handle)
+        first_error: BaseException | None = None
+        replies: dict[int, tuple[int, Message]] = {}
+        # Read every reply, even after an error, so the channel stays in step.
+        waiting = [num for num, _end in pending] + [r for r in (setstat, stat_req, tail_req, close) if r]
+        for num in waiting:
+            try:
+                replies[num] = sftp.wait(num)
+            except (SFTPStatus, EOFError) as exc:
+                first_error = first_error or exc
+        up.handle = None
+        if first_error is not None:
+            raise first_error
+        if stopped:
+            raise TransientError(f"{what}: stopped at {pos} of {f.size} bytes" + (" (resumable)" if up.resumable else ""))
+        ctx.report(pos, f.size)
+
+        if up.resumable:
+            self._verify(s, f, src, up, pos, replies.get(stat_req), replies.get(tail_req), what)
+        self._replace(s, up.tmp, up.target, what)
+        if up.resumable:
+            ctx.resume.clear()
+        return SendResult(size=pos, etag=None, bytes_sent=up.sent)
+
+    @staticmethod
+    def _identity(f: LocalFile, up: _Upload) -> dict:
+        return {"kind": "sftp-temp", "tmp": up.tmp_rel, "size": f.size, "mtime_ns": f.mtime_ns, "ino": f.ino}
+
+    def _resume_offset(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload) -> int:
+        """Bytes of a previous attempt to keep, or 0 to start over."""
+        state = ctx.resume.load()
+        if not state or state != self._identity(f, up):
+            return 0
+        st = self._lstat(s, os.fsdecode(up.tmp))
+        if st is None or not statmod.S_ISREG(st.st_mode or 0) or not st.st_size or st.st_size > f.size:
+            return 0
+        have = st.st_size
+        # The temp file's last bytes must be the local file's: else start over.
+        n = min(VERIFY_TAIL, have)
+        with contextlib.suppress(SFTPStatus, EOFError):
+            with s.sftp.open(up.tmp, "rb") as fh:
+                fh.seek(have - n)
+                remote = fh.read(n)
+            if remote == os.pread(src.fileno(), n, have - n):
+                log.info("resuming %s at %d of %d bytes", f.rel, have, f.size)
+                return have
+        return 0
+
+    def _verify(self, s: _Session, f: LocalFile, src, up: _Upload, size: int, stat_reply, tail_reply, what: str) -> None:
+        """Check a large upload before it replaces the target: size, then the
+        server's own hash when it offers one, else the last block re-read."""
+        problem = ""
+        if stat_reply is not None and stat_reply[0] == CMD_ATTRS:
+            got = SFTPAttributes._from_msg(stat_reply[1]).st_size
+            if got != size:
+                problem = f"size {got} != {size}"
+        if not problem and s.check_file and size:
+            problem = self._check_file_hash(s, src, up, size)
+        elif not problem and tail_reply is not None and tail_reply[0] == CMD_DATA:
+            n = min(VERIFY_TAIL, size)
+            if tail_reply[1].get_binary() != os.pread(src.fileno(), n, size - n):
+                problem = "last block differs"
+        if problem:
+            raise _StartOver(f"{what}: upload check failed ({problem}); it will start over")
+
+    def _check_file_hash(self, s: _Session, src, up: _Upload, size: int) -> str:
+        """The "check-file" extension: the server hashes the file itself."""
+        try:
+            handle = s.sftp.open_handle(up.tmp, SFTP_FLAG_READ)
+            try:
+                msg = s.sftp.extended("check-file", handle, "sha256,sha1,md5", int64(0), int64(0), 0)
+            finally:
+                s.sftp._request(CMD_CLOSE, handle)
+        except SFTPStatus:
+            return ""  # advertised but refused: fall back to the size check only
+        if msg is None:
+            return ""
+        msg.get_string()  # "check-file"
+        algo = msg.get_text()
+        digest = msg.get_remainder()
+        if algo not in ("sha256", "sha1", "md5"):
+            return ""
+        h = hashlib.new(algo)
+        done = 0
+        while done < size:
+            block = os.pread(src.fileno(), min(1 << 20, size - done), done)
+            if not block:
+                break
+            h.update(block)
+            done += len(block)
+        return "" if h.digest() == digest else f"{algo} differs"
+
+    def _replace(self, s: _Session, tmp: bytes, target: bytes, what: str) -> None:
+        """Rename `tmp` over `target`.
+
+        With posix-rename@openssh.com (OpenSSH) this is one atomic rename(2).
+        Without it, SFTPv3's RENAME refuses an existing target, so: try RENAME;
+        if the target exists, move it aside to a derived name, RENAME tmp into
+        place, then remove the aside copy (and put it back if the second rename
+        fails). Readers may then find no file for a moment, never a partial one.
+        """
+        if s.posix_rename:
+            s.sftp.posix_rename(tmp, target)
+            return
+        try:
+            s.sftp.rename(tmp, target)
+            return
+        except SFTPStatus as exc:
+            st = self._lstat(s, os.fsdecode(target))
+            if st is None:
+                raise
+            if statmod.S_ISDIR(st.st_mode or 0):
+                raise PermanentError(f"{what}: a folder is in the way") from exc
+        folder, name = posixpath.split(os.fsdecode(target))
+        aside = self._b(posixpath.join(folder, ASIDE_PREFIX + temp_name(name)[len(TMP_PREFIX):]))
+        with contextlib.suppress(SFTPStatus):
+            s.sftp.remove(aside)
+        s.sftp.rename(target, aside)
+        try:
+            s.sftp.rename(tmp, target)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                s.sftp.rename(aside, target)
+            raise
+        with contextlib.suppress(SFTPStatus):
+            s.sftp.remove(aside)
+
+    # -- delete / move -----------------------------------------------------
+    def _rmtree(self, s: _Session, top: str) -> None:
+        """Remove a folder and everything in it, with SFTP requests only."""
+        stack = [(top, False)]
+        while stack:
+            folder, emptied = stack.pop()
+            if emptied:
+                s.sftp.rmdir(self._b(folder))
+                continue
+            stack.append((folder, True))
+            try:
+                entries = s.sftp.scandir(self._b(folder))
+            except SFTPStatus as exc:
+                if exc.code == SFTP_NO_SUCH_FILE:
+                    stack.pop()
+                    continue
+                raise
+            for name, attr in entries:
+                path = posixpath.join(folder, os.fsdecode(name))
+                if statmod.S_ISDIR(attr.st_mode or 0):
+                    stack.append((path, False))
+                else:
+                    try:
+                        s.sftp.remove(self._b(path))
+                    except SFTPStatus as exc:
+                        if exc.code != SFTP_NO_SUCH_FILE:
+                            raise
+
+    def delete(self, rel: str) -> None:
+        target = self._abs(check_rel(rel))
+        folder, name = posixpath.split(target)
+        what = f"delete {rel!r}"
+        with self._session(what) as s:
+            try:  # an upload of this file cut short may have left its temp file
+                s.sftp.remove(self._b(posixpath.join(folder, temp_name(name))))
+            except SFTPStatus:
+                pass
+            st = self._lstat(s, target)
+            if st is None:
+                return
+            try:
+                if statmod.S_ISDIR(st.st_mode or 0):
+                    self._rmtree(s, target)
+                else:
+                    s.sftp.remove(self._b(target))
+            except SFTPStatus as exc:
+                if exc.code != SFTP_NO_SUCH_FILE:
+                    raise
+
+    def move(self, src: str, dest: str) -> None:
+        a, b = self._abs(check_rel(src)), self._abs(check_rel(dest))
+        what = f"move {src!r} -> {dest!r}"
+        with self._session(what) as s:
+            st = self._lstat(s, a)
+            if st is None:
+                raise RemoteNotFound(f"{what}: source not on the server")
+            if a == b:
+                return
+            dst = self._lstat(s, b)
+            if dst is None:
+                self._ensure_dir(s, posixpath.dirname(b), what)
+            elif statmod.S_ISDIR(st.st_mode or 0) and statmod.S_ISDIR(dst.st_mode or 0):
+                # rename(2) refuses a non-empty folder: the moved folder replaces
+                # it, as it did on the local side.
+                self._rmtree(s, b)
+            try:
+                self._replace(s, self._b(a), self._b(b), what)
+            except SFTPStatus as exc:
+                raise self._diagnose(s, exc, what, b) from exc
+
+    # -- stat / list / cleanup ---------------------------------------------
+    def stat(self, rel: str) -> RemoteEntry | None:
+        path = self._abs(check_rel(rel))
+        with self._session(f"stat {rel!r}") as s:
+            st = self._lstat(s, path)
+        if st is None or not statmod.S_ISREG(st.st_mode or 0):
+            return None
+        return _entry(rel, st)
+
+    def _walk(self, rel: str, what: str) -> Iterator[tuple[str, bytes, SFTPAttributes]]:
+        """(folder rel, name, attrs) of everything under `rel`, one folder at a
+        time: a session is held only while one folder is read."""
+        stack = [rel]
+        while stack:
+            prefix = stack.pop()
+            with self._session(what) as s:
+                try:
+                    entries = s.sftp.scandir(self._b(self._abs(prefix)))
+                except SFTPStatus as exc:
+                    if exc.code != SFTP_NO_SUCH_FILE:  # missing, or a file (ENOTDIR)
+                        raise
+                    entries = []
+            for name, attr in entries:
+                if statmod.S_ISDIR(attr.st_mode or 0):
+                    stack.append(_join_rel(prefix, os.fsdecode(name)))
+                yield prefix, name, attr
+
+    def list(self, rel: str = "") -> Iterator[RemoteEntry]:
+        if rel:
+            check_rel(rel)
+        for prefix, name, attr in self._walk(rel, f"list {rel!r}"):
+            if statmod.S_ISREG(attr.st_mode or 0) and not name.startswith(_OURS):
+                yield _entry(_join_rel(prefix, os.fsdecode(name)), attr)
+
+    def cleanup(self, keep: list[dict]) -> None:
+        """Remove our temporary files that no resume state still needs.
+
+        This walks the whole remote tree (one listing request per folder).
+        """
+        wanted = {k.get("tmp") for k in keep if isinstance(k, dict)}
+        for prefix, name, attr in self._walk("", "cleanup"):
+            if name.startswith(_OURS) and not statmod.S_ISDIR(attr.st_mode or 0):
+                rel = _join_rel(prefix, os.fsdecode(name))
+                if rel in wanted:
+                    continue
+                with self._session(f"cleanup {rel!r}") as s:
+                    with contextlib.suppress(SFTPStatus):
+                        s.sftp.remove(self._b(self._abs(rel)))
+
+    def leftovers(self) -> list[str]:
+        """Temporary files left on the remote (tests check there are none)."""
+        found = []
+        for prefix, name, attr in self._walk("", "leftovers"):
+            if name.startswith(_OURS):
+                found.append(_join_rel(prefix, os.fsdecode(name)))
+        return found
+
+
+def _join_rel(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _entry(rel: str, st: SFTPAttributes) -> RemoteEntry:
+    mtime = None if st.st_mtime is None else int(st.st_mtime) * 1_000_000_000
+    mode = None if st.st_mode is None else statmod.S_IMODE(st.st_mode)
+    return RemoteEntry(rel, st.st_size or 0, mtime, mode)
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _clean_root(root: str) -> str:
+    root = (root or "").strip()
+    if not root:
+        raise ValueError("target: the remote folder is empty")
+    if "\x00" in root:
+        raise ValueError("target: contains a NUL byte")
+    norm = posixpath.normpath(root)
+    if ".." in norm.split("/"):
+        raise ValueError(f"target: {root!r} must not contain '..'")
+    return norm
+
+
+# --------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------
+_TRUE = {"yes", "true", "on", "1"}
+_FALSE = {"no", "false", "off", "0"}
+
+
+def _bool(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"{key}: expected yes or no, got {value!r}")
+
+
+def _number(key: str, value: str, kind: type, low: float, high: float):
+    try:
+        n = kind(value.strip())
+    except ValueError:
+        raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    if not low <= n <= high:
+        raise ValueError(f"{key}: must be between {low} and {high}, got {n}")
+    return n
+
+
+def build(service: dict[str, str], target: str) -> SFTPCon:
+    """An SFTPCon from an [sftp] service section and a mapping's target folder.
+
+    Raises ValueError("key: problem") for anything that cannot work.
+    """
+    unknown = sorted(set(service) - set(KEYS) - _GENERIC_KEYS)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key for an sftp service (known: {', '.join(KEYS)})")
+    cfg = {k: (service.get(k) if service.get(k) is not None else d) for k, (d, _doc) in KEYS.items()}
+    host = cfg["host"].strip()
+    if not host:
+        raise ValueError("host: required")
+    if any(c.isspace() for c in host) or host.startswith("-"):
+        raise ValueError(f"host: not a host name: {host!r}")
+    key_file = cfg["key_file"].strip()
+    if key_file and not os.path.isfile(os.path.expanduser(key_file)):
+        raise ValueError(f"key_file: no such file: {key_file!r}")
+    if cfg["key_passphrase"] and not key_file:
+        raise ValueError("key_passphrase: set only with key_file")
+    known = cfg["known_hosts"].strip()
+    if not known:
+        raise ValueError("known_hosts: required (host keys are always verified)")
+    return SFTPCon(
+        host,
+        target,
+        port=_number("port", cfg["port"], int, 1, 65535),
+        user=cfg["user"].strip(),
+        key_file=key_file,
+        key_passphrase=cfg["key_passphrase"],
+        password=cfg["password"],
+        use_agent=_bool("use_agent", cfg["use_agent"]),
+        known_hosts=known,
+        connections=_number("connections", cfg["connections"], int, 1, 64),
+        keepalive=_number("keepalive", cfg["keepalive"], float, 0, 3600),
+        timeout=_number("timeout", cfg["timeout"], float, 0.5, 3600),
+    )
