@@ -47,6 +47,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import hmac
 import http.client
 import io
 import logging
@@ -59,7 +60,7 @@ import time
 import urllib.request
 import weakref
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
@@ -144,8 +145,6 @@ def _clean_prefix(key: str, value: str) -> str:
     value = value.strip("/")
     if not value:
         return ""
-    if "\\" in value and False:  # backslashes are plain key characters in S3
-        pass
     for part in value.split("/"):
         if part in ("", ".", ".."):
             raise ValueError(f"{key}: {value!r} has an empty, '.' or '..' part")
@@ -156,8 +155,8 @@ def _clean_prefix(key: str, value: str) -> str:
     return value
 
 
-def build(service: dict[str, str], target: str) -> "S3Con":
-    """Validate one [s3] service section plus a mapping's target and build the connection.
+def _options(service: dict[str, str], target: str) -> dict[str, Any]:
+    """Check one [s3] section plus a mapping's target; return S3Con's keyword arguments.
 
     The key prefix is the service's `prefix` with `target` joined under it. Raises
     ValueError("key: problem") for the first bad value; never echoes a secret.
@@ -210,25 +209,40 @@ def build(service: dict[str, str], target: str) -> "S3Con":
     access, secret = cfg["access_key_id"], cfg["secret_access_key"]
     if bool(access) != bool(secret):
         raise ValueError("access_key_id: give both access_key_id and secret_access_key, or neither")
+    return dict(
+        bucket=bucket,
+        prefix=prefix,
+        region=region,
+        endpoint_url=endpoint,
+        addressing_style=style,
+        storage_class=storage_class,
+        sse=sse,
+        sse_kms_key_id=cfg["sse_kms_key_id"],
+        part_size=part_size,
+        multipart_threshold=threshold,
+        concurrency=concurrency,
+        access_key_id=access,
+        secret_access_key=secret,
+        profile=cfg["profile"],
+    )
+
+
+def validate(service: dict[str, str], target: str) -> None:
+    """Raise ValueError("key: problem") if the settings cannot make a connection."""
+    build(service, target)
+
+
+def build(service: dict[str, str], target: str) -> "S3Con":
+    """Validate the settings (see _options) and build the connection, not yet connected.
+
+    Credentials: explicit keys if given, else `profile`, else the default AWS chain
+    (environment, ~/.aws, instance role...).
+    """
+    opts = _options(service, target)
     try:
-        return S3Con(
-            bucket=bucket,
-            prefix=prefix,
-            region=region,
-            endpoint_url=endpoint,
-            addressing_style=style,
-            storage_class=storage_class,
-            sse=sse,
-            sse_kms_key_id=cfg["sse_kms_key_id"],
-            part_size=part_size,
-            multipart_threshold=threshold,
-            concurrency=concurrency,
-            access_key_id=access,
-            secret_access_key=secret,
-            profile=cfg["profile"],
-        )
+        return S3Con(**opts)
     except bce.ProfileNotFound:
-        raise ValueError(f"profile: no profile {cfg['profile']!r} in the AWS config") from None
+        raise ValueError(f"profile: no profile {opts['profile']!r} in the AWS config") from None
 
 
 # -- metadata -----------------------------------------------------------------------
@@ -457,8 +471,6 @@ class _FastPut:
 
 
 def hmac_sha256(key: bytes, msg: str) -> bytes:
-    import hmac
-
     return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
 
 
@@ -642,6 +654,7 @@ class S3Con(XCon):
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(concurrency)
         self._active: set[str] = set()  # upload ids being sent now: cleanup() never aborts them
+        self._active_lock = threading.Lock()
         self._warned: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------------------
@@ -685,6 +698,14 @@ class S3Con(XCon):
                             log.warning("s3: fast PUT path disabled: %s", self._scrub(str(exc)))
                 c = self._client
         return c
+
+    def _mark_active(self, upload_id: str, on: bool) -> None:
+        with self._active_lock:
+            (self._active.add if on else self._active.discard)(upload_id)
+
+    def _active_ids(self) -> set[str]:
+        with self._active_lock:
+            return set(self._active)
 
     def _part_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -891,7 +912,8 @@ class S3Con(XCon):
                 digest = hashlib.md5(data).digest()
                 meta = self._metadata(f, digest.hex(), None)
                 try:
-                    fast = self._fast if self.client is not None else None
+                    self.client  # made on first use, with the fast path beside it
+                    fast = self._fast
                     if fast is not None:
                         headers = {"content-md5": _b64(digest), "content-type": meta_base["ContentType"]}
                         headers.update(_sse_headers(meta_base))
@@ -1010,13 +1032,13 @@ class S3Con(XCon):
                     "bucket": self.bucket, "key": key, "upload_id": resp["UploadId"], "size": f.size,
                     "mtime_ns": f.mtime_ns, "ino": f.ino, "part_size": part_size, "parts": {},
                 }
-                ctx.resume.save(state)
+                _save(ctx, state)
             upload_id = state["upload_id"]
-            self._active.add(upload_id)
+            self._mark_active(upload_id, True)
             try:
                 return self._upload(f, fh, key, ctx, what, state, have)
             finally:
-                self._active.discard(upload_id)
+                self._mark_active(upload_id, False)
 
     def _upload(
         self, f: LocalFile, fh: Any, key: str, ctx: TransferContext, what: str, state: dict,
@@ -1047,7 +1069,7 @@ class S3Con(XCon):
                         etags[n] = fut.result()
                         state["parts"][str(n)] = etags[n]
                 if finished and time.monotonic() - last["save"] >= STATE_SAVE_EVERY:
-                    ctx.resume.save(state)
+                    _save(ctx, state)
                     last["save"] = time.monotonic()
             if done.value != last["report"]:
                 last["report"] = done.value
@@ -1066,6 +1088,7 @@ class S3Con(XCon):
                     self._slots.release()
                     stopped = ctx.stop.is_set()
                     break
+                handed = False  # once submitted, the part's task releases the slot
                 try:
                     length = min(part_size, f.size - (n - 1) * part_size)
                     data = fh.read(length)
@@ -1081,10 +1104,11 @@ class S3Con(XCon):
                         self._slots.release()
                     else:
                         fut = pool.submit(self._put_part, key, upload_id, n, data, digest, on_sent)
+                        handed = True
                         pending[fut] = n
                         fut.add_done_callback(lambda _f: self._slots.release())
                 except BaseException:
-                    if not any(n == v for v in pending.values()):
+                    if not handed:
                         self._slots.release()
                     raise
                 reap(0)
@@ -1099,9 +1123,9 @@ class S3Con(XCon):
                 self._drop_state(ctx, state, "file changed during upload")
                 raise TransientError(f"{what}: {exc}; it will be sent again") from None
             if isinstance(exc, OSError):  # local read error: keep the upload for a retry
-                ctx.resume.save(state)
+                _save(ctx, state)
             raise
-        ctx.resume.save(state)
+        _save(ctx, state)
         if stopped:
             raise TransientError(f"{what}: stopped after {len(etags)} of {nparts} parts; the upload will resume")
         if errors:
@@ -1120,7 +1144,7 @@ class S3Con(XCon):
         ctx.report(f.size, f.size)
         return SendResult(size=f.size, etag=etag or _etag(resp.get("ETag")), bytes_sent=sent.value)
 
-    def _fail_upload(self, ctx: TransferContext, state: dict, what: str, key: str, exc: BaseException) -> None:
+    def _fail_upload(self, ctx: TransferContext, state: dict, what: str, key: str, exc: BaseException) -> NoReturn:
         """Raise for a failed part/complete: keep the upload if a retry can use it, else abort it."""
         err = self._classify(exc, what, key)
         code = error_code(exc)
@@ -1143,12 +1167,7 @@ class S3Con(XCon):
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n,
             Body=_Body(data, on_sent), ContentMD5=_b64(digest),
         )
-        etag = _etag(resp.get("ETag")) or ""
-        if self._etag_is_md5() and _MD5_RE.fullmatch(etag) and etag != digest.hex():
-            raise bce.ClientError(
-                {"Error": {"Code": "BadDigest", "Message": f"part {n} stored with ETag {etag}"}}, "UploadPart"
-            )
-        return etag
+        return _etag(resp.get("ETag")) or ""  # the server checked Content-MD5
 
     def cleanup(self, keep: list[dict]) -> None:
         """Abort every multipart upload under our prefix that no resume state in `keep` names.
@@ -1157,19 +1176,12 @@ class S3Con(XCon):
         connection is sending right now are never aborted. Everything under the prefix
         is taken to be ours: give each daemon its own prefix.
         """
-        wanted = {s.get("upload_id") for s in keep if isinstance(s, dict)} | set(self._active)
+        wanted = {s.get("upload_id") for s in keep if isinstance(s, dict)}
         aborted = 0
-        try:
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._dir(""))
-            for page in pages:
-                for up in page.get("Uploads", []) or []:
-                    if up["UploadId"] not in wanted and up["UploadId"] not in self._active:
-                        self._abort(up["Key"], up["UploadId"])
-                        aborted += 1
-        except XConError:
-            raise
-        except Exception as exc:
-            raise self._classify(exc, "cleanup", self._dir("")) from exc
+        for up in self.uploads():
+            if up["upload_id"] not in wanted and up["upload_id"] not in self._active_ids():
+                self._abort(up["key"], up["upload_id"])
+                aborted += 1
         if aborted:
             log.info("s3: aborted %d abandoned multipart upload(s) under %s", aborted, self._where(self._dir("")))
 
@@ -1222,14 +1234,15 @@ class S3Con(XCon):
         """Delete key `rel` and every key under `rel/` (never `rel2/` or `rel.bak`)."""
         key = self._key(rel)
         what = f"delete {rel!r}"
-        batch = [key]
+        batch: list[str] = []
         for obj in self._keys_under(key + "/"):
             batch.append(obj["Key"])
             if len(batch) == DELETE_BATCH:
                 self._delete_keys(batch, what)
                 batch = []
-        if batch:
-            self._delete_keys(batch, what)
+        # The key itself goes last: stores backed by a file system (rclone serve s3)
+        # fail to delete "dir" while "dir/..." still exists, and succeed once it is gone.
+        self._delete_keys(batch + [key], what)
 
     def move(self, src: str, dest: str) -> None:
         """Server-side copy then delete; a folder moves every object under `src/`.
@@ -1311,7 +1324,7 @@ class S3Con(XCon):
             Bucket=self.bucket, Key=dest, Metadata=meta, **extra, **self._sse_args(),
         )
         upload_id = resp["UploadId"]
-        self._active.add(upload_id)
+        self._mark_active(upload_id, True)
         try:
             pool = self._part_pool()
             futs = {pool.submit(self._copy_part, src, dest, upload_id, n, lo, hi): n for n, lo, hi in ranges}
@@ -1338,7 +1351,7 @@ class S3Con(XCon):
                 log.warning("s3: could not abort copy upload of %s: %s", dest, abort_exc)
             raise self._classify(exc, what, dest) from exc
         finally:
-            self._active.discard(upload_id)
+            self._mark_active(upload_id, False)
         done = self._head(dest, what)
         if done is None or int(done["ContentLength"]) != size:
             raise PermanentError(f"{what}: {self._where(dest)} has the wrong size after a multipart copy")
@@ -1352,15 +1365,16 @@ class S3Con(XCon):
 
     def _relay_part(self, src: str, dest: str, upload_id: str, n: int, lo: int, hi: int) -> str:
         """Copy one part through this machine: ranged GET, then UploadPart with Content-MD5."""
-        with self._slots:  # holds a part in memory, like a send does
-            body = self.client.get_object(Bucket=self.bucket, Key=src, Range=f"bytes={lo}-{hi}")["Body"]
-            try:
-                data = body.read()
-            finally:
-                body.close()
-            if len(data) != hi - lo + 1:
-                raise TransientError(f"copy {self._where(src)}: short read of part {n}")
-            return self._put_part(dest, upload_id, n, data, hashlib.md5(data).digest(), lambda _n: None)
+        # No self._slots here: this runs on a pool thread, and sends hold slots while
+        # waiting for pool threads. The pool's size bounds the memory instead.
+        body = self.client.get_object(Bucket=self.bucket, Key=src, Range=f"bytes={lo}-{hi}")["Body"]
+        try:
+            data = body.read()
+        finally:
+            body.close()
+        if len(data) != hi - lo + 1:
+            raise TransientError(f"copy {self._where(src)}: short read of part {n}")
+        return self._put_part(dest, upload_id, n, data, hashlib.md5(data).digest(), lambda _n: None)
 
     def stat(self, rel: str) -> RemoteEntry | None:
         """HEAD one object: size, ETag and, from user metadata, mtime and mode."""
@@ -1376,13 +1390,24 @@ class S3Con(XCon):
             if r is not None:
                 yield RemoteEntry(r, int(obj["Size"]), None, None, _etag(obj.get("ETag")))
 
-    def uploads(self) -> list[dict]:
-        """Open multipart uploads under our prefix (what cleanup() would look at)."""
-        out = []
-        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._dir(""))
-        for page in pages:
-            out += [{"key": u["Key"], "upload_id": u["UploadId"]} for u in page.get("Uploads", []) or []]
-        return out
+    def uploads(self) -> Iterator[dict]:
+        """Open multipart uploads under our prefix, paged: {"key", "upload_id"}."""
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._dir(""))
+            for page in pages:
+                for u in page.get("Uploads", []) or []:
+                    yield {"key": u["Key"], "upload_id": u["UploadId"]}
+        except bce.ClientError as exc:
+            if error_code(exc) == "NoSuchUpload":  # rclone's answer for a bucket that never had one
+                return
+            raise self._classify(exc, "list uploads", self._dir("")) from exc
+        except Exception as exc:
+            raise self._classify(exc, "list uploads", self._dir("")) from exc
+
+
+def _save(ctx: TransferContext, state: dict) -> None:
+    """Save a snapshot (the parts dict keeps changing after the call)."""
+    ctx.resume.save({**state, "parts": dict(state.get("parts", {}))})
 
 
 def _sse_headers(args: dict[str, str]) -> dict[str, str]:

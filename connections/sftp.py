@@ -58,6 +58,7 @@ from paramiko.sftp import (
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
+    CMD_SETSTAT,
     CMD_DATA,
     CMD_VERSION,
     CMD_WRITE,
@@ -599,7 +600,7 @@ class SFTPCon(XCon):
             return None
         if self._pkey is None:
             try:
-                self._pkey = paramiko.PKey.from_path(self.key_file, password=self._passphrase or None)
+                self._pkey = paramiko.PKey.from_path(self.key_file, password=self._passphrase.encode() or None)
             except FileNotFoundError as exc:
                 raise PermanentError(f"key_file {self.key_file!r}: no such file") from None
             except paramiko.PasswordRequiredException:
@@ -858,24 +859,29 @@ class SFTPCon(XCon):
                     n = min(VERIFY_TAIL, pos)
                     tail_req = sftp.send_async(CMD_READ, up.handle, int64(pos - n), n)
         close = sftp.send_async(CMD_CLOSE, up.handle)
-        first_error: BaseException | None = None
-        replies: dict[int, tuple[int, Message]] = {}
-        # Read every reply, even after an error, so the channel stays in step.
+        # Read every reply in order, even after an error, so the channel stays in step.
         waiting = [num for num, _end in pending] + [r for r in (setstat, stat_req, tail_req, close) if r]
+        replies: dict[int, tuple[int, Message] | BaseException] = {}
         for num in waiting:
             try:
                 replies[num] = sftp.wait(num)
             except (SFTPStatus, EOFError) as exc:
-                first_error = first_error or exc
+                replies[num] = exc
         up.handle = None
-        if first_error is not None:
-            raise first_error
+        for num in [num for num, _end in pending] + [close]:  # lost bytes: fatal
+            if isinstance(replies[num], BaseException):
+                raise replies[num]
         if stopped:
             raise TransientError(f"{what}: stopped at {pos} of {f.size} bytes" + (" (resumable)" if up.resumable else ""))
         ctx.report(pos, f.size)
+        if isinstance(replies[setstat], SFTPStatus):
+            # Some servers refuse FSETSTAT on a handle; SETSTAT on the path then.
+            sftp._request(CMD_SETSTAT, up.tmp, _attrs(f.mode, f.mtime_ns))
 
         if up.resumable:
-            self._verify(s, f, src, up, pos, replies.get(stat_req), replies.get(tail_req), what)
+            got = [replies.get(stat_req), replies.get(tail_req)]
+            got = [None if isinstance(r, BaseException) else r for r in got]
+            self._verify(s, f, src, up, pos, got[0], got[1], what)
         self._replace(s, up.tmp, up.target, what)
         if up.resumable:
             ctx.resume.clear()
@@ -907,17 +913,25 @@ class SFTPCon(XCon):
 
     def _verify(self, s: _Session, f: LocalFile, src, up: _Upload, size: int, stat_reply, tail_reply, what: str) -> None:
         """Check a large upload before it replaces the target: size, then the
-        server's own hash when it offers one, else the last block re-read."""
-        problem = ""
+        server's own hash when it offers one, else the last block re-read.
+        The replies come from requests pipelined before CLOSE; if the server
+        refused them, the same is asked by path."""
         if stat_reply is not None and stat_reply[0] == CMD_ATTRS:
             got = SFTPAttributes._from_msg(stat_reply[1]).st_size
-            if got != size:
-                problem = f"size {got} != {size}"
+        else:
+            got = s.sftp.stat(up.tmp).st_size
+        n = min(VERIFY_TAIL, size)
+        problem = f"size {got} != {size}" if got != size else ""
         if not problem and s.check_file and size:
             problem = self._check_file_hash(s, src, up, size)
-        elif not problem and tail_reply is not None and tail_reply[0] == CMD_DATA:
-            n = min(VERIFY_TAIL, size)
-            if tail_reply[1].get_binary() != os.pread(src.fileno(), n, size - n):
+        elif not problem and n:
+            if tail_reply is not None and tail_reply[0] == CMD_DATA:
+                tail = tail_reply[1].get_binary()
+            else:
+                with s.sftp.open(up.tmp, "rb") as fh:
+                    fh.seek(size - n)
+                    tail = fh.read(n)
+            if tail != os.pread(src.fileno(), n, size - n):
                 problem = "last block differs"
         if problem:
             raise _StartOver(f"{what}: upload check failed ({problem}); it will start over")
@@ -1135,7 +1149,7 @@ def _clean_root(root: str) -> str:
     if "\x00" in root:
         raise ValueError("target: contains a NUL byte")
     norm = posixpath.normpath(root)
-    if ".." in norm.split("/"):
+    if ".." in root.split("/"):
         raise ValueError(f"target: {root!r} must not contain '..'")
     return norm
 

@@ -54,6 +54,7 @@ GLOBAL_KEYS: dict[str, Key] = {
     "max_attempts": ("5", "tries of one action on transient errors before it is recorded as failed", parse_int_range(1, 1000)),
     "backoff_cap": ("60", "longest wait, in seconds, between reconnection attempts", parse_seconds),
     "stop_timeout": ("20", "seconds SIGTERM waits for running actions before checkpointing them", parse_seconds),
+    "poll_interval": ("30", "while some folders cannot be watched (inotify limit), rescan this often, in seconds", parse_seconds),
     "settle_seconds": ("1.0", "quiet time before a created/modified file with no close event is sent", parse_seconds),
     "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
     "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
@@ -93,6 +94,7 @@ class Config:
     backoff_cap: float = 60.0
     stop_timeout: float = 20.0
     settle_seconds: float = 1.0
+    poll_interval: float = 30.0
     log_level: str = "INFO"
     log_file: str = ""
     log_format: str = "text"
@@ -160,7 +162,7 @@ def load(path: str, service: str | None = None) -> Config:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
     mod = service_module(file_service)
     cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
-    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "log_level", "log_file", "log_format"):
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "log_level", "log_file", "log_format"):
         if k in g:
             setattr(cfg, k, g[k])
     for section in cp.sections():

@@ -16,8 +16,6 @@ import threading
 import time
 from typing import Callable
 
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
 
 from connections import service_module
 from connections.base import PermanentError, TransientError, XCon
@@ -29,7 +27,7 @@ from skynet.reconcile import Reconciler
 from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
 from skynet.syncsnap import SyncSnap
 from skynet.uniqueq import UniqueQ
-from skynet.watcher import EVENT_TYPES, Watcher
+from skynet.watcher import EVENT_TYPES, FaultReportingObserver, WatchFaultListener, Watcher
 
 log = logging.getLogger("skynet")
 
@@ -37,6 +35,11 @@ INOTIFY_HINT = (
     "raise the limit with: sudo sysctl fs.inotify.max_user_watches=1048576 "
     "(and add fs.inotify.max_user_watches=1048576 to /etc/sysctl.d/90-skynet.conf to keep it)"
 )
+OVERFLOW_HINT = (
+    "raise the queue with: sudo sysctl fs.inotify.max_queued_events=1048576 "
+    "(and add it to /etc/sysctl.d/90-skynet.conf to keep it)"
+)
+
 
 
 class FatalError(Exception):
@@ -68,7 +71,7 @@ class StateLock:
             self.fd = None
 
 
-class MappingRunner:
+class MappingRunner(WatchFaultListener):
     """Everything that keeps one mapping in sync."""
 
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None]) -> None:
@@ -98,7 +101,11 @@ class MappingRunner:
                                on_rescan=self.rescan)
         self.watch = None
         self.scan_done = threading.Event()
-        self._scan_lock = threading.Lock()
+        self._rescan_wanted = threading.Event()
+        self._rescan_why = "start-up"
+        self._halt = threading.Event()
+        self._unwatched: set[str] = set()
+        self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
 
     def _wake(self) -> None:
         h = getattr(self, "handler", None)
@@ -133,48 +140,77 @@ class MappingRunner:
                 log.warning("%s: could not clean up old partial uploads: %s", self.name, exc)
         self._watch()
         self.handler.start(connected)
-        threading.Thread(target=self._scan, args=("start-up",), name=f"{self.name}-scan", daemon=True).start()
+        self._rescan_wanted.set()
+        self._scanner.start()
 
     def _watch(self) -> None:
+        self.observer.listen(self.m.source, self)
         try:
             self.watch = self.observer.schedule(self.watcher, self.m.source, recursive=True, event_filter=EVENT_TYPES)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EMFILE):
-                log.error("%s: cannot watch %r: inotify limit reached; %s. Falling back to polling every 30 s.",
-                          self.name, self.m.source, INOTIFY_HINT)
-                poller = PollingObserver(timeout=30)
-                self.watch = poller.schedule(self.watcher, self.m.source, recursive=True)
-                poller.start()
-                self._poller = poller
+                self.unwatched(self.m.source)
             else:
                 raise FatalError(f"mapping {self.name!r}: cannot watch {self.m.source!r}: {exc.strerror}") from exc
 
-    def _scan(self, why: str) -> None:
-        with self._scan_lock:
-            try:
-                snap = SyncSnap(self.mapper, self.index, self.queue, self.ignore, self.m.complete_sync, self.con,
-                                follow_symlinks=self.m.follow_symlinks)
-                st = snap.run()
-                log.info("%s: %s scan: %d files (%d bytes) in %.1fs: %d to send, %d to delete, %d unchanged%s",
-                         self.name, why, st.files, st.bytes, st.seconds, st.sends, st.deletes, st.unchanged,
-                         f", {st.adopted} already on the remote" if st.adopted else "")
-            except (sqlite3.Error, StateError) as exc:
-                self.fatal(f"{self.name}: cannot write the state database during the scan: {exc}")
-            except Exception:
-                log.exception("%s: %s scan failed", self.name, why)
-            finally:
-                self.scan_done.set()
+    # -- watch faults (WatchFaultListener) ----------------------------------
+    def overflow(self, root: str) -> None:
+        log.error("%s: the inotify event queue overflowed, so changes may have been missed; rescanning. %s",
+                  self.name, OVERFLOW_HINT)
+        self.rescan("event queue overflow")
+
+    def unwatched(self, folder: str) -> None:
+        first = not self._unwatched
+        self._unwatched.add(folder)
+        if first:
+            log.error("%s: cannot watch %r (inotify watch limit reached); %s. Until then, folders that cannot be "
+                      "watched are checked by a rescan every %.0f s.", self.name, folder, INOTIFY_HINT,
+                      self.cfg.poll_interval)
+            self.rescan("folders not watched")
+        else:
+            log.debug("%s: cannot watch %r either", self.name, folder)
 
     def rescan(self, why: str) -> None:
-        log.warning("%s: rescanning %r (%s)", self.name, self.m.source, why)
-        threading.Thread(target=self._scan, args=(why,), name=f"{self.name}-rescan", daemon=True).start()
+        """Ask for a scan; requests made while one runs fold into one more scan."""
+        self._rescan_why = why
+        self._rescan_wanted.set()
+
+    def _scan_loop(self) -> None:
+        while not self._halt.is_set():
+            # Sleep until asked; only while some folders are unwatched do we
+            # wake by ourselves (the polling fallback). Idle costs nothing.
+            timeout = self.cfg.poll_interval if self._unwatched else None
+            asked = self._rescan_wanted.wait(timeout)
+            if self._halt.is_set():
+                return
+            self._rescan_wanted.clear()
+            self._scan(self._rescan_why if asked else "polling folders that cannot be watched")
+
+    def _scan(self, why: str) -> None:
+        try:
+            snap = SyncSnap(self.mapper, self.index, self.queue, self.ignore, self.m.complete_sync, self.con,
+                            follow_symlinks=self.m.follow_symlinks, stop=self._halt)
+            st = snap.run()
+            log.info("%s: %s scan: %d files (%d bytes) in %.1fs: %d to send, %d to delete, %d unchanged%s",
+                     self.name, why, st.files, st.bytes, st.seconds, st.sends, st.deletes, st.unchanged,
+                     f", {st.adopted} already on the remote" if st.adopted else "")
+        except (sqlite3.Error, StateError) as exc:
+            self.fatal(f"{self.name}: cannot write the state database during the scan: {exc}")
+        except Exception:
+            log.exception("%s: %s scan failed", self.name, why)
+        finally:
+            self.scan_done.set()
 
     def stop(self, timeout: float) -> None:
+        self._halt.set()
+        self._rescan_wanted.set()
         if self.watch is not None:
             try:
-                (getattr(self, "_poller", None) or self.observer).unschedule(self.watch)
+                self.observer.unschedule(self.watch)
             except Exception:
                 pass
+        if self._scanner.is_alive():
+            self._scanner.join(timeout=timeout)
         self.watcher.close()  # pending settle-delayed sends go to the queue now
         self.queue.flush()
         self.handler.stop(timeout)
@@ -193,7 +229,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.fatal_reason: str | None = None
         self.runners: list[MappingRunner] = []
-        self.observer = Observer()
+        self.observer = FaultReportingObserver()
 
     def fatal(self, reason: str) -> None:
         if self.fatal_reason is None:

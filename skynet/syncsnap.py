@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import stat as statmod
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -70,6 +71,7 @@ class SyncSnap:
         complete_sync: bool,
         con: XCon | None = None,
         follow_symlinks: bool = False,
+        stop: "threading.Event | None" = None,
     ) -> None:
         self.mapper = mapper
         self.index = index
@@ -78,6 +80,7 @@ class SyncSnap:
         self.complete_sync = complete_sync
         self.con = con
         self.follow_symlinks = follow_symlinks
+        self.stop = stop or threading.Event()
         self.stats = ScanStats()
 
     # -- the walk ----------------------------------------------------------
@@ -177,7 +180,7 @@ class SyncSnap:
         remote = self.index.iter_sorted()
         lf = next(local, None)
         ie = next(remote, None)
-        while lf is not None or ie is not None:
+        while (lf is not None or ie is not None) and not self.stop.is_set():
             lkey = os.fsencode(lf[0]) if lf is not None else None
             ikey = os.fsencode(ie.rel) if ie is not None else None
             if ikey is None or (lkey is not None and lkey < ikey):

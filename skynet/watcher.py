@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -39,6 +41,9 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
+
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyEmitter, InotifyFD, InotifyWatchGroup
 
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
@@ -212,3 +217,70 @@ class Watcher(FileSystemEventHandler):
     def close(self) -> None:
         self.debouncer.flush()
         self.debouncer.close()
+
+
+# -- watch faults -------------------------------------------------------------
+# watchdog 7 handles an inotify queue overflow by rebuilding its watches, and
+# skips sub-folders it cannot watch (watch limit reached) without telling the
+# application. Both mean events were or will be missed, so skynet must know:
+# the small subclasses below report them to a listener (the mapping runner),
+# which logs the fix and rescans. They rely on two methods of watchdog's
+# InotifyWatchGroup (pinned in requirements.txt; tests/test_watch_faults.py
+# fails if they change).
+
+
+class WatchFaultListener:
+    """What a mapping does about watch faults (see skynet/daemon.py)."""
+
+    def overflow(self, root: str) -> None: ...
+
+    def unwatched(self, folder: str) -> None: ...
+
+
+@dataclass
+class _ReportingWatchGroup(InotifyWatchGroup):
+    listener: Any = None
+
+    def on_queue_overflow(self) -> None:
+        super().on_queue_overflow()
+        if self.listener is not None:
+            self.listener.overflow(os.fsdecode(self.path))
+
+    def _add_callback(self, path: bytes) -> None:
+        super()._add_callback(path)
+        if path not in self._active_callbacks_by_path and os.path.isdir(path) and self.listener is not None:
+            self.listener.unwatched(os.fsdecode(path))
+
+
+class _ReportingEmitter(InotifyEmitter):
+    listeners: dict[str, WatchFaultListener] = {}
+
+    def on_thread_start(self) -> None:
+        path = os.fsencode(self.watch.path)
+        self._inotify = _ReportingWatchGroup(
+            self._inotify_fd,
+            path,
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+            listener=self.listeners.get(os.fsdecode(path)),
+        )
+
+
+class FaultReportingObserver(BaseObserver):
+    """An inotify observer that tells a listener about overflows and folders
+    it could not watch. `listen(root, listener)` before `schedule(root)`."""
+
+    def __init__(self) -> None:
+        self._inotify_fd = InotifyFD()
+        self._inotify_fd.start()
+        super().__init__(_ReportingEmitter, inotify_fd=self._inotify_fd)
+
+    @staticmethod
+    def listen(root: str, listener: WatchFaultListener) -> None:
+        _ReportingEmitter.listeners[os.path.abspath(root)] = listener
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self._inotify_fd.stop()
+        self._inotify_fd.join()

@@ -133,6 +133,15 @@ def unprivileged_prefix() -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+def world_writable_tmp(prefix: str) -> Path:
+    """A temporary folder that a daemon running as 'nobody' can use."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o777)
+    return base
+
+
 def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bool, timeout: float = 30,
                    skip: Callable[[str], bool] | None = _default_ignored, daemon: Daemon | None = None) -> None:
     """Poll until the remote equals the source (the test's clock, not the daemon's)."""

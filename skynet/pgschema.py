@@ -1,0 +1,174 @@
+"""The notifier's PostgreSQL schema: versioned migrations, applied automatically.
+
+Everything lives in its own PostgreSQL schema, ``skynet``, so it can share a
+database with other applications without name clashes.
+
+Migrations are an ordered list of SQL steps; ``skynet.schema_version`` records
+which ones ran. ``migrate()`` applies the missing ones in ONE transaction that
+first takes a transaction-scoped advisory lock: when a hundred daemons start at
+once, one of them migrates and the others wait on the lock, then find nothing
+left to do. (Without the lock, concurrent ``CREATE TABLE IF NOT EXISTS`` can
+still fail with a unique violation in the catalogue.) A fast path reads the
+version without the lock, so a normal start costs one small query.
+
+Tables
+------
+daemons     one row per daemon (upserted by its heartbeat): host, service,
+            version, mappings (JSON), queue depth, last heartbeat, started_at.
+events      every notification: (daemon_id, seq) is the primary key, which is
+            what makes re-delivery after a half-failed batch harmless
+            (INSERT ... ON CONFLICT DO NOTHING).
+transfers   the *current* progress of uploads in flight, one row per
+            (daemon, mapping, path), upserted from progress events and deleted
+            when the action is done or failed: the dashboard's progress bars
+            read a few rows instead of scanning events.
+throughput  per-minute roll-up (files, bytes, failures) per daemon and mapping,
+            maintained from the rows an insert actually added (RETURNING), so a
+            re-delivered batch is never counted twice; the hour chart reads at
+            most 60 x daemons x mappings small rows.
+
+All statements here are constants; values are always passed as parameters.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "skynet"
+
+# An arbitrary, fixed 64-bit key for pg_advisory_xact_lock: "skynet-notifier".
+ADVISORY_LOCK_KEY = 0x736B796E65744E31
+
+# Ordered; never edit a step that has shipped: append a new one.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "daemons, events, transfers, throughput",
+        [
+            """CREATE TABLE IF NOT EXISTS skynet.daemons (
+                   id                 text PRIMARY KEY,
+                   host               text NOT NULL,
+                   service            text NOT NULL,
+                   version            text NOT NULL,
+                   pid                integer,
+                   mappings           jsonb NOT NULL DEFAULT '[]'::jsonb,
+                   queue_depth        bigint NOT NULL DEFAULT 0,
+                   in_flight          integer NOT NULL DEFAULT 0,
+                   failed             integer NOT NULL DEFAULT 0,
+                   heartbeat_interval real NOT NULL DEFAULT 10,
+                   started_at         timestamptz NOT NULL,
+                   last_heartbeat     timestamptz NOT NULL,
+                   stopped_at         timestamptz
+               )""",
+            """CREATE TABLE IF NOT EXISTS skynet.events (
+                   daemon_id   text NOT NULL,
+                   seq         bigint NOT NULL,
+                   ts          timestamptz NOT NULL,
+                   mapping     text NOT NULL,
+                   kind        text NOT NULL,   -- queued | started | done | failed | progress
+                   action      text NOT NULL,   -- send | delete | move
+                   path        text NOT NULL,
+                   dest        text,
+                   error       text,
+                   bytes_done  bigint,
+                   bytes_total bigint,
+                   PRIMARY KEY (daemon_id, seq)
+               )""",
+            # Retention deletes by age; the chart fallback and ad-hoc queries too.
+            "CREATE INDEX IF NOT EXISTS events_ts ON skynet.events (ts)",
+            # The dashboard's two lists: newest completions, newest failures.
+            "CREATE INDEX IF NOT EXISTS events_done_ts ON skynet.events (ts DESC, daemon_id, seq) WHERE kind = 'done'",
+            "CREATE INDEX IF NOT EXISTS events_failed_ts ON skynet.events (ts DESC, daemon_id, seq) WHERE kind = 'failed'",
+            # A path's history (the dashboard can link to it; operators query it).
+            "CREATE INDEX IF NOT EXISTS events_path ON skynet.events (daemon_id, mapping, path)",
+            """CREATE TABLE IF NOT EXISTS skynet.transfers (
+                   daemon_id   text NOT NULL,
+                   mapping     text NOT NULL,
+                   path        text NOT NULL,
+                   bytes_done  bigint NOT NULL,
+                   bytes_total bigint NOT NULL,
+                   started_at  timestamptz NOT NULL,
+                   updated_at  timestamptz NOT NULL,
+                   PRIMARY KEY (daemon_id, mapping, path)
+               )""",
+            "CREATE INDEX IF NOT EXISTS transfers_updated ON skynet.transfers (updated_at DESC)",
+            """CREATE TABLE IF NOT EXISTS skynet.throughput (
+                   minute    timestamptz NOT NULL,
+                   daemon_id text NOT NULL,
+                   mapping   text NOT NULL,
+                   files     bigint NOT NULL DEFAULT 0,
+                   bytes     bigint NOT NULL DEFAULT 0,
+                   failed    bigint NOT NULL DEFAULT 0,
+                   PRIMARY KEY (minute, daemon_id, mapping)
+               )""",
+        ],
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer skynet than this one."""
+
+
+def current_version(conn: Any) -> int:
+    """The applied schema version (0 if none), without taking any lock."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('skynet.schema_version') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute("SELECT coalesce(max(version), 0) FROM skynet.schema_version")
+        return int(cur.fetchone()[0])
+
+
+def migrate(conn: Any) -> int:
+    """Bring the schema up to LATEST; return the version found before.
+
+    `conn` is a psycopg2 connection (its autocommit setting is restored).
+    Safe to call from many processes at once; raises SchemaTooNew if the
+    database is ahead of this code (an older daemon must not write to a schema
+    it does not understand, but it also must not crash the sync: the caller
+    just disables notifications).
+    """
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        found = current_version(conn)
+    finally:
+        conn.autocommit = autocommit
+    if found > LATEST:
+        raise SchemaTooNew(f"the notifier schema is at version {found}; this skynet knows up to {LATEST}")
+    if found == LATEST:
+        return found
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            cur.execute(
+                """CREATE TABLE IF NOT EXISTS skynet.schema_version (
+                       version     integer PRIMARY KEY,
+                       description text NOT NULL,
+                       applied_at  timestamptz NOT NULL DEFAULT now())"""
+            )
+            cur.execute("SELECT coalesce(max(version), 0) FROM skynet.schema_version")
+            have = int(cur.fetchone()[0])  # re-read under the lock: another daemon may have done it
+            for version, description, steps in MIGRATIONS:
+                if version <= have:
+                    continue
+                for sql in steps:
+                    cur.execute(sql)
+                cur.execute(
+                    "INSERT INTO skynet.schema_version(version, description) VALUES (%s, %s)", (version, description)
+                )
+                log.info("notifier schema: applied migration %d (%s)", version, description)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = autocommit
+    return found

