@@ -39,9 +39,13 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 @click.option("--failed", "show_failed", is_flag=True, help="List the actions that failed (error, attempts, times).")
 @click.option("--retry-failed", is_flag=True, help="Queue failed actions again: all, or those of the PATHs given.")
 @click.option("--json", "as_json", is_flag=True, help="With --failed: print JSON.")
+@click.option("--allow-mass-delete", is_flag=True, envvar="SKYNET_ALLOW_MASS_DELETE", show_envvar=True,
+              help="With --run-with: let the start-up scan delete more than max_delete remote files, or all of "
+                   "them when the source folder is empty (off by default: an unmounted disk must not wipe the remote).")
 @click.argument("paths", nargs=-1)
 def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
-         show_failed: bool, retry_failed: bool, as_json: bool, paths: tuple[str, ...]) -> None:
+         show_failed: bool, retry_failed: bool, as_json: bool, allow_mass_delete: bool,
+         paths: tuple[str, ...]) -> None:
     """skynet keeps local folders mirrored to S3, SFTP or another folder, in real time,
     and never loses a change through crashes, reboots or outages.
 
@@ -68,7 +72,7 @@ def main(setup_service: str | None, run_service: str | None, config_file: str | 
             sys.exit(1)
         return
     if run_service:
-        sys.exit(run_daemon(run_service, resolve_config_path(config_file, run_service)))
+        sys.exit(run_daemon(run_service, resolve_config_path(config_file, run_service), allow_mass_delete))
     click.echo(click.get_current_context().get_help())
 
 
@@ -87,7 +91,7 @@ def load_for_inspection(config_file: str | None, service: str | None) -> "config
         raise  # not reached
 
 
-def run_daemon(service: str, path: str) -> int:
+def run_daemon(service: str, path: str, allow_mass_delete: bool = False) -> int:
     from skynet import logs
     from skynet.daemon import Daemon
 
@@ -97,6 +101,7 @@ def run_daemon(service: str, path: str) -> int:
     except ConfigError as exc:
         fail(str(exc))
         return EXIT_USAGE  # not reached
+    cfg.allow_mass_delete = allow_mass_delete
     logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
     logging.getLogger("skynet").info("skynet starting: %s, %d mapping(s), state in %s", path, len(cfg.mappings),
                                      cfg.state_dir)

@@ -67,6 +67,7 @@ MAPPING_KEYS: dict[str, Key] = {
     "complete_sync": ("no", "also delete on the remote what is deleted locally (an exact mirror)", parse_bool),
     "ignore": ("", "extra gitignore-style patterns, one per line or comma-separated", parse_patterns),
     "default_ignores": ("yes", "also ignore editor swap/temp files, partial downloads and skynet's own files", parse_bool),
+    "max_delete": ("1000", "a start-up scan deletes at most this many remote files (more, or all because the source is empty, needs --allow-mass-delete)", parse_int_range(0, 2**62)),
     "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
     "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
 }
@@ -81,6 +82,7 @@ class MappingConfig:
     ignore: list[str] = field(default_factory=list)
     default_ignores: bool = True
     follow_symlinks: bool = False
+    max_delete: int = 1000
     workers: int = 8
 
 
@@ -100,6 +102,9 @@ class Config:
     log_format: str = "text"
     service_options: dict[str, str] = field(default_factory=dict)
     mappings: list[MappingConfig] = field(default_factory=list)
+    # set from the command line, not the file: let a start-up scan delete
+    # more than max_delete files (or all of them) this once
+    allow_mass_delete: bool = False
 
 
 def default_config_path(service: str) -> str:
@@ -186,7 +191,7 @@ def load(path: str, service: str | None = None) -> Config:
             if not m.get("target") and file_service != "s3":
                 raise ConfigError(path, section, "target", "missing: where should the files go?")
             mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
-            for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "workers"):
+            for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers"):
                 if k in m:
                     setattr(mc, k, m[k])
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -23,7 +23,7 @@ from skynet.config import Config, MappingConfig
 from skynet.handler import Handler
 from skynet.ignore import IgnoreRules, rel_inside
 from skynet.mapper import Mapper
-from skynet.reconcile import Reconciler
+from skynet.reconcile import Reconciler, SourceUnavailable
 from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
 from skynet.syncsnap import SyncSnap
 from skynet.uniqueq import UniqueQ
@@ -105,6 +105,7 @@ class MappingRunner(WatchFaultListener):
         self._rescan_why = "start-up"
         self._halt = threading.Event()
         self._unwatched: set[str] = set()
+        self._source_missing = False
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
 
     def _wake(self) -> None:
@@ -139,9 +140,27 @@ class MappingRunner(WatchFaultListener):
             except Exception as exc:
                 log.warning("%s: could not clean up old partial uploads: %s", self.name, exc)
         self._watch()
+        self._remember_source()
         self.handler.start(connected)
         self._rescan_wanted.set()
         self._scanner.start()
+
+    def _remember_source(self) -> None:
+        """Record which folder (device, inode) the source is, while it holds
+        files, so an empty mount point is never taken for it (see
+        Reconciler.check_source)."""
+        saved = self.db.get_meta("source_id")
+        if saved:
+            dev, ino = (int(x) for x in saved.split(":"))
+            self.reconciler.source_id = (dev, ino)
+        try:
+            st = os.stat(self.m.source)
+            has_files = bool(os.listdir(self.m.source))
+        except OSError:
+            return
+        if has_files and (st.st_dev, st.st_ino) != self.reconciler.source_id:
+            self.reconciler.source_id = (st.st_dev, st.st_ino)
+            self.db.set_meta("source_id", f"{st.st_dev}:{st.st_ino}")
 
     def _watch(self) -> None:
         self.observer.listen(self.m.source, self)
@@ -170,6 +189,12 @@ class MappingRunner(WatchFaultListener):
         else:
             log.debug("%s: cannot watch %r either", self.name, folder)
 
+    def root_lost(self, root: str) -> None:
+        log.error("%s: the source folder %r went away (deleted, moved or unmounted); nothing will be deleted on the "
+                  "remote; checking for it every %.0f s", self.name, root, self.cfg.poll_interval)
+        self._source_missing = True
+        self.rescan("source folder went away")
+
     def rescan(self, why: str) -> None:
         """Ask for a scan; requests made while one runs fold into one more scan."""
         self._rescan_why = why
@@ -179,21 +204,43 @@ class MappingRunner(WatchFaultListener):
         while not self._halt.is_set():
             # Sleep until asked; only while some folders are unwatched do we
             # wake by ourselves (the polling fallback). Idle costs nothing.
-            timeout = self.cfg.poll_interval if self._unwatched else None
+            timeout = self.cfg.poll_interval if (self._unwatched or self._source_missing) else None
             asked = self._rescan_wanted.wait(timeout)
             if self._halt.is_set():
                 return
             self._rescan_wanted.clear()
+            if self._source_missing:
+                try:
+                    self.reconciler.check_source()
+                except SourceUnavailable:
+                    continue
+                log.warning("%s: the source folder %r is back; watching it again", self.name, self.m.source)
+                self._source_missing = False
+                self._rewatch()
             self._scan(self._rescan_why if asked else "polling folders that cannot be watched")
+
+    def _rewatch(self) -> None:
+        if self.watch is not None:
+            try:
+                self.observer.unschedule(self.watch)
+            except Exception:
+                pass
+        self._watch()
+        self._remember_source()
 
     def _scan(self, why: str) -> None:
         try:
             snap = SyncSnap(self.mapper, self.index, self.queue, self.ignore, self.m.complete_sync, self.con,
-                            follow_symlinks=self.m.follow_symlinks, stop=self._halt)
+                            follow_symlinks=self.m.follow_symlinks, stop=self._halt, max_delete=self.m.max_delete,
+                            allow_mass_delete=self.cfg.allow_mass_delete, precheck=self.reconciler.check_source)
             st = snap.run()
             log.info("%s: %s scan: %d files (%d bytes) in %.1fs: %d to send, %d to delete, %d unchanged%s",
                      self.name, why, st.files, st.bytes, st.seconds, st.sends, st.deletes, st.unchanged,
                      f", {st.adopted} already on the remote" if st.adopted else "")
+        except SourceUnavailable as exc:
+            log.error("%s: %s; not scanning, nothing is deleted; checking again every %.0f s", self.name, exc,
+                      self.cfg.poll_interval)
+            self._source_missing = True
         except (sqlite3.Error, StateError) as exc:
             self.fatal(f"{self.name}: cannot write the state database during the scan: {exc}")
         except Exception:

@@ -30,7 +30,7 @@ from typing import Callable
 import tenacity
 
 from connections.base import PermanentError, TransientError, XCon
-from skynet.reconcile import Outcome, Reconciler
+from skynet.reconcile import Outcome, Reconciler, SourceUnavailable
 from skynet.state import FailedActions
 from skynet.uniqueq import Action, UniqueQ
 
@@ -292,6 +292,14 @@ class Handler:
             self._cv.notify_all()
 
     def _transient(self, a: Action, error: Exception) -> None:
+        if isinstance(error, SourceUnavailable):
+            log.error("%s: %s; pausing this mapping until it is back (nothing is deleted meanwhile)", self.name, error)
+            with self._cv:
+                self._busy.pop(a.id, None)
+                self._window.insert(0, a)
+                self._cv.notify_all()
+            self._pause(str(error))
+            return
         try:
             self.con.check()
             remote_ok = True
@@ -354,6 +362,7 @@ class Handler:
                     if self._stopping:
                         return
                     try:
+                        self.reconciler.check_source()
                         self.con.connect()
                     except PermanentError as exc:
                         log.critical("%s: cannot reconnect: %s", self.name, exc)
@@ -362,7 +371,7 @@ class Handler:
             return
         except PermanentError:
             return
-        log.warning("%s: connection is back; resuming", self.name)
+        log.warning("%s: source and remote are reachable again; resuming", self.name)
         with self._cv:
             self._paused = False
             self.connected = True

@@ -78,9 +78,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                )""",
             # Retention deletes by age; the chart fallback and ad-hoc queries too.
             "CREATE INDEX IF NOT EXISTS events_ts ON skynet.events (ts)",
-            # The dashboard's two lists: newest completions, newest failures.
-            "CREATE INDEX IF NOT EXISTS events_done_ts ON skynet.events (ts DESC, daemon_id, seq) WHERE kind = 'done'",
-            "CREATE INDEX IF NOT EXISTS events_failed_ts ON skynet.events (ts DESC, daemon_id, seq) WHERE kind = 'failed'",
+            # The dashboard's two lists, newest first (a backward index scan), with
+            # keyset pagination on (ts, daemon_id, seq).
+            "CREATE INDEX IF NOT EXISTS events_done_ts ON skynet.events (ts, daemon_id, seq) WHERE kind = 'done'",
+            "CREATE INDEX IF NOT EXISTS events_failed_ts ON skynet.events (ts, daemon_id, seq) WHERE kind = 'failed'",
             # A path's history (the dashboard can link to it; operators query it).
             "CREATE INDEX IF NOT EXISTS events_path ON skynet.events (daemon_id, mapping, path)",
             """CREATE TABLE IF NOT EXISTS skynet.transfers (
@@ -147,7 +148,7 @@ def migrate(conn: Any) -> int:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            cur.execute("CREATE SCHEMA IF NOT EXISTS skynet")
             cur.execute(
                 """CREATE TABLE IF NOT EXISTS skynet.schema_version (
                        version     integer PRIMARY KEY,

@@ -26,7 +26,7 @@ import stat as statmod
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from connections.base import LocalFile, PermanentError, RemoteNotFound, TransferContext, XCon
+from connections.base import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError, XCon
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.state import Index, IndexEntry, ResumeTable
@@ -41,6 +41,11 @@ MAX_CHASE = 3
 
 class LocalFileError(PermanentError):
     """The local file cannot be read (permission denied, I/O error)."""
+
+
+class SourceUnavailable(TransientError):
+    """The mapping's source folder itself is gone (an unmounted disk). Nothing
+    may be deleted or moved on the remote until it is back."""
 
 
 def same_version(a: os.stat_result, b: os.stat_result) -> bool:
@@ -93,7 +98,8 @@ class Reconciler:
         self.ignore = ignore
         self.follow_symlinks = follow_symlinks
         self.progress = progress
-        self.stop = None  # threading.Event set by the handler on shutdown
+        # (st_dev, st_ino) of the source folder when it was last seen with files
+        self.source_id: tuple[int, int] | None = None
 
     # -- entry point -------------------------------------------------------
     def run(self, action: Action, ctx_stop=None) -> Outcome:
@@ -109,6 +115,28 @@ class Reconciler:
         return out
 
     # -- helpers -----------------------------------------------------------
+    def check_source(self) -> None:
+        """Raise SourceUnavailable unless the source folder is there, and is the
+        same folder as before. An unmounted disk leaves an empty mount point
+        behind: same path, but another device/inode, and no files. That must
+        never read as "the user deleted everything" (Syncthing guards the same
+        way with its folder marker)."""
+        try:
+            st = os.stat(self.mapper.source)
+        except OSError:
+            raise SourceUnavailable(f"source folder {self.mapper.source!r} is not there (unmounted?)") from None
+        if not statmod.S_ISDIR(st.st_mode):
+            raise SourceUnavailable(f"source {self.mapper.source!r} is not a folder any more")
+        if self.source_id is not None and (st.st_dev, st.st_ino) != self.source_id:
+            try:
+                empty = not os.listdir(self.mapper.source)
+            except OSError:
+                empty = True
+            if empty:
+                raise SourceUnavailable(
+                    f"source folder {self.mapper.source!r} is empty and is not the folder skynet synced before "
+                    "(an unmounted disk?)")
+
     def _lstat(self, rel: str) -> os.stat_result | None:
         try:
             if self.follow_symlinks:
@@ -226,6 +254,7 @@ class Reconciler:
 
     # -- delete ------------------------------------------------------------
     def delete(self, rel: str, out: Outcome, ctx_stop=None) -> None:
+        self.check_source()  # a vanished mount looks like everything deleted
         if self._lstat(rel) is not None:
             self.sync_path(rel, out, ctx_stop)  # it is back: converge on what is there
             return
@@ -238,6 +267,7 @@ class Reconciler:
 
     # -- move --------------------------------------------------------------
     def move(self, src: str, dest: str, out: Outcome, ctx_stop=None) -> None:
+        self.check_source()
         if self._lstat(src) is not None:
             # The source is there again: the move is a copy now. src keeps its
             # remote copy; its own events handle any change to it.

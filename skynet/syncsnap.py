@@ -24,7 +24,7 @@ import stat as statmod
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from connections.base import XCon
 from skynet.ignore import IgnoreRules
@@ -46,6 +46,7 @@ class ScanStats:
     deletes: int = 0
     unchanged: int = 0
     adopted: int = 0  # already on the remote at first sync
+    refused_deletes: int = 0  # held back by the mass-delete guard
     errors: int = 0
     seconds: float = 0.0
 
@@ -72,6 +73,9 @@ class SyncSnap:
         con: XCon | None = None,
         follow_symlinks: bool = False,
         stop: "threading.Event | None" = None,
+        max_delete: int = 1000,
+        allow_mass_delete: bool = False,
+        precheck: "Callable[[], None] | None" = None,
     ) -> None:
         self.mapper = mapper
         self.index = index
@@ -81,6 +85,9 @@ class SyncSnap:
         self.con = con
         self.follow_symlinks = follow_symlinks
         self.stop = stop or threading.Event()
+        self.max_delete = max_delete
+        self.allow_mass_delete = allow_mass_delete
+        self.precheck = precheck or (lambda: None)
         self.stats = ScanStats()
 
     # -- the walk ----------------------------------------------------------
@@ -156,8 +163,11 @@ class SyncSnap:
 
     # -- the scan ----------------------------------------------------------
     def run(self) -> ScanStats:
+        """Raises SourceUnavailable (from `precheck`) if the source folder is
+        missing or is an empty stand-in for it: then nothing is compared."""
         t0 = time.monotonic()
         s = self.stats
+        self.precheck()
         first = self.adopt_remote() > 0
         sends: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str, str]] = []
@@ -165,13 +175,10 @@ class SyncSnap:
         prec = self.con.abilities.mtime_precision_ns if self.con else 1
 
         def flush(force: bool = False) -> None:
-            nonlocal sends, deletes, refresh
+            nonlocal sends, refresh
             if sends and (force or len(sends) >= BATCH):
                 self.queue.put_many(sends)
                 sends = []
-            if deletes and (force or len(deletes) >= BATCH):
-                self.queue.put_many(deletes)
-                deletes = []
             if refresh and (force or len(refresh) >= BATCH):
                 self.index.put_many(refresh)
                 refresh = []
@@ -196,8 +203,12 @@ class SyncSnap:
                 elif self.ignore.ignored_path(ie.rel):
                     pass  # excluded now, but not ours to delete
                 elif self.complete_sync:
-                    deletes.append((DELETE, ie.rel, ""))
                     s.deletes += 1
+                    if len(deletes) <= self.max_delete or self.allow_mass_delete:
+                        deletes.append((DELETE, ie.rel, ""))
+                        if self.allow_mass_delete and len(deletes) >= BATCH:
+                            self.queue.put_many(deletes)
+                            deletes = []
                 ie = next(remote, None)
             else:
                 rel, st = lf
@@ -215,5 +226,24 @@ class SyncSnap:
                 ie = next(remote, None)
             flush()
         flush(force=True)
+        if deletes and not self.stop.is_set():
+            self._queue_deletes(deletes)
         s.seconds = time.monotonic() - t0
         return s
+
+    def _queue_deletes(self, deletes: list[tuple[str, str, str]]) -> None:
+        """The mass-delete guard (rclone's --max-delete): a start-up scan that
+        would delete more than `max_delete` files, or every file because the
+        source is empty, deletes nothing unless the user allowed it."""
+        s = self.stats
+        empty_source = s.files == 0
+        if not self.allow_mass_delete and (s.deletes > self.max_delete or empty_source):
+            s.refused_deletes = s.deletes
+            why = ("the source folder is empty" if empty_source
+                   else f"that is more than max_delete = {self.max_delete}")
+            log.error(
+                "NOT deleting %d file(s) on the remote that are gone from %r: %s. If that is intended, run once with "
+                "--allow-mass-delete (or SKYNET_ALLOW_MASS_DELETE=1), or raise max_delete for this mapping.",
+                s.deletes, self.mapper.source, why)
+            return
+        self.queue.put_many(deletes)

@@ -236,6 +236,8 @@ class WatchFaultListener:
 
     def unwatched(self, folder: str) -> None: ...
 
+    def root_lost(self, root: str) -> None: ...
+
 
 @dataclass
 class _ReportingWatchGroup(InotifyWatchGroup):
@@ -245,6 +247,14 @@ class _ReportingWatchGroup(InotifyWatchGroup):
         super().on_queue_overflow()
         if self.listener is not None:
             self.listener.overflow(os.fsdecode(self.path))
+
+    def on_watch_deleted(self, wd) -> None:
+        # The root's own watch ends when the folder is deleted, moved away or
+        # its file system unmounted (IN_IGNORED after IN_UNMOUNT).
+        lost_root = self._active_callbacks_by_watch.get(wd) == self.path
+        super().on_watch_deleted(wd)
+        if lost_root and self.listener is not None:
+            self.listener.root_lost(os.fsdecode(self.path))
 
     def _add_callback(self, path: bytes) -> None:
         super()._add_callback(path)

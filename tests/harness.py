@@ -64,10 +64,11 @@ class Daemon:
     """One `python main.py --run-with SERVICE --config-file CFG` process."""
 
     def __init__(self, config: Path, service: str = "local", log: Path | None = None,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, args: list[str] | None = None) -> None:
         self.config = config
         self.service = service
         self.prefix = prefix or []
+        self.args = args or []
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
 
@@ -75,7 +76,7 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            self.prefix + [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config)],
+            self.prefix + [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config), *self.args],
             cwd=str(REPO), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
         )
         self.wait_log("watching", timeout=30)

@@ -19,6 +19,9 @@ def test_path_locks_conflicts():
 
 
 class FakeReconciler:
+    def check_source(self):
+        pass
+
     def __init__(self, delay=0.05, fail=None):
         self.delay = delay
         self.fail = fail or {}
