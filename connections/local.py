@@ -77,7 +77,12 @@ class LocalCon(XCon):
 
     # -- paths -------------------------------------------------------------
     def _path(self, rel: str) -> str:
-        """The absolute target path of `rel`, guaranteed to stay inside root."""
+        """The absolute target path of `rel`, guaranteed to stay inside root.
+
+        Raises TransientError while the root itself is missing (an unmounted
+        share): "not found" must then mean "ask later", never "already gone"."""
+        if not os.path.isdir(self.root):
+            raise TransientError(f"target folder {self.root!r} is not there")
         if rel == "":
             return self.root
         check_rel(rel)
@@ -112,6 +117,8 @@ class LocalCon(XCon):
 
     # -- operations --------------------------------------------------------
     def _makedirs(self, folder: str, what: str) -> None:
+        # (_path has checked that the root is there: creating it here would
+        # fill an unmounted share's mount point on the local disk instead.)
         try:
             os.makedirs(folder, exist_ok=True)
         except FileExistsError as exc:  # a file sits where a folder must be

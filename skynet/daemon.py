@@ -308,7 +308,13 @@ class Daemon:
             log.critical("cannot start: %s", exc)
             self._shutdown()
             return 1
-        self.stop_event.wait()
+        # The one periodic wake-up: once a minute, check that watchdog's
+        # threads are alive. If they died, events are lost from now on: exit
+        # non-zero so the service manager restarts us (the restart's scan
+        # catches up), rather than run deaf.
+        while not self.stop_event.wait(60):
+            if not self.observer.healthy():
+                self.fatal("file watching stopped unexpectedly; exiting so that skynet is restarted")
         self._shutdown()
         return 1 if self.fatal_reason else 0
 

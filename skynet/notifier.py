@@ -119,6 +119,10 @@ def _pg_text(value: Any, limit: int | None = None) -> str | None:
     return s
 
 
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
+
+
 # -- the spool ------------------------------------------------------------------
 PRIO_PROGRESS, PRIO_QUEUED, PRIO_OTHER = 0, 1, 2
 
@@ -291,7 +295,8 @@ class Notifier:
         self._seq_hw = 0
         self._outage_logged = False
         self._password = _password_of(dsn) if self.enabled else None
-        self._backoff = tenacity.wait_exponential_jitter(initial=backoff_initial, max=backoff_cap, jitter=backoff_initial)
+        self._backoff = tenacity.wait_exponential_jitter(multiplier=backoff_initial, max=backoff_cap,
+                                                         jitter=backoff_initial)
         self.delivered = 0  # rows PostgreSQL acknowledged (tests, benchmarks)
         self.connects = 0
         self._thread: threading.Thread | None = None
@@ -581,9 +586,9 @@ class Notifier:
             self._overflow = [0, 0, 0]
             if any(d):
                 log.warning(
-                    "notifier: spool full (cap %d MiB): dropped the oldest %d progress, %d queued and %d other "
+                    "notifier: spool full (cap %s): dropped the oldest %d progress, %d queued and %d other "
                     "notification(s); PostgreSQL has been unreachable too long (raise notify_spool_mb to keep more)",
-                    self.spool_max_bytes >> 20, d[0], d[1], d[2],
+                    _size(self.spool_max_bytes), d[0], d[1], d[2],
                 )
             if any(o):
                 log.warning(

@@ -128,24 +128,24 @@ def current_version(conn: Any) -> int:
 def migrate(conn: Any) -> int:
     """Bring the schema up to LATEST; return the version found before.
 
-    `conn` is a psycopg2 connection (its autocommit setting is restored).
-    Safe to call from many processes at once; raises SchemaTooNew if the
-    database is ahead of this code (an older daemon must not write to a schema
-    it does not understand, but it also must not crash the sync: the caller
-    just disables notifications).
+    `conn` is a psycopg2 connection; a transaction left open on it is rolled
+    back first, and its autocommit setting is restored afterwards. Safe to call
+    from many processes at once. Raises SchemaTooNew if the database is ahead of
+    this code: an older daemon must not write to a schema it does not know (the
+    notifier then logs it and keeps spooling; syncing is not affected).
     """
     autocommit = conn.autocommit
-    conn.autocommit = True
+    if autocommit:
+        conn.autocommit = False
+    else:
+        conn.rollback()
     try:
         found = current_version(conn)
-    finally:
-        conn.autocommit = autocommit
-    if found > LATEST:
-        raise SchemaTooNew(f"the notifier schema is at version {found}; this skynet knows up to {LATEST}")
-    if found == LATEST:
-        return found
-    conn.autocommit = False
-    try:
+        conn.rollback()
+        if found > LATEST:
+            raise SchemaTooNew(f"the notifier schema is at version {found}; this skynet knows up to {LATEST}")
+        if found == LATEST:
+            return found
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
             cur.execute("CREATE SCHEMA IF NOT EXISTS skynet")
@@ -167,9 +167,10 @@ def migrate(conn: Any) -> int:
                 )
                 log.info("notifier schema: applied migration %d (%s)", version, description)
         conn.commit()
+        return found
     except BaseException:
         conn.rollback()
         raise
     finally:
-        conn.autocommit = autocommit
-    return found
+        if autocommit:
+            conn.autocommit = True

@@ -238,6 +238,8 @@ class WatchFaultListener:
 
     def root_lost(self, root: str) -> None: ...
 
+    def rescan(self, why: str) -> None: ...
+
 
 @dataclass
 class _ReportingWatchGroup(InotifyWatchGroup):
@@ -252,7 +254,19 @@ class _ReportingWatchGroup(InotifyWatchGroup):
         # The root's own watch ends when the folder is deleted, moved away or
         # its file system unmounted (IN_IGNORED after IN_UNMOUNT).
         lost_root = self._active_callbacks_by_watch.get(wd) == self.path
-        super().on_watch_deleted(wd)
+        try:
+            super().on_watch_deleted(wd)
+        except KeyError:
+            # watchdog 7.1 loses track of a watch when folders are deleted and
+            # renamed in quick succession, and the KeyError would kill its
+            # inotify thread (and with it every later event). Rebuild the
+            # watches and rescan instead, as after an overflow.
+            log.warning("watchdog lost track of a watch under %r; rebuilding the watches and rescanning",
+                        os.fsdecode(self.path))
+            super().on_queue_overflow()
+            if self.listener is not None:
+                self.listener.rescan("watches rebuilt")
+            return
         if lost_root and self.listener is not None:
             self.listener.root_lost(os.fsdecode(self.path))
 
@@ -285,6 +299,10 @@ class FaultReportingObserver(BaseObserver):
         self._inotify_fd = InotifyFD()
         self._inotify_fd.start()
         super().__init__(_ReportingEmitter, inotify_fd=self._inotify_fd)
+
+    def healthy(self) -> bool:
+        """False if watchdog's threads died (then events are no longer seen)."""
+        return self.is_alive() and self._inotify_fd.is_alive()
 
     @staticmethod
     def listen(root: str, listener: WatchFaultListener) -> None:

@@ -29,6 +29,8 @@ class Backend:
     #: the remote's files as {relative path bytes: content}, for convergence checks
     fetch: Callable[[], dict[bytes, bytes]] = lambda: {}
     service: str = "local"
+    #: outages the torture test can inject: name -> (begin, end) callables
+    faults: dict[str, tuple[Callable[[], None], Callable[[], None]]] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -37,6 +39,9 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
     root.mkdir()
     con = LocalCon(str(root))
     con.connect()
+    away = tmp_path / "remote.unmounted"
+    # An unmounted share: the target folder is simply not there for a while.
+    unmount = (lambda: os.rename(root, away), lambda: os.rename(away, root))
     try:
         yield Backend(
             con=con,
@@ -44,6 +49,7 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
             leftovers=con.leftovers,
             fetch=lambda: tree(root),
             service="local",
+            faults={"target unmounted": unmount},
         )
     finally:
         con.close()

@@ -16,9 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import Daemon, tree, wait_converged, write_config
-
-NAMES = ["a", "b", "c.txt", "d1/a", "d1/b", "d1/sub/x", "d2/y", "d2/deep/z", "d3/q"]
-DIRS = ["d1", "d2", "d3", "d1/sub", "d4"]
+from tests.workload import DIRS, NAMES, apply
 
 op = st.one_of(
     st.tuples(st.just("write"), st.sampled_from(NAMES), st.binary(max_size=3000)),
@@ -31,46 +29,6 @@ op = st.one_of(
     st.tuples(st.just("move_in"), st.sampled_from(NAMES + DIRS), st.binary(max_size=1000)),
     st.tuples(st.just("move_out"), st.sampled_from(NAMES + DIRS)),
 )
-
-
-def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
-    kind, *args = step
-    try:
-        if kind == "write":
-            p = src / args[0]
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(args[1])
-        elif kind == "append":
-            with open(src / args[0], "ab") as f:
-                f.write(args[1])
-        elif kind == "delete":
-            (src / args[0]).unlink()
-        elif kind == "rename":
-            (src / args[1]).parent.mkdir(parents=True, exist_ok=True)
-            os.rename(src / args[0], src / args[1])
-        elif kind == "rename_dir":
-            os.rename(src / args[0], src / args[1])
-        elif kind == "rmtree":
-            shutil.rmtree(src / args[0])
-        elif kind == "atomic_save":
-            p = src / args[0]
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.parent / f".{p.name}.save{n}"
-            tmp.write_bytes(args[1])
-            os.rename(tmp, p)
-        elif kind == "move_in":
-            staged = outside / f"in{n}"
-            if args[0] in DIRS:
-                (staged / "inner").mkdir(parents=True)
-                (staged / "inner" / "f").write_bytes(args[1])
-            else:
-                staged.write_bytes(args[1])
-            (src / args[0]).parent.mkdir(parents=True, exist_ok=True)
-            os.rename(staged, src / args[0])
-        elif kind == "move_out":
-            os.rename(src / args[0], outside / f"out{n}")
-    except OSError:
-        pass  # the operation did not apply to the current tree: fine, like a user's failed command
 
 
 @pytest.fixture(scope="module")

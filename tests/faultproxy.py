@@ -1,0 +1,120 @@
+"""A TCP proxy on 127.0.0.1 that tests can cut, to fake a network that drops.
+
+    proxy = FaultProxy(upstream_port).start()
+    ... point the client at proxy.port ...
+    proxy.cut()        # every open connection is reset; new ones are refused (closed at once)
+    proxy.stall()      # connections stay open but nothing gets through (a black hole)
+    proxy.restore()    # traffic flows again
+
+Loopback only, and every thread it starts ends at close().
+"""
+from __future__ import annotations
+
+import select
+import socket
+import threading
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._mode = "open"  # open | cut | stall
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self.connections = 0
+
+    def start(self) -> "FaultProxy":
+        t = threading.Thread(target=self._accept_loop, name="faultproxy-accept", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    # -- faults ---------------------------------------------------------------
+    def cut(self) -> None:
+        with self._lock:
+            self._mode = "cut"
+            conns = list(self._conns)
+        for c in conns:
+            _kill(c)
+
+    def stall(self) -> None:
+        with self._lock:
+            self._mode = "stall"
+
+    def restore(self) -> None:
+        with self._lock:
+            self._mode = "open"
+
+    # -- plumbing -------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                mode = self._mode
+            if mode == "cut":
+                _kill(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _kill(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+                self.connections += 1
+            t = threading.Thread(target=self._pump, args=(client, upstream), name="faultproxy-pump", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        try:
+            while not self._closed:
+                readable, _, _ = select.select([a, b], [], [], 0.5)
+                with self._lock:
+                    mode = self._mode
+                if mode == "cut":
+                    break
+                if mode == "stall":
+                    continue  # hold everything: the client sees a silent network
+                for s in readable:
+                    data = s.recv(1 << 16)
+                    if not data:
+                        return
+                    peers[s].sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                _kill(s)
+                with self._lock:
+                    self._conns.discard(s)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        self.cut()
+        for t in self._threads:
+            t.join(timeout=2)
+
+
+def _kill(s: socket.socket) -> None:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+    except OSError:
+        pass
+    try:
+        s.close()
+    except OSError:
+        pass

@@ -1,0 +1,75 @@
+"""A workload of random file operations, shared by the property test and the
+torture test: creates, writes, appends, renames of files and folders, deletes,
+editor-style atomic saves, moves in from outside and out of the root."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+NAMES = ["a", "b", "c.txt", "d1/a", "d1/b", "d1/sub/x", "d2/y", "d2/deep/z", "d3/q"]
+DIRS = ["d1", "d2", "d3", "d1/sub", "d4"]
+
+def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
+    kind, *args = step
+    try:
+        if kind == "write":
+            p = src / args[0]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(args[1])
+        elif kind == "append":
+            with open(src / args[0], "ab") as f:
+                f.write(args[1])
+        elif kind == "delete":
+            (src / args[0]).unlink()
+        elif kind == "rename":
+            (src / args[1]).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src / args[0], src / args[1])
+        elif kind == "rename_dir":
+            os.rename(src / args[0], src / args[1])
+        elif kind == "rmtree":
+            shutil.rmtree(src / args[0])
+        elif kind == "atomic_save":
+            p = src / args[0]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.parent / f".{p.name}.save{n}"
+            tmp.write_bytes(args[1])
+            os.rename(tmp, p)
+        elif kind == "move_in":
+            staged = outside / f"in{n}"
+            if args[0] in DIRS:
+                (staged / "inner").mkdir(parents=True)
+                (staged / "inner" / "f").write_bytes(args[1])
+            else:
+                staged.write_bytes(args[1])
+            (src / args[0]).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged, src / args[0])
+        elif kind == "move_out":
+            os.rename(src / args[0], outside / f"out{n}")
+    except OSError:
+        pass  # the operation did not apply to the current tree: fine, like a user's failed command
+
+
+
+
+def random_step(rng: random.Random) -> tuple:
+    """One random operation, in the same shape `apply` takes."""
+    kind = rng.choice(["write", "write", "append", "delete", "rename", "rename_dir", "rmtree", "atomic_save",
+                       "move_in", "move_out"])
+    data = lambda n: rng.randbytes(rng.randint(0, n))  # noqa: E731
+    if kind in ("write", "atomic_save"):
+        return (kind, rng.choice(NAMES), data(rng.choice([100, 5000, 200_000])))
+    if kind == "append":
+        return (kind, rng.choice(NAMES), data(2000) or b"x")
+    if kind == "delete":
+        return (kind, rng.choice(NAMES))
+    if kind == "rename":
+        return (kind, rng.choice(NAMES), rng.choice(NAMES))
+    if kind == "rename_dir":
+        return (kind, rng.choice(DIRS), rng.choice(DIRS))
+    if kind == "rmtree":
+        return (kind, rng.choice(DIRS))
+    if kind == "move_in":
+        return (kind, rng.choice(NAMES + DIRS), data(3000))
+    return (kind, rng.choice(NAMES + DIRS))
