@@ -105,4 +105,10 @@ def run_daemon(service: str, path: str, allow_mass_delete: bool = False) -> int:
     logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
     logging.getLogger("skynet").info("skynet starting: %s, %d mapping(s), state in %s", path, len(cfg.mappings),
                                      cfg.state_dir)
-    return Daemon(cfg).run()
+    def reload() -> configmod.Config:
+        new = configmod.load(path, service)
+        configmod.check_folders(new)
+        new.allow_mass_delete = allow_mass_delete
+        return new
+
+    return Daemon(cfg, reload=reload).run()

@@ -112,6 +112,9 @@ def default_config_path(service: str) -> str:
 
 
 def default_state_dir(service: str) -> str:
+    """$STATE_DIRECTORY under systemd (StateDirectory=), else the XDG state folder."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
     return os.path.join(platformdirs.user_state_dir("skynet"), service)
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 
 from connections import service_module
+from skynet import sdnotify
 from connections.base import PermanentError, TransientError, XCon
 from skynet.config import Config, MappingConfig
 from skynet.handler import Handler
@@ -271,35 +272,58 @@ class MappingRunner(WatchFaultListener):
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    """Runs every mapping of a config until SIGTERM/SIGINT.
+
+    Under systemd (Type=notify) it reports READY=1 once every mapping's
+    start-up scan has queued its work, STATUS= with queue depths, WATCHDOG=1
+    pings and STOPPING=1. SIGHUP re-reads the config: new mappings start,
+    removed ones stop, changed ones restart; queued work stays in each
+    mapping's state database, so nothing is lost.
+    """
+
+    def __init__(self, cfg: Config, reload: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
+        self.reload_config = reload
         self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._reload_wanted = False
         self.fatal_reason: str | None = None
-        self.runners: list[MappingRunner] = []
+        self.runners: dict[str, MappingRunner] = {}
         self.observer = FaultReportingObserver()
+        self.ready = False
 
     def fatal(self, reason: str) -> None:
         if self.fatal_reason is None:
             self.fatal_reason = reason
             log.critical("stopping: %s", reason)
         self.stop_event.set()
+        self._wake.set()
 
     def _signal(self, signum, _frame) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        self.stop_event.set()
+        if signum == signal.SIGHUP:
+            self._reload_wanted = True
+        elif signum == signal.SIGUSR1:
+            for r in list(self.runners.values()):
+                r.handler.wake()  # `--retry-failed` queued work from another process
+            return
+        else:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+        self._wake.set()
+
+    def _start_mapping(self, m: MappingConfig) -> None:
+        r = MappingRunner(self.cfg, m, self.observer, self.fatal)
+        self.runners[m.name] = r
+        r.start()
+        log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._signal)
-        signal.signal(signal.SIGINT, self._signal)
-        # `--retry-failed` queued work from another process: look at the queue again.
-        signal.signal(signal.SIGUSR1, lambda *_: [r.handler.wake() for r in self.runners])
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._signal)
         try:
-            for m in self.cfg.mappings:
-                self.runners.append(MappingRunner(self.cfg, m, self.observer, self.fatal))
             self.observer.start()
-            for r in self.runners:
-                r.start()
-                log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
+            for m in self.cfg.mappings:
+                self._start_mapping(m)
         except (FatalError, StateError) as exc:
             log.critical("%s", exc)
             self._shutdown()
@@ -308,19 +332,77 @@ class Daemon:
             log.critical("cannot start: %s", exc)
             self._shutdown()
             return 1
-        # The one periodic wake-up: once a minute, check that watchdog's
-        # threads are alive. If they died, events are lost from now on: exit
-        # non-zero so the service manager restarts us (the restart's scan
-        # catches up), rather than run deaf.
-        while not self.stop_event.wait(60):
+        ping = sdnotify.watchdog_interval()
+        while not self.stop_event.is_set():
+            # Wake for a signal, for systemd's watchdog, while waiting for the
+            # start-up scans (to send READY), and otherwise once a minute to
+            # check that watchdog's threads are alive: if they died, exit
+            # non-zero so systemd restarts us rather than run deaf.
+            timeout = 60.0 if ping is None else min(60.0, ping)
+            if not self.ready:
+                timeout = min(timeout, 0.2)
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self.stop_event.is_set():
+                break
+            if self._reload_wanted:
+                self._reload_wanted = False
+                self._reload()
+            if not self.ready and all(r.scan_done.is_set() for r in self.runners.values()):
+                self.ready = True
+                sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
+                log.info("ready: start-up scans queued; %s", self.status_line())
+            elif ping is not None:
+                sdnotify.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
             if not self.observer.healthy():
                 self.fatal("file watching stopped unexpectedly; exiting so that skynet is restarted")
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing or checkpointing work in flight")
         self._shutdown()
         return 1 if self.fatal_reason else 0
 
+    def status_line(self) -> str:
+        parts = []
+        for r in self.runners.values():
+            try:
+                depth = len(r.queue)
+                failed = r.failed.count()
+            except Exception:
+                depth = failed = -1
+            state = "connected" if r.handler.connected else "waiting for the remote"
+            parts.append(f"{r.name}: {depth} queued, {len(r.handler.in_flight())} in flight, {failed} failed, {state}")
+        return "; ".join(parts) or "no mappings"
+
+    def _reload(self) -> None:
+        if self.reload_config is None:
+            return
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = self.reload_config()
+        except Exception as exc:  # ConfigError: keep running the old config
+            log.error("reload refused, keeping the running config: %s", exc)
+            sdnotify.notify("READY=1")
+            return
+        old = {m.name: m for m in self.cfg.mappings}
+        wanted = {m.name: m for m in new.mappings}
+        global_changed = any(getattr(self.cfg, k) != getattr(new, k)
+                             for k in ("service_options", "state_dir", "max_attempts", "backoff_cap", "settle_seconds"))
+        self.cfg = new
+        for name in list(self.runners):
+            if name not in wanted or wanted[name] != old.get(name) or global_changed:
+                log.info("reload: stopping mapping %s", name)
+                self.runners.pop(name).stop(new.stop_timeout)
+        for name, m in wanted.items():
+            if name not in self.runners:
+                log.info("reload: starting mapping %s", name)
+                try:
+                    self._start_mapping(m)
+                except (FatalError, StateError, OSError, sqlite3.Error) as exc:
+                    log.error("reload: mapping %s cannot start: %s", name, exc)
+        sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
+
     def _shutdown(self) -> None:
         t0 = time.monotonic()
-        threads = [threading.Thread(target=r.stop, args=(self.cfg.stop_timeout,)) for r in self.runners]
+        threads = [threading.Thread(target=r.stop, args=(self.cfg.stop_timeout,)) for r in self.runners.values()]
         for t in threads:
             t.start()
         for t in threads:

@@ -18,7 +18,7 @@ from typing import Any
 
 from skynet.dashboard.auth import hash_secret, verify
 
-__all__ = ["DashboardConfig", "serve", "make_server", "build", "hash_secret", "verify"]
+__all__ = ["DashboardConfig", "serve", "make_server", "stop_server", "build", "hash_secret", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ def make_server(cfg: DashboardConfig) -> Any:
     return server
 
 
+def stop_server(server: Any) -> None:
+    """Stop a server made by make_server() (from any thread): its worker
+    threads, its sockets, and the database pool."""
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown()
+    wasyncore.close_all(server._map)
+    server.skynet_source.close()
+
+
 def serve(cfg: DashboardConfig) -> None:
     """Serve the dashboard in the foreground until interrupted."""
     server = make_server(cfg)
@@ -84,5 +94,4 @@ def serve(cfg: DashboardConfig) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
-        server.skynet_source.close()
+        stop_server(server)
