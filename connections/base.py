@@ -139,13 +139,30 @@ ProgressFn = Callable[[int, int], None]  # (bytes done, total)
 
 @dataclass
 class TransferContext:
-    """Everything a send may use besides the file: progress, resume, stop."""
+    """Everything a send may use besides the file: progress, resume, stop,
+    and the bandwidth limit.
+
+    A connection calls report(done, total) as bytes go out (at least per
+    chunk or part; `done` is cumulative and may come from several threads).
+    That single call feeds progress reporting *and* the daemon's bandwidth
+    limit, which may sleep in it: so every connection is throttled without
+    implementing throttling itself.
+    """
 
     progress: ProgressFn | None = None
     resume: ResumeStore = field(default_factory=NullResumeStore)
     stop: threading.Event = field(default_factory=threading.Event)
+    throttle: Callable[[int], None] | None = None  # called with each new byte count
+    _reported: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def report(self, done: int, total: int) -> None:
+        with self._lock:
+            delta = done - self._reported
+            if delta > 0:
+                self._reported = done
+        if delta > 0 and self.throttle is not None:
+            self.throttle(delta)
         if self.progress is not None:
             self.progress(done, total)
 

@@ -103,6 +103,9 @@ def run_daemon(service: str, path: str, allow_mass_delete: bool = False) -> int:
         return EXIT_USAGE  # not reached
     cfg.allow_mass_delete = allow_mass_delete
     logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
+    from skynet import priority
+
+    priority.lower(cfg.nice, cfg.io_class)  # before any thread starts: threads inherit it
     logging.getLogger("skynet").info("skynet starting: %s, %d mapping(s), state in %s", path, len(cfg.mappings),
                                      cfg.state_dir)
     def reload() -> configmod.Config:

@@ -21,6 +21,7 @@ import platformdirs
 
 from connections import SERVICES, service_module
 from skynet.ignore import validate_pattern
+from skynet.throttle import validate_bwlimit
 from skynet.values import (
     LOG_LEVELS,
     _str,
@@ -56,6 +57,9 @@ GLOBAL_KEYS: dict[str, Key] = {
     "stop_timeout": ("20", "seconds SIGTERM waits for running actions before checkpointing them", parse_seconds),
     "poll_interval": ("30", "while some folders cannot be watched (inotify limit), rescan this often, in seconds", parse_seconds),
     "settle_seconds": ("1.0", "quiet time before a created/modified file with no close event is sent", parse_seconds),
+    "bwlimit": ("off", "bandwidth limit for all transfers, bytes/s with k/M/G, or a schedule: '08:00,2M 18:00,off' (Mon-Fri 08:00,512k ...)", validate_bwlimit),
+    "nice": ("10", "CPU priority the daemon lowers itself to (0 = leave as started, 19 = lowest)", parse_int_range(0, 19)),
+    "io_class": ("idle", "I/O priority class the daemon sets for itself: idle, best-effort or none (leave as started)", parse_choice("idle", "best-effort", "none")),
     "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
     "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
     "log_format": ("text", "text or json", parse_choice("text", "json")),
@@ -97,6 +101,9 @@ class Config:
     stop_timeout: float = 20.0
     settle_seconds: float = 1.0
     poll_interval: float = 30.0
+    bwlimit: str = "off"
+    nice: int = 10
+    io_class: str = "idle"
     log_level: str = "INFO"
     log_file: str = ""
     log_format: str = "text"
@@ -170,7 +177,7 @@ def load(path: str, service: str | None = None) -> Config:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
     mod = service_module(file_service)
     cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
-    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "log_level", "log_file", "log_format"):
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "nice", "io_class", "log_level", "log_file", "log_format"):
         if k in g:
             setattr(cfg, k, g[k])
     for section in cp.sections():

@@ -27,6 +27,7 @@ from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler, SourceUnavailable
 from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
 from skynet.syncsnap import SyncSnap
+from skynet.throttle import Schedule, Throttle
 from skynet.uniqueq import UniqueQ
 from skynet.watcher import EVENT_TYPES, FaultReportingObserver, WatchFaultListener, Watcher
 
@@ -75,7 +76,8 @@ class StateLock:
 class MappingRunner(WatchFaultListener):
     """Everything that keeps one mapping in sync."""
 
-    def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None]) -> None:
+    def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
+                 throttle: Throttle | None = None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -95,7 +97,8 @@ class MappingRunner(WatchFaultListener):
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.queue, self.resume, self.ignore,
-                                     follow_symlinks=m.follow_symlinks)
+                                     follow_symlinks=m.follow_symlinks,
+                                     throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal)
         self.watcher = Watcher(self.mapper, self.ignore, self.queue, m.complete_sync, settle=cfg.settle_seconds,
@@ -290,6 +293,7 @@ class Daemon:
         self.fatal_reason: str | None = None
         self.runners: dict[str, MappingRunner] = {}
         self.observer = FaultReportingObserver()
+        self.throttle = Throttle(Schedule(cfg.bwlimit))
         self.ready = False
 
     def fatal(self, reason: str) -> None:
@@ -312,7 +316,7 @@ class Daemon:
         self._wake.set()
 
     def _start_mapping(self, m: MappingConfig) -> None:
-        r = MappingRunner(self.cfg, m, self.observer, self.fatal)
+        r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle)
         self.runners[m.name] = r
         r.start()
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())

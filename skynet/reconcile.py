@@ -89,6 +89,7 @@ class Reconciler:
         ignore: IgnoreRules,
         follow_symlinks: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
+        throttle: Callable[[int], None] | None = None,
     ) -> None:
         self.mapper = mapper
         self.con = con
@@ -98,6 +99,7 @@ class Reconciler:
         self.ignore = ignore
         self.follow_symlinks = follow_symlinks
         self.progress = progress
+        self.throttle = throttle
         # (st_dev, st_ino) of the source folder when it was last seen with files
         self.source_id: tuple[int, int] | None = None
 
@@ -218,6 +220,7 @@ class Reconciler:
             ctx = TransferContext(
                 progress=(lambda d, t, r=rel: self.progress(r, d, t)) if self.progress else None,
                 resume=self.resume.store(rel),
+                throttle=self.throttle,
             )
             if ctx_stop is not None:
                 ctx.stop = ctx_stop

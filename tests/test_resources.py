@@ -1,0 +1,75 @@
+"""Resource limits: the bandwidth limit (and its schedule) and the daemon's own priorities."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from skynet.throttle import Schedule, Throttle, parse_rate
+from tests.harness import Daemon, tree, wait_converged, write_config
+
+
+def at(y, mo, d, h, mi):
+    return time.mktime((y, mo, d, h, mi, 0, 0, 0, -1))
+
+
+def test_rates_and_schedules():
+    assert parse_rate("512k") == 512 * 1024 and parse_rate("2M") == 2 * 1024**2 and parse_rate("off") is None
+    s = Schedule("08:00,2M 18:00,off")
+    assert s.rate_at(at(2026, 11, 23, 9, 0)) == 2 * 1024**2
+    assert s.rate_at(at(2026, 11, 23, 19, 0)) is None
+    assert s.rate_at(at(2026, 11, 23, 3, 0)) is None  # wraps from yesterday's 18:00
+    w = Schedule("Mon-Fri 08:00,512k 18:00,off Sat,Sun 00:00,off")
+    assert w.rate_at(at(2026, 11, 23, 10, 0)) == 512 * 1024  # a Monday
+    assert w.rate_at(at(2026, 11, 28, 10, 0)) is None  # a Saturday
+    for bad in ("fast", "25:00,1M", "08:00,lots", "Funday 08:00,1M"):
+        with pytest.raises(ValueError):
+            Schedule(bad)
+
+
+def test_token_bucket_rate():
+    t = Throttle(Schedule("4M"))
+    start = time.monotonic()
+    for _ in range(40):
+        t.consume(256 * 1024)  # 10 MiB at 4 MiB/s: about 2.5 s
+    elapsed = time.monotonic() - start
+    assert 2.2 < elapsed < 2.8, elapsed
+
+
+def test_bandwidth_limit_holds_within_10_percent_over_20s(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    rate = 2 * 1024**2
+    for i in range(8):  # 40 MiB in 8 files sent by parallel workers: 20 s at 2 MiB/s
+        (src / f"f{i}.bin").write_bytes(os.urandom(5 * 1024**2))
+    cfg = write_config(tmp_path / "c.ini", "local", {"m": {"source": str(src), "target": str(dst)}}, tmp_path / "state",
+                       extra={"bwlimit": "2M", "workers": "8"})
+    d = Daemon(cfg).start()
+    t0 = time.monotonic()
+    try:
+        wait_converged(src, lambda: tree(dst), exact=True, timeout=60, daemon=d)
+        elapsed = time.monotonic() - t0
+    finally:
+        d.stop()
+    measured = 40 * 1024**2 / elapsed
+    print(f"40 MiB in {elapsed:.1f}s: {measured / 1024**2:.2f} MiB/s against a 2 MiB/s limit")
+    assert abs(measured - rate) / rate <= 0.10, f"{measured / 1024**2:.2f} MiB/s"
+
+
+@pytest.mark.skipif(shutil.which("ionice") is None, reason="ionice not installed")
+def test_daemon_lowers_its_own_priority(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    cfg = write_config(tmp_path / "c.ini", "local", {"m": {"source": str(src), "target": str(dst)}}, tmp_path / "state")
+    with Daemon(cfg) as d:
+        pids = [d.proc.pid] + [int(t) for t in os.listdir(f"/proc/{d.proc.pid}/task")]
+        for pid in pids:  # every thread, workers included
+            nice = int(open(f"/proc/{d.proc.pid}/task/{pid}/stat").read().rsplit(")", 1)[1].split()[16])
+            assert nice == 10, (pid, nice)
+        io = subprocess.run(["ionice", "-p", str(d.proc.pid)], capture_output=True, text=True).stdout
+        assert "idle" in io, io
