@@ -60,6 +60,7 @@ GLOBAL_KEYS: dict[str, Key] = {
     "bwlimit": ("off", "bandwidth limit for all transfers, bytes/s with k/M/G, or a schedule: '08:00,2M 18:00,off' (Mon-Fri 08:00,512k ...)", validate_bwlimit),
     "nice": ("10", "CPU priority the daemon lowers itself to (0 = leave as started, 19 = lowest)", parse_int_range(0, 19)),
     "io_class": ("idle", "I/O priority class the daemon sets for itself: idle, best-effort or none (leave as started)", parse_choice("idle", "best-effort", "none")),
+    "progress_interval": ("30", "seconds between progress summary lines while a backlog runs (when stderr is not a terminal)", parse_seconds),
     "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
     "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
     "log_format": ("text", "text or json", parse_choice("text", "json")),
@@ -102,6 +103,7 @@ class Config:
     settle_seconds: float = 1.0
     poll_interval: float = 30.0
     bwlimit: str = "off"
+    progress_interval: float = 30.0
     nice: int = 10
     io_class: str = "idle"
     log_level: str = "INFO"
@@ -177,7 +179,7 @@ def load(path: str, service: str | None = None) -> Config:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
     mod = service_module(file_service)
     cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
-    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "nice", "io_class", "log_level", "log_file", "log_format"):
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format"):
         if k in g:
             setattr(cfg, k, g[k])
     for section in cp.sections():

@@ -26,6 +26,7 @@ from skynet.ignore import IgnoreRules, rel_inside
 from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler, SourceUnavailable
 from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
+from skynet.progress import ProgressReporter, Snapshot
 from skynet.syncsnap import SyncSnap
 from skynet.throttle import Schedule, Throttle
 from skynet.uniqueq import UniqueQ
@@ -77,7 +78,7 @@ class MappingRunner(WatchFaultListener):
     """Everything that keeps one mapping in sync."""
 
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None, on_event: Callable | None = None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -100,7 +101,8 @@ class MappingRunner(WatchFaultListener):
                                      follow_symlinks=m.follow_symlinks,
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
-                               max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal)
+                               max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
+                               on_event=on_event)
         self.watcher = Watcher(self.mapper, self.ignore, self.queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan)
         self.watch = None
@@ -294,6 +296,7 @@ class Daemon:
         self.runners: dict[str, MappingRunner] = {}
         self.observer = FaultReportingObserver()
         self.throttle = Throttle(Schedule(cfg.bwlimit))
+        self.progress = ProgressReporter(self._progress_snapshot, every=cfg.progress_interval)
         self.ready = False
 
     def fatal(self, reason: str) -> None:
@@ -316,14 +319,30 @@ class Daemon:
         self._wake.set()
 
     def _start_mapping(self, m: MappingConfig) -> None:
-        r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle)
+        r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=self._on_event)
         self.runners[m.name] = r
         r.start()
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
 
+    def _on_event(self, kind: str, action, info) -> None:
+        """Every action's started/done/failed, from the handlers' workers."""
+        self.progress.poke()
+
+    def _progress_snapshot(self) -> Snapshot:
+        done = sent = pending = 0
+        for r in list(self.runners.values()):
+            done += r.handler.done_count + r.handler.failed_count
+            sent += r.handler.stats.bytes_sent
+            try:
+                pending += len(r.queue)
+            except Exception:
+                pass
+        return Snapshot(done, sent, pending)
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._signal)
+        self.progress.start()
         try:
             self.observer.start()
             for m in self.cfg.mappings:
@@ -406,6 +425,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         t0 = time.monotonic()
+        self.progress.stop()
         threads = [threading.Thread(target=r.stop, args=(self.cfg.stop_timeout,)) for r in self.runners.values()]
         for t in threads:
             t.start()

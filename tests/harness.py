@@ -49,9 +49,9 @@ def diff(src: dict[bytes, bytes], dst: dict[bytes, bytes], exact: bool) -> str:
 
 def write_config(path: Path, service: str, mappings: dict[str, dict[str, str]], state_dir: Path,
                  service_options: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> Path:
-    lines = ["[skynet]", f"service = {service}", f"state_dir = {state_dir}", "log_level = DEBUG",
-             "settle_seconds = 0.3"]
-    lines += [f"{k} = {v}" for k, v in (extra or {}).items()]
+    top = {"service": service, "state_dir": str(state_dir), "log_level": "DEBUG", "settle_seconds": "0.3"}
+    top.update(extra or {})
+    lines = ["[skynet]"] + [f"{k} = {v}" for k, v in top.items()]
     if service_options:
         lines += ["", f"[{service}]"] + [f"{k} = {v}" for k, v in service_options.items()]
     for name, m in mappings.items():

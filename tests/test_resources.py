@@ -73,3 +73,47 @@ def test_daemon_lowers_its_own_priority(tmp_path):
             assert nice == 10, (pid, nice)
         io = subprocess.run(["ionice", "-p", str(d.proc.pid)], capture_output=True, text=True).stdout
         assert "idle" in io, io
+
+
+def test_progress_summary_lines_when_not_a_terminal(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(300):
+        (src / f"{i}.bin").write_bytes(os.urandom(64 * 1024))
+    cfg = write_config(tmp_path / "c.ini", "local", {"m": {"source": str(src), "target": str(dst)}}, tmp_path / "state",
+                       extra={"bwlimit": "4M", "log_level": "INFO", "progress_interval": "1"})
+    with Daemon(cfg) as d:  # stderr is a file here: summary lines, no bar
+        wait_converged(src, lambda: tree(dst), exact=True, timeout=60, daemon=d)
+        d.wait_log("backlog done: ", timeout=10)
+        text = d.log_text()
+    import re
+
+    assert int(re.search(r"backlog done: (\d+) files", text).group(1)) >= 290
+    assert "progress: " in text and "files/s" in text and "ETA" in text
+    assert "█" not in text
+
+
+def test_progress_bar_in_a_terminal(tmp_path):
+    import io
+
+    from skynet.progress import ProgressReporter, Snapshot
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    state = {"done": 0}
+
+    def snap():
+        state["done"] = min(100, state["done"] + 10)
+        return Snapshot(state["done"], state["done"] * 1000, 100 - state["done"])
+
+    out = Tty()
+    r = ProgressReporter(snap, stream=out)
+    r.tty = True
+    r.start()
+    r.poke()
+    time.sleep(3)
+    r.stop()
+    assert "files/s" in out.getvalue() and "ETA" in out.getvalue() and "█" in out.getvalue()

@@ -113,10 +113,9 @@
 
   function renderChart(points, now) {
     const box = document.getElementById("chart");
-    const W = 900, H = 180, PAD = 28;
+    const W = Math.max(300, box.clientWidth || 900), H = 180, PAD = 28;
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("preserveAspectRatio", "none");
     const end = Math.floor(now / 60) * 60;
     const byMinute = new Map(points.map(function (p) { return [Number(p.minute), p]; }));
     let max = 1;
@@ -172,13 +171,13 @@
 
   function renderRecent(rs) {
     fill("recent", rs, function (r) {
-      return row([el("td", clock(r.ts)), el("td", r.host), el("td", r.mapping), el("td", r.action),
+      return row([el("td", clock(r.ts), "when"), el("td", r.host), el("td", r.mapping), el("td", r.action),
                   el("td", r.dest ? r.path + " → " + r.dest : r.path, "path"), el("td", bytes(r.bytes), "num")]);
     }, "No completed action yet.");
   }
 
   function failureRow(f) {
-    return row([el("td", clock(f.ts)), el("td", f.host), el("td", f.mapping), el("td", f.action),
+    return row([el("td", clock(f.ts), "when"), el("td", f.host), el("td", f.mapping), el("td", f.action),
                 el("td", f.dest ? f.path + " → " + f.dest : f.path, "path"), el("td", f.error, "error")]);
   }
 
