@@ -35,23 +35,29 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 @click.option("--config-file", type=click.Path(dir_okay=False), envvar="SKYNET_CONFIG", show_envvar=True,
               help="Config file to use (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini).")
 @click.option("--service", type=click.Choice(SERVICES), metavar="SERVICE",
-              help="Which service's config --failed/--retry-failed read (default: the only one that exists).")
+              help="Which service's config --status/--failed/--retry-failed read (default: the only one that exists).")
+@click.option("--status", "show_status", is_flag=True,
+              help="Show the local daemon: queue depth, uploads in flight with progress, failed count, connection.")
 @click.option("--failed", "show_failed", is_flag=True, help="List the actions that failed (error, attempts, times).")
 @click.option("--retry-failed", is_flag=True, help="Queue failed actions again: all, or those of the PATHs given.")
-@click.option("--json", "as_json", is_flag=True, help="With --failed: print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="With --failed or --status: print JSON.")
 @click.option("--allow-mass-delete", is_flag=True, envvar="SKYNET_ALLOW_MASS_DELETE", show_envvar=True,
               help="With --run-with: let the start-up scan delete more than max_delete remote files, or all of "
                    "them when the source folder is empty (off by default: an unmounted disk must not wipe the remote).")
 @click.argument("paths", nargs=-1)
 def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
-         show_failed: bool, retry_failed: bool, as_json: bool, allow_mass_delete: bool,
+         show_status: bool, show_failed: bool, retry_failed: bool, as_json: bool, allow_mass_delete: bool,
          paths: tuple[str, ...]) -> None:
     """skynet keeps local folders mirrored to S3, SFTP or another folder, in real time,
     and never loses a change through crashes, reboots or outages.
 
     PATHS (with --retry-failed) are paths relative to a mapping's source folder."""
-    if sum(map(bool, (setup_service, run_service, show_failed, retry_failed))) > 1:
-        fail("choose one of --config, --run-with, --failed and --retry-failed")
+    if sum(map(bool, (setup_service, run_service, show_status, show_failed, retry_failed))) > 1:
+        fail("choose one of --config, --run-with, --status, --failed and --retry-failed")
+    if show_status:
+        from skynet import status
+
+        sys.exit(status.print_status(load_for_inspection(config_file, service), as_json))
     if paths and not retry_failed:
         fail(f"unexpected argument {paths[0]!r} (paths go with --retry-failed)")
     if show_failed or retry_failed:

@@ -27,6 +27,7 @@ from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler, SourceUnavailable
 from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
 from skynet.progress import ProgressReporter, Snapshot
+from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
 from skynet.throttle import Schedule, Throttle
 from skynet.uniqueq import UniqueQ
@@ -78,7 +79,8 @@ class MappingRunner(WatchFaultListener):
     """Everything that keeps one mapping in sync."""
 
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
-                 throttle: Throttle | None = None, on_event: Callable | None = None) -> None:
+                 throttle: Throttle | None = None, on_event: Callable | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -98,7 +100,7 @@ class MappingRunner(WatchFaultListener):
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.queue, self.resume, self.ignore,
-                                     follow_symlinks=m.follow_symlinks,
+                                     follow_symlinks=m.follow_symlinks, progress=on_progress,
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
@@ -296,7 +298,9 @@ class Daemon:
         self.runners: dict[str, MappingRunner] = {}
         self.observer = FaultReportingObserver()
         self.throttle = Throttle(Schedule(cfg.bwlimit))
-        self.progress = ProgressReporter(self._progress_snapshot, every=cfg.progress_interval)
+        self.in_flight = InFlight()
+        self.progress = ProgressReporter(self._progress_snapshot, every=cfg.progress_interval,
+                                         on_tick=self._write_status)
         self.ready = False
 
     def fatal(self, reason: str) -> None:
@@ -319,14 +323,30 @@ class Daemon:
         self._wake.set()
 
     def _start_mapping(self, m: MappingConfig) -> None:
-        r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=self._on_event)
+        r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=lambda kind, a, info, name=m.name: self._on_event(name, kind, a, info),
+                          on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total))
         self.runners[m.name] = r
         r.start()
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
 
-    def _on_event(self, kind: str, action, info) -> None:
+    def _on_event(self, mapping: str, kind: str, action, info) -> None:
         """Every action's started/done/failed, from the handlers' workers."""
+        if kind != "started":
+            self.in_flight.finish(mapping, action.src)
         self.progress.poke()
+
+    def _on_progress(self, mapping: str, path: str, done: int, total: int) -> None:
+        self.in_flight.update(mapping, path, done, total)
+        if done >= total:
+            self.in_flight.finish(mapping, path)
+
+    def _write_status(self) -> None:
+        doc = {"pid": os.getpid(), "updated": time.time(), "in_flight": self.in_flight.snapshot(),
+               "mappings": [{"name": r.name, "connected": r.handler.connected} for r in list(self.runners.values())]}
+        try:
+            write_status(self.cfg.state_dir, doc)
+        except OSError as exc:
+            log.debug("cannot write status: %s", exc)
 
     def _progress_snapshot(self) -> Snapshot:
         done = sent = pending = 0

@@ -42,8 +42,10 @@ class Snapshot:
 
 
 class ProgressReporter:
-    def __init__(self, snapshot: Callable[[], Snapshot], stream: TextIO | None = None, every: float = 30.0) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], stream: TextIO | None = None, every: float = 30.0,
+                 on_tick: Callable[[], None] | None = None) -> None:
         self.snapshot = snapshot
+        self.on_tick = on_tick or (lambda: None)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() and "JOURNAL_STREAM" not in os.environ
         self.every = every
@@ -77,6 +79,7 @@ class ProgressReporter:
         last_log = t0
         shown = False
         while not self._halt.is_set():
+            self.on_tick()
             snap = self.snapshot()
             elapsed = max(1e-6, time.monotonic() - t0)
             files = snap.done - start.done
@@ -100,7 +103,8 @@ class ProgressReporter:
                 log.info("progress: %s files done, %s queued, %s sent, %.0f files/s, %s/s, ETA %s", f"{files:,}",
                          f"{snap.pending:,}", human_bytes(sent), rate, human_bytes(sent / elapsed),
                          human_seconds(eta) if eta is not None else "?")
-            self._halt.wait(0.5 if self.tty else min(self.every, 1.0))
+            self._halt.wait(0.5 if self.tty else min(self.every, 1.0))  # ticks only while work is pending
+        self.on_tick()
         snap = self.snapshot()
         files = snap.done - start.done
         elapsed = time.monotonic() - t0
