@@ -250,9 +250,7 @@ class Handler:
 
     def _finish(self, a: Action, outcome: Outcome) -> None:
         try:
-            self.queue.done(a.id)
-            for p in a.paths():
-                self.failed.clear_path(p)
+            self.queue.finish(a.id, outcome.index_rows, a.paths())
         except Exception as exc:  # disk full, state folder gone: stop rather than drift
             self.on_fatal(f"{self.name}: cannot record {a} as done in the state database: {exc}")
         log.info("%s: done %s%s", self.name, a, _describe(outcome))

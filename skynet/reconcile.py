@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import stat as statmod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from connections.base import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError, XCon
@@ -76,6 +76,9 @@ class Outcome:
     deleted: int = 0
     moved: int = 0
     queued: int = 0
+    #: Index rows to write together with the action's completion, in the
+    #: handler's one transaction per finished action
+    index_rows: list[tuple] = field(default_factory=list)
 
 
 class Reconciler:
@@ -242,10 +245,10 @@ class Reconciler:
             if after is None:
                 # Sent, then deleted: the remote has the last version; the
                 # delete hint (with complete_sync) removes it.
-                self.index.put(rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag)
+                out.index_rows.append((rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag))
                 return
             if same_version(st, after):
-                self.index.put(rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag)
+                out.index_rows.append((rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag))
                 return
             if not statmod.S_ISREG(after.st_mode):
                 self.sync_path(rel, out, ctx_stop)

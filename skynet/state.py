@@ -82,6 +82,10 @@ def under_range(rel: str) -> tuple[bytes, bytes]:
     return b + b"/", b + b"0"
 
 
+INDEX_UPSERT = ("INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) "
+                "VALUES (?,?,?,?,?,?,?)")
+
+
 class StateError(Exception):
     """The state database cannot be used (corrupt, unwritable, disk full)."""
 
@@ -176,19 +180,17 @@ class Index:
         return IndexEntry(rel, *row) if row else None
 
     def put(self, rel: str, size: int, mtime_ns: int | None, mode: int | None, ino: int | None, etag: str | None) -> None:
-        with self.db.write() as c:
-            c.execute(
-                "INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) VALUES (?,?,?,?,?,?,?)",
-                (enc(rel), size, mtime_ns, mode, ino, etag, time.time()),
-            )
+        self.put_many([(rel, size, mtime_ns, mode, ino, etag)])
 
     def put_many(self, rows: Iterable[tuple[str, int, int | None, int | None, int | None, str | None]]) -> None:
-        now = time.time()
         with self.db.write() as c:
-            c.executemany(
-                "INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) VALUES (?,?,?,?,?,?,?)",
-                ((enc(r[0]), r[1], r[2], r[3], r[4], r[5], now) for r in rows),
-            )
+            self.write_rows(c, rows)
+
+    @staticmethod
+    def write_rows(c: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+        """Upsert (rel, size, mtime_ns, mode, ino, etag) rows inside the caller's transaction."""
+        now = time.time()
+        c.executemany(INDEX_UPSERT, ((enc(r[0]), r[1], r[2], r[3], r[4], r[5], now) for r in rows))
 
     def has_under(self, rel: str) -> bool:
         lo, hi = under_range(rel)
@@ -288,8 +290,14 @@ class FailedActions:
 
     def clear_path(self, rel: str) -> None:
         """A later success on `rel` settles any failure recorded for it."""
-        b = enc(rel)
         with self.db.write() as c:
+            self.clear_paths(c, [rel])
+
+    @staticmethod
+    def clear_paths(c: sqlite3.Connection, rels: Iterable[str]) -> None:
+        """clear_path for several paths, inside the caller's transaction."""
+        for rel in rels:
+            b = enc(rel)
             c.execute("DELETE FROM failed WHERE src = ? OR dest = ?", (b, b))
 
     def list(self) -> list[FailedAction]:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from skynet.state import StateDB, StateError, dec, enc
+from skynet.state import FailedActions, Index, StateDB, StateError, dec, enc
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,17 @@ class UniqueQ:
     def done(self, action_id: int) -> None:
         """The action's effect is on the remote and in the Index: forget it."""
         with self.db.write() as c:
+            c.execute("DELETE FROM queue WHERE id = ?", (action_id,))
+
+    def finish(self, action_id: int, index_rows: list[tuple], settled: Iterable[str]) -> None:
+        """One transaction per finished action: what the remote now holds goes
+        into the Index, any failure recorded for its paths is settled, and the
+        action leaves the queue. Either all of it is on disk or none of it (then
+        the action runs again after a crash, which is harmless)."""
+        with self.db.write() as c:
+            if index_rows:
+                Index.write_rows(c, index_rows)
+            FailedActions.clear_paths(c, settled)
             c.execute("DELETE FROM queue WHERE id = ?", (action_id,))
 
     def __len__(self) -> int:
