@@ -25,7 +25,7 @@ from skynet.handler import Handler
 from skynet.ignore import IgnoreRules, rel_inside
 from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler, SourceUnavailable
-from skynet.state import FailedActions, Index, ResumeTable, StateDB, StateError
+from skynet.state import FailedActions, Index, ResumeTable, StateError, open_or_rebuild
 from skynet.progress import ProgressReporter, Snapshot
 from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
@@ -89,7 +89,17 @@ class MappingRunner(WatchFaultListener):
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         self.lock = StateLock(os.path.join(cfg.state_dir, f"{m.name}.lock"))
         self.lock.acquire()
-        self.db = StateDB(os.path.join(cfg.state_dir, f"{m.name}.db"))
+        db_path = os.path.join(cfg.state_dir, f"{m.name}.db")
+        existed = os.path.exists(db_path)
+        self.db, rebuilt = open_or_rebuild(db_path)
+        if rebuilt:
+            log.critical("%s: the state database %s was DAMAGED; it was moved aside (%s.corrupt-*) and is rebuilt "
+                         "from a full scan and a listing of the remote: files already there are not sent again, "
+                         "and nothing is deleted unless it is gone locally", m.name, db_path, db_path)
+        elif not existed and os.path.exists(os.path.join(cfg.state_dir, f"{m.name}.seen")):
+            log.critical("%s: the state database %s is MISSING (deleted?); rebuilding it from a full scan and a "
+                         "listing of the remote", m.name, db_path)
+        open(os.path.join(cfg.state_dir, f"{m.name}.seen"), "a").close()
         self.index = Index(self.db)
         self.failed = FailedActions(self.db)
         self.resume = ResumeTable(self.db)
@@ -257,25 +267,28 @@ class MappingRunner(WatchFaultListener):
             self.scan_done.set()
 
     def stop(self, timeout: float) -> None:
+        """Stop in order: no new events, pending settle-delayed sends queued,
+        running actions finished or checkpointed, then everything closed.
+        Each step runs even if an earlier one failed (a full disk must not
+        leave the connection or the lock behind)."""
         self._halt.set()
         self._rescan_wanted.set()
-        if self.watch is not None:
+        steps = [
+            ("stop watching", lambda: self.watch is not None and self.observer.unschedule(self.watch)),
+            ("end the scan", lambda: self._scanner.is_alive() and self._scanner.join(timeout=timeout)),
+            ("queue pending sends", self.watcher.close),
+            ("flush the queue", self.queue.flush),
+            ("stop the workers", lambda: self.handler.stop(timeout)),
+            ("close the queue", self.queue.close),
+            ("close the connection", self.con.close),
+            ("close the state database", self.db.close),
+            ("release the state lock", self.lock.release),
+        ]
+        for what, step in steps:
             try:
-                self.observer.unschedule(self.watch)
-            except Exception:
-                pass
-        if self._scanner.is_alive():
-            self._scanner.join(timeout=timeout)
-        self.watcher.close()  # pending settle-delayed sends go to the queue now
-        self.queue.flush()
-        self.handler.stop(timeout)
-        self.queue.close()
-        try:
-            self.con.close()
-        except Exception:
-            pass
-        self.db.close()
-        self.lock.release()
+                step()
+            except Exception as exc:
+                log.error("%s: could not %s while stopping: %s", self.name, what, exc)
 
 
 class Daemon:

@@ -128,41 +128,49 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 _UTC = datetime.timezone.utc
 
 
-def _copy_field(v: Any) -> str:
-    """One field in COPY's text format: \\N for NULL; backslash, tab, newline
-    and carriage return escaped (the only characters with a meaning there)."""
+def _copy_field(v: Any, limit: int | None = None) -> str:
+    """One field in COPY's text format: \\N for NULL; text made valid for
+    PostgreSQL (`_pg_text`), then backslash, tab, newline and carriage return
+    escaped, the only characters with a meaning there. Plain printable ASCII
+    (most names) takes a shortcut."""
     if v is None:
         return "\\N"
     if isinstance(v, str):
-        return v.translate(_COPY_ESCAPES)
+        if v.isascii() and v.isprintable() and (limit is None or len(v) <= limit):
+            return v.replace("\\", "\\\\") if "\\" in v else v
+        return _pg_text(v, limit).translate(_COPY_ESCAPES)
     return str(v)
 
 
 class _CopyReader:
-    """A file-like object streaming rows in COPY text format, a few at a time."""
+    """A file-like object streaming rows in COPY text format (UTF-8 bytes,
+    which psycopg2 passes through without a decode step), a few at a time."""
 
-    def __init__(self, values: Sequence[tuple]) -> None:
-        self._rows = iter(values)
-        self._pending = ""
+    def __init__(self, daemon_id: str, rows: Sequence[Row]) -> None:
+        self._did = _copy_field(daemon_id)
+        self._rows = iter(rows)
+        self._pending = b""
 
-    def _line(self, v: tuple) -> str:
-        ts = datetime.datetime.fromtimestamp(v[2], _UTC).isoformat()
-        return "\t".join((_copy_field(v[0]), str(v[1]), ts, *(_copy_field(x) for x in v[3:]))) + "\n"
+    def _line(self, r: Row) -> bytes:
+        ts = datetime.datetime.fromtimestamp(r[1], _UTC).isoformat()
+        f = _copy_field
+        return (f"{self._did}\t{r[0]}\t{ts}\t{f(r[2])}\t{f(r[3])}\t{f(r[4])}\t{f(r[5])}\t{f(r[6])}\t"
+                f"{f(r[7], MAX_ERROR_CHARS)}\t{f(r[8])}\t{f(r[9])}\n").encode("utf-8")
 
-    def read(self, size: int = -1) -> str:
+    def read(self, size: int = -1) -> bytes:
         chunks = [self._pending]
         have = len(self._pending)
-        for v in self._rows:
-            line = self._line(v)
+        for r in self._rows:
+            line = self._line(r)
             chunks.append(line)
             have += len(line)
             if 0 < size <= have:
                 break
-        data = "".join(chunks)
+        data = b"".join(chunks)
         if size > 0 and len(data) > size:
             data, self._pending = data[:size], data[size:]
         else:
-            self._pending = ""
+            self._pending = b""
         return data
 
     readline = read
@@ -339,6 +347,7 @@ class Notifier:
         self._next_prune = 0.0
         self._next_drop_log = 0.0
         self._dropped = [0, 0, 0]
+        self._transfer_keys: set[tuple[str, str]] = set()  # (mapping, path) with a transfers row
         self._seq_hw = 0
         self._outage_logged = False
         self._password = _password_of(dsn) if self.enabled else None
@@ -430,6 +439,10 @@ class Notifier:
                 log.debug("notifier: could not record %s", kind, exc_info=True)
 
         return on_event
+
+    def on_handler_event(self, mapping: str, kind: str, action: Any, info: object) -> None:
+        """The daemon's `_on_event(mapping, kind, action, info)` forwards here."""
+        self.handler_hook(mapping)(kind, action, info)
 
     def progress_hook(self, mapping: str) -> Callable[[str, int, int], None]:
         """A `progress(rel, done, total)` callback for skynet.reconcile.Reconciler."""
@@ -844,11 +857,6 @@ class Notifier:
         from psycopg2.extras import execute_values
 
         did = self.daemon_id
-        values = [
-            (did, r[0], r[1], _pg_text(r[2]), r[3], r[4], _pg_text(r[5]), _pg_text(r[6]),
-             _pg_text(r[7], MAX_ERROR_CHARS), r[8], r[9])
-            for r in rows
-        ]
         with self._conn.cursor() as cur:
             fresh: set[int] | None = None
             if not maybe_seen:
@@ -857,7 +865,7 @@ class Notifier:
                     cur.copy_expert(
                         "COPY skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest, error,"
                         " bytes_done, bytes_total) FROM STDIN",
-                        _CopyReader(values),
+                        _CopyReader(did, rows),
                     )
                     cur.execute("RELEASE SAVEPOINT skynet_copy")
                 except Exception as exc:
@@ -868,6 +876,11 @@ class Notifier:
                     cur.execute("ROLLBACK TO SAVEPOINT skynet_copy")
                     maybe_seen = True
             if maybe_seen:
+                values = [
+                    (did, r[0], r[1], _pg_text(r[2]), r[3], r[4], _pg_text(r[5]), _pg_text(r[6]),
+                     _pg_text(r[7], MAX_ERROR_CHARS), r[8], r[9])
+                    for r in rows
+                ]
                 new = execute_values(
                     cur,
                     """INSERT INTO skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest, error,
@@ -881,25 +894,31 @@ class Notifier:
                 fresh = {s for (s,) in new}
                 if not fresh:
                     return
+            # Derived tables, from the new rows only. A transfers row exists
+            # only for uploads that reported progress (large ones), so only
+            # those are deleted when their send ends: small files cost nothing here.
             transfers: dict[tuple[str, str], tuple | None] = {}
             roll: dict[tuple[int, str], list[int]] = {}
-            for v in values:
-                if fresh is not None and v[1] not in fresh:
+            known = self._transfer_keys
+            for r in rows:
+                kind = r[3]
+                if kind in ("queued", "started") or (fresh is not None and r[0] not in fresh):
                     continue
-                _, _, ts, mapping, kind, action, path, _, _, done, total = v
+                key = (r[2], r[5])
                 if kind == "progress":
-                    transfers[(mapping, path)] = (done or 0, total or 0, ts)
-                elif kind in ("done", "failed") and action == "send":
-                    transfers[(mapping, path)] = None
-                if kind == "done" and action == "send" or kind == "failed":
-                    acc = roll.setdefault((int(ts // 60) * 60, mapping), [0, 0, 0])
+                    transfers[key] = (r[8] or 0, r[9] or 0, r[1])
+                elif r[4] == "send" and (key in known or key in transfers):
+                    transfers[key] = None
+                if kind == "done" and r[4] == "send" or kind == "failed":
+                    acc = roll.setdefault((int(r[1] // 60) * 60, r[2]), [0, 0, 0])
                     if kind == "failed":
                         acc[2] += 1
                     else:
                         acc[0] += 1
-                        acc[1] += total or 0
-            ups = [(did, m, p, t[0], t[1], t[2], t[2]) for (m, p), t in transfers.items() if t is not None]
-            gone = [(m, p) for (m, p), t in transfers.items() if t is None]
+                        acc[1] += r[9] or 0
+            ups = [(did, _pg_text(m), _pg_text(p), t[0], t[1], t[2], t[2])
+                   for (m, p), t in transfers.items() if t is not None]
+            gone = [(_pg_text(m), _pg_text(p)) for (m, p), t in transfers.items() if t is None]
             if ups:
                 execute_values(
                     cur,
@@ -927,9 +946,16 @@ class Notifier:
                        SET files = skynet.throughput.files + EXCLUDED.files,
                            bytes = skynet.throughput.bytes + EXCLUDED.bytes,
                            failed = skynet.throughput.failed + EXCLUDED.failed""",
-                    [(m, did, mp, a[0], a[1], a[2]) for (m, mp), a in sorted(roll.items())],
+                    [(m, did, _pg_text(mp), a[0], a[1], a[2]) for (m, mp), a in sorted(roll.items())],
                     template="(to_timestamp(%s), %s, %s, %s, %s, %s)",
                 )
+        # Only after the statements went through (the caller commits next; if
+        # the commit fails, the rows are re-sent and this is recomputed).
+        for key, t in transfers.items():
+            if t is None:
+                known.discard(key)
+            elif len(known) < 100_000:
+                known.add(key)
 
     def _drain_spool(self, budget: float) -> None:
         """Deliver spooled rows oldest first, for up to `budget` seconds (so
@@ -1010,3 +1036,43 @@ class NotifyingQueue:
 
 def local_hostname() -> str:
     return socket.gethostname()
+
+
+def skynet_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("skynet-sync")
+    except Exception:
+        return "dev"
+
+
+def from_config(cfg: Any) -> Notifier:
+    """The daemon's Notifier, from its Config (attributes read with defaults,
+    so this works before and after the notify_* keys exist):
+
+        notify_dsn             "" -> no notifications (a no-op Notifier);
+                               "env" -> libpq's environment (PGHOST, PGUSER,
+                               PGPASSWORD or PGPASSFILE, PGSSLMODE...);
+                               otherwise a URL/DSN (postgresql://user:pw@host/db)
+        notify_sslmode         "" -> libpq's default
+        notify_retention_days  14
+        notify_heartbeat       10 (seconds)
+        notify_spool_mb        64
+        daemon_id              "" -> default_daemon_id(host, service, state_dir)
+    """
+    raw = (getattr(cfg, "notify_dsn", "") or "").strip()
+    dsn = None if not raw else ("" if raw == "env" else raw)
+    host = local_hostname()
+    return Notifier(
+        dsn,
+        host=host,
+        service=cfg.service,
+        daemon_id=getattr(cfg, "daemon_id", "") or default_daemon_id(host, cfg.service, cfg.state_dir),
+        spool_dir=cfg.state_dir,
+        version=skynet_version(),
+        retention_days=int(getattr(cfg, "notify_retention_days", 14)),
+        sslmode=getattr(cfg, "notify_sslmode", "") or None,
+        heartbeat_interval=float(getattr(cfg, "notify_heartbeat", 10.0)),
+        spool_max_bytes=int(getattr(cfg, "notify_spool_mb", 64)) << 20,
+    )

@@ -90,6 +90,24 @@ class StateError(Exception):
     """The state database cannot be used (corrupt, unwritable, disk full)."""
 
 
+class CorruptState(StateError):
+    """The state database is damaged (not merely unwritable)."""
+
+
+def open_or_rebuild(path: str) -> tuple["StateDB", bool]:
+    """Open the state database; if it is damaged, move it aside and start a
+    new one. Returns (db, rebuilt). A rebuilt state is empty: the start-up
+    scan then lists the remote and sends only what differs (first sync)."""
+    try:
+        return StateDB(path), False
+    except CorruptState:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, f"{path}.corrupt-{stamp}{suffix}")
+        return StateDB(path), True
+
+
 class StateDB:
     """One mapping's SQLite state file, with a connection per thread."""
 
@@ -105,8 +123,14 @@ class StateDB:
             c.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
+            # Touch every table once: a damaged page usually shows up here.
+            for table in ("meta", "queue", "entries", "failed", "resume"):
+                c.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()  # noqa: S608 - fixed names
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"state database {path!r} is unusable: {exc}") from exc
+            self.close()
+            if "disk is full" in str(exc) or "unable to open" in str(exc) or "readonly" in str(exc):
+                raise StateError(f"cannot use the state database {path!r}: {exc}") from exc
+            raise CorruptState(f"state database {path!r} is damaged: {exc}") from exc
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)

@@ -13,12 +13,13 @@ file plus a small script that polls /api/status; no CDN, no build step.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from skynet.dashboard.auth import hash_secret, verify
 
-__all__ = ["DashboardConfig", "serve", "make_server", "stop_server", "build", "hash_secret", "verify"]
+__all__ = ["DashboardConfig", "config_from_daemon", "serve", "make_server", "stop_server", "build", "hash_secret", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,23 @@ class DashboardConfig:
     session_hours: float = 12.0
     secure_cookie: bool = False  # set when served over HTTPS (behind a TLS proxy)
     threads: int = 8
+
+
+def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None) -> DashboardConfig:
+    """A DashboardConfig from the daemon's Config (skynet.config.Config):
+    notify_dsn ("" -> local mode on state_dir; "env" -> libpq's environment),
+    notify_sslmode, dashboard_password_hash, dashboard_token_hash. Attributes
+    are read with defaults, so this also works on a Config without them."""
+    raw = (getattr(cfg, "notify_dsn", "") or "").strip()
+    return DashboardConfig(
+        dsn=None if not raw else ("" if raw == "env" else raw),
+        host=host or "127.0.0.1",
+        port=8765 if port is None else port,
+        password_hash=getattr(cfg, "dashboard_password_hash", "") or None,
+        token_hash=getattr(cfg, "dashboard_token_hash", "") or None,
+        state_dirs=[cfg.state_dir],
+        sslmode=getattr(cfg, "notify_sslmode", "") or None,
+    )
 
 
 def _source(cfg: DashboardConfig) -> Any:
@@ -64,34 +82,77 @@ def build(cfg: DashboardConfig) -> tuple[Any, Any]:
     return create_app(cfg, source), source
 
 
-def make_server(cfg: DashboardConfig) -> Any:
-    """A waitress server, not yet running: `.run()` serves until `.close()`;
+class DashboardServer:
+    """A waitress server whose loop runs in `run()` and stops cleanly from any
+    thread with `stop()`: the loop notices between two polls (woken at once
+    by waitress's trigger), and closes its sockets, its worker threads and
+    the database pool itself, in its own thread."""
+
+    def __init__(self, server: Any, source: Any) -> None:
+        self._server = server
+        self.source = source
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._running = False
+
+    @property
+    def effective_port(self) -> int:
+        return self._server.effective_port
+
+    def run(self) -> None:
+        from waitress import wasyncore
+
+        self._running = True
+        try:
+            while not self._stop.is_set():
+                wasyncore.loop(timeout=1.0, map=self._server._map, use_poll=True, count=1)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        from waitress import wasyncore
+
+        if self._done.is_set():
+            return
+        self._server.task_dispatcher.shutdown()
+        wasyncore.close_all(self._server._map)
+        self.source.close()
+        self._done.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if not self._running:
+            self._close()
+            return
+        try:
+            self._server.pull_trigger()
+        except Exception:
+            pass
+        self._done.wait(timeout)
+
+
+def make_server(cfg: DashboardConfig) -> DashboardServer:
+    """A dashboard server, not yet serving: `.run()` serves until `.stop()`;
     `.effective_port` is the port (useful with port=0)."""
     from waitress import create_server
 
     app, source = build(cfg)
     server = create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="skynet-dashboard")
-    server.skynet_source = source
-    return server
+    return DashboardServer(server, source)
 
 
-def stop_server(server: Any) -> None:
-    """Stop a server made by make_server() (from any thread): its worker
-    threads, its sockets, and the database pool."""
-    from waitress import wasyncore
-
-    server.task_dispatcher.shutdown()
-    wasyncore.close_all(server._map)
-    server.skynet_source.close()
+def stop_server(server: DashboardServer) -> None:
+    """Stop a server made by make_server() (from any thread)."""
+    server.stop()
 
 
 def serve(cfg: DashboardConfig) -> None:
     """Serve the dashboard in the foreground until interrupted."""
     server = make_server(cfg)
-    log.info("dashboard: http://%s:%d/ (%s)", cfg.host, server.effective_port, server.skynet_source.describe())
+    log.info("dashboard: http://%s:%d/ (%s)", cfg.host, server.effective_port, server.source.describe())
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        stop_server(server)
+        server.stop()
