@@ -41,13 +41,17 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 @click.option("--failed", "show_failed", is_flag=True, help="List the actions that failed (error, attempts, times).")
 @click.option("--retry-failed", is_flag=True, help="Queue failed actions again: all, or those of the PATHs given.")
 @click.option("--json", "as_json", is_flag=True, help="With --failed or --status: print JSON.")
+@click.option("--non-interactive", is_flag=True,
+              help="With --config: ask nothing; take answers from --set, the existing file and the defaults.")
+@click.option("--set", "presets", multiple=True, metavar="KEY=VALUE",
+              help="With --config: an answer, e.g. s3.bucket=photos, mapping.main.source=/data, skynet.workers=16.")
 @click.option("--allow-mass-delete", is_flag=True, envvar="SKYNET_ALLOW_MASS_DELETE", show_envvar=True,
               help="With --run-with: let the start-up scan delete more than max_delete remote files, or all of "
                    "them when the source folder is empty (off by default: an unmounted disk must not wipe the remote).")
 @click.argument("paths", nargs=-1)
 def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
-         show_status: bool, show_failed: bool, retry_failed: bool, as_json: bool, allow_mass_delete: bool,
-         paths: tuple[str, ...]) -> None:
+         show_status: bool, show_failed: bool, retry_failed: bool, as_json: bool, non_interactive: bool,
+         presets: tuple[str, ...], allow_mass_delete: bool, paths: tuple[str, ...]) -> None:
     """skynet keeps local folders mirrored to S3, SFTP or another folder, in real time,
     and never loses a change through crashes, reboots or outages.
 
@@ -69,8 +73,14 @@ def main(setup_service: str | None, run_service: str | None, config_file: str | 
         from skynet.wizard import run_wizard
 
         path = resolve_config_path(config_file, setup_service)
+        answers: dict[str, str] = {}
+        for item in presets:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                fail(f"--set {item!r}: expected KEY=VALUE")
+            answers[key.strip()] = value
         try:
-            run_wizard(setup_service, path)
+            run_wizard(setup_service, path, answers, interactive=not non_interactive)
         except ConfigError as exc:
             fail(str(exc))
         except click.Abort:

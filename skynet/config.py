@@ -228,6 +228,17 @@ def load(path: str, service: str | None = None) -> Config:
 
 def check_folders(cfg: Config) -> None:
     """Checks that need the disk: source folders exist, no loops. ConfigError."""
+    if cfg.service == "s3":
+        # Each mapping owns its prefix: clean-up of abandoned uploads and
+        # complete_sync work per prefix, so prefixes must not nest.
+        seen: list[tuple[str, str]] = []
+        for m in cfg.mappings:
+            t = m.target.strip("/")
+            for other, ot in seen:
+                if t == ot or t.startswith(ot + "/") or ot.startswith(t + "/") or not t or not ot:
+                    raise ConfigError(cfg.path, f"mapping {m.name}", "target",
+                                      f"{m.target!r} overlaps mapping {other!r}'s target {ot!r} in the same bucket")
+            seen.append((m.name, t))
     for m in cfg.mappings:
         sect = f"mapping {m.name}"
         if not os.path.exists(m.source):

@@ -105,6 +105,8 @@ class MappingRunner(WatchFaultListener):
         self.resume = ResumeTable(self.db)
         self._check_identity()
         self.con: XCon = service_module(cfg.service).build(cfg.service_options, m.target)
+        if hasattr(self.con, "workers"):  # connections that pool sessions size the pool for our workers
+            self.con.workers = max(self.con.workers, m.workers)
         self.mapper = Mapper(m.source, m.target)
         inner_state = rel_inside(m.source, cfg.state_dir)
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))

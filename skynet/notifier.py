@@ -5,15 +5,16 @@ Rule one: it never slows or stops syncing. The public methods (`event`,
 deque and return; everything else (JSON, SQL, disk, network, retries) happens
 in ONE background thread, the writer:
 
-    callers ──append──▶ deque ──writer──▶ PostgreSQL   (one INSERT ... VALUES list per batch)
+    callers ──append──▶ deque ──writer──▶ PostgreSQL   (one COPY or INSERT ... VALUES list per batch)
                                    └──▶ spool (SQLite in the state folder) ──▶ PostgreSQL later
 
 * Order and no duplicates: every row gets a sequence number when it is
-  appended, (daemon_id, seq) is the table's primary key, and rows are inserted
-  with ON CONFLICT DO NOTHING. A batch whose COMMIT reached the server but whose
-  answer was lost is simply sent again. Rows go to PostgreSQL in seq order: as
-  long as the spool holds anything, new rows are appended behind it, and the
-  spool is drained oldest first.
+  appended, and (daemon_id, seq) is the table's primary key. A batch whose
+  COMMIT reached the server but whose answer was lost is spooled and sent
+  again with INSERT ... ON CONFLICT DO NOTHING, so it cannot duplicate; rows
+  never sent before take a cheaper COPY (see Notifier._insert). Rows go to
+  PostgreSQL in seq order: as long as the spool holds anything, new rows are
+  appended behind it, and the spool is drained oldest first.
 * Sequence numbers survive restarts without a round trip: they start at
   max(high-water mark kept in the spool folder, current time in microseconds),
   so neither a lost spool folder nor a clock stepping back alone can reuse one.
@@ -212,7 +213,9 @@ class Spool:
         return self.db.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()[0]
 
     def append(self, rows: Sequence[Row]) -> dict[int, int]:
-        """Store rows; returns {prio: rows dropped} if the cap was hit."""
+        """Store rows; returns {prio: rows dropped} if the cap was hit.
+        count and bytes are kept up to date incrementally: a long outage
+        fills the spool with millions of rows, and appends must stay cheap."""
         recs = []
         added = 0
         for r in rows:
@@ -221,20 +224,26 @@ class Spool:
             added += len(text)
         self.db.execute("BEGIN")
         try:
-            self.db.executemany("INSERT OR IGNORE INTO spool(seq, prio, size, row) VALUES (?,?,?,?)", recs)
-            dropped = self._enforce_cap(self.bytes + added)
+            cur = self.db.executemany("INSERT OR IGNORE INTO spool(seq, prio, size, row) VALUES (?,?,?,?)", recs)
+            inserted = cur.rowcount if cur.rowcount >= 0 else len(recs)
+            if inserted != len(recs):  # some were there already (never expected): recount
+                self.count, self.bytes = self.db.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
+            else:
+                self.count += inserted
+                self.bytes += added
+            dropped = self._enforce_cap()
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
+            self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
             raise
-        self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
         return dropped
 
-    def _enforce_cap(self, total: int) -> dict[int, int]:
+    def _enforce_cap(self) -> dict[int, int]:
         dropped: dict[int, int] = {}
-        excess = total - self.max_bytes
         for prio in (PRIO_PROGRESS, PRIO_QUEUED, PRIO_OTHER):
-            while excess > 0:
+            while self.bytes > self.max_bytes:
                 victims = self.db.execute(
                     "SELECT seq, size FROM spool WHERE prio = ? ORDER BY seq LIMIT 2000", (prio,)
                 ).fetchall()
@@ -243,8 +252,9 @@ class Spool:
                 cut = []
                 for seq, size in victims:
                     cut.append((seq,))
-                    excess -= size
-                    if excess <= 0:
+                    self.bytes -= size
+                    self.count -= 1
+                    if self.bytes <= self.max_bytes:
                         break
                 self.db.executemany("DELETE FROM spool WHERE seq = ?", cut)
                 dropped[prio] = dropped.get(prio, 0) + len(cut)
@@ -259,8 +269,17 @@ class Spool:
 
     def remove_through(self, seq: int) -> None:
         """Forget every row up to `seq` (they are in PostgreSQL)."""
-        self.db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
-        self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
+        self.db.execute("BEGIN")
+        try:
+            n, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool WHERE seq <= ?",
+                                      (seq,)).fetchone()
+            self.db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.count -= n
+        self.bytes -= size
 
     def close(self) -> None:
         try:
@@ -383,10 +402,13 @@ class Notifier:
         For done sends, `bytes_total` is the bytes that crossed the wire."""
         if not self.enabled:
             return
-        if kind in ("done", "failed"):
-            self._last_progress.pop((mapping, path), None)
-        if error is not None and not isinstance(error, str):
-            error = f"{type(error).__name__}: {error}"
+        try:
+            if kind in ("done", "failed"):
+                self._last_progress.pop((mapping, path), None)
+            if error is not None and not isinstance(error, str):
+                error = f"{type(error).__name__}: {error}"
+        except Exception:  # an exception whose str() fails: still record the event
+            error = type(error).__name__
         self._append(time.time(), mapping, kind, action, path, dest or None, error, None, bytes_total)
 
     def progress(self, mapping: str, path: str, done: int, total: int) -> None:
@@ -554,6 +576,8 @@ class Notifier:
                     break
         except Exception:
             log.exception("notifier: writer stopped by an unexpected error; notifications are off")
+            self.enabled = False  # callers become no-ops instead of filling the buffer
+            self._buf.clear()
         finally:
             self._disconnect(None)
             if self._spool is not None:
@@ -594,7 +618,10 @@ class Notifier:
     def _cycle(self) -> None:
         rows = self._drain()
         now = time.monotonic()
-        if self._conn is None and now >= self._next_connect:
+        # While closing, connect only if this run never tried: a short run still
+        # delivers, but a database that is down does not hold up the stop.
+        if self._conn is None and now >= self._next_connect and (
+                not self._closing.is_set() or (self.connects == 0 and self._attempt == 0)):
             self._connect()
         if rows:
             if self._conn is not None and not self._spool.count and len(rows) <= self.spill_threshold:
@@ -866,6 +893,7 @@ class Notifier:
                         "COPY skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest, error,"
                         " bytes_done, bytes_total) FROM STDIN",
                         _CopyReader(did, rows),
+                        size=1 << 20,  # the whole batch in one read: fewer GIL hand-offs with the sync's threads
                     )
                     cur.execute("RELEASE SAVEPOINT skynet_copy")
                 except Exception as exc:

@@ -17,14 +17,16 @@ daemons     one row per daemon (upserted by its heartbeat): host, service,
             version, mappings (JSON), queue depth, last heartbeat, started_at.
 events      every notification: (daemon_id, seq) is the primary key, which is
             what makes re-delivery after a half-failed batch harmless
-            (INSERT ... ON CONFLICT DO NOTHING).
+            (INSERT ... ON CONFLICT DO NOTHING). Indexes: the primary key, a
+            BRIN on ts (retention), and two small partial B-trees for the
+            dashboard's lists (done, failed); each index is insert cost.
 transfers   the *current* progress of uploads in flight, one row per
             (daemon, mapping, path), upserted from progress events and deleted
             when the action is done or failed: the dashboard's progress bars
             read a few rows instead of scanning events.
 throughput  per-minute roll-up (files, bytes, failures) per daemon and mapping,
-            maintained from the rows an insert actually added (RETURNING), so a
-            re-delivered batch is never counted twice; the hour chart reads at
+            maintained from the rows an insert actually added (RETURNING; a
+            COPY is all or nothing), so a re-delivered batch is never counted twice; the hour chart reads at
             most 60 x daemons x mappings small rows.
 
 All statements here are constants; values are always passed as parameters.

@@ -1,18 +1,92 @@
-"""The interactive setup: `python main.py --config SERVICE`.
+"""The setup wizard: `python main.py --config SERVICE`.
 
-It asks for each setting with its current value (or the default) offered, so
-running it again on an existing config edits it and keeps what the user does
-not change. It validates as it goes and writes the file with mode 0600.
+It asks for every setting with an explanation and the current value (or the
+default) offered, so running it again on an existing config edits it and keeps
+what the user does not change. It validates as it goes: folders exist; the
+bucket or server answers; a probe object is written and removed; an SFTP host
+key is shown and confirmed before it is trusted. Secrets are never echoed.
+The file is written with mode 0600.
+
+Automation: `--non-interactive` takes every answer from `--set KEY=VALUE`
+(keys like `s3.bucket`, `skynet.workers`, `mapping.main.source`), the existing
+config, or the default, and fails with a clear message if a required one is
+missing or invalid.
 """
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
+from typing import Callable
 
 import click
 
 from connections import service_module
+from connections.base import LocalFile, PermanentError, TransferContext, TransientError
 from skynet import config as configmod
-from skynet.config import GLOBAL_KEYS, MAPPING_KEYS
+from skynet.config import GLOBAL_KEYS, MAPPING_KEYS, ConfigError
+
+
+class Prompter:
+    """Asks a question, or answers it from presets in non-interactive mode."""
+
+    def __init__(self, presets: dict[str, str], interactive: bool, path: str) -> None:
+        self.presets = presets
+        self.interactive = interactive
+        self.path = path
+        self.used: set[str] = set()
+
+    def ask(self, key: str, label: str, current: str = "", *, hide: bool = False, required: bool = False,
+            check: Callable[[str], None] | None = None) -> str:
+        """`key` is the preset name ("s3.bucket"); `check` raises ValueError."""
+        if key in self.presets:
+            self.used.add(key)
+            value = self.presets[key]
+            try:
+                if check:
+                    check(value)
+            except ValueError as exc:
+                raise ConfigError(self.path, None, key, str(exc)) from None
+            return value
+        if not self.interactive:
+            if required and not current:
+                raise ConfigError(self.path, None, key, "required: give it with --set " + key + "=VALUE")
+            if current and check:
+                try:
+                    check(current)
+                except ValueError as exc:
+                    raise ConfigError(self.path, None, key, str(exc)) from None
+            return current
+        while True:
+            if hide:
+                shown = " [keep the current one]" if current else ""
+                value = click.prompt(label + shown, default="" if current else None, hide_input=True,
+                                     show_default=False)
+                value = value or current
+            else:
+                value = str(click.prompt(label, default=current if current else ("" if not required else None),
+                                         show_default=bool(current))).strip()
+            if required and not value:
+                click.echo("  this one is required")
+                continue
+            try:
+                if check and value:
+                    check(value)
+            except ValueError as exc:
+                click.echo(f"  {exc}; try again")
+                continue
+            return value
+
+    def confirm(self, key: str, label: str, default: bool) -> bool:
+        if key in self.presets:
+            self.used.add(key)
+            return configmod.parse_bool(self.presets[key])
+        if not self.interactive:
+            return default
+        return click.confirm(label, default=default)
+
+    def say(self, text: str) -> None:
+        click.echo(text)
 
 
 def _existing(path: str) -> dict[str, dict[str, str]]:
@@ -22,93 +96,235 @@ def _existing(path: str) -> dict[str, dict[str, str]]:
     return {s: dict(cp[s]) for s in cp.sections()}
 
 
-def _ask(section: dict[str, str], key: str, keys: dict, prompt: str | None = None, default: str | None = None) -> str:
-    """Ask for one key, offering the current value (or `default`, or the
-    documented default); re-ask until the value parses."""
-    documented, doc, parse = keys[key]
-    current = section.get(key, default if default is not None else documented)
-    current = " ".join(current.split()) if "\n" in current else current  # multi-line ignore lists
-    while True:
-        value = click.prompt(f"{prompt or key} ({doc})", default=current, show_default=True)
-        value = str(value).strip()
-        if value == "" and not default:
-            return value
-        try:
-            parse(value)
-        except ValueError as exc:
-            click.echo(f"  {exc}; try again")
-            continue
-        return value
+def _parser(keys: dict, key: str) -> Callable[[str], None]:
+    return lambda v: keys[key][2](v)
 
 
-def _ask_folder(label: str, current: str, must_exist: bool) -> str:
-    while True:
-        value = click.prompt(label, default=current or None)
-        path = os.path.abspath(os.path.expanduser(value.strip()))
-        if os.path.isdir(path):
-            return path
-        if os.path.exists(path):
-            click.echo(f"  {path} is not a folder")
-            continue
-        if must_exist:
-            click.echo(f"  {path} does not exist")
-            continue
-        if click.confirm(f"  {path} does not exist; create it?", default=True):
-            os.makedirs(path, exist_ok=True)
-            return path
+def _folder(p: Prompter, key: str, label: str, current: str, must_exist: bool, avoid: str = "") -> str:
+    def check(value: str) -> None:
+        path = os.path.abspath(os.path.expanduser(value))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is not a folder")
+        if must_exist and not os.path.isdir(path):
+            raise ValueError(f"{path} does not exist")
+        if avoid:
+            a = avoid.rstrip("/")
+            if path == a or path.startswith(a + "/") or a.startswith(path.rstrip("/") + "/"):
+                raise ValueError(f"{path} and the source {a} overlap; that would loop")
 
-
-def run_wizard(service: str, path: str) -> None:
-    old = _existing(path)
-    click.echo(f"skynet setup for {service}: {path}" + (" (editing)" if old else " (new)"))
-    g = dict(old.get("skynet", {}))
-    g["service"] = service
-    mod = service_module(service)
-    svc = dict(old.get(service, {}))
-    if hasattr(mod, "wizard"):
-        svc = mod.wizard(svc)  # the connection asks for its own settings
-
-    mapping_names = [s[8:].strip() for s in old if s.startswith("mapping ")] or ["main"]
-    mappings: dict[str, dict[str, str]] = {}
-    for name in mapping_names:
-        section = dict(old.get(f"mapping {name}", {}))
-        click.echo(f"\nMapping {name!r}")
-        section["source"] = _ask_folder("Local folder to mirror", section.get("source", ""), must_exist=True)
-        if service == "local":
-            while True:
-                target = _ask_folder("Target folder (a mounted disk or share)", section.get("target", ""), must_exist=False)
-                s = section["source"]
-                if target == s or target.startswith(s.rstrip("/") + "/") or s.startswith(target.rstrip("/") + "/"):
-                    click.echo("  the target and the source overlap; that would loop")
-                    continue
-                break
-            section["target"] = target
+    value = os.path.abspath(os.path.expanduser(p.ask(key, label, current, required=True, check=check)))
+    if not os.path.isdir(value):
+        if p.confirm(key + ".create", f"  {value} does not exist; create it?", True):
+            os.makedirs(value, exist_ok=True)
         else:
-            section["target"] = click.prompt("Remote folder or prefix", default=section.get("target", "") or None)
-        section["complete_sync"] = _ask(section, "complete_sync", MAPPING_KEYS, "Delete on the remote what is deleted here?")
-        section["ignore"] = _ask(section, "ignore", MAPPING_KEYS, "Extra ignore patterns, comma-separated", default="")
-        section["ignore"] = ", ".join(p.strip() for p in section["ignore"].replace("\n", ",").split(",") if p.strip())
-        if not section["ignore"]:
-            section.pop("ignore")
-        mappings[name] = section
+            raise ConfigError(p.path, None, key, f"{value} does not exist")
+    return value
+
+
+# -- per-service questions ------------------------------------------------------
+def _s3_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
+    mod = service_module("s3")
+    keys = mod.KEYS
+    out = dict(svc)
+
+    def q(key: str, label: str, **kw) -> None:
+        value = p.ask(f"s3.{key}", f"{label} ({keys[key][1]})", out.get(key, keys[key][0]), **kw)
+        if value:
+            out[key] = value
+        else:
+            out.pop(key, None)
+
+    q("bucket", "Bucket", required=True)
+    q("endpoint_url", "Endpoint URL (empty for AWS; e.g. https://minio.example:9000)")
+    q("region", "Region")
+    q("addressing_style", "Addressing style")
+    q("prefix", "Key prefix for everything skynet writes")
+    q("storage_class", "Storage class")
+    q("sse", "Server-side encryption")
+    if out.get("sse") == "aws:kms":
+        q("sse_kms_key_id", "KMS key id")
+    has_keys = bool(out.get("access_key_id"))
+    p.say("Credentials: by default the standard AWS chain (environment, ~/.aws profile, instance role).")
+    if p.confirm("s3.use_keys", "Type an access key here instead (stored only in this 0600 file)?", has_keys):
+        q("access_key_id", "Access key id", required=True)
+        secret = p.ask("s3.secret_access_key", "Secret access key (not shown)", out.get("secret_access_key", ""),
+                       hide=True, required=True)
+        out["secret_access_key"] = secret
+        out.pop("profile", None)
+    else:
+        out.pop("access_key_id", None)
+        out.pop("secret_access_key", None)
+        q("profile", "AWS profile (empty: default chain)")
+    return out
+
+
+def _sftp_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
+    mod = service_module("sftp")
+    keys = mod.KEYS
+    out = dict(svc)
+
+    def q(key: str, label: str, **kw) -> None:
+        value = p.ask(f"sftp.{key}", f"{label} ({keys[key][1]})", out.get(key, keys[key][0]), **kw)
+        if value:
+            out[key] = value
+        else:
+            out.pop(key, None)
+
+    q("host", "Server", required=True)
+    q("port", "Port")
+    q("user", "User name", required=True)
+    q("known_hosts", "known_hosts file")
+    _confirm_host_key(p, mod, out)
+    q("key_file", "Private key file (empty: ssh-agent or password)")
+    if out.get("key_file"):
+        secret = p.ask("sftp.key_passphrase", "Key passphrase, if any (not shown)", out.get("key_passphrase", ""),
+                       hide=True)
+        if secret:
+            out["key_passphrase"] = secret
+    q("use_agent", "Use ssh-agent")
+    if not out.get("key_file") and p.confirm("sftp.use_password", "Log in with a password (discouraged)?",
+                                               bool(out.get("password"))):
+        out["password"] = p.ask("sftp.password", "Password (not shown; stored only in this 0600 file)",
+                                out.get("password", ""), hide=True, required=True)
+    return out
+
+
+def _confirm_host_key(p: Prompter, mod, out: dict[str, str]) -> None:
+    """Show the server's host key fingerprint and trust it only if confirmed."""
+    host, port = out["host"], int(out.get("port") or 22)
+    known = os.path.expanduser(out.get("known_hosts") or mod.KEYS["known_hosts"][0])
+    try:
+        state = mod.host_key_status(host, port, known)
+    except (TransientError, OSError) as exc:
+        raise ConfigError(p.path, "sftp", "host", f"cannot reach {host}:{port}: {exc}") from None
+    if state.status == "known":
+        p.say(f"  host key of {host}:{port} is already trusted ({state.fingerprint})")
+        return
+    if state.status == "changed":
+        raise ConfigError(p.path, "sftp", "host",
+                          f"the host key of {host}:{port} CHANGED (now {state.fingerprint}); that can be an attack. "
+                          f"If the server was really reinstalled, remove its old line from {known} and run this again")
+    p.say(f"  {host}:{port} presents a {state.key_type} host key that {known} does not know:\n    {state.fingerprint}\n"
+          "  Compare it with the server's own (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on the server).")
+    if not p.confirm("sftp.trust_host_key", "  Trust this key and add it to known_hosts?", False):
+        raise ConfigError(p.path, "sftp", "host", f"host key of {host}:{port} not trusted; nothing written")
+    mod.trust_host_key(known, host, port, state.key)
+    out["known_hosts"] = known
+
+
+SERVICE_QUESTIONS = {"s3": _s3_questions, "sftp": _sftp_questions}
+
+
+def _connection_problem(service: str, svc: dict[str, str]) -> str | None:
+    """None if the service answers with these settings, else what is wrong."""
+    try:
+        con = service_module(service).build(svc, "")
+    except ValueError as exc:
+        return str(exc)
+    try:
+        con.connect()
+    except (PermanentError, TransientError) as exc:
+        return f"cannot connect: {exc}"
+    finally:
+        con.close()
+    return None
+
+
+def _probe(service: str, svc: dict[str, str], target: str, path: str) -> None:
+    """Connect, write a probe file, read it back, remove it: the settings work."""
+    con = service_module(service).build(svc, target)
+    name = f".skynet-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        con.connect()
+        with tempfile.NamedTemporaryFile() as tmp:
+            tmp.write(b"skynet probe: safe to delete\n")
+            tmp.flush()
+            st = os.stat(tmp.name)
+            con.send(LocalFile(tmp.name, name, st.st_size, st.st_mtime_ns, 0o600, st.st_ino), TransferContext())
+        if con.stat(name) is None:
+            raise PermanentError("the probe file did not arrive")
+        con.delete(name)
+    except (PermanentError, TransientError) as exc:
+        raise ConfigError(path, service, None, f"the settings do not work: {exc}") from None
+    finally:
+        con.close()
+
+
+def run_wizard(service: str, path: str, presets: dict[str, str] | None = None, interactive: bool = True) -> None:
+    p = Prompter(presets or {}, interactive, path)
+    old = _existing(path)
+    if old.get("skynet", {}).get("service", service) != service:
+        raise ConfigError(path, "skynet", "service", f"this file configures {old['skynet']['service']!r}, not {service!r}")
+    p.say(f"skynet setup for {service}: {path}" + (" (editing: Enter keeps each current value)" if old else " (new)"))
+    g = dict(old.get("skynet", {}), service=service)
+    svc = dict(old.get(service, {}))
+    if service in SERVICE_QUESTIONS:
+        while True:
+            p.say(f"\n{service} connection")
+            svc = SERVICE_QUESTIONS[service](p, svc)
+            problem = _connection_problem(service, svc)
+            if problem is None:
+                p.say("  connected")
+                break
+            if not p.interactive:
+                raise ConfigError(path, service, None, problem)
+            p.say(f"  {problem}\n  Let's try again (Enter keeps an answer).")
+
+    names = [s[8:].strip() for s in old if s.startswith("mapping ")]
+    names += sorted({k.split(".")[1] for k in p.presets if k.startswith("mapping.")} - set(names))
+    mappings: dict[str, dict[str, str]] = {}
+    for name in names or ["main"]:
+        sec = dict(old.get(f"mapping {name}", {}))
+        k = f"mapping.{name}"
+        p.say(f"\nMapping {name!r}")
+        sec["source"] = _folder(p, f"{k}.source", "Local folder to mirror", sec.get("source", ""), must_exist=True)
+        if service == "local":
+            sec["target"] = _folder(p, f"{k}.target", "Target folder (a mounted disk or share)", sec.get("target", ""),
+                                    must_exist=False, avoid=sec["source"])
+        else:
+            label = "Key prefix for this folder in the bucket" if service == "s3" else "Remote folder"
+            sec["target"] = p.ask(f"{k}.target", label, sec.get("target", ""), required=service == "sftp")
+        sec["complete_sync"] = p.ask(f"{k}.complete_sync", "Delete on the remote what is deleted here? (yes/no)",
+                                     sec.get("complete_sync", MAPPING_KEYS["complete_sync"][0]),
+                                     check=_parser(MAPPING_KEYS, "complete_sync"))
+        ignore = ", ".join(x.strip() for x in sec.get("ignore", "").replace("\n", ",").split(",") if x.strip())
+        ignore = p.ask(f"{k}.ignore", "Extra ignore patterns, comma-separated (gitignore style)", ignore,
+                       check=_parser(MAPPING_KEYS, "ignore"))
+        if ignore:
+            sec["ignore"] = ignore
+        else:
+            sec.pop("ignore", None)
+        mappings[name] = sec
         try:
-            mod.validate(svc, section["target"])
+            service_module(service).validate(svc, sec["target"])
         except ValueError as exc:
-            raise configmod.ConfigError(path, f"mapping {name}", None, str(exc))
+            raise ConfigError(path, f"mapping {name}", None, str(exc)) from None
 
-    click.echo("\nDaemon settings")
-    g["workers"] = _ask(g, "workers", GLOBAL_KEYS, "Parallel workers")
-    g["state_dir"] = _ask(g, "state_dir", GLOBAL_KEYS, "State folder", default=g.get("state_dir") or configmod.default_state_dir(service))
-    g["log_level"] = _ask(g, "log_level", GLOBAL_KEYS, "Log level")
-    g["log_file"] = _ask(g, "log_file", GLOBAL_KEYS, "Log file (empty: stderr)", default=g.get("log_file", ""))
-    g = {k: v for k, v in g.items() if v != ""}
+    p.say("\nDaemon settings")
+    for key, label in (("workers", "Parallel workers"), ("log_level", "Log level"),
+                       ("log_file", "Log file (empty: stderr, or the journal under systemd)"),
+                       ("bwlimit", "Bandwidth limit (off, 2M, or a schedule like '08:00,2M 18:00,off')")):
+        value = p.ask(f"skynet.{key}", f"{label}", g.get(key, GLOBAL_KEYS[key][0]), check=_parser(GLOBAL_KEYS, key))
+        if value:
+            g[key] = value
+    state = p.ask("skynet.state_dir", "State folder", g.get("state_dir") or configmod.default_state_dir(service))
+    g["state_dir"] = state
+    unknown = set(p.presets) - p.used
+    if unknown:
+        raise ConfigError(path, None, sorted(unknown)[0], "not a setting the wizard knows")
 
-    sections: dict[str, dict[str, str]] = {"skynet": g}
+    if service != "local":
+        p.say("\nChecking the connection (writing and removing a probe file)...")
+        for name, sec in mappings.items():
+            _probe(service, svc, sec["target"], path)
+        p.say("  it works")
+
+    sections: dict[str, dict[str, str]] = {"skynet": {k: v for k, v in g.items() if v != ""}}
     if svc:
         sections[service] = svc
     for name, sec in mappings.items():
         sections[f"mapping {name}"] = sec
     configmod.write(path, sections)
     configmod.load(path, service)  # what we wrote must read back
-    click.echo(f"\nwrote {path} (mode 0600). Start the daemon with:\n  python main.py --run-with {service}"
-               + (f" --config-file {path}" if path != configmod.default_config_path(service) else ""))
+    p.say(f"\nwrote {path} (mode 0600). Start the daemon with:\n  python main.py --run-with {service}"
+          + (f" --config-file {path}" if path != configmod.default_config_path(service) else ""))

@@ -1,12 +1,16 @@
 """The S3 backend for the shared suites: S3Con on a fresh bucket of the rclone test server.
 
 Each test gets its own bucket, and the connection works under the prefix "root" so that
-prefix handling is exercised too (nothing may appear outside it).
+prefix handling is exercised too (nothing may appear outside it). The daemon of an
+end-to-end test reaches the server through a tests.faultproxy.FaultProxy, which the
+torture test cuts or stalls ("network cut" / "network stall").
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Iterator
+
+from botocore.exceptions import ClientError
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server starter)
 from connections.s3 import S3Con
@@ -18,30 +22,47 @@ ROOT = "root"
 def s3_backend(tmp_path, servers, **options: Any) -> Iterator[Any]:
     """Yield a tests.backends.Backend around a connected S3Con; `options` go to S3Con."""
     from tests.backends import Backend  # here, not at the top: backends.py imports this module
+    from tests.faultproxy import FaultProxy
 
     srv = servers.get("s3")
     bucket = srv.new_bucket()
     con = S3Con(prefix=ROOT, **{**srv.con_kwargs(bucket), **options})
     con.connect()
+    proxy = FaultProxy(int(srv.endpoint_url.rsplit(":", 1)[1])).start()
+    service = {**srv.service_config(bucket), "endpoint_url": f"http://127.0.0.1:{proxy.port}"}
 
     def leftovers() -> list[str]:
         """Open multipart uploads anywhere in the bucket, and objects outside the root."""
-        client = srv.client()
         out = [f"upload {u['key']} {u['upload_id']}" for u in S3Con(**srv.con_kwargs(bucket)).uploads()]
-        out += [
-            f"object {o['Key']}" for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])
-            if not o["Key"].startswith(ROOT + "/")
-        ]
+        pages = srv.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        out += [f"object {o['Key']}" for p in pages for o in p.get("Contents", []) if not o["Key"].startswith(ROOT + "/")]
+        return out
+
+    def fetch() -> dict[bytes, bytes]:
+        """{relative path bytes: content} of every object under the root. The daemon may be
+        moving things meanwhile: an object that fails between LIST and GET is left out, and
+        the caller's convergence loop simply looks again."""
+        client = srv.client()
+        out: dict[bytes, bytes] = {}
+        for e in con.list():
+            try:
+                out[e.rel.encode("utf-8")] = client.get_object(Bucket=bucket, Key=f"{ROOT}/{e.rel}")["Body"].read()
+            except ClientError:  # gone (404), or rclone's 500 for a file being renamed
+                continue
         return out
 
     try:
         yield Backend(
             con=con,
-            config={"s3": srv.service_config(bucket), "mapping": {"service": "s3", "target": ROOT}},
+            config={"service": service, "mapping": {"target": ROOT}},
             leftovers=leftovers,
+            fetch=fetch,
+            service="s3",
+            faults={"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore)},
         )
     finally:
         con.close()
+        proxy.close()
 
 
 def pytest_configure(config) -> None:

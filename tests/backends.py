@@ -57,7 +57,9 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
 
 BackendFactory = Callable[..., ContextManager[Backend]]
 
-BACKENDS: dict[str, BackendFactory] = {"local": local_backend}
+from tests.backend_s3 import s3_backend  # noqa: E402  (it imports this module lazily)
+
+BACKENDS: dict[str, BackendFactory] = {"local": local_backend, "s3": s3_backend}
 
 
 def register(name: str, factory: BackendFactory) -> None:

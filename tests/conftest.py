@@ -4,6 +4,9 @@ import pytest
 
 from tests.servers import Servers
 
+# Importing a server module registers its starter with Servers.
+import tests.server_s3  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory):

@@ -53,16 +53,20 @@ class S3Server:
     pid: int
     region: str = "us-east-1"
     _buckets: list[str] = field(default_factory=list)
+    _client: Any = field(default=None, repr=False)
 
-    def client(self, **config: Any) -> Any:
-        """A boto3 client for direct checks (path-style, like S3Con uses here)."""
-        import boto3
-        from botocore.config import Config
+    def client(self) -> Any:
+        """A boto3 client for direct checks (path-style), made once: clients are thread-safe
+        and making one costs a few hundred ms."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
 
-        cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}, **config)
-        return boto3.Session(
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
-        ).client("s3", endpoint_url=self.endpoint_url, config=cfg)
+            cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1})
+            self._client = boto3.Session(
+                aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
+            ).client("s3", endpoint_url=self.endpoint_url, config=cfg)
+        return self._client
 
     def new_bucket(self, stem: str = "t") -> str:
         """Create a fresh, empty bucket and return its name."""
@@ -133,6 +137,7 @@ def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str 
     secret_key = secret_key or f"skynetsecret{secrets.token_hex(16)}"
     log = workdir / "rclone.log"
     last_error: Exception | None = None
+    server: S3Server | None = None
     for _attempt in range(3):  # a free port can be taken before rclone binds it
         port = free_port()
         with open(log, "ab") as out:
@@ -153,8 +158,11 @@ def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str 
             last_error = exc
             continue
         try:
-            yield S3Server(f"http://127.0.0.1:{port}", access_key, secret_key, data, proc.pid)
+            server = S3Server(f"http://127.0.0.1:{port}", access_key, secret_key, data, proc.pid)
+            yield server
         finally:
+            if server is not None and server._client is not None:
+                server._client.close()
             _stop(proc)
         return
     raise RuntimeError(f"could not start rclone serve s3: {last_error}")

@@ -97,7 +97,7 @@ class DashboardServer:
 
     @property
     def effective_port(self) -> int:
-        return self._server.effective_port
+        return int(self._server.effective_port)
 
     def run(self) -> None:
         from waitress import wasyncore
