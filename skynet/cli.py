@@ -48,16 +48,34 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 @click.option("--allow-mass-delete", is_flag=True, envvar="SKYNET_ALLOW_MASS_DELETE", show_envvar=True,
               help="With --run-with: let the start-up scan delete more than max_delete remote files, or all of "
                    "them when the source folder is empty (off by default: an unmounted disk must not wipe the remote).")
+@click.option("--dashboard", is_flag=True,
+              help="Serve the read-only web dashboard: every daemon reporting to notify_dsn, or without it this "
+                   "machine's state (login: dashboard_password_hash).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True, help="With --dashboard: address to listen on.")
+@click.option("--dashboard-port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="With --dashboard: port to listen on.")
 @click.argument("paths", nargs=-1)
 def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
          show_status: bool, show_failed: bool, retry_failed: bool, as_json: bool, non_interactive: bool,
-         presets: tuple[str, ...], allow_mass_delete: bool, paths: tuple[str, ...]) -> None:
+         presets: tuple[str, ...], allow_mass_delete: bool, dashboard: bool, dashboard_host: str,
+         dashboard_port: int, paths: tuple[str, ...]) -> None:
     """skynet keeps local folders mirrored to S3, SFTP or another folder, in real time,
     and never loses a change through crashes, reboots or outages.
 
     PATHS (with --retry-failed) are paths relative to a mapping's source folder."""
-    if sum(map(bool, (setup_service, run_service, show_status, show_failed, retry_failed))) > 1:
-        fail("choose one of --config, --run-with, --status, --failed and --retry-failed")
+    if sum(map(bool, (setup_service, run_service, show_status, show_failed, retry_failed, dashboard))) > 1:
+        fail("choose one of --config, --run-with, --status, --failed, --retry-failed and --dashboard")
+    if dashboard:
+        from skynet import dashboard as dash
+        from skynet import logs
+
+        cfg = load_for_inspection(config_file, service)
+        logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
+        try:
+            dash.serve(dash.config_from_daemon(cfg, dashboard_host, dashboard_port))
+        except ValueError as exc:
+            fail(f"{cfg.path}: {exc}")
+        return
     if show_status:
         from skynet import status
 

@@ -64,6 +64,14 @@ GLOBAL_KEYS: dict[str, Key] = {
     "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
     "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
     "log_format": ("text", "text or json", parse_choice("text", "json")),
+    "notify_dsn": ("", "PostgreSQL that receives every action for the dashboard: postgresql://user:password@host:5432/db, or 'env' for libpq's PGHOST/PGUSER/PGPASSWORD/PGPASSFILE variables; empty: no notifications", _str),
+    "notify_sslmode": ("", "TLS for that connection: disable, allow, prefer, require, verify-ca or verify-full (empty: libpq's default or PGSSLMODE)", parse_choice("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
+    "notify_retention_days": ("14", "days of events kept in PostgreSQL; older ones are deleted in small batches, hourly", parse_int_range(1, 3650)),
+    "notify_heartbeat": ("10", "seconds between heartbeats (queue depth, in flight, failed per mapping); the dashboard flags a daemon silent for 3 of them", parse_seconds),
+    "notify_spool_mb": ("64", "cap, in MiB, of the local spool kept while PostgreSQL is unreachable (oldest progress rows are dropped first, with a warning)", parse_int_range(1, 1 << 20)),
+    "daemon_id": ("", "this daemon's name on the dashboard (default: HOST/SERVICE/hash of state_dir)", _str),
+    "dashboard_password_hash": ("", "scrypt hash of the dashboard's login password (python -m skynet.dashboard hash-secret)", _str),
+    "dashboard_token_hash": ("", "scrypt hash of a token for `Authorization: Bearer` on the dashboard's JSON endpoints", _str),
 }
 
 MAPPING_KEYS: dict[str, Key] = {
@@ -109,6 +117,14 @@ class Config:
     log_level: str = "INFO"
     log_file: str = ""
     log_format: str = "text"
+    notify_dsn: str = ""
+    notify_sslmode: str = ""
+    notify_retention_days: int = 14
+    notify_heartbeat: float = 10.0
+    notify_spool_mb: int = 64
+    daemon_id: str = ""
+    dashboard_password_hash: str = ""
+    dashboard_token_hash: str = ""
     service_options: dict[str, str] = field(default_factory=dict)
     mappings: list[MappingConfig] = field(default_factory=list)
     # set from the command line, not the file: let a start-up scan delete
@@ -179,7 +195,9 @@ def load(path: str, service: str | None = None) -> Config:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
     mod = service_module(file_service)
     cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
-    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format"):
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
+              "notify_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
+              "daemon_id", "dashboard_password_hash", "dashboard_token_hash"):
         if k in g:
             setattr(cfg, k, g[k])
     for section in cp.sections():

@@ -80,7 +80,7 @@ class MappingRunner(WatchFaultListener):
 
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
                  throttle: Throttle | None = None, on_event: Callable | None = None,
-                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
+                 on_progress: Callable[[str, int, int], None] | None = None, notifier=None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -111,13 +111,15 @@ class MappingRunner(WatchFaultListener):
         inner_state = rel_inside(m.source, cfg.state_dir)
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
-        self.reconciler = Reconciler(self.mapper, self.con, self.index, self.queue, self.resume, self.ignore,
+        # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
+        self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
+        self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
                                on_event=on_event)
-        self.watcher = Watcher(self.mapper, self.ignore, self.queue, m.complete_sync, settle=cfg.settle_seconds,
+        self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan)
         self.watch = None
         self.scan_done = threading.Event()
@@ -250,7 +252,7 @@ class MappingRunner(WatchFaultListener):
 
     def _scan(self, why: str) -> None:
         try:
-            snap = SyncSnap(self.mapper, self.index, self.queue, self.ignore, self.m.complete_sync, self.con,
+            snap = SyncSnap(self.mapper, self.index, self.producer_queue, self.ignore, self.m.complete_sync, self.con,
                             follow_symlinks=self.m.follow_symlinks, stop=self._halt, max_delete=self.m.max_delete,
                             allow_mass_delete=self.cfg.allow_mass_delete, precheck=self.reconciler.check_source)
             st = snap.run()
@@ -317,6 +319,10 @@ class Daemon:
         self.progress = ProgressReporter(self._progress_snapshot, every=cfg.progress_interval,
                                          on_tick=self._write_status)
         self.ready = False
+        from skynet import notifier as notifiermod
+
+        self.notifier = notifiermod.from_config(cfg)
+        self._next_heartbeat = 0.0
 
     def fatal(self, reason: str) -> None:
         if self.fatal_reason is None:
@@ -339,18 +345,21 @@ class Daemon:
 
     def _start_mapping(self, m: MappingConfig) -> None:
         r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=lambda kind, a, info, name=m.name: self._on_event(name, kind, a, info),
-                          on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total))
+                          on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total),
+                          notifier=self.notifier)
         self.runners[m.name] = r
         r.start()
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
 
     def _on_event(self, mapping: str, kind: str, action, info) -> None:
         """Every action's started/done/failed, from the handlers' workers."""
+        self.notifier.on_handler_event(mapping, kind, action, info)
         if kind != "started":
             self.in_flight.finish(mapping, action.src)
         self.progress.poke()
 
     def _on_progress(self, mapping: str, path: str, done: int, total: int) -> None:
+        self.notifier.progress(mapping, path, done, total)
         self.in_flight.update(mapping, path, done, total)
         if done >= total:
             self.in_flight.finish(mapping, path)
@@ -397,6 +406,9 @@ class Daemon:
             # check that watchdog's threads are alive: if they died, exit
             # non-zero so systemd restarts us rather than run deaf.
             timeout = 60.0 if ping is None else min(60.0, ping)
+            if self.notifier.enabled:
+                self._heartbeat()
+                timeout = min(timeout, max(0.05, self._next_heartbeat - time.monotonic()))
             if not self.ready:
                 timeout = min(timeout, 0.2)
             self._wake.wait(timeout)
@@ -417,6 +429,22 @@ class Daemon:
         sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing or checkpointing work in flight")
         self._shutdown()
         return 1 if self.fatal_reason else 0
+
+    def _heartbeat(self) -> None:
+        """Every notify_heartbeat seconds: per mapping, what the dashboard shows."""
+        if time.monotonic() < self._next_heartbeat:
+            return
+        self._next_heartbeat = time.monotonic() + self.cfg.notify_heartbeat
+        maps = []
+        for r in list(self.runners.values()):
+            try:
+                depth, failed = len(r.queue), r.failed.count()
+            except Exception:
+                depth = failed = None
+            maps.append({"name": r.name, "source": r.m.source, "target": r.con.describe(), "queue_depth": depth,
+                         "in_flight": len(r.handler.in_flight()), "failed": failed,
+                         "connected": r.handler.connected})
+        self.notifier.heartbeat(maps)
 
     def status_line(self) -> str:
         parts = []
@@ -471,4 +499,5 @@ class Daemon:
             self.observer.join(timeout=5)
         except Exception:
             pass
+        self.notifier.close(5)
         log.info("stopped cleanly in %.1fs", time.monotonic() - t0)

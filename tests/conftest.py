@@ -5,6 +5,7 @@ import pytest
 from tests.servers import Servers
 
 # Importing a server module registers its starter with Servers.
+import tests.server_pg  # noqa: E402,F401
 import tests.server_s3  # noqa: E402,F401
 
 
