@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import click
@@ -60,8 +61,7 @@ class Prompter:
         while True:
             if hide:
                 shown = " [keep the current one]" if current else ""
-                value = click.prompt(label + shown, default="" if current else None, hide_input=True,
-                                     show_default=False)
+                value = click.prompt(label + shown, default="", hide_input=True, show_default=False)
                 value = value or current
             else:
                 value = str(click.prompt(label, default=current if current else ("" if not required else None),
@@ -171,7 +171,7 @@ def _sftp_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
             out.pop(key, None)
 
     q("host", "Server", required=True)
-    q("port", "Port")
+    q("port", "Port", check=lambda v: configmod.parse_int_range(1, 65535)(v) and None)
     q("user", "User name", required=True)
     q("known_hosts", "known_hosts file")
     _confirm_host_key(p, mod, out)
@@ -181,7 +181,7 @@ def _sftp_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
                        hide=True)
         if secret:
             out["key_passphrase"] = secret
-    q("use_agent", "Use ssh-agent")
+    q("use_agent", "Use ssh-agent", check=lambda v: configmod.parse_bool(v) and None)
     if not out.get("key_file") and p.confirm("sftp.use_password", "Log in with a password (discouraged)?",
                                                bool(out.get("password"))):
         out["password"] = p.ask("sftp.password", "Password (not shown; stored only in this 0600 file)",
@@ -194,7 +194,7 @@ def _confirm_host_key(p: Prompter, mod, out: dict[str, str]) -> None:
     host, port = out["host"], int(out.get("port") or 22)
     known = os.path.expanduser(out.get("known_hosts") or mod.KEYS["known_hosts"][0])
     try:
-        state = mod.host_key_status(host, port, known)
+        state = host_key_status(mod, host, port, known)
     except (TransientError, OSError) as exc:
         raise ConfigError(p.path, "sftp", "host", f"cannot reach {host}:{port}: {exc}") from None
     if state.status == "known":
@@ -212,18 +212,43 @@ def _confirm_host_key(p: Prompter, mod, out: dict[str, str]) -> None:
     out["known_hosts"] = known
 
 
+@dataclass
+class HostKeyState:
+    status: str  # known | unknown | changed
+    key: object
+    key_type: str
+    fingerprint: str
+
+
+def host_key_status(mod, host: str, port: int, known_hosts: str) -> HostKeyState:
+    """What known_hosts says about the key the server presents now."""
+    import paramiko
+
+    key = mod.fetch_host_key(host, port)
+    keys = paramiko.HostKeys()
+    if os.path.exists(known_hosts):
+        keys.load(known_hosts)
+    entry = keys.lookup(mod.known_hosts_name(host, port)) or {}
+    if key.get_name() in entry:
+        status = "known" if entry[key.get_name()] == key else "changed"
+    else:
+        status = "unknown"
+    return HostKeyState(status, key, key.get_name(), mod.fingerprint(key))
+
+
 SERVICE_QUESTIONS = {"s3": _s3_questions, "sftp": _sftp_questions}
 
 
 def _connection_problem(service: str, svc: dict[str, str]) -> str | None:
     """None if the service answers with these settings, else what is wrong."""
+    # No mapping yet: connect to the bucket itself, or to the login folder.
     try:
-        con = service_module(service).build(svc, "")
+        con = service_module(service).build(svc, "." if service == "sftp" else "")
     except ValueError as exc:
         return str(exc)
     try:
         con.connect()
-    except (PermanentError, TransientError) as exc:
+    except Exception as exc:  # a bad host name can fail in odd ways (idna...): all mean "not this"
         return f"cannot connect: {exc}"
     finally:
         con.close()

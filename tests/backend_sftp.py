@@ -1,30 +1,49 @@
 """The SFTP backend for the shared suites: SFTPCon on the real test sshd.
 
 Each test gets a fresh, empty remote folder; `leftovers()` lists our temporary
-files under it (the contract requires none).
+files under it (the contract requires none). The daemon of an end-to-end test
+reaches sshd through a tests.faultproxy.FaultProxy (with a known_hosts line for
+the proxy's port), which the torture test cuts or stalls.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
-from connections.sftp import SFTPCon, build
-from tests.backends import Backend
 import tests.server_sshd  # noqa: F401  (registers the "sftp" server)
+from connections.sftp import SFTPCon, build
 
 
 @contextlib.contextmanager
-def sftp_backend(tmp_path, servers, **service: str) -> Iterator[Backend]:
+def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
+    # Imported here so that tests/backends.py may import this module at its top.
+    from tests.backends import Backend
+    from tests.faultproxy import FaultProxy
+    from tests.harness import tree
+
     srv = servers.get("sftp")
     root = srv.fresh_folder()
     config = srv.service(**service)
     con: SFTPCon = build(config, root)
     con.connect()
+    proxy = FaultProxy(srv.port).start()
+    known = tmp_path / "known_hosts.proxy"
+    known.write_text(srv.known_hosts_line(proxy.port))
+    daemon_config = dict(config, port=str(proxy.port), known_hosts=str(known))
+
+    def fetch() -> dict[bytes, bytes]:
+        # The server runs on this machine without chroot: the remote folder is a local one.
+        return tree(root, skip=lambda rel: rel.rsplit("/", 1)[-1].startswith(".skynet-tmp-"))
+
     try:
         yield Backend(
             con=con,
-            config={"sftp": config, "mapping": {"target": root}},
+            config={"service": daemon_config, "mapping": {"target": root}},
             leftovers=con.leftovers,
+            fetch=fetch,
+            service="sftp",
+            faults={"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore)},
         )
     finally:
         con.close()
+        proxy.close()

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -59,6 +59,8 @@ def ensure_user() -> pwd.struct_passwd:
         return pwd.getpwnam(TEST_USER)
     except KeyError:
         # '*' (not '!'): no password login, but not a locked account either.
+        # A real shell, so that rclone's remote md5sum (its default hash
+        # check, measured by bench/sftp_peers.py) works as on a real server.
         _run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
               "--password", "*", TEST_USER])
         return pwd.getpwnam(TEST_USER)
@@ -111,7 +113,6 @@ class SSHServer:
     host_key_file: str
     uid: int = -1
     gid: int = -1
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fresh_folder(self, prefix: str = "t") -> str:
         """A new, empty remote folder owned by the login user; returns its path.

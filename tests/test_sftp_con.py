@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from connections.base import (
@@ -149,10 +148,11 @@ def _stop_after(ctx: TransferContext, limit: int):
 
 
 def test_resume_after_stop_sends_only_the_rest(srv, remote, tmp_path):
+    """One connection: one stream, resumed from the temp file's size."""
     f = big_file(tmp_path, 200 * MiB)
     store = NullResumeStore()  # stands for the engine's state DB: outlives the connection
     tmp_remote = Path(remote) / "dir" / temp_name("big.bin")
-    with con_for(srv, remote) as con:
+    with con_for(srv, remote, connections="1") as con:
         ctx = TransferContext(resume=store)
         ctx.progress = _stop_after(ctx, 70 * MiB)
         with pytest.raises(TransientError, match="resumable"):
@@ -162,7 +162,7 @@ def test_resume_after_stop_sends_only_the_rest(srv, remote, tmp_path):
     assert 70 * MiB <= have < f.size
 
     seen = []
-    with con_for(srv, remote) as con2:  # a new instance, as after a restart
+    with con_for(srv, remote, connections="1") as con2:  # a new instance, as after a restart
         res = con2.send(f, TransferContext(resume=store, progress=lambda d, t: seen.append(d)))
         assert res.bytes_sent == f.size - have
         assert res.size == f.size
@@ -194,11 +194,88 @@ def test_resume_after_killed_connection(srv, remote, tmp_path):
     con.close()
     have = os.path.getsize(Path(remote) / "dir" / temp_name("big.bin"))
     assert 0 < have < f.size
-    with con_for(srv, remote) as con2:
+    with con_for(srv, remote, connections="1") as con2:
         res = con2.send(f, TransferContext(resume=store))
         assert res.bytes_sent == f.size - have
         assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
         assert con2.leftovers() == []
+
+
+def _parts_sent(state: dict, size: int) -> int:
+    part = state["part"]
+    return sum(min((i + 1) * part, size) - i * part for i in state["done"])
+
+
+def test_parallel_upload_uses_several_connections_and_resumes(srv, remote, tmp_path):
+    f = big_file(tmp_path, 200 * MiB)
+    store = NullResumeStore()
+    before = set(srv.sessions())
+    with con_for(srv, remote, connections="4") as con:
+        con.streams = 4
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 90 * MiB)
+        with pytest.raises(TransientError, match="resumable"):
+            con.send(f, ctx)
+        assert len(set(srv.sessions()) - before) >= 2 * 2  # >= 2 connections (2 processes each)
+        state = store.load()
+        assert state["kind"] == "sftp-parts" and state["done"]
+    kept = _parts_sent(state, f.size)
+    assert 0 < kept < f.size
+    seen = []
+    threads = set()
+
+    class Store(NullResumeStore):  # like an SQLite-backed store: one thread only
+        def save(self, state):
+            threads.add(threading.current_thread())
+            super().save(state)
+
+    store2 = Store()
+    store2.save(state)
+
+    def progress(done, total):
+        threads.add(threading.current_thread())
+        seen.append(done)
+
+    with con_for(srv, remote, connections="4") as con2:
+        con2.streams = 4
+        res = con2.send(f, TransferContext(resume=store2, progress=progress))
+        assert threads == {threading.current_thread()}
+        assert res.bytes_sent == f.size - kept
+        assert seen[0] == kept and seen[-1] == f.size
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        st = os.stat(Path(remote) / "dir" / "big.bin")
+        assert st.st_mode & 0o777 == 0o644 and st.st_mtime_ns // 10**9 == f.mtime_ns // 10**9
+        assert con2.leftovers() == []
+    assert store2.load() is None
+
+
+def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path):
+    f = big_file(tmp_path, 160 * MiB)
+    store = NullResumeStore()
+    before = set(srv.sessions())
+    con = con_for(srv, remote, connections="3")
+    con.streams = 3
+    con.connect()
+    first = set(srv.sessions()) - before  # the calling thread's connection
+
+    def kill_a_helper(done, total):
+        helpers = set(srv.sessions()) - before - first
+        if done >= 50 * MiB and helpers and not killed:
+            for pid in helpers:
+                os.kill(pid, signal.SIGKILL)
+            killed.append(True)
+
+    killed: list = []
+    with pytest.raises(TransientError):
+        con.send(f, TransferContext(resume=store, progress=kill_a_helper))
+    assert killed
+    state = store.load()
+    kept = _parts_sent(state, f.size)
+    res = con.send(f, TransferContext(resume=store))  # the same instance reconnects what broke
+    assert res.bytes_sent == f.size - kept
+    assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+    assert con.leftovers() == []
+    con.close()
 
 
 def test_changed_file_starts_over(srv, remote, tmp_path):
@@ -428,6 +505,31 @@ def test_dead_connection_detected_within_timeout(srv, remote, tmp_path, proxy):
         con.close()
 
 
+def test_one_dead_session_flushes_the_idle_ones(srv, remote, tmp_path, proxy):
+    con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2",
+                            connections="3"), remote)
+    con.connect()
+    try:
+        warm = [write_file(tmp_path, f"w{i}", b"x") for i in range(6)]
+        threads = [threading.Thread(target=con.send, args=(f, TransferContext())) for f in warm]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(con._pool._idle) == 3
+        proxy.freeze()
+        with pytest.raises(TransientError):
+            con.check()
+        proxy.thaw()
+        # No second timeout on another stale session: a fresh one answers at once.
+        t0 = time.monotonic()
+        con.check()
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        proxy.thaw()
+        con.close()
+
+
 def test_connect_to_a_silent_server_times_out(srv, remote, proxy):
     proxy.freeze()
     con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2"), remote)
@@ -506,6 +608,26 @@ def test_secrets_never_in_messages_or_logs(srv, remote, tmp_path, caplog):
         assert right not in good.describe() and right not in repr(good)
     for secret in (password, right, wrong):
         assert secret not in caplog.text
+
+
+def test_login_with_ssh_agent(srv, remote, tmp_path, monkeypatch):
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+        subprocess.run(["ssh-add", "-q", srv.key_file], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh keys to fall back on
+        with con_for(srv, remote, key_file="", use_agent="yes") as con:
+            con.check()
+        with pytest.raises(PermanentError, match="no key or password"):
+            con_for(srv, remote, key_file="", use_agent="no").connect()
+    finally:
+        agent.terminate()
+        agent.wait()
 
 
 def test_build_validates():

@@ -58,3 +58,44 @@ def test_s3_wizard_non_interactive_bad_bucket_fails_clearly(tmp_path, servers):
     assert res.exit_code == 2
     assert "nope-nope" in res.output and not (tmp_path / "s3.ini").exists()
     assert s3.secret_key not in res.output
+
+
+def sftp_answers(srv, known_hosts, trust: str, src, tmp_path):
+    return [srv.host, str(srv.port), srv.user, str(known_hosts), trust,
+            srv.key_file, "", "no",  # key file, passphrase, agent
+            str(src), srv.fresh_folder("wiz"), "no", "", "", "", "", "", str(tmp_path / "state")]
+
+
+def test_sftp_wizard_unknown_host_key_declined_then_accepted(tmp_path, servers):
+    srv = servers.get("sftp")
+    src = tmp_path / "src"
+    src.mkdir()
+    known = tmp_path / "known_hosts"  # empty: the server's key is unknown
+    path = tmp_path / "sftp.ini"
+    res = run(["--config", "sftp", "--config-file", str(path)], sftp_answers(srv, known, "n", src, tmp_path))
+    assert res.exit_code == 2, res.output
+    assert "SHA256:" in res.output and "not trusted" in res.output
+    assert not path.exists() and (not known.exists() or known.read_text() == "")
+    res = run(["--config", "sftp", "--config-file", str(path)], sftp_answers(srv, known, "y", src, tmp_path))
+    assert res.exit_code == 0, res.output
+    assert f"[{srv.host}]:{srv.port}" in known.read_text()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    cfg = configmod.load(str(path), "sftp")
+    assert cfg.service_options["known_hosts"] == str(known)
+    # running it again: the key is known now, nothing is asked about it
+    res = run(["--config", "sftp", "--config-file", str(path)], [""] * 3 + ["", "", "", ""] + [""] * 9)
+    assert res.exit_code == 0, res.output
+    assert "already trusted" in res.output
+
+
+def test_sftp_wizard_refuses_a_changed_host_key(tmp_path, servers):
+    srv = servers.get("sftp")
+    src = tmp_path / "src"
+    src.mkdir()
+    known = tmp_path / "known_hosts"
+    other = srv.known_hosts_line().split()
+    # the same host and key type, another key: what a man-in-the-middle looks like
+    known.write_text(f"[{srv.host}]:{srv.port} {other[1]} AAAAC3NzaC1lZDI1NTE5AAAAIE5vdEFSZWFsS2V5Tm90QVJlYWxLZXlOb3RBUmVhbEs=\n")
+    res = run(["--config", "sftp", "--config-file", str(tmp_path / "s.ini")], sftp_answers(srv, known, "y", src, tmp_path))
+    assert res.exit_code == 2, res.output
+    assert "CHANGED" in res.output
