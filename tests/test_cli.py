@@ -30,6 +30,9 @@ def test_example_configs_are_valid(tmp_path):
     assert [m.name for m in cfg.mappings] == ["photos", "documents"]
     assert cfg.mappings[0].complete_sync is True and cfg.mappings[1].complete_sync is False
     assert cfg.mappings[0].ignore == ["*.xmp~", "cache/"]
+    for service in ("s3", "sftp"):
+        other = configmod.load(str(REPO / "config" / f"{service}.ini"), service)
+        assert other.service == service and other.mappings
 
 
 def test_local_wizard_writes_a_0600_config_and_edits_it(tmp_path):
