@@ -21,7 +21,6 @@ decides *what*, the XCon *how*):
 from __future__ import annotations
 
 import logging
-import queue as stdqueue
 import random
 import threading
 import time
@@ -104,7 +103,7 @@ class Handler:
         self._stopping = False
         self._paused = False
         self.connected = False
-        self._work: stdqueue.SimpleQueue[Action | None] = stdqueue.SimpleQueue()
+        self._idle = 0  # workers waiting on the condition
         self._threads: list[threading.Thread] = []
         self._stop_event = threading.Event()  # tells transfers in flight to stop
         self._halt = threading.Event()  # wakes the reconnect loop's back-off sleep at stop
@@ -115,8 +114,7 @@ class Handler:
     # -- lifecycle ---------------------------------------------------------
     def start(self, connected: bool) -> None:
         self.connected = connected
-        self._threads = [threading.Thread(target=self._dispatch_loop, name=f"{self.name}-dispatch", daemon=True)]
-        self._threads += [
+        self._threads = [
             threading.Thread(target=self._worker_loop, name=f"{self.name}-worker-{i}", daemon=True)
             for i in range(self.n_workers)
         ]
@@ -128,7 +126,8 @@ class Handler:
     def wake(self) -> None:
         with self._cv:
             self._dirty = True
-            self._cv.notify_all()
+            if self._idle:
+                self._cv.notify_all()
 
     def stop(self, timeout: float = 20.0) -> bool:
         """Stop taking work; let running actions finish for up to `timeout`
@@ -150,8 +149,6 @@ class Handler:
                     self._cv.wait(0.1)
             leftover = [a.id for a in self._window]
             self._window.clear()
-        for _ in range(self.n_workers):
-            self._work.put(None)
         if leftover:
             self.queue.release(leftover)
         for t in self._threads:
@@ -167,42 +164,58 @@ class Handler:
         with self._cv:
             return list(self._busy.values())
 
-    # -- dispatcher --------------------------------------------------------
-    def _dispatch_loop(self) -> None:
-        with self._cv:
-            while not self._stopping:
-                if self._paused:
-                    self._cv.wait()
-                    continue
-                timeout = self._dispatch_some()
-                if self._stopping:
-                    break
-                self._cv.wait(timeout)
+    # -- workers: each one takes its next action itself ----------------------
+    # There is no dispatcher thread: a worker that finishes picks the next
+    # runnable action under the lock and runs it, so a busy handler hands work
+    # over without waking anybody (one thread switch less per file). Idle
+    # workers sleep on the condition and are woken only when there is work.
+    def _worker_loop(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._stopping:
+                        return
+                    if self._paused:
+                        self._wait(None)
+                        continue
+                    a, timeout = self._take()
+                    if a is not None:
+                        if self._idle and self._window:
+                            self._cv.notify()  # more may be runnable: pass the baton on
+                        break
+                    self._wait(timeout)
+            self._run(a)
 
-    def _dispatch_some(self) -> float | None:
-        """Hand out what can run; return how long to sleep (None: until woken)."""
-        free = self.n_workers - len(self._busy)
-        if free <= 0:
-            return None
+    def _wait(self, timeout: float | None) -> None:
+        self._idle += 1
+        try:
+            self._cv.wait(timeout)
+        finally:
+            self._idle -= 1
+
+    def _take(self) -> tuple[Action | None, float | None]:
+        """The oldest action whose paths conflict with nothing running and
+        nothing older still waiting (called with the lock held). Returns it, or
+        None and how long to sleep (None: until woken)."""
         if self._dirty and len(self._window) < WINDOW // 2:
             self._dirty = False
             try:
                 claimed = self.queue.claim(WINDOW - len(self._window))
             except Exception as exc:  # state database unusable
                 self.on_fatal(f"{self.name}: cannot read the action queue: {exc}")
-                return None
+                return None, None
             self._window.extend(claimed)
             if len(claimed) >= WINDOW // 2:
                 self._dirty = True  # probably more behind them
+        if not self._window:
+            return None, None
         locks = PathLocks()
-        for a in self._busy.values():
-            for p in a.paths():
+        for b in self._busy.values():
+            for p in b.paths():
                 locks.add(p)
         now = time.monotonic()
         next_due: float | None = None
-        i = 0
-        while i < len(self._window) and free > 0:
-            a = self._window[i]
+        for i, a in enumerate(self._window):
             due = self._not_before.get(a.id)
             blocked = any(locks.conflicts(p) for p in a.paths())
             if not blocked and due is not None and due > now:
@@ -211,25 +224,19 @@ class Handler:
             if blocked:
                 for p in a.paths():  # later actions on these paths must wait too
                     locks.add(p)
-                i += 1
                 continue
             del self._window[i]
             self._busy[a.id] = a
-            for p in a.paths():
-                locks.add(p)
-            self._work.put(a)
-            free -= 1
-        if self._dirty and len(self._window) < WINDOW // 2 and free > 0:
-            return 0  # go round again to claim more
-        return None if next_due is None else max(0.0, next_due - now)
+            return a, None
+        return None, (None if next_due is None else max(0.0, next_due - now))
 
-    # -- workers -----------------------------------------------------------
-    def _worker_loop(self) -> None:
-        while True:
-            a = self._work.get()
-            if a is None:
-                return
-            self._run(a)
+    def _released(self) -> None:
+        """Paths were freed or work came back (lock held): wake one idle worker,
+        and stop() if it waits for the last running action."""
+        if self._idle:
+            self._cv.notify_all() if self._stopping else self._cv.notify()
+        elif self._stopping:
+            self._cv.notify_all()
 
     def _run(self, a: Action) -> None:
         self.on_event("started", a, None)
@@ -261,7 +268,7 @@ class Handler:
             self.done_count += 1
             for k in ("uploaded", "bytes_sent", "deleted", "moved"):
                 setattr(self.stats, k, getattr(self.stats, k) + getattr(outcome, k))
-            self._cv.notify_all()
+            self._released()
         self.on_event("done", a, outcome)
 
     def _fail(self, a: Action, error: Exception) -> None:

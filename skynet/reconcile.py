@@ -220,13 +220,13 @@ class Reconciler:
                 uid=st.st_uid,
                 gid=st.st_gid,
             )
+            kw = {"stop": ctx_stop} if ctx_stop is not None else {}  # (no Event built per file)
             ctx = TransferContext(
                 progress=(lambda d, t, r=rel: self.progress(r, d, t)) if self.progress else None,
                 resume=self.resume.store(rel),
                 throttle=self.throttle,
+                **kw,
             )
-            if ctx_stop is not None:
-                ctx.stop = ctx_stop
             try:
                 res = self.con.send(f, ctx)
             except FileNotFoundError:

@@ -320,6 +320,8 @@ class FailedActions:
     @staticmethod
     def clear_paths(c: sqlite3.Connection, rels: Iterable[str]) -> None:
         """clear_path for several paths, inside the caller's transaction."""
+        if c.execute("SELECT 1 FROM failed LIMIT 1").fetchone() is None:
+            return  # the usual case: nothing has failed, nothing to settle
         for rel in rels:
             b = enc(rel)
             c.execute("DELETE FROM failed WHERE src = ? OR dest = ?", (b, b))

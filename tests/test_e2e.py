@@ -48,15 +48,31 @@ class Env:
         return self.daemon.log_text().count(" uploaded (") if self.daemon else 0
 
 
-@pytest.fixture(params=enabled_backends())
-def backend(request, tmp_path, servers):
-    with BACKENDS[request.param](tmp_path, servers) as b:
+def pytest_generate_tests(metafunc):
+    """Every scenario runs on every backend. The local backend runs each with
+    and without complete_sync; remote backends run with complete_sync (the
+    stricter check: nothing extra may remain), and also without it where the
+    mode changes what must happen (tests marked `both_modes`)."""
+    if "env" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_modes") is not None
+    combos = []
+    for name in enabled_backends():
+        modes = [False, True] if (name == "local" or both) else [True]
+        combos += [(name, m) for m in modes]
+    metafunc.parametrize("backend_name, complete", combos, indirect=False,
+                         ids=[f"{'complete_sync' if m else 'copy'}-{n}" for n, m in combos])
+
+
+@pytest.fixture
+def backend(backend_name, tmp_path, servers):
+    with BACKENDS[backend_name](tmp_path, servers) as b:
         yield b
 
 
-@pytest.fixture(params=[False, True], ids=["copy", "complete_sync"])
-def env(request, tmp_path, backend):
-    e = Env(tmp_path, backend, request.param)
+@pytest.fixture
+def env(complete, tmp_path, backend):
+    e = Env(tmp_path, backend, complete)
     yield e
     if e.daemon and e.daemon.proc and e.daemon.proc.poll() is None:
         rc = e.daemon.stop()
@@ -152,6 +168,7 @@ def test_rename_file_and_folder_of_1000(env):
     assert env.uploads() - sent_before < 10, env.uploads() - sent_before
 
 
+@pytest.mark.both_modes
 def test_delete_folder_and_move_out(env):
     for i in range(20):
         w(env.src / f"trash/{i}.txt", f"{i}")
@@ -221,6 +238,7 @@ def test_kill9_during_burst_then_restart(env):
     env.converge(timeout=120)
 
 
+@pytest.mark.both_modes
 def test_changes_while_stopped_and_no_recopy(env):
     for i in range(200):
         w(env.src / f"s/{i}.txt", f"{i}")
