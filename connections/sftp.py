@@ -114,6 +114,7 @@ from connections.base import (
     remote_join,
 )
 from connections.local import TMP_PREFIX, temp_name
+from skynet.values import parse_bool
 
 log = logging.getLogger("skynet.sftp")
 
@@ -1543,17 +1544,11 @@ def _clean_root(root: str) -> str:
 # --------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------
-_TRUE = {"yes", "true", "on", "1"}
-_FALSE = {"no", "false", "off", "0"}
-
-
 def _bool(key: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ValueError(f"{key}: expected yes or no, got {value!r}")
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
 
 
 def _number(key: str, value: str, kind: type, low: float, high: float):

@@ -17,7 +17,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tests.servers import register
+from tests.servers import free_port, register
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_USER = "skynet-pg"  # used only when the tests run as root
@@ -61,12 +60,6 @@ def ensure_user() -> pwd.struct_passwd:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
                        check=True, capture_output=True)
         return pwd.getpwnam(PG_USER)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

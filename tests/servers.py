@@ -6,7 +6,15 @@ Each server is started lazily, the first time a test asks for it, and stopped
 from __future__ import annotations
 
 import contextlib
+import socket
 from typing import Any, Callable
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Servers:
