@@ -185,16 +185,19 @@ class LocalCon(XCon):
         """Open the temporary file; create its folders only if they are missing
         (trying first saves a stat per file in the common case)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            return os.open(tmp, flags, 0o600)
-        except FileNotFoundError:
-            self._makedirs(os.path.dirname(tmp), what)
-        except OSError as exc:
-            raise classify_os_error(exc, what) from exc
-        try:
-            return os.open(tmp, flags, 0o600)
-        except OSError as exc:
-            raise classify_os_error(exc, what) from exc
+        folder = os.path.dirname(tmp)
+        for attempt in (1, 2):
+            try:
+                return os.open(tmp, flags, 0o600)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise TransientError(f"{what}: folder {folder!r} vanished while writing") from None
+                self._makedirs(folder, what)
+            except NotADirectoryError:
+                raise PermanentError(f"{what}: a file is in the way of folder {folder!r}") from None
+            except OSError as exc:
+                raise classify_os_error(exc, what) from exc
+        raise AssertionError("not reached")
 
     def delete(self, rel: str) -> None:
         target = self._path(check_rel(rel))

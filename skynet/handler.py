@@ -127,7 +127,7 @@ class Handler:
         with self._cv:
             self._dirty = True
             if self._idle:
-                self._cv.notify_all()
+                self._cv.notify()  # one is enough: a worker that finds more passes the baton on
 
     def stop(self, timeout: float = 20.0) -> bool:
         """Stop taking work; let running actions finish for up to `timeout`

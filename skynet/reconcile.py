@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # How many times one send re-uploads a file that keeps changing under it before
 # leaving it to the next event (a file being written continuously).
 MAX_CHASE = 3
+PROGRESS_MIN_BYTES = 1 << 20
 
 
 class LocalFileError(PermanentError):
@@ -221,8 +222,11 @@ class Reconciler:
                 gid=st.st_gid,
             )
             kw = {"stop": ctx_stop} if ctx_stop is not None else {}  # (no Event built per file)
+            # Progress is worth reporting for large files only (a small one is
+            # done before anybody could look at it).
+            report = self.progress is not None and st.st_size >= PROGRESS_MIN_BYTES
             ctx = TransferContext(
-                progress=(lambda d, t, r=rel: self.progress(r, d, t)) if self.progress else None,
+                progress=(lambda d, t, r=rel: self.progress(r, d, t)) if report else None,
                 resume=self.resume.store(rel),
                 throttle=self.throttle,
                 **kw,

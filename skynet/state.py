@@ -116,6 +116,10 @@ class StateDB:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Our own threads take turns for writes here, rather than in SQLite's
+        # busy handler (which sleeps 1, 2, 5, 10 ms between tries): a waiting
+        # thread runs the moment the previous transaction commits.
+        self._write_lock = threading.RLock()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
             c = self.conn()
@@ -149,14 +153,15 @@ class StateDB:
         """A write transaction (BEGIN IMMEDIATE: take the write lock up front,
         so two writers never deadlock upgrading from a read)."""
         c = self.conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        else:
-            c.execute("COMMIT")
+        with self._write_lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            else:
+                c.execute("COMMIT")
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
