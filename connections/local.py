@@ -124,14 +124,26 @@ class LocalCon(XCon):
 
     # -- operations --------------------------------------------------------
     def _makedirs(self, folder: str, what: str) -> None:
-        # (_path has checked that the root is there: creating it here would
-        # fill an unmounted share's mount point on the local disk instead.)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except FileExistsError as exc:  # a file sits where a folder must be
-            raise PermanentError(f"{what}: a file is in the way of folder {folder!r}") from exc
-        except OSError as exc:
-            raise classify_os_error(exc, what) from exc
+        """Create the folders between the root and `folder`, one level at a
+        time, and never the root itself: if the share is unmounted (even in the
+        instant since _path checked), mkdir fails instead of filling the bare
+        mount point on the local disk."""
+        if folder == self.root:
+            return
+        current = self.root
+        for part in folder[len(self.root) + 1:].split("/"):
+            current = os.path.join(current, part)
+            try:
+                os.mkdir(current)
+            except FileExistsError:
+                if not os.path.isdir(current):
+                    raise PermanentError(f"{what}: a file is in the way of folder {current!r}") from None
+            except FileNotFoundError:
+                raise TransientError(f"{what}: target folder {self.root!r} is not there") from None
+            except NotADirectoryError:
+                raise PermanentError(f"{what}: a file is in the way of folder {current!r}") from None
+            except OSError as exc:
+                raise classify_os_error(exc, what) from exc
 
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         target = self._path(f.rel)

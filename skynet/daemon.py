@@ -128,6 +128,7 @@ class MappingRunner(WatchFaultListener):
         self._halt = threading.Event()
         self._unwatched: set[str] = set()
         self._source_missing = False
+        self._rewatch_wanted = False
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
 
     def _wake(self) -> None:
@@ -217,6 +218,11 @@ class MappingRunner(WatchFaultListener):
         self._source_missing = True
         self.rescan("source folder went away")
 
+    def rewatch(self, why: str) -> None:
+        """Set the watch up afresh, then rescan (done on the scan thread)."""
+        self._rewatch_wanted = True
+        self.rescan(why)
+
     def rescan(self, why: str) -> None:
         """Ask for a scan; requests made while one runs fold into one more scan."""
         self._rescan_why = why
@@ -231,6 +237,12 @@ class MappingRunner(WatchFaultListener):
             if self._halt.is_set():
                 return
             self._rescan_wanted.clear()
+            if self._rewatch_wanted and not self._source_missing:
+                self._rewatch_wanted = False
+                try:
+                    self._rewatch()
+                except Exception as exc:
+                    log.error("%s: cannot watch %r again: %s; the rescan still runs", self.name, self.m.source, exc)
             if self._source_missing:
                 try:
                     self.reconciler.check_source()

@@ -240,13 +240,19 @@ class WatchFaultListener:
 
     def rescan(self, why: str) -> None: ...
 
+    def rewatch(self, why: str) -> None: ...
+
 
 @dataclass
 class _ReportingWatchGroup(InotifyWatchGroup):
     listener: Any = None
 
     def on_queue_overflow(self) -> None:
-        super().on_queue_overflow()
+        try:
+            super().on_queue_overflow()
+        except KeyError:
+            self._lost_track()
+            return
         if self.listener is not None:
             self.listener.overflow(os.fsdecode(self.path))
 
@@ -257,18 +263,20 @@ class _ReportingWatchGroup(InotifyWatchGroup):
         try:
             super().on_watch_deleted(wd)
         except KeyError:
-            # watchdog 7.1 loses track of a watch when folders are deleted and
-            # renamed in quick succession, and the KeyError would kill its
-            # inotify thread (and with it every later event). Rebuild the
-            # watches and rescan instead, as after an overflow.
-            log.warning("watchdog lost track of a watch under %r; rebuilding the watches and rescanning",
-                        os.fsdecode(self.path))
-            super().on_queue_overflow()
-            if self.listener is not None:
-                self.listener.rescan("watches rebuilt")
+            self._lost_track()
             return
         if lost_root and self.listener is not None:
             self.listener.root_lost(os.fsdecode(self.path))
+
+    def _lost_track(self) -> None:
+        """watchdog 7.1 can lose track of its watches when folders are deleted
+        and renamed in quick succession; the KeyError would kill its inotify
+        thread, and with it every later event. Instead, the mapping sets up its
+        watch afresh and rescans (the listener does it on its own thread)."""
+        log.warning("watchdog lost track of its watches under %r; watching it afresh and rescanning",
+                    os.fsdecode(self.path))
+        if self.listener is not None:
+            self.listener.rewatch("watches lost")
 
     def _add_callback(self, path: bytes) -> None:
         super()._add_callback(path)
