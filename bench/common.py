@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -393,3 +393,74 @@ def write_section(path: Path, title: str, body: str) -> None:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- background load (other users of this machine) -----------------------------------------
+def cpu_busy_s() -> float:
+    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class LoadMeter:
+    """CPU used by *other* processes during a measurement: machine busy time
+    minus the tool's CPU and the bench's own, divided by wall time (in cores)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.busy0 = cpu_busy_s()
+        self.self0 = self_cpu_s()
+
+    def others_cores(self, tool_cpu_s: float) -> float:
+        wall = time.monotonic() - self.t0
+        if wall <= 0:
+            return 0.0
+        others = (cpu_busy_s() - self.busy0) - (self_cpu_s() - self.self0) - tool_cpu_s
+        return max(0.0, others / wall)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3, window: float = 1.0) -> float:
+    """Wait (up to max_wait s) until other processes use < threshold cores over
+    `window` seconds; return the last measured background load in cores."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, s0, t0 = cpu_busy_s(), self_cpu_s(), time.monotonic()
+        time.sleep(window)
+        load = max(0.0, ((cpu_busy_s() - b0) - (self_cpu_s() - s0)) / (time.monotonic() - t0))
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+
+
+LOCAL_PATH_CODE = ("skynet", "connections/__init__.py", "connections/base.py", "connections/local.py", "main.py")
+
+
+def git_state(paths: tuple[str, ...] = LOCAL_PATH_CODE) -> str:
+    """HEAD's short hash, plus a note and a digest of the working tree when any of `paths`
+    differs from HEAD, so two calls differ exactly when that code changed in between."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        diff = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD", "--", *paths], capture_output=True,
+                              timeout=30).stdout
+        untracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "--others", "--exclude-standard", "--",
+                                    *paths], capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    if not diff and not untracked:
+        return head
+    import hashlib
+
+    h = hashlib.sha1(diff)
+    for f in sorted(untracked):
+        try:
+            h.update(f.encode() + (REPO / f).read_bytes())
+        except OSError:
+            pass
+    return f"{head} + uncommitted changes (digest {h.hexdigest()[:8]})"
