@@ -122,18 +122,25 @@ def _folder(p: Prompter, key: str, label: str, current: str, must_exist: bool, a
 
 
 # -- per-service questions ------------------------------------------------------
-def _s3_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
-    mod = service_module("s3")
-    keys = mod.KEYS
-    out = dict(svc)
+def _section_asker(p: Prompter, service: str, out: dict[str, str]) -> Callable[..., None]:
+    """q(key, label, **kw): ask for one key of the [service] section, explained
+    by the connection's own KEYS doc, storing the answer in `out` (an empty
+    answer removes the key, so the default applies)."""
+    keys = service_module(service).KEYS
 
     def q(key: str, label: str, **kw) -> None:
-        value = p.ask(f"s3.{key}", f"{label} ({keys[key][1]})", out.get(key, keys[key][0]), **kw)
+        value = p.ask(f"{service}.{key}", f"{label} ({keys[key][1]})", out.get(key, keys[key][0]), **kw)
         if value:
             out[key] = value
         else:
             out.pop(key, None)
 
+    return q
+
+
+def _s3_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
+    out = dict(svc)
+    q = _section_asker(p, "s3", out)
     q("bucket", "Bucket", required=True)
     q("endpoint_url", "Endpoint URL (empty for AWS; e.g. https://minio.example:9000)")
     q("region", "Region")
@@ -160,15 +167,8 @@ def _s3_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
 
 def _sftp_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
     mod = service_module("sftp")
-    keys = mod.KEYS
     out = dict(svc)
-
-    def q(key: str, label: str, **kw) -> None:
-        value = p.ask(f"sftp.{key}", f"{label} ({keys[key][1]})", out.get(key, keys[key][0]), **kw)
-        if value:
-            out[key] = value
-        else:
-            out.pop(key, None)
+    q = _section_asker(p, "sftp", out)
 
     q("host", "Server", required=True)
     q("port", "Port", check=lambda v: configmod.parse_int_range(1, 65535)(v) and None)
