@@ -819,12 +819,16 @@ class Notifier:
         except Exception as exc:
             self._sql_failed(exc, "stop")
 
-    def _sql_failed(self, exc: BaseException, what: str) -> None:
+    def _rollback(self) -> None:
+        """End a failed transaction; a broken connection cannot, and that is fine."""
         try:
             if self._conn is not None and not self._conn.closed:
                 self._conn.rollback()
         except Exception:
             pass
+
+    def _sql_failed(self, exc: BaseException, what: str) -> None:
+        self._rollback()
         if self._is_connection_error(exc):
             self._disconnect(exc)
         else:
@@ -841,11 +845,7 @@ class Notifier:
             self.delivered += len(rows)
             return True
         except Exception as exc:
-            try:
-                if self._conn is not None and not self._conn.closed:
-                    self._conn.rollback()
-            except Exception:
-                pass
+            self._rollback()
             if self._is_connection_error(exc):
                 self._disconnect(exc)
                 return False
@@ -857,10 +857,7 @@ class Notifier:
                 self._conn.commit()
                 self.delivered += 1
             except Exception as exc:
-                try:
-                    self._conn.rollback()
-                except Exception:
-                    pass
+                self._rollback()
                 if self._is_connection_error(exc):
                     self._disconnect(exc)
                     return False
