@@ -171,12 +171,6 @@ class StateDB:
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def check(self) -> None:
-        """Raise StateError if SQLite finds the file damaged."""
-        row = self.conn().execute("PRAGMA quick_check").fetchone()
-        if not row or row[0] != "ok":
-            raise StateError(f"state database {self.path!r} failed its integrity check: {row}")
-
     def close(self) -> None:
         with self._lock:
             for c in self._all:
@@ -208,9 +202,6 @@ class Index:
         ).fetchone()
         return IndexEntry(rel, *row) if row else None
 
-    def put(self, rel: str, size: int, mtime_ns: int | None, mode: int | None, ino: int | None, etag: str | None) -> None:
-        self.put_many([(rel, size, mtime_ns, mode, ino, etag)])
-
     def put_many(self, rows: Iterable[tuple[str, int, int | None, int | None, int | None, str | None]]) -> None:
         with self.db.write() as c:
             self.write_rows(c, rows)
@@ -234,10 +225,6 @@ class Index:
         with self.db.write() as c:
             c.execute("DELETE FROM entries WHERE path = ?", (enc(rel),))
             c.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (lo, hi))
-
-    def remove_many(self, rels: Iterable[str]) -> None:
-        with self.db.write() as c:
-            c.executemany("DELETE FROM entries WHERE path = ?", ((enc(r),) for r in rels))
 
     def rename(self, src: str, dest: str) -> None:
         """Re-key `src` (a file, or a folder's whole subtree) to `dest`."""
@@ -317,14 +304,10 @@ class FailedActions:
                 (kind, enc(src), enc(dest), error, attempts, now, now),
             )
 
-    def clear_path(self, rel: str) -> None:
-        """A later success on `rel` settles any failure recorded for it."""
-        with self.db.write() as c:
-            self.clear_paths(c, [rel])
-
     @staticmethod
     def clear_paths(c: sqlite3.Connection, rels: Iterable[str]) -> None:
-        """clear_path for several paths, inside the caller's transaction."""
+        """A later success on these paths settles any failure recorded for
+        them (inside the caller's transaction)."""
         if c.execute("SELECT 1 FROM failed LIMIT 1").fetchone() is None:
             return  # the usual case: nothing has failed, nothing to settle
         for rel in rels:
