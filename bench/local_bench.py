@@ -802,12 +802,7 @@ def _breakdown(work, src, rels, args, configmod, MappingRunner, SyncSnap) -> str
             break
         for a in acts:
             out = timed("Reconciler.run", r.reconciler.run, a, stop)
-            if hasattr(r.queue, "finish"):
-                timed(order[-1], r.queue.finish, a.id, getattr(out, "index_rows", []), a.paths())
-            else:
-                timed(order[-1], r.queue.done, a.id)
-                for p in a.paths():
-                    timed(order[-1], r.failed.clear_path, p)
+            timed(order[-1], r.queue.finish, a.id, out.index_rows, a.paths())
             done += 1
     wall, total = time.monotonic() - t0, time.thread_time() - c0
     try:
