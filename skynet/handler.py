@@ -49,17 +49,26 @@ def ancestors(rel: str) -> list[str]:
 
 
 class PathLocks:
-    """The set of paths held by running or skipped-over actions, with a
-    conflict test that costs O(depth): p conflicts with q when p == q or one
-    is a folder holding the other."""
+    """A multiset of paths held by actions, with a conflict test that costs
+    O(depth): p conflicts with q when p == q or one is a folder holding the
+    other. Counted, so that the handler can keep one instance for the running
+    actions and update it as they start and end instead of rebuilding it."""
 
     def __init__(self) -> None:
-        self.held: set[str] = set()
-        self.inner: set[str] = set()  # every proper ancestor of a held path
+        self.held: dict[str, int] = {}
+        self.inner: dict[str, int] = {}  # every proper ancestor of a held path
 
     def add(self, rel: str) -> None:
-        self.held.add(rel)
-        self.inner.update(ancestors(rel) if rel else ())
+        self.held[rel] = self.held.get(rel, 0) + 1
+        if rel:
+            for a in ancestors(rel):
+                self.inner[a] = self.inner.get(a, 0) + 1
+
+    def remove(self, rel: str) -> None:
+        _decrement(self.held, rel)
+        if rel:
+            for a in ancestors(rel):
+                _decrement(self.inner, a)
 
     def conflicts(self, rel: str) -> bool:
         if rel in self.held or rel in self.inner:
@@ -67,6 +76,14 @@ class PathLocks:
         if rel == "":
             return bool(self.held)
         return any(a in self.held for a in ancestors(rel))
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
 
 
 class Handler:
@@ -96,7 +113,8 @@ class Handler:
 
         self._cv = threading.Condition()
         self._window: list[Action] = []
-        self._busy: dict[int, Action] = {}
+        self._busy: dict[int, Action] = {}  # running, or done and waiting for their commit
+        self._running = PathLocks()  # the paths of the actions in _busy
         self._attempts: dict[int, int] = {}
         self._not_before: dict[int, float] = {}
         self._dirty = True  # the queue may hold work we have not claimed
@@ -105,6 +123,13 @@ class Handler:
         self.connected = False
         self._idle = 0  # workers waiting on the condition
         self._threads: list[threading.Thread] = []
+        # Finished actions wait here for the committer thread, which records a
+        # whole batch in one transaction (group commit): under load the batch
+        # grows by itself, when quiet each action is committed at once.
+        self._commit_cv = threading.Condition()
+        self._to_commit: list[tuple[Action, Outcome]] = []
+        self._commit_stop = False
+        self._committer: threading.Thread | None = None
         self._stop_event = threading.Event()  # tells transfers in flight to stop
         self._halt = threading.Event()  # wakes the reconnect loop's back-off sleep at stop
         self.stats = Outcome()
@@ -118,6 +143,8 @@ class Handler:
             threading.Thread(target=self._worker_loop, name=f"{self.name}-worker-{i}", daemon=True)
             for i in range(self.n_workers)
         ]
+        self._committer = threading.Thread(target=self._commit_loop, name=f"{self.name}-commit", daemon=True)
+        self._committer.start()
         for t in self._threads:
             t.start()
         if not connected:
@@ -153,6 +180,11 @@ class Handler:
             self.queue.release(leftover)
         for t in self._threads:
             t.join(timeout=2)
+        with self._commit_cv:
+            self._commit_stop = True
+            self._commit_cv.notify_all()
+        if self._committer is not None:
+            self._committer.join(timeout=10)
         return not self._busy
 
     def idle(self) -> bool:
@@ -209,32 +241,45 @@ class Handler:
                 self._dirty = True  # probably more behind them
         if not self._window:
             return None, None
-        locks = PathLocks()
-        for b in self._busy.values():
-            for p in b.paths():
-                locks.add(p)
-        now = time.monotonic()
+        skipped: PathLocks | None = None  # paths of older actions still waiting
+        now: float | None = None
         next_due: float | None = None
         for i, a in enumerate(self._window):
-            due = self._not_before.get(a.id)
-            blocked = any(locks.conflicts(p) for p in a.paths())
-            if not blocked and due is not None and due > now:
-                blocked = True
-                next_due = due if next_due is None else min(next_due, due)
+            paths = a.paths()
+            blocked = any(self._running.conflicts(p) or (skipped is not None and skipped.conflicts(p)) for p in paths)
+            due = self._not_before.get(a.id) if self._not_before else None
+            if not blocked and due is not None:
+                now = time.monotonic() if now is None else now
+                if due > now:
+                    blocked = True
+                    next_due = due if next_due is None else min(next_due, due)
             if blocked:
-                for p in a.paths():  # later actions on these paths must wait too
-                    locks.add(p)
+                skipped = skipped or PathLocks()
+                for p in paths:  # later actions on these paths must wait too
+                    skipped.add(p)
                 continue
             del self._window[i]
-            self._busy[a.id] = a
+            self._hold(a)
             return a, None
-        return None, (None if next_due is None else max(0.0, next_due - now))
+        return None, (None if next_due is None else max(0.0, next_due - (now or time.monotonic())))
 
-    def _released(self) -> None:
-        """Paths were freed or work came back (lock held): wake one idle worker,
-        and stop() if it waits for the last running action."""
+    def _hold(self, a: Action) -> None:
+        """`a` starts: its paths are busy until it is committed or given back (lock held)."""
+        self._busy[a.id] = a
+        for p in a.paths():
+            self._running.add(p)
+
+    def _drop(self, a: Action) -> None:
+        """`a` is no longer running (lock held)."""
+        if self._busy.pop(a.id, None) is not None:
+            for p in a.paths():
+                self._running.remove(p)
+
+    def _released(self, n: int = 1) -> None:
+        """Paths of `n` actions were freed (lock held): wake as many idle
+        workers, and stop() if it waits for the last running action."""
         if self._idle:
-            self._cv.notify_all() if self._stopping else self._cv.notify()
+            self._cv.notify_all() if self._stopping else self._cv.notify(n)
         elif self._stopping:
             self._cv.notify_all()
 
@@ -256,20 +301,42 @@ class Handler:
             self._fail(a, error)
 
     def _finish(self, a: Action, outcome: Outcome) -> None:
+        """Hand a finished action to the committer. Its paths stay busy until
+        its Index rows are committed, so a later action on the same path (a
+        delete, say) can never be overtaken by this one's Index write."""
+        with self._commit_cv:
+            self._to_commit.append((a, outcome))
+            self._commit_cv.notify()
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._commit_cv:
+                while not self._to_commit and not self._commit_stop:
+                    self._commit_cv.wait()
+                if not self._to_commit:
+                    return
+                batch, self._to_commit = self._to_commit, []
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Action, Outcome]]) -> None:
         try:
-            self.queue.finish(a.id, outcome.index_rows, a.paths())
+            self.queue.finish_many([(a.id, o.index_rows, a.paths()) for a, o in batch])
         except Exception as exc:  # disk full, state folder gone: stop rather than drift
-            self.on_fatal(f"{self.name}: cannot record {a} as done in the state database: {exc}")
-        log.info("%s: done %s%s", self.name, a, _describe(outcome))
+            self.on_fatal(f"{self.name}: cannot record {len(batch)} finished action(s) in the state database: {exc}")
+        if log.isEnabledFor(logging.INFO):
+            for a, o in batch:
+                log.info("%s: done %s%s", self.name, a, _describe(o))
         with self._cv:
-            self._busy.pop(a.id, None)
-            self._attempts.pop(a.id, None)
-            self._not_before.pop(a.id, None)
-            self.done_count += 1
-            for k in ("uploaded", "bytes_sent", "deleted", "moved"):
-                setattr(self.stats, k, getattr(self.stats, k) + getattr(outcome, k))
-            self._released()
-        self.on_event("done", a, outcome)
+            for a, o in batch:
+                self._drop(a)
+                self._attempts.pop(a.id, None)
+                self._not_before.pop(a.id, None)
+                self.done_count += 1
+                for k in ("uploaded", "bytes_sent", "deleted", "moved"):
+                    setattr(self.stats, k, getattr(self.stats, k) + getattr(o, k))
+            self._released(len(batch))
+        for a, o in batch:
+            self.on_event("done", a, o)
 
     def _fail(self, a: Action, error: Exception) -> None:
         attempts = self._attempts.get(a.id, 0) + 1
@@ -283,7 +350,7 @@ class Handler:
         except Exception as exc:
             self.on_fatal(f"{self.name}: cannot record the failure of {a} in the state database: {exc}")
         with self._cv:
-            self._busy.pop(a.id, None)
+            self._drop(a)
             self._attempts.pop(a.id, None)
             self._not_before.pop(a.id, None)
             self.failed_count += 1
@@ -292,7 +359,7 @@ class Handler:
 
     def _give_back(self, a: Action) -> None:
         with self._cv:
-            self._busy.pop(a.id, None)
+            self._drop(a)
             self._window.insert(0, a)
             self._cv.notify_all()
 
@@ -300,7 +367,7 @@ class Handler:
         if isinstance(error, SourceUnavailable):
             log.error("%s: %s; pausing this mapping until it is back (nothing is deleted meanwhile)", self.name, error)
             with self._cv:
-                self._busy.pop(a.id, None)
+                self._drop(a)
                 self._window.insert(0, a)
                 self._cv.notify_all()
             self._pause(str(error))
@@ -313,7 +380,7 @@ class Handler:
         if not remote_ok:
             log.warning("%s: remote unreachable during %s: %s", self.name, a, error)
             with self._cv:
-                self._busy.pop(a.id, None)
+                self._drop(a)
                 self._window.insert(0, a)  # retried first when we are back
                 self._cv.notify_all()
             self._pause(str(error))
@@ -329,7 +396,7 @@ class Handler:
         with self._cv:
             self._attempts[a.id] = attempts
             self._not_before[a.id] = time.monotonic() + delay
-            self._busy.pop(a.id, None)
+            self._drop(a)
             self._window.insert(0, a)
             self._cv.notify_all()
 

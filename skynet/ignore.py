@@ -7,6 +7,7 @@ browser's download lands on the remote as the final file only.
 from __future__ import annotations
 
 import os
+import re
 
 import pathspec
 
@@ -48,6 +49,7 @@ class IgnoreRules:
         lines = list(DEFAULT_PATTERNS if use_defaults else ()) + [p for p in patterns if p.strip()]
         self.patterns = lines
         self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        self._any = _one_regex(self.spec)
         # Absolute-ish relative prefixes to skip whatever the patterns say (the
         # state folder when it sits inside the source tree).
         self.extra = tuple(p.rstrip("/") for p in extra_paths if p)
@@ -58,11 +60,35 @@ class IgnoreRules:
         for p in self.extra:
             if rel == p or rel.startswith(p + "/"):
                 return True
-        return self.spec.match_file(rel + "/" if is_dir else rel)
+        path = rel + "/" if is_dir else rel
+        if self._any is not None:
+            return self._any.search(path) is not None
+        return self.spec.match_file(path)
 
     def ignored_path(self, rel: str) -> bool:
         """For a path whose type is unknown (gone from disk): file or folder rules."""
         return self.ignored(rel) or self.ignored(rel, is_dir=True)
+
+
+def _one_regex(spec: pathspec.GitIgnoreSpec) -> re.Pattern | None:
+    """All patterns as one regular expression, when that gives the same answer.
+
+    pathspec tries the patterns one by one (~15 us a path with the defaults,
+    paid for every file the scan and the workers see). Without negations
+    ("!keep.me") a path is ignored exactly when some pattern matches it, so one
+    alternation does the job in a single pass. With negations the order
+    matters, and the spec itself decides."""
+    parts = []
+    for pat in spec.patterns:
+        if pat.include is None:  # a comment or blank line
+            continue
+        if not pat.include or pat.regex is None:
+            return None
+        # Named groups would clash once joined; only their match matters here.
+        parts.append("(?:" + re.sub(r"\(\?P<\w+>", "(?:", pat.regex.pattern) + ")")
+    if not parts:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(parts))
 
 
 def validate_pattern(pattern: str) -> str:

@@ -161,15 +161,22 @@ class UniqueQ:
             c.execute("DELETE FROM queue WHERE id = ?", (action_id,))
 
     def finish(self, action_id: int, index_rows: list[tuple], settled: Iterable[str]) -> None:
-        """One transaction per finished action: what the remote now holds goes
-        into the Index, any failure recorded for its paths is settled, and the
-        action leaves the queue. Either all of it is on disk or none of it (then
-        the action runs again after a crash, which is harmless)."""
+        """finish_many() for one action."""
+        self.finish_many([(action_id, index_rows, settled)])
+
+    def finish_many(self, finished: list[tuple[int, list[tuple], Iterable[str]]]) -> None:
+        """Finished actions, as (action id, Index rows, paths), in one
+        transaction: what the remote now holds goes into the Index, any failure
+        recorded for their paths is settled, and the actions leave the queue.
+        Either all of it is on disk or none of it (then the actions run again
+        after a crash, which is harmless). Rows are written in the order given,
+        so a later action's row for a path wins."""
         with self.db.write() as c:
-            if index_rows:
-                Index.write_rows(c, index_rows)
-            FailedActions.clear_paths(c, settled)
-            c.execute("DELETE FROM queue WHERE id = ?", (action_id,))
+            rows = [r for _, index_rows, _ in finished for r in index_rows]
+            if rows:
+                Index.write_rows(c, rows)
+            FailedActions.clear_paths(c, [p for _, _, paths in finished for p in paths])
+            c.executemany("DELETE FROM queue WHERE id = ?", ((i,) for i, _, _ in finished))
 
     def __len__(self) -> int:
         return self.db.conn().execute("SELECT count(*) FROM queue").fetchone()[0] + len(self._buf)
