@@ -35,7 +35,9 @@ class Mapper:
             return None
 
     def local(self, rel: str) -> str:
-        return os.path.join(self.source, rel) if rel else self.source
+        # rel is a clean relative path (see rel()): plain concatenation is
+        # os.path.join's answer, at a fraction of its cost (called per file).
+        return self._prefix + rel if rel else self.source
 
     @staticmethod
     def is_utf8(rel: str) -> bool:

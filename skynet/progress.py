@@ -57,7 +57,8 @@ class ProgressReporter:
         self._thread.start()
 
     def poke(self) -> None:
-        self._poke.set()
+        if not self._poke.is_set():  # called per action: skip the Event's lock when already set
+            self._poke.set()
 
     def stop(self) -> None:
         self._halt.set()

@@ -143,11 +143,14 @@ class Reconciler:
                     f"source folder {self.mapper.source!r} is empty and is not the folder skynet synced before "
                     "(an unmounted disk?)")
 
-    def _lstat(self, rel: str) -> os.stat_result | None:
+    def _lstat(self, rel: str, path: str | None = None) -> os.stat_result | None:
+        """`rel`'s stat (lstat unless following links), None if it is gone;
+        `path` is its local path when the caller has it already."""
+        path = path or self.mapper.local(rel)
         try:
             if self.follow_symlinks:
-                return os.stat(self.mapper.local(rel))
-            return os.lstat(self.mapper.local(rel))
+                return os.stat(path)
+            return os.lstat(path)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
@@ -157,7 +160,8 @@ class Reconciler:
 
     def sync_path(self, rel: str, out: Outcome, ctx_stop=None) -> None:
         """Make the remote match whatever `rel` is on disk now (file or folder)."""
-        st = self._lstat(rel)
+        path = self.mapper.local(rel)
+        st = self._lstat(rel, path)
         if st is None:
             return
         if statmod.S_ISDIR(st.st_mode):
@@ -166,7 +170,7 @@ class Reconciler:
             out.queued += self.queue.put_many(self.pending_sends(rel))
         elif statmod.S_ISREG(st.st_mode):
             if not self.ignore.ignored(rel):
-                self.send_file(rel, st, out, ctx_stop)
+                self.send_file(rel, st, out, ctx_stop, path)
         elif statmod.S_ISLNK(st.st_mode):
             log.info("skipping symbolic link %r (set follow_symlinks = yes to copy its target)", rel)
         else:
@@ -204,15 +208,16 @@ class Reconciler:
                         yield (SEND, rel, "")
 
     # -- send --------------------------------------------------------------
-    def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None) -> None:
-        precision = self.con.abilities.mtime_precision_ns
-        if index_matches(self.index.get(rel), st, precision):
+    def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None) -> None:
+        abilities = self.con.abilities
+        if index_matches(self.index.get(rel), st, abilities.mtime_precision_ns):
             return
-        if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
+        if not abilities.byte_names and not Mapper.is_utf8(rel):
             raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")
+        path = path or self.mapper.local(rel)
         for _ in range(MAX_CHASE):
             f = LocalFile(
-                path=self.mapper.local(rel),
+                path=path,
                 rel=rel,
                 size=st.st_size,
                 mtime_ns=st.st_mtime_ns,
@@ -245,7 +250,7 @@ class Reconciler:
                 raise LocalFileError(f"cannot read {rel!r}: {exc.strerror or exc}") from exc
             out.uploaded += 1
             out.bytes_sent += res.bytes_sent
-            after = self._lstat(rel)
+            after = self._lstat(rel, path)
             if after is None:
                 # Sent, then deleted: the remote has the last version; the
                 # delete hint (with complete_sync) removes it.
