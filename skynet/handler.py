@@ -326,14 +326,18 @@ class Handler:
         if log.isEnabledFor(logging.INFO):
             for a, o in batch:
                 log.info("%s: done %s%s", self.name, a, _describe(o))
+        stats = self.stats
         with self._cv:
             for a, o in batch:
                 self._drop(a)
-                self._attempts.pop(a.id, None)
-                self._not_before.pop(a.id, None)
-                self.done_count += 1
-                for k in ("uploaded", "bytes_sent", "deleted", "moved"):
-                    setattr(self.stats, k, getattr(self.stats, k) + getattr(o, k))
+                if self._attempts:
+                    self._attempts.pop(a.id, None)
+                    self._not_before.pop(a.id, None)
+                stats.uploaded += o.uploaded
+                stats.bytes_sent += o.bytes_sent
+                stats.deleted += o.deleted
+                stats.moved += o.moved
+            self.done_count += len(batch)
             self._released(len(batch))
         for a, o in batch:
             self.on_event("done", a, o)

@@ -37,6 +37,8 @@ class InFlight:
             item["done"], item["total"] = done, total
 
     def finish(self, mapping: str, path: str) -> None:
+        if not self._items:  # called for every action; only large uploads are tracked
+            return
         with self._lock:
             self._items.pop((mapping, path), None)
 
