@@ -62,6 +62,7 @@ from common import (  # noqa: E402
     Inotify,
     LoadMeter,
     Proc,
+    daemon_env,
     TreeCounter,
     drop_caches,
     git_state,
@@ -125,7 +126,7 @@ def start_skynet(work: Path, src: Path, dst: Path, tag: str, args) -> Proc:
     cfg = skynet_config(work / f"skynet-{tag}.ini", src, dst, state, args.workers, args.log_level,
                         skynet_options(args))
     return Proc([PY, str(REPO / "main.py"), "--run-with", "local", "--config-file", str(cfg)],
-                work / f"skynet-{tag}.log", cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                work / f"skynet-{tag}.log", cwd=REPO, env=daemon_env(PYTHONUNBUFFERED="1"))
 
 
 def lsyncd_config(path: Path, layer: str, src: Path, dst: Path, delay: float | None) -> Path:

@@ -97,7 +97,8 @@ def _result(name: str, folder: Path, measured: tuple[float, int, float, float]) 
 
 def _base_env() -> dict[str, str]:
     """The environment minus any AWS/rclone settings of the caller's own."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "RCLONE_")) and k != "PYTHONDONTWRITEBYTECODE"}  # see common.daemon_env
 
 
 def _aws_env(t: S3Target) -> dict[str, str]:
