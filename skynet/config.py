@@ -280,13 +280,17 @@ def user_name() -> str:
 
 def _owner_hint(path: str) -> str:
     """' (owned by X, mode 0600: run this as X or root)', so that `skynet --status`
-    on a service's config says how to get in rather than only 'permission denied'."""
+    on a service's config says how to get in rather than only 'permission denied'.
+    When a folder on the way is what keeps us out (/etc/skynet is 0700), it is named."""
+    where = path if os.access(os.path.dirname(path) or ".", os.X_OK) else unreachable_parent(path)
     try:
-        st = os.stat(path)
+        st = os.stat(where or path)
         owner = pwd.getpwuid(st.st_uid).pw_name
     except (OSError, KeyError):
         return ""
-    return f" (owned by {owner}, mode {statmod.S_IMODE(st.st_mode):04o}: run this as {owner} or root, e.g. sudo -u {owner} ...)"
+    what = "" if where == path else f"{where} is "
+    return (f" ({what}owned by {owner}, mode {statmod.S_IMODE(st.st_mode):04o}: run this as {owner} or root, "
+            f"e.g. sudo -u {owner} ...)")
 
 
 def unreachable_parent(path: str) -> str | None:

@@ -157,6 +157,15 @@ def test_unreadable_config_says_whose_it_is(tmp_path):
         owner = pwd.getpwuid(os.stat(cfg).st_uid).pw_name
         assert res.returncode == 2 and "permission denied" in res.stderr, res.stderr
         assert f"owned by {owner}" in res.stderr and f"sudo -u {owner}" in res.stderr, res.stderr
+        # the folder it is in keeps us out (/etc/skynet is 0700): that folder is named
+        inner = base / "etc-skynet"
+        inner.mkdir()
+        os.replace(cfg, inner / "sftp.ini")
+        os.chmod(inner, 0o700 if prefix else 0o000)
+        res = subprocess.run(prefix + [sys.executable, str(REPO / "main.py"), "--status", "--config-file",
+                                       str(inner / "sftp.ini")], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        os.chmod(inner, 0o700)
+        assert res.returncode == 2 and f"{inner} is owned by {owner}" in res.stderr, res.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
