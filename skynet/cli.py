@@ -32,7 +32,7 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
               help="Set up (or edit) the configuration for SERVICE (local, s3 or sftp), interactively.")
 @click.option("--run-with", "run_service", type=click.Choice(SERVICES), metavar="SERVICE",
               help="Run the daemon in the foreground for SERVICE's config until SIGINT/SIGTERM.")
-@click.option("--config-file", type=click.Path(dir_okay=False), envvar="SKYNET_CONFIG", show_envvar=True,
+@click.option("--config-file", type=click.Path(dir_okay=False, readable=False), envvar="SKYNET_CONFIG", show_envvar=True,
               help="Config file to use (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini).")
 @click.option("--service", type=click.Choice(SERVICES), metavar="SERVICE",
               help="Which service's config --status/--failed/--retry-failed read (default: the only one that exists).")
@@ -125,6 +125,29 @@ def load_for_inspection(config_file: str | None, service: str | None) -> "config
         raise  # not reached
 
 
+def check_state_dir(cfg: "configmod.Config") -> None:
+    """The state folder can be made and written, or a ConfigError that says what to do.
+
+    Under systemd a state_dir outside StateDirectory= is read-only
+    (ProtectSystem=strict) or unreachable (ProtectHome=): without this check
+    the daemon died with "Read-only file system" and systemd restarted it
+    every few seconds.
+    """
+    try:
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        if os.access(cfg.state_dir, os.W_OK | os.X_OK):
+            return
+        reason = "not writable"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    problem = f"{cfg.state_dir!r} cannot be used ({reason}) by user {configmod.user_name()}"
+    unit_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if unit_dir and os.path.abspath(cfg.state_dir) != os.path.abspath(unit_dir):
+        problem += (f"; under systemd use the unit's StateDirectory= (set state_dir = {unit_dir}, or remove "
+                    f"state_dir), or allow the folder with ReadWritePaths= (systemctl edit)")
+    raise ConfigError(cfg.path, "skynet", "state_dir", problem)
+
+
 def run_daemon(service: str, path: str, allow_mass_delete: bool = False) -> int:
     from skynet import logs
     from skynet.daemon import Daemon
@@ -132,6 +155,7 @@ def run_daemon(service: str, path: str, allow_mass_delete: bool = False) -> int:
     try:
         cfg = configmod.load(path, service)
         configmod.check_folders(cfg)
+        check_state_dir(cfg)
     except ConfigError as exc:
         fail(str(exc))
         return EXIT_USAGE  # not reached

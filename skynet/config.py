@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import configparser
 import os
+import pwd
+import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -164,7 +166,7 @@ def read_ini(path: str) -> configparser.ConfigParser:
     except FileNotFoundError:
         raise ConfigError(path, None, None, "no such config file (create one with: python main.py --config SERVICE)") from None
     except PermissionError:
-        raise ConfigError(path, None, None, "cannot read the config file: permission denied") from None
+        raise ConfigError(path, None, None, "cannot read the config file: permission denied" + _owner_hint(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except configparser.MissingSectionHeaderError as exc:
@@ -259,17 +261,79 @@ def check_folders(cfg: Config) -> None:
             seen.append((m.name, t))
     for m in cfg.mappings:
         sect = f"mapping {m.name}"
-        if not os.path.exists(m.source):
-            raise ConfigError(cfg.path, sect, "source", f"folder {m.source!r} does not exist")
-        if not os.path.isdir(m.source):
-            raise ConfigError(cfg.path, sect, "source", f"{m.source!r} is not a folder")
-        if not os.access(m.source, os.R_OK | os.X_OK):
-            raise ConfigError(cfg.path, sect, "source", f"folder {m.source!r} is not readable")
+        problem = folder_problem(m.source)
+        if problem:
+            raise ConfigError(cfg.path, sect, "source", problem)
         if cfg.service == "local":
             t = os.path.abspath(os.path.expanduser(m.target))
             s = m.source
             if t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/"):
                 raise ConfigError(cfg.path, sect, "target", f"{t!r} and the source {s!r} overlap; that would loop")
+
+
+def user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _owner_hint(path: str) -> str:
+    """' (owned by X, mode 0600: run this as X or root)', so that `skynet --status`
+    on a service's config says how to get in rather than only 'permission denied'.
+    When a folder on the way is what keeps us out (/etc/skynet is 0700), it is named."""
+    where = path if os.access(os.path.dirname(path) or ".", os.X_OK) else unreachable_parent(path)
+    try:
+        st = os.stat(where or path)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except (OSError, KeyError):
+        return ""
+    what = "" if where == path else f"{where} is "
+    return (f" ({what}owned by {owner}, mode {statmod.S_IMODE(st.st_mode):04o}: run this as {owner} or root, "
+            f"e.g. sudo -u {owner} ...)")
+
+
+def unreachable_parent(path: str) -> str | None:
+    """The first folder on the way to `path` that this user may not enter (no x bit), if any."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    current = os.sep
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        if os.path.isdir(current) and not os.access(current, os.X_OK):
+            return current
+    return None
+
+
+def folder_problem(path: str) -> str | None:
+    """Why this process cannot mirror the folder `path`, phrased for the user, or None.
+
+    A folder in someone's private home (Debian 12 creates homes 0700) exists
+    but is out of reach of the service user; saying "does not exist" there
+    sent people looking for a typo, so the folder that blocks the way, its
+    owner and mode, and the user who needs in are named instead.
+    """
+    user = user_name()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"folder {path!r} does not exist"
+    except PermissionError:
+        blocker = unreachable_parent(path) or os.path.dirname(path)
+        try:
+            bst = os.stat(blocker)
+            owner = pwd.getpwuid(bst.st_uid).pw_name
+            how = f" (owner {owner}, mode {statmod.S_IMODE(bst.st_mode):04o})"
+        except (OSError, KeyError):
+            how = ""
+        return (f"folder {path!r} is out of reach of user {user}: {blocker}{how} does not let it in; "
+                f"give {user} access to it (see README, 'Running it as a service')")
+    except OSError as exc:
+        return f"folder {path!r}: {exc.strerror}"
+    if not statmod.S_ISDIR(st.st_mode):
+        return f"{path!r} is not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"folder {path!r} is not readable by user {user}"
+    return None
 
 
 def write(path: str, sections: dict[str, dict[str, str]], comments: dict[str, str] | None = None) -> None:

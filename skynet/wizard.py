@@ -15,6 +15,7 @@ missing or invalid.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -103,10 +104,10 @@ def _parser(keys: dict, key: str) -> Callable[[str], None]:
 def _folder(p: Prompter, key: str, label: str, current: str, must_exist: bool, avoid: str = "") -> str:
     def check(value: str) -> None:
         path = os.path.abspath(os.path.expanduser(value))
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(f"{path} is not a folder")
-        if must_exist and not os.path.isdir(path):
-            raise ValueError(f"{path} does not exist")
+        if must_exist or _exists_or_hidden(path):
+            problem = configmod.folder_problem(path)
+            if problem:
+                raise ValueError(problem)
         if avoid:
             a = avoid.rstrip("/")
             if path == a or path.startswith(a + "/") or a.startswith(path.rstrip("/") + "/"):
@@ -119,6 +120,18 @@ def _folder(p: Prompter, key: str, label: str, current: str, must_exist: bool, a
         else:
             raise ConfigError(p.path, None, key, f"{value} does not exist")
     return value
+
+
+def _exists_or_hidden(path: str) -> bool:
+    """False only if `path` is really missing (then the wizard offers to create
+    it); a path we may not look at counts as there, so the problem is named."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 # -- per-service questions ------------------------------------------------------
@@ -307,7 +320,8 @@ def run_wizard(service: str, path: str, presets: dict[str, str] | None = None, i
             sec["target"] = _folder(p, f"{k}.target", "Target folder (a mounted disk or share)", sec.get("target", ""),
                                     must_exist=False, avoid=sec["source"])
         else:
-            label = "Key prefix for this folder in the bucket" if service == "s3" else "Remote folder"
+            label = ("Key prefix for this folder in the bucket" if service == "s3"
+                     else "Remote folder (absolute, or relative to the login folder)")
             sec["target"] = p.ask(f"{k}.target", label, sec.get("target", ""), required=service == "sftp")
         sec["complete_sync"] = p.ask(f"{k}.complete_sync", "Delete on the remote what is deleted here? (yes/no)",
                                      sec.get("complete_sync", MAPPING_KEYS["complete_sync"][0]),
@@ -332,8 +346,13 @@ def run_wizard(service: str, path: str, presets: dict[str, str] | None = None, i
         value = p.ask(f"skynet.{key}", f"{label}", g.get(key, GLOBAL_KEYS[key][0]), check=_parser(GLOBAL_KEYS, key))
         if value:
             g[key] = value
-    state = p.ask("skynet.state_dir", "State folder", g.get("state_dir") or configmod.default_state_dir(service))
+    state = p.ask("skynet.state_dir", "State folder (queue, Index, resume state)",
+                  g.get("state_dir") or suggested_state_dir(service, path))
     g["state_dir"] = state
+    unit_state = system_unit_state_dir(service, path)
+    if unit_state and os.path.abspath(os.path.expanduser(state)) != unit_state:
+        p.say(f"  note: under systemd, skynet@{service} may write only {unit_state} (StateDirectory=); "
+              f"another folder needs ReadWritePaths= in a drop-in (systemctl edit skynet@{service})")
     unknown = set(p.presets) - p.used
     if unknown:
         raise ConfigError(path, None, sorted(unknown)[0], "not a setting the wizard knows")
@@ -351,5 +370,41 @@ def run_wizard(service: str, path: str, presets: dict[str, str] | None = None, i
         sections[f"mapping {name}"] = sec
     configmod.write(path, sections)
     configmod.load(path, service)  # what we wrote must read back
-    p.say(f"\nwrote {path} (mode 0600). Start the daemon with:\n  python main.py --run-with {service}"
-          + (f" --config-file {path}" if path != configmod.default_config_path(service) else ""))
+    p.say(f"\nwrote {path} (mode 0600). " + run_hint(service, path))
+
+
+#: where skynet@.service reads its config (ExecStart=... --config-file /etc/skynet/%i.ini)
+#: and keeps its state (StateDirectory=skynet/%i); tests/test_systemd.py keeps them in step
+SYSTEM_CONFIG_DIR = "/etc/skynet"
+SYSTEM_STATE_DIR = "/var/lib/skynet"
+
+
+def system_unit_state_dir(service: str, path: str) -> str | None:
+    """The unit's state folder if `path` is the config skynet@SERVICE reads, else None."""
+    if os.path.abspath(path) == os.path.join(SYSTEM_CONFIG_DIR, f"{service}.ini"):
+        return os.path.join(SYSTEM_STATE_DIR, service)
+    return None
+
+
+def suggested_state_dir(service: str, path: str) -> str:
+    """The state folder offered by default.
+
+    For the system unit's config, the unit's StateDirectory=: the XDG default
+    of whoever runs the wizard (/root/.local/state, or ~skynet/.local/state
+    under sudo -u skynet) is read-only or out of reach under
+    ProtectSystem=strict/ProtectHome=, and the daemon could not start.
+    """
+    return system_unit_state_dir(service, path) or configmod.default_state_dir(service)
+
+
+def run_hint(service: str, path: str) -> str:
+    """What to type next: the service for the unit's config, else the foreground
+    command, spelled as the user called us (python main.py, or the skynet command)."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    cmd = "python main.py" if prog == "main.py" else (sys.argv[0] if prog == "skynet" else "skynet")
+    run = f"{cmd} --run-with {service}" + (f" --config-file {path}" if path != configmod.default_config_path(service) else "")
+    if system_unit_state_dir(service, path):
+        return (f"Start the service with (see README, 'Running it as a service'):\n"
+                f"  sudo systemctl enable --now skynet@{service}\n"
+                f"or try it in the foreground first, as the service's user:\n  sudo -u skynet {run}")
+    return f"Start the daemon with:\n  {run}"

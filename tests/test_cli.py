@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from skynet import config as configmod
 from skynet.cli import main
-from tests.harness import REPO, run_main
+from tests.harness import REPO, run_main, unprivileged_prefix, world_writable_tmp, write_config
 
 
 def test_help_lists_entry_points():
@@ -85,3 +89,106 @@ def test_non_interactive_setup_from_flags(tmp_path):
     assert not (tmp_path / "b.ini").exists()
     res = run_main("--config", "local", "--config-file", str(tmp_path / "c.ini"), "--non-interactive")
     assert res.returncode == 2 and "mapping.main.source" in res.stderr and "required" in res.stderr, res.stderr
+
+
+# -- what a new user met setting up skynet@sftp (issue 7) -----------------------------------------
+def _as_other_user(blocked: Path) -> list[str]:
+    """Make `blocked` impassable for the process we start, and return its command prefix:
+    as root the daemon runs as 'nobody' and `blocked` is root's 0700; otherwise mode 0000."""
+    prefix = unprivileged_prefix()
+    os.chmod(blocked, 0o700 if prefix else 0o000)
+    return prefix
+
+
+def test_source_in_a_private_home_is_named_not_missing(tmp_path):
+    base = world_writable_tmp("skynet-home-")
+    home = base / "home"
+    (home / "Documents").mkdir(parents=True)
+    prefix = _as_other_user(home)
+    try:
+        cfg = write_config(base / "c.ini", "local", {"m": {"source": str(home / "Documents"), "target": str(base / "t")}},
+                           base / "state")
+        os.chmod(cfg, 0o644)
+        res = subprocess.run(prefix + [sys.executable, str(REPO / "main.py"), "--run-with", "local", "--config-file",
+                                       str(cfg)], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        assert res.returncode == 2, res.stderr
+        err = res.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "does not exist" not in err and "out of reach of user" in err and f"{home} " in err, err
+        # the wizard says the same while asking (non-interactive here: it stops with that line)
+        res = subprocess.run(prefix + [sys.executable, str(REPO / "main.py"), "--config", "local", "--config-file",
+                                       str(base / "w.ini"), "--non-interactive",
+                                       "--set", f"mapping.m.source={home / 'Documents'}",
+                                       "--set", f"mapping.m.target={base / 't'}"],
+                             capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        assert res.returncode == 2 and "out of reach of user" in res.stderr, res.stderr
+        assert not (base / "w.ini").exists()
+    finally:
+        os.chmod(home, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_unusable_state_dir_stops_before_start_with_the_fix(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    cfg = write_config(tmp_path / "c.ini", "local", {"m": {"source": str(src), "target": str(tmp_path / "t")}},
+                       tmp_path / "a-file" / "state")
+    # as under systemd, with the unit's StateDirectory= somewhere else
+    res = run_main("--run-with", "local", "--config-file", str(cfg), env={"STATE_DIRECTORY": str(tmp_path / "unit")})
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "[skynet] state_dir" in err and "cannot be used" in err, err
+    assert f"state_dir = {tmp_path / 'unit'}" in err and "ReadWritePaths=" in err, err
+
+
+def test_unreadable_config_says_whose_it_is(tmp_path):
+    base = world_writable_tmp("skynet-cfg-")
+    try:
+        src = base / "src"
+        src.mkdir()
+        cfg = write_config(base / "sftp.ini", "local", {"m": {"source": str(src), "target": str(base / "t")}}, base / "s")
+        os.chmod(cfg, 0o600)
+        prefix = unprivileged_prefix()
+        if not prefix:
+            os.chmod(cfg, 0o000)
+        res = subprocess.run(prefix + [sys.executable, str(REPO / "main.py"), "--status", "--config-file", str(cfg)],
+                             capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        owner = pwd.getpwuid(os.stat(cfg).st_uid).pw_name
+        assert res.returncode == 2 and "permission denied" in res.stderr, res.stderr
+        assert f"owned by {owner}" in res.stderr and f"sudo -u {owner}" in res.stderr, res.stderr
+        # the folder it is in keeps us out (/etc/skynet is 0700): that folder is named
+        inner = base / "etc-skynet"
+        inner.mkdir()
+        os.replace(cfg, inner / "sftp.ini")
+        os.chmod(inner, 0o700 if prefix else 0o000)
+        res = subprocess.run(prefix + [sys.executable, str(REPO / "main.py"), "--status", "--config-file",
+                                       str(inner / "sftp.ini")], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        os.chmod(inner, 0o700)
+        assert res.returncode == 2 and f"{inner} is owned by {owner}" in res.stderr, res.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_wizard_offers_the_units_state_folder_for_a_system_config(tmp_path, monkeypatch):
+    from skynet import wizard
+
+    etc, var = tmp_path / "etc-skynet", tmp_path / "var-lib-skynet"
+    monkeypatch.setattr(wizard, "SYSTEM_CONFIG_DIR", str(etc))
+    monkeypatch.setattr(wizard, "SYSTEM_STATE_DIR", str(var))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    path = etc / "local.ini"
+    args = ["--config", "local", "--config-file", str(path), "--non-interactive",
+            "--set", f"mapping.m.source={src}", "--set", f"mapping.m.target={tmp_path / 'dst'}"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert configmod.load(str(path), "local").state_dir == str(var / "local")
+    assert "systemctl enable --now skynet@local" in res.output and "sudo -u skynet" in res.output
+    # a config elsewhere keeps the XDG default, and the foreground command as the hint
+    assert wizard.suggested_state_dir("local", str(tmp_path / "x.ini")) == configmod.default_state_dir("local")
+    assert "systemctl" not in wizard.run_hint("local", str(tmp_path / "x.ini"))
+    # another state folder for the unit's config: the wizard says what the unit allows
+    res = CliRunner().invoke(main, args + ["--set", f"skynet.state_dir={tmp_path / 'elsewhere'}"])
+    assert res.exit_code == 0 and "ReadWritePaths=" in res.output, res.output
