@@ -485,17 +485,23 @@ class Daemon:
         global_changed = any(getattr(self.cfg, k) != getattr(new, k)
                              for k in ("service_options", "state_dir", "max_attempts", "backoff_cap", "settle_seconds"))
         self.cfg = new
+        changed = 0
         for name in list(self.runners):
             if name not in wanted or wanted[name] != old.get(name) or global_changed:
                 log.info("reload: stopping mapping %s", name)
                 self.runners.pop(name).stop(new.stop_timeout)
+                changed += 1
         for name, m in wanted.items():
             if name not in self.runners:
                 log.info("reload: starting mapping %s", name)
+                changed += 1
                 try:
                     self._start_mapping(m)
                 except (FatalError, StateError, OSError, sqlite3.Error) as exc:
                     log.error("reload: mapping %s cannot start: %s", name, exc)
+        # `systemctl reload` shows nothing else: say what the reload did, even when nothing changed
+        log.warning("reload: config %s read again; %s", new.path,
+                    f"{changed} mapping start(s)/stop(s)" if changed else "no change to the running mappings")
         sdnotify.notify("READY=1", f"STATUS={self.status_line()}")
 
     def _shutdown(self) -> None:

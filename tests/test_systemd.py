@@ -92,6 +92,8 @@ def test_sighup_reload_starts_and_stops_mappings(tmp_path):
     cfg = write_config(tmp_path / "c.ini", "local", one, state)
     with Daemon(cfg) as d:
         wait_converged(a_src, lambda: tree(a_dst), exact=True, daemon=d)
+        d.proc.send_signal(signal.SIGHUP)  # nothing changed: the log still says the reload happened
+        d.wait_log("no change to the running mappings", timeout=10)
         write_config(cfg, "local", two, state)
         d.proc.send_signal(signal.SIGHUP)
         wait_converged(b_src, lambda: tree(b_dst), exact=True, daemon=d)
