@@ -1031,10 +1031,23 @@ class S3Con(XCon):
 
     def _drop_state(self, ctx: TransferContext, state: dict, why: str) -> None:
         """Abort the saved upload (if it is in our bucket) and forget it."""
+        self._abort_saved(state, why)
+        ctx.resume.clear()
+
+    def _abort_saved(self, state: dict, why: str) -> None:
+        """Abort the multipart upload a resume state names, if it is in our bucket."""
         if state.get("bucket", self.bucket) == self.bucket and state.get("key") and state.get("upload_id"):
             log.info("s3: aborting upload of %s (%s)", state["key"], why)
             self._abort(state["key"], state["upload_id"])
-        ctx.resume.clear()
+
+    def discard(self, rel: str, state: dict | None) -> None:
+        """Abort the multipart upload `state` names (single PUTs leave nothing behind)."""
+        if not state:
+            return
+        try:
+            self._abort_saved(state, f"{rel!r} will not be sent")
+        except PermanentError as exc:  # not this action's failure; the upload stays listed
+            log.warning("s3: cannot abort the upload of %r: %s", rel, exc)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:

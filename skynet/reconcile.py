@@ -155,11 +155,30 @@ class Reconciler:
         except OSError as exc:
             raise LocalFileError(f"cannot stat {rel!r}: {exc.strerror}") from exc
 
+    def discard_partial(self, rel: str, under: bool = False) -> None:
+        """`rel` will not be sent (gone, deleted, moved away, not a file any more):
+        have the connection remove what unfinished uploads of it (and, with
+        `under`, of every path below it) left on the remote, then forget their
+        resume states. Otherwise a partial upload whose file went while skynet was
+        down stays for ever: start-up cleanup keeps what a resume state names.
+        Usually this costs one indexed lookup and nothing on the remote."""
+        states = self.resume.at_or_under(rel) if under else [(rel, s) for s in [self.resume.load(rel)] if s]
+        if states:
+            self.check_source()  # an unmounted source is no reason to lose resumable uploads
+        for path, state in states:
+            self.con.discard(path, state)
+            self.resume.clear(path)
+        if rel not in dict(states):
+            self.con.discard(rel, None)  # a temp file a failed attempt could not remove
+
     def sync_path(self, rel: str, out: Outcome, ctx_stop=None) -> None:
         """Make the remote match whatever `rel` is on disk now (file or folder)."""
         st = self._lstat(rel)
         if st is None:
+            self.discard_partial(rel, under=True)
             return
+        if not statmod.S_ISREG(st.st_mode):
+            self.discard_partial(rel)  # it was a file with an upload under way, maybe
         if statmod.S_ISDIR(st.st_mode):
             if self.ignore.ignored(rel, is_dir=True):
                 return
@@ -235,6 +254,7 @@ class Reconciler:
                 res = self.con.send(f, ctx)
             except FileNotFoundError:
                 log.info("%r vanished before it could be sent", rel)
+                self.discard_partial(rel)
                 return
             except PermissionError as exc:
                 raise LocalFileError(f"cannot read {rel!r}: {exc.strerror}") from exc
@@ -272,7 +292,7 @@ class Reconciler:
             return
         self.con.delete(rel)
         self.index.remove(rel)
-        self.resume.clear(rel)
+        self.discard_partial(rel, under=True)
         out.deleted += 1
 
     # -- move --------------------------------------------------------------
@@ -283,12 +303,13 @@ class Reconciler:
             # remote copy; its own events handle any change to it.
             self.sync_path(dest, out, ctx_stop)
             return
+        # Before the move: a folder rename on the remote would carry temp files along.
+        self.discard_partial(src, under=True)
         on_remote = self.index.get(src) is not None or self.index.has_under(src)
         if on_remote and self.con.abilities.server_side_move:
             try:
                 self.con.move(src, dest)
                 self.index.rename(src, dest)
-                self.resume.clear(src)
                 out.moved += 1
             except RemoteNotFound:
                 log.info("move source %r was not on the remote; sending %r instead", src, dest)

@@ -361,6 +361,13 @@ class ResumeTable:
     def all(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.db.conn().execute("SELECT state FROM resume")]
 
+    def at_or_under(self, rel: str) -> list[tuple[str, dict]]:
+        """(path, state) of `rel` and of every path below folder `rel`."""
+        lo, hi = under_range(rel)
+        rows = self.db.conn().execute(
+            "SELECT path, state FROM resume WHERE path = ? OR (path >= ? AND path < ?)", (enc(rel), lo, hi))
+        return [(dec(path), json.loads(state)) for path, state in rows]
+
 
 class BoundResumeStore:
     """The ResumeStore protocol of connections.base, bound to one path."""

@@ -122,3 +122,22 @@ def test_file_changed_while_stopped_starts_over(tmp_path, backend):
     assert sent_bytes(d2.log_text(), "big.bin") == SIZE  # all of it again
     assert d2.stop() == 0
     assert backend.leftovers() == []  # the old multipart upload / temp file is gone
+
+
+def test_partial_upload_of_a_file_deleted_while_stopped_is_removed(tmp_path, backend):
+    """The file of an interrupted upload is deleted while the daemon is down: its
+    replayed send finds nothing to send, and must not leave the half-done upload
+    (S3 multipart upload, SFTP temp file) on the remote for ever. Its resume state
+    used to keep it safe from every later start-up cleanup."""
+    src, big, cfg = setup(tmp_path, backend)
+    d = Daemon(cfg, backend.service).start()
+    wait_started(d, backend, 0.3)
+    d.kill9()
+    big.unlink()
+    (src / "small.txt").write_text("something to converge on")
+    d2 = Daemon(cfg, backend.service, log=d.log).start()
+    wait_converged(src, backend.fetch, exact=True, timeout=60, daemon=d2)
+    d2.wait_log("done send 'big.bin'", timeout=30)  # the replayed send ran
+    assert d2.stop() == 0
+    assert backend.leftovers() == []
+
