@@ -118,7 +118,7 @@ class MappingRunner(WatchFaultListener):
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
-                               on_event=on_event)
+                               on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan)
         self.watch = None
@@ -129,6 +129,7 @@ class MappingRunner(WatchFaultListener):
         self._unwatched: set[str] = set()
         self._source_missing = False
         self._rewatch_wanted = False
+        self._cleaned = False
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
 
     def _wake(self) -> None:
@@ -158,15 +159,26 @@ class MappingRunner(WatchFaultListener):
         except PermanentError as exc:
             raise FatalError(f"mapping {self.name!r}: {exc}") from exc
         if connected:
-            try:
-                self.con.cleanup(self.resume.all())
-            except Exception as exc:
-                log.warning("%s: could not clean up old partial uploads: %s", self.name, exc)
+            self._cleanup()
         self._watch()
         self._remember_source()
         self.handler.start(connected)
         self._rescan_wanted.set()
         self._scanner.start()
+
+    def _cleanup(self) -> None:
+        """Remove the partial uploads of earlier runs that no resume state needs
+        (a kill -9 mid-send leaves some). Once per run, as soon as the remote is
+        reachable: at start-up, or at the first reconnection when skynet started
+        while the remote was away (else they would stay until the next start)."""
+        if self._cleaned:
+            return
+        try:
+            self.con.cleanup(self.resume.all())
+            self._cleaned = True
+        except Exception as exc:
+            log.warning("%s: could not clean up old partial uploads (tried again after a reconnection): %s",
+                        self.name, exc)
 
     def _remember_source(self) -> None:
         """Record which folder (device, inode) the source is, while it holds
