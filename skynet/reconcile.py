@@ -20,6 +20,7 @@ parallelism, retries) and connections/* decide *how*.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat as statmod
@@ -222,6 +223,13 @@ class Reconciler:
                     if not index_matches(self.index.get(rel), st, self.con.abilities.mtime_precision_ns):
                         yield (SEND, rel, "")
 
+    def gone_under(self, top: str) -> Iterator[tuple[str, str, str]]:
+        """`delete` hints for the files the remote holds below folder `top` that
+        are no longer on disk (each hint looks at the disk again when it runs)."""
+        for rel in self.index.paths_under(top):
+            if self._lstat(rel) is None:
+                yield (DELETE, rel, "")
+
     # -- send --------------------------------------------------------------
     def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None) -> None:
         precision = self.con.abilities.mtime_precision_ns
@@ -300,8 +308,13 @@ class Reconciler:
         self.check_source()
         if self._lstat(src) is not None:
             # The source is there again: the move is a copy now. src keeps its
-            # remote copy; its own events handle any change to it.
+            # remote copy; its own events handle any change to it. But what
+            # left src with the move (a folder moved away, then made again)
+            # has no event of its own to take it off the remote.
             self.sync_path(dest, out, ctx_stop)
+            gone = self.gone_under(src)
+            while batch := list(itertools.islice(gone, 1000)):
+                out.queued += self.queue.put_many(batch)
             return
         # Before the move: a folder rename on the remote would carry temp files along.
         self.discard_partial(src, under=True)
