@@ -60,10 +60,15 @@ def index_matches(entry: IndexEntry | None, st: os.stat_result, mtime_precision_
 
     Unknown mtime or mode (an entry seeded from a remote listing) does not
     match by itself: the start-up scan checks those with a content hash.
+    An entry skynet wrote after a send holds the local file's own mtime (and
+    inode): it is compared to the nanosecond, else a rewrite of the same size
+    in the same second would never reach a whole-second remote (SFTP). Only an
+    entry seeded from a remote listing (no inode) is compared at the remote's
+    `mtime_precision_ns`.
     """
     if entry is None or entry.size != st.st_size or entry.mtime_ns is None:
         return False
-    p = max(1, mtime_precision_ns)
+    p = max(1, mtime_precision_ns) if entry.ino is None else 1
     if entry.mtime_ns // p != st.st_mtime_ns // p:
         return False
     return entry.mode is None or entry.mode == statmod.S_IMODE(st.st_mode)

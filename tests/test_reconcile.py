@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from connections.base import Abilities
 from connections.local import LocalCon
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
@@ -98,3 +99,17 @@ def test_delete_of_a_folder_that_came_back_keeps_what_is_there(rig):
     rig.run(DELETE, "d/x")
     assert tree(rig.remote) == tree(rig.src) == {b"d/z": b"z1"}
 
+
+def test_rewrite_in_the_same_second_with_the_same_size_is_sent(rig):
+    """A remote that keeps whole-second mtimes (SFTP) must not hide a new version
+    of the same size written in the same second: the Index holds the local mtime
+    to the nanosecond, so it is compared to the nanosecond."""
+    rig.con.abilities = Abilities(mtime_precision_ns=1_000_000_000)
+    base = 1_700_000_000_000_000_000
+    rig.write("a", b"v1")
+    os.utime(rig.src / "a", ns=(base + 100_000_000, base + 100_000_000))
+    rig.run(SEND, "a")
+    rig.write("a", b"v2")
+    os.utime(rig.src / "a", ns=(base + 600_000_000, base + 600_000_000))
+    rig.run(SEND, "a")
+    assert tree(rig.remote) == {b"a": b"v2"}
