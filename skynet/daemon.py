@@ -30,7 +30,7 @@ from skynet.progress import ProgressReporter, Snapshot
 from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
 from skynet.throttle import Schedule, Throttle
-from skynet.uniqueq import UniqueQ
+from skynet.uniqueq import DELETE, Action, UniqueQ
 from skynet.watcher import EVENT_TYPES, FaultReportingObserver, WatchFaultListener, Watcher
 
 log = logging.getLogger("skynet")
@@ -149,7 +149,7 @@ class MappingRunner(WatchFaultListener):
             self.db.set_meta("identity", ident)
 
     def start(self) -> None:
-        self.queue.reset_inflight()
+        self._recheck_interrupted(self.queue.reset_inflight())
         connected = False
         try:
             self.con.connect()
@@ -165,6 +165,22 @@ class MappingRunner(WatchFaultListener):
         self.handler.start(connected)
         self._rescan_wanted.set()
         self._scanner.start()
+
+    def _recheck_interrupted(self, interrupted: list[Action]) -> None:
+        """The previous run died (kill -9, power loss) while these actions were
+        claimed: the remote may hold what one of them sent, moved or half-moved
+        although the Index never heard of it. For each of their paths that is gone
+        from the disk now, a delete hint makes sure no such copy stays behind (the
+        start-up scan cannot: it only knows what the Index knows). A hint looks at
+        the disk again when it runs. With complete_sync only."""
+        if not self.m.complete_sync:
+            return
+        gone = sorted({p for a in interrupted for p in a.paths()
+                       if p and not os.path.lexists(self.mapper.local(p))})
+        if gone:
+            log.info("%s: %d path(s) were being synced when skynet stopped abruptly and are gone now; "
+                     "making sure the remote holds none of them", self.name, len(gone))
+            self.queue.put_many((DELETE, p, "") for p in gone)
 
     def _cleanup(self) -> None:
         """Remove the partial uploads of earlier runs that no resume state needs
