@@ -115,6 +115,7 @@ class MappingRunner(WatchFaultListener):
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
+                                     complete_sync=m.complete_sync,
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,

@@ -100,6 +100,7 @@ class Reconciler:
         follow_symlinks: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
         throttle: Callable[[int], None] | None = None,
+        complete_sync: bool = False,
     ) -> None:
         self.mapper = mapper
         self.con = con
@@ -110,6 +111,7 @@ class Reconciler:
         self.follow_symlinks = follow_symlinks
         self.progress = progress
         self.throttle = throttle
+        self.complete_sync = complete_sync  # deletes are propagated: a move may queue some
         # (st_dev, st_ino) of the source folder when it was last seen with files
         self.source_id: tuple[int, int] | None = None
 
@@ -228,12 +230,20 @@ class Reconciler:
                     if not index_matches(self.index.get(rel), st, self.con.abilities.mtime_precision_ns):
                         yield (SEND, rel, "")
 
-    def gone_under(self, top: str) -> Iterator[tuple[str, str, str]]:
-        """`delete` hints for the files the remote holds below folder `top` that
-        are no longer on disk (each hint looks at the disk again when it runs)."""
+    def gone_under(self, top: str, and_top: bool = False) -> Iterator[tuple[str, str, str]]:
+        """`delete` hints for the files the remote holds below folder `top` (and,
+        with `and_top`, at `top` itself) that are no longer on disk (each hint
+        looks at the disk again when it runs)."""
+        if and_top and self.index.get(top) is not None and self._lstat(top) is None:
+            yield (DELETE, top, "")
         for rel in self.index.paths_under(top):
             if self._lstat(rel) is None:
                 yield (DELETE, rel, "")
+
+    def _put_hints(self, specs: Iterator[tuple[str, str, str]], out: Outcome) -> None:
+        """Queue hints a thousand at a time (memory stays flat for huge folders)."""
+        while batch := list(itertools.islice(specs, 1000)):
+            out.queued += self.queue.put_many(batch)
 
     # -- send --------------------------------------------------------------
     def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None) -> None:
@@ -317,9 +327,7 @@ class Reconciler:
             # left src with the move (a folder moved away, then made again)
             # has no event of its own to take it off the remote.
             self.sync_path(dest, out, ctx_stop)
-            gone = self.gone_under(src)
-            while batch := list(itertools.islice(gone, 1000)):
-                out.queued += self.queue.put_many(batch)
+            self._put_hints(self.gone_under(src), out)
             return
         # Before the move: a folder rename on the remote would carry temp files along.
         self.discard_partial(src, under=True)
@@ -329,6 +337,11 @@ class Reconciler:
                 self.con.move(src, dest)
                 self.index.rename(src, dest)
                 out.moved += 1
+                if self.complete_sync:
+                    # A move replayed after a restart may bring to dest what was
+                    # deleted there while skynet was down: the start-up scan
+                    # could only delete it under its old name.
+                    self._put_hints(self.gone_under(dest, and_top=True), out)
             except RemoteNotFound:
                 log.info("move source %r was not on the remote; sending %r instead", src, dest)
                 self.index.remove(src)

@@ -9,12 +9,13 @@ exists; then it writes the queue the way the killed run would have left it.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from connections.base import LocalFile, TransferContext
 from skynet.state import StateDB
-from skynet.uniqueq import SEND
+from skynet.uniqueq import MOVE, SEND
 from tests.backends import BACKENDS, enabled_backends
 from tests.harness import Daemon, wait_converged, write_config
 
@@ -69,3 +70,16 @@ def test_upload_finished_but_not_recorded_of_a_file_deleted_while_down(tmp_path,
     wait_converged(src, backend.fetch, exact=True, daemon=d)
     assert d.stop() == 0
 
+
+def test_replayed_move_whose_destination_went_while_down(tmp_path, backend):
+    """A folder move still queued when skynet died, then the moved folder deleted
+    while it was down: the start-up scan deletes the old paths (still the Index's),
+    the replayed move then renames them on the remote to the new ones, which are
+    gone from the disk. They used to stay on the remote for ever."""
+    src, cfg = synced_then_stopped(tmp_path, backend, {"d/x": b"x", "d/sub/y": b"y", "keep.txt": b"keep"})
+    os.rename(src / "d", src / "e")  # the watcher saw this; its move never ran
+    leave_in_queue(tmp_path, [(MOVE, "d", "e")], claimed=False)
+    shutil.rmtree(src / "e")  # while skynet is down
+    d = Daemon(cfg, backend.service).start()
+    wait_converged(src, backend.fetch, exact=True, daemon=d)
+    assert d.stop() == 0

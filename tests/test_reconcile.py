@@ -32,7 +32,7 @@ class Rig:
         self.con = LocalCon(str(self.remote))
         self.con.connect()
         self.rec = Reconciler(Mapper(str(self.src)), self.con, self.index, self.queue, ResumeTable(self.db),
-                              IgnoreRules())
+                              IgnoreRules(), complete_sync=True)
 
     def write(self, rel: str, data: bytes) -> None:
         p = self.src / rel
