@@ -234,6 +234,14 @@ class XCon(ABC):
         needs (abandoned multipart uploads, stray temporary files). Called by
         the handler at start-up and after a run; the default has nothing to do."""
 
+    def discard(self, rel: str, state: dict | None) -> None:
+        """`rel` will not be sent (deleted, moved away, no longer a file): remove
+        what an unfinished upload of it left on the remote, i.e. the upload its
+        resume `state` names and any temporary file a failed attempt of this
+        connection could not remove. Without it such a leftover stays until the
+        next start-up cleanup, or for ever while a resume state still names it.
+        A missing leftover is not an error; the default has nothing to do."""
+
     def describe(self) -> str:
         """A one-line description for logs, with no secrets in it."""
         return self.service

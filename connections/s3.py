@@ -1031,10 +1031,23 @@ class S3Con(XCon):
 
     def _drop_state(self, ctx: TransferContext, state: dict, why: str) -> None:
         """Abort the saved upload (if it is in our bucket) and forget it."""
+        self._abort_saved(state, why)
+        ctx.resume.clear()
+
+    def _abort_saved(self, state: dict, why: str) -> None:
+        """Abort the multipart upload a resume state names, if it is in our bucket."""
         if state.get("bucket", self.bucket) == self.bucket and state.get("key") and state.get("upload_id"):
             log.info("s3: aborting upload of %s (%s)", state["key"], why)
             self._abort(state["key"], state["upload_id"])
-        ctx.resume.clear()
+
+    def discard(self, rel: str, state: dict | None) -> None:
+        """Abort the multipart upload `state` names (single PUTs leave nothing behind)."""
+        if not state:
+            return
+        try:
+            self._abort_saved(state, f"{rel!r} will not be sent")
+        except PermanentError as exc:  # not this action's failure; the upload stays listed
+            log.warning("s3: cannot abort the upload of %r: %s", rel, exc)
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -1293,8 +1306,13 @@ class S3Con(XCon):
         except Exception as exc:
             raise self._classify(exc, "list", prefix) from exc
 
-    def _delete_keys(self, keys: list[str], what: str) -> None:
-        """DeleteObjects in batches of at most DELETE_BATCH; missing keys are fine."""
+    def _delete_keys(self, keys: list[str], what: str, folder: str | None = None) -> None:
+        """DeleteObjects in batches of at most DELETE_BATCH; missing keys are fine.
+
+        `folder` is a key that may name no object but a folder of a store backed by a
+        file system, which may refuse to remove it: rclone serve s3 answers InternalError
+        while the folder holds a file it does not list (the temp file of a multipart
+        upload it forgot when it restarted). No object has that key: nothing to delete."""
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
             resp = self._call(
@@ -1302,6 +1320,10 @@ class S3Con(XCon):
                 Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
             )
             errors = [e for e in resp.get("Errors", []) or [] if e.get("Code") not in ("NoSuchKey",)]
+            if errors and folder is not None and {e.get("Key") for e in errors} == {folder} \
+                    and self._head(folder, what) is None:
+                log.debug("s3: %s: the store keeps folder %s (no object has that key)", what, folder)
+                errors = []
             if errors:
                 e = errors[0]
                 fake = bce.ClientError({"Error": {"Code": e.get("Code", ""), "Message": e.get("Message", "")}}, "DeleteObjects")
@@ -1319,7 +1341,7 @@ class S3Con(XCon):
                 batch = []
         # The key itself goes last: stores backed by a file system (rclone serve s3)
         # fail to delete "dir" while "dir/..." still exists, and succeed once it is gone.
-        self._delete_keys(batch + [key], what)
+        self._delete_keys(batch + [key], what, folder=key)
 
     def move(self, src: str, dest: str) -> None:
         """Server-side copy then delete; a folder moves every object under `src/`.

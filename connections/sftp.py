@@ -617,6 +617,7 @@ def _session_ok(exc: BaseException) -> bool:
 class _Upload:
     """Where one send stands (for resume, progress and cleanup)."""
 
+    rel: str
     target: bytes
     tmp: bytes
     tmp_rel: str
@@ -743,6 +744,9 @@ class SFTPCon(XCon):
         self.ciphers = ciphers
         self._pool = _Pool(self._open_session, self.connections)
         self._pkey: paramiko.PKey | None = None
+        # rel -> temp file (rel) a failed send may have left behind with no resume
+        # state naming it (the connection broke mid-way); see discard()
+        self._strays: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<SFTPCon {self.describe()}>"
@@ -974,6 +978,7 @@ class SFTPCon(XCon):
         src = open(f.path, "rb", buffering=0)  # FileNotFoundError: the local file went away
         with src:
             up = _Upload(
+                rel=f.rel,
                 target=self._b(target),
                 tmp=self._b(tmp),
                 tmp_rel=self._rel_of(tmp),
@@ -983,13 +988,16 @@ class SFTPCon(XCon):
             with self._session(what) as s:
                 try:
                     if up.resumable and f.size >= self.parallel_min and min(self.connections, self.streams) > 1:
-                        return self._send_parallel(s, f, ctx, src, up, what)
-                    return self._send(s, f, ctx, src, up, what)
+                        result = self._send_parallel(s, f, ctx, src, up, what)
+                    else:
+                        result = self._send(s, f, ctx, src, up, what)
                 except BaseException as exc:
                     self._after_failure(s, exc, up, ctx)
                     if isinstance(exc, SFTPStatus):
                         raise self._diagnose(s, exc, what, target, f.size - up.offset) from exc
                     raise
+        self._strays.pop(f.rel, None)  # the temp file became the target
+        return result
 
     def _after_failure(self, s: _Session, exc: BaseException, up: _Upload, ctx: TransferContext) -> None:
         """Leave no temp file behind, unless the upload can resume from it."""
@@ -1005,6 +1013,10 @@ class SFTPCon(XCon):
                 if up.handle is not None:
                     s.sftp._request(CMD_CLOSE, up.handle)
                 s.sftp.remove(up.tmp)
+                return
+        # The temp file may be left, and nothing names it: remember it for discard()
+        # (a retry of the send overwrites it; a daemon restart's cleanup removes it).
+        self._strays[up.rel] = up.tmp_rel
 
     def _send(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload, what: str) -> SendResult:
         sftp = s.sftp
@@ -1503,6 +1515,19 @@ class SFTPCon(XCon):
                 with self._session(f"cleanup {rel!r}") as s:
                     with contextlib.suppress(SFTPStatus):
                         s.sftp.remove(self._b(self._abs(rel)))
+
+    def discard(self, rel: str, state: dict | None) -> None:
+        """Remove the temp file `state` names, and the one a failed send of `rel`
+        could not remove (nothing at all in the usual case: no request is made)."""
+        tmps = {self._strays.get(rel), state.get("tmp") if state else None}
+        for tmp in sorted(t for t in tmps if isinstance(t, str)):
+            with self._session(f"discard {tmp!r}") as s:
+                try:
+                    s.sftp.remove(self._b(self._abs(tmp)))
+                except SFTPStatus as exc:  # gone already, or not ours to remove: not this action's failure
+                    if exc.code != SFTP_NO_SUCH_FILE:
+                        log.warning("sftp: cannot remove temporary file %r: %s", tmp, exc)
+        self._strays.pop(rel, None)
 
     def leftovers(self) -> list[str]:
         """Temporary files left on the remote (tests check there are none)."""

@@ -30,7 +30,7 @@ from skynet.progress import ProgressReporter, Snapshot
 from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
 from skynet.throttle import Schedule, Throttle
-from skynet.uniqueq import UniqueQ
+from skynet.uniqueq import DELETE, Action, UniqueQ
 from skynet.watcher import EVENT_TYPES, FaultReportingObserver, WatchFaultListener, Watcher
 
 log = logging.getLogger("skynet")
@@ -115,10 +115,11 @@ class MappingRunner(WatchFaultListener):
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
+                                     complete_sync=m.complete_sync,
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
-                               on_event=on_event)
+                               on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan)
         self.watch = None
@@ -129,6 +130,7 @@ class MappingRunner(WatchFaultListener):
         self._unwatched: set[str] = set()
         self._source_missing = False
         self._rewatch_wanted = False
+        self._cleaned = False
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
 
     def _wake(self) -> None:
@@ -148,7 +150,7 @@ class MappingRunner(WatchFaultListener):
             self.db.set_meta("identity", ident)
 
     def start(self) -> None:
-        self.queue.reset_inflight()
+        self._recheck_interrupted(self.queue.reset_inflight())
         connected = False
         try:
             self.con.connect()
@@ -158,15 +160,42 @@ class MappingRunner(WatchFaultListener):
         except PermanentError as exc:
             raise FatalError(f"mapping {self.name!r}: {exc}") from exc
         if connected:
-            try:
-                self.con.cleanup(self.resume.all())
-            except Exception as exc:
-                log.warning("%s: could not clean up old partial uploads: %s", self.name, exc)
+            self._cleanup()
         self._watch()
         self._remember_source()
         self.handler.start(connected)
         self._rescan_wanted.set()
         self._scanner.start()
+
+    def _recheck_interrupted(self, interrupted: list[Action]) -> None:
+        """The previous run died (kill -9, power loss) while these actions were
+        claimed: the remote may hold what one of them sent, moved or half-moved
+        although the Index never heard of it. For each of their paths that is gone
+        from the disk now, a delete hint makes sure no such copy stays behind (the
+        start-up scan cannot: it only knows what the Index knows). A hint looks at
+        the disk again when it runs. With complete_sync only."""
+        if not self.m.complete_sync:
+            return
+        gone = sorted({p for a in interrupted for p in a.paths()
+                       if p and not os.path.lexists(self.mapper.local(p))})
+        if gone:
+            log.info("%s: %d path(s) were being synced when skynet stopped abruptly and are gone now; "
+                     "making sure the remote holds none of them", self.name, len(gone))
+            self.queue.put_many((DELETE, p, "") for p in gone)
+
+    def _cleanup(self) -> None:
+        """Remove the partial uploads of earlier runs that no resume state needs
+        (a kill -9 mid-send leaves some). Once per run, as soon as the remote is
+        reachable: at start-up, or at the first reconnection when skynet started
+        while the remote was away (else they would stay until the next start)."""
+        if self._cleaned:
+            return
+        try:
+            self.con.cleanup(self.resume.all())
+            self._cleaned = True
+        except Exception as exc:
+            log.warning("%s: could not clean up old partial uploads (tried again after a reconnection): %s",
+                        self.name, exc)
 
     def _remember_source(self) -> None:
         """Record which folder (device, inode) the source is, while it holds

@@ -99,6 +99,7 @@ class Handler:
         backoff_cap: float = 60.0,
         on_event: Callable[[str, Action, object], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -110,6 +111,8 @@ class Handler:
         self.backoff_cap = backoff_cap
         self.on_event = on_event or (lambda kind, action, info: None)
         self.on_fatal = on_fatal or (lambda reason: None)
+        # called once the remote is back, before the workers resume (must not raise)
+        self.on_reconnect = on_reconnect or (lambda: None)
 
         self._cv = threading.Condition()
         self._window: list[Action] = []
@@ -448,6 +451,7 @@ class Handler:
         except PermanentError:
             return
         log.warning("%s: source and remote are reachable again; resuming", self.name)
+        self.on_reconnect()
         with self._cv:
             self._paused = False
             self.connected = True

@@ -20,6 +20,7 @@ parallelism, retries) and connections/* decide *how*.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat as statmod
@@ -59,10 +60,15 @@ def index_matches(entry: IndexEntry | None, st: os.stat_result, mtime_precision_
 
     Unknown mtime or mode (an entry seeded from a remote listing) does not
     match by itself: the start-up scan checks those with a content hash.
+    An entry skynet wrote after a send holds the local file's own mtime (and
+    inode): it is compared to the nanosecond, else a rewrite of the same size
+    in the same second would never reach a whole-second remote (SFTP). Only an
+    entry seeded from a remote listing (no inode) is compared at the remote's
+    `mtime_precision_ns`.
     """
     if entry is None or entry.size != st.st_size or entry.mtime_ns is None:
         return False
-    p = max(1, mtime_precision_ns)
+    p = max(1, mtime_precision_ns) if entry.ino is None else 1
     if entry.mtime_ns // p != st.st_mtime_ns // p:
         return False
     return entry.mode is None or entry.mode == statmod.S_IMODE(st.st_mode)
@@ -94,6 +100,7 @@ class Reconciler:
         follow_symlinks: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
         throttle: Callable[[int], None] | None = None,
+        complete_sync: bool = False,
     ) -> None:
         self.mapper = mapper
         self.con = con
@@ -104,6 +111,7 @@ class Reconciler:
         self.follow_symlinks = follow_symlinks
         self.progress = progress
         self.throttle = throttle
+        self.complete_sync = complete_sync  # deletes are propagated: a move may queue some
         # (st_dev, st_ino) of the source folder when it was last seen with files
         self.source_id: tuple[int, int] | None = None
 
@@ -158,12 +166,31 @@ class Reconciler:
         except OSError as exc:
             raise LocalFileError(f"cannot stat {rel!r}: {exc.strerror}") from exc
 
+    def discard_partial(self, rel: str, under: bool = False) -> None:
+        """`rel` will not be sent (gone, deleted, moved away, not a file any more):
+        have the connection remove what unfinished uploads of it (and, with
+        `under`, of every path below it) left on the remote, then forget their
+        resume states. Otherwise a partial upload whose file went while skynet was
+        down stays for ever: start-up cleanup keeps what a resume state names.
+        Usually this costs one indexed lookup and nothing on the remote."""
+        states = self.resume.at_or_under(rel) if under else [(rel, s) for s in [self.resume.load(rel)] if s]
+        if states:
+            self.check_source()  # an unmounted source is no reason to lose resumable uploads
+        for path, state in states:
+            self.con.discard(path, state)
+            self.resume.clear(path)
+        if rel not in dict(states):
+            self.con.discard(rel, None)  # a temp file a failed attempt could not remove
+
     def sync_path(self, rel: str, out: Outcome, ctx_stop=None) -> None:
         """Make the remote match whatever `rel` is on disk now (file or folder)."""
         path = self.mapper.local(rel)
         st = self._lstat(rel, path)
         if st is None:
+            self.discard_partial(rel, under=True)
             return
+        if not statmod.S_ISREG(st.st_mode):
+            self.discard_partial(rel)  # it was a file with an upload under way, maybe
         if statmod.S_ISDIR(st.st_mode):
             if self.ignore.ignored(rel, is_dir=True):
                 return
@@ -207,6 +234,21 @@ class Reconciler:
                     if not index_matches(self.index.get(rel), st, self.con.abilities.mtime_precision_ns):
                         yield (SEND, rel, "")
 
+    def gone_under(self, top: str, and_top: bool = False) -> Iterator[tuple[str, str, str]]:
+        """`delete` hints for the files the remote holds below folder `top` (and,
+        with `and_top`, at `top` itself) that are no longer on disk (each hint
+        looks at the disk again when it runs)."""
+        if and_top and self.index.get(top) is not None and self._lstat(top) is None:
+            yield (DELETE, top, "")
+        for rel in self.index.paths_under(top):
+            if self._lstat(rel) is None:
+                yield (DELETE, rel, "")
+
+    def _put_hints(self, specs: Iterator[tuple[str, str, str]], out: Outcome) -> None:
+        """Queue hints a thousand at a time (memory stays flat for huge folders)."""
+        while batch := list(itertools.islice(specs, 1000)):
+            out.queued += self.queue.put_many(batch)
+
     # -- send --------------------------------------------------------------
     def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None) -> None:
         abilities = self.con.abilities
@@ -240,6 +282,7 @@ class Reconciler:
                 res = self.con.send(f, ctx)
             except FileNotFoundError:
                 log.info("%r vanished before it could be sent", rel)
+                self.discard_partial(rel)
                 return
             except PermissionError as exc:
                 raise LocalFileError(f"cannot read {rel!r}: {exc.strerror}") from exc
@@ -277,7 +320,7 @@ class Reconciler:
             return
         self.con.delete(rel)
         self.index.remove(rel)
-        self.resume.clear(rel)
+        self.discard_partial(rel, under=True)
         out.deleted += 1
 
     # -- move --------------------------------------------------------------
@@ -285,16 +328,25 @@ class Reconciler:
         self.check_source()
         if self._lstat(src) is not None:
             # The source is there again: the move is a copy now. src keeps its
-            # remote copy; its own events handle any change to it.
+            # remote copy; its own events handle any change to it. But what
+            # left src with the move (a folder moved away, then made again)
+            # has no event of its own to take it off the remote.
             self.sync_path(dest, out, ctx_stop)
+            self._put_hints(self.gone_under(src), out)
             return
+        # Before the move: a folder rename on the remote would carry temp files along.
+        self.discard_partial(src, under=True)
         on_remote = self.index.get(src) is not None or self.index.has_under(src)
         if on_remote and self.con.abilities.server_side_move:
             try:
                 self.con.move(src, dest)
                 self.index.rename(src, dest)
-                self.resume.clear(src)
                 out.moved += 1
+                if self.complete_sync:
+                    # A move replayed after a restart may bring to dest what was
+                    # deleted there while skynet was down: the start-up scan
+                    # could only delete it under its old name.
+                    self._put_hints(self.gone_under(dest, and_top=True), out)
             except RemoteNotFound:
                 log.info("move source %r was not on the remote; sending %r instead", src, dest)
                 self.index.remove(src)

@@ -219,6 +219,20 @@ class Index:
             is not None
         )
 
+    def paths_under(self, rel: str, batch: int = 1000) -> Iterator[str]:
+        """Every path below folder `rel`, in byte order, paged so memory stays flat."""
+        last, hi = under_range(rel)
+        op = ">="
+        while True:
+            rows = self.db.conn().execute(
+                f"SELECT path FROM entries WHERE path {op} ? AND path < ? ORDER BY path LIMIT ?", (last, hi, batch)
+            ).fetchall()
+            for (path,) in rows:
+                yield dec(path)
+            if len(rows) < batch:
+                return
+            last, op = rows[-1][0], ">"
+
     def remove(self, rel: str) -> None:
         """Forget `rel` and everything under it."""
         lo, hi = under_range(rel)
@@ -360,6 +374,13 @@ class ResumeTable:
 
     def all(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.db.conn().execute("SELECT state FROM resume")]
+
+    def at_or_under(self, rel: str) -> list[tuple[str, dict]]:
+        """(path, state) of `rel` and of every path below folder `rel`."""
+        lo, hi = under_range(rel)
+        rows = self.db.conn().execute(
+            "SELECT path, state FROM resume WHERE path = ? OR (path >= ? AND path < ?)", (enc(rel), lo, hi))
+        return [(dec(path), json.loads(state)) for path, state in rows]
 
 
 class BoundResumeStore:

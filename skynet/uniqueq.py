@@ -127,15 +127,19 @@ class UniqueQ:
                     self._cv.notify_all()
 
     # -- the handler's side ------------------------------------------------
-    def reset_inflight(self) -> None:
+    def reset_inflight(self) -> list[Action]:
         """At start-up: actions claimed by a previous run go back to waiting.
+        Returns them: that run died while they were claimed, so what they did on
+        the remote is unknown (the daemon re-checks their paths).
 
         If an identical action is also waiting, the claimed copy is redundant
         and dropped (UPDATE OR IGNORE leaves it at state 1, then it is deleted).
         """
         with self.db.write() as c:
+            rows = c.execute("SELECT id, kind, src, dest FROM queue WHERE state = 1").fetchall()
             c.execute("UPDATE OR IGNORE queue SET state = 0 WHERE state = 1")
             c.execute("DELETE FROM queue WHERE state = 1")
+        return [Action(r[0], r[1], dec(r[2]), dec(r[3])) for r in rows]
 
     def claim(self, limit: int) -> list[Action]:
         """Hand out up to `limit` waiting actions, oldest first, marking them claimed."""

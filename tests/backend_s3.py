@@ -3,7 +3,9 @@
 Each test gets its own bucket, and the connection works under the prefix "root" so that
 prefix handling is exercised too (nothing may appear outside it). The daemon of an
 end-to-end test reaches the server through a tests.faultproxy.FaultProxy, which the
-torture test cuts or stalls ("network cut" / "network stall").
+torture test cuts or stalls ("network cut" / "network stall"); the torture test also
+stops the server process and starts it again ("server stop (TERM)" / "(KILL)"), which
+makes rclone forget multipart uploads in progress and user metadata other than mtime.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def s3_backend(tmp_path, servers, **options: Any) -> Iterator[Any]:
     """Yield a tests.backends.Backend around a connected S3Con; `options` go to S3Con."""
     from tests.backends import Backend  # here, not at the top: backends.py imports this module
     from tests.faultproxy import FaultProxy
+    from tests.servers import left_running, server_faults
 
     srv = servers.get("s3")
     bucket = srv.new_bucket()
@@ -51,15 +54,18 @@ def s3_backend(tmp_path, servers, **options: Any) -> Iterator[Any]:
                 continue
         return out
 
+    faults = {"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore),
+              **server_faults(srv)}
     try:
-        yield Backend(
-            con=con,
-            config={"service": service, "mapping": {"target": ROOT}},
-            leftovers=leftovers,
-            fetch=fetch,
-            service="s3",
-            faults={"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore)},
-        )
+        with left_running(srv):
+            yield Backend(
+                con=con,
+                config={"service": service, "mapping": {"target": ROOT}},
+                leftovers=leftovers,
+                fetch=fetch,
+                service="s3",
+                faults=faults,
+            )
     finally:
         con.close()
         proxy.close()

@@ -3,7 +3,8 @@
 Each test gets a fresh, empty remote folder; `leftovers()` lists our temporary
 files under it (the contract requires none). The daemon of an end-to-end test
 reaches sshd through a tests.faultproxy.FaultProxy (with a known_hosts line for
-the proxy's port), which the torture test cuts or stalls.
+the proxy's port), which the torture test cuts or stalls; it also stops sshd with
+all its sessions and starts it again on the same port ("server stop (TERM)" / "(KILL)").
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
     from tests.backends import Backend
     from tests.faultproxy import FaultProxy
     from tests.harness import tree
+    from tests.servers import left_running, server_faults
 
     srv = servers.get("sftp")
     root = srv.fresh_folder()
@@ -35,15 +37,18 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
         # The server runs on this machine without chroot: the remote folder is a local one.
         return tree(root, skip=lambda rel: rel.rsplit("/", 1)[-1].startswith(".skynet-tmp-"))
 
+    faults = {"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore),
+              **server_faults(srv)}
     try:
-        yield Backend(
-            con=con,
-            config={"service": daemon_config, "mapping": {"target": root}},
-            leftovers=con.leftovers,
-            fetch=fetch,
-            service="sftp",
-            faults={"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore)},
-        )
+        with left_running(srv):
+            yield Backend(
+                con=con,
+                config={"service": daemon_config, "mapping": {"target": root}},
+                leftovers=con.leftovers,
+                fetch=fetch,
+                service="sftp",
+                faults=faults,
+            )
     finally:
         con.close()
         proxy.close()

@@ -38,16 +38,62 @@ def rclone_binary() -> str:
 
 @dataclass
 class S3Server:
-    """What a test needs to talk to the running server."""
+    """What a test needs to talk to the running server, and stop()/start() to take it
+    away and bring it back (same port, same data folder) as a real outage would."""
 
     endpoint_url: str
     access_key: str
     secret_key: str
     data_dir: Path
-    pid: int
+    pid: int | None = None
     region: str = "us-east-1"
+    log: Path | None = None
     _buckets: list[str] = field(default_factory=list)
     _client: Any = field(default=None, repr=False)
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint_url.rsplit(":", 1)[1])
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start a new server process on our port and data folder (again, after stop()).
+
+        Buckets and objects survive (they are files under data_dir); what rclone keeps
+        in memory does not: user metadata other than mtime, and multipart uploads in
+        progress. Retried for a while: a client's socket may hold our port for a moment
+        while the server is down."""
+        assert not self.running, "already running"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self._spawn()
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _spawn(self) -> None:
+        """Launch rclone on our port and wait until it answers (RuntimeError if it does not)."""
+        proc = _launch(self.port, self.access_key, self.secret_key, self.data_dir, self.log or Path(os.devnull))
+        try:
+            _wait_until_up(proc, self.port, self.log)
+        except RuntimeError:
+            _stop(proc)
+            raise
+        self._proc, self.pid = proc, proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process we started: SIGTERM is a clean shutdown (KILL if it lingers),
+        SIGKILL a crash. Clients see refused connections until start()."""
+        if self._proc is not None:
+            _stop(self._proc, sig)
+        self.pid = None
 
     def client(self) -> Any:
         """A boto3 client for direct checks (path-style), made once: clients are thread-safe
@@ -92,11 +138,18 @@ class S3Server:
         }
 
 
-def _wait_until_up(proc: subprocess.Popen, port: int, log: Path) -> None:
+def _log_tail(log: Path | None) -> str:
+    try:
+        return log.read_text(errors="replace")[-2000:] if log else ""
+    except OSError:
+        return ""
+
+
+def _wait_until_up(proc: subprocess.Popen, port: int, log: Path | None) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"rclone serve s3 exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"rclone serve s3 exited with {proc.returncode}:\n{_log_tail(log)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                 s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
@@ -105,14 +158,29 @@ def _wait_until_up(proc: subprocess.Popen, port: int, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"rclone serve s3 did not answer within {START_TIMEOUT}s:\n{log.read_text()[-2000:]}")
+    raise RuntimeError(f"rclone serve s3 did not answer within {START_TIMEOUT}s:\n{_log_tail(log)}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the process we started, by its PID: TERM, then KILL if it lingers."""
+def _launch(port: int, access_key: str, secret_key: str, data: Path, log: Path) -> subprocess.Popen:
+    """One `rclone serve s3` process on 127.0.0.1:port serving the buckets under data/."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [
+                rclone_binary(), "serve", "s3",
+                "--addr", f"127.0.0.1:{port}",
+                "--auth-key", f"{access_key},{secret_key}",
+                "--config", os.devnull,
+                str(data),
+            ],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop the process we started, by its PID: `sig` (TERM), then KILL if it lingers."""
     if proc.poll() is not None:
         return
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, sig)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -131,33 +199,19 @@ def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str 
     secret_key = secret_key or f"skynetsecret{secrets.token_hex(16)}"
     log = workdir / "rclone.log"
     last_error: Exception | None = None
-    server: S3Server | None = None
     for _attempt in range(3):  # a free port can be taken before rclone binds it
-        port = free_port()
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [
-                    rclone_binary(), "serve", "s3",
-                    "--addr", f"127.0.0.1:{port}",
-                    "--auth-key", f"{access_key},{secret_key}",
-                    "--config", os.devnull,
-                    str(data),
-                ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
+        server = S3Server(f"http://127.0.0.1:{free_port()}", access_key, secret_key, data, log=log)
         try:
-            _wait_until_up(proc, port, log)
+            server._spawn()
         except RuntimeError as exc:
-            _stop(proc)
             last_error = exc
             continue
         try:
-            server = S3Server(f"http://127.0.0.1:{port}", access_key, secret_key, data, proc.pid)
             yield server
         finally:
-            if server is not None and server._client is not None:
+            if server._client is not None:
                 server._client.close()
-            _stop(proc)
+            server.stop()
         return
     raise RuntimeError(f"could not start rclone serve s3: {last_error}")
 

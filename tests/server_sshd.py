@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -94,7 +94,8 @@ def _children(pid: int) -> list[int]:
 
 @dataclass
 class SSHServer:
-    """What a test needs to reach the server (and to look behind its back)."""
+    """What a test needs to reach the server (and to look behind its back), and
+    stop()/start() to take it away and bring it back (same port, host key and files)."""
 
     host: str
     port: int
@@ -107,6 +108,38 @@ class SSHServer:
     host_key_file: str
     uid: int = -1
     gid: int = -1
+    log: str = ""
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Take the whole server away: the listener we started and every session it
+        forked get `sig` (SIGTERM: a clean stop; SIGKILL: a crash), so clients lose
+        their connections and new ones are refused until start()."""
+        if self._proc is not None:
+            stop_sshd(self._proc, sig)
+
+    def start(self) -> None:
+        """Start a new sshd on the same config (port, host key, keys) and files, as
+        after a server reboot; the files under root are untouched. Retried for a
+        while: a client's socket may hold our port for a moment while we were down."""
+        assert not self.running, "already running"
+        deadline = time.monotonic() + 15
+        while True:
+            proc = _launch_sshd(Path(self.dir), Path(self.log), self.uid, self.gid)
+            try:
+                wait_port(self.port, proc, Path(self.log))
+            except RuntimeError:
+                stop_sshd(proc)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            self._proc, self.pid = proc, proc.pid
+            return
 
     def fresh_folder(self, prefix: str = "t") -> str:
         """A new, empty remote folder owned by the login user; returns its path.
@@ -174,6 +207,7 @@ def run_sshd(logdir: Path) -> Iterator[SSHServer]:
     logdir.mkdir(parents=True, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix="skynet-sshd-"))
     proc = None
+    srv: SSHServer | None = None
     try:
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "skynet-test-host", "-f", str(d / "host_ed25519")])
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "skynet-test-client", "-f", str(d / "client_ed25519")])
@@ -189,20 +223,13 @@ def run_sshd(logdir: Path) -> Iterator[SSHServer]:
                 os.chown(p, account.pw_uid, account.pw_gid)
             os.chmod(d, 0o755)
         log = logdir / "sshd.log"
-        with open(log, "ab") as logfh:
-            kw = {}
-            if is_root:
-                kw = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
-            proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                stdin=subprocess.DEVNULL, stdout=logfh, stderr=logfh, cwd=str(d), **kw,
-            )
+        proc = _launch_sshd(d, log, account.pw_uid, account.pw_gid)
         wait_port(port, proc, log)
         pub = (d / "host_ed25519.pub").read_text().split()
         known = d / "known_hosts"
         known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
         os.chmod(known, 0o600)
-        yield SSHServer(
+        srv = SSHServer(
             host="127.0.0.1",
             port=port,
             user=account.pw_name,
@@ -214,20 +241,37 @@ def run_sshd(logdir: Path) -> Iterator[SSHServer]:
             host_key_file=str(d / "host_ed25519"),
             uid=account.pw_uid,
             gid=account.pw_gid,
+            log=str(log),
+            _proc=proc,
         )
+        yield srv
     finally:
+        if srv is not None:
+            proc = srv._proc  # a test may have restarted it
         if proc is not None:
             stop_sshd(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 
-def stop_sshd(proc: subprocess.Popen) -> None:
+def _launch_sshd(d: Path, log: Path, uid: int, gid: int) -> subprocess.Popen:
+    """sshd in the foreground on d/sshd_config; as `uid` when we are root (see the module doc)."""
+    kw = {}
+    if os.geteuid() == 0:
+        kw = dict(user=uid, group=gid, extra_groups=[])
+    with open(log, "ab") as logfh:
+        return subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+            stdin=subprocess.DEVNULL, stdout=logfh, stderr=logfh, cwd=str(d), **kw,
+        )
+
+
+def stop_sshd(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     """Stop the listener we started, then the session processes it forked."""
     kids = _children(proc.pid)
     for pid in [proc.pid] + kids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)  # a test may have frozen one
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:

@@ -6,8 +6,9 @@ Each server is started lazily, the first time a test asks for it, and stopped
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 
 def free_port() -> int:
@@ -45,3 +46,36 @@ def register(name: str):
         return fn
 
     return deco
+
+
+class Restartable(Protocol):
+    """A test server that can be taken away and brought back on the same port with
+    the same data (tests/server_s3.py, tests/server_sshd.py)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def stop(self, sig: int = signal.SIGTERM) -> None: ...
+
+    def start(self) -> None: ...
+
+
+def server_faults(srv: Restartable) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
+    """Outages made by stopping the server process itself, as the torture test
+    injects them (name -> (begin, end)): a clean stop (SIGTERM) and a crash
+    (SIGKILL), each followed by a new process on the same port and data."""
+    return {
+        "server stop (TERM)": (lambda: srv.stop(signal.SIGTERM), srv.start),
+        "server stop (KILL)": (lambda: srv.stop(signal.SIGKILL), srv.start),
+    }
+
+
+@contextlib.contextmanager
+def left_running(srv: Restartable) -> Iterator[Restartable]:
+    """Whatever a test did to the server, it is running again afterwards, so a
+    test that stops a shared server cannot break the tests after it."""
+    try:
+        yield srv
+    finally:
+        if not srv.running:
+            srv.start()

@@ -11,9 +11,11 @@ import hashlib
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
+from connections.local import TMP_PREFIX
 from tests.backends import BACKENDS, enabled_backends
 from tests.harness import Daemon, wait_converged, write_config
 
@@ -122,3 +124,54 @@ def test_file_changed_while_stopped_starts_over(tmp_path, backend):
     assert sent_bytes(d2.log_text(), "big.bin") == SIZE  # all of it again
     assert d2.stop() == 0
     assert backend.leftovers() == []  # the old multipart upload / temp file is gone
+
+
+def test_partial_upload_of_a_file_deleted_while_stopped_is_removed(tmp_path, backend):
+    """The file of an interrupted upload is deleted while the daemon is down: its
+    replayed send finds nothing to send, and must not leave the half-done upload
+    (S3 multipart upload, SFTP temp file) on the remote for ever. Its resume state
+    used to keep it safe from every later start-up cleanup."""
+    src, big, cfg = setup(tmp_path, backend)
+    d = Daemon(cfg, backend.service).start()
+    wait_started(d, backend, 0.3)
+    d.kill9()
+    big.unlink()
+    (src / "small.txt").write_text("something to converge on")
+    d2 = Daemon(cfg, backend.service, log=d.log).start()
+    wait_converged(src, backend.fetch, exact=True, timeout=60, daemon=d2)
+    d2.wait_log("done send 'big.bin'", timeout=30)  # the replayed send ran
+    assert d2.stop() == 0
+    assert backend.leftovers() == []
+
+
+def plant_leftover(backend) -> None:
+    """What a kill -9 in the middle of a send can leave with no resume state naming
+    it: an open multipart upload (S3), a temporary file (SFTP)."""
+    if backend.service == "s3":
+        backend.con.client.create_multipart_upload(Bucket=backend.con.bucket, Key=backend.con._key("orphan.bin"))
+    else:  # the test sshd serves this machine's files: the remote folder is a local one
+        Path(backend.config["mapping"]["target"], TMP_PREFIX + "orphan").write_bytes(b"half a file")
+    assert backend.leftovers() != []
+
+
+def test_started_while_the_remote_is_away_still_cleans_up_earlier_runs(tmp_path, backend):
+    """Start-up cleanup used to run only if the remote answered at start-up: a
+    daemon restarted during an outage left the partial uploads of its previous
+    run behind for as long as it ran. Now it cleans up when the remote is back."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("sent once the remote is back")
+    mapping = dict(backend.config.get("mapping", {}), source=str(src), complete_sync="yes")
+    cfg = write_config(tmp_path / "c.ini", backend.service, {"t": mapping}, tmp_path / "state",
+                       backend.config.get("service"), extra={"backoff_cap": "1"})
+    plant_leftover(backend)
+    begin, finish = backend.faults["network cut"]
+    begin()
+    try:
+        d = Daemon(cfg, backend.service).start()
+        d.wait_log("pausing", timeout=30)
+    finally:
+        finish()
+    wait_converged(src, backend.fetch, exact=True, timeout=60, daemon=d)  # the workers resume after the cleanup
+    assert backend.leftovers() == []
+    assert d.stop() == 0

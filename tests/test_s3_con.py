@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import threading
 import traceback
 
@@ -590,3 +591,42 @@ def test_send_to_an_unreachable_server_is_transient(srv, tmp_path):
         with pytest.raises(TransientError):
             con.send(make_file(tmp_path, "u", b"data"), TransferContext())
         con.close()
+
+
+def test_discard_aborts_the_upload_its_resume_state_names(make_con, tmp_path):
+    con = make_con(**SMALL_MP)
+    f = make_file(tmp_path, "d/big.bin", os.urandom(11 * MiB))
+    store = interrupted_upload(con, f, after=5 * MiB)
+    con.discard("d/big.bin", store.load())
+    assert open_uploads(con) == []
+    con.discard("d/big.bin", store.load())  # gone already: no error
+    con.discard("d/big.bin", None)  # no state: nothing to do
+
+
+def test_server_restart_forgets_uploads_yet_sends_and_deletes_converge(tmp_path):
+    """rclone serve s3 stopped and started again (as the torture test does) forgets the
+    multipart uploads in progress and keeps their temp files, which it does not list.
+    An interrupted upload then starts afresh, and deleting the folder that holds the
+    forgotten temp file still succeeds (rclone answers InternalError for the folder key)."""
+    from tests.server_s3 import run_rclone_s3
+
+    with run_rclone_s3(tmp_path / "own-server") as own:
+        con = S3Con(prefix="root", **{**own.con_kwargs(own.new_bucket()), **SMALL_MP})
+        con.connect()
+        try:
+            f = make_file(tmp_path, "e/big.bin", os.urandom(11 * MiB))
+            store = interrupted_upload(con, f, after=5 * MiB)
+            gone = make_file(tmp_path, "g/big.bin", os.urandom(11 * MiB))
+            interrupted_upload(con, gone, after=5 * MiB)
+            for sig in (signal.SIGKILL, signal.SIGTERM):
+                own.stop(sig)
+                own.start()
+            assert open_uploads(con) == []  # forgotten
+            res = con.send(f, TransferContext(resume=store))
+            assert res.bytes_sent == f.size and store.load() is None
+            assert body(own.client(), con.bucket, "root/e/big.bin") == open(f.path, "rb").read()
+            con.delete("g")  # holds rclone's forgotten temp file
+            con.delete("e")
+            assert list(con.list()) == [] and open_uploads(con) == []
+        finally:
+            con.close()

@@ -505,6 +505,28 @@ def test_dead_connection_detected_within_timeout(srv, remote, tmp_path, proxy):
         con.close()
 
 
+def test_temp_file_of_a_send_cut_off_mid_way_goes_with_discard(srv, remote, tmp_path, proxy):
+    """A small (not resumable) send whose connection dies mid-way cannot remove its
+    temp file, and no resume state names it: discard() of that path removes it
+    (the engine calls it once the file will not be sent: deleted, moved away)."""
+    con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2", keepalive="1"), remote)
+    con.connect()
+    try:
+        ctx = TransferContext(throttle=lambda n: proxy.freeze())  # the network dies once bytes flow
+        with pytest.raises(TransientError):
+            con.send(write_file(tmp_path, "cut", os.urandom(4 * MiB)), ctx)
+        proxy.thaw()
+        assert [n for n in os.listdir(remote) if n == temp_name("cut")]  # left behind, named by nothing
+        con.discard("other", None)  # another path: nothing to do
+        assert con.leftovers() == [temp_name("cut")]
+        con.discard("cut", None)
+        assert con.leftovers() == []
+        con.discard("cut", None)  # nothing left: no error
+    finally:
+        proxy.thaw()
+        con.close()
+
+
 def test_one_dead_session_flushes_the_idle_ones(srv, remote, tmp_path, proxy):
     con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2",
                             connections="3"), remote)

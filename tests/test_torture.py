@@ -2,8 +2,11 @@
 
 While a workload generator creates, appends, overwrites, atomically saves,
 renames files and folders, deletes and moves things in and out, the daemon is
-kill -9'ed and restarted, and the remote goes away (per backend: an unmounted
-target folder, a stopped server, a cut network). When the churn stops, the
+kill -9'ed and restarted (also while the remote is away), and the remote goes
+away (per backend: an unmounted target folder; for S3 and SFTP a cut or stalled
+network, and the server process itself stopped by SIGTERM or SIGKILL and started
+again on the same port and data). Big files are written just before a fault, so
+that it lands in the middle of a resumable upload. When the churn stops, the
 remote must equal the source byte for byte, with no partial uploads or temp
 files left and no failed actions.
 
@@ -23,15 +26,37 @@ from pathlib import Path
 import pytest
 
 from tests.backends import BACKENDS, enabled_backends
-from tests.harness import Daemon, tree, wait_converged, write_config
-from tests.workload import apply, random_step
+from tests.harness import Daemon, wait_converged, write_config
+from tests.servers import Servers
+from tests.workload import apply, big_step, random_step
 
 REPORT = Path(os.environ.get("SKYNET_TORTURE_REPORT", "/tmp/skynet-torture.jsonl"))
 
+#: service options of the torture's daemon: S3 sends files from 5 MiB (the least
+#: S3 allows) in resumable parts, so the workload's big files go up as multipart
+#: uploads that a kill -9 or a server restart can interrupt.
+SERVICE_OPTIONS = {"s3": {"multipart_threshold": "5MiB", "part_size": "5MiB"}}
+
+#: daemon log lines that show a fault hit an upload in the middle (for the report)
+EVIDENCE = {
+    "upload vanished, sent afresh": "vanished from the server; starting again",
+    "upload lost mid-way, sent afresh": "the upload starts again",
+    "upload aborted": "s3: aborting upload",
+}
+
+
+@pytest.fixture
+def own_servers(tmp_path):
+    """Servers for this test alone: the torture stops and restarts them, which must
+    not disturb the tests that share the session's servers."""
+    s = Servers(tmp_path / "servers")
+    yield s
+    s.close()
+
 
 @pytest.fixture(params=enabled_backends())
-def backend(request, tmp_path, servers):
-    with BACKENDS[request.param](tmp_path, servers) as b:
+def backend(request, tmp_path, own_servers):
+    with BACKENDS[request.param](tmp_path, own_servers) as b:
         yield b
 
 
@@ -40,55 +65,130 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Torture:
+    """One trial's moving parts: the churning tree, the daemon, and the tally of
+    the faults injected into them."""
+
+    def __init__(self, tmp_path: Path, backend, seed: int, long_faults: bool) -> None:
+        self.rng = random.Random(seed)
+        self.backend = backend
+        self.long_faults = long_faults
+        self.src, self.outside = tmp_path / "src", tmp_path / "outside"
+        self.src.mkdir()
+        self.outside.mkdir()
+        mapping = dict(backend.config.get("mapping", {}), source=str(self.src), complete_sync="yes")
+        service = dict(backend.config.get("service") or {}, **SERVICE_OPTIONS.get(backend.service, {})) or None
+        self.cfg = write_config(tmp_path / "c.ini", backend.service, {"t": mapping}, tmp_path / "state", service,
+                                extra={"backoff_cap": "2", "max_attempts": "50"})
+        self.faults = {"kill -9": 0, **{name: 0 for name in backend.faults}}
+        self.ops = 0
+        self.big_writes = 0
+        self.daemon = Daemon(self.cfg, backend.service).start()
+
+    def note(self, what: str) -> None:
+        """Mark a fault in the daemon's log, so a failure can be read against it."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
+        with open(self.daemon.log, "a") as f:
+            f.write(f"{stamp} TORTURE {what}\n")
+
+    def churn(self, steps: int) -> None:
+        for _ in range(steps):
+            apply(self.src, self.outside, random_step(self.rng), self.ops)
+            self.ops += 1
+
+    def big_write_in_flight(self) -> None:
+        """Half the time, write a big file and give the daemon a moment to start on
+        it, so the fault that follows lands in the middle of a resumable upload."""
+        if self.rng.random() < 0.5:
+            apply(self.src, self.outside, big_step(self.rng), self.ops)
+            self.ops += 1
+            self.big_writes += 1
+            time.sleep(self.rng.uniform(0.3, 1.0))
+        else:
+            time.sleep(self.rng.uniform(0, 0.5))
+
+    def kill_and_restart(self) -> None:
+        """kill -9 the daemon, change things while it is down, start it again."""
+        assert self.daemon.proc.poll() is None, f"the daemon died on its own:\n{self.daemon.log_text()[-3000:]}"
+        self.daemon.kill9()
+        self.note("kill -9")
+        self.faults["kill -9"] += 1
+        self.churn(self.rng.randint(0, 10))
+        self.daemon = Daemon(self.cfg, self.backend.service).start()
+
+    def next_fault(self) -> str:
+        """The outage injected least so far (ties drawn at random): every kind
+        shows up in every trial, even a short one."""
+        low = min(self.faults[name] for name in self.backend.faults)
+        return self.rng.choice(sorted(name for name in self.backend.faults if self.faults[name] == low))
+
+    def outage(self, name: str) -> None:
+        """Take the remote away for a while (10-60 s in the long run, a few seconds
+        in the short one), churning all along; a third of the time the daemon is
+        also kill -9'ed and restarted in the middle, so it starts with the remote down."""
+        begin, finish = self.backend.faults[name]
+        self.note(f"{name}: begin")
+        begin()
+        self.faults[name] += 1
+        hold = self.rng.uniform(10, 60) if self.long_faults else self.rng.uniform(0.5, 3)
+        now = time.monotonic()
+        stop_at = now + hold
+        restart_at = now + self.rng.uniform(0, hold) if self.rng.random() < 1 / 3 else None
+        while time.monotonic() < stop_at:
+            self.churn(1)
+            if restart_at is not None and time.monotonic() >= restart_at:
+                restart_at = None
+                self.kill_and_restart()
+            time.sleep(0.05)
+        finish()
+        self.note(f"{name}: end")
+
+    def run(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.churn(self.rng.randint(1, 15))
+            roll = self.rng.random()
+            if roll < 0.12:
+                self.big_write_in_flight()
+                self.kill_and_restart()
+            elif roll < 0.24 and self.backend.faults:
+                self.big_write_in_flight()
+                self.outage(self.next_fault())
+            time.sleep(self.rng.uniform(0, 0.2))
+        shutil.rmtree(self.outside)
+
+    def evidence(self) -> dict[str, int]:
+        log = self.daemon.log_text()
+        return {what: log.count(needle) for what, needle in EVIDENCE.items()}
+
+
 def run_trial(tmp_path: Path, backend, seconds: float, seed: int, long_faults: bool) -> dict:
-    rng = random.Random(seed)
-    src, outside = tmp_path / "src", tmp_path / "outside"
-    src.mkdir()
-    outside.mkdir()
-    mapping = dict(backend.config.get("mapping", {}), source=str(src), complete_sync="yes")
-    cfg = write_config(tmp_path / "c.ini", backend.service, {"t": mapping}, tmp_path / "state",
-                       backend.config.get("service"), extra={"backoff_cap": "2", "max_attempts": "50"})
-    faults = {"kill -9": 0, **{name: 0 for name in backend.faults}}
-    d = Daemon(cfg, backend.service).start()
-    n = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for _ in range(rng.randint(1, 15)):
-            apply(src, outside, random_step(rng), n)
-            n += 1
-        roll = rng.random()
-        if roll < 0.12:
-            time.sleep(rng.uniform(0, 0.5))  # land the kill in the middle of work
-            d.kill9()
-            faults["kill -9"] += 1
-            for _ in range(rng.randint(0, 10)):  # changes while it is down
-                apply(src, outside, random_step(rng), n)
-                n += 1
-            d = Daemon(cfg, backend.service).start()
-        elif roll < 0.24 and backend.faults:
-            name = rng.choice(sorted(backend.faults))
-            begin, finish = backend.faults[name]
-            begin()
-            faults[name] += 1
-            hold = rng.uniform(10, 60) if long_faults else rng.uniform(0.5, 3)
-            stop_at = time.monotonic() + hold
-            while time.monotonic() < stop_at:  # keep churning during the outage
-                apply(src, outside, random_step(rng), n)
-                n += 1
-                time.sleep(0.05)
-            finish()
-        time.sleep(rng.uniform(0, 0.2))
-    shutil.rmtree(outside)
+    started = time.monotonic()
+    t = Torture(tmp_path, backend, seed, long_faults)
     try:
-        wait_converged(src, backend.fetch, exact=True, timeout=180, daemon=d)
+        t.run(seconds)
+        return check_trial(t, tmp_path, seconds, seed, started)
+    finally:
+        if t.daemon.proc.poll() is None:  # a failed trial leaves no daemon behind
+            t.daemon.kill9()
+
+
+def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: float) -> dict:
+    """Once the churn stopped: convergence, then no failed actions and nothing left
+    half-done on the remote; the trial goes to the JSONL report either way."""
+    backend, d = t.backend, t.daemon
+    try:
+        wait_converged(t.src, backend.fetch, exact=True, timeout=180, daemon=d)
         mismatches = 0
     except AssertionError:
         mismatches = 1
         raise
     finally:
         failed = sqlite3.connect(tmp_path / "state" / "t.db").execute("SELECT kind, src, error FROM failed").fetchall()
-        result = {"backend": backend.service, "seed": seed, "seconds": seconds, "operations": n, "faults": faults,
-                  "mismatches": mismatches, "failed_actions": len(failed)}
+        result = {"backend": backend.service, "seed": seed, "seconds": seconds, "operations": t.ops,
+                  "big_writes": t.big_writes, "faults": t.faults, "evidence": t.evidence(),
+                  "mismatches": mismatches, "failed_actions": len(failed),
+                  "wall_seconds": round(time.monotonic() - started, 1)}
         with open(REPORT, "a") as f:
             f.write(json.dumps(result) + "\n")
     assert failed == [], failed

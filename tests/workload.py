@@ -51,6 +51,11 @@ def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
         pass  # the operation did not apply to the current tree: fine, like a user's failed command
 
 
+def big_step(rng: random.Random, low: int = 11 << 19, high: int = 12 << 20) -> tuple:
+    """A write of a file big enough to go up resumably (S3 multipart from a 5 MiB
+    threshold, SFTP from 8 MiB): the kind of upload a kill -9 or a server restart
+    must interrupt without losing it or leaving parts behind."""
+    return ("write", rng.choice(NAMES), rng.randbytes(rng.randint(low, high)))
 
 
 def random_step(rng: random.Random) -> tuple:
