@@ -56,6 +56,7 @@ import socket
 import stat as statmod
 import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -157,6 +158,10 @@ PART_SIZE = 16 << 20
 PARALLEL_STREAMS = 2
 #: unacknowledged WRITE requests allowed in flight on one channel
 MAX_INFLIGHT = 32
+#: a part thread passes its acknowledged bytes to the progress report (and
+#: the bandwidth limit) at least this often, in bytes or seconds (_Meter)
+REPORT_BYTES = 1 << 20
+REPORT_EVERY = 0.1
 #: bytes re-read from the end of a large upload to check it arrived intact
 VERIFY_TAIL = 64 << 10
 #: slowest hashing speed (bytes/s) we wait for when the server hashes a file
@@ -630,9 +635,13 @@ class _Upload:
 class _Parts:
     """The shared bookkeeping of one parallel upload (all methods thread-safe).
 
-    Only the thread that called send() touches ctx (report, resume.save): the
-    engine's progress callback and its state database (SQLite connections are
-    bound to their thread) need not be thread-safe. Helpers only count.
+    Every writer thread passes its acknowledged bytes to ctx.report itself
+    (through a _Meter, in batches): progress follows every part as it
+    travels, and the bandwidth limit, fed by the same call, makes the thread
+    that sent the bytes sleep (the helpers too, not only the caller).
+    ctx.resume is touched only by the thread that called send() (tick): the
+    engine's state database (SQLite connections are bound to their thread)
+    need not be thread-safe.
     """
 
     def __init__(self, f: LocalFile, ctx: TransferContext, part: int) -> None:
@@ -647,7 +656,6 @@ class _Parts:
         self._next = 0
         self._lock = threading.Lock()
         self._dirty = False
-        self._reported = -1
 
     def bounds(self, idx: int) -> tuple[int, int]:
         return idx * self.part, min((idx + 1) * self.part, self.size)
@@ -664,13 +672,15 @@ class _Parts:
     def should_stop(self) -> bool:
         return self.abort.is_set() or self.ctx.stop.is_set()
 
-    def add_sent(self, n: int) -> None:
+    def add(self, acked: int, sent: int) -> None:
+        """From any writer thread: count its bytes, report the new total (the
+        caller may sleep in the bandwidth limit here)."""
         with self._lock:
-            self.sent += n
-
-    def add_acked(self, n: int) -> None:
-        with self._lock:
-            self.acked += n
+            self.acked += acked
+            self.sent += sent
+            total = self.acked
+        if acked:
+            self.ctx.report(total, self.size)
 
     def finish(self, idx: int) -> None:
         with self._lock:
@@ -678,15 +688,12 @@ class _Parts:
             self._dirty = True
 
     def tick(self) -> None:
-        """In the calling thread: pass progress on, save finished parts."""
+        """In the calling thread: save the finished parts in ctx.resume."""
         if threading.current_thread() is not self.owner:
             return
         with self._lock:
-            acked, dirty, self._dirty = self.acked, self._dirty, False
+            dirty, self._dirty = self._dirty, False
             done = sorted(self.done)
-        if acked != self._reported:
-            self._reported = acked
-            self.ctx.report(acked, self.size)
         if dirty:
             self.ctx.resume.save({**self.state, "done": done})
 
@@ -694,6 +701,33 @@ class _Parts:
         with self._lock:
             self._dirty = True
         self.tick()
+
+
+class _Meter:
+    """One writer thread's bytes on their way to _Parts.add, in batches of
+    REPORT_BYTES or REPORT_EVERY seconds, whichever comes first: progress and
+    the throttle stay prompt (a slow, throttled link reports every chunk),
+    while a fast one takes the shared locks a few hundred times a second at
+    most, not once per chunk."""
+
+    def __init__(self, job: _Parts) -> None:
+        self.job = job
+        self.acked = self.sent = 0
+        self.last = time.monotonic()
+
+    def wrote(self, n: int) -> None:
+        self.sent += n
+
+    def acked_bytes(self, n: int) -> None:
+        self.acked += n
+        if self.acked >= REPORT_BYTES or time.monotonic() - self.last >= REPORT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.acked or self.sent:
+            acked, sent, self.acked, self.sent = self.acked, self.sent, 0, 0
+            self.job.add(acked, sent)
+        self.last = time.monotonic()
 
 
 class SFTPCon(XCon):
@@ -1028,7 +1062,7 @@ class SFTPCon(XCon):
         pending: deque[tuple[int, int]] = deque()  # (request, end offset) not yet acknowledged
         pos = up.offset
         src.seek(pos)
-        ctx.report(pos, f.size)
+        ctx.start_at(pos, f.size)
         stopped = False
         held: tuple[int, bytes] | None = None  # the last chunk read: it travels with the trailer
         while True:
@@ -1111,6 +1145,7 @@ class SFTPCon(XCon):
         fresh = not job.done
         job.state = ident
         job.save()
+        ctx.start_at(job.acked, f.size)
         flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ | (SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if fresh else 0)
         try:
             up.handle = sftp.open_handle(up.tmp, flags)
@@ -1148,7 +1183,7 @@ class SFTPCon(XCon):
                 t.start()
             try:
                 self._write_parts(s, up.handle, src, job)
-                while any(t.is_alive() for t in helpers):  # keep reporting for them
+                while any(t.is_alive() for t in helpers):  # keep saving their finished parts
                     for t in helpers:
                         t.join(0.1)
                     job.tick()
@@ -1210,38 +1245,48 @@ class SFTPCon(XCon):
 
     def _write_parts(self, s: _Session, handle: bytes, src, job: "_Parts") -> None:
         """Claim parts and write them, pipelined, until none is left."""
+        meter = _Meter(job)
+        try:
+            while True:
+                idx = job.claim()
+                if idx is None or not self._write_part(s, handle, src, job, idx, meter):
+                    return
+                job.finish(idx)
+                job.tick()
+        finally:
+            meter.flush()
+
+    def _write_part(self, s: _Session, handle: bytes, src, job: "_Parts", idx: int, meter: _Meter) -> bool:
+        """Write part `idx` and wait for every acknowledgement; False when
+        stopped first (the part stays unfinished: sent again next time)."""
         sftp = s.sftp
         fd = src.fileno()
-        while True:
-            idx = job.claim()
-            if idx is None:
-                return
-            start, end = job.bounds(idx)
-            pos = start
-            pending: deque[tuple[int, int]] = deque()
-            while pos < end:
-                if job.should_stop():
-                    return  # the part stays unfinished: sent again next time
-                try:
-                    data = os.pread(fd, min(s.write_size, end - pos), pos)
-                except OSError as exc:
-                    raise _LocalError(exc) from exc
-                if not data:
-                    raise TransientError(f"send {job.rel!r}: the local file shrank during the upload")
-                pending.append((sftp.send_async(CMD_WRITE, handle, int64(pos), data), len(data)))
-                pos += len(data)
-                job.add_sent(len(data))
-                while pending and (len(pending) > MAX_INFLIGHT or sftp.sock.recv_ready()):
-                    num, n = pending.popleft()
-                    sftp.wait(num)
-                    job.add_acked(n)
-                job.tick()
-            while pending:
+        start, end = job.bounds(idx)
+        pos = start
+        pending: deque[tuple[int, int]] = deque()
+        while pos < end:
+            if job.should_stop():
+                return False
+            try:
+                data = os.pread(fd, min(s.write_size, end - pos), pos)
+            except OSError as exc:
+                raise _LocalError(exc) from exc
+            if not data:
+                raise TransientError(f"send {job.rel!r}: the local file shrank during the upload")
+            pending.append((sftp.send_async(CMD_WRITE, handle, int64(pos), data), len(data)))
+            pos += len(data)
+            meter.wrote(len(data))
+            while pending and (len(pending) > MAX_INFLIGHT or sftp.sock.recv_ready()):
                 num, n = pending.popleft()
                 sftp.wait(num)
-                job.add_acked(n)
-            job.finish(idx)
+                meter.acked_bytes(n)
             job.tick()
+        while pending:
+            num, n = pending.popleft()
+            sftp.wait(num)
+            meter.acked_bytes(n)
+        meter.flush()  # the part is whole on the server: show it before it is saved
+        return True
 
     def _resume_parts(self, s: _Session, ctx: TransferContext, src, up: _Upload, ident: dict, job: "_Parts") -> set[int]:
         """Parts a previous attempt finished, if its state matches this file

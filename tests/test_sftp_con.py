@@ -222,24 +222,24 @@ def test_parallel_upload_uses_several_connections_and_resumes(srv, remote, tmp_p
     kept = _parts_sent(state, f.size)
     assert 0 < kept < f.size
     seen = []
-    threads = set()
+    savers = set()
 
     class Store(NullResumeStore):  # like an SQLite-backed store: one thread only
         def save(self, state):
-            threads.add(threading.current_thread())
+            savers.add(threading.current_thread())
             super().save(state)
 
     store2 = Store()
     store2.save(state)
 
     def progress(done, total):
-        threads.add(threading.current_thread())
         seen.append(done)
 
     with con_for(srv, remote, connections="4") as con2:
         con2.streams = 4
         res = con2.send(f, TransferContext(resume=store2, progress=progress))
-        assert threads == {threading.current_thread()}
+        assert savers == {threading.current_thread()}
+        assert seen == sorted(seen)  # several threads report; never backwards
         assert res.bytes_sent == f.size - kept
         assert seen[0] == kept and seen[-1] == f.size
         assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
@@ -276,6 +276,76 @@ def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path):
     assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
     assert con.leftovers() == []
     con.close()
+
+
+class _ServerBytes:
+    """Samples, every few milliseconds, how many bytes of the temp file the
+    server has written (its allocated blocks: parts land at their offsets,
+    leaving holes) beside the progress last reported."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reported = 0
+        self.samples: list[tuple[float, int, int]] = []  # (seconds, on server, reported)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.t0 = time.monotonic()
+
+    def progress(self, done: int, total: int) -> None:
+        self.reported = max(self.reported, done)
+
+    def _run(self) -> None:
+        while not self._halt.wait(0.01):
+            reported = self.reported  # read before the server: never ahead of it
+            try:
+                held = os.stat(self.path).st_blocks * 512
+            except FileNotFoundError:
+                continue
+            self.samples.append((time.monotonic() - self.t0, held, reported))
+
+    def __enter__(self) -> "_ServerBytes":
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self._thread.join()
+
+
+def test_parallel_upload_reports_every_part_promptly_and_is_throttled(srv, remote, tmp_path, monkeypatch):
+    """Issue 4: every part thread's acknowledged bytes reach ctx.report, so
+    progress follows what the server holds during a parallel upload, and the
+    bandwidth limit (fed by the same report) holds for the helper connections
+    too. Before, only the calling thread reported (and slept) for all of them:
+    the helpers ran unthrottled and progress lagged by tens of MiB."""
+    from skynet.throttle import Schedule, Throttle
+
+    import connections.sftp as sftp_mod
+
+    monkeypatch.setattr(sftp_mod, "PART_SIZE", 4 * MiB)
+    size, rate = 48 * MiB, 12 * MiB
+    f = big_file(tmp_path, size)
+    tmp_remote = Path(remote) / "dir" / temp_name("big.bin")
+    with con_for(srv, remote, connections="2") as con:
+        con.streams, con.parallel_min = 2, 32 * MiB
+        con.check()  # both sessions' set-up is not part of the measure
+        with _ServerBytes(tmp_remote) as watch:
+            throttle = Throttle(Schedule(str(rate)))
+            res = con.send(f, TransferContext(progress=watch.progress, throttle=throttle.consume))
+            elapsed = time.monotonic() - watch.t0
+    assert res.size == size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+    assert watch.samples, "the temp file was never seen"
+    # Slack, by construction: the throttle's burst (0.25 s of rate), and per
+    # stream the writes in flight (MAX_INFLIGHT x 128 KiB) and one unreported batch.
+    in_flight = 2 * (sftp_mod.MAX_INFLIGHT * con.write_size + sftp_mod.REPORT_BYTES)
+    ahead = [(t, held) for t, held, _ in watch.samples if held > rate * t + rate // 4 + in_flight + MiB]
+    assert not ahead, f"the server got bytes faster than {rate >> 20} MiB/s: {ahead[:3]}"
+    lag = [(t, held, rep) for t, held, rep in watch.samples if held - rep > in_flight + MiB]
+    assert not lag, f"progress lagged behind the server's bytes (s, server, reported): {lag[:3]}"
+    reported = [rep for _, _, rep in watch.samples]
+    assert len(set(reported)) >= 8  # it advanced all along, not in a few jumps
+    assert elapsed >= 0.8 * size / rate
 
 
 def test_changed_file_starts_over(srv, remote, tmp_path):
