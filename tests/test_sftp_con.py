@@ -348,6 +348,79 @@ def test_parallel_upload_reports_every_part_promptly_and_is_throttled(srv, remot
     assert elapsed >= 0.8 * size / rate
 
 
+# -- the bulk data path (_Wire) -----------------------------------------------------
+def _session_of(con: SFTPCon):
+    s = con._pool.acquire()
+    con._pool.release(s, False)
+    return s
+
+
+@pytest.mark.parametrize("path", ["aes-gcm: _Wire encrypts", "aes-ctr: paramiko's packets", "fast_wire off"])
+def test_bulk_path_sends_intact_files(srv, remote, tmp_path, path):
+    """Every way a WRITE can reach the channel delivers the same bytes: _Wire
+    with AES-GCM, _Wire handing each packet to paramiko's Packetizer (another
+    cipher), and paramiko's Channel.send (fast_wire off)."""
+    con = con_for(srv, remote, connections="2")
+    con.parallel_min = 24 * MiB
+    if path.startswith("aes-ctr"):
+        con.ciphers = ("aes128-ctr",)
+    if path == "fast_wire off":
+        con.fast_wire = False
+    with con:
+        s = _session_of(con)
+        cipher = s.client.get_transport().local_cipher
+        if path.startswith("aes-gcm"):
+            assert cipher.startswith("aes128-gcm") and s.sftp.wire.fast()
+            assert s.write_size > 128 << 10  # 7 whole SSH packets per WRITE
+        elif path.startswith("aes-ctr"):
+            assert cipher == "aes128-ctr" and s.sftp.wire is not None and not s.sftp.wire.fast()
+        else:
+            assert s.sftp.wire is None
+        files = [big_file(tmp_path, 40 * MiB)]  # parallel parts
+        (tmp_path / "mid").mkdir()
+        files.append(big_file(tmp_path / "mid", 10 * MiB))  # one resumable stream
+        files[-1] = local_file(Path(files[-1].path), "dir/mid.bin")
+        files.append(write_file(tmp_path, "dir/odd.bin", os.urandom(300_001)))  # not resumable
+        for f in files:
+            res = con.send(f, TransferContext())
+            assert res.size == f.size
+            assert sha(Path(remote) / f.rel) == sha(f.path), f.rel
+        assert con.leftovers() == []
+
+
+def test_bulk_path_survives_key_re_exchange(srv, remote, tmp_path):
+    """_Wire keeps paramiko's sequence numbers, IV counter and rekey trigger:
+    with a 4 MiB rekey limit a 48 MiB upload re-keys many times mid-stream."""
+    f = big_file(tmp_path, 48 * MiB)
+    with con_for(srv, remote, connections="1") as con:
+        s = _session_of(con)
+        assert s.sftp.wire.fast()
+        pk = s.client.get_transport().packetizer
+        pk.REKEY_BYTES = 4 * MiB
+        engines = set()
+
+        def progress(done, total):
+            engines.add(id(getattr(pk, "_Packetizer__block_engine_out")))
+
+        res = con.send(f, TransferContext(progress=progress))
+        assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        assert len(engines) >= 4  # new keys, several times
+        assert s.alive()
+
+
+def test_bulk_path_falls_back_when_paramiko_changed(srv, remote, tmp_path, monkeypatch):
+    """If paramiko's internals that _Wire relies on are not all there, WRITEs
+    take paramiko's own path (and still arrive)."""
+    import connections.sftp as sftp_mod
+
+    monkeypatch.setattr(sftp_mod, "_PK_FIELDS", sftp_mod._PK_FIELDS + ("gone_in_a_new_release",))
+    f = big_file(tmp_path, 12 * MiB)
+    with con_for(srv, remote, connections="1") as con:
+        assert _session_of(con).sftp.wire is None
+        con.send(f, TransferContext())
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+
+
 def test_changed_file_starts_over(srv, remote, tmp_path):
     f = big_file(tmp_path, 24 * MiB)
     store = NullResumeStore()
