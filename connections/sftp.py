@@ -69,6 +69,7 @@ from typing import Callable, Iterator
 
 import paramiko
 from paramiko.message import Message
+from paramiko.packet import NeedRekeyException, Packetizer
 from paramiko.sftp import (
     CMD_ATTRS,
     CMD_CLOSE,
@@ -492,9 +493,77 @@ _PK_FIELDS = ("write_lock", "aead_out", "block_engine_out", "iv_out", "block_siz
               "compress_engine_out", "dump_packets", "sequence_number_out", "sent_bytes",
               "sent_packets", "need_rekey", "received_bytes_overflow", "received_packets_overflow")
 _MSG_CHANNEL_DATA = 94
+#: bytes the transport reads from its socket at once (_Packetizer.read_all)
+_SSH_READ_AHEAD = 64 << 10
 #: the largest SSH padding (4 + a 16-byte cipher block - 1)
 _MAX_PAD = 19
 _GCM_TAG = 16
+
+
+class _Packetizer(Packetizer):
+    """paramiko's Packetizer with two costs of its read side removed.
+
+    Why: during an upload the server sends small packets (a WRITE's status,
+    a window adjust every 96 KiB) and paramiko reads each packet in two
+    socket reads (first block, then the rest), each a poll and a recv; here
+    one recv takes whatever has arrived (_SSH_READ_AHEAD) and the next
+    packets are cut from it. And paramiko cancels its handshake timer again
+    for every packet it reads (a Timer.cancel: an Event set, a lock);
+    here the timer is dropped once the handshake is over.
+
+    Installed on our transports only (SFTPCon._transport_factory), when the
+    private state it uses is there (available()).
+    """
+
+    @staticmethod
+    def available(pk: Packetizer) -> bool:
+        names = ("remainder", "socket", "closed", "need_rekey", "timer")
+        return type(pk) is Packetizer and all(hasattr(pk, _PK + n) for n in names)
+
+    def complete_handshake(self) -> None:
+        if getattr(self, _PK + "timer"):
+            super().complete_handshake()
+            setattr(self, _PK + "timer", None)
+
+    def read_all(self, n: int, check_rekey: bool = False) -> bytes:
+        """Packetizer.read_all (same timeouts, keepalives and rekey check),
+        reading ahead into the remainder it already keeps for the banner."""
+        rem = getattr(self, _PK + "remainder")
+        if len(rem) >= n:
+            setattr(self, _PK + "remainder", rem[n:])
+            return rem[:n]
+        out, n = rem, n - len(rem)
+        setattr(self, _PK + "remainder", b"")
+        sock = getattr(self, _PK + "socket")
+        while n > 0:
+            if self.handshake_timed_out():
+                raise EOFError()
+            try:
+                x = sock.recv(max(n, _SSH_READ_AHEAD))
+            except socket.timeout:
+                x = None
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    x = None
+                elif getattr(self, _PK + "closed"):
+                    raise EOFError() from e
+                else:
+                    raise
+            if x is None:
+                if getattr(self, _PK + "closed"):
+                    raise EOFError()
+                if check_rekey and not out and getattr(self, _PK + "need_rekey"):
+                    raise NeedRekeyException()
+                self._check_keepalive()
+                continue
+            if not x:
+                raise EOFError()
+            if len(x) > n:
+                setattr(self, _PK + "remainder", x[n:])
+                x = x[:n]
+            out += x
+            n -= len(x)
+        return out
 
 
 class _Wire:
@@ -1072,6 +1141,8 @@ class SFTPCon(XCon):
 
     def _transport_factory(self, sock, **kw) -> paramiko.Transport:
         t = paramiko.Transport(sock, **kw)
+        if self.fast_wire and _Packetizer.available(t.packetizer):
+            t.packetizer.__class__ = _Packetizer
         opts = t.get_security_options()
         first = [c for c in self.ciphers if c in opts.ciphers]
         opts.ciphers = tuple(first + [c for c in opts.ciphers if c not in first])

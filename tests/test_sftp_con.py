@@ -397,10 +397,11 @@ def test_bulk_path_survives_key_re_exchange(srv, remote, tmp_path):
         assert s.sftp.wire.fast()
         pk = s.client.get_transport().packetizer
         pk.REKEY_BYTES = 4 * MiB
-        engines = set()
+        engines = {}  # id -> engine: kept alive, so that no id is reused
 
         def progress(done, total):
-            engines.add(id(getattr(pk, "_Packetizer__block_engine_out")))
+            engine = getattr(pk, "_Packetizer__block_engine_out")
+            engines[id(engine)] = engine
 
         res = con.send(f, TransferContext(progress=progress))
         assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
