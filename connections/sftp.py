@@ -429,22 +429,48 @@ class _SFTP(SFTPClient):
         self._write_all(b"".join(out))
         return nums
 
-    def send_write(self, handle: bytes, offset: int, data) -> int:
-        """Queue one WRITE without waiting (collect it with wait(num)). Its
-        header is packed here, not through a Message, and the data is never
-        joined to it: _Wire copies both straight into its packets."""
+    def _write_head(self, handle: bytes, offset: int, n: int) -> tuple[int, bytes]:
+        """A new request number and the bytes of a WRITE before its data."""
         with self._lock:
             num = self.request_number
             self._expecting[num] = type(None)
             self.request_number += 1
-        n = len(data)
         head = struct.pack(">IBII", 1 + 4 + 4 + len(handle) + 8 + 4 + n, CMD_WRITE, num, len(handle)) + handle
-        head += struct.pack(">QI", offset, n)
+        return num, head + struct.pack(">QI", offset, n)
+
+    def send_write(self, handle: bytes, offset: int, data) -> int:
+        """Queue one WRITE without waiting (collect it with wait(num)). Its
+        header is packed here, not through a Message, and the data is never
+        joined to it: _Wire copies both straight into its packets."""
+        num, head = self._write_head(handle, offset, len(data))
         wire = self.wire
         if wire is not None:
             wire.send(head, data)
         else:
             self._write_all(head + data)
+        return num
+
+    def send_write_from(self, handle: bytes, offset: int, fd: int, n: int) -> int:
+        """Queue one WRITE of `n` bytes of file `fd` at `offset` (the same
+        offset remotely). With _Wire the bytes are read straight into its
+        packets. Raises _LocalError if the file cannot be read, _FileShrank
+        if it holds fewer bytes."""
+        wire = self.wire
+        try:
+            if wire is None:
+                data = os.pread(fd, n, offset)
+                got = len(data)
+            else:
+                got = wire.load_file(fd, offset, n, 4 + 1 + 4 + 4 + len(handle) + 8 + 4)
+        except OSError as exc:
+            raise _LocalError(exc) from exc
+        if got < n:
+            raise _FileShrank(f"{got} of {n} bytes at {offset}")
+        if wire is None:
+            return self.send_write(handle, offset, data)
+        num, head = self._write_head(handle, offset, n)
+        wire.put_head(head)
+        wire.flush()
         return num
 
     def send_async(self, cmd: int, *args) -> int:
@@ -493,6 +519,8 @@ _PK_FIELDS = ("write_lock", "aead_out", "block_engine_out", "iv_out", "block_siz
               "compress_engine_out", "dump_packets", "sequence_number_out", "sent_bytes",
               "sent_packets", "need_rekey", "received_bytes_overflow", "received_packets_overflow")
 _MSG_CHANNEL_DATA = 94
+#: bytes before a channel data packet's data: padding length, type, channel, data length
+_HEAD = 1 + 1 + 4 + 4
 #: bytes the transport reads from its socket at once (_Packetizer.read_all)
 _SSH_READ_AHEAD = 64 << 10
 #: the largest SSH padding (4 + a 16-byte cipher block - 1)
@@ -567,24 +595,29 @@ class _Packetizer(Packetizer):
 
 
 class _Wire:
-    """Sends SFTP requests as SSH channel data for the AES-GCM ciphers with
-    the least Python work per byte.
+    """Sends SFTP requests as SSH channel data with the least Python work
+    and copying per byte (AES-GCM: encrypted here).
 
     Why: paramiko sends channel data 32 KiB at a time (the server's packet
     size), and each of those packets goes through Channel._send, a Message,
     Transport._send_user_message and Packetizer.send_message: about eight
     copies of every byte, a Python call chain and one syscall per 32 KiB.
     Profiled here (256 MiB, 2 streams) that chain was most of the client's
-    CPU. Here one request (128 KiB) takes one channel-window reservation, its
-    packets are encrypted with AESGCM.encrypt_into into one reused buffer and
-    written with one sendall: the bytes are copied into the plaintext buffer,
-    encrypted, and handed to the kernel, nothing else.
+    CPU. Here a request is staged in a reused plaintext buffer laid out as
+    SSH packets (room for each packet's header before its data and for its
+    padding after): a large file's bytes are read by one preadv straight
+    into those slots. Then the channel window is reserved for as many
+    packets as it allows, each is encrypted in place with
+    AESGCM.encrypt_into into one output buffer, and the lot is written with
+    one sendall. Each byte is read from the file into the buffer, encrypted,
+    and handed to the kernel: nothing else.
 
     It follows paramiko's own rules (Channel._wait_for_send_window for the
-    window and max packet, Transport._send_user_message's wait during key
-    re-exchange, Packetizer.send_message's padding, IV counter, sequence
-    numbers and rekey trigger), using their private state. available() checks
-    that state is there (paramiko 3.x-5.x have it); for another cipher, with
+    window and max packet: a short window makes a short packet, as there;
+    Transport._send_user_message's wait during key re-exchange;
+    Packetizer.send_message's padding, IV counter, sequence numbers and
+    rekey trigger), using their private state. available() checks that
+    state is there (paramiko 3.x-5.x have it); for another cipher, with
     compression, or when packet dumps are on, each packet goes through
     Packetizer.send_message instead.
     """
@@ -594,8 +627,11 @@ class _Wire:
         self.transport = chan.get_transport()
         self.pk = self.transport.packetizer
         self.chanid = chan.remote_chanid
-        self._plain = bytearray(chan.out_max_packet_size + _MAX_PAD + 16)
+        self.packet_data = chan.out_max_packet_size - 64  # paramiko's limit per packet
+        self._stride = _HEAD + self.packet_data + _MAX_PAD
+        self._plain = bytearray(0)
         self._out = bytearray(0)
+        self._regions: list[int] = []  # data bytes staged in each packet slot
 
     @staticmethod
     def available(chan: paramiko.Channel) -> bool:
@@ -607,44 +643,96 @@ class _Wire:
             and all(hasattr(pk, _PK + name) for name in _PK_FIELDS)
             and all(hasattr(pk, a) for a in ("write_all", "_trigger_rekey", "REKEY_BYTES", "REKEY_PACKETS"))
             and all(hasattr(t, a) for a in ("clear_to_send", "clear_to_send_lock", "clear_to_send_timeout", "active"))
-            and all(hasattr(chan, a) for a in ("lock", "_wait_for_send_window", "out_window_size", "remote_chanid"))
+            and all(hasattr(chan, a) for a in ("lock", "_wait_for_send_window", "out_window_size", "remote_chanid",
+                                               "out_max_packet_size", "closed"))
         )
 
     def fast(self) -> bool:
         """The negotiated cipher is AES-GCM and nothing else touches packets."""
         pk = self.pk
-        return (
+        return bool(
             getattr(pk, _PK + "aead_out")
             and getattr(pk, _PK + "compress_engine_out") is None
             and not getattr(pk, _PK + "dump_packets")
             and hasattr(getattr(pk, _PK + "block_engine_out"), "encrypt_into")
         )
 
+    # -- staging: the request's bytes in packet slots -------------------------
+    def _stage(self, total: int) -> list[memoryview]:
+        """Slots for `total` channel bytes, full packets first; returns a view
+        of each slot's data area."""
+        count = max(1, -(-total // self.packet_data))
+        need = count * self._stride
+        if len(self._plain) < need:
+            self._plain = bytearray(need)
+        self._regions = [min(self.packet_data, total - i * self.packet_data) for i in range(count)]
+        view = memoryview(self._plain)
+        return [view[i * self._stride + _HEAD:i * self._stride + _HEAD + n] for i, n in enumerate(self._regions)]
+
+    def load_file(self, fd: int, offset: int, n: int, head_len: int) -> int:
+        """Stage a request of `head_len` header bytes (put_head) followed by
+        `n` bytes of the file at `offset`, read straight into the slots.
+        Returns the bytes read (fewer: the file is shorter). OSError: the
+        local file could not be read."""
+        slots = self._stage(head_len + n)
+        slots[0] = slots[0][head_len:]
+        return os.preadv(fd, [v for v in slots if len(v)], offset)
+
+    def put_head(self, head: bytes) -> None:
+        """The request header in front of what load_file staged."""
+        self._plain[_HEAD:_HEAD + len(head)] = head
+
     def send(self, head: bytes, data) -> None:
         """Send one request: `head` then `data` (bytes-like), as channel data."""
-        data = memoryview(data)  # slices of it are views, not copies
-        total = len(head) + len(data)
-        pos = 0
-        while pos < total:
-            sizes = self._reserve(total - pos)
-            self._send_packets(head, data, pos, sizes)
-            pos += sum(sizes)
+        data = memoryview(data)
+        h = len(head)
+        slots = self._stage(h + len(data))
+        pos = -h
+        for v in slots:  # copy into the slots: the only copy this path makes
+            k = len(v)
+            if pos < 0:
+                v[:h] = head
+                v[h:] = data[:k - h]
+            else:
+                v[:] = data[pos:pos + k]
+            pos += k
+        self.flush()
 
-    def _reserve(self, want: int) -> list[int]:
-        """Channel window for up to `want` bytes, cut into packet-sized pieces:
-        waits (paramiko's timeout) for the first piece only."""
+    # -- sending what is staged ----------------------------------------------
+    def flush(self) -> None:
+        """Send every staged byte, as many packets at a time as the window allows."""
+        spot = (0, 0)  # (slot, bytes of it already sent)
+        while spot[0] < len(self._regions):
+            pieces, spot = self._reserve(spot)
+            self._gate()
+            try:
+                with getattr(self.pk, _PK + "write_lock"):
+                    if self.fast():
+                        self._seal_and_write(pieces)
+                    else:
+                        self._send_each(pieces)
+            finally:
+                self.transport.clear_to_send_lock.release()
+
+    def _reserve(self, spot: tuple[int, int]) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
+        """Channel window for the next packets: (slot, start, end) pieces of
+        staged data, and where the next reservation starts. Waits (paramiko's
+        timeout) for the first piece only; a short window gives a short piece."""
         chan = self.chan
-        sizes: list[int] = []
+        slot, done = spot
+        pieces: list[tuple[int, int, int]] = []
         with chan.lock:
-            while want > 0 and (not sizes or chan.out_window_size > 0):
+            while slot < len(self._regions) and (not pieces or chan.out_window_size > 0):
                 if chan.closed:
                     raise EOFError("SSH channel closed")
-                got = chan._wait_for_send_window(want)
+                got = chan._wait_for_send_window(self._regions[slot] - done)
                 if got <= 0:
                     raise EOFError("SSH channel closed")
-                sizes.append(got)
-                want -= got
-        return sizes
+                pieces.append((slot, done, done + got))
+                done += got
+                if done == self._regions[slot]:
+                    slot, done = slot + 1, 0
+        return pieces, (slot, done)
 
     def _gate(self) -> None:
         """Transport._send_user_message's wait: no user data during key
@@ -662,66 +750,55 @@ class _Wire:
             if time.monotonic() > start + t.clear_to_send_timeout:
                 raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
 
-    def _send_packets(self, head: bytes, data, pos: int, sizes: list[int]) -> None:
-        self._gate()
-        try:
-            with getattr(self.pk, _PK + "write_lock"):
-                if self.fast():
-                    self._encrypt_and_write(head, data, pos, sizes)
-                else:
-                    for n in sizes:
-                        self._fill(head, data, pos, n, 0)
-                        head_n = struct.pack(">BII", _MSG_CHANNEL_DATA, self.chanid, n)
-                        self.pk.send_message(Message(head_n + bytes(memoryview(self._plain)[:n])))
-                        pos += n
-        finally:
-            self.transport.clear_to_send_lock.release()
-
-    def _fill(self, head: bytes, data, pos: int, n: int, at: int) -> None:
-        """Copy bytes [pos, pos+n) of head+data into the plaintext at `at`."""
+    def _send_each(self, pieces: list[tuple[int, int, int]]) -> None:
+        """Another cipher: each packet through paramiko's Packetizer."""
         view = memoryview(self._plain)
-        h = len(head)
-        if pos < h:
-            k = min(n, h - pos)
-            view[at:at + k] = head[pos:pos + k]
-            at, pos, n = at + k, pos + k, n - k
-        if n:
-            view[at:at + n] = data[pos - h:pos - h + n]
+        for slot, start, end in pieces:
+            at = slot * self._stride + _HEAD
+            payload = struct.pack(">BII", _MSG_CHANNEL_DATA, self.chanid, end - start)
+            self.pk.send_message(Message(payload + bytes(view[at + start:at + end])))
 
-    def _encrypt_and_write(self, head: bytes, data, pos: int, sizes: list[int]) -> None:
-        """Packetizer.send_message for AES-GCM, for several packets at once."""
+    def _seal_and_write(self, pieces: list[tuple[int, int, int]]) -> None:
+        """Packetizer.send_message for AES-GCM, for several packets at once.
+
+        A piece's plaintext is built around its data where it lies: its
+        10-byte header goes just before it (over header room, or over bytes
+        of the same slot already sealed), its padding just after it (over
+        padding room, or over bytes still to send, saved and put back)."""
         pk, pre = self.pk, _PK
-        engine = getattr(pk, pre + "block_engine_out")
+        encrypt = getattr(pk, pre + "block_engine_out").encrypt_into
         bsize = getattr(pk, pre + "block_size_out")
         iv = getattr(pk, pre + "iv_out")
         fixed, counter = iv[:4], int.from_bytes(iv[4:], "big")
-        plan = []
-        total = 0
-        for n in sizes:
-            padding = 3 + bsize - ((9 + n + 4) % bsize)
-            length = 1 + 9 + n + padding  # the packet length field
-            plan.append((n, padding, length))
-            total += 4 + length + _GCM_TAG
-        if len(self._out) < total:
-            self._out = bytearray(total)
-        out, plain = self._out, self._plain
+        need = sum(end - start for _slot, start, end in pieces) + len(pieces) * (4 + _HEAD + _MAX_PAD + _GCM_TAG)
+        if len(self._out) < need:
+            self._out = bytearray(need)
+        out, plain, chanid = self._out, self._plain, self.chanid
         ov, pv = memoryview(out), memoryview(plain)
-        noise = os.urandom(_MAX_PAD * len(sizes))
+        noise = os.urandom(_MAX_PAD)
+        pack_into = struct.pack_into
         o = 0
-        for i, (n, padding, length) in enumerate(plan):
-            struct.pack_into(">BBII", plain, 0, padding, _MSG_CHANNEL_DATA, self.chanid, n)
-            self._fill(head, data, pos, n, 10)
-            pv[10 + n:length] = noise[i * _MAX_PAD:i * _MAX_PAD + padding]
-            struct.pack_into(">I", out, o, length)
-            nonce = fixed + (counter + i).to_bytes(8, "big")
-            engine.encrypt_into(nonce, pv[:length], ov[o:o + 4], ov[o + 4:o + 4 + length + _GCM_TAG])
+        for slot, start, end in pieces:
+            n = end - start
+            padding = 3 + bsize - ((n + _HEAD + 3) % bsize)
+            length = _HEAD + n + padding  # the packet length field
+            first = slot * self._stride + start  # where this packet's plaintext begins
+            tail = first + _HEAD + n
+            kept = bytes(pv[tail:tail + padding]) if end < self._regions[slot] else None
+            pack_into(">BBII", plain, first, padding, _MSG_CHANNEL_DATA, chanid, n)
+            pv[tail:tail + padding] = noise[:padding]
+            pack_into(">I", out, o, length)
+            encrypt(fixed + counter.to_bytes(8, "big"), pv[first:first + length], ov[o:o + 4],
+                    ov[o + 4:o + 4 + length + _GCM_TAG])
+            if kept is not None:
+                pv[tail:tail + padding] = kept
+            counter += 1
             o += 4 + length + _GCM_TAG
-            pos += n
-        k = len(sizes)
+        k = len(pieces)
         seq = getattr(pk, pre + "sequence_number_out")
         if seq + k > 0xFFFFFFFF and not pk._initial_kex_done:
             raise paramiko.SSHException("Sequence number rolled over during initial kex!")
-        setattr(pk, pre + "iv_out", fixed + (counter + k).to_bytes(8, "big"))
+        setattr(pk, pre + "iv_out", fixed + counter.to_bytes(8, "big"))
         setattr(pk, pre + "sequence_number_out", (seq + k) & 0xFFFFFFFF)
         pk.write_all(ov[:o])
         sent_bytes = getattr(pk, pre + "sent_bytes") + o
@@ -732,7 +809,6 @@ class _Wire:
             setattr(pk, pre + "received_bytes_overflow", 0)
             setattr(pk, pre + "received_packets_overflow", 0)
             pk._trigger_rekey()
-
 
 
 def _attrs(mode: int | None = None, mtime_ns: int | None = None) -> SFTPAttributes:
@@ -864,6 +940,10 @@ class _Pool:
     def reopen(self) -> None:
         with self._cond:
             self._closed = False
+
+
+class _FileShrank(Exception):
+    """The local file holds fewer bytes than its size said."""
 
 
 class _LocalError(Exception):
@@ -1587,15 +1667,13 @@ class SFTPCon(XCon):
         while pos < end:
             if job.should_stop():
                 return False
+            n = min(s.write_size, end - pos)
             try:
-                data = os.pread(fd, min(s.write_size, end - pos), pos)
-            except OSError as exc:
-                raise _LocalError(exc) from exc
-            if not data:
-                raise TransientError(f"send {job.rel!r}: the local file shrank during the upload")
-            pending.append((sftp.send_write(handle, pos, data), len(data)))
-            pos += len(data)
-            meter.wrote(len(data))
+                pending.append((sftp.send_write_from(handle, pos, fd, n), n))
+            except _FileShrank:
+                raise TransientError(f"send {job.rel!r}: the local file shrank during the upload") from None
+            pos += n
+            meter.wrote(n)
             while pending and (len(pending) > MAX_INFLIGHT or sftp.reply_ready()):
                 num, n = pending.popleft()
                 sftp.wait(num)

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from connections.base import (
@@ -386,6 +387,26 @@ def test_bulk_path_sends_intact_files(srv, remote, tmp_path, path):
             assert res.size == f.size
             assert sha(Path(remote) / f.rel) == sha(f.path), f.rel
         assert con.leftovers() == []
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes128-ctr"])
+@pytest.mark.parametrize("parts", [False, True], ids=["one stream", "parallel parts"])
+def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monkeypatch, cipher, parts):
+    """When the channel window allows less than a packet, _Wire sends a short
+    packet, as paramiko does: its plaintext is built in place around data
+    still to be sent (saved and put back). Windows of an odd size force it
+    on every packet, for bytes staged by copy (one stream) and read from the
+    file into the packets (parallel parts)."""
+    real = paramiko.Channel._wait_for_send_window
+    monkeypatch.setattr(paramiko.Channel, "_wait_for_send_window", lambda chan, size: real(chan, min(size, 10_007)))
+    f = big_file(tmp_path, 9 * MiB)
+    con = con_for(srv, remote, connections="2")
+    con.ciphers = (cipher,)
+    con.parallel_min = 8 * MiB if parts else 64 * MiB
+    monkeypatch.setattr("connections.sftp.PART_SIZE", 2 * MiB)
+    with con:
+        res = con.send(f, TransferContext())
+        assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
 
 
 def test_bulk_path_survives_key_re_exchange(srv, remote, tmp_path):
