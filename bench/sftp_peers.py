@@ -240,15 +240,20 @@ def openssh_scp(server: Server, src: Path, dest: str) -> Result:
 
 
 def skynet_sftpcon(server: Server, src: Path, dest: str, connections: int = 4, threads: int = 0,
-                   write_size: int = 128 << 10, cipher: str = "aes128-gcm@openssh.com") -> Result:
-    """SFTPCon.send from many threads over its pool, in a child process."""
+                   write_size: int = 0, cipher: str = "aes128-gcm@openssh.com", fast_wire: bool = True) -> Result:
+    """SFTPCon.send from many threads over its pool, in a child process
+    (write_size 0: SFTPCon's own choice)."""
     threads = threads or 2 * connections
     cmd = [sys.executable, "-m", "bench.sftp_peers", "_skynet",
            "--host", server.host, "--port", str(server.port), "--user", server.user,
            "--key-file", server.key_file, "--known-hosts", server.known_hosts,
            "--src", str(src), "--dest", dest, "--connections", str(connections),
            "--threads", str(threads), "--write-size", str(write_size), "--cipher", cipher]
-    name = f"skynet SFTPCon conns={connections} thr={threads} w={write_size >> 10}K {cipher.split('@')[0]}"
+    if not fast_wire:
+        cmd.append("--paramiko-wire")
+    size = f" w={write_size >> 10}K" if write_size else ""
+    wire = "" if fast_wire else " paramiko-wire"
+    name = f"skynet SFTPCon conns={connections} thr={threads}{size} {cipher.split('@')[0]}{wire}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return measure(name, cmd, src, server, env=env)
 
@@ -260,9 +265,10 @@ def _skynet_child(args: argparse.Namespace) -> None:
     from connections.base import LocalFile, TransferContext
     from connections.sftp import SFTPCon
 
+    kw = {"write_size": args.write_size} if args.write_size else {}
     con = SFTPCon(args.host, args.dest, port=args.port, user=args.user, key_file=args.key_file,
                   known_hosts=args.known_hosts, use_agent=False, connections=args.connections,
-                  write_size=args.write_size, ciphers=(args.cipher,))
+                  ciphers=(args.cipher,), fast_wire=not args.paramiko_wire, **kw)
     con.connect()
     src = Path(args.src)
     files = []
@@ -325,21 +331,27 @@ def contenders(server: Server, what: str, knobs: bool) -> list[Contender]:
             [dict(connections=c) for c in (1, 2, 8)] + [dict(cipher="aes128-ctr")]
             if what == "small"
             else [dict(connections=c) for c in (1, 2)]  # 1: a single stream
-            + [dict(write_size=w) for w in (32 << 10, 256 << 10)]
-            + [dict(cipher="aes128-ctr")]
+            + [dict(write_size=w) for w in (32 << 10, 128 << 10)]
+            + [dict(cipher="aes128-ctr"), dict(fast_wire=False)]
         )
         for kw in combos:
             out.append((f"skynet {kw}", lambda s, d, kw=kw: skynet_sftpcon(server, s, d, **kw)))
     return out
 
 
-def run_all(server: Server, work: Path, small: int, big_mib: int, knobs: bool, repeat: int = 1) -> list[Result]:
+def run_all(server: Server, work: Path, small: int, big_mib: int, knobs: bool, repeat: int = 1,
+            only: str | None = None) -> list[Result]:
     """Each round runs every contender once, so a burst of load on a shared
     machine hits them all alike; the summary gives each one's best and median."""
-    data = {"small": make_small(work / f"small-{small}", small), "big": make_big(work / f"big-{big_mib}", big_mib)}
+    sets = (only,) if only else ("small", "big")
+    data = {}
+    if "small" in sets:
+        data["small"] = make_small(work / f"small-{small}", small)
+    if "big" in sets:
+        data["big"] = make_big(work / f"big-{big_mib}", big_mib)
     results: list[Result] = []
     n = 0
-    for what in ("small", "big"):
+    for what in sets:
         label = f"{small}x4KiB" if what == "small" else f"1x{big_mib}MiB"
         for _round in range(repeat):
             for _key, fn in contenders(server, what, knobs):
@@ -380,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         child.add_argument(f"--{a}", required=True)
     for a in ("port", "connections", "threads", "write-size"):
         child.add_argument(f"--{a}", type=int, required=True)
+    child.add_argument("--paramiko-wire", action="store_true", help="SFTPCon(fast_wire=False)")
     ap.add_argument("--small", type=int, default=2000, help="number of 4 KiB files")
     ap.add_argument("--big-mib", type=int, default=256, help="size of the large file")
     ap.add_argument("--knobs", action="store_true", help="also try SFTPCon's knobs")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--only", choices=("small", "big"), help="run one data set only")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "skynet-bench-sftp"))
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -398,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     with run_sshd(work / "sshd") as srv:
         server = Server(srv.host, srv.port, srv.user, srv.key_file, srv.known_hosts, srv.fresh_folder("bench"),
                         local_of=lambda p: p, sshd_pid=srv.pid)
-        results = run_all(server, work, args.small, args.big_mib, args.knobs, args.repeat)
+        results = run_all(server, work, args.small, args.big_mib, args.knobs, args.repeat, args.only)
     print()
     print(summary(results))
     if args.json:

@@ -143,10 +143,16 @@ class TransferContext:
     and the bandwidth limit.
 
     A connection calls report(done, total) as bytes go out (at least per
-    chunk or part; `done` is cumulative and may come from several threads).
-    That single call feeds progress reporting *and* the daemon's bandwidth
-    limit, which may sleep in it: so every connection is throttled without
-    implementing throttling itself.
+    chunk or part; `done` is cumulative). That single call feeds progress
+    reporting *and* the daemon's bandwidth limit, which may sleep in it: so
+    every connection is throttled without implementing throttling itself.
+
+    report() may be called from several threads at once (the part threads of
+    one upload): each caller is charged to the throttle for the bytes its
+    call adds (so every thread that sends is the one that sleeps), and the
+    progress callback is called one thread at a time and never sees `done`
+    go back (a caller that lost the race to a larger value is not shown).
+    Progress is passed on before the throttle sleeps: the bytes are done.
     """
 
     progress: ProgressFn | None = None
@@ -154,17 +160,29 @@ class TransferContext:
     stop: threading.Event = field(default_factory=threading.Event)
     throttle: Callable[[int], None] | None = None  # called with each new byte count
     _reported: int = 0
+    _shown: int = -1
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start_at(self, done: int, total: int) -> None:
+        """`done` bytes were on the remote before this attempt (a resumed
+        upload): shown as progress, but not charged to the bandwidth limit."""
+        with self._lock:
+            self._reported = max(self._reported, done)
+        self.report(done, total)
 
     def report(self, done: int, total: int) -> None:
         with self._lock:
             delta = done - self._reported
             if delta > 0:
                 self._reported = done
+        if self.progress is not None:
+            with self._progress_lock:
+                if done >= self._shown:
+                    self._shown = done
+                    self.progress(done, total)
         if delta > 0 and self.throttle is not None:
             self.throttle(delta)
-        if self.progress is not None:
-            self.progress(done, total)
 
 
 @dataclass(frozen=True)

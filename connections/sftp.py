@@ -27,9 +27,13 @@ applies the pipelined writes of one handle in order, so the temp file's size is
 exactly what arrived), after checking that the temp file's last 64 KiB match
 the local bytes. A finished large upload is verified before the rename: size
 (FSTAT), then the server's "check-file" hash when offered, else the last
-64 KiB re-read (both pipelined before CLOSE). It is one pipelined stream:
-measured here, 2-3 parallel ranged streams were no faster (the client's CPU
-is the limit, and paramiko holds the GIL for most of it).
+64 KiB re-read (both pipelined before CLOSE). Files >= PARALLEL_MIN go as
+PART_SIZE parts over PARALLEL_STREAMS connections (_send_parallel), each part
+thread reporting its own progress (and so being throttled) as it goes.
+
+The bulk of a large file travels through _Wire, not paramiko's Channel.send:
+with AES-GCM it encrypts a whole WRITE's SSH packets into one buffer and
+writes them with one syscall (see _Wire for why and what it relies on).
 
 Threads: a pool of up to `connections` SSH connections, each with one SFTP
 channel, each used by one thread at a time. A connection that fails (socket
@@ -39,9 +43,11 @@ a timeout: the channel's (`timeout`), paramiko's banner/auth/channel timeouts,
 and a watchdog for the one wait paramiko leaves unbounded.
 
 paramiko internals used (stable since paramiko 1.x, checked with 5.1):
-SFTPClient._send_version/_convert_status/_write_all (overridden),
+SFTPClient._send_version/_convert_status/_write_all/_read_all (overridden),
 _request/_async_request/_read_response/_send_packet/_read_packet/_lock/
-request_number/_expecting, SFTPAttributes._from_msg/_pack.
+request_number/_expecting, SFTPAttributes._from_msg/_pack; for _Wire (checked
+by _Wire.available(), else paramiko's own path): Packetizer's private cipher
+state, Transport.clear_to_send(_lock), Channel._wait_for_send_window.
 """
 from __future__ import annotations
 
@@ -56,12 +62,14 @@ import socket
 import stat as statmod
 import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import paramiko
 from paramiko.message import Message
+from paramiko.packet import NeedRekeyException, Packetizer
 from paramiko.sftp import (
     CMD_ATTRS,
     CMD_CLOSE,
@@ -138,9 +146,14 @@ _GENERIC_KEYS = {"type", "service", "name"}
 
 #: files at least this big are resumable (their identity goes to ctx.resume)
 RESUME_MIN = 8 << 20
-#: bytes per SFTP WRITE (at most; see _write_size). Measured here (256 MiB,
-#: OpenSSH): 128 KiB used the least CPU; 64 KiB and 192-256 KiB more.
-WRITE_SIZE = 128 << 10
+#: bytes per SFTP WRITE (at most; see _write_size; OpenSSH takes 255 KiB).
+#: Measured here (256 MiB, OpenSSH, AES-GCM through _Wire): 7 full SSH packets
+#: (223 KiB) used ~10% less client CPU than 4 (128 KiB), 2 (64 KiB) ~25% more:
+#: every WRITE costs a reply for the client to read and a pwrite for sshd.
+WRITE_SIZE = 256 << 10
+#: ...and through paramiko's own channel path (another cipher than AES-GCM),
+#: where 128 KiB used the least CPU (64 KiB and 192-256 KiB more)
+PARAMIKO_WRITE_SIZE = 128 << 10
 #: bytes of an SFTP WRITE request around its data (OpenSSH's 4-byte handle)
 _WRITE_OVERHEAD = 4 + 1 + 4 + (4 + 4) + 8 + 4
 #: the size every SFTP server must accept (draft-ietf-secsh-filexfer-02)
@@ -157,6 +170,12 @@ PART_SIZE = 16 << 20
 PARALLEL_STREAMS = 2
 #: unacknowledged WRITE requests allowed in flight on one channel
 MAX_INFLIGHT = 32
+#: bytes of replies read from the channel at once (_SFTP._read_all)
+READ_AHEAD = 64 << 10
+#: a part thread passes its acknowledged bytes to the progress report (and
+#: the bandwidth limit) at least this often, in bytes or seconds (_Meter)
+REPORT_BYTES = 1 << 20
+REPORT_EVERY = 0.1
 #: bytes re-read from the end of a large upload to check it arrived intact
 VERIFY_TAIL = 64 << 10
 #: slowest hashing speed (bytes/s) we wait for when the server hashes a file
@@ -288,6 +307,35 @@ class _SFTP(SFTPClient):
     """SFTPClient that keeps the server's extensions and raw status codes."""
 
     extensions: dict[str, bytes]
+    #: the bulk data path for WRITEs (None: paramiko's own, see _Wire)
+    wire: "_Wire | None" = None
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self._rbuf = bytearray()  # replies read ahead (_read_all)
+        super().__init__(chan)
+        # paramiko keeps request -> file object in a WeakValueDictionary (a
+        # weak reference made and dropped per request); every request of ours
+        # is answered or the session is dropped, so a dict holds nothing long.
+        self._expecting = {}
+
+    def _read_all(self, n: int) -> bytes:
+        """n bytes of the reply stream. paramiko's reads each reply in two
+        channel reads (its length, then the rest), each taking the channel's
+        locks; here one read takes whatever has arrived (a WRITE's status is
+        28 bytes: many replies per read when they queue up)."""
+        buf = self._rbuf
+        while len(buf) < n:
+            x = self.sock.recv(max(n - len(buf), READ_AHEAD))
+            if not x:
+                raise EOFError()
+            buf += x
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def reply_ready(self) -> bool:
+        """A reply can be read without waiting."""
+        return bool(self._rbuf) or self.sock.recv_ready()
 
     def _send_version(self) -> int:
         # Same exchange as paramiko's, but the extension pairs are kept.
@@ -381,6 +429,50 @@ class _SFTP(SFTPClient):
         self._write_all(b"".join(out))
         return nums
 
+    def _write_head(self, handle: bytes, offset: int, n: int) -> tuple[int, bytes]:
+        """A new request number and the bytes of a WRITE before its data."""
+        with self._lock:
+            num = self.request_number
+            self._expecting[num] = type(None)
+            self.request_number += 1
+        head = struct.pack(">IBII", 1 + 4 + 4 + len(handle) + 8 + 4 + n, CMD_WRITE, num, len(handle)) + handle
+        return num, head + struct.pack(">QI", offset, n)
+
+    def send_write(self, handle: bytes, offset: int, data) -> int:
+        """Queue one WRITE without waiting (collect it with wait(num)). Its
+        header is packed here, not through a Message, and the data is never
+        joined to it: _Wire copies both straight into its packets."""
+        num, head = self._write_head(handle, offset, len(data))
+        wire = self.wire
+        if wire is not None:
+            wire.send(head, data)
+        else:
+            self._write_all(head + data)
+        return num
+
+    def send_write_from(self, handle: bytes, offset: int, fd: int, n: int) -> int:
+        """Queue one WRITE of `n` bytes of file `fd` at `offset` (the same
+        offset remotely). With _Wire the bytes are read straight into its
+        packets. Raises _LocalError if the file cannot be read, _FileShrank
+        if it holds fewer bytes."""
+        wire = self.wire
+        try:
+            if wire is None:
+                data = os.pread(fd, n, offset)
+                got = len(data)
+            else:
+                got = wire.load_file(fd, offset, n, 4 + 1 + 4 + 4 + len(handle) + 8 + 4)
+        except OSError as exc:
+            raise _LocalError(exc) from exc
+        if got < n:
+            raise _FileShrank(f"{got} of {n} bytes at {offset}")
+        if wire is None:
+            return self.send_write(handle, offset, data)
+        num, head = self._write_head(handle, offset, n)
+        wire.put_head(head)
+        wire.flush()
+        return num
+
     def send_async(self, cmd: int, *args) -> int:
         """Queue one request without waiting; collect it with wait(num)."""
         return self._async_request(type(None), cmd, *args)
@@ -416,6 +508,307 @@ class _SFTP(SFTPClient):
         finally:
             self._request(CMD_CLOSE, handle)
         return found
+
+
+# --------------------------------------------------------------------------
+# the bulk data path: SFTP WRITEs onto the SSH channel, few copies, one syscall
+# --------------------------------------------------------------------------
+#: Packetizer state the fast path reads and updates (name-mangled privates)
+_PK = "_Packetizer__"
+_PK_FIELDS = ("write_lock", "aead_out", "block_engine_out", "iv_out", "block_size_out",
+              "compress_engine_out", "dump_packets", "sequence_number_out", "sent_bytes",
+              "sent_packets", "need_rekey", "received_bytes_overflow", "received_packets_overflow")
+_MSG_CHANNEL_DATA = 94
+#: bytes before a channel data packet's data: padding length, type, channel, data length
+_HEAD = 1 + 1 + 4 + 4
+#: bytes the transport reads from its socket at once (_Packetizer.read_all)
+_SSH_READ_AHEAD = 64 << 10
+#: the largest SSH padding (4 + a 16-byte cipher block - 1)
+_MAX_PAD = 19
+_GCM_TAG = 16
+
+
+class _Packetizer(Packetizer):
+    """paramiko's Packetizer with two costs of its read side removed.
+
+    Why: during an upload the server sends small packets (a WRITE's status,
+    a window adjust every 96 KiB) and paramiko reads each packet in two
+    socket reads (first block, then the rest), each a poll and a recv; here
+    one recv takes whatever has arrived (_SSH_READ_AHEAD) and the next
+    packets are cut from it. And paramiko cancels its handshake timer again
+    for every packet it reads (a Timer.cancel: an Event set, a lock);
+    here the timer is dropped once the handshake is over.
+
+    Installed on our transports only (SFTPCon._transport_factory), when the
+    private state it uses is there (available()).
+    """
+
+    @staticmethod
+    def available(pk: Packetizer) -> bool:
+        names = ("remainder", "socket", "closed", "need_rekey", "timer")
+        return type(pk) is Packetizer and all(hasattr(pk, _PK + n) for n in names)
+
+    def complete_handshake(self) -> None:
+        if getattr(self, _PK + "timer"):
+            super().complete_handshake()
+            setattr(self, _PK + "timer", None)
+
+    def read_all(self, n: int, check_rekey: bool = False) -> bytes:
+        """Packetizer.read_all (same timeouts, keepalives and rekey check),
+        reading ahead into the remainder it already keeps for the banner."""
+        rem = getattr(self, _PK + "remainder")
+        if len(rem) >= n:
+            setattr(self, _PK + "remainder", rem[n:])
+            return rem[:n]
+        out, n = rem, n - len(rem)
+        setattr(self, _PK + "remainder", b"")
+        sock = getattr(self, _PK + "socket")
+        while n > 0:
+            if self.handshake_timed_out():
+                raise EOFError()
+            try:
+                x = sock.recv(max(n, _SSH_READ_AHEAD))
+            except socket.timeout:
+                x = None
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    x = None
+                elif getattr(self, _PK + "closed"):
+                    raise EOFError() from e
+                else:
+                    raise
+            if x is None:
+                if getattr(self, _PK + "closed"):
+                    raise EOFError()
+                if check_rekey and not out and getattr(self, _PK + "need_rekey"):
+                    raise NeedRekeyException()
+                self._check_keepalive()
+                continue
+            if not x:
+                raise EOFError()
+            if len(x) > n:
+                setattr(self, _PK + "remainder", x[n:])
+                x = x[:n]
+            out += x
+            n -= len(x)
+        return out
+
+
+class _Wire:
+    """Sends SFTP requests as SSH channel data with the least Python work
+    and copying per byte (AES-GCM: encrypted here).
+
+    Why: paramiko sends channel data 32 KiB at a time (the server's packet
+    size), and each of those packets goes through Channel._send, a Message,
+    Transport._send_user_message and Packetizer.send_message: about eight
+    copies of every byte, a Python call chain and one syscall per 32 KiB.
+    Profiled here (256 MiB, 2 streams) that chain was most of the client's
+    CPU. Here a request is staged in a reused plaintext buffer laid out as
+    SSH packets (room for each packet's header before its data and for its
+    padding after): a large file's bytes are read by one preadv straight
+    into those slots. Then the channel window is reserved for as many
+    packets as it allows, each is encrypted in place with
+    AESGCM.encrypt_into into one output buffer, and the lot is written with
+    one sendall. Each byte is read from the file into the buffer, encrypted,
+    and handed to the kernel: nothing else.
+
+    It follows paramiko's own rules (Channel._wait_for_send_window for the
+    window and max packet: a short window makes a short packet, as there;
+    Transport._send_user_message's wait during key re-exchange;
+    Packetizer.send_message's padding, IV counter, sequence numbers and
+    rekey trigger), using their private state. available() checks that
+    state is there (paramiko 3.x-5.x have it); for another cipher, with
+    compression, or when packet dumps are on, each packet goes through
+    Packetizer.send_message instead.
+    """
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+        self.transport = chan.get_transport()
+        self.pk = self.transport.packetizer
+        self.chanid = chan.remote_chanid
+        self.packet_data = chan.out_max_packet_size - 64  # paramiko's limit per packet
+        self._stride = _HEAD + self.packet_data + _MAX_PAD
+        self._plain = bytearray(0)
+        self._out = bytearray(0)
+        self._regions: list[int] = []  # data bytes staged in each packet slot
+
+    @staticmethod
+    def available(chan: paramiko.Channel) -> bool:
+        """True when the paramiko internals used here are all present."""
+        t = chan.get_transport()
+        pk = getattr(t, "packetizer", None)
+        return (
+            pk is not None
+            and all(hasattr(pk, _PK + name) for name in _PK_FIELDS)
+            and all(hasattr(pk, a) for a in ("write_all", "_trigger_rekey", "REKEY_BYTES", "REKEY_PACKETS"))
+            and all(hasattr(t, a) for a in ("clear_to_send", "clear_to_send_lock", "clear_to_send_timeout", "active"))
+            and all(hasattr(chan, a) for a in ("lock", "_wait_for_send_window", "out_window_size", "remote_chanid",
+                                               "out_max_packet_size", "closed"))
+        )
+
+    def fast(self) -> bool:
+        """The negotiated cipher is AES-GCM and nothing else touches packets."""
+        pk = self.pk
+        return bool(
+            getattr(pk, _PK + "aead_out")
+            and getattr(pk, _PK + "compress_engine_out") is None
+            and not getattr(pk, _PK + "dump_packets")
+            and hasattr(getattr(pk, _PK + "block_engine_out"), "encrypt_into")
+        )
+
+    # -- staging: the request's bytes in packet slots -------------------------
+    def _stage(self, total: int) -> list[memoryview]:
+        """Slots for `total` channel bytes, full packets first; returns a view
+        of each slot's data area."""
+        count = max(1, -(-total // self.packet_data))
+        need = count * self._stride
+        if len(self._plain) < need:
+            self._plain = bytearray(need)
+        self._regions = [min(self.packet_data, total - i * self.packet_data) for i in range(count)]
+        view = memoryview(self._plain)
+        return [view[i * self._stride + _HEAD:i * self._stride + _HEAD + n] for i, n in enumerate(self._regions)]
+
+    def load_file(self, fd: int, offset: int, n: int, head_len: int) -> int:
+        """Stage a request of `head_len` header bytes (put_head) followed by
+        `n` bytes of the file at `offset`, read straight into the slots.
+        Returns the bytes read (fewer: the file is shorter). OSError: the
+        local file could not be read."""
+        slots = self._stage(head_len + n)
+        slots[0] = slots[0][head_len:]
+        return os.preadv(fd, [v for v in slots if len(v)], offset)
+
+    def put_head(self, head: bytes) -> None:
+        """The request header in front of what load_file staged."""
+        self._plain[_HEAD:_HEAD + len(head)] = head
+
+    def send(self, head: bytes, data) -> None:
+        """Send one request: `head` then `data` (bytes-like), as channel data."""
+        data = memoryview(data)
+        h = len(head)
+        slots = self._stage(h + len(data))
+        pos = -h
+        for v in slots:  # copy into the slots: the only copy this path makes
+            k = len(v)
+            if pos < 0:
+                v[:h] = head
+                v[h:] = data[:k - h]
+            else:
+                v[:] = data[pos:pos + k]
+            pos += k
+        self.flush()
+
+    # -- sending what is staged ----------------------------------------------
+    def flush(self) -> None:
+        """Send every staged byte, as many packets at a time as the window allows."""
+        spot = (0, 0)  # (slot, bytes of it already sent)
+        while spot[0] < len(self._regions):
+            pieces, spot = self._reserve(spot)
+            self._gate()
+            try:
+                with getattr(self.pk, _PK + "write_lock"):
+                    if self.fast():
+                        self._seal_and_write(pieces)
+                    else:
+                        self._send_each(pieces)
+            finally:
+                self.transport.clear_to_send_lock.release()
+
+    def _reserve(self, spot: tuple[int, int]) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
+        """Channel window for the next packets: (slot, start, end) pieces of
+        staged data, and where the next reservation starts. Waits (paramiko's
+        timeout) for the first piece only; a short window gives a short piece."""
+        chan = self.chan
+        slot, done = spot
+        pieces: list[tuple[int, int, int]] = []
+        with chan.lock:
+            while slot < len(self._regions) and (not pieces or chan.out_window_size > 0):
+                if chan.closed:
+                    raise EOFError("SSH channel closed")
+                got = chan._wait_for_send_window(self._regions[slot] - done)
+                if got <= 0:
+                    raise EOFError("SSH channel closed")
+                pieces.append((slot, done, done + got))
+                done += got
+                if done == self._regions[slot]:
+                    slot, done = slot + 1, 0
+        return pieces, (slot, done)
+
+    def _gate(self) -> None:
+        """Transport._send_user_message's wait: no user data during key
+        re-exchange. Returns holding transport.clear_to_send_lock."""
+        t = self.transport
+        start = time.monotonic()
+        while True:
+            t.clear_to_send.wait(0.1)
+            if not t.active:
+                raise EOFError("SSH connection closed")
+            t.clear_to_send_lock.acquire()
+            if t.clear_to_send.is_set():
+                return
+            t.clear_to_send_lock.release()
+            if time.monotonic() > start + t.clear_to_send_timeout:
+                raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
+
+    def _send_each(self, pieces: list[tuple[int, int, int]]) -> None:
+        """Another cipher: each packet through paramiko's Packetizer."""
+        view = memoryview(self._plain)
+        for slot, start, end in pieces:
+            at = slot * self._stride + _HEAD
+            payload = struct.pack(">BII", _MSG_CHANNEL_DATA, self.chanid, end - start)
+            self.pk.send_message(Message(payload + bytes(view[at + start:at + end])))
+
+    def _seal_and_write(self, pieces: list[tuple[int, int, int]]) -> None:
+        """Packetizer.send_message for AES-GCM, for several packets at once.
+
+        A piece's plaintext is built around its data where it lies: its
+        10-byte header goes just before it (over header room, or over bytes
+        of the same slot already sealed), its padding just after it (over
+        padding room, or over bytes still to send, saved and put back)."""
+        pk, pre = self.pk, _PK
+        encrypt = getattr(pk, pre + "block_engine_out").encrypt_into
+        bsize = getattr(pk, pre + "block_size_out")
+        iv = getattr(pk, pre + "iv_out")
+        fixed, counter = iv[:4], int.from_bytes(iv[4:], "big")
+        need = sum(end - start for _slot, start, end in pieces) + len(pieces) * (4 + _HEAD + _MAX_PAD + _GCM_TAG)
+        if len(self._out) < need:
+            self._out = bytearray(need)
+        out, plain, chanid = self._out, self._plain, self.chanid
+        ov, pv = memoryview(out), memoryview(plain)
+        noise = os.urandom(_MAX_PAD)
+        pack_into = struct.pack_into
+        o = 0
+        for slot, start, end in pieces:
+            n = end - start
+            padding = 3 + bsize - ((n + _HEAD + 3) % bsize)
+            length = _HEAD + n + padding  # the packet length field
+            first = slot * self._stride + start  # where this packet's plaintext begins
+            tail = first + _HEAD + n
+            kept = bytes(pv[tail:tail + padding]) if end < self._regions[slot] else None
+            pack_into(">BBII", plain, first, padding, _MSG_CHANNEL_DATA, chanid, n)
+            pv[tail:tail + padding] = noise[:padding]
+            pack_into(">I", out, o, length)
+            encrypt(fixed + counter.to_bytes(8, "big"), pv[first:first + length], ov[o:o + 4],
+                    ov[o + 4:o + 4 + length + _GCM_TAG])
+            if kept is not None:
+                pv[tail:tail + padding] = kept
+            counter += 1
+            o += 4 + length + _GCM_TAG
+        k = len(pieces)
+        seq = getattr(pk, pre + "sequence_number_out")
+        if seq + k > 0xFFFFFFFF and not pk._initial_kex_done:
+            raise paramiko.SSHException("Sequence number rolled over during initial kex!")
+        setattr(pk, pre + "iv_out", fixed + counter.to_bytes(8, "big"))
+        setattr(pk, pre + "sequence_number_out", (seq + k) & 0xFFFFFFFF)
+        pk.write_all(ov[:o])
+        sent_bytes = getattr(pk, pre + "sent_bytes") + o
+        sent_packets = getattr(pk, pre + "sent_packets") + k
+        setattr(pk, pre + "sent_bytes", sent_bytes)
+        setattr(pk, pre + "sent_packets", sent_packets)
+        if (sent_packets >= pk.REKEY_PACKETS or sent_bytes >= pk.REKEY_BYTES) and not getattr(pk, pre + "need_rekey"):
+            setattr(pk, pre + "received_bytes_overflow", 0)
+            setattr(pk, pre + "received_packets_overflow", 0)
+            pk._trigger_rekey()
 
 
 def _attrs(mode: int | None = None, mtime_ns: int | None = None) -> SFTPAttributes:
@@ -549,6 +942,10 @@ class _Pool:
             self._closed = False
 
 
+class _FileShrank(Exception):
+    """The local file holds fewer bytes than its size said."""
+
+
 class _LocalError(Exception):
     """Carries an error of the local file through the remote error mapping."""
 
@@ -631,9 +1028,13 @@ class _Upload:
 class _Parts:
     """The shared bookkeeping of one parallel upload (all methods thread-safe).
 
-    Only the thread that called send() touches ctx (report, resume.save): the
-    engine's progress callback and its state database (SQLite connections are
-    bound to their thread) need not be thread-safe. Helpers only count.
+    Every writer thread passes its acknowledged bytes to ctx.report itself
+    (through a _Meter, in batches): progress follows every part as it
+    travels, and the bandwidth limit, fed by the same call, makes the thread
+    that sent the bytes sleep (the helpers too, not only the caller).
+    ctx.resume is touched only by the thread that called send() (tick): the
+    engine's state database (SQLite connections are bound to their thread)
+    need not be thread-safe.
     """
 
     def __init__(self, f: LocalFile, ctx: TransferContext, part: int) -> None:
@@ -648,7 +1049,6 @@ class _Parts:
         self._next = 0
         self._lock = threading.Lock()
         self._dirty = False
-        self._reported = -1
 
     def bounds(self, idx: int) -> tuple[int, int]:
         return idx * self.part, min((idx + 1) * self.part, self.size)
@@ -665,13 +1065,15 @@ class _Parts:
     def should_stop(self) -> bool:
         return self.abort.is_set() or self.ctx.stop.is_set()
 
-    def add_sent(self, n: int) -> None:
+    def add(self, acked: int, sent: int) -> None:
+        """From any writer thread: count its bytes, report the new total (the
+        caller may sleep in the bandwidth limit here)."""
         with self._lock:
-            self.sent += n
-
-    def add_acked(self, n: int) -> None:
-        with self._lock:
-            self.acked += n
+            self.acked += acked
+            self.sent += sent
+            total = self.acked
+        if acked:
+            self.ctx.report(total, self.size)
 
     def finish(self, idx: int) -> None:
         with self._lock:
@@ -679,15 +1081,12 @@ class _Parts:
             self._dirty = True
 
     def tick(self) -> None:
-        """In the calling thread: pass progress on, save finished parts."""
+        """In the calling thread: save the finished parts in ctx.resume."""
         if threading.current_thread() is not self.owner:
             return
         with self._lock:
-            acked, dirty, self._dirty = self.acked, self._dirty, False
+            dirty, self._dirty = self._dirty, False
             done = sorted(self.done)
-        if acked != self._reported:
-            self._reported = acked
-            self.ctx.report(acked, self.size)
         if dirty:
             self.ctx.resume.save({**self.state, "done": done})
 
@@ -695,6 +1094,33 @@ class _Parts:
         with self._lock:
             self._dirty = True
         self.tick()
+
+
+class _Meter:
+    """One writer thread's bytes on their way to _Parts.add, in batches of
+    REPORT_BYTES or REPORT_EVERY seconds, whichever comes first: progress and
+    the throttle stay prompt (a slow, throttled link reports every chunk),
+    while a fast one takes the shared locks a few hundred times a second at
+    most, not once per chunk."""
+
+    def __init__(self, job: _Parts) -> None:
+        self.job = job
+        self.acked = self.sent = 0
+        self.last = time.monotonic()
+
+    def wrote(self, n: int) -> None:
+        self.sent += n
+
+    def acked_bytes(self, n: int) -> None:
+        self.acked += n
+        if self.acked >= REPORT_BYTES or time.monotonic() - self.last >= REPORT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.acked or self.sent:
+            acked, sent, self.acked, self.sent = self.acked, self.sent, 0, 0
+            self.job.add(acked, sent)
+        self.last = time.monotonic()
 
 
 class SFTPCon(XCon):
@@ -724,6 +1150,7 @@ class SFTPCon(XCon):
         parallel_min: int = PARALLEL_MIN,
         streams: int = PARALLEL_STREAMS,
         ciphers: tuple[str, ...] = PREFERRED_CIPHERS,
+        fast_wire: bool = True,
     ) -> None:
         self.host, self.port = host, port
         self.user = user or _local_user()
@@ -742,6 +1169,7 @@ class SFTPCon(XCon):
         self.parallel_min = parallel_min
         self.streams = max(1, streams)
         self.ciphers = ciphers
+        self.fast_wire = fast_wire
         self._pool = _Pool(self._open_session, self.connections)
         self._pkey: paramiko.PKey | None = None
         # rel -> temp file (rel) a failed send may have left behind with no resume
@@ -797,6 +1225,8 @@ class SFTPCon(XCon):
 
     def _transport_factory(self, sock, **kw) -> paramiko.Transport:
         t = paramiko.Transport(sock, **kw)
+        if self.fast_wire and _Packetizer.available(t.packetizer):
+            t.packetizer.__class__ = _Packetizer
         opts = t.get_security_options()
         first = [c for c in self.ciphers if c in opts.ciphers]
         opts.ciphers = tuple(first + [c for c in opts.ciphers if c not in first])
@@ -841,6 +1271,8 @@ class SFTPCon(XCon):
             chan.settimeout(self.timeout)
             chan.invoke_subsystem("sftp")
             sftp = _SFTP(chan)
+            if self.fast_wire and _Wire.available(chan):
+                sftp.wire = _Wire(chan)
             limits = sftp.limits()
         except BaseException as exc:
             watchdog.cancel()
@@ -866,17 +1298,19 @@ class SFTPCon(XCon):
         return _Session(
             client=client,
             sftp=sftp,
-            write_size=self._write_size(chan, limits.get("max_write") or SAFE_WRITE_SIZE),
+            write_size=self._write_size(chan, limits.get("max_write") or SAFE_WRITE_SIZE,
+                                        sftp.wire is not None and sftp.wire.fast()),
             posix_rename="posix-rename@openssh.com" in sftp.extensions,
             check_file="check-file" in sftp.extensions,
         )
 
-    def _write_size(self, chan: paramiko.Channel, server_max: int) -> int:
+    def _write_size(self, chan: paramiko.Channel, server_max: int, fast: bool) -> int:
         """Data per WRITE: at most what we and the server allow, trimmed so the
         request fills whole SSH channel packets (paramiko sends at most
         max-packet - 64 bytes per packet): 128 KiB would need 4 full packets
         and a 30-byte fifth one; 130,787 bytes need exactly 4."""
-        limit = max(1024, min(self.write_size, server_max))
+        ours = self.write_size if fast else min(self.write_size, PARAMIKO_WRITE_SIZE)
+        limit = max(1024, min(ours, server_max))
         per_packet = chan.out_max_packet_size - 64
         whole = (limit + _WRITE_OVERHEAD) // per_packet
         aligned = whole * per_packet - _WRITE_OVERHEAD
@@ -1040,7 +1474,7 @@ class SFTPCon(XCon):
         pending: deque[tuple[int, int]] = deque()  # (request, end offset) not yet acknowledged
         pos = up.offset
         src.seek(pos)
-        ctx.report(pos, f.size)
+        ctx.start_at(pos, f.size)
         stopped = False
         held: tuple[int, bytes] | None = None  # the last chunk read: it travels with the trailer
         while True:
@@ -1054,12 +1488,12 @@ class SFTPCon(XCon):
                 break
             if held is not None:
                 hpos, data = held
-                pending.append((sftp.send_async(CMD_WRITE, up.handle, int64(hpos), data), hpos + len(data)))
+                pending.append((sftp.send_write(up.handle, hpos, data), hpos + len(data)))
             held = (pos, chunk)
             pos += len(chunk)
             up.sent += len(chunk)
             # Collect acknowledgements as they come: early errors, true progress.
-            while pending and (len(pending) > MAX_INFLIGHT or sftp.sock.recv_ready()):
+            while pending and (len(pending) > MAX_INFLIGHT or sftp.reply_ready()):
                 num, end = pending.popleft()
                 sftp.wait(num)
                 ctx.report(end, f.size)
@@ -1123,6 +1557,7 @@ class SFTPCon(XCon):
         fresh = not job.done
         job.state = ident
         job.save()
+        ctx.start_at(job.acked, f.size)
         flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ | (SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if fresh else 0)
         try:
             up.handle = sftp.open_handle(up.tmp, flags)
@@ -1160,7 +1595,7 @@ class SFTPCon(XCon):
                 t.start()
             try:
                 self._write_parts(s, up.handle, src, job)
-                while any(t.is_alive() for t in helpers):  # keep reporting for them
+                while any(t.is_alive() for t in helpers):  # keep saving their finished parts
                     for t in helpers:
                         t.join(0.1)
                     job.tick()
@@ -1222,38 +1657,46 @@ class SFTPCon(XCon):
 
     def _write_parts(self, s: _Session, handle: bytes, src, job: "_Parts") -> None:
         """Claim parts and write them, pipelined, until none is left."""
+        meter = _Meter(job)
+        try:
+            while True:
+                idx = job.claim()
+                if idx is None or not self._write_part(s, handle, src, job, idx, meter):
+                    return
+                job.finish(idx)
+                job.tick()
+        finally:
+            meter.flush()
+
+    def _write_part(self, s: _Session, handle: bytes, src, job: "_Parts", idx: int, meter: _Meter) -> bool:
+        """Write part `idx` and wait for every acknowledgement; False when
+        stopped first (the part stays unfinished: sent again next time)."""
         sftp = s.sftp
         fd = src.fileno()
-        while True:
-            idx = job.claim()
-            if idx is None:
-                return
-            start, end = job.bounds(idx)
-            pos = start
-            pending: deque[tuple[int, int]] = deque()
-            while pos < end:
-                if job.should_stop():
-                    return  # the part stays unfinished: sent again next time
-                try:
-                    data = os.pread(fd, min(s.write_size, end - pos), pos)
-                except OSError as exc:
-                    raise _LocalError(exc) from exc
-                if not data:
-                    raise TransientError(f"send {job.rel!r}: the local file shrank during the upload")
-                pending.append((sftp.send_async(CMD_WRITE, handle, int64(pos), data), len(data)))
-                pos += len(data)
-                job.add_sent(len(data))
-                while pending and (len(pending) > MAX_INFLIGHT or sftp.sock.recv_ready()):
-                    num, n = pending.popleft()
-                    sftp.wait(num)
-                    job.add_acked(n)
-                job.tick()
-            while pending:
+        start, end = job.bounds(idx)
+        pos = start
+        pending: deque[tuple[int, int]] = deque()
+        while pos < end:
+            if job.should_stop():
+                return False
+            n = min(s.write_size, end - pos)
+            try:
+                pending.append((sftp.send_write_from(handle, pos, fd, n), n))
+            except _FileShrank:
+                raise TransientError(f"send {job.rel!r}: the local file shrank during the upload") from None
+            pos += n
+            meter.wrote(n)
+            while pending and (len(pending) > MAX_INFLIGHT or sftp.reply_ready()):
                 num, n = pending.popleft()
                 sftp.wait(num)
-                job.add_acked(n)
-            job.finish(idx)
+                meter.acked_bytes(n)
             job.tick()
+        while pending:
+            num, n = pending.popleft()
+            sftp.wait(num)
+            meter.acked_bytes(n)
+        meter.flush()  # the part is whole on the server: show it before it is saved
+        return True
 
     def _resume_parts(self, s: _Session, ctx: TransferContext, src, up: _Upload, ident: dict, job: "_Parts") -> set[int]:
         """Parts a previous attempt finished, if its state matches this file

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from connections.base import (
@@ -222,24 +223,24 @@ def test_parallel_upload_uses_several_connections_and_resumes(srv, remote, tmp_p
     kept = _parts_sent(state, f.size)
     assert 0 < kept < f.size
     seen = []
-    threads = set()
+    savers = set()
 
     class Store(NullResumeStore):  # like an SQLite-backed store: one thread only
         def save(self, state):
-            threads.add(threading.current_thread())
+            savers.add(threading.current_thread())
             super().save(state)
 
     store2 = Store()
     store2.save(state)
 
     def progress(done, total):
-        threads.add(threading.current_thread())
         seen.append(done)
 
     with con_for(srv, remote, connections="4") as con2:
         con2.streams = 4
         res = con2.send(f, TransferContext(resume=store2, progress=progress))
-        assert threads == {threading.current_thread()}
+        assert savers == {threading.current_thread()}
+        assert seen == sorted(seen)  # several threads report; never backwards
         assert res.bytes_sent == f.size - kept
         assert seen[0] == kept and seen[-1] == f.size
         assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
@@ -276,6 +277,170 @@ def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path):
     assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
     assert con.leftovers() == []
     con.close()
+
+
+class _ServerBytes:
+    """Samples, every few milliseconds, how many bytes of the temp file the
+    server has written (its allocated blocks: parts land at their offsets,
+    leaving holes) beside the progress last reported."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reported = 0
+        self.samples: list[tuple[float, int, int]] = []  # (seconds, on server, reported)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.t0 = time.monotonic()
+
+    def progress(self, done: int, total: int) -> None:
+        self.reported = max(self.reported, done)
+
+    def _run(self) -> None:
+        while not self._halt.wait(0.01):
+            reported = self.reported  # read before the server: never ahead of it
+            try:
+                held = os.stat(self.path).st_blocks * 512
+            except FileNotFoundError:
+                continue
+            self.samples.append((time.monotonic() - self.t0, held, reported))
+
+    def __enter__(self) -> "_ServerBytes":
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self._thread.join()
+
+
+def test_parallel_upload_reports_every_part_promptly_and_is_throttled(srv, remote, tmp_path, monkeypatch):
+    """Issue 4: every part thread's acknowledged bytes reach ctx.report, so
+    progress follows what the server holds during a parallel upload, and the
+    bandwidth limit (fed by the same report) holds for the helper connections
+    too. Before, only the calling thread reported (and slept) for all of them:
+    the helpers ran unthrottled and progress lagged by tens of MiB."""
+    from skynet.throttle import Schedule, Throttle
+
+    import connections.sftp as sftp_mod
+
+    monkeypatch.setattr(sftp_mod, "PART_SIZE", 4 * MiB)
+    size, rate = 48 * MiB, 12 * MiB
+    f = big_file(tmp_path, size)
+    tmp_remote = Path(remote) / "dir" / temp_name("big.bin")
+    with con_for(srv, remote, connections="2") as con:
+        con.streams, con.parallel_min = 2, 32 * MiB
+        con.check()  # both sessions' set-up is not part of the measure
+        with _ServerBytes(tmp_remote) as watch:
+            throttle = Throttle(Schedule(str(rate)))
+            res = con.send(f, TransferContext(progress=watch.progress, throttle=throttle.consume))
+            elapsed = time.monotonic() - watch.t0
+    assert res.size == size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+    assert watch.samples, "the temp file was never seen"
+    # Slack, by construction: the throttle's burst (0.25 s of rate), and per
+    # stream the writes in flight (MAX_INFLIGHT x 128 KiB) and one unreported batch.
+    in_flight = 2 * (sftp_mod.MAX_INFLIGHT * con.write_size + sftp_mod.REPORT_BYTES)
+    ahead = [(t, held) for t, held, _ in watch.samples if held > rate * t + rate // 4 + in_flight + MiB]
+    assert not ahead, f"the server got bytes faster than {rate >> 20} MiB/s: {ahead[:3]}"
+    lag = [(t, held, rep) for t, held, rep in watch.samples if held - rep > in_flight + MiB]
+    assert not lag, f"progress lagged behind the server's bytes (s, server, reported): {lag[:3]}"
+    reported = [rep for _, _, rep in watch.samples]
+    assert len(set(reported)) >= 8  # it advanced all along, not in a few jumps
+    assert elapsed >= 0.8 * size / rate
+
+
+# -- the bulk data path (_Wire) -----------------------------------------------------
+def _session_of(con: SFTPCon):
+    s = con._pool.acquire()
+    con._pool.release(s, False)
+    return s
+
+
+@pytest.mark.parametrize("path", ["aes-gcm: _Wire encrypts", "aes-ctr: paramiko's packets", "fast_wire off"])
+def test_bulk_path_sends_intact_files(srv, remote, tmp_path, path):
+    """Every way a WRITE can reach the channel delivers the same bytes: _Wire
+    with AES-GCM, _Wire handing each packet to paramiko's Packetizer (another
+    cipher), and paramiko's Channel.send (fast_wire off)."""
+    con = con_for(srv, remote, connections="2")
+    con.parallel_min = 24 * MiB
+    if path.startswith("aes-ctr"):
+        con.ciphers = ("aes128-ctr",)
+    if path == "fast_wire off":
+        con.fast_wire = False
+    with con:
+        s = _session_of(con)
+        cipher = s.client.get_transport().local_cipher
+        if path.startswith("aes-gcm"):
+            assert cipher.startswith("aes128-gcm") and s.sftp.wire.fast()
+            assert s.write_size > 128 << 10  # 7 whole SSH packets per WRITE
+        elif path.startswith("aes-ctr"):
+            assert cipher == "aes128-ctr" and s.sftp.wire is not None and not s.sftp.wire.fast()
+        else:
+            assert s.sftp.wire is None
+        files = [big_file(tmp_path, 40 * MiB)]  # parallel parts
+        (tmp_path / "mid").mkdir()
+        files.append(big_file(tmp_path / "mid", 10 * MiB))  # one resumable stream
+        files[-1] = local_file(Path(files[-1].path), "dir/mid.bin")
+        files.append(write_file(tmp_path, "dir/odd.bin", os.urandom(300_001)))  # not resumable
+        for f in files:
+            res = con.send(f, TransferContext())
+            assert res.size == f.size
+            assert sha(Path(remote) / f.rel) == sha(f.path), f.rel
+        assert con.leftovers() == []
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes128-ctr"])
+@pytest.mark.parametrize("parts", [False, True], ids=["one stream", "parallel parts"])
+def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monkeypatch, cipher, parts):
+    """When the channel window allows less than a packet, _Wire sends a short
+    packet, as paramiko does: its plaintext is built in place around data
+    still to be sent (saved and put back). Windows of an odd size force it
+    on every packet, for bytes staged by copy (one stream) and read from the
+    file into the packets (parallel parts)."""
+    real = paramiko.Channel._wait_for_send_window
+    monkeypatch.setattr(paramiko.Channel, "_wait_for_send_window", lambda chan, size: real(chan, min(size, 10_007)))
+    f = big_file(tmp_path, 9 * MiB)
+    con = con_for(srv, remote, connections="2")
+    con.ciphers = (cipher,)
+    con.parallel_min = 8 * MiB if parts else 64 * MiB
+    monkeypatch.setattr("connections.sftp.PART_SIZE", 2 * MiB)
+    with con:
+        res = con.send(f, TransferContext())
+        assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+
+
+def test_bulk_path_survives_key_re_exchange(srv, remote, tmp_path):
+    """_Wire keeps paramiko's sequence numbers, IV counter and rekey trigger:
+    with a 4 MiB rekey limit a 48 MiB upload re-keys many times mid-stream."""
+    f = big_file(tmp_path, 48 * MiB)
+    with con_for(srv, remote, connections="1") as con:
+        s = _session_of(con)
+        assert s.sftp.wire.fast()
+        pk = s.client.get_transport().packetizer
+        pk.REKEY_BYTES = 4 * MiB
+        engines = {}  # id -> engine: kept alive, so that no id is reused
+
+        def progress(done, total):
+            engine = getattr(pk, "_Packetizer__block_engine_out")
+            engines[id(engine)] = engine
+
+        res = con.send(f, TransferContext(progress=progress))
+        assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        assert len(engines) >= 4  # new keys, several times
+        assert s.alive()
+
+
+def test_bulk_path_falls_back_when_paramiko_changed(srv, remote, tmp_path, monkeypatch):
+    """If paramiko's internals that _Wire relies on are not all there, WRITEs
+    take paramiko's own path (and still arrive)."""
+    import connections.sftp as sftp_mod
+
+    monkeypatch.setattr(sftp_mod, "_PK_FIELDS", sftp_mod._PK_FIELDS + ("gone_in_a_new_release",))
+    f = big_file(tmp_path, 12 * MiB)
+    with con_for(srv, remote, connections="1") as con:
+        assert _session_of(con).sftp.wire is None
+        con.send(f, TransferContext())
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
 
 
 def test_changed_file_starts_over(srv, remote, tmp_path):
