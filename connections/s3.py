@@ -72,29 +72,26 @@ Threads
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import hmac
-import http.client
 import io
 import logging
 import math
 import mimetypes
-import random
+import os
 import re
 import ssl
+import sys
 import threading
 import time
-import urllib.request
-import weakref
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, NoReturn
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
+from connections import s3rest
 from connections.base import (
     Abilities,
     LocalFile,
@@ -375,169 +372,24 @@ def _status(exc: bce.ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-# -- fast single PUT ------------------------------------------------------------------
+# -- the fast path ---------------------------------------------------------------------
 
 
-class _FastPut:
-    """A SigV4-signed single PUT over one keep-alive http.client connection per thread.
+def _proxy_applies(endpoint_url: str | None) -> bool:
+    """True when a proxy would be needed to reach the endpoint: then botocore (which
+    honours proxies) makes every request, and the fast path is not used."""
+    import urllib.request  # only here: it pulls in http.client and friends
 
-    Why: boto3's request pipeline costs ~2.4 ms of CPU per object, this ~0.3 ms, which is
-    what lets one process upload small files as fast as rclone does. The URL layout and
-    the signing region come from the boto3 client itself (a presigned URL is built once,
-    without any request), and the credentials from its session, so there is one
-    configuration for both paths. Only used when no proxy applies to the endpoint.
-    """
-
-    RETRYABLE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
-
-    def __init__(self, client: Any, bucket: str, credentials: Any, timeout: float, scrub: Callable[[str], str]):
-        url = client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "K"}, ExpiresIn=60)
-        u = urlsplit(url)
-        if not u.path.endswith("/K"):
-            raise ValueError("unexpected URL layout")
-        self.scheme, self.host, self.base = u.scheme, u.netloc, u.path[:-2]
-        self.region = parse_qs(u.query)["X-Amz-Credential"][0].split("/")[2]
-        self.credentials = credentials
-        self.timeout = timeout
-        self.scrub = scrub
-        self._ssl = ssl.create_default_context(cafile=_ca_bundle(client)) if u.scheme == "https" else None
-        self._local = threading.local()
-        self._all: weakref.WeakSet = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._keys: tuple[str, str, bytes] | None = None  # (date, secret, signing key)
-
-    @staticmethod
-    def usable(client: Any) -> bool:
-        """False when a proxy would be needed to reach the endpoint (botocore handles those)."""
-        host = urlsplit(client.meta.endpoint_url).hostname or ""
-        proxies = urllib.request.getproxies()
-        return not (proxies.get("http") or proxies.get("https") or proxies.get("all")) or bool(
-            urllib.request.proxy_bypass(host)
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            conns = list(self._all)
-            self._all = weakref.WeakSet()
-        for c in conns:
-            c.close()
-        self._local = threading.local()
-
-    def _conn(self) -> http.client.HTTPConnection:
-        c = getattr(self._local, "conn", None)
-        if c is None:
-            if self._ssl is not None:
-                c = http.client.HTTPSConnection(self.host, timeout=self.timeout, context=self._ssl)
-            else:
-                c = http.client.HTTPConnection(self.host, timeout=self.timeout)
-            self._local.conn = c
-            with self._lock:
-                self._all.add(c)
-        return c
-
-    def _drop(self) -> None:
-        c = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if c is not None:
-            c.close()
-
-    def _signing_key(self, secret: str, date: str) -> bytes:
-        cached = self._keys
-        if cached and cached[0] == date and cached[1] == secret:
-            return cached[2]
-        k = ("AWS4" + secret).encode()
-        for part in (date, self.region, "s3", "aws4_request"):
-            k = hmac_sha256(k, part)
-        self._keys = (date, secret, k)
-        return k
-
-    def put(self, key: str, data: bytes, headers: dict[str, str], on_sent: Callable[[int], None]) -> str | None:
-        """PUT `data` at `key`; return the ETag. Raises ClientError for an S3 error reply
-        (so one classifier serves both paths) and OSError/HTTPException for the network."""
-        path = self.base + "/" + quote(key, safe="/~")
-        for attempt in (0, 1):
-            reused = getattr(self._local, "conn", None) is not None
-            h = self._sign(path, headers, len(data))
-            conn = self._conn()
-            try:
-                conn.request("PUT", path, body=_chunks(data, on_sent) if len(data) > PROGRESS_STEP else data, headers=h)
-                resp = conn.getresponse()
-                body = resp.read()
-            except self.RETRYABLE:
-                self._drop()
-                if reused and attempt == 0:  # a keep-alive connection the server had closed
-                    continue
-                raise
-            except BaseException:
-                self._drop()
-                raise
-            if resp.status == 200:
-                if len(data) <= PROGRESS_STEP:
-                    on_sent(len(data))
-                return resp.getheader("ETag")
-            error = _client_error(resp.status, body, resp.getheader("x-amz-request-id"), self.scrub)
-            if attempt == 0 and (resp.status >= 500 or resp.status == 429):
-                # One quick retry, as the boto3 path's total_max_attempts=2 does; it also
-                # rides over rclone serve s3's race when two PUTs create one folder.
-                time.sleep(random.uniform(0.05, 0.25))
-                continue
-            raise error
-        raise AssertionError("unreachable")
-
-    def _sign(self, path: str, headers: dict[str, str], length: int) -> dict[str, str]:
-        creds = self.credentials.get_frozen_credentials()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-        date = amz_date[:8]
-        h = {k.lower(): str(v).strip() for k, v in headers.items()}
-        h["host"] = self.host
-        h["content-length"] = str(length)
-        h["x-amz-date"] = amz_date
-        h["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"  # Content-MD5 (signed) guards the body
-        if creds.token:
-            h["x-amz-security-token"] = creds.token
-        names = sorted(h)
-        canonical = "\n".join(
-            ["PUT", path, "", "".join(f"{n}:{h[n]}\n" for n in names), ";".join(names), "UNSIGNED-PAYLOAD"]
-        )
-        scope = f"{date}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        sig = hmac_sha256(self._signing_key(creds.secret_key, date), to_sign).hex()
-        h["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={';'.join(names)}, Signature={sig}"
-        )
-        return h
-
-
-def hmac_sha256(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-
-def _chunks(data: bytes, on_sent: Callable[[int], None]) -> Iterator[memoryview]:
-    view = memoryview(data)
-    for start in range(0, len(view), PROGRESS_STEP):
-        chunk = view[start : start + PROGRESS_STEP]
-        yield chunk
-        on_sent(len(chunk))
+    proxies = urllib.request.getproxies()
+    if not (proxies.get("http") or proxies.get("https") or proxies.get("all")):
+        return False
+    host = urlsplit(endpoint_url or "https://s3.amazonaws.com").hostname or ""
+    return not urllib.request.proxy_bypass(host)
 
 
 def _ca_bundle(client: Any) -> str | None:
     verify = getattr(client._endpoint.http_session, "_verify", True)  # what botocore uses
     return verify if isinstance(verify, str) else None
-
-
-def _client_error(status: int, body: bytes, request_id: str | None, scrub: Callable[[str], str]) -> bce.ClientError:
-    """An S3 error reply as the ClientError botocore would have raised."""
-    text = body.decode("utf-8", "replace")
-    code = re.search(r"<Code>(.*?)</Code>", text, re.S)
-    msg = re.search(r"<Message>(.*?)</Message>", text, re.S)
-    return bce.ClientError(
-        {
-            "Error": {"Code": code.group(1) if code else str(status), "Message": scrub(msg.group(1) if msg else "")},
-            "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": request_id or ""},
-        },
-        "PutObject",
-    )
 
 
 # -- request bodies -------------------------------------------------------------------
@@ -689,13 +541,14 @@ class S3Con(XCon):
             self._session = boto3.Session()
         self._lock = threading.Lock()
         self._client: Any = None
-        self._fast: _FastPut | None = None
+        self._fast: s3rest.Rest | None = None
         self._probe: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(concurrency)
         self._active: set[str] = set()  # upload ids being sent now: cleanup() never aborts them
         self._active_lock = threading.Lock()
         self._part_copy_works: bool | None = None  # learnt on the first multipart copy
+        self._sse_h = _sse_headers(self._sse_args())  # the same settings as x-amz-* headers, for the fast path
 
     # -- plumbing ------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -738,11 +591,14 @@ class S3Con(XCon):
         except bce.BotoCoreError as exc:
             raise self._classify(exc, "connect", None) from None
         fast = None
-        if self.fast_put and _FastPut.usable(client):
+        if self.fast_put and not _proxy_applies(self.endpoint_url):
             try:
                 creds = self._session.get_credentials()
                 if creds is not None:
-                    fast = _FastPut(client, self.bucket, creds, self.read_timeout, self._scrub)
+                    url = client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": "K"},
+                                                        ExpiresIn=60)
+                    fast = s3rest.Rest(s3rest.Layout.from_presigned(url), creds, connect_timeout=self.connect_timeout,
+                                       timeout=self.read_timeout, scrub=self._scrub, ca_bundle=_ca_bundle(client))
             except Exception as exc:  # any surprise: boto3 does the PUTs
                 log.warning("s3: fast PUT path disabled: %s", self._scrub(str(exc)))
         self._fast, self._probe = fast, probe
@@ -824,7 +680,10 @@ class S3Con(XCon):
             )
         if isinstance(exc, (bce.ProfileNotFound, bce.ParamValidationError, bce.NoRegionError, bce.UnknownKeyError)):
             return PermanentError(self._scrub(f"{what}: {where}: {exc}"))
-        if isinstance(exc, (bce.BotoCoreError, OSError, http.client.HTTPException)):
+        http_client = sys.modules.get("http.client")  # urllib3 may let one through
+        if isinstance(exc, (bce.BotoCoreError, OSError)) or (
+            http_client is not None and isinstance(exc, http_client.HTTPException)
+        ):
             # timeouts, refused/reset connections, unreachable endpoints, credential refresh
             return TransientError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
         return PermanentError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
@@ -952,7 +811,6 @@ class S3Con(XCon):
 
     def _send_single(self, f: LocalFile, key: str, ctx: TransferContext, what: str) -> SendResult:
         """One PUT. Small files are read once into memory; larger ones are hashed, then streamed."""
-        meta_base = dict(ContentType=self._content_type(f.rel), **self._sse_args())
         sent = 0
 
         def on_sent(n: int) -> None:  # report each MiB, not each socket write
@@ -961,52 +819,62 @@ class S3Con(XCon):
             if sent // PROGRESS_STEP != before // PROGRESS_STEP or sent >= f.size:
                 ctx.report(min(sent, f.size), f.size)
 
-        with open(f.path, "rb") as fh:  # FileNotFoundError is the caller's to see
-            if f.size <= SMALL_MAX:
-                data = fh.read(f.size + 1)
-                if len(data) != f.size:
-                    raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
-                digest = hashlib.md5(data).digest()
-                meta = self._metadata(f, digest.hex(), None)
-                try:
-                    self.client  # made on first use, with the fast path beside it
-                    fast = self._fast
-                    if fast is not None:
-                        headers = {"content-md5": _b64(digest), "content-type": meta_base["ContentType"]}
-                        headers.update(_sse_headers(meta_base))
-                        headers.update({f"x-amz-meta-{k}": v for k, v in meta.items()})
-                        etag = _etag(fast.put(key, data, headers, on_sent))
-                    else:
-                        resp = self.client.put_object(
-                            Bucket=self.bucket, Key=key, Body=_Body(data, on_sent), ContentMD5=_b64(digest),
-                            Metadata=meta, **meta_base,
-                        )
-                        etag = _etag(resp.get("ETag"))
-                except Exception as exc:
-                    raise self._classify(exc, what, key) from exc
-            else:
-                h = hashlib.md5()
-                n = 0
-                while chunk := fh.read(PROGRESS_STEP):
-                    h.update(chunk)
-                    n += len(chunk)
-                    if ctx.stop.is_set():
-                        raise TransientError(f"{what}: stopped")
-                if n != f.size:
-                    raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
-                digest = h.digest()
-                try:
-                    resp = self.client.put_object(
-                        Bucket=self.bucket, Key=key, Body=_FileBody(fh, f.size, on_sent), ContentMD5=_b64(digest),
-                        Metadata=self._metadata(f, digest.hex(), None), **meta_base,
-                    )
-                except Exception as exc:
-                    raise self._classify(exc, what, key) from exc
-                etag = _etag(resp.get("ETag"))
+        if f.size <= SMALL_MAX:
+            digest, etag = self._put_small(f, key, what, on_sent)
+        else:
+            digest, etag = self._put_streamed(f, key, ctx, what, on_sent)
         self._verify(what, key, etag, None, {digest.hex()}, f.size)
         if sent < f.size or f.size == 0:
             ctx.report(f.size, f.size)
         return SendResult(size=f.size, etag=etag, bytes_sent=f.size)
+
+    def _put_small(self, f: LocalFile, key: str, what: str, on_sent: Callable[[int], None]) -> tuple[bytes, str | None]:
+        """Read the file whole, PUT it with Content-MD5; (md5 digest, ETag). The fast path
+        when there is one (the hot path of an initial sync: keep it lean), else boto3."""
+        data = _read_whole(f.path, f.size)
+        if len(data) != f.size:
+            raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
+        digest = hashlib.md5(data).digest()
+        try:
+            self.client  # made on first use, with the fast path beside it
+            fast = self._fast
+            meta = self._metadata(f, digest.hex(), None)
+            if fast is not None:
+                headers = {"content-md5": _b64(digest), "content-type": self._content_type(f.rel), **self._sse_h}
+                for k, v in meta.items():
+                    headers["x-amz-meta-" + k] = v
+                return digest, _etag(fast.put(key, data, headers, on_sent if f.size > PROGRESS_STEP else None))
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=_Body(data, on_sent), ContentMD5=_b64(digest),
+                Metadata=meta, ContentType=self._content_type(f.rel), **self._sse_args(),
+            )
+            return digest, _etag(resp.get("ETag"))
+        except Exception as exc:
+            raise self._classify(exc, what, key) from exc
+
+    def _put_streamed(self, f: LocalFile, key: str, ctx: TransferContext, what: str,
+                      on_sent: Callable[[int], None]) -> tuple[bytes, str | None]:
+        """Hash the file, then stream it in one boto3 PUT; (md5 digest, ETag)."""
+        with open(f.path, "rb") as fh:  # FileNotFoundError is the caller's to see
+            h = hashlib.md5()
+            n = 0
+            while chunk := fh.read(PROGRESS_STEP):
+                h.update(chunk)
+                n += len(chunk)
+                if ctx.stop.is_set():
+                    raise TransientError(f"{what}: stopped")
+            if n != f.size:
+                raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
+            digest = h.digest()
+            try:
+                resp = self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=_FileBody(fh, f.size, on_sent), ContentMD5=_b64(digest),
+                    Metadata=self._metadata(f, digest.hex(), None), ContentType=self._content_type(f.rel),
+                    **self._sse_args(),
+                )
+            except Exception as exc:
+                raise self._classify(exc, what, key) from exc
+        return digest, _etag(resp.get("ETag"))
 
     # -- multipart + resume ----------------------------------------------------------
     def _usable_state(self, ctx: TransferContext, f: LocalFile, key: str) -> dict | None:
@@ -1505,6 +1373,22 @@ class S3Con(XCon):
 def _save(ctx: TransferContext, state: dict) -> None:
     """Save a snapshot (the parts dict keeps changing after the call)."""
     ctx.resume.save({**state, "parts": dict(state.get("parts", {}))})
+
+
+def _read_whole(path: str, size: int) -> bytes:
+    """The file's bytes, reading one past `size` so that a file that grew is noticed.
+    os.open/os.read: a buffered file object costs more than the read itself here."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError is the caller's to see
+    try:
+        data = os.read(fd, size + 1)
+        while len(data) <= size:
+            more = os.read(fd, size + 1 - len(data))
+            if not more:
+                break
+            data += more
+        return data
+    finally:
+        os.close(fd)
 
 
 def _sse_headers(args: dict[str, str]) -> dict[str, str]:
