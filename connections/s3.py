@@ -87,9 +87,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, NoReturn
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.exceptions as bce
-from botocore.config import Config
+import botocore.exceptions as bce  # the exception classes only: boto3 itself is imported on first use
 
 from connections import s3rest
 from connections.base import (
@@ -378,7 +376,9 @@ def _status(exc: bce.ClientError) -> int:
 def _proxy_applies(endpoint_url: str | None) -> bool:
     """True when a proxy would be needed to reach the endpoint: then botocore (which
     honours proxies) makes every request, and the fast path is not used."""
-    import urllib.request  # only here: it pulls in http.client and friends
+    if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
+        return False  # the common case, decided without importing urllib.request (and http.client)
+    import urllib.request
 
     proxies = urllib.request.getproxies()
     if not (proxies.get("http") or proxies.get("https") or proxies.get("all")):
@@ -390,6 +390,23 @@ def _proxy_applies(endpoint_url: str | None) -> bool:
 def _ca_bundle(client: Any) -> str | None:
     verify = getattr(client._endpoint.http_session, "_verify", True)  # what botocore uses
     return verify if isinstance(verify, str) else None
+
+
+def _default_ca_bundle() -> str | None:
+    """The CA bundle botocore would use, found without botocore's session: AWS_CA_BUNDLE,
+    else certifi's, else botocore's own cacert.pem (botocore.httpsession.get_cert_path).
+    A `ca_bundle` in ~/.aws/config needs the session: S3Con._open notices it when the
+    boto3 client is made and moves the fast path to it."""
+    if os.environ.get("AWS_CA_BUNDLE"):
+        return os.environ["AWS_CA_BUNDLE"]
+    try:
+        from certifi import where
+    except ImportError:
+        import botocore
+
+        bundled = os.path.join(os.path.dirname(botocore.__file__), "cacert.pem")
+        return bundled if os.path.exists(bundled) else None
+    return where()
 
 
 # -- request bodies -------------------------------------------------------------------
@@ -533,16 +550,15 @@ class S3Con(XCon):
         self.read_timeout = read_timeout
         self.profile = profile if not access_key_id else ""
         self._secret = secret_access_key  # kept only to scrub it out of messages
-        if access_key_id:
-            self._session = boto3.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)
-        elif profile:
-            self._session = boto3.Session(profile_name=profile)  # ProfileNotFound: build() reports it
-        else:
-            self._session = boto3.Session()
-        self._lock = threading.Lock()
+        self._access_key = access_key_id
+        self._lock = threading.RLock()
+        self._session: Any = None
+        if profile and not access_key_id:
+            self.session  # reads the AWS config now: ProfileNotFound is build()'s to report
         self._client: Any = None
         self._fast: s3rest.Rest | None = None
-        self._probe: Any = None
+        self._fast_made = False  # _fast was decided (it stays None when it cannot be used)
+        self._probe: Any = None  # what connect()/check() use: a short-timeout Rest, or a boto3 client
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(concurrency)
         self._active: set[str] = set()  # upload ids being sent now: cleanup() never aborts them
@@ -554,8 +570,28 @@ class S3Con(XCon):
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
+    @property
+    def session(self) -> Any:
+        """The boto3.Session holding the one credential configuration (keys, profile or the
+        default chain), made on first use: importing boto3 and botocore costs ~0.3 s of CPU,
+        which a daemon whose fast path needs neither does not pay at start."""
+        with self._lock:
+            if self._session is None:
+                import boto3
+
+                if self._access_key:
+                    self._session = boto3.Session(aws_access_key_id=self._access_key,
+                                                  aws_secret_access_key=self._secret)
+                elif self.profile:
+                    self._session = boto3.Session(profile_name=self.profile)
+                else:
+                    self._session = boto3.Session()
+            return self._session
+
     def _make_client(self, connect_timeout: float, read_timeout: float, attempts: int, pool: int) -> Any:
-        region = self.region or self._session.region_name or "us-east-1"
+        from botocore.config import Config
+
+        region = self.region or self.session.region_name or "us-east-1"
         config = Config(
             region_name=region,
             signature_version="s3v4",
@@ -568,11 +604,11 @@ class S3Con(XCon):
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        return self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return self.session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     @property
     def client(self) -> Any:
-        """The shared boto3 client, made on first use (boto3.Session is not thread-safe)."""
+        """The shared boto3 client, made on first use (multipart, copy, delete, stat...)."""
         c = self._client
         if c is None:
             with self._lock:
@@ -582,27 +618,94 @@ class S3Con(XCon):
         return c
 
     def _open(self) -> None:
-        """Make the clients (under self._lock): the main one, a probe with short timeouts
-        for connect()/check() (so a black-holed network is noticed in seconds, not
-        minutes), and the fast PUT path beside them."""
+        """Make the boto3 client (under self._lock). When the fast path was set up without
+        botocore, check that botocore puts objects at the same URLs; if not, take its layout."""
         try:
             client = self._make_client(self.connect_timeout, self.read_timeout, 2, self.workers + self.concurrency + 2)
-            probe = self._make_client(min(5.0, self.connect_timeout), min(10.0, self.read_timeout), 1, 2)
         except bce.BotoCoreError as exc:
             raise self._classify(exc, "connect", None) from None
-        fast = None
-        if self.fast_put and not _proxy_applies(self.endpoint_url):
+        if self._fast is not None:
             try:
-                creds = self._session.get_credentials()
-                if creds is not None:
-                    url = client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": "K"},
-                                                        ExpiresIn=60)
-                    fast = s3rest.Rest(s3rest.Layout.from_presigned(url), creds, connect_timeout=self.connect_timeout,
-                                       timeout=self.read_timeout, scrub=self._scrub, ca_bundle=_ca_bundle(client))
+                theirs = s3rest.Layout.from_presigned(self._presigned(client))
             except Exception as exc:  # any surprise: boto3 does the PUTs
-                log.warning("s3: fast PUT path disabled: %s", self._scrub(str(exc)))
-        self._fast, self._probe = fast, probe
-        self._client = client  # last: other threads use the others once they see this
+                log.warning("s3: fast path disabled: %s", self._scrub(str(exc)))
+                self._fast.close()
+                self._fast = None
+            else:
+                if theirs != self._fast.layout or _ca_bundle(client) != self._fast.ca_bundle:
+                    if theirs != self._fast.layout:
+                        log.warning("s3: botocore addresses objects at %s, not %s: using its layout",
+                                    theirs, self._fast.layout)
+                    self._fast.close()
+                    self._fast = self._make_rest(theirs, self._fast.signer.credentials, client)
+        self._client = client
+
+    def _presigned(self, client: Any) -> str:
+        return client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": "K"}, ExpiresIn=60)
+
+    def _make_rest(self, layout: s3rest.Layout, creds: Any, client: Any | None, short: bool = False) -> s3rest.Rest:
+        """A Rest on `layout`; `short`: the probe's timeouts, so that a black-holed network
+        is noticed by connect()/check() in seconds, not minutes."""
+        connect_timeout = min(5.0, self.connect_timeout) if short else self.connect_timeout
+        timeout = min(10.0, self.read_timeout) if short else self.read_timeout
+        ca = _ca_bundle(client) if client is not None else _default_ca_bundle()
+        return s3rest.Rest(layout, creds, connect_timeout=connect_timeout, timeout=timeout, scrub=self._scrub,
+                           ca_bundle=ca)
+
+    def _light_layout(self) -> s3rest.Layout | None:
+        """The object URL layout when it follows from the settings alone (an endpoint URL,
+        path or virtual addressing, a region): no botocore endpoint rules needed."""
+        if self.endpoint_url and self.region and self.addressing_style in ("path", "virtual"):
+            return s3rest.Layout.from_endpoint(self.endpoint_url, self.bucket, self.addressing_style, self.region)
+        return None
+
+    def _fast_path(self) -> s3rest.Rest | None:
+        """The s3rest path for small PUTs and the start-up requests (HEAD bucket, listings),
+        made on first use; None when it cannot be used (disabled, a proxy applies, no
+        credentials), and then boto3 does everything."""
+        if self._fast_made:
+            return self._fast
+        with self._lock:
+            if not self._fast_made:
+                self._fast = self._new_fast()
+                self._fast_made = True
+            return self._fast
+
+    def _new_fast(self) -> s3rest.Rest | None:
+        if not self.fast_put or _proxy_applies(self.endpoint_url):
+            return None
+        try:
+            if self._access_key:  # the same keys the boto3 session will be made from
+                creds: Any = s3rest.StaticCredentials(self._access_key, self._secret)
+            else:
+                creds = self.session.get_credentials()
+                if creds is None:
+                    return None  # boto3 reports the missing credentials
+            layout = self._light_layout()
+            if layout is not None:
+                return self._make_rest(layout, creds, self._client)
+            client = self.client
+            return self._make_rest(s3rest.Layout.from_presigned(self._presigned(client)), creds, client)
+        except XConError:
+            raise
+        except Exception as exc:  # any surprise: boto3 does the PUTs
+            log.warning("s3: fast path disabled: %s", self._scrub(str(exc)))
+            return None
+
+    def _prober(self) -> Any:
+        """What connect()/check() HEAD the bucket with: a Rest with short timeouts beside
+        the fast path, else a boto3 client with short timeouts and one attempt."""
+        with self._lock:
+            if self._probe is None:
+                fast = self._fast_path()
+                if fast is not None:
+                    self._probe = self._make_rest(fast.layout, fast.signer.credentials, self._client, short=True)
+                else:
+                    try:
+                        self._probe = self._make_client(min(5.0, self.connect_timeout), min(10.0, self.read_timeout), 1, 2)
+                    except bce.BotoCoreError as exc:
+                        raise self._classify(exc, "connect", None) from None
+            return self._probe
 
     def _mark_active(self, upload_id: str, on: bool) -> None:
         with self._active_lock:
@@ -717,8 +820,11 @@ class S3Con(XCon):
     def _head_bucket(self, what: str) -> None:
         where = f"{self._where(None)}{' at ' + self.endpoint_url if self.endpoint_url else ''}"
         try:
-            self.client  # makes the probe too
-            self._probe.head_bucket(Bucket=self.bucket)
+            probe = self._prober()
+            if isinstance(probe, s3rest.Rest):
+                probe.head_bucket()
+            else:
+                probe.head_bucket(Bucket=self.bucket)
         except bce.ClientError as exc:
             code, status = error_code(exc), _status(exc)
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
@@ -745,14 +851,12 @@ class S3Con(XCon):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
-            clients = [c for c in (self._client, self._probe) if c is not None]
-            fast = self._fast
+            things = [c for c in (self._client, self._probe, self._fast) if c is not None]
             self._client = self._probe = self._fast = None
+            self._fast_made = False
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        if fast is not None:
-            fast.close()
-        for c in clients:
+        for c in things:
             c.close()
 
     def describe(self) -> str:
@@ -836,8 +940,7 @@ class S3Con(XCon):
             raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
         digest = hashlib.md5(data).digest()
         try:
-            self.client  # made on first use, with the fast path beside it
-            fast = self._fast
+            fast = self._fast_path()
             meta = self._metadata(f, digest.hex(), None)
             if fast is not None:
                 headers = {"content-md5": _b64(digest), "content-type": self._content_type(f.rel), **self._sse_h}
@@ -1153,8 +1256,15 @@ class S3Con(XCon):
 
     # -- delete / move / stat / list -------------------------------------------------
     def _keys_under(self, prefix: str) -> Iterator[dict]:
-        """Every object under a key prefix, one page at a time."""
+        """Every object under a key prefix ({"Key", "Size", "ETag"}), one page at a time;
+        through the fast path when there is one (a first sync lists before any upload, and
+        needs no botocore for it)."""
         try:
+            fast = self._fast_path()
+            if fast is not None:
+                for key, size, etag in fast.list_objects(prefix):
+                    yield {"Key": key, "Size": size, "ETag": etag}
+                return
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
                 yield from page.get("Contents", []) or []
@@ -1358,6 +1468,11 @@ class S3Con(XCon):
     def uploads(self) -> Iterator[dict]:
         """Open multipart uploads under our prefix, paged: {"key", "upload_id"}."""
         try:
+            fast = self._fast_path()
+            if fast is not None:
+                for key, upload_id in fast.list_uploads(self._dir("")):
+                    yield {"key": key, "upload_id": upload_id}
+                return
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._dir(""))
             for page in pages:
                 for u in page.get("Uploads", []) or []:

@@ -31,7 +31,7 @@ import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 import botocore.exceptions as bce  # light: the exception classes only (~15 ms)
 
@@ -389,6 +389,7 @@ class Rest:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.scrub = scrub
+        self.ca_bundle = ca_bundle
         self._ssl = ssl.create_default_context(cafile=ca_bundle) if layout.scheme == "https" else None
         self._local = threading.local()
         self._all: weakref.WeakSet = weakref.WeakSet()
@@ -476,14 +477,15 @@ class Rest:
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, int, str | None]]:
         """(key, size, ETag) of every object under `prefix`, one page (1,000 keys) at a time.
-        Keys travel URL-encoded (encoding-type=url) so that any byte survives XML."""
+        Keys travel URL-encoded (encoding-type=url, "+" for a space, as botocore decodes
+        them) so that any character survives XML."""
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         while True:
             root = self._get_xml(params, "ListObjectsV2")
             encoded = (root.findtext("EncodingType") or "").lower() == "url"
             for c in root.iterfind("Contents"):
                 key = c.findtext("Key") or ""
-                yield (unquote(key) if encoded else key), int(c.findtext("Size") or 0), c.findtext("ETag")
+                yield (unquote_plus(key) if encoded else key), int(c.findtext("Size") or 0), c.findtext("ETag")
             token = root.findtext("NextContinuationToken")
             if (root.findtext("IsTruncated") or "").lower() != "true" or not token:
                 return
@@ -497,11 +499,11 @@ class Rest:
             encoded = (root.findtext("EncodingType") or "").lower() == "url"
             for u in root.iterfind("Upload"):
                 key = u.findtext("Key") or ""
-                yield (unquote(key) if encoded else key), u.findtext("UploadId") or ""
+                yield (unquote_plus(key) if encoded else key), u.findtext("UploadId") or ""
             if (root.findtext("IsTruncated") or "").lower() != "true":
                 return
             key_marker, id_marker = root.findtext("NextKeyMarker"), root.findtext("NextUploadIdMarker")
             if not key_marker and not id_marker:
                 return
-            params["key-marker"] = unquote(key_marker or "") if encoded else key_marker or ""
+            params["key-marker"] = unquote_plus(key_marker or "") if encoded else key_marker or ""
             params["upload-id-marker"] = id_marker or ""
