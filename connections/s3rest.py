@@ -30,7 +30,7 @@ import time
 import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import botocore.exceptions as bce  # light: the exception classes only (~15 ms)
@@ -38,7 +38,7 @@ import botocore.exceptions as bce  # light: the exception classes only (~15 ms)
 PROGRESS_STEP = 1 << 20  # bodies above this are sent in slices of this size, with progress
 _ONE_SEND = 64 << 10  # a body up to this size goes out in the same send() as the head
 _MAX_HEAD = 64 << 10  # a reply's status line and headers must fit in this
-_RECV = 256 << 10
+_RECV = 64 << 10  # below malloc's mmap threshold: a 256 KiB recv() buffer cost ~18 us a reply in mmap/munmap
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED = "UNSIGNED-PAYLOAD"
 
@@ -130,7 +130,7 @@ class Signer:
     def __init__(self, region: str, credentials: CredentialSource) -> None:
         self.region = region
         self.credentials = credentials
-        self._key: tuple[str, str, bytes] | None = None  # (yyyymmdd, secret, key)
+        self._key: tuple[str, str, Any, Any] | None = None  # (yyyymmdd, secret, inner, outer HMAC state)
         self._now: tuple[int, str] = (-1, "")
 
     def _amz_date(self) -> str:
@@ -142,15 +142,21 @@ class Signer:
         self._now = (sec, text)
         return text
 
-    def _signing_key(self, secret: str, day: str) -> bytes:
+    def _signing_key(self, secret: str, day: str) -> tuple[Any, Any]:
+        """HMAC-SHA256 keyed with the day's signing key, as its two pre-hashed pads: a
+        request then costs two sha256 copies (~1 us) instead of hmac.digest (~3 us, most of
+        it OpenSSL 3 looking the algorithm up again)."""
         cached = self._key
         if cached is not None and cached[0] == day and cached[1] == secret:
-            return cached[2]
+            return cached[2], cached[3]
         k = ("AWS4" + secret).encode()
         for part in (day, self.region, "s3", "aws4_request"):
             k = hmac.digest(k, part.encode(), "sha256")
-        self._key = (day, secret, k)
-        return k
+        block = k.ljust(64, b"\0")  # sha256's block size; k is 32 bytes
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._key = (day, secret, inner, outer)
+        return inner, outer
 
     def sign(self, method: str, path: str, query: str, headers: dict[str, str], payload: str) -> None:
         """Add x-amz-date, x-amz-content-sha256, the session token and Authorization to
@@ -170,7 +176,12 @@ class Signer:
         )
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        sig = hmac.digest(self._signing_key(creds.secret_key, day), to_sign.encode(), "sha256").hex()
+        inner, outer = self._signing_key(creds.secret_key, day)
+        h_in = inner.copy()
+        h_in.update(to_sign.encode())
+        h_out = outer.copy()
+        h_out.update(h_in.digest())
+        sig = h_out.hexdigest()
         headers["authorization"] = (
             f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, SignedHeaders={signed}, Signature={sig}"
         )
