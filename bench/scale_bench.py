@@ -236,11 +236,32 @@ def daemon_settings(args, **extra: str) -> dict[str, str]:
     return s
 
 
+PRELUDE = ""  # --prelude FILE
+PRELUDE_RUNNER = r"""
+import os, runpy, sys
+prelude, sys.argv = sys.argv[1], sys.argv[2:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+exec(compile(open(prelude).read(), prelude, "exec"), {"__name__": "prelude"})
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def service_options(args, opts: dict[str, str]) -> dict[str, str]:
+    """The test server's [service] keys plus --service-option overrides."""
+    opts = dict(opts)
+    for kv in getattr(args, "service_option", None) or []:
+        k, _, v = kv.partition("=")
+        opts[k.strip()] = v.strip()
+    return opts
+
+
 def start_daemon(work: Path, tag: str, service: str, source: Path, target: str, settings: dict[str, str],
                  service_opts: dict[str, str] | None = None, state: Path | None = None,
                  wrapper: list[str] | None = None, env: dict[str, str] | None = None) -> Daemon:
     """Start `main.py --run-with SERVICE` (optionally under a wrapper: tracemalloc, another user).
     A fresh state_dir unless `state` is given (a restart on the state of an earlier run)."""
+    if PRELUDE and wrapper is None:  # --prelude: the daemon runs this file first (experiments)
+        wrapper = [PY, "-c", PRELUDE_RUNNER, PRELUDE]
     if state is None:
         state = work / f"state-{tag}"
         if state.exists():
@@ -950,10 +971,12 @@ def part_latency(args, work: Path, trash: Trash) -> str:
     for d in dirs:
         (src / d).mkdir(parents=True)
         (src / d / "seed").write_text(d)  # so every remote folder exists before the timing starts
-    trash.put(work / "s3-lat")
-    with run_rclone_s3(work / "s3-lat") as srv:
+    server_dir = Path(args.server_dir) / "s3-lat" if args.server_dir else work / "s3-lat"
+    shutil.rmtree(server_dir, ignore_errors=True)
+    with run_rclone_s3(server_dir) as srv:
         bucket = srv.new_bucket("lat")
-        d = start_daemon(work, "lat", "s3", src, "lat", daemon_settings(args), service_opts=srv.service_config(bucket))
+        d = start_daemon(work, "lat", "s3", src, "lat", daemon_settings(args),
+                         service_opts=service_options(args, srv.service_config(bucket)))
         try:
             if wait_indexed(d, len(dirs), 120, every=0.2) is None:
                 raise RuntimeError(f"the seed files never arrived:\n{d.proc.log_tail()}")
@@ -961,7 +984,7 @@ def part_latency(args, work: Path, trash: Trash) -> str:
         finally:
             d.proc.stop()
     trash.put(src)
-    trash.put(work / "s3-lat")
+    shutil.rmtree(server_dir, ignore_errors=True)
     return report_latency(args, res)
 
 
@@ -1103,7 +1126,8 @@ def tp_s3(args, work: Path, src: Path, n: int, trash: Trash) -> list[TpRun]:
             prefix = f"{name}-{int(time.time())}"
             log(f"(5) {name} -> S3 ...")
             if name == "skynet":
-                r = tp_skynet(args, work, "s3", src, prefix, srv.service_config(bucket), n, server_cpu)
+                r = tp_skynet(args, work, "s3", src, prefix, service_options(args, srv.service_config(bucket)), n,
+                              server_cpu)
             elif name in ("rclone", "s5cmd"):
                 meter, s0 = LoadMeter(), server_cpu()
                 pr = (s3_peers.rclone_copy(t, src, prefix, work / "rclone-s3.log", transfers=16) if name == "rclone"
@@ -1140,7 +1164,7 @@ def tp_sftp(args, work: Path, src: Path, n: int, trash: Trash) -> list[TpRun]:
             log(f"(5) {name} -> SFTP ...")
             if name == "skynet":
                 with sftp_peers.SessionCPU(srv.pid) as sessions:
-                    r = tp_skynet(args, work, "sftp", src, dest, srv.service(), n,
+                    r = tp_skynet(args, work, "sftp", src, dest, service_options(args, srv.service()), n,
                                   lambda: (sessions.sample(), sessions.total or 0.0)[1])
             elif name == "rclone":
                 meter = LoadMeter()
@@ -1240,6 +1264,11 @@ def part_title(args) -> str:
     title = PART_TITLES[args.part]
     if args.part == "rss" and args.dirs:
         title = title.replace("(1)", "(1b)") + f", {args.dirs:,} folders for every tree size"
+    if args.part == "throughput" and args.targets in ("s3", "sftp"):
+        title = title.replace("(5)", "(5)" if args.targets == "s3" else "(5b)").replace("S3 and SFTP", args.targets.upper())
+    if args.part == "latency" and (args.server_dir or args.prelude):
+        title = title.replace("(4)", "(4b)" if args.server_dir else "(4c)") + (
+            f", S3 server's data in {args.server_dir}" if args.server_dir else f", with {Path(args.prelude).name}")
     return title
 
 
@@ -1262,9 +1291,14 @@ def common_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--workers", type=int, default=8, help="skynet workers (default 8)")
     ap.add_argument("--log-level", default="WARNING", help="skynet log_level (default WARNING)")
     ap.add_argument("--skynet-option", action="append", metavar="KEY=VALUE", help="extra [skynet] setting (repeatable)")
+    ap.add_argument("--service-option", action="append", metavar="KEY=VALUE",
+                    help="extra [s3] / [sftp] setting for the daemon (repeatable)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="give up on one run after this many seconds")
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="markdown file to update")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--prelude", metavar="FILE",
+                    help="for experiments: the daemon runs this Python file before main.py (e.g. to try a change "
+                         "to the engine without editing it); the reproduce line names it")
     ap.add_argument("--nice", type=int, default=-5,
                     help="run the bench and every tool at this nice value (root only; default -5; 0 leaves it)")
 
@@ -1310,6 +1344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=100.0, help="small files per second (default 100)")
     p.add_argument("--size", type=int, default=4096, help="bytes per small file (default 4096)")
     p.add_argument("--dirs", type=int, default=10, help="folders the small files go to (default 10)")
+    p.add_argument("--server-dir", help="where the S3 server keeps its data (default: in --workdir; e.g. /dev/shm "
+                                        "to take its disk writes out of the picture)")
     p = sub.add_parser("throughput", help="(5) files/s of an initial sync to S3 and SFTP, skynet vs rclone, s5cmd")
     common_options(p)
     p.add_argument("--files", type=int, default=100_000, help="files (default 100000)")
@@ -1351,6 +1387,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if args.part == "all":
         return run_all(args)
+    global PRELUDE
+    PRELUDE = str(Path(args.prelude).resolve()) if args.prelude else ""
     if args.nice and os.geteuid() == 0:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every tool and server started below
     work = Path(args.workdir)
