@@ -18,6 +18,7 @@ there and identical (same size and mtime, or same content hash) are not sent.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import stat as statmod
@@ -30,7 +31,7 @@ from connections.base import XCon
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.reconcile import index_matches
-from skynet.state import Index, IndexEntry
+from skynet.state import Index, IndexEntry, dec, under_range
 from skynet.uniqueq import DELETE, SEND, UniqueQ
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class SyncSnap:
         self.allow_mass_delete = allow_mass_delete
         self.precheck = precheck or (lambda: None)
         self.stats = ScanStats()
+        self.partial = False  # scanning only some folders (run(roots=...))
 
     # -- the walk ----------------------------------------------------------
     def walk(self, rel_dir: str = "") -> Iterator[tuple[str, os.stat_result]]:
@@ -168,14 +170,44 @@ class SyncSnap:
             return _md5(self.mapper.local(rel)) == etag
         return False
 
+    def _index_under(self, rel: str) -> Iterator[IndexEntry]:
+        """The Index entries below folder `rel`, in byte order, paged.
+        (A range version of Index.iter_sorted; it belongs in skynet/state.py.)"""
+        lo, hi = under_range(rel)
+        c = self.index.db.conn()
+        op = ">="
+        while True:
+            rows = c.execute(
+                f"SELECT path, size, mtime_ns, mode, ino, etag FROM entries WHERE path {op} ? AND path < ? "  # noqa: S608
+                "ORDER BY path LIMIT ?", (lo, hi, BATCH)).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield IndexEntry(dec(r[0]), r[1], r[2], r[3], r[4], r[5])
+            lo, op = rows[-1][0], ">"
+
+    def _streams(self, roots: list[str] | None) -> tuple[Iterator, Iterator]:
+        """(files on disk, Index entries), both in byte order: the whole tree, or only
+        the folders in `roots` (disjoint), each a contiguous byte range of paths."""
+        if roots is None:
+            return self.walk(""), self.index.iter_sorted()
+        roots = sorted((r for r in roots if not self.ignore.ignored(r, is_dir=True)), key=lambda r: under_range(r)[0])
+        return (itertools.chain.from_iterable(self.walk(r) for r in roots),
+                itertools.chain.from_iterable(self._index_under(r) for r in roots))
+
     # -- the scan ----------------------------------------------------------
-    def run(self) -> ScanStats:
-        """Raises SourceUnavailable (from `precheck`) if the source folder is
+    def run(self, roots: list[str] | None = None) -> ScanStats:
+        """Compare the disk with the Index and queue the differences: the whole
+        tree, or only below `roots` (relative folders, none inside another: the
+        folders inotify could not watch, polled instead).
+
+        Raises SourceUnavailable (from `precheck`) if the source folder is
         missing or is an empty stand-in for it: then nothing is compared."""
         t0 = time.monotonic()
         s = self.stats
         self.precheck()
-        first = self.adopt_remote() > 0
+        first = roots is None and self.adopt_remote() > 0
+        self.partial = roots is not None
         sends: list[tuple[str, str, str]] = []
         deletes: list[tuple[str, str, str]] = []
         refresh: list[tuple] = []
@@ -190,8 +222,7 @@ class SyncSnap:
                 self.index.put_many(refresh)
                 refresh = []
 
-        local = self.walk("")
-        remote = self.index.iter_sorted()
+        local, remote = self._streams(roots)
         lf = next(local, None)
         ie = next(remote, None)
         while (lf is not None or ie is not None) and not self.stop.is_set():
@@ -243,7 +274,7 @@ class SyncSnap:
         would delete more than `max_delete` files, or every file because the
         source is empty, deletes nothing unless the user allowed it."""
         s = self.stats
-        empty_source = s.files == 0
+        empty_source = s.files == 0 and not self.partial  # an empty unwatched folder is no empty source
         if not self.allow_mass_delete and (s.deletes > self.max_delete or empty_source):
             s.refused_deletes = s.deletes
             why = ("the source folder is empty" if empty_source

@@ -20,6 +20,7 @@ included) wakes nothing.
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -242,6 +243,9 @@ class WatchFaultListener:
 
     def rewatch(self, why: str) -> None: ...
 
+    def watching(self, group: "_ReportingWatchGroup") -> None:
+        """The mapping's watch group, once its initial watches are set up."""
+
 
 @dataclass
 class _ReportingWatchGroup(InotifyWatchGroup):
@@ -283,6 +287,38 @@ class _ReportingWatchGroup(InotifyWatchGroup):
         if path not in self._active_callbacks_by_path and os.path.isdir(path) and self.listener is not None:
             self.listener.unwatched(os.fsdecode(path))
 
+    def retry(self, roots: list[str]) -> list[str]:
+        """Watch again, with everything under them, folders that could not be watched
+        (the limit may have been raised since). Returns the roots still not fully
+        watched: from the first one that hits the limit on, the rest are not tried."""
+        with self._lock:
+            if not self.is_active:
+                return roots
+            for i, root in enumerate(roots):
+                try:
+                    self._watch_subtree(os.fsencode(root))
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                        return roots[i:]
+        return []
+
+    def _watch_subtree(self, root: bytes) -> None:
+        """Add a watch on `root` and every folder below it that has none (lock held).
+        Raises OSError(ENOSPC) at the watch limit; folders that vanish are skipped."""
+        for folder, dirs, _files in os.walk(root, followlinks=self.follow_symlink):
+            if not self.follow_symlink:
+                dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
+            if folder in self._active_callbacks_by_path:
+                continue
+            try:
+                wd = self._inotify_fd.add_callback(folder, self.event_mask, self._callback, self._id)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                continue  # gone or unreadable meanwhile
+            self._active_callbacks_by_path[folder] = wd
+            self._active_callbacks_by_watch[wd] = folder
+
 
 class _ReportingEmitter(InotifyEmitter):
     listeners: dict[str, WatchFaultListener] = {}
@@ -297,6 +333,8 @@ class _ReportingEmitter(InotifyEmitter):
             follow_symlink=self.watch.follow_symlink,
             listener=self.listeners.get(os.fsdecode(path)),
         )
+        if self._inotify.listener is not None:
+            self._inotify.listener.watching(self._inotify)
 
 
 class FaultReportingObserver(BaseObserver):

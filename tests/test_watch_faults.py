@@ -81,6 +81,12 @@ def test_watch_limit_is_logged_and_polled():
             time.sleep(1.2)
             (Path(unwatched) / "f.txt").write_text("changed in an unwatched folder")
             wait_converged(src, lambda: tree(dst), exact=False, daemon=d, timeout=20)
+            assert re.search(r"\d+ folder\(s\) of '.*' are not watched \(fs.inotify.max_user_watches = 10 reached\)",
+                             d.log_text())
+            # The limit is back up: a poll watches those folders again, and polling stops.
+            d.wait_log("every folder is watched again", timeout=20)
+            (Path(unwatched) / "f.txt").write_text("changed once watched again")
+            wait_converged(src, lambda: tree(dst), exact=False, daemon=d, timeout=20)
             assert d.proc.poll() is None
         finally:
             assert d.stop() == 0
