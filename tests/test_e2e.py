@@ -254,5 +254,10 @@ def test_changes_while_stopped_and_no_recopy(env):
     d2 = env.start()
     env.converge()
     d2.wait_log("start-up scan", timeout=10, count=2)
+    # The remote can hold a file a moment before the daemon logs its "done" line
+    # (written once the Index has it): wait for the two expected lines.
+    deadline = time.monotonic() + 15
+    while env.uploads() - first_run < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     # only the added and the changed file travel again (the 198 others are skipped)
     assert env.uploads() - first_run == 2, d2.log_text()[-2000:]
