@@ -81,7 +81,6 @@ import math
 import mimetypes
 import os
 import re
-import ssl
 import sys
 import threading
 import time
@@ -807,7 +806,8 @@ class S3Con(XCon):
             return TransientError(f"{what}: {exc}; it will be sent again")
         if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
             return PermanentError(self._scrub(f"{what}: {where}: TLS certificate rejected: {exc}"))
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        ssl = sys.modules.get("ssl")  # imported by whoever made a TLS connection
+        if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
             return PermanentError(self._scrub(f"{what}: {where}: TLS certificate rejected: {exc}"))
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return PermanentError(

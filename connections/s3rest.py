@@ -24,16 +24,18 @@ import hashlib
 import hmac
 import re
 import socket
-import ssl
 import threading
 import time
 import weakref
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import botocore.exceptions as bce  # light: the exception classes only (~15 ms)
+
+if TYPE_CHECKING:  # imported where used: ssl only for https, ElementTree only for listings
+    import ssl
+    import xml.etree.ElementTree as ET
 
 PROGRESS_STEP = 1 << 20  # bodies above this are sent in slices of this size, with progress
 _ONE_SEND = 64 << 10  # a body up to this size goes out in the same send() as the head
@@ -417,7 +419,11 @@ class Rest:
         self.timeout = timeout
         self.scrub = scrub
         self.ca_bundle = ca_bundle
-        self._ssl = ssl.create_default_context(cafile=ca_bundle) if layout.scheme == "https" else None
+        self._ssl: ssl.SSLContext | None = None
+        if layout.scheme == "https":
+            import ssl
+
+            self._ssl = ssl.create_default_context(cafile=ca_bundle)
         self._local = threading.local()
         self._all: weakref.WeakSet = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -508,7 +514,9 @@ class Rest:
             raise client_error(reply, "HeadBucket", self.scrub)
         return reply
 
-    def _get_xml(self, params: dict[str, str], operation: str) -> ET.Element:
+    def _get_xml(self, params: dict[str, str], operation: str) -> "ET.Element":
+        import xml.etree.ElementTree as ET
+
         reply = self.request("GET", self.layout.base or "/", params)
         if reply.status != 200:
             raise client_error(reply, operation, self.scrub)
