@@ -83,7 +83,7 @@ def open_uploads(con: S3Con) -> list[dict]:
 
 def vars_of(con: S3Con) -> dict:
     """Constructor arguments that reach the same bucket with the same credentials."""
-    creds = con._session.get_credentials()
+    creds = con.session.get_credentials()
     return dict(
         bucket=con.bucket, endpoint_url=con.endpoint_url or "", region=con.region, addressing_style="path",
         access_key_id=creds.access_key, secret_access_key=creds.secret_key,
