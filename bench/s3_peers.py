@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -52,11 +53,18 @@ class PeerResult:
     peak_rss_mib: float
     cpu_s: float
     returncode: int
+    server_cpu_s: float = -1.0  # the S3 server's CPU during the run (--self-test only)
+    others: float = -1.0  # cores busy with other processes during the run (machine minus tool, server, bench)
 
     def row(self) -> str:
+        extra = ""
+        if self.server_cpu_s >= 0:
+            extra += f"  server {self.server_cpu_s:6.2f} s CPU"
+        if self.others >= 0:
+            extra += f"  others {self.others:4.2f} cores"
         return (f"{self.tool:8s} {self.files:7d} files {self.bytes / 1e6:9.1f} MB {self.seconds:8.2f} s "
                 f"{self.files_per_s:8.0f} files/s {self.mb_per_s:8.1f} MB/s {self.peak_rss_mib:7.1f} MiB "
-                f"{self.cpu_s:7.2f} s CPU  rc={self.returncode}")
+                f"{self.cpu_s:7.2f} s CPU  rc={self.returncode}{extra}")
 
 
 def tool(name: str) -> str:
@@ -279,13 +287,22 @@ def make_tree(root: Path, files: int, size: int, per_dir: int = 100) -> Path:
     return root
 
 
-def compare(t: S3Target, folder: Path, log_dir: Path, tools: list[str]) -> list[PeerResult]:
-    """Run each tool into its own fresh prefix; check every file arrived."""
+def compare(t: S3Target, folder: Path, log_dir: Path, tools: list[str], server_pid: int | None = None) -> list[PeerResult]:
+    """Run each tool into its own fresh prefix; check every file arrived. With the server's
+    PID (--self-test), also its CPU during each run, and the cores other processes kept
+    busy meanwhile (the machine is shared: those slow whichever tool ran then)."""
+    sys.path.insert(0, str(REPO))
+    from bench.common import LoadMeter, proc_cpu
+
     results = []
     files, _bytes = tree_size(folder)
     for name in tools:
         prefix = f"bench-{name}-{int(time.time() * 1000)}"
+        meter = LoadMeter()
+        server0 = proc_cpu(server_pid) if server_pid else 0.0
         r = PEERS[name](t, folder, prefix, log_dir / f"{name}.log")
+        server = proc_cpu(server_pid) - server0 if server_pid else -1.0
+        r = dataclasses.replace(r, server_cpu_s=server, others=meter.others_cores(r.cpu_s + max(server, 0.0)))
         got = count_objects(t, prefix)
         if got != files or r.returncode:
             tail = (log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
@@ -330,13 +347,13 @@ def main(argv: list[str] | None = None) -> int:
                         folder = work / "tree"
                         if not folder.exists():
                             make_tree(folder, args.files, args.size)
-                        compare(t, folder, work, tools)
+                        compare(t, folder, work, tools, srv.pid)
                     if args.big_mib:
                         print(f"-- round {r + 1}: one file of {args.big_mib} MiB", flush=True)
                         big = work / "big"
                         if not big.exists():
                             make_big(big, args.big_mib)
-                        compare(t, big, work, tools)
+                        compare(t, big, work, tools, srv.pid)
             return 0
         if not (args.endpoint and args.access_key and args.bucket and args.folder):
             ap.error("give --self-test, or --endpoint, --access-key, --bucket and --folder (secret in $S3_SECRET)")

@@ -84,7 +84,7 @@ def open_uploads(con: S3Con) -> list[dict]:
 
 def vars_of(con: S3Con) -> dict:
     """Constructor arguments that reach the same bucket with the same credentials."""
-    creds = con._session.get_credentials()
+    creds = con.session.get_credentials()
     return dict(
         bucket=con.bucket, endpoint_url=con.endpoint_url or "", region=con.region, addressing_style="path",
         access_key_id=creds.access_key, secret_access_key=creds.secret_key,
@@ -316,52 +316,98 @@ def test_cleanup_aborts_only_unclaimed_uploads_under_the_prefix(make_con, srv, t
         c.abort_multipart_upload(Bucket=con.bucket, Key=key, UploadId=uid)
 
 
-def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path):
-    con = make_con(**SMALL_MP)
-    f = make_file(tmp_path, "p/big.bin", os.urandom(12 * MiB))
+def fail_part(con: S3Con, number: int, code: str, status: int):
+    """Make UploadPart of part `number` answer with an S3 error, on whichever transport
+    sends parts (the fast path, else boto3); returns a function that undoes it."""
+    error = bce.ClientError({"Error": {"Code": code, "Message": "injected"},
+                             "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+    if con._fast_path() is not None:
+        real_fast = con._fast.upload_part
+
+        def failing_fast(key, upload_id, n, *args):
+            if n == number:
+                raise error
+            return real_fast(key, upload_id, n, *args)
+
+        con._fast.upload_part = failing_fast
+        return lambda: setattr(con._fast, "upload_part", real_fast)
     real = con.client.upload_part
 
-    def denied(**kw):
-        if kw["PartNumber"] == 2:
-            raise bce.ClientError({"Error": {"Code": "AccessDenied", "Message": "no"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 403}}, "UploadPart")
+    def failing(**kw):
+        if kw["PartNumber"] == number:
+            raise error
         return real(**kw)
 
-    con._client.upload_part = denied
+    con._client.upload_part = failing
+    return lambda: setattr(con._client, "upload_part", real)
+
+
+@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
+def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path, fast_put):
+    con = make_con(fast_put=fast_put, **SMALL_MP)
+    f = make_file(tmp_path, "p/big.bin", os.urandom(12 * MiB))
+    fail_part(con, 2, "AccessDenied", 403)
     store = NullResumeStore()
     with pytest.raises(PermanentError, match=f"s3://{con.bucket}/root/p/big.bin"):
         con.send(f, TransferContext(resume=store))
     assert store.load() is None and open_uploads(con) == []
 
 
-def test_transient_part_failure_leaves_the_upload_resumable(make_con, tmp_path):
-    con = make_con(**SMALL_MP)
+@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
+def test_transient_part_failure_leaves_the_upload_resumable(make_con, tmp_path, fast_put):
+    con = make_con(fast_put=fast_put, **SMALL_MP)
     f = make_file(tmp_path, "t/big.bin", os.urandom(16 * MiB))
-    real = con.client.upload_part
-
-    def slow_down(**kw):
-        if kw["PartNumber"] == 3:
-            raise bce.ClientError({"Error": {"Code": "SlowDown", "Message": "busy"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")
-        return real(**kw)
-
-    con._client.upload_part = slow_down
+    undo = fail_part(con, 3, "SlowDown", 503)
     store = NullResumeStore()
     with pytest.raises(TransientError):
         con.send(f, TransferContext(resume=store))
     assert store.load() and len(open_uploads(con)) == 1
-    con._client.upload_part = real
+    undo()
     res = con.send(f, TransferContext(resume=store))
     assert res.bytes_sent < f.size and open_uploads(con) == []
 
 
 def test_wrong_object_after_upload_is_detected(make_con, tmp_path):
+    """The completion's md5-of-md5s-N ETag is checked against the parts sent."""
     con = make_con(**SMALL_MP)
     f = make_file(tmp_path, "w/big.bin", os.urandom(11 * MiB))
-    real = con.client.head_object
-    con._client.head_object = lambda **kw: {**real(**kw), "ETag": '"' + "0" * 32 + '"'}
+    real = con.client.complete_multipart_upload
+    con._client.complete_multipart_upload = lambda **kw: {**real(**kw), "ETag": '"' + "0" * 32 + '-3"'}
     with pytest.raises(PermanentError, match="ETag"):
         con.send(f, TransferContext())
+
+
+@pytest.mark.parametrize("head_etag", ["plain-md5", "wrong-md5", "wrong-size"])
+def test_unchecked_completion_falls_back_to_head(make_con, tmp_path, head_etag):
+    """A completion ETag that is no md5-N: the object is HEADed, its size checked, and a
+    plain MD5 compared with the file's (read again); the HEAD is skipped otherwise."""
+    con = make_con(**SMALL_MP)
+    data = os.urandom(11 * MiB)
+    f = make_file(tmp_path, "w/big.bin", data)
+    real_complete, real_head = con.client.complete_multipart_upload, con.client.head_object
+    heads = []
+    con._client.complete_multipart_upload = lambda **kw: {**real_complete(**kw), "ETag": '"opaque"'}
+
+    def head(**kw):
+        heads.append(kw["Key"])
+        got = real_head(**kw)
+        if head_etag == "plain-md5":
+            return {**got, "ETag": '"' + hashlib.md5(data).hexdigest() + '"'}
+        if head_etag == "wrong-md5":
+            return {**got, "ETag": '"' + "0" * 32 + '"'}
+        return {**got, "ContentLength": 5}
+
+    con._client.head_object = head
+    if head_etag == "plain-md5":
+        assert con.send(f, TransferContext()).etag == hashlib.md5(data).hexdigest()
+    else:
+        with pytest.raises(PermanentError, match="ETag|bytes"):
+            con.send(f, TransferContext())
+    assert heads == ["root/w/big.bin"]
+    con._client.complete_multipart_upload, con._client.head_object = real_complete, head
+    heads.clear()
+    con.send(make_file(tmp_path, "w/other.bin", data), TransferContext())
+    assert heads == []  # an md5-N completion needs no HEAD
 
 
 def test_parallel_multipart_sends_share_the_part_pool(make_con, srv, tmp_path):

@@ -1,0 +1,345 @@
+"""connections/s3rest.py: SigV4 as botocore signs, the small HTTP/1.1 client against
+scripted replies (chunked, close-delimited, interim, split, dropped keep-alive, garbage),
+listings, and S3Con's use of it (error classes, no boto3 import on the hot path).
+
+The real server (rclone serve s3) checks signatures and framing in test_s3_con.py and the
+contract suite; the odd replies it never sends come from a scripted socket server here.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from unittest import mock
+
+import botocore.exceptions as bce
+import pytest
+
+import tests.server_s3  # noqa: F401  (registers the "s3" server)
+from connections import s3rest
+from connections.base import LocalFile, PermanentError, TransferContext, TransientError
+from connections.s3 import S3Con
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- a scripted HTTP server -------------------------------------------------------------
+
+
+class Scripted:
+    """Accepts connections on 127.0.0.1 and answers each request with the next scripted
+    reply: bytes (sent in `split`-byte pieces), or "close" (hang up without answering).
+    Records every request as (request line, headers, body)."""
+
+    def __init__(self, replies: list, split: int = 0) -> None:
+        self.replies = list(replies)
+        self.split = split
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+                length = int(headers.get("content-length", "0"))
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                body, buf = buf[:length], buf[length:]
+                self.requests.append((lines[0], headers, body))
+                reply = self.replies.pop(0) if self.replies else b"HTTP/1.1 500 Out of script\r\nContent-Length: 0\r\n\r\n"
+                if reply == "close":
+                    return
+                if self.split:
+                    for i in range(0, len(reply), self.split):
+                        conn.sendall(reply[i : i + self.split])
+                else:
+                    conn.sendall(reply)
+                if b"connection: close" in reply.lower() or b"HTTP/1.0" in reply[:9]:
+                    return
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+@pytest.fixture
+def scripted():
+    made: list[Scripted] = []
+
+    def make(replies: list, split: int = 0) -> Scripted:
+        s = Scripted(replies, split)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def ok(body: bytes = b"", extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def rest_for(server: Scripted, timeout: float = 5.0) -> s3rest.Rest:
+    layout = s3rest.Layout.from_endpoint(f"http://127.0.0.1:{server.port}", "bkt", "path", "us-east-1")
+    return s3rest.Rest(layout, s3rest.StaticCredentials("AKID", "SECRET-KEY"), connect_timeout=timeout,
+                       timeout=timeout, scrub=lambda t: t.replace("SECRET-KEY", "***"))
+
+
+# -- signing ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["plain.txt", "a b/ç日本+=&;,$@!'()*.bin", "~tilde/%41"])
+@pytest.mark.parametrize("params", [None, {"partNumber": "3", "uploadId": "a/b+c=="},
+                                    {"list-type": "2", "prefix": "x y/+", "continuation-token": "t=/+"}])
+def test_signature_is_botocores(key, params):
+    """The same request signed by botocore's S3SigV4Auth and by s3rest.Signer."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token")
+    path = s3rest.key_path("/bucket", key)
+    query = s3rest.canonical_query(params) if params else ""
+    url = f"https://127.0.0.1:9000{path}" + (f"?{query}" if query else "")
+    headers = {"content-md5": "1B2M2Y8AsgTpgAmY7PhCfg==", "content-type": "text/plain", "x-amz-meta-mtime": "1.5"}
+
+    req = AWSRequest(method="PUT", url=url, data=b"", headers=headers)
+    req.context["payload_signing_enabled"] = False  # what S3Con's boto3 client is configured with
+    S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(req)
+    theirs = req.headers["Authorization"]
+    when = datetime.datetime.strptime(req.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+
+    signer = s3rest.Signer("eu-west-1", creds)
+    ours = {**headers, "host": "127.0.0.1:9000"}
+    with mock.patch("time.time", return_value=when.timestamp() + 0.5):  # the same second
+        signer.sign("PUT", path, query, ours, s3rest.UNSIGNED)
+    assert ours["x-amz-security-token"] == "session-token"
+    # botocore signs the same headers (it adds host and the x-amz-* ones itself)
+    assert ours["authorization"] == theirs
+
+
+# -- framing --------------------------------------------------------------------------------
+
+
+def test_chunked_close_delimited_interim_and_split_replies(scripted):
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"after")
+    close_delimited = b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil the end"
+    server = scripted([chunked, interim, ok(b"again"), close_delimited, ok(b"new conn")], split=1)
+    rest = rest_for(server)
+    assert rest.request("GET", "/bkt").body == b"hello world"
+    assert rest.request("GET", "/bkt").body == b"after"
+    assert rest.request("GET", "/bkt").body == b"again"
+    assert server.connections == 1  # one keep-alive connection so far
+    assert rest.request("GET", "/bkt").body == b"until the end"
+    assert rest.request("GET", "/bkt").body == b"new conn"
+    assert server.connections == 2  # the close-delimited reply ended its connection
+
+
+def test_head_reply_has_no_body_even_with_a_length(scripted):
+    server = scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n", ok(b"next")])
+    rest = rest_for(server)
+    assert rest.request("HEAD", "/bkt/k").status == 200
+    assert rest.request("GET", "/bkt/k").body == b"next"
+
+
+def test_a_dropped_keep_alive_connection_is_reopened_once(scripted):
+    server = scripted([ok(extra="ETag: \"1\"\r\n"), "close", ok(extra="ETag: \"2\"\r\n")])
+    rest = rest_for(server)
+    sent: list[int] = []
+    assert rest.put("k", b"x" * 10, {}, sent.append) == '"1"'
+    assert rest.put("k", b"y" * 10, {}, sent.append) == '"2"'  # first try hit the hang-up
+    assert server.connections == 2 and len(server.requests) == 3
+
+
+def test_a_fresh_connection_hanging_up_is_an_error(scripted):
+    server = scripted(["close"])
+    with pytest.raises(ConnectionError):
+        rest_for(server).put("k", b"x", {}, None)
+
+
+def test_garbage_and_timeouts_are_oserrors(scripted):
+    server = scripted([b"NOT HTTP AT ALL\r\n\r\n"])
+    with pytest.raises(s3rest.ProtocolError):
+        rest_for(server).request("GET", "/bkt")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        layout = s3rest.Layout.from_endpoint(f"http://127.0.0.1:{silent.getsockname()[1]}", "b", "path", "r")
+        rest = s3rest.Rest(layout, s3rest.StaticCredentials("a", "b"), connect_timeout=2, timeout=0.3, scrub=str)
+        with pytest.raises(TimeoutError):
+            rest.request("GET", "/b")
+    finally:
+        silent.close()
+
+
+def test_put_retries_a_5xx_once_and_counts_progress_once(scripted):
+    xml = b"<Error><Code>SlowDown</Code><Message>busy, key SECRET-KEY</Message></Error>"
+    busy = b"HTTP/1.1 503 Slow Down\r\nContent-Length: %d\r\n\r\n%s" % (len(xml), xml)
+    server = scripted([busy, ok(extra="ETag: \"e\"\r\n"), busy, busy])
+    rest = rest_for(server)
+    body = os.urandom(3 * s3rest.PROGRESS_STEP + 5)
+    sent: list[int] = []
+    assert rest.upload_part("k", "up-1", 2, memoryview(body), "md5==", sent.append) == '"e"'
+    assert sum(sent) == len(body)  # sent twice, counted once
+    line, headers, got = server.requests[1]
+    assert line.startswith("PUT /bkt/k?partNumber=2&uploadId=up-1 ") and got == body
+    assert headers["content-md5"] == "md5==" and headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    with pytest.raises(bce.ClientError) as info:
+        rest.put("k", b"x", {}, None)
+    assert info.value.response["Error"]["Code"] == "SlowDown" and "SECRET-KEY" not in str(info.value)
+
+
+def test_listing_pages_and_url_encoded_keys(scripted):
+    page1 = (b"<?xml version='1.0'?><ListBucketResult xmlns='http://s3.amazonaws.com/doc/2006-03-01/'>"
+             b"<EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+             b"<NextContinuationToken>tok/+=</NextContinuationToken>"
+             b"<Contents><Key>p/a+b%2Bc.txt</Key><Size>3</Size><ETag>&quot;abc&quot;</ETag></Contents>"
+             b"</ListBucketResult>")
+    page2 = (b"<ListBucketResult><IsTruncated>false</IsTruncated>"
+             b"<Contents><Key>p/plain</Key><Size>0</Size></Contents></ListBucketResult>")
+    server = scripted([ok(page1), ok(page2)])
+    got = list(rest_for(server).list_objects("p/"))
+    assert got == [("p/a b+c.txt", 3, '"abc"'), ("p/plain", 0, None)]
+    assert "continuation-token=tok%2F%2B%3D" in server.requests[1][0]
+    assert "encoding-type=url" in server.requests[0][0] and "prefix=p%2F" in server.requests[0][0]
+
+
+# -- S3Con on the fast path -----------------------------------------------------------------
+
+
+def s3con_for(server: Scripted, **kw) -> S3Con:
+    return S3Con("bkt", "root", endpoint_url=f"http://127.0.0.1:{server.port}", region="us-east-1",
+                 addressing_style="path", access_key_id="AKID", secret_access_key="SECRET-KEY",
+                 connect_timeout=2, read_timeout=2, **kw)
+
+
+def small_file(tmp_path, data: bytes = b"data") -> LocalFile:
+    p = tmp_path / "f.txt"
+    p.write_bytes(data)
+    st = p.stat()
+    return LocalFile(str(p), "d/f.txt", st.st_size, st.st_mtime_ns, 0o640, st.st_ino, 1000, 1000)
+
+
+def error_reply(status: int, code: str) -> bytes:
+    body = f"<Error><Code>{code}</Code><Message>m</Message></Error>".encode()
+    return f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize("replies,kind", [
+    ([error_reply(403, "AccessDenied")], PermanentError),
+    ([error_reply(404, "NoSuchBucket")], PermanentError),
+    ([error_reply(503, "SlowDown"), error_reply(503, "SlowDown")], TransientError),
+    ([error_reply(500, "InternalError"), error_reply(500, "InternalError")], TransientError),
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"00000000000000000000000000000000\"\r\n\r\n"], PermanentError),
+])
+def test_fast_put_errors_are_classified(scripted, tmp_path, replies, kind):
+    server = scripted(replies)
+    con = s3con_for(server)
+    with pytest.raises(kind) as info:
+        con.send(small_file(tmp_path), TransferContext())
+    assert "s3://bkt/root/d/f.txt" in str(info.value) and "SECRET-KEY" not in str(info.value)
+    line, headers, body = server.requests[0]
+    assert line.startswith("PUT /bkt/root/d/f.txt ") and body == b"data"
+    assert headers["content-md5"] == base64.b64encode(hashlib.md5(b"data").digest()).decode()
+    assert headers["x-amz-meta-mode"] == "0640" and headers["x-amz-meta-uid"] == "1000"
+    assert headers["content-type"] == "text/plain"
+    con.close()
+
+
+def test_fast_connect_errors(scripted, tmp_path):
+    assert "does not exist" in str(_connect_error(scripted([b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n"])))
+    assert "denied" in str(_connect_error(scripted([b"HTTP/1.1 403 NO\r\nContent-Length: 0\r\n\r\n"])))
+    moved = b"HTTP/1.1 301 M\r\nx-amz-bucket-region: eu-west-3\r\nContent-Length: 0\r\n\r\n"
+    assert "region eu-west-3" in str(_connect_error(scripted([moved])))
+    refused = socket.create_server(("127.0.0.1", 0))
+    port = refused.getsockname()[1]
+    refused.close()
+    con = S3Con("bkt", endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", addressing_style="path",
+                access_key_id="a", secret_access_key="b", connect_timeout=1)
+    with pytest.raises(TransientError, match="cannot reach"):
+        con.connect()
+
+
+def _connect_error(server: Scripted) -> Exception:
+    with pytest.raises(PermanentError) as info:
+        s3con_for(server).connect()
+    return info.value
+
+
+def test_light_layout_is_botocores():
+    """Where the settings alone fix the URLs, they are the URLs botocore would use."""
+    for endpoint, style in [("http://127.0.0.1:9000", "path"), ("https://minio.example:9000", "path"),
+                            ("https://s3.example.com", "virtual"), ("http://127.0.0.1:9000/base", "path")]:
+        con = S3Con("my-bucket", endpoint_url=endpoint, region="eu-west-1", addressing_style=style,
+                    access_key_id="a", secret_access_key="b")
+        light = con._light_layout()
+        theirs = s3rest.Layout.from_presigned(con._presigned(con.client))
+        assert light == theirs, (endpoint, style)
+        assert con._fast_path().layout == theirs
+        con.close()
+
+
+def test_small_file_daemon_path_needs_no_boto3(servers, tmp_path):
+    """connect, cleanup, listing and small PUTs run without importing boto3 (~0.3 s of CPU
+    at start); a multipart upload brings it in."""
+    srv = servers.get("s3")
+    bucket = srv.new_bucket()
+    (tmp_path / "small").write_bytes(b"x" * 1000)
+    (tmp_path / "big").write_bytes(os.urandom(6 << 20))
+    code = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from connections.base import LocalFile, TransferContext
+        from connections.s3 import S3Con
+        con = S3Con({bucket!r}, "root", endpoint_url={srv.endpoint_url!r}, region={srv.region!r},
+                    addressing_style="path", access_key_id={srv.access_key!r},
+                    secret_access_key=os.environ["SECRET"], part_size=5 << 20, multipart_threshold=5 << 20)
+        def lf(name):
+            p = os.path.join({str(tmp_path)!r}, name)
+            st = os.stat(p)
+            return LocalFile(p, name, st.st_size, st.st_mtime_ns, 0o644, st.st_ino, 0, 0)
+        con.connect()
+        con.cleanup([])
+        assert list(con.list()) == []
+        con.send(lf("small"), TransferContext())
+        assert [e.rel for e in con.list()] == ["small"]
+        print("boto3 after small:", "boto3" in sys.modules)
+        con.send(lf("big"), TransferContext())
+        print("boto3 after big:", "boto3" in sys.modules)
+        con.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SECRET": srv.secret_key})
+    assert out.returncode == 0, out.stderr
+    assert "boto3 after small: False" in out.stdout and "boto3 after big: True" in out.stdout
