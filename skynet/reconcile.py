@@ -8,11 +8,14 @@ converges and replaying one after a crash is harmless (idempotent):
 * send(p):   p is a file -> upload it unless the Index says the remote already
              has this version; p is a folder -> queue a send for each file under
              it that the remote lacks; p is gone -> nothing (its delete hint, if
-             any, does the rest).
-* delete(p): p is back on disk -> behave like send(p); else delete the remote
-             file or folder and forget it in the Index.
-* move(s,d): s is back on disk -> only send(d); the remote has s -> rename it on
-             the remote, then send whatever in d differs; the remote lacks s
+             any, does the rest) but throw away a partial upload of it.
+* delete(p): p is back on disk -> behave like send(p), and queue deletes for
+             what the remote holds under p that is not on disk; else delete
+             the remote file or folder and forget it in the Index.
+* move(s,d): s is back on disk -> send(d), and queue deletes for what left s
+             with the move; the remote has s -> rename it on the remote, then
+             send whatever in d differs (with complete_sync, and queue deletes
+             for what it brought to d that is not on disk); the remote lacks s
              (the "write x.part, rename to x" case) -> send(d).
 
 This module decides *what* to do; skynet/handler.py decides *when* (ordering,
@@ -314,7 +317,11 @@ class Reconciler:
     def delete(self, rel: str, out: Outcome, ctx_stop=None) -> None:
         self.check_source()  # a vanished mount looks like everything deleted
         if self._lstat(rel) is not None:
-            self.sync_path(rel, out, ctx_stop)  # it is back: converge on what is there
+            # It is back: converge on what is there. A folder made again (or one
+            # moved out of the root, whose only event is this hint, and another
+            # moved in) may lack files the remote still holds under it.
+            self.sync_path(rel, out, ctx_stop)
+            self._put_hints(self.gone_under(rel), out)
             return
         if self.ignore.ignored_path(rel) and self.index.get(rel) is None and not self.index.has_under(rel):
             return

@@ -89,14 +89,16 @@ def test_file_moved_away_and_written_again_before_its_move_runs(rig):
     assert tree(rig.remote) == tree(rig.src) == {b"a": b"a2", b"b": b"a1"}
 
 
-def test_delete_of_a_folder_that_came_back_keeps_what_is_there(rig):
-    """The delete hint of a folder made again runs as a sync of what is there."""
+def test_delete_of_a_folder_that_came_back_keeps_only_what_is_there(rig, tmp_path):
+    """d moved out of the root (its only event: delete d), then made again before
+    the hint ran: the hint syncs what is there, and the files that left with d
+    must still go from the remote (they used to stay for ever)."""
     rig.write("d/x", b"x1")
+    rig.write("d/sub/y", b"y1")
     rig.run(SEND, "d")
-    (rig.src / "d" / "x").unlink()
+    os.rename(rig.src / "d", tmp_path / "moved-out")
     rig.write("d/z", b"z1")
     rig.run(DELETE, "d")
-    rig.run(DELETE, "d/x")
     assert tree(rig.remote) == tree(rig.src) == {b"d/z": b"z1"}
 
 

@@ -37,11 +37,16 @@ REPORT = Path(os.environ.get("SKYNET_TORTURE_REPORT", "/tmp/skynet-torture.jsonl
 #: uploads that a kill -9 or a server restart can interrupt.
 SERVICE_OPTIONS = {"s3": {"multipart_threshold": "5MiB", "part_size": "5MiB"}}
 
+#: the daemon's bandwidth limit: a big file takes about a second to go up, long
+#: enough for the fault that follows its write to land in the middle of it
+BWLIMIT = "10M"
+
 #: daemon log lines that show a fault hit an upload in the middle (for the report)
 EVIDENCE = {
-    "upload vanished, sent afresh": "vanished from the server; starting again",
-    "upload lost mid-way, sent afresh": "the upload starts again",
-    "upload aborted": "s3: aborting upload",
+    "s3 upload forgotten by the server, sent afresh": "vanished from the server; starting again",
+    "s3 upload lost mid-way, sent afresh": "the upload starts again",
+    "s3 upload aborted": "s3: aborting upload",
+    "sftp upload resumed": "skynet.sftp: resuming ",
 }
 
 
@@ -79,7 +84,7 @@ class Torture:
         mapping = dict(backend.config.get("mapping", {}), source=str(self.src), complete_sync="yes")
         service = dict(backend.config.get("service") or {}, **SERVICE_OPTIONS.get(backend.service, {})) or None
         self.cfg = write_config(tmp_path / "c.ini", backend.service, {"t": mapping}, tmp_path / "state", service,
-                                extra={"backoff_cap": "2", "max_attempts": "50"})
+                                extra={"backoff_cap": "2", "max_attempts": "50", "bwlimit": BWLIMIT})
         self.faults = {"kill -9": 0, **{name: 0 for name in backend.faults}}
         self.ops = 0
         self.big_writes = 0
@@ -97,15 +102,21 @@ class Torture:
             self.ops += 1
 
     def big_write_in_flight(self) -> None:
-        """Half the time, write a big file and give the daemon a moment to start on
-        it, so the fault that follows lands in the middle of a resumable upload."""
-        if self.rng.random() < 0.5:
-            apply(self.src, self.outside, big_step(self.rng), self.ops)
-            self.ops += 1
-            self.big_writes += 1
-            time.sleep(self.rng.uniform(0.3, 1.0))
-        else:
+        """Half the time, write a big file and wait until its upload shows on the
+        remote (an open multipart upload, a temp file; at most 3 s), so the fault
+        that follows lands in the middle of it; else just a moment of work."""
+        if self.rng.random() >= 0.5:
             time.sleep(self.rng.uniform(0, 0.5))
+            return
+        step = big_step(self.rng)
+        self.note(f"big write {step[1]} ({len(step[2])} bytes)")
+        apply(self.src, self.outside, step, self.ops)
+        self.ops += 1
+        self.big_writes += 1
+        deadline = time.monotonic() + 3
+        while not self.backend.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(self.rng.uniform(0, 0.3))
 
     def kill_and_restart(self) -> None:
         """kill -9 the daemon, change things while it is down, start it again."""
@@ -117,8 +128,8 @@ class Torture:
         self.daemon = Daemon(self.cfg, self.backend.service).start()
 
     def next_fault(self) -> str:
-        """The outage injected least so far (ties drawn at random): every kind
-        shows up in every trial, even a short one."""
+        """The outage injected least so far (ties drawn at random): the kinds
+        come round in turn, so even a short trial sees most of them."""
         low = min(self.faults[name] for name in self.backend.faults)
         return self.rng.choice(sorted(name for name in self.backend.faults if self.faults[name] == low))
 

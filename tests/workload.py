@@ -51,11 +51,19 @@ def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
         pass  # the operation did not apply to the current tree: fine, like a user's failed command
 
 
+#: written only by big_step, rarely the same one twice in a row: an interrupted
+#: upload of one is neither overtaken by another write nor deleted, so it must
+#: resume (or start afresh) after the fault
+BIG = ["big0.bin", "big1.bin", "big2.bin"]
+
+
 def big_step(rng: random.Random, low: int = 11 << 19, high: int = 12 << 20) -> tuple:
     """A write of a file big enough to go up resumably (S3 multipart from a 5 MiB
     threshold, SFTP from 8 MiB): the kind of upload a kill -9 or a server restart
-    must interrupt without losing it or leaving parts behind."""
-    return ("write", rng.choice(NAMES), rng.randbytes(rng.randint(low, high)))
+    must interrupt without losing it or leaving parts behind. Half the time the
+    file is one of BIG, else one the rest of the workload keeps changing."""
+    name = rng.choice(BIG) if rng.random() < 0.5 else rng.choice(NAMES)
+    return ("write", name, rng.randbytes(rng.randint(low, high)))
 
 
 def random_step(rng: random.Random) -> tuple:
