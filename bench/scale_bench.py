@@ -1237,6 +1237,11 @@ def update_part(path: Path, part_title: str, body: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         old = lines[start + 1:end]
     intro, parts = _split_parts(old)
+    while intro and not intro[0].strip():
+        intro.pop(0)
+    while intro and not intro[-1].strip():
+        intro.pop()
+    intro += [""] if intro else []
     parts[part_title] = body.rstrip().splitlines()
     if not intro:
         intro = ["Written by `bench/run scale PART` (bench/scale_bench.py); each part below says when and how it ran, "
