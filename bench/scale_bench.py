@@ -1214,6 +1214,18 @@ def machine_line() -> str:
 CODE_PATHS = ("skynet", "connections", "main.py")
 
 
+def code_state() -> str:
+    """The last commit that changed the engine (not HEAD: a bench-only commit changes nothing
+    measured), plus a digest of uncommitted engine changes, as common.git_state gives it."""
+    state = git_state(CODE_PATHS)
+    try:
+        last = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h", "--", *CODE_PATHS],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return state
+    return last + state[state.index(" "):] if " " in state else (last or state)
+
+
 def update_part(path: Path, part_title: str, body: str) -> None:
     """Replace one '### ' subsection of the '## Issue 8: scale' section, keeping the others."""
     text = path.read_text() if path.exists() else ""
@@ -1225,6 +1237,11 @@ def update_part(path: Path, part_title: str, body: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         old = lines[start + 1:end]
     intro, parts = _split_parts(old)
+    while intro and not intro[0].strip():
+        intro.pop(0)
+    while intro and not intro[-1].strip():
+        intro.pop()
+    intro += [""] if intro else []
     parts[part_title] = body.rstrip().splitlines()
     if not intro:
         intro = ["Written by `bench/run scale PART` (bench/scale_bench.py); each part below says when and how it ran, "
@@ -1273,7 +1290,7 @@ def part_title(args) -> str:
 
 
 def finish_part(args, part: str, body: str, code_at_start: str) -> None:
-    code_now = git_state(CODE_PATHS)
+    code_now = code_state()
     code = code_now if code_now == code_at_start else f"{code_at_start} at the start, {code_now} at the end (rerun)"
     cmd = "bench/run scale " + " ".join(shlex.quote(a) for a in args.argv)
     text = f"{machine_line()} skynet: git {code}.\n\nReproduce: `{cmd}`\n\n{body}"
@@ -1394,7 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     trash = Trash(work)
-    code = git_state(CODE_PATHS)
+    code = code_state()
     signal.signal(signal.SIGTERM, _exit_on_signal)  # so `finally` blocks run: the watch limit is put back
     try:
         body = PARTS[args.part](args, work, trash)
