@@ -1270,8 +1270,8 @@ def _split_parts(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
 
 PART_TITLES = {
     "rss": "(1) Peak RSS of the start-up scan and initial sync",
-    "idle": "(2) Idle: a daemon watching a quiet 100,000-file tree",
-    "watches": "(3) Watching 100,000 folders",
+    "idle": "(2) Idle: a daemon watching a quiet tree",
+    "watches": "(3) Watching a tree of many folders",
     "latency": "(4) Latency of small files during a large upload (S3)",
     "throughput": "(5) Initial sync of small files: files/s to S3 and SFTP",
 }
