@@ -90,7 +90,7 @@ class FaultProxy:
                     if not data:
                         return
                     peers[s].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: cut() closed a socket under select() (fd -1)
             pass
         finally:
             for s in (a, b):
