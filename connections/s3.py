@@ -233,6 +233,8 @@ def _options(service: dict[str, str], target: str) -> dict[str, Any]:
         raise ValueError(f"sse: {cfg['sse']!r} is not none, AES256 or aws:kms")
     if cfg["sse_kms_key_id"] and sse != "aws:kms":
         raise ValueError("sse_kms_key_id: only used with sse = aws:kms")
+    if re.search(r"\s", cfg["sse_kms_key_id"]):
+        raise ValueError("sse_kms_key_id: a key id or ARN has no spaces or line breaks")
 
     part_size = parse_size("part_size", cfg["part_size"])
     if not MIN_PART <= part_size <= MAX_PART:

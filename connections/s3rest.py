@@ -453,6 +453,8 @@ class Rest:
         whatever the retries. Network errors raise OSError."""
         if on_sent is not None and not isinstance(on_sent, HighWater):
             on_sent = HighWater(on_sent)
+        if headers and any("\n" in v or "\r" in v for v in headers.values()):
+            raise ValueError("a header value holds a line break")  # would split the request
         query = canonical_query(params) if params else ""
         target = f"{path}?{query}" if query else path
         if payload is None:

@@ -130,6 +130,7 @@ def test_build_validates_and_joins_prefix():
         ({"bucket": "bbb", "addressing_style": "sideways"}, "addressing_style"),
         ({"bucket": "bbb", "sse": "rot13"}, "sse"),
         ({"bucket": "bbb", "sse_kms_key_id": "k"}, "sse_kms_key_id"),
+        ({"bucket": "bbb", "sse": "aws:kms", "sse_kms_key_id": "k\nx-amz-meta-evil: 1"}, "sse_kms_key_id"),
         ({"bucket": "bbb", "endpoint_url": "ftp://x"}, "endpoint_url"),
         ({"bucket": "bbb", "region": "EU West"}, "region"),
         ({"bucket": "bbb", "access_key_id": "AKIA"}, "access_key_id"),

@@ -220,6 +220,13 @@ def test_put_retries_a_5xx_once_and_counts_progress_once(scripted):
     assert info.value.response["Error"]["Code"] == "SlowDown" and "SECRET-KEY" not in str(info.value)
 
 
+def test_a_line_break_in_a_header_value_is_refused(scripted):
+    server = scripted([ok()])
+    with pytest.raises(ValueError):
+        rest_for(server).put("k", b"x", {"x-amz-meta-a": "1\r\nx-evil: 2"}, None)
+    assert server.requests == []
+
+
 def test_listing_pages_and_url_encoded_keys(scripted):
     page1 = (b"<?xml version='1.0'?><ListBucketResult xmlns='http://s3.amazonaws.com/doc/2006-03-01/'>"
              b"<EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
