@@ -453,6 +453,8 @@ class Rest:
         whatever the retries. Network errors raise OSError."""
         if on_sent is not None and not isinstance(on_sent, HighWater):
             on_sent = HighWater(on_sent)
+        if headers and any("\n" in v or "\r" in v for v in headers.values()):
+            raise ValueError("a header value holds a line break")  # would split the request
         query = canonical_query(params) if params else ""
         target = f"{path}?{query}" if query else path
         if payload is None:
@@ -507,6 +509,30 @@ class Rest:
             raise client_error(reply, operation, self.scrub)
         raise AssertionError("unreachable")
 
+    def create_multipart(self, key: str, headers: dict[str, str]) -> str:
+        """CreateMultipartUpload with the object's headers (content type, x-amz-meta-*,
+        encryption, storage class); return the upload id."""
+        root = self._xml("POST", key_path(self.layout.base, key), {"uploads": ""}, headers, b"",
+                         "CreateMultipartUpload")
+        upload_id = root.findtext("UploadId")
+        if not upload_id:
+            raise ProtocolError("CreateMultipartUpload: no UploadId in the reply")
+        return upload_id
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
+        """CompleteMultipartUpload of `parts` [(number, ETag without quotes)]; return the
+        object's ETag. S3 may answer 200 and put an <Error> in the body (it keeps the
+        connection alive with whitespace while it assembles): that raises ClientError too."""
+        from xml.sax.saxutils import escape
+
+        body = "".join(["<CompleteMultipartUpload>",
+                        *[f"<Part><PartNumber>{n}</PartNumber><ETag>&quot;{escape(e)}&quot;</ETag></Part>"
+                          for n, e in parts],
+                        "</CompleteMultipartUpload>"]).encode()
+        root = self._xml("POST", key_path(self.layout.base, key), {"uploadId": upload_id},
+                         {"content-type": "application/xml"}, body, "CompleteMultipartUpload")
+        return root.findtext("ETag")
+
     def head_bucket(self) -> Reply:
         """HEAD the bucket; raises ClientError (code = status, as botocore's) unless 200."""
         reply = self.request("HEAD", self.layout.base or "/")
@@ -515,18 +541,27 @@ class Rest:
         return reply
 
     def _get_xml(self, params: dict[str, str], operation: str) -> "ET.Element":
+        return self._xml("GET", self.layout.base or "/", params, None, b"", operation)
+
+    def _xml(self, method: str, path: str, params: dict[str, str], headers: dict[str, str] | None, body: bytes,
+             operation: str) -> "ET.Element":
+        """A request whose reply is an XML document; its root, namespace dropped from the
+        tags. An error reply, or an <Error> document in a 200, raises ClientError."""
         import xml.etree.ElementTree as ET
 
-        reply = self.request("GET", self.layout.base or "/", params)
+        reply = self.request(method, path, params, headers, body)
         if reply.status != 200:
             raise client_error(reply, operation, self.scrub)
         try:
-            root = ET.fromstring(reply.body)
+            root = ET.fromstring(reply.body.lstrip())
         except ET.ParseError as exc:
             raise ProtocolError(f"{operation}: unreadable XML reply: {exc}") from None
         for el in root.iter():  # drop the namespace: "{http://s3.amazonaws.com/...}Key" -> "Key"
             if el.tag[:1] == "{":
                 el.tag = el.tag.split("}", 1)[1]
+        if root.tag == "Error":
+            raise client_error(Reply(500 if root.findtext("Code") == "InternalError" else 400, reply.headers,
+                                     reply.body), operation, self.scrub)
         return root
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, int, str | None]]:

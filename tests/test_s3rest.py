@@ -220,6 +220,33 @@ def test_put_retries_a_5xx_once_and_counts_progress_once(scripted):
     assert info.value.response["Error"]["Code"] == "SlowDown" and "SECRET-KEY" not in str(info.value)
 
 
+def test_multipart_create_and_complete(scripted):
+    created = ok(b"<?xml version='1.0'?><InitiateMultipartUploadResult xmlns='http://s3.amazonaws.com/doc/2006-03-01/'>"
+                 b"<Bucket>bkt</Bucket><Key>k</Key><UploadId>up&amp;1</UploadId></InitiateMultipartUploadResult>")
+    done = ok(b"  \n<?xml version='1.0'?><CompleteMultipartUploadResult><ETag>&quot;abc-2&quot;</ETag>"
+              b"</CompleteMultipartUploadResult>")  # S3 may send whitespace first
+    failed = ok(b"\n\n<Error><Code>InvalidPart</Code><Message>part 2</Message></Error>")
+    server = scripted([created, done, failed])
+    rest = rest_for(server)
+    assert rest.create_multipart("a b/k", {"content-type": "text/plain", "x-amz-meta-mode": "0644"}) == "up&1"
+    assert rest.complete_multipart("a b/k", "up&1", [(1, "e1"), (2, "e2")]) == '"abc-2"'
+    with pytest.raises(bce.ClientError) as info:
+        rest.complete_multipart("a b/k", "up&1", [(1, "e1")])
+    assert info.value.response["Error"]["Code"] == "InvalidPart"
+    (create, h1, _), (complete, _, body), _ = server.requests
+    assert create.startswith("POST /bkt/a%20b/k?uploads= ") and h1["x-amz-meta-mode"] == "0644"
+    assert complete.startswith("POST /bkt/a%20b/k?uploadId=up%261 ")
+    assert body == (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>&quot;e1&quot;</ETag></Part>"
+                    b"<Part><PartNumber>2</PartNumber><ETag>&quot;e2&quot;</ETag></Part></CompleteMultipartUpload>")
+
+
+def test_a_line_break_in_a_header_value_is_refused(scripted):
+    server = scripted([ok()])
+    with pytest.raises(ValueError):
+        rest_for(server).put("k", b"x", {"x-amz-meta-a": "1\r\nx-evil: 2"}, None)
+    assert server.requests == []
+
+
 def test_listing_pages_and_url_encoded_keys(scripted):
     page1 = (b"<?xml version='1.0'?><ListBucketResult xmlns='http://s3.amazonaws.com/doc/2006-03-01/'>"
              b"<EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
@@ -310,9 +337,9 @@ def test_light_layout_is_botocores():
         con.close()
 
 
-def test_small_file_daemon_path_needs_no_boto3(servers, tmp_path):
-    """connect, cleanup, listing and small PUTs run without importing boto3 (~0.3 s of CPU
-    at start); a multipart upload brings it in."""
+def test_the_upload_path_needs_no_boto3(servers, tmp_path):
+    """connect, cleanup, listing, small PUTs and a multipart upload run without importing
+    boto3 (~0.3 s of CPU, before the first part could go out); a delete brings it in."""
     srv = servers.get("s3")
     bucket = srv.new_bucket()
     (tmp_path / "small").write_bytes(b"x" * 1000)
@@ -336,10 +363,14 @@ def test_small_file_daemon_path_needs_no_boto3(servers, tmp_path):
         assert [e.rel for e in con.list()] == ["small"]
         print("boto3 after small:", "boto3" in sys.modules)
         con.send(lf("big"), TransferContext())
+        assert sorted(e.rel for e in con.list()) == ["big", "small"]
         print("boto3 after big:", "boto3" in sys.modules)
+        con.delete("small")
+        print("boto3 after delete:", "boto3" in sys.modules)
         con.close()
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "SECRET": srv.secret_key})
     assert out.returncode == 0, out.stderr
-    assert "boto3 after small: False" in out.stdout and "boto3 after big: True" in out.stdout
+    assert "boto3 after small: False" in out.stdout and "boto3 after big: False" in out.stdout
+    assert "boto3 after delete: True" in out.stdout
