@@ -66,16 +66,26 @@ def test_folder_moved_away_and_made_again_before_its_move_runs(rig):
     move becomes a copy (d is there), and the remote d/y, which left with the
     move, must still go (it used to stay for ever)."""
     rig.write("d/x", b"x1")
-    for i in range(1500):  # more than a page of the Index
+    for i in range(30):
         rig.write(f"d/sub/f{i}", b"f")
     rig.run(SEND, "d")
-    assert len(tree(rig.remote)) == 1501
+    assert len(tree(rig.remote)) == 31
     os.rename(rig.src / "d", rig.src / "e")
     rig.write("d/x", b"x2")
     rig.run(MOVE, "d", "e")
     rig.run(SEND, "d/x")
     assert tree(rig.remote) == tree(rig.src)
-    assert tree(rig.remote)[b"d/x"] == b"x2" and len(tree(rig.remote)) == 1502
+    assert tree(rig.remote)[b"d/x"] == b"x2" and len(tree(rig.remote)) == 32
+
+
+def test_index_paths_under_pages_through_a_folder(rig):
+    """paths_under() reads the Index a page at a time: every path below the
+    folder, in order, none outside it (not 'd2/...' nor 'd.bak')."""
+    rows = [(f"d/f{i:02d}", 1, 1, 0o644, 1, None) for i in range(7)] + [("d2/x", 1, 1, 0o644, 1, None),
+                                                                        ("d.bak", 1, 1, 0o644, 1, None)]
+    rig.index.put_many(rows)
+    assert list(rig.index.paths_under("d", batch=3)) == [f"d/f{i:02d}" for i in range(7)]
+    assert list(rig.index.paths_under("d", batch=7)) == [f"d/f{i:02d}" for i in range(7)]
 
 
 def test_file_moved_away_and_written_again_before_its_move_runs(rig):
