@@ -105,6 +105,14 @@ class LocalCon(XCon):
             self._safe_parents.add(parent)
         return full
 
+    def _error(self, exc: OSError, what: str) -> Exception:
+        """classify_os_error(), except while the root itself is gone (a share
+        unmounted in the middle of the call): then every failure is transient,
+        and "not found" means "ask later", never "already gone"."""
+        if not os.path.isdir(self.root):
+            return TransientError(f"{what}: target folder {self.root!r} is not there")
+        return classify_os_error(exc, what)
+
     # -- lifecycle ---------------------------------------------------------
     def connect(self) -> None:
         self.check()
@@ -143,7 +151,7 @@ class LocalCon(XCon):
             except NotADirectoryError:
                 raise PermanentError(f"{what}: a file is in the way of folder {current!r}") from None
             except OSError as exc:
-                raise classify_os_error(exc, what) from exc
+                raise self._error(exc, what) from exc
 
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         target = self._path(f.rel)
@@ -165,7 +173,7 @@ class LocalCon(XCon):
                         try:
                             os.write(dst, chunk)
                         except OSError as exc:
-                            raise classify_os_error(exc, what) from exc
+                            raise self._error(exc, what) from exc
                         done += len(chunk)
                         ctx.report(done, f.size)
                     try:  # on the descriptor: no path lookups
@@ -174,7 +182,7 @@ class LocalCon(XCon):
                         if self.fsync:
                             os.fsync(dst)
                     except OSError as exc:
-                        raise classify_os_error(exc, what) from exc
+                        raise self._error(exc, what) from exc
                 finally:
                     os.close(dst)
                 try:
@@ -182,7 +190,7 @@ class LocalCon(XCon):
                 except IsADirectoryError:
                     raise PermanentError(f"{what}: a folder is in the way of the file") from None
                 except OSError as exc:
-                    raise classify_os_error(exc, what) from exc
+                    raise self._error(exc, what) from exc
             except BaseException:
                 try:
                     os.unlink(tmp)
@@ -208,7 +216,7 @@ class LocalCon(XCon):
             except NotADirectoryError:
                 raise PermanentError(f"{what}: a file is in the way of folder {folder!r}") from None
             except OSError as exc:
-                raise classify_os_error(exc, what) from exc
+                raise self._error(exc, what) from exc
         raise AssertionError("not reached")
 
     def delete(self, rel: str) -> None:
@@ -223,7 +231,7 @@ class LocalCon(XCon):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise classify_os_error(exc, f"delete {rel!r}") from exc
+            raise self._error(exc, f"delete {rel!r}") from exc
         try:
             if statmod.S_ISDIR(st.st_mode):
                 shutil.rmtree(target)
@@ -232,7 +240,19 @@ class LocalCon(XCon):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise classify_os_error(exc, f"delete {rel!r}") from exc
+            raise self._error(exc, f"delete {rel!r}") from exc
+
+    def discard(self, rel: str, state: dict | None) -> None:
+        """Remove the temp file a send of `rel` cut short may have left (a kill -9,
+        or the share unmounted mid-write): its name is derived from rel's, so
+        this is one unlink, and nothing when there is none."""
+        target = self._path(check_rel(rel))  # TransientError while the root is gone
+        try:
+            os.unlink(os.path.join(os.path.dirname(target), temp_name(os.path.basename(target))))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise self._error(exc, f"discard {rel!r}") from exc
 
     def move(self, src: str, dest: str) -> None:
         a, b = self._path(check_rel(src)), self._path(check_rel(dest))
@@ -248,7 +268,7 @@ class LocalCon(XCon):
                 shutil.rmtree(b)
             os.replace(a, b)
         except OSError as exc:
-            raise classify_os_error(exc, what) from exc
+            raise self._error(exc, what) from exc
 
     def stat(self, rel: str) -> RemoteEntry | None:
         try:
@@ -256,7 +276,7 @@ class LocalCon(XCon):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise classify_os_error(exc, f"stat {rel!r}") from exc
+            raise self._error(exc, f"stat {rel!r}") from exc
         if not statmod.S_ISREG(st.st_mode):
             return None
         return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
@@ -271,7 +291,7 @@ class LocalCon(XCon):
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                raise classify_os_error(exc, f"list {prefix!r}") from exc
+                raise self._error(exc, f"list {prefix!r}") from exc
             with it:
                 for entry in it:
                     if entry.name.startswith(TMP_PREFIX):

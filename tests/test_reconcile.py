@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from connections.base import Abilities
-from connections.local import LocalCon
+from connections.local import LocalCon, temp_name
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler
@@ -125,3 +125,12 @@ def test_rewrite_in_the_same_second_with_the_same_size_is_sent(rig):
     os.utime(rig.src / "a", ns=(base + 600_000_000, base + 600_000_000))
     rig.run(SEND, "a")
     assert tree(rig.remote) == {b"a": b"v2"}
+
+
+def test_temp_file_of_a_file_gone_before_its_send_is_removed(rig):
+    """A send cut short (kill -9, unmounted share) left a temp file; the file is
+    gone when its send runs again: the temp file goes too."""
+    (rig.remote / "d").mkdir()
+    (rig.remote / "d" / temp_name("q")).write_bytes(b"half a file")
+    rig.run(SEND, "d/q")
+    assert os.listdir(rig.remote / "d") == []
