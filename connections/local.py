@@ -105,6 +105,14 @@ class LocalCon(XCon):
             self._safe_parents.add(parent)
         return full
 
+    def _error(self, exc: OSError, what: str) -> Exception:
+        """classify_os_error(), except while the root itself is gone (a share
+        unmounted in the middle of the call): then every failure is transient,
+        and "not found" means "ask later", never "already gone"."""
+        if not os.path.isdir(self.root):
+            return TransientError(f"{what}: target folder {self.root!r} is not there")
+        return classify_os_error(exc, what)
+
     # -- lifecycle ---------------------------------------------------------
     def connect(self) -> None:
         self.check()
@@ -143,7 +151,7 @@ class LocalCon(XCon):
             except NotADirectoryError:
                 raise PermanentError(f"{what}: a file is in the way of folder {current!r}") from None
             except OSError as exc:
-                raise classify_os_error(exc, what) from exc
+                raise self._error(exc, what) from exc
 
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         target = self._path(f.rel, root_check=False)
@@ -163,7 +171,7 @@ class LocalCon(XCon):
                         if self.fsync:
                             os.fsync(dst)
                     except OSError as exc:
-                        raise classify_os_error(exc, what) from exc
+                        raise self._error(exc, what) from exc
                 finally:
                     os.close(dst)
                 try:
@@ -171,7 +179,7 @@ class LocalCon(XCon):
                 except IsADirectoryError:
                     raise PermanentError(f"{what}: a folder is in the way of the file") from None
                 except OSError as exc:
-                    raise classify_os_error(exc, what) from exc
+                    raise self._error(exc, what) from exc
             except BaseException:
                 try:
                     os.unlink(tmp)
@@ -205,7 +213,7 @@ class LocalCon(XCon):
                     # sendfile reports read and write errors alike: a plain
                     # read tells them apart (a source error is the caller's).
                     os.pread(src, 1, done)
-                    raise classify_os_error(exc, what) from exc
+                    raise self._error(exc, what) from exc
             else:
                 chunk = os.pread(src, want, done)  # source errors: the caller's
                 if not chunk:
@@ -213,7 +221,7 @@ class LocalCon(XCon):
                 try:
                     n = os.write(dst, chunk)
                 except OSError as exc:
-                    raise classify_os_error(exc, what) from exc
+                    raise self._error(exc, what) from exc
             if n == 0:
                 break  # the file shrank: the caller sees it and sends again
             done += n
@@ -235,7 +243,7 @@ class LocalCon(XCon):
             except NotADirectoryError:
                 raise PermanentError(f"{what}: a file is in the way of folder {folder!r}") from None
             except OSError as exc:
-                raise classify_os_error(exc, what) from exc
+                raise self._error(exc, what) from exc
         raise AssertionError("not reached")
 
     def delete(self, rel: str) -> None:
@@ -250,7 +258,7 @@ class LocalCon(XCon):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise classify_os_error(exc, f"delete {rel!r}") from exc
+            raise self._error(exc, f"delete {rel!r}") from exc
         try:
             if statmod.S_ISDIR(st.st_mode):
                 shutil.rmtree(target)
@@ -259,7 +267,19 @@ class LocalCon(XCon):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise classify_os_error(exc, f"delete {rel!r}") from exc
+            raise self._error(exc, f"delete {rel!r}") from exc
+
+    def discard(self, rel: str, state: dict | None) -> None:
+        """Remove the temp file a send of `rel` cut short may have left (a kill -9,
+        or the share unmounted mid-write): its name is derived from rel's, so
+        this is one unlink, and nothing when there is none."""
+        target = self._path(check_rel(rel))  # TransientError while the root is gone
+        try:
+            os.unlink(os.path.join(os.path.dirname(target), temp_name(os.path.basename(target))))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise self._error(exc, f"discard {rel!r}") from exc
 
     def move(self, src: str, dest: str) -> None:
         a, b = self._path(check_rel(src)), self._path(check_rel(dest))
@@ -275,7 +295,7 @@ class LocalCon(XCon):
                 shutil.rmtree(b)
             os.replace(a, b)
         except OSError as exc:
-            raise classify_os_error(exc, what) from exc
+            raise self._error(exc, what) from exc
 
     def stat(self, rel: str) -> RemoteEntry | None:
         try:
@@ -283,7 +303,7 @@ class LocalCon(XCon):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise classify_os_error(exc, f"stat {rel!r}") from exc
+            raise self._error(exc, f"stat {rel!r}") from exc
         if not statmod.S_ISREG(st.st_mode):
             return None
         return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
@@ -298,7 +318,7 @@ class LocalCon(XCon):
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                raise classify_os_error(exc, f"list {prefix!r}") from exc
+                raise self._error(exc, f"list {prefix!r}") from exc
             with it:
                 for entry in it:
                     if entry.name.startswith(TMP_PREFIX):

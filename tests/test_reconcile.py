@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from connections.base import Abilities
-from connections.local import LocalCon
+from connections.local import LocalCon, temp_name
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler
@@ -66,16 +66,26 @@ def test_folder_moved_away_and_made_again_before_its_move_runs(rig):
     move becomes a copy (d is there), and the remote d/y, which left with the
     move, must still go (it used to stay for ever)."""
     rig.write("d/x", b"x1")
-    for i in range(1500):  # more than a page of the Index
+    for i in range(30):
         rig.write(f"d/sub/f{i}", b"f")
     rig.run(SEND, "d")
-    assert len(tree(rig.remote)) == 1501
+    assert len(tree(rig.remote)) == 31
     os.rename(rig.src / "d", rig.src / "e")
     rig.write("d/x", b"x2")
     rig.run(MOVE, "d", "e")
     rig.run(SEND, "d/x")
     assert tree(rig.remote) == tree(rig.src)
-    assert tree(rig.remote)[b"d/x"] == b"x2" and len(tree(rig.remote)) == 1502
+    assert tree(rig.remote)[b"d/x"] == b"x2" and len(tree(rig.remote)) == 32
+
+
+def test_index_paths_under_pages_through_a_folder(rig):
+    """paths_under() reads the Index a page at a time: every path below the
+    folder, in order, none outside it (not 'd2/...' nor 'd.bak')."""
+    rows = [(f"d/f{i:02d}", 1, 1, 0o644, 1, None) for i in range(7)] + [("d2/x", 1, 1, 0o644, 1, None),
+                                                                        ("d.bak", 1, 1, 0o644, 1, None)]
+    rig.index.put_many(rows)
+    assert list(rig.index.paths_under("d", batch=3)) == [f"d/f{i:02d}" for i in range(7)]
+    assert list(rig.index.paths_under("d", batch=7)) == [f"d/f{i:02d}" for i in range(7)]
 
 
 def test_file_moved_away_and_written_again_before_its_move_runs(rig):
@@ -115,3 +125,12 @@ def test_rewrite_in_the_same_second_with_the_same_size_is_sent(rig):
     os.utime(rig.src / "a", ns=(base + 600_000_000, base + 600_000_000))
     rig.run(SEND, "a")
     assert tree(rig.remote) == {b"a": b"v2"}
+
+
+def test_temp_file_of_a_file_gone_before_its_send_is_removed(rig):
+    """A send cut short (kill -9, unmounted share) left a temp file; the file is
+    gone when its send runs again: the temp file goes too."""
+    (rig.remote / "d").mkdir()
+    (rig.remote / "d" / temp_name("q")).write_bytes(b"half a file")
+    rig.run(SEND, "d/q")
+    assert os.listdir(rig.remote / "d") == []

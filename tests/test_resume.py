@@ -29,12 +29,12 @@ def backend(request, tmp_path, servers):
         yield b
 
 
-def setup(tmp_path, backend, rate="20M"):
+def setup(tmp_path, backend, rate="20M", size=SIZE):
     src = tmp_path / "src"
     src.mkdir()
     big = src / "big.bin"
     with open(big, "wb") as f:
-        for _ in range(SIZE // (1 << 20)):
+        for _ in range(size // (1 << 20)):
             f.write(os.urandom(1 << 20))
     mapping = dict(backend.config.get("mapping", {}), source=str(src), complete_sync="yes")
     service = dict(backend.config.get("service", {}))
@@ -49,7 +49,7 @@ def sent_bytes(log: str, name: str) -> int:
     return sum(int(n) for n in re.findall(rf"done send '{re.escape(name)}': 1 uploaded \((\d+) bytes\)", log))
 
 
-def wait_started(d: Daemon, backend, fraction: float) -> int:
+def wait_started(d: Daemon, backend, fraction: float, size: int = SIZE) -> int:
     """Until the daemon's status shows the upload `fraction` done; returns the
     bytes done. Every backend reports the progress of each part as it goes
     (SFTP's parallel parts too), so the status is what times the kill."""
@@ -61,7 +61,7 @@ def wait_started(d: Daemon, backend, fraction: float) -> int:
         try:
             doc = json.loads(status.read_text())
             for u in doc.get("in_flight", []):
-                if u["path"] == "big.bin" and u["done"] >= fraction * SIZE:
+                if u["path"] == "big.bin" and u["done"] >= fraction * size:
                     return u["done"]
         except (OSError, ValueError):
             pass
@@ -121,10 +121,12 @@ def test_partial_upload_of_a_file_deleted_while_stopped_is_removed(tmp_path, bac
     replayed send finds nothing to send, and must not leave the half-done upload
     (S3 multipart upload, SFTP temp file) on the remote for ever. Its resume state
     used to keep it safe from every later start-up cleanup."""
-    src, big, cfg = setup(tmp_path, backend)
+    small = 40 * 1024**2  # still resumable (S3: 5 parts; SFTP: over 8 MiB), quicker to set up
+    src, big, cfg = setup(tmp_path, backend, size=small)
     d = Daemon(cfg, backend.service).start()
-    wait_started(d, backend, 0.3)
+    wait_started(d, backend, 0.3, size=small)
     d.kill9()
+    assert backend.leftovers() != []  # the half-done upload this is about
     big.unlink()
     (src / "small.txt").write_text("something to converge on")
     d2 = Daemon(cfg, backend.service, log=d.log).start()
