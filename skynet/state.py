@@ -352,25 +352,52 @@ class FailedActions:
 
 
 class ResumeTable:
-    """Resume state of interrupted uploads, one JSON document per path."""
+    """Resume state of interrupted uploads, one JSON document per path.
+
+    Every send asks whether its path has a saved upload, and almost none has:
+    the paths that do are kept in memory (a handful: only big uploads in
+    flight), so the usual answer costs no SQLite round trip. This instance is
+    the table's only writer while the daemon runs."""
 
     def __init__(self, db: StateDB) -> None:
         self.db = db
+        self._held: set[bytes] | None = None  # encoded paths with a row; None: not read yet
+        self._lock = threading.Lock()
+
+    def _paths(self) -> set[bytes]:
+        held = self._held
+        if held is None:
+            with self._lock:
+                if self._held is None:
+                    self._held = {bytes(r[0]) for r in self.db.conn().execute("SELECT path FROM resume")}
+                held = self._held
+        return held
 
     def store(self, rel: str) -> "BoundResumeStore":
         return BoundResumeStore(self, rel)
 
     def load(self, rel: str) -> dict | None:
-        row = self.db.conn().execute("SELECT state FROM resume WHERE path = ?", (enc(rel),)).fetchone()
+        key = enc(rel)
+        if key not in self._paths():
+            return None
+        row = self.db.conn().execute("SELECT state FROM resume WHERE path = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def save(self, rel: str, state: dict) -> None:
+        key = enc(rel)
+        held = self._paths()
         with self.db.write() as c:
-            c.execute("INSERT OR REPLACE INTO resume(path, state) VALUES (?, ?)", (enc(rel), json.dumps(state)))
+            c.execute("INSERT OR REPLACE INTO resume(path, state) VALUES (?, ?)", (key, json.dumps(state)))
+        held.add(key)
 
     def clear(self, rel: str) -> None:
+        key = enc(rel)
+        held = self._paths()
+        if key not in held:
+            return
         with self.db.write() as c:
-            c.execute("DELETE FROM resume WHERE path = ?", (enc(rel),))
+            c.execute("DELETE FROM resume WHERE path = ?", (key,))
+        held.discard(key)
 
     def all(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.db.conn().execute("SELECT state FROM resume")]
