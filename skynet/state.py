@@ -120,6 +120,7 @@ class StateDB:
         # busy handler (which sleeps 1, 2, 5, 10 ms between tries): a waiting
         # thread runs the moment the previous transaction commits.
         self._write_lock = threading.RLock()
+        self._checkpointer: Checkpointer | None = None
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
             c = self.conn()
@@ -143,6 +144,9 @@ class StateDB:
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA busy_timeout=60000")
+            # Checkpoints run on a thread of their own (Checkpointer), never
+            # inside a COMMIT: see there.
+            c.execute("PRAGMA wal_autocheckpoint=0")
             self._local.conn = c
             with self._lock:
                 self._all.append(c)
@@ -162,6 +166,16 @@ class StateDB:
                 raise
             else:
                 c.execute("COMMIT")
+                self._committed()
+
+    def _committed(self) -> None:
+        cp = self._checkpointer
+        if cp is None:
+            with self._lock:
+                if self._checkpointer is None:
+                    self._checkpointer = Checkpointer(self.path)
+                cp = self._checkpointer
+        cp.committed()
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -173,11 +187,75 @@ class StateDB:
 
     def close(self) -> None:
         with self._lock:
+            cp, self._checkpointer = self._checkpointer, None
+        if cp is not None:
+            cp.stop()
+        with self._lock:
             for c in self._all:
                 with contextlib.suppress(Exception):
                     c.close()
             self._all.clear()
         self._local = threading.local()
+
+
+class Checkpointer:
+    """Moves the WAL's pages into the database file on a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL
+    past 1,000 pages, and it fsyncs. While a large upload fills the disk's write
+    queue that fsync took over a second, and every other writer (the queue,
+    the committer, a worker claiming work under the handler's lock) waited
+    behind it: small files stalled for as long (bench/run scale latency). Here
+    the commits never fsync (WAL with synchronous=NORMAL, automatic checkpoints
+    off) and a PASSIVE checkpoint, which never blocks writers or readers, runs
+    every CHECKPOINT_EVERY commits. An idle daemon commits nothing, so this
+    thread sleeps without a timeout."""
+
+    CHECKPOINT_EVERY = 200  # commits; each is a few pages, so the WAL stays a few MiB
+    WAL_LIMIT = 64 << 20  # bytes; past this (readers kept PASSIVE from finishing) truncate it
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._due = threading.Event()
+        self._stopping = False
+        self._commits = 0
+        self._thread = threading.Thread(target=self._loop, name="state-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        self._commits += 1  # racy under threads; an approximate count is all it needs
+        if self._commits >= self.CHECKPOINT_EVERY:
+            self._commits = 0
+            self._due.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._due.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        try:
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        try:
+            c.execute("PRAGMA wal_autocheckpoint=0")
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                self.checkpoint(c)
+        finally:
+            c.close()  # the last connection to close checkpoints what is left
+
+    def checkpoint(self, c: sqlite3.Connection) -> None:
+        try:
+            c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if os.path.getsize(self.path + "-wal") > self.WAL_LIMIT:
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except (sqlite3.Error, OSError):
+            pass  # disk full or busy: the next round tries again; commits carry on in the WAL
 
 
 @dataclass(frozen=True)
