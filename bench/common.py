@@ -5,8 +5,11 @@ as a subprocess (`python main.py --run-with SERVICE --config-file CFG`), so the
 figures include start-up, imports and everything else a user pays for.
 
 * Processes: started with subprocess.Popen, reaped with os.wait4 so each run
-  reports the child's own peak RSS (ru_maxrss) and CPU seconds (user + system,
-  including children it reaped itself: rsync/cp under lsyncd).
+  reports the child's own CPU seconds (user + system, including children it
+  reaped itself: rsync/cp under lsyncd). Peak RSS is the child's VmHWM, sampled
+  while it runs (PeakRss), not wait4's ru_maxrss: Linux carries the spawning
+  process's high-water mark over the exec, so ru_maxrss of any child of a
+  100 MiB bench says at least 100 MiB (even /bin/true's).
 * CPU over a window of a still-running process: /proc/PID/stat
   (utime + stime + cutime + cstime).
 * File appearance: a tiny inotify binding (ctypes, no dependency) so a
@@ -28,6 +31,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +223,7 @@ class Proc:
                                   stdin=subprocess.DEVNULL, env=env)
         self.pid = self.p.pid
         self.usage: Usage | None = None
+        self._rss = PeakRss(self.pid)
 
     def alive(self) -> bool:
         if self.usage is not None:
@@ -233,7 +238,7 @@ class Proc:
         rc = os.waitstatus_to_exitcode(status)
         self.p.returncode = rc  # keep Popen from waiting again
         self._logf.close()
-        self.usage = Usage(rc, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime)
+        self.usage = Usage(rc, self._rss.peak(ru.ru_maxrss / 1024.0), ru.ru_utime + ru.ru_stime, ru.ru_utime, ru.ru_stime)
 
     def wait(self, timeout: float | None = None) -> Usage:
         if self.usage is not None:
@@ -292,6 +297,34 @@ def proc_rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+class PeakRss:
+    """The peak RSS (VmHWM) of a running process, sampled every `every`
+    seconds on a thread until it exits. VmHWM only grows, so the last sample
+    holds the peak except for growth in the final interval; a process gone
+    before the first sample reports NaN (peak() then falls back)."""
+
+    def __init__(self, pid: int, every: float = 0.02) -> None:
+        self.pid, self.every = pid, every
+        self.mib = float("nan")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            v = proc_hwm_mib(self.pid)
+            if v == v:
+                self.mib = v if self.mib != self.mib else max(self.mib, v)
+            self._stop.wait(self.every)
+
+    def peak(self, fallback: float) -> float:
+        """Stop sampling (call after the process was reaped) and return the
+        peak, or `fallback` (ru_maxrss) if no sample was taken."""
+        self._stop.set()
+        self._thread.join()
+        return self.mib if self.mib == self.mib else fallback
 
 
 def proc_hwm_mib(pid: int) -> float:

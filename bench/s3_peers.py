@@ -2,7 +2,7 @@
 skynet's own S3Con doing the same, each measured the same way.
 
 Each tool runs as a child process, reaped with os.wait4, so the figures are the child's
-own: wall seconds, files/s and MB/s, peak RSS (ru_maxrss) and CPU seconds (user+system).
+own: wall seconds, files/s and MB/s, peak RSS (VmHWM, sampled: common.PeakRss) and CPU seconds (user+system).
 Credentials travel in the child's environment, never on its command line (where `ps`
 would show them).
 
@@ -29,6 +29,9 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakRss  # noqa: E402  (peak RSS of a child: see there)
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,11 @@ def run_measured(argv: list[str], env: dict[str, str], log: Path) -> tuple[float
     with open(log, "ab") as out:
         start = time.perf_counter()
         p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        rss = PeakRss(p.pid)
         _pid, status, ru = os.wait4(p.pid, 0)
         seconds = time.perf_counter() - start
     p.returncode = os.waitstatus_to_exitcode(status)  # reaped: keep Popen from waiting again
-    return seconds, p.returncode, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
+    return seconds, p.returncode, rss.peak(ru.ru_maxrss / 1024.0), ru.ru_utime + ru.ru_stime
 
 
 def _result(name: str, folder: Path, measured: tuple[float, int, float, float]) -> PeerResult:
@@ -190,6 +194,7 @@ def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: in
         start = time.perf_counter()
         p = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--run-with", "s3", "--config-file", str(cfg)],
                              env=_base_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        rss = PeakRss(p.pid)
         while p.poll() is None and not finished():
             time.sleep(0.05)
         seconds = time.perf_counter() - start
@@ -198,7 +203,7 @@ def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: in
         _pid, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     rc = 0 if p.returncode in (0, -signal.SIGTERM) else p.returncode
-    return _result("skynetd", folder, (seconds, rc, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime))
+    return _result("skynetd", folder, (seconds, rc, rss.peak(ru.ru_maxrss / 1024.0), ru.ru_utime + ru.ru_stime))
 
 
 def _s3con_child(args: argparse.Namespace) -> int:

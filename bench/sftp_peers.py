@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RCLONE = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone") or "rclone"
 MB = 1_000_000
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakRss  # noqa: E402  (peak RSS of a child: see there)
+
 
 @dataclass
 class Server:
@@ -158,6 +161,7 @@ def measure(name: str, cmd: list[str], src: Path, server: Server, env: dict | No
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rss = PeakRss(proc.pid)
     out_chunks: list[bytes] = []
     err_chunks: list[bytes] = []
     readers = [threading.Thread(target=lambda s=s, c=c: c.append(s.read())) for s, c in
@@ -186,7 +190,7 @@ def measure(name: str, cmd: list[str], src: Path, server: Server, env: dict | No
         bytes=total,
         files_per_s=files / seconds,
         mb_per_s=total / seconds / MB,
-        peak_rss_mib=ru.ru_maxrss / 1024,
+        peak_rss_mib=rss.peak(ru.ru_maxrss / 1024),
         cpu_s=ru.ru_utime + ru.ru_stime,
         server_cpu_s=sessions.total,
         ok=proc.returncode == 0,
