@@ -1286,6 +1286,9 @@ def part_title(args) -> str:
     if args.part == "latency" and (args.server_dir or args.prelude):
         title = title.replace("(4)", "(4b)" if args.server_dir else "(4c)") + (
             f", S3 server's data in {args.server_dir}" if args.server_dir else f", with {Path(args.prelude).name}")
+    elif args.part == "latency" and args.big_mib != 1024:
+        # a file big enough that every small file is written while it uploads
+        title = title.replace("(4)", "(4d)") + f", {args.big_mib:,} MiB large file"
     return title
 
 
