@@ -195,12 +195,17 @@ def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: in
         p = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--run-with", "s3", "--config-file", str(cfg)],
                              env=_base_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         rss = PeakRss(p.pid)
-        while p.poll() is None and not finished():
+        while not finished():
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)  # (not p.poll(): it would reap without the rusage)
+            if pid:
+                break  # the daemon died early: its log says why
             time.sleep(0.05)
+        else:
+            pid = 0
         seconds = time.perf_counter() - start
-        if p.poll() is None:
+        if not pid:
             p.send_signal(signal.SIGTERM)
-        _pid, status, ru = os.wait4(p.pid, 0)
+            _pid, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     rc = 0 if p.returncode in (0, -signal.SIGTERM) else p.returncode
     return _result("skynetd", folder, (seconds, rc, rss.peak(ru.ru_maxrss / 1024.0), ru.ru_utime + ru.ru_stime))
