@@ -147,6 +147,9 @@ class StateDB:
             # Checkpoints run on a thread of their own (Checkpointer), never
             # inside a COMMIT: see there.
             c.execute("PRAGMA wal_autocheckpoint=0")
+            # Once a checkpoint has caught up, the next writer starts the WAL
+            # over and shrinks a file that grew (say, behind a long read) to this.
+            c.execute(f"PRAGMA journal_size_limit={Checkpointer.WAL_KEEP}")
             self._local.conn = c
             with self._lock:
                 self._all.append(c)
@@ -209,10 +212,12 @@ class Checkpointer:
     the commits never fsync (WAL with synchronous=NORMAL, automatic checkpoints
     off) and a PASSIVE checkpoint, which never blocks writers or readers, runs
     every CHECKPOINT_EVERY commits. An idle daemon commits nothing, so this
-    thread sleeps without a timeout."""
+    thread sleeps without a timeout. Nothing here ever waits for readers or
+    blocks writers (TRUNCATE or RESTART would): a WAL that grows while a long
+    read holds an old snapshot is checkpointed once that read ends."""
 
     CHECKPOINT_EVERY = 200  # commits; each is a few pages, so the WAL stays a few MiB
-    WAL_LIMIT = 64 << 20  # bytes; past this (readers kept PASSIVE from finishing) truncate it
+    WAL_KEEP = 16 << 20  # bytes of WAL file kept when SQLite starts it over (journal_size_limit)
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -252,9 +257,7 @@ class Checkpointer:
     def checkpoint(self, c: sqlite3.Connection) -> None:
         try:
             c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            if os.path.getsize(self.path + "-wal") > self.WAL_LIMIT:
-                c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except (sqlite3.Error, OSError):
+        except sqlite3.Error:
             pass  # disk full or busy: the next round tries again; commits carry on in the WAL
 
 
