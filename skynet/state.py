@@ -224,6 +224,7 @@ class Checkpointer:
         self._due = threading.Event()
         self._stopping = False
         self._commits = 0
+        self.rounds = 0  # checkpoints run (tests and diagnostics)
         self._thread = threading.Thread(target=self._loop, name="state-checkpoint", daemon=True)
         self._thread.start()
 
@@ -257,6 +258,7 @@ class Checkpointer:
     def checkpoint(self, c: sqlite3.Connection) -> None:
         try:
             c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.rounds += 1
         except sqlite3.Error:
             pass  # disk full or busy: the next round tries again; commits carry on in the WAL
 
