@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakRss  # noqa: E402  (peak RSS of a child: see there)
+from common import LoadMeter, Proc, proc_cpu  # noqa: E402  (a child's own CPU and peak RSS: see there)
 
 
 @dataclass(frozen=True)
@@ -90,15 +89,10 @@ def tree_size(folder: Path) -> tuple[int, int]:
 
 
 def run_measured(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, int, float, float]:
-    """Run a child; return (seconds, returncode, peak RSS MiB, CPU seconds) from os.wait4."""
-    with open(log, "ab") as out:
-        start = time.perf_counter()
-        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        rss = PeakRss(p.pid)
-        _pid, status, ru = os.wait4(p.pid, 0)
-        seconds = time.perf_counter() - start
-    p.returncode = os.waitstatus_to_exitcode(status)  # reaped: keep Popen from waiting again
-    return seconds, p.returncode, rss.peak(ru.ru_maxrss / 1024.0), ru.ru_utime + ru.ru_stime
+    """Run a child to its end; return (seconds, returncode, peak RSS MiB, CPU seconds)."""
+    start = time.perf_counter()
+    u = Proc(argv, log, env=env).wait()
+    return time.perf_counter() - start, u.returncode, u.maxrss_mib, u.cpu_s
 
 
 def _result(name: str, folder: Path, measured: tuple[float, int, float, float]) -> PeerResult:
@@ -190,25 +184,15 @@ def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: in
             return False
         return synced >= files and queued == 0
 
-    with open(log, "ab") as out:
-        start = time.perf_counter()
-        p = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--run-with", "s3", "--config-file", str(cfg)],
-                             env=_base_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        rss = PeakRss(p.pid)
-        while not finished():
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)  # (not p.poll(): it would reap without the rusage)
-            if pid:
-                break  # the daemon died early: its log says why
-            time.sleep(0.05)
-        else:
-            pid = 0
-        seconds = time.perf_counter() - start
-        if not pid:
-            p.send_signal(signal.SIGTERM)
-            _pid, status, ru = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    rc = 0 if p.returncode in (0, -signal.SIGTERM) else p.returncode
-    return _result("skynetd", folder, (seconds, rc, rss.peak(ru.ru_maxrss / 1024.0), ru.ru_utime + ru.ru_stime))
+    start = time.perf_counter()
+    p = Proc([sys.executable, str(REPO / "main.py"), "--run-with", "s3", "--config-file", str(cfg)], log,
+             env=_base_env())
+    while p.alive() and not finished():  # a daemon that died early is reaped here: its log says why
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    u = p.stop(signal.SIGTERM)
+    rc = 0 if u.returncode in (0, -signal.SIGTERM) else u.returncode
+    return _result("skynetd", folder, (seconds, rc, u.maxrss_mib, u.cpu_s))
 
 
 def _s3con_child(args: argparse.Namespace) -> int:
@@ -301,9 +285,6 @@ def compare(t: S3Target, folder: Path, log_dir: Path, tools: list[str], server_p
     """Run each tool into its own fresh prefix; check every file arrived. With the server's
     PID (--self-test), also its CPU during each run, and the cores other processes kept
     busy meanwhile (the machine is shared: those slow whichever tool ran then)."""
-    sys.path.insert(0, str(REPO))
-    from bench.common import LoadMeter, proc_cpu
-
     results = []
     files, _bytes = tree_size(folder)
     for name in tools:
