@@ -176,7 +176,7 @@ class StateDB:
         if cp is None:
             with self._lock:
                 if self._checkpointer is None:
-                    self._checkpointer = Checkpointer(self.path)
+                    self._checkpointer = Checkpointer(self)
                 cp = self._checkpointer
         cp.committed()
 
@@ -219,8 +219,8 @@ class Checkpointer:
     CHECKPOINT_EVERY = 200  # commits; each is a few pages, so the WAL stays a few MiB
     WAL_KEEP = 16 << 20  # bytes of WAL file kept when SQLite starts it over (journal_size_limit)
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, db: StateDB) -> None:
+        self.db = db
         self._due = threading.Event()
         self._stopping = False
         self._commits = 0
@@ -240,20 +240,19 @@ class Checkpointer:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        try:
-            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error:
-            return
-        try:
-            c.execute("PRAGMA wal_autocheckpoint=0")
-            while True:
-                self._due.wait()
-                self._due.clear()
-                if self._stopping:
-                    return
-                self.checkpoint(c)
-        finally:
-            c.close()  # the last connection to close checkpoints what is left
+        """On this thread's own connection (StateDB.conn: the same settings;
+        StateDB.close closes it, and the last connection to close checkpoints
+        what is left)."""
+        while True:
+            self._due.wait()
+            self._due.clear()
+            if self._stopping:
+                return
+            try:
+                c = self.db.conn()
+            except sqlite3.Error:
+                continue  # state folder unusable: the writers will say so
+            self.checkpoint(c)
 
     def checkpoint(self, c: sqlite3.Connection) -> None:
         try:
