@@ -465,21 +465,26 @@ class ResumeTable:
         row = self.db.conn().execute("SELECT state FROM resume WHERE path = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    # save and clear change the row and the set under one lock, so that the set
+    # follows the rows in the same order even when a part thread saves while
+    # the worker clears (else a row could outlive its entry and never be cleared).
     def save(self, rel: str, state: dict) -> None:
         key = enc(rel)
         held = self._paths()
-        with self.db.write() as c:
-            c.execute("INSERT OR REPLACE INTO resume(path, state) VALUES (?, ?)", (key, json.dumps(state)))
-        held.add(key)
+        with self._lock:
+            with self.db.write() as c:
+                c.execute("INSERT OR REPLACE INTO resume(path, state) VALUES (?, ?)", (key, json.dumps(state)))
+            held.add(key)
 
     def clear(self, rel: str) -> None:
         key = enc(rel)
         held = self._paths()
-        if key not in held:
-            return
-        with self.db.write() as c:
-            c.execute("DELETE FROM resume WHERE path = ?", (key,))
-        held.discard(key)
+        with self._lock:
+            if key not in held:
+                return
+            with self.db.write() as c:
+                c.execute("DELETE FROM resume WHERE path = ?", (key,))
+            held.discard(key)
 
     def all(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.db.conn().execute("SELECT state FROM resume")]
