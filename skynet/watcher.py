@@ -45,6 +45,7 @@ from watchdog.events import (
 
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyFD, InotifyWatchGroup
+from watchdog.observers.inotify_c import inotify_add_watch
 
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
@@ -320,6 +321,80 @@ class _ReportingWatchGroup(InotifyWatchGroup):
             self._active_callbacks_by_watch[wd] = folder
 
 
+class _LeanWatch:
+    """One inotify watch, standing in for watchdog's `Watch` with a fraction of
+    its memory. watchdog keeps a dataclass instance plus a dict of callbacks per
+    watched folder, ~330 bytes; a tree of 100,000 folders paid 30 MiB for them.
+    Nearly every watch has exactly one callback (the watch group of the one
+    mapping whose tree holds the folder), so it sits in two slots, and the
+    watch is its own `callbacks` mapping (the part of the dict API watchdog 7.1
+    uses: `in`, item assignment, `pop`, `values`, truth); a second callback
+    (two mappings watching the same folder) goes to a dict. ~90 bytes in all."""
+
+    __slots__ = ("wd", "mask", "_initial_creation_path", "_id", "_cb", "_more")
+
+    def __init__(self, wd: int, mask: int, path: bytes) -> None:
+        self.wd, self.mask, self._initial_creation_path = wd, mask, path
+        self._id: Any = None
+        self._cb: Any = None
+        self._more: dict | None = None
+
+    @property
+    def callbacks(self) -> "_LeanWatch":
+        return self
+
+    @property
+    def is_used(self) -> bool:
+        return bool(self)
+
+    def short_str(self) -> str:
+        return f"<watch wd={self.wd} path={self._initial_creation_path!r}>"
+
+    def __contains__(self, id_: Any) -> bool:
+        return (self._cb is not None and self._id == id_) or (self._more is not None and id_ in self._more)
+
+    def __setitem__(self, id_: Any, callback: Any) -> None:
+        if self._cb is None or self._id == id_:
+            self._id, self._cb = id_, callback
+        else:
+            if self._more is None:
+                self._more = {}
+            self._more[id_] = callback
+
+    def pop(self, id_: Any, default: Any = None) -> Any:
+        if self._cb is not None and self._id == id_:
+            cb, self._id, self._cb = self._cb, None, None
+            if self._more:  # promote one of the others into the slots
+                self._id, self._cb = self._more.popitem()
+            return cb
+        if self._more is not None:
+            return self._more.pop(id_, default)
+        return default
+
+    def values(self) -> list[Any]:
+        if self._cb is None:
+            return []
+        return [self._cb, *self._more.values()] if self._more else [self._cb]
+
+    def __bool__(self) -> bool:
+        return self._cb is not None
+
+
+class _LeanInotifyFD(InotifyFD):
+    """watchdog's inotify reader, keeping its watches as `_LeanWatch`es."""
+
+    def _get_or_create_watch(self, path: bytes, mask: int) -> Any:
+        # Same steps as watchdog 7.1's own (inotify_add_watch returns the
+        # existing descriptor for a folder watched already).
+        wd = inotify_add_watch(self._inotify_fd, path, mask)
+        if wd == -1:
+            InotifyFD._raise_error()
+        watch = self._watch_for_wd.get(wd)
+        if watch is None:
+            watch = self._watch_for_wd[wd] = _LeanWatch(wd, mask, path)
+        return watch
+
+
 class _ReportingEmitter(InotifyEmitter):
     listeners: dict[str, WatchFaultListener] = {}
 
@@ -342,7 +417,7 @@ class FaultReportingObserver(BaseObserver):
     it could not watch. `listen(root, listener)` before `schedule(root)`."""
 
     def __init__(self) -> None:
-        self._inotify_fd = InotifyFD()
+        self._inotify_fd = _LeanInotifyFD()
         self._inotify_fd.start()
         super().__init__(_ReportingEmitter, inotify_fd=self._inotify_fd)
 
