@@ -29,6 +29,10 @@ from connections.base import (
 from skynet.values import parse_bool
 
 TMP_PREFIX = ".skynet-tmp-"
+# Target folders whose realpath() check is remembered. Work arrives folder by
+# folder (the scan walks them in order), so a short memory saves nearly every
+# check; a long one grew with the tree (~150 bytes a folder, kept for good).
+SAFE_PARENTS_KEPT = 1024
 CHUNK = 1 << 20
 
 
@@ -75,7 +79,7 @@ class LocalCon(XCon):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.fsync = fsync
         self._real_root = os.path.realpath(self.root)
-        self._safe_parents: set[str] = set()
+        self._safe_parents: dict[str, None] = {}  # folders found safe, oldest first
 
     # -- paths -------------------------------------------------------------
     def _path(self, rel: str, root_check: bool = True) -> str:
@@ -100,9 +104,9 @@ class LocalCon(XCon):
             real = os.path.realpath(parent)
             if real != os.path.normpath(parent) and os.path.commonpath([self._real_root, real]) != self._real_root:
                 raise UnsafePath(f"{rel!r} goes through a link out of {self.root!r}")
-            if len(self._safe_parents) > 20000:
-                self._safe_parents.clear()
-            self._safe_parents.add(parent)
+            if len(self._safe_parents) >= SAFE_PARENTS_KEPT:  # forget the oldest (dicts keep insertion order)
+                del self._safe_parents[next(iter(self._safe_parents))]
+            self._safe_parents[parent] = None
         return full
 
     def _error(self, exc: OSError, what: str) -> Exception:
