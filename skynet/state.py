@@ -108,6 +108,9 @@ def open_or_rebuild(path: str) -> tuple["StateDB", bool]:
         return StateDB(path), True
 
 
+CACHE_KIB = 512  # SQLite page cache per connection
+
+
 class StateDB:
     """One mapping's SQLite state file, with a connection per thread."""
 
@@ -150,6 +153,11 @@ class StateDB:
             # Once a checkpoint has caught up, the next writer starts the WAL
             # over and shrinks a file that grew (say, behind a long read) to this.
             c.execute(f"PRAGMA journal_size_limit={Checkpointer.WAL_KEEP}")
+            # Every thread has a connection and every connection its own page
+            # cache, which fills up to cache_size as the tables outgrow it:
+            # SQLite's default (2,000 KiB) made the daemon's memory grow with
+            # the tree (12 connections). The OS page cache holds the file anyway.
+            c.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._local.conn = c
             with self._lock:
                 self._all.append(c)
