@@ -1224,6 +1224,13 @@ class SFTPCon(XCon):
         return self._pkey
 
     def _transport_factory(self, sock, **kw) -> paramiko.Transport:
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Without it, Nagle's algorithm holds a request written right
+            # behind another until the server ACKs that one, which a delayed
+            # ACK puts off by up to 40 ms: small files went at 217/s instead of
+            # 554/s over loopback (paramiko leaves the option off; OpenSSH and
+            # rclone set it).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t = paramiko.Transport(sock, **kw)
         if self.fast_wire and _Packetizer.available(t.packetizer):
             t.packetizer.__class__ = _Packetizer
