@@ -824,8 +824,11 @@ class S3Con(XCon):
             return TransientError(f"{what}: {exc}; it will be sent again")
         if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
             return PermanentError(self._scrub(f"{what}: {where}: TLS certificate rejected: {exc}"))
-        ssl = sys.modules.get("ssl")  # imported by whoever made a TLS connection
-        if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
+        # ssl is imported by whoever made a TLS connection; another thread may be
+        # importing it right now, and a half-imported module lacks the class
+        # (seen: an AttributeError here failed a delete during a torture run).
+        cert_error = getattr(sys.modules.get("ssl"), "SSLCertVerificationError", None)
+        if cert_error is not None and isinstance(exc, cert_error):
             return PermanentError(self._scrub(f"{what}: {where}: TLS certificate rejected: {exc}"))
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return PermanentError(
@@ -833,10 +836,9 @@ class S3Con(XCon):
             )
         if isinstance(exc, (bce.ProfileNotFound, bce.ParamValidationError, bce.NoRegionError, bce.UnknownKeyError)):
             return PermanentError(self._scrub(f"{what}: {where}: {exc}"))
-        http_client = sys.modules.get("http.client")  # urllib3 may let one through
-        if isinstance(exc, (bce.BotoCoreError, OSError)) or (
-            http_client is not None and isinstance(exc, http_client.HTTPException)
-        ):
+        # urllib3 may let one through (half-imported module: as for ssl above)
+        http_error = getattr(sys.modules.get("http.client"), "HTTPException", None)
+        if isinstance(exc, (bce.BotoCoreError, OSError)) or (http_error is not None and isinstance(exc, http_error)):
             # timeouts, refused/reset connections, unreachable endpoints, credential refresh
             return TransientError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
         return PermanentError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))

@@ -580,6 +580,19 @@ def test_network_errors_are_transient(exc):
     assert isinstance(con._classify(exc, "send 'x'", "x"), TransientError)
 
 
+def test_classify_with_ssl_half_imported_by_another_thread(monkeypatch):
+    """Another thread importing ssl leaves a module without its classes in
+    sys.modules for a moment: classifying an error then must not raise."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "ssl", types.ModuleType("ssl"))
+    monkeypatch.setitem(sys.modules, "http.client", types.ModuleType("http.client"))
+    con = S3Con("bkt", access_key_id="a", secret_access_key="b")
+    assert isinstance(con._classify(ConnectionResetError(104, "reset"), "delete 'x'", "x"), TransientError)
+    assert isinstance(con._classify(ValueError("odd"), "delete 'x'", "x"), PermanentError)
+
+
 def test_stubbed_not_found_and_missing_is_none(make_con):
     con = make_con()
     with stubbed(con) as stub:
