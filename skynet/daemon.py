@@ -10,6 +10,7 @@ import errno
 import fcntl
 import logging
 import os
+import faulthandler
 import signal
 import sqlite3
 import sys
@@ -497,6 +498,9 @@ class Daemon:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._signal)
+        # `kill -USR2 PID` writes every thread's stack to stderr (the journal):
+        # where a daemon that stopped making progress is waiting.
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.progress.start()
         try:
             self.observer.start()
