@@ -860,7 +860,7 @@ def _reference_loops(work: Path, src: Path, rels: list[str]) -> list[str]:
 
     measure("minimal Python copy: os.open/fstat/read, open tmp/write/fchmod/futimens/close, rename", copy_min)
 
-    import sqlite3
+    from skynet.sqlitelib import sqlite3
 
     def sql_setup(batch: int) -> sqlite3.Connection:
         db = sqlite3.connect(str(work / f"ref-{batch}.db"), isolation_level=None)

@@ -158,7 +158,7 @@ def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: in
     timed from its start until the Index holds every file and the queue is empty (read from its
     state database, no requests to the server), then stopped with SIGTERM and reaped."""
     import signal
-    import sqlite3
+    from skynet.sqlitelib import sqlite3
 
     work = log.parent / f"skynetd-{prefix}"
     work.mkdir(parents=True)

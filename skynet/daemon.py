@@ -12,7 +12,7 @@ import logging
 import os
 import faulthandler
 import signal
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import sys
 import threading
 import time
@@ -450,6 +450,10 @@ class Daemon:
             for r in list(self.runners.values()):
                 r.handler.wake()  # `--retry-failed` queued work from another process
             return
+        elif signum == signal.SIGUSR2:
+            for r in list(self.runners.values()):
+                log.warning("%s: handler state: %s", r.name, r.handler.describe_state())
+            return
         else:
             log.info("received %s; stopping", signal.Signals(signum).name)
             self.stop_event.set()
@@ -496,11 +500,12 @@ class Daemon:
         return Snapshot(done, sent, pending)
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._signal)
-        # `kill -USR2 PID` writes every thread's stack to stderr (the journal):
-        # where a daemon that stopped making progress is waiting.
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
+        # `kill -USR2 PID` writes every thread's stack to stderr (the journal),
+        # then (chained) each handler's scheduling state to the log: where a
+        # daemon that stopped making progress is waiting, and on what.
+        faulthandler.register(signal.SIGUSR2, all_threads=True, chain=True)
         self.progress.start()
         try:
             self.observer.start()

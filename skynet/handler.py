@@ -194,6 +194,23 @@ class Handler:
         with self._cv:
             return not self._busy and not self._window and not self._dirty and not self._paused
 
+    def describe_state(self) -> str:
+        """The scheduler's state in one line (SIGUSR2: why is nothing moving?).
+        Reads without the lock if it is held for long: a wedged lock is itself the answer."""
+        locked = self._cv.acquire(timeout=2)
+        try:
+            head = ", ".join(f"#{a.id} {a}" for a in self._window[:5])
+            busy = ", ".join(f"#{i} {a}" for i, a in list(self._busy.items())[:5])
+            held = list(self._running.held)[:5]
+            return (f"{'' if locked else 'LOCK HELD ELSEWHERE; '}window {len(self._window)} [{head}], "
+                    f"busy {len(self._busy)} [{busy}], held paths {len(self._running.held)} {held}, "
+                    f"dirty {self._dirty}, idle workers {self._idle}/{self.n_workers}, paused {self._paused}, "
+                    f"stopping {self._stopping}, retry timers {len(self._not_before)}, "
+                    f"to commit {self._to_commit.qsize()}")
+        finally:
+            if locked:
+                self._cv.release()
+
     def in_flight(self) -> list[Action]:
         with self._cv:
             return list(self._busy.values())

@@ -41,7 +41,7 @@ import logging
 import os
 import re
 import socket
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterable, Sequence

@@ -16,24 +16,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
+from skynet.sqlitelib import WAL_RESET_FIXED, sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+# AUTOINCREMENT (schema 2): an action's id is its identity for as long as the
+# handler remembers it, which outlasts its row. With a plain INTEGER PRIMARY
+# KEY, SQLite hands the highest id out again once that row is deleted: the
+# handler still held the finished action under that id when a new one was
+# claimed with it, and the path locks of one of them were never let go (a
+# burst stalled with thousands of actions waiting; see _migrate_queue).
+QUEUE_TABLE = """
 CREATE TABLE IF NOT EXISTS queue (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
     src BLOB NOT NULL,
     dest BLOB NOT NULL DEFAULT x'',
     state INTEGER NOT NULL DEFAULT 0,      -- 0 waiting, 1 claimed by the handler
     queued_at REAL NOT NULL
 );
+"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + QUEUE_TABLE + """
 -- An identical action that is still *waiting* is not queued twice; one that is
 -- already claimed (in flight) does not block a new one: that is the fix for the
 -- "de-duplicating queue drops the last write" trap.
@@ -111,6 +121,27 @@ def open_or_rebuild(path: str) -> tuple["StateDB", bool]:
 CACHE_KIB = 512  # SQLite page cache per connection
 
 
+def _migrate_queue(c: sqlite3.Connection) -> None:
+    """A queue table from schema 1 (ids could be reused) becomes one with
+    AUTOINCREMENT, keeping its rows and their ids, in one transaction."""
+    row = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'queue'").fetchone()
+    if row is None or "AUTOINCREMENT" in row[0].upper():
+        return
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        c.execute("ALTER TABLE queue RENAME TO queue_v1")
+        c.execute("DROP INDEX IF EXISTS queue_unique_waiting")
+        c.execute("DROP INDEX IF EXISTS queue_order")
+        c.execute(QUEUE_TABLE)
+        c.execute("INSERT INTO queue(id, kind, src, dest, state, queued_at) "
+                  "SELECT id, kind, src, dest, state, queued_at FROM queue_v1")
+        c.execute("DROP TABLE queue_v1")
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+
+
 class StateDB:
     """One mapping's SQLite state file, with a connection per thread."""
 
@@ -127,9 +158,10 @@ class StateDB:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
             c = self.conn()
+            _migrate_queue(c)
             c.executescript(SCHEMA)
             c.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
             # Touch every table once: a damaged page usually shows up here.
             for table in ("meta", "queue", "entries", "failed", "resume"):
@@ -260,7 +292,11 @@ class Checkpointer:
                 c = self.db.conn()
             except sqlite3.Error:
                 continue  # state folder unusable: the writers will say so
-            self.checkpoint(c)
+            if WAL_RESET_FIXED:
+                self.checkpoint(c)
+            else:  # an old SQLite (see skynet.sqlitelib): no commit may race the checkpoint
+                with self.db._write_lock:
+                    self.checkpoint(c)
 
     def checkpoint(self, c: sqlite3.Connection) -> None:
         try:

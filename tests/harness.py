@@ -154,7 +154,7 @@ def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bo
             return
         time.sleep(0.1)
     if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.proc.send_signal(signal.SIGUSR2)  # the daemon writes its threads' stacks into its log
+        daemon.proc.send_signal(signal.SIGUSR2)  # the daemon logs its threads' stacks and its handlers' state
         time.sleep(1.0)
     tail = daemon.log_text()[-12000:] if daemon else ""
     raise AssertionError(f"not converged after {timeout}s: {last}\n--- daemon log tail ---\n{tail}")

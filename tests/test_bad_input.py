@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import stat
 import tempfile
 import time

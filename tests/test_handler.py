@@ -100,3 +100,47 @@ def test_transient_error_retried_then_failed(tmp_path):
     q, failed = run_handler(tmp_path, [(SEND, "flaky", "")], rec)
     assert len([r for r in rec.log if r[1] == "flaky"]) == 2  # max_attempts=2
     assert failed.list()[0].attempts == 2
+
+
+def test_a_new_action_claimed_while_the_last_one_commits_gets_a_fresh_id(tmp_path):
+    """The stalled-burst bug, forced: the committer has deleted the queue's last
+    row but not yet released its paths when a new action is claimed. Its id must
+    not be the finished one's (SQLite reuses the highest rowid unless the table
+    says AUTOINCREMENT), or the handler's bookkeeping mixes the two up and a path
+    stays locked for ever."""
+    db = StateDB(str(tmp_path / "s.db"))
+    h = None
+    q = UniqueQ(db, on_put=lambda: h and h.wake())
+    real_finish = q.finish_many
+    claimed_meanwhile = threading.Event()
+
+    def finish_then_race(finished):
+        real_finish(finished)  # rows gone; the committer has not taken the lock yet
+        if not claimed_meanwhile.is_set():
+            q.put_many([(SEND, "dir/b", "")])
+            deadline = time.monotonic() + 5
+            while not h.in_flight() or h.in_flight()[0].src != "dir/b":
+                assert time.monotonic() < deadline, "the new action was not claimed"
+                time.sleep(0.005)
+            claimed_meanwhile.set()
+
+    q.finish_many = finish_then_race
+    h = Handler("t", q, OkCon(), FakeReconciler(delay=0.01), FailedActions(db), workers=2)
+    h.start(connected=True)
+    try:
+        q.put_many([(SEND, "dir/a", "")])
+        deadline = time.monotonic() + 10
+        while not (claimed_meanwhile.is_set() and h.idle() and len(q) == 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert claimed_meanwhile.is_set()
+        assert h.idle() and len(q) == 0, h.describe_state()
+        assert h._running.held == {} and h._running.inner == {}, h.describe_state()
+        # and the next action on that folder still runs
+        q.put_many([(SEND, "dir", "")])
+        deadline = time.monotonic() + 5
+        while len(q) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(q) == 0, h.describe_state()
+    finally:
+        h.stop(5)
+        db.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import statistics
 import threading
 import time

@@ -3,7 +3,7 @@
 during a large upload: bench/RESULTS.md, issue 8 (4))."""
 from __future__ import annotations
 
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import threading
 import time
 

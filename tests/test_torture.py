@@ -19,7 +19,7 @@ import json
 import os
 import random
 import shutil
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import time
 from pathlib import Path
 

@@ -75,3 +75,49 @@ def test_release_returns_work(tmp_path):
     got = q.claim(5)
     q.release([a.id for a in got])
     assert len(q.claim(10)) == 5
+
+
+def test_ids_are_never_reused(tmp_path):
+    """The handler knows an action by its id after its row is gone (until its
+    paths are released): a later action must never get that id again."""
+    q = UniqueQ(StateDB(str(tmp_path / "s.db")))
+    q.put_many([(SEND, "a", ""), (SEND, "b", "")])
+    first = q.claim(10)
+    q.finish_many([(a.id, [], a.paths()) for a in first])
+    assert len(q) == 0
+    q.put_many([(SEND, "c", "")])
+    (c,) = q.claim(10)
+    assert c.id > max(a.id for a in first)
+
+
+def test_a_schema_1_queue_is_migrated_with_its_rows(tmp_path):
+    import os
+    from skynet.sqlitelib import sqlite3
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE queue (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, src BLOB NOT NULL,
+            dest BLOB NOT NULL DEFAULT x'', state INTEGER NOT NULL DEFAULT 0, queued_at REAL NOT NULL);
+        CREATE UNIQUE INDEX queue_unique_waiting ON queue(kind, src, dest) WHERE state = 0;
+        CREATE INDEX queue_order ON queue(state, id);
+        INSERT INTO queue VALUES (7, 'send', x'61', x'', 0, 1.0), (9, 'delete', x'62', x'', 1, 2.0);
+    """)
+    old.close()
+    db = StateDB(path)
+    try:
+        c = db.conn()
+        assert "AUTOINCREMENT" in c.execute("SELECT sql FROM sqlite_master WHERE name = 'queue'").fetchone()[0]
+        assert c.execute("SELECT id, kind, src, state FROM queue ORDER BY id").fetchall() == [
+            (7, "send", b"a", 0), (9, "delete", b"b", 1)]
+        assert db.get_meta("schema") == "2"
+        q = UniqueQ(db)
+        assert q.put_many([(SEND, "a", "")]) == 0  # the waiting-action uniqueness survived
+        q.put_many([(SEND, "z", "")])
+        assert max(r[0] for r in c.execute("SELECT id FROM queue")) > 9
+        assert not [n for (n,) in c.execute("SELECT name FROM sqlite_master") if n.endswith("_v1")]
+    finally:
+        db.close()
+    assert os.path.exists(path)

@@ -9,7 +9,7 @@ takes seconds. Here: wal_autocheckpoint=0 on every connection, and a checkpointe
 thread runs PRAGMA wal_checkpoint(PASSIVE) (which never blocks writers) when a
 commit says the WAL has grown; idle, it sleeps.
 """
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import threading
 
 import skynet.state as state

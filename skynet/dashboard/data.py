@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
-import sqlite3
+from skynet.sqlitelib import sqlite3
 import threading
 import time
 from contextlib import contextmanager
