@@ -20,6 +20,7 @@ decides *what*, the XCon *how*):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from queue import SimpleQueue
 import random
@@ -32,7 +33,7 @@ import tenacity
 from connections.base import PermanentError, TransientError, XCon
 from skynet.reconcile import Outcome, Reconciler, SourceUnavailable
 from skynet.state import FailedActions
-from skynet.uniqueq import Action, UniqueQ
+from skynet.uniqueq import LOOK_UP, Action, UniqueQ
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class Handler:
             except Exception as exc:  # state database unusable
                 self.on_fatal(f"{self.name}: cannot read the action queue: {exc}")
                 return None, None
-            self._window.extend(claimed)
+            self._window.extend(self._vouch(claimed))
             if len(claimed) >= WINDOW // 2:
                 self._dirty = True  # probably more behind them
         if not self._window:
@@ -281,6 +282,27 @@ class Handler:
             self._hold(a)
             return a, None
         return None, (None if next_due is None else max(0.0, next_due - (now or time.monotonic())))
+
+    def _vouch(self, claimed: list[Action]) -> list[Action]:
+        """Keep the Index entry each action was claimed with only if nothing can
+        change it before the action runs (lock held). Only an action on the same
+        path or a folder around it writes that entry, and those run in queue
+        order: so the entry is stale only if such an action is running or not
+        yet committed, or waits ahead of this one. Otherwise the worker looks
+        the entry up itself when the action runs, as before."""
+        ahead = PathLocks()
+        for a in self._window:
+            for p in a.paths():
+                ahead.add(p)
+        out = []
+        for a in claimed:
+            paths = a.paths()
+            if a.entry is not LOOK_UP and any(self._running.conflicts(p) or ahead.conflicts(p) for p in paths):
+                a = dataclasses.replace(a, entry=LOOK_UP)
+            for p in paths:
+                ahead.add(p)
+            out.append(a)
+        return out
 
     def _hold(self, a: Action) -> None:
         """`a` starts: its paths are busy until it is committed or given back (lock held)."""
@@ -388,7 +410,7 @@ class Handler:
     def _give_back(self, a: Action) -> None:
         with self._cv:
             self._drop(a)
-            self._window.insert(0, a)
+            self._window.insert(0, _unvouched(a))
             self._cv.notify_all()
 
     def _transient(self, a: Action, error: Exception) -> None:
@@ -396,7 +418,7 @@ class Handler:
             log.error("%s: %s; pausing this mapping until it is back (nothing is deleted meanwhile)", self.name, error)
             with self._cv:
                 self._drop(a)
-                self._window.insert(0, a)
+                self._window.insert(0, _unvouched(a))
                 self._cv.notify_all()
             self._pause(str(error))
             return
@@ -409,7 +431,7 @@ class Handler:
             log.warning("%s: remote unreachable during %s: %s", self.name, a, error)
             with self._cv:
                 self._drop(a)
-                self._window.insert(0, a)  # retried first when we are back
+                self._window.insert(0, _unvouched(a))  # retried first when we are back
                 self._cv.notify_all()
             self._pause(str(error))
             return
@@ -425,7 +447,7 @@ class Handler:
             self._attempts[a.id] = attempts
             self._not_before[a.id] = time.monotonic() + delay
             self._drop(a)
-            self._window.insert(0, a)
+            self._window.insert(0, _unvouched(a))
             self._cv.notify_all()
 
     # -- reconnection ------------------------------------------------------
@@ -478,6 +500,11 @@ class Handler:
             self.connected = True
             self._dirty = True
             self._cv.notify_all()
+
+
+def _unvouched(a: Action) -> Action:
+    """`a` goes back to wait: its claimed Index entry is not vouched for any more."""
+    return a if a.entry is LOOK_UP else dataclasses.replace(a, entry=LOOK_UP)
 
 
 class _Stop(Exception):

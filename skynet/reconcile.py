@@ -34,7 +34,7 @@ from connections.base import LocalFile, PermanentError, RemoteNotFound, Transfer
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.state import Index, IndexEntry, ResumeTable
-from skynet.uniqueq import DELETE, MOVE, SEND, Action, UniqueQ
+from skynet.uniqueq import DELETE, LOOK_UP, MOVE, SEND, Action, LookUp, UniqueQ
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Reconciler:
     def run(self, action: Action, ctx_stop=None) -> Outcome:
         out = Outcome()
         if action.kind == SEND:
-            self.sync_path(action.src, out, ctx_stop)
+            self.sync_path(action.src, out, ctx_stop, action.entry)
         elif action.kind == DELETE:
             self.delete(action.src, out, ctx_stop)
         elif action.kind == MOVE:
@@ -185,8 +185,9 @@ class Reconciler:
         if rel not in dict(states):
             self.con.discard(rel, None)  # a temp file a failed attempt could not remove
 
-    def sync_path(self, rel: str, out: Outcome, ctx_stop=None) -> None:
-        """Make the remote match whatever `rel` is on disk now (file or folder)."""
+    def sync_path(self, rel: str, out: Outcome, ctx_stop=None, known: IndexEntry | None | LookUp = LOOK_UP) -> None:
+        """Make the remote match whatever `rel` is on disk now (file or folder).
+        `known`: `rel`'s Index entry if the caller has read it (Action.entry)."""
         path = self.mapper.local(rel)
         st = self._lstat(rel, path)
         if st is None:
@@ -200,7 +201,7 @@ class Reconciler:
             out.queued += self.queue.put_many(self.pending_sends(rel))
         elif statmod.S_ISREG(st.st_mode):
             if not self.ignore.ignored(rel):
-                self.send_file(rel, st, out, ctx_stop, path)
+                self.send_file(rel, st, out, ctx_stop, path, known)
         elif statmod.S_ISLNK(st.st_mode):
             log.info("skipping symbolic link %r (set follow_symlinks = yes to copy its target)", rel)
         else:
@@ -253,9 +254,11 @@ class Reconciler:
             out.queued += self.queue.put_many(batch)
 
     # -- send --------------------------------------------------------------
-    def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None) -> None:
+    def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None,
+                  known: IndexEntry | None | LookUp = LOOK_UP) -> None:
         abilities = self.con.abilities
-        if index_matches(self.index.get(rel), st, abilities.mtime_precision_ns):
+        entry = self.index.get(rel) if known is LOOK_UP else known
+        if index_matches(entry, st, abilities.mtime_precision_ns):
             return
         if not abilities.byte_names and not Mapper.is_utf8(rel):
             raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")

@@ -20,10 +20,10 @@ import os
 from skynet.sqlitelib import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from skynet.state import FailedActions, Index, StateDB, StateError, dec, enc
+from skynet.state import FailedActions, Index, IndexEntry, StateDB, StateError, dec, enc
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,33 @@ SEND, DELETE, MOVE = "send", "delete", "move"
 KINDS = (SEND, DELETE, MOVE)
 
 
+class LookUp:
+    """Type of LOOK_UP: the Index was not read with the action; read it when it runs."""
+
+    def __repr__(self) -> str:
+        return "LOOK_UP"
+
+
+LOOK_UP = LookUp()
+
+
 @dataclass(frozen=True)
 class Action:
-    """One queued hint: make the remote match the disk for these paths."""
+    """One queued hint: make the remote match the disk for these paths.
+
+    `entry` is the Index entry of `src` as read in the same transaction that
+    claimed the action (None: the remote has nothing there), or LOOK_UP. The
+    handler keeps it only while no older action could still change that entry
+    (Handler._vouch); then the worker needs no query of its own. Measured: one
+    Index query per file from 8 worker threads cut a bare copy loop's files/s in
+    half (SQLite's per-statement locking, each step a GIL hand-off); one join per
+    claimed batch costs next to nothing."""
 
     id: int
     kind: str
     src: str
     dest: str = ""
+    entry: "IndexEntry | None | LookUp" = field(default=LOOK_UP, compare=False, repr=False)
 
     def paths(self) -> tuple[str, ...]:
         return (self.src, self.dest) if self.kind == MOVE else (self.src,)
@@ -142,14 +161,21 @@ class UniqueQ:
         return [Action(r[0], r[1], dec(r[2]), dec(r[3])) for r in rows]
 
     def claim(self, limit: int) -> list[Action]:
-        """Hand out up to `limit` waiting actions, oldest first, marking them claimed."""
+        """Hand out up to `limit` waiting actions, oldest first, marking them
+        claimed, each with the Index entry of its source path (see Action)."""
         with self.db.write() as c:
             rows = c.execute(
-                "SELECT id, kind, src, dest FROM queue WHERE state = 0 ORDER BY id LIMIT ?", (limit,)
+                "SELECT q.id, q.kind, q.src, q.dest, e.path IS NOT NULL, e.size, e.mtime_ns, e.mode, e.ino, e.etag "
+                "FROM queue AS q LEFT JOIN entries AS e ON e.path = q.src "
+                "WHERE q.state = 0 ORDER BY q.id LIMIT ?", (limit,)
             ).fetchall()
             if rows:
                 c.executemany("UPDATE queue SET state = 1 WHERE id = ?", ((r[0],) for r in rows))
-        return [Action(r[0], r[1], dec(r[2]), dec(r[3])) for r in rows]
+        out = []
+        for r in rows:
+            src = dec(r[2])
+            out.append(Action(r[0], r[1], src, dec(r[3]), IndexEntry(src, *r[5:]) if r[4] else None))
+        return out
 
     def release(self, ids: Iterable[int]) -> None:
         """Give claimed actions back (graceful stop with work still queued)."""

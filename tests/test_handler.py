@@ -144,3 +144,28 @@ def test_a_new_action_claimed_while_the_last_one_commits_gets_a_fresh_id(tmp_pat
     finally:
         h.stop(5)
         db.close()
+
+
+def test_a_claimed_index_entry_is_kept_only_if_nothing_older_can_change_it(tmp_path):
+    from skynet.state import IndexEntry
+    from skynet.uniqueq import DELETE, LOOK_UP, Action
+
+    db = StateDB(str(tmp_path / "s.db"))
+    try:
+        h = Handler("t", UniqueQ(db), OkCon(), FakeReconciler(), FailedActions(db))
+        e = IndexEntry("x", 1, 2, 0o644, 3, None)
+        h._hold(Action(1, MOVE, "moving/a", "moved/a", e))  # running (or waiting for its commit)
+        h._window = [Action(2, DELETE, "d/gone", "", None)]  # claimed earlier, still waiting
+        batch = [
+            Action(3, SEND, "free", "", e),            # nothing older touches it: kept
+            Action(4, SEND, "moved/a", "", e),         # a running move writes this entry: look up
+            Action(5, SEND, "d/gone", "", e),          # an older waiting delete: look up
+            Action(6, SEND, "d", "", None),            # a folder over that delete: look up
+            Action(7, SEND, "later", "", e),
+            Action(8, SEND, "later", "", e),           # behind #7 in the same batch: look up
+            Action(9, SEND, "free2", "", None),        # "not on the remote" is vouched for too
+        ]
+        got = {a.id: a.entry for a in h._vouch(batch)}
+        assert got == {3: e, 4: LOOK_UP, 5: LOOK_UP, 6: LOOK_UP, 7: e, 8: LOOK_UP, 9: None}
+    finally:
+        db.close()

@@ -121,3 +121,15 @@ def test_a_schema_1_queue_is_migrated_with_its_rows(tmp_path):
     finally:
         db.close()
     assert os.path.exists(path)
+
+
+def test_claim_reads_each_sources_index_entry(tmp_path):
+    from skynet.state import Index, IndexEntry
+
+    db = StateDB(str(tmp_path / "s.db"))
+    Index(db).put_many([("has", 5, 6, 0o600, 7, "etag")])
+    q = UniqueQ(db)
+    q.put_many([(SEND, "has", ""), (SEND, "new", ""), (MOVE, "has", "elsewhere")])
+    got = {(a.kind, a.src): a.entry for a in q.claim(10)}
+    assert got == {(SEND, "has"): IndexEntry("has", 5, 6, 0o600, 7, "etag"), (SEND, "new"): None,
+                   (MOVE, "has"): IndexEntry("has", 5, 6, 0o600, 7, "etag")}
