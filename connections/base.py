@@ -194,6 +194,7 @@ class Abilities:
     byte_names: bool = False  # names that are not valid UTF-8 can be stored
     mode: bool = True  # permission bits are kept
     mtime_precision_ns: int = 1  # granularity of the stored mtime
+    batch_send: bool = False  # send_many() does better than one send() per file
 
 
 class XCon(ABC):
@@ -227,6 +228,19 @@ class XCon(ABC):
         """Make the remote file `f.rel` hold the bytes of `f.path`, atomically:
         readers of the remote never see a half-written file. mtime and mode
         travel with it. Raises FileNotFoundError if the local file vanished."""
+
+    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+        """send() for several small files at once; one result per file, in
+        order: its SendResult, or the exception its send raised (one file's
+        failure is not the others'). A connection declares `batch_send` when it
+        does this better than one send() after another; the default is that."""
+        out: list[SendResult | Exception] = []
+        for f in files:
+            try:
+                out.append(self.send(f, TransferContext(stop=stop)))
+            except Exception as exc:  # handed back per file; the caller classifies it
+                out.append(exc)
+        return out
 
     @abstractmethod
     def delete(self, rel: str) -> None:

@@ -3,14 +3,27 @@
 Writes are atomic: the bytes go to a hidden temporary file beside the target,
 get their mtime and mode, and are renamed over the target. A reader of the
 target folder sees the old file or the new one, never half of one.
+
+Many small files at once (send_many): GNU cp copies them into a hidden staging
+folder in the target root, and each is renamed into place from there (still one
+atomic rename per file, from the same file system). Why: in Python every system call of a copy (about ten
+per file) gives the GIL away, and with several worker threads each of those
+hand-offs is a futex wake and a context switch. Measured on 10,000 x 4 KiB
+(bench/local_bench.py): 35-40 context switches and ~700 us of CPU per file, half
+of rclone's files/s. cp makes those calls without the GIL; the worker is left
+with the rename and its own checks.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import itertools
 import os
 import shutil
 import stat as statmod
+import subprocess
+import threading
 from typing import Iterator
 
 from connections.base import (
@@ -34,6 +47,23 @@ TMP_PREFIX = ".skynet-tmp-"
 # check; a long one grew with the tree (~150 bytes a folder, kept for good).
 SAFE_PARENTS_KEPT = 1024
 CHUNK = 1 << 20
+STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
+BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
+MAX_CP_PER_BATCH = 4  # sets of distinct names per batch; files beyond them: one send() each
+BATCH_ARG_BYTES = 96 << 10  # keep one cp's command line well under ARG_MAX
+
+
+@functools.lru_cache(maxsize=1)
+def gnu_cp() -> str | None:
+    """The path of GNU cp, or None (send_many needs -t and --preserve)."""
+    cp = shutil.which("cp")
+    if cp is None:
+        return None
+    try:
+        out = subprocess.run([cp, "--version"], capture_output=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return cp if b"GNU coreutils" in out else None
 
 
 def temp_name(name: str) -> str:
@@ -78,6 +108,11 @@ class LocalCon(XCon):
     def __init__(self, root: str, fsync: bool = False) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.fsync = fsync
+        if not fsync and gnu_cp() is not None:  # (fsync: each file is flushed by send())
+            self.abilities = Abilities(server_side_move=True, resumable=False, byte_names=True, batch_send=True)
+        self._stages = itertools.count()
+        self._stages_lock = threading.Lock()
+        self._active_stages: set[str] = set()
         self._real_root = os.path.realpath(self.root)
         self._safe_parents: dict[str, None] = {}  # folders found safe, oldest first
 
@@ -193,6 +228,99 @@ class LocalCon(XCon):
         finally:
             os.close(src)
         return SendResult(size=done, etag=None, bytes_sent=done)
+
+    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+        """Copy the files with cp into a staging folder, then rename each into
+        place. Anything out of the ordinary (cp failed for a file, a rename
+        refused, special permission bits cp may not keep) goes through send(),
+        which reports it the way it always does."""
+        cp = gnu_cp() if self.abilities.batch_send else None
+        if cp is None or len(files) < BATCH_MIN:
+            return super().send_many(files, stop)
+        results: list[SendResult | Exception | None] = [None] * len(files)
+        # cp -t puts every file under its own name in one folder: one cp per set
+        # of distinct names (a batch is usually one folder's files: one set).
+        groups: list[dict[str, tuple[int, LocalFile, str]]] = []
+        for i, f in enumerate(files):
+            if f.mode & 0o7000:  # cp drops setuid/setgid bits it cannot vouch for
+                continue
+            try:
+                target = self._path(f.rel, root_check=False)
+            except Exception as exc:  # UnsafePath, a bad name: this file's own result
+                results[i] = exc
+                continue
+            name = f.rel.rpartition("/")[2]
+            group = next((g for g in groups if name not in g), None)
+            if group is None:
+                if len(groups) == MAX_CP_PER_BATCH:
+                    continue
+                group = {}
+                groups.append(group)
+            group[name] = (i, f, target)
+        for group in groups:
+            if len(group) >= BATCH_MIN:
+                for chunk in _arg_chunks(list(group.values())):
+                    self._copy_staged(cp, chunk, results)
+        rest = [i for i, r in enumerate(results) if r is None]
+        for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
+            results[i] = r
+        return results  # type: ignore[return-value]  (every slot is filled)
+
+    def _copy_staged(self, cp: str, batch: list[tuple[int, LocalFile, str]],
+                     results: list[SendResult | Exception | None]) -> None:
+        """One cp of files with distinct names into a new staging folder, mode
+        and mtime kept; then one rename per file. A file left unstaged keeps
+        results[i] None (send() takes it)."""
+        with self._stages_lock:
+            stage = f"{self.root}/{STAGE_PREFIX}{os.getpid()}-{next(self._stages)}"
+            self._active_stages.add(stage)
+        try:
+            try:
+                os.mkdir(stage, 0o700)
+            except OSError:
+                return  # the target is not writable or not there: send() says which
+            # cp's own messages only matter for files it could not copy, and
+            # send() reports those again with our classification.
+            subprocess.run([cp, "--preserve=mode,timestamps", "-t", stage, "--", *(f.path for _, f, _ in batch)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
+            for i, f, target in batch:
+                staged = stage + "/" + f.rel.rpartition("/")[2]
+                try:
+                    os.replace(staged, target)
+                except FileNotFoundError:
+                    if not os.path.lexists(staged):
+                        continue  # cp did not copy it (vanished, unreadable...)
+                    try:  # the target's folder is missing
+                        self._makedirs(os.path.dirname(target), f"send {f.rel!r}")
+                        os.replace(staged, target)
+                    except Exception:
+                        continue
+                except OSError:
+                    continue  # a folder in the way, the share gone...: send() says which
+                results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
+        finally:
+            try:
+                os.rmdir(stage)  # empty unless a rename failed
+            except FileNotFoundError:
+                pass
+            except OSError:
+                shutil.rmtree(stage, ignore_errors=True)
+            with self._stages_lock:
+                self._active_stages.discard(stage)
+
+    def cleanup(self, keep: list[dict]) -> None:
+        """Remove staging folders a send_many cut short (kill -9) left in the root."""
+        try:
+            names = [n for n in os.listdir(self.root) if n.startswith(STAGE_PREFIX)]
+        except OSError:
+            return
+        for n in names:
+            path = f"{self.root}/{n}"
+            with self._stages_lock:
+                if path in self._active_stages:
+                    continue
+            shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
     def _copy(src: int, dst: int, size: int, ctx: TransferContext, what: str) -> int:
@@ -335,11 +463,26 @@ class LocalCon(XCon):
                         yield RemoteEntry(child, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
 
     def leftovers(self) -> list[str]:
-        """Temporary files left in the target (the contract checks for none)."""
+        """Temporary files and staging folders left in the target (the contract checks for none)."""
         found = []
-        for folder, _dirs, files in os.walk(self.root):
-            found += [os.path.join(folder, n) for n in files if n.startswith(TMP_PREFIX)]
+        for folder, dirs, files in os.walk(self.root):
+            found += [os.path.join(folder, n) for n in files + dirs if n.startswith(TMP_PREFIX)]
         return found
+
+
+def _arg_chunks(batch: list[tuple[int, LocalFile, str]]) -> Iterator[list[tuple[int, LocalFile, str]]]:
+    """Split a batch so that no cp command line gets longer than BATCH_ARG_BYTES."""
+    chunk: list[tuple[int, LocalFile, str]] = []
+    size = 0
+    for item in batch:
+        n = len(os.fsencode(item[1].path)) + 1
+        if chunk and size + n > BATCH_ARG_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += n
+    if chunk:
+        yield chunk
 
 
 # -- configuration (the [local] section) -------------------------------------

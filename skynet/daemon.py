@@ -32,7 +32,7 @@ from skynet.progress import ProgressReporter, Snapshot
 from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
 from skynet.throttle import Schedule, Throttle
-from skynet.uniqueq import DELETE, Action, UniqueQ
+from skynet.uniqueq import DELETE, SEND, Action, UniqueQ
 from skynet.watcher import EVENT_TYPES, FaultReportingObserver, WatchFaultListener, Watcher
 
 log = logging.getLogger("skynet")
@@ -205,7 +205,18 @@ class MappingRunner(WatchFaultListener):
         although the Index never heard of it. For each of their paths that is gone
         from the disk now, a delete hint makes sure no such copy stays behind (the
         start-up scan cannot: it only knows what the Index knows). A hint looks at
-        the disk again when it runs. With complete_sync only."""
+        the disk again when it runs. With complete_sync only.
+
+        Also, for a connection that copies in batches (LocalCon's send_many):
+        their temporary files go now. A send() cut short leaves one under a
+        name derived from the file's, which the next send() would overwrite,
+        but a batch copies through a staging folder and never touches it."""
+        if self.con.abilities.batch_send:
+            for rel in sorted({a.src for a in interrupted if a.kind == SEND}):
+                try:
+                    self.con.discard(rel, None)
+                except Exception as exc:  # the target away: the daemon says so when it connects
+                    log.debug("%s: could not remove a temporary file of %r: %s", self.name, rel, exc)
         if not self.m.complete_sync:
             return
         gone = sorted({p for a in interrupted for p in a.paths()

@@ -33,11 +33,13 @@ import tenacity
 from connections.base import PermanentError, TransientError, XCon
 from skynet.reconcile import Outcome, Reconciler, SourceUnavailable
 from skynet.state import FailedActions
-from skynet.uniqueq import LOOK_UP, Action, UniqueQ
+from skynet.uniqueq import LOOK_UP, SEND, Action, UniqueQ
 
 log = logging.getLogger(__name__)
 
 WINDOW = 512
+BATCH = 64  # sends one worker takes at once when the reconciler takes batches
+BATCH_LOOKAHEAD = 2 * BATCH  # how far into the window a batch looks for more sends
 
 
 def ancestors(rel: str) -> list[str]:
@@ -137,6 +139,9 @@ class Handler:
         self._committer: threading.Thread | None = None
         self._stop_event = threading.Event()  # tells transfers in flight to stop
         self._halt = threading.Event()  # wakes the reconnect loop's back-off sleep at stop
+        # Batches only where they pay: connections that copy many files in one
+        # go (LocalCon's cp), and no bandwidth limit (see Reconciler.batch_ok).
+        self._batching = bool(getattr(reconciler, "batch_ok", lambda: False)())
         self.stats = Outcome()
         self.done_count = 0
         self.failed_count = 0
@@ -230,13 +235,16 @@ class Handler:
                     if self._paused:
                         self._wait(None)
                         continue
-                    a, timeout = self._take()
-                    if a is not None:
+                    taken, timeout = self._take()
+                    if taken:
                         if self._idle and self._window:
                             self._cv.notify()  # more may be runnable: pass the baton on
                         break
                     self._wait(timeout)
-            self._run(a)
+            if len(taken) == 1:
+                self._run(taken[0])
+            else:
+                self._run_batch(taken)
 
     def _wait(self, timeout: float | None) -> None:
         self._idle += 1
@@ -245,26 +253,35 @@ class Handler:
         finally:
             self._idle -= 1
 
-    def _take(self) -> tuple[Action | None, float | None]:
+    def _take(self) -> tuple[list[Action], float | None]:
         """The oldest action whose paths conflict with nothing running and
-        nothing older still waiting (called with the lock held). Returns it, or
-        None and how long to sleep (None: until woken)."""
+        nothing older still waiting (called with the lock held); if it is a
+        `send` and the reconciler takes batches, more runnable sends after it,
+        up to this worker's share of the window. Returns them, or [] and how
+        long to sleep (None: until woken)."""
         if self._dirty and len(self._window) < WINDOW // 2:
             self._dirty = False
             try:
                 claimed = self.queue.claim(WINDOW - len(self._window))
             except Exception as exc:  # state database unusable
                 self.on_fatal(f"{self.name}: cannot read the action queue: {exc}")
-                return None, None
+                return [], None
             self._window.extend(self._vouch(claimed))
             if len(claimed) >= WINDOW // 2:
                 self._dirty = True  # probably more behind them
         if not self._window:
-            return None, None
+            return [], None
         skipped: PathLocks | None = None  # paths of older actions still waiting
         now: float | None = None
         next_due: float | None = None
-        for i, a in enumerate(self._window):
+        taken: list[Action] = []
+        want = 1
+        i = -1
+        while i + 1 < len(self._window):
+            i += 1
+            a = self._window[i]
+            if taken and (a.kind != SEND or i > BATCH_LOOKAHEAD or a.id in self._attempts):
+                break  # a batch holds first tries of sends only, found near the front
             paths = a.paths()
             blocked = any(self._running.conflicts(p) or (skipped is not None and skipped.conflicts(p)) for p in paths)
             due = self._not_before.get(a.id) if self._not_before else None
@@ -279,9 +296,18 @@ class Handler:
                     skipped.add(p)
                 continue
             del self._window[i]
-            self._hold(a)
-            return a, None
-        return None, (None if next_due is None else max(0.0, next_due - (now or time.monotonic())))
+            i -= 1
+            self._hold(a)  # later sends in the batch conflict-check against it too
+            taken.append(a)
+            # A retry runs alone: a send() that failed may have left a temporary
+            # file that only another send() of the same file overwrites.
+            if len(taken) == 1 and a.kind == SEND and self._batching and a.id not in self._attempts:
+                want = min(BATCH, max(1, (len(self._window) + 1) // self.n_workers))
+            if len(taken) >= want:
+                break
+        if taken:
+            return taken, None
+        return [], (None if next_due is None else max(0.0, next_due - (now or time.monotonic())))
 
     def _vouch(self, claimed: list[Action]) -> list[Action]:
         """Keep the Index entry each action was claimed with only if nothing can
@@ -326,14 +352,29 @@ class Handler:
 
     def _run(self, a: Action) -> None:
         self.on_event("started", a, None)
-        outcome: Outcome | None = None
-        error: Exception | None = None
         try:
-            outcome = self.reconciler.run(a, self._stop_event)
+            result: Outcome | Exception = self.reconciler.run(a, self._stop_event)
         except Exception as exc:  # classified below; nothing escapes a worker
-            error = exc
+            result = exc
+        self._settle(a, result)
+
+    def _run_batch(self, batch: list[Action]) -> None:
+        """Several sends through Reconciler.run_many; each settles on its own."""
+        for a in batch:
+            self.on_event("started", a, None)
+        try:
+            results: list[Outcome | Exception] = self.reconciler.run_many(batch, self._stop_event)
+        except Exception as exc:  # run_many hands errors back per action; this is a bug
+            log.exception("%s: a batch of %d sends failed as a whole", self.name, len(batch))
+            results = [exc] * len(batch)
+        for a, result in zip(batch, results):
+            self._settle(a, result)
+
+    def _settle(self, a: Action, result: Outcome | Exception) -> None:
+        """An action ran: commit its outcome, or retry or record its error."""
+        error = result if isinstance(result, Exception) else None
         if error is None:
-            self._finish(a, outcome)
+            self._finish(a, result)
         elif isinstance(error, TransientError) and not self._stopping:
             self._transient(a, error)
         elif isinstance(error, TransientError):

@@ -23,6 +23,7 @@ parallelism, retries) and connections/* decide *how*.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -130,6 +131,66 @@ class Reconciler:
         else:  # pragma: no cover - the queue only holds the three kinds
             raise PermanentError(f"unknown action kind {action.kind!r}")
         return out
+
+    def batch_ok(self) -> bool:
+        """Can the handler give this reconciler several sends at once (run_many)?
+        Not under a bandwidth limit: a batch's bytes are not metered."""
+        return self.con.abilities.batch_send and self.throttle is None
+
+    def run_many(self, actions: list[Action], stop) -> list[Outcome | Exception]:
+        """run() for a batch: the plain case (a small regular file the remote
+        lacks) goes to the connection's send_many in one call; everything else,
+        and any file that failed or changed on the way, takes run()'s path.
+        One result per action, in order: its Outcome or the exception run()
+        would have raised."""
+        results: list[Outcome | Exception | None] = [None] * len(actions)
+        todo: list[tuple[int, LocalFile, os.stat_result]] = []
+        for i, a in enumerate(actions):
+            try:
+                prepared = self._plain_send(a) if a.kind == SEND else None
+            except Exception as exc:
+                results[i] = exc
+                continue
+            if isinstance(prepared, Outcome):
+                results[i] = prepared
+            elif prepared is not None:
+                todo.append((i, prepared[0], prepared[1]))
+        if todo:
+            sent = self.con.send_many([f for _, f, _ in todo], stop)
+            for (i, f, st), res in zip(todo, sent):
+                if isinstance(res, Exception):
+                    continue  # run() tries again and classifies what happens
+                after = self._lstat(f.rel, f.path)
+                if after is None or same_version(st, after):  # as in send_file
+                    out = Outcome(uploaded=1, bytes_sent=res.bytes_sent)
+                    out.index_rows.append((f.rel, res.size, f.mtime_ns, f.mode, f.ino, res.etag))
+                    results[i] = out
+        for i, a in enumerate(actions):
+            if results[i] is None:
+                try:
+                    results[i] = self.run(dataclasses.replace(a, entry=LOOK_UP), stop)
+                except Exception as exc:
+                    results[i] = exc
+        return results  # type: ignore[return-value]  (every slot is filled)
+
+    def _plain_send(self, a: Action) -> Outcome | tuple[LocalFile, os.stat_result] | None:
+        """For a `send` in a batch: an Outcome if nothing is to be done (the
+        remote has this version), the file to send if it is the plain case,
+        None to leave it to run()."""
+        rel = a.src
+        path = self.mapper.local(rel)
+        st = self._lstat(rel, path)
+        if st is None or not statmod.S_ISREG(st.st_mode) or st.st_size >= PROGRESS_MIN_BYTES:
+            return None
+        if self.ignore.ignored(rel):
+            return Outcome()
+        entry = self.index.get(rel) if a.entry is LOOK_UP else a.entry
+        if index_matches(entry, st, self.con.abilities.mtime_precision_ns):
+            return Outcome()
+        if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
+            return None
+        return LocalFile(path=path, rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                         mode=statmod.S_IMODE(st.st_mode), ino=st.st_ino, uid=st.st_uid, gid=st.st_gid), st
 
     # -- helpers -----------------------------------------------------------
     def check_source(self) -> None:

@@ -83,3 +83,28 @@ def test_replayed_move_whose_destination_went_while_down(tmp_path, backend):
     d = Daemon(cfg, backend.service).start()
     wait_converged(src, backend.fetch, exact=True, daemon=d)
     assert d.stop() == 0
+
+
+def test_a_send_killed_mid_copy_leaves_no_temp_file_when_the_rerun_goes_in_a_batch(tmp_path, backend):
+    """LocalCon copies batches through a staging folder, so the rerun of a send
+    that kill -9 cut short never overwrites the temporary file that send was
+    writing. The restart removes it (MappingRunner._recheck_interrupted)."""
+    if not backend.con.abilities.batch_send:
+        pytest.skip("only connections that copy in batches")
+    from connections.local import temp_name
+
+    src, cfg = synced_then_stopped(tmp_path, backend, {"keep.txt": b"k"})
+    rels = [f"burst/{i}.txt" for i in range(300)]  # enough for batches of several files
+    for rel in rels:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode() * 50)
+    remote = backend.con.root
+    os.makedirs(os.path.join(remote, "burst"), exist_ok=True)
+    half = os.path.join(remote, "burst", temp_name("3.txt"))
+    with open(half, "wb") as f:
+        f.write(b"half a copy")  # the killed send() was writing this
+    leave_in_queue(tmp_path, [(SEND, rel, "") for rel in rels], claimed=True)
+    d = Daemon(cfg, backend.service).start()
+    wait_converged(src, backend.fetch, exact=True, daemon=d)
+    assert d.stop() == 0
+    assert backend.leftovers() == []

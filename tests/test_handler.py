@@ -169,3 +169,41 @@ def test_a_claimed_index_entry_is_kept_only_if_nothing_older_can_change_it(tmp_p
         assert got == {3: e, 4: LOOK_UP, 5: LOOK_UP, 6: LOOK_UP, 7: e, 8: LOOK_UP, 9: None}
     finally:
         db.close()
+
+
+class BatchingReconciler(FakeReconciler):
+    """Takes batches of sends (as the reconciler of a LocalCon mapping does)."""
+
+    def __init__(self):
+        super().__init__(delay=0.001)
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def batch_ok(self):
+        return True
+
+    def run_many(self, actions, stop=None):
+        with self.lock:
+            self.batches.append([(a.kind, a.src) for a in actions])
+        return [self.run(a, stop) for a in actions]
+
+
+def test_sends_are_taken_in_batches_and_keep_their_order_rules(tmp_path):
+    rec = BatchingReconciler()
+    specs = [(SEND, f"d{i % 5}/{i}", "") for i in range(400)]
+    specs.insert(100, (SEND, "d1", ""))  # a folder: nothing under it may share its batch's time
+    specs.insert(200, (MOVE, "d2/7", "d2/7b"))
+    q, failed = run_handler(tmp_path, specs, rec, workers=4)
+    assert len(q) == 0 and failed.count() == 0
+    assert max(len(b) for b in rec.batches) > 1
+    for b in rec.batches:
+        if len(b) > 1:
+            assert all(kind == SEND for kind, _ in b)
+            paths = [p for _, p in b]
+            assert len(set(paths)) == len(paths)
+            locks = PathLocks()
+            for p in paths:
+                assert not locks.conflicts(p), b  # no two actions of a batch overlap
+                locks.add(p)
+    done = [(k, p) for k, p, _, _ in rec.log]
+    assert done.index((SEND, "d1")) > done.index((SEND, "d1/96"))  # queued before the folder: done before it
+    assert done.index((SEND, "d1")) < done.index((SEND, "d1/101"))

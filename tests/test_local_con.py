@@ -61,3 +61,66 @@ def test_a_link_inside_the_target_never_leads_writes_out_and_the_safe_folder_mem
     assert os.listdir(outside) == []
     send("d0/sub/q")  # forgotten, checked again, still fine
     assert (root / "d0" / "sub" / "q").read_bytes() == b"data"
+
+
+def _file(tmp_path, rel: str, data: bytes, mode: int = 0o644) -> LocalFile:
+    p = tmp_path / "src" / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    os.chmod(p, mode)
+    st = os.stat(p)
+    return LocalFile(str(p), rel, st.st_size, st.st_mtime_ns, mode, st.st_ino)
+
+
+def test_send_many_copies_with_one_cp_per_set_of_names(tmp_path, monkeypatch):
+    import subprocess
+    import threading
+
+    import connections.local as local
+
+    runs = []
+    real_run = subprocess.run
+    monkeypatch.setattr(local.subprocess, "run", lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))
+    con = LocalCon(str(tmp_path / "dst"))
+    os.makedirs(con.root)
+    assert con.abilities.batch_send
+    files = [_file(tmp_path, f"a/b/{i}.txt", b"x" * i) for i in range(10)]
+    files += [_file(tmp_path, f"c/{i}.txt", b"y" * i) for i in range(10)]  # the same names again
+    suid = _file(tmp_path, "a/b/tool", b"#!", mode=0o4755)
+    results = con.send_many(files + [suid], threading.Event())
+    assert all(r.size == f.size for f, r in zip(files + [suid], results))
+    assert len([a for a in runs if a[0].endswith("cp")]) == 2  # two sets of distinct names
+    assert all(suid.path not in a for a in runs)  # special bits: send() sets them itself
+    assert os.stat(f"{con.root}/a/b/tool").st_mode & 0o7777 == 0o4755
+    for f in files:
+        st = os.stat(f"{con.root}/{f.rel}")
+        assert (st.st_size, st.st_mtime_ns, st.st_mode & 0o777) == (f.size, f.mtime_ns, 0o644)
+    assert con.leftovers() == []
+
+
+def test_send_many_without_gnu_cp_or_with_a_folder_in_the_way(tmp_path, monkeypatch):
+    import threading
+
+    import connections.local as local
+    from connections.base import PermanentError
+
+    con = LocalCon(str(tmp_path / "dst"))
+    os.makedirs(con.root + "/d/in-the-way")
+    files = [_file(tmp_path, f"d/{n}", n.encode()) for n in ("in-the-way", "f1", "f2", "f3", "f4")]
+    results = con.send_many(files, threading.Event())
+    assert isinstance(results[0], PermanentError) and "folder is in the way" in str(results[0])
+    assert [open(f"{con.root}/d/f{i}").read() for i in range(1, 5)] == ["f1", "f2", "f3", "f4"]
+    assert con.leftovers() == []
+    monkeypatch.setattr(local, "gnu_cp", lambda: None)
+    again = [_file(tmp_path, f"e/{i}", b"z") for i in range(6)]
+    assert all(r.size == 1 for r in con.send_many(again, threading.Event()))
+
+
+def test_a_staging_folder_left_by_a_kill_is_removed_at_cleanup(tmp_path):
+    con = LocalCon(str(tmp_path / "dst"))
+    stale = f"{con.root}/.skynet-tmp-stage-999-0"
+    os.makedirs(stale)
+    open(f"{stale}/half.txt", "w").close()
+    assert con.leftovers() == [stale]
+    con.cleanup([])
+    assert not os.path.exists(stale) and con.leftovers() == []

@@ -172,3 +172,28 @@ def test_parallel_sends_from_threads(backend, tmp_path):
     assert not errors
     got = listing(backend, "p")
     assert {k: v.size for k, v in got.items()} == {f"p/{i}": 1000 + i for i in range(24)}
+
+
+def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_path):
+    """send_many (batched by LocalCon, one send() after another elsewhere): every
+    file arrives with its mtime and mode, names repeat across folders, and a file
+    that vanished fails alone."""
+    files = [make_file(tmp_path, f"m/{d}/same-{i}.txt", f"{d}-{i}".encode() * 30, mode=0o600 + d,
+                       mtime_ns=1_600_000_000_000_000_000 + i) for d in range(3) for i in range(6)]
+    odd = make_file(tmp_path, "m/-dash\nnew line $(x)", b"odd")
+    gone = make_file(tmp_path, "m/gone.txt", b"soon gone")
+    os.unlink(gone.path)
+    batch = files + [odd, gone]
+    results = backend.con.send_many(batch, threading.Event())
+    assert len(results) == len(batch)
+    assert isinstance(results[-1], FileNotFoundError)
+    assert all(not isinstance(r, Exception) and r.size == f.size for f, r in zip(batch[:-1], results[:-1]))
+    got = listing(backend, "m")
+    prec = backend.con.abilities.mtime_precision_ns
+    for f in files + [odd]:
+        e = backend.con.stat(f.rel)
+        assert e is not None and e.size == f.size and e.mtime_ns // prec == f.mtime_ns // prec
+        if backend.con.abilities.mode:
+            assert e.mode == f.mode
+    assert "m/gone.txt" not in got
+    assert backend.leftovers() == []
