@@ -1094,7 +1094,9 @@ def from_config(cfg: Any) -> Notifier:
         service=cfg.service,
         daemon_id=getattr(cfg, "daemon_id", "") or default_daemon_id(host, cfg.service, cfg.state_dir),
         spool_dir=cfg.state_dir,
-        version=skynet_version(),
+        # importlib.metadata scans every installed package (~40 ms at start-up):
+        # only a notifier that reports anywhere needs the version.
+        version=skynet_version() if dsn is not None else "dev",
         retention_days=int(getattr(cfg, "notify_retention_days", 14)),
         sslmode=getattr(cfg, "notify_sslmode", "") or None,
         heartbeat_interval=float(getattr(cfg, "notify_heartbeat", 10.0)),
