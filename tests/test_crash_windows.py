@@ -85,14 +85,19 @@ def test_replayed_move_whose_destination_went_while_down(tmp_path, backend):
     assert d.stop() == 0
 
 
-def test_a_send_killed_mid_copy_leaves_no_temp_file_when_the_rerun_goes_in_a_batch(tmp_path, backend):
+def test_a_send_killed_mid_copy_leaves_no_temp_file_when_the_rerun_goes_in_a_batch(tmp_path, servers):
     """LocalCon copies batches through a staging folder, so the rerun of a send
     that kill -9 cut short never overwrites the temporary file that send was
-    writing. The restart removes it (MappingRunner._recheck_interrupted)."""
-    if not backend.con.abilities.batch_send:
-        pytest.skip("only connections that copy in batches")
+    writing. The restart removes it (MappingRunner._recheck_interrupted).
+    Local only: the other connections send one file at a time."""
     from connections.local import temp_name
 
+    with BACKENDS["local"](tmp_path, servers) as backend:
+        assert backend.con.abilities.batch_send
+        _killed_batch_scenario(tmp_path, backend, temp_name)
+
+
+def _killed_batch_scenario(tmp_path, backend, temp_name) -> None:
     src, cfg = synced_then_stopped(tmp_path, backend, {"keep.txt": b"k"})
     rels = [f"burst/{i}.txt" for i in range(300)]  # enough for batches of several files
     for rel in rels:
