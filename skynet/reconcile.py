@@ -78,6 +78,12 @@ def index_matches(entry: IndexEntry | None, st: os.stat_result, mtime_precision_
     return entry.mode is None or entry.mode == statmod.S_IMODE(st.st_mode)
 
 
+def _local_file(path: str, rel: str, st: os.stat_result) -> LocalFile:
+    """The version of `rel` that `st` saw, as a connection is given it."""
+    return LocalFile(path=path, rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, mode=statmod.S_IMODE(st.st_mode),
+                     ino=st.st_ino, uid=st.st_uid, gid=st.st_gid)
+
+
 @dataclass
 class Outcome:
     """What an action did, for logs, notifications and tests."""
@@ -184,13 +190,15 @@ class Reconciler:
             return None
         if self.ignore.ignored(rel):
             return Outcome()
-        entry = self.index.get(rel) if a.entry is LOOK_UP else a.entry
-        if index_matches(entry, st, self.con.abilities.mtime_precision_ns):
+        if index_matches(self._entry(rel, a.entry), st, self.con.abilities.mtime_precision_ns):
             return Outcome()
         if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
             return None
-        return LocalFile(path=path, rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                         mode=statmod.S_IMODE(st.st_mode), ino=st.st_ino, uid=st.st_uid, gid=st.st_gid), st
+        return _local_file(path, rel, st), st
+
+    def _entry(self, rel: str, known: IndexEntry | None | LookUp) -> IndexEntry | None:
+        """`rel`'s Index entry: the one the action was claimed with, else a query."""
+        return self.index.get(rel) if known is LOOK_UP else known
 
     # -- helpers -----------------------------------------------------------
     def check_source(self) -> None:
@@ -318,23 +326,13 @@ class Reconciler:
     def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None,
                   known: IndexEntry | None | LookUp = LOOK_UP) -> None:
         abilities = self.con.abilities
-        entry = self.index.get(rel) if known is LOOK_UP else known
-        if index_matches(entry, st, abilities.mtime_precision_ns):
+        if index_matches(self._entry(rel, known), st, abilities.mtime_precision_ns):
             return
         if not abilities.byte_names and not Mapper.is_utf8(rel):
             raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")
         path = path or self.mapper.local(rel)
         for _ in range(MAX_CHASE):
-            f = LocalFile(
-                path=path,
-                rel=rel,
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                mode=statmod.S_IMODE(st.st_mode),
-                ino=st.st_ino,
-                uid=st.st_uid,
-                gid=st.st_gid,
-            )
+            f = _local_file(path, rel, st)
             kw = {"stop": ctx_stop} if ctx_stop is not None else {}  # (no Event built per file)
             # Progress is worth reporting for large files only (a small one is
             # done before anybody could look at it).
