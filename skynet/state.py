@@ -29,7 +29,7 @@ SCHEMA_VERSION = 2
 # KEY, SQLite hands the highest id out again once that row is deleted: the
 # handler still held the finished action under that id when a new one was
 # claimed with it, and the path locks of one of them were never let go (a
-# burst stalled with thousands of actions waiting; see _migrate_queue).
+# burst stalled with thousands of actions waiting; see StateDB._migrate_queue).
 QUEUE_TABLE = """
 CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -121,27 +121,6 @@ def open_or_rebuild(path: str) -> tuple["StateDB", bool]:
 CACHE_KIB = 512  # SQLite page cache per connection
 
 
-def _migrate_queue(c: sqlite3.Connection) -> None:
-    """A queue table from schema 1 (ids could be reused) becomes one with
-    AUTOINCREMENT, keeping its rows and their ids, in one transaction."""
-    row = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'queue'").fetchone()
-    if row is None or "AUTOINCREMENT" in row[0].upper():
-        return
-    c.execute("BEGIN IMMEDIATE")
-    try:
-        c.execute("ALTER TABLE queue RENAME TO queue_v1")
-        c.execute("DROP INDEX IF EXISTS queue_unique_waiting")
-        c.execute("DROP INDEX IF EXISTS queue_order")
-        c.execute(QUEUE_TABLE)
-        c.execute("INSERT INTO queue(id, kind, src, dest, state, queued_at) "
-                  "SELECT id, kind, src, dest, state, queued_at FROM queue_v1")
-        c.execute("DROP TABLE queue_v1")
-        c.execute("COMMIT")
-    except BaseException:
-        c.execute("ROLLBACK")
-        raise
-
-
 class StateDB:
     """One mapping's SQLite state file, with a connection per thread."""
 
@@ -158,7 +137,7 @@ class StateDB:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
             c = self.conn()
-            _migrate_queue(c)
+            self._migrate_queue()
             c.executescript(SCHEMA)
             c.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
@@ -171,6 +150,21 @@ class StateDB:
             if "disk is full" in str(exc) or "unable to open" in str(exc) or "readonly" in str(exc):
                 raise StateError(f"cannot use the state database {path!r}: {exc}") from exc
             raise CorruptState(f"state database {path!r} is damaged: {exc}") from exc
+
+    def _migrate_queue(self) -> None:
+        """A queue table from schema 1 (ids could be reused) becomes one with
+        AUTOINCREMENT, keeping its rows and their ids, in one transaction."""
+        row = self.conn().execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'queue'").fetchone()
+        if row is None or "AUTOINCREMENT" in row[0].upper():
+            return
+        with self.write() as c:
+            c.execute("ALTER TABLE queue RENAME TO queue_v1")
+            c.execute("DROP INDEX IF EXISTS queue_unique_waiting")
+            c.execute("DROP INDEX IF EXISTS queue_order")
+            c.execute(QUEUE_TABLE)
+            c.execute("INSERT INTO queue(id, kind, src, dest, state, queued_at) "
+                      "SELECT id, kind, src, dest, state, queued_at FROM queue_v1")
+            c.execute("DROP TABLE queue_v1")
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
