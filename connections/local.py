@@ -15,6 +15,7 @@ with the rename and its own checks.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -49,7 +50,6 @@ SAFE_PARENTS_KEPT = 1024
 CHUNK = 1 << 20
 STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
 BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
-MAX_CP_PER_BATCH = 4  # sets of distinct names per batch; files beyond them: one send() each
 BATCH_ARG_BYTES = 96 << 10  # keep one cp's command line well under ARG_MAX
 
 
@@ -230,17 +230,18 @@ class LocalCon(XCon):
         return SendResult(size=done, etag=None, bytes_sent=done)
 
     def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
-        """Copy the files with cp into a staging folder, then rename each into
-        place. Anything out of the ordinary (cp failed for a file, a rename
+        """Copy the files with one cp into a staging folder, then rename each
+        into place. Anything out of the ordinary (cp failed for a file, a rename
         refused, special permission bits cp may not keep) goes through send(),
         which reports it the way it always does."""
         cp = gnu_cp() if self.abilities.batch_send else None
         if cp is None or len(files) < BATCH_MIN:
             return super().send_many(files, stop)
         results: list[SendResult | Exception | None] = [None] * len(files)
-        # cp -t puts every file under its own name in one folder: one cp per set
-        # of distinct names (a batch is usually one folder's files: one set).
-        groups: list[dict[str, tuple[int, LocalFile, str]]] = []
+        # cp --parents runs in the source root and recreates each file's relative
+        # path under the staging folder, so files from many folders, even with
+        # the same names, go in one cp.
+        by_root: dict[str, list[tuple[int, LocalFile, str]]] = {}
         for i, f in enumerate(files):
             if f.mode & 0o7000:  # cp drops setuid/setgid bits it cannot vouch for
                 continue
@@ -249,43 +250,51 @@ class LocalCon(XCon):
             except Exception as exc:  # UnsafePath, a bad name: this file's own result
                 results[i] = exc
                 continue
-            name = f.rel.rpartition("/")[2]
-            group = next((g for g in groups if name not in g), None)
-            if group is None:
-                if len(groups) == MAX_CP_PER_BATCH:
-                    continue
-                group = {}
-                groups.append(group)
-            group[name] = (i, f, target)
-        for group in groups:
-            if len(group) >= BATCH_MIN:
-                for chunk in _arg_chunks(list(group.values())):
-                    self._copy_staged(cp, chunk, results)
+            source_root = f.path[: -len(f.rel) - 1]
+            if f.path[len(source_root):] == "/" + f.rel:
+                by_root.setdefault(source_root, []).append((i, f, target))
+        for source_root, batch in by_root.items():
+            if len(batch) >= BATCH_MIN:
+                for chunk in _arg_chunks(batch):
+                    self._copy_staged(cp, source_root, chunk, results)
         rest = [i for i, r in enumerate(results) if r is None]
         for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
             results[i] = r
         return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _copy_staged(self, cp: str, batch: list[tuple[int, LocalFile, str]],
+    def _copy_staged(self, cp: str, source_root: str, batch: list[tuple[int, LocalFile, str]],
                      results: list[SendResult | Exception | None]) -> None:
-        """One cp of files with distinct names into a new staging folder, mode
-        and mtime kept; then one rename per file. A file left unstaged keeps
+        """One cp of the files into a new staging folder, permission bits and
+        mtime kept; then one rename per file. A file left unstaged keeps
         results[i] None (send() takes it)."""
         with self._stages_lock:
             stage = f"{self.root}/{STAGE_PREFIX}{os.getpid()}-{next(self._stages)}"
             self._active_stages.add(stage)
+        folders = sorted({stage + "/" + d for _, f, _ in batch for d in _parents(f.rel)}, key=len, reverse=True)
         try:
             try:
                 os.mkdir(stage, 0o700)
             except OSError:
                 return  # the target is not writable or not there: send() says which
             # cp's own messages only matter for files it could not copy, and
-            # send() reports those again with our classification.
-            subprocess.run([cp, "--preserve=mode,timestamps", "-t", stage, "--", *(f.path for _, f, _ in batch)],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           check=False)
+            # send() reports those again with our classification. With umask 0,
+            # cp creates each file with its source's permission bits, as send()
+            # sets them; --preserve=mode would also copy ACLs (two more system
+            # calls a file), which send() does not.
+            subprocess.run([cp, "--parents", "--preserve=timestamps", "-t", stage, "--",
+                            *(f.rel for _, f, _ in batch)],
+                           cwd=source_root or "/", umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+            for folder in folders:
+                # The staged folders got their sources' modes: a read-only one
+                # would refuse the renames out of it. Only this process can
+                # enter the staging folder (0700) in any case.
+                try:
+                    os.chmod(folder, 0o700)
+                except OSError:
+                    pass
             for i, f, target in batch:
-                staged = stage + "/" + f.rel.rpartition("/")[2]
+                staged = stage + "/" + f.rel
                 try:
                     os.replace(staged, target)
                 except FileNotFoundError:
@@ -301,7 +310,10 @@ class LocalCon(XCon):
                 results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
         finally:
             try:
-                os.rmdir(stage)  # empty unless a rename failed
+                for folder in folders:  # deepest first; all empty unless a rename failed
+                    with contextlib.suppress(FileNotFoundError):  # cp made none for it
+                        os.rmdir(folder)
+                os.rmdir(stage)
             except FileNotFoundError:
                 pass
             except OSError:
@@ -470,12 +482,19 @@ class LocalCon(XCon):
         return found
 
 
+def _parents(rel: str) -> Iterator[str]:
+    """'a/b/c' -> 'a/b', 'a': the folders cp --parents makes for `rel`."""
+    while "/" in rel:
+        rel = rel.rpartition("/")[0]
+        yield rel
+
+
 def _arg_chunks(batch: list[tuple[int, LocalFile, str]]) -> Iterator[list[tuple[int, LocalFile, str]]]:
     """Split a batch so that no cp command line gets longer than BATCH_ARG_BYTES."""
     chunk: list[tuple[int, LocalFile, str]] = []
     size = 0
     for item in batch:
-        n = len(os.fsencode(item[1].path)) + 1
+        n = len(os.fsencode(item[1].rel)) + 1
         if chunk and size + n > BATCH_ARG_BYTES:
             yield chunk
             chunk, size = [], 0

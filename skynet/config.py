@@ -19,8 +19,6 @@ import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import platformdirs
-
 from connections import SERVICES, service_module
 from skynet.ignore import validate_pattern
 from skynet.throttle import validate_bwlimit
@@ -135,6 +133,8 @@ class Config:
 
 
 def default_config_path(service: str) -> str:
+    import platformdirs  # here, not at the top: a daemon given --config-file and a state_dir never needs it
+
     return os.path.join(platformdirs.user_config_dir("skynet"), f"{service}.ini")
 
 
@@ -142,6 +142,8 @@ def default_state_dir(service: str) -> str:
     """$STATE_DIRECTORY under systemd (StateDirectory=), else the XDG state folder."""
     if os.environ.get("STATE_DIRECTORY"):
         return os.environ["STATE_DIRECTORY"].split(":")[0]
+    import platformdirs
+
     return os.path.join(platformdirs.user_state_dir("skynet"), service)
 
 

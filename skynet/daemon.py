@@ -377,8 +377,8 @@ class MappingRunner(WatchFaultListener):
                             allow_mass_delete=self.cfg.allow_mass_delete, precheck=self.reconciler.check_source)
             st = snap.run(roots)
             level = logging.INFO if roots is None or st.sends or st.deletes else logging.DEBUG
-            log.log(level, "%s: %s scan%s: %d files (%d bytes) in %.1fs: %d to send, %d to delete, %d unchanged%s",
-                    self.name, why, "" if roots is None else f" of {len(roots)} folder(s)", st.files, st.bytes,
+            log.log(level, "%s: %s scan%s: %d files in %.1fs: %d to send, %d to delete, %d unchanged%s",
+                    self.name, why, "" if roots is None else f" of {len(roots)} folder(s)", st.files,
                     st.seconds, st.sends, st.deletes, st.unchanged,
                     f", {st.adopted} already on the remote" if st.adopted else "")
         except SourceUnavailable as exc:

@@ -28,8 +28,6 @@ import threading
 import time
 from typing import Callable
 
-import tenacity
-
 from connections.base import PermanentError, TransientError, XCon
 from skynet.reconcile import Outcome, Reconciler, SourceUnavailable
 from skynet.state import FailedActions
@@ -37,8 +35,11 @@ from skynet.uniqueq import LOOK_UP, SEND, Action, UniqueQ
 
 log = logging.getLogger(__name__)
 
-WINDOW = 512
-BATCH = 64  # sends one worker takes at once when the reconciler takes batches
+WINDOW = 2048  # claimed actions held in memory: enough for every worker to take a full batch
+# Sends one worker takes at once when the reconciler takes batches: LocalCon
+# copies a batch with one cp, whose start-up (~2 ms of CPU) is then shared by
+# 256 files instead of 64 (measured: 40 cp runs for 10,000 files instead of 160).
+BATCH = 256
 BATCH_LOOKAHEAD = 2 * BATCH  # how far into the window a batch looks for more sends
 
 
@@ -302,7 +303,9 @@ class Handler:
             # A retry runs alone: a send() that failed may have left a temporary
             # file that only another send() of the same file overwrites.
             if len(taken) == 1 and a.kind == SEND and self._batching and a.id not in self._attempts:
-                want = min(BATCH, max(1, (len(self._window) + 1) // self.n_workers))
+                # This worker's share of the window: split with the workers free
+                # to take the rest now, not with those busy with their own batch.
+                want = min(BATCH, max(1, (len(self._window) + 1) // (self._idle + 1)))
             if len(taken) >= want:
                 break
         if taken:
@@ -502,12 +505,14 @@ class Handler:
         threading.Thread(target=self._reconnect_loop, name=f"{self.name}-reconnect", daemon=True).start()
 
     def _reconnect_loop(self) -> None:
+        import tenacity  # only an outage needs it: ~10 ms less at every start-up
+
         def sleep(seconds: float) -> None:
             self._halt.wait(seconds)
             if self._stopping:
                 raise _Stop()
 
-        def before_sleep(rs: tenacity.RetryCallState) -> None:
+        def before_sleep(rs: "tenacity.RetryCallState") -> None:
             exc = rs.outcome.exception() if rs.outcome else None
             log.info("%s: still unreachable (%s); next try in %.1fs", self.name, exc, rs.next_action.sleep)
 

@@ -37,12 +37,15 @@ from skynet.uniqueq import DELETE, SEND, UniqueQ
 log = logging.getLogger(__name__)
 
 BATCH = 2000
+# The first sends go to the queue after this many files, and each later flush
+# is twice the last one, up to BATCH: the workers start copying while the scan
+# is still walking, instead of waiting for the first 2,000 files to be listed.
+FIRST_BATCH = 64
 
 
 @dataclass
 class ScanStats:
     files: int = 0
-    bytes: int = 0
     sends: int = 0
     deletes: int = 0
     unchanged: int = 0
@@ -93,8 +96,13 @@ class SyncSnap:
         self.partial = False  # scanning only some folders (run(roots=...))
 
     # -- the walk ----------------------------------------------------------
-    def walk(self, rel_dir: str = "") -> Iterator[tuple[str, os.stat_result]]:
-        """(rel, stat) of every regular file under `rel_dir`, in byte order."""
+    def walk(self, rel_dir: str = "") -> Iterator[tuple[str, os.DirEntry]]:
+        """(rel, entry) of every regular file under `rel_dir`, in byte order.
+
+        The listing alone tells a file from a folder. The stat is left to the
+        caller, because only files the Index knows need one: skipping it for
+        new files keeps the first scan of a big tree from making one system
+        call per file, each a wait for the GIL while the workers copy."""
         try:
             with os.scandir(self.mapper.local(rel_dir)) as it:
                 entries = []
@@ -120,11 +128,11 @@ class SyncSnap:
                 yield from self.walk(rel)
                 continue
             try:
-                st = e.stat(follow_symlinks=self.follow_symlinks)
+                regular = e.is_file(follow_symlinks=self.follow_symlinks)
             except OSError:
                 continue
-            if statmod.S_ISREG(st.st_mode):
-                yield rel, st
+            if regular:
+                yield rel, e
         del entries
 
     # -- first sync --------------------------------------------------------
@@ -213,11 +221,14 @@ class SyncSnap:
         refresh: list[tuple] = []
         prec = self.con.abilities.mtime_precision_ns if self.con else 1
 
+        batch = FIRST_BATCH
+
         def flush(force: bool = False) -> None:
-            nonlocal sends, refresh
-            if sends and (force or len(sends) >= BATCH):
+            nonlocal sends, refresh, batch
+            if sends and (force or len(sends) >= batch):
                 self.queue.put_many(sends)
                 sends = []
+                batch = min(BATCH, 2 * batch)
             if refresh and (force or len(refresh) >= BATCH):
                 self.index.put_many(refresh)
                 refresh = []
@@ -229,9 +240,8 @@ class SyncSnap:
             lkey = os.fsencode(lf[0]) if lf is not None else None
             ikey = os.fsencode(ie.rel) if ie is not None else None
             if ikey is None or (lkey is not None and lkey < ikey):
-                rel, st = lf
+                rel = lf[0]  # not in the Index: sent whatever its stat says
                 s.files += 1
-                s.bytes += st.st_size
                 sends.append((SEND, rel, ""))
                 s.sends += 1
                 lf = next(local, None)
@@ -249,9 +259,13 @@ class SyncSnap:
                             deletes = []
                 ie = next(remote, None)
             else:
-                rel, st = lf
+                rel, dentry = lf
+                lf = next(local, None)
+                try:
+                    st = dentry.stat(follow_symlinks=self.follow_symlinks)
+                except OSError:
+                    continue  # gone since the listing: ie meets the next file, or counts as deleted
                 s.files += 1
-                s.bytes += st.st_size
                 if index_matches(ie, st, prec):
                     s.unchanged += 1
                 elif first and self._identical_to_listing(rel, st, ie):
@@ -260,7 +274,6 @@ class SyncSnap:
                 else:
                     sends.append((SEND, rel, ""))
                     s.sends += 1
-                lf = next(local, None)
                 ie = next(remote, None)
             flush()
         flush(force=True)

@@ -72,7 +72,7 @@ def _file(tmp_path, rel: str, data: bytes, mode: int = 0o644) -> LocalFile:
     return LocalFile(str(p), rel, st.st_size, st.st_mtime_ns, mode, st.st_ino)
 
 
-def test_send_many_copies_with_one_cp_per_set_of_names(tmp_path, monkeypatch):
+def test_send_many_copies_a_batch_with_one_cp(tmp_path, monkeypatch):
     import subprocess
     import threading
 
@@ -86,15 +86,22 @@ def test_send_many_copies_with_one_cp_per_set_of_names(tmp_path, monkeypatch):
     assert con.abilities.batch_send
     files = [_file(tmp_path, f"a/b/{i}.txt", b"x" * i) for i in range(10)]
     files += [_file(tmp_path, f"c/{i}.txt", b"y" * i) for i in range(10)]  # the same names again
+    files += [_file(tmp_path, f"-n/\n{i}", b"z" * i) for i in range(3)]  # names cp could take for options
+    files += [_file(tmp_path, f"ro/{i}", b"r" * i) for i in range(3)]
+    files += [_file(tmp_path, f"modes/{m:o}", b"m", mode=m) for m in (0o600, 0o666, 0o777, 0o400)]  # umask or not
+    os.chmod(tmp_path / "src" / "ro", 0o555)  # staged with this mode: the renames out must still work
     suid = _file(tmp_path, "a/b/tool", b"#!", mode=0o4755)
-    results = con.send_many(files + [suid], threading.Event())
+    try:
+        results = con.send_many(files + [suid], threading.Event())
+    finally:
+        os.chmod(tmp_path / "src" / "ro", 0o755)
     assert all(r.size == f.size for f, r in zip(files + [suid], results))
-    assert len([a for a in runs if a[0].endswith("cp")]) == 2  # two sets of distinct names
+    assert len([a for a in runs if a[0].endswith("cp")]) == 1  # one cp, across folders and repeated names
     assert all(suid.path not in a for a in runs)  # special bits: send() sets them itself
     assert os.stat(f"{con.root}/a/b/tool").st_mode & 0o7777 == 0o4755
     for f in files:
         st = os.stat(f"{con.root}/{f.rel}")
-        assert (st.st_size, st.st_mtime_ns, st.st_mode & 0o777) == (f.size, f.mtime_ns, 0o644)
+        assert (st.st_size, st.st_mtime_ns, st.st_mode & 0o777) == (f.size, f.mtime_ns, f.mode)
     assert con.leftovers() == []
 
 
