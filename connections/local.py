@@ -20,11 +20,13 @@ import errno
 import functools
 import hashlib
 import itertools
+import logging
 import os
 import shutil
 import stat as statmod
 import subprocess
 import threading
+import time
 from typing import Iterator
 
 from connections.base import (
@@ -42,6 +44,8 @@ from connections.base import (
 )
 from skynet.values import parse_bool
 
+log = logging.getLogger(__name__)
+
 TMP_PREFIX = ".skynet-tmp-"
 # Target folders whose realpath() check is remembered. Work arrives folder by
 # folder (the scan walks them in order), so a short memory saves nearly every
@@ -51,6 +55,7 @@ CHUNK = 1 << 20
 STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
 BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
 BATCH_ARG_BYTES = 96 << 10  # keep one cp's command line well under ARG_MAX
+STALE_STAGE_WAIT = 10.0  # seconds cleanup() keeps removing a killed run's staging folder while its cp writes on
 
 
 @functools.lru_cache(maxsize=1)
@@ -322,17 +327,28 @@ class LocalCon(XCon):
                 self._active_stages.discard(stage)
 
     def cleanup(self, keep: list[dict]) -> None:
-        """Remove staging folders a send_many cut short (kill -9) left in the root."""
+        """Remove staging folders a send_many cut short (kill -9) left in the root.
+
+        kill -9 does not reach the cp the dead run started: for a moment it may
+        still be writing into its folder, refilling what rmtree just emptied.
+        Such a folder is removed again until it stays gone (a cp of one batch
+        ends within seconds), then left with a warning."""
         try:
             names = [n for n in os.listdir(self.root) if n.startswith(STAGE_PREFIX)]
         except OSError:
             return
+        deadline = time.monotonic() + STALE_STAGE_WAIT
         for n in names:
             path = f"{self.root}/{n}"
             with self._stages_lock:
                 if path in self._active_stages:
                     continue
             shutil.rmtree(path, ignore_errors=True)
+            while os.path.lexists(path) and time.monotonic() < deadline:
+                time.sleep(0.05)  # waiting on another process, off the sync pipeline (start-up only)
+                shutil.rmtree(path, ignore_errors=True)
+            if os.path.lexists(path):
+                log.warning("could not remove the staging folder %r left by an earlier run", path)
 
     @staticmethod
     def _copy(src: int, dst: int, size: int, ctx: TransferContext, what: str) -> int:

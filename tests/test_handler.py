@@ -207,3 +207,24 @@ def test_sends_are_taken_in_batches_and_keep_their_order_rules(tmp_path):
     done = [(k, p) for k, p, _, _ in rec.log]
     assert done.index((SEND, "d1")) > done.index((SEND, "d1/96"))  # queued before the folder: done before it
     assert done.index((SEND, "d1")) < done.index((SEND, "d1/101"))
+
+
+def test_a_batch_is_a_share_of_the_window_among_the_idle_workers_only(tmp_path):
+    """Workers busy with their own batch take nothing from the window: dividing
+    it among all of them made every batch small (many more cp start-ups)."""
+    from skynet.handler import BATCH
+    from skynet.uniqueq import Action
+
+    db = StateDB(str(tmp_path / "s.db"))
+    try:
+        h = Handler("t", UniqueQ(db), OkCon(), BatchingReconciler(), FailedActions(db), workers=8)
+        h._window = [Action(i, SEND, f"d{i % 7}/{i}", "", None) for i in range(1, 601)]
+        h._idle = 0  # the seven others are copying: this worker may take a full batch
+        taken, _ = h._take()
+        assert len(taken) == BATCH
+        h._idle = 3  # three wait for work too: a quarter of what is left each
+        left = len(h._window)
+        taken, _ = h._take()
+        assert len(taken) == (left + 1) // 4
+    finally:
+        db.close()

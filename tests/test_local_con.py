@@ -131,3 +131,35 @@ def test_a_staging_folder_left_by_a_kill_is_removed_at_cleanup(tmp_path):
     assert con.leftovers() == [stale]
     con.cleanup([])
     assert not os.path.exists(stale) and con.leftovers() == []
+
+
+def test_a_staging_folder_its_orphaned_cp_still_writes_into_is_removed_once_it_stops(tmp_path):
+    """kill -9 does not stop the cp the dead run started: it can refill the
+    staging folder while cleanup() empties it (seen in the kill -9 e2e test)."""
+    import threading
+    import time
+
+    con = LocalCon(str(tmp_path / "dst"))
+    stale = f"{con.root}/.skynet-tmp-stage-999-1"
+    os.makedirs(f"{stale}/k/0")
+    until = time.monotonic() + 0.5
+    wrote = []
+
+    def orphan_cp() -> None:  # copies on into the folders it has, as cp does, until its batch is done
+        i = 0
+        while time.monotonic() < until:
+            try:
+                with open(f"{stale}/k/0/{i}.txt", "w") as f:
+                    f.write("x")
+            except FileNotFoundError:
+                return  # its folder is gone: cp fails from here on
+            wrote.append(i)
+            i += 1
+
+    writer = threading.Thread(target=orphan_cp)
+    writer.start()
+    while not wrote:
+        time.sleep(0.001)
+    con.cleanup([])
+    writer.join()
+    assert not os.path.lexists(stale) and con.leftovers() == []

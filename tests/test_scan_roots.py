@@ -55,3 +55,25 @@ def test_the_whole_tree_without_roots(tmp_path):
     snap.run()
     assert {s for k, s in _queued(db)} == {"a/new.txt", "a/sub/new.txt", "a b/new.txt", "b/new.txt", "ab/new.txt",
                                            "top.txt"}
+
+
+class _Vanished:
+    """A directory entry whose file is deleted between the listing and its stat."""
+
+    def stat(self, follow_symlinks: bool = True):
+        raise FileNotFoundError(2, "No such file or directory")
+
+
+def test_only_files_the_index_knows_are_stated_and_one_gone_meanwhile_counts_as_deleted(tmp_path, monkeypatch):
+    snap, db = _setup(tmp_path)
+    listed = list(snap.walk(""))
+    # New files are queued from the listing alone: nothing is asked of their stat.
+    assert all(isinstance(e, os.DirEntry) for _, e in listed)
+    # 'a/gone.txt' is listed (it was there a moment ago) but gone when the scan
+    # stats it to compare with its Index entry: the remote copy must be deleted.
+    listed.append(("a/gone.txt", _Vanished()))
+    listed.sort(key=lambda t: os.fsencode(t[0]))  # the walk's byte order
+    monkeypatch.setattr(snap, "walk", lambda rel="": iter(listed))
+    st = snap.run()
+    assert (DELETE, "a/gone.txt") in _queued(db)
+    assert (st.files, st.sends, st.deletes) == (6, 6, 6)
