@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 WINDOW = 2048  # claimed actions held in memory: enough for every worker to take a full batch
 # Sends one worker takes at once when the reconciler takes batches: LocalCon
 # copies a batch with one cp, whose start-up (~2 ms of CPU) is then shared by
-# 256 files instead of 64 (measured: 40 cp runs for 10,000 files instead of 160).
+# up to 256 files (measured, 10,000 files: ~50 cp runs of median 256 files,
+# against ~190 of median 20 with 64 and the window split among all workers).
 BATCH = 256
 BATCH_LOOKAHEAD = 2 * BATCH  # how far into the window a batch looks for more sends
 
