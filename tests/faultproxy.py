@@ -101,6 +101,12 @@ class FaultProxy:
     def close(self) -> None:
         self._closed = True
         try:
+            # close() alone does not wake a thread blocked in accept() on Linux (the
+            # join below would wait out its timeout); shutdown() makes accept() fail.
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self._listener.close()
         except OSError:
             pass
