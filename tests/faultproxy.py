@@ -22,6 +22,7 @@ class FaultProxy:
         self.port = self._listener.getsockname()[1]
         self._mode = "open"  # open | cut | stall
         self._lock = threading.Lock()
+        self._mode_changed = threading.Condition(self._lock)
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -35,8 +36,9 @@ class FaultProxy:
 
     # -- faults ---------------------------------------------------------------
     def cut(self) -> None:
-        with self._lock:
+        with self._mode_changed:
             self._mode = "cut"
+            self._mode_changed.notify_all()
             conns = list(self._conns)
         for c in conns:
             _kill(c)
@@ -46,8 +48,9 @@ class FaultProxy:
             self._mode = "stall"
 
     def restore(self) -> None:
-        with self._lock:
+        with self._mode_changed:
             self._mode = "open"
+            self._mode_changed.notify_all()
 
     # -- plumbing -------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -79,12 +82,14 @@ class FaultProxy:
         try:
             while not self._closed:
                 readable, _, _ = select.select([a, b], [], [], 0.5)
-                with self._lock:
+                with self._mode_changed:
+                    # Stalled: hold everything (the client sees a silent network) and sleep
+                    # until cut() or restore(); select() would return at once while data waits.
+                    while self._mode == "stall":
+                        self._mode_changed.wait()
                     mode = self._mode
                 if mode == "cut":
                     break
-                if mode == "stall":
-                    continue  # hold everything: the client sees a silent network
                 for s in readable:
                     data = s.recv(1 << 16)
                     if not data:
