@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -289,72 +288,3 @@ def stop_sshd(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 @register("sftp")
 def sftp_server(workdir: Path) -> Iterator[SSHServer]:
     return run_sshd(workdir)
-
-
-class FreezableProxy:
-    """A TCP relay in front of sshd that a test can freeze (a silent, dead
-    network: no RST, no FIN) or cut (connections reset), then restore."""
-
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
-        self.target = (host, target_port)
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.frozen = threading.Event()
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, 5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True, name="proxy-pump").start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(1 << 16)
-                if not data:
-                    break
-                while self.frozen.is_set() and not self._closed:
-                    time.sleep(0.05)  # hold the bytes: the peer hears nothing
-                if self._closed:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def freeze(self) -> None:
-        self.frozen.set()
-
-    def thaw(self) -> None:
-        self.frozen.clear()
-
-    def close(self) -> None:
-        self._closed = True
-        self.frozen.clear()
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        with self._lock:
-            for s in self._socks:
-                with contextlib.suppress(OSError):
-                    s.close()
-            self._socks.clear()

@@ -33,7 +33,7 @@ from connections.sftp import (
     fingerprint,
     trust_host_key,
 )
-from tests.server_sshd import FreezableProxy
+from tests.faultproxy import FaultProxy
 
 MiB = 1 << 20
 
@@ -640,7 +640,7 @@ def test_move_folder_is_one_rename_and_creates_parents(srv, remote, tmp_path):
 # -- liveness -------------------------------------------------------------------------
 @pytest.fixture
 def proxy(srv, tmp_path):
-    p = FreezableProxy(srv.port)
+    p = FaultProxy(srv.port).start()
     kh = tmp_path / "kh_proxy"
     kh.write_text(srv.known_hosts_line(p.port))
     p.known_hosts = str(kh)
@@ -653,7 +653,7 @@ def test_dead_connection_detected_within_timeout(srv, remote, tmp_path, proxy):
     con.connect()
     try:
         con.send(write_file(tmp_path, "a", b"before"), TransferContext())
-        proxy.freeze()
+        proxy.stall()
         for op in (
             lambda: con.send(write_file(tmp_path, "b", os.urandom(4 * MiB)), TransferContext()),
             con.check,
@@ -663,11 +663,11 @@ def test_dead_connection_detected_within_timeout(srv, remote, tmp_path, proxy):
             with pytest.raises(TransientError):
                 op()
             assert time.monotonic() - t0 < 2 * 2 + 3
-        proxy.thaw()
+        proxy.restore()
         con.check()  # broken connections were dropped; a new one works
         assert con.stat("a").size == 6
     finally:
-        proxy.thaw()
+        proxy.restore()
         con.close()
 
 
@@ -678,10 +678,10 @@ def test_temp_file_of_a_send_cut_off_mid_way_goes_with_discard(srv, remote, tmp_
     con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2", keepalive="1"), remote)
     con.connect()
     try:
-        ctx = TransferContext(throttle=lambda n: proxy.freeze())  # the network dies once bytes flow
+        ctx = TransferContext(throttle=lambda n: proxy.stall())  # the network dies once bytes flow
         with pytest.raises(TransientError):
             con.send(write_file(tmp_path, "cut", os.urandom(4 * MiB)), ctx)
-        proxy.thaw()
+        proxy.restore()
         assert [n for n in os.listdir(remote) if n == temp_name("cut")]  # left behind, named by nothing
         con.discard("other", None)  # another path: nothing to do
         assert con.leftovers() == [temp_name("cut")]
@@ -689,7 +689,7 @@ def test_temp_file_of_a_send_cut_off_mid_way_goes_with_discard(srv, remote, tmp_
         assert con.leftovers() == []
         con.discard("cut", None)  # nothing left: no error
     finally:
-        proxy.thaw()
+        proxy.restore()
         con.close()
 
 
@@ -705,21 +705,21 @@ def test_one_dead_session_flushes_the_idle_ones(srv, remote, tmp_path, proxy):
         for t in threads:
             t.join()
         assert len(con._pool._idle) == 3
-        proxy.freeze()
+        proxy.stall()
         with pytest.raises(TransientError):
             con.check()
-        proxy.thaw()
+        proxy.restore()
         # No second timeout on another stale session: a fresh one answers at once.
         t0 = time.monotonic()
         con.check()
         assert time.monotonic() - t0 < 1.5
     finally:
-        proxy.thaw()
+        proxy.restore()
         con.close()
 
 
 def test_connect_to_a_silent_server_times_out(srv, remote, proxy):
-    proxy.freeze()
+    proxy.stall()
     con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2"), remote)
     t0 = time.monotonic()
     with pytest.raises(TransientError):
