@@ -119,10 +119,20 @@ def load_for_inspection(config_file: str | None, service: str | None) -> "config
                  + ("" if candidates else " (no config found; create one with --config SERVICE)"))
         service = candidates[0]
     try:
-        return configmod.load(resolve_config_path(config_file, service or ""), service)
+        cfg = configmod.load(resolve_config_path(config_file, service or ""), service)
     except ConfigError as exc:
         fail(str(exc))
         raise  # not reached
+    warn_exposed_secrets(cfg)
+    return cfg
+
+
+def warn_exposed_secrets(cfg: "configmod.Config") -> None:
+    """One warning line on stderr (the journal under systemd) when the config
+    holds secrets that other users may read."""
+    message = configmod.exposed_secrets_warning(cfg)
+    if message:
+        click.echo(f"skynet: warning: {message}", err=True)
 
 
 def check_state_dir(cfg: "configmod.Config") -> None:
@@ -159,6 +169,7 @@ def run_daemon(service: str, path: str, allow_mass_delete: bool = False) -> int:
     except ConfigError as exc:
         fail(str(exc))
         return EXIT_USAGE  # not reached
+    warn_exposed_secrets(cfg)
     cfg.allow_mass_delete = allow_mass_delete
     logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
     from skynet import priority

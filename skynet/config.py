@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from connections import SERVICES, service_module
+from skynet.atomicfile import write_atomic
 from skynet.ignore import validate_pattern
 from skynet.throttle import validate_bwlimit
 from skynet.values import (
@@ -248,6 +249,45 @@ def load(path: str, service: str | None = None) -> Config:
     return cfg
 
 
+# Settings whose value is a secret (the connection's credentials), by section.
+SECRET_SERVICE_KEYS = ("secret_access_key", "password", "key_passphrase")
+
+
+def secret_keys(cfg: Config) -> list[str]:
+    """The settings of `cfg` that hold a secret: credentials, a DSN with a
+    password, the dashboard's hashes (a scrypt hash can be attacked offline)."""
+    found = [f"[{cfg.service}] {k}" for k in SECRET_SERVICE_KEYS if cfg.service_options.get(k, "").strip()]
+    if cfg.notify_dsn and _dsn_has_password(cfg.notify_dsn):
+        found.append("[skynet] notify_dsn")
+    found += [f"[skynet] {k}" for k in ("dashboard_password_hash", "dashboard_token_hash") if getattr(cfg, k)]
+    return found
+
+
+def _dsn_has_password(dsn: str) -> bool:
+    try:
+        import psycopg2.extensions
+
+        return bool(psycopg2.extensions.parse_dsn(dsn).get("password"))
+    except Exception:
+        return "password" in dsn.lower() or "@" in dsn  # cannot tell: assume it may
+
+
+def exposed_secrets_warning(cfg: Config) -> str | None:
+    """One line when the file holds secrets and its group or others may read
+    it, with the fix; None otherwise. A warning, not an error: refusing to
+    start would break running setups for what the operator fixes in a second."""
+    try:
+        mode = statmod.S_IMODE(os.stat(cfg.path).st_mode)
+    except OSError:
+        return None
+    keys = secret_keys(cfg) if mode & 0o044 else []
+    if not keys:
+        return None
+    return (f"{cfg.path} holds secrets ({', '.join(keys)}) and is readable by "
+            f"{'group and others' if (mode & 0o044) == 0o044 else 'group' if mode & 0o040 else 'others'} "
+            f"(mode {mode:04o}): chmod 600 {cfg.path}")
+
+
 def check_folders(cfg: Config) -> None:
     """Checks that need the disk: source folders exist, no loops. ConfigError."""
     if cfg.service == "s3":
@@ -353,9 +393,4 @@ def write(path: str, sections: dict[str, dict[str, str]], comments: dict[str, st
                 v = "\n    " + "\n    ".join(x for x in v.splitlines() if x.strip())
             lines.append(f"{k} = {v}")
         lines.append("")
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines), 0o600)

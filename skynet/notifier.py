@@ -47,6 +47,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from skynet import pgschema
+from skynet.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +62,65 @@ Row = tuple
 SEQ_BLOCK = 1_000_000_000  # seq numbers reserved ahead in the high-water file
 MAX_ERROR_CHARS = 4000
 
+# For free text (libpq's error messages), where no DSN can be parsed: a URL's
+# user:password@ part, and password=VALUE with libpq's quoting ('...') and
+# backslash escapes (Hunter\ 2secret is one value).
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)(?P<pw>[^@]*)(?=@)", re.I)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|(?:\\.|[^\s&\\])+)", re.I)
+
+UNPARSABLE_DSN = "(a DSN that could not be parsed)"
 
 
 def redact_dsn(dsn: str | None) -> str:
-    """The DSN as it may be logged: any password replaced by '***'.
+    """The DSN as it may be logged or shown: postgresql://user:***@host:port/dbname.
 
-    Handles URLs (postgresql://user:pw@host/db, and ?password=... in the query)
-    and keyword/value strings (host=... password=...). "" means libpq's
-    environment variables (PGHOST...), which are not shown at all.
+    Built from the DSN as libpq parses it (psycopg2.extensions.parse_dsn:
+    URLs with %-escapes and ?password=, keyword/value strings with quotes and
+    backslash escapes), never by editing the raw text: a pattern over the raw
+    string misses some spelling libpq accepts (`password=Hunter\\ 2secret`
+    came out as `*** 2secret`). Only host, port, dbname, user and sslmode are
+    kept; a DSN libpq cannot parse is not echoed at all. "" means libpq's
+    environment variables (PGHOST...), which are not shown either.
     """
     if dsn is None:
         return "(none)"
     if dsn == "":
         return "(libpq environment: PGHOST, PGUSER, ...)"
-    out = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", dsn)
+    try:
+        import psycopg2.extensions
+
+        parts = psycopg2.extensions.parse_dsn(dsn)
+    except Exception:
+        return UNPARSABLE_DSN
+    return _describe_dsn(parts)
+
+
+def _describe_dsn(parts: dict[str, str]) -> str:
+    """postgresql://user[:***]@host[:port][,host2[:port2]]/dbname[?sslmode=...], each part %-escaped."""
+    from urllib.parse import quote
+
+    user = quote(parts.get("user", ""), safe="")
+    auth = f"{user}:***@" if "password" in parts else (f"{user}@" if user else "")
+    hosts = parts.get("host", "").split(",") if parts.get("host") else []
+    ports = parts.get("port", "").split(",") if parts.get("port") else []
+    if len(ports) == 1 and len(hosts) > 1:
+        ports = ports * len(hosts)
+    where = []
+    for i in range(max(len(hosts), len(ports))):
+        h = hosts[i] if i < len(hosts) else ""
+        h = f"[{h}]" if ":" in h else quote(h, safe="")
+        where.append(h + (f":{quote(ports[i], safe='')}" if i < len(ports) and ports[i] else ""))
+    out = f"postgresql://{auth}{','.join(where)}"
+    if parts.get("dbname"):
+        out += "/" + quote(parts["dbname"], safe="")
+    if parts.get("sslmode"):
+        out += "?sslmode=" + quote(parts["sslmode"], safe="")
+    return out
+
+
+def scrub_text(text: str) -> str:
+    """A message that may quote a DSN (a libpq error), with any password in it replaced by '***'."""
+    out = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
     return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", out)
 
 
@@ -546,10 +590,7 @@ class Notifier:
 
     def _write_hw(self, value: int) -> None:
         try:
-            tmp = self._hw_path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(f"{value}\n")
-            os.replace(tmp, self._hw_path)
+            write_atomic(self._hw_path, f"{value}\n")
             self._seq_hw = value
         except OSError as exc:
             log.warning("notifier: cannot write %s: %s", self._hw_path, exc)
@@ -685,7 +726,7 @@ class Notifier:
     def _scrub(self, text: str) -> str:
         if self._password and self._password in text:
             text = text.replace(self._password, "***")
-        return redact_dsn(text) if "://" in text or "password" in text.lower() else text
+        return scrub_text(text) if "://" in text or "password" in text.lower() else text
 
     def _connect(self) -> None:
         import psycopg2

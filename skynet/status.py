@@ -16,6 +16,7 @@ import time
 
 import click
 
+from skynet.atomicfile import write_atomic
 from skynet.config import Config
 from skynet.state import FailedActions, StateDB
 
@@ -49,10 +50,7 @@ class InFlight:
 
 def write_status(state_dir: str, doc: dict) -> None:
     path = os.path.join(state_dir, STATUS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc, ensure_ascii=False), sync=False)  # a snapshot: rewritten every tick
 
 
 def collect(cfg: Config) -> dict:
