@@ -54,11 +54,16 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True, help="With --dashboard: address to listen on.")
 @click.option("--dashboard-port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="With --dashboard: port to listen on.")
+@click.option("--secure-cookies", is_flag=True,
+              help="With --dashboard: mark its cookies Secure (it is served over HTTPS by a TLS reverse proxy).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              help="With --dashboard: a reverse proxy's address or network (repeatable); X-Forwarded-For/-Proto "
+                   "are believed from it only (the client it names is the one logged and throttled).")
 @click.argument("paths", nargs=-1)
 def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
          show_status: bool, show_failed: bool, retry_failed: bool, as_json: bool, non_interactive: bool,
          presets: tuple[str, ...], allow_mass_delete: bool, dashboard: bool, dashboard_host: str,
-         dashboard_port: int, paths: tuple[str, ...]) -> None:
+         dashboard_port: int, secure_cookies: bool, trusted_proxies: tuple[str, ...], paths: tuple[str, ...]) -> None:
     """skynet keeps local folders mirrored to S3, SFTP or another folder, in real time,
     and never loses a change through crashes, reboots or outages.
 
@@ -72,7 +77,8 @@ def main(setup_service: str | None, run_service: str | None, config_file: str | 
         cfg = load_for_inspection(config_file, service)
         logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
         try:
-            dash.serve(dash.config_from_daemon(cfg, dashboard_host, dashboard_port))
+            dash.serve(dash.config_from_daemon(cfg, dashboard_host, dashboard_port, secure_cookies,
+                                               list(trusted_proxies)))
         except ValueError as exc:
             fail(f"{cfg.path}: {exc}")
         return

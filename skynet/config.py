@@ -49,6 +49,17 @@ class ConfigError(Exception):
 
 Key = tuple[str, str, Callable[[str], Any]]  # default, doc, parser
 
+
+def parse_host_names(v: str) -> list[str]:
+    """Host names (or name:port, [v6]:port), comma- or line-separated."""
+    out = []
+    for item in v.replace(",", "\n").split():
+        if any(c in item for c in "/@?#") or (item.count(":") > 1 and not item.startswith("[")):
+            raise ValueError(f"{item!r} is not a host name or host:port")
+        out.append(item)
+    return out
+
+
 GLOBAL_KEYS: dict[str, Key] = {
     "service": ("", "which connection this file configures: local, s3 or sftp", parse_choice(*SERVICES)),
     "state_dir": ("", "folder for the queue, the Index and resume state (default: $XDG_STATE_HOME/skynet/<service>)", parse_path),
@@ -72,7 +83,8 @@ GLOBAL_KEYS: dict[str, Key] = {
     "notify_spool_mb": ("64", "cap, in MiB, of the local spool kept while PostgreSQL is unreachable (oldest progress rows are dropped first, with a warning)", parse_int_range(1, 1 << 20)),
     "daemon_id": ("", "this daemon's name on the dashboard (default: HOST/SERVICE/hash of state_dir)", _str),
     "dashboard_password_hash": ("", "scrypt hash of the dashboard's login password (python -m skynet.dashboard hash-secret)", _str),
-    "dashboard_token_hash": ("", "scrypt hash of a token for `Authorization: Bearer` on the dashboard's JSON endpoints", _str),
+    "dashboard_token_hash": ("", "hash of a token for `Authorization: Bearer` on the dashboard's JSON endpoints (python -m skynet.dashboard new-token)", _str),
+    "dashboard_hosts": ("", "host names the dashboard answers to, comma-separated (name, or name:port); others get 400, against DNS rebinding (default: the listen address and localhost)", parse_host_names),
 }
 
 MAPPING_KEYS: dict[str, Key] = {
@@ -126,6 +138,7 @@ class Config:
     daemon_id: str = ""
     dashboard_password_hash: str = ""
     dashboard_token_hash: str = ""
+    dashboard_hosts: list[str] = field(default_factory=list)
     service_options: dict[str, str] = field(default_factory=dict)
     mappings: list[MappingConfig] = field(default_factory=list)
     # set from the command line, not the file: let a start-up scan delete
@@ -202,7 +215,7 @@ def load(path: str, service: str | None = None) -> Config:
     cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
     for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
               "notify_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
-              "daemon_id", "dashboard_password_hash", "dashboard_token_hash"):
+              "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
         if k in g:
             setattr(cfg, k, g[k])
     for section in cp.sections():

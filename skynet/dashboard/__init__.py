@@ -4,6 +4,11 @@ tables (or, with no database, over the local daemon's state files).
     from skynet.dashboard import DashboardConfig, serve, hash_secret
     serve(DashboardConfig(dsn="postgresql://...", port=8765, password_hash=hash_secret("...")))
 
+Served beyond this machine, it belongs behind a TLS reverse proxy (README):
+`allowed_hosts` names the host the proxy forwards, `trusted_proxies` the
+proxy's address (whose X-Forwarded-For is then believed), `secure_cookie`
+keeps the cookies off plain HTTP.
+
 Web stack: Flask (routing, templates with auto-escaping, cookies) served by
 waitress (a pure-Python production WSGI server with a thread pool): both are
 small, well kept, have no C extension and no dependency outside PyPI, and
@@ -17,9 +22,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from skynet.dashboard.auth import hash_secret, verify
+from skynet.dashboard.auth import hash_secret, is_token_hash, new_token, verify
 
-__all__ = ["DashboardConfig", "config_from_daemon", "serve", "make_server", "stop_server", "build", "hash_secret", "verify"]
+__all__ = ["DashboardConfig", "config_from_daemon", "serve", "make_server", "stop_server", "build", "hash_secret",
+           "new_token", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +38,25 @@ class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     password_hash: str | None = None  # for the login form (hash_secret())
-    token_hash: str | None = None  # for `Authorization: Bearer` on the JSON endpoints (and the form)
+    token_hash: str | None = None  # for `Authorization: Bearer` on the JSON endpoints (and the form): new_token()
     state_dirs: list[str] = field(default_factory=list)  # local mode: daemons' state folders
     sslmode: str | None = None
     stale_factor: float = 3.0  # a daemon is stale after this many missed heartbeat intervals
     refresh_seconds: float = 3.0
     session_hours: float = 12.0
     secure_cookie: bool = False  # set when served over HTTPS (behind a TLS proxy)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered; empty: host and localhost
+    trusted_proxies: list[str] = field(default_factory=list)  # addresses/networks whose X-Forwarded-For counts
     threads: int = 8
 
 
-def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None) -> DashboardConfig:
+def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None, secure_cookie: bool = False,
+                       trusted_proxies: list[str] | None = None) -> DashboardConfig:
     """A DashboardConfig from the daemon's Config (skynet.config.Config):
     notify_dsn ("" -> local mode on state_dir; "env" -> libpq's environment),
-    notify_sslmode, dashboard_password_hash, dashboard_token_hash. Attributes
-    are read with defaults, so this also works on a Config without them."""
+    notify_sslmode, dashboard_password_hash, dashboard_token_hash,
+    dashboard_hosts; the rest comes from the command line. Attributes are read
+    with defaults, so this also works on a Config without them."""
     raw = (getattr(cfg, "notify_dsn", "") or "").strip()
     return DashboardConfig(
         dsn=None if not raw else ("" if raw == "env" else raw),
@@ -56,6 +66,9 @@ def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = Non
         token_hash=getattr(cfg, "dashboard_token_hash", "") or None,
         state_dirs=[cfg.state_dir],
         sslmode=getattr(cfg, "notify_sslmode", "") or None,
+        secure_cookie=secure_cookie,
+        allowed_hosts=list(getattr(cfg, "dashboard_hosts", None) or []),
+        trusted_proxies=list(trusted_proxies or []),
     )
 
 
@@ -73,9 +86,15 @@ def build(cfg: DashboardConfig) -> tuple[Any, Any]:
 
     if not cfg.password_hash and not cfg.token_hash:
         raise ValueError("the dashboard needs a password or token hash (python -m skynet.dashboard hash-secret)")
-    for h in (cfg.password_hash, cfg.token_hash):
-        if h and not h.startswith("scrypt$"):
-            raise ValueError("dashboard secrets must be given as hashes made by hash_secret(), not in clear")
+    if cfg.password_hash and not cfg.password_hash.startswith("scrypt$"):
+        raise ValueError("dashboard secrets must be given as hashes made by hash_secret(), not in clear")
+    if cfg.token_hash and not (cfg.token_hash.startswith("scrypt$") or is_token_hash(cfg.token_hash)):
+        raise ValueError("the dashboard token must be given as the sha256$ hash printed by "
+                         "`python -m skynet.dashboard new-token` (or an older scrypt$ hash), not in clear")
+    from skynet.dashboard.app import parse_proxy
+
+    for proxy in cfg.trusted_proxies:
+        parse_proxy(proxy)  # ValueError names a bad one before anything listens
     if cfg.dsn is None and not cfg.state_dirs:
         raise ValueError("no database and no state folder: nothing to show")
     source = _source(cfg)
@@ -149,7 +168,11 @@ def stop_server(server: DashboardServer) -> None:
 def serve(cfg: DashboardConfig) -> None:
     """Serve the dashboard in the foreground until interrupted."""
     server = make_server(cfg)
-    log.info("dashboard: http://%s:%d/ (%s)", cfg.host, server.effective_port, server.source.describe())
+    from skynet.dashboard.app import allowed_hosts
+
+    log.info("dashboard: http://%s:%d/ (%s); answers to host names %s%s", cfg.host, server.effective_port,
+             server.source.describe(), ", ".join(allowed_hosts(cfg)),
+             f"; trusts X-Forwarded-For from {', '.join(cfg.trusted_proxies)}" if cfg.trusted_proxies else "")
     try:
         server.run()
     except KeyboardInterrupt:

@@ -1,15 +1,24 @@
 """Login for the dashboard: hashed secrets, server-side sessions, CSRF tokens.
 
-* Secrets (the password for the login form, the token for scripts) are stored
-  in the config only as scrypt hashes with a random salt ("scrypt$N$r$p$salt$hash"),
-  made by `hash_secret()` (`python -m skynet.dashboard hash-secret`).
+* The password (for the login form) is stored in the config only as an scrypt
+  hash with a random salt ("scrypt$N$r$p$salt$hash"), made by `hash_secret()`
+  (`python -m skynet.dashboard hash-secret`): a password a human chose must
+  be slow to guess from a leaked config.
+* The token (for scripts: `Authorization: Bearer`) is 256 random bits made by
+  `new_token()` (`python -m skynet.dashboard new-token`), stored as its SHA-256
+  ("sha256$HEX"). Nobody can guess 256 random bits, offline or not, so a slow
+  hash buys nothing there, while it cost about 0.1 s of CPU per wrong token a
+  client cared to send; checking one is now a hash and `hmac.compare_digest`.
+  Tokens stored as scrypt hashes by earlier versions still work (with a
+  warning at start); wrong ones are throttled like passwords.
 * Sessions are random 256-bit tokens kept server-side (only their SHA-256 is
   stored); the cookie is HttpOnly and SameSite=Strict, so another site can
   neither read it nor make the browser send it. Restarting the dashboard logs
   everybody out, which is acceptable for a read-only tool.
 * The login form is a POST: it carries a random CSRF token that must match a
   SameSite=Strict cookie set with the form (double submit), and a cross-origin
-  Origin header is refused outright. Failed logins are rate-limited per client.
+  Origin header is refused outright. Failed logins and wrong tokens are
+  rate-limited per client address by one LoginThrottle.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import threading
 import time
@@ -113,18 +123,51 @@ class Sessions:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
 
 
-class TokenCache:
-    """Bearer tokens already verified, so scripts polling the JSON endpoint do
-    not pay an scrypt per request (only SHA-256 digests of good tokens are kept)."""
+TOKEN_SCHEME = "sha256$"
+_TOKEN_HASH = re.compile(r"sha256\$[0-9a-f]{64}")
+
+
+def new_token() -> tuple[str, str]:
+    """(token, hash): a random Bearer token for scripts, and what the config
+    stores (dashboard_token_hash). The token itself is not kept anywhere."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def hash_token(token: str) -> str:
+    """"sha256$HEX" of a token. Only for tokens made by new_token(): a hash
+    this fast is safe for 256 random bits, not for a word a human picked."""
+    return TOKEN_SCHEME + hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_token_hash(stored: str) -> bool:
+    return bool(_TOKEN_HASH.fullmatch(stored))
+
+
+class TokenCheck:
+    """Checks a Bearer token against the configured hash.
+
+    A "sha256$" hash costs one SHA-256 and a constant-time compare per check.
+    A legacy scrypt hash (hash_secret() of a token) is still accepted; good
+    tokens are then remembered (their SHA-256 only) so that a script polling
+    the JSON pays one scrypt, not one per request. Wrong tokens still cost an
+    scrypt each there: the caller throttles them."""
 
     def __init__(self, stored_hash: str | None) -> None:
-        self.stored_hash = stored_hash
+        self.stored_hash = stored_hash or None
         self._ok: set[str] = set()
         self._lock = threading.Lock()
+
+    @property
+    def legacy(self) -> bool:
+        """True when the stored hash is scrypt (slow for every wrong token)."""
+        return bool(self.stored_hash) and not is_token_hash(self.stored_hash or "")
 
     def check(self, token: str) -> bool:
         if not self.stored_hash or not token or len(token) > 500:
             return False
+        if not self.legacy:
+            return hmac.compare_digest(hash_token(token), self.stored_hash)
         key = _sha(token)
         with self._lock:
             if key in self._ok:
@@ -137,8 +180,13 @@ class TokenCache:
         return False
 
 
+TokenCache = TokenCheck  # the name earlier versions used
+
+
 class LoginThrottle:
-    """At most `limit` failed logins per client address per `window` seconds."""
+    """At most `limit` failures per client address per `window` seconds: wrong
+    passwords on the login form and wrong Bearer tokens count alike, so that
+    neither door is a way around the other's limit."""
 
     def __init__(self, limit: int = 10, window: float = 300.0) -> None:
         self.limit = limit
