@@ -156,7 +156,10 @@ def make_server(cfg: DashboardConfig) -> DashboardServer:
     from waitress import create_server
 
     app, source = build(cfg)
-    server = create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="skynet-dashboard")
+    # waitress would drop every X-Forwarded-* header before the app sees it:
+    # app.TrustedProxies does that instead, for all but the trusted proxies.
+    server = create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="skynet-dashboard",
+                           clear_untrusted_proxy_headers=False)
     return DashboardServer(server, source)
 
 
