@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_dashboard import PASSWORD, hashes, running_dashboard
+from tests.test_dashboard import PASSWORD, TOKEN, hashes, running_dashboard
 
 LIMIT = 10  # LoginThrottle's default: failures per client address per window
 
@@ -46,8 +46,9 @@ def _login_code(base: str, password: str, headers: dict | None = None) -> int:
                   allow_redirects=False).status_code
 
 
-def test_wrong_tokens_are_refused_logged_and_throttled_like_passwords(tmp_path, caplog):
-    token, digest = _token()
+@pytest.mark.parametrize("kind", ["random token (sha256$)", "older scrypt$ token"])
+def test_wrong_tokens_are_refused_logged_and_throttled_like_passwords(tmp_path, caplog, kind):
+    token, digest = _token() if kind.startswith("random") else (TOKEN, hashes()[1])
     caplog.set_level("INFO")
     wrong = "Wr0ngTokenValue-" + "x" * 27
     with running_dashboard(**_local(tmp_path, token_hash=digest)) as base:
@@ -87,8 +88,6 @@ def test_a_right_token_is_checked_without_scrypt(tmp_path, monkeypatch):
 
 
 def test_tokens_stored_as_scrypt_by_earlier_versions_still_work(tmp_path, caplog):
-    from tests.test_dashboard import TOKEN
-
     caplog.set_level("INFO")
     with running_dashboard(**_local(tmp_path)) as base:  # token_hash = hash_secret(TOKEN)
         assert requests.get(base + "/api/status", headers=_bearer(TOKEN)).status_code == 200
@@ -96,7 +95,7 @@ def test_tokens_stored_as_scrypt_by_earlier_versions_still_work(tmp_path, caplog
 
 
 def test_a_foreign_host_is_refused(tmp_path, caplog):
-    token, digest = _token()
+    token, digest = TOKEN, hashes()[1]  # (a legacy hash: this test owes nothing to the new token format)
     caplog.set_level("INFO")
     with running_dashboard(**_local(tmp_path, token_hash=digest)) as base:
         port = base.rsplit(":", 1)[1]
