@@ -176,6 +176,9 @@ def serve(cfg: DashboardConfig) -> None:
     log.info("dashboard: http://%s:%d/ (%s); answers to host names %s%s", cfg.host, server.effective_port,
              server.source.describe(), ", ".join(allowed_hosts(cfg)),
              f"; trusts X-Forwarded-For from {', '.join(cfg.trusted_proxies)}" if cfg.trusted_proxies else "")
+    if cfg.host in ("0.0.0.0", "::", "") and not cfg.allowed_hosts:
+        log.warning("dashboard: listening on every address, but answering only to the host names above: set "
+                    "dashboard_hosts to the names clients use (better: bind 127.0.0.1 behind a TLS proxy, README)")
     try:
         server.run()
     except KeyboardInterrupt:
