@@ -315,7 +315,9 @@ class XCon(ABC):
     @abstractmethod
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
         """Every remote file under folder `rel` (recursively), streamed: an
-        implementation must page, never build the whole listing in memory."""
+        implementation must page, never build the whole listing in memory.
+        What the remote lists is passed through within_listing(): nothing
+        outside `rel` is ever yielded, whatever the server answers."""
 
     def cleanup(self, keep: list[dict]) -> None:
         """Remove partial uploads of ours that no resume state in `keep` still
