@@ -286,10 +286,10 @@ def overlap(source: str, target: str) -> str | None:
     s, t = os.path.abspath(source), os.path.abspath(target)
     try:
         source_up = _real_ancestry(s)
-    except OSError:  # no source to overlap: folder_problem() says what is wrong with it
+        found, exists = _nearest_existing(t)
+        target_up = _real_ancestry(found)
+    except OSError:  # the source vanished or is out of reach: folder_problem() says so
         return None
-    found, exists = _nearest_existing(t)
-    target_up = _real_ancestry(found)
     lexical = t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/")
     how = "" if lexical else " (through a link or a mount)"
     if source_up[0] in target_up:
