@@ -247,3 +247,24 @@ def test_sftp_move_over_a_folder_ignores_made_up_names(sftp_setup, tmp_path):
     con.move("bar", "foo")
     assert (remote / "foo" / "n").read_bytes() == b"n" and not (remote / "foo" / "a").exists()
     assert [p.read_bytes() for p in foreign] == [b"theirs", b"not ours"]
+
+
+# -- local: the same rule on LocalCon.list ---------------------------------------------
+
+
+def test_local_list_goes_through_the_filter(tmp_path, monkeypatch, caplog):
+    """readdir never names "../x", but LocalCon.list is held to the same rule: a walk
+    that yields a foreign path (here injected) is filtered and logged like the others."""
+    from connections.base import RemoteEntry
+    from connections.local import LocalCon
+
+    (tmp_path / "t").mkdir()
+    con = LocalCon(str(tmp_path / "t"))
+    con.connect()
+    made_up = [RemoteEntry("d/ok", 1), RemoteEntry("d/../x", 1), RemoteEntry("dx/y", 1), RemoteEntry("d", 1)]
+    monkeypatch.setattr(LocalCon, "_walk_files", lambda self, rel: iter(made_up))
+    with caplog.at_level(logging.WARNING, logger="skynet.listing"):
+        assert [e.rel for e in con.list("d")] == ["d/ok", "d"]
+    (line,) = warnings_of(caplog)
+    assert "2 entries outside 'd'" in line
+    con.close()
