@@ -17,11 +17,15 @@ A connection raises; it never retries on its own (the handler decides):
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+
+log = logging.getLogger("skynet.listing")
+T = TypeVar("T")
 
 
 class XConError(Exception):
@@ -67,6 +71,58 @@ def remote_join(root: str, rel: str) -> str:
     if not root:
         return rel
     return posixpath.join(root, rel) if not root.endswith("/") else root + rel
+
+
+def within_listing(
+    listed: Iterable[T], asked: str, name: Callable[[T], str], what: str, *, paths: bool = False,
+) -> Iterator[T]:
+    """The entries of a remote listing that are what was asked: `asked` itself or under `asked/`.
+
+    A remote's listing is not trusted: an S3 server (or a proxy in front of it) that
+    ignores the prefix returns `foo.bak`, `foo2/...` or another team's keys for "foo/",
+    and an SFTP server may name an entry "../x" or "/etc/x". Whatever a caller deletes
+    or moves after listing would then reach outside what it meant to touch. Every
+    backend's listing goes through here, so the rule is the same for all of them.
+
+    `asked` is a key or path; one ending in "/" is a folder prefix (only what is under
+    it, not the key itself); "" asks for everything. `name(entry)` is the entry's full
+    key or path, in the same form as `asked`. With `paths` (file-system names: local,
+    SFTP), what follows the asked folder must also be a clean relative path, since
+    "foo/../x" is under "foo/" as a string but not as a path.
+
+    Dropped entries are logged once per listing (a count and one example), when the
+    listing ends or is abandoned: a misbehaving server may return thousands of them.
+    The check per entry is a string compare.
+    """
+    folder = asked if not asked or asked.endswith("/") else asked + "/"
+    exact = None if not asked or asked.endswith("/") else asked
+    dropped = 0
+    example = ""
+    try:
+        for entry in listed:
+            key = name(entry)
+            if key == exact:
+                yield entry
+                continue
+            if key.startswith(folder) and (not paths or _clean_rest(key[len(folder):])):
+                yield entry
+                continue
+            dropped += 1
+            if dropped == 1:
+                example = key
+    finally:
+        if dropped:
+            log.warning("%s: the listing returned %d entr%s outside %r (e.g. %r); ignored %s",
+                        what, dropped, "y" if dropped == 1 else "ies", asked, example,
+                        "it" if dropped == 1 else "them")
+
+
+def _clean_rest(rest: str) -> bool:
+    try:
+        check_rel(rest)
+    except UnsafePath:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -259,7 +315,9 @@ class XCon(ABC):
     @abstractmethod
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
         """Every remote file under folder `rel` (recursively), streamed: an
-        implementation must page, never build the whole listing in memory."""
+        implementation must page, never build the whole listing in memory.
+        What the remote lists is passed through within_listing(): nothing
+        outside `rel` is ever yielded, whatever the server answers."""
 
     def cleanup(self, keep: list[dict]) -> None:
         """Remove partial uploads of ours that no resume state in `keep` still

@@ -41,6 +41,7 @@ from connections.base import (
     UnsafePath,
     XCon,
     check_rel,
+    within_listing,
 )
 from skynet.values import parse_bool
 
@@ -469,6 +470,10 @@ class LocalCon(XCon):
         return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
 
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
+        return within_listing(self._walk_files(rel), rel, _rel_of, f"local: {self.root}", paths=True)
+
+    def _walk_files(self, rel: str) -> Iterator[RemoteEntry]:
+        """The files under `rel` as the file system lists them (see list)."""
         base = self._path(rel)
         stack = [(base, rel)]
         while stack:
@@ -496,6 +501,10 @@ class LocalCon(XCon):
         for folder, dirs, files in os.walk(self.root):
             found += [os.path.join(folder, n) for n in files + dirs if n.startswith(TMP_PREFIX)]
         return found
+
+
+def _rel_of(entry: RemoteEntry) -> str:
+    return entry.rel
 
 
 def _parents(rel: str) -> Iterator[str]:

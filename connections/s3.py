@@ -121,6 +121,7 @@ from connections.base import (
     XConError,
     check_rel,
     remote_join,
+    within_listing,
 )
 
 log = logging.getLogger("skynet.s3")
@@ -1401,7 +1402,12 @@ class S3Con(XCon):
     def _keys_under(self, prefix: str) -> Iterator[dict]:
         """Every object under a key prefix ({"Key", "Size", "ETag"}), one page at a time;
         through the fast path when there is one (a first sync lists before any upload, and
-        needs no botocore for it)."""
+        needs no botocore for it). Keys the server returns outside `prefix` are dropped:
+        delete and move act on what this yields."""
+        return within_listing(self._listed(prefix), prefix, _key_of, f"s3: {self._where(None)}")
+
+    def _listed(self, prefix: str) -> Iterator[dict]:
+        """ListObjectsV2 as the server answers it (see _keys_under)."""
         try:
             fast = self._fast_path()
             if fast is not None:
@@ -1618,7 +1624,13 @@ class S3Con(XCon):
                 yield RemoteEntry(r, int(obj["Size"]), None, None, _etag(obj.get("ETag")))
 
     def uploads(self) -> Iterator[dict]:
-        """Open multipart uploads under our prefix, paged: {"key", "upload_id"}."""
+        """Open multipart uploads under our prefix, paged: {"key", "upload_id"}. Uploads the
+        server lists outside it are dropped: cleanup() aborts what this yields."""
+        where = self._dir("")
+        return within_listing(self._listed_uploads(), where, _upload_key, f"s3: {self._where(None)} uploads")
+
+    def _listed_uploads(self) -> Iterator[dict]:
+        """ListMultipartUploads as the server answers it (see uploads)."""
         try:
             fast = self._fast_path()
             if fast is not None:
@@ -1635,6 +1647,14 @@ class S3Con(XCon):
             raise self._classify(exc, "list uploads", self._dir("")) from exc
         except Exception as exc:
             raise self._classify(exc, "list uploads", self._dir("")) from exc
+
+
+def _key_of(obj: dict) -> str:
+    return obj["Key"]
+
+
+def _upload_key(upload: dict) -> str:
+    return upload["key"]
 
 
 def _save(ctx: TransferContext, state: dict) -> None:

@@ -120,6 +120,7 @@ from connections.base import (
     XConError,
     check_rel,
     remote_join,
+    within_listing,
 )
 from connections.local import TMP_PREFIX, temp_name
 from skynet.values import parse_bool
@@ -1844,6 +1845,14 @@ class SFTPCon(XCon):
             s.sftp.remove(aside)
 
     # -- delete / move -----------------------------------------------------
+    def _scandir(self, s: _Session, folder: str) -> list[tuple[bytes, SFTPAttributes]]:
+        """The entries of remote folder `folder` (an absolute path) that are in it: a
+        name the server makes up ("../x", "/etc/x", "a/../../x") is dropped and logged,
+        never removed or walked into (within_listing)."""
+        entries = s.sftp.scandir(self._b(folder))
+        return list(within_listing(entries, folder, lambda e: posixpath.join(folder, os.fsdecode(e[0])),
+                                   self.describe(), paths=True))
+
     def _rmtree(self, s: _Session, top: str) -> None:
         """Remove a folder and everything in it, with SFTP requests only."""
         stack = [(top, False)]
@@ -1854,7 +1863,7 @@ class SFTPCon(XCon):
                 continue
             stack.append((folder, True))
             try:
-                entries = s.sftp.scandir(self._b(folder))
+                entries = self._scandir(s, folder)
             except SFTPStatus as exc:
                 if exc.code == SFTP_NO_SUCH_FILE:
                     stack.pop()
@@ -1934,7 +1943,7 @@ class SFTPCon(XCon):
             prefix = stack.pop()
             with self._session(what) as s:
                 try:
-                    entries = s.sftp.scandir(self._b(self._abs(prefix)))
+                    entries = self._scandir(s, self._abs(prefix))
                 except SFTPStatus as exc:
                     if exc.code != SFTP_NO_SUCH_FILE:  # missing, or a file (ENOTDIR)
                         raise

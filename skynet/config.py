@@ -320,10 +320,70 @@ def check_folders(cfg: Config) -> None:
         if problem:
             raise ConfigError(cfg.path, sect, "source", problem)
         if cfg.service == "local":
-            t = os.path.abspath(os.path.expanduser(m.target))
-            s = m.source
-            if t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/"):
-                raise ConfigError(cfg.path, sect, "target", f"{t!r} and the source {s!r} overlap; that would loop")
+            problem = overlap(m.source, os.path.expanduser(m.target))
+            if problem:
+                raise ConfigError(cfg.path, sect, "target", problem)
+
+
+def overlap(source: str, target: str) -> str | None:
+    """Why mirroring folder `source` into local folder `target` would turn on itself, or None.
+
+    Real locations are compared, not spellings: a target that is a link into the source,
+    a source that is a link into the target, or a bind mount of one inside the other,
+    would make a mirror copy the tree into itself for ever (or delete its own source).
+    So each side is resolved to its real path and identified by (st_dev, st_ino) at every
+    level up to "/"; one side's identity among the other's ancestry is an overlap. A
+    target that does not exist yet is judged by the folder it would be made in: its
+    nearest existing ancestor (after resolving links, dangling ones included).
+    """
+    s, t = os.path.abspath(source), os.path.abspath(target)
+    try:
+        source_up = _real_ancestry(s)
+        found, exists = _nearest_existing(t)
+        target_up = _real_ancestry(found)
+    except OSError:  # the source vanished or is out of reach: folder_problem() says so
+        return None
+    lexical = t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/")
+    how = "" if lexical else " (through a link or a mount)"
+    if source_up[0] in target_up:
+        what = "is the source" if exists and target_up[0] == source_up[0] else "is inside the source"
+        return f"{t} {what} {s}{how}: a mirror into its own source would copy itself forever"
+    if exists and target_up[0] in source_up:
+        return f"{t} contains the source {s}{how}: the mirror would overwrite or delete its own source"
+    return None
+
+
+def _real_ancestry(path: str) -> list[tuple[int, int]]:
+    """(st_dev, st_ino) of the real location of existing `path`, then of each folder above it.
+
+    realpath() leaves no link in the path, so its parents are the real parents; a bind
+    mount is still a second name for the same (device, inode) and is caught by comparing
+    identities rather than names."""
+    real = os.path.realpath(path)
+    out: list[tuple[int, int]] = []
+    while True:
+        st = os.stat(real)
+        out.append((st.st_dev, st.st_ino))
+        parent = os.path.dirname(real)
+        if parent == real:
+            return out
+        real = parent
+
+
+def _nearest_existing(path: str) -> tuple[str, bool]:
+    """(the real location of `path`, True) if it exists, else (its nearest existing real
+    ancestor, False): where a folder that is not there yet would be made."""
+    real = os.path.realpath(path)
+    itself = True
+    while True:
+        try:
+            os.stat(real)
+            return real, itself
+        except OSError:  # missing, a link loop, or not ours to look at: judge by the folder above
+            parent = os.path.dirname(real)
+            if parent == real:
+                return real, False
+            real, itself = parent, False
 
 
 def user_name() -> str:

@@ -108,10 +108,9 @@ def _folder(p: Prompter, key: str, label: str, current: str, must_exist: bool, a
             problem = configmod.folder_problem(path)
             if problem:
                 raise ValueError(problem)
-        if avoid:
-            a = avoid.rstrip("/")
-            if path == a or path.startswith(a + "/") or a.startswith(path.rstrip("/") + "/"):
-                raise ValueError(f"{path} and the source {a} overlap; that would loop")
+        problem = configmod.overlap(avoid, path) if avoid else None
+        if problem:
+            raise ValueError(problem)
 
     value = os.path.abspath(os.path.expanduser(p.ask(key, label, current, required=True, check=check)))
     if not os.path.isdir(value):

@@ -72,7 +72,7 @@ def test_missing_source_folder(tmp_path):
 
 def test_target_inside_source_refused(tmp_path):
     cfg = good_config(tmp_path, target=str(tmp_path / "src" / "mirror"))
-    one_clear_line(run_main("--run-with", "local", "--config-file", str(cfg)), "overlap")
+    one_clear_line(run_main("--run-with", "local", "--config-file", str(cfg)), "is inside the source")
 
 
 def test_unreadable_file_is_failed_and_others_continue():
