@@ -1655,8 +1655,11 @@ class SFTPCon(XCon):
         if flags & SFTP_FLAG_CREATE and old is not None:
             if statmod.S_ISDIR(old.st_mode or 0):
                 raise PermanentError(f"{what}: a folder is in the way of the temporary file {up.tmp_rel!r}")
-            with contextlib.suppress(SFTPStatus):
+            try:
                 s.sftp.remove(up.tmp)  # a link goes, never what it points to
+            except SFTPStatus as exc:
+                if exc.code != SFTP_NO_SUCH_FILE:
+                    raise
         try:
             return s.sftp.open_handle(up.tmp, flags)
         except SFTPStatus as exc:
