@@ -315,17 +315,15 @@ class HostKeyChanged(PermanentError):
 class _RejectUnknownHost(paramiko.RejectPolicy):
     """paramiko's RejectPolicy, with a message that tells how to trust the key.
 
-    paramiko calls it when known_hosts holds no key of the offered TYPE for
-    the host; if it holds one of another type, the key counts as changed
-    (key_status), never as merely unknown."""
+    paramiko calls it only when known_hosts holds no key at all for the host:
+    a key of another type than the trusted ones is a BadHostKeyException
+    (SSHClient.connect, checked with paramiko 5.1), which _open_session reports as a
+    changed key, as key_status does for the wizard."""
 
     def __init__(self, known_hosts: str, host: str, port: int) -> None:
         self.known_hosts, self.host, self.port = known_hosts, host, port
 
     def missing_host_key(self, client, hostname, key) -> None:
-        trusted = trusted_keys(self.known_hosts, self.host, self.port)
-        if trusted:
-            raise _changed_key_error(self.host, self.port, self.known_hosts, key, list(trusted.values()))
         raise UnknownHostKey(
             f"host key of {hostname} is not trusted yet: {key.get_name()} {fingerprint(key)}. "
             f"Check that fingerprint with the server's administrator, then trust it by adding this "
@@ -337,10 +335,9 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
 
 def _changed_key_error(host: str, port: int, known_hosts: str, got, expected) -> HostKeyChanged:
     name = known_hosts_name(host, port)
-    trusted = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in (expected if isinstance(expected, list) else [expected]))
     return HostKeyChanged(
         f"HOST KEY CHANGED for {name}! The server offered {got.get_name()} {fingerprint(got)} but "
-        f"{known_hosts} trusts {trusted}. Someone may be "
+        f"{known_hosts} trusts {expected.get_name()} {fingerprint(expected)}. Someone may be "
         f"intercepting the connection (possible man-in-the-middle attack), or the server was "
         f"reinstalled. Not connecting. If the change is expected, remove the old key "
         f"(ssh-keygen -R '{name}' -f {known_hosts}) and trust the new one (setup wizard)."

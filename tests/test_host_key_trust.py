@@ -51,6 +51,9 @@ def known_with_other_type(srv, path, kind: str) -> paramiko.PKey:
 # -- the daemon's connection ----------------------------------------------------------------------
 @pytest.mark.parametrize("kind", sorted(OTHER_KEYS))
 def test_connection_refuses_a_key_of_another_type_as_changed(srv, tmp_path, kind):
+    """A guard: the daemon already did this on the old code (paramiko's
+    SSHClient raises BadHostKeyException for a host whose trusted keys are
+    all of other types); the wizard did not, and now agrees with it."""
     known = tmp_path / "known_hosts"
     other = known_with_other_type(srv, known, kind)
     con = build(srv.service(known_hosts=str(known)), srv.fresh_folder())
