@@ -910,10 +910,6 @@ class _PathState:
     link: bool  # ...and it is a symbolic link
     leaves: list[SFTPAttributes | None]  # lstat of each path asked for (None: missing, or a level is not a folder)
 
-    @property
-    def folder_ok(self) -> bool:
-        return self.blocker is None and self.missing == len(self.levels)
-
 
 @dataclass
 class _Session:
@@ -1116,6 +1112,7 @@ class _Upload:
     offset: int = 0  # bytes already in the temp file when this attempt began
     sent: int = 0  # bytes written by this attempt
     handle: bytes | None = None
+    opened: bool = False  # the temp file was opened (made) by this attempt: ours to remove
 
 
 class _Parts:
@@ -1531,18 +1528,18 @@ class SFTPCon(XCon):
     def _link_error(self, level: str, what: str) -> UnsafePath:
         return UnsafePath(
             f"{what}: remote folder {self._rel_of(level)!r} is a symbolic link; skynet never writes or "
-            f"deletes through a link on the server. Remove the link there (its target is left alone): "
-            f"the next attempt makes a real folder in its place"
+            f"deletes through a link on the server. Remove the link there (its target is left alone); "
+            f"then the next send, or --retry-failed, makes a real folder in its place"
         )
 
-    def _folder_ready(self, s: _Session, path: str, what: str, *siblings: str) -> _PathState:
+    def _folder_ready(self, s: _Session, path: str, what: str) -> _PathState:
         """Make sure every folder above `path` (below the root) is a real
         folder, creating the missing ones; returns what _inspect found.
 
         A link on the way is refused (UnsafePath), not replaced: it may be the
         server administrator's, and deleting it is their decision; a file in
         the way is refused as before."""
-        st = self._inspect(s, path, *siblings)
+        st = self._inspect(s, path)
         if st.blocker is not None:
             if st.link:
                 raise self._link_error(st.blocker, what)
@@ -1631,6 +1628,10 @@ class SFTPCon(XCon):
             return  # connection lost: the same, and the next attempt continues
         if up.resumable:
             ctx.resume.clear()
+        if not up.opened:
+            # Refused before the OPEN (a link or a file on the way...): nothing
+            # of this attempt's to remove, and a REMOVE by path could follow that link.
+            return
         if in_step and s.alive():
             with contextlib.suppress(Exception):
                 if up.handle is not None:
@@ -1658,7 +1659,9 @@ class SFTPCon(XCon):
                 if exc.code != SFTP_NO_SUCH_FILE:
                     raise
         try:
-            return s.sftp.open_handle(up.tmp, flags)
+            handle = s.sftp.open_handle(up.tmp, flags)
+            up.opened = True
+            return handle
         except SFTPStatus as exc:
             if not flags & SFTP_FLAG_EXCL or exc.code != SFTP_FAILURE or self._lstat(s, os.fsdecode(up.tmp)) is None:
                 raise

@@ -85,8 +85,9 @@ def swap_for_link(remote: str, rel: str, outside: str) -> None:
 def test_stale_link_on_the_target_is_never_written_through(con, remote, outside, tmp_path):
     con.send(write_file(tmp_path, "a/b/x", b"x1"), TransferContext())
     swap_for_link(remote, "a/b", outside)
-    with open(os.path.join(outside, "x"), "wb") as fh:  # what the link now shows as a/b/x
-        fh.write(b"precious")
+    for name in ("x", temp_name("y")):  # what the link now shows as a/b/x, and as y's temp file
+        with open(os.path.join(outside, name), "wb") as fh:
+            fh.write(b"precious")
     before = tree(outside)
 
     with pytest.raises(UnsafePath, match="symbolic link"):
