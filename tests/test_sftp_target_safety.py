@@ -54,6 +54,14 @@ def as_server_user(srv, folder: str) -> None:
         os.chown(folder, srv.uid, srv.gid)
 
 
+def plant(srv, path: str, data: bytes) -> None:
+    """A file the server's user may write: only our checks, not permissions, keep it intact."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+    if os.geteuid() == 0:
+        os.chown(path, srv.uid, srv.gid)
+
+
 def tree(folder: str) -> dict[str, bytes]:
     """Every file under `folder` (links listed as 'LINK->target')."""
     out: dict[str, bytes] = {}
@@ -82,12 +90,11 @@ def swap_for_link(remote: str, rel: str, outside: str) -> None:
     os.symlink(outside, os.path.join(remote, rel))
 
 
-def test_stale_link_on_the_target_is_never_written_through(con, remote, outside, tmp_path):
+def test_stale_link_on_the_target_is_never_written_through(srv, con, remote, outside, tmp_path):
     con.send(write_file(tmp_path, "a/b/x", b"x1"), TransferContext())
     swap_for_link(remote, "a/b", outside)
     for name in ("x", temp_name("y")):  # what the link now shows as a/b/x, and as y's temp file
-        with open(os.path.join(outside, name), "wb") as fh:
-            fh.write(b"precious")
+        plant(srv, os.path.join(outside, name), b"precious")
     before = tree(outside)
 
     with pytest.raises(UnsafePath, match="symbolic link"):
@@ -103,8 +110,7 @@ def test_stale_link_on_the_target_is_never_written_through(con, remote, outside,
     with pytest.raises(UnsafePath):
         con.move("c/w", "a/b/w")
     con.discard("a/b/x", {"tmp": "a/b/" + temp_name("x")})
-    with open(os.path.join(outside, temp_name("x")), "wb") as fh:  # a name cleanup would remove
-        fh.write(b"keep me")
+    plant(srv, os.path.join(outside, temp_name("x")), b"keep me")  # a name cleanup would remove
     before[temp_name("x")] = b"keep me"
     con.cleanup([])
 
@@ -144,8 +150,7 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
     data = os.urandom(300_000)
     victim = os.path.join(outside, "victim")
     if not dangling:
-        with open(victim, "wb") as fh:
-            fh.write(b"precious")
+        plant(srv, victim, b"precious")
     as_server_user(srv, os.path.join(remote, "dir"))
     os.symlink(victim, os.path.join(remote, "dir", temp_name("y")))
     try:
@@ -153,7 +158,7 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
         c.send(write_file(tmp_path, "dir/y", data), TransferContext())
     finally:
         c.close()
+    assert tree(outside) == ({} if dangling else {"victim": b"precious"})
     target = os.path.join(remote, "dir/y")
     assert not os.path.islink(target) and open(target, "rb").read() == data
-    assert tree(outside) == ({} if dangling else {"victim": b"precious"})
     assert os.listdir(os.path.join(remote, "dir")) == ["y"]
