@@ -147,6 +147,20 @@ def test_non_interactive_refuses_a_wrong_fingerprint(srv, tmp_path):
     assert not known.exists() and not (tmp_path / "sftp.ini").exists()
 
 
+def test_interactive_wizard_with_the_fingerprint_given_asks_nothing_about_the_key(srv, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    known = tmp_path / "known_hosts"
+    path = tmp_path / "sftp.ini"
+    answers = sftp_answers(srv, known, "", src, tmp_path)
+    del answers[4]  # no "trust this key?" question
+    res = run(["--config", "sftp", "--config-file", str(path), "--set",
+               f"sftp.host_key_fingerprint={server_fingerprint(srv)}"], answers)
+    assert res.exit_code == 0, res.output
+    assert "Trust this key" not in res.output and "matches the fingerprint given" in res.output
+    assert known.read_text() == srv.known_hosts_line()
+
+
 # -- known_hosts writes -----------------------------------------------------------------------------
 def test_known_hosts_write_never_follows_a_planted_temp_link(srv, tmp_path):
     ssh = tmp_path / "ssh"

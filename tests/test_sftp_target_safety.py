@@ -11,6 +11,7 @@ local paths: the links are planted with os.symlink, as the server's user could.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -162,3 +163,31 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
     target = os.path.join(remote, "dir/y")
     assert not os.path.islink(target) and open(target, "rb").read() == data
     assert os.listdir(os.path.join(remote, "dir")) == ["y"]
+
+
+# -- the same on a server unlike OpenSSH (paramiko's: no posix-rename, SETSTAT by path) ----------------
+from tests.test_sftp_fallback import _con as fallback_con, _file as fallback_file, paramiko_server  # noqa: E402,F401
+
+
+def test_links_and_bits_on_a_server_unlike_openssh(paramiko_server, tmp_path):
+    root = paramiko_server["root"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"precious")
+    c = fallback_con(paramiko_server)
+    try:
+        c.connect()
+        os.makedirs(os.path.join(root, "dir"))
+        os.symlink(outside / "victim", os.path.join(root, "dir", temp_name("y")))
+        f = fallback_file(tmp_path, "dir/y", b"new bytes")
+        os.chmod(f.path, 0o4755)
+        c.send(dataclasses.replace(f, mode=0o4755), TransferContext())
+        assert (outside / "victim").read_bytes() == b"precious"
+        assert open(os.path.join(root, "dir/y"), "rb").read() == b"new bytes"
+        assert stat.S_IMODE(os.lstat(os.path.join(root, "dir/y")).st_mode) == 0o755
+        os.symlink(outside, os.path.join(root, "linked"))
+        with pytest.raises(UnsafePath):
+            c.send(fallback_file(tmp_path, "linked/z", b"z"), TransferContext())
+        assert sorted(os.listdir(outside)) == ["victim"]
+    finally:
+        c.close()
