@@ -9,16 +9,24 @@ generic "Failure"), byte-exact names, and pipelined requests whose errors are
 never dropped.
 
 How a file is sent (atomic for readers of the remote):
-  OPEN temp  |  WRITE... + FSETSTAT(mode, mtime) + CLOSE (pipelined)  |  RENAME
+  LSTAT each folder + temp (pipelined)  |  OPEN temp (CREATE|EXCL)  |
+  WRITE... + FSETSTAT(mode & 0o777, mtime) + CLOSE (pipelined)  |  RENAME
 The temporary name is derived from the target name (connections.local.temp_name),
-so a retry overwrites what a failed attempt left. The rename is OpenSSH's
+so a retry replaces what a failed attempt left. The rename is OpenSSH's
 posix-rename (atomic replace) when the server offers it; otherwise see _replace().
 
-For a small file that is three round trips and three SSH packets out: the
-last WRITE, FSETSTAT and CLOSE travel in one packet (send_batch). Every WRITE
-is acknowledged by the server before the rename, so a file is published only
-when all its bytes were accepted; missing folders are made only when the
-optimistic OPEN says so (no stat per file, no folder cache to go stale).
+Links on the server are never followed (_inspect): every request by path
+follows a link met on the way, so each folder between the root and the file
+is LSTATed before every send, delete and move, fresh each time (no cache to
+go stale); a link there is refused, missing folders are made level by level
+(MKDIR never follows), and the temp file is created with EXCL, so a link at
+its name fails the OPEN instead of being written through. The mode sent never
+carries setuid, setgid or sticky bits (MODE_MASK).
+
+For a small file that is four round trips and four SSH packets out: the
+LSTATs leave together, and so do the last WRITE, FSETSTAT and CLOSE
+(send_batch). Every WRITE is acknowledged by the server before the rename, so
+a file is published only when all its bytes were accepted.
 
 Large files (>= RESUME_MIN bytes) are resumable: the file's identity (size,
 mtime, inode) is saved in ctx.resume when the upload starts; a later send of the
@@ -79,6 +87,7 @@ from paramiko.sftp import (
     CMD_FSTAT,
     CMD_HANDLE,
     CMD_INIT,
+    CMD_LSTAT,
     CMD_NAME,
     CMD_OPEN,
     CMD_OPENDIR,
@@ -93,8 +102,8 @@ from paramiko.sftp import (
     SFTP_EOF,
     SFTP_FAILURE,
     SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
     SFTP_FLAG_READ,
-    SFTP_FLAG_TRUNC,
     SFTP_FLAG_WRITE,
     SFTP_NO_CONNECTION,
     SFTP_NO_SUCH_FILE,
@@ -123,6 +132,7 @@ from connections.base import (
     within_listing,
 )
 from connections.local import TMP_PREFIX, temp_name
+from skynet.atomicfile import write_atomic
 from skynet.values import parse_bool
 
 log = logging.getLogger("skynet.sftp")
@@ -208,10 +218,51 @@ def known_hosts_line(host: str, port: int, key: paramiko.PKey) -> str:
     return f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
 
 
-def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0) -> paramiko.PKey:
+#: known_hosts names an RSA key "ssh-rsa"; the handshake offers it under these
+#: signature algorithms (SHA-2 first: OpenSSH >= 8.8 refuses "ssh-rsa" signatures)
+_KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+def trusted_keys(known_hosts_path: str, host: str, port: int) -> dict[str, paramiko.PKey]:
+    """The keys known_hosts trusts for host:port, by key type ({} if none, or no file).
+
+    Read fresh each time (paramiko's public HostKeys: plain and hashed names)."""
+    keys = paramiko.HostKeys()
+    with contextlib.suppress(FileNotFoundError):
+        keys.load(os.path.expanduser(known_hosts_path))
+    entry = keys.lookup(known_hosts_name(host, port))
+    return {name: entry[name] for name in entry.keys()} if entry else {}
+
+
+def key_status(key: paramiko.PKey, trusted: dict[str, paramiko.PKey]) -> str:
+    """"known", "unknown" or "changed" for the key a server offers.
+
+    Why "changed" for a key of ANOTHER TYPE than the trusted ones: the server
+    we trust can still prove itself with the type we know (the handshake asks
+    for it first, see fetch_host_key); one that offers only another type is,
+    as far as we can tell, another server. Calling that "unknown" invites a
+    yes to exactly the key a man in the middle would present.
+    """
+    if not trusted:
+        return "unknown"
+    return "known" if trusted.get(key.get_name()) == key else "changed"
+
+
+def _prefer_key_types(t: paramiko.Transport, types: list[str]) -> None:
+    """Ask the server for a host key of these types first (as ssh and
+    paramiko's SSHClient do for the types known_hosts holds)."""
+    opts = t.get_security_options()
+    first = [a for name in types for a in _KEY_ALGORITHMS.get(name, (name,)) if a in opts.key_types]
+    first = list(dict.fromkeys(first))
+    opts.key_types = tuple(first + [a for a in opts.key_types if a not in first])
+
+
+def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0, prefer: list[str] | tuple[str, ...] = ()) -> paramiko.PKey:
     """Connect only far enough to read the server's host key (no login).
 
     For the wizard, which shows fingerprint(key) and asks before trusting it.
+    `prefer`: key types to ask for first (those known_hosts holds for the host),
+    so the wizard sees the key the daemon's own connection would see.
     """
     try:
         sock = socket.create_connection((host, port), timeout)
@@ -219,6 +270,7 @@ def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0) -> paramiko
         raise TransientError(f"cannot reach {host}:{port}: {exc}") from exc
     t = paramiko.Transport(sock)
     t.banner_timeout = t.handshake_timeout = timeout
+    _prefer_key_types(t, list(prefer))
     try:
         t.start_client(timeout=timeout)
         return t.get_remote_server_key()
@@ -233,7 +285,8 @@ def trust_host_key(known_hosts_path: str, host: str, port: int, key: paramiko.PK
 
     An older line for the same name and key type is replaced (it would
     otherwise still be matched first). The file is written whole and renamed
-    into place, mode 0600.
+    into place, mode 0600, through a fresh temporary name (write_atomic: a
+    link planted at a fixed ".tmp" name is never followed).
     """
     path = os.path.expanduser(known_hosts_path)
     name = known_hosts_name(host, port)
@@ -248,12 +301,7 @@ def trust_host_key(known_hosts_path: str, host: str, port: int, key: paramiko.PK
                 kept.append(old if old.endswith("\n") else old + "\n")
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    tmp = f"{path}.skynet-tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
-        fh.writelines(kept + [line])
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(kept + [line]), 0o600)
     return line
 
 
@@ -266,7 +314,12 @@ class HostKeyChanged(PermanentError):
 
 
 class _RejectUnknownHost(paramiko.RejectPolicy):
-    """paramiko's RejectPolicy, with a message that tells how to trust the key."""
+    """paramiko's RejectPolicy, with a message that tells how to trust the key.
+
+    paramiko calls it only when known_hosts holds no key at all for the host:
+    a key of another type than the trusted ones is a BadHostKeyException
+    (SSHClient.connect, checked with paramiko 5.1), which _open_session reports as a
+    changed key, as key_status does for the wizard."""
 
     def __init__(self, known_hosts: str, host: str, port: int) -> None:
         self.known_hosts, self.host, self.port = known_hosts, host, port
@@ -484,6 +537,22 @@ class _SFTP(SFTPClient):
         if t is None:
             raise SFTPError(f"no reply to request {num}")
         return t, msg
+
+    def lstat_many(self, paths: list[bytes]) -> list[SFTPAttributes | SFTPStatus]:
+        """LSTAT of every path in one round trip (the requests pipelined, in
+        one packet when small): each result is the attributes, or the status
+        the server answered. Every reply is read, so the channel stays in step."""
+        out: list[SFTPAttributes | SFTPStatus] = []
+        for num in self.send_batch([(CMD_LSTAT, (p,)) for p in paths]):
+            try:
+                t, msg = self.wait(num)
+            except SFTPStatus as exc:
+                out.append(exc)
+                continue
+            if t != CMD_ATTRS:
+                raise SFTPError("Expected attributes")
+            out.append(SFTPAttributes._from_msg(msg))
+        return out
 
     def scandir(self, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
         """Entries of one folder, names as raw bytes (any encoding survives)."""
@@ -812,15 +881,35 @@ class _Wire:
             pk._trigger_rekey()
 
 
+#: the permission bits a target file may get: never setuid, setgid or sticky.
+#: A 4755 program in the source must not become a setuid program of the
+#: server's account (or of root, when the daemon or the server runs as root).
+MODE_MASK = 0o777
+
+
 def _attrs(mode: int | None = None, mtime_ns: int | None = None) -> SFTPAttributes:
+    """The attributes every SETSTAT/FSETSTAT of ours carries (the only
+    requests that send a file's mode: OPEN and MKDIR send none of the source's)."""
     a = SFTPAttributes()
     if mode is not None:
-        a.st_mode = mode & 0o7777
+        a.st_mode = mode & MODE_MASK
     if mtime_ns is not None:
         # SFTPv3 stores whole seconds in an unsigned 32-bit field.
         secs = min(max(mtime_ns // 1_000_000_000, 0), _MAX_U32)
         a.st_atime = a.st_mtime = secs
     return a
+
+
+@dataclass
+class _PathState:
+    """What LSTAT found along a remote path, level by level below the root
+    (SFTPCon._inspect). Nothing was followed: a link is seen as a link."""
+
+    levels: list[str]  # the folders below the root down to the path's folder, top first
+    missing: int  # index of the first missing level (len(levels): all there)
+    blocker: str | None  # the first level that is not a real folder: a link or a file
+    link: bool  # ...and it is a symbolic link
+    leaves: list[SFTPAttributes | None]  # lstat of each path asked for (None: missing, or a level is not a folder)
 
 
 @dataclass
@@ -1024,6 +1113,7 @@ class _Upload:
     offset: int = 0  # bytes already in the temp file when this attempt began
     sent: int = 0  # bytes written by this attempt
     handle: bytes | None = None
+    opened: bool = False  # the temp file was opened (made) by this attempt: ours to remove
 
 
 class _Parts:
@@ -1346,7 +1436,7 @@ class SFTPCon(XCon):
         once) and make sure the remote root folder exists."""
         self._pool.reopen()
         with self._session(f"connect to {self.describe()}") as s:
-            self._ensure_dir(s, self.root, f"create remote root {self.root!r}")
+            self._make_root(s, f"create remote root {self.root!r}")
 
     def check(self) -> None:
         with self._session(f"check {self.describe()}") as s:
@@ -1360,10 +1450,13 @@ class SFTPCon(XCon):
         self._pool.close()
 
     # -- folders -----------------------------------------------------------
-    def _ensure_dir(self, s: _Session, folder: str, what: str) -> None:
-        """mkdir -p: create each missing level, stopping at the first that exists."""
+    def _make_root(self, s: _Session, what: str) -> None:
+        """mkdir -p of the root: create each missing level, stopping at the
+        first that exists. The root and the folders above it are the
+        operator's choice (a link there is theirs and is followed); below the
+        root nothing is (_inspect)."""
         missing: list[str] = []
-        cur = folder
+        cur = self.root
         while cur not in ("", "/", "."):
             try:
                 st = s.sftp.stat(self._b(cur))
@@ -1377,16 +1470,102 @@ class SFTPCon(XCon):
                 raise PermanentError(f"{what}: a file is in the way of folder {cur!r}")
             break
         for d in reversed(missing):
-            try:
-                s.sftp.mkdir(self._b(d), 0o755)
-            except SFTPStatus as exc:
-                # Another thread may have made it meanwhile (OpenSSH: "Failure").
-                try:
-                    st = s.sftp.stat(self._b(d))
-                except SFTPStatus:
-                    raise exc from None
-                if not statmod.S_ISDIR(st.st_mode or 0):
-                    raise PermanentError(f"{what}: a file is in the way of folder {d!r}") from None
+            self._mkdir(s, d, what)
+
+    def _mkdir(self, s: _Session, d: str, what: str) -> None:
+        """MKDIR one level (it never follows a link at its own name: EEXIST)."""
+        try:
+            s.sftp.mkdir(self._b(d), 0o755)
+        except SFTPStatus as exc:
+            # Another thread may have made it meanwhile (OpenSSH: "Failure").
+            st = self._lstat(s, d)
+            if st is None:
+                raise exc from None
+            if statmod.S_ISLNK(st.st_mode or 0):
+                raise self._link_error(d, what) from None
+            if not statmod.S_ISDIR(st.st_mode or 0):
+                raise PermanentError(f"{what}: a file is in the way of folder {d!r}") from None
+
+    # -- links: each level checked with LSTAT, fresh every time, none followed --
+    def _levels(self, folder: str) -> list[str]:
+        """The folders from just below the root down to `folder`, top first."""
+        if folder in (self.root, "", "."):
+            return []
+        parts = self._rel_of(folder).split("/")
+        return [self._prefix + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+    def _inspect(self, s: _Session, path: str, *siblings: str) -> _PathState:
+        """LSTAT every folder between the root and `path`, and `path` itself
+        (and `siblings`, names in the same folder), in one round trip.
+
+        Why each level, each time: SFTP resolves a path on the server, and
+        every request by path follows a link met on the way. A folder of the
+        remote tree replaced by a link (to /etc, to another user's files)
+        would lead writes and deletes out of the root; a lexical check cannot
+        see it, and a cache of folders found safe goes stale the moment one
+        is swapped. A lost race in the instant between this check and the
+        request is still possible: SFTPv3 has no openat() and no O_NOFOLLOW
+        for parent folders.
+        """
+        levels = self._levels(posixpath.dirname(path))
+        names = [path, *siblings]
+        replies = s.sftp.lstat_many([self._b(p) for p in levels + names])
+        for i, (level, r) in enumerate(zip(levels, replies)):
+            if isinstance(r, SFTPStatus):
+                if r.code != SFTP_NO_SUCH_FILE:
+                    raise r
+                return _PathState(levels, i, None, False, [None] * len(names))
+            if not statmod.S_ISDIR(r.st_mode or 0):
+                return _PathState(levels, i, level, statmod.S_ISLNK(r.st_mode or 0), [None] * len(names))
+        leaves: list[SFTPAttributes | None] = []
+        for r in replies[len(levels):]:
+            if isinstance(r, SFTPStatus):
+                if r.code != SFTP_NO_SUCH_FILE:
+                    raise r
+                r = None
+            leaves.append(r)
+        return _PathState(levels, len(levels), None, False, leaves)
+
+    def _link_error(self, level: str, what: str) -> UnsafePath:
+        return UnsafePath(
+            f"{what}: remote folder {self._rel_of(level)!r} is a symbolic link; skynet never writes or "
+            f"deletes through a link on the server. Remove the link there (its target is left alone); "
+            f"then the next send, or --retry-failed, makes a real folder in its place"
+        )
+
+    def _folder_ready(self, s: _Session, path: str, what: str) -> _PathState:
+        """Make sure every folder above `path` (below the root) is a real
+        folder, creating the missing ones; returns what _inspect found.
+
+        A link on the way is refused (UnsafePath), not replaced: it may be the
+        server administrator's, and deleting it is their decision; a file in
+        the way is refused as before."""
+        st = self._inspect(s, path)
+        if st.blocker is not None:
+            if st.link:
+                raise self._link_error(st.blocker, what)
+            raise PermanentError(f"{what}: a file is in the way of folder {st.blocker!r}")
+        for d in st.levels[st.missing:]:
+            self._mkdir(s, d, what)
+        return st
+
+    def _remove_file(self, s: _Session, path: str, what: str) -> bool:
+        """REMOVE `path` (a file or a link, never what a link points to) if
+        every folder above it is a real one; False if there was nothing to remove."""
+        st = self._inspect(s, path)
+        leaf = st.leaves[0]
+        if st.link:
+            log.warning("sftp: %s: not removing %r: folder %r is a symbolic link", what, self._rel_of(path),
+                        self._rel_of(st.blocker or ""))
+        if leaf is None or statmod.S_ISDIR(leaf.st_mode or 0):
+            return False
+        try:
+            s.sftp.remove(self._b(path))
+        except SFTPStatus as exc:
+            if exc.code != SFTP_NO_SUCH_FILE:
+                raise
+            return False
+        return True
 
     def _lstat(self, s: _Session, path: str) -> SFTPAttributes | None:
         try:
@@ -1450,6 +1629,10 @@ class SFTPCon(XCon):
             return  # connection lost: the same, and the next attempt continues
         if up.resumable:
             ctx.resume.clear()
+        if not up.opened:
+            # Refused before the OPEN (a link or a file on the way...): nothing
+            # of this attempt's to remove, and a REMOVE by path could follow that link.
+            return
         if in_step and s.alive():
             with contextlib.suppress(Exception):
                 if up.handle is not None:
@@ -1460,24 +1643,45 @@ class SFTPCon(XCon):
         # (a retry of the send overwrites it; a daemon restart's cleanup removes it).
         self._strays[up.rel] = up.tmp_rel
 
+    def _open_tmp(self, s: _Session, up: _Upload, flags: int, old: SFTPAttributes | None, what: str) -> bytes:
+        """OPEN the temp file; a handle.
+
+        A fresh one (CREATE) is opened with EXCL, after removing what `old`
+        (its lstat) says is there: a file a failed attempt left, or a link
+        someone planted at the name. OPEN follows a link; with EXCL
+        (O_CREAT|O_EXCL on the server) an existing name, a link above all,
+        fails instead, so no byte is ever written through one."""
+        if flags & SFTP_FLAG_CREATE and old is not None:
+            if statmod.S_ISDIR(old.st_mode or 0):
+                raise PermanentError(f"{what}: a folder is in the way of the temporary file {up.tmp_rel!r}")
+            try:
+                s.sftp.remove(up.tmp)  # a link goes, never what it points to
+            except SFTPStatus as exc:
+                if exc.code != SFTP_NO_SUCH_FILE:
+                    raise
+        try:
+            handle = s.sftp.open_handle(up.tmp, flags)
+            up.opened = True
+            return handle
+        except SFTPStatus as exc:
+            if not flags & SFTP_FLAG_EXCL or exc.code != SFTP_FAILURE or self._lstat(s, os.fsdecode(up.tmp)) is None:
+                raise
+        # Something took the name since the check: not ours to write into.
+        raise TransientError(f"{what}: {up.tmp_rel!r} appeared on the server while sending (not followed); "
+                             f"it will be tried again")
+
     def _send(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload, what: str) -> SendResult:
         sftp = s.sftp
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC
+        tmp_st = self._folder_ready(s, os.fsdecode(up.tmp), what).leaves[0]
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
         if up.resumable:
             flags |= SFTP_FLAG_READ  # to re-read the tail when verifying
-            up.offset = self._resume_offset(s, f, ctx, src, up)
+            up.offset = self._resume_offset(s, f, ctx, src, up, tmp_st)
             if up.offset:
                 flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ  # no CREATE: never write after a hole
             else:
                 ctx.resume.save(self._identity(f, up))
-        try:
-            up.handle = sftp.open_handle(up.tmp, flags)
-        except SFTPStatus as exc:
-            if exc.code != SFTP_NO_SUCH_FILE or up.offset:
-                raise
-            # Optimistic open failed: the folder is missing. Make it, retry.
-            self._ensure_dir(s, posixpath.dirname(os.fsdecode(up.target)), what)
-            up.handle = sftp.open_handle(up.tmp, flags)
+        up.handle = self._open_tmp(s, up, flags, None if up.offset else tmp_st, what)
 
         pending: deque[tuple[int, int]] = deque()  # (request, end offset) not yet acknowledged
         pos = up.offset
@@ -1558,22 +1762,17 @@ class SFTPCon(XCon):
         only sessions that are free now (never waiting on other workers).
         Finished parts are saved in ctx.resume; a later attempt sends the rest."""
         sftp = s.sftp
+        tmp_st = self._folder_ready(s, os.fsdecode(up.tmp), what).leaves[0]
         job = _Parts(f, ctx, PART_SIZE)
         ident = {**self._identity(f, up), "kind": "sftp-parts", "part": PART_SIZE}
-        job.done = self._resume_parts(s, ctx, src, up, ident, job)
+        job.done = self._resume_parts(s, ctx, src, up, ident, job, tmp_st)
         job.acked = sum(end - start for start, end in map(job.bounds, job.done))
         fresh = not job.done
         job.state = ident
         job.save()
         ctx.start_at(job.acked, f.size)
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ | (SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if fresh else 0)
-        try:
-            up.handle = sftp.open_handle(up.tmp, flags)
-        except SFTPStatus as exc:
-            if exc.code != SFTP_NO_SUCH_FILE or not fresh:
-                raise
-            self._ensure_dir(s, posixpath.dirname(os.fsdecode(up.target)), what)
-            up.handle = sftp.open_handle(up.tmp, flags)
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ | (SFTP_FLAG_CREATE | SFTP_FLAG_EXCL if fresh else 0)
+        up.handle = self._open_tmp(s, up, flags, tmp_st if fresh else None, what)
         up.offset = job.acked
 
         results: dict[int, BaseException | None] = {}
@@ -1706,15 +1905,15 @@ class SFTPCon(XCon):
         meter.flush()  # the part is whole on the server: show it before it is saved
         return True
 
-    def _resume_parts(self, s: _Session, ctx: TransferContext, src, up: _Upload, ident: dict, job: "_Parts") -> set[int]:
+    def _resume_parts(self, s: _Session, ctx: TransferContext, src, up: _Upload, ident: dict, job: "_Parts",
+                      st: SFTPAttributes | None) -> set[int]:
         """Parts a previous attempt finished, if its state matches this file
-        and its temp file looks right; else an empty set (start over)."""
+        and its temp file (`st`, its lstat) looks right; else an empty set (start over)."""
         state = ctx.resume.load() or {}
         done = state.get("done")
         if not isinstance(done, list) or {k: v for k, v in state.items() if k != "done"} != ident:
             return set()
         done_set = {i for i in done if isinstance(i, int) and 0 <= i < job.count}
-        st = self._lstat(s, os.fsdecode(up.tmp))
         if not done_set or st is None or not statmod.S_ISREG(st.st_mode or 0):
             return set()
         _start, end = job.bounds(max(done_set))
@@ -1733,12 +1932,13 @@ class SFTPCon(XCon):
     def _identity(f: LocalFile, up: _Upload) -> dict:
         return {"kind": "sftp-temp", "tmp": up.tmp_rel, "size": f.size, "mtime_ns": f.mtime_ns, "ino": f.ino}
 
-    def _resume_offset(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload) -> int:
-        """Bytes of a previous attempt to keep, or 0 to start over."""
+    def _resume_offset(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload,
+                       st: SFTPAttributes | None) -> int:
+        """Bytes of a previous attempt to keep, or 0 to start over. `st`: the
+        temp file's lstat (a link there is never resumed: not S_ISREG)."""
         state = ctx.resume.load()
         if not state or state != self._identity(f, up):
             return 0
-        st = self._lstat(s, os.fsdecode(up.tmp))
         if st is None or not statmod.S_ISREG(st.st_mode or 0) or not st.st_size or st.st_size > f.size:
             return 0
         have = st.st_size
@@ -1854,13 +2054,27 @@ class SFTPCon(XCon):
                                    self.describe(), paths=True))
 
     def _rmtree(self, s: _Session, top: str) -> None:
-        """Remove a folder and everything in it, with SFTP requests only."""
+        """Remove a folder and everything in it, with SFTP requests only.
+
+        `top` was just found a real folder (LSTAT) by the caller; every folder
+        below it is LSTATed again right before it is read: a listing's
+        attributes may follow links on some servers, and a folder may have
+        been swapped for a link since. A link is removed as an entry (REMOVE
+        unlinks the link), never entered."""
         stack = [(top, False)]
         while stack:
             folder, emptied = stack.pop()
             if emptied:
                 s.sftp.rmdir(self._b(folder))
                 continue
+            if folder != top:
+                st = self._lstat(s, folder)
+                if st is None:
+                    continue
+                if not statmod.S_ISDIR(st.st_mode or 0):
+                    with contextlib.suppress(SFTPStatus):
+                        s.sftp.remove(self._b(folder))
+                    continue
             stack.append((folder, True))
             try:
                 entries = self._scandir(s, folder)
@@ -1884,12 +2098,16 @@ class SFTPCon(XCon):
         target = self._abs(check_rel(rel))
         folder, name = posixpath.split(target)
         what = f"delete {rel!r}"
+        tmp = posixpath.join(folder, temp_name(name))
         with self._session(what) as s:
-            try:  # an upload of this file cut short may have left its temp file
-                s.sftp.remove(self._b(posixpath.join(folder, temp_name(name))))
-            except SFTPStatus:
-                pass
-            st = self._lstat(s, target)
+            found = self._inspect(s, target, tmp)
+            if found.link:  # nothing of our tree is there: never delete through the link
+                log.warning("sftp: %s: nothing removed: remote folder %r is a symbolic link", what,
+                            self._rel_of(found.blocker or ""))
+            st, tmp_st = found.leaves
+            if tmp_st is not None:  # an upload of this file cut short left its temp file
+                with contextlib.suppress(SFTPStatus):
+                    s.sftp.remove(self._b(tmp))
             if st is None:
                 return
             try:
@@ -1905,20 +2123,19 @@ class SFTPCon(XCon):
         a, b = self._abs(check_rel(src)), self._abs(check_rel(dest))
         what = f"move {src!r} -> {dest!r}"
         with self._session(what) as s:
-            st = self._lstat(s, a)
+            st = self._inspect(s, a).leaves[0]  # None too if a folder above it is a link
             if st is None:
                 raise RemoteNotFound(f"{what}: source not on the server")
             if a == b:
                 return
-            dst = self._lstat(s, b)
+            dst = self._folder_ready(s, b, what).leaves[0]
             src_dir = statmod.S_ISDIR(st.st_mode or 0)
-            if dst is None:
-                self._ensure_dir(s, posixpath.dirname(b), what)
-            elif src_dir and statmod.S_ISDIR(dst.st_mode or 0):
+            dst_dir = dst is not None and statmod.S_ISDIR(dst.st_mode or 0)
+            if src_dir and dst_dir:
                 # rename(2) refuses a non-empty folder: the moved folder replaces
                 # it, as it did on the local side.
                 self._rmtree(s, b)
-            elif src_dir:
+            elif src_dir and dst is not None:
                 # OpenSSH would report ENOTDIR as "no such file": say what it is.
                 raise PermanentError(f"{what}: a file is in the way of the folder")
             try:
@@ -1930,7 +2147,7 @@ class SFTPCon(XCon):
     def stat(self, rel: str) -> RemoteEntry | None:
         path = self._abs(check_rel(rel))
         with self._session(f"stat {rel!r}") as s:
-            st = self._lstat(s, path)
+            st = self._inspect(s, path).leaves[0]  # one round trip, as one LSTAT
         if st is None or not statmod.S_ISREG(st.st_mode or 0):
             return None
         return _entry(rel, st)
@@ -1938,6 +2155,11 @@ class SFTPCon(XCon):
     def _walk(self, rel: str, what: str) -> Iterator[tuple[str, bytes, SFTPAttributes]]:
         """(folder rel, name, attrs) of everything under `rel`, one folder at a
         time: a session is held only while one folder is read."""
+        if rel:  # a link on the way (or at rel itself) is not part of the tree: nothing to list
+            with self._session(what) as s:
+                top = self._inspect(s, self._abs(rel)).leaves[0]
+            if top is None or not statmod.S_ISDIR(top.st_mode or 0):
+                return
         stack = [rel]
         while stack:
             prefix = stack.pop()
@@ -1973,7 +2195,7 @@ class SFTPCon(XCon):
                     continue
                 with self._session(f"cleanup {rel!r}") as s:
                     with contextlib.suppress(SFTPStatus):
-                        s.sftp.remove(self._b(self._abs(rel)))
+                        self._remove_file(s, self._abs(rel), "cleanup")
 
     def discard(self, rel: str, state: dict | None) -> None:
         """Remove the temp file `state` names, and the one a failed send of `rel`
@@ -1982,7 +2204,7 @@ class SFTPCon(XCon):
         for tmp in sorted(t for t in tmps if isinstance(t, str)):
             with self._session(f"discard {tmp!r}") as s:
                 try:
-                    s.sftp.remove(self._b(self._abs(tmp)))
+                    self._remove_file(s, self._abs(tmp), f"discard {tmp!r}")
                 except SFTPStatus as exc:  # gone already, or not ours to remove: not this action's failure
                     if exc.code != SFTP_NO_SUCH_FILE:
                         log.warning("sftp: cannot remove temporary file %r: %s", tmp, exc)

@@ -20,13 +20,17 @@ import tempfile
 
 
 def write_atomic(path: str, data: bytes | str, mode: int = 0o600, *, sync: bool = True) -> None:
-    """Replace `path` with `data` (str is written as UTF-8), the file ending with `mode`.
+    """Replace `path` with `data` (str: UTF-8, surrogates kept), the file ending with `mode`.
+
+    The temporary file is made in the same folder (rename(2) must not cross
+    file systems). `path` itself, if it is a symlink, is replaced by the new
+    file, never written through.
 
     `sync=False` skips both fsyncs: for files that are rewritten often and
     only describe the present (a status snapshot), where losing the last
     version in a crash costs nothing and an fsync per write would.
     """
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:

@@ -10,7 +10,8 @@ The file is written with mode 0600.
 Automation: `--non-interactive` takes every answer from `--set KEY=VALUE`
 (keys like `s3.bucket`, `skynet.workers`, `mapping.main.source`), the existing
 config, or the default, and fails with a clear message if a required one is
-missing or invalid.
+missing or invalid. It trusts an SFTP server's new host key only when its
+fingerprint is given (`--set sftp.host_key_fingerprint=SHA256:...`).
 """
 from __future__ import annotations
 
@@ -77,6 +78,14 @@ class Prompter:
                 click.echo(f"  {exc}; try again")
                 continue
             return value
+
+    def preset(self, key: str) -> str | None:
+        """The answer given with --set KEY=VALUE (counted as used), else None:
+        for answers that are checks, not questions (a host key fingerprint)."""
+        if key not in self.presets:
+            return None
+        self.used.add(key)
+        return self.presets[key]
 
     def confirm(self, key: str, label: str, default: bool) -> bool:
         if key in self.presets:
@@ -202,26 +211,56 @@ def _sftp_questions(p: Prompter, svc: dict[str, str]) -> dict[str, str]:
 
 
 def _confirm_host_key(p: Prompter, mod, out: dict[str, str]) -> None:
-    """Show the server's host key fingerprint and trust it only if confirmed."""
+    """Show the server's host key fingerprint and trust it only if confirmed.
+
+    Confirmed means: the fingerprint given with --set sftp.host_key_fingerprint
+    matches, or (interactive only) the user says yes after seeing it. A
+    --non-interactive run never trusts a key blindly: without a matching
+    fingerprint it stops, naming the one to check and pass.
+    """
     host, port = out["host"], int(out.get("port") or 22)
     known = os.path.expanduser(out.get("known_hosts") or mod.KEYS["known_hosts"][0])
+    given = p.preset("sftp.host_key_fingerprint")
     try:
         state = host_key_status(mod, host, port, known)
     except (TransientError, OSError) as exc:
         raise ConfigError(p.path, "sftp", "host", f"cannot reach {host}:{port}: {exc}") from None
+    offered = f"{state.key_type} {state.fingerprint}"
+    if given is not None and not _same_fingerprint(given, state.fingerprint):
+        raise ConfigError(p.path, "sftp", "host_key_fingerprint",
+                          f"{host}:{port} offers {offered}, not {given.strip()}; not trusted, nothing written")
     if state.status == "known":
         p.say(f"  host key of {host}:{port} is already trusted ({state.fingerprint})")
         return
     if state.status == "changed":
+        name = mod.known_hosts_name(host, port)
         raise ConfigError(p.path, "sftp", "host",
-                          f"the host key of {host}:{port} CHANGED (now {state.fingerprint}); that can be an attack. "
-                          f"If the server was really reinstalled, remove its old line from {known} and run this again")
-    p.say(f"  {host}:{port} presents a {state.key_type} host key that {known} does not know:\n    {state.fingerprint}\n"
-          "  Compare it with the server's own (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on the server).")
-    if not p.confirm("sftp.trust_host_key", "  Trust this key and add it to known_hosts?", False):
-        raise ConfigError(p.path, "sftp", "host", f"host key of {host}:{port} not trusted; nothing written")
+                          f"the host key of {host}:{port} CHANGED: it offers {offered}, but {known} trusts "
+                          f"{', '.join(state.trusted)} for it; that can be an attack. If the server was really "
+                          f"reinstalled, remove the old key (ssh-keygen -R '{name}' -f {known}), check the new "
+                          f"fingerprint with its administrator and run this again")
+    if given is None:
+        if not p.interactive:
+            p.preset("sftp.trust_host_key")  # a preset "yes" is not a fingerprint: not enough here
+            raise ConfigError(p.path, "sftp", "host",
+                              f"{host}:{port} offers {offered}, not trusted yet; check it with the server's "
+                              f"administrator, then pass --set sftp.host_key_fingerprint={state.fingerprint}")
+        p.say(f"  {host}:{port} presents a {state.key_type} host key that {known} does not know:\n"
+              f"    {state.fingerprint}\n"
+              "  Compare it with the server's own (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on the server).")
+        if not p.confirm("sftp.trust_host_key", "  Trust this key and add it to known_hosts?", False):
+            raise ConfigError(p.path, "sftp", "host", f"host key of {host}:{port} not trusted; nothing written")
+    else:
+        p.say(f"  {host}:{port} offers {offered}: it matches the fingerprint given; trusting it")
     mod.trust_host_key(known, host, port, state.key)
     out["known_hosts"] = known
+
+
+def _same_fingerprint(given: str, fingerprint: str) -> bool:
+    """"SHA256:abc" as ssh-keygen -lf prints it (base64 padding tolerated;
+    the prefix is case-insensitive, the base64 part is not)."""
+    algo, _, digest = given.strip().partition(":")
+    return algo.upper() == "SHA256" and digest.rstrip("=") == fingerprint.partition(":")[2] and bool(digest)
 
 
 @dataclass
@@ -230,22 +269,16 @@ class HostKeyState:
     key: object
     key_type: str
     fingerprint: str
+    trusted: list[str]  # "type fingerprint" of each key known_hosts trusts for the host
 
 
 def host_key_status(mod, host: str, port: int, known_hosts: str) -> HostKeyState:
-    """What known_hosts says about the key the server presents now."""
-    import paramiko
-
-    key = mod.fetch_host_key(host, port)
-    keys = paramiko.HostKeys()
-    if os.path.exists(known_hosts):
-        keys.load(known_hosts)
-    entry = keys.lookup(mod.known_hosts_name(host, port)) or {}
-    if key.get_name() in entry:
-        status = "known" if entry[key.get_name()] == key else "changed"
-    else:
-        status = "unknown"
-    return HostKeyState(status, key, key.get_name(), mod.fingerprint(key))
+    """What known_hosts says about the key the server presents now (the
+    connection's own rules: mod.trusted_keys, mod.key_status)."""
+    trusted = mod.trusted_keys(known_hosts, host, port)
+    key = mod.fetch_host_key(host, port, prefer=list(trusted))
+    return HostKeyState(mod.key_status(key, trusted), key, key.get_name(), mod.fingerprint(key),
+                        [f"{k.get_name()} {mod.fingerprint(k)}" for k in trusted.values()])
 
 
 SERVICE_QUESTIONS = {"s3": _s3_questions, "sftp": _sftp_questions}
