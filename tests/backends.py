@@ -57,10 +57,12 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
 
 BackendFactory = Callable[..., ContextManager[Backend]]
 
-from tests.backend_s3 import s3_backend  # noqa: E402  (they import this module lazily)
+from tests.backend_s3 import s3_backend, seaweedfs_backend  # noqa: E402  (they import this module lazily)
 from tests.backend_sftp import sftp_backend  # noqa: E402
 
-BACKENDS: dict[str, BackendFactory] = {"local": local_backend, "s3": s3_backend, "sftp": sftp_backend}
+BACKENDS: dict[str, BackendFactory] = {
+    "local": local_backend, "s3": s3_backend, "sftp": sftp_backend, "seaweedfs": seaweedfs_backend,
+}
 
 
 def register(name: str, factory: BackendFactory) -> None:

@@ -7,6 +7,7 @@ from tests.servers import Servers
 # Importing a server module registers its starter with Servers.
 import tests.server_pg  # noqa: E402,F401
 import tests.server_s3  # noqa: E402,F401
+import tests.server_seaweedfs  # noqa: E402,F401
 import tests.server_sshd  # noqa: E402,F401
 
 
