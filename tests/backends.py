@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator
 
+import pytest
+
 from connections.base import XCon
 from connections.local import LocalCon
 from tests.harness import tree
@@ -76,3 +78,22 @@ def enabled_backends() -> list[str]:
     if wanted:
         names = [n for n in names if n in wanted.split(",")]
     return names
+
+
+#: Backends that run a connection another backend already runs, on a second server
+#: (S3Con on SeaweedFS beside rclone serve s3). They catch what one server lets pass
+#: (SeaweedFS checks x-amz-checksum-* too, keeps multipart uploads across a restart,
+#: really copies parts), but repeat the same code paths: so the default suite gives them
+#: the contract suite and the lighter end-to-end scenarios, and leaves their runs of
+#: heavy tests to `-m slow` (the default suite must stay under 15 minutes on 2 cores).
+SECOND_SERVERS = frozenset({"seaweedfs"})
+
+
+def backend_marks(name: str, heavy: bool) -> list[pytest.MarkDecorator]:
+    """The marks of backend `name`'s run of a test: `slow` for a heavy test on a second server."""
+    return [pytest.mark.slow] if heavy and name in SECOND_SERVERS else []
+
+
+def backend_params(heavy: bool = False) -> list:
+    """enabled_backends() as pytest params (id: the name), `heavy` ones marked by backend_marks()."""
+    return [pytest.param(n, id=n, marks=backend_marks(n, heavy)) for n in enabled_backends()]

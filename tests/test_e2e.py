@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import BACKENDS, enabled_backends
+from tests.backends import BACKENDS, backend_marks, enabled_backends
 from tests.harness import Daemon, tree, wait_converged, write_config
 
 
@@ -48,20 +48,29 @@ class Env:
         return self.daemon.log_text().count(" uploaded (") if self.daemon else 0
 
 
+#: Scenarios whose run on a second server (tests.backends.SECOND_SERVERS: SeaweedFS) is
+#: left to `-m slow`: they push volume through the code paths the first server's run
+#: already covers, and cost the most time (5,000 files: ~40 s of the ~100 s SeaweedFS
+#: adds). The 1,000-file rename (server-side copies) and the kill -9 burst stay in.
+HEAVY = {"test_burst_of_5000_files"}
+
+
 def pytest_generate_tests(metafunc):
     """Every scenario runs on every backend. The local backend runs each with
     and without complete_sync; remote backends run with complete_sync (the
     stricter check: nothing extra may remain), and also without it where the
-    mode changes what must happen (tests marked `both_modes`)."""
+    mode changes what must happen (tests marked `both_modes`). A HEAVY scenario's
+    run on a second server is marked slow."""
     if "env" not in metafunc.fixturenames:
         return
     both = metafunc.definition.get_closest_marker("both_modes") is not None
-    combos = []
+    heavy = metafunc.definition.name in HEAVY
+    params = []
     for name in enabled_backends():
         modes = [False, True] if (name == "local" or both) else [True]
-        combos += [(name, m) for m in modes]
-    metafunc.parametrize("backend_name, complete", combos, indirect=False,
-                         ids=[f"{'complete_sync' if m else 'copy'}-{n}" for n, m in combos])
+        params += [pytest.param(name, m, id=f"{'complete_sync' if m else 'copy'}-{name}",
+                                marks=backend_marks(name, heavy)) for m in modes]
+    metafunc.parametrize("backend_name, complete", params)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import BACKENDS, enabled_backends
+from tests.backends import BACKENDS, backend_params
 from tests.harness import Daemon, wait_converged, write_config
 from tests.servers import Servers
 from tests.workload import apply, big_step, random_step
@@ -59,7 +59,7 @@ def own_servers(tmp_path):
     s.close()
 
 
-@pytest.fixture(params=enabled_backends())
+@pytest.fixture(params=backend_params(heavy=True))  # a second S3 server's trials: -m slow
 def backend(request, tmp_path, own_servers):
     with BACKENDS[request.param](tmp_path, own_servers) as b:
         yield b
