@@ -5,6 +5,7 @@
     proxy.cut()        # every open connection is reset; new ones are refused (closed at once)
     proxy.stall()      # connections stay open but nothing gets through (a black hole)
     proxy.restore()    # traffic flows again
+    proxy.corrupt(b"abc", b"abd")  # what clients send has every b"abc" turned into b"abd"
 
 Loopback only, and every thread it starts ends at close().
 """
@@ -26,6 +27,7 @@ class FaultProxy:
         self._conns: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._rewrite: tuple[bytes, bytes] | None = None  # (old, new) in client -> upstream bytes
         self.connections = 0
 
     def start(self) -> "FaultProxy":
@@ -50,7 +52,16 @@ class FaultProxy:
     def restore(self) -> None:
         with self._mode_changed:
             self._mode = "open"
+            self._rewrite = None
             self._mode_changed.notify_all()
+
+    def corrupt(self, old: bytes, new: bytes) -> None:
+        """Bytes flipped on the wire: in what clients send, every `old` becomes `new` (same
+        length, so Content-Length still holds). An occurrence split across two reads gets
+        through intact: send `old` many times over to be sure some are hit."""
+        assert len(old) == len(new) and old != new
+        with self._lock:
+            self._rewrite = (old, new)
 
     # -- plumbing -------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -94,6 +105,9 @@ class FaultProxy:
                     data = s.recv(1 << 16)
                     if not data:
                         return
+                    rewrite = self._rewrite
+                    if rewrite is not None and s is a:
+                        data = data.replace(*rewrite)
                     peers[s].sendall(data)
         except (OSError, ValueError):  # ValueError: cut() closed a socket under select() (fd -1)
             pass

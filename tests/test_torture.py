@@ -10,7 +10,8 @@ that it lands in the middle of a resumable upload. When the churn stops, the
 remote must equal the source byte for byte, with no partial uploads or temp
 files left and no failed actions.
 
-The default suite runs a short trial per backend; the long one is
+The default suite runs a short trial per backend (on SeaweedFS, the second S3 server,
+only with -m slow: tests.backends.SECOND_SERVERS); the long one is
 `./dev test -m slow tests/test_torture.py` (SKYNET_TORTURE_SECONDS, SKYNET_TORTURE_TRIALS).
 """
 from __future__ import annotations
