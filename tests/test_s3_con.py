@@ -738,12 +738,25 @@ def test_server_restart_forgets_uploads_yet_sends_and_deletes_converge(tmp_path)
 MARK, FLIPPED = b"skynet-bit", b"skynet-BIT"
 
 
+def listed_parts(client, bucket: str, key: str, upload_id: str) -> list[dict] | None:
+    """ListParts' parts of an upload, or None when the server does not know the upload."""
+    try:
+        return client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", [])
+    except bce.ClientError as exc:
+        if s3mod.error_code(exc) == "NoSuchUpload":
+            return None
+        raise
+
+
 @pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
 @pytest.mark.parametrize("size", [100_000, 11 * MiB], ids=["put", "parts"])
 def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path, fast_put, size):
     """Every PUT and UploadPart carries Content-MD5, which both test servers check: bytes
-    changed in flight are refused (BadDigest), S3Con reports a TransientError, nothing is
-    stored; sent again over a sound wire, the file arrives intact (a multipart one resumes)."""
+    changed in flight are refused, S3Con reports a TransientError and nothing is stored (no
+    object, and not one part of a multipart upload, all of whose parts were changed); sent
+    again over a sound wire, the file arrives intact. The server answers BadDigest, or, with
+    two parts in flight, rclone may reset the other one's connection: either is transient.
+    rclone also forgets the upload of a refused part, and the next send starts afresh."""
     from tests.faultproxy import FaultProxy
 
     proxy = FaultProxy(each_srv.port).start()
@@ -755,10 +768,15 @@ def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path
             con = make()
             proxy.corrupt(MARK, FLIPPED)
             store = NullResumeStore()
-            with pytest.raises(TransientError, match="BadDigest|XAmzContentSHA256Mismatch"):
+            with pytest.raises(TransientError):
                 con.send(f, TransferContext(resume=store))
             proxy.restore()
             assert con.stat("w/f.bin") is None
+            state = store.load()
+            if size > SMALL_MP["multipart_threshold"]:  # the upload is kept for the retry, empty
+                parts = listed_parts(each_srv.client(), con.bucket, state["key"], state["upload_id"])
+                # rclone serve s3 drops a whole upload when one of its parts fails the check
+                assert parts == [] or (parts is None and not isinstance(each_srv, SeaweedServer))
             res = con.send(f, TransferContext(resume=store))
             assert res.size == f.size and body(each_srv.client(), con.bucket, "root/w/f.bin") == data
             assert open_uploads(con) == [] and store.load() is None
