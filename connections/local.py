@@ -402,7 +402,7 @@ class LocalCon(XCon):
             # cp creates each file with its source's permission bits, as send()
             # sets them; --preserve=mode would also copy ACLs (two more system
             # calls a file), which send() does not.
-            subprocess.run([cp, "--parents", "--preserve=timestamps", "-t", stage, "--",
+            copied = subprocess.run([cp, "--parents", "--preserve=timestamps", "-t", stage, "--",
                             *(f.rel for _, f in batch)],
                            cwd=source_root or "/", umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
@@ -414,7 +414,9 @@ class LocalCon(XCon):
                     os.chmod(folder, 0o700)
                 except OSError:
                     pass
-            self._unstage(stage, batch, results)
+            # cp failed for some file (full target, a source gone...): what it
+            # left of that file may be cut short, so each is checked.
+            self._unstage(stage, batch, results, whole=copied.returncode == 0)
         finally:
             try:
                 for folder in folders:  # deepest first; all empty unless a rename failed
@@ -429,10 +431,12 @@ class LocalCon(XCon):
                 self._active_stages.discard(stage)
 
     def _unstage(self, stage: str, batch: list[tuple[int, LocalFile]],
-                 results: list[SendResult | Exception | None]) -> None:
+                 results: list[SendResult | Exception | None], whole: bool) -> None:
         """Rename the staged files into place, folder by folder: each target
         folder is opened (made if missing) once, by descriptor without following
         links, and each file is one renameat() from the staged folder to it.
+        whole=False (cp failed for some file): a staged file counts only with
+        its source's size and mtime (cp sets the mtime once all is written).
         Anything unusual leaves the file to send(), which reports it."""
         by_folder: dict[tuple[str, ...], list[tuple[int, LocalFile, str]]] = {}
         for i, f in batch:
@@ -447,6 +451,8 @@ class LocalCon(XCon):
                     continue  # cp copied nothing into it
                 target = self._open_folder(list(folders), f"send {items[0][1].rel!r}", create=True)
                 for i, f, name in items:
+                    if not whole and not _staged_whole(staged, name, f):
+                        continue
                     try:
                         os.replace(name, name, src_dir_fd=staged, dst_dir_fd=target)
                     except OSError:
@@ -675,6 +681,15 @@ class LocalCon(XCon):
         for folder, dirs, files in os.walk(self.root):
             found += [os.path.join(folder, n) for n in files + dirs if n.startswith(TMP_PREFIX)]
         return found
+
+
+def _staged_whole(staged: int, name: str, f: LocalFile) -> bool:
+    """The staged copy of `f` is all there: a regular file of its size and mtime."""
+    try:
+        st = os.stat(name, dir_fd=staged, follow_symlinks=False)
+    except OSError:
+        return False
+    return statmod.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
 
 
 def _parents(rel: str) -> Iterator[str]:
