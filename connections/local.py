@@ -12,6 +12,12 @@ hand-offs is a futex wake and a context switch. Measured on 10,000 x 4 KiB
 (bench/local_bench.py): 35-40 context switches and ~700 us of CPU per file, half
 of rclone's files/s. cp makes those calls without the GIL; the worker is left
 with the rename and its own checks.
+
+Nothing in the target is trusted to stay as it was: each operation opens the
+root, then each folder under it by descriptor without following links, and
+works relative to those descriptors (see DIR_FLAGS). Permission bits go over
+without setuid, setgid and sticky (MODE_BITS). A full disk is transient: the
+mapping pauses until there is room (check()).
 """
 from __future__ import annotations
 
@@ -38,7 +44,6 @@ from connections.base import (
     SendResult,
     TransferContext,
     TransientError,
-    UnsafePath,
     XCon,
     check_rel,
 )
@@ -368,7 +373,7 @@ class LocalCon(XCon):
         for i, f in enumerate(files):
             try:
                 check_rel(f.rel)
-            except Exception as exc:  # UnsafePath, a bad name: this file's own result
+            except Exception as exc:  # UnsafePath (a bad name): this file's own result
                 results[i] = exc
                 continue
             source_root = f.path[: -len(f.rel) - 1]
@@ -481,10 +486,10 @@ class LocalCon(XCon):
             with self._stages_lock:
                 if path in self._active_stages:
                     continue
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_stage(path)
             while os.path.lexists(path) and time.monotonic() < deadline:
                 time.sleep(0.05)  # waiting on another process, off the sync pipeline (start-up only)
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_stage(path)
             if os.path.lexists(path):
                 log.warning("could not remove the staging folder %r left by an earlier run", path)
 
@@ -681,6 +686,16 @@ class LocalCon(XCon):
         for folder, dirs, files in os.walk(self.root):
             found += [os.path.join(folder, n) for n in files + dirs if n.startswith(TMP_PREFIX)]
         return found
+
+
+def _remove_stage(path: str) -> None:
+    """Remove a staging folder left behind; a link planted under its name is
+    unlinked itself (rmtree refuses links and never descends into one)."""
+    if os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _staged_whole(staged: int, name: str, f: LocalFile) -> bool:

@@ -281,3 +281,15 @@ def test_a_file_cp_left_cut_short_is_never_renamed_into_place(tmp_path, monkeypa
     results = con.send_many(files, threading.Event())
     assert all(r.size == f.size for f, r in zip(files, results)), results
     assert tree(con.root) == {f"d/{i}".encode(): b"%d" % i * 1000 for i in range(5)}
+
+
+def test_a_link_planted_under_a_staging_folders_name_is_unlinked_at_cleanup(tmp_path):
+    con = LocalCon(str(tmp_path / "dst"))
+    os.makedirs(con.root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"theirs")
+    (Path(con.root) / f"{local.STAGE_PREFIX}999-0").symlink_to(outside)
+    con.cleanup([])
+    _outside_untouched(outside)
+    assert os.listdir(con.root) == []
