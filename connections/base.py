@@ -81,6 +81,13 @@ class LocalFile:
     ino: int
     uid: int = 0
     gid: int = 0
+    # What connections/source.py checks before reading: the file is opened
+    # beneath `root` (the mapping's source folder; "" for a file outside any
+    # mapping) without following links, unless `follow` (follow_symlinks = yes),
+    # and must still be this device and inode (dev None: the inode only).
+    dev: int | None = None
+    root: str = ""
+    follow: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,12 @@ hand-offs is a futex wake and a context switch. Measured on 10,000 x 4 KiB
 (bench/local_bench.py): 35-40 context switches and ~700 us of CPU per file, half
 of rclone's files/s. cp makes those calls without the GIL; the worker is left
 with the rename and its own checks.
+
+cp never opens a source path itself: the worker opens each file as send() does
+(connections/source.py: beneath the source folder, no link followed, never
+blocking, the inode the scan saw) and hands cp the descriptors, as
+/proc/self/fd/N. cp reopens exactly those files: a name swapped for a link or
+a FIFO after the check cannot send an outside file or block the worker.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from connections.base import (
     XCon,
     check_rel,
 )
+from connections.source import open_root, open_source_fd
 from skynet.values import parse_bool
 
 log = logging.getLogger(__name__)
@@ -54,15 +61,16 @@ SAFE_PARENTS_KEPT = 1024
 CHUNK = 1 << 20
 STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
 BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
-BATCH_ARG_BYTES = 96 << 10  # keep one cp's command line well under ARG_MAX
+BATCH_FDS = 64  # source descriptors one cp is handed (a worker holds them open during the cp)
 STALE_STAGE_WAIT = 10.0  # seconds cleanup() keeps removing a killed run's staging folder while its cp writes on
 
 
 @functools.lru_cache(maxsize=1)
 def gnu_cp() -> str | None:
-    """The path of GNU cp, or None (send_many needs -t and --preserve)."""
+    """The path of GNU cp, or None (send_many needs -t and --preserve, and
+    /proc/self/fd to hand it the files already opened)."""
     cp = shutil.which("cp")
-    if cp is None:
+    if cp is None or not os.path.isdir("/proc/self/fd"):
         return None
     try:
         out = subprocess.run([cp, "--version"], capture_output=True, timeout=10, check=False).stdout
@@ -202,8 +210,8 @@ class LocalCon(XCon):
         folder, name = target.rsplit("/", 1)
         what = f"send {f.rel!r}"
         tmp = folder + "/" + temp_name(name)
-        # FileNotFoundError/PermissionError opening the source: the caller's (local side)
-        src = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+        # Errors opening the source are the caller's (local side): connections/source.py
+        src = open_source_fd(f)
         try:
             try:
                 dst = self._open_tmp(tmp, what)
@@ -243,10 +251,7 @@ class LocalCon(XCon):
         if cp is None or len(files) < BATCH_MIN:
             return super().send_many(files, stop)
         results: list[SendResult | Exception | None] = [None] * len(files)
-        # cp --parents runs in the source root and recreates each file's relative
-        # path under the staging folder, so files from many folders, even with
-        # the same names, go in one cp.
-        by_root: dict[str, list[tuple[int, LocalFile, str]]] = {}
+        by_root: dict[tuple[str, bool], list[tuple[int, LocalFile, str]]] = {}
         for i, f in enumerate(files):
             if f.mode & 0o7000:  # cp drops setuid/setgid bits it cannot vouch for
                 continue
@@ -255,27 +260,43 @@ class LocalCon(XCon):
             except Exception as exc:  # UnsafePath, a bad name: this file's own result
                 results[i] = exc
                 continue
-            source_root = f.path[: -len(f.rel) - 1]
-            if f.path[len(source_root):] == "/" + f.rel:
-                by_root.setdefault(source_root, []).append((i, f, target))
-        for source_root, batch in by_root.items():
+            by_root.setdefault((f.root, f.follow), []).append((i, f, target))
+        for (source_root, follow), batch in by_root.items():
             if len(batch) >= BATCH_MIN:
-                for chunk in _arg_chunks(batch):
-                    self._copy_staged(cp, source_root, chunk, results)
+                with _source_root(source_root, follow) as root_fd:
+                    for start in range(0, len(batch), BATCH_FDS):
+                        self._copy_staged(cp, root_fd, batch[start:start + BATCH_FDS], results)
         rest = [i for i, r in enumerate(results) if r is None]
         for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
             results[i] = r
         return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _copy_staged(self, cp: str, source_root: str, batch: list[tuple[int, LocalFile, str]],
+    def _copy_staged(self, cp: str, root_fd: int | None, batch: list[tuple[int, LocalFile, str]],
                      results: list[SendResult | Exception | None]) -> None:
-        """One cp of the files into a new staging folder, permission bits and
-        mtime kept; then one rename per file. A file left unstaged keeps
-        results[i] None (send() takes it)."""
+        """Open the files (beneath `root_fd`, see connections/source.py), one cp of
+        them into a new staging folder, permission bits and mtime kept; then one
+        rename per file. A file that failed its checks gets that error as its
+        result; one left unstaged keeps results[i] None (send() takes it)."""
+        opened: list[tuple[int, LocalFile, str, int]] = []
+        try:
+            for i, f, target in batch:
+                try:
+                    opened.append((i, f, target, open_source_fd(f, root_fd)))
+                except Exception as exc:  # gone, replaced, a FIFO now...: the caller looks again
+                    results[i] = exc
+            if len(opened) >= BATCH_MIN:
+                self._cp_fds(cp, opened, results)
+        finally:
+            for *_, fd in opened:
+                os.close(fd)
+
+    def _cp_fds(self, cp: str, opened: list[tuple[int, LocalFile, str, int]],
+                results: list[SendResult | Exception | None]) -> None:
+        """cp the open files into a staging folder (each named by its descriptor
+        number), then rename each into place."""
         with self._stages_lock:
             stage = f"{self.root}/{STAGE_PREFIX}{os.getpid()}-{next(self._stages)}"
             self._active_stages.add(stage)
-        folders = sorted({stage + "/" + d for _, f, _ in batch for d in _parents(f.rel)}, key=len, reverse=True)
         try:
             try:
                 os.mkdir(stage, 0o700)
@@ -285,26 +306,19 @@ class LocalCon(XCon):
             # send() reports those again with our classification. With umask 0,
             # cp creates each file with its source's permission bits, as send()
             # sets them; --preserve=mode would also copy ACLs (two more system
-            # calls a file), which send() does not.
-            subprocess.run([cp, "--parents", "--preserve=timestamps", "-t", stage, "--",
-                            *(f.rel for _, f, _ in batch)],
-                           cwd=source_root or "/", umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            # calls a file), which send() does not. The child inherits the
+            # descriptors under the same numbers: /proc/self/fd/N is our file N.
+            fds = [fd for *_, fd in opened]
+            subprocess.run([cp, "--preserve=timestamps", "-t", stage, "--", *(f"/proc/self/fd/{fd}" for fd in fds)],
+                           pass_fds=fds, umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)
-            for folder in folders:
-                # The staged folders got their sources' modes: a read-only one
-                # would refuse the renames out of it. Only this process can
-                # enter the staging folder (0700) in any case.
-                try:
-                    os.chmod(folder, 0o700)
-                except OSError:
-                    pass
-            for i, f, target in batch:
-                staged = stage + "/" + f.rel
+            for i, f, target, fd in opened:
+                staged = f"{stage}/{fd}"
                 try:
                     os.replace(staged, target)
                 except FileNotFoundError:
                     if not os.path.lexists(staged):
-                        continue  # cp did not copy it (vanished, unreadable...)
+                        continue  # cp did not copy it (unreadable...)
                     try:  # the target's folder is missing
                         self._makedirs(os.path.dirname(target), f"send {f.rel!r}")
                         os.replace(staged, target)
@@ -315,10 +329,7 @@ class LocalCon(XCon):
                 results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
         finally:
             try:
-                for folder in folders:  # deepest first; all empty unless a rename failed
-                    with contextlib.suppress(FileNotFoundError):  # cp made none for it
-                        os.rmdir(folder)
-                os.rmdir(stage)
+                os.rmdir(stage)  # empty unless a rename failed
             except FileNotFoundError:
                 pass
             except OSError:
@@ -498,26 +509,23 @@ class LocalCon(XCon):
         return found
 
 
-def _parents(rel: str) -> Iterator[str]:
-    """'a/b/c' -> 'a/b', 'a': the folders cp --parents makes for `rel`."""
-    while "/" in rel:
-        rel = rel.rpartition("/")[0]
-        yield rel
-
-
-def _arg_chunks(batch: list[tuple[int, LocalFile, str]]) -> Iterator[list[tuple[int, LocalFile, str]]]:
-    """Split a batch so that no cp command line gets longer than BATCH_ARG_BYTES."""
-    chunk: list[tuple[int, LocalFile, str]] = []
-    size = 0
-    for item in batch:
-        n = len(os.fsencode(item[1].rel)) + 1
-        if chunk and size + n > BATCH_ARG_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += n
-    if chunk:
-        yield chunk
+@contextlib.contextmanager
+def _source_root(root: str, follow: bool) -> Iterator[int | None]:
+    """The descriptor the batch's files are opened beneath (one open for the
+    batch), or None when they are opened by their own paths: links followed on
+    purpose, or files outside any mapping (see connections/source.py)."""
+    if not root or follow:
+        yield None
+        return
+    try:
+        fd = open_root(root)
+    except OSError:  # the source folder went away: each file's open says so
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 # -- configuration (the [local] section) -------------------------------------

@@ -122,6 +122,7 @@ from connections.base import (
     remote_join,
 )
 from connections.local import TMP_PREFIX, temp_name
+from connections.source import open_source
 from skynet.values import parse_bool
 
 log = logging.getLogger("skynet.sftp")
@@ -1416,7 +1417,7 @@ class SFTPCon(XCon):
         tmp = posixpath.join(folder, temp_name(name))
         what = f"send {f.rel!r}"
         # Unbuffered: reads go straight to the kernel, sized to what is left.
-        src = open(f.path, "rb", buffering=0)  # FileNotFoundError: the local file went away
+        src = open_source(f, buffering=0)  # FileNotFoundError, SourceChanged...: the caller's (local side)
         with src:
             up = _Upload(
                 rel=f.rel,
