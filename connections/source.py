@@ -127,7 +127,13 @@ def _walk_open(dir_fd: int, rel: str, flags: int) -> int:
     current = dir_fd
     try:
         for part in parts[:-1]:
-            nxt = os.open(part, _DIR_FLAGS, dir_fd=current)
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=current)
+            except NotADirectoryError:
+                # O_NOFOLLOW|O_DIRECTORY on a link says ENOTDIR; openat2 says ELOOP
+                if statmod.S_ISLNK(os.stat(part, dir_fd=current, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+                raise
             if current != dir_fd:
                 os.close(current)
             current = nxt
