@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import logging
 import os
+import resource
 import shutil
 import stat as statmod
 import subprocess
@@ -61,7 +62,7 @@ SAFE_PARENTS_KEPT = 1024
 CHUNK = 1 << 20
 STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
 BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
-BATCH_FDS = 64  # source descriptors one cp is handed (a worker holds them open during the cp)
+BATCH_FDS = 256  # at most this many open source files go to one cp (a whole handler batch)
 STALE_STAGE_WAIT = 10.0  # seconds cleanup() keeps removing a killed run's staging folder while its cp writes on
 
 
@@ -77,6 +78,26 @@ def gnu_cp() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return cp if b"GNU coreutils" in out else None
+
+
+@functools.lru_cache(maxsize=1)
+def fds_per_cp() -> int:
+    """How many open source files one cp may be handed. A worker holds them open
+    during its cp and every worker may do so at once, so a sixteenth of the
+    process's descriptor limit at most. The soft limit is first raised to the
+    hard one (at most 65536), which Go programs such as rclone get by default:
+    the usual 1024 would split each batch into four cps (~1.5 ms each). The
+    1024 only protects select(), which the daemon does not use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    room = 1 << 16 if soft == resource.RLIM_INFINITY else soft
+    return max(BATCH_MIN, min(BATCH_FDS, room // 16))
 
 
 def temp_name(name: str) -> str:
@@ -263,9 +284,10 @@ class LocalCon(XCon):
             by_root.setdefault((f.root, f.follow), []).append((i, f, target))
         for (source_root, follow), batch in by_root.items():
             if len(batch) >= BATCH_MIN:
+                per_cp = fds_per_cp()
                 with _source_root(source_root, follow) as root_fd:
-                    for start in range(0, len(batch), BATCH_FDS):
-                        self._copy_staged(cp, root_fd, batch[start:start + BATCH_FDS], results)
+                    for start in range(0, len(batch), per_cp):
+                        self._copy_staged(cp, root_fd, batch[start:start + per_cp], results)
         rest = [i for i, r in enumerate(results) if r is None]
         for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
             results[i] = r
@@ -281,7 +303,7 @@ class LocalCon(XCon):
         try:
             for i, f, target in batch:
                 try:
-                    opened.append((i, f, target, open_source_fd(f, root_fd)))
+                    opened.append((i, f, target, open_source_fd(f, root_fd, reads=False)))
                 except Exception as exc:  # gone, replaced, a FIFO now...: the caller looks again
                     results[i] = exc
             if len(opened) >= BATCH_MIN:

@@ -7,10 +7,13 @@ daemon may read what the tree's owner cannot, e.g. the daemon's own key), a FIFO
 connection never reopens a source file by its path; it calls `open_source`, which
 
 * resolves the path *below the mapping's root* without following any link:
-  openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) where the kernel has it (Linux
-  5.6+), else one O_NOFOLLOW|O_DIRECTORY step per folder, from the root's
-  descriptor. (With follow_symlinks = yes the user asked for links to be
-  followed: the path is opened as it is, the rest below still applies.)
+  openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) from the root's descriptor
+  where the kernel has it (Linux 5.6+), else one O_NOFOLLOW|O_DIRECTORY step
+  per folder. The root itself may be reached through a link (that is where the
+  user pointed the mapping); when its path holds none, which is usual, the
+  whole path is opened with RESOLVE_NO_SYMLINKS in one call instead. (With
+  follow_symlinks = yes the user asked for links to be followed: the path is
+  opened as it is, the rest below still applies.)
 * opens with O_NOFOLLOW | O_NONBLOCK | O_NOCTTY: a FIFO or a device does not
   block the open, a link in the last place is refused;
 * checks with fstat that the descriptor is a regular file with the device and
@@ -44,6 +47,7 @@ _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
 _RESOLVE = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+_AT_FDCWD = -100
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -82,6 +86,16 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
+@functools.lru_cache(maxsize=8)
+def _how(flags: int, resolve: int = _RESOLVE):
+    """A pointer to a struct open_how (the kernel only reads it, so one per
+    value serves every thread: no struct built per file)."""
+    return ctypes.pointer(_OpenHow(flags, 0, resolve))
+
+
 @functools.lru_cache(maxsize=1)
 def _libc_syscall():
     """libc's syscall(), or None. ctypes lets the GIL go during the call."""
@@ -98,16 +112,16 @@ def _libc_syscall():
 _openat2_works: bool | None = None  # None: not tried yet; False: ENOSYS/EPERM seen (old kernel, seccomp)
 
 
-def _openat2(dir_fd: int, rel: bytes, flags: int) -> int | None:
+def _openat2(dir_fd: int, rel: bytes, flags: int, resolve: int = _RESOLVE) -> int | None:
     """openat2(dir_fd, rel, flags, RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS); None
     when the kernel (or a seccomp filter) does not offer it: the caller walks."""
     global _openat2_works
     syscall = _libc_syscall() if _openat2_works is not False else None
     if syscall is None:
         return None
-    how = _OpenHow(flags, 0, _RESOLVE)
+    how = _how(flags, resolve)
     while True:
-        fd = syscall(_SYS_OPENAT2, dir_fd, rel, ctypes.byref(how), ctypes.sizeof(how))
+        fd = syscall(_SYS_OPENAT2, dir_fd, rel, how, _HOW_SIZE)
         if fd >= 0:
             _openat2_works = True
             return fd
@@ -143,6 +157,14 @@ def _walk_open(dir_fd: int, rel: str, flags: int) -> int:
             os.close(current)
 
 
+@functools.lru_cache(maxsize=64)
+def _root_has_no_links(root: str) -> bool:
+    """True if no part of the root's own path is a link (then resolving the
+    whole path without following any link is the same as resolving the rest
+    beneath the root: one system call, no descriptor of the root needed)."""
+    return os.path.realpath(root) == root
+
+
 def open_root(root: str) -> int:
     """A descriptor of the mapping's root folder (followed if it is itself a link:
     that is where the user pointed the mapping), to open files beneath it."""
@@ -154,19 +176,23 @@ def _open_beneath(root_fd: int, rel: str, flags: int) -> int:
     return fd if fd is not None else _walk_open(root_fd, rel, flags)
 
 
-def open_source_fd(f: LocalFile, root_fd: int | None = None) -> int:
+def open_source_fd(f: LocalFile, root_fd: int | None = None, reads: bool = True) -> int:
     """A read-only descriptor of `f`, checked to be the regular file the engine saw
     (device and inode), opened without following links below the root, never
     blocking. `root_fd` is the root's descriptor when the caller opens many files
-    (open_root). Raises FileNotFoundError if nothing is at the path any more,
-    PermissionError if it cannot be read, SourceChanged, SourceRefused, or
-    TransientError when the process is out of descriptors."""
+    (open_root); `reads=False` when this process will not read it (LocalCon's
+    batch hands it to cp), which saves clearing O_NONBLOCK. Raises
+    FileNotFoundError if nothing is at the path any more, PermissionError if it
+    cannot be read, SourceChanged, SourceRefused, or TransientError when the
+    process is out of descriptors."""
     try:
         fd = _open(f, root_fd)
     except OSError as exc:
         raise _classify(exc, f) from exc
     try:
         _check(fd, f)
+        if reads:
+            fcntl.fcntl(fd, fcntl.F_SETFL, 0)  # drops O_NONBLOCK (the access mode is not a status flag)
     except BaseException:
         os.close(fd)
         raise
@@ -180,6 +206,19 @@ def _open(f: LocalFile, root_fd: int | None) -> int:
         return os.open(f.path, READ_FLAGS)
     if root_fd is not None:
         return _open_beneath(root_fd, f.rel, READ_FLAGS)
+    if _root_has_no_links(f.root):
+        # The usual case, one system call: the whole path, no link anywhere on it.
+        try:
+            fd = _openat2(_AT_FDCWD, os.fsencode(f.root + "/" + f.rel), READ_FLAGS,
+                          _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+        except OSError as exc:
+            # A link on the root's own path now, or a path too long as a whole:
+            # beneath the root's descriptor (below) tells.
+            if exc.errno not in (errno.ELOOP, errno.ENAMETOOLONG):
+                raise
+        else:
+            if fd is not None:
+                return fd
     root_fd = open_root(f.root)
     try:
         return _open_beneath(root_fd, f.rel, READ_FLAGS)
@@ -188,15 +227,13 @@ def _open(f: LocalFile, root_fd: int | None) -> int:
 
 
 def _check(fd: int, f: LocalFile) -> None:
-    """The descriptor must be the file the engine looked at, as a regular file;
-    then it is switched back to blocking reads (one fcntl)."""
+    """The descriptor must be the file the engine looked at, as a regular file."""
     st = os.fstat(fd)
     if not statmod.S_ISREG(st.st_mode):
         raise SourceChanged(f"{f.rel!r} is now a {kind_of(st.st_mode)}, not the regular file seen before; "
                             "it is looked at again")
     if st.st_ino != f.ino or (f.dev is not None and st.st_dev != f.dev):
         raise SourceChanged(f"{f.rel!r} was replaced by another file since it was looked at; it is looked at again")
-    fcntl.fcntl(fd, fcntl.F_SETFL, 0)  # drops O_NONBLOCK (the access mode is not a status flag)
 
 
 def _classify(exc: OSError, f: LocalFile) -> OSError | Exception:

@@ -320,7 +320,7 @@ def opener(request, monkeypatch):
     if request.param == "walk":
         monkeypatch.setattr(source, "_openat2_works", False)
     yield source
-    assert source._openat2_works is (request.param == "openat2"), "the other way was used"
+    assert (source._openat2_works is not False) is (request.param == "openat2"), "the other way was used"
 
 
 def _lf(opener, root: Path, rel: str, st: os.stat_result | None = None) -> LocalFile:
@@ -363,6 +363,37 @@ def test_opener_refuses_what_is_not_the_file_seen(opener, tmp_path, what):
     with pytest.raises(want) as info:
         os.close(opener.open_source_fd(f))  # (never blocks: a FIFO is opened O_NONBLOCK)
     assert f.rel in str(info.value)
+
+
+def test_opener_root_reached_through_a_link(opener, tmp_path):
+    """The mapping's root may be a link (the user's choice); below it none is followed."""
+    (tmp_path / "real" / "a").mkdir(parents=True)
+    (tmp_path / "real" / "a" / "f").write_bytes(b"through the root link")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(SECRET)
+    os.symlink(tmp_path / "real", tmp_path / "root")
+    root = tmp_path / "root"
+    with opener.open_source(_lf(opener, root, "a/f")) as fh:
+        assert fh.read() == b"through the root link"
+    os.symlink(tmp_path / "out", root / "b")
+    st = os.stat(root / "b" / "f")
+    with pytest.raises(opener.SourceRefused, match="symbolic link"):
+        opener.open_source_fd(opener.local_file(str(root / "b" / "f"), "b/f", st, str(root)))
+
+
+def test_opener_follows_links_only_when_asked(opener, tmp_path):
+    """follow_symlinks = yes: a link is read through, but a FIFO still never blocks."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(b"linked on purpose")
+    os.symlink(tmp_path / "out" / "f", tmp_path / "link")
+    f = opener.local_file(str(tmp_path / "link"), "link", os.stat(tmp_path / "link"), str(tmp_path), follow=True)
+    with opener.open_source(f) as fh:
+        assert fh.read() == b"linked on purpose"
+    os.link(tmp_path / "out" / "f", tmp_path / "kept")
+    os.unlink(tmp_path / "out" / "f")
+    os.mkfifo(tmp_path / "out" / "f")
+    with pytest.raises(opener.SourceChanged, match="FIFO"):
+        opener.open_source_fd(f)
 
 
 def test_opener_path_over_the_limit_is_refused_with_a_reason(opener, tmp_path):
