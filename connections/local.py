@@ -18,6 +18,12 @@ root, then each folder under it by descriptor without following links, and
 works relative to those descriptors (see DIR_FLAGS). Permission bits go over
 without setuid, setgid and sticky (MODE_BITS). A full disk is transient: the
 mapping pauses until there is room (check()).
+
+cp never opens a source path itself: the worker opens each file as send() does
+(connections/source.py: beneath the source folder, no link followed, never
+blocking, the inode the scan saw) and hands cp the descriptors, as
+/proc/self/fd/N. cp reopens exactly those files: a name swapped for a link or
+a FIFO after the check cannot send an outside file or block the worker.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import hashlib
 import itertools
 import logging
 import os
+import resource
 import shutil
 import stat as statmod
 import subprocess
@@ -48,6 +55,7 @@ from connections.base import (
     check_rel,
     within_listing,
 )
+from connections.source import open_root, open_source_fd
 from skynet.values import parse_bool
 
 log = logging.getLogger(__name__)
@@ -65,21 +73,42 @@ FULL_MARGIN = 64 << 10  # free bytes beyond a failed write's size before a full 
 CHUNK = 1 << 20
 STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
 BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
-BATCH_ARG_BYTES = 96 << 10  # keep one cp's command line well under ARG_MAX
+BATCH_FDS = 256  # at most this many open source files go to one cp (a whole handler batch)
 STALE_STAGE_WAIT = 10.0  # seconds cleanup() keeps removing a killed run's staging folder while its cp writes on
 
 
 @functools.lru_cache(maxsize=1)
 def gnu_cp() -> str | None:
-    """The path of GNU cp, or None (send_many needs -t and --preserve)."""
+    """The path of GNU cp, or None (send_many needs -t and --preserve, and
+    /proc/self/fd to hand it the files already opened)."""
     cp = shutil.which("cp")
-    if cp is None:
+    if cp is None or not os.path.isdir("/proc/self/fd"):
         return None
     try:
         out = subprocess.run([cp, "--version"], capture_output=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return cp if b"GNU coreutils" in out else None
+
+
+@functools.lru_cache(maxsize=1)
+def fds_per_cp() -> int:
+    """How many open source files one cp may be handed. A worker holds them open
+    during its cp and every worker may do so at once, so a sixteenth of the
+    process's descriptor limit at most. The soft limit is first raised to the
+    hard one (at most 65536), which Go programs such as rclone get by default:
+    the usual 1024 would split each batch into four cps (~1.5 ms each). The
+    1024 only protects select(), which the daemon does not use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    room = 1 << 16 if soft == resource.RLIM_INFINITY else soft
+    return max(BATCH_MIN, min(BATCH_FDS, room // 16))
 
 
 def temp_name(name: str) -> str:
@@ -296,8 +325,8 @@ class LocalCon(XCon):
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         folders, name = split_rel(f.rel)
         what = f"send {f.rel!r}"
-        # FileNotFoundError/PermissionError opening the source: the caller's (local side)
-        src = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+        # Errors opening the source are the caller's (local side): connections/source.py
+        src = open_source_fd(f)
         try:
             root = self._open_root()
             try:
@@ -367,37 +396,51 @@ class LocalCon(XCon):
         if cp is None or len(files) < BATCH_MIN:
             return super().send_many(files, stop)
         results: list[SendResult | Exception | None] = [None] * len(files)
-        # cp --parents runs in the source root and recreates each file's relative
-        # path under the staging folder, so files from many folders, even with
-        # the same names, go in one cp.
-        by_root: dict[str, list[tuple[int, LocalFile]]] = {}
+        by_root: dict[tuple[str, bool], list[tuple[int, LocalFile]]] = {}
         for i, f in enumerate(files):
             try:
                 check_rel(f.rel)
             except Exception as exc:  # UnsafePath (a bad name): this file's own result
                 results[i] = exc
                 continue
-            source_root = f.path[: -len(f.rel) - 1]
-            if f.path[len(source_root):] == "/" + f.rel:
-                by_root.setdefault(source_root, []).append((i, f))
-        for source_root, batch in by_root.items():
+            by_root.setdefault((f.root, f.follow), []).append((i, f))
+        for (source_root, follow), batch in by_root.items():
             if len(batch) >= BATCH_MIN:
-                for chunk in _arg_chunks(batch):
-                    self._copy_staged(cp, source_root, chunk, results)
+                per_cp = fds_per_cp()
+                with _source_root(source_root, follow) as root_fd:
+                    for start in range(0, len(batch), per_cp):
+                        self._copy_staged(cp, root_fd, batch[start:start + per_cp], results)
         rest = [i for i, r in enumerate(results) if r is None]
         for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
             results[i] = r
         return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _copy_staged(self, cp: str, source_root: str, batch: list[tuple[int, LocalFile]],
+    def _copy_staged(self, cp: str, root_fd: int | None, batch: list[tuple[int, LocalFile]],
                      results: list[SendResult | Exception | None]) -> None:
-        """One cp of the files into a new staging folder, permission bits and
-        mtime kept; then one rename per file. A file left unstaged keeps
-        results[i] None (send() takes it)."""
+        """Open the files (beneath `root_fd`, see connections/source.py), one cp of
+        them into a new staging folder, permission bits and mtime kept; then one
+        rename per file. A file that failed its checks gets that error as its
+        result; one left unstaged keeps results[i] None (send() takes it)."""
+        opened: list[tuple[int, LocalFile, int]] = []
+        try:
+            for i, f in batch:
+                try:
+                    opened.append((i, f, open_source_fd(f, root_fd, reads=False)))
+                except Exception as exc:  # gone, replaced, a FIFO now...: the caller looks again
+                    results[i] = exc
+            if len(opened) >= BATCH_MIN:
+                self._cp_fds(cp, opened, results)
+        finally:
+            for *_, fd in opened:
+                os.close(fd)
+
+    def _cp_fds(self, cp: str, opened: list[tuple[int, LocalFile, int]],
+                results: list[SendResult | Exception | None]) -> None:
+        """cp the open files into a staging folder (each named by its descriptor
+        number), then rename each into place (_unstage)."""
         with self._stages_lock:
             stage = f"{self.root}/{STAGE_PREFIX}{os.getpid()}-{next(self._stages)}"
             self._active_stages.add(stage)
-        folders = sorted({stage + "/" + d for _, f in batch for d in _parents(f.rel)}, key=len, reverse=True)
         try:
             try:
                 os.mkdir(stage, 0o700)
@@ -407,28 +450,19 @@ class LocalCon(XCon):
             # send() reports those again with our classification. With umask 0,
             # cp creates each file with its source's permission bits, as send()
             # sets them; --preserve=mode would also copy ACLs (two more system
-            # calls a file), which send() does not.
-            copied = subprocess.run([cp, "--parents", "--preserve=timestamps", "-t", stage, "--",
-                            *(f.rel for _, f in batch)],
-                           cwd=source_root or "/", umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
-            for folder in folders:
-                # The staged folders got their sources' modes: a read-only one
-                # would refuse the renames out of it. Only this process can
-                # enter the staging folder (0700) in any case.
-                try:
-                    os.chmod(folder, 0o700)
-                except OSError:
-                    pass
+            # calls a file), which send() does not. The child inherits the
+            # descriptors under the same numbers: /proc/self/fd/N is our file N.
+            fds = [fd for *_, fd in opened]
+            copied = subprocess.run([cp, "--preserve=timestamps", "-t", stage, "--",
+                                     *(f"/proc/self/fd/{fd}" for fd in fds)],
+                                    pass_fds=fds, umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, check=False)
             # cp failed for some file (full target, a source gone...): what it
             # left of that file may be cut short, so each is checked.
-            self._unstage(stage, batch, results, whole=copied.returncode == 0)
+            self._unstage(stage, opened, results, whole=copied.returncode == 0)
         finally:
             try:
-                for folder in folders:  # deepest first; all empty unless a rename failed
-                    with contextlib.suppress(FileNotFoundError):  # cp made none for it
-                        os.rmdir(folder)
-                os.rmdir(stage)
+                os.rmdir(stage)  # empty unless a rename failed
             except FileNotFoundError:
                 pass
             except OSError:
@@ -436,39 +470,41 @@ class LocalCon(XCon):
             with self._stages_lock:
                 self._active_stages.discard(stage)
 
-    def _unstage(self, stage: str, batch: list[tuple[int, LocalFile]],
+    def _unstage(self, stage: str, opened: list[tuple[int, LocalFile, int]],
                  results: list[SendResult | Exception | None], whole: bool) -> None:
-        """Rename the staged files into place, folder by folder: each target
-        folder is opened (made if missing) once, by descriptor without following
-        links, and each file is one renameat() from the staged folder to it.
+        """Rename the staged files (each named by its source descriptor's number)
+        into place, folder by folder: each target folder is opened (made if
+        missing) once, by descriptor without following links, and each file is
+        one renameat() from the staging folder to it.
         whole=False (cp failed for some file): a staged file counts only with
         its source's size and mtime (cp sets the mtime once all is written).
         Anything unusual leaves the file to send(), which reports it."""
-        by_folder: dict[tuple[str, ...], list[tuple[int, LocalFile, str]]] = {}
-        for i, f in batch:
+        by_folder: dict[tuple[str, ...], list[tuple[int, LocalFile, str, str]]] = {}
+        for i, f, fd in opened:
             folders, name = split_rel(f.rel)
-            by_folder.setdefault(tuple(folders), []).append((i, f, name))
-        stage_name = os.path.basename(stage)
-        for folders, items in by_folder.items():
-            staged = target = None
-            try:
-                staged = self._open_folder([stage_name, *folders], "unstage", create=False)
-                if staged is None:
-                    continue  # cp copied nothing into it
-                target = self._open_folder(list(folders), f"send {items[0][1].rel!r}", create=True)
-                for i, f, name in items:
-                    if not whole and not _staged_whole(staged, name, f):
-                        continue
-                    try:
-                        os.replace(name, name, src_dir_fd=staged, dst_dir_fd=target)
-                    except OSError:
-                        continue  # not staged (vanished, unreadable...), a folder in the way...: send() says which
-                    results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
-            except Exception:  # the root gone, a file in the way of a folder...: send() says which
-                continue
-            finally:
-                _close(staged)
-                _close(target)
+            by_folder.setdefault(tuple(folders), []).append((i, f, str(fd), name))
+        staged = self._open_folder([os.path.basename(stage)], "unstage", create=False)
+        if staged is None:
+            return  # the staging folder is gone (the target unmounted...): send() says why
+        try:
+            for folders, items in by_folder.items():
+                target = None
+                try:
+                    target = self._open_folder(list(folders), f"send {items[0][1].rel!r}", create=True)
+                    for i, f, staged_name, name in items:
+                        if not whole and not _staged_whole(staged, staged_name, f):
+                            continue
+                        try:
+                            os.replace(staged_name, name, src_dir_fd=staged, dst_dir_fd=target)
+                        except OSError:
+                            continue  # not staged (vanished, unreadable...), a folder in the way...: send() says which
+                        results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
+                except Exception:  # the root gone, a file in the way of a folder...: send() says which
+                    continue
+                finally:
+                    _close(target)
+        finally:
+            _close(staged)
 
     def cleanup(self, keep: list[dict]) -> None:
         """Remove staging folders a send_many cut short (kill -9) left in the root.
@@ -716,26 +752,23 @@ def _staged_whole(staged: int, name: str, f: LocalFile) -> bool:
     return statmod.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
 
 
-def _parents(rel: str) -> Iterator[str]:
-    """'a/b/c' -> 'a/b', 'a': the folders cp --parents makes for `rel`."""
-    while "/" in rel:
-        rel = rel.rpartition("/")[0]
-        yield rel
-
-
-def _arg_chunks(batch: list[tuple[int, LocalFile]]) -> Iterator[list[tuple[int, LocalFile]]]:
-    """Split a batch so that no cp command line gets longer than BATCH_ARG_BYTES."""
-    chunk: list[tuple[int, LocalFile]] = []
-    size = 0
-    for item in batch:
-        n = len(os.fsencode(item[1].rel)) + 1
-        if chunk and size + n > BATCH_ARG_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += n
-    if chunk:
-        yield chunk
+@contextlib.contextmanager
+def _source_root(root: str, follow: bool) -> Iterator[int | None]:
+    """The descriptor the batch's files are opened beneath (one open for the
+    batch), or None when they are opened by their own paths: links followed on
+    purpose, or files outside any mapping (see connections/source.py)."""
+    if not root or follow:
+        yield None
+        return
+    try:
+        fd = open_root(root)
+    except OSError:  # the source folder went away: each file's open says so
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 # -- configuration (the [local] section) -------------------------------------

@@ -123,6 +123,7 @@ from connections.base import (
     remote_join,
     within_listing,
 )
+from connections.source import open_source, open_source_fd
 
 log = logging.getLogger("skynet.s3")
 
@@ -994,7 +995,7 @@ class S3Con(XCon):
     def _put_small(self, f: LocalFile, key: str, what: str, on_sent: Callable[[int], None]) -> tuple[bytes, str | None]:
         """Read the file whole, PUT it with Content-MD5; (md5 digest, ETag). The fast path
         when there is one (the hot path of an initial sync: keep it lean), else boto3."""
-        data = _read_whole(f.path, f.size)
+        data = _read_whole(f)
         if len(data) != f.size:
             raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
         digest = hashlib.md5(data).digest()
@@ -1017,7 +1018,7 @@ class S3Con(XCon):
     def _put_streamed(self, f: LocalFile, key: str, ctx: TransferContext, what: str,
                       on_sent: Callable[[int], None]) -> tuple[bytes, str | None]:
         """Hash the file, then stream it in one boto3 PUT; (md5 digest, ETag)."""
-        with open(f.path, "rb") as fh:  # FileNotFoundError is the caller's to see
+        with open_source(f) as fh:  # FileNotFoundError, SourceChanged...: the caller's to see
             h = hashlib.md5()
             n = 0
             while chunk := fh.read(PROGRESS_STEP):
@@ -1106,7 +1107,7 @@ class S3Con(XCon):
 
     def _send_multipart(self, f: LocalFile, key: str, ctx: TransferContext, what: str, state: dict | None) -> SendResult:
         try:
-            fh = open(f.path, "rb")
+            fh = open_source(f)
         except FileNotFoundError:
             if state is not None:  # this version of the file is gone for good
                 self._drop_state(ctx, state, "file gone")
@@ -1377,16 +1378,18 @@ class S3Con(XCon):
         if aborted:
             log.info("s3: aborted %d abandoned multipart upload(s) under %s", aborted, self._where(self._dir("")))
 
-    def local_etags(self, path: str, size: int, part_size: int | None = None) -> set[str]:
+    def local_etags(self, f: LocalFile, part_size: int | None = None) -> set[str]:
         """ETags an object holding this local file may show: its MD5 and, when it would
         be (or was, with `part_size` from stat's metadata) sent in parts, the multipart form.
 
         Lets the first sync compare a listing with local files without downloading.
+        The file is read as a send reads it (connections/source.py).
         """
+        size = f.size
         use_parts = part_size or (part_size_for(size, self.part_size) if size >= self.multipart_threshold else 0)
         whole = hashlib.md5()
         digests: list[bytes] = []
-        with open(path, "rb") as fh:
+        with open_source(f) as fh:
             while True:
                 chunk = fh.read(use_parts or 8 * MiB)
                 if not chunk:
@@ -1670,10 +1673,12 @@ def _guess_type(name: str) -> str:
     return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
 
 
-def _read_whole(path: str, size: int) -> bytes:
-    """The file's bytes, reading one past `size` so that a file that grew is noticed.
-    os.open/os.read: a buffered file object costs more than the read itself here."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError is the caller's to see
+def _read_whole(f: LocalFile) -> bytes:
+    """The file's bytes, reading one past its size so that a file that grew is noticed.
+    A bare descriptor and os.read: a buffered file object costs more than the read
+    itself here."""
+    size = f.size
+    fd = open_source_fd(f)  # FileNotFoundError, SourceChanged...: the caller's to see
     try:
         data = os.read(fd, size + 1)
         while len(data) <= size:
