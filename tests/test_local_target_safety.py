@@ -271,7 +271,8 @@ def test_a_file_cp_left_cut_short_is_never_renamed_into_place(tmp_path, monkeypa
         if "-t" not in argv:  # (cp --version)
             return done
         stage = argv[argv.index("-t") + 1]
-        os.truncate(f"{stage}/d/0", 1)  # what a write refused half-way leaves
+        first = argv[argv.index("--") + 1]  # /proc/self/fd/N, staged as N: the file d/0
+        os.truncate(f"{stage}/{os.path.basename(first)}", 1)  # what a write refused half-way leaves
         return subprocess.CompletedProcess(argv, 1)
 
     monkeypatch.setattr(local.subprocess, "run", cp_cut_short)
