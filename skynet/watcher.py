@@ -357,8 +357,8 @@ class TreeWatch:
         return wd
 
     def _watch_below(self, top: bytes, report: bool) -> None:
-        """Watch every folder below `top` that has no watch yet (lock held), in os.walk's
-        order (symbolic links are not followed). At the watch limit: with `report`, each
+        """Watch every folder below `top` that has no watch yet (lock held): a folder's
+        sub-folders, then each one's tree (symbolic links are not followed). At the watch limit: with `report`, each
         folder not watched is told to the listener (once, for what is below it too) and no
         more are tried; without, WatchLimit is raised."""
         limit = False
