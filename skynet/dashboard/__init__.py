@@ -177,8 +177,9 @@ def make_server(cfg: DashboardConfig) -> DashboardServer:
     sockets: dict = {}
     # waitress would drop every X-Forwarded-* header before the app sees it:
     # app.TrustedProxies does that instead, for all but the trusted proxies.
+    # asyncore_use_poll: poll(), not select(), which fails on descriptors past 1023.
     server = create_server(app, map=sockets, host=cfg.host, port=cfg.port, threads=cfg.threads,
-                           ident="skynet-dashboard", clear_untrusted_proxy_headers=False)
+                           ident="skynet-dashboard", clear_untrusted_proxy_headers=False, asyncore_use_poll=True)
     return DashboardServer(server, source, sockets)
 
 
