@@ -14,6 +14,7 @@ import shutil
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -66,7 +67,7 @@ class Events:
                 return seen
 
 
-def closed(path) -> callable:
+def closed(path) -> Callable[[Event], bool]:
     return lambda ev: ev.kind == "closed" and ev.path == str(path)
 
 
