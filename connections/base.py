@@ -137,6 +137,13 @@ class LocalFile:
     ino: int
     uid: int = 0
     gid: int = 0
+    # What connections/source.py checks before reading: the file is opened
+    # beneath `root` (the mapping's source folder; "" for a file outside any
+    # mapping) without following links, unless `follow` (follow_symlinks = yes),
+    # and must still be this device and inode (dev None: the inode only).
+    dev: int | None = None
+    root: str = ""
+    follow: bool = False
 
 
 @dataclass(frozen=True)
@@ -283,7 +290,10 @@ class XCon(ABC):
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         """Make the remote file `f.rel` hold the bytes of `f.path`, atomically:
         readers of the remote never see a half-written file. mtime and mode
-        travel with it. Raises FileNotFoundError if the local file vanished."""
+        travel with it. The file is read only through connections/source.py
+        (never reopened by its path). Raises FileNotFoundError if the local
+        file vanished, source.SourceChanged if it is not the file `f` describes
+        any more (a link, a FIFO, another file now)."""
 
     def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
         """send() for several small files at once; one result per file, in

@@ -12,6 +12,18 @@ hand-offs is a futex wake and a context switch. Measured on 10,000 x 4 KiB
 (bench/local_bench.py): 35-40 context switches and ~700 us of CPU per file, half
 of rclone's files/s. cp makes those calls without the GIL; the worker is left
 with the rename and its own checks.
+
+Nothing in the target is trusted to stay as it was: each operation opens the
+root, then each folder under it by descriptor without following links, and
+works relative to those descriptors (see DIR_FLAGS). Permission bits go over
+without setuid, setgid and sticky (MODE_BITS). A full disk is transient: the
+mapping pauses until there is room (check()).
+
+cp never opens a source path itself: the worker opens each file as send() does
+(connections/source.py: beneath the source folder, no link followed, never
+blocking, the inode the scan saw) and hands cp the descriptors, as
+/proc/self/fd/N. cp reopens exactly those files: a name swapped for a link or
+a FIFO after the check cannot send an outside file or block the worker.
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ import hashlib
 import itertools
 import logging
 import os
+import resource
 import shutil
 import stat as statmod
 import subprocess
@@ -38,38 +51,64 @@ from connections.base import (
     SendResult,
     TransferContext,
     TransientError,
-    UnsafePath,
     XCon,
     check_rel,
     within_listing,
 )
+from connections.source import open_root, open_source_fd
 from skynet.values import parse_bool
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".skynet-tmp-"
-# Target folders whose realpath() check is remembered. Work arrives folder by
-# folder (the scan walks them in order), so a short memory saves nearly every
-# check; a long one grew with the tree (~150 bytes a folder, kept for good).
-SAFE_PARENTS_KEPT = 1024
+# Target folders are opened one level at a time from the root's descriptor,
+# never following a link (O_NOFOLLOW), and everything in them is done relative
+# to that descriptor (openat, mkdirat, renameat, unlinkat): a folder swapped
+# for a link can never lead a write, delete or move out of the root. O_PATH:
+# the descriptor only names the folder (no read permission needed, no I/O).
+DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+MODE_BITS = 0o777  # never setuid, setgid or sticky on the target (a root daemon would make setuid programs)
+FULL_MARGIN = 64 << 10  # free bytes beyond a failed write's size before a full target counts as having room
 CHUNK = 1 << 20
 STAGE_PREFIX = TMP_PREFIX + "stage-"  # send_many's staging folders, in the target root
 BATCH_MIN = 4  # fewer files than this: one send() each (cp's start-up costs ~1 ms)
-BATCH_ARG_BYTES = 96 << 10  # keep one cp's command line well under ARG_MAX
+BATCH_FDS = 256  # at most this many open source files go to one cp (a whole handler batch)
 STALE_STAGE_WAIT = 10.0  # seconds cleanup() keeps removing a killed run's staging folder while its cp writes on
 
 
 @functools.lru_cache(maxsize=1)
 def gnu_cp() -> str | None:
-    """The path of GNU cp, or None (send_many needs -t and --preserve)."""
+    """The path of GNU cp, or None (send_many needs -t and --preserve, and
+    /proc/self/fd to hand it the files already opened)."""
     cp = shutil.which("cp")
-    if cp is None:
+    if cp is None or not os.path.isdir("/proc/self/fd"):
         return None
     try:
         out = subprocess.run([cp, "--version"], capture_output=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return cp if b"GNU coreutils" in out else None
+
+
+@functools.lru_cache(maxsize=1)
+def fds_per_cp() -> int:
+    """How many open source files one cp may be handed. A worker holds them open
+    during its cp and every worker may do so at once, so a sixteenth of the
+    process's descriptor limit at most. The soft limit is first raised to the
+    hard one (at most 65536), which Go programs such as rclone get by default:
+    the usual 1024 would split each batch into four cps (~1.5 ms each). The
+    1024 only protects select(), which the daemon does not use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    room = 1 << 16 if soft == resource.RLIM_INFINITY else soft
+    return max(BATCH_MIN, min(BATCH_FDS, room // 16))
 
 
 def temp_name(name: str) -> str:
@@ -91,11 +130,13 @@ _PERMANENT = {
     errno.ENOTDIR,
     errno.EINVAL,
     errno.EILSEQ,
-    errno.ENOSPC,
-    errno.EDQUOT,
     errno.EROFS,
     errno.EFBIG,
 }
+# A full disk or quota is the target's state, not the file's: transient (the
+# files land once there is room again), and LocalCon.check() says "full" until
+# there is, so the handler pauses the mapping instead of using up retries.
+FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def classify_os_error(exc: OSError, what: str) -> Exception:
@@ -105,6 +146,17 @@ def classify_os_error(exc: OSError, what: str) -> Exception:
     if exc.errno in _PERMANENT:
         return PermanentError(f"{what}: {exc.strerror}")
     return TransientError(f"{what}: {exc.strerror or exc}")
+
+
+def split_rel(rel: str) -> tuple[list[str], str]:
+    """'a/b/c' -> (['a', 'b'], 'c'), after check_rel()."""
+    *folders, name = check_rel(rel).split("/")
+    return folders, name
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 class LocalCon(XCon):
@@ -119,41 +171,117 @@ class LocalCon(XCon):
         self._stages = itertools.count()
         self._stages_lock = threading.Lock()
         self._active_stages: set[str] = set()
-        self._real_root = os.path.realpath(self.root)
-        self._safe_parents: dict[str, None] = {}  # folders found safe, oldest first
+        # Bytes a write needed when the target ran out of space (None: not full).
+        # check() reports the target full until that much is free again.
+        self._need: int | None = None
 
-    # -- paths -------------------------------------------------------------
-    def _path(self, rel: str, root_check: bool = True) -> str:
-        """The absolute target path of `rel`, guaranteed to stay inside root.
+    # -- folders, by descriptor --------------------------------------------
+    def _open_root(self) -> int:
+        """A descriptor of the root (the configured path may itself be a link).
 
-        Raises TransientError while the root itself is missing (an unmounted
-        share): "not found" must then mean "ask later", never "already gone".
-        send() skips that stat (root_check=False): it never takes "not found"
-        for success, and _makedirs refuses to create the root."""
-        if root_check and not os.path.isdir(self.root):
-            raise TransientError(f"target folder {self.root!r} is not there")
-        if rel == "":
-            return self.root
-        # check_rel forbids absolute paths and empty, "." and ".." parts, so
-        # root + "/" + rel is already normal and cannot climb out of root.
-        full = self.root + "/" + check_rel(rel)
-        # A symlinked folder inside the target must not lead writes elsewhere.
-        # realpath() costs a stat per path level, so folders found safe are
-        # remembered (forgotten when a delete or move changes the tree).
-        parent = os.path.dirname(full)
-        if parent != self.root and parent not in self._safe_parents:
-            real = os.path.realpath(parent)
-            if real != os.path.normpath(parent) and os.path.commonpath([self._real_root, real]) != self._real_root:
-                raise UnsafePath(f"{rel!r} goes through a link out of {self.root!r}")
-            if len(self._safe_parents) >= SAFE_PARENTS_KEPT:  # forget the oldest (dicts keep insertion order)
-                del self._safe_parents[next(iter(self._safe_parents))]
-            self._safe_parents[parent] = None
-        return full
+        Opened for each operation, never kept: a share unmounted and mounted
+        again must be written on its new mount, not on the old one. Missing:
+        TransientError (an unmounted share), never "not found"."""
+        try:
+            return os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as exc:
+            raise TransientError(f"target folder {self.root!r} is not there ({exc.strerror})") from None
 
-    def _error(self, exc: OSError, what: str) -> Exception:
+    def _open_folder(self, folders: list[str], what: str, create: bool) -> int | None:
+        """_walk() from a root opened for this call alone."""
+        root = self._open_root()
+        try:
+            return self._walk(root, folders, what, create)
+        finally:
+            os.close(root)
+
+    def _walk(self, root: int, folders: list[str], what: str, create: bool) -> int | None:
+        """A new descriptor of root/folders..., opened one level at a time
+        without following links. create=True makes missing folders (never the
+        root) and replaces a link in the way (see _step); create=False returns
+        None when a level is missing, a link or a file (nothing of ours is
+        beyond it). No folder is remembered between calls: each is checked
+        as it is now."""
+        if not folders:
+            return os.dup(root)
+        fd: int | None = root
+        try:
+            for i, part in enumerate(folders):
+                child = self._step(fd, part, "/".join(folders[: i + 1]), what, create)
+                if fd != root:
+                    os.close(fd)
+                fd = child
+                if fd is None:
+                    return None
+            return fd
+        except BaseException:
+            if fd != root:
+                _close(fd)
+            raise
+
+    def _step(self, parent: int, name: str, rel: str, what: str, create: bool) -> int | None:
+        """Open the folder `name` in `parent` without following a link.
+
+        The target root is skynet's: a link where a folder should be was not
+        put there by skynet (it never makes links), so with create=True the
+        link itself is removed (never what it points to) and a real folder
+        made in its place. A file in the way is a PermanentError, as before."""
+        for _ in range(3):  # a folder made or removed by someone else meanwhile: look again
+            try:
+                return os.open(name, DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    return None
+            except NotADirectoryError:  # (O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR, or ELOOP below)
+                if not self._clear_link(parent, name, rel, what, create):
+                    return None
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise self._error(exc, what) from exc
+                if not self._clear_link(parent, name, rel, what, create):
+                    return None
+            try:
+                os.mkdir(name, dir_fd=parent)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # the parent was removed under us
+                raise TransientError(f"{what}: folder {rel!r} vanished while writing") from None
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+        raise TransientError(f"{what}: folder {rel!r} keeps changing")
+
+    def _clear_link(self, parent: int, name: str, rel: str, what: str, create: bool) -> bool:
+        """Something not a folder is at `name`: True once a link there is gone
+        (create=True only), False when nothing there is to be walked into
+        (create=False); a file in the way of a folder to make raises."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return create
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+        if not create:
+            return False
+        if not statmod.S_ISLNK(st.st_mode):
+            raise PermanentError(f"{what}: a file is in the way of folder {rel!r}")
+        log.warning("%s: a link is in the way of folder %r in %r: removing the link (not what it points to)",
+                    what, rel, self.root)
+        try:
+            os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+        return True
+
+    def _error(self, exc: OSError, what: str, need: int = 0) -> Exception:
         """classify_os_error(), except while the root itself is gone (a share
         unmounted in the middle of the call): then every failure is transient,
-        and "not found" means "ask later", never "already gone"."""
+        and "not found" means "ask later", never "already gone". A full target
+        (`need` bytes did not fit) is remembered for check()."""
+        if exc.errno in FULL:
+            self._need = max(self._need or 0, need)
+            return TransientError(f"{what}: target folder {self.root!r} is full ({exc.strerror})")
         if not os.path.isdir(self.root):
             return TransientError(f"{what}: target folder {self.root!r} is not there")
         return classify_os_error(exc, what)
@@ -168,6 +296,24 @@ class LocalCon(XCon):
             raise TransientError(f"target folder {self.root!r} is not there")
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermanentError(f"target folder {self.root!r} is not writable")
+        self._check_room()
+
+    def _check_room(self) -> None:
+        """After a write found the target full: TransientError until the bytes
+        it needed (plus a margin) and an inode are free. The handler then pauses
+        the mapping and polls connect() with back-off, instead of retrying each
+        file until it is recorded as failed."""
+        need = self._need
+        if need is None:
+            return
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise TransientError(f"target folder {self.root!r}: {exc.strerror}") from None
+        free = st.f_bavail * st.f_frsize
+        if free < need + FULL_MARGIN or st.f_favail == 0:
+            raise TransientError(f"target folder {self.root!r} is full: {free} bytes free, {need} needed")
+        self._need = None
 
     def close(self) -> None:
         pass
@@ -176,107 +322,125 @@ class LocalCon(XCon):
         return f"local:{self.root}"
 
     # -- operations --------------------------------------------------------
-    def _makedirs(self, folder: str, what: str) -> None:
-        """Create the folders between the root and `folder`, one level at a
-        time, and never the root itself: if the share is unmounted (even in the
-        instant since _path checked), mkdir fails instead of filling the bare
-        mount point on the local disk."""
-        if folder == self.root:
-            return
-        current = self.root
-        for part in folder[len(self.root) + 1:].split("/"):
-            current = os.path.join(current, part)
-            try:
-                os.mkdir(current)
-            except FileExistsError:
-                if not os.path.isdir(current):
-                    raise PermanentError(f"{what}: a file is in the way of folder {current!r}") from None
-            except FileNotFoundError:
-                raise TransientError(f"{what}: target folder {self.root!r} is not there") from None
-            except NotADirectoryError:
-                raise PermanentError(f"{what}: a file is in the way of folder {current!r}") from None
-            except OSError as exc:
-                raise self._error(exc, what) from exc
-
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
-        target = self._path(f.rel, root_check=False)
-        folder, name = target.rsplit("/", 1)
+        folders, name = split_rel(f.rel)
         what = f"send {f.rel!r}"
-        tmp = folder + "/" + temp_name(name)
-        # FileNotFoundError/PermissionError opening the source: the caller's (local side)
-        src = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+        # Errors opening the source are the caller's (local side): connections/source.py
+        src = open_source_fd(f)
         try:
+            root = self._open_root()
             try:
-                dst = self._open_tmp(tmp, what)
+                folder = self._walk(root, folders, what, create=True)
+                assert folder is not None  # (create=True)
                 try:
-                    done = self._copy(src, dst, f.size, ctx, what)
-                    try:  # on the descriptor: no path lookups
-                        os.fchmod(dst, f.mode)
-                        os.utime(dst, ns=(f.mtime_ns, f.mtime_ns))
-                        if self.fsync:
-                            os.fsync(dst)
-                    except OSError as exc:
-                        raise self._error(exc, what) from exc
+                    done = self._write(root, folder, name, src, f, ctx, what)
                 finally:
-                    os.close(dst)
-                try:
-                    os.replace(tmp, target)
-                except IsADirectoryError:
-                    raise PermanentError(f"{what}: a folder is in the way of the file") from None
-                except OSError as exc:
-                    raise self._error(exc, what) from exc
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+                    os.close(folder)
+            finally:
+                os.close(root)
         finally:
             os.close(src)
         return SendResult(size=done, etag=None, bytes_sent=done)
 
+    def _write(self, root: int, folder: int, name: str, src: int, f: LocalFile, ctx: TransferContext,
+               what: str) -> int:
+        """Write the temp file in `folder` (a descriptor under `root`), give it
+        the mtime and the permission bits (never the special ones), rename it
+        over `name`."""
+        tmp = temp_name(name)
+        dst = self._open_tmp(folder, tmp, what)
+        try:
+            try:
+                done = self._copy(src, dst, f.size, ctx, what)
+                try:  # on the descriptor: no path lookups
+                    os.fchmod(dst, f.mode & MODE_BITS)
+                    os.utime(dst, ns=(f.mtime_ns, f.mtime_ns))
+                    if self.fsync:
+                        os.fsync(dst)
+                except OSError as exc:
+                    raise self._error(exc, what, f.size) from exc
+            finally:
+                os.close(dst)
+            self._still_root(root, what)
+            try:
+                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except IsADirectoryError:
+                raise PermanentError(f"{what}: a folder is in the way of the file") from None
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+        return done
+
+    def _still_root(self, root: int, what: str) -> None:
+        """The root path still leads to the folder this send opened. A share
+        unmounted (or its folder moved away) during a long write: the file must
+        not be renamed into place on what is no longer the target."""
+        try:
+            here = os.stat(self.root)
+        except OSError:
+            raise TransientError(f"{what}: target folder {self.root!r} is not there") from None
+        was = os.fstat(root)
+        if (was.st_dev, was.st_ino) != (here.st_dev, here.st_ino):
+            raise TransientError(f"{what}: target folder {self.root!r} was unmounted or moved while writing")
+
     def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
         """Copy the files with one cp into a staging folder, then rename each
         into place. Anything out of the ordinary (cp failed for a file, a rename
-        refused, special permission bits cp may not keep) goes through send(),
-        which reports it the way it always does."""
+        refused) goes through send(), which reports it the way it always does.
+        Special permission bits: cp without --preserve=mode creates each file
+        with its source's mode minus setuid, setgid and sticky, as send() does."""
         cp = gnu_cp() if self.abilities.batch_send else None
         if cp is None or len(files) < BATCH_MIN:
             return super().send_many(files, stop)
         results: list[SendResult | Exception | None] = [None] * len(files)
-        # cp --parents runs in the source root and recreates each file's relative
-        # path under the staging folder, so files from many folders, even with
-        # the same names, go in one cp.
-        by_root: dict[str, list[tuple[int, LocalFile, str]]] = {}
+        by_root: dict[tuple[str, bool], list[tuple[int, LocalFile]]] = {}
         for i, f in enumerate(files):
-            if f.mode & 0o7000:  # cp drops setuid/setgid bits it cannot vouch for
-                continue
             try:
-                target = self._path(f.rel, root_check=False)
-            except Exception as exc:  # UnsafePath, a bad name: this file's own result
+                check_rel(f.rel)
+            except Exception as exc:  # UnsafePath (a bad name): this file's own result
                 results[i] = exc
                 continue
-            source_root = f.path[: -len(f.rel) - 1]
-            if f.path[len(source_root):] == "/" + f.rel:
-                by_root.setdefault(source_root, []).append((i, f, target))
-        for source_root, batch in by_root.items():
+            by_root.setdefault((f.root, f.follow), []).append((i, f))
+        for (source_root, follow), batch in by_root.items():
             if len(batch) >= BATCH_MIN:
-                for chunk in _arg_chunks(batch):
-                    self._copy_staged(cp, source_root, chunk, results)
+                per_cp = fds_per_cp()
+                with _source_root(source_root, follow) as root_fd:
+                    for start in range(0, len(batch), per_cp):
+                        self._copy_staged(cp, root_fd, batch[start:start + per_cp], results)
         rest = [i for i, r in enumerate(results) if r is None]
         for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
             results[i] = r
         return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _copy_staged(self, cp: str, source_root: str, batch: list[tuple[int, LocalFile, str]],
+    def _copy_staged(self, cp: str, root_fd: int | None, batch: list[tuple[int, LocalFile]],
                      results: list[SendResult | Exception | None]) -> None:
-        """One cp of the files into a new staging folder, permission bits and
-        mtime kept; then one rename per file. A file left unstaged keeps
-        results[i] None (send() takes it)."""
+        """Open the files (beneath `root_fd`, see connections/source.py), one cp of
+        them into a new staging folder, permission bits and mtime kept; then one
+        rename per file. A file that failed its checks gets that error as its
+        result; one left unstaged keeps results[i] None (send() takes it)."""
+        opened: list[tuple[int, LocalFile, int]] = []
+        try:
+            for i, f in batch:
+                try:
+                    opened.append((i, f, open_source_fd(f, root_fd, reads=False)))
+                except Exception as exc:  # gone, replaced, a FIFO now...: the caller looks again
+                    results[i] = exc
+            if len(opened) >= BATCH_MIN:
+                self._cp_fds(cp, opened, results)
+        finally:
+            for *_, fd in opened:
+                os.close(fd)
+
+    def _cp_fds(self, cp: str, opened: list[tuple[int, LocalFile, int]],
+                results: list[SendResult | Exception | None]) -> None:
+        """cp the open files into a staging folder (each named by its descriptor
+        number), then rename each into place (_unstage)."""
         with self._stages_lock:
             stage = f"{self.root}/{STAGE_PREFIX}{os.getpid()}-{next(self._stages)}"
             self._active_stages.add(stage)
-        folders = sorted({stage + "/" + d for _, f, _ in batch for d in _parents(f.rel)}, key=len, reverse=True)
         try:
             try:
                 os.mkdir(stage, 0o700)
@@ -286,46 +450,61 @@ class LocalCon(XCon):
             # send() reports those again with our classification. With umask 0,
             # cp creates each file with its source's permission bits, as send()
             # sets them; --preserve=mode would also copy ACLs (two more system
-            # calls a file), which send() does not.
-            subprocess.run([cp, "--parents", "--preserve=timestamps", "-t", stage, "--",
-                            *(f.rel for _, f, _ in batch)],
-                           cwd=source_root or "/", umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
-            for folder in folders:
-                # The staged folders got their sources' modes: a read-only one
-                # would refuse the renames out of it. Only this process can
-                # enter the staging folder (0700) in any case.
-                try:
-                    os.chmod(folder, 0o700)
-                except OSError:
-                    pass
-            for i, f, target in batch:
-                staged = stage + "/" + f.rel
-                try:
-                    os.replace(staged, target)
-                except FileNotFoundError:
-                    if not os.path.lexists(staged):
-                        continue  # cp did not copy it (vanished, unreadable...)
-                    try:  # the target's folder is missing
-                        self._makedirs(os.path.dirname(target), f"send {f.rel!r}")
-                        os.replace(staged, target)
-                    except Exception:
-                        continue
-                except OSError:
-                    continue  # a folder in the way, the share gone...: send() says which
-                results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
+            # calls a file), which send() does not. The child inherits the
+            # descriptors under the same numbers: /proc/self/fd/N is our file N.
+            fds = [fd for *_, fd in opened]
+            copied = subprocess.run([cp, "--preserve=timestamps", "-t", stage, "--",
+                                     *(f"/proc/self/fd/{fd}" for fd in fds)],
+                                    pass_fds=fds, umask=0, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, check=False)
+            # cp failed for some file (full target, a source gone...): what it
+            # left of that file may be cut short, so each is checked.
+            self._unstage(stage, opened, results, whole=copied.returncode == 0)
         finally:
             try:
-                for folder in folders:  # deepest first; all empty unless a rename failed
-                    with contextlib.suppress(FileNotFoundError):  # cp made none for it
-                        os.rmdir(folder)
-                os.rmdir(stage)
+                os.rmdir(stage)  # empty unless a rename failed
             except FileNotFoundError:
                 pass
             except OSError:
                 shutil.rmtree(stage, ignore_errors=True)
             with self._stages_lock:
                 self._active_stages.discard(stage)
+
+    def _unstage(self, stage: str, opened: list[tuple[int, LocalFile, int]],
+                 results: list[SendResult | Exception | None], whole: bool) -> None:
+        """Rename the staged files (each named by its source descriptor's number)
+        into place, folder by folder: each target folder is opened (made if
+        missing) once, by descriptor without following links, and each file is
+        one renameat() from the staging folder to it.
+        whole=False (cp failed for some file): a staged file counts only with
+        its source's size and mtime (cp sets the mtime once all is written).
+        Anything unusual leaves the file to send(), which reports it."""
+        by_folder: dict[tuple[str, ...], list[tuple[int, LocalFile, str, str]]] = {}
+        for i, f, fd in opened:
+            folders, name = split_rel(f.rel)
+            by_folder.setdefault(tuple(folders), []).append((i, f, str(fd), name))
+        staged = self._open_folder([os.path.basename(stage)], "unstage", create=False)
+        if staged is None:
+            return  # the staging folder is gone (the target unmounted...): send() says why
+        try:
+            for folders, items in by_folder.items():
+                target = None
+                try:
+                    target = self._open_folder(list(folders), f"send {items[0][1].rel!r}", create=True)
+                    for i, f, staged_name, name in items:
+                        if not whole and not _staged_whole(staged, staged_name, f):
+                            continue
+                        try:
+                            os.replace(staged_name, name, src_dir_fd=staged, dst_dir_fd=target)
+                        except OSError:
+                            continue  # not staged (vanished, unreadable...), a folder in the way...: send() says which
+                        results[i] = SendResult(size=f.size, etag=None, bytes_sent=f.size)
+                except Exception:  # the root gone, a file in the way of a folder...: send() says which
+                    continue
+                finally:
+                    _close(target)
+        finally:
+            _close(staged)
 
     def cleanup(self, keep: list[dict]) -> None:
         """Remove staging folders a send_many cut short (kill -9) left in the root.
@@ -344,20 +523,21 @@ class LocalCon(XCon):
             with self._stages_lock:
                 if path in self._active_stages:
                     continue
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_stage(path)
             while os.path.lexists(path) and time.monotonic() < deadline:
                 time.sleep(0.05)  # waiting on another process, off the sync pipeline (start-up only)
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_stage(path)
             if os.path.lexists(path):
                 log.warning("could not remove the staging folder %r left by an earlier run", path)
 
-    @staticmethod
-    def _copy(src: int, dst: int, size: int, ctx: TransferContext, what: str) -> int:
+    def _copy(self, src: int, dst: int, size: int, ctx: TransferContext, what: str) -> int:
         """Copy up to `size` bytes (the size stat saw) in the kernel with
         sendfile(), without a trip through Python buffers. Stopping at `size`
         saves the extra call that would only find the end of the file; a file
         that grew or shrank meanwhile is caught by the caller's second stat and
-        sent again. Falls back to read/write where sendfile cannot be used."""
+        sent again. Falls back to read/write where sendfile cannot be used.
+        A write error (full, I/O error, a share gone stale) is classified by
+        _error(): transient for a full or vanished target."""
         done = 0
         use_sendfile = True
         while done < size:
@@ -374,7 +554,7 @@ class LocalCon(XCon):
                     # sendfile reports read and write errors alike: a plain
                     # read tells them apart (a source error is the caller's).
                     os.pread(src, 1, done)
-                    raise self._error(exc, what) from exc
+                    raise self._error(exc, what, size) from exc
             else:
                 chunk = os.pread(src, want, done)  # source errors: the caller's
                 if not chunk:
@@ -382,118 +562,164 @@ class LocalCon(XCon):
                 try:
                     n = os.write(dst, chunk)
                 except OSError as exc:
-                    raise self._error(exc, what) from exc
+                    raise self._error(exc, what, size) from exc
             if n == 0:
                 break  # the file shrank: the caller sees it and sends again
             done += n
             ctx.report(done, size)
         return done
 
-    def _open_tmp(self, tmp: str, what: str) -> int:
-        """Open the temporary file; create its folders only if they are missing
-        (trying first saves a stat per file in the common case)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        folder = os.path.dirname(tmp)
-        for attempt in (1, 2):
+    def _open_tmp(self, folder: int, tmp: str, what: str) -> int:
+        """Create the temporary file in `folder`, exclusively and without
+        following a link: whatever is at its name (a leftover of a crash, or
+        something planted: a link, a hard link to another file) is removed
+        first, never opened and truncated."""
+        for _ in range(3):
             try:
-                return os.open(tmp, flags, 0o600)
+                return os.open(tmp, TMP_FLAGS, 0o600, dir_fd=folder)
+            except FileExistsError:
+                try:
+                    os.unlink(tmp, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # a folder at the temp name: EISDIR, permanent
+                    raise self._error(exc, what) from exc
             except FileNotFoundError:
-                if attempt == 2:
-                    raise TransientError(f"{what}: folder {folder!r} vanished while writing") from None
-                self._makedirs(folder, what)
-            except NotADirectoryError:
-                raise PermanentError(f"{what}: a file is in the way of folder {folder!r}") from None
+                raise TransientError(f"{what}: its folder vanished while writing") from None
             except OSError as exc:
                 raise self._error(exc, what) from exc
-        raise AssertionError("not reached")
+        raise TransientError(f"{what}: its temporary file keeps coming back")
 
     def delete(self, rel: str) -> None:
-        target = self._path(check_rel(rel))
-        self._safe_parents.clear()
-        try:  # an upload of this file cut short by a crash may have left its temp file
-            os.unlink(os.path.join(os.path.dirname(target), temp_name(os.path.basename(target))))
-        except OSError:
-            pass
+        what = f"delete {rel!r}"
+        folders, name = split_rel(rel)
+        parent = self._open_folder(folders, what, create=False)
+        if parent is None:
+            return  # a folder on the way is missing (or a link: nothing of ours is beyond it)
         try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise self._error(exc, f"delete {rel!r}") from exc
+            with contextlib.suppress(OSError):  # an upload of this file cut short by a crash may have left it
+                os.unlink(temp_name(name), dir_fd=parent)
+            self._remove(parent, name, what)
+        finally:
+            os.close(parent)
+
+    def _remove(self, parent: int, name: str, what: str) -> None:
+        """Remove `name` in `parent`: a folder with everything in it (rmtree
+        by descriptor never descends into a link), anything else (a link
+        included) by unlinking the name itself. Missing: nothing to do."""
         try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             if statmod.S_ISDIR(st.st_mode):
-                shutil.rmtree(target)
+                shutil.rmtree(name, dir_fd=parent)
             else:
-                os.unlink(target)
+                os.unlink(name, dir_fd=parent)
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise self._error(exc, f"delete {rel!r}") from exc
+            raise self._error(exc, what) from exc
 
     def discard(self, rel: str, state: dict | None) -> None:
         """Remove the temp file a send of `rel` cut short may have left (a kill -9,
         or the share unmounted mid-write): its name is derived from rel's, so
         this is one unlink, and nothing when there is none."""
-        target = self._path(check_rel(rel))  # TransientError while the root is gone
+        what = f"discard {rel!r}"
+        folders, name = split_rel(rel)
+        parent = self._open_folder(folders, what, create=False)  # TransientError while the root is gone
+        if parent is None:
+            return
         try:
-            os.unlink(os.path.join(os.path.dirname(target), temp_name(os.path.basename(target))))
+            os.unlink(temp_name(name), dir_fd=parent)
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:
-            raise self._error(exc, f"discard {rel!r}") from exc
+            raise self._error(exc, what) from exc
+        finally:
+            os.close(parent)
 
     def move(self, src: str, dest: str) -> None:
-        a, b = self._path(check_rel(src)), self._path(check_rel(dest))
-        self._safe_parents.clear()
         what = f"move {src!r} -> {dest!r}"
-        if not os.path.lexists(a):
-            raise RemoteNotFound(f"{what}: source not on the target")
-        self._makedirs(os.path.dirname(b), what)
+        (a_folders, a), (b_folders, b) = split_rel(src), split_rel(dest)
+        a_parent = b_parent = None
         try:
-            if os.path.isdir(a) and os.path.isdir(b):
+            a_parent = self._open_folder(a_folders, what, create=False)
+            try:
+                a_st = None if a_parent is None else os.stat(a, dir_fd=a_parent, follow_symlinks=False)
+            except FileNotFoundError:
+                a_st = None
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+            if a_st is None:
+                raise RemoteNotFound(f"{what}: source not on the target")
+            b_parent = self._open_folder(b_folders, what, create=True)
+            try:
+                b_st = os.stat(b, dir_fd=b_parent, follow_symlinks=False)
+            except FileNotFoundError:
+                b_st = None
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+            if b_st is not None and statmod.S_ISDIR(a_st.st_mode) and statmod.S_ISDIR(b_st.st_mode):
                 # rename() refuses a non-empty destination folder: the moved
                 # folder replaces it, as it does on the source side.
-                shutil.rmtree(b)
-            os.replace(a, b)
-        except OSError as exc:
-            raise self._error(exc, what) from exc
+                self._remove(b_parent, b, what)
+            try:
+                os.replace(a, b, src_dir_fd=a_parent, dst_dir_fd=b_parent)
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+        finally:
+            _close(a_parent)
+            _close(b_parent)
 
     def stat(self, rel: str) -> RemoteEntry | None:
+        folders, name = split_rel(rel)
+        parent = self._open_folder(folders, f"stat {rel!r}", create=False)
+        if parent is None:
+            return None
         try:
-            st = os.lstat(self._path(check_rel(rel)))
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise self._error(exc, f"stat {rel!r}") from exc
+        finally:
+            os.close(parent)
         if not statmod.S_ISREG(st.st_mode):
             return None
         return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
 
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
+        """The files under `rel`, held to the listing rule (within_listing) like every backend's."""
         return within_listing(self._walk_files(rel), rel, _rel_of, f"local: {self.root}", paths=True)
 
     def _walk_files(self, rel: str) -> Iterator[RemoteEntry]:
-        """The files under `rel` as the file system lists them (see list)."""
-        base = self._path(rel)
-        stack = [(base, rel)]
-        while stack:
-            folder, prefix = stack.pop()
-            try:
-                it = os.scandir(folder)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                raise self._error(exc, f"list {prefix!r}") from exc
-            with it:
-                for entry in it:
-                    if entry.name.startswith(TMP_PREFIX):
+        """Every file under `rel`, by descriptor: os.fwalk never descends into
+        a link (nor into a folder swapped for one while it walks)."""
+        top = self._open_folder(check_rel(rel).split("/") if rel else [], f"list {rel!r}", create=False)
+        if top is None:
+            return
+
+        def fail(exc: OSError) -> None:
+            if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                raise self._error(exc, f"list {rel!r}") from exc
+
+        try:
+            for folder, dirs, files, fd in os.fwalk(".", dir_fd=top, onerror=fail):
+                dirs[:] = [d for d in dirs if not d.startswith(TMP_PREFIX)]
+                sub = folder[2:]  # "." or "./x/y"
+                prefix = "/".join(p for p in (rel, sub) if p)
+                for name in files:
+                    if name.startswith(TMP_PREFIX):
                         continue
-                    child = f"{prefix}/{entry.name}" if prefix else entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, child))
-                    elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        yield RemoteEntry(child, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        raise self._error(exc, f"list {rel!r}") from exc
+                    if statmod.S_ISREG(st.st_mode):
+                        yield RemoteEntry(f"{prefix}/{name}" if prefix else name, st.st_size, st.st_mtime_ns,
+                                          statmod.S_IMODE(st.st_mode))
+        finally:
+            os.close(top)
 
     def leftovers(self) -> list[str]:
         """Temporary files and staging folders left in the target (the contract checks for none)."""
@@ -507,26 +733,42 @@ def _rel_of(entry: RemoteEntry) -> str:
     return entry.rel
 
 
-def _parents(rel: str) -> Iterator[str]:
-    """'a/b/c' -> 'a/b', 'a': the folders cp --parents makes for `rel`."""
-    while "/" in rel:
-        rel = rel.rpartition("/")[0]
-        yield rel
+def _remove_stage(path: str) -> None:
+    """Remove a staging folder left behind; a link planted under its name is
+    unlinked itself (rmtree refuses links and never descends into one)."""
+    if os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _arg_chunks(batch: list[tuple[int, LocalFile, str]]) -> Iterator[list[tuple[int, LocalFile, str]]]:
-    """Split a batch so that no cp command line gets longer than BATCH_ARG_BYTES."""
-    chunk: list[tuple[int, LocalFile, str]] = []
-    size = 0
-    for item in batch:
-        n = len(os.fsencode(item[1].rel)) + 1
-        if chunk and size + n > BATCH_ARG_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(item)
-        size += n
-    if chunk:
-        yield chunk
+def _staged_whole(staged: int, name: str, f: LocalFile) -> bool:
+    """The staged copy of `f` is all there: a regular file of its size and mtime."""
+    try:
+        st = os.stat(name, dir_fd=staged, follow_symlinks=False)
+    except OSError:
+        return False
+    return statmod.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
+
+
+@contextlib.contextmanager
+def _source_root(root: str, follow: bool) -> Iterator[int | None]:
+    """The descriptor the batch's files are opened beneath (one open for the
+    batch), or None when they are opened by their own paths: links followed on
+    purpose, or files outside any mapping (see connections/source.py)."""
+    if not root or follow:
+        yield None
+        return
+    try:
+        fd = open_root(root)
+    except OSError:  # the source folder went away: each file's open says so
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 # -- configuration (the [local] section) -------------------------------------

@@ -132,6 +132,7 @@ from connections.base import (
     within_listing,
 )
 from connections.local import TMP_PREFIX, temp_name
+from connections.source import open_source
 from skynet.atomicfile import write_atomic
 from skynet.values import parse_bool
 
@@ -1596,7 +1597,7 @@ class SFTPCon(XCon):
         tmp = posixpath.join(folder, temp_name(name))
         what = f"send {f.rel!r}"
         # Unbuffered: reads go straight to the kernel, sized to what is left.
-        src = open(f.path, "rb", buffering=0)  # FileNotFoundError: the local file went away
+        src = open_source(f, buffering=0)  # FileNotFoundError, SourceChanged...: the caller's (local side)
         with src:
             up = _Upload(
                 rel=f.rel,

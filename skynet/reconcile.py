@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from connections.base import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError, XCon
+from connections.source import SourceChanged, kind_of, local_file
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.state import Index, IndexEntry, ResumeTable
@@ -49,6 +50,10 @@ class LocalFileError(PermanentError):
     """The local file cannot be read (permission denied, I/O error)."""
 
 
+class NotRegular(LocalFileError):
+    """The path is a FIFO, a socket or a device: there is nothing to send."""
+
+
 class SourceUnavailable(TransientError):
     """The mapping's source folder itself is gone (an unmounted disk). Nothing
     may be deleted or moved on the remote until it is back."""
@@ -56,7 +61,8 @@ class SourceUnavailable(TransientError):
 
 def same_version(a: os.stat_result, b: os.stat_result) -> bool:
     """True if nothing about the file's content changed between two stats."""
-    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ino, b.st_ctime_ns)
+    return ((a.st_size, a.st_mtime_ns, a.st_ino, a.st_ctime_ns, a.st_dev)
+            == (b.st_size, b.st_mtime_ns, b.st_ino, b.st_ctime_ns, b.st_dev))
 
 
 def index_matches(entry: IndexEntry | None, st: os.stat_result, mtime_precision_ns: int = 1) -> bool:
@@ -78,10 +84,23 @@ def index_matches(entry: IndexEntry | None, st: os.stat_result, mtime_precision_
     return entry.mode is None or entry.mode == statmod.S_IMODE(st.st_mode)
 
 
-def _local_file(path: str, rel: str, st: os.stat_result) -> LocalFile:
-    """The version of `rel` that `st` saw, as a connection is given it."""
-    return LocalFile(path=path, rel=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, mode=statmod.S_IMODE(st.st_mode),
-                     ino=st.st_ino, uid=st.st_uid, gid=st.st_gid)
+def is_special(entry: os.DirEntry, follow_symlinks: bool) -> bool:
+    """A listed entry that is neither a folder nor a regular file nor a link left
+    alone (a FIFO, socket, device; with follow_symlinks, a link to one). The
+    walks queue a send for it, which records why it is not sent: such a file is
+    never opened, nor skipped in silence. Costs no system call where the listing
+    gives the type (d_type), but for links when they are followed."""
+    if entry.is_dir(follow_symlinks=follow_symlinks) or entry.is_file(follow_symlinks=follow_symlinks):
+        return False
+    if not entry.is_symlink():
+        return True
+    if not follow_symlinks:
+        return False  # a link left alone: logged when an event names it
+    try:
+        entry.stat()  # a dangling link has nothing to send or to record
+    except OSError:
+        return False
+    return True
 
 
 @dataclass
@@ -194,13 +213,19 @@ class Reconciler:
             return Outcome()
         if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
             return None
-        return _local_file(path, rel, st), st
+        return self._local_file(path, rel, st), st
 
     def _entry(self, rel: str, known: IndexEntry | None | LookUp) -> IndexEntry | None:
         """`rel`'s Index entry: the one the action was claimed with, else a query."""
         return self.index.get(rel) if known is LOOK_UP else known
 
     # -- helpers -----------------------------------------------------------
+    def _local_file(self, path: str, rel: str, st: os.stat_result) -> LocalFile:
+        """The version of `rel` that `st` saw, as a connection is given it: the
+        connection opens it beneath the source folder and checks it is still
+        this file (connections/source.py)."""
+        return local_file(path, rel, st, self.mapper.source, self.follow_symlinks)
+
     def check_source(self) -> None:
         """Raise SourceUnavailable unless the source folder is there, and is the
         same folder as before. An unmounted disk leaves an empty mount point
@@ -274,7 +299,9 @@ class Reconciler:
         elif statmod.S_ISLNK(st.st_mode):
             log.info("skipping symbolic link %r (set follow_symlinks = yes to copy its target)", rel)
         else:
-            log.info("skipping %r: not a regular file", rel)
+            # A FIFO, socket or device: never opened (a FIFO would block a worker),
+            # but recorded as failed with the reason, not skipped in silence.
+            raise NotRegular(f"not sent: {rel!r} is a {kind_of(st.st_mode)}; only regular files are synced")
 
     def pending_sends(self, top: str) -> Iterator[tuple[str, str, str]]:
         """`send` actions for every file under folder `top` that the remote lacks.
@@ -289,6 +316,8 @@ class Reconciler:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
+                if rel_dir == top:  # the folder the action names: its failure, with the reason
+                    raise LocalFileError(f"cannot list folder {rel_dir!r}: {exc.strerror}") from exc
                 log.error("cannot list folder %r: %s", rel_dir, exc.strerror)
                 continue
             with it:
@@ -299,7 +328,11 @@ class Reconciler:
                             if not self.ignore.ignored(rel, is_dir=True):
                                 stack.append(rel)
                             continue
-                        if not entry.is_file(follow_symlinks=self.follow_symlinks) or self.ignore.ignored(rel):
+                        if not entry.is_file(follow_symlinks=self.follow_symlinks):
+                            if is_special(entry, self.follow_symlinks) and not self.ignore.ignored(rel):
+                                yield (SEND, rel, "")  # recorded as not sent, with the reason
+                            continue
+                        if self.ignore.ignored(rel):
                             continue
                         st = entry.stat(follow_symlinks=self.follow_symlinks)
                     except OSError:
@@ -332,7 +365,7 @@ class Reconciler:
             raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")
         path = path or self.mapper.local(rel)
         for _ in range(MAX_CHASE):
-            f = _local_file(path, rel, st)
+            f = self._local_file(path, rel, st)
             kw = {"stop": ctx_stop} if ctx_stop is not None else {}  # (no Event built per file)
             # Progress is worth reporting for large files only (a small one is
             # done before anybody could look at it).
@@ -349,6 +382,14 @@ class Reconciler:
                 log.info("%r vanished before it could be sent", rel)
                 self.discard_partial(rel)
                 return
+            except SourceChanged as exc:  # replaced since the lstat: look again
+                log.info("%s", exc)
+                after = self._lstat(rel, path)
+                if after is None or not statmod.S_ISREG(after.st_mode):
+                    self.sync_path(rel, out, ctx_stop)
+                    return
+                st = after
+                continue
             except PermissionError as exc:
                 raise LocalFileError(f"cannot read {rel!r}: {exc.strerror}") from exc
             except IsADirectoryError:

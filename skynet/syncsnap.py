@@ -27,10 +27,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from connections.base import XCon
+from connections.base import LocalFile, XCon
+from connections.source import local_file, open_source
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
-from skynet.reconcile import index_matches
+from skynet.reconcile import index_matches, is_special
 from skynet.state import Index, IndexEntry, dec, under_range
 from skynet.uniqueq import DELETE, SEND, UniqueQ
 
@@ -55,13 +56,13 @@ class ScanStats:
     seconds: float = 0.0
 
 
-def _md5(path: str) -> str | None:
+def _md5(f: LocalFile) -> str | None:
     h = hashlib.md5()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
+        with open_source(f) as fh:
+            while chunk := fh.read(1 << 20):
                 h.update(chunk)
-    except OSError:
+    except Exception:  # unreadable, or not the file listed: not known identical, so sent (and checked) later
         return None
     return h.hexdigest()
 
@@ -96,13 +97,17 @@ class SyncSnap:
         self.partial = False  # scanning only some folders (run(roots=...))
 
     # -- the walk ----------------------------------------------------------
-    def walk(self, rel_dir: str = "") -> Iterator[tuple[str, os.DirEntry]]:
+    def walk(self, rel_dir: str = "", dir_entry: os.DirEntry | None = None) -> Iterator[tuple[str, os.DirEntry]]:
         """(rel, entry) of every regular file under `rel_dir`, in byte order.
 
         The listing alone tells a file from a folder. The stat is left to the
         caller, because only files the Index knows need one: skipping it for
         new files keeps the first scan of a big tree from making one system
-        call per file, each a wait for the GIL while the workers copy."""
+        call per file, each a wait for the GIL while the workers copy.
+
+        A start-up scan also yields what it cannot send: FIFOs, sockets and
+        devices, and (as `dir_entry`) a folder it cannot list, a path over
+        PATH_MAX say. Their sends record the reason in the failed actions."""
         try:
             with os.scandir(self.mapper.local(rel_dir)) as it:
                 entries = []
@@ -118,6 +123,8 @@ class SyncSnap:
         except OSError as exc:
             log.error("cannot list folder %r: %s", rel_dir or ".", exc.strerror)
             self.stats.errors += 1
+            if dir_entry is not None and not self.partial:
+                yield rel_dir, dir_entry
             return
         entries.sort(key=lambda t: t[0])
         for _key, name, is_dir, e in entries:
@@ -125,14 +132,14 @@ class SyncSnap:
             if self.ignore.ignored(rel, is_dir=is_dir):
                 continue
             if is_dir:
-                yield from self.walk(rel)
+                yield from self.walk(rel, e)
                 continue
             try:
                 regular = e.is_file(follow_symlinks=self.follow_symlinks)
             except OSError:
                 continue
-            if regular:
-                yield rel, e
+            if regular or (not self.partial and is_special(e, self.follow_symlinks)):
+                yield rel, e  # a FIFO, socket...: its send records why it is not sent (at start-up)
         del entries
 
     # -- first sync --------------------------------------------------------
@@ -161,7 +168,7 @@ class SyncSnap:
 
     def _identical_to_listing(self, rel: str, st: os.stat_result, entry: IndexEntry) -> bool:
         """At first sync: is the remote copy (listed, not yet verified) this file?"""
-        if entry.size != st.st_size:
+        if entry.size != st.st_size or not statmod.S_ISREG(st.st_mode):
             return False
         precision = self.con.abilities.mtime_precision_ns if self.con else 1
         if entry.mtime_ns is not None:
@@ -171,11 +178,16 @@ class SyncSnap:
             return False
         # A connection that knows how its ETags are made (S3: plain MD5, or
         # the multipart "md5-of-md5s-N") recomputes them from the local file.
+        # Read as a send reads it: beneath the source folder, the file listed.
+        f = local_file(self.mapper.local(rel), rel, st, self.mapper.source, self.follow_symlinks)
         local_etags = getattr(self.con, "local_etags", None)
         if local_etags is not None:
-            return etag in {e.strip('"').lower() for e in local_etags(self.mapper.local(rel), st.st_size)}
+            try:
+                return etag in {e.strip('"').lower() for e in local_etags(f)}
+            except Exception:  # unreadable or replaced: not known identical, so sent (and checked) later
+                return False
         if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
-            return _md5(self.mapper.local(rel)) == etag
+            return _md5(f) == etag
         return False
 
     def _index_under(self, rel: str) -> Iterator[IndexEntry]:
