@@ -25,6 +25,7 @@ def s3_backend(tmp_path, servers, **options: Any) -> Iterator[Any]:
     """Yield a tests.backends.Backend around a connected S3Con; `options` go to S3Con."""
     from tests.backends import Backend  # here, not at the top: backends.py imports this module
     from tests.faultproxy import FaultProxy
+    from tests.harness import server_diagnosis
     from tests.servers import left_running, server_faults
 
     srv = servers.get("s3")
@@ -65,6 +66,7 @@ def s3_backend(tmp_path, servers, **options: Any) -> Iterator[Any]:
                 fetch=fetch,
                 service="s3",
                 faults=faults,
+                diagnose=lambda: server_diagnosis("rclone serve s3", srv.running, srv.pid, srv.log),
             )
     finally:
         con.close()

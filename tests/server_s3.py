@@ -83,10 +83,29 @@ class S3Server:
         proc = _launch(self.port, self.access_key, self.secret_key, self.data_dir, self.log or Path(os.devnull))
         try:
             _wait_until_up(proc, self.port, self.log)
+            self._wait_serving(proc)
         except RuntimeError:
             _stop(proc)
             raise
         self._proc, self.pid = proc, proc.pid
+
+    def _wait_serving(self, proc: subprocess.Popen) -> None:
+        """Wait until an authenticated S3 request (ListBuckets) is answered, retrying
+        transient errors for a few seconds; RuntimeError if it is not.
+
+        WHY: an HTTP answer to an unsigned GET shows the listener, not the S3 service
+        behind it (authentication, the data folder); and the first request after a
+        restart on the client the tests read with (its pool still holds connections to
+        the old process) is then this probe's, not a test's."""
+        from tests.harness import retrying_read
+
+        try:
+            retrying_read(self.client().list_buckets, "rclone serve s3 readiness (ListBuckets)",
+                          budget=START_TIMEOUT / 4)()
+        except Exception as exc:
+            state = "running" if proc.poll() is None else f"exited with {proc.returncode}"
+            raise RuntimeError(f"rclone serve s3 ({state}) does not serve S3: {type(exc).__name__}: {exc}\n"
+                               f"{_log_tail(self.log)}") from exc
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the process we started: SIGTERM is a clean shutdown (KILL if it lingers),
