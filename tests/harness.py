@@ -62,9 +62,10 @@ def _read_regular(path: bytes) -> bytes | None:
         if exc.errno == errno.ELOOP:  # a link (O_NOFOLLOW)
             return None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO...
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         return f.read()
 
 

@@ -9,6 +9,7 @@ and the server's state, never an error of the harness's making (issue 18, item 1
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import threading
@@ -265,3 +266,23 @@ def test_s3_server_answers_a_signed_request_as_soon_as_started(s3):
         assert backend.config["service"]["bucket"] in {b["Name"] for b in fresh.list_buckets()["Buckets"]}
     finally:
         fresh.close()
+
+
+# -- the local reader: a tree the daemon changes while the harness reads it -------------------
+def test_tree_skips_a_file_that_became_a_folder(tmp_path, monkeypatch):
+    """os.walk listed `x` as a file; by the time it is read the daemon has put a folder
+    there (the local target, or the SFTP server's folder, changes under the reader)."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").write_bytes(b"y")
+    root = os.fsencode(str(tmp_path))
+    monkeypatch.setattr(harness.os, "walk", lambda top: iter([(root, [], [b"x", b"y"])]))
+    assert harness.tree(tmp_path) == {b"y": b"y"}
+
+
+@pytest.mark.timeout(20)
+def test_tree_does_not_block_on_a_fifo(tmp_path):
+    """A FIFO is not a file with content: reading it would wait for a writer for ever."""
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "y").write_bytes(b"y")
+    os.symlink(tmp_path / "y", tmp_path / "link")
+    assert harness.tree(tmp_path) == {b"y": b"y"}
