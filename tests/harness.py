@@ -199,13 +199,16 @@ class Daemon:
 
     def start(self) -> "Daemon":
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The log may hold an earlier process's lines (a restart appends to it): wait
+        # for one more "watching" than it holds now, that is, for this process's.
+        seen = self.log_text().count("watching")
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             self.prefix + [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config), *self.args],
             cwd=str(REPO), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
         )
         try:
-            self.wait_log("watching", timeout=30)
+            self.wait_log("watching", timeout=30, count=seen + 1)
         except BaseException:
             # A daemon that did not come up is not left running behind the failure (the
             # caller never gets this object, so nobody else would stop it).
