@@ -1,6 +1,7 @@
 """Run main.py as a user would (a subprocess on temporary folders) and compare trees."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -117,10 +118,12 @@ def retrying_read(read: Callable[..., T], what: str, diagnose: Callable[[], str]
     def wrapped(*args, **kwargs) -> T:
         limit = READ_BUDGET if budget is None else budget
         started = time.monotonic()
+        seen: collections.Counter[str] = collections.Counter()  # the errors retried, by kind
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning("%s: %s: %s (attempt %d, retrying)", what, type(exc).__name__, exc, state.attempt_number)
+            seen[type(exc).__name__] += 1
             if on_retry is not None and exc is not None:
                 on_retry(exc)
 
@@ -136,7 +139,8 @@ def retrying_read(read: Callable[..., T], what: str, diagnose: Callable[[], str]
         except Exception as exc:
             kind = "transient, retried" if is_transient(exc) else "not transient, not retried"
             note = (f"harness read {what!r} failed ({kind}) after {retrying.statistics.get('attempt_number', 1)} "
-                    f"attempt(s) over {time.monotonic() - started:.1f} s (budget {limit:.0f} s)")
+                    f"attempt(s) over {time.monotonic() - started:.1f} s (budget {limit:g} s)"
+                    + (f"; retried: {', '.join(f'{k} x{n}' for k, n in seen.items())}" if seen else ""))
             exc.add_note(note + _diagnosis(diagnose))
             raise
 
