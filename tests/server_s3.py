@@ -121,7 +121,13 @@ class S3Server:
             import boto3
             from botocore.config import Config
 
-            cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1})
+            # Response checksums only when asked for (as S3Con does): by default botocore wraps
+            # every GetObject body that carries an x-amz-checksum-* header in a checksum
+            # reader, error answers included, and then fails to parse a 5xx (rclone's answer
+            # for a file being renamed) with AttributeError: 'StreamingChecksumBody' object
+            # has no attribute 'strip', instead of raising the ClientError it is.
+            cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
+                         response_checksum_validation="when_required")
             self._client = boto3.Session(
                 aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
             ).client("s3", endpoint_url=self.endpoint_url, config=cfg)

@@ -9,6 +9,7 @@ and the server's state, never an error of the harness's making (issue 18, item 1
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
 import socket
@@ -286,3 +287,39 @@ def test_tree_does_not_block_on_a_fifo(tmp_path):
     (tmp_path / "y").write_bytes(b"y")
     os.symlink(tmp_path / "y", tmp_path / "link")
     assert harness.tree(tmp_path) == {b"y": b"y"}
+
+
+# -- the harness's S3 client reads a 5xx as the ClientError it is ------------------------------
+class _BusyS3(http.server.BaseHTTPRequestHandler):
+    """Answers every request as rclone serve s3 answers a GET of a file being renamed:
+    500 InternalError, with a checksum header as on its other answers."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = b"<?xml version='1.0'?><Error><Code>InternalError</Code><Message>busy</Message></Error>"
+        self.send_response(500)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amz-checksum-crc32", "AAAAAA==")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_harness_s3_client_reads_a_server_error_as_a_client_error(tmp_path):
+    """botocore's default response checksum check wrapped the 500's body in a checksum
+    reader and then failed to parse it (AttributeError): the fetch, which skips an
+    object that errs, crashed instead."""
+    from tests.server_s3 import S3Server
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BusyS3) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            srv = S3Server(f"http://127.0.0.1:{httpd.server_address[1]}", "skynettestkey", "skynettestsecret", tmp_path)
+            with pytest.raises(bce.ClientError) as info:
+                srv.client().get_object(Bucket="b", Key="root/a.txt")
+            assert info.value.response["Error"]["Code"] == "InternalError"
+            assert harness.is_transient(info.value)
+        finally:
+            httpd.shutdown()
