@@ -67,8 +67,9 @@ def ensure_user() -> pwd.struct_passwd:
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
     """Wait until sshd answers on `port` with its SSH banner, not merely until the port
-    accepts: a connection the kernel accepted is not yet one sshd serves, and the first
-    SSH conversation after a restart should be this probe's, not a test's."""
+    accepts: the kernel accepts a connection before sshd serves it (a listener still
+    loading, or one that died after binding), and then a test's first session after a
+    restart would be the one to find out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
