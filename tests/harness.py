@@ -201,7 +201,9 @@ class Daemon:
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Daemon":
+    def start(self, wait: bool = True) -> "Daemon":
+        """Launch the daemon; with `wait`, return once it logs that it is watching
+        (AssertionError, and no process left behind, if it does not within 30 s)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # The log may hold an earlier process's lines (a restart appends to it): wait
         # for one more "watching" than it holds now, that is, for this process's.
@@ -211,6 +213,8 @@ class Daemon:
             self.prefix + [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config), *self.args],
             cwd=str(REPO), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
         )
+        if not wait:
+            return self
         try:
             self.wait_log("watching", timeout=30, count=seen + 1)
         except BaseException:
