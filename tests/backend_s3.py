@@ -31,6 +31,7 @@ def s3_backend(tmp_path, servers, server: str = "s3", **options: Any) -> Iterato
     `server` (see tests/servers.py); `options` go to S3Con."""
     from tests.backends import Backend  # here, not at the top: backends.py imports this module
     from tests.faultproxy import FaultProxy
+    from tests.harness import server_diagnosis
     from tests.servers import left_running, server_faults
 
     srv = servers.get(server)
@@ -71,6 +72,7 @@ def s3_backend(tmp_path, servers, server: str = "s3", **options: Any) -> Iterato
                 fetch=fetch,
                 service="s3",
                 faults=faults,
+                diagnose=lambda: server_diagnosis("rclone serve s3", srv.running, srv.pid, srv.log),
             )
     finally:
         con.close()

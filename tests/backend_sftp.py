@@ -20,7 +20,7 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
     # Imported here so that tests/backends.py may import this module at its top.
     from tests.backends import Backend
     from tests.faultproxy import FaultProxy
-    from tests.harness import tree
+    from tests.harness import server_diagnosis, tree
     from tests.servers import left_running, server_faults
 
     srv = servers.get("sftp")
@@ -48,6 +48,7 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
                 fetch=fetch,
                 service="sftp",
                 faults=faults,
+                diagnose=lambda: server_diagnosis("sshd", srv.running, srv.pid, srv.log),
             )
     finally:
         con.close()

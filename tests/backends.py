@@ -16,7 +16,7 @@ import pytest
 
 from connections.base import XCon
 from connections.local import LocalCon
-from tests.harness import tree
+from tests.harness import retrying_read, tree
 
 
 @dataclass
@@ -33,6 +33,23 @@ class Backend:
     service: str = "local"
     #: outages the torture test can inject: name -> (begin, end) callables
     faults: dict[str, tuple[Callable[[], None], Callable[[], None]]] = field(default_factory=dict)
+    #: the test server's state and log tail, for the report of a read that failed
+    diagnose: Callable[[], str] | None = None
+    #: the transient errors the harness's reads of the remote retried (a report)
+    read_retries: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """The harness's own reads of the remote (fetch, leftovers) retry transient
+        errors, for every backend alike: a test server that was just restarted, or
+        dropped a connection, is not a failure of the daemon under test (see
+        tests.harness.retrying_read). The connection under test (`con`) is left as it
+        is: its errors are what the tests are about."""
+        self.fetch = retrying_read(self.fetch, f"{self.service} fetch", self.diagnose, on_retry=self._retried)
+        self.leftovers = retrying_read(self.leftovers, f"{self.service} leftovers", self.diagnose,
+                                       on_retry=self._retried)
+
+    def _retried(self, exc: BaseException) -> None:
+        self.read_retries.append(f"{type(exc).__name__}: {exc}")
 
 
 @contextlib.contextmanager
@@ -52,6 +69,7 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
             fetch=lambda: tree(root),
             service="local",
             faults={"target unmounted": unmount},
+            diagnose=lambda: f"local target {root}: {'present' if root.exists() else 'ABSENT (unmounted)'}",
         )
     finally:
         con.close()

@@ -1,15 +1,32 @@
 """Run main.py as a user would (a subprocess on temporary folders) and compare trees."""
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
+import functools
+import http.client
+import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
+
+import tenacity
 
 REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("tests.harness")
+T = TypeVar("T")
+
+#: how long a harness read of the remote keeps retrying transient errors: longer than
+#: a test server takes to come back after a restart, short enough to fail a test soon
+READ_BUDGET = 30.0
+#: S3 error codes that mean "busy or restarting, ask again" (status 5xx/408/429 too)
+_S3_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 # Names the daemon must never carry over (see skynet.ignore.DEFAULT_PATTERNS).
 def _default_ignored(rel: str) -> bool:
@@ -28,14 +45,126 @@ def tree(root: Path | str, skip: Callable[[str], bool] | None = None) -> dict[by
             rel = os.path.relpath(full, root_b)
             if skip and skip(os.fsdecode(rel)):
                 continue
-            if os.path.islink(full):
-                continue
-            try:
-                with open(full, "rb") as f:
-                    out[rel] = f.read()
-            except FileNotFoundError:
-                continue
+            data = _read_regular(full)
+            if data is not None:
+                out[rel] = data
     return out
+
+
+def _read_regular(path: bytes) -> bytes | None:
+    """The content of a regular file, or None when `path` is a link, no longer a
+    regular file, or gone: a daemon may rename, replace or delete it (a file swapped
+    for a folder, too) between os.walk listing it and this read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link (O_NOFOLLOW)
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO...
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error that a read of a test server may give while the server is
+    restarting or busy, and that asking again fixes: connections refused, reset or
+    closed without an answer, timeouts, an SSH session that ended, an S3 5xx, and the
+    connections' own TransientError (their mapping of the same errors).
+
+    A library's exception classes are looked up only if it is loaded: an exception of
+    a class that was never imported cannot reach here, and the local backend's tests
+    need not import botocore or paramiko for this check."""
+    from connections.base import TransientError
+
+    if isinstance(exc, (TransientError, ConnectionError, TimeoutError, EOFError, http.client.HTTPException)):
+        return True
+    bce = sys.modules.get("botocore.exceptions")
+    if bce is not None:
+        if isinstance(exc, (bce.HTTPClientError, bce.ConnectionError, bce.IncompleteReadError)):
+            return True
+        if isinstance(exc, bce.ClientError):
+            err, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode") or 0)
+            return err.get("Code") in _S3_TRANSIENT_CODES or status >= 500 or status in (408, 429)
+    u3 = sys.modules.get("urllib3.exceptions")
+    if u3 is not None and isinstance(exc, (u3.ProtocolError, u3.TimeoutError)):
+        return True
+    paramiko = sys.modules.get("paramiko")
+    if paramiko is not None and isinstance(exc, paramiko.SSHException):
+        return not isinstance(exc, paramiko.AuthenticationException)  # a refused key stays refused
+    return False
+
+
+def retrying_read(read: Callable[..., T], what: str, diagnose: Callable[[], str] | None = None,
+                  budget: float | None = None, on_retry: Callable[[BaseException], None] | None = None
+                  ) -> Callable[..., T]:
+    """`read` (a harness read of the remote: a listing, a fetch of its files) made to
+    retry transient errors (is_transient) with a growing pause (0.05 s doubling to 2 s)
+    for at most `budget` seconds (READ_BUDGET when None, read at each call).
+
+    WHY: the tests stop and restart the servers on purpose, and a server may drop a
+    connection now and then; the test's own look at the remote must not turn that into
+    a failure of the daemon under test. A read that still fails after the budget, or
+    fails with anything else, raises its own exception (never a RetryError), with a
+    note saying how long it was retried and, from `diagnose`, the server's state and
+    log tail: the real cause, in the test's report."""
+
+    @functools.wraps(read)
+    def wrapped(*args, **kwargs) -> T:
+        limit = READ_BUDGET if budget is None else budget
+        started = time.monotonic()
+        seen: collections.Counter[str] = collections.Counter()  # the errors retried, by kind
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("%s: %s: %s (attempt %d, retrying)", what, type(exc).__name__, exc, state.attempt_number)
+            seen[type(exc).__name__] += 1
+            if on_retry is not None and exc is not None:
+                on_retry(exc)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            stop=tenacity.stop_before_delay(limit),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=2.0),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(read, *args, **kwargs)
+        except Exception as exc:
+            kind = "transient, retried" if is_transient(exc) else "not transient, not retried"
+            note = (f"harness read {what!r} failed ({kind}) after {retrying.statistics.get('attempt_number', 1)} "
+                    f"attempt(s) over {time.monotonic() - started:.1f} s (budget {limit:g} s)"
+                    + (f"; retried: {', '.join(f'{k} x{n}' for k, n in seen.items())}" if seen else ""))
+            exc.add_note(note + _diagnosis(diagnose))
+            raise
+
+    return wrapped
+
+
+def _diagnosis(diagnose: Callable[[], str] | None) -> str:
+    """`diagnose()` on a new line; a failure to diagnose must not hide the error it explains."""
+    if diagnose is None:
+        return ""
+    try:
+        return "\n" + diagnose()
+    except Exception as exc:  # noqa: BLE001 - a report, not a check
+        return f"\n(no diagnosis: {type(exc).__name__}: {exc})"
+
+
+def server_diagnosis(name: str, running: bool, pid: int | None, log: str | Path | None, tail: int = 2000) -> str:
+    """One line of a test server's state and the tail of its log, for a failure report."""
+    text = ""
+    if log:
+        with contextlib.suppress(OSError):
+            text = Path(log).read_text(errors="replace")[-tail:]
+    state = f"running, pid {pid}" if running else "NOT running"
+    return f"{name} server: {state}; log {log or '-'}:\n{text}"
 
 
 def diff(src: dict[bytes, bytes], dst: dict[bytes, bytes], exact: bool) -> str:
@@ -72,14 +201,30 @@ class Daemon:
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Daemon":
+    def start(self, wait: bool = True) -> "Daemon":
+        """Launch the daemon; with `wait`, return once it logs that it is watching
+        (AssertionError, and no process left behind, if it does not within 30 s)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The log may hold an earlier process's lines (a restart appends to it): wait
+        # for one more "watching" than it holds now, that is, for this process's.
+        seen = self.log_text().count("watching")
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             self.prefix + [sys.executable, str(REPO / "main.py"), "--run-with", self.service, "--config-file", str(self.config), *self.args],
             cwd=str(REPO), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
         )
-        self.wait_log("watching", timeout=30)
+        if not wait:
+            return self
+        try:
+            self.wait_log("watching", timeout=30, count=seen + 1)
+        except BaseException:
+            # A daemon that did not come up is not left running behind the failure (the
+            # caller never gets this object, so nobody else would stop it).
+            if self.proc.poll() is None:
+                self.kill9()
+            else:
+                self._logf.close()
+            raise
         return self
 
     def log_text(self) -> str:
@@ -143,6 +288,10 @@ def world_writable_tmp(prefix: str) -> Path:
     return base
 
 
+#: what the daemon logs for each mapping on SIGUSR2 (skynet/daemon.py), after the stacks
+STATE_DUMP = "handler state:"
+
+
 def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bool, timeout: float = 30,
                    skip: Callable[[str], bool] | None = _default_ignored, daemon: Daemon | None = None) -> None:
     """Poll until the remote equals the source (the test's clock, not the daemon's)."""
@@ -154,7 +303,9 @@ def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bo
             return
         time.sleep(0.1)
     if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+        dumped = daemon.log_text().count(STATE_DUMP)
         daemon.proc.send_signal(signal.SIGUSR2)  # the daemon logs its threads' stacks and its handlers' state
-        time.sleep(1.0)
+        with contextlib.suppress(AssertionError):  # a report: take what is there after 5 s
+            daemon.wait_log(STATE_DUMP, timeout=5, count=dumped + 1)
     tail = daemon.log_text()[-12000:] if daemon else ""
     raise AssertionError(f"not converged after {timeout}s: {last}\n--- daemon log tail ---\n{tail}")

@@ -83,10 +83,29 @@ class S3Server:
         proc = _launch(self.port, self.access_key, self.secret_key, self.data_dir, self.log or Path(os.devnull))
         try:
             _wait_until_up(proc, self.port, self.log)
+            self._wait_serving(proc)
         except RuntimeError:
             _stop(proc)
             raise
         self._proc, self.pid = proc, proc.pid
+
+    def _wait_serving(self, proc: subprocess.Popen) -> None:
+        """Wait until an authenticated S3 request (ListBuckets) is answered, retrying
+        transient errors for a few seconds; RuntimeError if it is not.
+
+        WHY: an HTTP answer to an unsigned GET shows the listener, not the S3 service
+        behind it (authentication, the data folder); and the first request after a
+        restart on the client the tests read with (its pool still holds connections to
+        the old process) is then this probe's, not a test's."""
+        from tests.harness import retrying_read
+
+        try:
+            retrying_read(self.client().list_buckets, "rclone serve s3 readiness (ListBuckets)",
+                          budget=START_TIMEOUT / 4)()
+        except Exception as exc:
+            state = "running" if proc.poll() is None else f"exited with {proc.returncode}"
+            raise RuntimeError(f"rclone serve s3 ({state}) does not serve S3: {type(exc).__name__}: {exc}\n"
+                               f"{_log_tail(self.log)}") from exc
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the process we started: SIGTERM is a clean shutdown (KILL if it lingers),
@@ -102,7 +121,13 @@ class S3Server:
             import boto3
             from botocore.config import Config
 
-            cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1})
+            # Response checksums only when asked for (as S3Con does): by default botocore wraps
+            # every GetObject body that carries an x-amz-checksum-* header in a checksum
+            # reader, error answers included, and then fails to parse a 5xx (rclone's answer
+            # for a file being renamed) with AttributeError: 'StreamingChecksumBody' object
+            # has no attribute 'strip', instead of raising the ClientError it is.
+            cfg = Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
+                         response_checksum_validation="when_required")
             self._client = boto3.Session(
                 aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region
             ).client("s3", endpoint_url=self.endpoint_url, config=cfg)

@@ -66,14 +66,30 @@ def ensure_user() -> pwd.struct_passwd:
 
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
+    """Wait until sshd answers on `port` with its SSH banner, not merely until the port
+    accepts: the kernel accepts a connection before sshd serves it (a listener still
+    loading, or one that died after binding), and then a test's first session after a
+    restart would be the one to find out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited ({proc.returncode}):\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        if _banner(port).startswith(b"SSH-"):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"sshd did not listen on {port}:\n{log.read_text(errors='replace')}")
+    raise RuntimeError(f"sshd did not answer on {port}:\n{log.read_text(errors='replace')}")
+
+
+def _banner(port: int) -> bytes:
+    """The first bytes the server on `port` sends (b"" if none within 2 s or no connection).
+    A socket that connected to itself (Linux lets a client's ephemeral port equal a port
+    nothing listens on) reads nothing back, as it sent nothing: not taken for sshd."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            s.settimeout(2.0)
+            return s.recv(64)
+    except OSError:
+        return b""
 
 
 def _children(pid: int) -> list[int]:
