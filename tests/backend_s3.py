@@ -72,7 +72,7 @@ def s3_backend(tmp_path, servers, server: str = "s3", **options: Any) -> Iterato
                 fetch=fetch,
                 service="s3",
                 faults=faults,
-                diagnose=lambda: server_diagnosis("rclone serve s3", srv.running, srv.pid, srv.log),
+                diagnose=lambda: server_diagnosis("SeaweedFS" if server == "seaweedfs" else "rclone serve s3", srv.running, srv.pid, srv.log),
             )
     finally:
         con.close()
