@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tests.servers import free_port, register
 
@@ -223,9 +223,16 @@ def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str 
     access_key = access_key or f"skynettest{secrets.token_hex(4)}"
     secret_key = secret_key or f"skynetsecret{secrets.token_hex(16)}"
     log = workdir / "rclone.log"
+    yield from serve_first_that_starts(
+        lambda: S3Server(f"http://127.0.0.1:{free_port()}", access_key, secret_key, data, log=log), "rclone serve s3")
+
+
+def serve_first_that_starts(make: Callable[[], S3Server], name: str) -> Iterator[S3Server]:
+    """Make and start a server, up to three times (a free port can be taken
+    before the server binds it), yield it, and stop it (by its PID) after."""
     last_error: Exception | None = None
-    for _attempt in range(3):  # a free port can be taken before rclone binds it
-        server = S3Server(f"http://127.0.0.1:{free_port()}", access_key, secret_key, data, log=log)
+    for _attempt in range(3):
+        server = make()
         try:
             server._spawn()
         except RuntimeError as exc:
@@ -238,7 +245,7 @@ def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str 
                 server._client.close()
             server.stop()
         return
-    raise RuntimeError(f"could not start rclone serve s3: {last_error}")
+    raise RuntimeError(f"could not start {name}: {last_error}")
 
 
 @register("s3")

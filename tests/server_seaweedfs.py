@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tests.server_s3 import S3Server, _log_tail, _stop
+from tests.server_s3 import S3Server, _log_tail, _stop, serve_first_that_starts
 from tests.servers import free_port, register
 
 #: how long one `weed mini` may take to answer S3 requests: ~1-10 s here, more on a busy machine
@@ -182,24 +182,13 @@ def run_seaweedfs(workdir: Path) -> Iterator[SeaweedServer]:
     access_key = f"skynettest{secrets.token_hex(4)}"
     secret_key = f"skynetsecret{secrets.token_hex(16)}"
     _write_identities(workdir / "identities.json", access_key, secret_key)
-    last_error: Exception | None = None
-    for _attempt in range(3):  # a free port can be taken before weed binds it
+
+    def make() -> SeaweedServer:
         ports = distinct_free_ports(PORT_FLAGS)
-        server = SeaweedServer(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, data,
-                               log=workdir / "weed.log", ports=ports, workdir=workdir)
-        try:
-            server._spawn()
-        except RuntimeError as exc:
-            last_error = exc
-            continue
-        try:
-            yield server
-        finally:
-            if server._client is not None:
-                server._client.close()
-            server.stop()
-        return
-    raise RuntimeError(f"could not start weed mini: {last_error}")
+        return SeaweedServer(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, data,
+                             log=workdir / "weed.log", ports=ports, workdir=workdir)
+
+    yield from serve_first_that_starts(make, "weed mini")  # type: ignore[misc]
 
 
 @register("seaweedfs")
