@@ -309,3 +309,30 @@ def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bo
             daemon.wait_log(STATE_DUMP, timeout=5, count=dumped + 1)
     tail = daemon.log_text()[-12000:] if daemon else ""
     raise AssertionError(f"not converged after {timeout}s: {last}\n--- daemon log tail ---\n{tail}")
+
+
+def one_clear_line(res: subprocess.CompletedProcess, *needles: str) -> str:
+    """A command refused its input as the contract says: exit 2, one line on
+    stderr naming each of `needles`, no traceback. Returns the line."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert "Traceback" not in res.stderr, res.stderr
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+INOTIFY_SYSCTL = Path("/proc/sys/fs/inotify")
+
+
+@contextlib.contextmanager
+def inotify_sysctl(name: str, value: int):
+    """Set /proc/sys/fs/inotify/NAME for the block (root only), then put the old value back."""
+    path = INOTIFY_SYSCTL / name
+    old = path.read_text().strip()
+    path.write_text(str(value))
+    try:
+        yield
+    finally:
+        path.write_text(old)

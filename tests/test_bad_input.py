@@ -3,24 +3,15 @@ from __future__ import annotations
 
 import os
 from skynet.sqlitelib import sqlite3
-import stat
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, run_main, tree, unprivileged_prefix, wait_converged, write_config
+from tests.harness import Daemon, one_clear_line, run_main, tree, unprivileged_prefix, wait_converged, write_config
 
 
-def one_clear_line(res, *needles: str) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    err = res.stderr.strip()
-    assert "Traceback" not in res.stderr, res.stderr
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def good_config(tmp_path: Path, **mapping) -> Path:

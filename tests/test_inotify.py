@@ -1,19 +1,17 @@
 """skynet/inotify.py, our own inotify layer, on its own: the records, the calls, the faults."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import struct
 import threading
-from pathlib import Path
 
 import pytest
 
 from skynet import inotify
 from skynet.inotify import Inotify, RawEvent, parse_events
+from tests.harness import INOTIFY_SYSCTL, inotify_sysctl
 
-INOTIFY_SYSCTL = Path("/proc/sys/fs/inotify")
 MASK = inotify.IN_CREATE | inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO | inotify.IN_DELETE
 
 
@@ -100,20 +98,11 @@ def test_close_is_idempotent_and_interrupt_after_close_is_harmless():
     i.interrupt()
 
 
-@contextlib.contextmanager
-def _sysctl(name: str, value: int):
-    path = INOTIFY_SYSCTL / name
-    old = path.read_text().strip()
-    path.write_text(str(value))
-    try:
-        yield
-    finally:
-        path.write_text(old)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not INOTIFY_SYSCTL.exists(), reason="changing inotify limits needs root")
 def test_queue_overflow_is_reported(tmp_path):
-    with _sysctl("max_queued_events", 8):  # fixed when the instance is made
+    with inotify_sysctl("max_queued_events", 8):  # fixed when the instance is made
         i = Inotify()
     try:
         i.add_watch(os.fsencode(tmp_path), MASK)

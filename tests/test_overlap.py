@@ -14,17 +14,9 @@ from pathlib import Path
 import pytest
 
 from skynet.config import overlap
-from tests.harness import Daemon, run_main, tree, wait_converged, write_config
+from tests.harness import Daemon, one_clear_line, run_main, tree, wait_converged, write_config
 
 
-def one_line(res, *needles: str) -> str:
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    err = res.stderr.strip()
-    assert "Traceback" not in res.stderr, res.stderr
-    assert len(err.splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 @pytest.fixture
@@ -49,7 +41,7 @@ def test_target_a_link_into_the_source_is_refused_at_start(tmp_path, src):
     link = tmp_path / "mirror"
     link.symlink_to(src / "sub")
     before = tree(src)
-    err = one_line(run(tmp_path, src, link), "[mapping m] target", "is inside the source", "through a link", LOOP)
+    err = one_clear_line(run(tmp_path, src, link), "[mapping m] target", "is inside the source", "through a link", LOOP)
     assert err.startswith("skynet: error: ")
     assert tree(src) == before and list((src / "sub").iterdir()) == []  # nothing copied
 
@@ -57,14 +49,14 @@ def test_target_a_link_into_the_source_is_refused_at_start(tmp_path, src):
 def test_target_not_there_yet_under_a_link_into_the_source(tmp_path, src):
     link = tmp_path / "mirror"
     link.symlink_to(src / "sub")
-    one_line(run(tmp_path, src, link / "deeper" / "t"), "is inside the source", LOOP)
+    one_clear_line(run(tmp_path, src, link / "deeper" / "t"), "is inside the source", LOOP)
     assert list((src / "sub").iterdir()) == []  # the missing target was not made
 
 
 def test_target_a_dangling_link_into_the_source(tmp_path, src):
     link = tmp_path / "mirror"
     link.symlink_to(src / "not-yet")  # mkdir through it would land in the source
-    one_line(run(tmp_path, src, link), "is inside the source", LOOP)
+    one_clear_line(run(tmp_path, src, link), "is inside the source", LOOP)
     assert not (src / "not-yet").exists()
 
 
@@ -74,7 +66,7 @@ def test_source_a_link_whose_real_location_holds_the_target(tmp_path):
     (real / "a.txt").write_text("a")
     source = tmp_path / "source-link"
     source.symlink_to(real)
-    one_line(run(tmp_path, source, real / "mirror"), "is inside the source", "through a link", LOOP)
+    one_clear_line(run(tmp_path, source, real / "mirror"), "is inside the source", "through a link", LOOP)
     assert sorted(os.listdir(real)) == ["a.txt"]
 
 
@@ -84,7 +76,7 @@ def test_source_a_link_into_the_target(tmp_path):
     (dst / "inner" / "a.txt").write_text("a")
     source = tmp_path / "source-link"
     source.symlink_to(dst / "inner")
-    one_line(run(tmp_path, source, dst), "contains the source", "through a link")
+    one_clear_line(run(tmp_path, source, dst), "contains the source", "through a link")
     assert tree(dst) == {b"inner/a.txt": b"a"}
 
 
@@ -127,5 +119,5 @@ def test_wizard_refuses_a_target_inside_the_source_through_a_link(tmp_path, src)
     res = run_main("--config", "local", "--config-file", str(path), "--non-interactive",
                    "--set", f"mapping.m.source={src}", "--set", f"mapping.m.target={link}",
                    "--set", f"skynet.state_dir={tmp_path / 'state'}")
-    one_line(res, "mapping.m.target", "is inside the source", "through a link", LOOP)
+    one_clear_line(res, "mapping.m.target", "is inside the source", "through a link", LOOP)
     assert not path.exists()

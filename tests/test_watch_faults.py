@@ -6,7 +6,6 @@ lower a limit only for the moment the daemon sets up its watches.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -15,21 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, tree, unprivileged_prefix, wait_converged, world_writable_tmp, write_config
+from tests.harness import INOTIFY_SYSCTL as INOTIFY, Daemon, inotify_sysctl, tree, unprivileged_prefix, wait_converged, world_writable_tmp, write_config
 
-INOTIFY = Path("/proc/sys/fs/inotify")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not INOTIFY.exists(), reason="changing inotify limits needs root")
 
 
-@contextlib.contextmanager
-def sysctl(name: str, value: int):
-    path = INOTIFY / name
-    old = path.read_text().strip()
-    path.write_text(str(value))
-    try:
-        yield
-    finally:
-        path.write_text(old)
 
 
 def test_queue_overflow_is_logged_and_rescanned(tmp_path):
@@ -38,7 +27,7 @@ def test_queue_overflow_is_logged_and_rescanned(tmp_path):
     dst.mkdir()
     cfg = write_config(tmp_path / "c.ini", "local", {"m": {"source": str(src), "target": str(dst)}}, tmp_path / "state")
     # The queue size is fixed when the daemon's inotify instance is created.
-    with sysctl("max_queued_events", 16):
+    with inotify_sysctl("max_queued_events", 16):
         d = Daemon(cfg).start()
     try:
         for i in range(3000):
@@ -69,7 +58,7 @@ def test_watch_limit_is_logged_and_polled():
         # The daemon runs as 'nobody', whose watch count starts at 0: a limit of
         # 10 lets it watch the root and a few folders, not all 40.
         d = Daemon(cfg, prefix=unprivileged_prefix(), log=base / "log.txt")
-        with sysctl("max_user_watches", 10):
+        with inotify_sysctl("max_user_watches", 10):
             d.start()
             d.wait_log("inotify watch limit reached", timeout=30)
         try:
