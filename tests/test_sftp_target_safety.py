@@ -21,17 +21,7 @@ import pytest
 from connections.base import RemoteNotFound, TransferContext, UnsafePath
 from connections.local import temp_name
 from connections.sftp import build
-from tests.test_sftp_con import write_file
-
-
-@pytest.fixture
-def srv(servers):
-    return servers.get("sftp")
-
-
-@pytest.fixture
-def remote(srv):
-    return srv.fresh_folder()
+from tests.test_sftp_con import remote, srv, write_file  # noqa: F401  (fixtures: the same server and folders)
 
 
 @pytest.fixture
