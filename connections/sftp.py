@@ -47,6 +47,8 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import hashlib
+import hmac
 import logging
 import math
 import os
@@ -176,9 +178,57 @@ def trusted_keys(known_hosts_path: str, host: str, port: int) -> dict[str, async
             data = fh.read()
     except FileNotFoundError:
         return {}
-    known = asyncssh.import_known_hosts(data.decode("utf-8", "surrogateescape"))
+    text = data.decode("utf-8", "surrogateescape")
+    known = asyncssh.import_known_hosts(text)
     keys = known.match(host, "", port if port != 22 else None)[0]
-    return {key_type(k): k for k in keys}
+    found: dict[str, Any] = {key_type(k): k for k in keys}
+    for k in _unreadable_keys(text, known_hosts_name(host, port)):
+        found.setdefault(k.get_algorithm(), k)
+    return found
+
+
+class _UnreadableKey:
+    """A known_hosts key that asyncssh cannot load (it skips such lines):
+    still a trusted key of its type for the host, so that any key the server
+    offers is "changed", never "unknown" (a man in the middle must not get
+    a yes because the line was damaged)."""
+
+    def __init__(self, algorithm: str, blob: bytes) -> None:
+        self.algorithm, self.public_data = algorithm, blob
+
+    def get_algorithm(self) -> str:
+        return self.algorithm
+
+    def get_fingerprint(self, hash_name: str = "sha256") -> str:
+        digest = hashlib.sha256(self.public_data).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _names_match(field: str, name: str) -> bool:
+    """A known_hosts host field names `name`: listed plainly, or hashed (|1|salt|hash)."""
+    for entry in field.split(","):
+        if entry.startswith("|1|"):
+            with contextlib.suppress(ValueError, IndexError):
+                salt, digest = (base64.b64decode(x) for x in entry[3:].split("|", 1))
+                if hmac.new(salt, name.encode(), "sha1").digest() == digest:
+                    return True
+        elif entry == name:
+            return True
+    return False
+
+
+def _unreadable_keys(text: str, name: str) -> list[_UnreadableKey]:
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith(("#", "@")) or not _names_match(fields[0], name):
+            continue
+        try:
+            asyncssh.import_public_key(f"{fields[1]} {fields[2]}")
+        except (asyncssh.KeyImportError, ValueError):
+            with contextlib.suppress(ValueError):
+                out.append(_UnreadableKey(fields[1], base64.b64decode(fields[2])))
+    return out
 
 
 def key_status(key: asyncssh.SSHKey, trusted: dict[str, asyncssh.SSHKey]) -> str:
@@ -196,12 +246,18 @@ def key_status(key: asyncssh.SSHKey, trusted: dict[str, asyncssh.SSHKey]) -> str
     return "known" if known is not None and known.public_data == key.public_data else "changed"
 
 
-def _prefer_algs(types: list[str] | tuple[str, ...]) -> str | tuple:
+#: host key algorithms asked for after the preferred ones (OpenSSH's default order)
+_HOST_KEY_ALGS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "rsa-sha2-512", "rsa-sha2-256")
+
+
+def _prefer_algs(types: list[str] | tuple[str, ...]) -> list[str]:
     """server_host_key_algs asking for these key types first (as ssh does for
-    the types known_hosts holds), then asyncssh's defaults ("^": prepend)."""
-    algs = [a for name in types for a in _KEY_ALGORITHMS.get(name, (name,))]
-    algs = list(dict.fromkeys(a for a in algs if a.isascii() and a and "," not in a))
-    return "^" + ",".join(algs) if algs else ()
+    the types known_hosts holds), then the usual ones: a server we trust can
+    prove itself with the type we know, and one that has only another type
+    still shows its key (to be called "changed", see key_status)."""
+    first = [a for name in types for a in _KEY_ALGORITHMS.get(name, (name,)) if a.isascii() and "," not in a]
+    return list(dict.fromkeys([a for a in first if a in _HOST_KEY_ALGS] + list(_HOST_KEY_ALGS)))
 
 
 def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0,
@@ -878,7 +934,8 @@ class SFTPCon(XCon):
             conn = await asyncssh.connect(
                 self.host, self.port,
                 username=self.user,
-                known_hosts=(list(trusted.values()), [], []),
+                known_hosts=([k for k in trusted.values() if isinstance(k, asyncssh.SSHKey)], [], []),
+                server_host_key_algs=_prefer_algs(list(trusted)),
                 client_factory=lambda: seen,
                 config=[],
                 connect_timeout=self.timeout,
