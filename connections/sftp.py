@@ -1243,6 +1243,15 @@ class SFTPCon(XCon):
                 flags = asyncssh.FXF_WRITE | asyncssh.FXF_READ  # no CREATE: never write after a hole
         up.handle = await self._open_tmp(s, up, flags, None if up.offset else tmp_st, what)
         flow.start(up.offset)
+        if not up.resumable and f.size < s.write_size and not flow.ctx.stop.is_set():
+            # A small file: read whole (+1 byte to see it end), its WRITE goes
+            # out with FSETSTAT and CLOSE: one round trip for the three.
+            data = _pread(fd, f.size + 1, 0)
+            if len(data) <= f.size:
+                flow.sent = len(data)
+                await self._finish(s, f, fd, up, len(data), what, data)
+                flow.ack(len(data))
+                return SendResult(size=len(data), etag=None, bytes_sent=len(data))
         end = await self._write_range(s, up.handle, fd, up.offset, None, flow)
         if flow.ctx.stop.is_set():
             raise TransientError(f"{what}: stopped at {end} of {f.size} bytes" + (" (resumable)" if up.resumable else ""))
@@ -1305,17 +1314,24 @@ class SFTPCon(XCon):
             raise errors[0]
         return pos
 
-    async def _finish(self, s: _Session, f: LocalFile, fd: int, up: _Upload, size: int, what: str) -> None:
-        """Metadata, the checks and CLOSE in flight together; then the rename."""
+    async def _finish(self, s: _Session, f: LocalFile, fd: int, up: _Upload, size: int, what: str,
+                      data: bytes | None = None) -> None:
+        """The last WRITE (`data`, a whole small file), metadata, the checks
+        and CLOSE in flight together; then the rename."""
         fh = up.handle
         attrs = _attrs(f.mode, f.mtime_ns)
-        asks: list[Awaitable] = [s.req(fh.setstat(attrs))]
+        asks: list[Awaitable] = [s.req(fh.write(data, 0))] if data is not None else []
+        asks.append(s.req(fh.setstat(attrs)))
         if up.resumable:
             n = min(VERIFY_TAIL, size)
             asks += [s.req(fh.stat()), s.req(fh.read(n, size - n))]
         asks.append(s.req(fh.close()))
         replies = await asyncio.gather(*asks, return_exceptions=True)
         up.handle = None
+        if data is not None:
+            wrote, replies = replies[0], replies[1:]
+            if isinstance(wrote, BaseException):  # lost bytes: fatal
+                raise wrote
         for r in replies:  # a broken connection, or a refused CLOSE: the bytes are not safe
             if isinstance(r, BaseException) and not (isinstance(r, asyncssh.SFTPError) and _session_ok(r)):
                 raise r
