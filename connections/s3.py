@@ -408,18 +408,20 @@ def _proxy_applies(endpoint_url: str | None) -> bool:
     return not urllib.request.proxy_bypass(host)
 
 
-def _ca_bundle(client: Any) -> str | None:
-    verify = getattr(client._endpoint.http_session, "_verify", True)  # what botocore uses
-    return verify if isinstance(verify, str) else None
-
-
-def _default_ca_bundle() -> str | None:
-    """The CA bundle botocore would use, found without botocore's session: AWS_CA_BUNDLE,
-    else certifi's, else botocore's own cacert.pem (botocore.httpsession.get_cert_path).
-    A `ca_bundle` in ~/.aws/config needs the session: S3Con._open notices it when the
-    boto3 client is made and moves the fast path to it."""
-    if os.environ.get("AWS_CA_BUNDLE"):
-        return os.environ["AWS_CA_BUNDLE"]
+def _ca_bundle(core: Any = None) -> str | None:
+    """The CA bundle TLS is verified with, chosen here once for both paths: it is given to
+    boto3 as `verify=` and to s3rest as `ca_bundle`, so the two agree by construction (no
+    reading back what botocore picked). botocore's own order: the `ca_bundle` config variable
+    of the botocore session `core` (the profile's ca_bundle, or AWS_CA_BUNDLE), then
+    REQUESTS_CA_BUNDLE, then the bundle botocore would default to (certifi's, else its own
+    cacert.pem: botocore.httpsession.where). Without `core` (the fast path set up before
+    botocore is imported, which costs ~0.3 s of CPU) only AWS_CA_BUNDLE stands for the
+    config variable; S3Con._open notices a profile's ca_bundle and moves the fast path to it."""
+    configured = core.get_config_variable("ca_bundle") if core is not None else os.environ.get("AWS_CA_BUNDLE")
+    if configured:
+        return str(configured)
+    if os.environ.get("REQUESTS_CA_BUNDLE"):
+        return os.environ["REQUESTS_CA_BUNDLE"]
     try:
         from certifi import where
     except ImportError:
@@ -604,6 +606,7 @@ class S3Con(XCon):
         self._access_key = access_key_id
         self._lock = threading.RLock()
         self._session: Any = None
+        self._core: Any = None  # the botocore session inside self._session (made with it)
         if profile and not access_key_id:
             self.session  # reads the AWS config now: ProfileNotFound is build()'s to report
         self._client: Any = None
@@ -629,14 +632,19 @@ class S3Con(XCon):
         with self._lock:
             if self._session is None:
                 import boto3
+                import botocore.session
 
+                # Our own botocore session, handed to boto3 (its public `botocore_session`
+                # argument), so that its configuration is ours to read (_ca_bundle).
+                core = botocore.session.Session()
                 if self._access_key:
-                    self._session = boto3.Session(aws_access_key_id=self._access_key,
-                                                  aws_secret_access_key=self._secret)
+                    session = boto3.Session(aws_access_key_id=self._access_key,
+                                            aws_secret_access_key=self._secret, botocore_session=core)
                 elif self.profile:
-                    self._session = boto3.Session(profile_name=self.profile)
+                    session = boto3.Session(profile_name=self.profile, botocore_session=core)
                 else:
-                    self._session = boto3.Session()
+                    session = boto3.Session(botocore_session=core)
+                self._core, self._session = core, session
             return self._session
 
     def _make_client(self, connect_timeout: float, read_timeout: float, attempts: int, pool: int) -> Any:
@@ -655,7 +663,8 @@ class S3Con(XCon):
             response_checksum_validation="when_required",
             tcp_keepalive=True,
         )
-        return self.session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        session = self.session
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config, verify=_ca_bundle(self._core))
 
     @property
     def client(self) -> Any:
@@ -683,23 +692,23 @@ class S3Con(XCon):
                 self._fast.close()
                 self._fast = None
             else:
-                if theirs != self._fast.layout or _ca_bundle(client) != self._fast.ca_bundle:
+                if theirs != self._fast.layout or _ca_bundle(self._core) != self._fast.ca_bundle:
                     if theirs != self._fast.layout:
                         log.warning("s3: botocore addresses objects at %s, not %s: using its layout",
                                     theirs, self._fast.layout)
                     self._fast.close()
-                    self._fast = self._make_rest(theirs, self._fast.signer.credentials, client)
+                    self._fast = self._make_rest(theirs, self._fast.signer.credentials)
         self._client = client
 
     def _presigned(self, client: Any) -> str:
         return client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": "K"}, ExpiresIn=60)
 
-    def _make_rest(self, layout: s3rest.Layout, creds: Any, client: Any | None, short: bool = False) -> s3rest.Rest:
+    def _make_rest(self, layout: s3rest.Layout, creds: Any, short: bool = False) -> s3rest.Rest:
         """A Rest on `layout`; `short`: the probe's timeouts, so that a black-holed network
         is noticed by connect()/check() in seconds, not minutes."""
         connect_timeout = min(5.0, self.connect_timeout) if short else self.connect_timeout
         timeout = min(10.0, self.read_timeout) if short else self.read_timeout
-        ca = _ca_bundle(client) if client is not None else _default_ca_bundle()
+        ca = _ca_bundle(self._core)  # the botocore session's choice once it exists
         return s3rest.Rest(layout, creds, connect_timeout=connect_timeout, timeout=timeout, scrub=self._scrub,
                            ca_bundle=ca)
 
@@ -734,9 +743,9 @@ class S3Con(XCon):
                     return None  # boto3 reports the missing credentials
             layout = self._light_layout()
             if layout is not None:
-                return self._make_rest(layout, creds, self._client)
+                return self._make_rest(layout, creds)
             client = self.client
-            return self._make_rest(s3rest.Layout.from_presigned(self._presigned(client)), creds, client)
+            return self._make_rest(s3rest.Layout.from_presigned(self._presigned(client)), creds)
         except XConError:
             raise
         except Exception as exc:  # any surprise: boto3 does the PUTs
@@ -750,7 +759,7 @@ class S3Con(XCon):
             if self._probe is None:
                 fast = self._fast_path()
                 if fast is not None:
-                    self._probe = self._make_rest(fast.layout, fast.signer.credentials, self._client, short=True)
+                    self._probe = self._make_rest(fast.layout, fast.signer.credentials, short=True)
                 else:
                     try:
                         self._probe = self._make_client(min(5.0, self.connect_timeout), min(10.0, self.read_timeout), 1, 2)

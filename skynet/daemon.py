@@ -33,7 +33,7 @@ from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
 from skynet.throttle import Schedule, Throttle
 from skynet.uniqueq import DELETE, SEND, Action, UniqueQ
-from skynet.watcher import EVENT_TYPES, FaultReportingObserver, WatchFaultListener, Watcher
+from skynet.watcher import Observer, TreeWatch, WatchFaultListener, Watcher
 
 log = logging.getLogger("skynet")
 
@@ -152,13 +152,12 @@ class MappingRunner(WatchFaultListener):
                                on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan)
-        self.watch = None
+        self.watch: TreeWatch | None = None
         self.scan_done = threading.Event()
         self._rescan_wanted = threading.Event()
         self._rescan_why = "start-up"
         self._halt = threading.Event()
         self._unwatched: set[str] = set()  # folders inotify could not watch (absolute), polled instead
-        self._watch_group = None  # the mapping's watch group (watcher._ReportingWatchGroup)
         self._unwatched_lock = threading.Lock()
         self._source_missing = False
         self._rewatch_wanted = False
@@ -260,21 +259,18 @@ class MappingRunner(WatchFaultListener):
     def _watch(self) -> None:
         with self._unwatched_lock:
             self._unwatched.clear()
-        self.observer.listen(self.m.source, self)
+        self.watch = None
         try:
-            self.watch = self.observer.schedule(self.watcher, self.m.source, recursive=True, event_filter=EVENT_TYPES)
+            self.watch = self.observer.schedule(self.watcher, self.m.source, self)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EMFILE):
                 self.unwatched(self.m.source)
             else:
                 raise FatalError(f"mapping {self.name!r}: cannot watch {self.m.source!r}: {exc.strerror}") from exc
-        if self._unwatched:  # the watches are set up by now (watchdog does it in schedule())
+        if self._unwatched:  # the watches are set up by now (schedule() does it)
             log.error("%s: %d folder(s) of %r are not watched (fs.inotify.max_user_watches = %s reached); they are "
                       "rescanned every %.0f s, and watched as soon as the limit allows; %s", self.name,
                       len(self._unwatched), self.m.source, _watch_limit(), self.cfg.poll_interval, INOTIFY_HINT)
-
-    def watching(self, group) -> None:
-        self._watch_group = group
 
     def _unwatched_roots(self, folders: set[str]) -> list[str]:
         """Unwatched folders as few subtrees: relative paths, none inside another."""
@@ -291,8 +287,8 @@ class MappingRunner(WatchFaultListener):
         with self._unwatched_lock:
             before = set(self._unwatched)
         roots = self._unwatched_roots(before)
-        if self._watch_group is not None:
-            left = self._watch_group.retry([self.mapper.local(r) for r in roots])
+        if self.watch is not None:
+            left = self.watch.retry([self.mapper.local(r) for r in roots])
             with self._unwatched_lock:  # a root still (partly) unwatched stands for everything below it
                 self._unwatched = (self._unwatched - before) | set(left)
             if not self._unwatched:
@@ -306,7 +302,7 @@ class MappingRunner(WatchFaultListener):
         self.rescan("event queue overflow")
 
     def unwatched(self, folder: str) -> None:
-        with self._unwatched_lock:  # called on watchdog's thread
+        with self._unwatched_lock:  # called on the watch's thread
             first = not self._unwatched
             self._unwatched.add(folder)
         if first:
@@ -436,7 +432,7 @@ class Daemon:
         self._reload_wanted = False
         self.fatal_reason: str | None = None
         self.runners: dict[str, MappingRunner] = {}
-        self.observer = FaultReportingObserver()
+        self.observer = Observer()
         self.throttle = Throttle(Schedule(cfg.bwlimit))
         self.in_flight = InFlight()
         self.progress = ProgressReporter(self._progress_snapshot, every=cfg.progress_interval,
@@ -534,7 +530,7 @@ class Daemon:
         while not self.stop_event.is_set():
             # Wake for a signal, for systemd's watchdog, while waiting for the
             # start-up scans (to send READY), and otherwise once a minute to
-            # check that watchdog's threads are alive: if they died, exit
+            # check that the watches' threads are alive: if they died, exit
             # non-zero so systemd restarts us rather than run deaf.
             timeout = 60.0 if ping is None else min(60.0, ping)
             if self.notifier.enabled:

@@ -426,3 +426,27 @@ def test_main_py_dashboard_serves_with_a_login(tmp_path):
                         tmp_path / "state")
     r = run_main("--dashboard", "--config-file", str(cfg2), "--dashboard-port", "0", timeout=30)
     assert r.returncode == 2 and "hash-secret" in r.stderr
+
+
+# -- stopping (waitress's public API only: see DashboardServer) ------------------------------
+def test_stop_closes_idle_connections_and_a_server_that_never_ran(tmp_path):
+    import socket
+
+    pw, tok = hashes()
+    cfg = DashboardConfig(host="127.0.0.1", port=0, password_hash=pw, token_hash=tok, state_dirs=[str(tmp_path)])
+    server = make_server(cfg)
+    t = threading.Thread(target=server.run, name="dashboard-test", daemon=True)
+    t.start()
+    conn = socket.create_connection(("127.0.0.1", server.effective_port), timeout=10)
+    conn.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive: stays open
+    assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    stop_server(server)
+    t.join(10)
+    assert not t.is_alive(), "the dashboard server did not stop"
+    while conn.recv(65536):  # the server closed the idle connection (b"" once all is read)
+        pass
+    conn.close()
+    unused = make_server(cfg)
+    port = unused.effective_port
+    stop_server(unused)  # never ran: its listening socket is closed all the same
+    socket.create_server(("127.0.0.1", port)).close()

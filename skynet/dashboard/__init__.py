@@ -103,50 +103,68 @@ def build(cfg: DashboardConfig) -> tuple[Any, Any]:
 
 class DashboardServer:
     """A waitress server whose loop runs in `run()` and stops cleanly from any
-    thread with `stop()`: the loop notices between two polls (woken at once
-    by waitress's trigger), and closes its sockets, its worker threads and
-    the database pool itself, in its own thread."""
+    thread with `stop()`.
 
-    def __init__(self, server: Any, source: Any) -> None:
-        self._server = server
+    Only waitress's public API: `create_server(app, map=...)` is given a socket
+    map of ours, `server.run()` serves until that map is empty, and `stop()`
+    hands the loop a thunk through the server's trigger (`trigger.pull_trigger`)
+    that closes every socket in the map from the loop's own thread, so no
+    socket is closed under a poll in progress. Then the worker threads
+    (`task_dispatcher.shutdown()`) and the database pool are closed."""
+
+    def __init__(self, server: Any, source: Any, sockets: dict) -> None:
+        self.server = server
+        self.sockets = sockets  # the socket map we gave create_server(); the server and its channels live in it
         self.source = source
         self._stop = threading.Event()
         self._done = threading.Event()
         self._running = False
+        self._state = threading.Lock()
 
     @property
     def effective_port(self) -> int:
-        return int(self._server.effective_port)
+        return int(self.server.effective_port)
 
     def run(self) -> None:
-        from waitress import wasyncore
-
-        self._running = True
+        with self._state:
+            if self._stop.is_set():
+                return
+            self._running = True
         try:
-            while not self._stop.is_set():
-                wasyncore.loop(timeout=1.0, map=self._server._map, use_poll=True, count=1)
+            self.server.run()  # returns once _close_sockets has emptied the map
         finally:
             self._close()
 
-    def _close(self) -> None:
-        from waitress import wasyncore
+    def _close_sockets(self) -> None:
+        for dispatcher in list(self.sockets.values()):
+            try:
+                dispatcher.close()
+            except OSError:
+                pass
+        self.sockets.clear()
 
+    def _close(self) -> None:
         if self._done.is_set():
             return
-        self._server.task_dispatcher.shutdown()
-        wasyncore.close_all(self._server._map)
+        self.server.task_dispatcher.shutdown()
+        self._close_sockets()
         self.source.close()
         self._done.set()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if not self._running:
+        with self._state:
+            self._stop.set()
+            running = self._running
+        if not running:
             self._close()
             return
         try:
-            self._server.pull_trigger()
-        except Exception:
-            pass
+            self.server.trigger.pull_trigger(self._close_sockets)  # runs in the loop's thread
+        except OSError:
+            # The trigger is closed already (waitress closes a dispatcher whose poll
+            # reports an error): close from here; the loop then finds the map empty
+            # when its current poll ends (asyncore_loop_timeout, 1 s).
+            self._close_sockets()
         self._done.wait(timeout)
 
 
@@ -156,11 +174,13 @@ def make_server(cfg: DashboardConfig) -> DashboardServer:
     from waitress import create_server
 
     app, source = build(cfg)
+    sockets: dict = {}
     # waitress would drop every X-Forwarded-* header before the app sees it:
     # app.TrustedProxies does that instead, for all but the trusted proxies.
-    server = create_server(app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="skynet-dashboard",
-                           clear_untrusted_proxy_headers=False)
-    return DashboardServer(server, source)
+    # asyncore_use_poll: poll(), not select(), which fails on descriptors past 1023.
+    server = create_server(app, map=sockets, host=cfg.host, port=cfg.port, threads=cfg.threads,
+                           ident="skynet-dashboard", clear_untrusted_proxy_headers=False, asyncore_use_poll=True)
+    return DashboardServer(server, source, sockets)
 
 
 def stop_server(server: DashboardServer) -> None:
