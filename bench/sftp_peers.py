@@ -287,8 +287,20 @@ def _skynet_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     sent = 0
     with ThreadPoolExecutor(args.threads) as pool:
-        for res in pool.map(lambda f: con.send(f, TransferContext()), files):
-            sent += res.bytes_sent
+        if getattr(con.abilities, "batch_send", False):
+            # as the handler does for small files: batches (of at most 256) to send_many
+            import threading
+
+            per = max(1, min(256, -(-len(files) // args.threads)))
+            batches = [files[i:i + per] for i in range(0, len(files), per)]
+            for results in pool.map(lambda b: con.send_many(b, threading.Event()), batches):
+                for res in results:
+                    if isinstance(res, Exception):
+                        raise res
+                    sent += res.bytes_sent
+        else:
+            for res in pool.map(lambda f: con.send(f, TransferContext()), files):
+                sent += res.bytes_sent
     seconds = time.perf_counter() - t0
     cipher = ",".join(sorted(set(con.extra_info("send_cipher"))))
     write_size = con.write_size

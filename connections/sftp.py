@@ -121,6 +121,8 @@ MAX_INFLIGHT = 32
 #: limit) at least this often, in bytes or seconds (_Flow)
 REPORT_BYTES = 1 << 20
 REPORT_EVERY = 0.1
+#: small files of one send_many() batch in flight at once (over all connections)
+BATCH_INFLIGHT = 64
 #: bytes re-read from the end of a large upload to check it arrived intact
 VERIFY_TAIL = 64 << 10
 #: name prefix of the old file moved aside by the no-posix-rename fallback
@@ -535,10 +537,15 @@ class _Session:
                 return None
             raise
 
-    async def lstat_many(self, paths: list[bytes]) -> list[asyncssh.SFTPAttrs | None]:
-        """LSTAT of every path, all in flight at once: one round trip.
-        None for a missing path; any other refusal is raised."""
-        return list(await asyncio.gather(*(self.lstat(p) for p in paths)))
+    async def lstat_many(self, paths: list[bytes]) -> list[asyncssh.SFTPAttrs | None | asyncssh.SFTPError]:
+        """LSTAT of every path, all in flight at once: one round trip. None
+        for a missing path; any other refusal is handed back in its place
+        (the caller decides which matters: a level above comes first)."""
+        replies = await asyncio.gather(*(self.lstat(p) for p in paths), return_exceptions=True)
+        for r in replies:
+            if isinstance(r, BaseException) and not isinstance(r, asyncssh.SFTPError):
+                raise r
+        return list(replies)
 
     async def remove(self, path: bytes, missing_ok: bool = True) -> bool:
         try:
@@ -798,7 +805,8 @@ class SFTPCon(XCon):
     service = "sftp"
     # SFTPv3 carries mtime in whole seconds.
     abilities = Abilities(
-        server_side_move=True, resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000
+        server_side_move=True, resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000,
+        batch_send=True,
     )
 
     def __init__(
@@ -1081,11 +1089,17 @@ class SFTPCon(XCon):
         names = [path, *siblings]
         replies = await s.lstat_many([self._b(p) for p in levels + names])
         for i, (level, r) in enumerate(zip(levels, replies)):
+            if isinstance(r, asyncssh.SFTPError):
+                raise r
             if r is None:
                 return _PathState(levels, i, None, False, [None] * len(names))
             if not _is_dir(r):
                 return _PathState(levels, i, level, statmod.S_ISLNK(_mode(r)), [None] * len(names))
-        return _PathState(levels, len(levels), None, False, replies[len(levels):])
+        leaves = replies[len(levels):]
+        for r in leaves:
+            if isinstance(r, asyncssh.SFTPError):
+                raise r
+        return _PathState(levels, len(levels), None, False, leaves)  # type: ignore[arg-type]
 
     def _link_error(self, level: str, what: str) -> UnsafePath:
         return UnsafePath(
@@ -1137,16 +1151,19 @@ class SFTPCon(XCon):
         return _status_error(exc, what)
 
     # -- send --------------------------------------------------------------
-    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
+    def _upload_of(self, f: LocalFile) -> _Upload:
         target = self._abs(f.rel)
         folder, name = posixpath.split(target)
         tmp = posixpath.join(folder, temp_name(name))
+        return _Upload(rel=f.rel, target=self._b(target), tmp=self._b(tmp), tmp_rel=self._rel_of(tmp),
+                       size=f.size, resumable=f.size >= self.resume_min)
+
+    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         what = f"send {f.rel!r}"
+        up = self._upload_of(f)
         # Unbuffered: reads go straight to the kernel, sized to what is left.
         src = open_source(f, buffering=0)  # FileNotFoundError, SourceChanged...: the caller's (local side)
         with src:
-            up = _Upload(rel=f.rel, target=self._b(target), tmp=self._b(tmp), tmp_rel=self._rel_of(tmp),
-                         size=f.size, resumable=f.size >= self.resume_min)
             fd = src.fileno()
             parallel = up.resumable and f.size >= self.parallel_min and min(self.connections, self.streams) > 1
             try:
@@ -1162,6 +1179,59 @@ class SFTPCon(XCon):
                 ctx.resume.clear()  # the temp file became the target
         self._strays.pop(f.rel, None)  # the temp file became the target
         return result
+
+    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+        """Many small files in one call: all their sends run on the loop at
+        once (BATCH_INFLIGHT in flight, over every connection), with no
+        hand-over between threads per file. Each file is opened here, through
+        open_source, as send() does; a resumable (large) file takes send()."""
+        out: list[SendResult | Exception | None] = [None] * len(files)
+        jobs: list[tuple[int, LocalFile, _Upload, int]] = []
+        with contextlib.ExitStack() as opened:
+            for i, f in enumerate(files):
+                try:
+                    up = self._upload_of(f)
+                    if up.resumable:
+                        continue
+                    jobs.append((i, f, up, opened.enter_context(open_source(f, buffering=0)).fileno()))
+                except Exception as exc:  # this file's own failure (gone, changed, unsafe name)
+                    out[i] = exc
+            ctx = TransferContext(stop=stop)
+
+            async def each() -> list[Any]:
+                slots = asyncio.Semaphore(BATCH_INFLIGHT)
+
+                async def one(f: LocalFile, up: _Upload, fd: int) -> SendResult:
+                    async with slots:
+                        return await self._in_session(lambda s: self._send_small(s, f, fd, up, ctx))
+
+                return await asyncio.gather(*(one(f, up, fd) for _i, f, up, fd in jobs), return_exceptions=True)
+
+            results = self._loop.submit(each()).result() if jobs else []
+        for (i, f, _up, _fd), r in zip(jobs, results):
+            if isinstance(r, BaseException):
+                mapped = _map_error(r, f"send {f.rel!r}")
+                out[i] = mapped if isinstance(mapped, Exception) else TransientError(f"send {f.rel!r}: {r!r}")
+            else:
+                self._strays.pop(f.rel, None)
+                out[i] = r
+        for i, f in enumerate(files):
+            if out[i] is None:
+                try:
+                    out[i] = self.send(f, TransferContext(stop=stop))
+                except Exception as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]  (every slot is filled)
+
+    async def _send_small(self, s: _Session, f: LocalFile, fd: int, up: _Upload, ctx: TransferContext) -> SendResult:
+        """One file of send_many: send()'s steps, with no thread to report to."""
+        what = f"send {f.rel!r}"
+        flow = _Flow(ctx, f.size, window=1 << 62)
+        try:
+            tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
+            return await self._put(s, f, fd, up, flow, tmp_st, what)
+        except BaseException as exc:
+            raise await self._after_failure(s, exc, up, f, what) from None
 
     def _send_stream(self, f: LocalFile, ctx: TransferContext, fd: int, up: _Upload, what: str) -> SendResult:
         """One stream of WRITEs; a resumable file in two calls, so that its

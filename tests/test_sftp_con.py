@@ -867,3 +867,41 @@ def test_ssh_sockets_send_small_requests_at_once(srv, remote, tmp_path):
         assert socks and all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0 for sock in socks)
     finally:
         con.close()
+
+
+def test_send_many_runs_a_batch_at_once_and_each_file_fails_alone(srv, remote, tmp_path, proxy):
+    """send_many (batch_send: the handler's path for small files) runs a whole
+    batch on the loop: every file arrives with its mode and mtime; a folder
+    swapped for a link refuses only the files below it (UnsafePath); a dead
+    link fails every file of the batch as transient, within the timeout, and
+    the next batch connects again."""
+    con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2", keepalive="1"), remote)
+    con.connect()
+    try:
+        assert con.abilities.batch_send
+        files = [write_file(tmp_path, f"b/{i % 5}/{i}", os.urandom(10 + i), mode=0o600 + i % 8) for i in range(300)]
+        results = con.send_many(files, threading.Event())
+        bad = [(f.rel, r) for f, r in zip(files, results) if isinstance(r, Exception) or r.size != f.size]
+        assert not bad, bad[:3]
+        os.symlink(tmp_path, Path(remote) / "b" / "linked")
+        linked = write_file(tmp_path, "b/linked/x", b"never through the link")
+        results = con.send_many(files[:3] + [linked], threading.Event())
+        assert all(not isinstance(r, Exception) for r in results[:3])
+        assert isinstance(results[-1], PermanentError) and "symbolic link" in str(results[-1])
+        assert not (tmp_path / "x").exists()
+        for f in files[:20]:
+            st = os.stat(Path(remote) / f.rel)
+            assert st.st_mode & 0o777 == f.mode and st.st_mtime_ns // 10**9 == f.mtime_ns // 10**9
+        assert {e.rel for e in con.list("b")} == {f.rel for f in files}
+        proxy.stall()
+        again = [write_file(tmp_path, f"c/{i}", b"x" * i) for i in range(20)]
+        t0 = time.monotonic()
+        results = con.send_many(again, threading.Event())
+        assert time.monotonic() - t0 < 2 * 2 + 3
+        assert all(isinstance(r, TransientError) for r in results), results
+        proxy.restore()
+        assert all(not isinstance(r, Exception) for r in con.send_many(again, threading.Event()))
+        assert con.leftovers() == []
+    finally:
+        proxy.restore()
+        con.close()
