@@ -132,7 +132,7 @@ def test_large_upload_resumed_and_verified(paramiko_server, tmp_path):
     data = os.urandom(10 * MiB)
     f = _file(tmp_path, "big", data)
     store = NullResumeStore()
-    with _con(paramiko_server, resume_min=4 * MiB) as con:
+    with _con(paramiko_server, resume_min=4 * MiB, write_size=32768) as con:  # (as the old server: 32 KiB)
         with pytest.raises(TransientError):
             con.send(f, _stop_at(TransferContext(resume=store), 3 * MiB))
         res = con.send(f, TransferContext(resume=store))
@@ -153,7 +153,7 @@ def test_damaged_temp_file_starts_over(paramiko_server, tmp_path):
     f = _file(tmp_path, "big", data)
     store = NullResumeStore()
     root = Path(paramiko_server["root"])
-    with _con(paramiko_server, resume_min=4 * MiB) as con:
+    with _con(paramiko_server, resume_min=4 * MiB, write_size=32768) as con:  # (as the old server: 32 KiB)
         with pytest.raises(TransientError):
             con.send(f, _stop_at(TransferContext(resume=store), 3 * MiB))
         tmp = next(p for p in root.iterdir() if p.name.startswith(".skynet-tmp-"))
