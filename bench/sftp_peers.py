@@ -27,6 +27,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 RCLONE = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone") or "rclone"
 MB = 1_000_000
+#: another checkout whose SFTPCon runs beside this one's (--old), or None
+OLD_ROOT: Path | None = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRss  # noqa: E402  (peak RSS of a child: see there)
@@ -244,21 +246,21 @@ def openssh_scp(server: Server, src: Path, dest: str) -> Result:
 
 
 def skynet_sftpcon(server: Server, src: Path, dest: str, connections: int = 4, threads: int = 0,
-                   write_size: int = 0, cipher: str = "aes128-gcm@openssh.com", fast_wire: bool = True) -> Result:
+                   write_size: int = 0, cipher: str = "aes128-gcm@openssh.com", root: Path = ROOT) -> Result:
     """SFTPCon.send from many threads over its pool, in a child process
-    (write_size 0: SFTPCon's own choice)."""
+    (write_size 0: SFTPCon's own choice). `root`: another checkout whose
+    SFTPCon to measure (--old), through that checkout's own bench child."""
     threads = threads or 2 * connections
-    cmd = [sys.executable, "-m", "bench.sftp_peers", "_skynet",
+    runner = ["-m", "bench.sftp_peers"] if root == ROOT else [str(root / "bench" / "sftp_peers.py")]
+    cmd = [sys.executable, *runner, "_skynet",
            "--host", server.host, "--port", str(server.port), "--user", server.user,
            "--key-file", server.key_file, "--known-hosts", server.known_hosts,
            "--src", str(src), "--dest", dest, "--connections", str(connections),
            "--threads", str(threads), "--write-size", str(write_size), "--cipher", cipher]
-    if not fast_wire:
-        cmd.append("--paramiko-wire")
     size = f" w={write_size >> 10}K" if write_size else ""
-    wire = "" if fast_wire else " paramiko-wire"
-    name = f"skynet SFTPCon conns={connections} thr={threads}{size} {cipher.split('@')[0]}{wire}"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    who = "skynet SFTPCon" if root == ROOT else f"skynet-old({root.name}) SFTPCon"
+    name = f"{who} conns={connections} thr={threads}{size} {cipher.split('@')[0]}"
+    env = dict(os.environ, PYTHONPATH=str(root))
     return measure(name, cmd, src, server, env=env)
 
 
@@ -272,7 +274,7 @@ def _skynet_child(args: argparse.Namespace) -> None:
     kw = {"write_size": args.write_size} if args.write_size else {}
     con = SFTPCon(args.host, args.dest, port=args.port, user=args.user, key_file=args.key_file,
                   known_hosts=args.known_hosts, use_agent=False, connections=args.connections,
-                  ciphers=(args.cipher,), fast_wire=not args.paramiko_wire, **kw)
+                  ciphers=(args.cipher,), **kw)
     con.connect()
     src = Path(args.src)
     files = []
@@ -285,13 +287,23 @@ def _skynet_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     sent = 0
     with ThreadPoolExecutor(args.threads) as pool:
-        for res in pool.map(lambda f: con.send(f, TransferContext()), files):
-            sent += res.bytes_sent
+        if getattr(con.abilities, "batch_send", False):
+            # as the handler does for small files: batches (of at most 256) to send_many
+            import threading
+
+            per = max(1, min(256, -(-len(files) // args.threads)))
+            batches = [files[i:i + per] for i in range(0, len(files), per)]
+            for results in pool.map(lambda b: con.send_many(b, threading.Event()), batches):
+                for res in results:
+                    if isinstance(res, Exception):
+                        raise res
+                    sent += res.bytes_sent
+        else:
+            for res in pool.map(lambda f: con.send(f, TransferContext()), files):
+                sent += res.bytes_sent
     seconds = time.perf_counter() - t0
-    s = con._pool.acquire()
-    cipher = s.client.get_transport().remote_cipher
-    write_size = s.write_size
-    con._pool.release(s, False)
+    cipher = ",".join(sorted(set(con.extra_info("send_cipher"))))
+    write_size = con.write_size
     con.close()
     print(json.dumps({"files": len(files), "bytes_sent": sent, "send_seconds": seconds,
                       "cipher": cipher, "write_size": write_size}))
@@ -330,13 +342,15 @@ def contenders(server: Server, what: str, knobs: bool) -> list[Contender]:
         ("scp", lambda s, d: openssh_scp(server, s, d)),
         ("skynet", lambda s, d: skynet_sftpcon(server, s, d)),
     ]
+    if OLD_ROOT is not None:
+        out.append(("skynet-old", lambda s, d: skynet_sftpcon(server, s, d, root=OLD_ROOT)))
     if knobs:
         combos = (
             [dict(connections=c) for c in (1, 2, 8)] + [dict(cipher="aes128-ctr")]
             if what == "small"
             else [dict(connections=c) for c in (1, 2)]  # 1: a single stream
             + [dict(write_size=w) for w in (32 << 10, 128 << 10)]
-            + [dict(cipher="aes128-ctr"), dict(fast_wire=False)]
+            + [dict(cipher="aes128-ctr")]
         )
         for kw in combos:
             out.append((f"skynet {kw}", lambda s, d, kw=kw: skynet_sftpcon(server, s, d, **kw)))
@@ -396,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         child.add_argument(f"--{a}", required=True)
     for a in ("port", "connections", "threads", "write-size"):
         child.add_argument(f"--{a}", type=int, required=True)
-    child.add_argument("--paramiko-wire", action="store_true", help="SFTPCon(fast_wire=False)")
     ap.add_argument("--small", type=int, default=2000, help="number of 4 KiB files")
     ap.add_argument("--big-mib", type=int, default=256, help="size of the large file")
     ap.add_argument("--knobs", action="store_true", help="also try SFTPCon's knobs")
@@ -404,10 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("small", "big"), help="run one data set only")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "skynet-bench-sftp"))
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--old", help="also measure the SFTPCon of this other checkout (e.g. a worktree of main)")
     args = ap.parse_args(argv)
     if args.cmd == "_skynet":
         _skynet_child(args)
         return 0
+    global OLD_ROOT
+    OLD_ROOT = Path(args.old).resolve() if args.old else None
 
     sys.path.insert(0, str(ROOT))
     from tests.server_sshd import run_sshd

@@ -1,16 +1,16 @@
 """SFTPCon: the remote is a folder on an SSH server, reached over SFTP.
 
-Only SFTP requests are used (no exec_command, no shell): a file name is data,
-never a shell word. paramiko provides SSH (transport, host keys, auth,
-channels); on top of its SFTPClient we keep a few protocol details it hides:
-the server's extension list (posix-rename, limits, statvfs, check-file), the
-raw status codes (to tell "permission denied" from "no such file" from a
-generic "Failure"), byte-exact names, and pipelined requests whose errors are
-never dropped.
+Only SFTP requests are used (no exec, no shell): a file name is data, never a
+shell word. asyncssh provides SSH and SFTP through its public API only; it
+runs in ONE event loop thread owned by the connection (_Loop). The engine's
+worker threads call the XCon methods as before: each call is a coroutine
+submitted to that loop, and the calling thread waits for it (and, during a
+send, reports progress and pays the bandwidth limit: _Flow). asyncssh
+pipelines requests, so many sends share a few SSH connections.
 
 How a file is sent (atomic for readers of the remote):
-  LSTAT each folder + temp (pipelined)  |  OPEN temp (CREATE|EXCL)  |
-  WRITE... + FSETSTAT(mode & 0o777, mtime) + CLOSE (pipelined)  |  RENAME
+  LSTAT each folder + temp (concurrent)  |  OPEN temp (CREATE|EXCL)  |
+  WRITE... (many in flight) + FSETSTAT(mode & 0o777, mtime) + CLOSE  |  RENAME
 The temporary name is derived from the target name (connections.local.temp_name),
 so a retry replaces what a failed attempt left. The rename is OpenSSH's
 posix-rename (atomic replace) when the server offers it; otherwise see _replace().
@@ -23,97 +23,42 @@ go stale); a link there is refused, missing folders are made level by level
 its name fails the OPEN instead of being written through. The mode sent never
 carries setuid, setgid or sticky bits (MODE_MASK).
 
-For a small file that is four round trips and four SSH packets out: the
-LSTATs leave together, and so do the last WRITE, FSETSTAT and CLOSE
-(send_batch). Every WRITE is acknowledged by the server before the rename, so
-a file is published only when all its bytes were accepted.
+Every WRITE is acknowledged by the server before the rename, so a file is
+published only when all its bytes were accepted.
 
 Large files (>= RESUME_MIN bytes) are resumable: the file's identity (size,
-mtime, inode) is saved in ctx.resume when the upload starts; a later send of the
-same unchanged file reopens the temp file and continues from its size (OpenSSH
-applies the pipelined writes of one handle in order, so the temp file's size is
-exactly what arrived), after checking that the temp file's last 64 KiB match
-the local bytes. A finished large upload is verified before the rename: size
-(FSTAT), then the server's "check-file" hash when offered, else the last
-64 KiB re-read (both pipelined before CLOSE). Files >= PARALLEL_MIN go as
-PART_SIZE parts over PARALLEL_STREAMS connections (_send_parallel), each part
-thread reporting its own progress (and so being throttled) as it goes.
+mtime, inode) is saved in ctx.resume when the upload starts; a later send of
+the same unchanged file reopens the temp file and continues from its size
+(written in order: an OpenSSH server applies one handle's writes in order,
+and a failed write ends the attempt), after checking that the temp file's
+last 64 KiB match the local bytes. A finished large upload is verified
+before the rename: its size (FSTAT) and its last 64 KiB re-read. Files
+>= PARALLEL_MIN go as PART_SIZE parts over up to `streams` connections
+(_write_parts); finished parts are saved in ctx.resume.
 
-The bulk of a large file travels through _Wire, not paramiko's Channel.send:
-with AES-GCM it encrypts a whole WRITE's SSH packets into one buffer and
-writes them with one syscall (see _Wire for why and what it relies on).
-
-Threads: a pool of up to `connections` SSH connections, each with one SFTP
-channel, each used by one thread at a time. A connection that fails (socket
-error, timeout, EOF) is dropped from the pool with the idle ones (they most
-likely share its fate); the next call opens a new one. Every blocking call has
-a timeout: the channel's (`timeout`), paramiko's banner/auth/channel timeouts,
-and a watchdog for the one wait paramiko leaves unbounded.
-
-paramiko internals used (stable since paramiko 1.x, checked with 5.1):
-SFTPClient._send_version/_convert_status/_write_all/_read_all (overridden),
-_request/_async_request/_read_response/_send_packet/_read_packet/_lock/
-request_number/_expecting, SFTPAttributes._from_msg/_pack; for _Wire (checked
-by _Wire.available(), else paramiko's own path): Packetizer's private cipher
-state, Transport.clear_to_send(_lock), Channel._wait_for_send_window.
+Liveness: asyncssh's keepalives find a silent server while idle, and a
+watchdog per connection (_Session.watch) aborts a connection whose requests
+got no reply for `timeout` seconds; every request then fails at once, as
+TransientError, and the broken connection (with the idle ones) is dropped.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
-import errno
 import hashlib
+import hmac
 import logging
+import math
 import os
 import posixpath
-import socket
 import stat as statmod
-import struct
 import threading
-import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
-import paramiko
-from paramiko.message import Message
-from paramiko.packet import NeedRekeyException, Packetizer
-from paramiko.sftp import (
-    CMD_ATTRS,
-    CMD_CLOSE,
-    CMD_EXTENDED,
-    CMD_EXTENDED_REPLY,
-    CMD_FSETSTAT,
-    CMD_FSTAT,
-    CMD_HANDLE,
-    CMD_INIT,
-    CMD_LSTAT,
-    CMD_NAME,
-    CMD_OPEN,
-    CMD_OPENDIR,
-    CMD_READ,
-    CMD_READDIR,
-    CMD_SETSTAT,
-    CMD_DATA,
-    CMD_VERSION,
-    CMD_WRITE,
-    SFTP_BAD_MESSAGE,
-    SFTP_CONNECTION_LOST,
-    SFTP_EOF,
-    SFTP_FAILURE,
-    SFTP_FLAG_CREATE,
-    SFTP_FLAG_EXCL,
-    SFTP_FLAG_READ,
-    SFTP_FLAG_WRITE,
-    SFTP_NO_CONNECTION,
-    SFTP_NO_SUCH_FILE,
-    SFTP_OK,
-    SFTP_OP_UNSUPPORTED,
-    SFTP_PERMISSION_DENIED,
-    SFTPError,
-)
-from paramiko.sftp_attr import SFTPAttributes
-from paramiko.sftp_client import SFTPClient, int64
+import asyncssh
 
 from connections.base import (
     Abilities,
@@ -137,6 +82,7 @@ from skynet.atomicfile import write_atomic
 from skynet.values import parse_bool
 
 log = logging.getLogger("skynet.sftp")
+T = TypeVar("T")
 
 #: config keys of an [sftp] service: key -> (default, one-line doc)
 KEYS: dict[str, tuple[str, str]] = {
@@ -158,40 +104,27 @@ _GENERIC_KEYS = {"type", "service", "name"}
 
 #: files at least this big are resumable (their identity goes to ctx.resume)
 RESUME_MIN = 8 << 20
-#: bytes per SFTP WRITE (at most; see _write_size; OpenSSH takes 255 KiB).
-#: Measured here (256 MiB, OpenSSH, AES-GCM through _Wire): 7 full SSH packets
-#: (223 KiB) used ~10% less client CPU than 4 (128 KiB), 2 (64 KiB) ~25% more:
-#: every WRITE costs a reply for the client to read and a pwrite for sshd.
+#: bytes per SFTP WRITE (at most: the server's limit wins; OpenSSH takes 255 KiB)
 WRITE_SIZE = 256 << 10
-#: ...and through paramiko's own channel path (another cipher than AES-GCM),
-#: where 128 KiB used the least CPU (64 KiB and 192-256 KiB more)
-PARAMIKO_WRITE_SIZE = 128 << 10
-#: bytes of an SFTP WRITE request around its data (OpenSSH's 4-byte handle)
-_WRITE_OVERHEAD = 4 + 1 + 4 + (4 + 4) + 8 + 4
 #: the size every SFTP server must accept (draft-ietf-secsh-filexfer-02)
 SAFE_WRITE_SIZE = 32768
 #: files at least this big are sent over several connections at once, in
-#: PART_SIZE parts (one SSH channel's window, 2 MiB with OpenSSH, caps a single
-#: stream at window/RTT on a distant server)
+#: PART_SIZE parts (one SSH channel's window caps a single stream at
+#: window/RTT on a distant server)
 PARALLEL_MIN = 64 << 20
 PART_SIZE = 16 << 20
-#: connections one large file uses at most. Measured here (2 cores, sshd on the
-#: same machine, 256 MiB): 2 streams ~160-180 MB/s, 1 ~135, 4 ~105-140 (the
-#: client's Python is CPU-bound and shares the GIL; more streams only add
-#: contention). Over a distant link each extra stream adds a window in flight.
+#: connections one large file uses at most
 PARALLEL_STREAMS = 2
-#: unacknowledged WRITE requests allowed in flight on one channel
+#: unacknowledged WRITE requests allowed in flight per stream
 MAX_INFLIGHT = 32
-#: bytes of replies read from the channel at once (_SFTP._read_all)
-READ_AHEAD = 64 << 10
-#: a part thread passes its acknowledged bytes to the progress report (and
-#: the bandwidth limit) at least this often, in bytes or seconds (_Meter)
+#: acknowledged bytes are passed to the progress report (and the bandwidth
+#: limit) at least this often, in bytes or seconds (_Flow)
 REPORT_BYTES = 1 << 20
 REPORT_EVERY = 0.1
+#: small files of one send_many() batch in flight at once (over all connections)
+BATCH_INFLIGHT = 64
 #: bytes re-read from the end of a large upload to check it arrived intact
 VERIFY_TAIL = 64 << 10
-#: slowest hashing speed (bytes/s) we wait for when the server hashes a file
-HASH_RATE = 20 << 20
 #: name prefix of the old file moved aside by the no-posix-rename fallback
 ASIDE_PREFIX = ".skynet-old-"
 #: ciphers tried first: AES-GCM needs no separate MAC, cheapest for us and sshd
@@ -199,15 +132,22 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: name prefixes of our own temporary files (never listed, removed by cleanup)
 _OURS = (TMP_PREFIX.encode(), ASIDE_PREFIX.encode())
 _MAX_U32 = 2**32 - 1
+#: the permission bits a target file may get: never setuid, setgid or sticky.
+#: A 4755 program in the source must not become a setuid program of the
+#: server's account (or of root, when the daemon or the server runs as root).
+MODE_MASK = 0o777
+#: the private key files ssh (and asyncssh) look for when no key_file is set
+_DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa", "id_dsa")
+
+_FX_TRANSIENT = {asyncssh.FX_NO_CONNECTION, asyncssh.FX_CONNECTION_LOST}
 
 
 # --------------------------------------------------------------------------
 # host keys: helpers for the connection and for the setup wizard
 # --------------------------------------------------------------------------
-def fingerprint(key: paramiko.PKey) -> str:
+def fingerprint(key: asyncssh.SSHKey) -> str:
     """OpenSSH's fingerprint of a public key: "SHA256:" + unpadded base64."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    return key.get_fingerprint("sha256")
 
 
 def known_hosts_name(host: str, port: int) -> str:
@@ -215,8 +155,14 @@ def known_hosts_name(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
-def known_hosts_line(host: str, port: int, key: paramiko.PKey) -> str:
-    return f"{known_hosts_name(host, port)} {key.get_name()} {key.get_base64()}\n"
+def key_type(key: asyncssh.SSHKey) -> str:
+    """The key's type as known_hosts writes it ("ssh-ed25519", "ssh-rsa"...)."""
+    return key.get_algorithm()
+
+
+def known_hosts_line(host: str, port: int, key: asyncssh.SSHKey) -> str:
+    b64 = base64.b64encode(key.public_data).decode()
+    return f"{known_hosts_name(host, port)} {key_type(key)} {b64}\n"
 
 
 #: known_hosts names an RSA key "ssh-rsa"; the handshake offers it under these
@@ -224,18 +170,70 @@ def known_hosts_line(host: str, port: int, key: paramiko.PKey) -> str:
 _KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 
-def trusted_keys(known_hosts_path: str, host: str, port: int) -> dict[str, paramiko.PKey]:
+def trusted_keys(known_hosts_path: str, host: str, port: int) -> dict[str, asyncssh.SSHKey]:
     """The keys known_hosts trusts for host:port, by key type ({} if none, or no file).
 
-    Read fresh each time (paramiko's public HostKeys: plain and hashed names)."""
-    keys = paramiko.HostKeys()
-    with contextlib.suppress(FileNotFoundError):
-        keys.load(os.path.expanduser(known_hosts_path))
-    entry = keys.lookup(known_hosts_name(host, port))
-    return {name: entry[name] for name in entry.keys()} if entry else {}
+    Read fresh each time (asyncssh's public known_hosts parser: plain and hashed names)."""
+    path = os.path.expanduser(known_hosts_path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return {}
+    text = data.decode("utf-8", "surrogateescape")
+    known = asyncssh.import_known_hosts(text)
+    keys = known.match(host, "", port if port != 22 else None)[0]
+    found: dict[str, Any] = {key_type(k): k for k in keys}
+    for k in _unreadable_keys(text, known_hosts_name(host, port)):
+        found.setdefault(k.get_algorithm(), k)
+    return found
 
 
-def key_status(key: paramiko.PKey, trusted: dict[str, paramiko.PKey]) -> str:
+class _UnreadableKey:
+    """A known_hosts key that asyncssh cannot load (it skips such lines):
+    still a trusted key of its type for the host, so that any key the server
+    offers is "changed", never "unknown" (a man in the middle must not get
+    a yes because the line was damaged)."""
+
+    def __init__(self, algorithm: str, blob: bytes) -> None:
+        self.algorithm, self.public_data = algorithm, blob
+
+    def get_algorithm(self) -> str:
+        return self.algorithm
+
+    def get_fingerprint(self, hash_name: str = "sha256") -> str:
+        digest = hashlib.sha256(self.public_data).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _names_match(field: str, name: str) -> bool:
+    """A known_hosts host field names `name`: listed plainly, or hashed (|1|salt|hash)."""
+    for entry in field.split(","):
+        if entry.startswith("|1|"):
+            with contextlib.suppress(ValueError, IndexError):
+                salt, digest = (base64.b64decode(x) for x in entry[3:].split("|", 1))
+                if hmac.new(salt, name.encode(), "sha1").digest() == digest:
+                    return True
+        elif entry == name:
+            return True
+    return False
+
+
+def _unreadable_keys(text: str, name: str) -> list[_UnreadableKey]:
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith(("#", "@")) or not _names_match(fields[0], name):
+            continue
+        try:
+            asyncssh.import_public_key(f"{fields[1]} {fields[2]}")
+        except (asyncssh.KeyImportError, ValueError):
+            with contextlib.suppress(ValueError):
+                out.append(_UnreadableKey(fields[1], base64.b64decode(fields[2])))
+    return out
+
+
+def key_status(key: asyncssh.SSHKey, trusted: dict[str, asyncssh.SSHKey]) -> str:
     """"known", "unknown" or "changed" for the key a server offers.
 
     Why "changed" for a key of ANOTHER TYPE than the trusted ones: the server
@@ -246,42 +244,54 @@ def key_status(key: paramiko.PKey, trusted: dict[str, paramiko.PKey]) -> str:
     """
     if not trusted:
         return "unknown"
-    return "known" if trusted.get(key.get_name()) == key else "changed"
+    known = trusted.get(key_type(key))
+    return "known" if known is not None and known.public_data == key.public_data else "changed"
 
 
-def _prefer_key_types(t: paramiko.Transport, types: list[str]) -> None:
-    """Ask the server for a host key of these types first (as ssh and
-    paramiko's SSHClient do for the types known_hosts holds)."""
-    opts = t.get_security_options()
-    first = [a for name in types for a in _KEY_ALGORITHMS.get(name, (name,)) if a in opts.key_types]
-    first = list(dict.fromkeys(first))
-    opts.key_types = tuple(first + [a for a in opts.key_types if a not in first])
+#: host key algorithms asked for after the preferred ones (OpenSSH's default order)
+_HOST_KEY_ALGS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "rsa-sha2-512", "rsa-sha2-256")
 
 
-def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0, prefer: list[str] | tuple[str, ...] = ()) -> paramiko.PKey:
+def _prefer_algs(types: list[str] | tuple[str, ...]) -> list[str]:
+    """server_host_key_algs asking for these key types first (as ssh does for
+    the types known_hosts holds), then the usual ones: a server we trust can
+    prove itself with the type we know, and one that has only another type
+    still shows its key (to be called "changed", see key_status)."""
+    first = [a for name in types for a in _KEY_ALGORITHMS.get(name, (name,)) if a.isascii() and "," not in a]
+    return list(dict.fromkeys([a for a in first if a in _HOST_KEY_ALGS] + list(_HOST_KEY_ALGS)))
+
+
+def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0,
+                   prefer: list[str] | tuple[str, ...] = ()) -> asyncssh.SSHKey:
     """Connect only far enough to read the server's host key (no login).
 
     For the wizard, which shows fingerprint(key) and asks before trusting it.
     `prefer`: key types to ask for first (those known_hosts holds for the host),
     so the wizard sees the key the daemon's own connection would see.
     """
+    async def get() -> asyncssh.SSHKey | None:
+        return await asyncio.wait_for(
+            asyncssh.get_server_host_key(host, port, server_host_key_algs=_prefer_algs(prefer), config=[]),
+            timeout)
+
     try:
-        sock = socket.create_connection((host, port), timeout)
-    except OSError as exc:
-        raise TransientError(f"cannot reach {host}:{port}: {exc}") from exc
-    t = paramiko.Transport(sock)
-    t.banner_timeout = t.handshake_timeout = timeout
-    _prefer_key_types(t, list(prefer))
-    try:
-        t.start_client(timeout=timeout)
-        return t.get_remote_server_key()
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise TransientError(f"no SSH server answered at {host}:{port}: {exc}") from exc
-    finally:
-        t.close()
+        key = _run_alone(get())
+    except (OSError, asyncssh.Error, asyncio.TimeoutError, EOFError, ValueError) as exc:
+        raise TransientError(f"no SSH server answered at {host}:{port}: {type(exc).__name__}: {exc}") from exc
+    if key is None:
+        raise TransientError(f"the SSH server at {host}:{port} showed no host key")
+    return key
 
 
-def trust_host_key(known_hosts_path: str, host: str, port: int, key: paramiko.PKey) -> str:
+def _run_alone(coro: Awaitable[T]) -> T:
+    """Run a coroutine on a loop of its own, in a thread of its own (the
+    caller may be inside an event loop already)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sftp-hostkey") as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
+def trust_host_key(known_hosts_path: str, host: str, port: int, key: asyncssh.SSHKey) -> str:
     """Write `key` as the trusted key of host:port; returns the line written.
 
     An older line for the same name and key type is replaced (it would
@@ -297,7 +307,7 @@ def trust_host_key(known_hosts_path: str, host: str, port: int, key: paramiko.PK
         with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             for old in fh:
                 fields = old.split()
-                if len(fields) >= 2 and name in fields[0].split(",") and fields[1] == key.get_name():
+                if len(fields) >= 2 and name in fields[0].split(",") and fields[1] == key_type(key):
                     continue
                 kept.append(old if old.endswith("\n") else old + "\n")
     folder = os.path.dirname(path) or "."
@@ -314,729 +324,42 @@ class HostKeyChanged(PermanentError):
     """The server's host key differs from the trusted one."""
 
 
-class _RejectUnknownHost(paramiko.RejectPolicy):
-    """paramiko's RejectPolicy, with a message that tells how to trust the key.
-
-    paramiko calls it only when known_hosts holds no key at all for the host:
-    a key of another type than the trusted ones is a BadHostKeyException
-    (SSHClient.connect, checked with paramiko 5.1), which _open_session reports as a
-    changed key, as key_status does for the wizard."""
-
-    def __init__(self, known_hosts: str, host: str, port: int) -> None:
-        self.known_hosts, self.host, self.port = known_hosts, host, port
-
-    def missing_host_key(self, client, hostname, key) -> None:
-        raise UnknownHostKey(
-            f"host key of {hostname} is not trusted yet: {key.get_name()} {fingerprint(key)}. "
-            f"Check that fingerprint with the server's administrator, then trust it by adding this "
-            f"line to {self.known_hosts}:\n{known_hosts_line(self.host, self.port, key)}"
-            f"(or: ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts} and compare "
-            f"`ssh-keygen -lf {self.known_hosts}`), or re-run the setup wizard."
-        )
+def _unknown_key_error(host: str, port: int, known_hosts: str, key: asyncssh.SSHKey) -> UnknownHostKey:
+    return UnknownHostKey(
+        f"host key of {known_hosts_name(host, port)} is not trusted yet: {key_type(key)} {fingerprint(key)}. "
+        f"Check that fingerprint with the server's administrator, then trust it by adding this "
+        f"line to {known_hosts}:\n{known_hosts_line(host, port, key)}"
+        f"(or: ssh-keyscan -p {port} {host} >> {known_hosts} and compare "
+        f"`ssh-keygen -lf {known_hosts}`), or re-run the setup wizard."
+    )
 
 
 def _changed_key_error(host: str, port: int, known_hosts: str, got, expected) -> HostKeyChanged:
     name = known_hosts_name(host, port)
     return HostKeyChanged(
-        f"HOST KEY CHANGED for {name}! The server offered {got.get_name()} {fingerprint(got)} but "
-        f"{known_hosts} trusts {expected.get_name()} {fingerprint(expected)}. Someone may be "
+        f"HOST KEY CHANGED for {name}! The server offered {key_type(got)} {fingerprint(got)} but "
+        f"{known_hosts} trusts {key_type(expected)} {fingerprint(expected)}. Someone may be "
         f"intercepting the connection (possible man-in-the-middle attack), or the server was "
         f"reinstalled. Not connecting. If the change is expected, remove the old key "
         f"(ssh-keygen -R '{name}' -f {known_hosts}) and trust the new one (setup wizard)."
     )
 
 
-# --------------------------------------------------------------------------
-# the SFTP layer: paramiko's client plus what it hides
-# --------------------------------------------------------------------------
-class SFTPStatus(IOError):
-    """An SFTP status reply other than OK/EOF, with its code kept."""
+class _HostKeySeen(asyncssh.SSHClient):
+    """asyncssh calls validate_host_public_key for a key that the known_hosts
+    we pass does not hold: we note it (for the message) and refuse it."""
 
-    def __init__(self, code: int, text: str) -> None:
-        err = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}.get(code)
-        super().__init__(err, text) if err else super().__init__(text)
-        self.code, self.text = code, text
+    def __init__(self) -> None:
+        self.refused: asyncssh.SSHKey | None = None
 
-
-class _SFTP(SFTPClient):
-    """SFTPClient that keeps the server's extensions and raw status codes."""
-
-    extensions: dict[str, bytes]
-    #: the bulk data path for WRITEs (None: paramiko's own, see _Wire)
-    wire: "_Wire | None" = None
-
-    def __init__(self, chan: paramiko.Channel) -> None:
-        self._rbuf = bytearray()  # replies read ahead (_read_all)
-        super().__init__(chan)
-        # paramiko keeps request -> file object in a WeakValueDictionary (a
-        # weak reference made and dropped per request); every request of ours
-        # is answered or the session is dropped, so a dict holds nothing long.
-        self._expecting = {}
-
-    def _read_all(self, n: int) -> bytes:
-        """n bytes of the reply stream. paramiko's reads each reply in two
-        channel reads (its length, then the rest), each taking the channel's
-        locks; here one read takes whatever has arrived (a WRITE's status is
-        28 bytes: many replies per read when they queue up)."""
-        buf = self._rbuf
-        while len(buf) < n:
-            x = self.sock.recv(max(n - len(buf), READ_AHEAD))
-            if not x:
-                raise EOFError()
-            buf += x
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
-
-    def reply_ready(self) -> bool:
-        """A reply can be read without waiting."""
-        return bool(self._rbuf) or self.sock.recv_ready()
-
-    def _send_version(self) -> int:
-        # Same exchange as paramiko's, but the extension pairs are kept.
-        m = Message()
-        m.add_int(3)
-        self._send_packet(CMD_INIT, m)
-        t, data = self._read_packet()
-        if t != CMD_VERSION:
-            raise SFTPError("Incompatible sftp protocol")
-        msg = Message(data)
-        version = msg.get_int()
-        self.extensions = {}
-        while msg.get_remainder():
-            name = msg.get_string().decode("utf-8", "replace")
-            self.extensions[name] = msg.get_string()
-        return version
-
-    def _convert_status(self, msg: Message) -> None:
-        code = msg.get_int()
-        text = msg.get_string().decode("utf-8", "replace")
-        if code == SFTP_OK:
-            return
-        if code == SFTP_EOF:
-            raise EOFError(text)
-        raise SFTPStatus(code, text)
-
-    def _write_all(self, out: bytes) -> None:
-        # paramiko's version re-slices the rest of the message after each
-        # channel packet (~32 KiB): quadratic copying for 256 KiB writes.
-        view = memoryview(out)
-        while view:
-            n = self.sock.send(view)
-            if n <= 0:
-                raise EOFError()
-            view = view[n:]
-
-    # -- requests paramiko has no method for ---------------------------------
-    def extended(self, name: str, *args) -> Message | None:
-        t, msg = self._request(CMD_EXTENDED, name, *args)
-        return msg if t == CMD_EXTENDED_REPLY else None
-
-    def limits(self) -> dict[str, int]:
-        """limits@openssh.com: the server's largest read/write, open handles."""
-        if "limits@openssh.com" not in self.extensions:
-            return {}
-        msg = self.extended("limits@openssh.com")
-        if msg is None:
-            return {}
-        keys = ("max_packet", "max_read", "max_write", "max_handles")
-        return {k: msg.get_int64() for k in keys}
-
-    def free_bytes(self, path: bytes) -> int | None:
-        """Bytes available to us on the file system of `path` (statvfs@openssh.com)."""
-        if "statvfs@openssh.com" not in self.extensions:
-            return None
-        msg = self.extended("statvfs@openssh.com", path)
-        if msg is None:
-            return None
-        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
-        return frsize * bavail
-
-    def open_handle(self, path: bytes, flags: int) -> bytes:
-        t, msg = self._request(CMD_OPEN, path, flags, SFTPAttributes())
-        if t != CMD_HANDLE:
-            raise SFTPError("Expected handle")
-        return msg.get_binary()
-
-    def send_batch(self, requests: list[tuple[int, tuple]]) -> list[int]:
-        """Queue several requests in one channel write (so, for small ones, one
-        SSH packet and one syscall); returns their numbers, for wait()."""
-        out: list[bytes] = []
-        nums: list[int] = []
-        with self._lock:
-            for cmd, args in requests:
-                msg = Message()
-                msg.add_int(self.request_number)
-                for item in args:
-                    if isinstance(item, int64):
-                        msg.add_int64(item)
-                    elif isinstance(item, int):
-                        msg.add_int(item)
-                    elif isinstance(item, SFTPAttributes):
-                        item._pack(msg)
-                    else:
-                        msg.add_string(item)
-                payload = msg.asbytes()
-                out += [struct.pack(">IB", len(payload) + 1, cmd), payload]
-                nums.append(self.request_number)
-                self._expecting[self.request_number] = type(None)
-                self.request_number += 1
-        self._write_all(b"".join(out))
-        return nums
-
-    def _write_head(self, handle: bytes, offset: int, n: int) -> tuple[int, bytes]:
-        """A new request number and the bytes of a WRITE before its data."""
-        with self._lock:
-            num = self.request_number
-            self._expecting[num] = type(None)
-            self.request_number += 1
-        head = struct.pack(">IBII", 1 + 4 + 4 + len(handle) + 8 + 4 + n, CMD_WRITE, num, len(handle)) + handle
-        return num, head + struct.pack(">QI", offset, n)
-
-    def send_write(self, handle: bytes, offset: int, data) -> int:
-        """Queue one WRITE without waiting (collect it with wait(num)). Its
-        header is packed here, not through a Message, and the data is never
-        joined to it: _Wire copies both straight into its packets."""
-        num, head = self._write_head(handle, offset, len(data))
-        wire = self.wire
-        if wire is not None:
-            wire.send(head, data)
-        else:
-            self._write_all(head + data)
-        return num
-
-    def send_write_from(self, handle: bytes, offset: int, fd: int, n: int) -> int:
-        """Queue one WRITE of `n` bytes of file `fd` at `offset` (the same
-        offset remotely). With _Wire the bytes are read straight into its
-        packets. Raises _LocalError if the file cannot be read, _FileShrank
-        if it holds fewer bytes."""
-        wire = self.wire
-        try:
-            if wire is None:
-                data = os.pread(fd, n, offset)
-                got = len(data)
-            else:
-                got = wire.load_file(fd, offset, n, 4 + 1 + 4 + 4 + len(handle) + 8 + 4)
-        except OSError as exc:
-            raise _LocalError(exc) from exc
-        if got < n:
-            raise _FileShrank(f"{got} of {n} bytes at {offset}")
-        if wire is None:
-            return self.send_write(handle, offset, data)
-        num, head = self._write_head(handle, offset, n)
-        wire.put_head(head)
-        wire.flush()
-        return num
-
-    def send_async(self, cmd: int, *args) -> int:
-        """Queue one request without waiting; collect it with wait(num)."""
-        return self._async_request(type(None), cmd, *args)
-
-    def wait(self, num: int) -> tuple[int, Message]:
-        """The reply to request `num` (replies arrive in request order)."""
-        t, msg = self._read_response(num)
-        if t is None:
-            raise SFTPError(f"no reply to request {num}")
-        return t, msg
-
-    def lstat_many(self, paths: list[bytes]) -> list[SFTPAttributes | SFTPStatus]:
-        """LSTAT of every path in one round trip (the requests pipelined, in
-        one packet when small): each result is the attributes, or the status
-        the server answered. Every reply is read, so the channel stays in step."""
-        out: list[SFTPAttributes | SFTPStatus] = []
-        for num in self.send_batch([(CMD_LSTAT, (p,)) for p in paths]):
-            try:
-                t, msg = self.wait(num)
-            except SFTPStatus as exc:
-                out.append(exc)
-                continue
-            if t != CMD_ATTRS:
-                raise SFTPError("Expected attributes")
-            out.append(SFTPAttributes._from_msg(msg))
-        return out
-
-    def scandir(self, path: bytes) -> list[tuple[bytes, SFTPAttributes]]:
-        """Entries of one folder, names as raw bytes (any encoding survives)."""
-        t, msg = self._request(CMD_OPENDIR, path)
-        if t != CMD_HANDLE:
-            raise SFTPError("Expected handle")
-        handle = msg.get_binary()
-        found: list[tuple[bytes, SFTPAttributes]] = []
-        try:
-            while True:
-                try:
-                    t, msg = self._request(CMD_READDIR, handle)
-                except EOFError:
-                    break
-                if t != CMD_NAME:
-                    raise SFTPError("Expected name response")
-                for _ in range(msg.get_int()):
-                    name = msg.get_string()
-                    msg.get_string()  # "longname", an ls -l line
-                    attr = SFTPAttributes._from_msg(msg)
-                    if name not in (b".", b".."):
-                        found.append((name, attr))
-        finally:
-            self._request(CMD_CLOSE, handle)
-        return found
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.refused = key
+        return False
 
 
 # --------------------------------------------------------------------------
-# the bulk data path: SFTP WRITEs onto the SSH channel, few copies, one syscall
+# errors
 # --------------------------------------------------------------------------
-#: Packetizer state the fast path reads and updates (name-mangled privates)
-_PK = "_Packetizer__"
-_PK_FIELDS = ("write_lock", "aead_out", "block_engine_out", "iv_out", "block_size_out",
-              "compress_engine_out", "dump_packets", "sequence_number_out", "sent_bytes",
-              "sent_packets", "need_rekey", "received_bytes_overflow", "received_packets_overflow")
-_MSG_CHANNEL_DATA = 94
-#: bytes before a channel data packet's data: padding length, type, channel, data length
-_HEAD = 1 + 1 + 4 + 4
-#: bytes the transport reads from its socket at once (_Packetizer.read_all)
-_SSH_READ_AHEAD = 64 << 10
-#: the largest SSH padding (4 + a 16-byte cipher block - 1)
-_MAX_PAD = 19
-_GCM_TAG = 16
-
-
-class _Packetizer(Packetizer):
-    """paramiko's Packetizer with two costs of its read side removed.
-
-    Why: during an upload the server sends small packets (a WRITE's status,
-    a window adjust every 96 KiB) and paramiko reads each packet in two
-    socket reads (first block, then the rest), each a poll and a recv; here
-    one recv takes whatever has arrived (_SSH_READ_AHEAD) and the next
-    packets are cut from it. And paramiko cancels its handshake timer again
-    for every packet it reads (a Timer.cancel: an Event set, a lock);
-    here the timer is dropped once the handshake is over.
-
-    Installed on our transports only (SFTPCon._transport_factory), when the
-    private state it uses is there (available()).
-    """
-
-    @staticmethod
-    def available(pk: Packetizer) -> bool:
-        names = ("remainder", "socket", "closed", "need_rekey", "timer")
-        return type(pk) is Packetizer and all(hasattr(pk, _PK + n) for n in names)
-
-    def complete_handshake(self) -> None:
-        if getattr(self, _PK + "timer"):
-            super().complete_handshake()
-            setattr(self, _PK + "timer", None)
-
-    def read_all(self, n: int, check_rekey: bool = False) -> bytes:
-        """Packetizer.read_all (same timeouts, keepalives and rekey check),
-        reading ahead into the remainder it already keeps for the banner."""
-        rem = getattr(self, _PK + "remainder")
-        if len(rem) >= n:
-            setattr(self, _PK + "remainder", rem[n:])
-            return rem[:n]
-        out, n = rem, n - len(rem)
-        setattr(self, _PK + "remainder", b"")
-        sock = getattr(self, _PK + "socket")
-        while n > 0:
-            if self.handshake_timed_out():
-                raise EOFError()
-            try:
-                x = sock.recv(max(n, _SSH_READ_AHEAD))
-            except socket.timeout:
-                x = None
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    x = None
-                elif getattr(self, _PK + "closed"):
-                    raise EOFError() from e
-                else:
-                    raise
-            if x is None:
-                if getattr(self, _PK + "closed"):
-                    raise EOFError()
-                if check_rekey and not out and getattr(self, _PK + "need_rekey"):
-                    raise NeedRekeyException()
-                self._check_keepalive()
-                continue
-            if not x:
-                raise EOFError()
-            if len(x) > n:
-                setattr(self, _PK + "remainder", x[n:])
-                x = x[:n]
-            out += x
-            n -= len(x)
-        return out
-
-
-class _Wire:
-    """Sends SFTP requests as SSH channel data with the least Python work
-    and copying per byte (AES-GCM: encrypted here).
-
-    Why: paramiko sends channel data 32 KiB at a time (the server's packet
-    size), and each of those packets goes through Channel._send, a Message,
-    Transport._send_user_message and Packetizer.send_message: about eight
-    copies of every byte, a Python call chain and one syscall per 32 KiB.
-    Profiled here (256 MiB, 2 streams) that chain was most of the client's
-    CPU. Here a request is staged in a reused plaintext buffer laid out as
-    SSH packets (room for each packet's header before its data and for its
-    padding after): a large file's bytes are read by one preadv straight
-    into those slots. Then the channel window is reserved for as many
-    packets as it allows, each is encrypted in place with
-    AESGCM.encrypt_into into one output buffer, and the lot is written with
-    one sendall. Each byte is read from the file into the buffer, encrypted,
-    and handed to the kernel: nothing else.
-
-    It follows paramiko's own rules (Channel._wait_for_send_window for the
-    window and max packet: a short window makes a short packet, as there;
-    Transport._send_user_message's wait during key re-exchange;
-    Packetizer.send_message's padding, IV counter, sequence numbers and
-    rekey trigger), using their private state. available() checks that
-    state is there (paramiko 3.x-5.x have it); for another cipher, with
-    compression, or when packet dumps are on, each packet goes through
-    Packetizer.send_message instead.
-    """
-
-    def __init__(self, chan: paramiko.Channel) -> None:
-        self.chan = chan
-        self.transport = chan.get_transport()
-        self.pk = self.transport.packetizer
-        self.chanid = chan.remote_chanid
-        self.packet_data = chan.out_max_packet_size - 64  # paramiko's limit per packet
-        self._stride = _HEAD + self.packet_data + _MAX_PAD
-        self._plain = bytearray(0)
-        self._out = bytearray(0)
-        self._regions: list[int] = []  # data bytes staged in each packet slot
-
-    @staticmethod
-    def available(chan: paramiko.Channel) -> bool:
-        """True when the paramiko internals used here are all present."""
-        t = chan.get_transport()
-        pk = getattr(t, "packetizer", None)
-        return (
-            pk is not None
-            and all(hasattr(pk, _PK + name) for name in _PK_FIELDS)
-            and all(hasattr(pk, a) for a in ("write_all", "_trigger_rekey", "REKEY_BYTES", "REKEY_PACKETS"))
-            and all(hasattr(t, a) for a in ("clear_to_send", "clear_to_send_lock", "clear_to_send_timeout", "active"))
-            and all(hasattr(chan, a) for a in ("lock", "_wait_for_send_window", "out_window_size", "remote_chanid",
-                                               "out_max_packet_size", "closed"))
-        )
-
-    def fast(self) -> bool:
-        """The negotiated cipher is AES-GCM and nothing else touches packets."""
-        pk = self.pk
-        return bool(
-            getattr(pk, _PK + "aead_out")
-            and getattr(pk, _PK + "compress_engine_out") is None
-            and not getattr(pk, _PK + "dump_packets")
-            and hasattr(getattr(pk, _PK + "block_engine_out"), "encrypt_into")
-        )
-
-    # -- staging: the request's bytes in packet slots -------------------------
-    def _stage(self, total: int) -> list[memoryview]:
-        """Slots for `total` channel bytes, full packets first; returns a view
-        of each slot's data area."""
-        count = max(1, -(-total // self.packet_data))
-        need = count * self._stride
-        if len(self._plain) < need:
-            self._plain = bytearray(need)
-        self._regions = [min(self.packet_data, total - i * self.packet_data) for i in range(count)]
-        view = memoryview(self._plain)
-        return [view[i * self._stride + _HEAD:i * self._stride + _HEAD + n] for i, n in enumerate(self._regions)]
-
-    def load_file(self, fd: int, offset: int, n: int, head_len: int) -> int:
-        """Stage a request of `head_len` header bytes (put_head) followed by
-        `n` bytes of the file at `offset`, read straight into the slots.
-        Returns the bytes read (fewer: the file is shorter). OSError: the
-        local file could not be read."""
-        slots = self._stage(head_len + n)
-        slots[0] = slots[0][head_len:]
-        return os.preadv(fd, [v for v in slots if len(v)], offset)
-
-    def put_head(self, head: bytes) -> None:
-        """The request header in front of what load_file staged."""
-        self._plain[_HEAD:_HEAD + len(head)] = head
-
-    def send(self, head: bytes, data) -> None:
-        """Send one request: `head` then `data` (bytes-like), as channel data."""
-        data = memoryview(data)
-        h = len(head)
-        slots = self._stage(h + len(data))
-        pos = -h
-        for v in slots:  # copy into the slots: the only copy this path makes
-            k = len(v)
-            if pos < 0:
-                v[:h] = head
-                v[h:] = data[:k - h]
-            else:
-                v[:] = data[pos:pos + k]
-            pos += k
-        self.flush()
-
-    # -- sending what is staged ----------------------------------------------
-    def flush(self) -> None:
-        """Send every staged byte, as many packets at a time as the window allows."""
-        spot = (0, 0)  # (slot, bytes of it already sent)
-        while spot[0] < len(self._regions):
-            pieces, spot = self._reserve(spot)
-            self._gate()
-            try:
-                with getattr(self.pk, _PK + "write_lock"):
-                    if self.fast():
-                        self._seal_and_write(pieces)
-                    else:
-                        self._send_each(pieces)
-            finally:
-                self.transport.clear_to_send_lock.release()
-
-    def _reserve(self, spot: tuple[int, int]) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
-        """Channel window for the next packets: (slot, start, end) pieces of
-        staged data, and where the next reservation starts. Waits (paramiko's
-        timeout) for the first piece only; a short window gives a short piece."""
-        chan = self.chan
-        slot, done = spot
-        pieces: list[tuple[int, int, int]] = []
-        with chan.lock:
-            while slot < len(self._regions) and (not pieces or chan.out_window_size > 0):
-                if chan.closed:
-                    raise EOFError("SSH channel closed")
-                got = chan._wait_for_send_window(self._regions[slot] - done)
-                if got <= 0:
-                    raise EOFError("SSH channel closed")
-                pieces.append((slot, done, done + got))
-                done += got
-                if done == self._regions[slot]:
-                    slot, done = slot + 1, 0
-        return pieces, (slot, done)
-
-    def _gate(self) -> None:
-        """Transport._send_user_message's wait: no user data during key
-        re-exchange. Returns holding transport.clear_to_send_lock."""
-        t = self.transport
-        start = time.monotonic()
-        while True:
-            t.clear_to_send.wait(0.1)
-            if not t.active:
-                raise EOFError("SSH connection closed")
-            t.clear_to_send_lock.acquire()
-            if t.clear_to_send.is_set():
-                return
-            t.clear_to_send_lock.release()
-            if time.monotonic() > start + t.clear_to_send_timeout:
-                raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
-
-    def _send_each(self, pieces: list[tuple[int, int, int]]) -> None:
-        """Another cipher: each packet through paramiko's Packetizer."""
-        view = memoryview(self._plain)
-        for slot, start, end in pieces:
-            at = slot * self._stride + _HEAD
-            payload = struct.pack(">BII", _MSG_CHANNEL_DATA, self.chanid, end - start)
-            self.pk.send_message(Message(payload + bytes(view[at + start:at + end])))
-
-    def _seal_and_write(self, pieces: list[tuple[int, int, int]]) -> None:
-        """Packetizer.send_message for AES-GCM, for several packets at once.
-
-        A piece's plaintext is built around its data where it lies: its
-        10-byte header goes just before it (over header room, or over bytes
-        of the same slot already sealed), its padding just after it (over
-        padding room, or over bytes still to send, saved and put back)."""
-        pk, pre = self.pk, _PK
-        encrypt = getattr(pk, pre + "block_engine_out").encrypt_into
-        bsize = getattr(pk, pre + "block_size_out")
-        iv = getattr(pk, pre + "iv_out")
-        fixed, counter = iv[:4], int.from_bytes(iv[4:], "big")
-        need = sum(end - start for _slot, start, end in pieces) + len(pieces) * (4 + _HEAD + _MAX_PAD + _GCM_TAG)
-        if len(self._out) < need:
-            self._out = bytearray(need)
-        out, plain, chanid = self._out, self._plain, self.chanid
-        ov, pv = memoryview(out), memoryview(plain)
-        noise = os.urandom(_MAX_PAD)
-        pack_into = struct.pack_into
-        o = 0
-        for slot, start, end in pieces:
-            n = end - start
-            padding = 3 + bsize - ((n + _HEAD + 3) % bsize)
-            length = _HEAD + n + padding  # the packet length field
-            first = slot * self._stride + start  # where this packet's plaintext begins
-            tail = first + _HEAD + n
-            kept = bytes(pv[tail:tail + padding]) if end < self._regions[slot] else None
-            pack_into(">BBII", plain, first, padding, _MSG_CHANNEL_DATA, chanid, n)
-            pv[tail:tail + padding] = noise[:padding]
-            pack_into(">I", out, o, length)
-            encrypt(fixed + counter.to_bytes(8, "big"), pv[first:first + length], ov[o:o + 4],
-                    ov[o + 4:o + 4 + length + _GCM_TAG])
-            if kept is not None:
-                pv[tail:tail + padding] = kept
-            counter += 1
-            o += 4 + length + _GCM_TAG
-        k = len(pieces)
-        seq = getattr(pk, pre + "sequence_number_out")
-        if seq + k > 0xFFFFFFFF and not pk._initial_kex_done:
-            raise paramiko.SSHException("Sequence number rolled over during initial kex!")
-        setattr(pk, pre + "iv_out", fixed + counter.to_bytes(8, "big"))
-        setattr(pk, pre + "sequence_number_out", (seq + k) & 0xFFFFFFFF)
-        pk.write_all(ov[:o])
-        sent_bytes = getattr(pk, pre + "sent_bytes") + o
-        sent_packets = getattr(pk, pre + "sent_packets") + k
-        setattr(pk, pre + "sent_bytes", sent_bytes)
-        setattr(pk, pre + "sent_packets", sent_packets)
-        if (sent_packets >= pk.REKEY_PACKETS or sent_bytes >= pk.REKEY_BYTES) and not getattr(pk, pre + "need_rekey"):
-            setattr(pk, pre + "received_bytes_overflow", 0)
-            setattr(pk, pre + "received_packets_overflow", 0)
-            pk._trigger_rekey()
-
-
-#: the permission bits a target file may get: never setuid, setgid or sticky.
-#: A 4755 program in the source must not become a setuid program of the
-#: server's account (or of root, when the daemon or the server runs as root).
-MODE_MASK = 0o777
-
-
-def _attrs(mode: int | None = None, mtime_ns: int | None = None) -> SFTPAttributes:
-    """The attributes every SETSTAT/FSETSTAT of ours carries (the only
-    requests that send a file's mode: OPEN and MKDIR send none of the source's)."""
-    a = SFTPAttributes()
-    if mode is not None:
-        a.st_mode = mode & MODE_MASK
-    if mtime_ns is not None:
-        # SFTPv3 stores whole seconds in an unsigned 32-bit field.
-        secs = min(max(mtime_ns // 1_000_000_000, 0), _MAX_U32)
-        a.st_atime = a.st_mtime = secs
-    return a
-
-
-@dataclass
-class _PathState:
-    """What LSTAT found along a remote path, level by level below the root
-    (SFTPCon._inspect). Nothing was followed: a link is seen as a link."""
-
-    levels: list[str]  # the folders below the root down to the path's folder, top first
-    missing: int  # index of the first missing level (len(levels): all there)
-    blocker: str | None  # the first level that is not a real folder: a link or a file
-    link: bool  # ...and it is a symbolic link
-    leaves: list[SFTPAttributes | None]  # lstat of each path asked for (None: missing, or a level is not a folder)
-
-
-@dataclass
-class _Session:
-    """One SSH connection with one SFTP channel, used by one thread at a time."""
-
-    client: paramiko.SSHClient
-    sftp: _SFTP
-    write_size: int
-    posix_rename: bool
-    check_file: bool
-
-    def alive(self) -> bool:
-        t = self.client.get_transport()
-        return t is not None and t.is_active() and not self.sftp.sock.closed
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sftp.close()
-        with contextlib.suppress(Exception):
-            self.client.close()
-
-
-class _Pool:
-    """At most `size` sessions; a thread borrows one, returns it or drops it."""
-
-    def __init__(self, factory: Callable[[], _Session], size: int) -> None:
-        self._factory = factory
-        self._size = size
-        self._idle: list[_Session] = []
-        self._count = 0
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def acquire(self) -> _Session:
-        while True:
-            stale: _Session | None = None
-            with self._cond:
-                while not self._idle and self._count >= self._size and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    raise TransientError("connection closed")
-                if self._idle:
-                    s = self._idle.pop()  # the most recently used: warmest
-                    if s.alive():
-                        return s
-                    self._count -= 1
-                    stale = s
-                else:
-                    self._count += 1
-                    break
-            if stale is not None:
-                stale.close()
-        try:
-            return self._factory()
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-
-    def try_acquire(self) -> _Session | None:
-        """A session without waiting (an idle one, or a new one if there is
-        room), else None: for helpers that must never hold up other workers."""
-        stale: list[_Session] = []
-        found: _Session | None = None
-        create = False
-        with self._cond:
-            while self._idle and not self._closed:
-                s = self._idle.pop()
-                if s.alive():
-                    found = s
-                    break
-                self._count -= 1
-                stale.append(s)
-            if found is None and not self._closed and self._count < self._size:
-                self._count += 1
-                create = True
-        for s in stale:
-            s.close()
-        if found is not None or not create:
-            return found
-        try:
-            return self._factory()
-        except Exception:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            return None
-
-    def release(self, s: _Session, broken: bool) -> None:
-        """Return a session; a broken one is closed, and so are the idle ones:
-        they most likely share its fate (same network path), and finding that
-        out one timeout at a time would delay the reconnection."""
-        drop: list[_Session] = []
-        with self._cond:
-            if not broken and not self._closed:
-                self._idle.append(s)
-            else:
-                drop.append(s)
-                if broken:
-                    drop += self._idle
-                    self._idle = []
-                self._count -= len(drop)
-            self._cond.notify_all()
-        for d in drop:
-            d.close()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._count -= len(idle)
-            self._cond.notify_all()
-        for s in idle:
-            s.close()
-
-    def reopen(self) -> None:
-        with self._cond:
-            self._closed = False
-
-
-class _FileShrank(Exception):
-    """The local file holds fewer bytes than its size said."""
-
-
 class _LocalError(Exception):
     """Carries an error of the local file through the remote error mapping."""
 
@@ -1045,28 +368,23 @@ class _LocalError(Exception):
         self.exc = exc
 
 
-def _read_local(fh, n: int) -> bytes:
-    try:
-        return fh.read(n)
-    except OSError as exc:
-        raise _LocalError(exc) from exc
+class _StartOver(TransientError):
+    """A finished upload failed its check: drop the temp file and resume state."""
 
 
-_TRANSIENT_STATUS = {SFTP_NO_CONNECTION, SFTP_CONNECTION_LOST}
-
-
-def _status_error(exc: SFTPStatus, what: str) -> XConError:
+def _status_error(exc: asyncssh.SFTPError, what: str) -> XConError:
     """Turn an SFTP status into the contract's error kinds, with a plain message."""
-    text = f" ({exc.text})" if exc.text else ""
-    if exc.code == SFTP_NO_SUCH_FILE:
+    text = f" ({exc.reason})" if exc.reason else ""
+    code = exc.code
+    if code == asyncssh.FX_NO_SUCH_FILE:
         return RemoteNotFound(f"{what}: no such file or folder on the server{text}")
-    if exc.code == SFTP_PERMISSION_DENIED:
+    if code == asyncssh.FX_PERMISSION_DENIED:
         return PermanentError(f"{what}: permission denied by the server{text}")
-    if exc.code == SFTP_BAD_MESSAGE:
+    if code == asyncssh.FX_BAD_MESSAGE:
         return PermanentError(f"{what}: the server refused the request or the name (too long or invalid?){text}")
-    if exc.code == SFTP_OP_UNSUPPORTED:
+    if code == asyncssh.FX_OP_UNSUPPORTED:
         return PermanentError(f"{what}: the server does not support this operation{text}")
-    if exc.code in _TRANSIENT_STATUS:
+    if code in _FX_TRANSIENT:
         return TransientError(f"{what}: the server lost its connection{text}")
     # SSH_FX_FAILURE: OpenSSH says only "Failure" for ENOSPC, EISDIR, EEXIST,
     # ENOTEMPTY, EDQUOT... Callers add what they can find out (_diagnose).
@@ -1075,69 +393,339 @@ def _status_error(exc: SFTPStatus, what: str) -> XConError:
 
 def _map_error(exc: BaseException, what: str) -> BaseException:
     """Any exception out of a remote call -> the contract's error kinds."""
-    if isinstance(exc, (XConError, _LocalError)):
-        return exc.exc if isinstance(exc, _LocalError) else exc
-    if isinstance(exc, SFTPStatus):
+    if isinstance(exc, _LocalError):
+        return exc.exc
+    if isinstance(exc, XConError):
+        return exc
+    if isinstance(exc, asyncssh.SFTPError):
         return _status_error(exc, what)
-    if isinstance(exc, paramiko.AuthenticationException):
-        return PermanentError(f"{what}: login refused by the server ({exc})")
-    if isinstance(exc, (paramiko.SSHException, EOFError, SFTPError, OSError, struct.error)):
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return PermanentError(f"{what}: login refused by the server ({exc.reason})")
+    if isinstance(exc, (asyncssh.Error, asyncssh.ChannelOpenError, OSError, EOFError, asyncio.TimeoutError,
+                        asyncio.IncompleteReadError, concurrent.futures.CancelledError)):
         kind = type(exc).__name__
         return TransientError(f"{what}: connection lost or timed out ({kind}: {exc})")
     return exc
 
 
-class _StartOver(TransientError):
-    """A finished upload failed its check: drop the temp file and resume state."""
-
-
 def _session_ok(exc: BaseException) -> bool:
-    """True when the server answered (or we stopped on purpose): the session
-    is still in step and can go back to the pool. Anything else (socket error,
-    timeout, EOF, protocol confusion) drops it."""
-    return isinstance(exc, (SFTPStatus, XConError, _LocalError))
+    """True when the server answered (or we stopped on purpose): the
+    connection is still in step and stays in the pool. Anything else (socket
+    error, timeout, connection lost) drops it."""
+    if isinstance(exc, asyncssh.SFTPError):
+        return exc.code not in _FX_TRANSIENT
+    return isinstance(exc, (XConError, _LocalError))
+
+
+def _missing(exc: BaseException) -> bool:
+    return isinstance(exc, asyncssh.SFTPError) and exc.code == asyncssh.FX_NO_SUCH_FILE
+
+
+def _mode(a: asyncssh.SFTPAttrs | None) -> int:
+    return (a.permissions or 0) if a is not None else 0
+
+
+def _is_dir(a: asyncssh.SFTPAttrs | None) -> bool:
+    return a is not None and statmod.S_ISDIR(_mode(a))
+
+
+def _attrs(mode: int, mtime_ns: int) -> asyncssh.SFTPAttrs:
+    """The attributes every SETSTAT/FSETSTAT of ours carries (the only
+    requests that send a file's mode: OPEN and MKDIR send none of the source's)."""
+    # SFTPv3 stores whole seconds in an unsigned 32-bit field.
+    secs = min(max(mtime_ns // 1_000_000_000, 0), _MAX_U32)
+    return asyncssh.SFTPAttrs(permissions=mode & MODE_MASK, atime=secs, mtime=secs)
 
 
 # --------------------------------------------------------------------------
-# the connection
+# the event loop thread and the connections
 # --------------------------------------------------------------------------
-@dataclass
-class _Upload:
-    """Where one send stands (for resume, progress and cleanup)."""
+class _Loop:
+    """One asyncio loop in one daemon thread: where asyncssh runs."""
 
-    rel: str
-    target: bytes
-    tmp: bytes
-    tmp_rel: str
-    size: int
-    resumable: bool
-    offset: int = 0  # bytes already in the temp file when this attempt began
-    sent: int = 0  # bytes written by this attempt
-    handle: bytes | None = None
-    opened: bool = False  # the temp file was opened (made) by this attempt: ours to remove
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future:
+        with self._lock:
+            if self.loop is None:
+                loop = asyncio.new_event_loop()
+                self.thread = threading.Thread(target=self._main, args=(loop,), name=self.name, daemon=True)
+                self.loop = loop
+                self.thread.start()
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _main(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+    def stop(self, last: Callable[[], Awaitable[None]] | None = None, timeout: float = 10.0) -> None:
+        """Run `last()` on the loop, then end the loop and its thread."""
+        with self._lock:
+            loop, thread, self.loop, self.thread = self.loop, self.thread, None, None
+        if loop is None or thread is None:
+            return
+        if last is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(last(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One SSH connection with one SFTP channel, shared by every coroutine
+    that uses it (asyncssh pipelines their requests)."""
+
+    conn: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+    write_size: int
+    timeout: float
+    posix_rename: bool = True  # until the server shows it has none
+    busy: int = 0  # calls using it now
+    pending: int = 0  # requests waiting for a reply
+    last: float = 0.0  # when a reply last came (or the first request went)
+    watcher: asyncio.Task | None = None
+
+    async def req(self, aw: Awaitable[T]) -> T:
+        """One request's reply, watched: see watch()."""
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            self.last = loop.time()
+        self.pending += 1
+        try:
+            return await aw
+        finally:
+            self.pending -= 1
+            self.last = loop.time()
+
+    async def watch(self) -> None:
+        """Abort the connection when requests wait more than `timeout`
+        seconds without any reply: a dead link (or a hung server) is found
+        within seconds, and every request waiting on it fails at once."""
+        loop = asyncio.get_running_loop()
+        step = max(0.05, min(1.0, self.timeout / 4))
+        while not self.conn.is_closed():
+            await asyncio.sleep(step)
+            if self.pending and loop.time() - self.last > self.timeout:
+                log.info("sftp: no reply for %.1f s: dropping the connection", self.timeout)
+                self.conn.abort()
+                return
+
+    def alive(self) -> bool:
+        return not self.conn.is_closed()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+        self.conn.abort()
+
+    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs | None:
+        try:
+            return await self.req(self.sftp.lstat(path))
+        except asyncssh.SFTPError as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    async def lstat_many(self, paths: list[bytes]) -> list[asyncssh.SFTPAttrs | None | asyncssh.SFTPError]:
+        """LSTAT of every path, all in flight at once: one round trip. None
+        for a missing path; any other refusal is handed back in its place
+        (the caller decides which matters: a level above comes first)."""
+        replies = await asyncio.gather(*(self.lstat(p) for p in paths), return_exceptions=True)
+        for r in replies:
+            if isinstance(r, BaseException) and not isinstance(r, asyncssh.SFTPError):
+                raise r
+        return list(replies)
+
+    async def remove(self, path: bytes, missing_ok: bool = True) -> bool:
+        try:
+            await self.req(self.sftp.remove(path))
+            return True
+        except asyncssh.SFTPError as exc:
+            if missing_ok and _missing(exc):
+                return False
+            raise
+
+    async def scandir(self, path: bytes) -> list[asyncssh.SFTPName]:
+        """Entries of one folder, names as raw bytes (any encoding survives)."""
+        async def read() -> list[asyncssh.SFTPName]:
+            return [e for e in [x async for x in self.sftp.scandir(path)] if e.filename not in (b".", b"..")]
+
+        return await self.req(read())
+
+
+class _Pool:
+    """Up to `size` sessions, used only from the loop thread. A call takes
+    an idle session, else opens one while there is room, else shares the
+    least busy (requests are pipelined: sharing costs no round trips)."""
+
+    def __init__(self, factory: Callable[[], Awaitable[_Session]], size: int) -> None:
+        self._factory = factory
+        self.size = size
+        self.sessions: list[_Session] = []
+        self._opening = 0
+        self._opened: asyncio.Event | None = None
+
+    async def acquire(self, idle_only: bool = False) -> _Session | None:
+        while True:
+            for s in [s for s in self.sessions if not s.alive()]:
+                self.sessions.remove(s)
+                s.close()
+            idle = [s for s in self.sessions if not s.busy]
+            if idle:
+                s = idle[-1]
+            elif len(self.sessions) + self._opening < self.size:
+                s = await self._open()
+            elif idle_only:
+                return None
+            elif self.sessions:
+                s = min(self.sessions, key=lambda x: x.busy)
+            else:  # every place is being opened by another call: wait for one
+                if self._opened is None:
+                    self._opened = asyncio.Event()
+                await self._opened.wait()
+                continue
+            s.busy += 1
+            return s
+
+    async def _open(self) -> _Session:
+        self._opening += 1
+        try:
+            s = await self._factory()
+            self.sessions.append(s)
+            return s
+        finally:
+            self._opening -= 1
+            if self._opened is not None:
+                self._opened.set()
+                self._opened = None
+
+    def release(self, s: _Session, broken: bool) -> None:
+        """Return a session; a broken one is closed, and so are the idle ones:
+        they most likely share its fate (same network path), and finding that
+        out one timeout at a time would delay the reconnection."""
+        s.busy -= 1
+        if not broken:
+            return
+        drop = [x for x in self.sessions if x is s or not x.busy]
+        if s not in drop:
+            drop.append(s)
+        for x in drop:
+            with contextlib.suppress(ValueError):
+                self.sessions.remove(x)
+            x.close()
+
+    async def close(self) -> None:
+        sessions, self.sessions = self.sessions, []
+        self._opened = None
+        for s in sessions:
+            s.close()
+        for s in sessions:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.conn.wait_closed(), 2)
+
+
+# --------------------------------------------------------------------------
+# one upload's flow: the loop writes, the calling thread reports and pays
+# --------------------------------------------------------------------------
+class _Flow:
+    """Acknowledged bytes go from the loop to the calling thread, which
+    passes them to ctx.report (progress, and the bandwidth limit, which may
+    sleep: in the calling thread, never in the loop); the writers may run at
+    most `window` bytes ahead of what the calling thread has paid for."""
+
+    def __init__(self, ctx: TransferContext, total: int, window: int) -> None:
+        self.ctx, self.total, self.window = ctx, total, window
+        self.acked = 0  # bytes the server confirmed (loop side)
+        self.sent = 0  # bytes written by this attempt (loop side)
+        self.paid = 0  # bytes reported by the calling thread
+        self.base = 0  # bytes on the remote before this attempt
+        self._cond = threading.Condition()
+        self._grant: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- loop side --
+    def start(self, acked: int) -> None:
+        """In the loop: what the remote held before this attempt."""
+        self._loop = asyncio.get_running_loop()
+        self._grant = asyncio.Event()
+        self.acked = self.paid = self.base = acked
+        self.notify()
+
+    def ack(self, n: int) -> None:
+        self.acked += n
+        self.notify()
+
+    def notify(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    async def room(self, n: int, stop: Callable[[], bool]) -> None:
+        """Wait until `n` more bytes on the wire stay within the window of
+        what was paid for, or until `stop()` (then the caller stops)."""
+        assert self._grant is not None
+        while self.base + self.sent + n - self.paid > self.window and not stop():
+            self._grant.clear()
+            await self._grant.wait()
+
+    def kick(self) -> None:
+        """Wake every writer waiting in room() (a write failed: stop)."""
+        if self._grant is not None:
+            self._grant.set()
+
+    def _paid(self, n: int) -> None:
+        self.paid = max(self.paid, n)
+        if self._grant is not None:
+            self._grant.set()
+
+    # -- calling thread --
+    def drive(self, fut: concurrent.futures.Future, tick: Callable[[], None] = lambda: None) -> Any:
+        """Wait for `fut`, reporting acknowledged bytes as they come."""
+        shown = -1
+        fut.add_done_callback(lambda _f: self.notify())
+        started = False
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: fut.done() or (self._loop is not None and self.acked != shown),
+                                    timeout=REPORT_EVERY)
+                acked = self.acked
+                finished = fut.done()  # then `acked` is final: report it before returning
+            if self._loop is not None and acked != shown:
+                if not started:
+                    self.ctx.start_at(acked, self.total)
+                    started = True
+                else:
+                    self.ctx.report(acked, self.total)
+                shown = acked
+                with contextlib.suppress(RuntimeError):  # the loop is gone: the future says why
+                    self._loop.call_soon_threadsafe(self._paid, acked)
+            tick()
+            if finished:
+                return fut.result()
 
 
 class _Parts:
-    """The shared bookkeeping of one parallel upload (all methods thread-safe).
-
-    Every writer thread passes its acknowledged bytes to ctx.report itself
-    (through a _Meter, in batches): progress follows every part as it
-    travels, and the bandwidth limit, fed by the same call, makes the thread
-    that sent the bytes sleep (the helpers too, not only the caller).
-    ctx.resume is touched only by the thread that called send() (tick): the
-    engine's state database (SQLite connections are bound to their thread)
-    need not be thread-safe.
-    """
+    """The shared bookkeeping of one parallel upload: parts are claimed in
+    the loop; finished ones are saved in ctx.resume by the calling thread
+    only (tick): the engine's state database (SQLite connections are bound
+    to their thread) need not be thread-safe."""
 
     def __init__(self, f: LocalFile, ctx: TransferContext, part: int) -> None:
         self.rel, self.size, self.ctx, self.part = f.rel, f.size, ctx, part
         self.count = max(1, -(-f.size // part))
         self.done: set[int] = set()
         self.state: dict = {}
-        self.acked = 0  # bytes the server confirmed (progress)
-        self.sent = 0  # bytes written by this attempt
-        self.abort = threading.Event()
-        self.owner = threading.current_thread()
+        self.abort = False
         self._next = 0
         self._lock = threading.Lock()
         self._dirty = False
@@ -1155,17 +743,7 @@ class _Parts:
             return self._next - 1
 
     def should_stop(self) -> bool:
-        return self.abort.is_set() or self.ctx.stop.is_set()
-
-    def add(self, acked: int, sent: int) -> None:
-        """From any writer thread: count its bytes, report the new total (the
-        caller may sleep in the bandwidth limit here)."""
-        with self._lock:
-            self.acked += acked
-            self.sent += sent
-            total = self.acked
-        if acked:
-            self.ctx.report(total, self.size)
+        return self.abort or self.ctx.stop.is_set()
 
     def finish(self, idx: int) -> None:
         with self._lock:
@@ -1174,8 +752,6 @@ class _Parts:
 
     def tick(self) -> None:
         """In the calling thread: save the finished parts in ctx.resume."""
-        if threading.current_thread() is not self.owner:
-            return
         with self._lock:
             dirty, self._dirty = self._dirty, False
             done = sorted(self.done)
@@ -1188,38 +764,49 @@ class _Parts:
         self.tick()
 
 
-class _Meter:
-    """One writer thread's bytes on their way to _Parts.add, in batches of
-    REPORT_BYTES or REPORT_EVERY seconds, whichever comes first: progress and
-    the throttle stay prompt (a slow, throttled link reports every chunk),
-    while a fast one takes the shared locks a few hundred times a second at
-    most, not once per chunk."""
+@dataclass
+class _Upload:
+    """Where one send stands (for resume, progress and cleanup)."""
 
-    def __init__(self, job: _Parts) -> None:
-        self.job = job
-        self.acked = self.sent = 0
-        self.last = time.monotonic()
-
-    def wrote(self, n: int) -> None:
-        self.sent += n
-
-    def acked_bytes(self, n: int) -> None:
-        self.acked += n
-        if self.acked >= REPORT_BYTES or time.monotonic() - self.last >= REPORT_EVERY:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.acked or self.sent:
-            acked, sent, self.acked, self.sent = self.acked, self.sent, 0, 0
-            self.job.add(acked, sent)
-        self.last = time.monotonic()
+    rel: str
+    target: bytes
+    tmp: bytes
+    tmp_rel: str
+    size: int
+    resumable: bool
+    offset: int = 0  # bytes already in the temp file when this attempt began
+    handle: Any = None  # the open temp file (asyncssh SFTPClientFile)
+    opened: bool = False  # the temp file was opened (made) by this attempt: ours to remove
 
 
+@dataclass
+class _PathState:
+    """What LSTAT found along a remote path, level by level below the root
+    (SFTPCon._inspect). Nothing was followed: a link is seen as a link."""
+
+    levels: list[str]  # the folders below the root down to the path's folder, top first
+    missing: int  # index of the first missing level (len(levels): all there)
+    blocker: str | None  # the first level that is not a real folder: a link or a file
+    link: bool  # ...and it is a symbolic link
+    leaves: list[asyncssh.SFTPAttrs | None] = field(default_factory=list)
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, n, offset)
+    except OSError as exc:
+        raise _LocalError(exc) from exc
+
+
+# --------------------------------------------------------------------------
+# the connection
+# --------------------------------------------------------------------------
 class SFTPCon(XCon):
     service = "sftp"
     # SFTPv3 carries mtime in whole seconds.
     abilities = Abilities(
-        server_side_move=True, resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000
+        server_side_move=True, resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000,
+        batch_send=True,
     )
 
     def __init__(
@@ -1242,7 +829,7 @@ class SFTPCon(XCon):
         parallel_min: int = PARALLEL_MIN,
         streams: int = PARALLEL_STREAMS,
         ciphers: tuple[str, ...] = PREFERRED_CIPHERS,
-        fast_wire: bool = True,
+        ssh_options: dict | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.user = user or _local_user()
@@ -1261,9 +848,11 @@ class SFTPCon(XCon):
         self.parallel_min = parallel_min
         self.streams = max(1, streams)
         self.ciphers = ciphers
-        self.fast_wire = fast_wire
+        #: more asyncssh.connect() options (tests, benchmarks: rekey_bytes, window...)
+        self.ssh_options = dict(ssh_options or {})
+        self._loop = _Loop(f"sftp-{host}")
         self._pool = _Pool(self._open_session, self.connections)
-        self._pkey: paramiko.PKey | None = None
+        self._key: asyncssh.SSHKey | None = None
         # rel -> temp file (rel) a failed send may have left behind with no resume
         # state naming it (the connection broke mid-way); see discard()
         self._strays: dict[str, str] = {}
@@ -1298,193 +887,181 @@ class SFTPCon(XCon):
         return os.fsencode(path)
 
     # -- sessions ----------------------------------------------------------
-    def _load_key(self) -> paramiko.PKey | None:
+    def _load_key(self) -> asyncssh.SSHKey | None:
         if not self.key_file:
             return None
-        if self._pkey is None:
+        if self._key is None:
             try:
-                self._pkey = paramiko.PKey.from_path(self.key_file, password=self._passphrase.encode() or None)
+                self._key = asyncssh.read_private_key(self.key_file, self._passphrase or None)
             except FileNotFoundError:
                 raise PermanentError(f"key_file {self.key_file!r}: no such file") from None
-            except paramiko.PasswordRequiredException:
+            except asyncssh.KeyEncryptionError:
                 raise PermanentError(
-                    f"key_file {self.key_file!r} is encrypted: set key_passphrase (or load it into ssh-agent)"
-                ) from None
-            except (paramiko.SSHException, ValueError, OSError) as exc:
+                    f"key_file {self.key_file!r}: cannot decrypt the key (wrong key_passphrase?)") from None
+            except (asyncssh.KeyImportError, ValueError, OSError) as exc:
+                if not self._passphrase and "assphrase" in str(exc):
+                    raise PermanentError(f"key_file {self.key_file!r} is encrypted: set key_passphrase "
+                                         f"(or load it into ssh-agent)") from None
                 hint = " (wrong key_passphrase?)" if self._passphrase else ""
-                raise PermanentError(f"key_file {self.key_file!r}: cannot load the key{hint}: {type(exc).__name__}") from None
-        return self._pkey
+                raise PermanentError(f"key_file {self.key_file!r}: cannot load the key{hint}: "
+                                     f"{type(exc).__name__}") from None
+        return self._key
 
-    def _transport_factory(self, sock, **kw) -> paramiko.Transport:
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Without it, Nagle's algorithm holds a request written right
-            # behind another until the server ACKs that one, which a delayed
-            # ACK puts off by up to 40 ms: small files went at 217/s instead of
-            # 554/s over loopback (paramiko leaves the option off; OpenSSH and
-            # rclone set it).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        t = paramiko.Transport(sock, **kw)
-        if self.fast_wire and _Packetizer.available(t.packetizer):
-            t.packetizer.__class__ = _Packetizer
-        opts = t.get_security_options()
-        first = [c for c in self.ciphers if c in opts.ciphers]
-        opts.ciphers = tuple(first + [c for c in opts.ciphers if c not in first])
-        return t
+    def _login_options(self) -> dict:
+        """How to log in: the key file, else the default keys; the agent when
+        asked for; the password when set."""
+        agent: Any = () if self.use_agent else None
+        if self.key_file:
+            keys: Any = [self._load_key()]
+        elif self._password:
+            keys = () if self.use_agent else None
+        else:
+            keys = ()
+            home_keys = [os.path.expanduser(f"~/.ssh/{n}") for n in _DEFAULT_KEYS]
+            has_agent = self.use_agent and os.environ.get("SSH_AUTH_SOCK")
+            if not has_agent and not any(os.path.exists(p) for p in home_keys):
+                raise PermanentError(
+                    f"connect to {self.describe()}: no key or password to log in with (set key_file, load a "
+                    f"key into ssh-agent with use_agent = yes, or set password)")
+        opts: dict = {"client_keys": keys, "agent_path": agent}
+        if self._password:
+            opts["password"] = self._password
+        return opts
 
-    def _open_session(self) -> _Session:
+    async def _open_session(self) -> _Session:
         """Connect, verify the host key, log in, open the SFTP channel."""
         where = f"connect to {self.describe()}"
-        pkey = self._load_key()
-        client = paramiko.SSHClient()
         try:
-            with contextlib.suppress(FileNotFoundError):
-                client.load_system_host_keys(self.known_hosts)
-        except (OSError, paramiko.SSHException) as exc:
+            trusted = trusted_keys(self.known_hosts, self.host, self.port)
+        except (OSError, ValueError, asyncssh.Error) as exc:
             raise PermanentError(f"known_hosts {self.known_hosts!r}: cannot read it: {exc}") from None
-        client.set_missing_host_key_policy(_RejectUnknownHost(self.known_hosts, self.host, self.port))
-        # Every step below has its own timeout but one (paramiko waits for the
-        # subsystem reply without a limit): a watchdog closes the connection
-        # if the whole set-up takes far too long.
-        watchdog = threading.Timer(4 * self.timeout + 5, client.close)
-        watchdog.daemon = True
-        watchdog.start()
+        seen = _HostKeySeen()
+        keepalive = self.keepalive if self.keepalive > 0 else 0
+        conn = None
         try:
-            client.connect(
-                self.host,
-                self.port,
+            conn = await asyncssh.connect(
+                self.host, self.port,
                 username=self.user,
-                password=self._password or None,
-                pkey=pkey,
-                allow_agent=self.use_agent,
-                look_for_keys=not (self.key_file or self._password),
-                timeout=self.timeout,
-                banner_timeout=self.timeout,
-                auth_timeout=self.timeout,
-                channel_timeout=self.timeout,
-                transport_factory=self._transport_factory,
+                known_hosts=([k for k in trusted.values() if isinstance(k, asyncssh.SSHKey)], [], []),
+                server_host_key_algs=_prefer_algs(list(trusted)),
+                client_factory=lambda: seen,
+                config=[],
+                connect_timeout=self.timeout,
+                login_timeout=self.timeout,
+                keepalive_interval=keepalive,
+                keepalive_count_max=max(1, math.ceil(self.timeout / keepalive)) if keepalive else 3,
+                encryption_algs="^" + ",".join(self.ciphers) if self.ciphers else (),
+                compression_algs=None,
+                **{**self._login_options(), **self.ssh_options},
             )
-            transport = client.get_transport()
-            if self.keepalive > 0:
-                transport.set_keepalive(max(1, int(self.keepalive)))
-            chan = transport.open_session(timeout=self.timeout)
-            chan.settimeout(self.timeout)
-            chan.invoke_subsystem("sftp")
-            sftp = _SFTP(chan)
-            if self.fast_wire and _Wire.available(chan):
-                sftp.wire = _Wire(chan)
-            limits = sftp.limits()
+            sftp = await asyncio.wait_for(conn.start_sftp_client(), self.timeout)
         except BaseException as exc:
-            watchdog.cancel()
-            client.close()
-            if isinstance(exc, paramiko.BadHostKeyException):
-                raise _changed_key_error(self.host, self.port, self.known_hosts, exc.key, exc.expected_key) from None
-            if isinstance(exc, paramiko.AuthenticationException):
-                raise PermanentError(f"{where}: login refused for user {self.user!r} ({exc})") from None
-            if isinstance(exc, paramiko.SSHException) and "No authentication methods" in str(exc):
-                raise PermanentError(
-                    f"{where}: no key or password to log in with (set key_file, load a key into "
-                    f"ssh-agent with use_agent = yes, or set password)"
-                ) from None
-            if isinstance(exc, socket.gaierror):
+            if conn is not None:
+                conn.abort()
+            if isinstance(exc, asyncssh.HostKeyNotVerifiable) and seen.refused is not None:
+                got = seen.refused
+                if not trusted:
+                    raise _unknown_key_error(self.host, self.port, self.known_hosts, got) from None
+                expected = trusted.get(key_type(got)) or next(iter(trusted.values()))
+                raise _changed_key_error(self.host, self.port, self.known_hosts, got, expected) from None
+            if isinstance(exc, asyncssh.PermissionDenied):
+                raise PermanentError(f"{where}: login refused for user {self.user!r} ({exc.reason})") from None
+            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and exc.errno is None \
+                    and "resolve" in str(exc).lower():
                 raise TransientError(f"{where}: cannot resolve {self.host!r} ({exc})") from None
-            if isinstance(exc, XConError):
-                raise
             mapped = _map_error(exc, where)
             if mapped is exc:
                 raise
             raise mapped from None
-        watchdog.cancel()
-        return _Session(
-            client=client,
-            sftp=sftp,
-            write_size=self._write_size(chan, limits.get("max_write") or SAFE_WRITE_SIZE,
-                                        sftp.wire is not None and sftp.wire.fast()),
-            posix_rename="posix-rename@openssh.com" in sftp.extensions,
-            check_file="check-file" in sftp.extensions,
-        )
+        limit = sftp.limits.max_write_len or SAFE_WRITE_SIZE
+        s = _Session(conn, sftp, write_size=max(1024, min(self.write_size, limit)), timeout=self.timeout)
+        s.watcher = asyncio.get_running_loop().create_task(s.watch())
+        return s
 
-    def _write_size(self, chan: paramiko.Channel, server_max: int, fast: bool) -> int:
-        """Data per WRITE: at most what we and the server allow, trimmed so the
-        request fills whole SSH channel packets (paramiko sends at most
-        max-packet - 64 bytes per packet): 128 KiB would need 4 full packets
-        and a 30-byte fifth one; 130,787 bytes need exactly 4."""
-        ours = self.write_size if fast else min(self.write_size, PARAMIKO_WRITE_SIZE)
-        limit = max(1024, min(ours, server_max))
-        per_packet = chan.out_max_packet_size - 64
-        whole = (limit + _WRITE_OVERHEAD) // per_packet
-        aligned = whole * per_packet - _WRITE_OVERHEAD
-        return aligned if whole and aligned >= limit // 2 else limit
-
-    @contextlib.contextmanager
-    def _session(self, what: str) -> Iterator[_Session]:
-        """Borrow a session; map errors; drop the session if it broke."""
-        s = self._pool.acquire()
+    async def _in_session(self, fn: Callable[[_Session], Awaitable[T]]) -> T:
+        s = await self._pool.acquire()
+        assert s is not None
         broken = False
         try:
-            yield s
+            return await fn(s)
         except BaseException as exc:
             broken = not _session_ok(exc)
+            raise
+        finally:
+            self._pool.release(s, broken)
+
+    def _submit(self, fn: Callable[[_Session], Awaitable[T]]) -> concurrent.futures.Future:
+        return self._loop.submit(self._in_session(fn))
+
+    def _call(self, what: str, fn: Callable[[_Session], Awaitable[T]]) -> T:
+        """Run fn(session) on the loop and wait; errors in the contract's kinds."""
+        return self._wait(what, self._submit(fn))
+
+    @staticmethod
+    def _wait(what: str, fut: concurrent.futures.Future, wait: Callable[[concurrent.futures.Future], Any] | None = None):
+        try:
+            return wait(fut) if wait is not None else fut.result()
+        except BaseException as exc:
             mapped = _map_error(exc, what)
             if mapped is exc:
                 raise
             raise mapped from exc
-        finally:
-            self._pool.release(s, broken)
 
     # -- lifecycle ---------------------------------------------------------
     def connect(self) -> None:
         """Open the first connection now (so a bad key or host key shows at
         once) and make sure the remote root folder exists."""
-        self._pool.reopen()
-        with self._session(f"connect to {self.describe()}") as s:
-            self._make_root(s, f"create remote root {self.root!r}")
+        self._call(f"connect to {self.describe()}", self._make_root)
 
     def check(self) -> None:
-        with self._session(f"check {self.describe()}") as s:
+        async def probe(s: _Session) -> None:
             try:
-                s.sftp.stat(self._b(self.root))
-            except SFTPStatus as exc:
-                if exc.code != SFTP_NO_SUCH_FILE:  # missing: sends will re-create it
+                await s.req(s.sftp.stat(self._b(self.root)))
+            except asyncssh.SFTPError as exc:
+                if not _missing(exc):  # missing: sends will re-create it
                     raise
 
+        self._call(f"check {self.describe()}", probe)
+
     def close(self) -> None:
-        self._pool.close()
+        self._loop.stop(self._pool.close)
 
     # -- folders -----------------------------------------------------------
-    def _make_root(self, s: _Session, what: str) -> None:
+    async def _make_root(self, s: _Session) -> None:
         """mkdir -p of the root: create each missing level, stopping at the
         first that exists. The root and the folders above it are the
         operator's choice (a link there is theirs and is followed); below the
         root nothing is (_inspect)."""
+        what = f"create remote root {self.root!r}"
         missing: list[str] = []
         cur = self.root
         while cur not in ("", "/", "."):
             try:
-                st = s.sftp.stat(self._b(cur))
-            except SFTPStatus as exc:
-                if exc.code != SFTP_NO_SUCH_FILE:
+                st = await s.req(s.sftp.stat(self._b(cur)))
+            except asyncssh.SFTPError as exc:
+                if not _missing(exc):
                     raise
                 missing.append(cur)
                 cur = posixpath.dirname(cur.rstrip("/"))
                 continue
-            if not statmod.S_ISDIR(st.st_mode or 0):
+            if not _is_dir(st):
                 raise PermanentError(f"{what}: a file is in the way of folder {cur!r}")
             break
         for d in reversed(missing):
-            self._mkdir(s, d, what)
+            await self._mkdir(s, d, what)
 
-    def _mkdir(self, s: _Session, d: str, what: str) -> None:
+    async def _mkdir(self, s: _Session, d: str, what: str) -> None:
         """MKDIR one level (it never follows a link at its own name: EEXIST)."""
         try:
-            s.sftp.mkdir(self._b(d), 0o755)
-        except SFTPStatus as exc:
-            # Another thread may have made it meanwhile (OpenSSH: "Failure").
-            st = self._lstat(s, d)
+            await s.req(s.sftp.mkdir(self._b(d), asyncssh.SFTPAttrs(permissions=0o755)))
+        except asyncssh.SFTPError:
+            # Another call may have made it meanwhile (OpenSSH: "Failure").
+            st = await s.lstat(self._b(d))
             if st is None:
-                raise exc from None
-            if statmod.S_ISLNK(st.st_mode or 0):
+                raise
+            if statmod.S_ISLNK(_mode(st)):
                 raise self._link_error(d, what) from None
-            if not statmod.S_ISDIR(st.st_mode or 0):
+            if not _is_dir(st):
                 raise PermanentError(f"{what}: a file is in the way of folder {d!r}") from None
 
     # -- links: each level checked with LSTAT, fresh every time, none followed --
@@ -1495,7 +1072,7 @@ class SFTPCon(XCon):
         parts = self._rel_of(folder).split("/")
         return [self._prefix + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
-    def _inspect(self, s: _Session, path: str, *siblings: str) -> _PathState:
+    async def _inspect(self, s: _Session, path: str, *siblings: str) -> _PathState:
         """LSTAT every folder between the root and `path`, and `path` itself
         (and `siblings`, names in the same folder), in one round trip.
 
@@ -1510,22 +1087,19 @@ class SFTPCon(XCon):
         """
         levels = self._levels(posixpath.dirname(path))
         names = [path, *siblings]
-        replies = s.sftp.lstat_many([self._b(p) for p in levels + names])
+        replies = await s.lstat_many([self._b(p) for p in levels + names])
         for i, (level, r) in enumerate(zip(levels, replies)):
-            if isinstance(r, SFTPStatus):
-                if r.code != SFTP_NO_SUCH_FILE:
-                    raise r
+            if isinstance(r, asyncssh.SFTPError):
+                raise r
+            if r is None:
                 return _PathState(levels, i, None, False, [None] * len(names))
-            if not statmod.S_ISDIR(r.st_mode or 0):
-                return _PathState(levels, i, level, statmod.S_ISLNK(r.st_mode or 0), [None] * len(names))
-        leaves: list[SFTPAttributes | None] = []
-        for r in replies[len(levels):]:
-            if isinstance(r, SFTPStatus):
-                if r.code != SFTP_NO_SUCH_FILE:
-                    raise r
-                r = None
-            leaves.append(r)
-        return _PathState(levels, len(levels), None, False, leaves)
+            if not _is_dir(r):
+                return _PathState(levels, i, level, statmod.S_ISLNK(_mode(r)), [None] * len(names))
+        leaves = replies[len(levels):]
+        for r in leaves:
+            if isinstance(r, asyncssh.SFTPError):
+                raise r
+        return _PathState(levels, len(levels), None, False, leaves)  # type: ignore[arg-type]
 
     def _link_error(self, level: str, what: str) -> UnsafePath:
         return UnsafePath(
@@ -1534,483 +1108,491 @@ class SFTPCon(XCon):
             f"then the next send, or --retry-failed, makes a real folder in its place"
         )
 
-    def _folder_ready(self, s: _Session, path: str, what: str) -> _PathState:
+    async def _folder_ready(self, s: _Session, path: str, what: str) -> _PathState:
         """Make sure every folder above `path` (below the root) is a real
         folder, creating the missing ones; returns what _inspect found.
 
         A link on the way is refused (UnsafePath), not replaced: it may be the
         server administrator's, and deleting it is their decision; a file in
         the way is refused as before."""
-        st = self._inspect(s, path)
+        st = await self._inspect(s, path)
         if st.blocker is not None:
             if st.link:
                 raise self._link_error(st.blocker, what)
             raise PermanentError(f"{what}: a file is in the way of folder {st.blocker!r}")
         for d in st.levels[st.missing:]:
-            self._mkdir(s, d, what)
+            await self._mkdir(s, d, what)
         return st
 
-    def _remove_file(self, s: _Session, path: str, what: str) -> bool:
+    async def _remove_file(self, s: _Session, path: str, what: str) -> bool:
         """REMOVE `path` (a file or a link, never what a link points to) if
         every folder above it is a real one; False if there was nothing to remove."""
-        st = self._inspect(s, path)
+        st = await self._inspect(s, path)
         leaf = st.leaves[0]
         if st.link:
             log.warning("sftp: %s: not removing %r: folder %r is a symbolic link", what, self._rel_of(path),
                         self._rel_of(st.blocker or ""))
-        if leaf is None or statmod.S_ISDIR(leaf.st_mode or 0):
+        if leaf is None or _is_dir(leaf):
             return False
-        try:
-            s.sftp.remove(self._b(path))
-        except SFTPStatus as exc:
-            if exc.code != SFTP_NO_SUCH_FILE:
-                raise
-            return False
-        return True
+        return await s.remove(self._b(path))
 
-    def _lstat(self, s: _Session, path: str) -> SFTPAttributes | None:
-        try:
-            return s.sftp.lstat(self._b(path))
-        except SFTPStatus as exc:
-            if exc.code == SFTP_NO_SUCH_FILE:
-                return None
-            raise
-
-    def _diagnose(self, s: _Session, exc: SFTPStatus, what: str, path: str, need: int = 0) -> BaseException:
+    async def _diagnose(self, s: _Session, exc: asyncssh.SFTPError, what: str, path: str, need: int = 0) -> XConError:
         """Explain a bare "Failure" (OpenSSH hides ENOSPC, EISDIR... behind it)."""
-        if exc.code != SFTP_FAILURE:
+        if exc.code != asyncssh.FX_FAILURE or not s.alive():
             return _status_error(exc, what)
         with contextlib.suppress(Exception):
-            st = self._lstat(s, path)
-            if st is not None and statmod.S_ISDIR(st.st_mode or 0):
+            if _is_dir(await s.lstat(self._b(path))):
                 return PermanentError(f"{what}: a folder is in the way of the file")
         with contextlib.suppress(Exception):
-            free = s.sftp.free_bytes(self._b(posixpath.dirname(path) or "."))
-            if free is not None and free < max(need, 1 << 20):
+            vfs = await s.req(s.sftp.statvfs(self._b(posixpath.dirname(path) or ".")))
+            free = vfs.frsize * vfs.bavail
+            if free < max(need, 1 << 20):
                 return PermanentError(f"{what}: no space left on the server ({free} bytes free, {need} needed)")
         return _status_error(exc, what)
 
     # -- send --------------------------------------------------------------
-    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
+    def _upload_of(self, f: LocalFile) -> _Upload:
         target = self._abs(f.rel)
         folder, name = posixpath.split(target)
         tmp = posixpath.join(folder, temp_name(name))
+        return _Upload(rel=f.rel, target=self._b(target), tmp=self._b(tmp), tmp_rel=self._rel_of(tmp),
+                       size=f.size, resumable=f.size >= self.resume_min)
+
+    def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
         what = f"send {f.rel!r}"
+        up = self._upload_of(f)
         # Unbuffered: reads go straight to the kernel, sized to what is left.
         src = open_source(f, buffering=0)  # FileNotFoundError, SourceChanged...: the caller's (local side)
         with src:
-            up = _Upload(
-                rel=f.rel,
-                target=self._b(target),
-                tmp=self._b(tmp),
-                tmp_rel=self._rel_of(tmp),
-                size=f.size,
-                resumable=f.size >= self.resume_min,
-            )
-            with self._session(what) as s:
-                try:
-                    if up.resumable and f.size >= self.parallel_min and min(self.connections, self.streams) > 1:
-                        result = self._send_parallel(s, f, ctx, src, up, what)
-                    else:
-                        result = self._send(s, f, ctx, src, up, what)
-                except BaseException as exc:
-                    self._after_failure(s, exc, up, ctx)
-                    if isinstance(exc, SFTPStatus):
-                        raise self._diagnose(s, exc, what, target, f.size - up.offset) from exc
-                    raise
+            fd = src.fileno()
+            parallel = up.resumable and f.size >= self.parallel_min and min(self.connections, self.streams) > 1
+            try:
+                if parallel:
+                    result = self._send_parallel(f, ctx, fd, up, what)
+                else:
+                    result = self._send_stream(f, ctx, fd, up, what)
+            except BaseException as exc:
+                if up.resumable and not _keep_for_resume(exc):
+                    ctx.resume.clear()
+                raise
+            if up.resumable:
+                ctx.resume.clear()  # the temp file became the target
         self._strays.pop(f.rel, None)  # the temp file became the target
         return result
 
-    def _after_failure(self, s: _Session, exc: BaseException, up: _Upload, ctx: TransferContext) -> None:
-        """Leave no temp file behind, unless the upload can resume from it."""
-        in_step = _session_ok(exc)
-        if up.resumable and isinstance(exc, TransientError) and not isinstance(exc, _StartOver):
-            return  # stopped: keep the temp file and ctx.resume for the next attempt
-        if up.resumable and not in_step:
-            return  # connection lost: the same, and the next attempt continues
-        if up.resumable:
-            ctx.resume.clear()
-        if not up.opened:
-            # Refused before the OPEN (a link or a file on the way...): nothing
-            # of this attempt's to remove, and a REMOVE by path could follow that link.
-            return
-        if in_step and s.alive():
-            with contextlib.suppress(Exception):
-                if up.handle is not None:
-                    s.sftp._request(CMD_CLOSE, up.handle)
-                s.sftp.remove(up.tmp)
-                return
-        # The temp file may be left, and nothing names it: remember it for discard()
-        # (a retry of the send overwrites it; a daemon restart's cleanup removes it).
-        self._strays[up.rel] = up.tmp_rel
+    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+        """Many small files in one call: all their sends run on the loop at
+        once (BATCH_INFLIGHT in flight, over every connection), with no
+        hand-over between threads per file. Each file is opened here, through
+        open_source, as send() does; a resumable (large) file takes send()."""
+        out: list[SendResult | Exception | None] = [None] * len(files)
+        jobs: list[tuple[int, LocalFile, _Upload, int]] = []
+        with contextlib.ExitStack() as opened:
+            for i, f in enumerate(files):
+                try:
+                    up = self._upload_of(f)
+                    if up.resumable:
+                        continue
+                    jobs.append((i, f, up, opened.enter_context(open_source(f, buffering=0)).fileno()))
+                except Exception as exc:  # this file's own failure (gone, changed, unsafe name)
+                    out[i] = exc
+            ctx = TransferContext(stop=stop)
 
-    def _open_tmp(self, s: _Session, up: _Upload, flags: int, old: SFTPAttributes | None, what: str) -> bytes:
-        """OPEN the temp file; a handle.
+            async def each() -> list[Any]:
+                slots = asyncio.Semaphore(BATCH_INFLIGHT)
+
+                async def one(f: LocalFile, up: _Upload, fd: int) -> SendResult:
+                    async with slots:
+                        return await self._in_session(lambda s: self._send_small(s, f, fd, up, ctx))
+
+                return await asyncio.gather(*(one(f, up, fd) for _i, f, up, fd in jobs), return_exceptions=True)
+
+            results = self._loop.submit(each()).result() if jobs else []
+        for (i, f, _up, _fd), r in zip(jobs, results):
+            if isinstance(r, BaseException):
+                mapped = _map_error(r, f"send {f.rel!r}")
+                out[i] = mapped if isinstance(mapped, Exception) else TransientError(f"send {f.rel!r}: {r!r}")
+            else:
+                self._strays.pop(f.rel, None)
+                out[i] = r
+        for i, f in enumerate(files):
+            if out[i] is None:
+                try:
+                    out[i] = self.send(f, TransferContext(stop=stop))
+                except Exception as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]  (every slot is filled)
+
+    async def _send_small(self, s: _Session, f: LocalFile, fd: int, up: _Upload, ctx: TransferContext) -> SendResult:
+        """One file of send_many: send()'s steps, with no thread to report to."""
+        what = f"send {f.rel!r}"
+        flow = _Flow(ctx, f.size, window=1 << 62)
+        try:
+            tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
+            return await self._put(s, f, fd, up, flow, tmp_st, what)
+        except BaseException as exc:
+            raise await self._after_failure(s, exc, up, f, what) from None
+
+    def _send_stream(self, f: LocalFile, ctx: TransferContext, fd: int, up: _Upload, what: str) -> SendResult:
+        """One stream of WRITEs; a resumable file in two calls, so that its
+        identity is saved (by this thread) before its first byte goes out."""
+        state = ctx.resume.load() if up.resumable else None
+        flow = _Flow(ctx, f.size, MAX_INFLIGHT * self.write_size)
+
+        async def prepare(s: _Session) -> tuple[int, asyncssh.SFTPAttrs | None]:
+            tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
+            offset = await self._resume_offset(s, f, fd, up, state, tmp_st) if up.resumable else 0
+            return offset, tmp_st
+
+        async def run(s: _Session, prep: tuple[int, asyncssh.SFTPAttrs | None] | None = None) -> SendResult:
+            try:
+                up.offset, tmp_st = prep if prep is not None else await prepare(s)
+                return await self._put(s, f, fd, up, flow, tmp_st, what)
+            except BaseException as exc:
+                raise await self._after_failure(s, exc, up, f, what) from None
+
+        prep = None
+        if up.resumable:
+            prep = self._call(what, prepare)
+            if not prep[0]:
+                ctx.resume.save(self._identity(f, up))
+        return self._wait(what, self._submit(lambda s: run(s, prep)), flow.drive)
+
+    async def _after_failure(self, s: _Session, exc: BaseException, up: _Upload, f: LocalFile,
+                             what: str) -> BaseException:
+        """Leave no temp file behind, unless the upload can resume from it;
+        returns the error to raise (a bare "Failure" explained)."""
+        in_step = _session_ok(exc) and s.alive()
+        keep = up.resumable and _keep_for_resume(exc)
+        if in_step and up.handle is not None:
+            with contextlib.suppress(Exception):
+                await s.req(up.handle.close())
+        if not keep and up.opened:
+            if in_step:
+                with contextlib.suppress(Exception):
+                    await s.remove(up.tmp)
+            else:
+                # The temp file may be left, and nothing names it: remember it for discard()
+                # (a retry of the send overwrites it; a daemon restart's cleanup removes it).
+                self._strays[up.rel] = up.tmp_rel
+        up.handle = None
+        if isinstance(exc, asyncssh.SFTPError):
+            return await self._diagnose(s, exc, what, os.fsdecode(up.target), f.size - up.offset)
+        return exc
+
+    async def _open_tmp(self, s: _Session, up: _Upload, flags: int, old: asyncssh.SFTPAttrs | None,
+                        what: str) -> Any:
+        """OPEN the temp file; an asyncssh file.
 
         A fresh one (CREATE) is opened with EXCL, after removing what `old`
         (its lstat) says is there: a file a failed attempt left, or a link
         someone planted at the name. OPEN follows a link; with EXCL
         (O_CREAT|O_EXCL on the server) an existing name, a link above all,
         fails instead, so no byte is ever written through one."""
-        if flags & SFTP_FLAG_CREATE and old is not None:
-            if statmod.S_ISDIR(old.st_mode or 0):
+        if flags & asyncssh.FXF_CREAT and old is not None:
+            if _is_dir(old):
                 raise PermanentError(f"{what}: a folder is in the way of the temporary file {up.tmp_rel!r}")
-            try:
-                s.sftp.remove(up.tmp)  # a link goes, never what it points to
-            except SFTPStatus as exc:
-                if exc.code != SFTP_NO_SUCH_FILE:
-                    raise
+            await s.remove(up.tmp)  # a link goes, never what it points to
         try:
-            handle = s.sftp.open_handle(up.tmp, flags)
+            fh = await s.req(s.sftp.open(up.tmp, flags, encoding=None, block_size=0))
             up.opened = True
-            return handle
-        except SFTPStatus as exc:
-            if not flags & SFTP_FLAG_EXCL or exc.code != SFTP_FAILURE or self._lstat(s, os.fsdecode(up.tmp)) is None:
+            return fh
+        except asyncssh.SFTPError as exc:
+            if not flags & asyncssh.FXF_EXCL or exc.code != asyncssh.FX_FAILURE or await s.lstat(up.tmp) is None:
                 raise
         # Something took the name since the check: not ours to write into.
         raise TransientError(f"{what}: {up.tmp_rel!r} appeared on the server while sending (not followed); "
                              f"it will be tried again")
 
-    def _send(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload, what: str) -> SendResult:
-        sftp = s.sftp
-        tmp_st = self._folder_ready(s, os.fsdecode(up.tmp), what).leaves[0]
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+    async def _put(self, s: _Session, f: LocalFile, fd: int, up: _Upload, flow: _Flow,
+                   tmp_st: asyncssh.SFTPAttrs | None, what: str) -> SendResult:
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
         if up.resumable:
-            flags |= SFTP_FLAG_READ  # to re-read the tail when verifying
-            up.offset = self._resume_offset(s, f, ctx, src, up, tmp_st)
+            flags |= asyncssh.FXF_READ  # to re-read the tail when verifying
             if up.offset:
-                flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ  # no CREATE: never write after a hole
-            else:
-                ctx.resume.save(self._identity(f, up))
-        up.handle = self._open_tmp(s, up, flags, None if up.offset else tmp_st, what)
+                flags = asyncssh.FXF_WRITE | asyncssh.FXF_READ  # no CREATE: never write after a hole
+        up.handle = await self._open_tmp(s, up, flags, None if up.offset else tmp_st, what)
+        flow.start(up.offset)
+        if not up.resumable and f.size < s.write_size and not flow.ctx.stop.is_set():
+            # A small file: read whole (+1 byte to see it end), its WRITE goes
+            # out with FSETSTAT and CLOSE: one round trip for the three.
+            data = _pread(fd, f.size + 1, 0)
+            if len(data) <= f.size:
+                flow.sent = len(data)
+                await self._finish(s, f, fd, up, len(data), what, data)
+                flow.ack(len(data))
+                return SendResult(size=len(data), etag=None, bytes_sent=len(data))
+        end = await self._write_range(s, up.handle, fd, up.offset, None, flow)
+        if flow.ctx.stop.is_set():
+            raise TransientError(f"{what}: stopped at {end} of {f.size} bytes" + (" (resumable)" if up.resumable else ""))
+        await self._finish(s, f, fd, up, end, what)
+        return SendResult(size=end, etag=None, bytes_sent=flow.sent)
 
-        pending: deque[tuple[int, int]] = deque()  # (request, end offset) not yet acknowledged
-        pos = up.offset
-        src.seek(pos)
-        ctx.start_at(pos, f.size)
-        stopped = False
-        held: tuple[int, bytes] | None = None  # the last chunk read: it travels with the trailer
-        while True:
-            if ctx.stop.is_set():
-                stopped = True
-                break
-            # Ask for what is left (+1 to see the end) rather than a full write
-            # size: a 256 KiB buffer per 4 KiB file costs an mmap and page faults.
-            chunk = _read_local(src, min(s.write_size, max(f.size - pos, 0) + 1))
-            if not chunk:
-                break
-            if held is not None:
-                hpos, data = held
-                pending.append((sftp.send_write(up.handle, hpos, data), hpos + len(data)))
-            held = (pos, chunk)
-            pos += len(chunk)
-            up.sent += len(chunk)
-            # Collect acknowledgements as they come: early errors, true progress.
-            while pending and (len(pending) > MAX_INFLIGHT or sftp.reply_ready()):
-                num, end = pending.popleft()
-                sftp.wait(num)
-                ctx.report(end, f.size)
+    async def _write_range(self, s: _Session, fh: Any, fd: int, start: int, end: int | None, flow: _Flow,
+                           stop: Callable[[], bool] | None = None) -> int:
+        """WRITE the local bytes from `start` to `end` (None: to the end of
+        the file, however long it is now), up to MAX_INFLIGHT requests in
+        flight; returns where it stopped. Every WRITE sent is waited for, and
+        the first refusal is raised."""
+        halt = stop or flow.ctx.stop.is_set
+        errors: list[BaseException] = []
 
-        # The last write, metadata, the checks and CLOSE leave together, in one
-        # SSH packet for a small file: three requests for the cost of one.
-        trailer: dict[str, tuple[int, tuple]] = {}
-        if held is not None:
-            trailer["write"] = (CMD_WRITE, (up.handle, int64(held[0]), held[1]))
-        if not stopped:
-            trailer["setstat"] = (CMD_FSETSTAT, (up.handle, _attrs(f.mode, f.mtime_ns)))
-            if up.resumable:
-                trailer["fstat"] = (CMD_FSTAT, (up.handle,))
-                if pos:
-                    n = min(VERIFY_TAIL, pos)
-                    trailer["tail"] = (CMD_READ, (up.handle, int64(pos - n), n))
-        trailer["close"] = (CMD_CLOSE, (up.handle,))
-        ids = dict(zip(trailer, sftp.send_batch(list(trailer.values()))))
-        if "write" in ids:
-            pending.append((ids["write"], pos))
-        setstat, stat_req, tail_req, close = (ids.get(k) for k in ("setstat", "fstat", "tail", "close"))
-        # Read every reply in order, even after an error, so the channel stays in step.
-        waiting = [num for num, _end in pending] + [r for r in (setstat, stat_req, tail_req, close) if r]
-        replies: dict[int, tuple[int, Message] | BaseException] = {}
-        for num in waiting:
+        def done() -> bool:
+            return bool(errors) or halt()
+
+        slots = asyncio.Semaphore(MAX_INFLIGHT)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(pos: int, data: bytes) -> None:
             try:
-                replies[num] = sftp.wait(num)
-            except (SFTPStatus, EOFError) as exc:
-                replies[num] = exc
+                await s.req(fh.write(data, pos))
+                flow.ack(len(data))
+            except BaseException as exc:
+                errors.append(exc)
+                flow.kick()
+            finally:
+                slots.release()
+
+        pos = start
+        try:
+            while not done():
+                left = (end - pos) if end is not None else max(flow.total - pos, 0) + 1
+                if left <= 0:
+                    break
+                # Ask for what is left (+1 to see the end) rather than a full
+                # write size: a 256 KiB buffer per 4 KiB file costs page faults.
+                n = min(s.write_size, left)
+                await flow.room(n, done)
+                if done():
+                    break
+                await slots.acquire()
+                data = _pread(fd, n, pos)
+                if not data:
+                    slots.release()
+                    if end is not None:
+                        raise TransientError("the local file shrank during the upload")
+                    break
+                t = asyncio.get_running_loop().create_task(one(pos, data))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+                pos += len(data)
+                flow.sent += len(data)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if errors:
+            raise errors[0]
+        return pos
+
+    async def _finish(self, s: _Session, f: LocalFile, fd: int, up: _Upload, size: int, what: str,
+                      data: bytes | None = None) -> None:
+        """The last WRITE (`data`, a whole small file), metadata, the checks
+        and CLOSE in flight together; then the rename."""
+        fh = up.handle
+        attrs = _attrs(f.mode, f.mtime_ns)
+        asks: list[Awaitable] = [s.req(fh.write(data, 0))] if data is not None else []
+        asks.append(s.req(fh.setstat(attrs)))
+        if up.resumable:
+            n = min(VERIFY_TAIL, size)
+            asks += [s.req(fh.stat()), s.req(fh.read(n, size - n))]
+        asks.append(s.req(fh.close()))
+        replies = await asyncio.gather(*asks, return_exceptions=True)
         up.handle = None
-        for num in [num for num, _end in pending] + [close]:  # lost bytes: fatal
-            if isinstance(replies[num], BaseException):
-                raise replies[num]
-        if stopped:
-            raise TransientError(f"{what}: stopped at {pos} of {f.size} bytes" + (" (resumable)" if up.resumable else ""))
-        ctx.report(pos, f.size)
-        if isinstance(replies[setstat], SFTPStatus):
+        if data is not None:
+            wrote, replies = replies[0], replies[1:]
+            if isinstance(wrote, BaseException):  # lost bytes: fatal
+                raise wrote
+        for r in replies:  # a broken connection, or a refused CLOSE: the bytes are not safe
+            if isinstance(r, BaseException) and not (isinstance(r, asyncssh.SFTPError) and _session_ok(r)):
+                raise r
+        if isinstance(replies[-1], BaseException):
+            raise replies[-1]
+        if isinstance(replies[0], asyncssh.SFTPError):
             # Some servers refuse FSETSTAT on a handle; SETSTAT on the path then.
-            sftp._request(CMD_SETSTAT, up.tmp, _attrs(f.mode, f.mtime_ns))
-
+            await s.req(s.sftp.setstat(up.tmp, attrs))
         if up.resumable:
-            got = [replies.get(stat_req), replies.get(tail_req)]
-            got = [None if isinstance(r, BaseException) else r for r in got]
-            self._verify(s, f, src, up, pos, got[0], got[1], what)
-        self._replace(s, up.tmp, up.target, what)
-        if up.resumable:
-            ctx.resume.clear()
-        return SendResult(size=pos, etag=None, bytes_sent=up.sent)
+            await self._verify(s, f, fd, up, size, replies[1], replies[2], what)
+        await self._replace(s, up.tmp, up.target, what)
 
-    def _send_parallel(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload, what: str) -> SendResult:
+    async def _verify(self, s: _Session, f: LocalFile, fd: int, up: _Upload, size: int, st: Any, tail: Any,
+                      what: str) -> None:
+        """Check a large upload before it replaces the target: its size and
+        its last block. The replies come from requests sent before CLOSE; if
+        the server refused them, the same is asked by path."""
+        if not isinstance(st, asyncssh.SFTPAttrs):
+            st = await s.req(s.sftp.stat(up.tmp))
+        n = min(VERIFY_TAIL, size)
+        problem = f"size {st.size} != {size}" if st.size != size else ""
+        if not problem and n:
+            if not isinstance(tail, bytes):
+                tail = await self._read_tail(s, up.tmp, size, n)
+            if tail != _pread(fd, n, size - n):
+                problem = "last block differs"
+        if problem:
+            raise _StartOver(f"{what}: upload check failed ({problem}); it will start over")
+
+    async def _read_tail(self, s: _Session, path: bytes, end: int, n: int) -> bytes | None:
+        """The n bytes of remote file `path` before `end` (None if unreadable)."""
+        try:
+            fh = await s.req(s.sftp.open(path, asyncssh.FXF_READ, encoding=None, block_size=0))
+        except asyncssh.SFTPError:
+            return None
+        try:
+            out = b""
+            while len(out) < n:
+                got = await s.req(fh.read(n - len(out), end - n + len(out)))
+                if not got:
+                    break
+                out += got
+            return out
+        except asyncssh.SFTPError:
+            return None
+        finally:
+            with contextlib.suppress(asyncssh.SFTPError):
+                await s.req(fh.close())
+
+    @staticmethod
+    def _identity(f: LocalFile, up: _Upload) -> dict:
+        return {"kind": "sftp-temp", "tmp": up.tmp_rel, "size": f.size, "mtime_ns": f.mtime_ns, "ino": f.ino}
+
+    async def _resume_offset(self, s: _Session, f: LocalFile, fd: int, up: _Upload, state: dict | None,
+                             st: asyncssh.SFTPAttrs | None) -> int:
+        """Bytes of a previous attempt to keep, or 0 to start over. `st`: the
+        temp file's lstat (a link there is never resumed: not S_ISREG)."""
+        if not state or state != self._identity(f, up):
+            return 0
+        if st is None or not statmod.S_ISREG(_mode(st)) or not st.size or st.size > f.size:
+            return 0
+        have = st.size
+        # The temp file's last bytes must be the local file's: else start over.
+        n = min(VERIFY_TAIL, have)
+        if await self._read_tail(s, up.tmp, have, n) == _pread(fd, n, have - n):
+            log.info("resuming %s at %d of %d bytes", f.rel, have, f.size)
+            return have
+        return 0
+
+    # -- parallel parts ------------------------------------------------------
+    def _send_parallel(self, f: LocalFile, ctx: TransferContext, fd: int, up: _Upload, what: str) -> SendResult:
         """A large file over several connections: each writes whole PART_SIZE
         parts of the same temp file through its own handle. Parts are claimed
         one at a time, so a connection that is faster does more; helpers take
-        only sessions that are free now (never waiting on other workers).
+        only sessions that are idle now (or a new one while there is room).
         Finished parts are saved in ctx.resume; a later attempt sends the rest."""
-        sftp = s.sftp
-        tmp_st = self._folder_ready(s, os.fsdecode(up.tmp), what).leaves[0]
         job = _Parts(f, ctx, PART_SIZE)
         ident = {**self._identity(f, up), "kind": "sftp-parts", "part": PART_SIZE}
-        job.done = self._resume_parts(s, ctx, src, up, ident, job, tmp_st)
-        job.acked = sum(end - start for start, end in map(job.bounds, job.done))
-        fresh = not job.done
+        state = ctx.resume.load() or {}
+
+        async def prepare(s: _Session) -> tuple[set[int], asyncssh.SFTPAttrs | None]:
+            tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
+            return await self._resume_parts(s, fd, up, state, ident, job, tmp_st), tmp_st
+
+        job.done, tmp_st = self._call(what, prepare)
+        acked = sum(end - start for start, end in map(job.bounds, job.done))
         job.state = ident
         job.save()
-        ctx.start_at(job.acked, f.size)
-        flags = SFTP_FLAG_WRITE | SFTP_FLAG_READ | (SFTP_FLAG_CREATE | SFTP_FLAG_EXCL if fresh else 0)
-        up.handle = self._open_tmp(s, up, flags, tmp_st if fresh else None, what)
-        up.offset = job.acked
+        flow = _Flow(ctx, f.size, MAX_INFLIGHT * self.write_size * self.streams)
 
-        results: dict[int, BaseException | None] = {}
-
-        def helper(key: int) -> None:
-            hs = self._pool.try_acquire()  # only a session free now: never wait for one
-            if hs is None:
-                return
+        async def run(s: _Session) -> SendResult:
             try:
-                handle = hs.sftp.open_handle(up.tmp, SFTP_FLAG_WRITE)
-                try:
-                    self._write_parts(hs, handle, src, job)
-                finally:
-                    hs.sftp._request(CMD_CLOSE, handle)
-                results[key] = None
-            except BaseException as exc:  # reported by the calling thread
-                results[key] = exc
-                job.abort.set()
-            finally:
-                exc = results.get(key)
-                self._pool.release(hs, broken=exc is not None and not _session_ok(exc))
+                return await self._put_parts(s, f, fd, up, job, flow, acked, tmp_st, what)
+            except BaseException as exc:
+                raise await self._after_failure(s, exc, up, f, what) from None
 
-        helpers = [threading.Thread(target=helper, args=(key,), name=f"sftp-part-{key}", daemon=True)
-                   for key in range(min(self.connections, self.streams, job.count) - 1)]
         try:
-            for t in helpers:
-                t.start()
-            try:
-                self._write_parts(s, up.handle, src, job)
-                while any(t.is_alive() for t in helpers):  # keep saving their finished parts
-                    for t in helpers:
-                        t.join(0.1)
-                    job.tick()
-            except BaseException:
-                job.abort.set()  # helpers stop at their next write
-                raise
-            finally:
-                for t in helpers:
-                    if t.ident is not None:
-                        t.join()
-        except BaseException as exc:
-            if _session_ok(exc) and s.alive():
-                with contextlib.suppress(Exception):
-                    sftp._request(CMD_CLOSE, up.handle)
-                up.handle = None
-            raise
-        job.abort.clear()
-        up.sent = job.sent
-        errors = [e for e in results.values() if e is not None]
-        if errors or ctx.stop.is_set() or len(job.done) < job.count:
-            with contextlib.suppress(Exception):
-                sftp._request(CMD_CLOSE, up.handle)
-            up.handle = None
+            return self._wait(what, self._submit(run), lambda fut: flow.drive(fut, job.tick))
+        except BaseException:
             job.save()
-            status = [e for e in errors if isinstance(e, (SFTPStatus, XConError, _LocalError))]
+            raise
+
+    async def _put_parts(self, s: _Session, f: LocalFile, fd: int, up: _Upload, job: _Parts, flow: _Flow,
+                         acked: int, tmp_st: asyncssh.SFTPAttrs | None, what: str) -> SendResult:
+        fresh = not job.done
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_READ | (asyncssh.FXF_CREAT | asyncssh.FXF_EXCL if fresh else 0)
+        up.handle = await self._open_tmp(s, up, flags, tmp_st if fresh else None, what)
+        up.offset = acked
+        flow.start(acked)
+        helpers = [asyncio.get_running_loop().create_task(self._helper(up, fd, job, flow))
+                   for _ in range(min(self.connections, self.streams, job.count) - 1)]
+        try:
+            await self._write_parts(s, up.handle, fd, job, flow)
+        except BaseException:
+            job.abort = True
+            flow.kick()
+            raise
+        finally:
+            results = await asyncio.gather(*helpers, return_exceptions=True)
+        errors = [e for e in results if isinstance(e, BaseException)]
+        if errors or flow.ctx.stop.is_set() or len(job.done) < job.count:
+            status = [e for e in errors if _session_ok(e)]
             if status:
                 raise status[0]
             if errors:
                 raise TransientError(f"{what}: a parallel connection failed ({type(errors[0]).__name__}: "
                                      f"{errors[0]}); {len(job.done)} of {job.count} parts kept")
             raise TransientError(f"{what}: stopped with {len(job.done)} of {job.count} parts sent (resumable)")
+        await self._finish(s, f, fd, up, f.size, what)
+        return SendResult(size=f.size, etag=None, bytes_sent=flow.sent)
 
-        size = f.size
-        n = min(VERIFY_TAIL, size)
-        trailer = [
-            (CMD_FSETSTAT, (up.handle, _attrs(f.mode, f.mtime_ns))),
-            (CMD_FSTAT, (up.handle,)),
-            (CMD_READ, (up.handle, int64(size - n), n)),
-            (CMD_CLOSE, (up.handle,)),
-        ]
-        ids = sftp.send_batch(trailer)
-        replies: list[tuple[int, Message] | BaseException] = []
-        for num in ids:
-            try:
-                replies.append(sftp.wait(num))
-            except (SFTPStatus, EOFError) as exc:
-                replies.append(exc)
-        up.handle = None
-        if isinstance(replies[3], BaseException):
-            raise replies[3]
-        if isinstance(replies[0], SFTPStatus):
-            sftp._request(CMD_SETSTAT, up.tmp, _attrs(f.mode, f.mtime_ns))
-        got = [None if isinstance(r, BaseException) else r for r in replies[1:3]]
-        self._verify(s, f, src, up, size, got[0], got[1], what)
-        ctx.report(size, size)
-        self._replace(s, up.tmp, up.target, what)
-        ctx.resume.clear()
-        return SendResult(size=size, etag=None, bytes_sent=job.sent)
-
-    def _write_parts(self, s: _Session, handle: bytes, src, job: "_Parts") -> None:
-        """Claim parts and write them, pipelined, until none is left."""
-        meter = _Meter(job)
+    async def _helper(self, up: _Upload, fd: int, job: _Parts, flow: _Flow) -> None:
+        """One more connection writing parts, on a session idle now (never
+        waiting for one another call uses)."""
         try:
-            while True:
-                idx = job.claim()
-                if idx is None or not self._write_part(s, handle, src, job, idx, meter):
-                    return
-                job.finish(idx)
-                job.tick()
-        finally:
-            meter.flush()
-
-    def _write_part(self, s: _Session, handle: bytes, src, job: "_Parts", idx: int, meter: _Meter) -> bool:
-        """Write part `idx` and wait for every acknowledgement; False when
-        stopped first (the part stays unfinished: sent again next time)."""
-        sftp = s.sftp
-        fd = src.fileno()
-        start, end = job.bounds(idx)
-        pos = start
-        pending: deque[tuple[int, int]] = deque()
-        while pos < end:
-            if job.should_stop():
-                return False
-            n = min(s.write_size, end - pos)
+            hs = await self._pool.acquire(idle_only=True)
+        except Exception as exc:  # no helper then: the calling connection does it all
+            log.info("sftp: no extra connection for parts: %s", type(exc).__name__)
+            return
+        if hs is None:
+            return
+        broken = False
+        try:
+            fh = await hs.req(hs.sftp.open(up.tmp, asyncssh.FXF_WRITE, encoding=None, block_size=0))
             try:
-                pending.append((sftp.send_write_from(handle, pos, fd, n), n))
-            except _FileShrank:
-                raise TransientError(f"send {job.rel!r}: the local file shrank during the upload") from None
-            pos += n
-            meter.wrote(n)
-            while pending and (len(pending) > MAX_INFLIGHT or sftp.reply_ready()):
-                num, n = pending.popleft()
-                sftp.wait(num)
-                meter.acked_bytes(n)
-            job.tick()
-        while pending:
-            num, n = pending.popleft()
-            sftp.wait(num)
-            meter.acked_bytes(n)
-        meter.flush()  # the part is whole on the server: show it before it is saved
-        return True
+                await self._write_parts(hs, fh, fd, job, flow)
+            finally:
+                if hs.alive():
+                    with contextlib.suppress(asyncssh.SFTPError):
+                        await hs.req(fh.close())
+        except BaseException as exc:
+            broken = not _session_ok(exc)
+            job.abort = True
+            flow.kick()
+            raise
+        finally:
+            self._pool.release(hs, broken)
 
-    def _resume_parts(self, s: _Session, ctx: TransferContext, src, up: _Upload, ident: dict, job: "_Parts",
-                      st: SFTPAttributes | None) -> set[int]:
+    async def _write_parts(self, s: _Session, fh: Any, fd: int, job: _Parts, flow: _Flow) -> None:
+        """Claim parts and write them until none is left."""
+        while True:
+            idx = job.claim()
+            if idx is None:
+                return
+            start, end = job.bounds(idx)
+            if await self._write_range(s, fh, fd, start, end, flow, job.should_stop) < end:
+                return  # stopped: the part stays unfinished, sent again next time
+            job.finish(idx)
+            flow.notify()
+
+    async def _resume_parts(self, s: _Session, fd: int, up: _Upload, state: dict, ident: dict, job: _Parts,
+                            st: asyncssh.SFTPAttrs | None) -> set[int]:
         """Parts a previous attempt finished, if its state matches this file
         and its temp file (`st`, its lstat) looks right; else an empty set (start over)."""
-        state = ctx.resume.load() or {}
         done = state.get("done")
         if not isinstance(done, list) or {k: v for k, v in state.items() if k != "done"} != ident:
             return set()
         done_set = {i for i in done if isinstance(i, int) and 0 <= i < job.count}
-        if not done_set or st is None or not statmod.S_ISREG(st.st_mode or 0):
+        if not done_set or st is None or not statmod.S_ISREG(_mode(st)):
             return set()
         _start, end = job.bounds(max(done_set))
-        if (st.st_size or 0) < end:
+        if (st.size or 0) < end:
             return set()
         n = min(VERIFY_TAIL, end)
-        with contextlib.suppress(SFTPStatus, EOFError):
-            with s.sftp.open(up.tmp, "rb") as fh:
-                fh.seek(end - n)
-                if fh.read(n) == os.pread(src.fileno(), n, end - n):
-                    log.info("resuming %s with %d of %d parts", job.rel, len(done_set), job.count)
-                    return done_set
+        if await self._read_tail(s, up.tmp, end, n) == _pread(fd, n, end - n):
+            log.info("resuming %s with %d of %d parts", job.rel, len(done_set), job.count)
+            return done_set
         return set()
 
-    @staticmethod
-    def _identity(f: LocalFile, up: _Upload) -> dict:
-        return {"kind": "sftp-temp", "tmp": up.tmp_rel, "size": f.size, "mtime_ns": f.mtime_ns, "ino": f.ino}
-
-    def _resume_offset(self, s: _Session, f: LocalFile, ctx: TransferContext, src, up: _Upload,
-                       st: SFTPAttributes | None) -> int:
-        """Bytes of a previous attempt to keep, or 0 to start over. `st`: the
-        temp file's lstat (a link there is never resumed: not S_ISREG)."""
-        state = ctx.resume.load()
-        if not state or state != self._identity(f, up):
-            return 0
-        if st is None or not statmod.S_ISREG(st.st_mode or 0) or not st.st_size or st.st_size > f.size:
-            return 0
-        have = st.st_size
-        # The temp file's last bytes must be the local file's: else start over.
-        n = min(VERIFY_TAIL, have)
-        with contextlib.suppress(SFTPStatus, EOFError):
-            with s.sftp.open(up.tmp, "rb") as fh:
-                fh.seek(have - n)
-                remote = fh.read(n)
-            if remote == os.pread(src.fileno(), n, have - n):
-                log.info("resuming %s at %d of %d bytes", f.rel, have, f.size)
-                return have
-        return 0
-
-    def _verify(self, s: _Session, f: LocalFile, src, up: _Upload, size: int, stat_reply, tail_reply, what: str) -> None:
-        """Check a large upload before it replaces the target: size, then the
-        server's own hash when it offers one, else the last block re-read.
-        The replies come from requests pipelined before CLOSE; if the server
-        refused them, the same is asked by path."""
-        if stat_reply is not None and stat_reply[0] == CMD_ATTRS:
-            got = SFTPAttributes._from_msg(stat_reply[1]).st_size
-        else:
-            got = s.sftp.stat(up.tmp).st_size
-        n = min(VERIFY_TAIL, size)
-        problem = f"size {got} != {size}" if got != size else ""
-        if not problem and s.check_file and size:
-            problem = self._check_file_hash(s, src, up, size)
-        elif not problem and n:
-            if tail_reply is not None and tail_reply[0] == CMD_DATA:
-                tail = tail_reply[1].get_binary()
-            else:
-                with s.sftp.open(up.tmp, "rb") as fh:
-                    fh.seek(size - n)
-                    tail = fh.read(n)
-            if tail != os.pread(src.fileno(), n, size - n):
-                problem = "last block differs"
-        if problem:
-            raise _StartOver(f"{what}: upload check failed ({problem}); it will start over")
-
-    def _check_file_hash(self, s: _Session, src, up: _Upload, size: int) -> str:
-        """The "check-file" extension: the server hashes the file itself."""
-        chan = s.sftp.sock
-        try:
-            handle = s.sftp.open_handle(up.tmp, SFTP_FLAG_READ)
-            # The server reads the whole file before it answers: allow for that.
-            chan.settimeout(self.timeout + size / HASH_RATE)
-            try:
-                msg = s.sftp.extended("check-file", handle, "sha256,sha1,md5", int64(0), int64(0), 0)
-            finally:
-                chan.settimeout(self.timeout)
-                s.sftp._request(CMD_CLOSE, handle)
-        except SFTPStatus:
-            return ""  # advertised but refused: fall back to the size check only
-        if msg is None:
-            return ""
-        msg.get_string()  # "check-file"
-        algo = msg.get_text()
-        digest = msg.get_remainder()
-        if algo not in ("sha256", "sha1", "md5"):
-            return ""
-        h = hashlib.new(algo)
-        done = 0
-        while done < size:
-            block = os.pread(src.fileno(), min(1 << 20, size - done), done)
-            if not block:
-                break
-            h.update(block)
-            done += len(block)
-        return "" if h.digest() == digest else f"{algo} differs"
-
-    def _replace(self, s: _Session, tmp: bytes, target: bytes, what: str) -> None:
+    # -- rename ----------------------------------------------------------------
+    async def _replace(self, s: _Session, tmp: bytes, target: bytes, what: str) -> None:
         """Rename `tmp` over `target`.
 
         With posix-rename@openssh.com (OpenSSH) this is one atomic rename(2).
@@ -2020,41 +1602,46 @@ class SFTPCon(XCon):
         fails). Readers may then find no file for a moment, never a partial one.
         """
         if s.posix_rename:
-            s.sftp.posix_rename(tmp, target)
-            return
+            try:
+                await s.req(s.sftp.posix_rename(tmp, target))
+                return
+            except asyncssh.SFTPOpUnsupported:
+                s.posix_rename = False
         try:
-            s.sftp.rename(tmp, target)
+            await s.req(s.sftp.rename(tmp, target))
             return
-        except SFTPStatus as exc:
-            st = self._lstat(s, os.fsdecode(target))
+        except asyncssh.SFTPError as exc:
+            if not _session_ok(exc):
+                raise
+            st = await s.lstat(target)
             if st is None:
                 raise
-            if statmod.S_ISDIR(st.st_mode or 0):
+            if _is_dir(st):
                 raise PermanentError(f"{what}: a folder is in the way") from exc
         folder, name = posixpath.split(os.fsdecode(target))
         aside = self._b(posixpath.join(folder, ASIDE_PREFIX + temp_name(name)[len(TMP_PREFIX):]))
-        with contextlib.suppress(SFTPStatus):
-            s.sftp.remove(aside)
-        s.sftp.rename(target, aside)
+        with contextlib.suppress(asyncssh.SFTPError):
+            await s.remove(aside)
+        await s.req(s.sftp.rename(target, aside))
         try:
-            s.sftp.rename(tmp, target)
+            await s.req(s.sftp.rename(tmp, target))
         except BaseException:
             with contextlib.suppress(Exception):
-                s.sftp.rename(aside, target)
+                await s.req(s.sftp.rename(aside, target))
             raise
-        with contextlib.suppress(SFTPStatus):
-            s.sftp.remove(aside)
+        with contextlib.suppress(asyncssh.SFTPError):
+            await s.remove(aside)
 
     # -- delete / move -----------------------------------------------------
-    def _scandir(self, s: _Session, folder: str) -> list[tuple[bytes, SFTPAttributes]]:
+    async def _scandir(self, s: _Session, folder: str) -> list[asyncssh.SFTPName]:
         """The entries of remote folder `folder` (an absolute path) that are in it: a
         name the server makes up ("../x", "/etc/x", "a/../../x") is dropped and logged,
         never removed or walked into (within_listing)."""
-        entries = s.sftp.scandir(self._b(folder))
-        return list(within_listing(entries, folder, lambda e: posixpath.join(folder, os.fsdecode(e[0])),
+        entries = await s.scandir(self._b(folder))
+        return list(within_listing(entries, folder, lambda e: posixpath.join(folder, os.fsdecode(e.filename)),
                                    self.describe(), paths=True))
 
-    def _rmtree(self, s: _Session, top: str) -> None:
+    async def _rmtree(self, s: _Session, top: str) -> None:
         """Remove a folder and everything in it, with SFTP requests only.
 
         `top` was just found a real folder (LSTAT) by the caller; every folder
@@ -2066,122 +1653,138 @@ class SFTPCon(XCon):
         while stack:
             folder, emptied = stack.pop()
             if emptied:
-                s.sftp.rmdir(self._b(folder))
+                await s.req(s.sftp.rmdir(self._b(folder)))
                 continue
             if folder != top:
-                st = self._lstat(s, folder)
+                st = await s.lstat(self._b(folder))
                 if st is None:
                     continue
-                if not statmod.S_ISDIR(st.st_mode or 0):
-                    with contextlib.suppress(SFTPStatus):
-                        s.sftp.remove(self._b(folder))
+                if not _is_dir(st):
+                    with contextlib.suppress(asyncssh.SFTPError):
+                        await s.remove(self._b(folder))
                     continue
             stack.append((folder, True))
             try:
-                entries = self._scandir(s, folder)
-            except SFTPStatus as exc:
-                if exc.code == SFTP_NO_SUCH_FILE:
+                entries = await self._scandir(s, folder)
+            except asyncssh.SFTPError as exc:
+                if _missing(exc):
                     stack.pop()
                     continue
                 raise
-            for name, attr in entries:
-                path = posixpath.join(folder, os.fsdecode(name))
-                if statmod.S_ISDIR(attr.st_mode or 0):
+            files = []
+            for e in entries:
+                path = posixpath.join(folder, os.fsdecode(e.filename))
+                if _is_dir(e.attrs):
                     stack.append((path, False))
                 else:
-                    try:
-                        s.sftp.remove(self._b(path))
-                    except SFTPStatus as exc:
-                        if exc.code != SFTP_NO_SUCH_FILE:
-                            raise
+                    files.append(self._b(path))
+            await asyncio.gather(*(s.remove(p) for p in files))
 
     def delete(self, rel: str) -> None:
         target = self._abs(check_rel(rel))
         folder, name = posixpath.split(target)
         what = f"delete {rel!r}"
         tmp = posixpath.join(folder, temp_name(name))
-        with self._session(what) as s:
-            found = self._inspect(s, target, tmp)
+
+        async def run(s: _Session) -> None:
+            found = await self._inspect(s, target, tmp)
             if found.link:  # nothing of our tree is there: never delete through the link
                 log.warning("sftp: %s: nothing removed: remote folder %r is a symbolic link", what,
                             self._rel_of(found.blocker or ""))
             st, tmp_st = found.leaves
             if tmp_st is not None:  # an upload of this file cut short left its temp file
-                with contextlib.suppress(SFTPStatus):
-                    s.sftp.remove(self._b(tmp))
+                with contextlib.suppress(asyncssh.SFTPError):
+                    await s.remove(self._b(tmp))
             if st is None:
                 return
-            try:
-                if statmod.S_ISDIR(st.st_mode or 0):
-                    self._rmtree(s, target)
-                else:
-                    s.sftp.remove(self._b(target))
-            except SFTPStatus as exc:
-                if exc.code != SFTP_NO_SUCH_FILE:
-                    raise
+            if _is_dir(st):
+                try:
+                    await self._rmtree(s, target)
+                except asyncssh.SFTPError as exc:
+                    if not _missing(exc):
+                        raise
+            else:
+                await s.remove(self._b(target))
+
+        self._call(what, run)
 
     def move(self, src: str, dest: str) -> None:
         a, b = self._abs(check_rel(src)), self._abs(check_rel(dest))
         what = f"move {src!r} -> {dest!r}"
-        with self._session(what) as s:
-            st = self._inspect(s, a).leaves[0]  # None too if a folder above it is a link
+
+        async def run(s: _Session) -> None:
+            st = (await self._inspect(s, a)).leaves[0]  # None too if a folder above it is a link
             if st is None:
                 raise RemoteNotFound(f"{what}: source not on the server")
             if a == b:
                 return
-            dst = self._folder_ready(s, b, what).leaves[0]
-            src_dir = statmod.S_ISDIR(st.st_mode or 0)
-            dst_dir = dst is not None and statmod.S_ISDIR(dst.st_mode or 0)
+            dst = (await self._folder_ready(s, b, what)).leaves[0]
+            src_dir, dst_dir = _is_dir(st), _is_dir(dst)
             if src_dir and dst_dir:
                 # rename(2) refuses a non-empty folder: the moved folder replaces
                 # it, as it did on the local side.
-                self._rmtree(s, b)
+                await self._rmtree(s, b)
             elif src_dir and dst is not None:
                 # OpenSSH would report ENOTDIR as "no such file": say what it is.
                 raise PermanentError(f"{what}: a file is in the way of the folder")
             try:
-                self._replace(s, self._b(a), self._b(b), what)
-            except SFTPStatus as exc:
-                raise self._diagnose(s, exc, what, b) from exc
+                await self._replace(s, self._b(a), self._b(b), what)
+            except asyncssh.SFTPError as exc:
+                raise await self._diagnose(s, exc, what, b) from exc
+
+        self._call(what, run)
 
     # -- stat / list / cleanup ---------------------------------------------
     def stat(self, rel: str) -> RemoteEntry | None:
         path = self._abs(check_rel(rel))
-        with self._session(f"stat {rel!r}") as s:
-            st = self._inspect(s, path).leaves[0]  # one round trip, as one LSTAT
-        if st is None or not statmod.S_ISREG(st.st_mode or 0):
+
+        async def run(s: _Session) -> asyncssh.SFTPAttrs | None:
+            return (await self._inspect(s, path)).leaves[0]  # one round trip, as one LSTAT
+
+        st = self._call(f"stat {rel!r}", run)
+        if st is None or not statmod.S_ISREG(_mode(st)):
             return None
         return _entry(rel, st)
 
-    def _walk(self, rel: str, what: str) -> Iterator[tuple[str, bytes, SFTPAttributes]]:
+    def _walk(self, rel: str, what: str) -> Iterator[tuple[str, bytes, asyncssh.SFTPAttrs]]:
         """(folder rel, name, attrs) of everything under `rel`, one folder at a
-        time: a session is held only while one folder is read."""
+        time: a session is used only while one folder is read."""
         if rel:  # a link on the way (or at rel itself) is not part of the tree: nothing to list
-            with self._session(what) as s:
-                top = self._inspect(s, self._abs(rel)).leaves[0]
-            if top is None or not statmod.S_ISDIR(top.st_mode or 0):
+            path = self._abs(rel)
+
+            async def top(s: _Session) -> asyncssh.SFTPAttrs | None:
+                return (await self._inspect(s, path)).leaves[0]
+
+            if not _is_dir(self._call(what, top)):
                 return
         stack = [rel]
         while stack:
             prefix = stack.pop()
-            with self._session(what) as s:
+            folder = self._abs(prefix)
+
+            async def read(s: _Session, folder: str = folder) -> list[asyncssh.SFTPName]:
                 try:
-                    entries = self._scandir(s, self._abs(prefix))
-                except SFTPStatus as exc:
-                    if exc.code != SFTP_NO_SUCH_FILE:  # missing, or a file (ENOTDIR)
+                    return await self._scandir(s, folder)
+                except asyncssh.SFTPError as exc:
+                    if not _missing(exc):  # missing, or a file (ENOTDIR)
                         raise
-                    entries = []
-            for name, attr in entries:
-                if statmod.S_ISDIR(attr.st_mode or 0):
-                    stack.append(_join_rel(prefix, os.fsdecode(name)))
-                yield prefix, name, attr
+                    return []
+
+            for e in self._call(what, read):
+                if _is_dir(e.attrs):
+                    stack.append(_join_rel(prefix, os.fsdecode(e.filename)))
+                yield prefix, e.filename, e.attrs
 
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
         if rel:
             check_rel(rel)
         for prefix, name, attr in self._walk(rel, f"list {rel!r}"):
-            if statmod.S_ISREG(attr.st_mode or 0) and not name.startswith(_OURS):
+            if statmod.S_ISREG(_mode(attr)) and not name.startswith(_OURS):
                 yield _entry(_join_rel(prefix, os.fsdecode(name)), attr)
+
+    def _remove_ours(self, rel: str, what: str) -> None:
+        path = self._abs(rel)
+        self._call(what, lambda s: self._remove_file(s, path, what))
 
     def cleanup(self, keep: list[dict]) -> None:
         """Remove our temporary files that no resume state still needs.
@@ -2190,25 +1793,22 @@ class SFTPCon(XCon):
         """
         wanted = {k.get("tmp") for k in keep if isinstance(k, dict)}
         for prefix, name, attr in self._walk("", "cleanup"):
-            if name.startswith(_OURS) and not statmod.S_ISDIR(attr.st_mode or 0):
+            if name.startswith(_OURS) and not _is_dir(attr):
                 rel = _join_rel(prefix, os.fsdecode(name))
-                if rel in wanted:
-                    continue
-                with self._session(f"cleanup {rel!r}") as s:
-                    with contextlib.suppress(SFTPStatus):
-                        self._remove_file(s, self._abs(rel), "cleanup")
+                if rel not in wanted:
+                    with contextlib.suppress(RemoteNotFound, PermanentError):
+                        self._remove_ours(rel, f"cleanup {rel!r}")
 
     def discard(self, rel: str, state: dict | None) -> None:
         """Remove the temp file `state` names, and the one a failed send of `rel`
         could not remove (nothing at all in the usual case: no request is made)."""
         tmps = {self._strays.get(rel), state.get("tmp") if state else None}
         for tmp in sorted(t for t in tmps if isinstance(t, str)):
-            with self._session(f"discard {tmp!r}") as s:
-                try:
-                    self._remove_file(s, self._abs(tmp), f"discard {tmp!r}")
-                except SFTPStatus as exc:  # gone already, or not ours to remove: not this action's failure
-                    if exc.code != SFTP_NO_SUCH_FILE:
-                        log.warning("sftp: cannot remove temporary file %r: %s", tmp, exc)
+            try:
+                self._remove_ours(tmp, f"discard {tmp!r}")
+            except (RemoteNotFound, PermanentError) as exc:  # gone, or not ours to remove: not this action's failure
+                if not isinstance(exc, RemoteNotFound):
+                    log.warning("sftp: cannot remove temporary file %r: %s", tmp, exc)
         self._strays.pop(rel, None)
 
     def leftovers(self) -> list[str]:
@@ -2219,15 +1819,40 @@ class SFTPCon(XCon):
                 found.append(_join_rel(prefix, os.fsdecode(name)))
         return found
 
+    # -- for tests and diagnostics -------------------------------------------
+    def sessions(self) -> int:
+        """How many SSH connections are open now."""
+        async def count() -> int:
+            return len([s for s in self._pool.sessions if s.alive()])
+
+        return self._loop.submit(count()).result(self.timeout)
+
+    def extra_info(self, name: str) -> list:
+        """asyncssh's get_extra_info(name) of every open connection (tests:
+        the socket's options, the cipher in use)."""
+        async def get() -> list:
+            return [s.conn.get_extra_info(name) for s in self._pool.sessions if s.alive()]
+
+        return self._loop.submit(get()).result(self.timeout)
+
+
+def _keep_for_resume(exc: BaseException) -> bool:
+    """A resumable upload keeps its temp file and state after this error:
+    stopped or cut off (the next attempt continues), not refused or failed
+    its check (that starts over)."""
+    if isinstance(exc, _StartOver):
+        return False
+    return isinstance(exc, TransientError) or not _session_ok(exc)
+
 
 def _join_rel(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def _entry(rel: str, st: SFTPAttributes) -> RemoteEntry:
-    mtime = None if st.st_mtime is None else int(st.st_mtime) * 1_000_000_000
-    mode = None if st.st_mode is None else statmod.S_IMODE(st.st_mode)
-    return RemoteEntry(rel, st.st_size or 0, mtime, mode)
+def _entry(rel: str, st: asyncssh.SFTPAttrs) -> RemoteEntry:
+    mtime = None if st.mtime is None else int(st.mtime) * 1_000_000_000
+    mode = None if st.permissions is None else statmod.S_IMODE(st.permissions)
+    return RemoteEntry(rel, st.size or 0, mtime, mode)
 
 
 def _local_user() -> str:

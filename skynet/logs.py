@@ -47,6 +47,6 @@ def setup(level: str = "INFO", log_file: str = "", fmt: str = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays out unless debugging.
-    for noisy in ("botocore", "boto3", "urllib3", "paramiko", "s3transfer"):
+    for noisy in ("botocore", "boto3", "urllib3", "asyncssh", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING)
                                           if level != "DEBUG" else logging.INFO)

@@ -277,8 +277,8 @@ def host_key_status(mod, host: str, port: int, known_hosts: str) -> HostKeyState
     connection's own rules: mod.trusted_keys, mod.key_status)."""
     trusted = mod.trusted_keys(known_hosts, host, port)
     key = mod.fetch_host_key(host, port, prefer=list(trusted))
-    return HostKeyState(mod.key_status(key, trusted), key, key.get_name(), mod.fingerprint(key),
-                        [f"{k.get_name()} {mod.fingerprint(k)}" for k in trusted.values()])
+    return HostKeyState(mod.key_status(key, trusted), key, mod.key_type(key), mod.fingerprint(key),
+                        [f"{mod.key_type(k)} {mod.fingerprint(k)}" for k in trusted.values()])
 
 
 SERVICE_QUESTIONS = {"s3": _s3_questions, "sftp": _sftp_questions}

@@ -16,7 +16,7 @@ import os
 import stat
 import subprocess
 
-import paramiko
+import asyncssh
 import pytest
 
 from connections.sftp import HostKeyChanged, build, fetch_host_key, fingerprint, known_hosts_line, trust_host_key
@@ -25,8 +25,8 @@ from tests.harness import run_main
 from tests.test_wizard_remote import run, sftp_answers
 
 OTHER_KEYS = {
-    "ecdsa": lambda: paramiko.ECDSAKey.generate(),
-    "rsa": lambda: paramiko.RSAKey.generate(2048),
+    "ecdsa": lambda: asyncssh.generate_private_key("ecdsa-sha2-nistp256").convert_to_public(),
+    "rsa": lambda: asyncssh.generate_private_key("ssh-rsa", key_size=2048).convert_to_public(),
 }
 
 
@@ -41,7 +41,7 @@ def server_fingerprint(srv) -> str:
     return out.stdout.split()[1]
 
 
-def known_with_other_type(srv, path, kind: str) -> paramiko.PKey:
+def known_with_other_type(srv, path, kind: str) -> asyncssh.SSHKey:
     """known_hosts trusting a key of another type than the server's (ed25519) for host:port."""
     other = OTHER_KEYS[kind]()
     path.write_text(known_hosts_line(srv.host, srv.port, other))
@@ -140,7 +140,7 @@ def test_non_interactive_trusts_the_key_whose_fingerprint_is_given(srv, tmp_path
 
 def test_non_interactive_refuses_a_wrong_fingerprint(srv, tmp_path):
     known = tmp_path / "known_hosts"
-    wrong = fingerprint(paramiko.ECDSAKey.generate())
+    wrong = fingerprint(asyncssh.generate_private_key("ecdsa-sha2-nistp256").convert_to_public())
     res = _non_interactive(srv, tmp_path, known, f"sftp.host_key_fingerprint={wrong}")
     assert res.returncode == 2, res.stdout + res.stderr
     assert wrong in res.stderr and server_fingerprint(srv) in res.stderr, res.stderr

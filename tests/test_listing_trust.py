@@ -10,7 +10,7 @@ S3 runs against the real `rclone serve s3`; the fault (the prefix dropped from
 ListObjectsV2 / ListMultipartUploads, so the real server answers with the whole
 bucket) is injected on the client side, before signing: through botocore's public
 event hooks on the boto3 path, and by wrapping s3rest.Rest.request on the fast path.
-SFTP runs against the real sshd with the listing callback (_SFTP.scandir) adding
+SFTP runs against the real sshd with the listing of one folder (_Session.scandir) adding
 names the server could make up.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import os
 import stat as statmod
 from pathlib import Path
 
+import asyncssh
 import botocore.exceptions as bce
-import paramiko
 import pytest
 
 import connections.s3rest as s3rest
@@ -209,17 +209,16 @@ def sftp_setup(servers, tmp_path, monkeypatch):
     _send(elsewhere, tmp_path, "outside", b"not ours")
     outside = Path(elsewhere.root) / "outside"
     elsewhere.close()
-    real = sftpmod._SFTP.scandir
+    real = sftpmod._Session.scandir
 
-    def scandir(self, path: bytes):
-        found = real(self, path)
+    async def scandir(self, path: bytes):
+        found = await real(self, path)
         if path.rstrip(b"/").endswith(b"/foo"):
-            attr = paramiko.SFTPAttributes()
-            attr.st_mode, attr.st_size = statmod.S_IFREG | 0o644, 5
-            found += [(b"../victim", attr), (os.fsencode(outside), attr)]
+            attr = asyncssh.SFTPAttrs(permissions=statmod.S_IFREG | 0o644, size=5)
+            found += [asyncssh.SFTPName(b"../victim", attrs=attr), asyncssh.SFTPName(os.fsencode(outside), attrs=attr)]
         return found
 
-    monkeypatch.setattr(sftpmod._SFTP, "scandir", scandir)
+    monkeypatch.setattr(sftpmod._Session, "scandir", scandir)
     yield con, remote, [remote / "victim", outside]
     con.close()
 

@@ -1,4 +1,4 @@
-"""No private internals of watchdog, waitress, botocore or boto3 are load-bearing (issue 19, item 8).
+"""No private internals of watchdog, waitress, botocore, boto3 or asyncssh are load-bearing (issue 19, item 8).
 
 A static check over skynet/, connections/ and tests/ (ast, no imports): a library change
 that renames a private member must not silently change what skynet does, and the
@@ -11,9 +11,8 @@ only place to pin such reliance is pyproject's upper bounds. It flags
 - a class derived from one of the libraries' classes that defines or reads an
   underscored member (overriding or reaching into their internals).
 
-connections/sftp.py (and tests/test_sftp_con.py, which injects faults into it) is left out for now: it still stands on paramiko's internals,
-and issue 19's SFTP rewrite (asyncssh, public API only) replaces it; paramiko<6
-in pyproject guards it until then.
+connections/sftp.py stands on asyncssh's public API only since issue 19's SFTP rewrite
+(paramiko and the code built on its internals are gone): it is checked like the rest.
 """
 from __future__ import annotations
 
@@ -21,11 +20,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GUARDED = ("watchdog", "waitress", "botocore", "boto3")
+GUARDED = ("watchdog", "waitress", "botocore", "boto3", "asyncssh", "paramiko")
 # Modules without a leading underscore that their projects still treat as internal.
 PRIVATE_MODULES = {"watchdog.observers.inotify_c", "watchdog.observers.inotify_buffer", "watchdog.observers.inotify"}
-# Until issue 19's SFTP rewrite lands (see above): the SFTP connection and its fault-injection tests.
-ALLOWED_FILES = {"connections/sftp.py", "tests/test_sftp_con.py"}
+# Files left out of the check (none since issue 19's SFTP rewrite).
+ALLOWED_FILES: set[str] = set()
 
 
 def _private(name: str) -> bool:

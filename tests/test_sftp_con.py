@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from connections.base import (
@@ -350,34 +349,20 @@ def test_parallel_upload_reports_every_part_promptly_and_is_throttled(srv, remot
     assert elapsed >= 0.8 * size / rate
 
 
-# -- the bulk data path (_Wire) -----------------------------------------------------
-def _session_of(con: SFTPCon):
-    s = con._pool.acquire()
-    con._pool.release(s, False)
-    return s
-
-
-@pytest.mark.parametrize("path", ["aes-gcm: _Wire encrypts", "aes-ctr: paramiko's packets", "fast_wire off"])
-def test_bulk_path_sends_intact_files(srv, remote, tmp_path, path):
-    """Every way a WRITE can reach the channel delivers the same bytes: _Wire
-    with AES-GCM, _Wire handing each packet to paramiko's Packetizer (another
-    cipher), and paramiko's Channel.send (fast_wire off)."""
+# -- the bulk data path -------------------------------------------------------------
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes128-ctr", "chacha20-poly1305@openssh.com"])
+def test_bulk_path_sends_intact_files(srv, remote, tmp_path, cipher):
+    """Every cipher delivers the same bytes, in every way a file travels:
+    parallel parts over two connections, one resumable stream, one small
+    stream. (Before: _Wire with AES-GCM, _Wire through paramiko's Packetizer,
+    paramiko's Channel.send; now asyncssh's public API for all of them.)"""
     con = con_for(srv, remote, connections="2")
     con.parallel_min = 24 * MiB
-    if path.startswith("aes-ctr"):
-        con.ciphers = ("aes128-ctr",)
-    if path == "fast_wire off":
-        con.fast_wire = False
+    con.ciphers = (cipher,)
     with con:
-        s = _session_of(con)
-        cipher = s.client.get_transport().local_cipher
-        if path.startswith("aes-gcm"):
-            assert cipher.startswith("aes128-gcm") and s.sftp.wire.fast()
-            assert s.write_size > 128 << 10  # 7 whole SSH packets per WRITE
-        elif path.startswith("aes-ctr"):
-            assert cipher == "aes128-ctr" and s.sftp.wire is not None and not s.sftp.wire.fast()
-        else:
-            assert s.sftp.wire is None
+        con.check()
+        assert set(con.extra_info("send_cipher")) == {cipher}
+        assert con.write_size > 128 << 10 and con.write_size == 256 << 10
         files = [big_file(tmp_path, 40 * MiB)]  # parallel parts
         (tmp_path / "mid").mkdir()
         files.append(big_file(tmp_path / "mid", 10 * MiB))  # one resumable stream
@@ -393,16 +378,16 @@ def test_bulk_path_sends_intact_files(srv, remote, tmp_path, path):
 @pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes128-ctr"])
 @pytest.mark.parametrize("parts", [False, True], ids=["one stream", "parallel parts"])
 def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monkeypatch, cipher, parts):
-    """When the channel window allows less than a packet, _Wire sends a short
-    packet, as paramiko does: its plaintext is built in place around data
-    still to be sent (saved and put back). Windows of an odd size force it
-    on every packet, for bytes staged by copy (one stream) and read from the
-    file into the packets (parallel parts)."""
-    real = paramiko.Channel._wait_for_send_window
-    monkeypatch.setattr(paramiko.Channel, "_wait_for_send_window", lambda chan, size: real(chan, min(size, 10_007)))
+    """An SSH channel window and packet size of an odd, small size (the
+    server's or a middlebox's) split every WRITE into short packets and make
+    the writers wait for window: the bytes still arrive whole, with one
+    stream and with parallel parts, and WRITEs of an odd size (not a
+    multiple of the part size) land at the right offsets."""
     f = big_file(tmp_path, 9 * MiB)
     con = con_for(srv, remote, connections="2")
     con.ciphers = (cipher,)
+    con.ssh_options = {"window": 10_007 * 4, "max_pktsize": 10_007}
+    con.write_size = 100_003
     con.parallel_min = 8 * MiB if parts else 64 * MiB
     monkeypatch.setattr("connections.sftp.PART_SIZE", 2 * MiB)
     with con:
@@ -410,38 +395,44 @@ def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monke
         assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
 
 
-def test_bulk_path_survives_key_re_exchange(srv, remote, tmp_path):
-    """_Wire keeps paramiko's sequence numbers, IV counter and rekey trigger:
-    with a 4 MiB rekey limit a 48 MiB upload re-keys many times mid-stream."""
+def test_bulk_path_survives_key_re_exchange(srv, remote, tmp_path, caplog):
+    """Re-keying mid-stream (asyncssh's rekey_bytes): with a 4 MiB limit a
+    48 MiB upload re-keys many times while WRITEs are in flight, and every
+    byte arrives."""
+    caplog.set_level(logging.DEBUG, logger="asyncssh")
     f = big_file(tmp_path, 48 * MiB)
     with con_for(srv, remote, connections="1") as con:
-        s = _session_of(con)
-        assert s.sftp.wire.fast()
-        pk = s.client.get_transport().packetizer
-        pk.REKEY_BYTES = 4 * MiB
-        engines = {}  # id -> engine: kept alive, so that no id is reused
-
-        def progress(done, total):
-            engine = getattr(pk, "_Packetizer__block_engine_out")
-            engines[id(engine)] = engine
-
-        res = con.send(f, TransferContext(progress=progress))
+        con.ssh_options = {"rekey_bytes": 4 * MiB}
+        con.close()  # the next call connects with the option
+        res = con.send(f, TransferContext())
         assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
-        assert len(engines) >= 4  # new keys, several times
-        assert s.alive()
+        kex = [r for r in caplog.records if "Completed key exchange" in r.getMessage()]
+        assert len(kex) >= 1 + 4  # the first, then new keys several times
+        assert con.extra_info("send_cipher")  # still connected
 
 
-def test_bulk_path_falls_back_when_paramiko_changed(srv, remote, tmp_path, monkeypatch):
-    """If paramiko's internals that _Wire relies on are not all there, WRITEs
-    take paramiko's own path (and still arrive)."""
+def test_bulk_path_uses_only_public_asyncssh_api():
+    """Replaces "falls back when paramiko changed": nothing private of the
+    SSH library is load-bearing any more. Every asyncssh name used is in its
+    __all__, and no underscore attribute is read from anything but our own
+    objects (self, cls) and our own module."""
+    import ast
+
+    import asyncssh
+
     import connections.sftp as sftp_mod
 
-    monkeypatch.setattr(sftp_mod, "_PK_FIELDS", sftp_mod._PK_FIELDS + ("gone_in_a_new_release",))
-    f = big_file(tmp_path, 12 * MiB)
-    with con_for(srv, remote, connections="1") as con:
-        assert _session_of(con).sftp.wire is None
-        con.send(f, TransferContext())
-        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+    tree = ast.parse(Path(sftp_mod.__file__).read_text())
+    ours = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "asyncssh":
+            public = node.attr in asyncssh.__all__ or (node.attr.isupper() and hasattr(asyncssh.constants, node.attr))
+            assert public, f"asyncssh.{node.attr} is not public"  # constants: documented, star-exported
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            assert isinstance(base, ast.Name) and base.id in {"self", "cls", "sftp_mod"} | ours, \
+                f"private attribute {node.attr} read at line {node.lineno}"
+    assert "paramiko" not in Path(sftp_mod.__file__).read_text()
 
 
 def test_changed_file_starts_over(srv, remote, tmp_path):
@@ -704,7 +695,7 @@ def test_one_dead_session_flushes_the_idle_ones(srv, remote, tmp_path, proxy):
             t.start()
         for t in threads:
             t.join()
-        assert len(con._pool._idle) == 3
+        assert con.extra_info("socket") and len(con.extra_info("socket")) == 3  # three open, all idle
         proxy.stall()
         with pytest.raises(TransientError):
             con.check()
@@ -872,11 +863,45 @@ def test_ssh_sockets_send_small_requests_at_once(srv, remote, tmp_path):
     con.connect()
     try:
         con.send(write_file(tmp_path, "a", b"x"), TransferContext())
-        session = con._pool.acquire()
-        try:
-            sock = session.client.get_transport().sock
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        finally:
-            con._pool.release(session, broken=False)
+        socks = con.extra_info("socket")
+        assert socks and all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0 for sock in socks)
     finally:
+        con.close()
+
+
+def test_send_many_runs_a_batch_at_once_and_each_file_fails_alone(srv, remote, tmp_path, proxy):
+    """send_many (batch_send: the handler's path for small files) runs a whole
+    batch on the loop: every file arrives with its mode and mtime; a folder
+    swapped for a link refuses only the files below it (UnsafePath); a dead
+    link fails every file of the batch as transient, within the timeout, and
+    the next batch connects again."""
+    con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2", keepalive="1"), remote)
+    con.connect()
+    try:
+        assert con.abilities.batch_send
+        files = [write_file(tmp_path, f"b/{i % 5}/{i}", os.urandom(10 + i), mode=0o600 + i % 8) for i in range(300)]
+        results = con.send_many(files, threading.Event())
+        bad = [(f.rel, r) for f, r in zip(files, results) if isinstance(r, Exception) or r.size != f.size]
+        assert not bad, bad[:3]
+        os.symlink(tmp_path, Path(remote) / "b" / "linked")
+        linked = write_file(tmp_path, "b/linked/x", b"never through the link")
+        results = con.send_many(files[:3] + [linked], threading.Event())
+        assert all(not isinstance(r, Exception) for r in results[:3])
+        assert isinstance(results[-1], PermanentError) and "symbolic link" in str(results[-1])
+        assert not (tmp_path / "x").exists()
+        for f in files[:20]:
+            st = os.stat(Path(remote) / f.rel)
+            assert st.st_mode & 0o777 == f.mode and st.st_mtime_ns // 10**9 == f.mtime_ns // 10**9
+        assert {e.rel for e in con.list("b")} == {f.rel for f in files}
+        proxy.stall()
+        again = [write_file(tmp_path, f"c/{i}", b"x" * i) for i in range(20)]
+        t0 = time.monotonic()
+        results = con.send_many(again, threading.Event())
+        assert time.monotonic() - t0 < 2 * 2 + 3
+        assert all(isinstance(r, TransientError) for r in results), results
+        proxy.restore()
+        assert all(not isinstance(r, Exception) for r in con.send_many(again, threading.Event()))
+        assert con.leftovers() == []
+    finally:
+        proxy.restore()
         con.close()

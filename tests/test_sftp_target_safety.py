@@ -155,7 +155,7 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
     assert os.listdir(os.path.join(remote, "dir")) == ["y"]
 
 
-# -- the same on a server unlike OpenSSH (paramiko's: no posix-rename, SETSTAT by path) ----------------
+# -- the same on a server unlike OpenSSH (asyncssh's SFTPServer: no posix-rename, SETSTAT by path) ----------------
 from tests.test_sftp_fallback import _con as fallback_con, _file as fallback_file, paramiko_server  # noqa: E402,F401
 
 
