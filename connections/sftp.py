@@ -30,11 +30,15 @@ Large files (>= RESUME_MIN bytes) are resumable: the file's identity (size,
 mtime, inode) is saved in ctx.resume when the upload starts; a later send of
 the same unchanged file reopens the temp file and continues from its size
 (written in order: an OpenSSH server applies one handle's writes in order,
-and a failed write ends the attempt), after checking that the temp file's
-last 64 KiB match the local bytes. A finished large upload is verified
-before the rename: its size (FSTAT) and its last 64 KiB re-read. Files
->= PARALLEL_MIN go as PART_SIZE parts over up to `streams` connections
-(_write_parts); finished parts are saved in ctx.resume.
+and a failed write ends the attempt), after reading back every byte the temp
+file already holds and comparing it with the local file (_read_back: no SFTP
+server we can rely on offers a hash of a file, so a damaged middle is found
+only by reading it; resume is rare, the read costs one pass). Any difference:
+the temp file and the resume state go, and the send fails with "start over".
+A finished large upload is verified before the rename: its size (FSTAT) and
+its last 64 KiB re-read. Files >= PARALLEL_MIN go as PART_SIZE parts over up
+to `streams` connections (_write_parts); finished parts are saved in
+ctx.resume, and read back the same way when resumed.
 
 Liveness: asyncssh's keepalives find a silent server while idle, and a
 watchdog per connection (_Session.watch) aborts a connection whose requests
@@ -125,6 +129,9 @@ REPORT_EVERY = 0.1
 BATCH_INFLIGHT = 64
 #: bytes re-read from the end of a large upload to check it arrived intact
 VERIFY_TAIL = 64 << 10
+#: READ requests in flight when a resume reads back the temp file (each at
+#: most the session's write size: at most this many buffers in memory)
+READ_BACK_INFLIGHT = 16
 #: name prefix of the old file moved aside by the no-posix-rename fallback
 ASIDE_PREFIX = ".skynet-old-"
 #: ciphers tried first: AES-GCM needs no separate MAC, cheapest for us and sshd
@@ -369,7 +376,8 @@ class _LocalError(Exception):
 
 
 class _StartOver(TransientError):
-    """A finished upload failed its check: drop the temp file and resume state."""
+    """An upload failed its check (finished, or resumed from a temp file
+    whose bytes differ): drop the temp file and resume state."""
 
 
 def _status_error(exc: asyncssh.SFTPError, what: str) -> XConError:
@@ -789,6 +797,13 @@ class _PathState:
     blocker: str | None  # the first level that is not a real folder: a link or a file
     link: bool  # ...and it is a symbolic link
     leaves: list[asyncssh.SFTPAttrs | None] = field(default_factory=list)
+
+
+def _pieces(ranges: list[tuple[int, int]], size: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of at most `size` bytes, covering each [start, end) range."""
+    for start, end in ranges:
+        for pos in range(start, end, size):
+            yield pos, min(size, end - pos)
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -1464,12 +1479,89 @@ class SFTPCon(XCon):
         if st is None or not statmod.S_ISREG(_mode(st)) or not st.size or st.size > f.size:
             return 0
         have = st.size
-        # The temp file's last bytes must be the local file's: else start over.
-        n = min(VERIFY_TAIL, have)
-        if await self._read_tail(s, up.tmp, have, n) == _pread(fd, n, have - n):
-            log.info("resuming %s at %d of %d bytes", f.rel, have, f.size)
-            return have
-        return 0
+        await self._read_back(s, fd, up, [(0, have)], f"send {f.rel!r}")
+        log.info("resuming %s at %d of %d bytes", f.rel, have, f.size)
+        return have
+
+    async def _read_back(self, s: _Session, fd: int, up: _Upload, ranges: list[tuple[int, int]],
+                         what: str) -> None:
+        """Before resuming: the temp file's bytes in `ranges` must be the
+        local file's (read through `fd`, the open source: never by path).
+        If not, remove the temp file and raise _StartOver (the caller's
+        send() then drops the resume state), so the next send starts from 0.
+        A lost connection is raised as it is: the resume stays for later.
+        Not reported as progress nor to the bandwidth limit: nothing is sent."""
+        problem = await self._first_difference(s, fd, up.tmp, ranges)
+        if problem is None:
+            return
+        log.warning("%s: the temporary file differs from the local file (%s): starting over", what, problem)
+        with contextlib.suppress(asyncssh.SFTPError):
+            await s.remove(up.tmp)
+        raise _StartOver(f"{what}: the temporary file on the server differs from the local file ({problem}); "
+                         f"it will start over")
+
+    async def _first_difference(self, s: _Session, fd: int, path: bytes,
+                                ranges: list[tuple[int, int]]) -> str | None:
+        """Where remote `path` differs from local `fd` within `ranges` (None:
+        nowhere). READs of at most the write size, READ_BACK_INFLIGHT in
+        flight (bounded memory); after the first difference no more are sent.
+        A refused OPEN or READ counts as a difference (it cannot be trusted)."""
+        try:
+            fh = await s.req(s.sftp.open(path, asyncssh.FXF_READ, encoding=None, block_size=0))
+        except asyncssh.SFTPError as exc:
+            if not _session_ok(exc):
+                raise
+            return f"unreadable: {exc.reason}"
+        found: list[str] = []
+        errors: list[BaseException] = []  # a lost connection, an unreadable local file
+        slots = asyncio.Semaphore(READ_BACK_INFLIGHT)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(pos: int, n: int) -> None:
+            try:
+                got = await self._read_exactly(s, fh, pos, n)
+                if got != _pread(fd, n, pos):
+                    found.append(f"bytes {pos}-{pos + n} differ" if len(got) == n else f"shorter than {pos + n}")
+            except asyncssh.SFTPError as exc:
+                if _session_ok(exc):
+                    found.append(f"unreadable at {pos}: {exc.reason}")
+                else:
+                    errors.append(exc)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                slots.release()
+
+        try:
+            for pos, n in _pieces(ranges, s.write_size):
+                await slots.acquire()
+                if found or errors:
+                    slots.release()
+                    break
+                t = asyncio.get_running_loop().create_task(one(pos, n))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if s.alive():
+                with contextlib.suppress(asyncssh.SFTPError):
+                    await s.req(fh.close())
+        if errors:
+            raise errors[0]
+        return found[0] if found else None
+
+    @staticmethod
+    async def _read_exactly(s: _Session, fh: Any, pos: int, n: int) -> bytes:
+        """n bytes at pos (fewer only at the end of the file): a server may
+        answer a READ with fewer bytes than asked."""
+        out = b""
+        while len(out) < n:
+            got = await s.req(fh.read(n - len(out), pos + len(out)))
+            if not got:
+                break
+            out += got
+        return out
 
     # -- parallel parts ------------------------------------------------------
     def _send_parallel(self, f: LocalFile, ctx: TransferContext, fd: int, up: _Upload, what: str) -> SendResult:
@@ -1575,7 +1667,8 @@ class SFTPCon(XCon):
     async def _resume_parts(self, s: _Session, fd: int, up: _Upload, state: dict, ident: dict, job: _Parts,
                             st: asyncssh.SFTPAttrs | None) -> set[int]:
         """Parts a previous attempt finished, if its state matches this file
-        and its temp file (`st`, its lstat) looks right; else an empty set (start over)."""
+        and its temp file (`st`, its lstat) looks right; else an empty set
+        (start afresh). Their bytes are read back first (_read_back)."""
         done = state.get("done")
         if not isinstance(done, list) or {k: v for k, v in state.items() if k != "done"} != ident:
             return set()
@@ -1585,11 +1678,9 @@ class SFTPCon(XCon):
         _start, end = job.bounds(max(done_set))
         if (st.size or 0) < end:
             return set()
-        n = min(VERIFY_TAIL, end)
-        if await self._read_tail(s, up.tmp, end, n) == _pread(fd, n, end - n):
-            log.info("resuming %s with %d of %d parts", job.rel, len(done_set), job.count)
-            return done_set
-        return set()
+        await self._read_back(s, fd, up, [job.bounds(i) for i in sorted(done_set)], f"send {job.rel!r}")
+        log.info("resuming %s with %d of %d parts", job.rel, len(done_set), job.count)
+        return done_set
 
     # -- rename ----------------------------------------------------------------
     async def _replace(self, s: _Session, tmp: bytes, target: bytes, what: str) -> None:

@@ -454,19 +454,54 @@ def test_changed_file_starts_over(srv, remote, tmp_path):
         assert con.leftovers() == []
 
 
-def test_resume_refuses_a_temp_file_whose_bytes_differ(srv, remote, tmp_path):
+@pytest.mark.parametrize("where", ["middle", "tail"])
+def test_resume_reads_back_and_catches_damage(srv, remote, tmp_path, where):
+    """A resume reads back every byte the temp file already holds (OpenSSH
+    has no check-file: before, only the last 64 KiB were compared, so damage
+    in the middle went to the target). Any difference: "start over", no
+    resume state, no temp file, no target; the next send sends it whole."""
     f = big_file(tmp_path, 16 * MiB)
     store = NullResumeStore()
     with con_for(srv, remote) as con:
         ctx = TransferContext(resume=store)
         ctx.progress = _stop_after(ctx, 4 * MiB)
-        with pytest.raises(TransientError):
+        with pytest.raises(TransientError, match="resumable"):
             con.send(f, ctx)
         tmp_remote = Path(remote) / "dir" / temp_name("big.bin")
         size = os.path.getsize(tmp_remote)
+        assert 2 * MiB < size < f.size
         with open(tmp_remote, "r+b") as fh:  # someone scribbled on the server
-            fh.seek(size - 10)
+            fh.seek(MiB if where == "middle" else size - 10)
             fh.write(b"X" * 10)
+        with pytest.raises(TransientError, match="start over"):
+            con.send(f, TransferContext(resume=store))
+        assert store.load() is None and con.leftovers() == [] and con.stat("dir/big.bin") is None
+        res = con.send(f, TransferContext(resume=store))
+        assert res.bytes_sent == f.size
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        assert store.load() is None and con.leftovers() == []
+
+
+def test_parallel_resume_reads_back_the_finished_parts(srv, remote, tmp_path, monkeypatch):
+    """The same for a parallel upload: the finished parts are read back, so
+    damage inside a part before the last one is caught."""
+    monkeypatch.setattr("connections.sftp.PART_SIZE", MiB)
+    f = big_file(tmp_path, 16 * MiB)
+    store = NullResumeStore()
+    with con_for(srv, remote, connections="2") as con:
+        con.streams, con.parallel_min = 2, 8 * MiB
+        ctx = TransferContext(resume=store)
+        ctx.progress = _stop_after(ctx, 6 * MiB)
+        with pytest.raises(TransientError, match="resumable"):
+            con.send(f, ctx)
+        state = store.load()
+        assert state["kind"] == "sftp-parts" and len(state["done"]) >= 2
+        with open(Path(remote) / "dir" / temp_name("big.bin"), "r+b") as fh:
+            fh.seek(min(state["done"]) * MiB + MiB // 2)  # the middle of the first finished part
+            fh.write(b"X" * 10)
+        with pytest.raises(TransientError, match="start over"):
+            con.send(f, TransferContext(resume=store))
+        assert store.load() is None and con.leftovers() == [] and con.stat("dir/big.bin") is None
         res = con.send(f, TransferContext(resume=store))
         assert res.bytes_sent == f.size
         assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)

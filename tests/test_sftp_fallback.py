@@ -8,8 +8,9 @@ The whole contract suite is not re-run here; these tests cover the code
 paths OpenSSH never takes.
 
 (Before issue 19 this was paramiko's server with a "check-file" extension;
-asyncssh's client has no public way to ask for check-file, so large uploads
-are verified by size and last block only, with any server.)
+asyncssh's client has no public way to ask for check-file, so a resumed
+upload now reads back what the temp file holds and compares it byte for
+byte, with any server.)
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ class _SFTPServer(asyncssh.SFTPServer):
 
 
 @pytest.fixture
-def paramiko_server(tmp_path):
-    """(The name is kept for the tests that import it: now asyncssh's server.)"""
+def odd_server(tmp_path):
+    """asyncssh's SFTP server with _SFTPServer's quirks, on 127.0.0.1."""
     hk = asyncssh.generate_private_key("ssh-ed25519")
     ck = asyncssh.generate_private_key("ssh-ed25519")
     ck_path = tmp_path / "client_key"
@@ -102,9 +103,9 @@ def _file(tmp_path: Path, rel: str, data: bytes, mtime_s: int = 1_500_000_000) -
     return LocalFile(str(p), rel, st.st_size, st.st_mtime_ns, 0o640, st.st_ino)
 
 
-def test_without_posix_rename_replace_still_works(paramiko_server, tmp_path):
-    root = Path(paramiko_server["root"])
-    with _con(paramiko_server, write_size=32768) as con:
+def test_without_posix_rename_replace_still_works(odd_server, tmp_path):
+    root = Path(odd_server["root"])
+    with _con(odd_server, write_size=32768) as con:
         con.send(_file(tmp_path, "a/x", b"first"), TransferContext())
         con.send(_file(tmp_path, "a/x", b"second version", mtime_s=1_600_000_000), TransferContext())
         assert (root / "a" / "x").read_bytes() == b"second version"
@@ -126,40 +127,43 @@ def _stop_at(ctx: TransferContext, limit: int):
     return ctx
 
 
-def test_large_upload_resumed_and_verified(paramiko_server, tmp_path):
+def test_large_upload_resumed_and_verified(odd_server, tmp_path):
     """Resume and the final check (size, last block) on a server without
     posix-rename that refuses FSETSTAT (before: verified by its check-file)."""
     data = os.urandom(10 * MiB)
     f = _file(tmp_path, "big", data)
     store = NullResumeStore()
-    with _con(paramiko_server, resume_min=4 * MiB, write_size=32768) as con:  # (as the old server: 32 KiB)
+    with _con(odd_server, resume_min=4 * MiB, write_size=32768) as con:  # (as the old server: 32 KiB)
         with pytest.raises(TransientError):
             con.send(f, _stop_at(TransferContext(resume=store), 3 * MiB))
         res = con.send(f, TransferContext(resume=store))
         assert 0 < res.bytes_sent < f.size
-        assert (Path(paramiko_server["root"]) / "big").read_bytes() == data
-        st = os.stat(Path(paramiko_server["root"]) / "big")
+        assert (Path(odd_server["root"]) / "big").read_bytes() == data
+        st = os.stat(Path(odd_server["root"]) / "big")
         assert int(st.st_mtime) == 1_500_000_000 and st.st_mode & 0o777 == 0o640
         assert con.leftovers() == []
 
 
-def test_damaged_temp_file_starts_over(paramiko_server, tmp_path):
-    """A temp file whose bytes differ from the local file's where the resume
-    checks (its last block) is not resumed: the upload starts over. (Before:
-    damage anywhere was caught by the server's check-file hash; asyncssh's
-    client cannot ask for it, so damage before the last 64 KiB of what was
-    kept is not seen: see the issue 19 report.)"""
+@pytest.mark.parametrize("where", ["middle", "tail"])
+def test_resume_reads_back_and_catches_damage(odd_server, tmp_path, where):
+    """A resume reads back every byte the temp file already holds: damage in
+    the middle (which a check of the last block cannot see) is caught as
+    well as damage at the end. The send raises "start over", drops the
+    resume state and the temp file; the next send sends the whole file."""
     data = os.urandom(10 * MiB)
     f = _file(tmp_path, "big", data)
     store = NullResumeStore()
-    root = Path(paramiko_server["root"])
-    with _con(paramiko_server, resume_min=4 * MiB, write_size=32768) as con:  # (as the old server: 32 KiB)
+    root = Path(odd_server["root"])
+    with _con(odd_server, resume_min=4 * MiB, write_size=32768) as con:  # (as the old server: 32 KiB)
         with pytest.raises(TransientError):
             con.send(f, _stop_at(TransferContext(resume=store), 3 * MiB))
         tmp = next(p for p in root.iterdir() if p.name.startswith(".skynet-tmp-"))
-        with open(tmp, "r+b") as fh:  # damage the last block of what is already there
-            fh.seek(os.path.getsize(tmp) - 100)
+        with open(tmp, "r+b") as fh:  # damage what is already there
+            fh.seek(MiB if where == "middle" else os.path.getsize(tmp) - 100)
             fh.write(b"\0" * 16)
+        with pytest.raises(TransientError, match="start over"):
+            con.send(f, TransferContext(resume=store))
+        assert store.load() is None and con.leftovers() == [] and con.stat("big") is None
         res = con.send(f, TransferContext(resume=store))
         assert res.bytes_sent == f.size  # not resumed: sent whole
         assert (root / "big").read_bytes() == data

@@ -156,15 +156,15 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
 
 
 # -- the same on a server unlike OpenSSH (asyncssh's SFTPServer: no posix-rename, SETSTAT by path) ----------------
-from tests.test_sftp_fallback import _con as fallback_con, _file as fallback_file, paramiko_server  # noqa: E402,F401
+from tests.test_sftp_fallback import _con as fallback_con, _file as fallback_file, odd_server  # noqa: E402,F401
 
 
-def test_links_and_bits_on_a_server_unlike_openssh(paramiko_server, tmp_path):
-    root = paramiko_server["root"]
+def test_links_and_bits_on_a_server_unlike_openssh(odd_server, tmp_path):
+    root = odd_server["root"]
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "victim").write_bytes(b"precious")
-    c = fallback_con(paramiko_server)
+    c = fallback_con(odd_server)
     try:
         c.connect()
         os.makedirs(os.path.join(root, "dir"))
