@@ -473,13 +473,19 @@ def test_resume_reads_back_and_catches_damage(srv, remote, tmp_path, where):
         with open(tmp_remote, "r+b") as fh:  # someone scribbled on the server
             fh.seek(MiB if where == "middle" else size - 10)
             fh.write(b"X" * 10)
-        with pytest.raises(TransientError, match="start over"):
-            con.send(f, TransferContext(resume=store))
-        assert store.load() is None and con.leftovers() == [] and con.stat("dir/big.bin") is None
-        res = con.send(f, TransferContext(resume=store))
-        assert res.bytes_sent == f.size
-        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        _damage_refused_then_sent_whole(con, f, store, remote)
         assert store.load() is None and con.leftovers() == []
+
+
+def _damage_refused_then_sent_whole(con, f, store, remote) -> None:
+    """After the temp file was damaged: the resuming send refuses it ("start
+    over", nothing left behind), and the next send sends the whole file intact."""
+    with pytest.raises(TransientError, match="start over"):
+        con.send(f, TransferContext(resume=store))
+    assert store.load() is None and con.leftovers() == [] and con.stat("dir/big.bin") is None
+    res = con.send(f, TransferContext(resume=store))
+    assert res.bytes_sent == f.size
+    assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
 
 
 def test_parallel_resume_reads_back_the_finished_parts(srv, remote, tmp_path, monkeypatch):
@@ -499,12 +505,7 @@ def test_parallel_resume_reads_back_the_finished_parts(srv, remote, tmp_path, mo
         with open(Path(remote) / "dir" / temp_name("big.bin"), "r+b") as fh:
             fh.seek(min(state["done"]) * MiB + MiB // 2)  # the middle of the first finished part
             fh.write(b"X" * 10)
-        with pytest.raises(TransientError, match="start over"):
-            con.send(f, TransferContext(resume=store))
-        assert store.load() is None and con.leftovers() == [] and con.stat("dir/big.bin") is None
-        res = con.send(f, TransferContext(resume=store))
-        assert res.bytes_sent == f.size
-        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+        _damage_refused_then_sent_whole(con, f, store, remote)
 
 
 def test_small_file_stop_leaves_no_temp(srv, remote, tmp_path):
