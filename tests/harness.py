@@ -78,7 +78,7 @@ def is_transient(exc: BaseException) -> bool:
 
     A library's exception classes are looked up only if it is loaded: an exception of
     a class that was never imported cannot reach here, and the local backend's tests
-    need not import botocore or paramiko for this check."""
+    need not import botocore or asyncssh for this check."""
     from connections.base import TransientError
 
     if isinstance(exc, (TransientError, ConnectionError, TimeoutError, EOFError, http.client.HTTPException)):
@@ -94,9 +94,12 @@ def is_transient(exc: BaseException) -> bool:
     u3 = sys.modules.get("urllib3.exceptions")
     if u3 is not None and isinstance(exc, (u3.ProtocolError, u3.TimeoutError)):
         return True
-    paramiko = sys.modules.get("paramiko")
-    if paramiko is not None and isinstance(exc, paramiko.SSHException):
-        return not isinstance(exc, paramiko.AuthenticationException)  # a refused key stays refused
+    ssh = sys.modules.get("asyncssh")
+    if ssh is not None:
+        if isinstance(exc, (ssh.ConnectionLost, ssh.SFTPConnectionLost, ssh.SFTPNoConnection)):
+            return True
+        if isinstance(exc, ssh.DisconnectError):  # a refused key or host key stays refused
+            return not isinstance(exc, (ssh.PermissionDenied, ssh.HostKeyNotVerifiable))
     return False
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
+import asyncssh
 import botocore.exceptions as bce
-import paramiko
 import pytest
 
 import tests.harness as harness
@@ -40,7 +40,7 @@ def client_error(code: str, status: int) -> bce.ClientError:
 
 
 #: what a read of a restarting server raises: botocore's own errors (the harness's boto3
-#: client), the connections' TransientError (S3Con, SFTPCon), paramiko's and the socket's
+#: client), the connections' TransientError (S3Con, SFTPCon), asyncssh's and the socket's
 TRANSIENT: dict[str, Callable[[], BaseException]] = {
     "s3 connection closed": lambda: bce.ConnectionClosedError(endpoint_url="http://127.0.0.1:1/b/k"),
     "s3 connection refused": lambda: bce.EndpointConnectionError(endpoint_url="http://127.0.0.1:1/b/k"),
@@ -48,7 +48,8 @@ TRANSIENT: dict[str, Callable[[], BaseException]] = {
     "s3 503": lambda: client_error("ServiceUnavailable", 503),
     "s3 500": lambda: client_error("InternalError", 500),
     "sftp EOF": lambda: EOFError(),
-    "ssh session ended": lambda: paramiko.SSHException("SSH session not active"),
+    "ssh session ended": lambda: asyncssh.ConnectionLost("Connection lost"),
+    "sftp channel closed": lambda: asyncssh.SFTPConnectionLost("Connection lost"),
     "connection reset": lambda: ConnectionResetError(104, "Connection reset by peer"),
     "connection refused": lambda: ConnectionRefusedError(111, "Connection refused"),
     "XCon transient": lambda: TransientError("list: connection lost or timed out (EOFError: )"),
@@ -104,11 +105,16 @@ def test_a_read_that_never_succeeds_raises_its_own_error_after_the_budget(kind, 
     assert "transient, retried" in notes and "budget 1 s" in notes, notes
 
 
-def test_a_read_that_fails_for_good_is_not_retried():
-    """Access denied, a missing file: asking again would only delay the report."""
-    fetch = Flaky(lambda: client_error("AccessDenied", 403), failures=10**9)
+@pytest.mark.parametrize("refusal", [
+    lambda: client_error("AccessDenied", 403),
+    lambda: asyncssh.PermissionDenied("key refused"),
+    lambda: asyncssh.HostKeyNotVerifiable("host key changed"),
+], ids=["s3 access denied", "ssh key refused", "ssh host key"])
+def test_a_read_that_fails_for_good_is_not_retried(refusal):
+    """Access denied, a refused key: asking again would only delay the report."""
+    fetch = Flaky(refusal, failures=10**9)
     backend = Backend(con=None, fetch=fetch, service="s3")
-    with pytest.raises(bce.ClientError) as info:
+    with pytest.raises(Exception) as info:
         backend.fetch()
     assert fetch.calls == 1
     assert any("not transient" in n for n in info.value.__notes__)
