@@ -697,6 +697,12 @@ class _Flow:
             self._grant.set()
 
     # -- calling thread --
+    def _pay(self, n: int) -> None:
+        """Tell the loop that `n` bytes are reported (paid for): writers waiting in room() may go on."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the future says why
+            self._loop.call_soon_threadsafe(self._paid, n)
+
     def drive(self, fut: concurrent.futures.Future, tick: Callable[[], None] = lambda: None) -> Any:
         """Wait for `fut`, reporting acknowledged bytes as they come."""
         shown = -1
@@ -712,11 +718,18 @@ class _Flow:
                 if not started:
                     self.ctx.start_at(acked, self.total)
                     started = True
+                    self._pay(acked)
                 else:
-                    self.ctx.report(acked, self.total)
+                    # In steps of REPORT_BYTES: the bandwidth limit then sleeps a
+                    # little per step, and progress and the writers' window move
+                    # with each step, instead of one long sleep for all the bytes
+                    # acknowledged meanwhile (which made both advance in jumps).
+                    step = shown if shown < acked else acked - 1
+                    while step < acked:
+                        step = min(acked, step + REPORT_BYTES)
+                        self.ctx.report(step, self.total)
+                        self._pay(step)
                 shown = acked
-                with contextlib.suppress(RuntimeError):  # the loop is gone: the future says why
-                    self._loop.call_soon_threadsafe(self._paid, acked)
             tick()
             if finished:
                 return fut.result()
@@ -910,9 +923,9 @@ class SFTPCon(XCon):
                 self._key = asyncssh.read_private_key(self.key_file, self._passphrase or None)
             except FileNotFoundError:
                 raise PermanentError(f"key_file {self.key_file!r}: no such file") from None
-            except asyncssh.KeyEncryptionError:
+            except asyncssh.KeyEncryptionError as exc:  # its text names the cause, never the passphrase
                 raise PermanentError(
-                    f"key_file {self.key_file!r}: cannot decrypt the key (wrong key_passphrase?)") from None
+                    f"key_file {self.key_file!r}: cannot decrypt the key ({exc}; wrong key_passphrase?)") from None
             except (asyncssh.KeyImportError, ValueError, OSError) as exc:
                 if not self._passphrase and "assphrase" in str(exc):
                     raise PermanentError(f"key_file {self.key_file!r} is encrypted: set key_passphrase "

@@ -267,9 +267,9 @@ def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path):
             killed.append(True)
 
     killed: list = []
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError) as failed:
         con.send(f, TransferContext(resume=store, progress=kill_a_helper))
-    assert killed
+    assert killed, f"the send failed before a helper was killed: {failed.value!r}"
     state = store.load()
     kept = _parts_sent(state, f.size)
     res = con.send(f, TransferContext(resume=store))  # the same instance reconnects what broke
