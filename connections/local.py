@@ -266,12 +266,7 @@ class LocalCon(XCon):
             raise PermanentError(f"{what}: a file is in the way of folder {rel!r}")
         log.warning("%s: a link is in the way of folder %r in %r: removing the link (not what it points to)",
                     what, rel, self.root)
-        try:
-            os.unlink(name, dir_fd=parent)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise self._error(exc, what) from exc
+        self._remove(parent, name, what)  # a link: unlinked itself, never what it points to
         return True
 
     def _error(self, exc: OSError, what: str, need: int = 0) -> Exception:
