@@ -147,6 +147,8 @@ MODE_MASK = 0o777
 _DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa", "id_dsa")
 
 _FX_TRANSIENT = {asyncssh.FX_NO_CONNECTION, asyncssh.FX_CONNECTION_LOST}
+#: "the temp file's name was not looked at" (see SFTPCon._open_tmp)
+_UNSEEN: Any = object()
 
 
 # --------------------------------------------------------------------------
@@ -489,6 +491,123 @@ class _Loop:
         thread.join(timeout)
 
 
+class _BatchedTransport(asyncio.Transport):
+    """The TCP transport asyncssh writes to, with the packets written during
+    one pass of the event loop sent together, in one send().
+
+    Why: asyncssh writes every SSH packet on its own (and puts an empty
+    IGNORE packet before each one), so each SFTP request cost two send()
+    calls, and a 1 GiB file 65,536 of them; on a fast link those system
+    calls and the wake-ups they cause in sshd were the largest single cost
+    of the loop thread (bench/sftp_peers.py, RESULTS.md "Issue 19"). Packets
+    keep their order; they leave at most one loop pass later (call_soon)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, inner: asyncio.Transport) -> None:
+        super().__init__()
+        self.loop, self.inner = loop, inner
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append(data)  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending = []
+        if not self.inner.is_closing():
+            self.inner.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.inner.get_write_buffer_size() + sum(len(d) for d in self.pending)
+
+    def close(self) -> None:
+        self.flush()
+        self.inner.close()
+
+    def abort(self) -> None:
+        self.pending = []
+        self.inner.abort()
+
+    def is_closing(self) -> bool:
+        return self.inner.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.inner.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self.inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.inner.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.inner.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.inner.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return self.inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.inner.write_eof()
+
+
+class _BatchedProtocol(asyncio.Protocol):
+    """Sits between the TCP transport and asyncssh's connection (the protocol
+    asyncssh's factory makes), giving the connection a _BatchedTransport."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        self.conn = factory()
+        self.transport: _BatchedTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = _BatchedTransport(asyncio.get_running_loop(), transport)  # type: ignore[arg-type]
+        self.conn.connection_made(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.transport.pending = []
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
+class _BatchedTCP:
+    """How our SSH connections reach the server: a plain TCP connection whose
+    writes are batched (_BatchedTransport). Passed as asyncssh.connect's
+    `tunnel`, which takes any object with this create_connection (asyncssh's
+    own tunnel protocol: it opens the connection and hands back (transport,
+    the connection asyncssh's factory made))."""
+
+    async def create_connection(self, session_factory: Callable[[], Any], host: str,
+                                port: int) -> tuple[asyncio.BaseTransport, Any]:
+        loop = asyncio.get_running_loop()
+        _tcp, proto = await loop.create_connection(lambda: _BatchedProtocol(session_factory), host, port)
+        assert proto.transport is not None
+        return proto.transport, proto.conn
+
+    def close(self) -> None:
+        """Nothing to close: the connection closes its own transport."""
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for (see close)."""
+
+
 @dataclass(eq=False)
 class _Session:
     """One SSH connection with one SFTP channel, shared by every coroutine
@@ -549,6 +668,8 @@ class _Session:
         """LSTAT of every path, all in flight at once: one round trip. None
         for a missing path; any other refusal is handed back in its place
         (the caller decides which matters: a level above comes first)."""
+        if not paths:
+            return []
         replies = await asyncio.gather(*(self.lstat(p) for p in paths), return_exceptions=True)
         for r in replies:
             if isinstance(r, BaseException) and not isinstance(r, asyncssh.SFTPError):
@@ -650,15 +771,17 @@ class _Flow:
     """Acknowledged bytes go from the loop to the calling thread, which
     passes them to ctx.report (progress, and the bandwidth limit, which may
     sleep: in the calling thread, never in the loop); the writers may run at
-    most `window` bytes ahead of what the calling thread has paid for."""
+    most `window` bytes ahead of what the calling thread has paid for.
+    `watched` False: no thread waits on it (send_many's small files, where
+    a lock and an event per file were a measurable share of the loop's CPU)."""
 
-    def __init__(self, ctx: TransferContext, total: int, window: int) -> None:
+    def __init__(self, ctx: TransferContext, total: int, window: int, watched: bool = True) -> None:
         self.ctx, self.total, self.window = ctx, total, window
         self.acked = 0  # bytes the server confirmed (loop side)
         self.sent = 0  # bytes written by this attempt (loop side)
         self.paid = 0  # bytes reported by the calling thread
         self.base = 0  # bytes on the remote before this attempt
-        self._cond = threading.Condition()
+        self._cond = threading.Condition() if watched else None
         self._grant: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -666,7 +789,8 @@ class _Flow:
     def start(self, acked: int) -> None:
         """In the loop: what the remote held before this attempt."""
         self._loop = asyncio.get_running_loop()
-        self._grant = asyncio.Event()
+        if self._cond is not None:
+            self._grant = asyncio.Event()
         self.acked = self.paid = self.base = acked
         self.notify()
 
@@ -675,14 +799,16 @@ class _Flow:
         self.notify()
 
     def notify(self) -> None:
+        if self._cond is None:
+            return
         with self._cond:
             self._cond.notify()
 
     async def room(self, n: int, stop: Callable[[], bool]) -> None:
         """Wait until `n` more bytes on the wire stay within the window of
         what was paid for, or until `stop()` (then the caller stops)."""
-        assert self._grant is not None
         while self.base + self.sent + n - self.paid > self.window and not stop():
+            assert self._grant is not None, "an unwatched flow has no window"
             self._grant.clear()
             await self._grant.wait()
 
@@ -705,6 +831,7 @@ class _Flow:
 
     def drive(self, fut: concurrent.futures.Future, tick: Callable[[], None] = lambda: None) -> Any:
         """Wait for `fut`, reporting acknowledged bytes as they come."""
+        assert self._cond is not None, "drive() needs a watched flow"
         shown = -1
         fut.add_done_callback(lambda _f: self.notify())
         started = False
@@ -980,7 +1107,7 @@ class SFTPCon(XCon):
                 keepalive_count_max=max(1, math.ceil(self.timeout / keepalive)) if keepalive else 3,
                 encryption_algs="^" + ",".join(self.ciphers) if self.ciphers else (),
                 compression_algs=None,
-                **{**self._login_options(), **self.ssh_options},
+                **{"tunnel": _BatchedTCP(), **self._login_options(), **self.ssh_options},
             )
             sftp = await asyncio.wait_for(conn.start_sftp_client(), self.timeout)
         except BaseException as exc:
@@ -1100,9 +1227,10 @@ class SFTPCon(XCon):
         parts = self._rel_of(folder).split("/")
         return [self._prefix + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
-    async def _inspect(self, s: _Session, path: str, *siblings: str) -> _PathState:
+    async def _inspect(self, s: _Session, path: str, *siblings: str, leaf: bool = True) -> _PathState:
         """LSTAT every folder between the root and `path`, and `path` itself
-        (and `siblings`, names in the same folder), in one round trip.
+        (unless not `leaf`) and `siblings` (names in the same folder), in one
+        round trip.
 
         Why each level, each time: SFTP resolves a path on the server, and
         every request by path follows a link met on the way. A folder of the
@@ -1114,7 +1242,7 @@ class SFTPCon(XCon):
         for parent folders.
         """
         levels = self._levels(posixpath.dirname(path))
-        names = [path, *siblings]
+        names = [path, *siblings] if leaf else list(siblings)
         replies = await s.lstat_many([self._b(p) for p in levels + names])
         for i, (level, r) in enumerate(zip(levels, replies)):
             if isinstance(r, asyncssh.SFTPError):
@@ -1136,14 +1264,15 @@ class SFTPCon(XCon):
             f"then the next send, or --retry-failed, makes a real folder in its place"
         )
 
-    async def _folder_ready(self, s: _Session, path: str, what: str) -> _PathState:
+    async def _folder_ready(self, s: _Session, path: str, what: str, leaf: bool = True) -> _PathState:
         """Make sure every folder above `path` (below the root) is a real
-        folder, creating the missing ones; returns what _inspect found.
+        folder, creating the missing ones; returns what _inspect found
+        (`leaf`: LSTAT `path` too).
 
         A link on the way is refused (UnsafePath), not replaced: it may be the
         server administrator's, and deleting it is their decision; a file in
         the way is refused as before."""
-        st = await self._inspect(s, path)
+        st = await self._inspect(s, path, leaf=leaf)
         if st.blocker is not None:
             if st.link:
                 raise self._link_error(st.blocker, what)
@@ -1254,10 +1383,10 @@ class SFTPCon(XCon):
     async def _send_small(self, s: _Session, f: LocalFile, fd: int, up: _Upload, ctx: TransferContext) -> SendResult:
         """One file of send_many: send()'s steps, with no thread to report to."""
         what = f"send {f.rel!r}"
-        flow = _Flow(ctx, f.size, window=1 << 62)
+        flow = _Flow(ctx, f.size, window=1 << 62, watched=False)
         try:
-            tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
-            return await self._put(s, f, fd, up, flow, tmp_st, what)
+            await self._folder_ready(s, os.fsdecode(up.tmp), what, leaf=False)
+            return await self._put(s, f, fd, up, flow, _UNSEEN, what)
         except BaseException as exc:
             raise await self._after_failure(s, exc, up, f, what) from None
 
@@ -1267,12 +1396,14 @@ class SFTPCon(XCon):
         state = ctx.resume.load() if up.resumable else None
         flow = _Flow(ctx, f.size, MAX_INFLIGHT * self.write_size)
 
-        async def prepare(s: _Session) -> tuple[int, asyncssh.SFTPAttrs | None]:
+        async def prepare(s: _Session) -> tuple[int, Any]:
+            if not up.resumable:  # no resume to look for: the temp file is looked at only if OPEN finds one
+                await self._folder_ready(s, os.fsdecode(up.tmp), what, leaf=False)
+                return 0, _UNSEEN
             tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
-            offset = await self._resume_offset(s, f, fd, up, state, tmp_st) if up.resumable else 0
-            return offset, tmp_st
+            return await self._resume_offset(s, f, fd, up, state, tmp_st), tmp_st
 
-        async def run(s: _Session, prep: tuple[int, asyncssh.SFTPAttrs | None] | None = None) -> SendResult:
+        async def run(s: _Session, prep: tuple[int, Any] | None = None) -> SendResult:
             try:
                 up.offset, tmp_st = prep if prep is not None else await prepare(s)
                 return await self._put(s, f, fd, up, flow, tmp_st, what)
@@ -1308,23 +1439,36 @@ class SFTPCon(XCon):
             return await self._diagnose(s, exc, what, os.fsdecode(up.target), f.size - up.offset)
         return exc
 
-    async def _open_tmp(self, s: _Session, up: _Upload, flags: int, old: asyncssh.SFTPAttrs | None,
-                        what: str) -> Any:
+    async def _open_tmp(self, s: _Session, up: _Upload, flags: int, old: Any, what: str) -> Any:
         """OPEN the temp file; an asyncssh file.
 
         A fresh one (CREATE) is opened with EXCL, after removing what `old`
         (its lstat) says is there: a file a failed attempt left, or a link
         someone planted at the name. OPEN follows a link; with EXCL
         (O_CREAT|O_EXCL on the server) an existing name, a link above all,
-        fails instead, so no byte is ever written through one."""
+        fails instead, so no byte is ever written through one.
+
+        `old` is _UNSEEN when the name was not looked at (files sent in one
+        stream from 0: one request fewer per small file): the OPEN goes first,
+        and only when it fails is the name looked at, cleared, and the OPEN
+        tried once more."""
+        if old is _UNSEEN:
+            if not flags & asyncssh.FXF_EXCL:
+                raise ValueError("an unseen temp file is opened only with EXCL")
+            try:
+                return await self._open_new(s, up, flags)
+            except asyncssh.SFTPError as exc:
+                if exc.code != asyncssh.FX_FAILURE:
+                    raise
+                old = await s.lstat(up.tmp)
+                if old is None:
+                    raise
         if flags & asyncssh.FXF_CREAT and old is not None:
             if _is_dir(old):
                 raise PermanentError(f"{what}: a folder is in the way of the temporary file {up.tmp_rel!r}")
             await s.remove(up.tmp)  # a link goes, never what it points to
         try:
-            fh = await s.req(s.sftp.open(up.tmp, flags, encoding=None, block_size=0))
-            up.opened = True
-            return fh
+            return await self._open_new(s, up, flags)
         except asyncssh.SFTPError as exc:
             if not flags & asyncssh.FXF_EXCL or exc.code != asyncssh.FX_FAILURE or await s.lstat(up.tmp) is None:
                 raise
@@ -1332,8 +1476,14 @@ class SFTPCon(XCon):
         raise TransientError(f"{what}: {up.tmp_rel!r} appeared on the server while sending (not followed); "
                              f"it will be tried again")
 
-    async def _put(self, s: _Session, f: LocalFile, fd: int, up: _Upload, flow: _Flow,
-                   tmp_st: asyncssh.SFTPAttrs | None, what: str) -> SendResult:
+    @staticmethod
+    async def _open_new(s: _Session, up: _Upload, flags: int) -> Any:
+        fh = await s.req(s.sftp.open(up.tmp, flags, encoding=None, block_size=0))
+        up.opened = True
+        return fh
+
+    async def _put(self, s: _Session, f: LocalFile, fd: int, up: _Upload, flow: _Flow, tmp_st: Any,
+                   what: str) -> SendResult:
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
         if up.resumable:
             flags |= asyncssh.FXF_READ  # to re-read the tail when verifying

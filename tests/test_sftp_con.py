@@ -375,6 +375,33 @@ def test_bulk_path_sends_intact_files(srv, remote, tmp_path, cipher):
         assert con.leftovers() == []
 
 
+def test_packets_of_one_loop_pass_leave_in_one_send(srv, remote, tmp_path, monkeypatch):
+    """asyncssh writes each SSH packet on its own (and an IGNORE packet before
+    each): the packets written in one pass of the loop are joined into one
+    write to the socket (_BatchedTransport), in order, and every file arrives."""
+    from connections import sftp
+
+    batches: list[int] = []
+    flush = sftp._BatchedTransport.flush
+
+    def counted(self) -> None:
+        if self.pending:
+            batches.append(len(self.pending))
+        flush(self)
+
+    monkeypatch.setattr(sftp._BatchedTransport, "flush", counted)
+    con = con_for(srv, remote, connections="1")
+    files = [write_file(tmp_path, f"d/f{i}", os.urandom(100 + i)) for i in range(200)]
+    with con:
+        results = con.send_many(files, threading.Event())
+    assert [r.size for r in results] == [f.size for f in files]
+    for f in files:
+        assert (Path(remote) / f.rel).read_bytes() == Path(f.path).read_bytes()
+    packets = sum(batches)
+    assert packets >= 200 * 5  # OPEN, WRITE, FSETSTAT, CLOSE, RENAME per file at least
+    assert len(batches) * 4 < packets, (len(batches), packets)
+
+
 @pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes128-ctr"])
 @pytest.mark.parametrize("parts", [False, True], ids=["one stream", "parallel parts"])
 def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monkeypatch, cipher, parts):

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import shutil
 import stat
+import threading
 
 import pytest
 
@@ -131,10 +132,14 @@ def test_a_file_in_the_way_of_a_folder_is_still_refused(con, remote, tmp_path):
 
 
 # -- item 5: a link planted at the temporary name ----------------------------------------------------
-@pytest.mark.parametrize("path", ["plain", "resumable", "parallel"])
+@pytest.mark.parametrize("path", ["plain", "batch", "resumable", "parallel"])
 @pytest.mark.parametrize("dangling", [False, True], ids=["to_a_file", "dangling"])
 def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tmp_path, path, dangling):
-    extra = {"plain": {}, "resumable": {"resume_min": 1}, "parallel": {"resume_min": 1, "parallel_min": 1}}[path]
+    """Also for the sends that OPEN the temp file before looking at its name
+    (plain and batch: one request fewer per file): the EXCL open fails, the
+    link is removed, the OPEN is made again."""
+    extra = {"plain": {}, "batch": {}, "resumable": {"resume_min": 1},
+             "parallel": {"resume_min": 1, "parallel_min": 1}}[path]
     c = build(srv.service(connections="2"), remote)
     for k, v in extra.items():
         setattr(c, k, v)
@@ -146,7 +151,11 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
     os.symlink(victim, os.path.join(remote, "dir", temp_name("y")))
     try:
         c.connect()
-        c.send(write_file(tmp_path, "dir/y", data), TransferContext())
+        if path == "batch":
+            (result,) = c.send_many([write_file(tmp_path, "dir/y", data)], threading.Event())
+            assert result.size == len(data), result
+        else:
+            c.send(write_file(tmp_path, "dir/y", data), TransferContext())
     finally:
         c.close()
     assert tree(outside) == ({} if dangling else {"victim": b"precious"})
