@@ -37,8 +37,12 @@ only by reading it; resume is rare, the read costs one pass). Any difference:
 the temp file and the resume state go, and the send fails with "start over".
 A finished large upload is verified before the rename: its size (FSTAT) and
 its last 64 KiB re-read. Files >= PARALLEL_MIN go as PART_SIZE parts over up
-to `streams` connections (_write_parts); finished parts are saved in
-ctx.resume, and read back the same way when resumed.
+to `streams` connections, scheduled by skynet.transfer.chunks (the one chunk
+scheduler; SFTP writes or reads back one part: _Parts); finished parts are
+saved in ctx.resume, and read back the same way when resumed.
+
+Writes to the socket are batched (_BatchedTransport): the packets asyncssh
+writes during one pass of the loop leave in one send().
 
 Liveness: asyncssh's keepalives find a silent server while idle, and a
 watchdog per connection (_Session.watch) aborts a connection whose requests
@@ -81,8 +85,9 @@ from connections.base import (
     within_listing,
 )
 from connections.local import TMP_PREFIX, temp_name
-from connections.source import open_source
+from connections.source import SourceChanged, open_source
 from skynet.atomicfile import write_atomic
+from skynet.transfer import chunks
 from skynet.values import parse_bool
 
 log = logging.getLogger("skynet.sftp")
@@ -375,6 +380,11 @@ class _LocalError(Exception):
     def __init__(self, exc: OSError) -> None:
         super().__init__(str(exc))
         self.exc = exc
+
+
+class _PartLost(TransientError):
+    """A part of a parallel upload was cut short (connection lost, timed
+    out): the parts finished are kept for the next attempt."""
 
 
 class _StartOver(TransientError):
@@ -705,7 +715,7 @@ class _Pool:
         self._opening = 0
         self._opened: asyncio.Event | None = None
 
-    async def acquire(self, idle_only: bool = False) -> _Session | None:
+    async def acquire(self) -> _Session:
         while True:
             for s in [s for s in self.sessions if not s.alive()]:
                 self.sessions.remove(s)
@@ -715,8 +725,6 @@ class _Pool:
                 s = idle[-1]
             elif len(self.sessions) + self._opening < self.size:
                 s = await self._open()
-            elif idle_only:
-                return None
             elif self.sessions:
                 s = min(self.sessions, key=lambda x: x.busy)
             else:  # every place is being opened by another call: wait for one
@@ -773,14 +781,18 @@ class _Flow:
     sleep: in the calling thread, never in the loop); the writers may run at
     most `window` bytes ahead of what the calling thread has paid for.
     `watched` False: no thread waits on it (send_many's small files, where
-    a lock and an event per file were a measurable share of the loop's CPU)."""
+    a lock and an event per file were a measurable share of the loop's CPU).
+    `meter`: where the bytes go instead of ctx.start_at/ctx.report (one part
+    of a parallel upload: the chunk scheduler's `sent`, given each new count)."""
 
-    def __init__(self, ctx: TransferContext, total: int, window: int, watched: bool = True) -> None:
-        self.ctx, self.total, self.window = ctx, total, window
+    def __init__(self, ctx: TransferContext, total: int, window: int, watched: bool = True,
+                 meter: Callable[[int], None] | None = None) -> None:
+        self.ctx, self.total, self.window, self.meter = ctx, total, window, meter
         self.acked = 0  # bytes the server confirmed (loop side)
         self.sent = 0  # bytes written by this attempt (loop side)
         self.paid = 0  # bytes reported by the calling thread
         self.base = 0  # bytes on the remote before this attempt
+        self._metered = 0  # bytes last passed to `meter`
         self._cond = threading.Condition() if watched else None
         self._grant: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -829,7 +841,14 @@ class _Flow:
         with contextlib.suppress(RuntimeError):  # the loop is gone: the future says why
             self._loop.call_soon_threadsafe(self._paid, n)
 
-    def drive(self, fut: concurrent.futures.Future, tick: Callable[[], None] = lambda: None) -> Any:
+    def _report(self, done: int, first: bool) -> None:
+        if self.meter is None:
+            (self.ctx.start_at if first else self.ctx.report)(done, self.total)
+        elif not first:
+            self.meter(done - self._metered)
+        self._metered = done
+
+    def drive(self, fut: concurrent.futures.Future) -> Any:
         """Wait for `fut`, reporting acknowledged bytes as they come."""
         assert self._cond is not None, "drive() needs a watched flow"
         shown = -1
@@ -843,7 +862,7 @@ class _Flow:
                 finished = fut.done()  # then `acked` is final: report it before returning
             if self._loop is not None and acked != shown:
                 if not started:
-                    self.ctx.start_at(acked, self.total)
+                    self._report(acked, first=True)
                     started = True
                     self._pay(acked)
                 else:
@@ -854,62 +873,101 @@ class _Flow:
                     step = shown if shown < acked else acked - 1
                     while step < acked:
                         step = min(acked, step + REPORT_BYTES)
-                        self.ctx.report(step, self.total)
+                        self._report(step, first=False)
                         self._pay(step)
                 shown = acked
-            tick()
             if finished:
                 return fut.result()
 
 
 class _Parts:
-    """The shared bookkeeping of one parallel upload: parts are claimed in
-    the loop; finished ones are saved in ctx.resume by the calling thread
-    only (tick): the engine's state database (SQLite connections are bound
-    to their thread) need not be thread-safe."""
+    """SFTP's half of the chunk scheduler (skynet.transfer.chunks.upload):
+    write one part of the temp file, or read one back. Each call runs on a
+    pool thread: the part's requests run on the connection's loop, through
+    a session of the pool (an idle one, a new one while there is room, else
+    the least busy), and the calling pool thread waits, reporting the
+    acknowledged bytes as they come (progress, and the bandwidth limit,
+    which sleeps there: never in the loop). A WRITE in flight is at most
+    MAX_INFLIGHT x the write size ahead of what was reported (_Flow)."""
 
-    def __init__(self, f: LocalFile, ctx: TransferContext, part: int) -> None:
-        self.rel, self.size, self.ctx, self.part = f.rel, f.size, ctx, part
-        self.count = max(1, -(-f.size // part))
-        self.done: set[int] = set()
-        self.state: dict = {}
-        self.abort = False
-        self._next = 0
+    def __init__(self, up: _Upload, ctx: TransferContext, what: str, window: int,
+                 submit: Callable[[Callable[[_Session], Awaitable[Any]]], concurrent.futures.Future],
+                 write_range: Callable[..., Awaitable[int]], differs: Callable[..., Awaitable[str | None]]) -> None:
+        self.up, self.ctx, self.what, self.window = up, ctx, what, window
+        self.submit, self.write_range, self.differs = submit, write_range, differs
+        self.sent = 0  # bytes this attempt wrote (all parts)
         self._lock = threading.Lock()
-        self._dirty = False
 
-    def bounds(self, idx: int) -> tuple[int, int]:
-        return idx * self.part, min((idx + 1) * self.part, self.size)
+    def write_chunk(self, n: int, offset: int, data: memoryview, sent: Callable[[int], None]) -> str:
+        end = offset + len(data)
+        flow = _Flow(self.ctx, end, self.window, meter=sent)
+        up = self.up
 
-    def claim(self) -> int | None:
+        async def run(s: _Session) -> int:
+            fh = await s.req(s.sftp.open(up.tmp, asyncssh.FXF_WRITE, encoding=None, block_size=0))
+            try:
+                flow.start(0)
+                return await self.write_range(s, fh, _view_reader(data, offset), offset, end, flow)
+            finally:
+                if s.alive():
+                    with contextlib.suppress(asyncssh.SFTPError):
+                        await s.req(fh.close())
+
+        reached = self._wait(self.submit(run), flow.drive)
         with self._lock:
-            while self._next < self.count and self._next in self.done:
-                self._next += 1
-            if self._next >= self.count or self.should_stop():
-                return None
-            self._next += 1
-            return self._next - 1
+            self.sent += reached - offset
+        if reached < end:  # stopped (ctx.stop): this part is sent again next time
+            raise TransientError(f"{self.what}: stopped in part {n + 1} (resumable)")
+        return ""
 
-    def should_stop(self) -> bool:
-        return self.abort or self.ctx.stop.is_set()
+    def _wait(self, fut: concurrent.futures.Future, wait: Callable[[concurrent.futures.Future], Any] | None = None
+              ) -> Any:
+        """The part's result. A refusal by the server is raised as it is (the
+        upload explains it, then removes the temp file); anything else that
+        cut the part short, as _PartLost (the parts done are kept)."""
+        try:
+            return wait(fut) if wait is not None else fut.result()
+        except asyncssh.SFTPError as exc:
+            if _session_ok(exc):
+                raise
+            raise _PartLost(str(_map_error(exc, self.what))) from exc
+        except XConError:
+            raise
+        except BaseException as exc:
+            mapped = _map_error(exc, self.what)
+            if mapped is exc:
+                raise
+            raise _PartLost(str(mapped)) from exc
 
-    def finish(self, idx: int) -> None:
-        with self._lock:
-            self.done.add(idx)
-            self._dirty = True
+    def check(self, n: int, data: memoryview, _token: str) -> bool:
+        """Part `n` kept from an earlier attempt holds `data` (every byte
+        read back: no SFTP server we can rely on offers a hash)."""
+        offset = n * PART_SIZE
+        ranges = [(offset, offset + len(data))]
 
-    def tick(self) -> None:
-        """In the calling thread: save the finished parts in ctx.resume."""
-        with self._lock:
-            dirty, self._dirty = self._dirty, False
-            done = sorted(self.done)
-        if dirty:
-            self.ctx.resume.save({**self.state, "done": done})
+        async def run(s: _Session) -> str | None:
+            return await self.differs(s, _view_reader(data, offset), self.up.tmp, ranges)
 
-    def save(self) -> None:
-        with self._lock:
-            self._dirty = True
-        self.tick()
+        problem = self._wait(self.submit(run))
+        if problem is not None:
+            log.warning("%s: part %d of the temporary file differs from the local file (%s)", self.what, n + 1,
+                        problem)
+        return problem is None
+
+
+def _kept_parts(state: dict, ident: dict, plan: chunks.Plan, st: asyncssh.SFTPAttrs | None) -> set[int]:
+    """Parts an earlier attempt finished, if its state matches this file and
+    its temp file (`st`, its lstat: a link is never resumed) is long enough;
+    else an empty set (start afresh). Their bytes are read back by _Parts.check."""
+    done = state.get("done")
+    if not isinstance(done, list) or {k: v for k, v in state.items() if k != "done"} != ident:
+        return set()
+    kept = {i for i in done if isinstance(i, int) and 0 <= i < plan.count}
+    if not kept or st is None or not statmod.S_ISREG(_mode(st)):
+        return set()
+    if (st.size or 0) < plan.bounds(max(kept))[1]:
+        return set()
+    return kept
 
 
 @dataclass
@@ -944,6 +1002,20 @@ def _pieces(ranges: list[tuple[int, int]], size: int) -> Iterator[tuple[int, int
     for start, end in ranges:
         for pos in range(start, end, size):
             yield pos, min(size, end - pos)
+
+
+#: read(n, pos): at most n local bytes at pos (fewer only at the end of the file)
+_Reader = Callable[[int, int], bytes]
+
+
+def _file_reader(fd: int) -> _Reader:
+    return lambda n, pos: _pread(fd, n, pos)
+
+
+def _view_reader(view: memoryview, offset: int) -> _Reader:
+    """The bytes of a buffer holding the file's bytes from `offset` on (a
+    chunk: bytes, the type asyncssh's write documents)."""
+    return lambda n, pos: bytes(view[pos - offset:pos - offset + n])
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -1135,7 +1207,6 @@ class SFTPCon(XCon):
 
     async def _in_session(self, fn: Callable[[_Session], Awaitable[T]]) -> T:
         s = await self._pool.acquire()
-        assert s is not None
         broken = False
         try:
             return await fn(s)
@@ -1147,6 +1218,7 @@ class SFTPCon(XCon):
 
     def _submit(self, fn: Callable[[_Session], Awaitable[T]]) -> concurrent.futures.Future:
         return self._loop.submit(self._in_session(fn))
+
 
     def _call(self, what: str, fn: Callable[[_Session], Awaitable[T]]) -> T:
         """Run fn(session) on the loop and wait; errors in the contract's kinds."""
@@ -1500,19 +1572,19 @@ class SFTPCon(XCon):
                 await self._finish(s, f, fd, up, len(data), what, data)
                 flow.ack(len(data))
                 return SendResult(size=len(data), etag=None, bytes_sent=len(data))
-        end = await self._write_range(s, up.handle, fd, up.offset, None, flow)
+        end = await self._write_range(s, up.handle, _file_reader(fd), up.offset, None, flow)
         if flow.ctx.stop.is_set():
             raise TransientError(f"{what}: stopped at {end} of {f.size} bytes" + (" (resumable)" if up.resumable else ""))
         await self._finish(s, f, fd, up, end, what)
         return SendResult(size=end, etag=None, bytes_sent=flow.sent)
 
-    async def _write_range(self, s: _Session, fh: Any, fd: int, start: int, end: int | None, flow: _Flow,
-                           stop: Callable[[], bool] | None = None) -> int:
-        """WRITE the local bytes from `start` to `end` (None: to the end of
-        the file, however long it is now), up to MAX_INFLIGHT requests in
-        flight; returns where it stopped. Every WRITE sent is waited for, and
-        the first refusal is raised."""
-        halt = stop or flow.ctx.stop.is_set
+    async def _write_range(self, s: _Session, fh: Any, read: _Reader, start: int, end: int | None,
+                           flow: _Flow) -> int:
+        """WRITE the local bytes (read(n, pos)) from `start` to `end` (None:
+        to the end of the file, however long it is now), up to MAX_INFLIGHT
+        requests in flight; returns where it stopped (ctx.stop). Every WRITE
+        sent is waited for, and the first refusal is raised."""
+        halt = flow.ctx.stop.is_set
         errors: list[BaseException] = []
 
         def done() -> bool:
@@ -1544,7 +1616,7 @@ class SFTPCon(XCon):
                 if done():
                     break
                 await slots.acquire()
-                data = _pread(fd, n, pos)
+                data = read(n, pos)
                 if not data:
                     slots.release()
                     if end is not None:
@@ -1654,7 +1726,7 @@ class SFTPCon(XCon):
         send() then drops the resume state), so the next send starts from 0.
         A lost connection is raised as it is: the resume stays for later.
         Not reported as progress nor to the bandwidth limit: nothing is sent."""
-        problem = await self._first_difference(s, fd, up.tmp, ranges)
+        problem = await self._first_difference(s, _file_reader(fd), up.tmp, ranges)
         if problem is None:
             return
         log.warning("%s: the temporary file differs from the local file (%s): starting over", what, problem)
@@ -1663,9 +1735,9 @@ class SFTPCon(XCon):
         raise _StartOver(f"{what}: the temporary file on the server differs from the local file ({problem}); "
                          f"it will start over")
 
-    async def _first_difference(self, s: _Session, fd: int, path: bytes,
+    async def _first_difference(self, s: _Session, local: _Reader, path: bytes,
                                 ranges: list[tuple[int, int]]) -> str | None:
-        """Where remote `path` differs from local `fd` within `ranges` (None:
+        """Where remote `path` differs from the local bytes (local(n, pos)) within `ranges` (None:
         nowhere). READs of at most the write size, READ_BACK_INFLIGHT in
         flight (bounded memory); after the first difference no more are sent.
         A refused OPEN or READ counts as a difference (it cannot be trusted)."""
@@ -1683,7 +1755,7 @@ class SFTPCon(XCon):
         async def one(pos: int, n: int) -> None:
             try:
                 got = await self._read_exactly(s, fh, pos, n)
-                if got != _pread(fd, n, pos):
+                if got != local(n, pos):
                     found.append(f"bytes {pos}-{pos + n} differ" if len(got) == n else f"shorter than {pos + n}")
             except asyncssh.SFTPError as exc:
                 if _session_ok(exc):
@@ -1726,124 +1798,85 @@ class SFTPCon(XCon):
             out += got
         return out
 
-    # -- parallel parts ------------------------------------------------------
+    # -- parallel parts: on the shared chunk scheduler ----------------------------
     def _send_parallel(self, f: LocalFile, ctx: TransferContext, fd: int, up: _Upload, what: str) -> SendResult:
-        """A large file over several connections: each writes whole PART_SIZE
-        parts of the same temp file through its own handle. Parts are claimed
-        one at a time, so a connection that is faster does more; helpers take
-        only sessions that are idle now (or a new one while there is room).
-        Finished parts are saved in ctx.resume; a later attempt sends the rest."""
-        job = _Parts(f, ctx, PART_SIZE)
+        """A large file as PART_SIZE parts of one temp file, up to `streams`
+        at once, each through a session of the pool (so over several
+        connections: one SSH channel's window caps a stream at window/RTT).
+        Cutting, reading, buffers, progress, the bandwidth limit and stopping
+        are skynet.transfer.chunks.upload's; SFTP writes one part (_Parts).
+        Finished parts are saved in ctx.resume as they finish; a later attempt
+        reads the kept parts back (_Parts.check) and sends only the rest."""
+        plan = chunks.Plan(f.size, PART_SIZE, max(1, min(self.connections, self.streams)))
         ident = {**self._identity(f, up), "kind": "sftp-parts", "part": PART_SIZE}
         state = ctx.resume.load() or {}
 
-        async def prepare(s: _Session) -> tuple[set[int], asyncssh.SFTPAttrs | None]:
+        async def prepare(s: _Session) -> set[int]:
             tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
-            return await self._resume_parts(s, fd, up, state, ident, job, tmp_st), tmp_st
+            kept = _kept_parts(state, ident, plan, tmp_st)
+            if not kept:  # afresh: the temp file is made now (EXCL), the parts open it
+                fh = await self._open_tmp(s, up, asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL,
+                                          tmp_st, what)
+                await s.req(fh.close())
+            return kept
 
-        job.done, tmp_st = self._call(what, prepare)
-        acked = sum(end - start for start, end in map(job.bounds, job.done))
-        job.state = ident
-        job.save()
-        flow = _Flow(ctx, f.size, MAX_INFLIGHT * self.write_size * self.streams)
+        kept = self._call(what, prepare)
+        up.offset = plan.bytes_in(kept)
+        if kept:
+            log.info("resuming %s with %d of %d parts", f.rel, len(kept), plan.count)
 
-        async def run(s: _Session) -> SendResult:
+        def save(n: int | None = None, _token: str = "") -> None:
+            if n is not None:
+                kept.add(n)
+            ctx.resume.save({**ident, "done": sorted(kept)})
+
+        save()
+        parts = _Parts(up, ctx, what, MAX_INFLIGHT * self.write_size, self._submit, self._write_range,
+                       self._first_difference)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(plan.concurrency, thread_name_prefix="sftp-part") as pool:
+                chunks.upload(fd, plan, parts, ctx, pool, done=dict.fromkeys(kept, ""), check_done=parts.check,
+                              on_chunk=save)
+        except BaseException as exc:
+            raise self._parts_failed(exc, f, ctx, up, plan, kept, what) from None
+
+        async def finish(s: _Session) -> None:
             try:
-                return await self._put_parts(s, f, fd, up, job, flow, acked, tmp_st, what)
+                up.handle = await s.req(s.sftp.open(up.tmp, asyncssh.FXF_WRITE | asyncssh.FXF_READ, encoding=None,
+                                                    block_size=0))
+                await self._finish(s, f, fd, up, f.size, what)
             except BaseException as exc:
                 raise await self._after_failure(s, exc, up, f, what) from None
 
-        try:
-            return self._wait(what, self._submit(run), lambda fut: flow.drive(fut, job.tick))
-        except BaseException:
-            job.save()
-            raise
+        self._call(what, finish)
+        return SendResult(size=f.size, etag=None, bytes_sent=parts.sent)
 
-    async def _put_parts(self, s: _Session, f: LocalFile, fd: int, up: _Upload, job: _Parts, flow: _Flow,
-                         acked: int, tmp_st: asyncssh.SFTPAttrs | None, what: str) -> SendResult:
-        fresh = not job.done
-        flags = asyncssh.FXF_WRITE | asyncssh.FXF_READ | (asyncssh.FXF_CREAT | asyncssh.FXF_EXCL if fresh else 0)
-        up.handle = await self._open_tmp(s, up, flags, tmp_st if fresh else None, what)
-        up.offset = acked
-        flow.start(acked)
-        helpers = [asyncio.get_running_loop().create_task(self._helper(up, fd, job, flow))
-                   for _ in range(min(self.connections, self.streams, job.count) - 1)]
-        try:
-            await self._write_parts(s, up.handle, fd, job, flow)
-        except BaseException:
-            job.abort = True
-            flow.kick()
-            raise
-        finally:
-            results = await asyncio.gather(*helpers, return_exceptions=True)
-        errors = [e for e in results if isinstance(e, BaseException)]
-        if errors or flow.ctx.stop.is_set() or len(job.done) < job.count:
-            status = [e for e in errors if _session_ok(e)]
-            if status:
-                raise status[0]
-            if errors:
-                raise TransientError(f"{what}: a parallel connection failed ({type(errors[0]).__name__}: "
-                                     f"{errors[0]}); {len(job.done)} of {job.count} parts kept")
-            raise TransientError(f"{what}: stopped with {len(job.done)} of {job.count} parts sent (resumable)")
-        await self._finish(s, f, fd, up, f.size, what)
-        return SendResult(size=f.size, etag=None, bytes_sent=flow.sent)
+    def _parts_failed(self, exc: BaseException, f: LocalFile, ctx: TransferContext, up: _Upload,
+                      plan: chunks.Plan, kept: set[int], what: str) -> BaseException:
+        """The error a failed parallel upload raises (send() then keeps or
+        drops the resume state, _keep_for_resume). A kept part that reads
+        back differently, or a refusal by the server, removes the temp file."""
+        if isinstance(exc, chunks.StaleChunk):
+            self._drop_tmp(up, what)
+            return _StartOver(f"{what}: the temporary file on the server differs from the local file ({exc}); "
+                              f"it will start over")
+        if isinstance(exc, chunks.SourceChanged):
+            return SourceChanged(f"{what}: {exc}")
+        if ctx.stop.is_set() or isinstance(exc, chunks.TransferStopped):
+            return TransientError(f"{what}: stopped with {len(kept)} of {plan.count} parts sent (resumable)")
+        if isinstance(exc, asyncssh.SFTPError):  # the server refused a request (_Parts lets only those through)
+            return self._call(what, lambda s: self._after_failure(s, exc, up, f, what))
+        if isinstance(exc, _PartLost):
+            return TransientError(f"{exc}; {len(kept)} of {plan.count} parts kept")
+        return exc  # reading the local file failed (chunks.upload reads it): the local side's error
 
-    async def _helper(self, up: _Upload, fd: int, job: _Parts, flow: _Flow) -> None:
-        """One more connection writing parts, on a session idle now (never
-        waiting for one another call uses)."""
-        try:
-            hs = await self._pool.acquire(idle_only=True)
-        except Exception as exc:  # no helper then: the calling connection does it all
-            log.info("sftp: no extra connection for parts: %s", type(exc).__name__)
-            return
-        if hs is None:
-            return
-        broken = False
-        try:
-            fh = await hs.req(hs.sftp.open(up.tmp, asyncssh.FXF_WRITE, encoding=None, block_size=0))
-            try:
-                await self._write_parts(hs, fh, fd, job, flow)
-            finally:
-                if hs.alive():
-                    with contextlib.suppress(asyncssh.SFTPError):
-                        await hs.req(fh.close())
-        except BaseException as exc:
-            broken = not _session_ok(exc)
-            job.abort = True
-            flow.kick()
-            raise
-        finally:
-            self._pool.release(hs, broken)
+    def _drop_tmp(self, up: _Upload, what: str) -> None:
+        async def drop(s: _Session) -> None:
+            with contextlib.suppress(asyncssh.SFTPError):
+                await s.remove(up.tmp)
 
-    async def _write_parts(self, s: _Session, fh: Any, fd: int, job: _Parts, flow: _Flow) -> None:
-        """Claim parts and write them until none is left."""
-        while True:
-            idx = job.claim()
-            if idx is None:
-                return
-            start, end = job.bounds(idx)
-            if await self._write_range(s, fh, fd, start, end, flow, job.should_stop) < end:
-                return  # stopped: the part stays unfinished, sent again next time
-            job.finish(idx)
-            flow.notify()
-
-    async def _resume_parts(self, s: _Session, fd: int, up: _Upload, state: dict, ident: dict, job: _Parts,
-                            st: asyncssh.SFTPAttrs | None) -> set[int]:
-        """Parts a previous attempt finished, if its state matches this file
-        and its temp file (`st`, its lstat) looks right; else an empty set
-        (start afresh). Their bytes are read back first (_read_back)."""
-        done = state.get("done")
-        if not isinstance(done, list) or {k: v for k, v in state.items() if k != "done"} != ident:
-            return set()
-        done_set = {i for i in done if isinstance(i, int) and 0 <= i < job.count}
-        if not done_set or st is None or not statmod.S_ISREG(_mode(st)):
-            return set()
-        _start, end = job.bounds(max(done_set))
-        if (st.size or 0) < end:
-            return set()
-        await self._read_back(s, fd, up, [job.bounds(i) for i in sorted(done_set)], f"send {job.rel!r}")
-        log.info("resuming %s with %d of %d parts", job.rel, len(done_set), job.count)
-        return done_set
+        with contextlib.suppress(XConError):
+            self._call(what, drop)
 
     # -- rename ----------------------------------------------------------------
     async def _replace(self, s: _Session, tmp: bytes, target: bytes, what: str) -> None:
