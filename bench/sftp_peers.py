@@ -246,10 +246,11 @@ def openssh_scp(server: Server, src: Path, dest: str) -> Result:
 
 
 def skynet_sftpcon(server: Server, src: Path, dest: str, connections: int = 4, threads: int = 0,
-                   write_size: int = 0, cipher: str = "aes128-gcm@openssh.com", root: Path = ROOT) -> Result:
+                   write_size: int = 0, cipher: str = "aes128-gcm@openssh.com", root: Path = ROOT,
+                   streams: int = 0) -> Result:
     """SFTPCon.send from many threads over its pool, in a child process
-    (write_size 0: SFTPCon's own choice). `root`: another checkout whose
-    SFTPCon to measure (--old), through that checkout's own bench child."""
+    (write_size 0, streams 0: SFTPCon's own choice). `root`: another checkout
+    whose SFTPCon to measure (--old), through that checkout's own bench child."""
     threads = threads or 2 * connections
     runner = ["-m", "bench.sftp_peers"] if root == ROOT else [str(root / "bench" / "sftp_peers.py")]
     cmd = [sys.executable, *runner, "_skynet",
@@ -257,7 +258,10 @@ def skynet_sftpcon(server: Server, src: Path, dest: str, connections: int = 4, t
            "--key-file", server.key_file, "--known-hosts", server.known_hosts,
            "--src", str(src), "--dest", dest, "--connections", str(connections),
            "--threads", str(threads), "--write-size", str(write_size), "--cipher", cipher]
+    if streams:  # only then: an older checkout's child may not know the option
+        cmd += ["--streams", str(streams)]
     size = f" w={write_size >> 10}K" if write_size else ""
+    size += f" streams={streams}" if streams else ""
     who = "skynet SFTPCon" if root == ROOT else f"skynet-old({root.name}) SFTPCon"
     name = f"{who} conns={connections} thr={threads}{size} {cipher.split('@')[0]}"
     env = dict(os.environ, PYTHONPATH=str(root))
@@ -275,6 +279,8 @@ def _skynet_child(args: argparse.Namespace) -> None:
     con = SFTPCon(args.host, args.dest, port=args.port, user=args.user, key_file=args.key_file,
                   known_hosts=args.known_hosts, use_agent=False, connections=args.connections,
                   ciphers=(args.cipher,), **kw)
+    if args.streams:
+        con.streams = args.streams
     con.connect()
     src = Path(args.src)
     files = []
@@ -410,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         child.add_argument(f"--{a}", required=True)
     for a in ("port", "connections", "threads", "write-size"):
         child.add_argument(f"--{a}", type=int, required=True)
+    child.add_argument("--streams", type=int, default=0)
     ap.add_argument("--small", type=int, default=2000, help="number of 4 KiB files")
     ap.add_argument("--big-mib", type=int, default=256, help="size of the large file")
     ap.add_argument("--knobs", action="store_true", help="also try SFTPCon's knobs")
