@@ -250,35 +250,47 @@ def test_parallel_upload_uses_several_connections_and_resumes(srv, remote, tmp_p
     assert store2.load() is None
 
 
-def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path):
+def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path, monkeypatch):
+    """The connections writing a parallel upload's parts are killed while a
+    part is being written: the send fails as TransientError, the finished
+    parts are kept, and the same instance reconnects and sends only the rest.
+
+    Every part goes through a connection of the pool (the chunk scheduler's
+    pool threads), so each is a "helper". The kill comes from inside part 5's
+    first progress report (its WRITEs in flight: it certainly loses its
+    connection). Before, it came from the progress of the whole file at 50
+    MiB, and 1 run in ~30 failed (DID NOT RAISE): the old part loop's helpers
+    connected while the calling connection already wrote, and one killed
+    during its handshake was given up on without a word; with the scheduler,
+    a helper killed in the moment between two parts is replaced, not failed."""
+    import connections.sftp as sftp_mod
+
     f = big_file(tmp_path, 160 * MiB)
     store = NullResumeStore()
     before = set(srv.sessions())
     con = con_for(srv, remote, connections="3")
     con.streams = 3
     con.connect()
-    first = set(srv.sessions()) - before  # the calling thread's connection
-
-    # Killed half-way through the second round of parts (3 streams x 16 MiB
-    # parts: 48 MiB ends the first), while every stream is writing a part: at
-    # 50 MiB the kill could land between a helper's part and its next, and a
-    # connection found dead while idle is replaced, not failed (the upload
-    # then succeeds, and this test would fail). The old part loop's flake was
-    # another: helpers connected while the calling connection already wrote,
-    # and one killed during its handshake was given up on silently.
-    def kill_a_helper(done, total):
-        helpers = set(srv.sessions()) - before - first
-        if done >= 56 * MiB and helpers and not killed:
-            for pid in helpers:
-                os.kill(pid, signal.SIGKILL)
-            killed.append(True)
-
     killed: list = []
+    write_chunk = sftp_mod._Parts.write_chunk
+
+    def part(self, n, offset, data, sent):
+        def metered(k):
+            if n == 4 and not killed:
+                for pid in set(srv.sessions()) - before:
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(True)
+            sent(k)
+
+        return write_chunk(self, n, offset, data, metered)
+
+    monkeypatch.setattr(sftp_mod._Parts, "write_chunk", part)
     with pytest.raises(TransientError) as failed:
-        con.send(f, TransferContext(resume=store, progress=kill_a_helper))
+        con.send(f, TransferContext(resume=store))
     assert killed, f"the send failed before a helper was killed: {failed.value!r}"
     state = store.load()
     kept = _parts_sent(state, f.size)
+    assert kept >= 2 * sftp_mod.PART_SIZE  # part 5 starts only after two of the first three ended
     res = con.send(f, TransferContext(resume=store))  # the same instance reconnects what broke
     assert res.bytes_sent == f.size - kept
     assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
