@@ -20,9 +20,14 @@ Hashes and ETags
   not checked.
 
 Integrity
-  Every PUT and UploadPart carries Content-MD5, which AWS and rclone serve s3 verify
-  (rclone ignores the newer x-amz-checksum-* headers, so those would prove nothing
-  there); payloads are therefore sent UNSIGNED, saving a SHA-256 pass. A single PUT's
+  Every PUT and UploadPart carries Content-MD5, which AWS, SeaweedFS and rclone serve s3
+  verify (tests/test_s3_checksums.py: a wrong one is refused with BadDigest by both test
+  servers). A single PUT also carries x-amz-checksum-crc32 (~1 us for 4 KiB), which AWS
+  and SeaweedFS check and store and rclone ignores. Parts carry Content-MD5 only: a part
+  checksum would oblige CreateMultipartUpload to name the algorithm and the completion
+  to list every part's checksum, for nothing the checked MD5 does not already prove (the
+  part MD5s also make the md5-of-md5s-N ETag checked after completion). Neither test
+  server checks x-amz-content-sha256, so payloads are sent UNSIGNED, saving a SHA-256 pass. A single PUT's
   ETag must be the MD5 sent. A multipart object is checked through the ETag that
   CompleteMultipartUpload returns, which must be the md5-of-md5s-N of the parts sent
   (whose lengths add up to the file's size); only a completion without a checkable ETag
@@ -50,25 +55,28 @@ Listing
   ListObjectsV2 returns no user metadata: `list()` yields size and ETag only (mtime and
   mode None), one page at a time. `stat()` HEADs one object and returns mtime and mode too.
 
-Speed (client CPU measured on the 2-core test machine against rclone serve s3; README
-"S3 and S3-compatible stores" has the figures)
-  A boto3 `put_object` costs ~2 ms of CPU per small object, which caps one process near
-  400 files/s. The requests that are made per file or per byte therefore go through
-  connections/s3rest.py: SigV4 signing and a small HTTP/1.1 keep-alive client, one
-  connection per thread. That covers PUTs of up to SMALL_MAX bytes, UploadPart, and the
-  start-up requests (HEAD bucket, ListObjectsV2, ListMultipartUploads); a 4 KiB send()
-  costs ~0.3 ms of CPU (~0.6 ms over http.client, whose header parsing alone took
-  ~60 us). boto3 does the rest (create/complete/abort/list parts, copy, delete, HEAD,
-  ranged GET, 4-64 MiB PUTs) and is imported on first need: a daemon syncing small files
-  to an endpoint given with path or virtual addressing and a region never loads it
-  (~0.3 s of CPU at start). There is one configuration: keys from the config sign both
-  paths, or else both take the boto3 session's credentials (profile, default chain);
-  where the URLs need botocore's endpoint rules (AWS, "auto" addressing) they are read
-  from a presigned URL, and when botocore gets loaded its URL layout and CA bundle are
-  compared with the fast path's, which follows them if they differ. No proxy support on
-  the fast path: when a proxy applies, boto3 makes every request. (obstore was measured
-  too: ~0.2 ms, but it cannot send Content-MD5, the only integrity check rclone serve s3
-  makes.)
+One client, one path per operation (issue 19, item 5)
+  Every request S3Con makes goes through connections/s3rest.py, one implementation per
+  operation: PUT, CreateMultipartUpload, UploadPart, ListParts, CompleteMultipartUpload,
+  AbortMultipartUpload, ListMultipartUploads, CopyObject, UploadPartCopy, DeleteObject(s),
+  HEAD bucket/object, GET (ranged) and ListObjectsV2 (helpers _http, _head, _get, _listed).
+  Its error replies are one type (s3rest.S3Error), classified in one place (_classify,
+  with OSError for the network). Chosen by a same-run measurement against the same
+  `rclone serve s3` (bench/s3_clients.py; bench/RESULTS.md, "Issue 19, item 5"): client
+  CPU per 4 KiB PUT with its checksum, s3rest ~0.2 ms (MD5 + Content-MD5), obstore
+  ~0.25-0.3 ms (an MD5 to check the ETag, as it cannot send Content-MD5), boto3
+  ~1.5-2 ms. obstore was not taken: it cannot send Content-MD5, the one checksum
+  `rclone serve s3` verifies (it ignores x-amz-checksum-*, and neither test server checks
+  the signed payload hash obstore sends by default), and it has no ListParts, so resume
+  would need a second client beside it, for no CPU saved. boto3 was not kept for the
+  rarer operations either: two clients meant two error types, two retry policies, two
+  CA-bundle and proxy paths, and botocore's ~0.3 s import. botocore stays for what only
+  it knows, decided once when the client is made (_http), never per call: the AWS
+  credential chain when the config gives no keys (profile, environment, SSO, instance
+  role: boto3.Session.get_credentials(), public, refreshed by botocore as they expire),
+  and AWS's endpoint rules where an endpoint plus path/virtual addressing do not fix the
+  URLs (read from a presigned URL). A proxy named by the environment (http_proxy,
+  https_proxy, no_proxy) is used by s3rest itself (CONNECT for https).
 
 Multipart threshold (64 MiB by default)
   Below it a file goes up in one PUT: one request, a plain-MD5 ETag, and on rclone serve
@@ -78,8 +86,7 @@ Multipart threshold (64 MiB by default)
   most 64 MiB, about 5 s at 100 Mbit/s.
 
 Threads
-  One boto3 client (thread-safe) made from one boto3.Session (made under a lock) serves
-  every worker; the fast path keeps one keep-alive connection per thread. Part uploads
+  One s3rest.Rest serves every worker, with one keep-alive connection per thread. Part uploads
   of all sends share one thread pool and one semaphore, so memory is bounded by
   concurrency x part size whatever the number of workers. A multipart send reads its
   file in order into reused part buffers (readinto: no page faults per part); the pool
@@ -91,7 +98,6 @@ import base64
 import collections
 import functools
 import hashlib
-import io
 import logging
 import math
 import mimetypes
@@ -100,6 +106,7 @@ import re
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, NoReturn
 from urllib.parse import urlsplit
@@ -382,41 +389,40 @@ class _StaleParts(Exception):
 
 
 def error_code(exc: BaseException) -> str:
-    if isinstance(exc, bce.ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
+    """The S3 error code of an error reply ("" for anything else)."""
+    return exc.code if isinstance(exc, s3rest.S3Error) else ""
 
 
-def _status(exc: bce.ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+def _status(exc: BaseException) -> int:
+    return exc.status if isinstance(exc, s3rest.S3Error) else 0
 
 
-# -- the fast path ---------------------------------------------------------------------
+# -- what the one client is made with: proxy, CA bundle ------------------------------
 
 
-def _proxy_applies(endpoint_url: str | None) -> bool:
-    """True when a proxy would be needed to reach the endpoint: then botocore (which
-    honours proxies) makes every request, and the fast path is not used."""
+def _proxy_for(endpoint_url: str | None) -> s3rest.Proxy | None:
+    """The HTTP proxy the environment names for the endpoint (http_proxy, https_proxy,
+    all_proxy, no_proxy: urllib's rules), or None. Read once, when the client is made."""
     if not any(k.lower() in ("http_proxy", "https_proxy", "all_proxy") for k in os.environ):
-        return False  # the common case, decided without importing urllib.request (and http.client)
+        return None  # the common case, decided without importing urllib.request (and http.client)
     import urllib.request
 
+    url = endpoint_url or "https://s3.amazonaws.com"
     proxies = urllib.request.getproxies()
-    if not (proxies.get("http") or proxies.get("https") or proxies.get("all")):
-        return False
-    host = urlsplit(endpoint_url or "https://s3.amazonaws.com").hostname or ""
-    return not urllib.request.proxy_bypass(host)
+    proxy = proxies.get(urlsplit(url).scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(urlsplit(url).hostname or ""):
+        return None
+    return s3rest.Proxy.from_url(proxy)
 
 
 def _ca_bundle(core: Any = None) -> str | None:
-    """The CA bundle TLS is verified with, chosen here once for both paths: it is given to
-    boto3 as `verify=` and to s3rest as `ca_bundle`, so the two agree by construction (no
-    reading back what botocore picked). botocore's own order: the `ca_bundle` config variable
-    of the botocore session `core` (the profile's ca_bundle, or AWS_CA_BUNDLE), then
-    REQUESTS_CA_BUNDLE, then the bundle botocore would default to (certifi's, else its own
-    cacert.pem: botocore.httpsession.where). Without `core` (the fast path set up before
-    botocore is imported, which costs ~0.3 s of CPU) only AWS_CA_BUNDLE stands for the
-    config variable; S3Con._open notices a profile's ca_bundle and moves the fast path to it."""
+    """The CA bundle TLS is verified with, chosen here once: it is given to s3rest as
+    `ca_bundle` (and to the boto3 client that reads endpoint rules as `verify=`). botocore's
+    own order: the `ca_bundle` config variable of the botocore session `core` (the profile's
+    ca_bundle, or AWS_CA_BUNDLE), then REQUESTS_CA_BUNDLE, then the bundle botocore would
+    default to (certifi's, else its own cacert.pem: botocore.httpsession.where). Without
+    `core` (keys and an endpoint in the config: no botocore session is made) only
+    AWS_CA_BUNDLE stands for the config variable."""
     configured = core.get_config_variable("ca_bundle") if core is not None else os.environ.get("AWS_CA_BUNDLE")
     if configured:
         return str(configured)
@@ -432,83 +438,7 @@ def _ca_bundle(core: Any = None) -> str | None:
     return where()
 
 
-# -- request bodies -------------------------------------------------------------------
-
-
-class _Body(io.RawIOBase):
-    """A seekable view of bytes for botocore that reports each byte sent once.
-
-    A retry seeks back to 0; only reads past the high-water mark count as progress.
-    """
-
-    def __init__(self, data: bytes, on_sent: Callable[[int], None]) -> None:
-        super().__init__()
-        self._data = memoryview(data)
-        self._pos = 0
-        self._high = 0
-        self._on_sent = on_sent
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n is None or n < 0 else min(len(self._data), self._pos + n)
-        chunk = bytes(self._data[self._pos : end])
-        self._pos = end
-        if end > self._high:
-            self._on_sent(end - self._high)
-            self._high = end
-        return chunk
-
-    def readinto(self, b: Any) -> int:  # pragma: no cover - read() is what the senders use
-        chunk = self.read(len(b))
-        b[: len(chunk)] = chunk
-        return len(chunk)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
-        self._pos = max(0, min(len(self._data), base + offset))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
-class _FileBody(_Body):
-    """The first `size` bytes of an open file, streamed; a short file raises _FileChanged."""
-
-    def __init__(self, fh: Any, size: int, on_sent: Callable[[int], None]) -> None:
-        super().__init__(b"", on_sent)
-        self._fh = fh
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def read(self, n: int = -1) -> bytes:
-        want = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
-        if want <= 0:
-            return b""
-        self._fh.seek(self._pos)
-        chunk = self._fh.read(want)
-        if len(chunk) != want:
-            raise _FileChanged("the file got shorter while it was being sent")
-        self._pos += want
-        if self._pos > self._high:
-            self._on_sent(self._pos - self._high)
-            self._high = self._pos
-        return chunk
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, min(self._size, base + offset))
-        return self._pos
+# -- multipart buffers ----------------------------------------------------------------
 
 
 class _Buffers:
@@ -581,7 +511,6 @@ class S3Con(XCon):
         profile: str = "",
         workers: int = 16,
         copy_threshold: int = MAX_PUT,
-        fast_put: bool = True,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
     ) -> None:
@@ -598,7 +527,6 @@ class S3Con(XCon):
         self.concurrency = concurrency
         self.workers = workers  # engine worker threads: sizes the HTTP connection pool
         self.copy_threshold = copy_threshold  # larger objects are copied part by part
-        self.fast_put = fast_put
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.profile = profile if not access_key_id else ""
@@ -609,16 +537,15 @@ class S3Con(XCon):
         self._core: Any = None  # the botocore session inside self._session (made with it)
         if profile and not access_key_id:
             self.session  # reads the AWS config now: ProfileNotFound is build()'s to report
-        self._client: Any = None
-        self._fast: s3rest.Rest | None = None
-        self._fast_made = False  # _fast was decided (it stays None when it cannot be used)
-        self._probe: Any = None  # what connect()/check() use: a short-timeout Rest, or a boto3 client
+        self._client: Any = None  # a boto3 client: only to read AWS's endpoint rules (presigned URL)
+        self._rest: s3rest.Rest | None = None  # the client every request goes through
+        self._probe: s3rest.Rest | None = None  # the same, with short timeouts: connect()/check()
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(concurrency)
         self._active: set[str] = set()  # upload ids being sent now: cleanup() never aborts them
         self._active_lock = threading.Lock()
         self._part_copy_works: bool | None = None  # learnt on the first multipart copy
-        self._sse_h = _sse_headers(self._sse_args())  # the same settings as x-amz-* headers, for the fast path
+        self._sse_h = _sse_headers(self._sse_args())  # encryption and storage class as x-amz-* headers
 
     # -- plumbing ------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -626,9 +553,9 @@ class S3Con(XCon):
 
     @property
     def session(self) -> Any:
-        """The boto3.Session holding the one credential configuration (keys, profile or the
-        default chain), made on first use: importing boto3 and botocore costs ~0.3 s of CPU,
-        which a daemon whose fast path needs neither does not pay at start."""
+        """The boto3.Session holding the credential configuration (profile or the default
+        chain) when the config gives no keys, made on first use: importing boto3 and
+        botocore costs ~0.3 s of CPU, which a daemon given keys and an endpoint never pays."""
         with self._lock:
             if self._session is None:
                 import boto3
@@ -647,7 +574,20 @@ class S3Con(XCon):
                 self._core, self._session = core, session
             return self._session
 
-    def _make_client(self, connect_timeout: float, read_timeout: float, attempts: int, pool: int) -> Any:
+    @property
+    def client(self) -> Any:
+        """A boto3 client on the same credentials, endpoint and CA bundle. S3Con makes no
+        request with it: it only reads AWS's endpoint rules (_presigned) where the settings
+        do not fix the URLs. Tests use it to look at the bucket."""
+        c = self._client
+        if c is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+                c = self._client
+        return c
+
+    def _make_client(self) -> Any:
         from botocore.config import Config
 
         region = self.region or self.session.region_name or "us-east-1"
@@ -655,62 +595,20 @@ class S3Con(XCon):
             region_name=region,
             signature_version="s3v4",
             s3={"addressing_style": self.addressing_style, "payload_signing_enabled": False},
-            retries={"total_max_attempts": attempts, "mode": "standard"},  # the handler does the retrying
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=pool,
-            request_checksum_calculation="when_required",  # we send Content-MD5 ourselves
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            tcp_keepalive=True,
         )
-        session = self.session
-        return session.client("s3", endpoint_url=self.endpoint_url, config=config, verify=_ca_bundle(self._core))
-
-    @property
-    def client(self) -> Any:
-        """The shared boto3 client, made on first use (multipart, copy, delete, stat...)."""
-        c = self._client
-        if c is None:
-            with self._lock:
-                if self._client is None:
-                    self._open()
-                c = self._client
-        return c
-
-    def _open(self) -> None:
-        """Make the boto3 client (under self._lock). When the fast path was set up without
-        botocore, check that botocore puts objects at the same URLs; if not, take its layout."""
         try:
-            client = self._make_client(self.connect_timeout, self.read_timeout, 2, self.workers + self.concurrency + 2)
+            return self.session.client("s3", endpoint_url=self.endpoint_url, config=config,
+                                       verify=_ca_bundle(self._core))
         except bce.BotoCoreError as exc:
             raise self._classify(exc, "connect", None) from None
-        if self._fast is not None:
-            try:
-                theirs = s3rest.Layout.from_presigned(self._presigned(client))
-            except Exception as exc:  # any surprise: boto3 does the PUTs
-                log.warning("s3: fast path disabled: %s", self._scrub(str(exc)))
-                self._fast.close()
-                self._fast = None
-            else:
-                if theirs != self._fast.layout or _ca_bundle(self._core) != self._fast.ca_bundle:
-                    if theirs != self._fast.layout:
-                        log.warning("s3: botocore addresses objects at %s, not %s: using its layout",
-                                    theirs, self._fast.layout)
-                    self._fast.close()
-                    self._fast = self._make_rest(theirs, self._fast.signer.credentials)
-        self._client = client
 
     def _presigned(self, client: Any) -> str:
         return client.generate_presigned_url("put_object", Params={"Bucket": self.bucket, "Key": "K"}, ExpiresIn=60)
-
-    def _make_rest(self, layout: s3rest.Layout, creds: Any, short: bool = False) -> s3rest.Rest:
-        """A Rest on `layout`; `short`: the probe's timeouts, so that a black-holed network
-        is noticed by connect()/check() in seconds, not minutes."""
-        connect_timeout = min(5.0, self.connect_timeout) if short else self.connect_timeout
-        timeout = min(10.0, self.read_timeout) if short else self.read_timeout
-        ca = _ca_bundle(self._core)  # the botocore session's choice once it exists
-        return s3rest.Rest(layout, creds, connect_timeout=connect_timeout, timeout=timeout, scrub=self._scrub,
-                           ca_bundle=ca)
 
     def _light_layout(self) -> s3rest.Layout | None:
         """The object URL layout when it follows from the settings alone (an endpoint URL,
@@ -719,53 +617,42 @@ class S3Con(XCon):
             return s3rest.Layout.from_endpoint(self.endpoint_url, self.bucket, self.addressing_style, self.region)
         return None
 
-    def _fast_path(self) -> s3rest.Rest | None:
-        """The s3rest path for small PUTs and the start-up requests (HEAD bucket, listings),
-        made on first use; None when it cannot be used (disabled, a proxy applies, no
-        credentials), and then boto3 does everything."""
-        if self._fast_made:
-            return self._fast
+    def _http(self, short: bool = False) -> s3rest.Rest:
+        """The one client every request goes through, made on first use from the config,
+        decided once: keys from the config, else the boto3 session's credentials (botocore's
+        public Credentials: profile, environment, instance role; refreshed as they expire);
+        URLs from the endpoint and addressing style, else from botocore's endpoint rules (a
+        presigned URL); the CA bundle chosen by _ca_bundle; a proxy if the environment names
+        one. `short`: the same with the probe's timeouts, so that a black-holed network is
+        noticed by connect()/check() in seconds, not minutes."""
+        rest = self._probe if short else self._rest
+        if rest is not None:
+            return rest
         with self._lock:
-            if not self._fast_made:
-                self._fast = self._new_fast()
-                self._fast_made = True
-            return self._fast
+            if self._rest is None:
+                self._rest = self._new_rest()
+            if short and self._probe is None:
+                r = self._rest
+                self._probe = s3rest.Rest(r.layout, r.signer.credentials, connect_timeout=min(5.0, self.connect_timeout),
+                                          timeout=min(10.0, self.read_timeout), scrub=self._scrub,
+                                          ca_bundle=r.ca_bundle, proxy=r.proxy)
+            return self._probe if short else self._rest  # type: ignore[return-value]
 
-    def _new_fast(self) -> s3rest.Rest | None:
-        if not self.fast_put or _proxy_applies(self.endpoint_url):
-            return None
+    def _new_rest(self) -> s3rest.Rest:
         try:
-            if self._access_key:  # the same keys the boto3 session will be made from
+            if self._access_key:
                 creds: Any = s3rest.StaticCredentials(self._access_key, self._secret)
             else:
                 creds = self.session.get_credentials()
                 if creds is None:
-                    return None  # boto3 reports the missing credentials
-            layout = self._light_layout()
-            if layout is not None:
-                return self._make_rest(layout, creds)
-            client = self.client
-            return self._make_rest(s3rest.Layout.from_presigned(self._presigned(client)), creds)
+                    raise bce.NoCredentialsError()
+            layout = self._light_layout() or s3rest.Layout.from_presigned(self._presigned(self.client))
+            return s3rest.Rest(layout, creds, connect_timeout=self.connect_timeout, timeout=self.read_timeout,
+                               scrub=self._scrub, ca_bundle=_ca_bundle(self._core), proxy=_proxy_for(self.endpoint_url))
         except XConError:
             raise
-        except Exception as exc:  # any surprise: boto3 does the PUTs
-            log.warning("s3: fast path disabled: %s", self._scrub(str(exc)))
-            return None
-
-    def _prober(self) -> Any:
-        """What connect()/check() HEAD the bucket with: a Rest with short timeouts beside
-        the fast path, else a boto3 client with short timeouts and one attempt."""
-        with self._lock:
-            if self._probe is None:
-                fast = self._fast_path()
-                if fast is not None:
-                    self._probe = self._make_rest(fast.layout, fast.signer.credentials, short=True)
-                else:
-                    try:
-                        self._probe = self._make_client(min(5.0, self.connect_timeout), min(10.0, self.read_timeout), 1, 2)
-                    except bce.BotoCoreError as exc:
-                        raise self._classify(exc, "connect", None) from None
-            return self._probe
+        except Exception as exc:
+            raise self._classify(exc, "connect", None) from None
 
     def _mark_active(self, upload_id: str, on: bool) -> None:
         with self._active_lock:
@@ -816,25 +703,23 @@ class S3Con(XCon):
         return f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
 
     def _classify(self, exc: BaseException, what: str, key: str | None) -> XConError:
-        """Map a botocore/network error to TransientError / PermanentError / RemoteNotFound."""
+        """THE map from what a request raised to TransientError / PermanentError /
+        RemoteNotFound: s3rest.S3Error (an error reply), OSError (the network, TLS),
+        s3rest.BodyShort (the file shrank while sent) and the errors of botocore's
+        credential chain (the one thing botocore still does)."""
         where = self._where(key)
         if isinstance(exc, XConError):
             return exc
-        if isinstance(exc, bce.ClientError):
-            code, status = error_code(exc), _status(exc)
-            message = exc.response.get("Error", {}).get("Message") or ""
-            text = self._scrub(f"{what}: {where}: {code or status}{': ' + message if message else ''}")
+        if isinstance(exc, s3rest.S3Error):
+            code, status = exc.code, exc.status
+            text = self._scrub(f"{what}: {where}: {code or status}{': ' + exc.message if exc.message else ''}")
             if code in _NOT_FOUND_CODES:
                 return RemoteNotFound(text)
             if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
                 return TransientError(text)
             return PermanentError(text)
-        if isinstance(exc, bce.HTTPClientError) and isinstance(exc.kwargs.get("error"), _FileChanged):
-            return TransientError(f"{what}: {exc.kwargs['error']}; it will be sent again")
-        if isinstance(exc, _FileChanged):
+        if isinstance(exc, (_FileChanged, s3rest.BodyShort)):
             return TransientError(f"{what}: {exc}; it will be sent again")
-        if isinstance(exc, bce.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return PermanentError(self._scrub(f"{what}: {where}: TLS certificate rejected: {exc}"))
         # ssl is imported by whoever made a TLS connection; another thread may be
         # importing it right now, and a half-imported module lacks the class
         # (seen: an AttributeError here failed a delete during a torture run).
@@ -845,18 +730,18 @@ class S3Con(XCon):
             return PermanentError(
                 f"{what}: {where}: no usable AWS credentials (set access_key_id and secret_access_key, or profile)"
             )
-        if isinstance(exc, (bce.ProfileNotFound, bce.ParamValidationError, bce.NoRegionError, bce.UnknownKeyError)):
+        if isinstance(exc, (bce.ProfileNotFound, bce.NoRegionError, bce.UnknownKeyError, ValueError)):
             return PermanentError(self._scrub(f"{what}: {where}: {exc}"))
-        # urllib3 may let one through (half-imported module: as for ssl above)
-        http_error = getattr(sys.modules.get("http.client"), "HTTPException", None)
-        if isinstance(exc, (bce.BotoCoreError, OSError)) or (http_error is not None and isinstance(exc, http_error)):
-            # timeouts, refused/reset connections, unreachable endpoints, credential refresh
+        if isinstance(exc, (bce.BotoCoreError, OSError)):
+            # timeouts, refused/reset connections, unreachable endpoints, a refused proxy,
+            # an unreadable reply (ProtocolError), a credential refresh that failed
             return TransientError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
         return PermanentError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
 
-    def _call(self, what: str, key: str | None, fn: Callable[..., Any], **kw: Any) -> Any:
+    def _call(self, what: str, key: str | None, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) (an s3rest.Rest method), its errors classified."""
         try:
-            return fn(**kw)
+            return fn(*args)
         except Exception as exc:
             raise self._classify(exc, what, key) from exc
 
@@ -883,14 +768,9 @@ class S3Con(XCon):
     def _head_bucket(self, what: str) -> None:
         where = f"{self._where(None)}{' at ' + self.endpoint_url if self.endpoint_url else ''}"
         try:
-            probe = self._prober()
-            if isinstance(probe, s3rest.Rest):
-                probe.head_bucket()
-            else:
-                probe.head_bucket(Bucket=self.bucket)
-        except bce.ClientError as exc:
-            code, status = error_code(exc), _status(exc)
-            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+            self._http(short=True).head_bucket()
+        except s3rest.S3Error as exc:
+            code, status, headers = exc.code, exc.status, exc.headers
             if headers.get("x-amz-bucket-region") and status in (301, 307, 400):
                 raise PermanentError(
                     f"{what}: bucket {where} is in region {headers['x-amz-bucket-region']}: set region"
@@ -914,9 +794,8 @@ class S3Con(XCon):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
-            things = [c for c in (self._client, self._probe, self._fast) if c is not None]
-            self._client = self._probe = self._fast = None
-            self._fast_made = False
+            things = [c for c in (self._client, self._probe, self._rest) if c is not None]
+            self._client = self._probe = self._rest = None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         for c in things:
@@ -1002,51 +881,45 @@ class S3Con(XCon):
         return SendResult(size=f.size, etag=etag, bytes_sent=f.size)
 
     def _put_small(self, f: LocalFile, key: str, what: str, on_sent: Callable[[int], None]) -> tuple[bytes, str | None]:
-        """Read the file whole, PUT it with Content-MD5; (md5 digest, ETag). The fast path
-        when there is one (the hot path of an initial sync: keep it lean), else boto3."""
+        """Read the file whole, PUT it with Content-MD5; (md5 digest, ETag). The hot path of
+        an initial sync: keep it lean."""
         data = _read_whole(f)
         if len(data) != f.size:
             raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
         digest = hashlib.md5(data).digest()
-        try:
-            fast = self._fast_path()
-            meta = self._metadata(f, digest.hex(), None)
-            if fast is not None:
-                headers = {"content-md5": _b64(digest), "content-type": self._content_type(f.rel), **self._sse_h}
-                for k, v in meta.items():
-                    headers["x-amz-meta-" + k] = v
-                return digest, _etag(fast.put(key, data, headers, on_sent if f.size > PROGRESS_STEP else None))
-            resp = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=_Body(data, on_sent), ContentMD5=_b64(digest),
-                Metadata=meta, ContentType=self._content_type(f.rel), **self._sse_args(),
-            )
-            return digest, _etag(resp.get("ETag"))
-        except Exception as exc:
-            raise self._classify(exc, what, key) from exc
+        return digest, self._put(f, key, what, data, digest, zlib.crc32(data),
+                                 on_sent if f.size > PROGRESS_STEP else None)
 
     def _put_streamed(self, f: LocalFile, key: str, ctx: TransferContext, what: str,
                       on_sent: Callable[[int], None]) -> tuple[bytes, str | None]:
-        """Hash the file, then stream it in one boto3 PUT; (md5 digest, ETag)."""
-        with open_source(f) as fh:  # FileNotFoundError, SourceChanged...: the caller's to see
+        """Hash the file, then stream it in one PUT (1 MiB preads as it goes out); (md5 digest, ETag)."""
+        fd = open_source_fd(f)  # FileNotFoundError, SourceChanged...: the caller's to see
+        try:
             h = hashlib.md5()
-            n = 0
-            while chunk := fh.read(PROGRESS_STEP):
+            crc = n = 0
+            while chunk := os.pread(fd, PROGRESS_STEP, n):
                 h.update(chunk)
+                crc = zlib.crc32(chunk, crc)
                 n += len(chunk)
                 if ctx.stop.is_set():
                     raise TransientError(f"{what}: stopped")
             if n != f.size:
                 raise TransientError(f"{what}: the file changed size while being read; it will be sent again")
             digest = h.digest()
-            try:
-                resp = self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=_FileBody(fh, f.size, on_sent), ContentMD5=_b64(digest),
-                    Metadata=self._metadata(f, digest.hex(), None), ContentType=self._content_type(f.rel),
-                    **self._sse_args(),
-                )
-            except Exception as exc:
-                raise self._classify(exc, what, key) from exc
-        return digest, _etag(resp.get("ETag"))
+            return digest, self._put(f, key, what, s3rest.FileBody(fd, 0, f.size), digest, crc, on_sent)
+        finally:
+            os.close(fd)
+
+    def _put(self, f: LocalFile, key: str, what: str, body: s3rest.Body, digest: bytes, crc32: int,
+             on_sent: Callable[[int], None] | None) -> str | None:
+        """PutObject of `body` with Content-MD5 and x-amz-checksum-crc32 (a server refuses
+        bytes changed on the way: AWS and SeaweedFS check both, rclone serve s3 the MD5),
+        metadata, content type and encryption headers; the ETag, unquoted."""
+        headers = {"content-md5": _b64(digest), "x-amz-checksum-crc32": _b64(crc32.to_bytes(4, "big")),
+                   "content-type": self._content_type(f.rel), **self._sse_h}
+        for k, v in self._metadata(f, digest.hex(), None).items():
+            headers["x-amz-meta-" + k] = v
+        return _etag(self._call(what, key, self._http().put, key, body, headers, on_sent))
 
     # -- multipart + resume ----------------------------------------------------------
     def _usable_state(self, ctx: TransferContext, f: LocalFile, key: str) -> dict | None:
@@ -1090,29 +963,25 @@ class S3Con(XCon):
             log.warning("s3: cannot abort the upload of %r: %s", rel, exc)
 
     def _abort(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload; an upload the server no longer knows is fine."""
         try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except bce.ClientError as exc:
-            if error_code(exc) not in ("NoSuchUpload", "404"):
+            self._http().abort_multipart(key, upload_id)
+        except s3rest.S3Error as exc:
+            if exc.code not in ("NoSuchUpload", "404"):
                 raise self._classify(exc, "abort upload", key) from exc
         except Exception as exc:
             raise self._classify(exc, "abort upload", key) from exc
 
     def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
         """{part number: (etag, size)} the server holds, or None if the upload is gone."""
-        parts: dict[int, tuple[str, int]] = {}
         try:
-            pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            for page in pages:
-                for p in page.get("Parts", []):
-                    parts[int(p["PartNumber"])] = (_etag(p["ETag"]) or "", int(p["Size"]))
-        except bce.ClientError as exc:
-            if error_code(exc) in ("NoSuchUpload", "404"):
+            return {n: (_etag(etag) or "", size) for n, etag, size in self._http().list_parts(key, upload_id)}
+        except s3rest.S3Error as exc:
+            if exc.code in ("NoSuchUpload", "404"):
                 return None
             raise self._classify(exc, "list parts", key) from exc
         except Exception as exc:
             raise self._classify(exc, "list parts", key) from exc
-        return parts
 
     def _send_multipart(self, f: LocalFile, key: str, ctx: TransferContext, what: str, state: dict | None) -> SendResult:
         try:
@@ -1152,17 +1021,9 @@ class S3Con(XCon):
 
     def _create_upload(self, f: LocalFile, key: str, ctx: TransferContext, what: str) -> dict:
         part_size = part_size_for(f.size, self.part_size)
-        meta = self._metadata(f, None, part_size)
-        fast = self._fast_path()
-        if fast is not None:  # no boto3 import (~0.3 s of CPU) before the first part goes out
-            headers = {"content-type": self._content_type(f.rel), **self._sse_h}
-            headers.update({"x-amz-meta-" + k: v for k, v in meta.items()})
-            upload_id = self._call(what, key, lambda: fast.create_multipart(key, headers))
-        else:
-            upload_id = self._call(
-                what, key, self.client.create_multipart_upload,
-                Bucket=self.bucket, Key=key, ContentType=self._content_type(f.rel), Metadata=meta, **self._sse_args(),
-            )["UploadId"]
+        headers = {"content-type": self._content_type(f.rel), **self._sse_h}
+        headers.update({"x-amz-meta-" + k: v for k, v in self._metadata(f, None, part_size).items()})
+        upload_id = self._call(what, key, self._http().create_multipart, key, headers)
         state = {
             "bucket": self.bucket, "key": key, "upload_id": upload_id, "size": f.size,
             "mtime_ns": f.mtime_ns, "ino": f.ino, "part_size": part_size, "parts": {},
@@ -1281,15 +1142,8 @@ class S3Con(XCon):
         return SendResult(size=f.size, etag=etag, bytes_sent=sent.value)
 
     def _complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
-        """CompleteMultipartUpload (fast path, else boto3); the object's ETag, unquoted."""
-        fast = self._fast_path()
-        if fast is not None:
-            return _etag(fast.complete_multipart(key, upload_id, parts))
-        resp = self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{e}"'} for n, e in parts]},
-        )
-        return _etag(resp.get("ETag"))
+        """CompleteMultipartUpload; the object's ETag, unquoted. Raises S3Error/OSError."""
+        return _etag(self._http().complete_multipart(key, upload_id, parts))
 
     def _verify_multipart(
         self, what: str, key: str, f: LocalFile, fh: Any, digests: list[bytes], completed: str | None
@@ -1312,7 +1166,9 @@ class S3Con(XCon):
             return completed
         if self._etag_is_md5() and completed and _MULTI_RE.fullmatch(completed):
             raise PermanentError(f"{what}: {self._where(key)}: ETag {completed} after upload does not match the data sent")
-        head = self._call(what, key, self.client.head_object, Bucket=self.bucket, Key=key)
+        head = self._head(key, what)
+        if head is None:
+            raise TransientError(f"{what}: {self._where(key)} is not there after its upload completed")
         etag = _etag(head.get("ETag"))
         expected = {expect}
         if self._etag_is_md5() and etag and _MD5_RE.fullmatch(etag):
@@ -1360,16 +1216,9 @@ class S3Con(XCon):
         self, key: str, upload_id: str, n: int, data: bytes | memoryview, digest: bytes,
         on_sent: Callable[[int], None],
     ) -> str:
-        """UploadPart with Content-MD5: through the fast path when there is one (1 MiB
-        writes straight from the buffer), else boto3. Raises ClientError/OSError."""
-        fast = self._fast_path()
-        if fast is not None:
-            return _etag(fast.upload_part(key, upload_id, n, data, _b64(digest), on_sent)) or ""
-        resp = self.client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=n,
-            Body=_Body(data, on_sent), ContentMD5=_b64(digest),
-        )
-        return _etag(resp.get("ETag")) or ""  # the server checked Content-MD5
+        """UploadPart with Content-MD5 (the server checks it), in 1 MiB writes straight
+        from the buffer. Raises S3Error/OSError."""
+        return _etag(self._http().upload_part(key, upload_id, n, data, _b64(digest), on_sent)) or ""
 
     def cleanup(self, keep: list[dict]) -> None:
         """Abort every multipart upload under our prefix that no resume state in `keep` names.
@@ -1412,23 +1261,16 @@ class S3Con(XCon):
 
     # -- delete / move / stat / list -------------------------------------------------
     def _keys_under(self, prefix: str) -> Iterator[dict]:
-        """Every object under a key prefix ({"Key", "Size", "ETag"}), one page at a time;
-        through the fast path when there is one (a first sync lists before any upload, and
-        needs no botocore for it). Keys the server returns outside `prefix` are dropped:
-        delete and move act on what this yields."""
+        """Every object under a key prefix ({"Key", "Size", "ETag"}), one page at a time.
+        Keys the server returns outside `prefix` are dropped: delete and move act on what
+        this yields."""
         return within_listing(self._listed(prefix), prefix, _key_of, f"s3: {self._where(None)}")
 
     def _listed(self, prefix: str) -> Iterator[dict]:
         """ListObjectsV2 as the server answers it (see _keys_under)."""
         try:
-            fast = self._fast_path()
-            if fast is not None:
-                for key, size, etag in fast.list_objects(prefix):
-                    yield {"Key": key, "Size": size, "ETag": etag}
-                return
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-            for page in pages:
-                yield from page.get("Contents", []) or []
+            for key, size, etag in self._http().list_objects(prefix):
+                yield {"Key": key, "Size": size, "ETag": etag}
         except Exception as exc:
             raise self._classify(exc, "list", prefix) from exc
 
@@ -1441,19 +1283,14 @@ class S3Con(XCon):
         upload it forgot when it restarted). No object has that key: nothing to delete."""
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
-            resp = self._call(
-                what, batch[0], self.client.delete_objects,
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
-            )
-            errors = [e for e in resp.get("Errors", []) or [] if e.get("Code") not in ("NoSuchKey",)]
-            if errors and folder is not None and {e.get("Key") for e in errors} == {folder} \
+            errors = [e for e in self._call(what, batch[0], self._http().delete_objects, batch)
+                      if e.code not in ("NoSuchKey",)]
+            if errors and folder is not None and {e.key for e in errors} == {folder} \
                     and self._head(folder, what) is None:
                 log.debug("s3: %s: the store keeps folder %s (no object has that key)", what, folder)
                 errors = []
             if errors:
-                e = errors[0]
-                fake = bce.ClientError({"Error": {"Code": e.get("Code", ""), "Message": e.get("Message", "")}}, "DeleteObjects")
-                raise self._classify(fake, what, e.get("Key")) from None
+                raise self._classify(errors[0], what, errors[0].key) from None
 
     def delete(self, rel: str) -> None:
         """Delete key `rel` and every key under `rel/` (never `rel2/` or `rel.bak`)."""
@@ -1486,7 +1323,7 @@ class S3Con(XCon):
         head = self._head(a, what)
         if head is not None:
             self._copy(a, b, int(head["ContentLength"]), what, head)
-            self._call(what, a, self.client.delete_object, Bucket=self.bucket, Key=a)
+            self._call(what, a, self._http().delete_object, a)
             return
         moved = 0
         page: list[dict] = []
@@ -1516,23 +1353,30 @@ class S3Con(XCon):
         self._delete_keys([o["Key"] for o in objs], what)
 
     def _head(self, key: str, what: str) -> dict | None:
+        """HeadObject in botocore's shape (ContentLength, ETag, ContentType, Metadata,
+        LastModified, VersionId; see s3rest.Rest.head_object), or None if there is none."""
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=key)
-        except bce.ClientError as exc:
-            if error_code(exc) in _NOT_FOUND_CODES or _status(exc) == 404:
+            return self._http().head_object(key)
+        except s3rest.S3Error as exc:
+            if exc.code in _NOT_FOUND_CODES or exc.status == 404:
                 return None
             raise self._classify(exc, what, key) from exc
         except Exception as exc:
             raise self._classify(exc, what, key) from exc
 
+    def _get(self, key: str, what: str, first: int | None = None, last: int | None = None) -> bytes:
+        """GetObject, whole or bytes [first, last] (last None: to the end), errors classified."""
+        return self._call(what, key, self._http().get_object, key, first, last).body
+
+    def _source(self, key: str) -> str:
+        """`key` as a copy source ("bucket/key")."""
+        return f"{self.bucket}/{key}"
+
     def _copy(self, src: str, dest: str, size: int, what: str, head: dict | None = None) -> None:
         """Server-side copy keeping metadata; multipart copy above copy_threshold (5 GiB)."""
         if size <= self.copy_threshold:
-            self._call(
-                what, dest, self.client.copy_object,
-                Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": src},
-                MetadataDirective="COPY", **self._sse_args(),
-            )
+            headers = {"x-amz-metadata-directive": "COPY", **self._sse_h}
+            self._call(what, dest, self._http().copy_object, dest, self._source(src), headers)
             return
         head = head or self._head(src, what)
         if head is None:
@@ -1563,12 +1407,10 @@ class S3Con(XCon):
     ) -> bool:
         """One multipart upload of `dest` made of `ranges` of `src`; False (and aborted) if
         the server stored a part of the wrong size or does not implement part copy."""
-        extra = {"ContentType": head["ContentType"]} if head.get("ContentType") else {}
-        resp = self._call(
-            what, dest, self.client.create_multipart_upload,
-            Bucket=self.bucket, Key=dest, Metadata=_meta_lower(head.get("Metadata")), **extra, **self._sse_args(),
-        )
-        upload_id = resp["UploadId"]
+        headers = {"content-type": head["ContentType"]} if head.get("ContentType") else {}
+        headers.update(self._sse_h)
+        headers.update({"x-amz-meta-" + k: v for k, v in _meta_lower(head.get("Metadata")).items()})
+        upload_id = self._call(what, dest, self._http().create_multipart, dest, headers)
         self._mark_active(upload_id, True)
         try:
             pool = self._part_pool()
@@ -1587,10 +1429,7 @@ class S3Con(XCon):
             if any(listed.get(n, ("", -1))[1] != hi - lo + 1 for n, lo, hi in ranges):
                 self._abort(dest, upload_id)
                 return False
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=dest, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etags[n]}"'} for n, _lo, _hi in ranges]},
-            )
+            self._complete(dest, upload_id, [(n, etags[n]) for n, _lo, _hi in ranges])
             return True
         except Exception as exc:
             try:
@@ -1602,21 +1441,14 @@ class S3Con(XCon):
             self._mark_active(upload_id, False)
 
     def _copy_part(self, src: str, dest: str, upload_id: str, n: int, lo: int, hi: int) -> str:
-        resp = self.client.upload_part_copy(
-            Bucket=self.bucket, Key=dest, UploadId=upload_id, PartNumber=n,
-            CopySource={"Bucket": self.bucket, "Key": src}, CopySourceRange=f"bytes={lo}-{hi}",
-        )
-        return _etag(resp.get("CopyPartResult", {}).get("ETag")) or ""
+        """UploadPartCopy of bytes [lo, hi] of `src`; the part's ETag."""
+        return _etag(self._http().upload_part_copy(dest, upload_id, n, self._source(src), lo, hi)) or ""
 
     def _relay_part(self, src: str, dest: str, upload_id: str, n: int, lo: int, hi: int) -> str:
         """Copy one part through this machine: ranged GET, then UploadPart with Content-MD5."""
         # No self._slots here: this runs on a pool thread, and sends hold slots while
         # waiting for pool threads. The pool's size bounds the memory instead.
-        body = self.client.get_object(Bucket=self.bucket, Key=src, Range=f"bytes={lo}-{hi}")["Body"]
-        try:
-            data = body.read()
-        finally:
-            body.close()
+        data = self._http().get_object(src, lo, hi).body
         if len(data) != hi - lo + 1:
             raise TransientError(f"copy {self._where(src)}: short read of part {n}")
         return self._put_part(dest, upload_id, n, data, hashlib.md5(data).digest(), lambda _n: None)
@@ -1644,17 +1476,10 @@ class S3Con(XCon):
     def _listed_uploads(self) -> Iterator[dict]:
         """ListMultipartUploads as the server answers it (see uploads)."""
         try:
-            fast = self._fast_path()
-            if fast is not None:
-                for key, upload_id in fast.list_uploads(self._dir("")):
-                    yield {"key": key, "upload_id": upload_id}
-                return
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._dir(""))
-            for page in pages:
-                for u in page.get("Uploads", []) or []:
-                    yield {"key": u["Key"], "upload_id": u["UploadId"]}
-        except bce.ClientError as exc:
-            if error_code(exc) == "NoSuchUpload":  # rclone's answer for a bucket that never had one
+            for key, upload_id in self._http().list_uploads(self._dir("")):
+                yield {"key": key, "upload_id": upload_id}
+        except s3rest.S3Error as exc:
+            if exc.code == "NoSuchUpload":  # rclone's answer for a bucket that never had one
                 return
             raise self._classify(exc, "list uploads", self._dir("")) from exc
         except Exception as exc:

@@ -90,7 +90,7 @@ def s3srv(servers):
 
 
 def _ignore_prefix_rest(monkeypatch) -> list[str]:
-    """The fast path's listings go out without their prefix (the server then lists the
+    """S3Con's listings go out without their prefix (the server then lists the
     whole bucket, as one that ignored it would); returns the operations it changed."""
     changed: list[str] = []
     real = s3rest.Rest.request
@@ -105,31 +105,17 @@ def _ignore_prefix_rest(monkeypatch) -> list[str]:
     return changed
 
 
-def _ignore_prefix_boto(con: S3Con) -> list[str]:
-    """The same fault on the boto3 path, through botocore's public event hooks."""
-    changed: list[str] = []
-
-    def drop(params, model, **_kw):
-        if params.pop("Prefix", None) is not None:
-            changed.append(model.name)
-
-    for op in ("ListObjectsV2", "ListMultipartUploads"):
-        con.client.meta.events.register(f"before-parameter-build.s3.{op}", drop)
-    return changed
-
-
-@pytest.fixture(params=["fast", "boto3"])
-def prefix_blind(request, s3srv, monkeypatch, tmp_path):
+@pytest.fixture
+def prefix_blind(s3srv, monkeypatch, tmp_path):
     """(connection under prefix "root" whose server ignores listing prefixes, bucket,
     list of listings the fault changed). The bucket holds OURS and FOREIGN."""
     bucket = s3srv.new_bucket()
     client = s3srv.client()
     for key in OURS + FOREIGN:
         client.put_object(Bucket=bucket, Key=key, Body=key.encode())
-    fast = request.param == "fast"
-    con = S3Con(prefix="root", fast_put=fast, **s3srv.con_kwargs(bucket))
+    con = S3Con(prefix="root", **s3srv.con_kwargs(bucket))
     con.connect()
-    changed = _ignore_prefix_rest(monkeypatch) if fast else _ignore_prefix_boto(con)
+    changed = _ignore_prefix_rest(monkeypatch)  # s3rest makes every listing (one path)
     yield con, bucket, changed
     con.close()
 

@@ -1,9 +1,9 @@
 """S3Con beyond the shared contract: multipart, resume, cleanup, copy, batching, errors, secrets.
 
 Most tests run against the real `rclone serve s3` (tests/server_s3.py). Faults that
-server cannot produce (throttling, 500s, AccessDenied on one call) come from botocore's
-Stubber or a patched client method; AWS-only behaviour (the "md5-N" multipart ETag, a
-working UploadPartCopy) is checked against moto.
+server cannot produce (throttling, 500s, AccessDenied on one call) come from a patched
+method of the connection's one client (s3rest.Rest); AWS-only behaviour (the "md5-N"
+multipart ETag, a working UploadPartCopy) is checked against moto's server.
 """
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ import threading
 import traceback
 from typing import Callable, Iterator
 
-import boto3
 import botocore.exceptions as bce
 import pytest
-from botocore.stub import Stubber
 
 import connections.s3 as s3mod
+from connections import s3rest
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
 from tests.server_seaweedfs import SeaweedServer, run_seaweedfs  # (registers the "seaweedfs" server)
 from connections.base import (
@@ -181,11 +180,9 @@ def test_build_validates_and_joins_prefix():
 # -- single PUT -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
 @pytest.mark.parametrize("size", [0, 1000, 2 * MiB + 3, s3mod.SMALL_MAX + 5], ids=["empty", "1k", "2M", "streamed"])
-def test_single_put_metadata_and_etag(make_con, srv, tmp_path, fast_put, size):
-    con = make_con(fast_put=fast_put)
-    assert (con.client and con._fast is not None) == fast_put
+def test_single_put_metadata_and_etag(make_con, srv, tmp_path, size):
+    con = make_con()
     data = os.urandom(size)
     f = make_file(tmp_path, "docs/report.txt", data, mode=0o604)
     seen = []
@@ -345,34 +342,22 @@ def test_cleanup_aborts_only_unclaimed_uploads_under_the_prefix(make_con, srv, t
 
 
 def fail_part(con: S3Con, number: int, code: str, status: int):
-    """Make UploadPart of part `number` answer with an S3 error, on whichever transport
-    sends parts (the fast path, else boto3); returns a function that undoes it."""
-    error = bce.ClientError({"Error": {"Code": code, "Message": "injected"},
-                             "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
-    if con._fast_path() is not None:
-        real_fast = con._fast.upload_part
+    """Make UploadPart of part `number` answer with an S3 error; returns a function that
+    undoes it."""
+    rest = con._http()
+    real = rest.upload_part
 
-        def failing_fast(key, upload_id, n, *args):
-            if n == number:
-                raise error
-            return real_fast(key, upload_id, n, *args)
+    def failing(key, upload_id, n, *args):
+        if n == number:
+            raise s3rest.S3Error("UploadPart", status, code, "injected")
+        return real(key, upload_id, n, *args)
 
-        con._fast.upload_part = failing_fast
-        return lambda: setattr(con._fast, "upload_part", real_fast)
-    real = con.client.upload_part
-
-    def failing(**kw):
-        if kw["PartNumber"] == number:
-            raise error
-        return real(**kw)
-
-    con._client.upload_part = failing
-    return lambda: setattr(con._client, "upload_part", real)
+    rest.upload_part = failing
+    return lambda: setattr(rest, "upload_part", real)
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
-def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path, fast_put):
-    con = make_con(fast_put=fast_put, **SMALL_MP)
+def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path):
+    con = make_con(**SMALL_MP)
     f = make_file(tmp_path, "p/big.bin", os.urandom(12 * MiB))
     fail_part(con, 2, "AccessDenied", 403)
     store = NullResumeStore()
@@ -381,9 +366,8 @@ def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path, fast_put):
     assert store.load() is None and open_uploads(con) == []
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
-def test_transient_part_failure_leaves_the_upload_resumable(make_con, tmp_path, fast_put):
-    con = make_con(fast_put=fast_put, **SMALL_MP)
+def test_transient_part_failure_leaves_the_upload_resumable(make_con, tmp_path):
+    con = make_con(**SMALL_MP)
     f = make_file(tmp_path, "t/big.bin", os.urandom(16 * MiB))
     undo = fail_part(con, 3, "SlowDown", 503)
     store = NullResumeStore()
@@ -412,20 +396,20 @@ def test_unchecked_completion_falls_back_to_head(make_con, tmp_path, head_etag):
     con = make_con(**SMALL_MP)
     data = os.urandom(11 * MiB)
     f = make_file(tmp_path, "w/big.bin", data)
-    real_complete, real_head = con._complete, con.client.head_object
+    real_complete, real_head = con._complete, con._http().head_object
     heads = []
     con._complete = lambda *args: real_complete(*args) and "opaque"
 
-    def head(**kw):
-        heads.append(kw["Key"])
-        got = real_head(**kw)
+    def head(key):
+        heads.append(key)
+        got = real_head(key)
         if head_etag == "plain-md5":
             return {**got, "ETag": '"' + hashlib.md5(data).hexdigest() + '"'}
         if head_etag == "wrong-md5":
             return {**got, "ETag": '"' + "0" * 32 + '"'}
         return {**got, "ContentLength": 5}
 
-    con._client.head_object = head
+    con._http().head_object = head
     if head_etag == "plain-md5":
         assert con.send(f, TransferContext()).etag == hashlib.md5(data).hexdigest()
     else:
@@ -486,8 +470,8 @@ def test_multipart_copy_on_the_real_server(make_each_con, each_srv, tmp_path, ca
     f = make_file(tmp_path, "m/big.bin", data, mode=0o611)
     con.send(f, TransferContext())
     relayed: list[str] = []
-    real_get = con.client.get_object
-    con._client.get_object = lambda **kw: relayed.append(kw.get("Range")) or real_get(**kw)
+    real_get = con._http().get_object
+    con._http().get_object = lambda key, lo, hi: relayed.append(f"bytes={lo}-{hi}") or real_get(key, lo, hi)
     with caplog.at_level(logging.WARNING, logger="skynet.s3"):
         con.move("m/big.bin", "n/big.bin")
     assert body(each_srv.client(), con.bucket, "root/n/big.bin") == data
@@ -509,15 +493,22 @@ def test_multipart_copy_on_the_real_server(make_each_con, each_srv, tmp_path, ca
 
 @pytest.fixture
 def moto_con():
-    from moto import mock_aws
+    """S3Con on moto's server (127.0.0.1, a free port): every request crosses the wire,
+    as S3Con's own client makes them (moto's in-process mock patches botocore only)."""
+    from moto.server import ThreadedMotoServer
 
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="moto-bucket")
-        con = S3Con("moto-bucket", "root", region="us-east-1", access_key_id="testing",
-                    secret_access_key="testing", fast_put=False, **SMALL_MP)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        con = S3Con("moto-bucket", "root", endpoint_url=f"http://{host}:{port}", region="us-east-1",
+                    addressing_style="path", access_key_id="testing", secret_access_key="testing", **SMALL_MP)
+        con.client.create_bucket(Bucket="moto-bucket")
         con.connect()
         yield con
         con.close()
+    finally:
+        server.stop()
 
 
 def test_moto_multipart_etag_and_part_copy(moto_con, tmp_path):
@@ -530,8 +521,9 @@ def test_moto_multipart_etag_and_part_copy(moto_con, tmp_path):
     assert res.etag in con.local_etags(f)
     con.copy_threshold = 6 * MiB
     calls = []
-    real = con.client.upload_part_copy
-    con._client.upload_part_copy = lambda **kw: calls.append(kw["CopySourceRange"]) or real(**kw)
+    real = con._http().upload_part_copy
+    con._http().upload_part_copy = lambda key, uid, n, src, lo, hi: calls.append(f"bytes={lo}-{hi}") or real(
+        key, uid, n, src, lo, hi)
     con.move("x/big.bin", "y/big.bin")
     assert calls == [f"bytes=0-{5 * MiB - 1}", f"bytes={5 * MiB}-{10 * MiB - 1}", f"bytes={10 * MiB}-{11 * MiB - 1}"]
     got = con.client.get_object(Bucket="moto-bucket", Key="root/y/big.bin")
@@ -563,8 +555,8 @@ def test_delete_batches_and_prefix_boundary(make_con, srv, tmp_path):
     [t.join() for t in threads]
     assert not pool_errors
     batches = []
-    real = con.client.delete_objects
-    con._client.delete_objects = lambda **kw: batches.append(len(kw["Delete"]["Objects"])) or real(**kw)
+    real = con._http().delete_objects
+    con._http().delete_objects = lambda keys: batches.append(len(keys)) or real(keys)
     con.delete("d")
     assert max(batches) <= 1000 and sum(batches) >= 2100 and len(batches) >= 3
     assert {e.rel for e in con.list()} == {"d.bak", "d2/x", "dx"}
@@ -574,8 +566,10 @@ def test_delete_batches_and_prefix_boundary(make_con, srv, tmp_path):
 # -- errors ------------------------------------------------------------------------------
 
 
-def stubbed(con: S3Con):
-    return Stubber(con.client)
+def answer_with(con: S3Con, status: int, code: str = "") -> None:
+    """Make every request of `con` get this error reply (XML body when `code`)."""
+    body = f"<Error><Code>{code}</Code><Message>msg</Message></Error>".encode() if code else b""
+    con._http().request = lambda *args, **kwargs: s3rest.Reply(status, {}, body)
 
 
 @pytest.mark.parametrize(
@@ -594,13 +588,12 @@ def stubbed(con: S3Con):
         ("InvalidBucketName", 400, PermanentError),
     ],
 )
-def test_error_classification_with_stubber(make_con, tmp_path, code, status, kind):
-    con = make_con(fast_put=False)
+def test_error_classification_of_replies(make_con, tmp_path, code, status, kind):
+    con = make_con()
     f = make_file(tmp_path, "e/file.txt", b"data")
-    with stubbed(con) as stub:
-        stub.add_client_error("put_object", service_error_code=code, service_message="msg", http_status_code=status)
-        with pytest.raises(kind) as info:
-            con.send(f, TransferContext())
+    answer_with(con, status, code)
+    with pytest.raises(kind) as info:
+        con.send(f, TransferContext())
     assert f"s3://{con.bucket}/root/e/file.txt" in str(info.value) and code in str(info.value)
 
 
@@ -613,6 +606,10 @@ def test_error_classification_with_stubber(make_con, tmp_path, code, status, kin
         bce.ConnectionClosedError(endpoint_url="http://x"),
         ConnectionResetError(104, "reset"),
         TimeoutError("timed out"),
+        s3rest.ProtocolError("bad status line"),
+        s3rest.Disconnected("closed"),
+        s3rest.ProxyRefused("the proxy answered 502"),
+        s3rest.BodyShort("the file ended"),
     ],
 )
 def test_network_errors_are_transient(exc):
@@ -633,11 +630,10 @@ def test_classify_with_ssl_half_imported_by_another_thread(monkeypatch):
     assert isinstance(con._classify(ValueError("odd"), "delete 'x'", "x"), PermanentError)
 
 
-def test_stubbed_not_found_and_missing_is_none(make_con):
+def test_not_found_reply_and_missing_is_none(make_con):
     con = make_con()
-    with stubbed(con) as stub:
-        stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
-        assert con.stat("nothing") is None
+    answer_with(con, 404)
+    assert con.stat("nothing") is None
 
 
 def test_connect_errors(srv, tmp_path):
@@ -674,22 +670,22 @@ def test_secret_never_in_describe_errors_or_logs(srv, tmp_path, caplog):
     con.close()
 
 
-def test_fast_put_reconnects_after_a_dropped_keep_alive_connection(make_con, tmp_path):
+def test_put_reconnects_after_a_dropped_keep_alive_connection(make_con, tmp_path):
     con = make_con()
     con.send(make_file(tmp_path, "k/1", b"one"), TransferContext())
-    sock = con._fast._local.conn.sock
+    sock = con._http()._local.conn.sock
     sock.shutdown(2)  # what a server closing an idle connection looks like from here
     con.send(make_file(tmp_path, "k/2", b"two"), TransferContext())
-    assert con._fast._local.conn.sock is not sock  # a new connection, the PUT sent again on it
+    assert con._http()._local.conn.sock is not sock  # a new connection, the PUT sent again on it
     assert {e.rel for e in con.list()} == {"k/1", "k/2"}
 
 
 def test_send_to_an_unreachable_server_is_transient(srv, tmp_path):
-    for fast_put in (True, False):
-        con = S3Con(**{**srv.con_kwargs("bkt"), "endpoint_url": "http://127.0.0.1:9"}, fast_put=fast_put,
-                    connect_timeout=2)
+    for size in (4, 6 * MiB):  # a PUT, and the first request of a multipart upload
+        con = S3Con(**{**srv.con_kwargs("bkt"), "endpoint_url": "http://127.0.0.1:9"}, connect_timeout=2,
+                    **SMALL_MP)
         with pytest.raises(TransientError):
-            con.send(make_file(tmp_path, "u", b"data"), TransferContext())
+            con.send(make_file(tmp_path, "u", os.urandom(size)), TransferContext())
         con.close()
 
 
@@ -743,14 +739,13 @@ def listed_parts(client, bucket: str, key: str, upload_id: str) -> list[dict] | 
     try:
         return client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", [])
     except bce.ClientError as exc:
-        if s3mod.error_code(exc) == "NoSuchUpload":
+        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
             return None
         raise
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
 @pytest.mark.parametrize("size", [100_000, 11 * MiB], ids=["put", "parts"])
-def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path, fast_put, size):
+def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path, size):
     """Every PUT and UploadPart carries Content-MD5, which both test servers check: bytes
     changed in flight are refused, S3Con reports a TransientError and nothing is stored (no
     object, and not one part of a multipart upload, all of whose parts were changed); sent
@@ -762,8 +757,7 @@ def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path
     proxy = FaultProxy(each_srv.port).start()
     data = MARK * (size // len(MARK))
     f = make_file(tmp_path, "w/f.bin", data)
-    with connections_to(each_srv, endpoint_url=f"http://127.0.0.1:{proxy.port}", fast_put=fast_put,
-                        **SMALL_MP) as make:
+    with connections_to(each_srv, endpoint_url=f"http://127.0.0.1:{proxy.port}", **SMALL_MP) as make:
         try:
             con = make()
             proxy.corrupt(MARK, FLIPPED)
