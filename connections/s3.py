@@ -95,7 +95,6 @@ Threads
 from __future__ import annotations
 
 import base64
-import collections
 import functools
 import hashlib
 import logging
@@ -107,7 +106,7 @@ import sys
 import threading
 import time
 import zlib
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, NoReturn
 from urllib.parse import urlsplit
 
@@ -131,6 +130,7 @@ from connections.base import (
     within_listing,
 )
 from connections.source import open_source, open_source_fd
+from skynet.transfer import chunks
 
 log = logging.getLogger("skynet.s3")
 
@@ -146,7 +146,6 @@ SMALL_MAX = 4 * MiB  # single PUTs up to this size are read into memory once
 PROGRESS_STEP = MiB
 DELETE_BATCH = 1000  # DeleteObjects limit
 SEND_MEMORY = 256 * MiB  # parts one multipart send may hold in memory (at least 2 parts)
-PROGRESS_POLL = 0.2  # seconds between progress reports of a multipart send
 STATE_SAVE_EVERY = 1.0  # seconds between resume-state saves (ListParts is the truth)
 
 # Warm the mimetypes table now: its lazy first load is not thread-safe.
@@ -380,14 +379,6 @@ _PERMANENT_CODES = {
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 
 
-class _FileChanged(Exception):
-    """The local file no longer matches what send() was asked to upload."""
-
-
-class _StaleParts(Exception):
-    """Parts saved for this file version hold other bytes: the upload must start over."""
-
-
 def error_code(exc: BaseException) -> str:
     """The S3 error code of an error reply ("" for anything else)."""
     return exc.code if isinstance(exc, s3rest.S3Error) else ""
@@ -438,49 +429,45 @@ def _ca_bundle(core: Any = None) -> str | None:
     return where()
 
 
-# -- multipart buffers ----------------------------------------------------------------
+# -- multipart upload: S3's half of the chunk scheduler ---------------------------------------
 
 
-class _Buffers:
-    """Part buffers, reused: reading into a fresh 8 MiB bytes object per part costs page
-    faults and zeroing each time; a free list keeps the few that are in flight at once
-    (at most the send's part limit) warm."""
+class _PartFailed(Exception):
+    """A part's request failed on a pool thread; `error` is what it raised, for
+    _fail_upload to classify (keep the upload, or abort it). Told apart from errors
+    reading the local file, which keep the upload and surface as they are."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free: collections.deque[bytearray] = collections.deque()
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
-    def take(self) -> bytearray:
+
+class _PartWriter:
+    """One multipart upload as a chunks.ChunkWriter: chunk n is part n + 1, sent with
+    UploadPart and Content-MD5. Keeps every part's MD5 (sent or checked): the completed
+    object's md5-of-md5s-N ETag is checked against them."""
+
+    def __init__(self, con: "S3Con", key: str, upload_id: str, have: dict[int, tuple[str, int]],
+                 etag_is_md5: bool) -> None:
+        self.con, self.key, self.upload_id, self.have, self.etag_is_md5 = con, key, upload_id, have, etag_is_md5
+        self.digests: dict[int, bytes] = {}  # chunk -> MD5 (each written by one pool thread)
+
+    def write_chunk(self, n: int, offset: int, data: memoryview, sent: Callable[[int], None]) -> str:
+        """On a pool thread: the part's MD5 (hashlib lets go of the GIL, so parts hash in
+        parallel with the reading), then UploadPart; its ETag."""
+        digest = hashlib.md5(data).digest()
+        self.digests[n] = digest
         try:
-            return self._free.pop()
-        except IndexError:
-            return bytearray(self.size)
+            return self.con._put_part(self.key, self.upload_id, n + 1, data, digest, sent)
+        except Exception as exc:
+            raise _PartFailed(exc) from exc
 
-    def give(self, buf: bytearray) -> None:
-        self._free.append(buf)  # deque.append/pop are atomic: part threads give back
-
-
-def _read_into(fh: Any, view: memoryview) -> int:
-    """Fill `view` from `fh`; the bytes read (fewer only at the end of the file)."""
-    got = 0
-    while got < len(view):
-        n = fh.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
-class _Counter:
-    """Bytes sent by part threads, read by the sending thread to report progress."""
-
-    def __init__(self, start: int = 0) -> None:
-        self.value = start
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.value += n
+    def check_done(self, n: int, data: memoryview, etag: str) -> bool:
+        """A part ListParts reported holds this chunk: same length and, where ETags are
+        MD5s, the same MD5 (same size, mtime and inode can still hide other bytes)."""
+        digest = hashlib.md5(data).digest()
+        self.digests[n] = digest
+        return self.have[n + 1][1] == len(data) and (not self.etag_is_md5 or etag == digest.hex())
 
 
 # -- the connection -------------------------------------------------------------------
@@ -705,7 +692,7 @@ class S3Con(XCon):
     def _classify(self, exc: BaseException, what: str, key: str | None) -> XConError:
         """THE map from what a request raised to TransientError / PermanentError /
         RemoteNotFound: s3rest.S3Error (an error reply), OSError (the network, TLS),
-        s3rest.BodyShort (the file shrank while sent) and the errors of botocore's
+        s3rest.BodyShort / chunks.SourceChanged (the file changed while sent) and the errors of botocore's
         credential chain (the one thing botocore still does)."""
         where = self._where(key)
         if isinstance(exc, XConError):
@@ -718,7 +705,7 @@ class S3Con(XCon):
             if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
                 return TransientError(text)
             return PermanentError(text)
-        if isinstance(exc, (_FileChanged, s3rest.BodyShort)):
+        if isinstance(exc, (chunks.SourceChanged, s3rest.BodyShort)):
             return TransientError(f"{what}: {exc}; it will be sent again")
         # ssl is imported by whoever made a TLS connection; another thread may be
         # importing it right now, and a half-imported module lacks the class
@@ -1007,7 +994,7 @@ class S3Con(XCon):
                 self._mark_active(upload_id, True)
                 try:
                     return self._upload(f, fh, key, ctx, what, state, have)
-                except _StaleParts as exc:
+                except chunks.StaleChunk as exc:
                     # Same size, mtime and inode, other bytes: start over rather than
                     # replace parts (rclone serve s3 cannot replace a part).
                     self._drop_state(ctx, state, str(exc))
@@ -1035,111 +1022,49 @@ class S3Con(XCon):
         self, f: LocalFile, fh: Any, key: str, ctx: TransferContext, what: str, state: dict,
         have: dict[int, tuple[str, int]],
     ) -> SendResult:
-        """Read the file once, in order, into reused buffers; pool threads hash each part
-        (Content-MD5) and send the parts the server lacks, in parallel."""
+        """Send the parts the server lacks through the one chunk scheduler
+        (skynet/transfer/chunks.py: reading, buffers, parallelism, progress, the bandwidth
+        limit, stop); S3 writes one part (_PartWriter) and checks the parts ListParts
+        reported (`have`) against the file. Then complete and verify."""
         upload_id, part_size = state["upload_id"], state["part_size"]
-        nparts = max(1, math.ceil(f.size / part_size))
-        digests: dict[int, bytes] = {}
-        etags: dict[int, str] = {}
-        done = _Counter()  # bytes known to be on the server (skipped or sent)
-        sent = _Counter()  # bytes that crossed the wire this time
-        pending: dict[Future, int] = {}
-        errors: list[BaseException] = []
-        last = {"report": -1, "save": time.monotonic()}
-        pool = self._part_pool()
-        buffers = _Buffers(part_size)
-
-        def reap(timeout: float | None) -> None:
-            if pending:
-                finished, _ = wait(list(pending), timeout=timeout, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    n = pending.pop(fut)
-                    exc = fut.exception()
-                    if exc is not None:
-                        errors.append(exc)
-                    else:
-                        digests[n], etags[n] = fut.result()
-                        state["parts"][str(n)] = etags[n]
-                if finished and time.monotonic() - last["save"] >= STATE_SAVE_EVERY:
-                    _save(ctx, state)
-                    last["save"] = time.monotonic()
-            if done.value != last["report"]:
-                last["report"] = done.value
-                ctx.report(min(done.value, f.size), f.size)
-
-        def on_sent(n: int) -> None:
-            done.add(n)
-            sent.add(n)
-
-        def part_done(buf: bytearray) -> Callable[[Future], None]:
-            def release(_fut: Future) -> None:
-                buffers.give(buf)
-                self._slots.release()
-            return release
-
         # Parts of this send in memory at once: `concurrency`, fewer when parts are huge.
-        limit = max(2, min(self.concurrency, SEND_MEMORY // part_size))
-        stopped = False
-        try:
-            for n in range(1, nparts + 1):
-                while len(pending) >= limit:
-                    reap(PROGRESS_POLL)
-                while not self._slots.acquire(timeout=PROGRESS_POLL):
-                    reap(0)
-                if ctx.stop.is_set() or errors:
-                    self._slots.release()
-                    stopped = ctx.stop.is_set()
-                    break
-                handed = False  # once submitted, the part's task gives back the slot and buffer
-                buf = buffers.take()
-                try:
-                    length = min(part_size, f.size - (n - 1) * part_size)
-                    view = memoryview(buf)[:length]
-                    if _read_into(fh, view) != length:
-                        raise _FileChanged("the file got shorter while it was being sent")
-                    old = have.get(n)
-                    if old:
-                        digest = hashlib.md5(view).digest()
-                        if old[1] != length or (self._etag_is_md5() and old[0] != digest.hex()):
-                            raise _StaleParts(f"part {n} on the server does not match the file")
-                        digests[n], etags[n] = digest, old[0]
-                        done.add(length)
-                    else:
-                        fut = pool.submit(self._hash_and_put_part, key, upload_id, n, view, on_sent)
-                        handed = True
-                        pending[fut] = n
-                        fut.add_done_callback(part_done(buf))
-                finally:
-                    if not handed:
-                        buffers.give(buf)
-                        self._slots.release()
-                reap(0)
-            while pending:
-                reap(PROGRESS_POLL)
-            if not stopped and not errors and fh.read(1):
-                raise _FileChanged("the file grew while it was being sent")
-        except BaseException as exc:
-            while pending:  # never leave part threads running behind our back
-                reap(PROGRESS_POLL)
-            if isinstance(exc, _FileChanged):
-                self._drop_state(ctx, state, "file changed during upload")
-                raise TransientError(f"{what}: {exc}; it will be sent again") from None
-            if isinstance(exc, OSError):  # local read error: keep the upload for a retry
+        plan = chunks.Plan(f.size, part_size, max(2, min(self.concurrency, SEND_MEMORY // part_size)))
+        writer = _PartWriter(self, key, upload_id, have, self._etag_is_md5())
+        done = {n - 1: etag for n, (etag, _size) in have.items()}
+        saved = [time.monotonic()]
+
+        def on_chunk(n: int, etag: str) -> None:  # the calling thread: resume saves are safe here
+            state["parts"][str(n + 1)] = etag
+            if time.monotonic() - saved[0] >= STATE_SAVE_EVERY:
                 _save(ctx, state)
-            raise
-        _save(ctx, state)
-        if stopped:
-            raise TransientError(f"{what}: stopped after {len(etags)} of {nparts} parts; the upload will resume")
-        if errors:
-            self._fail_upload(ctx, state, what, key, errors[0])
+                saved[0] = time.monotonic()
+
         try:
-            completed = self._complete(key, upload_id, [(n, etags[n]) for n in range(1, nparts + 1)])
+            etags = chunks.upload(fh.fileno(), plan, writer, ctx, self._part_pool(), done=done,
+                                  check_done=writer.check_done, on_chunk=on_chunk, slots=self._slots)
+        except chunks.SourceChanged as exc:
+            self._drop_state(ctx, state, "file changed during upload")
+            raise TransientError(f"{what}: {exc}; it will be sent again") from None
+        except chunks.TransferStopped as exc:
+            _save(ctx, state)
+            raise TransientError(f"{what}: stopped after {exc.finished} of {exc.count} parts; "
+                                 "the upload will resume") from None
+        except _PartFailed as exc:
+            _save(ctx, state)
+            self._fail_upload(ctx, state, what, key, exc.error)
+        except OSError:  # reading the local file: keep the upload for a retry
+            _save(ctx, state)
+            raise
+        parts = [(n + 1, etags[n]) for n in range(plan.count)]
+        _save(ctx, state)
+        try:
+            completed = self._complete(key, upload_id, parts)
         except Exception as exc:
             self._fail_upload(ctx, state, what, key, exc)
         ctx.resume.clear()
-        etag = self._verify_multipart(what, key, f, fh, [digests[n] for n in range(1, nparts + 1)], completed)
+        etag = self._verify_multipart(what, key, f, fh, [writer.digests[n] for n in range(plan.count)], completed)
         ctx.report(f.size, f.size)
-        return SendResult(size=f.size, etag=etag, bytes_sent=sent.value)
+        return SendResult(size=f.size, etag=etag, bytes_sent=f.size - plan.bytes_in(done))
 
     def _complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str | None:
         """CompleteMultipartUpload; the object's ETag, unquoted. Raises S3Error/OSError."""
@@ -1203,14 +1128,6 @@ class S3Con(XCon):
             except XConError as abort_exc:
                 log.warning("s3: could not abort upload of %s: %s", key, abort_exc)
         raise err from exc
-
-    def _hash_and_put_part(
-        self, key: str, upload_id: str, n: int, data: memoryview, on_sent: Callable[[int], None]
-    ) -> tuple[bytes, str]:
-        """On a pool thread: the part's MD5 (hashlib lets go of the GIL, so parts hash in
-        parallel with the reading), then the part itself; (digest, ETag)."""
-        digest = hashlib.md5(data).digest()
-        return digest, self._put_part(key, upload_id, n, data, digest, on_sent)
 
     def _put_part(
         self, key: str, upload_id: str, n: int, data: bytes | memoryview, digest: bytes,
