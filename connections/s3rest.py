@@ -36,10 +36,14 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol, Union
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
-from xml.sax.saxutils import escape
 
 if TYPE_CHECKING:  # imported where used: ssl only for https, ElementTree only for XML replies
     import ssl
+
+def escape(text: str) -> str:
+    """Text for an XML element (xml.sax.saxutils.escape would import urllib.request)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
 
 PROGRESS_STEP = 1 << 20  # bodies above this are sent in slices of this size, with progress
 _ONE_SEND = 64 << 10  # a body up to this size goes out in the same send() as the head
