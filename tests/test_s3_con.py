@@ -797,3 +797,28 @@ def test_seaweedfs_keeps_uploads_across_a_restart_and_the_resume_sends_only_the_
         assert res.bytes_sent == len(data) - on_server
         assert body(own.client(), con.bucket, "root/r/big.bin") == data
         assert store.load() is None and open_uploads(con) == []
+
+
+@pytest.mark.parametrize("source", ["profile", "environment"])
+def test_credentials_from_the_aws_chain_sign_the_one_client(srv, tmp_path, monkeypatch, source):
+    """No keys in the config: botocore's credential chain (a profile, or the environment)
+    supplies them through its public Credentials, and s3rest signs every request with them."""
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "aws-config"
+    cfg.write_text(f"[profile bench]\naws_access_key_id = {srv.access_key}\n"
+                   f"aws_secret_access_key = {srv.secret_key}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    if source == "environment":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", srv.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key)
+    kwargs = {**srv.con_kwargs(srv.new_bucket()), "access_key_id": "", "secret_access_key": ""}
+    con = S3Con(prefix="root", profile="bench" if source == "profile" else "", **kwargs)
+    try:
+        con.connect()
+        con.send(make_file(tmp_path, "a/one", b"one"), TransferContext())
+        assert [e.rel for e in con.list()] == ["a/one"]
+        assert not isinstance(con._http().signer.credentials, s3rest.StaticCredentials)
+    finally:
+        con.close()
