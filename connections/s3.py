@@ -86,11 +86,14 @@ Multipart threshold (64 MiB by default)
   most 64 MiB, about 5 s at 100 Mbit/s.
 
 Threads
-  One s3rest.Rest serves every worker, with one keep-alive connection per thread. Part uploads
-  of all sends share one thread pool and one semaphore, so memory is bounded by
-  concurrency x part size whatever the number of workers. A multipart send reads its
-  file in order into reused part buffers (readinto: no page faults per part); the pool
-  threads hash each part (hashlib releases the GIL) and send it in 1 MiB writes.
+  One s3rest.Rest serves every worker, with one keep-alive connection per thread. A
+  multipart send runs on the one chunk scheduler (skynet/transfer/chunks.py: it reads the
+  file in order into reused buffers, keeps parts in flight, meters progress and the
+  bandwidth limit, stops, and leaves no thread behind); S3 only writes one part
+  (_PartWriter: the pool thread hashes it, hashlib releasing the GIL, and sends it in
+  1 MiB writes) and checks the parts ListParts reports. Part uploads of all sends share
+  one thread pool and one semaphore (the scheduler's `slots`), so memory is bounded by
+  concurrency x part size whatever the number of workers.
 """
 from __future__ import annotations
 
@@ -1443,7 +1446,7 @@ def _read_whole(f: LocalFile) -> bytes:
 
 
 def _sse_headers(args: dict[str, str]) -> dict[str, str]:
-    """The x-amz-* headers of _sse_args() for the fast PUT path."""
+    """The x-amz-* headers of _sse_args(), as s3rest sends them."""
     names = {
         "ServerSideEncryption": "x-amz-server-side-encryption",
         "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
