@@ -728,10 +728,10 @@ class S3Con(XCon):
             return TransientError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
         return PermanentError(self._scrub(f"{what}: {where}: {type(exc).__name__}: {exc}"))
 
-    def _call(self, what: str, key: str | None, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) (an s3rest.Rest method), its errors classified."""
+    def _call(self, what: str, key: str | None, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """fn(*args, **kw) (an s3rest.Rest method), its errors classified."""
         try:
-            return fn(*args)
+            return fn(*args, **kw)
         except Exception as exc:
             raise self._classify(exc, what, key) from exc
 

@@ -822,3 +822,33 @@ def test_credentials_from_the_aws_chain_sign_the_one_client(srv, tmp_path, monke
         assert not isinstance(con._http().signer.credentials, s3rest.StaticCredentials)
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("change", ["shrunk", "grew"])
+def test_file_changed_mid_multipart_aborts_and_sends_again(make_con, srv, tmp_path, change):
+    """The file gets shorter (a later part cannot be read whole) or longer (found after
+    the last part) while its parts go up: a TransientError, the upload aborted and its
+    resume state dropped; the next send of the new version goes up whole."""
+    con = make_con(**SMALL_MP)
+    f = make_file(tmp_path, "m/changing.bin", os.urandom(16 * MiB))  # 4 parts, 2 in flight
+    store = NullResumeStore()
+    ctx = TransferContext(resume=store)
+    changed = threading.Event()
+
+    def on_progress(done: int, total: int) -> None:
+        if done > 0 and not changed.is_set():  # the first bytes are out; parts 3-4 not read yet
+            changed.set()
+            if change == "shrunk":
+                os.truncate(f.path, 6 * MiB)
+            else:
+                with open(f.path, "ab") as fh:
+                    fh.write(b"more")
+
+    ctx.progress = on_progress
+    with pytest.raises(TransientError, match="shorter|grew"):
+        con.send(f, ctx)
+    assert changed.is_set() and store.load() is None and open_uploads(con) == []
+    assert con.stat("m/changing.bin") is None
+    now = local_file(f.path, f.rel)
+    res = con.send(now, TransferContext(resume=store))
+    assert res.size == now.size and body(srv.client(), con.bucket, "root/m/changing.bin") == open(f.path, "rb").read()
