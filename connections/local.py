@@ -56,7 +56,7 @@ from connections.base import (
     within_listing,
 )
 from connections.source import open_root, open_source_fd
-from skynet.values import parse_bool
+from skynet.values import keyed, parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -775,10 +775,7 @@ KEYS: dict[str, tuple[str, str]] = {
 def _parse(options: dict[str, str], target: str) -> tuple[str, bool]:
     if not target.strip():
         raise ValueError("target: missing: the folder to mirror into")
-    try:
-        fsync = parse_bool(options.get("fsync", KEYS["fsync"][0]))
-    except ValueError as exc:
-        raise ValueError(f"fsync: {exc}") from None
+    fsync = keyed("fsync", options.get("fsync", KEYS["fsync"][0]), parse_bool)
     return target.strip(), fsync
 
 

@@ -124,6 +124,7 @@ from connections.base import (
     within_listing,
 )
 from connections.source import open_source, open_source_fd
+from skynet.values import keyed, parse_int_range, parse_size_range
 
 log = logging.getLogger("skynet.s3")
 
@@ -167,21 +168,6 @@ KEYS: dict[str, tuple[str, str]] = {
 _RESERVED = {"type", "service", "name"}
 
 # -- sizes and config ---------------------------------------------------------------
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNIT = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
-
-
-def parse_size(key: str, value: str) -> int:
-    """'8MiB', '8M', '8388608' -> bytes. Units are binary; 'MB' is refused as ambiguous."""
-    m = _SIZE_RE.match(value)
-    if not m:
-        raise ValueError(f"{key}: {value!r} is not a size (e.g. 8MiB)")
-    unit = (m.group(2) or "").lower()
-    if len(unit) == 2 and unit[1] == "b" and unit != "b":  # "mb": decimal or binary?
-        raise ValueError(f"{key}: write {value!r} in binary units, e.g. {m.group(1)}{unit[0].upper()}iB")
-    return int(m.group(1)) * _UNIT[unit[:1]]
-
 
 def _clean_prefix(key: str, value: str) -> str:
     """A key prefix without leading/trailing '/', made of clean UTF-8 path parts."""
@@ -238,18 +224,9 @@ def _options(service: dict[str, str], target: str) -> dict[str, Any]:
     if re.search(r"\s", cfg["sse_kms_key_id"]):
         raise ValueError("sse_kms_key_id: a key id or ARN has no spaces or line breaks")
 
-    part_size = parse_size("part_size", cfg["part_size"])
-    if not MIN_PART <= part_size <= MAX_PART:
-        raise ValueError("part_size: must be between 5MiB and 5GiB")
-    threshold = parse_size("multipart_threshold", cfg["multipart_threshold"])
-    if not MIN_PART <= threshold <= MAX_PUT:
-        raise ValueError("multipart_threshold: must be between 5MiB and 5GiB")
-    try:
-        concurrency = int(cfg["concurrency"])
-    except ValueError:
-        raise ValueError(f"concurrency: {cfg['concurrency']!r} is not a whole number") from None
-    if not 1 <= concurrency <= 64:
-        raise ValueError("concurrency: must be between 1 and 64")
+    part_size = keyed("part_size", cfg["part_size"], parse_size_range(MIN_PART, MAX_PART))
+    threshold = keyed("multipart_threshold", cfg["multipart_threshold"], parse_size_range(MIN_PART, MAX_PUT))
+    concurrency = keyed("concurrency", cfg["concurrency"], parse_int_range(1, 64))
 
     access, secret = cfg["access_key_id"], cfg["secret_access_key"]
     if bool(access) != bool(secret):

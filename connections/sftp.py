@@ -83,7 +83,7 @@ from connections.base import (
 from connections.local import TMP_PREFIX, temp_name
 from connections.source import open_source
 from skynet.atomicfile import write_atomic
-from skynet.values import parse_bool
+from skynet.values import keyed, parse_bool, parse_int_range, parse_seconds_range
 
 log = logging.getLogger("skynet.sftp")
 T = TypeVar("T")
@@ -1980,23 +1980,6 @@ def _clean_root(root: str) -> str:
 # --------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------
-def _bool(key: str, value: str) -> bool:
-    try:
-        return parse_bool(value)
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
-
-
-def _number(key: str, value: str, kind: type, low: float, high: float):
-    try:
-        n = kind(value.strip())
-    except ValueError:
-        raise ValueError(f"{key}: expected a number, got {value!r}") from None
-    if not low <= n <= high:
-        raise ValueError(f"{key}: must be between {low} and {high}, got {n}")
-    return n
-
-
 def build(service: dict[str, str], target: str) -> SFTPCon:
     """An SFTPCon from an [sftp] service section and a mapping's target folder.
 
@@ -2022,14 +2005,14 @@ def build(service: dict[str, str], target: str) -> SFTPCon:
     return SFTPCon(
         host,
         target,
-        port=_number("port", cfg["port"], int, 1, 65535),
+        port=keyed("port", cfg["port"], parse_int_range(1, 65535)),
         user=cfg["user"].strip(),
         key_file=key_file,
         key_passphrase=cfg["key_passphrase"],
         password=cfg["password"],
-        use_agent=_bool("use_agent", cfg["use_agent"]),
+        use_agent=keyed("use_agent", cfg["use_agent"], parse_bool),
         known_hosts=known,
-        connections=_number("connections", cfg["connections"], int, 1, 64),
-        keepalive=_number("keepalive", cfg["keepalive"], float, 0, 3600),
-        timeout=_number("timeout", cfg["timeout"], float, 0.5, 3600),
+        connections=keyed("connections", cfg["connections"], parse_int_range(1, 64)),
+        keepalive=keyed("keepalive", cfg["keepalive"], parse_seconds_range(0, 3600)),
+        timeout=keyed("timeout", cfg["timeout"], parse_seconds_range(0.5, 3600)),
     )
