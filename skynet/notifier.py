@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from skynet import pgschema
 from skynet.atomicfile import write_atomic
+from skynet.extras import require as require_extra
 
 log = logging.getLogger(__name__)
 
@@ -1109,12 +1110,9 @@ def local_hostname() -> str:
 
 
 def skynet_version() -> str:
-    try:
-        from importlib.metadata import version
+    from skynet import __version__
 
-        return version("skynet-sync")
-    except Exception:
-        return "dev"
+    return __version__
 
 
 def from_config(cfg: Any) -> Notifier:
@@ -1133,6 +1131,8 @@ def from_config(cfg: Any) -> Notifier:
     """
     raw = (getattr(cfg, "notify_dsn", "") or "").strip()
     dsn = None if not raw else ("" if raw == "env" else raw)
+    if dsn is not None:
+        require_extra("postgres", "notify_dsn")
     host = local_hostname()
     return Notifier(
         dsn,
@@ -1140,9 +1140,7 @@ def from_config(cfg: Any) -> Notifier:
         service=cfg.service,
         daemon_id=getattr(cfg, "daemon_id", "") or default_daemon_id(host, cfg.service, cfg.state_dir),
         spool_dir=cfg.state_dir,
-        # importlib.metadata scans every installed package (~40 ms at start-up):
-        # only a notifier that reports anywhere needs the version.
-        version=skynet_version() if dsn is not None else "dev",
+        version=skynet_version(),
         retention_days=int(getattr(cfg, "notify_retention_days", 14)),
         sslmode=getattr(cfg, "notify_sslmode", "") or None,
         heartbeat_interval=float(getattr(cfg, "notify_heartbeat", 10.0)),
