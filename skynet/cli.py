@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from connections import SERVICES
+from connections import SERVICES, service_module
 from skynet import __version__
 from skynet import config as configmod
 from skynet.config import ConfigError
@@ -112,6 +112,7 @@ def main(setup_service: str | None, run_service: str | None, config_file: str | 
     if setup_service:
         from skynet.wizard import run_wizard
 
+        service_module(setup_service)  # a missing extra (s3, sftp) is said before the first question
         path = resolve_config_path(config_file, setup_service)
         answers: dict[str, str] = {}
         for item in presets:

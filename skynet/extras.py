@@ -31,8 +31,8 @@ class MissingExtra(Exception):
         self.extra = extra
         super().__init__(
             f"{what} needs skynet's '{extra}' extra ({module} is not installed): "
-            f"pip install '{DIST}[{extra}]' (from a checkout: pip install '.[{extra}]'; pipx: "
-            f"pipx install '.[{extra}]' or pipx install '.[all]')")
+            f"pip install '{DIST}[{extra}]' (from a checkout: pip install '.[{extra}]'; "
+            f"with pipx: pipx install --force '.[all]')")
 
 
 def installed(module: str) -> bool:

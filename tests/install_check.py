@@ -36,10 +36,12 @@ def clean_copy(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(src: Path, out: Path) -> Path:
-    """`pip wheel` with this interpreter's setuptools (no build isolation: no network)."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-w", str(out), str(src)], check=True, cwd=str(out.parent))
+def build_wheel(src: Path, out: Path, offline: bool) -> Path:
+    """`pip wheel`: offline with this interpreter's setuptools (no build isolation), else
+    as `pip install .` does it (the build backend pyproject.toml names, fetched anew)."""
+    how = ["--no-build-isolation", "--no-index"] if offline else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *how, "-w", str(out), str(src)],
+                   check=True, cwd=str(out.parent))
     (wheel,) = out.glob("skynet_sync-*.whl")
     return wheel
 
@@ -117,7 +119,7 @@ def daemon_round_trip(skynet: Path, work: Path) -> int:
 
 def check(work: Path, offline: bool) -> dict[str, str]:
     """The whole round: returns what the installed command printed, for the caller to judge."""
-    wheel = build_wheel(clean_copy(work / "clone"), work / "wheels")
+    wheel = build_wheel(clean_copy(work / "clone"), work / "wheels", offline)
     python = new_venv(work / "venv", with_pip=not offline)
     install(python, wheel, offline)
     skynet = python.parent / "skynet"
