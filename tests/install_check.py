@@ -22,6 +22,7 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 #: what a clone does not have (or a build must not pick up)
@@ -79,7 +80,7 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=str(cwd), env=clean_env(), capture_output=True, text=True, timeout=120)
 
 
-def wait_for(what: str, done, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def wait_for(what: str, done: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     """Poll `done()` until true; fail early, with the log, if the daemon exits."""
     deadline = time.monotonic() + timeout
     while not done():
