@@ -19,7 +19,7 @@ in ONE background thread, the writer:
   max(high-water mark kept in the spool folder, current time in microseconds),
   so neither a lost spool folder nor a clock stepping back alone can reuse one.
 * Outages: when PostgreSQL is unreachable the writer appends to the spool and
-  reconnects with capped, jittered exponential back-off (tenacity's wait
+  reconnects with capped, jittered exponential back-off (skynet.backoff: tenacity's wait
   strategy); it sleeps on an Event in between, so no busy loop. The spool has
   a size cap: when it is hit, the oldest progress rows go first, then the
   oldest "queued" rows, then the oldest of the rest, with a WARNING that says
@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from skynet import pgschema
 from skynet.atomicfile import write_atomic
+from skynet.backoff import Backoff, BackoffCounter
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ class Notifier:
         # Writer side (only the writer thread touches these after start).
         self._conn: Any = None
         self._spool: Spool | None = None
-        self._attempt = 0
+        self._failures = BackoffCounter(Backoff(initial=backoff_initial, cap=backoff_cap, jitter=backoff_initial))
         self._next_connect = 0.0
         self._next_heartbeat = 0.0
         self._next_prune = 0.0
@@ -412,7 +413,6 @@ class Notifier:
         self._seq_hw = 0
         self._outage_logged = False
         self._password = _password_of(dsn) if self.enabled else None
-        self._backoff_initial, self._backoff_cap = backoff_initial, backoff_cap
         self.delivered = 0  # rows PostgreSQL acknowledged (tests, benchmarks)
         self.connects = 0
         self._thread: threading.Thread | None = None
@@ -658,7 +658,7 @@ class Notifier:
         # While closing, connect only if this run never tried: a short run still
         # delivers, but a database that is down does not hold up the stop.
         if self._conn is None and now >= self._next_connect and (
-                not self._closing.is_set() or (self.connects == 0 and self._attempt == 0)):
+                not self._closing.is_set() or (self.connects == 0 and self._failures.attempts == 0)):
             self._connect()
         if rows:
             if self._conn is not None and not self._spool.count and len(rows) <= self.spill_threshold:
@@ -764,7 +764,7 @@ class Notifier:
                 log.debug("notifier: still unreachable (%s); next try in %.1fs", msg, delay)
             return
         self.connects += 1
-        self._attempt = 0
+        self._failures.reset()
         if self._outage_logged or self._spool.count:
             log.info("notifier: connected to %s; delivering %d spooled notification(s)",
                      redact_dsn(self.dsn), self._spool.count)
@@ -786,14 +786,8 @@ class Notifier:
             self._outage_logged = True
 
     def _back_off(self) -> float:
-        """One more failed attempt: when to try again (capped, jittered, exponential)."""
-        import tenacity  # only a notifier that reports anywhere gets here (~10 ms less at start-up)
-
-        self._attempt += 1
-        rs = tenacity.RetryCallState(None, None, (), {})
-        rs.attempt_number = self._attempt
-        delay = tenacity.wait_exponential_jitter(multiplier=self._backoff_initial, max=self._backoff_cap,
-                                                 jitter=self._backoff_initial)(rs)
+        """One more failed attempt: when to try again (skynet.backoff)."""
+        delay = self._failures.failed()
         self._next_connect = time.monotonic() + delay
         return delay
 
