@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +48,8 @@ from typing import Any, Callable, Iterable, Sequence
 from skynet import pgschema
 from skynet.atomicfile import write_atomic
 from skynet.backoff import Backoff, BackoffCounter
+from skynet.state_folder import StateFolder
+from skynet.state_spool import PRIO_OTHER, Row, Spool, prio_of, spooled_max_seq
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ ACTIONS = ("send", "delete", "move")
 
 # A row, as appended by callers and stored in the spool (a plain tuple: cheap).
 #  0 seq, 1 ts (epoch seconds), 2 mapping, 3 kind, 4 action, 5 path, 6 dest,
-#  7 error, 8 bytes_done, 9 bytes_total
-Row = tuple
+#  7 error, 8 bytes_done, 9 bytes_total (skynet.state_spool.Row)
 
 SEQ_BLOCK = 1_000_000_000  # seq numbers reserved ahead in the high-water file
 MAX_ERROR_CHARS = 4000
@@ -139,8 +139,7 @@ def _password_of(dsn: str | None) -> str | None:
 def default_daemon_id(host: str, service: str, state_dir: str) -> str:
     """A daemon id that is stable across restarts and unique per state folder
     (two daemons on one host for the same service have different state)."""
-    digest = hashlib.sha256(os.path.abspath(state_dir).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{host}/{service}/{digest}"
+    return StateFolder(state_dir).daemon_id(host, service)
 
 
 def _pg_text(value: Any, limit: int | None = None) -> str | None:
@@ -218,117 +217,6 @@ class _CopyReader:
         return data
 
     readline = read
-
-
-# -- the spool ------------------------------------------------------------------
-PRIO_PROGRESS, PRIO_QUEUED, PRIO_OTHER = 0, 1, 2
-
-
-def _prio(kind: str) -> int:
-    return PRIO_PROGRESS if kind == "progress" else PRIO_QUEUED if kind == "queued" else PRIO_OTHER
-
-
-class Spool:
-    """A bounded, on-disk FIFO of rows waiting for PostgreSQL (a small SQLite file).
-
-    SQLite rather than JSON lines because the cap drops rows *selectively*
-    (progress first), and a delivered prefix is removed without rewriting the
-    file. Only the writer thread uses it. `max_bytes` caps the rows' encoded
-    size; the file itself is that plus SQLite's small per-row overhead.
-    """
-
-    def __init__(self, path: str, max_bytes: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.db = sqlite3.connect(path, isolation_level=None)
-        if path != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA journal_size_limit=4194304")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, prio INTEGER NOT NULL,"
-            " size INTEGER NOT NULL, row TEXT NOT NULL)"
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS spool_prio ON spool(prio, seq)")
-        self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-
-    def max_seq(self) -> int:
-        return self.db.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()[0]
-
-    def append(self, rows: Sequence[Row]) -> dict[int, int]:
-        """Store rows; returns {prio: rows dropped} if the cap was hit.
-        count and bytes are kept up to date incrementally: a long outage
-        fills the spool with millions of rows, and appends must stay cheap."""
-        recs = []
-        added = 0
-        for r in rows:
-            text = json.dumps(r, separators=(",", ":"))
-            recs.append((r[0], _prio(r[3]), len(text), text))
-            added += len(text)
-        self.db.execute("BEGIN")
-        try:
-            cur = self.db.executemany("INSERT OR IGNORE INTO spool(seq, prio, size, row) VALUES (?,?,?,?)", recs)
-            inserted = cur.rowcount if cur.rowcount >= 0 else len(recs)
-            if inserted != len(recs):  # some were there already (never expected): recount
-                self.count, self.bytes = self.db.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-            else:
-                self.count += inserted
-                self.bytes += added
-            dropped = self._enforce_cap()
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-            raise
-        return dropped
-
-    def _enforce_cap(self) -> dict[int, int]:
-        dropped: dict[int, int] = {}
-        for prio in (PRIO_PROGRESS, PRIO_QUEUED, PRIO_OTHER):
-            while self.bytes > self.max_bytes:
-                victims = self.db.execute(
-                    "SELECT seq, size FROM spool WHERE prio = ? ORDER BY seq LIMIT 2000", (prio,)
-                ).fetchall()
-                if not victims:
-                    break
-                cut = []
-                for seq, size in victims:
-                    cut.append((seq,))
-                    self.bytes -= size
-                    self.count -= 1
-                    if self.bytes <= self.max_bytes:
-                        break
-                self.db.executemany("DELETE FROM spool WHERE seq = ?", cut)
-                dropped[prio] = dropped.get(prio, 0) + len(cut)
-        return dropped
-
-    def peek(self, limit: int) -> list[Row]:
-        """The oldest `limit` rows, in seq order."""
-        return [
-            tuple(json.loads(t))
-            for (t,) in self.db.execute("SELECT row FROM spool ORDER BY seq LIMIT ?", (limit,))
-        ]
-
-    def remove_through(self, seq: int) -> None:
-        """Forget every row up to `seq` (they are in PostgreSQL)."""
-        self.db.execute("BEGIN")
-        try:
-            n, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool WHERE seq <= ?",
-                                      (seq,)).fetchone()
-            self.db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.count -= n
-        self.bytes -= size
-
-    def close(self) -> None:
-        try:
-            self.db.close()
-        except Exception:
-            pass
 
 
 # -- the notifier ---------------------------------------------------------------
@@ -420,9 +308,10 @@ class Notifier:
 
         if not self.enabled:
             return
-        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
-        self._spool_path = os.path.join(spool_dir, "notifier-spool.sqlite")
-        self._hw_path = os.path.join(spool_dir, "notifier.seq")
+        folder = StateFolder(spool_dir)
+        folder.make()
+        self._spool_path = folder.spool()
+        self._hw_path = folder.seq()
         self._seq = self._initial_seq()
         self._thread = threading.Thread(target=self._run, name=f"skynet-notifier-{daemon_id}", daemon=True)
         self._thread.start()
@@ -519,7 +408,7 @@ class Notifier:
             kind = fields[2]
             n = len(self._buf)
             if n >= self.buffer_max or (kind == "progress" and n >= self.buffer_max // 2):
-                self._overflow[_prio(kind)] += 1
+                self._overflow[prio_of(kind)] += 1
                 return
             with self._lock:
                 self._seq += 1
@@ -574,16 +463,7 @@ class Notifier:
                 hw = int(f.read().strip() or 0)
         except (OSError, ValueError):
             pass
-        spooled = 0
-        if os.path.exists(self._spool_path):  # rows of an earlier run must keep sorting first
-            try:
-                db = sqlite3.connect(self._spool_path)
-                try:
-                    spooled = db.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()[0]
-                finally:
-                    db.close()
-            except sqlite3.Error:
-                pass
+        spooled = spooled_max_seq(self._spool_path)  # rows of an earlier run must keep sorting first
         start = max(hw, spooled, time.time_ns() // 1000)
         self._write_hw(start + SEQ_BLOCK)
         return start
