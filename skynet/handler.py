@@ -456,8 +456,12 @@ class Handler:
             self._cv.notify_all()
         self.on_event("failed", a, error)
 
-    def _give_back(self, a: Action) -> None:
+    def _give_back(self, a: Action, retry: tuple[int, float] | None = None) -> None:
+        """`a` waits again, at the front of the window (its paths first in line);
+        `retry`: (attempts so far, monotonic time before which it must not run)."""
         with self._cv:
+            if retry is not None:
+                self._attempts[a.id], self._not_before[a.id] = retry
             self._drop(a)
             self._window.insert(0, _unvouched(a))
             self._cv.notify_all()
@@ -465,10 +469,7 @@ class Handler:
     def _transient(self, a: Action, error: Exception) -> None:
         if isinstance(error, SourceUnavailable):
             log.error("%s: %s; pausing this mapping until it is back (nothing is deleted meanwhile)", self.name, error)
-            with self._cv:
-                self._drop(a)
-                self._window.insert(0, _unvouched(a))
-                self._cv.notify_all()
+            self._give_back(a)
             self._pause(str(error))
             return
         try:
@@ -478,10 +479,7 @@ class Handler:
             remote_ok = False
         if not remote_ok:
             log.warning("%s: remote unreachable during %s: %s", self.name, a, error)
-            with self._cv:
-                self._drop(a)
-                self._window.insert(0, _unvouched(a))  # retried first when we are back
-                self._cv.notify_all()
+            self._give_back(a)  # retried first when we are back
             self._pause(str(error))
             return
         attempts = self._attempts.get(a.id, 0) + 1
@@ -492,12 +490,7 @@ class Handler:
         delay = self.retry_backoff.delay(attempts)
         log.warning("%s: %s failed (%s); retry %d/%d in %.1fs", self.name, a, error, attempts,
                     self.max_attempts - 1, delay)
-        with self._cv:
-            self._attempts[a.id] = attempts
-            self._not_before[a.id] = time.monotonic() + delay
-            self._drop(a)
-            self._window.insert(0, _unvouched(a))
-            self._cv.notify_all()
+        self._give_back(a, retry=(attempts, time.monotonic() + delay))
 
     # -- reconnection ------------------------------------------------------
     def _pause(self, why: str) -> None:
