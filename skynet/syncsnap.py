@@ -32,7 +32,8 @@ from connections.source import local_file, open_source
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.reconcile import index_matches, is_special
-from skynet.state import Index, IndexEntry, dec, under_range
+from skynet.index import Index, IndexEntry
+from skynet.state import under_range
 from skynet.uniqueq import DELETE, SEND, UniqueQ
 
 log = logging.getLogger(__name__)
@@ -190,22 +191,6 @@ class SyncSnap:
             return _md5(f) == etag
         return False
 
-    def _index_under(self, rel: str) -> Iterator[IndexEntry]:
-        """The Index entries below folder `rel`, in byte order, paged.
-        (A range version of Index.iter_sorted; it belongs in skynet/state.py.)"""
-        lo, hi = under_range(rel)
-        c = self.index.db.conn()
-        op = ">="
-        while True:
-            rows = c.execute(
-                f"SELECT path, size, mtime_ns, mode, ino, etag FROM entries WHERE path {op} ? AND path < ? "  # noqa: S608
-                "ORDER BY path LIMIT ?", (lo, hi, BATCH)).fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield IndexEntry(dec(r[0]), r[1], r[2], r[3], r[4], r[5])
-            lo, op = rows[-1][0], ">"
-
     def _streams(self, roots: list[str] | None) -> tuple[Iterator, Iterator]:
         """(files on disk, Index entries), both in byte order: the whole tree, or only
         the folders in `roots` (disjoint), each a contiguous byte range of paths."""
@@ -213,7 +198,7 @@ class SyncSnap:
             return self.walk(""), self.index.iter_sorted()
         roots = sorted((r for r in roots if not self.ignore.ignored(r, is_dir=True)), key=lambda r: under_range(r)[0])
         return (itertools.chain.from_iterable(self.walk(r) for r in roots),
-                itertools.chain.from_iterable(self._index_under(r) for r in roots))
+                itertools.chain.from_iterable(self.index.iter_under(r, BATCH) for r in roots))
 
     # -- the scan ----------------------------------------------------------
     def run(self, roots: list[str] | None = None) -> ScanStats:
