@@ -440,3 +440,21 @@ def test_versions_on_a_versioned_bucket(able, tmp_path):
     with pytest.raises(RemoteNotFound):
         able.con.read_range("h", 0, 10)  # deleted now
     assert [v.deleted for v in able.con.list_versions("h.bak")] == [False]
+
+
+@pytest.mark.parametrize("able", [n for n in enabled_backends() if n in ("local", "sftp")], indirect=True)
+def test_read_range_follows_no_link(able, tmp_path):
+    """On a file-system remote, a link at the name or on the way is no file of ours:
+    read_range reads nothing through it (as writes and deletes never go through one)."""
+    root = able.config["mapping"]["target"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not ours")
+    os.chmod(outside, 0o755)
+    os.chmod(outside / "secret", 0o644)
+    os.symlink(outside / "secret", os.path.join(root, "file-link"))
+    os.symlink(outside, os.path.join(root, "folder-link"))
+    for rel in ("file-link", "folder-link/secret"):
+        with pytest.raises(RemoteNotFound):
+            able.con.read_range(rel, 0, 100)
+        assert able.con.stat(rel) is None
