@@ -84,7 +84,6 @@ from connections.base import (
     check_rel,
     remote_join,
     within_listing,
-    within_listing,
 )
 from connections.local import TMP_PREFIX, temp_name
 from connections.source import open_source
