@@ -790,7 +790,6 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace):
         return found
 
 
-
 class BatchLocalCon(LocalCon, BatchSend):
     """LocalCon with batches of small files copied by one GNU cp (see the module's
     docstring); what LocalCon(...) gives where cp is there and fsync is off."""
