@@ -458,3 +458,20 @@ def test_read_range_follows_no_link(able, tmp_path):
         with pytest.raises(RemoteNotFound):
             able.con.read_range(rel, 0, 100)
         assert able.con.stat(rel) is None
+
+
+def test_fetch_through_the_chunk_scheduler_reads_every_byte(backend, tmp_path):
+    """skynet/transfer/fetch.py on the backend's read_range: ranged, parallel chunks pinned
+    to the version listed; replaced on the remote before the fetch, it is refused."""
+    from skynet.transfer.fetch import fetch
+
+    data = os.urandom(300_003)
+    send(backend, tmp_path, "dl/big.bin", data)
+    entry = backend.con.stat("dl/big.bin")
+    dest = tmp_path / "fetched.bin"
+    with ThreadPoolExecutor(4) as pool:
+        assert fetch(backend.con, entry, str(dest), TransferContext(), pool, chunk_size=65_536, concurrency=4) == len(data)
+        assert dest.read_bytes() == data
+        send(backend, tmp_path, "dl/big.bin", data + b"grown")
+        with pytest.raises(RemoteChanged):
+            fetch(backend.con, entry, str(tmp_path / "again.bin"), TransferContext(), pool, chunk_size=65_536)
