@@ -565,16 +565,22 @@ class Rest:
         return root
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, int, str | None]]:
-        """(key, size, ETag) of every object under `prefix`, one page (1,000 keys) at a time.
-        Keys travel URL-encoded (encoding-type=url, "+" for a space, as botocore decodes
-        them) so that any character survives XML."""
+        """(key, size, ETag) of every object under `prefix` (list_objects_stamped)."""
+        for key, size, etag, _modified in self.list_objects_stamped(prefix):
+            yield key, size, etag
+
+    def list_objects_stamped(self, prefix: str) -> Iterator[tuple[str, int, str | None, str | None]]:
+        """(key, size, ETag, LastModified text) of every object under `prefix`, one page
+        (1,000 keys) at a time. Keys travel URL-encoded (encoding-type=url, "+" for a
+        space, as botocore decodes them) so that any character survives XML."""
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         while True:
             root = self._get_xml(params, "ListObjectsV2")
             encoded = (root.findtext("EncodingType") or "").lower() == "url"
             for c in root.iterfind("Contents"):
                 key = c.findtext("Key") or ""
-                yield (unquote_plus(key) if encoded else key), int(c.findtext("Size") or 0), c.findtext("ETag")
+                yield ((unquote_plus(key) if encoded else key), int(c.findtext("Size") or 0), c.findtext("ETag"),
+                       c.findtext("LastModified"))
             token = root.findtext("NextContinuationToken")
             if (root.findtext("IsTruncated") or "").lower() != "true" or not token:
                 return

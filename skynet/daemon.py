@@ -20,7 +20,7 @@ from typing import Callable
 
 from connections import service_module
 from skynet import sdnotify
-from connections.base import PermanentError, TransientError, XCon
+from connections.base import BatchSend, PermanentError, PoolSized, TransientError, XCon
 from skynet.config import Config, MappingConfig
 from skynet.handler import Handler
 from skynet.ignore import IgnoreRules, rel_inside
@@ -115,8 +115,8 @@ class MappingRunner(WatchFaultListener):
         self.resume = ResumeTable(self.db)
         self._check_identity()
         self.con: XCon = service_module(cfg.service).build(cfg.service_options, m.target)
-        if hasattr(self.con, "workers"):  # connections that pool sessions size the pool for our workers
-            self.con.workers = max(self.con.workers, m.workers)
+        if isinstance(self.con, PoolSized):  # connections that pool sessions size the pool for our workers
+            self.con.size_pool(m.workers)
         self.mapper = Mapper(m.source, m.target)
         inner_state = rel_inside(m.source, cfg.state_dir)
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
@@ -190,7 +190,7 @@ class MappingRunner(WatchFaultListener):
         their temporary files go now. A send() cut short leaves one under a
         name derived from the file's, which the next send() would overwrite,
         but a batch copies through a staging folder and never touches it."""
-        if self.con.abilities.batch_send:
+        if isinstance(self.con, BatchSend):
             for rel in sorted({a.src for a in interrupted if a.kind == SEND}):
                 try:
                     self.con.discard(rel, None)

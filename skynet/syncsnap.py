@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from connections.base import LocalFile, XCon
+from connections.base import EtagCheck, LocalFile, XCon
 from connections.source import local_file, open_source
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
@@ -152,7 +152,9 @@ class SyncSnap:
         batch: list[tuple] = []
         try:
             for e in self.con.list(""):
-                batch.append((e.rel, e.size, e.mtime_ns, e.mode, None, e.etag))
+                # a stored time (S3's LastModified) is not the file's mtime: not known
+                mtime = None if e.mtime_is_stored else e.mtime_ns
+                batch.append((e.rel, e.size, mtime, e.mode, None, e.etag))
                 if len(batch) >= BATCH:
                     self.index.put_many(batch)
                     n += len(batch)
@@ -181,10 +183,9 @@ class SyncSnap:
         # the multipart "md5-of-md5s-N") recomputes them from the local file.
         # Read as a send reads it: beneath the source folder, the file listed.
         f = local_file(self.mapper.local(rel), rel, st, self.mapper.source, self.follow_symlinks)
-        local_etags = getattr(self.con, "local_etags", None)
-        if local_etags is not None:
+        if isinstance(self.con, EtagCheck):
             try:
-                return etag in {e.strip('"').lower() for e in local_etags(f)}
+                return etag in {e.strip('"').lower() for e in self.con.local_etags(f)}
             except Exception:  # unreadable or replaced: not known identical, so sent (and checked) later
                 return False
         if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):

@@ -196,7 +196,9 @@ def test_single_put_metadata_and_etag(make_con, srv, tmp_path, fast_put, size):
     e = con.stat("docs/report.txt")
     assert (e.size, e.mtime_ns, e.mode, e.etag) == (size, MTIME, 0o604, md5)
     listed = list(con.list())
-    assert [(x.rel, x.size, x.etag, x.mtime_ns) for x in listed] == [("docs/report.txt", size, md5, None)]
+    # a listing has no metadata of ours: no mode, and the time the server stored it, flagged as such
+    assert [(x.rel, x.size, x.etag, x.mode, x.mtime_is_stored) for x in listed] == [("docs/report.txt", size, md5, None, True)]
+    assert listed[0].mtime_ns is not None
     assert md5 in con.local_etags(f)
     assert body(srv.client(), con.bucket, "root/docs/report.txt") == data
 
