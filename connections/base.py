@@ -13,7 +13,16 @@ A connection raises; it never retries on its own (the handler decides):
   * TransientError: the remote is unreachable or busy; retry later / reconnect.
   * PermanentError: this action will not succeed as it is (permission denied,
     name refused, disk full on the remote...); record it as failed and move on.
-  * RemoteNotFound: the thing to move or stat is not on the remote.
+  * RemoteNotFound: the thing to move, stat or read is not on the remote.
+  * RemoteChanged (a TransientError): a ranged read found another version of
+    the file than the one it was asked to read; read it again from the start.
+
+Optional abilities (server-side copy, versions, free space, batch sends...) are
+typed mixins below: a backend declares one by inheriting it, and the engine asks
+`isinstance(con, ServerSideMove)`, never `getattr`/`hasattr` (a misspelt probe
+silently answers "no"; a mixin's abstract methods make a declared ability a
+promise the class must keep). What is data, not an ability (mtime precision,
+byte names, modes) stays in `Abilities`.
 """
 from __future__ import annotations
 
@@ -42,6 +51,12 @@ class PermanentError(XConError):
 
 class RemoteNotFound(XConError):
     """The remote path does not exist."""
+
+
+class RemoteChanged(TransientError):
+    """The remote file is not the version a ranged read was asked for (`expect`):
+    it was replaced meanwhile. Reading on would stitch two versions together, so
+    the reader starts again from a fresh stat or listing."""
 
 
 class UnsafePath(PermanentError):
@@ -155,6 +170,23 @@ class RemoteEntry:
     mtime_ns: int | None = None  # None when the remote cannot tell
     mode: int | None = None
     etag: str | None = None  # content hash / ETag where the remote offers one
+    # True when mtime_ns is the time the remote stored the object (S3's
+    # LastModified, where no mtime of ours travels with it), not the file's mtime:
+    # good for "newer than", never for "the same file as the local one".
+    mtime_is_stored: bool = False
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """One version of a remote file (Versions.list_versions), newest first."""
+
+    rel: str
+    version_id: str
+    size: int  # 0 for a delete marker
+    mtime_ns: int | None  # our mtime where the remote keeps it, else when it was stored
+    etag: str | None = None
+    latest: bool = False  # the current version of `rel`
+    deleted: bool = False  # a delete marker: `rel` was deleted at this point
 
 
 @dataclass(frozen=True)
@@ -250,14 +282,13 @@ class TransferContext:
 
 @dataclass(frozen=True)
 class Abilities:
-    """Optional abilities a connection declares (rclone's "features")."""
+    """What a connection's remote keeps, as data (the abilities that change what
+    the engine does are the typed mixins below)."""
 
-    server_side_move: bool = True  # move() is a rename/copy on the remote
-    resumable: bool = False  # send() continues an interrupted upload
+    resumable: bool = False  # send() continues an interrupted upload (informative)
     byte_names: bool = False  # names that are not valid UTF-8 can be stored
     mode: bool = True  # permission bits are kept
     mtime_precision_ns: int = 1  # granularity of the stored mtime
-    batch_send: bool = False  # send_many() does better than one send() per file
 
 
 class XCon(ABC):
@@ -295,19 +326,6 @@ class XCon(ABC):
         file vanished, source.SourceChanged if it is not the file `f` describes
         any more (a link, a FIFO, another file now)."""
 
-    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
-        """send() for several small files at once; one result per file, in
-        order: its SendResult, or the exception its send raised (one file's
-        failure is not the others'). A connection declares `batch_send` when it
-        does this better than one send() after another; the default is that."""
-        out: list[SendResult | Exception] = []
-        for f in files:
-            try:
-                out.append(self.send(f, TransferContext(stop=stop)))
-            except Exception as exc:  # handed back per file; the caller classifies it
-                out.append(exc)
-        return out
-
     @abstractmethod
     def delete(self, rel: str) -> None:
         """Delete the remote file `rel`, or the folder `rel` with everything
@@ -321,6 +339,15 @@ class XCon(ABC):
     @abstractmethod
     def stat(self, rel: str) -> RemoteEntry | None:
         """The remote file `rel`, or None."""
+
+    @abstractmethod
+    def read_range(self, rel: str, offset: int, length: int, *, expect: RemoteEntry | None = None) -> bytes:
+        """The bytes [offset, offset+length) of the remote file `rel`: fewer only
+        where the file ends, b"" at or past its end. RemoteNotFound when it is not
+        there, ValueError for a negative offset or length. With `expect` (from an
+        earlier stat() or list()), RemoteChanged when the file is not that version
+        any more: restore and migrations read a big file in many ranges and must
+        never stitch two versions together."""
 
     @abstractmethod
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
@@ -352,3 +379,99 @@ class XCon(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_range(offset: int, length: int) -> None:
+    """read_range's arguments: ValueError for a negative offset or length."""
+    if offset < 0 or length < 0:
+        raise ValueError(f"read_range: offset {offset} and length {length} must not be negative")
+
+
+def send_each(con: XCon, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+    """BatchSend.send_many done as one send() after another: one result per file,
+    in order (its SendResult, or the exception its send raised). A batching
+    backend's fallback for the files its fast path does not take."""
+    out: list[SendResult | Exception] = []
+    for f in files:
+        try:
+            out.append(con.send(f, TransferContext(stop=stop)))
+        except Exception as exc:  # handed back per file; the caller classifies it
+            out.append(exc)
+    return out
+
+
+# -- optional abilities: declared by inheriting, checked with isinstance ---------------
+
+
+class BatchSend(ABC):
+    """send_many() does better than one send() after another (one cp for many
+    files, many in flight on one connection): the handler gives such a
+    connection batches of small files."""
+
+    @abstractmethod
+    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+        """send() for several small files at once; one result per file, in
+        order: its SendResult, or the exception its send raised (one file's
+        failure is not the others')."""
+
+
+class ServerSideMove(ABC):
+    """move() happens on the remote (a rename, or a copy and delete there): no
+    byte goes through us. Without it the engine sends the file again under its
+    new name and deletes the old one."""
+
+    @abstractmethod
+    def move(self, src: str, dest: str) -> None:
+        """As XCon.move."""
+
+
+class ServerSideCopy(ABC):
+    """copy() makes a second remote file from the first on the remote (S3
+    CopyObject, a local copy beneath the root): no byte goes through us."""
+
+    @abstractmethod
+    def copy(self, src: str, dest: str) -> None:
+        """Make the remote file `dest` a copy of the remote file `src` (its
+        bytes, mtime and mode), atomically; an existing `dest` is replaced.
+        RemoteNotFound when `src` is not a file on the remote."""
+
+
+class FreeSpace(ABC):
+    """The remote can tell how much room it has left."""
+
+    @abstractmethod
+    def free_space(self) -> int | None:
+        """Bytes free for us on the remote, or None when it cannot tell now
+        (an SFTP server without the statvfs extension)."""
+
+
+class PoolSized(ABC):
+    """The connection keeps a pool of sessions sized for the engine's workers;
+    the daemon tells it how many workers use it before the first call."""
+
+    @abstractmethod
+    def size_pool(self, workers: int) -> None:
+        """At least `workers` threads will call the connection at once."""
+
+
+class EtagCheck(ABC):
+    """The remote's hashes (ETags) can be recomputed from a local file, so a
+    first sync can tell an identical remote file without downloading it."""
+
+    @abstractmethod
+    def local_etags(self, f: LocalFile) -> set[str]:
+        """The hashes a remote copy of `f` may show in its listing."""
+
+
+class Versions(ABC):
+    """The remote keeps earlier versions of a file (S3 bucket versioning)."""
+
+    @abstractmethod
+    def list_versions(self, rel: str) -> Iterator[VersionEntry]:
+        """Every version of the file `rel` (delete markers included), newest
+        first, streamed; nothing of another name (`rel.bak`, `rel2/x`)."""
+
+    @abstractmethod
+    def read_version_range(self, rel: str, version_id: str, offset: int, length: int) -> bytes:
+        """read_range() of one version (a version never changes: no `expect`).
+        RemoteNotFound for an unknown version or a delete marker."""

@@ -44,19 +44,26 @@ from typing import Iterator
 
 from connections.base import (
     Abilities,
+    BatchSend,
+    FreeSpace,
     LocalFile,
     PermanentError,
+    RemoteChanged,
     RemoteEntry,
     RemoteNotFound,
     SendResult,
+    ServerSideCopy,
+    ServerSideMove,
     TransferContext,
     TransientError,
     XCon,
+    check_range,
     check_rel,
+    send_each,
     within_listing,
 )
 from connections.source import open_root, open_source_fd
-from skynet.values import parse_bool
+from skynet.values import keyed, parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -159,15 +166,25 @@ def _close(fd: int | None) -> None:
         os.close(fd)
 
 
-class LocalCon(XCon):
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (O_NONBLOCK: a FIFO never blocks)
+
+
+class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace):
+    """A folder as the remote. Constructed without fsync on a machine with GNU
+    cp, LocalCon(...) is a BatchLocalCon (send_many through cp): the batch
+    ability is a fact of this machine and configuration, declared by the class."""
+
     service = "local"
-    abilities = Abilities(server_side_move=True, resumable=False, byte_names=True)
+    abilities = Abilities(resumable=False, byte_names=True)
+
+    def __new__(cls, root: str, fsync: bool = False) -> "LocalCon":
+        if cls is LocalCon and not fsync and gnu_cp() is not None:  # (fsync: each file is flushed by send())
+            cls = BatchLocalCon
+        return super().__new__(cls)
 
     def __init__(self, root: str, fsync: bool = False) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.fsync = fsync
-        if not fsync and gnu_cp() is not None:  # (fsync: each file is flushed by send())
-            self.abilities = Abilities(server_side_move=True, resumable=False, byte_names=True, batch_send=True)
         self._stages = itertools.count()
         self._stages_lock = threading.Lock()
         self._active_stages: set[str] = set()
@@ -380,35 +397,6 @@ class LocalCon(XCon):
         was = os.fstat(root)
         if (was.st_dev, was.st_ino) != (here.st_dev, here.st_ino):
             raise TransientError(f"{what}: target folder {self.root!r} was unmounted or moved while writing")
-
-    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
-        """Copy the files with one cp into a staging folder, then rename each
-        into place. Anything out of the ordinary (cp failed for a file, a rename
-        refused) goes through send(), which reports it the way it always does.
-        Special permission bits: cp without --preserve=mode creates each file
-        with its source's mode minus setuid, setgid and sticky, as send() does."""
-        cp = gnu_cp() if self.abilities.batch_send else None
-        if cp is None or len(files) < BATCH_MIN:
-            return super().send_many(files, stop)
-        results: list[SendResult | Exception | None] = [None] * len(files)
-        by_root: dict[tuple[str, bool], list[tuple[int, LocalFile]]] = {}
-        for i, f in enumerate(files):
-            try:
-                check_rel(f.rel)
-            except Exception as exc:  # UnsafePath (a bad name): this file's own result
-                results[i] = exc
-                continue
-            by_root.setdefault((f.root, f.follow), []).append((i, f))
-        for (source_root, follow), batch in by_root.items():
-            if len(batch) >= BATCH_MIN:
-                per_cp = fds_per_cp()
-                with _source_root(source_root, follow) as root_fd:
-                    for start in range(0, len(batch), per_cp):
-                        self._copy_staged(cp, root_fd, batch[start:start + per_cp], results)
-        rest = [i for i, r in enumerate(results) if r is None]
-        for i, r in zip(rest, super().send_many([files[i] for i in rest], stop)):
-            results[i] = r
-        return results  # type: ignore[return-value]  (every slot is filled)
 
     def _copy_staged(self, cp: str, root_fd: int | None, batch: list[tuple[int, LocalFile]],
                      results: list[SendResult | Exception | None]) -> None:
@@ -681,6 +669,84 @@ class LocalCon(XCon):
             return None
         return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
 
+    def read_range(self, rel: str, offset: int, length: int, *, expect: RemoteEntry | None = None) -> bytes:
+        """pread() of the file opened beneath the root (no link followed); `expect`
+        is checked against the opened descriptor, so the bytes are that file's."""
+        check_range(offset, length)
+        what = f"read {rel!r}"
+        fd = self._open_file(rel, what)
+        try:
+            st = os.fstat(fd)
+            if expect is not None and (st.st_size, st.st_mtime_ns) != (expect.size, expect.mtime_ns):
+                raise RemoteChanged(f"{what}: the file changed since it was listed "
+                                    f"(size {expect.size} -> {st.st_size})")
+            out = bytearray()
+            while len(out) < length:
+                try:
+                    got = os.pread(fd, min(length - len(out), CHUNK), offset + len(out))
+                except OSError as exc:
+                    raise self._error(exc, what) from exc
+                if not got:
+                    break
+                out += got
+            return bytes(out)
+        finally:
+            os.close(fd)
+
+    def _open_file(self, rel: str, what: str) -> int:
+        """A read-only descriptor of the regular file `rel`, opened beneath the root
+        by descriptor without following a link (on the way or at `rel` itself);
+        RemoteNotFound when no regular file is there."""
+        folders, name = split_rel(rel)
+        parent = self._open_folder(folders, what, create=False)
+        if parent is None:
+            raise RemoteNotFound(f"{what}: not on the target")
+        try:
+            fd = os.open(name, READ_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            raise RemoteNotFound(f"{what}: not on the target") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link, a folder, a socket: no file of ours
+                raise RemoteNotFound(f"{what}: not a file on the target") from None
+            raise self._error(exc, what) from exc
+        finally:
+            os.close(parent)
+        if not statmod.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RemoteNotFound(f"{what}: not a file on the target")
+        return fd
+
+    def copy(self, src: str, dest: str) -> None:
+        """Copy the file `src` to `dest` beneath the root, written as send() writes
+        (temp file, mtime and mode, rename): no byte leaves the machine."""
+        what = f"copy {src!r} -> {dest!r}"
+        fd = self._open_file(src, what)
+        try:
+            st = os.fstat(fd)
+            f = LocalFile(path="", rel=dest, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                          mode=statmod.S_IMODE(st.st_mode), ino=st.st_ino)
+            folders, name = split_rel(dest)
+            root = self._open_root()
+            try:
+                folder = self._walk(root, folders, what, create=True)
+                assert folder is not None  # (create=True)
+                try:
+                    self._write(root, folder, name, fd, f, TransferContext(), what)
+                finally:
+                    os.close(folder)
+            finally:
+                os.close(root)
+        finally:
+            os.close(fd)
+
+    def free_space(self) -> int | None:
+        """Bytes free for an unprivileged writer on the target's file system."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise TransientError(f"target folder {self.root!r}: {exc.strerror}") from None
+        return st.f_bavail * st.f_frsize
+
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
         """The files under `rel`, held to the listing rule (within_listing) like every backend's."""
         return within_listing(self._walk_files(rel), rel, _rel_of, f"local: {self.root}", paths=True)
@@ -722,6 +788,40 @@ class LocalCon(XCon):
         for folder, dirs, files in os.walk(self.root):
             found += [os.path.join(folder, n) for n in files + dirs if n.startswith(TMP_PREFIX)]
         return found
+
+
+class BatchLocalCon(LocalCon, BatchSend):
+    """LocalCon with batches of small files copied by one GNU cp (see the module's
+    docstring); what LocalCon(...) gives where cp is there and fsync is off."""
+
+    def send_many(self, files: list[LocalFile], stop: threading.Event) -> list[SendResult | Exception]:
+        """Copy the files with one cp into a staging folder, then rename each
+        into place. Anything out of the ordinary (cp failed for a file, a rename
+        refused) goes through send(), which reports it the way it always does.
+        Special permission bits: cp without --preserve=mode creates each file
+        with its source's mode minus setuid, setgid and sticky, as send() does."""
+        cp = gnu_cp()
+        if cp is None or len(files) < BATCH_MIN:
+            return send_each(self, files, stop)
+        results: list[SendResult | Exception | None] = [None] * len(files)
+        by_root: dict[tuple[str, bool], list[tuple[int, LocalFile]]] = {}
+        for i, f in enumerate(files):
+            try:
+                check_rel(f.rel)
+            except Exception as exc:  # UnsafePath (a bad name): this file's own result
+                results[i] = exc
+                continue
+            by_root.setdefault((f.root, f.follow), []).append((i, f))
+        for (source_root, follow), batch in by_root.items():
+            if len(batch) >= BATCH_MIN:
+                per_cp = fds_per_cp()
+                with _source_root(source_root, follow) as root_fd:
+                    for start in range(0, len(batch), per_cp):
+                        self._copy_staged(cp, root_fd, batch[start:start + per_cp], results)
+        rest = [i for i, r in enumerate(results) if r is None]
+        for i, r in zip(rest, send_each(self, [files[i] for i in rest], stop)):
+            results[i] = r
+        return results  # type: ignore[return-value]  (every slot is filled)
 
 
 def _rel_of(entry: RemoteEntry) -> str:
@@ -775,10 +875,7 @@ KEYS: dict[str, tuple[str, str]] = {
 def _parse(options: dict[str, str], target: str) -> tuple[str, bool]:
     if not target.strip():
         raise ValueError("target: missing: the folder to mirror into")
-    try:
-        fsync = parse_bool(options.get("fsync", KEYS["fsync"][0]))
-    except ValueError as exc:
-        raise ValueError(f"fsync: {exc}") from None
+    fsync = keyed("fsync", options.get("fsync", KEYS["fsync"][0]), parse_bool)
     return target.strip(), fsync
 
 

@@ -118,22 +118,31 @@ import botocore.exceptions as bce  # the exception classes only: boto3 itself is
 from connections import s3rest
 from connections.base import (
     Abilities,
+    EtagCheck,
     LocalFile,
     PermanentError,
+    PoolSized,
+    RemoteChanged,
     RemoteEntry,
     RemoteNotFound,
     SendResult,
+    ServerSideCopy,
+    ServerSideMove,
     TransferContext,
     TransientError,
     UnsafePath,
+    VersionEntry,
+    Versions,
     XCon,
     XConError,
+    check_range,
     check_rel,
     remote_join,
     within_listing,
 )
 from connections.source import open_source, open_source_fd
 from skynet.transfer import chunks
+from skynet.values import keyed, parse_int_range, parse_size_range
 
 log = logging.getLogger("skynet.s3")
 
@@ -176,21 +185,6 @@ KEYS: dict[str, tuple[str, str]] = {
 _RESERVED = {"type", "service", "name"}
 
 # -- sizes and config ---------------------------------------------------------------
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNIT = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
-
-
-def parse_size(key: str, value: str) -> int:
-    """'8MiB', '8M', '8388608' -> bytes. Units are binary; 'MB' is refused as ambiguous."""
-    m = _SIZE_RE.match(value)
-    if not m:
-        raise ValueError(f"{key}: {value!r} is not a size (e.g. 8MiB)")
-    unit = (m.group(2) or "").lower()
-    if len(unit) == 2 and unit[1] == "b" and unit != "b":  # "mb": decimal or binary?
-        raise ValueError(f"{key}: write {value!r} in binary units, e.g. {m.group(1)}{unit[0].upper()}iB")
-    return int(m.group(1)) * _UNIT[unit[:1]]
-
 
 def _clean_prefix(key: str, value: str) -> str:
     """A key prefix without leading/trailing '/', made of clean UTF-8 path parts."""
@@ -247,18 +241,9 @@ def _options(service: dict[str, str], target: str) -> dict[str, Any]:
     if re.search(r"\s", cfg["sse_kms_key_id"]):
         raise ValueError("sse_kms_key_id: a key id or ARN has no spaces or line breaks")
 
-    part_size = parse_size("part_size", cfg["part_size"])
-    if not MIN_PART <= part_size <= MAX_PART:
-        raise ValueError("part_size: must be between 5MiB and 5GiB")
-    threshold = parse_size("multipart_threshold", cfg["multipart_threshold"])
-    if not MIN_PART <= threshold <= MAX_PUT:
-        raise ValueError("multipart_threshold: must be between 5MiB and 5GiB")
-    try:
-        concurrency = int(cfg["concurrency"])
-    except ValueError:
-        raise ValueError(f"concurrency: {cfg['concurrency']!r} is not a whole number") from None
-    if not 1 <= concurrency <= 64:
-        raise ValueError("concurrency: must be between 1 and 64")
+    part_size = keyed("part_size", cfg["part_size"], parse_size_range(MIN_PART, MAX_PART))
+    threshold = keyed("multipart_threshold", cfg["multipart_threshold"], parse_size_range(MIN_PART, MAX_PUT))
+    concurrency = keyed("concurrency", cfg["concurrency"], parse_int_range(1, 64))
 
     access, secret = cfg["access_key_id"], cfg["secret_access_key"]
     if bool(access) != bool(secret):
@@ -326,17 +311,41 @@ def _meta_lower(meta: dict[str, str] | None) -> dict[str, str]:
 
 
 def _entry_from_head(rel: str, head: dict) -> RemoteEntry:
+    """stat()'s entry: mtime and mode from our metadata; without an mtime of ours
+    (an object someone else put there), the time the server stored it."""
     meta = _meta_lower(head.get("Metadata"))
     mode = None
     if re.fullmatch(r"[0-7]{1,6}", meta.get("mode", "")):
         mode = int(meta["mode"], 8) & 0o7777
+    mtime = parse_mtime(meta.get("mtime"))
+    stored = stored_ns(head.get("LastModified")) if mtime is None else None
     return RemoteEntry(
         rel,
         int(head.get("ContentLength", 0)),
-        parse_mtime(meta.get("mtime")),
+        mtime if mtime is not None else stored,
         mode,
         _etag(head.get("ETag")),
+        mtime_is_stored=stored is not None,
     )
+
+
+def stored_ns(value: Any) -> int | None:
+    """S3's LastModified (a datetime from boto3, ISO 8601 text from a listing's XML)
+    -> nanoseconds since the epoch; None when missing or unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import datetime
+
+        try:
+            value = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    try:
+        whole = int(value.timestamp())
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    return whole * 1_000_000_000 + value.microsecond * 1000
 
 
 def _etag(value: str | None) -> str | None:
@@ -386,9 +395,6 @@ def error_code(exc: BaseException) -> str:
     """The S3 error code of an error reply ("" for anything else)."""
     return exc.code if isinstance(exc, s3rest.S3Error) else ""
 
-
-def _status(exc: BaseException) -> int:
-    return exc.status if isinstance(exc, s3rest.S3Error) else 0
 
 
 # -- what the one client is made with: proxy, CA bundle ------------------------------
@@ -476,11 +482,15 @@ class _PartWriter:
 # -- the connection -------------------------------------------------------------------
 
 
-class S3Con(XCon):
-    """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc."""
+class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck):
+    """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc.
+
+    move() is CopyObject then DeleteObject on the server (no byte through us), so
+    it counts as ServerSideMove; Versions reads a versioned bucket's history (on a
+    bucket without versioning each key has one version, "null")."""
 
     service = "s3"
-    abilities = Abilities(server_side_move=True, resumable=True, byte_names=False, mode=True, mtime_precision_ns=1)
+    abilities = Abilities(resumable=True, byte_names=False, mode=True, mtime_precision_ns=1)
 
     def __init__(
         self,
@@ -1189,8 +1199,8 @@ class S3Con(XCon):
     def _listed(self, prefix: str) -> Iterator[dict]:
         """ListObjectsV2 as the server answers it (see _keys_under)."""
         try:
-            for key, size, etag in self._http().list_objects(prefix):
-                yield {"Key": key, "Size": size, "ETag": etag}
+            for key, size, etag, modified in self._http().list_objects_stamped(prefix):
+                yield {"Key": key, "Size": size, "ETag": etag, "LastModified": modified}
         except Exception as exc:
             raise self._classify(exc, "list", prefix) from exc
 
@@ -1380,12 +1390,113 @@ class S3Con(XCon):
         return None if head is None else _entry_from_head(rel, head)
 
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
-        """Every object under folder `rel`, paged: size and ETag only (mtime/mode None;
-        S3 listings carry no user metadata; use stat() for those)."""
+        """Every object under folder `rel`, paged: size, ETag and the time the server
+        stored it (mtime_is_stored; listings carry no user metadata, so neither our
+        mtime nor the mode: stat() has those)."""
         for obj in self._keys_under(self._dir(rel)):
             r = self._rel(obj["Key"])
             if r is not None:
-                yield RemoteEntry(r, int(obj["Size"]), None, None, _etag(obj.get("ETag")))
+                stored = stored_ns(obj.get("LastModified"))
+                yield RemoteEntry(r, int(obj["Size"]), stored, None, _etag(obj.get("ETag")),
+                                  mtime_is_stored=stored is not None)
+
+    # -- reads, copies, versions -------------------------------------------------------
+    def read_range(self, rel: str, offset: int, length: int, *, expect: RemoteEntry | None = None) -> bytes:
+        """A ranged GET; with `expect`, If-Match on its ETag (412: RemoteChanged), and the
+        ETag of the answer checked too, for a server that ignores If-Match."""
+        check_range(offset, length)
+        key = self._key(rel)
+        etag = expect.etag if expect is not None else None
+        if expect is not None and not etag:
+            raise RemoteChanged(f"read {rel!r}: no ETag to hold the read to the version expected")
+        return self._get_range(f"read {rel!r}", key, offset, length, etag=etag)
+
+    def _get_range(self, what: str, key: str, offset: int, length: int, *, etag: str | None = None,
+                   version: str | None = None) -> bytes:
+        """GET bytes [offset, offset+length) of `key` (of one `version`): b"" past the end."""
+        if length == 0:  # an empty Range is no valid header: HEAD says whether it is there
+            return self._past_end(what, key, etag, version)
+        try:
+            reply = self._http().get_object(key, offset, offset + length - 1, if_match=etag, version=version)
+        except s3rest.S3Error as exc:
+            if exc.code == "InvalidRange" or exc.status == 416:
+                return self._past_end(what, key, etag, version)
+            raise self._read_error(exc, what, key) from exc
+        except Exception as exc:
+            raise self._classify(exc, what, key) from exc
+        if etag and _etag(reply.headers.get("etag")) not in (None, etag):
+            raise RemoteChanged(f"{what}: {self._where(key)} is another version now")
+        return reply.body
+
+    def _past_end(self, what: str, key: str, etag: str | None, version: str | None) -> bytes:
+        """Nothing to GET (a range at or past the end: 416; length 0): b"", once a HEAD
+        under the same conditions shows the object (that version) is there."""
+        try:
+            head = self._http().head_object(key, if_match=etag, version=version)
+        except s3rest.S3Error as exc:
+            raise self._read_error(exc, what, key) from exc
+        except Exception as exc:
+            raise self._classify(exc, what, key) from exc
+        if etag and _etag(head.get("ETag")) not in (None, etag):
+            raise RemoteChanged(f"{what}: {self._where(key)} is another version now")
+        return b""
+
+    def _read_error(self, exc: s3rest.S3Error, what: str, key: str) -> XConError:
+        """A refused GET or HEAD: 412 is another version now, 405 a delete marker
+        (not found); the rest as every S3 error (_classify)."""
+        if exc.code == "PreconditionFailed" or exc.status == 412:
+            return RemoteChanged(f"{what}: {self._where(key)} is another version now")
+        if exc.code == "MethodNotAllowed" or exc.status == 405:
+            return RemoteNotFound(f"{what}: {self._where(key)} is deleted at that version")
+        return self._classify(exc, what, key)
+
+    def copy(self, src: str, dest: str) -> None:
+        """CopyObject (multipart copy above copy_threshold), metadata kept."""
+        a, b = self._key(src), self._key(dest)
+        what = f"copy {src!r} -> {dest!r}"
+        head = self._head(a, what)
+        if head is None:
+            raise RemoteNotFound(f"{what}: {self._where(a)} is not there")
+        if a != b:
+            self._copy(a, b, int(head["ContentLength"]), what, head)
+
+    def size_pool(self, workers: int) -> None:
+        """The HTTP connection pool (made on first use) holds a connection per worker."""
+        self.workers = max(self.workers, workers)
+
+    def list_versions(self, rel: str) -> Iterator[VersionEntry]:
+        """ListObjectVersions of the key `rel`, newest first, delete markers included.
+        Only versions of that very key: a prefix listing of "h" rightly holds "h.bak" and
+        "h/x" too, so the rule here is stricter than within_listing's (the key itself)."""
+        key = self._key(rel)
+        for v in self._listed_versions(key):
+            if v["Key"] != key:
+                continue
+            yield VersionEntry(
+                rel, v.get("VersionId") or "null", int(v.get("Size", 0) or 0), stored_ns(v.get("LastModified")),
+                _etag(v.get("ETag")), latest=bool(v.get("IsLatest")), deleted=v["deleted"],
+            )
+
+    def _listed_versions(self, key: str) -> Iterator[dict]:
+        """ListObjectVersions under `key` as the server answers it, page by page, each
+        page's versions and delete markers (two lists, each newest first) merged: the
+        current one first, then by LastModified, newest first. LastModified has whole
+        seconds on some servers: versions of the same second keep the server's order,
+        before delete markers of that second."""
+        try:
+            for versions, markers in self._http().list_versions(key):
+                both = [{**v, "deleted": False} for v in versions]
+                both += [{**d, "deleted": True} for d in markers]
+                both.sort(key=lambda v: (v["Key"], not v.get("IsLatest"), -(stored_ns(v.get("LastModified")) or 0)))
+                yield from both
+        except Exception as exc:
+            raise self._classify(exc, "list versions", key) from exc
+
+    def read_version_range(self, rel: str, version_id: str, offset: int, length: int) -> bytes:
+        """A ranged GET of one version (a delete marker or an unknown version: RemoteNotFound)."""
+        check_range(offset, length)
+        key = self._key(rel)
+        return self._get_range(f"read {rel!r} version {version_id!r}", key, offset, length, version=version_id)
 
     def uploads(self) -> Iterator[dict]:
         """Open multipart uploads under our prefix, paged: {"key", "upload_id"}. Uploads the

@@ -722,23 +722,61 @@ class Rest:
         """HEAD the bucket; raises S3Error (code = status) unless 200."""
         return self._call("HeadBucket", "HEAD", self.layout.base or "/")
 
-    def head_object(self, key: str) -> dict[str, Any]:
-        """HeadObject, in botocore's shape (ContentLength, ETag, ContentType, Metadata with
-        the x-amz-meta- names, LastModified, VersionId): S3Error (code "404") if missing."""
-        h = self._call("HeadObject", "HEAD", self._key(key)).headers
+    def head_object(self, key: str, *, if_match: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """HeadObject (of one `version`; If-Match on an ETag without quotes), in botocore's
+        shape: ContentLength, ETag, ContentType, Metadata (x-amz-meta- names), LastModified
+        (a datetime), VersionId. S3Error (code = status: "404", "412"...) otherwise."""
+        headers = {"if-match": f'"{if_match}"'} if if_match else None
+        params = {"versionId": version} if version else None
+        h = self._call("HeadObject", "HEAD", self._key(key), params, headers).headers
         out: dict[str, Any] = {"ContentLength": int(h.get("content-length") or 0), "Metadata": _meta(h)}
-        for name, field_ in (("etag", "ETag"), ("content-type", "ContentType"), ("last-modified", "LastModified"),
-                             ("x-amz-version-id", "VersionId")):
+        for name, field_ in (("etag", "ETag"), ("content-type", "ContentType"), ("x-amz-version-id", "VersionId")):
             if name in h:
                 out[field_] = h[name]
+        if h.get("last-modified"):
+            from email.utils import parsedate_to_datetime
+
+            try:
+                out["LastModified"] = parsedate_to_datetime(h["last-modified"])
+            except (TypeError, ValueError):
+                pass
         return out
 
-    def get_object(self, key: str, first: int | None = None, last: int | None = None) -> Reply:
-        """GetObject, whole or bytes [first, last] (last None: to the end); the reply (200/206)."""
-        headers = None
+    def get_object(self, key: str, first: int | None = None, last: int | None = None, *,
+                   if_match: str | None = None, version: str | None = None) -> Reply:
+        """GetObject, whole or bytes [first, last] (last None: to the end), of one `version`,
+        If-Match on an ETag (without quotes); the reply (200/206)."""
+        headers: dict[str, str] = {}
         if first is not None:
-            headers = {"range": f"bytes={first}-{'' if last is None else last}"}
-        return self._call("GetObject", "GET", self._key(key), None, headers, ok=(200, 206))
+            headers["range"] = f"bytes={first}-{'' if last is None else last}"
+        if if_match:
+            headers["if-match"] = f'"{if_match}"'
+        params = {"versionId": version} if version else None
+        return self._call("GetObject", "GET", self._key(key), params, headers or None, ok=(200, 206))
+
+    def list_versions(self, prefix: str) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """ListObjectVersions under `prefix`, one page at a time: (versions, delete markers),
+        each a list of {"Key", "VersionId", "IsLatest", "LastModified" (text), "ETag", "Size"}."""
+        params = {"versions": "", "prefix": prefix, "encoding-type": "url"}
+        while True:
+            root = self._xml("ListObjectVersions", "GET", self.layout.base or "/", params)
+            encoded = (root.findtext("EncodingType") or "").lower() == "url"
+
+            def entry(el: Any) -> dict[str, Any]:
+                key = el.findtext("Key") or ""
+                return {"Key": unquote_plus(key) if encoded else key, "VersionId": el.findtext("VersionId"),
+                        "IsLatest": (el.findtext("IsLatest") or "").lower() == "true",
+                        "LastModified": el.findtext("LastModified"), "ETag": el.findtext("ETag"),
+                        "Size": int(el.findtext("Size") or 0)}
+
+            yield [entry(v) for v in root.iterfind("Version")], [entry(d) for d in root.iterfind("DeleteMarker")]
+            if (root.findtext("IsTruncated") or "").lower() != "true":
+                return
+            key_marker, id_marker = root.findtext("NextKeyMarker"), root.findtext("NextVersionIdMarker")
+            if not key_marker and not id_marker:
+                return
+            params["key-marker"] = unquote_plus(key_marker or "") if encoded else key_marker or ""
+            params["version-id-marker"] = id_marker or ""
 
     def _xml(self, operation: str, method: str, path: str, params: dict[str, str] | None,
              headers: dict[str, str] | None = None, body: bytes = b"", allow_empty: bool = False) -> Any:
@@ -763,16 +801,22 @@ class Rest:
         return root
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, int, str | None]]:
-        """(key, size, ETag) of every object under `prefix`, one page (1,000 keys) at a time.
-        Keys travel URL-encoded (encoding-type=url, "+" for a space, as botocore decodes
-        them) so that any character survives XML."""
+        """(key, size, ETag) of every object under `prefix` (list_objects_stamped)."""
+        for key, size, etag, _modified in self.list_objects_stamped(prefix):
+            yield key, size, etag
+
+    def list_objects_stamped(self, prefix: str) -> Iterator[tuple[str, int, str | None, str | None]]:
+        """(key, size, ETag, LastModified text) of every object under `prefix`, one page
+        (1,000 keys) at a time. Keys travel URL-encoded (encoding-type=url, "+" for a
+        space, as botocore decodes them) so that any character survives XML."""
         params = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         while True:
             root = self._xml("ListObjectsV2", "GET", self.layout.base or "/", params)
             encoded = (root.findtext("EncodingType") or "").lower() == "url"
             for c in root.iterfind("Contents"):
                 key = c.findtext("Key") or ""
-                yield (unquote_plus(key) if encoded else key), int(c.findtext("Size") or 0), c.findtext("ETag")
+                yield ((unquote_plus(key) if encoded else key), int(c.findtext("Size") or 0), c.findtext("ETag"),
+                       c.findtext("LastModified"))
             token = root.findtext("NextContinuationToken")
             if (root.findtext("IsTruncated") or "").lower() != "true" or not token:
                 return

@@ -66,16 +66,21 @@ import asyncssh
 
 from connections.base import (
     Abilities,
+    BatchSend,
+    FreeSpace,
     LocalFile,
     PermanentError,
+    RemoteChanged,
     RemoteEntry,
     RemoteNotFound,
     SendResult,
+    ServerSideMove,
     TransferContext,
     TransientError,
     UnsafePath,
     XCon,
     XConError,
+    check_range,
     check_rel,
     remote_join,
     within_listing,
@@ -83,7 +88,7 @@ from connections.base import (
 from connections.local import TMP_PREFIX, temp_name
 from connections.source import open_source
 from skynet.atomicfile import write_atomic
-from skynet.values import parse_bool
+from skynet.values import keyed, parse_bool, parse_int_range, parse_seconds_range
 
 log = logging.getLogger("skynet.sftp")
 T = TypeVar("T")
@@ -112,6 +117,7 @@ RESUME_MIN = 8 << 20
 WRITE_SIZE = 256 << 10
 #: the size every SFTP server must accept (draft-ietf-secsh-filexfer-02)
 SAFE_WRITE_SIZE = 32768
+READ_IN_FLIGHT = 64  # READ requests of one read_range in flight at once
 #: files at least this big are sent over several connections at once, in
 #: PART_SIZE parts (one SSH channel's window caps a single stream at
 #: window/RTT on a distant server)
@@ -829,13 +835,15 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 # --------------------------------------------------------------------------
 # the connection
 # --------------------------------------------------------------------------
-class SFTPCon(XCon):
+class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
+    """SFTP on asyncssh. move() is posix-rename on the server; send_many pipelines
+    many small files on the shared connections; free_space() asks statvfs@openssh.com
+    (None where the server lacks it). No ServerSideCopy: SFTPv3 has no copy without a
+    shell or the non-standard copy-data extension."""
+
     service = "sftp"
     # SFTPv3 carries mtime in whole seconds.
-    abilities = Abilities(
-        server_side_move=True, resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000,
-        batch_send=True,
-    )
+    abilities = Abilities(resumable=True, byte_names=True, mode=True, mtime_precision_ns=1_000_000_000)
 
     def __init__(
         self,
@@ -1850,6 +1858,66 @@ class SFTPCon(XCon):
             return None
         return _entry(rel, st)
 
+    def read_range(self, rel: str, offset: int, length: int, *, expect: RemoteEntry | None = None) -> bytes:
+        """Open the file read-only (after checking, as stat() does, that no level on the
+        way and not the file itself is a link), hold the opened handle's size and mtime
+        to what the LSTAT saw and to `expect`, then READ the range in pipelined pieces."""
+        check_range(offset, length)
+        path = self._abs(check_rel(rel))
+        what = f"read {rel!r}"
+
+        async def run(s: _Session) -> bytes:
+            st = (await self._inspect(s, path)).leaves[0]
+            if st is None or not statmod.S_ISREG(_mode(st)):
+                raise RemoteNotFound(f"{what}: no such file on the server")
+            fh = await s.req(s.sftp.open(self._b(path), "rb"))
+            try:
+                now = await s.req(fh.stat())
+                if _version(now) != _version(st):
+                    raise RemoteChanged(f"{what}: the file changed while it was opened")
+                if expect is not None and _version(now) != (expect.size, expect.mtime_ns):
+                    raise RemoteChanged(f"{what}: the file changed since it was listed")
+                end = min(offset + length, now.size or 0)
+                return await self._read_pieces(s, fh, offset, end)
+            finally:
+                if s.alive():
+                    with contextlib.suppress(asyncssh.SFTPError):
+                        await s.req(fh.close())
+
+        return self._call(what, run)
+
+    async def _read_pieces(self, s: _Session, fh: Any, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an open file, READ in pieces of the server's read
+        size, READ_IN_FLIGHT of them in flight at once (one round trip per window,
+        not per piece). A file that shrank meanwhile ends the read early."""
+        if end <= start:
+            return b""
+        step = s.sftp.limits.max_read_len or SAFE_WRITE_SIZE
+        room = asyncio.Semaphore(READ_IN_FLIGHT)
+
+        async def piece(pos: int) -> bytes:
+            async with room:
+                return await self._read_exactly(s, fh, pos, min(step, end - pos))
+
+        pieces = await asyncio.gather(*(piece(pos) for pos in range(start, end, step)))
+        out = bytearray()
+        for p in pieces:
+            out += p
+            if len(p) < step:
+                break  # the end of the file came early
+        return bytes(out)
+
+    def free_space(self) -> int | None:
+        """statvfs@openssh.com of the root: bytes free for us; None without the extension."""
+        async def run(s: _Session) -> int | None:
+            try:
+                st = await s.req(s.sftp.statvfs(self._b(self.root)))
+            except asyncssh.SFTPOpUnsupported:
+                return None
+            return st.bavail * st.frsize
+
+        return self._call(f"free space of {self.describe()}", run)
+
     def _walk(self, rel: str, what: str) -> Iterator[tuple[str, bytes, asyncssh.SFTPAttrs]]:
         """(folder rel, name, attrs) of everything under `rel`, one folder at a
         time: a session is used only while one folder is read."""
@@ -1875,13 +1943,18 @@ class SFTPCon(XCon):
                     return []
 
             for e in self._call(what, read):
-                if _is_dir(e.attrs):
+                if _is_dir(e.attrs) and b"/" not in e.filename:  # a "name" with a slash is no folder of ours
                     stack.append(_join_rel(prefix, os.fsdecode(e.filename)))
                 yield prefix, e.filename, e.attrs
 
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
+        """The files under `rel`, held to the listing rule (within_listing): a server
+        that names an entry "../x" or "a/b" does not lead the caller outside `rel`."""
         if rel:
             check_rel(rel)
+        return within_listing(self._files(rel), rel, _entry_rel, f"sftp: {self.describe()}", paths=True)
+
+    def _files(self, rel: str) -> Iterator[RemoteEntry]:
         for prefix, name, attr in self._walk(rel, f"list {rel!r}"):
             if statmod.S_ISREG(_mode(attr)) and not name.startswith(_OURS):
                 yield _entry(_join_rel(prefix, os.fsdecode(name)), attr)
@@ -1953,6 +2026,16 @@ def _join_rel(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
+def _entry_rel(e: RemoteEntry) -> str:
+    return e.rel
+
+
+def _version(st: asyncssh.SFTPAttrs) -> tuple[int, int | None]:
+    """(size, mtime in ns) of a file, as _entry() records them: what tells one
+    version of a remote file from the next."""
+    return st.size or 0, None if st.mtime is None else int(st.mtime) * 1_000_000_000
+
+
 def _entry(rel: str, st: asyncssh.SFTPAttrs) -> RemoteEntry:
     mtime = None if st.mtime is None else int(st.mtime) * 1_000_000_000
     mode = None if st.permissions is None else statmod.S_IMODE(st.permissions)
@@ -1980,23 +2063,6 @@ def _clean_root(root: str) -> str:
 # --------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------
-def _bool(key: str, value: str) -> bool:
-    try:
-        return parse_bool(value)
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
-
-
-def _number(key: str, value: str, kind: type, low: float, high: float):
-    try:
-        n = kind(value.strip())
-    except ValueError:
-        raise ValueError(f"{key}: expected a number, got {value!r}") from None
-    if not low <= n <= high:
-        raise ValueError(f"{key}: must be between {low} and {high}, got {n}")
-    return n
-
-
 def build(service: dict[str, str], target: str) -> SFTPCon:
     """An SFTPCon from an [sftp] service section and a mapping's target folder.
 
@@ -2022,14 +2088,14 @@ def build(service: dict[str, str], target: str) -> SFTPCon:
     return SFTPCon(
         host,
         target,
-        port=_number("port", cfg["port"], int, 1, 65535),
+        port=keyed("port", cfg["port"], parse_int_range(1, 65535)),
         user=cfg["user"].strip(),
         key_file=key_file,
         key_passphrase=cfg["key_passphrase"],
         password=cfg["password"],
-        use_agent=_bool("use_agent", cfg["use_agent"]),
+        use_agent=keyed("use_agent", cfg["use_agent"], parse_bool),
         known_hosts=known,
-        connections=_number("connections", cfg["connections"], int, 1, 64),
-        keepalive=_number("keepalive", cfg["keepalive"], float, 0, 3600),
-        timeout=_number("timeout", cfg["timeout"], float, 0.5, 3600),
+        connections=keyed("connections", cfg["connections"], parse_int_range(1, 64)),
+        keepalive=keyed("keepalive", cfg["keepalive"], parse_seconds_range(0, 3600)),
+        timeout=keyed("timeout", cfg["timeout"], parse_seconds_range(0.5, 3600)),
     )

@@ -11,9 +11,11 @@ import sys
 
 import click
 
-from connections import SERVICES
+from connections import SERVICES, service_module
+from skynet import __version__
 from skynet import config as configmod
 from skynet.config import ConfigError
+from skynet.extras import MissingExtra
 
 EXIT_USAGE = 2
 
@@ -27,7 +29,19 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
     return os.path.abspath(os.path.expanduser(config_file)) if config_file else configmod.default_config_path(service)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Command(click.Command):
+    """The CLI's command: an optional part used without its extra (s3, sftp, postgres,
+    dashboard) ends with one line saying what to install, from wherever it was found."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as exc:
+            fail(str(exc))
+            return None  # not reached
+
+
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "setup_service", type=click.Choice(SERVICES), metavar="SERVICE",
               help="Set up (or edit) the configuration for SERVICE (local, s3 or sftp), interactively.")
 @click.option("--run-with", "run_service", type=click.Choice(SERVICES), metavar="SERVICE",
@@ -59,6 +73,8 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
               help="With --dashboard: a reverse proxy's address or network (repeatable); X-Forwarded-For/-Proto "
                    "are believed from it only (the client it names is the one logged and throttled).")
+@click.version_option(__version__, "--version", prog_name="skynet", message="%(prog)s %(version)s",
+                      help="Print the version and exit.")
 @click.argument("paths", nargs=-1)
 def main(setup_service: str | None, run_service: str | None, config_file: str | None, service: str | None,
          show_status: bool, show_failed: bool, retry_failed: bool, as_json: bool, non_interactive: bool,
@@ -96,6 +112,7 @@ def main(setup_service: str | None, run_service: str | None, config_file: str | 
     if setup_service:
         from skynet.wizard import run_wizard
 
+        service_module(setup_service)  # a missing extra (s3, sftp) is said before the first question
         path = resolve_config_path(config_file, setup_service)
         answers: dict[str, str] = {}
         for item in presets:

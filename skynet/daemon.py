@@ -7,7 +7,6 @@ other (both is harmless: the second send finds the Index up to date).
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import faulthandler
@@ -21,13 +20,15 @@ from typing import Callable
 
 from connections import service_module
 from skynet import sdnotify
-from connections.base import PermanentError, TransientError, XCon
+from connections.base import BatchSend, PermanentError, PoolSized, TransientError, XCon
 from skynet.config import Config, MappingConfig
 from skynet.handler import Handler
 from skynet.ignore import IgnoreRules, rel_inside
 from skynet.mapper import Mapper
 from skynet.reconcile import Reconciler, SourceUnavailable
-from skynet.state import FailedActions, Index, ResumeTable, StateError, open_or_rebuild
+from skynet.index import Index
+from skynet.state import FailedActions, ResumeTable, StateError, open_or_rebuild
+from skynet.state_folder import StateFolder, StateLock, StateLocked, mapping_identity
 from skynet.progress import ProgressReporter, Snapshot
 from skynet.status import InFlight, write_status
 from skynet.syncsnap import SyncSnap
@@ -80,31 +81,6 @@ class FatalError(Exception):
     """The daemon cannot go on (state unwritable, configuration rejected)."""
 
 
-class StateLock:
-    """An exclusive lock on a mapping's state, so two daemons never share it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise FatalError(f"another skynet is already running on this state ({self.path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 class MappingRunner(WatchFaultListener):
     """Everything that keeps one mapping in sync."""
 
@@ -116,27 +92,31 @@ class MappingRunner(WatchFaultListener):
         self.observer = observer
         self.fatal = fatal
         self.name = m.name
-        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
-        self.lock = StateLock(os.path.join(cfg.state_dir, f"{m.name}.lock"))
-        self.lock.acquire()
-        db_path = os.path.join(cfg.state_dir, f"{m.name}.db")
+        folder = StateFolder(cfg.state_dir)
+        folder.make()
+        self.lock = StateLock(folder.lock(m.name))
+        try:
+            self.lock.acquire()
+        except StateLocked as exc:
+            raise FatalError(str(exc)) from None
+        db_path = folder.db(m.name)
         existed = os.path.exists(db_path)
         self.db, rebuilt = open_or_rebuild(db_path)
         if rebuilt:
             log.critical("%s: the state database %s was DAMAGED; it was moved aside (%s.corrupt-*) and is rebuilt "
                          "from a full scan and a listing of the remote: files already there are not sent again, "
                          "and nothing is deleted unless it is gone locally", m.name, db_path, db_path)
-        elif not existed and os.path.exists(os.path.join(cfg.state_dir, f"{m.name}.seen")):
+        elif not existed and os.path.exists(folder.seen(m.name)):
             log.critical("%s: the state database %s is MISSING (deleted?); rebuilding it from a full scan and a "
                          "listing of the remote", m.name, db_path)
-        open(os.path.join(cfg.state_dir, f"{m.name}.seen"), "a").close()
+        open(folder.seen(m.name), "a").close()
         self.index = Index(self.db)
         self.failed = FailedActions(self.db)
         self.resume = ResumeTable(self.db)
         self._check_identity()
         self.con: XCon = service_module(cfg.service).build(cfg.service_options, m.target)
-        if hasattr(self.con, "workers"):  # connections that pool sessions size the pool for our workers
-            self.con.workers = max(self.con.workers, m.workers)
+        if isinstance(self.con, PoolSized):  # connections that pool sessions size the pool for our workers
+            self.con.size_pool(m.workers)
         self.mapper = Mapper(m.source, m.target)
         inner_state = rel_inside(m.source, cfg.state_dir)
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
@@ -171,14 +151,14 @@ class MappingRunner(WatchFaultListener):
 
     def _check_identity(self) -> None:
         """If the mapping now points elsewhere, what the Index says is void."""
-        ident = f"{self.cfg.service}|{self.m.source}|{self.m.target}"
-        old = self.db.get_meta("identity")
+        ident = mapping_identity(self.cfg.service, self.m.source, self.m.target)
+        old = self.db.identity()
         if old is not None and old != ident:
             log.warning("%s: source or target changed since the last run; forgetting what the old remote held",
                         self.name)
             self.index.clear()
         if old != ident:
-            self.db.set_meta("identity", ident)
+            self.db.set_identity(ident)
 
     def start(self) -> None:
         self._recheck_interrupted(self.queue.reset_inflight())
@@ -210,7 +190,7 @@ class MappingRunner(WatchFaultListener):
         their temporary files go now. A send() cut short leaves one under a
         name derived from the file's, which the next send() would overwrite,
         but a batch copies through a staging folder and never touches it."""
-        if self.con.abilities.batch_send:
+        if isinstance(self.con, BatchSend):
             for rel in sorted({a.src for a in interrupted if a.kind == SEND}):
                 try:
                     self.con.discard(rel, None)

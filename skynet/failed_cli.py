@@ -7,6 +7,7 @@ picks them up at once.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,30 +17,21 @@ import click
 
 from skynet.config import Config
 from skynet.state import FailedActions, StateDB
+from skynet.state_folder import StateFolder
 from skynet.uniqueq import UniqueQ
 
 
 def _dbs(cfg: Config):
+    folder = StateFolder(cfg.state_dir)
     for m in cfg.mappings:
-        path = os.path.join(cfg.state_dir, f"{m.name}.db")
+        path = folder.db(m.name)
         if os.path.exists(path):
             yield m, StateDB(path)
 
 
 def daemon_pid(cfg: Config, mapping: str) -> int | None:
-    """PID written in the mapping's lock file, if that process is alive."""
-    try:
-        with open(os.path.join(cfg.state_dir, f"{mapping}.lock")) as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
+    """PID of the live daemon holding the mapping's state (from its lock file)."""
+    return StateFolder(cfg.state_dir).holder(mapping)
 
 
 def list_failed(cfg: Config, as_json: bool) -> int:
@@ -75,7 +67,8 @@ def retry_failed(cfg: Config, paths: tuple[str, ...]) -> int:
             total += len(items)
             pid = daemon_pid(cfg, m.name)
             if pid:
-                os.kill(pid, signal.SIGUSR1)
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # gone, or not ours to signal
+                    os.kill(pid, signal.SIGUSR1)
         db.close()
     click.echo(f"{total} action(s) queued again" if total else "nothing to retry")
     return 0

@@ -13,7 +13,7 @@ decides *what*, the XCon *how*):
   once. The only timed wait is for a retry's back-off.
 * Failures: a TransientError first checks the connection. If the remote is
   down, every worker pauses and a reconnect loop polls with capped exponential
-  back-off and jitter (tenacity); the action goes back to the front of the
+  back-off and jitter (skynet.backoff); the action goes back to the front of the
   window and is retried, not dropped. If the remote is fine, the action alone
   is retried with back-off, up to `max_attempts`, then recorded as failed. A
   PermanentError records it as failed at once. Either way the queue moves on.
@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from queue import SimpleQueue
-import random
 import threading
 import time
 from typing import Callable
 
 from connections.base import PermanentError, TransientError, XCon
+from skynet.backoff import Backoff
 from skynet.reconcile import Outcome, Reconciler, SourceUnavailable
 from skynet.state import FailedActions
 from skynet.uniqueq import LOOK_UP, SEND, Action, UniqueQ
@@ -115,6 +115,10 @@ class Handler:
         self.n_workers = workers
         self.max_attempts = max_attempts
         self.backoff_cap = backoff_cap
+        # One action's retries: 0.5 s, 1 s, 2 s... (+ up to 0.5 s), at most backoff_cap.
+        self.retry_backoff = Backoff(initial=0.5, cap=backoff_cap, jitter=0.5)
+        # Reconnection attempts while the remote is away: the same, with up to 1 s of jitter.
+        self.reconnect_backoff = Backoff(initial=0.5, cap=backoff_cap, jitter=1.0)
         self.on_event = on_event or (lambda kind, action, info: None)
         self.on_fatal = on_fatal or (lambda reason: None)
         # called once the remote is back, before the workers resume (must not raise)
@@ -452,8 +456,12 @@ class Handler:
             self._cv.notify_all()
         self.on_event("failed", a, error)
 
-    def _give_back(self, a: Action) -> None:
+    def _give_back(self, a: Action, retry: tuple[int, float] | None = None) -> None:
+        """`a` waits again, at the front of the window (its paths first in line);
+        `retry`: (attempts so far, monotonic time before which it must not run)."""
         with self._cv:
+            if retry is not None:
+                self._attempts[a.id], self._not_before[a.id] = retry
             self._drop(a)
             self._window.insert(0, _unvouched(a))
             self._cv.notify_all()
@@ -461,10 +469,7 @@ class Handler:
     def _transient(self, a: Action, error: Exception) -> None:
         if isinstance(error, SourceUnavailable):
             log.error("%s: %s; pausing this mapping until it is back (nothing is deleted meanwhile)", self.name, error)
-            with self._cv:
-                self._drop(a)
-                self._window.insert(0, _unvouched(a))
-                self._cv.notify_all()
+            self._give_back(a)
             self._pause(str(error))
             return
         try:
@@ -474,10 +479,7 @@ class Handler:
             remote_ok = False
         if not remote_ok:
             log.warning("%s: remote unreachable during %s: %s", self.name, a, error)
-            with self._cv:
-                self._drop(a)
-                self._window.insert(0, _unvouched(a))  # retried first when we are back
-                self._cv.notify_all()
+            self._give_back(a)  # retried first when we are back
             self._pause(str(error))
             return
         attempts = self._attempts.get(a.id, 0) + 1
@@ -485,15 +487,10 @@ class Handler:
             self._attempts[a.id] = attempts - 1
             self._fail(a, error)
             return
-        delay = min(self.backoff_cap, 0.5 * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+        delay = self.retry_backoff.delay(attempts)
         log.warning("%s: %s failed (%s); retry %d/%d in %.1fs", self.name, a, error, attempts,
                     self.max_attempts - 1, delay)
-        with self._cv:
-            self._attempts[a.id] = attempts
-            self._not_before[a.id] = time.monotonic() + delay
-            self._drop(a)
-            self._window.insert(0, _unvouched(a))
-            self._cv.notify_all()
+        self._give_back(a, retry=(attempts, time.monotonic() + delay))
 
     # -- reconnection ------------------------------------------------------
     def _pause(self, why: str) -> None:
@@ -506,25 +503,16 @@ class Handler:
         threading.Thread(target=self._reconnect_loop, name=f"{self.name}-reconnect", daemon=True).start()
 
     def _reconnect_loop(self) -> None:
-        import tenacity  # only an outage needs it: ~10 ms less at every start-up
-
         def sleep(seconds: float) -> None:
             self._halt.wait(seconds)
             if self._stopping:
                 raise _Stop()
 
-        def before_sleep(rs: "tenacity.RetryCallState") -> None:
+        def before_sleep(rs) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
             log.info("%s: still unreachable (%s); next try in %.1fs", self.name, exc, rs.next_action.sleep)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(Exception),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=self.backoff_cap, jitter=1.0),
-            stop=tenacity.stop_never,
-            sleep=sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = self.reconnect_backoff.retrying(sleep, before_sleep)
         try:
             for attempt in retrying:
                 with attempt:

@@ -19,7 +19,7 @@ in ONE background thread, the writer:
   max(high-water mark kept in the spool folder, current time in microseconds),
   so neither a lost spool folder nor a clock stepping back alone can reuse one.
 * Outages: when PostgreSQL is unreachable the writer appends to the spool and
-  reconnects with capped, jittered exponential back-off (tenacity's wait
+  reconnects with capped, jittered exponential back-off (skynet.backoff: tenacity's wait
   strategy); it sleeps on an Event in between, so no busy loop. The spool has
   a size cap: when it is hit, the oldest progress rows go first, then the
   oldest "queued" rows, then the oldest of the rest, with a WARNING that says
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from skynet import pgschema
 from skynet.atomicfile import write_atomic
+from skynet.backoff import Backoff, BackoffCounter
+from skynet.extras import require as require_extra
+from skynet.state_folder import StateFolder
+from skynet.state_spool import PRIO_OTHER, Row, Spool, prio_of, spooled_max_seq
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,7 @@ ACTIONS = ("send", "delete", "move")
 
 # A row, as appended by callers and stored in the spool (a plain tuple: cheap).
 #  0 seq, 1 ts (epoch seconds), 2 mapping, 3 kind, 4 action, 5 path, 6 dest,
-#  7 error, 8 bytes_done, 9 bytes_total
-Row = tuple
+#  7 error, 8 bytes_done, 9 bytes_total (skynet.state_spool.Row)
 
 SEQ_BLOCK = 1_000_000_000  # seq numbers reserved ahead in the high-water file
 MAX_ERROR_CHARS = 4000
@@ -138,8 +140,7 @@ def _password_of(dsn: str | None) -> str | None:
 def default_daemon_id(host: str, service: str, state_dir: str) -> str:
     """A daemon id that is stable across restarts and unique per state folder
     (two daemons on one host for the same service have different state)."""
-    digest = hashlib.sha256(os.path.abspath(state_dir).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{host}/{service}/{digest}"
+    return StateFolder(state_dir).daemon_id(host, service)
 
 
 def _pg_text(value: Any, limit: int | None = None) -> str | None:
@@ -219,117 +220,6 @@ class _CopyReader:
     readline = read
 
 
-# -- the spool ------------------------------------------------------------------
-PRIO_PROGRESS, PRIO_QUEUED, PRIO_OTHER = 0, 1, 2
-
-
-def _prio(kind: str) -> int:
-    return PRIO_PROGRESS if kind == "progress" else PRIO_QUEUED if kind == "queued" else PRIO_OTHER
-
-
-class Spool:
-    """A bounded, on-disk FIFO of rows waiting for PostgreSQL (a small SQLite file).
-
-    SQLite rather than JSON lines because the cap drops rows *selectively*
-    (progress first), and a delivered prefix is removed without rewriting the
-    file. Only the writer thread uses it. `max_bytes` caps the rows' encoded
-    size; the file itself is that plus SQLite's small per-row overhead.
-    """
-
-    def __init__(self, path: str, max_bytes: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.db = sqlite3.connect(path, isolation_level=None)
-        if path != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA journal_size_limit=4194304")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, prio INTEGER NOT NULL,"
-            " size INTEGER NOT NULL, row TEXT NOT NULL)"
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS spool_prio ON spool(prio, seq)")
-        self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-
-    def max_seq(self) -> int:
-        return self.db.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()[0]
-
-    def append(self, rows: Sequence[Row]) -> dict[int, int]:
-        """Store rows; returns {prio: rows dropped} if the cap was hit.
-        count and bytes are kept up to date incrementally: a long outage
-        fills the spool with millions of rows, and appends must stay cheap."""
-        recs = []
-        added = 0
-        for r in rows:
-            text = json.dumps(r, separators=(",", ":"))
-            recs.append((r[0], _prio(r[3]), len(text), text))
-            added += len(text)
-        self.db.execute("BEGIN")
-        try:
-            cur = self.db.executemany("INSERT OR IGNORE INTO spool(seq, prio, size, row) VALUES (?,?,?,?)", recs)
-            inserted = cur.rowcount if cur.rowcount >= 0 else len(recs)
-            if inserted != len(recs):  # some were there already (never expected): recount
-                self.count, self.bytes = self.db.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-            else:
-                self.count += inserted
-                self.bytes += added
-            dropped = self._enforce_cap()
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self.count, self.bytes = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool").fetchone()
-            raise
-        return dropped
-
-    def _enforce_cap(self) -> dict[int, int]:
-        dropped: dict[int, int] = {}
-        for prio in (PRIO_PROGRESS, PRIO_QUEUED, PRIO_OTHER):
-            while self.bytes > self.max_bytes:
-                victims = self.db.execute(
-                    "SELECT seq, size FROM spool WHERE prio = ? ORDER BY seq LIMIT 2000", (prio,)
-                ).fetchall()
-                if not victims:
-                    break
-                cut = []
-                for seq, size in victims:
-                    cut.append((seq,))
-                    self.bytes -= size
-                    self.count -= 1
-                    if self.bytes <= self.max_bytes:
-                        break
-                self.db.executemany("DELETE FROM spool WHERE seq = ?", cut)
-                dropped[prio] = dropped.get(prio, 0) + len(cut)
-        return dropped
-
-    def peek(self, limit: int) -> list[Row]:
-        """The oldest `limit` rows, in seq order."""
-        return [
-            tuple(json.loads(t))
-            for (t,) in self.db.execute("SELECT row FROM spool ORDER BY seq LIMIT ?", (limit,))
-        ]
-
-    def remove_through(self, seq: int) -> None:
-        """Forget every row up to `seq` (they are in PostgreSQL)."""
-        self.db.execute("BEGIN")
-        try:
-            n, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM spool WHERE seq <= ?",
-                                      (seq,)).fetchone()
-            self.db.execute("DELETE FROM spool WHERE seq <= ?", (seq,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.count -= n
-        self.bytes -= size
-
-    def close(self) -> None:
-        try:
-            self.db.close()
-        except Exception:
-            pass
-
-
 # -- the notifier ---------------------------------------------------------------
 class Notifier:
     """Reports actions, progress and heartbeats to PostgreSQL without ever
@@ -402,7 +292,7 @@ class Notifier:
         # Writer side (only the writer thread touches these after start).
         self._conn: Any = None
         self._spool: Spool | None = None
-        self._attempt = 0
+        self._failures = BackoffCounter(Backoff(initial=backoff_initial, cap=backoff_cap, jitter=backoff_initial))
         self._next_connect = 0.0
         self._next_heartbeat = 0.0
         self._next_prune = 0.0
@@ -412,7 +302,6 @@ class Notifier:
         self._seq_hw = 0
         self._outage_logged = False
         self._password = _password_of(dsn) if self.enabled else None
-        self._backoff_initial, self._backoff_cap = backoff_initial, backoff_cap
         self.delivered = 0  # rows PostgreSQL acknowledged (tests, benchmarks)
         self.connects = 0
         self._thread: threading.Thread | None = None
@@ -420,9 +309,10 @@ class Notifier:
 
         if not self.enabled:
             return
-        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
-        self._spool_path = os.path.join(spool_dir, "notifier-spool.sqlite")
-        self._hw_path = os.path.join(spool_dir, "notifier.seq")
+        folder = StateFolder(spool_dir)
+        folder.make()
+        self._spool_path = folder.spool()
+        self._hw_path = folder.seq()
         self._seq = self._initial_seq()
         self._thread = threading.Thread(target=self._run, name=f"skynet-notifier-{daemon_id}", daemon=True)
         self._thread.start()
@@ -519,7 +409,7 @@ class Notifier:
             kind = fields[2]
             n = len(self._buf)
             if n >= self.buffer_max or (kind == "progress" and n >= self.buffer_max // 2):
-                self._overflow[_prio(kind)] += 1
+                self._overflow[prio_of(kind)] += 1
                 return
             with self._lock:
                 self._seq += 1
@@ -574,16 +464,7 @@ class Notifier:
                 hw = int(f.read().strip() or 0)
         except (OSError, ValueError):
             pass
-        spooled = 0
-        if os.path.exists(self._spool_path):  # rows of an earlier run must keep sorting first
-            try:
-                db = sqlite3.connect(self._spool_path)
-                try:
-                    spooled = db.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()[0]
-                finally:
-                    db.close()
-            except sqlite3.Error:
-                pass
+        spooled = spooled_max_seq(self._spool_path)  # rows of an earlier run must keep sorting first
         start = max(hw, spooled, time.time_ns() // 1000)
         self._write_hw(start + SEQ_BLOCK)
         return start
@@ -658,7 +539,7 @@ class Notifier:
         # While closing, connect only if this run never tried: a short run still
         # delivers, but a database that is down does not hold up the stop.
         if self._conn is None and now >= self._next_connect and (
-                not self._closing.is_set() or (self.connects == 0 and self._attempt == 0)):
+                not self._closing.is_set() or (self.connects == 0 and self._failures.attempts == 0)):
             self._connect()
         if rows:
             if self._conn is not None and not self._spool.count and len(rows) <= self.spill_threshold:
@@ -764,7 +645,7 @@ class Notifier:
                 log.debug("notifier: still unreachable (%s); next try in %.1fs", msg, delay)
             return
         self.connects += 1
-        self._attempt = 0
+        self._failures.reset()
         if self._outage_logged or self._spool.count:
             log.info("notifier: connected to %s; delivering %d spooled notification(s)",
                      redact_dsn(self.dsn), self._spool.count)
@@ -786,14 +667,8 @@ class Notifier:
             self._outage_logged = True
 
     def _back_off(self) -> float:
-        """One more failed attempt: when to try again (capped, jittered, exponential)."""
-        import tenacity  # only a notifier that reports anywhere gets here (~10 ms less at start-up)
-
-        self._attempt += 1
-        rs = tenacity.RetryCallState(None, None, (), {})
-        rs.attempt_number = self._attempt
-        delay = tenacity.wait_exponential_jitter(multiplier=self._backoff_initial, max=self._backoff_cap,
-                                                 jitter=self._backoff_initial)(rs)
+        """One more failed attempt: when to try again (skynet.backoff)."""
+        delay = self._failures.failed()
         self._next_connect = time.monotonic() + delay
         return delay
 
@@ -1109,12 +984,9 @@ def local_hostname() -> str:
 
 
 def skynet_version() -> str:
-    try:
-        from importlib.metadata import version
+    from skynet import __version__
 
-        return version("skynet-sync")
-    except Exception:
-        return "dev"
+    return __version__
 
 
 def from_config(cfg: Any) -> Notifier:
@@ -1133,6 +1005,8 @@ def from_config(cfg: Any) -> Notifier:
     """
     raw = (getattr(cfg, "notify_dsn", "") or "").strip()
     dsn = None if not raw else ("" if raw == "env" else raw)
+    if dsn is not None:
+        require_extra("postgres", "notify_dsn")
     host = local_hostname()
     return Notifier(
         dsn,
@@ -1140,9 +1014,7 @@ def from_config(cfg: Any) -> Notifier:
         service=cfg.service,
         daemon_id=getattr(cfg, "daemon_id", "") or default_daemon_id(host, cfg.service, cfg.state_dir),
         spool_dir=cfg.state_dir,
-        # importlib.metadata scans every installed package (~40 ms at start-up):
-        # only a notifier that reports anywhere needs the version.
-        version=skynet_version() if dsn is not None else "dev",
+        version=skynet_version(),
         retention_days=int(getattr(cfg, "notify_retention_days", 14)),
         sslmode=getattr(cfg, "notify_sslmode", "") or None,
         heartbeat_interval=float(getattr(cfg, "notify_heartbeat", 10.0)),

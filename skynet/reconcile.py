@@ -31,7 +31,16 @@ import stat as statmod
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from connections.base import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError, XCon
+from connections.base import (
+    BatchSend,
+    LocalFile,
+    PermanentError,
+    RemoteNotFound,
+    ServerSideMove,
+    TransferContext,
+    TransientError,
+    XCon,
+)
 from connections.source import SourceChanged, kind_of, local_file
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
@@ -160,7 +169,7 @@ class Reconciler:
     def batch_ok(self) -> bool:
         """Can the handler give this reconciler several sends at once (run_many)?
         Not under a bandwidth limit: a batch's bytes are not metered."""
-        return self.con.abilities.batch_send and self.throttle is None
+        return isinstance(self.con, BatchSend) and self.throttle is None
 
     def run_many(self, actions: list[Action], stop) -> list[Outcome | Exception]:
         """run() for a batch: the plain case (a small regular file the remote
@@ -181,6 +190,7 @@ class Reconciler:
             elif prepared is not None:
                 todo.append((i, prepared[0], prepared[1]))
         if todo:
+            assert isinstance(self.con, BatchSend)  # (batch_ok)
             sent = self.con.send_many([f for _, f, _ in todo], stop)
             for (i, f, st), res in zip(todo, sent):
                 if isinstance(res, Exception):
@@ -447,7 +457,7 @@ class Reconciler:
         # Before the move: a folder rename on the remote would carry temp files along.
         self.discard_partial(src, under=True)
         on_remote = self.index.get(src) is not None or self.index.has_under(src)
-        if on_remote and self.con.abilities.server_side_move:
+        if on_remote and isinstance(self.con, ServerSideMove):
             try:
                 self.con.move(src, dest)
                 self.index.rename(src, dest)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from skynet.sqlitelib import WAL_RESET_FIXED, sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote
+
+from skynet.sqlitelib import WAL_RESET_FIXED, sqlite3
+from skynet.state_folder import set_aside
 
 SCHEMA_VERSION = 2
 
@@ -92,10 +95,6 @@ def under_range(rel: str) -> tuple[bytes, bytes]:
     return b + b"/", b + b"0"
 
 
-INDEX_UPSERT = ("INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) "
-                "VALUES (?,?,?,?,?,?,?)")
-
-
 class StateError(Exception):
     """The state database cannot be used (corrupt, unwritable, disk full)."""
 
@@ -111,10 +110,7 @@ def open_or_rebuild(path: str) -> tuple["StateDB", bool]:
     try:
         return StateDB(path), False
     except CorruptState:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.replace(path + suffix, f"{path}.corrupt-{stamp}{suffix}")
+        set_aside(path)
         return StateDB(path), True
 
 
@@ -222,6 +218,13 @@ class StateDB:
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    def identity(self) -> str | None:
+        """What this database describes (state_folder.mapping_identity), as last recorded."""
+        return self.get_meta("identity")
+
+    def set_identity(self, ident: str) -> None:
+        self.set_meta("identity", ident)
+
     def close(self) -> None:
         with self._lock:
             cp, self._checkpointer = self._checkpointer, None
@@ -301,117 +304,6 @@ class Checkpointer:
 
 
 @dataclass(frozen=True)
-class IndexEntry:
-    rel: str
-    size: int
-    mtime_ns: int | None
-    mode: int | None
-    ino: int | None
-    etag: str | None
-
-
-class Index:
-    """What the remote holds, per relative path, as of the last successful action."""
-
-    def __init__(self, db: StateDB) -> None:
-        self.db = db
-
-    def get(self, rel: str) -> IndexEntry | None:
-        row = self.db.conn().execute(
-            "SELECT size, mtime_ns, mode, ino, etag FROM entries WHERE path = ?", (enc(rel),)
-        ).fetchone()
-        return IndexEntry(rel, *row) if row else None
-
-    def put_many(self, rows: Iterable[tuple[str, int, int | None, int | None, int | None, str | None]]) -> None:
-        with self.db.write() as c:
-            self.write_rows(c, rows)
-
-    @staticmethod
-    def write_rows(c: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-        """Upsert (rel, size, mtime_ns, mode, ino, etag) rows inside the caller's transaction."""
-        now = time.time()
-        c.executemany(INDEX_UPSERT, ((enc(r[0]), r[1], r[2], r[3], r[4], r[5], now) for r in rows))
-
-    def has_under(self, rel: str) -> bool:
-        lo, hi = under_range(rel)
-        return (
-            self.db.conn().execute("SELECT 1 FROM entries WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone()
-            is not None
-        )
-
-    def paths_under(self, rel: str, batch: int = 1000) -> Iterator[str]:
-        """Every path below folder `rel`, in byte order, paged so memory stays flat."""
-        last, hi = under_range(rel)
-        op = ">="
-        while True:
-            rows = self.db.conn().execute(
-                f"SELECT path FROM entries WHERE path {op} ? AND path < ? ORDER BY path LIMIT ?", (last, hi, batch)
-            ).fetchall()
-            for (path,) in rows:
-                yield dec(path)
-            if len(rows) < batch:
-                return
-            last, op = rows[-1][0], ">"
-
-    def remove(self, rel: str) -> None:
-        """Forget `rel` and everything under it."""
-        lo, hi = under_range(rel)
-        with self.db.write() as c:
-            c.execute("DELETE FROM entries WHERE path = ?", (enc(rel),))
-            c.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (lo, hi))
-
-    def rename(self, src: str, dest: str) -> None:
-        """Re-key `src` (a file, or a folder's whole subtree) to `dest`."""
-        s, d = enc(src), enc(dest)
-        lo, hi = under_range(src)
-        dlo, dhi = under_range(dest)
-        with self.db.write() as c:
-            c.execute("DELETE FROM entries WHERE path = ?", (d,))
-            c.execute("DELETE FROM entries WHERE path >= ? AND path < ?", (dlo, dhi))
-            c.execute("UPDATE entries SET path = ? WHERE path = ?", (d, s))
-            # Re-key the subtree in pages, in Python: SQLite's || turns BLOBs
-            # into TEXT, and paths must stay byte-exact BLOBs.
-            cut = len(s) + 1
-            last = lo
-            while True:
-                rows = c.execute(
-                    "SELECT path, size, mtime_ns, mode, ino, etag, synced_at FROM entries"
-                    " WHERE path >= ? AND path < ? ORDER BY path LIMIT 1000",
-                    (last, hi),
-                ).fetchall()
-                if not rows:
-                    break
-                c.executemany("DELETE FROM entries WHERE path = ?", ((r[0],) for r in rows))
-                c.executemany(
-                    "INSERT OR REPLACE INTO entries(path, size, mtime_ns, mode, ino, etag, synced_at) VALUES (?,?,?,?,?,?,?)",
-                    ((d + b"/" + r[0][cut:], *r[1:]) for r in rows),
-                )
-                last = rows[-1][0]
-
-    def iter_sorted(self, batch: int = 2000) -> Iterator[IndexEntry]:
-        """All entries in byte order, paged so memory stays flat."""
-        last = b""  # no stored path is empty, so every path sorts after it
-        c = self.db.conn()
-        while True:
-            rows = c.execute(
-                "SELECT path, size, mtime_ns, mode, ino, etag FROM entries WHERE path > ? ORDER BY path LIMIT ?",
-                (last, batch),
-            ).fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield IndexEntry(dec(r[0]), r[1], r[2], r[3], r[4], r[5])
-            last = rows[-1][0]
-
-    def count(self) -> int:
-        return self.db.conn().execute("SELECT count(*) FROM entries").fetchone()[0]
-
-    def clear(self) -> None:
-        with self.db.write() as c:
-            c.execute("DELETE FROM entries")
-
-
-@dataclass(frozen=True)
 class FailedAction:
     kind: str
     src: str
@@ -449,10 +341,7 @@ class FailedActions:
             c.execute("DELETE FROM failed WHERE src = ? OR dest = ?", (b, b))
 
     def list(self) -> list[FailedAction]:
-        rows = self.db.conn().execute(
-            "SELECT kind, src, dest, error, attempts, first_at, last_at FROM failed ORDER BY last_at"
-        ).fetchall()
-        return [FailedAction(r[0], dec(r[1]), dec(r[2]), *r[3:]) for r in rows]
+        return failed_rows(self.db.conn())
 
     def take(self, paths: list[str] | None = None) -> list[FailedAction]:
         """Remove and return failed actions (all, or those touching `paths`)."""
@@ -468,7 +357,20 @@ class FailedActions:
         return items
 
     def count(self) -> int:
-        return self.db.conn().execute("SELECT count(*) FROM failed").fetchone()[0]
+        return failed_count(self.db.conn())
+
+
+def failed_rows(c: sqlite3.Connection, newest_first: bool = False, limit: int = -1) -> list[FailedAction]:
+    """The failed actions, by when they last failed (the daemon's view and the read-only one)."""
+    order = "DESC" if newest_first else "ASC"
+    rows = c.execute(
+        f"SELECT kind, src, dest, error, attempts, first_at, last_at FROM failed ORDER BY last_at {order} LIMIT ?",
+        (limit,)).fetchall()
+    return [FailedAction(r[0], dec(r[1]), dec(r[2]), *r[3:]) for r in rows]
+
+
+def failed_count(c: sqlite3.Connection) -> int:
+    return c.execute("SELECT count(*) FROM failed").fetchone()[0]
 
 
 class ResumeTable:
@@ -549,3 +451,55 @@ class BoundResumeStore:
 
     def clear(self) -> None:
         self.table.clear(self.rel)
+
+
+class StateReader:
+    """A read-only look at one mapping's state database, for what runs beside
+    the daemon (`--status`, the dashboard's local mode). Opened with mode=ro:
+    it never creates, migrates or writes the file, and WAL lets it read while
+    the daemon writes. Raises sqlite3.Error when the file cannot be read."""
+
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
+        self.path = path
+        self.c = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=timeout)
+
+    def __enter__(self) -> "StateReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def queue_counts(self) -> tuple[int, int]:
+        """(waiting, claimed) actions of the queue."""
+        counts = dict(self.c.execute("SELECT state, count(*) FROM queue GROUP BY state").fetchall())
+        return counts.get(0, 0), counts.get(1, 0)
+
+    def failed_count(self) -> int:
+        return failed_count(self.c)
+
+    def identity(self) -> str | None:
+        row = self.c.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        return row[0] if row else None
+
+    def claimed(self, limit: int) -> list[tuple[str, str, str, float]]:
+        """(kind, src, dest, queued_at) of the actions the daemon is running, oldest first."""
+        rows = self.c.execute(
+            "SELECT kind, src, dest, queued_at FROM queue WHERE state = 1 ORDER BY id LIMIT ?", (limit,))
+        return [(kind, dec(src), dec(dest), queued_at) for kind, src, dest, queued_at in rows]
+
+    def failures(self, limit: int) -> list[FailedAction]:
+        """The `limit` most recent failed actions, newest first."""
+        return failed_rows(self.c, newest_first=True, limit=limit)
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def __getattr__(name: str) -> Any:
+    """The Index lives in skynet.index (it imports this module, so it cannot be
+    imported here at load time); `from skynet.state import Index` still works."""
+    if name in ("Index", "IndexEntry"):
+        from skynet import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,9 +18,8 @@ import click
 
 from skynet.atomicfile import write_atomic
 from skynet.config import Config
-from skynet.state import FailedActions, StateDB
-
-STATUS_FILE = "status.json"
+from skynet.state import StateReader
+from skynet.state_folder import StateFolder
 
 
 class InFlight:
@@ -49,33 +48,29 @@ class InFlight:
 
 
 def write_status(state_dir: str, doc: dict) -> None:
-    path = os.path.join(state_dir, STATUS_FILE)
-    write_atomic(path, json.dumps(doc, ensure_ascii=False), sync=False)  # a snapshot: rewritten every tick
+    # a snapshot, rewritten every tick: no fsync
+    write_atomic(StateFolder(state_dir).status(), json.dumps(doc, ensure_ascii=False), sync=False)
 
 
 def collect(cfg: Config) -> dict:
     """Everything --status shows, as a JSON-able dict."""
-    from skynet.failed_cli import daemon_pid
-
+    folder = StateFolder(cfg.state_dir)
     try:
-        with open(os.path.join(cfg.state_dir, STATUS_FILE), encoding="utf-8") as f:
+        with open(folder.status(), encoding="utf-8") as f:
             live = json.load(f)
     except (OSError, ValueError):
         live = {}
     live_maps = {m["name"]: m for m in live.get("mappings", [])}
     out = {"config": cfg.path, "service": cfg.service, "mappings": []}
     for m in cfg.mappings:
-        db_path = os.path.join(cfg.state_dir, f"{m.name}.db")
-        pid = daemon_pid(cfg, m.name)
+        db_path = folder.db(m.name)
+        pid = folder.holder(m.name)
         row = {"name": m.name, "source": m.source, "target": m.target, "running": pid is not None, "pid": pid,
                "queue_depth": None, "failed": None, "connected": None, "in_flight": []}
         if os.path.exists(db_path):
-            db = StateDB(db_path)
-            try:
-                row["queue_depth"] = db.conn().execute("SELECT count(*) FROM queue").fetchone()[0]
-                row["failed"] = FailedActions(db).count()
-            finally:
-                db.close()
+            with StateReader(db_path, timeout=60) as db:
+                row["queue_depth"] = sum(db.queue_counts())
+                row["failed"] = db.failed_count()
         if pid is not None and m.name in live_maps:
             row["connected"] = live_maps[m.name].get("connected")
             row["in_flight"] = [u for u in live.get("in_flight", []) if u["mapping"] == m.name]

@@ -27,12 +27,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from connections.base import LocalFile, XCon
+from connections.base import EtagCheck, LocalFile, XCon
 from connections.source import local_file, open_source
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
 from skynet.reconcile import index_matches, is_special
-from skynet.state import Index, IndexEntry, dec, under_range
+from skynet.index import Index, IndexEntry
+from skynet.state import under_range
 from skynet.uniqueq import DELETE, SEND, UniqueQ
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,9 @@ class SyncSnap:
         batch: list[tuple] = []
         try:
             for e in self.con.list(""):
-                batch.append((e.rel, e.size, e.mtime_ns, e.mode, None, e.etag))
+                # a stored time (S3's LastModified) is not the file's mtime: not known
+                mtime = None if e.mtime_is_stored else e.mtime_ns
+                batch.append((e.rel, e.size, mtime, e.mode, None, e.etag))
                 if len(batch) >= BATCH:
                     self.index.put_many(batch)
                     n += len(batch)
@@ -180,31 +183,14 @@ class SyncSnap:
         # the multipart "md5-of-md5s-N") recomputes them from the local file.
         # Read as a send reads it: beneath the source folder, the file listed.
         f = local_file(self.mapper.local(rel), rel, st, self.mapper.source, self.follow_symlinks)
-        local_etags = getattr(self.con, "local_etags", None)
-        if local_etags is not None:
+        if isinstance(self.con, EtagCheck):
             try:
-                return etag in {e.strip('"').lower() for e in local_etags(f)}
+                return etag in {e.strip('"').lower() for e in self.con.local_etags(f)}
             except Exception:  # unreadable or replaced: not known identical, so sent (and checked) later
                 return False
         if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
             return _md5(f) == etag
         return False
-
-    def _index_under(self, rel: str) -> Iterator[IndexEntry]:
-        """The Index entries below folder `rel`, in byte order, paged.
-        (A range version of Index.iter_sorted; it belongs in skynet/state.py.)"""
-        lo, hi = under_range(rel)
-        c = self.index.db.conn()
-        op = ">="
-        while True:
-            rows = c.execute(
-                f"SELECT path, size, mtime_ns, mode, ino, etag FROM entries WHERE path {op} ? AND path < ? "  # noqa: S608
-                "ORDER BY path LIMIT ?", (lo, hi, BATCH)).fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield IndexEntry(dec(r[0]), r[1], r[2], r[3], r[4], r[5])
-            lo, op = rows[-1][0], ">"
 
     def _streams(self, roots: list[str] | None) -> tuple[Iterator, Iterator]:
         """(files on disk, Index entries), both in byte order: the whole tree, or only
@@ -213,7 +199,7 @@ class SyncSnap:
             return self.walk(""), self.index.iter_sorted()
         roots = sorted((r for r in roots if not self.ignore.ignored(r, is_dir=True)), key=lambda r: under_range(r)[0])
         return (itertools.chain.from_iterable(self.walk(r) for r in roots),
-                itertools.chain.from_iterable(self._index_under(r) for r in roots))
+                itertools.chain.from_iterable(self.index.iter_under(r, BATCH) for r in roots))
 
     # -- the scan ----------------------------------------------------------
     def run(self, roots: list[str] | None = None) -> ScanStats:

@@ -16,14 +16,15 @@ database, for two measured reasons (see README, "Why not persist-queue"):
 from __future__ import annotations
 
 import logging
-import os
 from skynet.sqlitelib import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from skynet.state import FailedActions, Index, IndexEntry, StateDB, StateError, dec, enc
+from skynet.index import IndexEntry
+from skynet.state import StateDB, StateError
+from skynet.state_queue import QueueTable
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class UniqueQ:
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.db = db
+        self.table = QueueTable(db)
         self.on_put = on_put or (lambda: None)
         self.on_fatal = on_fatal or (lambda reason: None)
         self._buf: list[ActionSpec] = []
@@ -104,14 +106,7 @@ class UniqueQ:
 
     def put_many(self, specs: Iterable[ActionSpec]) -> int:
         """Insert in one transaction; returns how many were new."""
-        now = time.time()
-        with self.db.write() as c:
-            before = c.total_changes
-            c.executemany(
-                "INSERT OR IGNORE INTO queue(kind, src, dest, state, queued_at) VALUES (?, ?, ?, 0, ?)",
-                ((k, enc(s), enc(d), now) for k, s, d in specs),
-            )
-            added = c.total_changes - before
+        added = self.table.insert(specs)
         if added:
             self.on_put()
         return added
@@ -154,41 +149,20 @@ class UniqueQ:
         If an identical action is also waiting, the claimed copy is redundant
         and dropped (UPDATE OR IGNORE leaves it at state 1, then it is deleted).
         """
-        with self.db.write() as c:
-            rows = c.execute("SELECT id, kind, src, dest FROM queue WHERE state = 1").fetchall()
-            c.execute("UPDATE OR IGNORE queue SET state = 0 WHERE state = 1")
-            c.execute("DELETE FROM queue WHERE state = 1")
-        return [Action(r[0], r[1], dec(r[2]), dec(r[3])) for r in rows]
+        return [Action(*r) for r in self.table.reset_claimed()]
 
     def claim(self, limit: int) -> list[Action]:
         """Hand out up to `limit` waiting actions, oldest first, marking them
         claimed, each with the Index entry of its source path (see Action)."""
-        with self.db.write() as c:
-            rows = c.execute(
-                "SELECT q.id, q.kind, q.src, q.dest, e.path IS NOT NULL, e.size, e.mtime_ns, e.mode, e.ino, e.etag "
-                "FROM queue AS q LEFT JOIN entries AS e ON e.path = q.src "
-                "WHERE q.state = 0 ORDER BY q.id LIMIT ?", (limit,)
-            ).fetchall()
-            if rows:
-                c.executemany("UPDATE queue SET state = 1 WHERE id = ?", ((r[0],) for r in rows))
-        out = []
-        for r in rows:
-            src = dec(r[2])
-            out.append(Action(r[0], r[1], src, dec(r[3]), IndexEntry(src, *r[5:]) if r[4] else None))
-        return out
+        return [Action(i, kind, src, dest, entry) for i, kind, src, dest, entry in self.table.claim(limit)]
 
     def release(self, ids: Iterable[int]) -> None:
         """Give claimed actions back (graceful stop with work still queued)."""
-        ids = list(ids)
-        with self.db.write() as c:
-            c.executemany("UPDATE OR IGNORE queue SET state = 0 WHERE id = ?", ((i,) for i in ids))
-            # Still claimed means an identical action is waiting: this copy is redundant.
-            c.executemany("DELETE FROM queue WHERE id = ? AND state = 1", ((i,) for i in ids))
+        self.table.release(ids)
 
     def done(self, action_id: int) -> None:
         """The action's effect is on the remote and in the Index: forget it."""
-        with self.db.write() as c:
-            c.execute("DELETE FROM queue WHERE id = ?", (action_id,))
+        self.table.delete(action_id)
 
     def finish(self, action_id: int, index_rows: list[tuple], settled: Iterable[str]) -> None:
         """finish_many() for one action."""
@@ -201,15 +175,10 @@ class UniqueQ:
         Either all of it is on disk or none of it (then the actions run again
         after a crash, which is harmless). Rows are written in the order given,
         so a later action's row for a path wins."""
-        with self.db.write() as c:
-            rows = [r for _, index_rows, _ in finished for r in index_rows]
-            if rows:
-                Index.write_rows(c, rows)
-            FailedActions.clear_paths(c, [p for _, _, paths in finished for p in paths])
-            c.executemany("DELETE FROM queue WHERE id = ?", ((i,) for i, _, _ in finished))
+        self.table.finish(finished)
 
     def __len__(self) -> int:
-        return self.db.conn().execute("SELECT count(*) FROM queue").fetchone()[0] + len(self._buf)
+        return self.table.count() + len(self._buf)
 
     def close(self) -> None:
         self.flush()

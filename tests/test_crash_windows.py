@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from connections.base import LocalFile, TransferContext
+from connections.base import BatchSend, LocalFile, TransferContext
 from skynet.state import StateDB
 from skynet.uniqueq import MOVE, SEND
 from tests.backends import BACKENDS, enabled_backends
@@ -93,7 +93,7 @@ def test_a_send_killed_mid_copy_leaves_no_temp_file_when_the_rerun_goes_in_a_bat
     from connections.local import temp_name
 
     with BACKENDS["local"](tmp_path, servers) as backend:
-        assert backend.con.abilities.batch_send
+        assert isinstance(backend.con, BatchSend)
         _killed_batch_scenario(tmp_path, backend, temp_name)
 
 

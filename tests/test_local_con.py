@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from connections.base import LocalFile, TransferContext, TransientError
+from connections.base import BatchSend, LocalFile, TransferContext, TransientError
 from connections.local import LocalCon, temp_name
 
 
@@ -80,7 +80,7 @@ def test_send_many_copies_a_batch_with_one_cp(tmp_path, monkeypatch):
     monkeypatch.setattr(local.subprocess, "run", lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))
     con = LocalCon(str(tmp_path / "dst"))
     os.makedirs(con.root)
-    assert con.abilities.batch_send
+    assert isinstance(con, BatchSend)
     files = [_file(tmp_path, f"a/b/{i}.txt", b"x" * i) for i in range(10)]
     files += [_file(tmp_path, f"c/{i}.txt", b"y" * i) for i in range(10)]  # the same names again
     files += [_file(tmp_path, f"-n/\n{i}", b"z" * i) for i in range(3)]  # names cp could take for options

@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from connections.base import LocalFile, PermanentError, TransferContext
+from connections.base import BatchSend, LocalFile, PermanentError, TransferContext
 from connections.local import LocalCon
 from skynet.ignore import IgnoreRules
 from skynet.mapper import Mapper
@@ -106,7 +106,7 @@ def local_rig(tmp_path):
     remote.mkdir()
     con = LocalCon(str(remote))
     con.connect()
-    assert con.abilities.batch_send, "GNU cp is needed for the batch path"
+    assert isinstance(con, BatchSend), "GNU cp is needed for the batch path"
     r = Rig(tmp_path, con)
     r.fetch = lambda: tree(remote)  # type: ignore[attr-defined]
     yield r
