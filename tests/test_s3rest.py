@@ -395,7 +395,7 @@ def test_list_parts_pages_and_head_object_shape(scripted):
     assert "part-number-marker=1" in server.requests[1][0]
     got = rest.head_object("k")
     assert got == {"ContentLength": 7, "ETag": '"abc"', "ContentType": "text/plain", "Metadata": {"mtime": "1.5"},
-                   "LastModified": "Sat, 05 Dec 2026 09:00:00 GMT"}
+                   "LastModified": datetime.datetime(2026, 12, 5, 9, 0, tzinfo=datetime.timezone.utc)}
 
 
 def test_delete_objects_sends_content_md5_and_returns_per_key_errors(scripted):
