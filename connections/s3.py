@@ -525,7 +525,7 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
         self.concurrency = concurrency
-        self.workers = workers  # engine worker threads: sizes the HTTP connection pool
+        self.workers = workers  # engine worker threads (s3rest keeps one connection per thread)
         self.copy_threshold = copy_threshold  # larger objects are copied part by part
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -1461,7 +1461,8 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
             self._copy(a, b, int(head["ContentLength"]), what, head)
 
     def size_pool(self, workers: int) -> None:
-        """The HTTP connection pool (made on first use) holds a connection per worker."""
+        """Nothing to size: s3rest keeps one keep-alive connection per thread, so every
+        worker has its own whatever their number (recorded for the record only)."""
         self.workers = max(self.workers, workers)
 
     def list_versions(self, rel: str) -> Iterator[VersionEntry]:
