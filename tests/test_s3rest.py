@@ -484,3 +484,28 @@ def test_https_through_a_proxy_asks_for_a_tunnel(scripted, tmp_path):
     assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
     con = S3Con("bkt", access_key_id="a", secret_access_key="b")
     assert isinstance(con._classify(s3rest.ProxyRefused("the proxy answered 407"), "connect", None), TransientError)
+
+
+def test_list_versions_pages_and_conditional_reads(scripted):
+    page1 = ok(b"<ListVersionsResult><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+               b"<NextKeyMarker>a+b</NextKeyMarker><NextVersionIdMarker>v1</NextVersionIdMarker>"
+               b"<Version><Key>a+b</Key><VersionId>v2</VersionId><IsLatest>true</IsLatest>"
+               b"<LastModified>2026-12-05T09:00:01.000Z</LastModified><ETag>\"e2\"</ETag><Size>3</Size></Version>"
+               b"<DeleteMarker><Key>a+b</Key><VersionId>d1</VersionId><IsLatest>false</IsLatest>"
+               b"<LastModified>2026-12-05T09:00:00.000Z</LastModified></DeleteMarker></ListVersionsResult>")
+    page2 = ok(b"<ListVersionsResult><IsTruncated>false</IsTruncated>"
+               b"<Version><Key>a b</Key><VersionId>v1</VersionId><IsLatest>false</IsLatest><Size>1</Size></Version>"
+               b"</ListVersionsResult>")
+    ranged = b"HTTP/1.1 206 Partial\r\nContent-Length: 2\r\nETag: \"e2\"\r\n\r\nhi"
+    server = scripted([page1, page2, ranged, error_reply(412, "PreconditionFailed")])
+    rest = rest_for(server)
+    pages = list(rest.list_versions("a b"))
+    assert [[v["VersionId"] for v in versions] for versions, _m in pages] == [["v2"], ["v1"]]
+    assert pages[0][0][0]["Key"] == "a b" and pages[0][0][0]["IsLatest"] and pages[0][1][0]["VersionId"] == "d1"
+    assert "key-marker=a%20b" in server.requests[1][0] and "version-id-marker=v1" in server.requests[1][0]
+    assert rest.get_object("a b", 0, 1, if_match="e2", version="v2").body == b"hi"
+    line, headers, _ = server.requests[2]
+    assert "versionId=v2" in line and headers["if-match"] == '"e2"' and headers["range"] == "bytes=0-1"
+    with pytest.raises(s3rest.S3Error) as info:
+        rest.head_object("a b", if_match="old")
+    assert info.value.status == 412
