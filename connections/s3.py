@@ -109,7 +109,7 @@ import sys
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, NoReturn
 from urllib.parse import urlsplit
 
@@ -1316,50 +1316,49 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
     def _copy_multipart(self, src: str, dest: str, size: int, what: str, head: dict) -> None:
         """Copy part by part with UploadPartCopy, or, where the server gets that wrong,
         through this machine (ranged GET + UploadPart); either way metadata is kept."""
-        part_size = part_size_for(size, self.part_size)
-        ranges = [(n + 1, start, min(size, start + part_size) - 1) for n, start in enumerate(range(0, size, part_size))]
+        plan = chunks.Plan(size, part_size_for(size, self.part_size), self.concurrency)
         done = False
         if self._part_copy_works is not False:
-            done = self._copy_parts(src, dest, ranges, what, head, self._copy_part)
+            done = self._copy_parts(src, dest, plan, what, head, self._copy_part)
             if not done:
                 self._part_copy_works = False
                 log.warning("s3: %s does not copy parts right (UploadPartCopy); copying through this machine",
                             self.endpoint_url or "the server")
-        if not done and not self._copy_parts(src, dest, ranges, what, head, self._relay_part):
+        if not done and not self._copy_parts(src, dest, plan, what, head, self._relay_part):
             raise PermanentError(f"{what}: {self._where(dest)}: the server stored parts of the wrong size")
         got = self._head(dest, what)
         if got is None or int(got["ContentLength"]) != size:
             raise PermanentError(f"{what}: {self._where(dest)} has the wrong size after a multipart copy")
 
     def _copy_parts(
-        self, src: str, dest: str, ranges: list[tuple[int, int, int]], what: str, head: dict,
+        self, src: str, dest: str, plan: chunks.Plan, what: str, head: dict,
         part_fn: Callable[[str, str, str, int, int, int], str],
     ) -> bool:
-        """One multipart upload of `dest` made of `ranges` of `src`; False (and aborted) if
-        the server stored a part of the wrong size or does not implement part copy."""
+        """One multipart upload of `dest` made of the plan's chunks of `src`, run by the
+        chunk scheduler (part_fn copies one: part number, first and last byte); False
+        (and aborted) if the server stored a part of the wrong size or does not
+        implement part copy."""
         headers = {"content-type": head["ContentType"]} if head.get("ContentType") else {}
         headers.update(self._sse_h)
         headers.update({"x-amz-meta-" + k: v for k, v in _meta_lower(head.get("Metadata")).items()})
         upload_id = self._call(what, dest, self._http().create_multipart, dest, headers)
         self._mark_active(upload_id, True)
         try:
-            pool = self._part_pool()
-            futs = {pool.submit(part_fn, src, dest, upload_id, n, lo, hi): n for n, lo, hi in ranges}
-            wait(futs)
-            for fut in futs:
-                exc = fut.exception()
-                if exc is not None and error_code(exc) == "NotImplemented" and part_fn == self._copy_part:
+            try:
+                etags = chunks.each(
+                    plan, lambda n, start, end, _meter: part_fn(src, dest, upload_id, n + 1, start, end - 1),
+                    TransferContext(), self._part_pool(), slots=self._slots)
+            except Exception as exc:
+                if error_code(exc) == "NotImplemented" and part_fn == self._copy_part:
                     self._abort(dest, upload_id)
                     return False
-                if exc is not None:
-                    raise exc
-            etags = {futs[f]: f.result() for f in futs}
+                raise
             # rclone serve s3 (1.75) answers UploadPartCopy with 200 but stores an empty part.
             listed = self._list_parts(dest, upload_id) or {}
-            if any(listed.get(n, ("", -1))[1] != hi - lo + 1 for n, lo, hi in ranges):
+            if any(listed.get(n + 1, ("", -1))[1] != plan.length(n) for n in range(plan.count)):
                 self._abort(dest, upload_id)
                 return False
-            self._complete(dest, upload_id, [(n, etags[n]) for n, _lo, _hi in ranges])
+            self._complete(dest, upload_id, [(n + 1, etags[n]) for n in range(plan.count)])
             return True
         except Exception as exc:
             try:
@@ -1376,8 +1375,7 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
 
     def _relay_part(self, src: str, dest: str, upload_id: str, n: int, lo: int, hi: int) -> str:
         """Copy one part through this machine: ranged GET, then UploadPart with Content-MD5."""
-        # No self._slots here: this runs on a pool thread, and sends hold slots while
-        # waiting for pool threads. The pool's size bounds the memory instead.
+        # The scheduler holds one of the connection's slots while this part is in flight.
         data = self._http().get_object(src, lo, hi).body
         if len(data) != hi - lo + 1:
             raise TransientError(f"copy {self._where(src)}: short read of part {n}")
