@@ -2,7 +2,7 @@
 
 Clients, each against the same server process (rclone serve s3, or SeaweedFS with
 --server seaweedfs, started by the test helpers tests/server_s3.py / server_seaweedfs.py):
-  own      connections/s3rest.py: PUT with Content-MD5 (the MD5 computed here)
+  own      connections/s3/rest.py: PUT with Content-MD5 (the MD5 computed here)
   s3con    S3Con.send() of a local file (the daemon's whole per-file path: open, read,
            MD5, metadata headers, PUT, ETag check); 1 GiB: its multipart upload
   obstore  obstore.put (Rust object_store); no Content-MD5: the returned ETag is checked
@@ -54,8 +54,8 @@ class Clients:
         from botocore.config import Config
         from obstore.store import S3Store
 
-        from connections import s3rest
-        from connections.s3 import S3Con
+        from connections.s3 import rest as s3rest
+        from connections.s3.con import S3Con
 
         self.srv, self.bucket, self.tmp = srv, bucket, tmp
         self.obstore = obstore
@@ -98,7 +98,7 @@ class Clients:
         self._send(key, path)
 
     def _send(self, key: str, path: Path) -> None:
-        from connections.base import LocalFile, NullResumeStore, TransferContext
+        from connections.contract.xcon import LocalFile, NullResumeStore, TransferContext
 
         st = path.stat()
         f = LocalFile(str(path), key, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ino)
@@ -116,7 +116,7 @@ class Clients:
 
 def small_round(clients: Clients, name: str, files: list[Path], tag: str) -> tuple[float, float]:
     """Send every file with client `name` from THREADS threads; (files/s, client ms CPU per object)."""
-    from connections.base import LocalFile, NullResumeStore, TransferContext
+    from connections.contract.xcon import LocalFile, NullResumeStore, TransferContext
 
     if name == "s3con":
         def one(i: int) -> None:

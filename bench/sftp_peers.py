@@ -268,8 +268,8 @@ def _skynet_child(args: argparse.Namespace) -> None:
     """The measured child: upload every file under --src with SFTPCon."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from connections.base import BatchSend, LocalFile, TransferContext
-    from connections.sftp import SFTPCon
+    from connections.contract.xcon import BatchSend, LocalFile, TransferContext
+    from connections.sftp.con import SFTPCon
 
     kw = {"write_size": args.write_size} if args.write_size else {}
     con = SFTPCon(args.host, args.dest, port=args.port, user=args.user, key_file=args.key_file,

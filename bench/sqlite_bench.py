@@ -3,7 +3,7 @@
     bench/run sqlite [--rounds 5] [--puts 20000] [--files 10000]
 
 pysqlite3 ships wheels for Linux x86_64 only (CPython 3.11-3.14); elsewhere
-skynet/sqlitelib.py uses Python's own sqlite3, which links the system's library
+skynet/state/sqlitelib.py uses Python's own sqlite3, which links the system's library
 (3.40.1 on Debian 12, with the WAL-reset bug), and state.Checkpointer then holds the
 write lock while it checkpoints. Each round runs, in new processes and alternating
 which goes first, both libraries through:
@@ -43,9 +43,9 @@ def env_for(lib: str) -> dict[str, str]:
 def child_queue(n: int) -> None:
     """In a child process: time the two UniqueQ put paths; print JSON."""
     sys.path.insert(0, str(REPO))
-    from skynet.sqlitelib import sqlite3
-    from skynet.state import StateDB
-    from skynet.uniqueq import SEND, UniqueQ
+    from skynet.state.sqlitelib import sqlite3
+    from skynet.state.db import StateDB
+    from skynet.state.uniqueq import SEND, UniqueQ
 
     with tempfile.TemporaryDirectory() as d:
         q = UniqueQ(StateDB(os.path.join(d, "a.db")))

@@ -20,7 +20,7 @@ def service_module(service: str) -> ModuleType:
         raise ValueError(f"unknown service {service!r} (expected one of {', '.join(SERVICES)})")
     if service in EXTRAS:  # s3 and sftp: their libraries are the 's3' and 'sftp' extras
         require(service, f"the {service} service")
-    mod = importlib.import_module(f"connections.{service}")
+    mod = importlib.import_module(f"connections.{service}.con")
     if not hasattr(mod, "validate"):
         def validate(options: dict[str, str], target: str, _build=mod.build) -> None:
             _build(options, target).close()

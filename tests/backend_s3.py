@@ -21,8 +21,8 @@ from botocore.exceptions import ClientError
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server starter)
 import tests.server_seaweedfs  # noqa: F401  (registers the "seaweedfs" server starter)
-from connections.base import LocalFile, TransferContext
-from connections.s3 import S3Con
+from connections.contract.xcon import LocalFile, TransferContext
+from connections.s3.con import S3Con
 
 ROOT = "root"
 

@@ -12,7 +12,7 @@ import contextlib
 from typing import Iterator
 
 import tests.server_sshd  # noqa: F401  (registers the "sftp" server)
-from connections.sftp import SFTPCon, build
+from connections.sftp.con import SFTPCon, build
 
 
 @contextlib.contextmanager

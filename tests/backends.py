@@ -14,8 +14,8 @@ from typing import Callable, ContextManager, Iterator
 
 import pytest
 
-from connections.base import XCon
-from connections.local import LocalCon
+from connections.contract.xcon import XCon
+from connections.local.con import LocalCon
 from tests.harness import retrying_read, tree
 
 

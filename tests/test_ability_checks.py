@@ -1,6 +1,6 @@
 """The engine checks a connection's optional abilities by type, never by probing (issue 19, item 2).
 
-Abilities are typed mixins of connections/base.py (BatchSend, ServerSideMove, ServerSideCopy,
+Abilities are typed mixins of connections/contract/xcon.py (BatchSend, ServerSideMove, ServerSideCopy,
 FreeSpace, PoolSized, EtagCheck, Versions) that a backend declares by inheriting, and skynet/
 asks `isinstance(con, ServerSideMove)`. A `getattr(self.con, "local_etags", None)` or
 `hasattr(self.con, "workers")` probe is what this replaced: a misspelt or renamed member

@@ -1,11 +1,11 @@
-"""skynet.backoff: the one back-off every retry loop uses (bounds, cap, jitter, reset)."""
+"""skynet.engine.backoff: the one back-off every retry loop uses (bounds, cap, jitter, reset)."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from skynet.backoff import Backoff, BackoffCounter
+from skynet.engine.backoff import Backoff, BackoffCounter
 
 
 def test_delays_double_within_their_jitter() -> None:
@@ -58,12 +58,13 @@ def test_retrying_waits_the_same_delays_and_reraises_on_stop() -> None:
 
 
 def test_handler_and_notifier_use_it() -> None:
-    """The loops that used to carry their own formula now take skynet.backoff's."""
+    """The loops that used to carry their own formula now take skynet.engine.backoff's."""
     import inspect
 
-    from skynet import handler, notifier
+    from skynet.engine import handler
 
+    from skynet.reporting import notifier
     for mod in (handler, notifier):
         src = inspect.getsource(mod)
-        assert "skynet.backoff import" in src
+        assert "skynet.engine.backoff import" in src
         assert "wait_exponential" not in src and "random.uniform" not in src and "2 **" not in src

@@ -12,12 +12,12 @@ import os
 
 import pytest
 
-from connections.base import LocalFile, TransferContext
-from skynet.ignore import IgnoreRules
-from skynet.mapper import Mapper
-from skynet.state import Index, StateDB
-from skynet.syncsnap import SyncSnap
-from skynet.uniqueq import UniqueQ
+from connections.contract.xcon import LocalFile, TransferContext
+from skynet.watch.ignore import IgnoreRules
+from skynet.engine.mapper import Mapper
+from skynet.state.db import Index, StateDB
+from skynet.engine.syncsnap import SyncSnap
+from skynet.state.uniqueq import UniqueQ
 from tests.backends import BACKENDS
 
 MTIME = 1_600_000_000_123_456_789  # nanoseconds that no server's stored time keeps

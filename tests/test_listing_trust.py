@@ -4,7 +4,7 @@ A server that ignores the prefix of a listing (or one that makes names up) must 
 make skynet delete or move what it was not asked to touch: `delete("foo")` and
 `move("foo", "bar")` leave `foo.bak`, `foo2/x` and another team's keys alone, the
 listing says so in one warning line, and every backend goes through the same filter
-(connections.base.within_listing).
+(connections.contract.xcon.within_listing).
 
 S3 runs against the real `rclone serve s3`; the fault (the prefix dropped from
 ListObjectsV2 / ListMultipartUploads, so the real server answers with the whole
@@ -25,11 +25,11 @@ import asyncssh
 import botocore.exceptions as bce
 import pytest
 
-import connections.s3rest as s3rest
-import connections.sftp as sftpmod
+import connections.s3.rest as s3rest
+import connections.sftp.con as sftpmod
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
-from connections.base import LocalFile, TransferContext, within_listing
-from connections.s3 import S3Con
+from connections.contract.xcon import LocalFile, TransferContext, within_listing
+from connections.s3.con import S3Con
 
 FOREIGN = ["root/foo.bak", "root/foo2/x", "other-team/foo/y"]
 OURS = ["root/foo/a", "root/foo/b/c"]
@@ -240,8 +240,8 @@ def test_sftp_move_over_a_folder_ignores_made_up_names(sftp_setup, tmp_path):
 def test_local_list_goes_through_the_filter(tmp_path, monkeypatch, caplog):
     """readdir never names "../x", but LocalCon.list is held to the same rule: a walk
     that yields a foreign path (here injected) is filtered and logged like the others."""
-    from connections.base import RemoteEntry
-    from connections.local import LocalCon
+    from connections.contract.xcon import RemoteEntry
+    from connections.local.con import LocalCon
 
     (tmp_path / "t").mkdir()
     con = LocalCon(str(tmp_path / "t"))

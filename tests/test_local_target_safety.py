@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-import connections.local as local
-from connections.base import BatchSend, LocalFile, RemoteNotFound, TransferContext, TransientError
-from connections.local import LocalCon
+import connections.local.con as local
+from connections.contract.xcon import BatchSend, LocalFile, RemoteNotFound, TransferContext, TransientError
+from connections.local.con import LocalCon
 from tests.harness import Daemon, tree, wait_converged, write_config
 
 

@@ -27,7 +27,7 @@ for _name in os.environ.get("SKYNET_TEST_BLOCK", "").split(","):
 """
 
 #: every package that is not a core dependency (pyproject.toml), pysqlite3 included:
-#: where it has no wheel, skynet/sqlitelib.py falls back to the standard library's sqlite3
+#: where it has no wheel, skynet/state/sqlitelib.py falls back to the standard library's sqlite3
 OPTIONAL = ("boto3", "botocore", "s3transfer", "asyncssh", "cryptography", "bcrypt", "psycopg2", "flask",
             "waitress", "werkzeug", "jinja2", "pysqlite3")
 
@@ -61,7 +61,7 @@ def test_version_has_one_source():
     assert (res.returncode, res.stdout) == (0, f"skynet {skynet.__version__}\n"), res
     text = (install_check.REPO / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in text and 'version = {attr = "skynet.__version__"}' in text
-    from skynet.notifier import skynet_version
+    from skynet.reporting.notifier import skynet_version
 
     assert skynet_version() == skynet.__version__
 
@@ -73,10 +73,10 @@ def test_the_daemon_runs_without_any_extra_on_the_stdlib_sqlite3(tmp_path, block
     # the standard library's module, and the checkpointer's choice follows its library
     # (Debian 12's 3.40.1: WAL_RESET_FIXED is False, so the daemon below checkpoints
     # under the write lock)
-    assert _python("from skynet.sqlitelib import sqlite3, WAL_RESET_FIXED; "
+    assert _python("from skynet.state.sqlitelib import sqlite3, WAL_RESET_FIXED; "
                    "print(sqlite3.__name__, WAL_RESET_FIXED == (sqlite3.sqlite_version_info >= (3, 51, 3)))") \
         == "sqlite3 True"
-    assert _python("import skynet.cli, skynet.daemon, skynet.status, skynet.wizard, connections.local, sys; "
+    assert _python("import skynet.cli.main, skynet.engine.daemon, skynet.reporting.status, skynet.cli.wizard, connections.local.con, sys; "
                    f"print(sorted(m for m in {OPTIONAL!r} if sys.modules.get(m)))") == "[]"
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from connections.base import Abilities, ServerSideMove, XCon
-from connections.local import LocalCon, temp_name
-from skynet.ignore import IgnoreRules
-from skynet.mapper import Mapper
-from skynet.reconcile import Reconciler
-from skynet.state import Index, ResumeTable, StateDB
-from skynet.uniqueq import DELETE, MOVE, SEND, UniqueQ
+from connections.contract.xcon import Abilities, ServerSideMove, XCon
+from connections.local.con import LocalCon, temp_name
+from skynet.watch.ignore import IgnoreRules
+from skynet.engine.mapper import Mapper
+from skynet.engine.reconcile import Reconciler
+from skynet.state.db import Index, ResumeTable, StateDB
+from skynet.state.uniqueq import DELETE, MOVE, SEND, UniqueQ
 from tests.harness import tree
 
 

@@ -9,7 +9,7 @@ import shutil
 import certifi
 import pytest
 
-from connections.s3 import S3Con
+from connections.s3.con import S3Con
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import zlib
 import pytest
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
-from connections import s3rest
-from connections.base import TransferContext, TransientError
-from connections.s3 import MiB, S3Con
+from connections.s3 import rest as s3rest
+from connections.contract.xcon import TransferContext, TransientError
+from connections.s3.con import MiB, S3Con
 from tests.server_seaweedfs import SeaweedServer  # noqa: F401  (registers the "seaweedfs" server)
 from tests.test_s3_con import SMALL_MP, connections_to, make_file
 

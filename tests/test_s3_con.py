@@ -19,11 +19,11 @@ from typing import Callable, Iterator
 import botocore.exceptions as bce
 import pytest
 
-import connections.s3 as s3mod
-from connections import s3rest
+import connections.s3.con as s3mod
+from connections.s3 import rest as s3rest
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
 from tests.server_seaweedfs import SeaweedServer, run_seaweedfs  # (registers the "seaweedfs" server)
-from connections.base import (
+from connections.contract.xcon import (
     LocalFile,
     NullResumeStore,
     PermanentError,
@@ -32,7 +32,7 @@ from connections.base import (
     TransientError,
     UnsafePath,
 )
-from connections.s3 import MiB, S3Con, build, format_mtime, multipart_etag, parse_mtime, part_size_for
+from connections.s3.con import MiB, S3Con, build, format_mtime, multipart_etag, parse_mtime, part_size_for
 
 MTIME = 1_600_000_000_123_456_789
 SMALL_MP = dict(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=2)
@@ -121,7 +121,7 @@ def vars_of(con: S3Con) -> dict:
 
 
 def test_sizes_and_mtime_format():
-    # the size parser moved to skynet/values.py: tests/test_values.py::test_sizes
+    # the size parser moved to skynet/config/values.py: tests/test_values.py::test_sizes
     for ns in (MTIME, 0, 5, -1_500_000_000, 1_600_000_000_000_000_000):
         assert parse_mtime(format_mtime(ns)) == ns
     assert format_mtime(MTIME) == "1600000000.123456789"

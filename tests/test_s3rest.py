@@ -1,4 +1,4 @@
-"""connections/s3rest.py: SigV4 as botocore signs, the small HTTP/1.1 client against
+"""connections/s3/rest.py: SigV4 as botocore signs, the small HTTP/1.1 client against
 scripted replies (chunked, close-delimited, interim, split, dropped keep-alive, garbage),
 listings, and S3Con's use of it (error classes, no boto3 import on the hot path).
 
@@ -22,9 +22,9 @@ from unittest import mock
 import pytest
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
-from connections import s3rest
-from connections.base import LocalFile, PermanentError, TransferContext, TransientError
-from connections.s3 import S3Con
+from connections.s3 import rest as s3rest
+from connections.contract.xcon import LocalFile, PermanentError, TransferContext, TransientError
+from connections.s3.con import S3Con
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -347,8 +347,8 @@ def test_no_operation_needs_boto3(servers, tmp_path):
     code = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
-        from connections.base import LocalFile, TransferContext
-        from connections.s3 import S3Con
+        from connections.contract.xcon import LocalFile, TransferContext
+        from connections.s3.con import S3Con
         con = S3Con({bucket!r}, "root", endpoint_url={srv.endpoint_url!r}, region={srv.region!r},
                     addressing_style="path", access_key_id={srv.access_key!r},
                     secret_access_key=os.environ["SECRET"], part_size=5 << 20, multipart_threshold=5 << 20)

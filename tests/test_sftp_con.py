@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from connections.base import (
+from connections.contract.xcon import (
     BatchSend,
     LocalFile,
     NullResumeStore,
@@ -23,8 +23,8 @@ from connections.base import (
     TransferContext,
     TransientError,
 )
-from connections.local import temp_name
-from connections.sftp import (
+from connections.local.con import temp_name
+from connections.sftp.con import (
     HostKeyChanged,
     SFTPCon,
     UnknownHostKey,
@@ -321,9 +321,9 @@ def test_parallel_upload_reports_every_part_promptly_and_is_throttled(srv, remot
     bandwidth limit (fed by the same report) holds for the helper connections
     too. Before, only the calling thread reported (and slept) for all of them:
     the helpers ran unthrottled and progress lagged by tens of MiB."""
-    from skynet.throttle import Schedule, Throttle
+    from skynet.transfer.throttle import Schedule, Throttle
 
-    import connections.sftp as sftp_mod
+    import connections.sftp.con as sftp_mod
 
     monkeypatch.setattr(sftp_mod, "PART_SIZE", 4 * MiB)
     size, rate = 48 * MiB, 12 * MiB
@@ -390,7 +390,7 @@ def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monke
     con.ssh_options = {"window": 10_007 * 4, "max_pktsize": 10_007}
     con.write_size = 100_003
     con.parallel_min = 8 * MiB if parts else 64 * MiB
-    monkeypatch.setattr("connections.sftp.PART_SIZE", 2 * MiB)
+    monkeypatch.setattr("connections.sftp.con.PART_SIZE", 2 * MiB)
     with con:
         res = con.send(f, TransferContext())
         assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
@@ -421,7 +421,7 @@ def test_bulk_path_uses_only_public_asyncssh_api():
 
     import asyncssh
 
-    import connections.sftp as sftp_mod
+    import connections.sftp.con as sftp_mod
 
     tree = ast.parse(Path(sftp_mod.__file__).read_text())
     ours = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
@@ -492,7 +492,7 @@ def _damage_refused_then_sent_whole(con, f, store, remote) -> None:
 def test_parallel_resume_reads_back_the_finished_parts(srv, remote, tmp_path, monkeypatch):
     """The same for a parallel upload: the finished parts are read back, so
     damage inside a part before the last one is caught."""
-    monkeypatch.setattr("connections.sftp.PART_SIZE", MiB)
+    monkeypatch.setattr("connections.sftp.con.PART_SIZE", MiB)
     f = big_file(tmp_path, 16 * MiB)
     store = NullResumeStore()
     with con_for(srv, remote, connections="2") as con:

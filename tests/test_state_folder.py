@@ -1,6 +1,6 @@
-"""The state folder's owner: its layout, lock and holder (skynet.state_folder), the
-read-only view beside the daemon (skynet.state.StateReader), and the Index's one
-write route (skynet.index.Index.apply)."""
+"""The state folder's owner: its layout, lock and holder (skynet.state.folder), the
+read-only view beside the daemon (skynet.state.db.StateReader), and the Index's one
+write route (skynet.state.index.Index.apply)."""
 from __future__ import annotations
 
 import os
@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from skynet.index import Index
-from skynet.sqlitelib import sqlite3
-from skynet.state import FailedActions, StateDB, StateReader
-from skynet.state_folder import (StateFolder, StateLock, StateLocked, mapping_identity, parse_identity,
+from skynet.state.index import Index
+from skynet.state.sqlitelib import sqlite3
+from skynet.state.db import FailedActions, StateDB, StateReader
+from skynet.state.folder import (StateFolder, StateLock, StateLocked, mapping_identity, parse_identity,
                                  set_aside)
-from skynet.uniqueq import UniqueQ
+from skynet.state.uniqueq import UniqueQ
 
 
 def test_layout_names_every_file_under_the_root(tmp_path):

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OWNERS = {"skynet/state.py", "skynet/state_folder.py", "skynet/index.py", "skynet/state_queue.py",
-          "skynet/state_spool.py"}
+OWNERS = {"skynet/state/db.py", "skynet/state/folder.py", "skynet/state/index.py", "skynet/state/queue_store.py",
+          "skynet/state/spool.py"}
 # A statement on one of the state's tables (PostgreSQL's are schema-qualified: skynet.events...).
 STATE_SQL = re.compile(r"\b(FROM|INTO|UPDATE|JOIN|TABLE(\s+IF\s+NOT\s+EXISTS)?)\s+(queue|entries|failed|resume|meta|spool)\b",
                        re.IGNORECASE)
@@ -75,7 +75,7 @@ def test_the_scan_catches_each_kind_of_offence(tmp_path: Path) -> None:
     global ROOT
     bad = tmp_path / "bad.py"
     bad.write_text(
-        "import os\nfrom skynet.sqlitelib import sqlite3\n"
+        "import os\nfrom skynet.state.sqlitelib import sqlite3\n"
         "c = sqlite3.connect('x')\n"
         "c.execute('SELECT count(*) FROM queue')\n"
         "c.execute(f'DELETE FROM entries WHERE path = {1}')\n"
@@ -101,10 +101,10 @@ def test_the_index_is_written_by_one_route() -> None:
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and writes.search(node.value):
                 hits.append(str(f.relative_to(ROOT)))
-    assert set(hits) == {"skynet/index.py"}
-    # In skynet/index.py the writing statements are UPSERT, _forget and _rename:
+    assert set(hits) == {"skynet/state/index.py"}
+    # In skynet/state/index.py the writing statements are UPSERT, _forget and _rename:
     # of the Index's methods, only apply uses them.
-    tree = ast.parse((ROOT / "skynet" / "index.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "skynet" / "state" / "index.py").read_text(encoding="utf-8"))
     index_cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Index")
     writers = {f.name for f in index_cls.body if isinstance(f, ast.FunctionDef)
                and _names(f) & {"UPSERT", "_forget", "_rename"}}

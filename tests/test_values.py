@@ -1,4 +1,4 @@
-"""skynet/values.py: the one parser of config values, and its one error style.
+"""skynet/config/values.py: the one parser of config values, and its one error style.
 
 Every bad value is reported as "KEY: expected <what>, got '<value>'" whether it sits
 in [skynet], a [mapping], [local], [s3] or [sftp]: the key and the bad value are
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from connections import local as localmod
-from connections import s3 as s3mod
-from connections import sftp as sftpmod
-from skynet import config as configmod
-from skynet.values import (
+from connections.local import con as localmod
+from connections.s3 import con as s3mod
+from connections.sftp import con as sftpmod
+from skynet.config import settings as configmod
+from skynet.config.values import (
     GiB,
     MiB,
     keyed,

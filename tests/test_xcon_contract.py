@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connections.base import (
+from connections.contract.xcon import (
     BatchSend,
     EtagCheck,
     FreeSpace,
@@ -213,7 +213,7 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 # -- reading back ----------------------------------------------------------------------
 
 #: the optional abilities each backend declares (by inheriting the typed mixins of
-#: connections/base.py); every one is exercised for that backend below
+#: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
     "local": {BatchSend, ServerSideMove, ServerSideCopy, FreeSpace},
     "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck},

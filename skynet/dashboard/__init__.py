@@ -53,7 +53,7 @@ class DashboardConfig:
 
 def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None, secure_cookie: bool = False,
                        trusted_proxies: list[str] | None = None) -> DashboardConfig:
-    """A DashboardConfig from the daemon's Config (skynet.config.Config):
+    """A DashboardConfig from the daemon's Config (skynet.config.settings.Config):
     notify_dsn ("" -> local mode on state_dir; "env" -> libpq's environment),
     notify_sslmode, dashboard_password_hash, dashboard_token_hash,
     dashboard_hosts; the rest comes from the command line. Attributes are read

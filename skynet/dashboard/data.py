@@ -4,14 +4,14 @@ Both sources return the same JSON-ready shape (see `empty_status()`), so the
 page does not care which one is behind it.
 
 PostgreSQL: every query is read-only, parameterised, LIMITed, and served by an
-index (see skynet/pgschema.py): daemons are a few hundred rows at most, the
+index (see skynet/reporting/pgschema.py): daemons are a few hundred rows at most, the
 hour chart reads the per-minute roll-up, the lists of completions and failures
 walk a partial index on (ts, daemon_id, seq) backwards and paginate by keyset,
 so a page costs the same with a thousand events or a hundred million.
 
 Local: without a database, the dashboard reads the daemon's own SQLite state
-files (one per mapping, found by skynet.state_folder, read through
-skynet.state.StateReader) read-only, so one machine can still be watched.
+files (one per mapping, found by skynet.state.folder, read through
+skynet.state.db.StateReader) read-only, so one machine can still be watched.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
-from skynet.notifier import redact_dsn
-from skynet.sqlitelib import sqlite3
-from skynet.state import StateReader
-from skynet.state_folder import StateFolder, parse_identity
+from skynet.reporting.notifier import redact_dsn
+from skynet.state.sqlitelib import sqlite3
+from skynet.state.db import StateReader
+from skynet.state.folder import StateFolder, parse_identity
 
 LIST_LIMIT = 50
 DAEMON_LIMIT = 1000

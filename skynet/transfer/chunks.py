@@ -28,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
-from connections.base import TransferContext
+from connections.contract.xcon import TransferContext
 
 Meter = Callable[[int], None]  # called with each new number of bytes moved
 T = TypeVar("T")
