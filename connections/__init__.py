@@ -1,6 +1,6 @@
-"""Connections (XCon implementations), one module per service.
+"""Connections (XCon implementations), one subpackage per service: connections/<service>/con.py.
 
-Each module provides:
+Each con.py provides:
   KEYS: dict[key, (default, doc)]   the settings of its [service] config section
   build(options, target) -> XCon    a connection for one mapping (no network yet)
 and may provide validate(options, target), which raises ValueError("key: problem").

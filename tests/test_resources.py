@@ -97,7 +97,7 @@ def test_progress_summary_lines_when_not_a_terminal(tmp_path):
 def test_progress_bar_in_a_terminal(tmp_path):
     import io
 
-    from skynet.transfer.progress import ProgressReporter, Snapshot
+    from skynet.reporting.progress import ProgressReporter, Snapshot
 
     class Tty(io.StringIO):
         def isatty(self):

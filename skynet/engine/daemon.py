@@ -29,7 +29,7 @@ from skynet.engine.reconcile import Reconciler, SourceUnavailable
 from skynet.state.index import Index
 from skynet.state.db import FailedActions, ResumeTable, StateError, open_or_rebuild
 from skynet.state.folder import StateFolder, StateLock, StateLocked, mapping_identity
-from skynet.transfer.progress import ProgressReporter, Snapshot
+from skynet.reporting.progress import ProgressReporter, Snapshot
 from skynet.reporting.status import InFlight, write_status
 from skynet.engine.syncsnap import SyncSnap
 from skynet.transfer.throttle import Schedule, Throttle

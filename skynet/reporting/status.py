@@ -84,7 +84,7 @@ def print_status(cfg: Config, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
-    from skynet.transfer.progress import human_bytes
+    from skynet.reporting.progress import human_bytes
 
     for m in doc["mappings"]:
         state = "not running" if not m["running"] else (

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, TextIO
 
-log = logging.getLogger("skynet.transfer.progress")
+log = logging.getLogger("skynet.reporting.progress")
 
 
 def human_bytes(n: float) -> str:
