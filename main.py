@@ -5,7 +5,7 @@
     python main.py --run-with local    # run the daemon
     python main.py --help              # everything else
 """
-from skynet.cli import main
+from skynet.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -481,7 +481,7 @@ def wait_quiet(max_wait: float, threshold: float = 0.3, window: float = 1.0) -> 
             return load
 
 
-LOCAL_PATH_CODE = ("skynet", "connections/__init__.py", "connections/base.py", "connections/local.py", "main.py")
+LOCAL_PATH_CODE = ("skynet", "connections/__init__.py", "connections/contract/xcon.py", "connections/local/con.py", "main.py")
 
 
 def git_state(paths: tuple[str, ...] = LOCAL_PATH_CODE) -> str:

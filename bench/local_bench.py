@@ -92,7 +92,7 @@ def skynet_options(args) -> dict[str, str]:
     I/O priority as rclone and lsyncd. Keys this version of skynet does not know are left out."""
     try:
         sys.path.insert(0, str(REPO))
-        from skynet.config import GLOBAL_KEYS  # read-only: which keys exist
+        from skynet.config.settings import GLOBAL_KEYS  # read-only: which keys exist
         known = set(GLOBAL_KEYS)
     except Exception:
         known = set()
@@ -742,9 +742,9 @@ def phase_breakdown(work: Path, src: Path, rels: list[str], args) -> str:
     if that has moved). Source files are read once first, so disk reads are not in the figures."""
     try:
         sys.path.insert(0, str(REPO))
-        from skynet import config as configmod
-        from skynet.daemon import MappingRunner
-        from skynet.syncsnap import SyncSnap
+        from skynet.config import settings as configmod
+        from skynet.engine.daemon import MappingRunner
+        from skynet.engine.syncsnap import SyncSnap
         return _breakdown(work, src, rels, args, configmod, MappingRunner, SyncSnap)
     except Exception as exc:  # the engine's internals moved: say so, don't fail the benchmark
         import traceback
@@ -860,7 +860,7 @@ def _reference_loops(work: Path, src: Path, rels: list[str]) -> list[str]:
 
     measure("minimal Python copy: os.open/fstat/read, open tmp/write/fchmod/futimens/close, rename", copy_min)
 
-    from skynet.sqlitelib import sqlite3
+    from skynet.state.sqlitelib import sqlite3
 
     def sql_setup(batch: int) -> sqlite3.Connection:
         db = sqlite3.connect(str(work / f"ref-{batch}.db"), isolation_level=None)
@@ -900,7 +900,7 @@ def report(args, info: dict, init: dict[str, list[InitRun]] | None, lat: list[La
            prof: dict[str, str] | None, command: str, breakdown: str | None = None) -> str:
     parts = []
     parts.append("Machine: " + ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("date", "skynet")) + ".")
-    parts.append(f"skynet: {info.get('skynet', '?')} (the code on the local path: skynet/, connections/local.py, "
+    parts.append(f"skynet: {info.get('skynet', '?')} (the code on the local path: skynet/, connections/local/con.py, "
                  f"base.py, __init__.py, main.py). Date: {info['date']}.")
     parts.append("")
     parts.append("Reproduce (from the repository root, as root: the page-cache drop needs it, and bench/run installs "

@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from skynet.notifier import Notifier  # noqa: E402
+from skynet.reporting.notifier import Notifier  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 
@@ -270,8 +270,7 @@ def copy_sync(files: int, workers: int, work: Path) -> SyncFn:
 
 def daemon_wired() -> bool:
     """True once the daemon reads notify_dsn (issue #6 integration)."""
-    from skynet import config
-
+    from skynet.config import settings as config
     return "notify_dsn" in config.GLOBAL_KEYS
 
 

@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from persistqueue import UniqueQ as PQUniqueQ  # noqa: E402
 
-from skynet.state import StateDB  # noqa: E402
-from skynet.uniqueq import SEND, UniqueQ  # noqa: E402
+from skynet.state.db import StateDB  # noqa: E402
+from skynet.state.uniqueq import SEND, UniqueQ  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> str:

@@ -158,7 +158,7 @@ def skynet_daemon(t: S3Target, folder: Path, prefix: str, log: Path, workers: in
     timed from its start until the Index holds every file and the queue is empty (read from its
     state database, no requests to the server), then stopped with SIGTERM and reaped."""
     import signal
-    from skynet.sqlitelib import sqlite3
+    from skynet.state.sqlitelib import sqlite3
 
     work = log.parent / f"skynetd-{prefix}"
     work.mkdir(parents=True)
@@ -200,8 +200,8 @@ def _s3con_child(args: argparse.Namespace) -> int:
     import threading
 
     sys.path.insert(0, str(REPO))
-    from connections.base import LocalFile, TransferContext, TransientError
-    from connections.s3 import S3Con
+    from connections.contract.xcon import LocalFile, TransferContext, TransientError
+    from connections.s3.con import S3Con
 
     con = S3Con(args.bucket, args.prefix, endpoint_url=args.endpoint, region=args.region,
                 addressing_style="path", access_key_id=args.access_key,

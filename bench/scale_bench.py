@@ -31,7 +31,7 @@ import re
 import shlex
 import shutil
 import signal
-from skynet.sqlitelib import sqlite3
+from skynet.state.sqlitelib import sqlite3
 import subprocess
 import sys
 import threading

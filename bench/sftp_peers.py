@@ -272,8 +272,8 @@ def _skynet_child(args: argparse.Namespace) -> None:
     """The measured child: upload every file under --src with SFTPCon."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from connections.base import LocalFile, TransferContext
-    from connections.sftp import SFTPCon
+    from connections.contract.xcon import BatchSend, LocalFile, TransferContext
+    from connections.sftp.con import SFTPCon
 
     kw = {"write_size": args.write_size} if args.write_size else {}
     con = SFTPCon(args.host, args.dest, port=args.port, user=args.user, key_file=args.key_file,
@@ -293,7 +293,7 @@ def _skynet_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     sent = 0
     with ThreadPoolExecutor(args.threads) as pool:
-        if getattr(con.abilities, "batch_send", False):
+        if isinstance(con, BatchSend):
             # as the handler does for small files: batches (of at most 256) to send_many
             import threading
 

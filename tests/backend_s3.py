@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from botocore.exceptions import ClientError
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server starter)
 import tests.server_seaweedfs  # noqa: F401  (registers the "seaweedfs" server starter)
-from connections.s3 import S3Con
+from connections.contract.xcon import LocalFile, TransferContext
+from connections.s3.con import S3Con
 
 ROOT = "root"
 
@@ -29,7 +31,7 @@ ROOT = "root"
 def s3_backend(tmp_path, servers, server: str = "s3", **options: Any) -> Iterator[Any]:
     """Yield a tests.backends.Backend around a connected S3Con on the test server named
     `server` (see tests/servers.py); `options` go to S3Con."""
-    from tests.backends import Backend  # here, not at the top: backends.py imports this module
+    from tests.backends import Backend, write_tree  # here, not at the top: backends.py imports this module
     from tests.faultproxy import FaultProxy
     from tests.harness import server_diagnosis
     from tests.servers import left_running, server_faults
@@ -61,6 +63,25 @@ def s3_backend(tmp_path, servers, server: str = "s3", **options: Any) -> Iterato
                 continue
         return out
 
+    def seed(files: dict[str, bytes]) -> None:
+        """rclone serve s3 keeps each object as a plain file under data_dir/bucket: written
+        there directly. SeaweedFS keeps them in its own store: PUT by 16 threads of a
+        second S3Con (its own HTTP client costs a sixth of boto3's CPU per object)."""
+        if server != "seaweedfs":
+            write_tree(srv.data_dir / bucket, {f"{ROOT}/{rel}": data for rel, data in files.items()})
+            return
+        local = tmp_path / "seed"
+        seeds = [make_local(local, rel, data) for rel, data in files.items()]
+        seeder = S3Con(prefix=ROOT, **srv.con_kwargs(bucket))
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda f: seeder.send(f, TransferContext()), seeds))
+        finally:
+            seeder.close()
+
+    def enable_versioning() -> None:
+        srv.client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
     faults = {"network cut": (proxy.cut, proxy.restore), "network stall": (proxy.stall, proxy.restore),
               **server_faults(srv)}
     try:
@@ -73,10 +94,22 @@ def s3_backend(tmp_path, servers, server: str = "s3", **options: Any) -> Iterato
                 service="s3",
                 faults=faults,
                 diagnose=lambda: server_diagnosis("SeaweedFS" if server == "seaweedfs" else "rclone serve s3", srv.running, srv.pid, srv.log),
+                seed=seed,
+                # rclone serve s3 keeps no versions; SeaweedFS does, once the bucket asks for them
+                enable_versioning=enable_versioning if server == "seaweedfs" else None,
             )
     finally:
         con.close()
         proxy.close()
+
+
+def make_local(folder, rel: str, data: bytes) -> LocalFile:
+    """A local file under `folder` holding `data`, described for a send."""
+    path = folder / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    st = path.stat()
+    return LocalFile(str(path), rel, st.st_size, st.st_mtime_ns, 0o644, st.st_ino)
 
 
 #: the same backend on SeaweedFS, which checks checksums and keeps uploads across restarts

@@ -12,13 +12,13 @@ import contextlib
 from typing import Iterator
 
 import tests.server_sshd  # noqa: F401  (registers the "sftp" server)
-from connections.sftp import SFTPCon, build
+from connections.sftp.con import SFTPCon, build
 
 
 @contextlib.contextmanager
 def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
     # Imported here so that tests/backends.py may import this module at its top.
-    from tests.backends import Backend
+    from tests.backends import Backend, write_tree
     from tests.faultproxy import FaultProxy
     from tests.harness import server_diagnosis, tree
     from tests.servers import left_running, server_faults
@@ -49,6 +49,7 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
                 service="sftp",
                 faults=faults,
                 diagnose=lambda: server_diagnosis("sshd", srv.running, srv.pid, srv.log),
+                seed=lambda files: write_tree(root, files),  # the server's folder is a local one
             )
     finally:
         con.close()

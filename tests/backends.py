@@ -14,8 +14,8 @@ from typing import Callable, ContextManager, Iterator
 
 import pytest
 
-from connections.base import XCon
-from connections.local import LocalCon
+from connections.contract.xcon import XCon
+from connections.local.con import LocalCon
 from tests.harness import retrying_read, tree
 
 
@@ -37,6 +37,12 @@ class Backend:
     diagnose: Callable[[], str] | None = None
     #: the transient errors the harness's reads of the remote retried (a report)
     read_retries: list[str] = field(default_factory=list)
+    #: put {relative path: content} straight into the remote store, around the connection
+    #: under test (plain files where the server keeps them so, else the server's own API):
+    #: seeds the 10,000-key listings cheaply
+    seed: Callable[[dict[str, bytes]], None] = lambda files: None
+    #: turn the remote's versioning on (None: the test server has none)
+    enable_versioning: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         """The harness's own reads of the remote (fetch, leftovers) retry transient
@@ -69,10 +75,29 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
             fetch=lambda: tree(root),
             service="local",
             faults={"target unmounted": unmount},
+            seed=lambda files: write_tree(root, files),
             diagnose=lambda: f"local target {root}: {'present' if root.exists() else 'ABSENT (unmounted)'}",
         )
     finally:
         con.close()
+
+
+def write_tree(root, files: dict[str, bytes]) -> None:
+    """Write {relative path: content} as plain files under the folder `root`, owned
+    by root's owner (the sshd test server logs in as another user than the tests')."""
+    st = os.stat(root)
+    made: set[str] = set()
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        folder = os.path.dirname(path)
+        while folder not in made and os.path.normpath(folder) != os.path.normpath(root):
+            os.makedirs(folder, exist_ok=True)
+            os.chown(folder, st.st_uid, st.st_gid)
+            made.add(folder)
+            folder = os.path.dirname(folder)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 BackendFactory = Callable[..., ContextManager[Backend]]

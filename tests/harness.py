@@ -28,9 +28,9 @@ READ_BUDGET = 30.0
 #: S3 error codes that mean "busy or restarting, ask again" (status 5xx/408/429 too)
 _S3_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
-# Names the daemon must never carry over (see skynet.ignore.DEFAULT_PATTERNS).
+# Names the daemon must never carry over (see skynet.watch.ignore.DEFAULT_PATTERNS).
 def _default_ignored(rel: str) -> bool:
-    from skynet.ignore import IgnoreRules
+    from skynet.watch.ignore import IgnoreRules
 
     return IgnoreRules().ignored(rel)
 
@@ -79,7 +79,7 @@ def is_transient(exc: BaseException) -> bool:
     A library's exception classes are looked up only if it is loaded: an exception of
     a class that was never imported cannot reach here, and the local backend's tests
     need not import botocore or asyncssh for this check."""
-    from connections.base import TransientError
+    from connections.contract.xcon import TransientError
 
     if isinstance(exc, (TransientError, ConnectionError, TimeoutError, EOFError, http.client.HTTPException)):
         return True
@@ -291,7 +291,7 @@ def world_writable_tmp(prefix: str) -> Path:
     return base
 
 
-#: what the daemon logs for each mapping on SIGUSR2 (skynet/daemon.py), after the stacks
+#: what the daemon logs for each mapping on SIGUSR2 (skynet/engine/daemon.py), after the stacks
 STATE_DUMP = "handler state:"
 
 

@@ -141,7 +141,7 @@ class S3Server:
         return name
 
     def con_kwargs(self, bucket: str) -> dict[str, Any]:
-        """Keyword arguments for connections.s3.S3Con pointing at this server."""
+        """Keyword arguments for connections.s3.con.S3Con pointing at this server."""
         return dict(
             bucket=bucket,
             endpoint_url=self.endpoint_url,

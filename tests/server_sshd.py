@@ -169,7 +169,7 @@ class SSHServer:
         return path
 
     def service(self, **extra: str) -> dict[str, str]:
-        """The [sftp] service keys (see connections.sftp.KEYS) for this server."""
+        """The [sftp] service keys (see connections.sftp.con.KEYS) for this server."""
         cfg = {
             "host": self.host,
             "port": str(self.port),

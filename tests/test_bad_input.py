@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from skynet.sqlitelib import sqlite3
+from skynet.state.sqlitelib import sqlite3
 import tempfile
 import time
 from pathlib import Path

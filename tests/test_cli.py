@@ -11,8 +11,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from skynet import config as configmod
-from skynet.cli import main
+from skynet.config import settings as configmod
+from skynet.cli.main import main
 from tests.harness import REPO, run_main, unprivileged_prefix, world_writable_tmp, write_config
 
 
@@ -24,9 +24,9 @@ def test_help_lists_entry_points():
 
 
 def test_config_reference_is_up_to_date():
-    from skynet.docs import reference
+    from skynet.cli.docs import reference
 
-    assert (REPO / "config" / "README.md").read_text() == reference(), "run: python -m skynet.docs > config/README.md"
+    assert (REPO / "config" / "README.md").read_text() == reference(), "run: python -m skynet.cli.docs > config/README.md"
 
 
 def test_example_configs_are_valid(tmp_path):
@@ -171,8 +171,7 @@ def test_unreadable_config_says_whose_it_is(tmp_path):
 
 
 def test_wizard_offers_the_units_state_folder_for_a_system_config(tmp_path, monkeypatch):
-    from skynet import wizard
-
+    from skynet.cli import wizard
     etc, var = tmp_path / "etc-skynet", tmp_path / "var-lib-skynet"
     monkeypatch.setattr(wizard, "SYSTEM_CONFIG_DIR", str(etc))
     monkeypatch.setattr(wizard, "SYSTEM_STATE_DIR", str(var))

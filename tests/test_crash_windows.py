@@ -13,9 +13,9 @@ import shutil
 
 import pytest
 
-from connections.base import LocalFile, TransferContext
-from skynet.state import StateDB
-from skynet.uniqueq import MOVE, SEND
+from connections.contract.xcon import BatchSend, LocalFile, TransferContext
+from skynet.state.db import StateDB
+from skynet.state.uniqueq import MOVE, SEND
 from tests.backends import BACKENDS, enabled_backends
 from tests.harness import Daemon, wait_converged, write_config
 
@@ -90,10 +90,10 @@ def test_a_send_killed_mid_copy_leaves_no_temp_file_when_the_rerun_goes_in_a_bat
     that kill -9 cut short never overwrites the temporary file that send was
     writing. The restart removes it (MappingRunner._recheck_interrupted).
     Local only: the other connections send one file at a time."""
-    from connections.local import temp_name
+    from connections.local.con import temp_name
 
     with BACKENDS["local"](tmp_path, servers) as backend:
-        assert backend.con.abilities.batch_send
+        assert isinstance(backend.con, BatchSend)
         _killed_batch_scenario(tmp_path, backend, temp_name)
 
 

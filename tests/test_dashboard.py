@@ -18,7 +18,7 @@ import requests
 import tests.server_pg  # noqa: F401  (registers the "postgres" server)
 from skynet.dashboard import DashboardConfig, hash_secret, make_server, stop_server, verify
 from skynet.dashboard.data import LIST_LIMIT, PgSource
-from skynet.notifier import Notifier
+from skynet.reporting.notifier import Notifier
 from tests.server_pg import pg_or_skip
 
 PASSWORD = "correct horse battery staple"
@@ -293,8 +293,8 @@ def test_database_down_gives_503_not_a_crash(pg, tmp_path):
 
 # -- local mode (no database) -------------------------------------------------------------
 def test_local_mode_reads_the_state_files(tmp_path):
-    from skynet.state import FailedActions, StateDB
-    from skynet.uniqueq import UniqueQ
+    from skynet.state.db import FailedActions, StateDB
+    from skynet.state.uniqueq import UniqueQ
 
     state = tmp_path / "state"
     db = StateDB(str(state / "photos.db"))
@@ -383,13 +383,13 @@ def test_queries_use_indexes_and_stay_fast(pg, tmp_path):
 def test_main_py_dashboard_serves_with_a_login(tmp_path):
     """`python main.py --dashboard` on a config without a database: local mode.
 
-    TODO(integration #6): runs once skynet/cli.py has --dashboard and the config
+    TODO(integration #6): runs once skynet/cli/main.py has --dashboard and the config
     has dashboard_password_hash (see the notifier report); skips until then."""
     import socket
     import subprocess
     import sys
 
-    from skynet import config as configmod
+    from skynet.config import settings as configmod
     from tests.harness import REPO, run_main, write_config
 
     if "dashboard_password_hash" not in configmod.GLOBAL_KEYS or "--dashboard" not in run_main("--help").stdout:
@@ -400,7 +400,7 @@ def test_main_py_dashboard_serves_with_a_login(tmp_path):
     cfg = write_config(tmp_path / "c.ini", "local", {"m": {"source": str(src), "target": str(tmp_path / "dst")}},
                        tmp_path / "state", extra={"dashboard_password_hash": pw})
     (tmp_path / "state").mkdir()
-    from skynet.state import StateDB
+    from skynet.state.db import StateDB
 
     StateDB(str(tmp_path / "state" / "m.db")).close()
     with socket.socket() as s:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import threading
 import time
 
-from connections.base import PermanentError, TransientError
-from skynet.handler import Handler, PathLocks
-from skynet.reconcile import Outcome
-from skynet.state import FailedActions, StateDB
-from skynet.uniqueq import MOVE, SEND, UniqueQ
+from connections.contract.xcon import PermanentError, TransientError
+from skynet.engine.handler import Handler, PathLocks
+from skynet.engine.reconcile import Outcome
+from skynet.state.db import FailedActions, StateDB
+from skynet.state.uniqueq import MOVE, SEND, UniqueQ
 
 
 def test_path_locks_conflicts():
@@ -147,8 +147,8 @@ def test_a_new_action_claimed_while_the_last_one_commits_gets_a_fresh_id(tmp_pat
 
 
 def test_a_claimed_index_entry_is_kept_only_if_nothing_older_can_change_it(tmp_path):
-    from skynet.state import IndexEntry
-    from skynet.uniqueq import DELETE, LOOK_UP, Action
+    from skynet.state.db import IndexEntry
+    from skynet.state.uniqueq import DELETE, LOOK_UP, Action
 
     db = StateDB(str(tmp_path / "s.db"))
     try:
@@ -212,8 +212,8 @@ def test_sends_are_taken_in_batches_and_keep_their_order_rules(tmp_path):
 def test_a_batch_is_a_share_of_the_window_among_the_idle_workers_only(tmp_path):
     """Workers busy with their own batch take nothing from the window: dividing
     it among all of them made every batch small (many more cp start-ups)."""
-    from skynet.handler import BATCH
-    from skynet.uniqueq import Action
+    from skynet.engine.handler import BATCH
+    from skynet.state.uniqueq import Action
 
     db = StateDB(str(tmp_path / "s.db"))
     try:

@@ -24,8 +24,8 @@ import botocore.exceptions as bce
 import pytest
 
 import tests.harness as harness
-from connections.base import TransientError
-from skynet.sqlitelib import sqlite3
+from connections.contract.xcon import TransientError
+from skynet.state.sqlitelib import sqlite3
 from tests.backend_s3 import ROOT, s3_backend
 from tests.backend_sftp import sftp_backend
 from tests.backends import Backend

@@ -19,8 +19,8 @@ import subprocess
 import asyncssh
 import pytest
 
-from connections.sftp import HostKeyChanged, build, fetch_host_key, fingerprint, known_hosts_line, trust_host_key
-from skynet.atomicfile import write_atomic
+from connections.sftp.con import HostKeyChanged, build, fetch_host_key, fingerprint, known_hosts_line, trust_host_key
+from skynet.state.atomicfile import write_atomic
 from tests.harness import run_main
 from tests.test_wizard_remote import run, sftp_answers
 

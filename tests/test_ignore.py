@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from skynet.ignore import IgnoreRules
+from skynet.watch.ignore import IgnoreRules
 
 NAMES = ["a", "b.swp", ".x.swo", "4913", "f~", ".#lock", "#a#", ".~lock.x#", "x.tmp", "y.part", ".DS_Store",
          "Thumbs.db", ".skynet-tmp-abc", ".skynet", "build", "node_modules", "x.log", "a b", "ü", "foo.TMP",

@@ -1,4 +1,4 @@
-"""skynet/inotify.py, our own inotify layer, on its own: the records, the calls, the faults."""
+"""skynet/watch/inotify.py, our own inotify layer, on its own: the records, the calls, the faults."""
 from __future__ import annotations
 
 import errno
@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from skynet import inotify
-from skynet.inotify import Inotify, RawEvent, parse_events
+from skynet.watch import inotify
+from skynet.watch.inotify import Inotify, RawEvent, parse_events
 from tests.harness import INOTIFY_SYSCTL, inotify_sysctl
 
 MASK = inotify.IN_CREATE | inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO | inotify.IN_DELETE

@@ -1,4 +1,4 @@
-"""TreeWatch (skynet/watcher.py): one recursive watch on our own inotify layer.
+"""TreeWatch (skynet/watch/watcher.py): one recursive watch on our own inotify layer.
 
 Its watch table stays lean (a relative path per folder, in two dicts), nested roots
 (two mappings, one inside the other) each see their tree, folders moved inside the
@@ -18,8 +18,8 @@ from typing import Callable
 
 import pytest
 
-from skynet import inotify
-from skynet.watcher import CREATED, DELETED, MOVED, Event, Observer, TreeWatch
+from skynet.watch import inotify
+from skynet.watch.watcher import CREATED, DELETED, MOVED, Event, Observer, TreeWatch
 
 
 class Listener:

@@ -4,7 +4,7 @@ A server that ignores the prefix of a listing (or one that makes names up) must 
 make skynet delete or move what it was not asked to touch: `delete("foo")` and
 `move("foo", "bar")` leave `foo.bak`, `foo2/x` and another team's keys alone, the
 listing says so in one warning line, and every backend goes through the same filter
-(connections.base.within_listing).
+(connections.contract.xcon.within_listing).
 
 S3 runs against the real `rclone serve s3`; the fault (the prefix dropped from
 ListObjectsV2 / ListMultipartUploads, so the real server answers with the whole
@@ -25,11 +25,11 @@ import asyncssh
 import botocore.exceptions as bce
 import pytest
 
-import connections.s3rest as s3rest
-import connections.sftp as sftpmod
+import connections.s3.rest as s3rest
+import connections.sftp.con as sftpmod
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
-from connections.base import LocalFile, TransferContext, within_listing
-from connections.s3 import S3Con
+from connections.contract.xcon import LocalFile, TransferContext, within_listing
+from connections.s3.con import S3Con
 
 FOREIGN = ["root/foo.bak", "root/foo2/x", "other-team/foo/y"]
 OURS = ["root/foo/a", "root/foo/b/c"]
@@ -90,7 +90,7 @@ def s3srv(servers):
 
 
 def _ignore_prefix_rest(monkeypatch) -> list[str]:
-    """The fast path's listings go out without their prefix (the server then lists the
+    """S3Con's listings go out without their prefix (the server then lists the
     whole bucket, as one that ignored it would); returns the operations it changed."""
     changed: list[str] = []
     real = s3rest.Rest.request
@@ -105,31 +105,17 @@ def _ignore_prefix_rest(monkeypatch) -> list[str]:
     return changed
 
 
-def _ignore_prefix_boto(con: S3Con) -> list[str]:
-    """The same fault on the boto3 path, through botocore's public event hooks."""
-    changed: list[str] = []
-
-    def drop(params, model, **_kw):
-        if params.pop("Prefix", None) is not None:
-            changed.append(model.name)
-
-    for op in ("ListObjectsV2", "ListMultipartUploads"):
-        con.client.meta.events.register(f"before-parameter-build.s3.{op}", drop)
-    return changed
-
-
-@pytest.fixture(params=["fast", "boto3"])
-def prefix_blind(request, s3srv, monkeypatch, tmp_path):
+@pytest.fixture
+def prefix_blind(s3srv, monkeypatch, tmp_path):
     """(connection under prefix "root" whose server ignores listing prefixes, bucket,
     list of listings the fault changed). The bucket holds OURS and FOREIGN."""
     bucket = s3srv.new_bucket()
     client = s3srv.client()
     for key in OURS + FOREIGN:
         client.put_object(Bucket=bucket, Key=key, Body=key.encode())
-    fast = request.param == "fast"
-    con = S3Con(prefix="root", fast_put=fast, **s3srv.con_kwargs(bucket))
+    con = S3Con(prefix="root", **s3srv.con_kwargs(bucket))
     con.connect()
-    changed = _ignore_prefix_rest(monkeypatch) if fast else _ignore_prefix_boto(con)
+    changed = _ignore_prefix_rest(monkeypatch)  # s3rest makes every listing (one path)
     yield con, bucket, changed
     con.close()
 
@@ -254,8 +240,8 @@ def test_sftp_move_over_a_folder_ignores_made_up_names(sftp_setup, tmp_path):
 def test_local_list_goes_through_the_filter(tmp_path, monkeypatch, caplog):
     """readdir never names "../x", but LocalCon.list is held to the same rule: a walk
     that yields a foreign path (here injected) is filtered and logged like the others."""
-    from connections.base import RemoteEntry
-    from connections.local import LocalCon
+    from connections.contract.xcon import RemoteEntry
+    from connections.local.con import LocalCon
 
     (tmp_path / "t").mkdir()
     con = LocalCon(str(tmp_path / "t"))

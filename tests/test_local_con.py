@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from connections.base import LocalFile, TransferContext, TransientError
-from connections.local import LocalCon, temp_name
+from connections.contract.xcon import BatchSend, LocalFile, TransferContext, TransientError
+from connections.local.con import LocalCon, temp_name
 
 
 def test_send_cut_by_an_unmounted_target_is_transient_and_its_temp_file_goes(tmp_path):
@@ -73,14 +73,14 @@ def test_send_many_copies_a_batch_with_one_cp(tmp_path, monkeypatch):
     import subprocess
     import threading
 
-    import connections.local as local
+    import connections.local.con as local
 
     runs = []
     real_run = subprocess.run
     monkeypatch.setattr(local.subprocess, "run", lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))
     con = LocalCon(str(tmp_path / "dst"))
     os.makedirs(con.root)
-    assert con.abilities.batch_send
+    assert isinstance(con, BatchSend)
     files = [_file(tmp_path, f"a/b/{i}.txt", b"x" * i) for i in range(10)]
     files += [_file(tmp_path, f"c/{i}.txt", b"y" * i) for i in range(10)]  # the same names again
     files += [_file(tmp_path, f"-n/\n{i}", b"z" * i) for i in range(3)]  # names cp could take for options
@@ -106,8 +106,8 @@ def test_send_many_copies_a_batch_with_one_cp(tmp_path, monkeypatch):
 def test_send_many_without_gnu_cp_or_with_a_folder_in_the_way(tmp_path, monkeypatch):
     import threading
 
-    import connections.local as local
-    from connections.base import PermanentError
+    import connections.local.con as local
+    from connections.contract.xcon import PermanentError
 
     con = LocalCon(str(tmp_path / "dst"))
     os.makedirs(con.root + "/d/in-the-way")

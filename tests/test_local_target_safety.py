@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-import connections.local as local
-from connections.base import LocalFile, RemoteNotFound, TransferContext, TransientError
-from connections.local import LocalCon
+import connections.local.con as local
+from connections.contract.xcon import BatchSend, LocalFile, RemoteNotFound, TransferContext, TransientError
+from connections.local.con import LocalCon
 from tests.harness import Daemon, tree, wait_converged, write_config
 
 
@@ -58,7 +58,7 @@ def test_send_many_never_applies_setuid_setgid_or_sticky(tmp_path, monkeypatch):
     monkeypatch.setattr(local.subprocess, "run", lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))
     con = LocalCon(str(tmp_path / "dst"))
     os.makedirs(con.root)
-    assert con.abilities.batch_send
+    assert isinstance(con, BatchSend)
     src = tmp_path / "src"
     files = [_file(src, f"bin/{name}", b"#!/bin/sh\n", mode) for name, (mode, _) in SPECIAL.items()]
     files += [_file(src, f"shared/{i}", b"s") for i in range(3)]

@@ -11,7 +11,7 @@ only place to pin such reliance is pyproject's upper bounds. It flags
 - a class derived from one of the libraries' classes that defines or reads an
   underscored member (overriding or reaching into their internals).
 
-connections/sftp.py stands on asyncssh's public API only since issue 19's SFTP rewrite
+connections/sftp/con.py stands on asyncssh's public API only since issue 19's SFTP rewrite
 (paramiko and the code built on its internals are gone): it is checked like the rest.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from skynet.sqlitelib import sqlite3
+from skynet.state.sqlitelib import sqlite3
 import statistics
 import threading
 import time
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 import tests.server_pg  # noqa: F401  (registers the "postgres" server)
-from connections.base import PermanentError
-from skynet import pgschema
-from skynet.notifier import Notifier, NotifyingQueue, Spool, default_daemon_id, redact_dsn
-from skynet.reconcile import Outcome
-from skynet.uniqueq import Action
+from connections.contract.xcon import PermanentError
+from skynet.reporting import pgschema
+from skynet.reporting.notifier import Notifier, NotifyingQueue, Spool, default_daemon_id, redact_dsn
+from skynet.engine.reconcile import Outcome
+from skynet.state.uniqueq import Action
 from tests.server_pg import free_port, pg_or_skip
 
 APP = "skynet-notifier%"

@@ -3,8 +3,8 @@ every action (send, move, delete: queued, started, done) and its heartbeat to
 a real PostgreSQL, marks itself stopped at SIGTERM, and never logs the password.
 
 TODO(integration, issue #6): this test runs once the daemon reads the
-`notify_*` keys of [skynet] (see the notifier report: skynet/config.py
-GLOBAL_KEYS + Config fields, and the Notifier wiring in skynet/daemon.py).
+`notify_*` keys of [skynet] (see the notifier report: skynet/config/settings.py
+GLOBAL_KEYS + Config fields, and the Notifier wiring in skynet/engine/daemon.py).
 Until then it skips with that reason; it must not be left skipping after the
 wiring lands.
 """
@@ -20,8 +20,7 @@ from tests.server_pg import pg_or_skip
 
 
 def _wired() -> bool:
-    from skynet import config
-
+    from skynet.config import settings as config
     return "notify_dsn" in config.GLOBAL_KEYS
 
 
@@ -46,7 +45,7 @@ def wait_rows(conn, sql: str, params: tuple, want, timeout: float = 20, log: Dae
 
 def test_daemon_reports_every_action_to_postgres(servers, tmp_path):
     if not _wired():
-        pytest.skip("TODO(integration #6): skynet.config has no notify_dsn key yet; wire the Notifier into the daemon")
+        pytest.skip("TODO(integration #6): skynet.config.settings has no notify_dsn key yet; wire the Notifier into the daemon")
     pg = pg_or_skip(servers)
     dsn = pg.fresh_db("e2e")
     secret_dsn = dsn.replace("postgres@", "postgres:E2eS3cretPw@")  # trust auth: accepted, never to be logged

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from skynet.config import overlap
+from skynet.config.settings import overlap
 from tests.harness import Daemon, one_clear_line, run_main, tree, wait_converged, write_config
 
 

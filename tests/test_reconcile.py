@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from connections.base import Abilities
-from connections.local import LocalCon, temp_name
-from skynet.ignore import IgnoreRules
-from skynet.mapper import Mapper
-from skynet.reconcile import Reconciler
-from skynet.state import Index, ResumeTable, StateDB
-from skynet.uniqueq import DELETE, MOVE, SEND, UniqueQ
+from connections.contract.xcon import Abilities, ServerSideMove, XCon
+from connections.local.con import LocalCon, temp_name
+from skynet.watch.ignore import IgnoreRules
+from skynet.engine.mapper import Mapper
+from skynet.engine.reconcile import Reconciler
+from skynet.state.db import Index, ResumeTable, StateDB
+from skynet.state.uniqueq import DELETE, MOVE, SEND, UniqueQ
 from tests.harness import tree
 
 
@@ -134,3 +134,53 @@ def test_temp_file_of_a_file_gone_before_its_send_is_removed(rig):
     (rig.remote / "d" / temp_name("q")).write_bytes(b"half a file")
     rig.run(SEND, "d/q")
     assert os.listdir(rig.remote / "d") == []
+
+
+class NoServerSideMove(XCon):
+    """A LocalCon behind the bare XCon contract: it does not declare ServerSideMove,
+    so the engine must never call its move() (it fails the test if it does)."""
+
+    def __init__(self, inner: LocalCon) -> None:
+        self.inner = inner
+        self.abilities = inner.abilities
+
+    def connect(self) -> None:
+        self.inner.connect()
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def send(self, f, ctx):
+        return self.inner.send(f, ctx)
+
+    def delete(self, rel: str) -> None:
+        self.inner.delete(rel)
+
+    def move(self, src: str, dest: str) -> None:
+        raise AssertionError("move() called on a connection that does not declare ServerSideMove")
+
+    def stat(self, rel: str):
+        return self.inner.stat(rel)
+
+    def read_range(self, rel, offset, length, *, expect=None):
+        return self.inner.read_range(rel, offset, length, expect=expect)
+
+    def list(self, rel: str = ""):
+        return self.inner.list(rel)
+
+
+def test_a_move_without_server_side_move_sends_again_and_deletes(rig):
+    """The engine checks the ability by type: a connection that does not declare
+    ServerSideMove gets the destination sent and the source deleted instead."""
+    assert isinstance(rig.con, ServerSideMove)
+    rig.rec.con = NoServerSideMove(rig.con)
+    rig.write("d/a", b"a")
+    rig.write("d/sub/b", b"b")
+    rig.run(SEND, "d")
+    os.rename(rig.src / "d", rig.src / "e")
+    rig.run(MOVE, "d", "e")
+    assert tree(rig.remote) == tree(rig.src) == {b"e/a": b"a", b"e/sub/b": b"b"}
+    assert rig.index.get("e/sub/b") is not None and rig.index.get("d/a") is None

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from skynet.throttle import Schedule, Throttle, parse_rate
+from skynet.transfer.throttle import Schedule, Throttle, parse_rate
 from tests.harness import Daemon, tree, wait_converged, write_config
 
 
@@ -97,7 +97,7 @@ def test_progress_summary_lines_when_not_a_terminal(tmp_path):
 def test_progress_bar_in_a_terminal(tmp_path):
     import io
 
-    from skynet.progress import ProgressReporter, Snapshot
+    from skynet.reporting.progress import ProgressReporter, Snapshot
 
     class Tty(io.StringIO):
         def isatty(self):

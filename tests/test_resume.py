@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from connections.local import TMP_PREFIX
+from connections.local.con import TMP_PREFIX
 from tests.backends import BACKENDS, enabled_backends
 from tests.harness import Daemon, wait_converged, write_config
 

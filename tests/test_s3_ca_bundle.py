@@ -1,6 +1,7 @@
 """Which CA bundle S3 TLS is verified with: chosen once by S3Con (botocore's order) and
-given to both the boto3 client (`verify=`) and the s3rest fast path, so the two agree
-by construction rather than by reading botocore's private state back."""
+given to s3rest, the one client every request goes through (and to the boto3 client
+that only reads AWS's endpoint rules, as `verify=`), so the two agree by construction
+rather than by reading botocore's private state back."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +9,7 @@ import shutil
 import certifi
 import pytest
 
-from connections.s3 import S3Con
+from connections.s3.con import S3Con
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def profile_with_ca(tmp_path, monkeypatch):
 
 
 def _pem(path):
-    """A readable CA bundle (the fast path loads it when it is made)."""
+    """A readable CA bundle (s3rest loads it when it is made)."""
     shutil.copyfile(certifi.where(), path)
     return path
 
@@ -46,23 +47,24 @@ def _client_verify(monkeypatch) -> list:
     return seen
 
 
-def test_profile_ca_bundle_reaches_boto3_and_the_fast_path(profile_with_ca, monkeypatch):
+def test_profile_ca_bundle_reaches_boto3_and_s3rest(profile_with_ca, monkeypatch):
     seen = _client_verify(monkeypatch)
-    # No endpoint: botocore's endpoint rules give the layout, so the fast path needs the client.
+    # No endpoint: botocore's endpoint rules give the layout, read through a boto3 client.
     con = S3Con("bkt", profile="corp")
-    fast = con._fast_path()
+    rest = con._http()
     assert seen == [profile_with_ca]
-    assert fast is not None and fast.ca_bundle == profile_with_ca
+    assert rest.ca_bundle == profile_with_ca
 
 
-def test_fast_path_made_before_botocore_moves_to_the_profile_ca(profile_with_ca, monkeypatch):
+def test_profile_ca_bundle_reaches_s3rest_without_a_boto3_client(profile_with_ca, monkeypatch):
     seen = _client_verify(monkeypatch)
-    # An endpoint, region and addressing style: the fast path is set up without a client ...
+    # An endpoint, region and addressing style: no boto3 client is made at all; the
+    # profile's credentials and its ca_bundle come from the botocore session.
     con = S3Con("bkt", profile="corp", endpoint_url="https://s3.example.test", region="eu-west-1",
                 addressing_style="path")
-    assert con._fast_path() is not None and seen == []
-    con.client  # ... and when botocore comes, both verify with the profile's bundle
-    assert seen == [profile_with_ca] and con._fast_path().ca_bundle == profile_with_ca
+    assert con._http().ca_bundle == profile_with_ca and seen == []
+    con.client  # a client made later verifies with the same bundle
+    assert seen == [profile_with_ca]
 
 
 def test_aws_ca_bundle_wins_over_requests_ca_bundle(tmp_path, monkeypatch, profile_with_ca):
@@ -70,4 +72,4 @@ def test_aws_ca_bundle_wins_over_requests_ca_bundle(tmp_path, monkeypatch, profi
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(_pem(tmp_path / "requests.pem")))
     seen = _client_verify(monkeypatch)
     con = S3Con("bkt", access_key_id="AKIDEXAMPLE", secret_access_key="secret", region="eu-west-1")
-    assert con._fast_path().ca_bundle == str(tmp_path / "aws.pem") and seen == [str(tmp_path / "aws.pem")]
+    assert con._http().ca_bundle == str(tmp_path / "aws.pem") and seen == [str(tmp_path / "aws.pem")]

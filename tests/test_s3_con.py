@@ -1,9 +1,9 @@
 """S3Con beyond the shared contract: multipart, resume, cleanup, copy, batching, errors, secrets.
 
 Most tests run against the real `rclone serve s3` (tests/server_s3.py). Faults that
-server cannot produce (throttling, 500s, AccessDenied on one call) come from botocore's
-Stubber or a patched client method; AWS-only behaviour (the "md5-N" multipart ETag, a
-working UploadPartCopy) is checked against moto.
+server cannot produce (throttling, 500s, AccessDenied on one call) come from a patched
+method of the connection's one client (s3rest.Rest); AWS-only behaviour (the "md5-N"
+multipart ETag, a working UploadPartCopy) is checked against moto's server.
 """
 from __future__ import annotations
 
@@ -16,15 +16,14 @@ import threading
 import traceback
 from typing import Callable, Iterator
 
-import boto3
 import botocore.exceptions as bce
 import pytest
-from botocore.stub import Stubber
 
-import connections.s3 as s3mod
+import connections.s3.con as s3mod
+from connections.s3 import rest as s3rest
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
 from tests.server_seaweedfs import SeaweedServer, run_seaweedfs  # (registers the "seaweedfs" server)
-from connections.base import (
+from connections.contract.xcon import (
     LocalFile,
     NullResumeStore,
     PermanentError,
@@ -33,7 +32,7 @@ from connections.base import (
     TransientError,
     UnsafePath,
 )
-from connections.s3 import MiB, S3Con, build, format_mtime, multipart_etag, parse_mtime, parse_size, part_size_for
+from connections.s3.con import MiB, S3Con, build, format_mtime, multipart_etag, parse_mtime, part_size_for
 
 MTIME = 1_600_000_000_123_456_789
 SMALL_MP = dict(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=2)
@@ -122,12 +121,7 @@ def vars_of(con: S3Con) -> dict:
 
 
 def test_sizes_and_mtime_format():
-    assert parse_size("x", "8MiB") == parse_size("x", "8M") == parse_size("x", "8388608") == 8 * MiB
-    assert parse_size("x", "1 GiB") == 1 << 30
-    with pytest.raises(ValueError, match="^x: "):
-        parse_size("x", "8MB")
-    with pytest.raises(ValueError, match="^x: "):
-        parse_size("x", "lots")
+    # the size parser moved to skynet/config/values.py: tests/test_values.py::test_sizes
     for ns in (MTIME, 0, 5, -1_500_000_000, 1_600_000_000_000_000_000):
         assert parse_mtime(format_mtime(ns)) == ns
     assert format_mtime(MTIME) == "1600000000.123456789"
@@ -181,11 +175,9 @@ def test_build_validates_and_joins_prefix():
 # -- single PUT -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
 @pytest.mark.parametrize("size", [0, 1000, 2 * MiB + 3, s3mod.SMALL_MAX + 5], ids=["empty", "1k", "2M", "streamed"])
-def test_single_put_metadata_and_etag(make_con, srv, tmp_path, fast_put, size):
-    con = make_con(fast_put=fast_put)
-    assert (con.client and con._fast is not None) == fast_put
+def test_single_put_metadata_and_etag(make_con, srv, tmp_path, size):
+    con = make_con()
     data = os.urandom(size)
     f = make_file(tmp_path, "docs/report.txt", data, mode=0o604)
     seen = []
@@ -201,7 +193,9 @@ def test_single_put_metadata_and_etag(make_con, srv, tmp_path, fast_put, size):
     e = con.stat("docs/report.txt")
     assert (e.size, e.mtime_ns, e.mode, e.etag) == (size, MTIME, 0o604, md5)
     listed = list(con.list())
-    assert [(x.rel, x.size, x.etag, x.mtime_ns) for x in listed] == [("docs/report.txt", size, md5, None)]
+    # a listing has no metadata of ours: no mode, and the time the server stored it, flagged as such
+    assert [(x.rel, x.size, x.etag, x.mode, x.mtime_is_stored) for x in listed] == [("docs/report.txt", size, md5, None, True)]
+    assert listed[0].mtime_ns is not None
     assert md5 in con.local_etags(f)
     assert body(srv.client(), con.bucket, "root/docs/report.txt") == data
 
@@ -345,34 +339,22 @@ def test_cleanup_aborts_only_unclaimed_uploads_under_the_prefix(make_con, srv, t
 
 
 def fail_part(con: S3Con, number: int, code: str, status: int):
-    """Make UploadPart of part `number` answer with an S3 error, on whichever transport
-    sends parts (the fast path, else boto3); returns a function that undoes it."""
-    error = bce.ClientError({"Error": {"Code": code, "Message": "injected"},
-                             "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
-    if con._fast_path() is not None:
-        real_fast = con._fast.upload_part
+    """Make UploadPart of part `number` answer with an S3 error; returns a function that
+    undoes it."""
+    rest = con._http()
+    real = rest.upload_part
 
-        def failing_fast(key, upload_id, n, *args):
-            if n == number:
-                raise error
-            return real_fast(key, upload_id, n, *args)
+    def failing(key, upload_id, n, *args):
+        if n == number:
+            raise s3rest.S3Error("UploadPart", status, code, "injected")
+        return real(key, upload_id, n, *args)
 
-        con._fast.upload_part = failing_fast
-        return lambda: setattr(con._fast, "upload_part", real_fast)
-    real = con.client.upload_part
-
-    def failing(**kw):
-        if kw["PartNumber"] == number:
-            raise error
-        return real(**kw)
-
-    con._client.upload_part = failing
-    return lambda: setattr(con._client, "upload_part", real)
+    rest.upload_part = failing
+    return lambda: setattr(rest, "upload_part", real)
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
-def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path, fast_put):
-    con = make_con(fast_put=fast_put, **SMALL_MP)
+def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path):
+    con = make_con(**SMALL_MP)
     f = make_file(tmp_path, "p/big.bin", os.urandom(12 * MiB))
     fail_part(con, 2, "AccessDenied", 403)
     store = NullResumeStore()
@@ -381,9 +363,8 @@ def test_permanent_part_failure_aborts_the_upload(make_con, tmp_path, fast_put):
     assert store.load() is None and open_uploads(con) == []
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
-def test_transient_part_failure_leaves_the_upload_resumable(make_con, tmp_path, fast_put):
-    con = make_con(fast_put=fast_put, **SMALL_MP)
+def test_transient_part_failure_leaves_the_upload_resumable(make_con, tmp_path):
+    con = make_con(**SMALL_MP)
     f = make_file(tmp_path, "t/big.bin", os.urandom(16 * MiB))
     undo = fail_part(con, 3, "SlowDown", 503)
     store = NullResumeStore()
@@ -412,20 +393,20 @@ def test_unchecked_completion_falls_back_to_head(make_con, tmp_path, head_etag):
     con = make_con(**SMALL_MP)
     data = os.urandom(11 * MiB)
     f = make_file(tmp_path, "w/big.bin", data)
-    real_complete, real_head = con._complete, con.client.head_object
+    real_complete, real_head = con._complete, con._http().head_object
     heads = []
     con._complete = lambda *args: real_complete(*args) and "opaque"
 
-    def head(**kw):
-        heads.append(kw["Key"])
-        got = real_head(**kw)
+    def head(key):
+        heads.append(key)
+        got = real_head(key)
         if head_etag == "plain-md5":
             return {**got, "ETag": '"' + hashlib.md5(data).hexdigest() + '"'}
         if head_etag == "wrong-md5":
             return {**got, "ETag": '"' + "0" * 32 + '"'}
         return {**got, "ContentLength": 5}
 
-    con._client.head_object = head
+    con._http().head_object = head
     if head_etag == "plain-md5":
         assert con.send(f, TransferContext()).etag == hashlib.md5(data).hexdigest()
     else:
@@ -486,8 +467,8 @@ def test_multipart_copy_on_the_real_server(make_each_con, each_srv, tmp_path, ca
     f = make_file(tmp_path, "m/big.bin", data, mode=0o611)
     con.send(f, TransferContext())
     relayed: list[str] = []
-    real_get = con.client.get_object
-    con._client.get_object = lambda **kw: relayed.append(kw.get("Range")) or real_get(**kw)
+    real_get = con._http().get_object
+    con._http().get_object = lambda key, lo, hi: relayed.append(f"bytes={lo}-{hi}") or real_get(key, lo, hi)
     with caplog.at_level(logging.WARNING, logger="skynet.s3"):
         con.move("m/big.bin", "n/big.bin")
     assert body(each_srv.client(), con.bucket, "root/n/big.bin") == data
@@ -509,15 +490,22 @@ def test_multipart_copy_on_the_real_server(make_each_con, each_srv, tmp_path, ca
 
 @pytest.fixture
 def moto_con():
-    from moto import mock_aws
+    """S3Con on moto's server (127.0.0.1, a free port): every request crosses the wire,
+    as S3Con's own client makes them (moto's in-process mock patches botocore only)."""
+    from moto.server import ThreadedMotoServer
 
-    with mock_aws():
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="moto-bucket")
-        con = S3Con("moto-bucket", "root", region="us-east-1", access_key_id="testing",
-                    secret_access_key="testing", fast_put=False, **SMALL_MP)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        con = S3Con("moto-bucket", "root", endpoint_url=f"http://{host}:{port}", region="us-east-1",
+                    addressing_style="path", access_key_id="testing", secret_access_key="testing", **SMALL_MP)
+        con.client.create_bucket(Bucket="moto-bucket")
         con.connect()
         yield con
         con.close()
+    finally:
+        server.stop()
 
 
 def test_moto_multipart_etag_and_part_copy(moto_con, tmp_path):
@@ -530,8 +518,9 @@ def test_moto_multipart_etag_and_part_copy(moto_con, tmp_path):
     assert res.etag in con.local_etags(f)
     con.copy_threshold = 6 * MiB
     calls = []
-    real = con.client.upload_part_copy
-    con._client.upload_part_copy = lambda **kw: calls.append(kw["CopySourceRange"]) or real(**kw)
+    real = con._http().upload_part_copy
+    con._http().upload_part_copy = lambda key, uid, n, src, lo, hi: calls.append(f"bytes={lo}-{hi}") or real(
+        key, uid, n, src, lo, hi)
     con.move("x/big.bin", "y/big.bin")
     assert calls == [f"bytes=0-{5 * MiB - 1}", f"bytes={5 * MiB}-{10 * MiB - 1}", f"bytes={10 * MiB}-{11 * MiB - 1}"]
     got = con.client.get_object(Bucket="moto-bucket", Key="root/y/big.bin")
@@ -563,8 +552,8 @@ def test_delete_batches_and_prefix_boundary(make_con, srv, tmp_path):
     [t.join() for t in threads]
     assert not pool_errors
     batches = []
-    real = con.client.delete_objects
-    con._client.delete_objects = lambda **kw: batches.append(len(kw["Delete"]["Objects"])) or real(**kw)
+    real = con._http().delete_objects
+    con._http().delete_objects = lambda keys: batches.append(len(keys)) or real(keys)
     con.delete("d")
     assert max(batches) <= 1000 and sum(batches) >= 2100 and len(batches) >= 3
     assert {e.rel for e in con.list()} == {"d.bak", "d2/x", "dx"}
@@ -574,8 +563,10 @@ def test_delete_batches_and_prefix_boundary(make_con, srv, tmp_path):
 # -- errors ------------------------------------------------------------------------------
 
 
-def stubbed(con: S3Con):
-    return Stubber(con.client)
+def answer_with(con: S3Con, status: int, code: str = "") -> None:
+    """Make every request of `con` get this error reply (XML body when `code`)."""
+    body = f"<Error><Code>{code}</Code><Message>msg</Message></Error>".encode() if code else b""
+    con._http().request = lambda *args, **kwargs: s3rest.Reply(status, {}, body)
 
 
 @pytest.mark.parametrize(
@@ -594,13 +585,12 @@ def stubbed(con: S3Con):
         ("InvalidBucketName", 400, PermanentError),
     ],
 )
-def test_error_classification_with_stubber(make_con, tmp_path, code, status, kind):
-    con = make_con(fast_put=False)
+def test_error_classification_of_replies(make_con, tmp_path, code, status, kind):
+    con = make_con()
     f = make_file(tmp_path, "e/file.txt", b"data")
-    with stubbed(con) as stub:
-        stub.add_client_error("put_object", service_error_code=code, service_message="msg", http_status_code=status)
-        with pytest.raises(kind) as info:
-            con.send(f, TransferContext())
+    answer_with(con, status, code)
+    with pytest.raises(kind) as info:
+        con.send(f, TransferContext())
     assert f"s3://{con.bucket}/root/e/file.txt" in str(info.value) and code in str(info.value)
 
 
@@ -613,6 +603,10 @@ def test_error_classification_with_stubber(make_con, tmp_path, code, status, kin
         bce.ConnectionClosedError(endpoint_url="http://x"),
         ConnectionResetError(104, "reset"),
         TimeoutError("timed out"),
+        s3rest.ProtocolError("bad status line"),
+        s3rest.Disconnected("closed"),
+        s3rest.ProxyRefused("the proxy answered 502"),
+        s3rest.BodyShort("the file ended"),
     ],
 )
 def test_network_errors_are_transient(exc):
@@ -633,11 +627,10 @@ def test_classify_with_ssl_half_imported_by_another_thread(monkeypatch):
     assert isinstance(con._classify(ValueError("odd"), "delete 'x'", "x"), PermanentError)
 
 
-def test_stubbed_not_found_and_missing_is_none(make_con):
+def test_not_found_reply_and_missing_is_none(make_con):
     con = make_con()
-    with stubbed(con) as stub:
-        stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
-        assert con.stat("nothing") is None
+    answer_with(con, 404)
+    assert con.stat("nothing") is None
 
 
 def test_connect_errors(srv, tmp_path):
@@ -674,22 +667,22 @@ def test_secret_never_in_describe_errors_or_logs(srv, tmp_path, caplog):
     con.close()
 
 
-def test_fast_put_reconnects_after_a_dropped_keep_alive_connection(make_con, tmp_path):
+def test_put_reconnects_after_a_dropped_keep_alive_connection(make_con, tmp_path):
     con = make_con()
     con.send(make_file(tmp_path, "k/1", b"one"), TransferContext())
-    sock = con._fast._local.conn.sock
+    sock = con._http()._local.conn.sock
     sock.shutdown(2)  # what a server closing an idle connection looks like from here
     con.send(make_file(tmp_path, "k/2", b"two"), TransferContext())
-    assert con._fast._local.conn.sock is not sock  # a new connection, the PUT sent again on it
+    assert con._http()._local.conn.sock is not sock  # a new connection, the PUT sent again on it
     assert {e.rel for e in con.list()} == {"k/1", "k/2"}
 
 
 def test_send_to_an_unreachable_server_is_transient(srv, tmp_path):
-    for fast_put in (True, False):
-        con = S3Con(**{**srv.con_kwargs("bkt"), "endpoint_url": "http://127.0.0.1:9"}, fast_put=fast_put,
-                    connect_timeout=2)
+    for size in (4, 6 * MiB):  # a PUT, and the first request of a multipart upload
+        con = S3Con(**{**srv.con_kwargs("bkt"), "endpoint_url": "http://127.0.0.1:9"}, connect_timeout=2,
+                    **SMALL_MP)
         with pytest.raises(TransientError):
-            con.send(make_file(tmp_path, "u", b"data"), TransferContext())
+            con.send(make_file(tmp_path, "u", os.urandom(size)), TransferContext())
         con.close()
 
 
@@ -743,14 +736,13 @@ def listed_parts(client, bucket: str, key: str, upload_id: str) -> list[dict] | 
     try:
         return client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts", [])
     except bce.ClientError as exc:
-        if s3mod.error_code(exc) == "NoSuchUpload":
+        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
             return None
         raise
 
 
-@pytest.mark.parametrize("fast_put", [True, False], ids=["fast-put", "boto3-put"])
 @pytest.mark.parametrize("size", [100_000, 11 * MiB], ids=["put", "parts"])
-def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path, fast_put, size):
+def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path, size):
     """Every PUT and UploadPart carries Content-MD5, which both test servers check: bytes
     changed in flight are refused, S3Con reports a TransientError and nothing is stored (no
     object, and not one part of a multipart upload, all of whose parts were changed); sent
@@ -762,8 +754,7 @@ def test_bytes_changed_on_the_wire_are_refused_and_sent_again(each_srv, tmp_path
     proxy = FaultProxy(each_srv.port).start()
     data = MARK * (size // len(MARK))
     f = make_file(tmp_path, "w/f.bin", data)
-    with connections_to(each_srv, endpoint_url=f"http://127.0.0.1:{proxy.port}", fast_put=fast_put,
-                        **SMALL_MP) as make:
+    with connections_to(each_srv, endpoint_url=f"http://127.0.0.1:{proxy.port}", **SMALL_MP) as make:
         try:
             con = make()
             proxy.corrupt(MARK, FLIPPED)
@@ -803,3 +794,58 @@ def test_seaweedfs_keeps_uploads_across_a_restart_and_the_resume_sends_only_the_
         assert res.bytes_sent == len(data) - on_server
         assert body(own.client(), con.bucket, "root/r/big.bin") == data
         assert store.load() is None and open_uploads(con) == []
+
+
+@pytest.mark.parametrize("source", ["profile", "environment"])
+def test_credentials_from_the_aws_chain_sign_the_one_client(srv, tmp_path, monkeypatch, source):
+    """No keys in the config: botocore's credential chain (a profile, or the environment)
+    supplies them through its public Credentials, and s3rest signs every request with them."""
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "aws-config"
+    cfg.write_text(f"[profile bench]\naws_access_key_id = {srv.access_key}\n"
+                   f"aws_secret_access_key = {srv.secret_key}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    if source == "environment":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", srv.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key)
+    kwargs = {**srv.con_kwargs(srv.new_bucket()), "access_key_id": "", "secret_access_key": ""}
+    con = S3Con(prefix="root", profile="bench" if source == "profile" else "", **kwargs)
+    try:
+        con.connect()
+        con.send(make_file(tmp_path, "a/one", b"one"), TransferContext())
+        assert [e.rel for e in con.list()] == ["a/one"]
+        assert not isinstance(con._http().signer.credentials, s3rest.StaticCredentials)
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("change", ["shrunk", "grew"])
+def test_file_changed_mid_multipart_aborts_and_sends_again(make_con, srv, tmp_path, change):
+    """The file gets shorter (a later part cannot be read whole) or longer (found after
+    the last part) while its parts go up: a TransientError, the upload aborted and its
+    resume state dropped; the next send of the new version goes up whole."""
+    con = make_con(**SMALL_MP)
+    f = make_file(tmp_path, "m/changing.bin", os.urandom(16 * MiB))  # 4 parts, 2 in flight
+    store = NullResumeStore()
+    ctx = TransferContext(resume=store)
+    changed = threading.Event()
+
+    def on_progress(done: int, total: int) -> None:
+        if done > 0 and not changed.is_set():  # the first bytes are out; parts 3-4 not read yet
+            changed.set()
+            if change == "shrunk":
+                os.truncate(f.path, 6 * MiB)
+            else:
+                with open(f.path, "ab") as fh:
+                    fh.write(b"more")
+
+    ctx.progress = on_progress
+    with pytest.raises(TransientError, match="shorter|grew"):
+        con.send(f, ctx)
+    assert changed.is_set() and store.load() is None and open_uploads(con) == []
+    assert con.stat("m/changing.bin") is None
+    now = local_file(f.path, f.rel)
+    res = con.send(now, TransferContext(resume=store))
+    assert res.size == now.size and body(srv.client(), con.bucket, "root/m/changing.bin") == open(f.path, "rb").read()

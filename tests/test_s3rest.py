@@ -1,4 +1,4 @@
-"""connections/s3rest.py: SigV4 as botocore signs, the small HTTP/1.1 client against
+"""connections/s3/rest.py: SigV4 as botocore signs, the small HTTP/1.1 client against
 scripted replies (chunked, close-delimited, interim, split, dropped keep-alive, garbage),
 listings, and S3Con's use of it (error classes, no boto3 import on the hot path).
 
@@ -19,13 +19,12 @@ import threading
 from pathlib import Path
 from unittest import mock
 
-import botocore.exceptions as bce
 import pytest
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
-from connections import s3rest
-from connections.base import LocalFile, PermanentError, TransferContext, TransientError
-from connections.s3 import S3Con
+from connections.s3 import rest as s3rest
+from connections.contract.xcon import LocalFile, PermanentError, TransferContext, TransientError
+from connections.s3.con import S3Con
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,9 +214,9 @@ def test_put_retries_a_5xx_once_and_counts_progress_once(scripted):
     line, headers, got = server.requests[1]
     assert line.startswith("PUT /bkt/k?partNumber=2&uploadId=up-1 ") and got == body
     assert headers["content-md5"] == "md5==" and headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-    with pytest.raises(bce.ClientError) as info:
+    with pytest.raises(s3rest.S3Error) as info:
         rest.put("k", b"x", {}, None)
-    assert info.value.response["Error"]["Code"] == "SlowDown" and "SECRET-KEY" not in str(info.value)
+    assert info.value.code == "SlowDown" and info.value.status == 503 and "SECRET-KEY" not in str(info.value)
 
 
 def test_multipart_create_and_complete(scripted):
@@ -230,9 +229,9 @@ def test_multipart_create_and_complete(scripted):
     rest = rest_for(server)
     assert rest.create_multipart("a b/k", {"content-type": "text/plain", "x-amz-meta-mode": "0644"}) == "up&1"
     assert rest.complete_multipart("a b/k", "up&1", [(1, "e1"), (2, "e2")]) == '"abc-2"'
-    with pytest.raises(bce.ClientError) as info:
+    with pytest.raises(s3rest.S3Error) as info:
         rest.complete_multipart("a b/k", "up&1", [(1, "e1")])
-    assert info.value.response["Error"]["Code"] == "InvalidPart"
+    assert info.value.code == "InvalidPart"
     (create, h1, _), (complete, _, body), _ = server.requests
     assert create.startswith("POST /bkt/a%20b/k?uploads= ") and h1["x-amz-meta-mode"] == "0644"
     assert complete.startswith("POST /bkt/a%20b/k?uploadId=up%261 ")
@@ -333,13 +332,14 @@ def test_light_layout_is_botocores():
         light = con._light_layout()
         theirs = s3rest.Layout.from_presigned(con._presigned(con.client))
         assert light == theirs, (endpoint, style)
-        assert con._fast_path().layout == theirs
+        assert con._http().layout == theirs
         con.close()
 
 
-def test_the_upload_path_needs_no_boto3(servers, tmp_path):
-    """connect, cleanup, listing, small PUTs and a multipart upload run without importing
-    boto3 (~0.3 s of CPU, before the first part could go out); a delete brings it in."""
+def test_no_operation_needs_boto3(servers, tmp_path):
+    """connect, cleanup, listing, small PUTs, a multipart upload, stat, move and delete run
+    without importing boto3 (~0.3 s of CPU): given keys and an endpoint, every request
+    goes through s3rest, and botocore is never loaded."""
     srv = servers.get("s3")
     bucket = srv.new_bucket()
     (tmp_path / "small").write_bytes(b"x" * 1000)
@@ -347,8 +347,8 @@ def test_the_upload_path_needs_no_boto3(servers, tmp_path):
     code = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
-        from connections.base import LocalFile, TransferContext
-        from connections.s3 import S3Con
+        from connections.contract.xcon import LocalFile, TransferContext
+        from connections.s3.con import S3Con
         con = S3Con({bucket!r}, "root", endpoint_url={srv.endpoint_url!r}, region={srv.region!r},
                     addressing_style="path", access_key_id={srv.access_key!r},
                     secret_access_key=os.environ["SECRET"], part_size=5 << 20, multipart_threshold=5 << 20)
@@ -365,7 +365,10 @@ def test_the_upload_path_needs_no_boto3(servers, tmp_path):
         con.send(lf("big"), TransferContext())
         assert sorted(e.rel for e in con.list()) == ["big", "small"]
         print("boto3 after big:", "boto3" in sys.modules)
+        assert con.stat("big").size == 6 << 20
+        con.move("big", "moved")
         con.delete("small")
+        assert [e.rel for e in con.list()] == ["moved"]
         print("boto3 after delete:", "boto3" in sys.modules)
         con.close()
     """)
@@ -373,4 +376,136 @@ def test_the_upload_path_needs_no_boto3(servers, tmp_path):
                          env={**os.environ, "SECRET": srv.secret_key})
     assert out.returncode == 0, out.stderr
     assert "boto3 after small: False" in out.stdout and "boto3 after big: False" in out.stdout
-    assert "boto3 after delete: True" in out.stdout
+    assert "boto3 after delete: False" in out.stdout
+
+
+# -- the operations that moved from boto3 (issue 19, item 5) ----------------------------
+
+
+def test_list_parts_pages_and_head_object_shape(scripted):
+    page1 = ok(b"<ListPartsResult><IsTruncated>true</IsTruncated><NextPartNumberMarker>1</NextPartNumberMarker>"
+               b"<Part><PartNumber>1</PartNumber><ETag>&quot;e1&quot;</ETag><Size>5</Size></Part></ListPartsResult>")
+    page2 = ok(b"<ListPartsResult><IsTruncated>false</IsTruncated>"
+               b"<Part><PartNumber>2</PartNumber><ETag>\"e2\"</ETag><Size>3</Size></Part></ListPartsResult>")
+    head = ok(extra="ETag: \"abc\"\r\nContent-Type: text/plain\r\nx-amz-meta-Mtime: 1.5\r\n"
+                    "Last-Modified: Sat, 05 Dec 2026 09:00:00 GMT\r\n")
+    server = scripted([page1, page2, head.replace(b"Content-Length: 0", b"Content-Length: 7")])
+    rest = rest_for(server)
+    assert list(rest.list_parts("k", "u")) == [(1, '"e1"', 5), (2, '"e2"', 3)]
+    assert "part-number-marker=1" in server.requests[1][0]
+    got = rest.head_object("k")
+    assert got == {"ContentLength": 7, "ETag": '"abc"', "ContentType": "text/plain", "Metadata": {"mtime": "1.5"},
+                   "LastModified": datetime.datetime(2026, 12, 5, 9, 0, tzinfo=datetime.timezone.utc)}
+
+
+def test_delete_objects_sends_content_md5_and_returns_per_key_errors(scripted):
+    reply = ok(b"<DeleteResult><Error><Key>a&amp;b</Key><Code>AccessDenied</Code><Message>no SECRET-KEY</Message>"
+               b"</Error></DeleteResult>")
+    server = scripted([reply])
+    errors = rest_for(server).delete_objects(["a&b", "c<d"])
+    assert [(e.key, e.code, e.message) for e in errors] == [("a&b", "AccessDenied", "no ***")]
+    line, headers, body = server.requests[0]
+    assert line.startswith("POST /bkt?delete= ")
+    assert body == b"<Delete><Quiet>true</Quiet><Object><Key>a&amp;b</Key></Object><Object><Key>c&lt;d</Key></Object></Delete>"
+    assert headers["content-md5"] == base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def test_copy_requests_and_an_error_inside_a_200(scripted):
+    copied = ok(b"<CopyObjectResult><ETag>\"c1\"</ETag></CopyObjectResult>")
+    failed = ok(b"<Error><Code>InternalError</Code><Message>later</Message></Error>")
+    server = scripted([copied, failed, ok()])  # an <Error> in a 200 is not sent again
+    rest = rest_for(server)
+    assert rest.copy_object("a b/k2", "bkt/a b/k", {"x-amz-metadata-directive": "COPY"}) == '"c1"'
+    with pytest.raises(s3rest.S3Error) as info:
+        rest.copy_object("k2", "bkt/k", {})
+    assert info.value.code == "InternalError"
+    assert rest.upload_part_copy("k2", "u", 3, "bkt/k", 0, 9) == ""  # rclone's empty 200
+    (line, h, _), _, (part_line, h2, _) = server.requests
+    assert line.startswith("PUT /bkt/a%20b/k2 ") and h["x-amz-copy-source"] == "bkt/a%20b/k"
+    assert h["x-amz-metadata-directive"] == "COPY"
+    assert part_line.startswith("PUT /bkt/k2?partNumber=3&uploadId=u ") and h2["x-amz-copy-source-range"] == "bytes=0-9"
+
+
+def test_a_reply_sent_before_the_body_was_read_is_the_answer():
+    """A server that refuses a request from its head (403: bad signature) and closes
+    without reading the body: the client reports that reply, not the broken pipe."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    refusal = error_reply(403, "SignatureDoesNotMatch").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            conn.sendall(refusal)
+            conn.shutdown(socket.SHUT_WR)
+        listener.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    layout = s3rest.Layout.from_endpoint(f"http://127.0.0.1:{port}", "bkt", "path", "us-east-1")
+    rest = s3rest.Rest(layout, s3rest.StaticCredentials("AKID", "S"), connect_timeout=5, timeout=5, scrub=str)
+    with pytest.raises(s3rest.S3Error) as info:
+        rest.put("k", os.urandom(32 << 20), {}, None)
+    assert info.value.status == 403 and info.value.code == "SignatureDoesNotMatch"
+    t.join(5)
+
+
+def test_http_proxy_gets_the_absolute_url_and_its_credentials(scripted, monkeypatch):
+    proxy = scripted([ok(extra="ETag: \"e\"\r\n")])
+    monkeypatch.setenv("HTTP_PROXY", f"http://me:p%40ss@127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    con = S3Con("bkt", "root", endpoint_url="http://s3.example.test:9000", region="us-east-1",
+                addressing_style="path", access_key_id="AKID", secret_access_key="SECRET-KEY")
+    assert con._http().proxy == s3rest.Proxy("127.0.0.1", proxy.port, "Basic " + base64.b64encode(b"me:p@ss").decode())
+    assert con._http().put("k", b"x", {}, None) == '"e"'
+    line, headers, _ = proxy.requests[0]
+    assert line == "PUT http://s3.example.test:9000/bkt/k HTTP/1.1"
+    assert headers["host"] == "s3.example.test:9000"
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"me:p@ss").decode()
+    assert "proxy-authorization" not in headers["authorization"]  # not signed: the proxy takes it
+    con.close()
+
+
+def test_https_through_a_proxy_asks_for_a_tunnel(scripted, tmp_path):
+    """https through a proxy: CONNECT host:port first (TLS runs inside the tunnel); a proxy
+    that refuses is a transient error naming its answer."""
+    proxy = scripted([b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"])
+    layout = s3rest.Layout.from_endpoint("https://s3.example.test", "bkt", "virtual", "eu-west-1")
+    rest = s3rest.Rest(layout, s3rest.StaticCredentials("AKID", "S"), connect_timeout=5, timeout=5, scrub=str,
+                       proxy=s3rest.Proxy.from_url(f"http://u:p@127.0.0.1:{proxy.port}"))
+    with pytest.raises(s3rest.ProxyRefused, match="407"):
+        rest.head_bucket()
+    line, headers, _ = proxy.requests[0]
+    assert line == "CONNECT bkt.s3.example.test:443 HTTP/1.1"
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
+    con = S3Con("bkt", access_key_id="a", secret_access_key="b")
+    assert isinstance(con._classify(s3rest.ProxyRefused("the proxy answered 407"), "connect", None), TransientError)
+
+
+def test_list_versions_pages_and_conditional_reads(scripted):
+    page1 = ok(b"<ListVersionsResult><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>"
+               b"<NextKeyMarker>a+b</NextKeyMarker><NextVersionIdMarker>v1</NextVersionIdMarker>"
+               b"<Version><Key>a+b</Key><VersionId>v2</VersionId><IsLatest>true</IsLatest>"
+               b"<LastModified>2026-12-05T09:00:01.000Z</LastModified><ETag>\"e2\"</ETag><Size>3</Size></Version>"
+               b"<DeleteMarker><Key>a+b</Key><VersionId>d1</VersionId><IsLatest>false</IsLatest>"
+               b"<LastModified>2026-12-05T09:00:00.000Z</LastModified></DeleteMarker></ListVersionsResult>")
+    page2 = ok(b"<ListVersionsResult><IsTruncated>false</IsTruncated>"
+               b"<Version><Key>a b</Key><VersionId>v1</VersionId><IsLatest>false</IsLatest><Size>1</Size></Version>"
+               b"</ListVersionsResult>")
+    ranged = b"HTTP/1.1 206 Partial\r\nContent-Length: 2\r\nETag: \"e2\"\r\n\r\nhi"
+    server = scripted([page1, page2, ranged, error_reply(412, "PreconditionFailed")])
+    rest = rest_for(server)
+    pages = list(rest.list_versions("a b"))
+    assert [[v["VersionId"] for v in versions] for versions, _m in pages] == [["v2"], ["v1"]]
+    assert pages[0][0][0]["Key"] == "a b" and pages[0][0][0]["IsLatest"] and pages[0][1][0]["VersionId"] == "d1"
+    assert "key-marker=a%20b" in server.requests[1][0] and "version-id-marker=v1" in server.requests[1][0]
+    assert rest.get_object("a b", 0, 1, if_match="e2", version="v2").body == b"hi"
+    line, headers, _ = server.requests[2]
+    assert "versionId=v2" in line and headers["if-match"] == '"e2"' and headers["range"] == "bytes=0-1"
+    with pytest.raises(s3rest.S3Error) as info:
+        rest.head_object("a b", if_match="old")
+    assert info.value.status == 412

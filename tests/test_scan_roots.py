@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
-from skynet.ignore import IgnoreRules
-from skynet.mapper import Mapper
-from skynet.state import Index, StateDB
-from skynet.syncsnap import SyncSnap
-from skynet.uniqueq import DELETE, SEND, UniqueQ
+from skynet.watch.ignore import IgnoreRules
+from skynet.engine.mapper import Mapper
+from skynet.state.db import Index, StateDB
+from skynet.engine.syncsnap import SyncSnap
+from skynet.state.uniqueq import DELETE, SEND, UniqueQ
 
 
 def _setup(tmp_path, complete_sync: bool = True):

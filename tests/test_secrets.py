@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from skynet.notifier import Notifier, redact_dsn
+from skynet.reporting.notifier import Notifier, redact_dsn
 from tests.harness import Daemon, run_main, write_config
 from tests.servers import free_port
 
@@ -71,7 +71,7 @@ def test_the_notifier_never_logs_an_escaped_password(tmp_path, caplog):
 
 # -- writing files ----------------------------------------------------------------------------
 def test_write_atomic_never_follows_a_link_and_leaves_0600(tmp_path):
-    from skynet.atomicfile import write_atomic
+    from skynet.state.atomicfile import write_atomic
 
     outside = tmp_path / "outside.txt"
     outside.write_text("theirs\n")

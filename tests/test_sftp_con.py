@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from connections.base import (
+from connections.contract.xcon import (
+    BatchSend,
     LocalFile,
     NullResumeStore,
     PermanentError,
     TransferContext,
     TransientError,
 )
-from connections.local import temp_name
-from connections.sftp import (
+from connections.local.con import temp_name
+from connections.sftp.con import (
     HostKeyChanged,
     SFTPCon,
     UnknownHostKey,
@@ -268,7 +269,7 @@ def test_parallel_upload_survives_a_killed_helper(srv, remote, tmp_path, monkeyp
     session process that had already exited (killing one of the two sshd
     processes of a connection ends the other) raised ProcessLookupError in
     the progress callback, which failed the upload before `killed` was set."""
-    import connections.sftp as sftp_mod
+    import connections.sftp.con as sftp_mod
 
     f = big_file(tmp_path, 160 * MiB)
     store = NullResumeStore()
@@ -345,9 +346,9 @@ def test_parallel_upload_reports_every_part_promptly_and_is_throttled(srv, remot
     bandwidth limit (fed by the same report) holds for the helper connections
     too. Before, only the calling thread reported (and slept) for all of them:
     the helpers ran unthrottled and progress lagged by tens of MiB."""
-    from skynet.throttle import Schedule, Throttle
+    from skynet.transfer.throttle import Schedule, Throttle
 
-    import connections.sftp as sftp_mod
+    import connections.sftp.con as sftp_mod
 
     monkeypatch.setattr(sftp_mod, "PART_SIZE", 4 * MiB)
     size, rate = 48 * MiB, 12 * MiB
@@ -404,7 +405,7 @@ def test_packets_of_one_loop_pass_leave_in_one_send(srv, remote, tmp_path, monke
     """asyncssh writes each SSH packet on its own (and an IGNORE packet before
     each): the packets written in one pass of the loop are joined into one
     write to the socket (_BatchedTransport), in order, and every file arrives."""
-    from connections import sftp
+    from connections.sftp import con as sftp
 
     batches: list[int] = []
     flush = sftp._BatchedTransport.flush
@@ -441,7 +442,7 @@ def test_bulk_path_short_window_makes_short_packets(srv, remote, tmp_path, monke
     con.ssh_options = {"window": 10_007 * 4, "max_pktsize": 10_007}
     con.write_size = 100_003
     con.parallel_min = 8 * MiB if parts else 64 * MiB
-    monkeypatch.setattr("connections.sftp.PART_SIZE", 2 * MiB)
+    monkeypatch.setattr("connections.sftp.con.PART_SIZE", 2 * MiB)
     with con:
         res = con.send(f, TransferContext())
         assert res.size == f.size and sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
@@ -472,7 +473,7 @@ def test_bulk_path_uses_only_public_asyncssh_api():
 
     import asyncssh
 
-    import connections.sftp as sftp_mod
+    import connections.sftp.con as sftp_mod
 
     tree = ast.parse(Path(sftp_mod.__file__).read_text())
     ours = {n.name for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
@@ -543,7 +544,7 @@ def _damage_refused_then_sent_whole(con, f, store, remote) -> None:
 def test_parallel_resume_reads_back_the_finished_parts(srv, remote, tmp_path, monkeypatch):
     """The same for a parallel upload: the finished parts are read back, so
     damage inside a part before the last one is caught."""
-    monkeypatch.setattr("connections.sftp.PART_SIZE", MiB)
+    monkeypatch.setattr("connections.sftp.con.PART_SIZE", MiB)
     f = big_file(tmp_path, 16 * MiB)
     store = NullResumeStore()
     with con_for(srv, remote, connections="2") as con:
@@ -967,7 +968,7 @@ def test_send_many_runs_a_batch_at_once_and_each_file_fails_alone(srv, remote, t
     con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2", keepalive="1"), remote)
     con.connect()
     try:
-        assert con.abilities.batch_send
+        assert isinstance(con, BatchSend)
         files = [write_file(tmp_path, f"b/{i % 5}/{i}", os.urandom(10 + i), mode=0o600 + i % 8) for i in range(300)]
         results = con.send_many(files, threading.Event())
         bad = [(f.rel, r) for f, r in zip(files, results) if isinstance(r, Exception) or r.size != f.size]

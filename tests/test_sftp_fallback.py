@@ -22,8 +22,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from connections.base import LocalFile, NullResumeStore, TransferContext, TransientError
-from connections.sftp import SFTPCon, known_hosts_line
+from connections.contract.xcon import LocalFile, NullResumeStore, TransferContext, TransientError
+from connections.sftp.con import SFTPCon, known_hosts_line
 
 MiB = 1 << 20
 

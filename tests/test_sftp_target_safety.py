@@ -19,9 +19,9 @@ import threading
 
 import pytest
 
-from connections.base import RemoteNotFound, TransferContext, UnsafePath
-from connections.local import temp_name
-from connections.sftp import build
+from connections.contract.xcon import RemoteNotFound, TransferContext, UnsafePath
+from connections.local.con import temp_name
+from connections.sftp.con import build
 from tests.test_sftp_con import remote, srv, write_file  # noqa: F401  (fixtures: the same server and folders)
 
 

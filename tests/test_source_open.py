@@ -1,6 +1,6 @@
 """Source files are read safely (issue 18, item 4): a worker lstats a file, and
 between that look and the read the file may become a link to an outside secret,
-a FIFO, or another file. Every connection reads through connections/source.py,
+a FIFO, or another file. Every connection reads through connections/contract/source.py,
 which opens beneath the mapping's root without following links, never blocks,
 and checks the inode; what cannot be sent is recorded as failed with a reason.
 
@@ -22,13 +22,13 @@ from typing import Callable
 
 import pytest
 
-from connections.base import LocalFile, PermanentError, TransferContext
-from connections.local import LocalCon
-from skynet.ignore import IgnoreRules
-from skynet.mapper import Mapper
-from skynet.reconcile import Reconciler
-from skynet.state import Index, ResumeTable, StateDB
-from skynet.uniqueq import SEND, UniqueQ
+from connections.contract.xcon import BatchSend, LocalFile, PermanentError, TransferContext
+from connections.local.con import LocalCon
+from skynet.watch.ignore import IgnoreRules
+from skynet.engine.mapper import Mapper
+from skynet.engine.reconcile import Reconciler
+from skynet.state.db import Index, ResumeTable, StateDB
+from skynet.state.uniqueq import SEND, UniqueQ
 from tests.backends import BACKENDS, enabled_backends
 from tests.harness import Daemon, _default_ignored, run_main, tree, wait_converged, write_config
 
@@ -106,7 +106,7 @@ def local_rig(tmp_path):
     remote.mkdir()
     con = LocalCon(str(remote))
     con.connect()
-    assert con.abilities.batch_send, "GNU cp is needed for the batch path"
+    assert isinstance(con, BatchSend), "GNU cp is needed for the batch path"
     r = Rig(tmp_path, con)
     r.fetch = lambda: tree(remote)  # type: ignore[attr-defined]
     yield r
@@ -314,9 +314,8 @@ def test_batch_file_replaced_is_resent(local_rig):
 # -- the opener itself ----------------------------------------------------------
 @pytest.fixture(params=["openat2", "walk"])
 def opener(request, monkeypatch):
-    """connections.source, with openat2 (Linux 5.6+) or with the portable per-folder walk."""
-    from connections import source
-
+    """connections.contract.source, with openat2 (Linux 5.6+) or with the portable per-folder walk."""
+    from connections.contract import source
     if request.param == "walk":
         monkeypatch.setattr(source, "_openat2_works", False)
     yield source

@@ -1,13 +1,13 @@
 """The state database runs on an SQLite without the WAL-reset bug, and every module
-uses that one library (skynet/sqlitelib.py says why both matter)."""
+uses that one library (skynet/state/sqlitelib.py says why both matter)."""
 from __future__ import annotations
 
 import ast
 import time
 from pathlib import Path
 
-import skynet.state as state
-from skynet.sqlitelib import WAL_RESET_FIXED, sqlite3
+import skynet.state.db as state
+from skynet.state.sqlitelib import WAL_RESET_FIXED, sqlite3
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,11 +3,11 @@
 during a large upload: bench/RESULTS.md, issue 8 (4))."""
 from __future__ import annotations
 
-from skynet.sqlitelib import sqlite3
+from skynet.state.sqlitelib import sqlite3
 import threading
 import time
 
-from skynet.state import Checkpointer, StateDB
+from skynet.state.db import Checkpointer, StateDB
 
 
 def test_commits_never_checkpoint_and_the_checkpointer_catches_up(tmp_path):

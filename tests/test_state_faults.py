@@ -72,7 +72,7 @@ def test_full_state_disk_stops_cleanly_and_recovers(tmp_path):
         d = Daemon(cfg).start()
         wait_converged(src, lambda: tree(dst), exact=True, daemon=d)
         # fill the state disk to the last byte
-        with open(state / "filler", "wb") as f:
+        with open(state / "filler", "wb", buffering=0) as f:  # unbuffered: nothing left to flush (ENOSPC) at close
             try:
                 while True:
                     f.write(b"\0" * 65536)

@@ -127,8 +127,7 @@ def unit_service_keys(unit: Path) -> dict[str, list[str]]:
 
 
 def test_system_unit_reads_and_writes_where_the_wizard_and_readme_say():
-    from skynet import wizard
-
+    from skynet.cli import wizard
     keys = unit_service_keys(REPO / "systemd" / "skynet@.service")
     assert f"--run-with %i --config-file {wizard.SYSTEM_CONFIG_DIR}/%i.ini" in keys["ExecStart"][0]
     assert os.path.join("/var/lib", keys["StateDirectory"][0]) == os.path.join(wizard.SYSTEM_STATE_DIR, "%i")

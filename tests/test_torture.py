@@ -22,7 +22,7 @@ import os
 import random
 import shutil
 import sys
-from skynet.sqlitelib import sqlite3
+from skynet.state.sqlitelib import sqlite3
 import time
 from pathlib import Path
 

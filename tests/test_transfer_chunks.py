@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connections.base import TransferContext
+from connections.contract.xcon import TransferContext
 from skynet.transfer.chunks import (
     Plan, ShortChunk, SourceChanged, StaleChunk, TransferStopped, download, upload,
 )

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connections.base import RemoteEntry, TransferContext
+from connections.contract.xcon import RemoteEntry, TransferContext
 from skynet.transfer.chunks import TransferStopped
 from skynet.transfer.fetch import VerifyFailed, fetch, part_paths
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import threading
 
-from skynet.state import StateDB
-from skynet.uniqueq import DELETE, MOVE, SEND, UniqueQ
+from skynet.state.db import StateDB
+from skynet.state.uniqueq import DELETE, MOVE, SEND, UniqueQ
 
 
 def make(tmp_path, on_put=None):
@@ -92,7 +92,7 @@ def test_ids_are_never_reused(tmp_path):
 
 def test_a_schema_1_queue_is_migrated_with_its_rows(tmp_path):
     import os
-    from skynet.sqlitelib import sqlite3
+    from skynet.state.sqlitelib import sqlite3
 
     path = str(tmp_path / "old.db")
     old = sqlite3.connect(path, isolation_level=None)
@@ -124,7 +124,7 @@ def test_a_schema_1_queue_is_migrated_with_its_rows(tmp_path):
 
 
 def test_claim_reads_each_sources_index_entry(tmp_path):
-    from skynet.state import Index, IndexEntry
+    from skynet.state.db import Index, IndexEntry
 
     db = StateDB(str(tmp_path / "s.db"))
     Index(db).put_many([("has", 5, 6, 0o600, 7, "etag")])

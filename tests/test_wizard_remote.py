@@ -6,8 +6,8 @@ import stat
 
 from click.testing import CliRunner
 
-from skynet import config as configmod
-from skynet.cli import main
+from skynet.config import settings as configmod
+from skynet.cli.main import main
 
 
 def run(args, answers):

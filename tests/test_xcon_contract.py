@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connections.base import (
+from connections.contract.xcon import (
+    BatchSend,
+    EtagCheck,
+    FreeSpace,
     LocalFile,
+    PoolSized,
+    RemoteChanged,
     RemoteNotFound,
+    ServerSideCopy,
+    ServerSideMove,
     TransferContext,
     UnsafePath,
+    Versions,
     check_rel,
+    send_each,
 )
 from tests.backends import BACKENDS, enabled_backends
 
@@ -184,7 +194,8 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
     gone = make_file(tmp_path, "m/gone.txt", b"soon gone")
     os.unlink(gone.path)
     batch = files + [odd, gone]
-    results = backend.con.send_many(batch, threading.Event())
+    con = backend.con  # a batching backend's own send_many; else what the engine does instead
+    results = con.send_many(batch, threading.Event()) if isinstance(con, BatchSend) else send_each(con, batch, threading.Event())
     assert len(results) == len(batch)
     assert isinstance(results[-1], FileNotFoundError)
     assert all(not isinstance(r, Exception) and r.size == f.size for f, r in zip(batch[:-1], results[:-1]))
@@ -197,3 +208,270 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
             assert e.mode == f.mode
     assert "m/gone.txt" not in got
     assert backend.leftovers() == []
+
+
+# -- reading back ----------------------------------------------------------------------
+
+#: the optional abilities each backend declares (by inheriting the typed mixins of
+#: connections/contract/xcon.py); every one is exercised for that backend below
+DECLARED = {
+    "local": {BatchSend, ServerSideMove, ServerSideCopy, FreeSpace},
+    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck},
+    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck},
+    "sftp": {BatchSend, ServerSideMove, FreeSpace},
+}
+ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, FreeSpace, PoolSized, EtagCheck, Versions)
+
+
+def with_ability(ability) -> list:
+    """The enabled backends that declare `ability` (see DECLARED), as pytest params."""
+    return [n for n in enabled_backends() if ability in DECLARED[n]]
+
+
+@pytest.fixture
+def able(request, tmp_path, servers):
+    """A backend named by the test's indirect parameter (one that declares the ability tested)."""
+    with BACKENDS[request.param](tmp_path, servers) as b:
+        yield b
+
+
+def check_metadata(backend, e, size: int, mtime_ns: int, mode: int, *, listed: bool = False) -> None:
+    """A stat() or list() entry holds what was sent: size always; mtime to the backend's
+    precision (an S3 listing: the time the server stored it, flagged as such); the mode
+    where the backend keeps it (an S3 listing carries no metadata)."""
+    assert e.size == size
+    s3_listing = listed and backend.service == "s3"
+    if s3_listing:
+        assert e.mtime_is_stored and e.mtime_ns is not None and e.mode is None
+    else:
+        prec = backend.con.abilities.mtime_precision_ns
+        assert not e.mtime_is_stored and e.mtime_ns is not None and e.mtime_ns // prec == mtime_ns // prec
+        if backend.con.abilities.mode:
+            assert e.mode == mode
+    if backend.service == "s3":
+        assert e.etag and len(e.etag) == 32
+    else:
+        assert e.etag is None
+
+
+def test_send_then_read_back_every_byte_and_the_metadata(backend, tmp_path):
+    data = os.urandom(1_500_007)
+    mtime = 1_600_000_000_987_654_321
+    send(backend, tmp_path, "r/blob.bin", data, mode=0o604, mtime_ns=mtime)
+    assert backend.con.read_range("r/blob.bin", 0, len(data)) == data
+    pieces, pos = [], 0
+    for n in (1, 4095, 65_536, 262_145, 1_000_000, 10**9):  # odd sizes; the last one runs past the end
+        pieces.append(backend.con.read_range("r/blob.bin", pos, n))
+        pos += len(pieces[-1])
+    assert b"".join(pieces) == data
+    check_metadata(backend, backend.con.stat("r/blob.bin"), len(data), mtime, 0o604)
+    [listed] = backend.con.list("r")
+    assert listed.rel == "r/blob.bin"
+    check_metadata(backend, listed, len(data), mtime, 0o604, listed=True)
+    if backend.service == "s3":
+        assert listed.etag == backend.con.stat("r/blob.bin").etag
+
+
+def test_read_range_at_the_edges(backend, tmp_path):
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    n = len(data)
+    send(backend, tmp_path, "edge", data)
+    send(backend, tmp_path, "empty", b"")
+    read = backend.con.read_range
+    assert read("edge", 0, 1) == data[:1]
+    assert read("edge", n - 1, 1) == data[-1:]  # the last byte
+    assert read("edge", n - 1, 100) == data[-1:]  # a range crossing the end: what there is
+    assert read("edge", 5000, n) == data[5000:]
+    assert read("edge", n, 1) == b""  # exactly at the end
+    assert read("edge", n + 12345, 10) == b""  # past the end
+    assert read("edge", 0, 0) == b"" and read("edge", 77, 0) == b""  # length 0
+    assert read("empty", 0, 10) == b"" and read("empty", 0, 0) == b""
+    with pytest.raises(ValueError):
+        read("edge", -1, 5)
+    with pytest.raises(ValueError):
+        read("edge", 0, -5)
+    for missing in ("nope", "edge/below-a-file", "no/such/folder"):
+        with pytest.raises(RemoteNotFound):
+            read(missing, 0, 10)
+    with pytest.raises(UnsafePath):
+        read("../escape", 0, 1)
+
+
+def test_read_range_refuses_another_version_than_expected(backend, tmp_path):
+    send(backend, tmp_path, "v.txt", b"first version")
+    first = backend.con.stat("v.txt")
+    [listed] = backend.con.list("")
+    assert backend.con.read_range("v.txt", 0, 5, expect=first) == b"first"
+    assert backend.con.read_range("v.txt", 6, 100, expect=listed) == b"version"
+    send(backend, tmp_path, "v.txt", b"the second version, longer")
+    for stale in (first, listed):
+        for offset, length in ((0, 5), (3, 0), (100, 5)):  # a read, an empty one, one past the end
+            with pytest.raises(RemoteChanged):
+                backend.con.read_range("v.txt", offset, length, expect=stale)
+    now = backend.con.stat("v.txt")
+    assert backend.con.read_range("v.txt", 0, 100, expect=now) == b"the second version, longer"
+
+
+def test_stat_and_list_fields(backend, tmp_path):
+    send(backend, tmp_path, "f/one", b"1" * 10, mode=0o600, mtime_ns=1_500_000_000_000_000_000)
+    send(backend, tmp_path, "f/sub/two", b"", mode=0o644, mtime_ns=1_700_000_000_500_000_000)
+    got = listing(backend, "f")
+    assert set(got) == {"f/one", "f/sub/two"}
+    check_metadata(backend, got["f/one"], 10, 1_500_000_000_000_000_000, 0o600, listed=True)
+    check_metadata(backend, got["f/sub/two"], 0, 1_700_000_000_500_000_000, 0o644, listed=True)
+    check_metadata(backend, backend.con.stat("f/one"), 10, 1_500_000_000_000_000_000, 0o600)
+    assert backend.con.stat("f") is None  # a folder is no file
+    assert backend.con.stat("f/sub") is None
+
+
+def test_listing_never_yields_siblings_of_the_prefix(backend, tmp_path):
+    for rel in ("foo/a", "foo/b/c", "foo.bak", "foo2/x", "foo-x", "fo", "foobar/y"):
+        send(backend, tmp_path, rel, b"1")
+    assert set(listing(backend, "foo")) == {"foo/a", "foo/b/c"}
+    assert set(listing(backend, "foo/b")) == {"foo/b/c"}
+    assert set(listing(backend, "foo.bak")) == set()  # a file, not a folder: nothing under it
+    assert set(listing(backend, "fo")) == set()
+
+
+LISTED = 10_000
+
+
+def test_listing_of_10000_keys_is_streamed_and_exact(backend, tmp_path):
+    """10,000 files in 10 folders (seeded straight into the store), with siblings that
+    share the prefix. The listing is streamed: once its first entry has arrived, a file
+    is added to each folder; a listing built whole before it yields would show none of
+    them, a streamed one (paged, or folder by folder) shows those it has not read yet."""
+    files = {f"big/d{i % 10}/f{i:05d}": b"x" * (i % 7) for i in range(LISTED)}
+    files.update({"big.bak": b"no", "big2/x": b"no", "bigger/y": b"no"})
+    backend.seed(files)
+    entries = iter(backend.con.list("big"))
+    first = next(entries)
+    for d in range(10):
+        send(backend, tmp_path, f"big/d{d}/zz-late", b"late")
+    got = {first.rel: first.size, **{e.rel: e.size for e in entries}}
+    late = {rel for rel in got if rel.endswith("/zz-late")}
+    assert late, "the listing was built whole before its first entry was handed out"
+    seeded = {rel: size for rel, size in got.items() if rel not in late}
+    assert seeded == {rel: len(data) for rel, data in files.items() if rel.startswith("big/")}
+
+
+# -- optional abilities: each one a backend declares is exercised here ---------------------
+
+
+def test_backends_declare_their_abilities_by_type(backend):
+    declared = {a for a in ABILITIES if isinstance(backend.con, a)}
+    assert declared == DECLARED[backend.con.service if backend.con.service != "s3" else backend.service]
+
+
+@pytest.mark.parametrize("able", with_ability(ServerSideCopy), indirect=True)
+def test_server_side_copy(able, tmp_path):
+    data = os.urandom(70_001)
+    send(able, tmp_path, "c/src.bin", data, mode=0o640, mtime_ns=1_600_000_000_000_000_000)
+    send(able, tmp_path, "c2/dest.bin", b"old")
+    able.con.copy("c/src.bin", "c2/dest.bin")  # replaces
+    able.con.copy("c/src.bin", "c3/deep/new.bin")  # makes folders
+    for rel in ("c/src.bin", "c2/dest.bin", "c3/deep/new.bin"):
+        assert able.con.read_range(rel, 0, len(data) + 1) == data
+        check_metadata(able, able.con.stat(rel), len(data), 1_600_000_000_000_000_000, 0o640)
+    with pytest.raises(RemoteNotFound):
+        able.con.copy("c/missing", "c/x")
+    assert able.con.stat("c/x") is None
+    assert able.leftovers() == []
+
+
+@pytest.mark.parametrize("able", with_ability(ServerSideMove), indirect=True)
+def test_server_side_move_keeps_bytes_and_metadata(able, tmp_path):
+    data = os.urandom(33_333)
+    send(able, tmp_path, "mv/a.bin", data, mode=0o600, mtime_ns=1_650_000_000_000_000_000)
+    able.con.move("mv/a.bin", "mv2/b.bin")
+    assert able.con.stat("mv/a.bin") is None
+    assert able.con.read_range("mv2/b.bin", 0, len(data)) == data
+    check_metadata(able, able.con.stat("mv2/b.bin"), len(data), 1_650_000_000_000_000_000, 0o600)
+
+
+@pytest.mark.parametrize("able", with_ability(FreeSpace), indirect=True)
+def test_free_space(able):
+    free = able.con.free_space()
+    assert isinstance(free, int) and free > 0
+
+
+@pytest.mark.parametrize("able", with_ability(PoolSized), indirect=True)
+def test_pool_sized_for_the_workers(able, tmp_path):
+    able.con.size_pool(40)
+    files = [make_file(tmp_path, f"pool/{i}", b"p" * i) for i in range(48)]
+    with ThreadPoolExecutor(40) as pool:
+        list(pool.map(lambda f: able.con.send(f, TransferContext()), files))
+    assert {e.rel: e.size for e in able.con.list("pool")} == {f"pool/{i}": i for i in range(48)}
+
+
+@pytest.mark.parametrize("able", with_ability(EtagCheck), indirect=True)
+def test_etag_check_recomputes_the_remote_hash(able, tmp_path):
+    f = make_file(tmp_path, "e/file", os.urandom(5000))
+    able.con.send(f, TransferContext())
+    [listed] = able.con.list("e")
+    assert listed.etag in able.con.local_etags(f)
+    other = make_file(tmp_path, "e/other", os.urandom(5000))
+    assert listed.etag not in able.con.local_etags(other)
+
+
+@pytest.mark.parametrize("able", [n for n in with_ability(Versions) if n == "seaweedfs"], indirect=True)
+def test_versions_on_a_versioned_bucket(able, tmp_path):
+    """Three versions and a delete marker of one key, on a bucket with versioning on; the
+    versions of `h` never include `h.bak` or `h2/x`, and each version reads back whole."""
+    able.enable_versioning()
+    bodies = [b"one", b"version two", b"the third version"]
+    for i, body in enumerate(bodies):
+        send(able, tmp_path, "h", body, mtime_ns=1_600_000_000_000_000_000 + i)
+    send(able, tmp_path, "h.bak", b"not h")
+    send(able, tmp_path, "h2/x", b"not h")
+    able.con.delete("h")
+    versions = list(able.con.list_versions("h"))
+    assert [v.deleted for v in versions] == [True, False, False, False]
+    assert versions[0].latest and not any(v.latest for v in versions[1:])
+    assert {v.rel for v in versions} == {"h"}
+    assert len({v.version_id for v in versions}) == 4
+    assert [v.size for v in versions[1:]] == [len(b) for b in reversed(bodies)]
+    for v, body in zip(versions[1:], reversed(bodies)):
+        assert able.con.read_version_range("h", v.version_id, 0, 1000) == body
+        assert able.con.read_version_range("h", v.version_id, 4, 3) == body[4:7]
+        assert able.con.read_version_range("h", v.version_id, len(body), 3) == b""
+    with pytest.raises(RemoteNotFound):
+        able.con.read_version_range("h", versions[0].version_id, 0, 10)  # the delete marker
+    with pytest.raises(RemoteNotFound):
+        able.con.read_range("h", 0, 10)  # deleted now
+    assert [v.deleted for v in able.con.list_versions("h.bak")] == [False]
+
+
+@pytest.mark.parametrize("able", [n for n in enabled_backends() if n in ("local", "sftp")], indirect=True)
+def test_read_range_follows_no_link(able, tmp_path):
+    """On a file-system remote, a link at the name or on the way is no file of ours:
+    read_range reads nothing through it (as writes and deletes never go through one)."""
+    root = able.config["mapping"]["target"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not ours")
+    os.chmod(outside, 0o755)
+    os.chmod(outside / "secret", 0o644)
+    os.symlink(outside / "secret", os.path.join(root, "file-link"))
+    os.symlink(outside, os.path.join(root, "folder-link"))
+    for rel in ("file-link", "folder-link/secret"):
+        with pytest.raises(RemoteNotFound):
+            able.con.read_range(rel, 0, 100)
+        assert able.con.stat(rel) is None
+
+
+def test_fetch_through_the_chunk_scheduler_reads_every_byte(backend, tmp_path):
+    """skynet/transfer/fetch.py on the backend's read_range: ranged, parallel chunks pinned
+    to the version listed; replaced on the remote before the fetch, it is refused."""
+    from skynet.transfer.fetch import fetch
+
+    data = os.urandom(300_003)
+    send(backend, tmp_path, "dl/big.bin", data)
+    entry = backend.con.stat("dl/big.bin")
+    dest = tmp_path / "fetched.bin"
+    with ThreadPoolExecutor(4) as pool:
+        assert fetch(backend.con, entry, str(dest), TransferContext(), pool, chunk_size=65_536, concurrency=4) == len(data)
+        assert dest.read_bytes() == data
+        send(backend, tmp_path, "dl/big.bin", data + b"grown")
+        with pytest.raises(RemoteChanged):
+            fetch(backend.con, entry, str(tmp_path / "again.bin"), TransferContext(), pool, chunk_size=65_536)

@@ -9,10 +9,10 @@ takes seconds. Here: wal_autocheckpoint=0 on every connection, and a checkpointe
 thread runs PRAGMA wal_checkpoint(PASSIVE) (which never blocks writers) when a
 commit says the WAL has grown; idle, it sleeps.
 """
-from skynet.sqlitelib import sqlite3
+from skynet.state.sqlitelib import sqlite3
 import threading
 
-import skynet.state as state
+import skynet.state.db as state
 
 _orig_conn = state.StateDB.conn
 _orig_write = state.StateDB.write

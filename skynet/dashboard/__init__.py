@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skynet.dashboard.auth import hash_secret, is_token_hash, new_token, verify
+from skynet.extras import require as require_extra
 
 __all__ = ["DashboardConfig", "config_from_daemon", "serve", "make_server", "stop_server", "build", "hash_secret",
            "new_token", "verify"]
@@ -52,7 +53,7 @@ class DashboardConfig:
 
 def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None, secure_cookie: bool = False,
                        trusted_proxies: list[str] | None = None) -> DashboardConfig:
-    """A DashboardConfig from the daemon's Config (skynet.config.Config):
+    """A DashboardConfig from the daemon's Config (skynet.config.settings.Config):
     notify_dsn ("" -> local mode on state_dir; "env" -> libpq's environment),
     notify_sslmode, dashboard_password_hash, dashboard_token_hash,
     dashboard_hosts; the rest comes from the command line. Attributes are read
@@ -77,6 +78,7 @@ def _source(cfg: DashboardConfig) -> Any:
 
     if cfg.dsn is None:
         return LocalSource(cfg.state_dirs)
+    require_extra("postgres", "the dashboard of a fleet (notify_dsn)")
     return PgSource(cfg.dsn, cfg.sslmode, stale_factor=cfg.stale_factor)
 
 
@@ -171,6 +173,7 @@ class DashboardServer:
 def make_server(cfg: DashboardConfig) -> DashboardServer:
     """A dashboard server, not yet serving: `.run()` serves until `.stop()`;
     `.effective_port` is the port (useful with port=0)."""
+    require_extra("dashboard", "the dashboard")
     from waitress import create_server
 
     app, source = build(cfg)

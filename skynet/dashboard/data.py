@@ -4,28 +4,28 @@ Both sources return the same JSON-ready shape (see `empty_status()`), so the
 page does not care which one is behind it.
 
 PostgreSQL: every query is read-only, parameterised, LIMITed, and served by an
-index (see skynet/pgschema.py): daemons are a few hundred rows at most, the
+index (see skynet/reporting/pgschema.py): daemons are a few hundred rows at most, the
 hour chart reads the per-minute roll-up, the lists of completions and failures
 walk a partial index on (ts, daemon_id, seq) backwards and paginate by keyset,
 so a page costs the same with a thousand events or a hundred million.
 
 Local: without a database, the dashboard reads the daemon's own SQLite state
-files (one per mapping, `<state_dir>/<mapping>.db`: tables `queue` and
-`failed`, see skynet/state.py) read-only, so one machine can still be watched.
+files (one per mapping, found by skynet.state.folder, read through
+skynet.state.db.StateReader) read-only, so one machine can still be watched.
 """
 from __future__ import annotations
 
-import glob
 import os
-from skynet.sqlitelib import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
-from urllib.parse import quote
 
-from skynet.notifier import redact_dsn
+from skynet.reporting.notifier import redact_dsn
+from skynet.state.sqlitelib import sqlite3
+from skynet.state.db import StateReader
+from skynet.state.folder import StateFolder, parse_identity
 
 LIST_LIMIT = 50
 DAEMON_LIMIT = 1000
@@ -260,16 +260,17 @@ class LocalSource:
         for sd in self.state_dirs:
             mappings = []
             newest = 0.0
-            for db_path in sorted(glob.glob(os.path.join(glob.escape(sd), "*.db"))):
-                name = os.path.basename(db_path)[:-3]
-                m, transfers, failures, mtime = self._mapping(sd, name, db_path)
+            folder = StateFolder(sd)
+            names = folder.mappings()
+            for name in names:
+                m, transfers, failures = self._mapping(sd, name, folder.db(name))
                 mappings.append(m)
                 out["transfers"] += transfers
                 out["failures"] += failures
-                newest = max(newest, mtime)
+                newest = max(newest, folder.last_write(name))
             if not mappings:
                 continue
-            pid = _lock_pid(sd, [m["name"] for m in mappings])
+            pid = next((p for p in map(folder.holder, names) if p is not None), None)
             running = pid is not None
             out["daemons"].append({
                 "id": sd, "host": os.uname().nodename, "service": os.path.basename(sd), "version": "",
@@ -285,62 +286,35 @@ class LocalSource:
         out["failures"] = out["failures"][:LIST_LIMIT]
         return out
 
-    def _mapping(self, sd: str, name: str, db_path: str) -> tuple[dict, list[dict], list[dict], float]:
+    def _mapping(self, sd: str, name: str, db_path: str) -> tuple[dict, list[dict], list[dict]]:
         m = {"name": _text(name), "source": None, "target": None, "queue_depth": None, "in_flight": None,
              "failed": None, "connected": None}
         transfers: list[dict] = []
         failures: list[dict] = []
-        mtime = 0.0
-        for p in (db_path, db_path + "-wal"):
-            try:
-                mtime = max(mtime, os.stat(p).st_mtime)
-            except OSError:
-                pass
+        host = os.uname().nodename
         try:
-            db = sqlite3.connect(f"file:{quote(db_path)}?mode=ro", uri=True, timeout=2)
+            db = StateReader(db_path)
         except sqlite3.Error as exc:
             m["error"] = str(exc)
-            return m, transfers, failures, mtime
+            return m, transfers, failures
         try:
-            counts = dict(db.execute("SELECT state, count(*) FROM queue GROUP BY state").fetchall())
-            m["queue_depth"] = counts.get(0, 0) + counts.get(1, 0)
-            m["in_flight"] = counts.get(1, 0)
-            m["failed"] = db.execute("SELECT count(*) FROM failed").fetchone()[0]
-            ident = db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+            waiting, claimed = db.queue_counts()
+            m["queue_depth"], m["in_flight"] = waiting + claimed, claimed
+            m["failed"] = db.failed_count()
+            ident = parse_identity(db.identity())
             if ident:
-                parts = ident[0].split("|", 2)
-                if len(parts) == 3:
-                    m["source"], m["target"] = _text(parts[1]), _text(parts[2])
-            for kind, src, dest, queued_at in db.execute(
-                "SELECT kind, src, dest, queued_at FROM queue WHERE state = 1 ORDER BY id LIMIT ?", (TRANSFER_LIMIT,)
-            ):
-                transfers.append({"daemon_id": sd, "host": os.uname().nodename, "mapping": name,
+                m["source"], m["target"] = _text(ident[1]), _text(ident[2])
+            for kind, src, dest, queued_at in db.claimed(TRANSFER_LIMIT):
+                transfers.append({"daemon_id": sd, "host": host, "mapping": name,
                                   "action": kind, "path": _text(src), "dest": _text(dest) or None,
                                   "bytes_done": None, "bytes_total": None, "started_at": queued_at,
                                   "updated_at": queued_at})
-            for kind, src, dest, error, attempts, last_at in db.execute(
-                "SELECT kind, src, dest, error, attempts, last_at FROM failed ORDER BY last_at DESC LIMIT ?",
-                (LIST_LIMIT,),
-            ):
-                failures.append({"ts": last_at, "daemon_id": sd, "host": os.uname().nodename, "mapping": name,
-                                 "action": kind, "path": _text(src), "dest": _text(dest) or None,
-                                 "error": f"{error} (after {attempts} attempt(s))"})
+            for f in db.failures(LIST_LIMIT):
+                failures.append({"ts": f.last_at, "daemon_id": sd, "host": host, "mapping": name,
+                                 "action": f.kind, "path": _text(f.src), "dest": _text(f.dest) or None,
+                                 "error": f"{f.error} (after {f.attempts} attempt(s))"})
         except sqlite3.Error as exc:
             m["error"] = str(exc)
         finally:
             db.close()
-        return m, transfers, failures, mtime
-
-
-def _lock_pid(state_dir: str, names: list[str]) -> int | None:
-    """The PID of a running daemon holding this state, from its lock files.
-    (Only read: taking the lock, even briefly, could make a starting daemon fail.)"""
-    for name in names:
-        try:
-            with open(os.path.join(state_dir, f"{name}.lock")) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if pid > 0 and os.path.exists(f"/proc/{pid}"):
-            return pid
-    return None
+        return m, transfers, failures

@@ -26,11 +26,12 @@ import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
-from connections.base import TransferContext
+from connections.contract.xcon import TransferContext
 
 Meter = Callable[[int], None]  # called with each new number of bytes moved
+T = TypeVar("T")
 
 
 class ChunkWriter(Protocol):
@@ -256,14 +257,36 @@ def download(reader: ChunkReader, plan: Plan, out_fd: int, ctx: TransferContext,
     syncs and renames into place). A chunk shorter than planned raises
     ShortChunk (the remote changed: the caller checks and starts over). Same
     rules as upload() for errors, stop, `slots` and `on_chunk`."""
+    def fetched(n: int, start: int, end: int, got: Meter) -> None:
+        data = reader.read_chunk(n, start, end - start, got)
+        if len(data) != end - start:
+            raise ShortChunk(f"chunk {n + 1}: the remote returned {len(data)} of {end - start} bytes")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(out_fd, view, start)
+            view, start = view[written:], start + written
+
+    each(plan, fetched, ctx, pool, done=done, on_chunk=None if on_chunk is None else (lambda n, _r: on_chunk(n)),
+         slots=slots)
+
+
+def each(plan: Plan, work: Callable[[int, int, int, Meter], T], ctx: TransferContext, pool: Executor, *,
+         done: set[int] | None = None,
+         on_chunk: Callable[[int, T], None] | None = None,
+         slots: threading.Semaphore | None = None) -> dict[int, T]:
+    """Run work(n, start, end, meter) for every chunk not in `done`, in parallel;
+    return each chunk's result. For chunks whose bytes do not pass through this
+    process's file (a ranged download; a server-side part copy, which moves no
+    bytes here and so calls no meter). Same rules as upload() for errors, stop,
+    `slots` and `on_chunk` (called in this thread)."""
     kept = {n for n in (done or set()) if 0 <= n < plan.count}
     progress = _Progress(ctx, plan.size, plan.bytes_in(kept))
-    got: set[int] = set(kept)
+    results: dict[int, T] = {}
 
-    def finished(n: int, _result: object) -> None:
-        got.add(n)
+    def finished(n: int, result: object) -> None:
+        results[n] = result  # type: ignore[assignment]
         if on_chunk is not None:
-            on_chunk(n)
+            on_chunk(n, results[n])
 
     flight = _Flight(pool, plan.concurrency, finished, slots)
     try:
@@ -272,7 +295,8 @@ def download(reader: ChunkReader, plan: Plan, out_fd: int, ctx: TransferContext,
                 continue
             if not flight.room(ctx.stop):
                 break
-            flight.start(n, _fetcher(reader, plan, n, out_fd, progress.add), flight.release_slot)
+            start, end = plan.bounds(n)
+            flight.start(n, _bound(work, n, start, end, progress.add), flight.release_slot)
             flight.reap(block=False)
         flight.drain()
     except BaseException:
@@ -280,8 +304,13 @@ def download(reader: ChunkReader, plan: Plan, out_fd: int, ctx: TransferContext,
         raise
     if flight.error is not None:
         raise flight.error
-    if len(got) < plan.count:
-        raise TransferStopped(len(got), plan.count)
+    if len(results) + len(kept) < plan.count:
+        raise TransferStopped(len(results) + len(kept), plan.count)
+    return results
+
+
+def _bound(work: Callable[[int, int, int, Meter], T], n: int, start: int, end: int, meter: Meter) -> Callable[[], T]:
+    return lambda: work(n, start, end, meter)
 
 
 def _sender(writer: ChunkWriter, n: int, offset: int, data: memoryview, sent: Meter) -> Callable[[], str]:
@@ -294,19 +323,6 @@ def _checker(n: int, data: memoryview, token: str,
         if check is not None and not check(n, data, token):
             raise StaleChunk(f"chunk {n + 1} on the remote does not hold this file's bytes")
         return token
-    return run
-
-
-def _fetcher(reader: ChunkReader, plan: Plan, n: int, out_fd: int, got: Meter) -> Callable[[], None]:
-    def run() -> None:
-        start, end = plan.bounds(n)
-        data = reader.read_chunk(n, start, end - start, got)
-        if len(data) != end - start:
-            raise ShortChunk(f"chunk {n + 1}: the remote returned {len(data)} of {end - start} bytes")
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(out_fd, view, start)
-            view, start = view[written:], start + written
     return run
 
 

@@ -26,8 +26,8 @@ import os
 import re
 from concurrent.futures import Executor
 
-from connections.base import RemoteEntry, TransferContext, XCon
-from skynet.atomicfile import write_atomic
+from connections.contract.xcon import RemoteEntry, TransferContext, XCon
+from skynet.state.atomicfile import write_atomic
 from skynet.transfer.chunks import Meter, Plan, download
 
 CHUNK = 16 << 20

@@ -1,0 +1,1 @@
+"""A local or mounted folder as the remote."""

@@ -1,0 +1,1 @@
+"""S3 and S3-compatible stores."""

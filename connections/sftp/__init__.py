@@ -1,0 +1,1 @@
+"""SFTP servers (asyncssh)."""

@@ -1,0 +1,1 @@
+"""The command line: `skynet` / `python main.py`, the config wizard, `--failed`, the config reference."""

@@ -1,0 +1,469 @@
+"""Configuration: one INI file per service, holding one or more mappings.
+
+    [skynet]            daemon-wide settings (GLOBAL_KEYS)
+    [local] / [s3] / [sftp]
+                        the connection's settings (the KEYS of its module)
+    [mapping NAME]      one local folder -> one remote root (MAPPING_KEYS)
+
+Every key is listed below with its default and meaning; config/*.ini and the
+README are written from the same tables. Unknown sections and keys are errors
+(a typo must not silently turn an option off), and each error names the file,
+the section, the key and the problem.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import pwd
+import stat as statmod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from connections import SERVICES, service_module
+from skynet.state.atomicfile import write_atomic
+from skynet.watch.ignore import validate_pattern
+from skynet.transfer.throttle import validate_bwlimit
+from skynet.config.values import (
+    LOG_LEVELS,
+    _str,
+    parse_bool,
+    parse_choice,
+    parse_int_range,
+    parse_level,
+    parse_path,
+    parse_patterns,
+    parse_seconds,
+)
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the user."""
+
+    def __init__(self, path: str, section: str | None, key: str | None, problem: str) -> None:
+        where = path
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {problem}")
+
+
+Key = tuple[str, str, Callable[[str], Any]]  # default, doc, parser
+
+
+def parse_host_names(v: str) -> list[str]:
+    """Host names (or name:port, [v6]:port), comma- or line-separated."""
+    out = []
+    for item in v.replace(",", "\n").split():
+        if any(c in item for c in "/@?#") or (item.count(":") > 1 and not item.startswith("[")):
+            raise ValueError(f"{item!r} is not a host name or host:port")
+        out.append(item)
+    return out
+
+
+GLOBAL_KEYS: dict[str, Key] = {
+    "service": ("", "which connection this file configures: local, s3 or sftp", parse_choice(*SERVICES)),
+    "state_dir": ("", "folder for the queue, the Index and resume state (default: $XDG_STATE_HOME/skynet/<service>)", parse_path),
+    "workers": ("8", "actions run in parallel (per mapping, unless the mapping sets its own)", parse_int_range(1, 256)),
+    "max_attempts": ("5", "tries of one action on transient errors before it is recorded as failed", parse_int_range(1, 1000)),
+    "backoff_cap": ("60", "longest wait, in seconds, between reconnection attempts", parse_seconds),
+    "stop_timeout": ("20", "seconds SIGTERM waits for running actions before checkpointing them", parse_seconds),
+    "poll_interval": ("30", "while some folders cannot be watched (inotify limit), rescan this often, in seconds", parse_seconds),
+    "settle_seconds": ("1.0", "quiet time before a created/modified file with no close event is sent", parse_seconds),
+    "bwlimit": ("off", "bandwidth limit for all transfers, bytes/s with k/M/G, or a schedule: '08:00,2M 18:00,off' (Mon-Fri 08:00,512k ...)", validate_bwlimit),
+    "nice": ("10", "CPU priority the daemon lowers itself to (0 = leave as started, 19 = lowest)", parse_int_range(0, 19)),
+    "io_class": ("idle", "I/O priority class the daemon sets for itself: idle, best-effort or none (leave as started)", parse_choice("idle", "best-effort", "none")),
+    "progress_interval": ("30", "seconds between progress summary lines while a backlog runs (when stderr is not a terminal)", parse_seconds),
+    "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
+    "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
+    "log_format": ("text", "text or json", parse_choice("text", "json")),
+    "notify_dsn": ("", "PostgreSQL that receives every action for the dashboard: postgresql://user:password@host:5432/db, or 'env' for libpq's PGHOST/PGUSER/PGPASSWORD/PGPASSFILE variables; empty: no notifications", _str),
+    "notify_sslmode": ("", "TLS for that connection: disable, allow, prefer, require, verify-ca or verify-full (empty: libpq's default or PGSSLMODE)", parse_choice("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
+    "notify_retention_days": ("14", "days of events kept in PostgreSQL; older ones are deleted in small batches, hourly", parse_int_range(1, 3650)),
+    "notify_heartbeat": ("10", "seconds between heartbeats (queue depth, in flight, failed per mapping); the dashboard flags a daemon silent for 3 of them", parse_seconds),
+    "notify_spool_mb": ("64", "cap, in MiB, of the local spool kept while PostgreSQL is unreachable (oldest progress rows are dropped first, with a warning)", parse_int_range(1, 1 << 20)),
+    "daemon_id": ("", "this daemon's name on the dashboard (default: HOST/SERVICE/hash of state_dir)", _str),
+    "dashboard_password_hash": ("", "scrypt hash of the dashboard's login password (python -m skynet.dashboard hash-secret)", _str),
+    "dashboard_token_hash": ("", "hash of a token for `Authorization: Bearer` on the dashboard's JSON endpoints (python -m skynet.dashboard new-token)", _str),
+    "dashboard_hosts": ("", "host names the dashboard answers to, comma-separated (name, or name:port); others get 400, against DNS rebinding (default: the listen address and localhost)", parse_host_names),
+}
+
+MAPPING_KEYS: dict[str, Key] = {
+    "source": ("", "the local folder to mirror (required)", parse_path),
+    "target": ("", "where it goes: a folder (local), a key prefix (s3) or a remote folder (sftp) (required for local and sftp)", _str),
+    "complete_sync": ("no", "also delete on the remote what is deleted locally (an exact mirror)", parse_bool),
+    "ignore": ("", "extra gitignore-style patterns, one per line or comma-separated", parse_patterns),
+    "default_ignores": ("yes", "also ignore editor swap/temp files, partial downloads and skynet's own files", parse_bool),
+    "max_delete": ("1000", "a start-up scan deletes at most this many remote files (more, or all because the source is empty, needs --allow-mass-delete)", parse_int_range(0, 2**62)),
+    "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
+    "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
+}
+
+
+@dataclass
+class MappingConfig:
+    name: str
+    source: str
+    target: str
+    complete_sync: bool = False
+    ignore: list[str] = field(default_factory=list)
+    default_ignores: bool = True
+    follow_symlinks: bool = False
+    max_delete: int = 1000
+    workers: int = 8
+
+
+@dataclass
+class Config:
+    path: str
+    service: str
+    state_dir: str
+    workers: int = 8
+    max_attempts: int = 5
+    backoff_cap: float = 60.0
+    stop_timeout: float = 20.0
+    settle_seconds: float = 1.0
+    poll_interval: float = 30.0
+    bwlimit: str = "off"
+    progress_interval: float = 30.0
+    nice: int = 10
+    io_class: str = "idle"
+    log_level: str = "INFO"
+    log_file: str = ""
+    log_format: str = "text"
+    notify_dsn: str = ""
+    notify_sslmode: str = ""
+    notify_retention_days: int = 14
+    notify_heartbeat: float = 10.0
+    notify_spool_mb: int = 64
+    daemon_id: str = ""
+    dashboard_password_hash: str = ""
+    dashboard_token_hash: str = ""
+    dashboard_hosts: list[str] = field(default_factory=list)
+    service_options: dict[str, str] = field(default_factory=dict)
+    mappings: list[MappingConfig] = field(default_factory=list)
+    # set from the command line, not the file: let a start-up scan delete
+    # more than max_delete files (or all of them) this once
+    allow_mass_delete: bool = False
+
+
+def default_config_path(service: str) -> str:
+    import platformdirs  # here, not at the top: a daemon given --config-file and a state_dir never needs it
+
+    return os.path.join(platformdirs.user_config_dir("skynet"), f"{service}.ini")
+
+
+def default_state_dir(service: str) -> str:
+    """$STATE_DIRECTORY under systemd (StateDirectory=), else the XDG state folder."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    import platformdirs
+
+    return os.path.join(platformdirs.user_state_dir("skynet"), service)
+
+
+def _parse_section(path: str, section: str, items: dict[str, str], keys: dict[str, Key]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in items.items():
+        if key not in keys:
+            known = ", ".join(sorted(keys))
+            raise ConfigError(path, section, key, f"unknown key (known keys: {known})")
+        try:
+            out[key] = keys[key][2](raw)
+        except ValueError as exc:
+            raise ConfigError(path, section, key, str(exc)) from None
+    return out
+
+
+def read_ini(path: str) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cp.read_file(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "no such config file (create one with: python main.py --config SERVICE)") from None
+    except PermissionError:
+        raise ConfigError(path, None, None, "cannot read the config file: permission denied" + _owner_hint(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(path, None, None, f"line {exc.lineno}: a key before any [section] header") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(path, exc.section, None, f"line {exc.lineno}: section appears twice") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(path, exc.section, exc.option, f"line {exc.lineno}: key appears twice") from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0] if exc.errors else (0, "")
+        raise ConfigError(path, None, None, f"line {lineno}: cannot parse {line.strip()!r}") from None
+    except configparser.Error as exc:
+        raise ConfigError(path, None, None, str(exc).splitlines()[0]) from None
+    return cp
+
+
+def load(path: str, service: str | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError."""
+    path = os.path.abspath(os.path.expanduser(path))
+    cp = read_ini(path)
+    if "skynet" not in cp:
+        raise ConfigError(path, "skynet", None, "missing section (it must at least say: service = local|s3|sftp)")
+    g = _parse_section(path, "skynet", dict(cp["skynet"]), GLOBAL_KEYS)
+    file_service = g.get("service") or service
+    if not file_service:
+        raise ConfigError(path, "skynet", "service", "missing (local, s3 or sftp)")
+    if service and file_service != service:
+        raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
+    mod = service_module(file_service)
+    cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
+              "notify_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
+              "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
+        if k in g:
+            setattr(cfg, k, g[k])
+    for section in cp.sections():
+        if section == "skynet":
+            continue
+        if section in SERVICES:
+            if section != file_service:
+                raise ConfigError(path, section, None, f"settings for {section!r} in a {file_service!r} config")
+            opts = dict(cp[section])
+            for key, raw in opts.items():
+                if key not in mod.KEYS:
+                    known = ", ".join(sorted(mod.KEYS))
+                    raise ConfigError(path, section, key, f"unknown key (known keys: {known})")
+            cfg.service_options = opts
+            continue
+        if section.startswith("mapping ") and section[8:].strip():
+            name = section[8:].strip()
+            m = _parse_section(path, section, dict(cp[section]), MAPPING_KEYS)
+            if not m.get("source"):
+                raise ConfigError(path, section, "source", "missing: which local folder to mirror?")
+            if not m.get("target") and file_service != "s3":
+                raise ConfigError(path, section, "target", "missing: where should the files go?")
+            mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
+            for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers"):
+                if k in m:
+                    setattr(mc, k, m[k])
+            if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ConfigError(path, section, None, "mapping names may hold letters, digits, '-', '_' and '.' only")
+            cfg.mappings.append(mc)
+            continue
+        raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s] or [mapping NAME])" % file_service)
+    if not cfg.mappings:
+        raise ConfigError(path, None, None, "no [mapping NAME] section: nothing to sync")
+    # Let the connection validate its own settings now, not at the first upload.
+    for m in cfg.mappings:
+        try:
+            mod.validate(cfg.service_options, m.target)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            if problem:
+                sect = "mapping " + m.name if key == "target" else file_service
+                raise ConfigError(path, sect, key, problem) from None
+            raise ConfigError(path, file_service, None, str(exc)) from None
+    return cfg
+
+
+# Settings whose value is a secret (the connection's credentials), by section.
+SECRET_SERVICE_KEYS = ("secret_access_key", "password", "key_passphrase")
+
+
+def secret_keys(cfg: Config) -> list[str]:
+    """The settings of `cfg` that hold a secret: credentials, a DSN with a
+    password, the dashboard's hashes (a scrypt hash can be attacked offline)."""
+    found = [f"[{cfg.service}] {k}" for k in SECRET_SERVICE_KEYS if cfg.service_options.get(k, "").strip()]
+    if cfg.notify_dsn and _dsn_has_password(cfg.notify_dsn):
+        found.append("[skynet] notify_dsn")
+    found += [f"[skynet] {k}" for k in ("dashboard_password_hash", "dashboard_token_hash") if getattr(cfg, k)]
+    return found
+
+
+def _dsn_has_password(dsn: str) -> bool:
+    try:
+        import psycopg2.extensions
+
+        return bool(psycopg2.extensions.parse_dsn(dsn).get("password"))
+    except Exception:
+        return "password" in dsn.lower() or "@" in dsn  # cannot tell: assume it may
+
+
+def exposed_secrets_warning(cfg: Config) -> str | None:
+    """One line when the file holds secrets and its group or others may read
+    it, with the fix; None otherwise. A warning, not an error: refusing to
+    start would break running setups for what the operator fixes in a second."""
+    try:
+        mode = statmod.S_IMODE(os.stat(cfg.path).st_mode)
+    except OSError:
+        return None
+    keys = secret_keys(cfg) if mode & 0o044 else []
+    if not keys:
+        return None
+    return (f"{cfg.path} holds secrets ({', '.join(keys)}) and is readable by "
+            f"{'group and others' if (mode & 0o044) == 0o044 else 'group' if mode & 0o040 else 'others'} "
+            f"(mode {mode:04o}): chmod 600 {cfg.path}")
+
+
+def check_folders(cfg: Config) -> None:
+    """Checks that need the disk: source folders exist, no loops. ConfigError."""
+    if cfg.service == "s3":
+        # Each mapping owns its prefix: clean-up of abandoned uploads and
+        # complete_sync work per prefix, so prefixes must not nest.
+        seen: list[tuple[str, str]] = []
+        for m in cfg.mappings:
+            t = m.target.strip("/")
+            for other, ot in seen:
+                if t == ot or t.startswith(ot + "/") or ot.startswith(t + "/") or not t or not ot:
+                    raise ConfigError(cfg.path, f"mapping {m.name}", "target",
+                                      f"{m.target!r} overlaps mapping {other!r}'s target {ot!r} in the same bucket")
+            seen.append((m.name, t))
+    for m in cfg.mappings:
+        sect = f"mapping {m.name}"
+        problem = folder_problem(m.source)
+        if problem:
+            raise ConfigError(cfg.path, sect, "source", problem)
+        if cfg.service == "local":
+            problem = overlap(m.source, os.path.expanduser(m.target))
+            if problem:
+                raise ConfigError(cfg.path, sect, "target", problem)
+
+
+def overlap(source: str, target: str) -> str | None:
+    """Why mirroring folder `source` into local folder `target` would turn on itself, or None.
+
+    Real locations are compared, not spellings: a target that is a link into the source,
+    a source that is a link into the target, or a bind mount of one inside the other,
+    would make a mirror copy the tree into itself for ever (or delete its own source).
+    So each side is resolved to its real path and identified by (st_dev, st_ino) at every
+    level up to "/"; one side's identity among the other's ancestry is an overlap. A
+    target that does not exist yet is judged by the folder it would be made in: its
+    nearest existing ancestor (after resolving links, dangling ones included).
+    """
+    s, t = os.path.abspath(source), os.path.abspath(target)
+    try:
+        source_up = _real_ancestry(s)
+        found, exists = _nearest_existing(t)
+        target_up = _real_ancestry(found)
+    except OSError:  # the source vanished or is out of reach: folder_problem() says so
+        return None
+    lexical = t == s or t.startswith(s.rstrip("/") + "/") or s.startswith(t.rstrip("/") + "/")
+    how = "" if lexical else " (through a link or a mount)"
+    if source_up[0] in target_up:
+        what = "is the source" if exists and target_up[0] == source_up[0] else "is inside the source"
+        return f"{t} {what} {s}{how}: a mirror into its own source would copy itself forever"
+    if exists and target_up[0] in source_up:
+        return f"{t} contains the source {s}{how}: the mirror would overwrite or delete its own source"
+    return None
+
+
+def _real_ancestry(path: str) -> list[tuple[int, int]]:
+    """(st_dev, st_ino) of the real location of existing `path`, then of each folder above it.
+
+    realpath() leaves no link in the path, so its parents are the real parents; a bind
+    mount is still a second name for the same (device, inode) and is caught by comparing
+    identities rather than names."""
+    real = os.path.realpath(path)
+    out: list[tuple[int, int]] = []
+    while True:
+        st = os.stat(real)
+        out.append((st.st_dev, st.st_ino))
+        parent = os.path.dirname(real)
+        if parent == real:
+            return out
+        real = parent
+
+
+def _nearest_existing(path: str) -> tuple[str, bool]:
+    """(the real location of `path`, True) if it exists, else (its nearest existing real
+    ancestor, False): where a folder that is not there yet would be made."""
+    real = os.path.realpath(path)
+    itself = True
+    while True:
+        try:
+            os.stat(real)
+            return real, itself
+        except OSError:  # missing, a link loop, or not ours to look at: judge by the folder above
+            parent = os.path.dirname(real)
+            if parent == real:
+                return real, False
+            real, itself = parent, False
+
+
+def user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _owner_hint(path: str) -> str:
+    """' (owned by X, mode 0600: run this as X or root)', so that `skynet --status`
+    on a service's config says how to get in rather than only 'permission denied'.
+    When a folder on the way is what keeps us out (/etc/skynet is 0700), it is named."""
+    where = path if os.access(os.path.dirname(path) or ".", os.X_OK) else unreachable_parent(path)
+    try:
+        st = os.stat(where or path)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except (OSError, KeyError):
+        return ""
+    what = "" if where == path else f"{where} is "
+    return (f" ({what}owned by {owner}, mode {statmod.S_IMODE(st.st_mode):04o}: run this as {owner} or root, "
+            f"e.g. sudo -u {owner} ...)")
+
+
+def unreachable_parent(path: str) -> str | None:
+    """The first folder on the way to `path` that this user may not enter (no x bit), if any."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    current = os.sep
+    for part in parts[:-1]:
+        current = os.path.join(current, part)
+        if os.path.isdir(current) and not os.access(current, os.X_OK):
+            return current
+    return None
+
+
+def folder_problem(path: str) -> str | None:
+    """Why this process cannot mirror the folder `path`, phrased for the user, or None.
+
+    A folder in someone's private home (Debian 12 creates homes 0700) exists
+    but is out of reach of the service user; saying "does not exist" there
+    sent people looking for a typo, so the folder that blocks the way, its
+    owner and mode, and the user who needs in are named instead.
+    """
+    user = user_name()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"folder {path!r} does not exist"
+    except PermissionError:
+        blocker = unreachable_parent(path) or os.path.dirname(path)
+        try:
+            bst = os.stat(blocker)
+            owner = pwd.getpwuid(bst.st_uid).pw_name
+            how = f" (owner {owner}, mode {statmod.S_IMODE(bst.st_mode):04o})"
+        except (OSError, KeyError):
+            how = ""
+        return (f"folder {path!r} is out of reach of user {user}: {blocker}{how} does not let it in; "
+                f"give {user} access to it (see README, 'Running it as a service')")
+    except OSError as exc:
+        return f"folder {path!r}: {exc.strerror}"
+    if not statmod.S_ISDIR(st.st_mode):
+        return f"{path!r} is not a folder"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"folder {path!r} is not readable by user {user}"
+    return None
+
+
+def write(path: str, sections: dict[str, dict[str, str]], comments: dict[str, str] | None = None) -> None:
+    """Write a config file with mode 0600 (it may hold secrets), atomically."""
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lines = ["# skynet configuration; every key is described in config/README.md", ""]
+    for name, items in sections.items():
+        if comments and name in comments:
+            lines.append(f"# {comments[name]}")
+        lines.append(f"[{name}]")
+        for k, v in items.items():
+            v = str(v)
+            if "\n" in v:
+                v = "\n    " + "\n    ".join(x for x in v.splitlines() if x.strip())
+            lines.append(f"{k} = {v}")
+        lines.append("")
+    write_atomic(path, "\n".join(lines), 0o600)

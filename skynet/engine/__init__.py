@@ -1,0 +1,1 @@
+"""The sync engine: daemon, handler (workers, retries), reconciler, start-up scan, path mapper."""

@@ -1,0 +1,1 @@
+"""Reporting: logs, systemd notify, status files, the PostgreSQL notifier for the dashboard."""

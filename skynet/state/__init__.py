@@ -1,0 +1,1 @@
+"""State on disk: the state folder, its SQLite databases (queue, Index, failed, resume), atomic files."""

@@ -1,0 +1,1 @@
+"""Watching folders: our inotify layer, recursive tree watches, ignore patterns."""
