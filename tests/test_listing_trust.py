@@ -10,7 +10,7 @@ S3 runs against the real `rclone serve s3`; the fault (the prefix dropped from
 ListObjectsV2 / ListMultipartUploads, so the real server answers with the whole
 bucket) is injected on the client side, before signing: through botocore's public
 event hooks on the boto3 path, and by wrapping s3rest.Rest.request on the fast path.
-SFTP runs against the real sshd with the listing of one folder (_Session.scandir) adding
+SFTP runs against the real sshd with the listing of one folder (Session.scandir in connections/sftp/session.py) adding
 names the server could make up.
 """
 from __future__ import annotations
@@ -195,7 +195,7 @@ def sftp_setup(servers, tmp_path, monkeypatch):
     _send(elsewhere, tmp_path, "outside", b"not ours")
     outside = Path(elsewhere.root) / "outside"
     elsewhere.close()
-    real = sftpmod._Session.scandir
+    real = sftpmod.Session.scandir
 
     async def scandir(self, path: bytes):
         found = await real(self, path)
@@ -204,7 +204,7 @@ def sftp_setup(servers, tmp_path, monkeypatch):
             found += [asyncssh.SFTPName(b"../victim", attrs=attr), asyncssh.SFTPName(os.fsencode(outside), attrs=attr)]
         return found
 
-    monkeypatch.setattr(sftpmod._Session, "scandir", scandir)
+    monkeypatch.setattr(sftpmod.Session, "scandir", scandir)
     yield con, remote, [remote / "victim", outside]
     con.close()
 

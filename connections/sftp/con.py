@@ -2,7 +2,7 @@
 
 Only SFTP requests are used (no exec, no shell): a file name is data, never a
 shell word. asyncssh provides SSH and SFTP through its public API only; it
-runs in ONE event loop thread owned by the connection (_Loop). The engine's
+runs in ONE event loop thread owned by the connection (Loop). The engine's
 worker threads call the XCon methods as before: each call is a coroutine
 submitted to that loop, and the calling thread waits for it (and, during a
 send, reports progress and pays the bandwidth limit: _Flow). asyncssh
@@ -41,22 +41,19 @@ to `streams` connections, scheduled by skynet.transfer.chunks (the one chunk
 scheduler; SFTP writes or reads back one part: _Parts); finished parts are
 saved in ctx.resume, and read back the same way when resumed.
 
-Writes to the socket are batched (_BatchedTransport): the packets asyncssh
+Writes to the socket are batched (BatchedTransport): the packets asyncssh
 writes during one pass of the loop leave in one send().
 
 Liveness: asyncssh's keepalives find a silent server while idle, and a
-watchdog per connection (_Session.watch) aborts a connection whose requests
+watchdog per connection (Session.watch) aborts a connection whose requests
 got no reply for `timeout` seconds; every request then fails at once, as
 TransientError, and the broken connection (with the idle ones) is dropped.
 """
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
-import hashlib
-import hmac
 import logging
 import math
 import os
@@ -90,8 +87,14 @@ from connections.contract.xcon import (
     within_listing,
 )
 from connections.local.con import TMP_PREFIX, temp_name
+# The host-key helpers are part of this service module's face: the wizard reaches them
+# through service_module("sftp") (fetch_host_key, key_status, trust_host_key...).
+from connections.sftp.hostkeys import (  # noqa: F401
+    HostKeyChanged, HostKeySeen, UnknownHostKey, changed_key_error, fetch_host_key, fingerprint, key_status,
+    key_type, known_hosts_line, known_hosts_name, prefer_algs, trust_host_key, trusted_keys, unknown_key_error,
+)
+from connections.sftp.session import BatchedTCP, Loop, Pool, Session, is_missing
 from connections.contract.source import SourceChanged, open_source
-from skynet.state.atomicfile import write_atomic
 from skynet.transfer import chunks
 from skynet.config.values import keyed, parse_bool, parse_int_range, parse_seconds_range
 
@@ -163,221 +166,6 @@ _UNSEEN: Any = object()
 
 
 # --------------------------------------------------------------------------
-# host keys: helpers for the connection and for the setup wizard
-# --------------------------------------------------------------------------
-def fingerprint(key: asyncssh.SSHKey) -> str:
-    """OpenSSH's fingerprint of a public key: "SHA256:" + unpadded base64."""
-    return key.get_fingerprint("sha256")
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    """How known_hosts names a server: "host" on port 22, else "[host]:port"."""
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-def key_type(key: asyncssh.SSHKey) -> str:
-    """The key's type as known_hosts writes it ("ssh-ed25519", "ssh-rsa"...)."""
-    return key.get_algorithm()
-
-
-def known_hosts_line(host: str, port: int, key: asyncssh.SSHKey) -> str:
-    b64 = base64.b64encode(key.public_data).decode()
-    return f"{known_hosts_name(host, port)} {key_type(key)} {b64}\n"
-
-
-#: known_hosts names an RSA key "ssh-rsa"; the handshake offers it under these
-#: signature algorithms (SHA-2 first: OpenSSH >= 8.8 refuses "ssh-rsa" signatures)
-_KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
-
-
-def trusted_keys(known_hosts_path: str, host: str, port: int) -> dict[str, asyncssh.SSHKey]:
-    """The keys known_hosts trusts for host:port, by key type ({} if none, or no file).
-
-    Read fresh each time (asyncssh's public known_hosts parser: plain and hashed names)."""
-    path = os.path.expanduser(known_hosts_path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return {}
-    text = data.decode("utf-8", "surrogateescape")
-    known = asyncssh.import_known_hosts(text)
-    keys = known.match(host, "", port if port != 22 else None)[0]
-    found: dict[str, Any] = {key_type(k): k for k in keys}
-    for k in _unreadable_keys(text, known_hosts_name(host, port)):
-        found.setdefault(k.get_algorithm(), k)
-    return found
-
-
-class _UnreadableKey:
-    """A known_hosts key that asyncssh cannot load (it skips such lines):
-    still a trusted key of its type for the host, so that any key the server
-    offers is "changed", never "unknown" (a man in the middle must not get
-    a yes because the line was damaged)."""
-
-    def __init__(self, algorithm: str, blob: bytes) -> None:
-        self.algorithm, self.public_data = algorithm, blob
-
-    def get_algorithm(self) -> str:
-        return self.algorithm
-
-    def get_fingerprint(self, hash_name: str = "sha256") -> str:
-        digest = hashlib.sha256(self.public_data).digest()
-        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-def _names_match(field: str, name: str) -> bool:
-    """A known_hosts host field names `name`: listed plainly, or hashed (|1|salt|hash)."""
-    for entry in field.split(","):
-        if entry.startswith("|1|"):
-            with contextlib.suppress(ValueError, IndexError):
-                salt, digest = (base64.b64decode(x) for x in entry[3:].split("|", 1))
-                if hmac.new(salt, name.encode(), "sha1").digest() == digest:
-                    return True
-        elif entry == name:
-            return True
-    return False
-
-
-def _unreadable_keys(text: str, name: str) -> list[_UnreadableKey]:
-    out = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 3 or fields[0].startswith(("#", "@")) or not _names_match(fields[0], name):
-            continue
-        try:
-            asyncssh.import_public_key(f"{fields[1]} {fields[2]}")
-        except (asyncssh.KeyImportError, ValueError):
-            with contextlib.suppress(ValueError):
-                out.append(_UnreadableKey(fields[1], base64.b64decode(fields[2])))
-    return out
-
-
-def key_status(key: asyncssh.SSHKey, trusted: dict[str, asyncssh.SSHKey]) -> str:
-    """"known", "unknown" or "changed" for the key a server offers.
-
-    Why "changed" for a key of ANOTHER TYPE than the trusted ones: the server
-    we trust can still prove itself with the type we know (the handshake asks
-    for it first, see fetch_host_key); one that offers only another type is,
-    as far as we can tell, another server. Calling that "unknown" invites a
-    yes to exactly the key a man in the middle would present.
-    """
-    if not trusted:
-        return "unknown"
-    known = trusted.get(key_type(key))
-    return "known" if known is not None and known.public_data == key.public_data else "changed"
-
-
-#: host key algorithms asked for after the preferred ones (OpenSSH's default order)
-_HOST_KEY_ALGS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-                  "rsa-sha2-512", "rsa-sha2-256")
-
-
-def _prefer_algs(types: list[str] | tuple[str, ...]) -> list[str]:
-    """server_host_key_algs asking for these key types first (as ssh does for
-    the types known_hosts holds), then the usual ones: a server we trust can
-    prove itself with the type we know, and one that has only another type
-    still shows its key (to be called "changed", see key_status)."""
-    first = [a for name in types for a in _KEY_ALGORITHMS.get(name, (name,)) if a.isascii() and "," not in a]
-    return list(dict.fromkeys([a for a in first if a in _HOST_KEY_ALGS] + list(_HOST_KEY_ALGS)))
-
-
-def fetch_host_key(host: str, port: int = 22, timeout: float = 15.0,
-                   prefer: list[str] | tuple[str, ...] = ()) -> asyncssh.SSHKey:
-    """Connect only far enough to read the server's host key (no login).
-
-    For the wizard, which shows fingerprint(key) and asks before trusting it.
-    `prefer`: key types to ask for first (those known_hosts holds for the host),
-    so the wizard sees the key the daemon's own connection would see.
-    """
-    async def get() -> asyncssh.SSHKey | None:
-        return await asyncio.wait_for(
-            asyncssh.get_server_host_key(host, port, server_host_key_algs=_prefer_algs(prefer), config=[]),
-            timeout)
-
-    try:
-        key = _run_alone(get())
-    except (OSError, asyncssh.Error, asyncio.TimeoutError, EOFError, ValueError) as exc:
-        raise TransientError(f"no SSH server answered at {host}:{port}: {type(exc).__name__}: {exc}") from exc
-    if key is None:
-        raise TransientError(f"the SSH server at {host}:{port} showed no host key")
-    return key
-
-
-def _run_alone(coro: Awaitable[T]) -> T:
-    """Run a coroutine on a loop of its own, in a thread of its own (the
-    caller may be inside an event loop already)."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sftp-hostkey") as ex:
-        return ex.submit(asyncio.run, coro).result()
-
-
-def trust_host_key(known_hosts_path: str, host: str, port: int, key: asyncssh.SSHKey) -> str:
-    """Write `key` as the trusted key of host:port; returns the line written.
-
-    An older line for the same name and key type is replaced (it would
-    otherwise still be matched first). The file is written whole and renamed
-    into place, mode 0600, through a fresh temporary name (write_atomic: a
-    link planted at a fixed ".tmp" name is never followed).
-    """
-    path = os.path.expanduser(known_hosts_path)
-    name = known_hosts_name(host, port)
-    line = known_hosts_line(host, port, key)
-    kept: list[str] = []
-    with contextlib.suppress(FileNotFoundError):
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            for old in fh:
-                fields = old.split()
-                if len(fields) >= 2 and name in fields[0].split(",") and fields[1] == key_type(key):
-                    continue
-                kept.append(old if old.endswith("\n") else old + "\n")
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    write_atomic(path, "".join(kept + [line]), 0o600)
-    return line
-
-
-class UnknownHostKey(PermanentError):
-    """The server's host key is not in known_hosts."""
-
-
-class HostKeyChanged(PermanentError):
-    """The server's host key differs from the trusted one."""
-
-
-def _unknown_key_error(host: str, port: int, known_hosts: str, key: asyncssh.SSHKey) -> UnknownHostKey:
-    return UnknownHostKey(
-        f"host key of {known_hosts_name(host, port)} is not trusted yet: {key_type(key)} {fingerprint(key)}. "
-        f"Check that fingerprint with the server's administrator, then trust it by adding this "
-        f"line to {known_hosts}:\n{known_hosts_line(host, port, key)}"
-        f"(or: ssh-keyscan -p {port} {host} >> {known_hosts} and compare "
-        f"`ssh-keygen -lf {known_hosts}`), or re-run the setup wizard."
-    )
-
-
-def _changed_key_error(host: str, port: int, known_hosts: str, got, expected) -> HostKeyChanged:
-    name = known_hosts_name(host, port)
-    return HostKeyChanged(
-        f"HOST KEY CHANGED for {name}! The server offered {key_type(got)} {fingerprint(got)} but "
-        f"{known_hosts} trusts {key_type(expected)} {fingerprint(expected)}. Someone may be "
-        f"intercepting the connection (possible man-in-the-middle attack), or the server was "
-        f"reinstalled. Not connecting. If the change is expected, remove the old key "
-        f"(ssh-keygen -R '{name}' -f {known_hosts}) and trust the new one (setup wizard)."
-    )
-
-
-class _HostKeySeen(asyncssh.SSHClient):
-    """asyncssh calls validate_host_public_key for a key that the known_hosts
-    we pass does not hold: we note it (for the message) and refuse it."""
-
-    def __init__(self) -> None:
-        self.refused: asyncssh.SSHKey | None = None
-
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        self.refused = key
-        return False
-
-
-# --------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------
 class _LocalError(Exception):
@@ -443,10 +231,6 @@ def _session_ok(exc: BaseException) -> bool:
     return isinstance(exc, (XConError, _LocalError))
 
 
-def _missing(exc: BaseException) -> bool:
-    return isinstance(exc, asyncssh.SFTPError) and exc.code == asyncssh.FX_NO_SUCH_FILE
-
-
 def _mode(a: asyncssh.SFTPAttrs | None) -> int:
     return (a.permissions or 0) if a is not None else 0
 
@@ -461,321 +245,6 @@ def _attrs(mode: int, mtime_ns: int) -> asyncssh.SFTPAttrs:
     # SFTPv3 stores whole seconds in an unsigned 32-bit field.
     secs = min(max(mtime_ns // 1_000_000_000, 0), _MAX_U32)
     return asyncssh.SFTPAttrs(permissions=mode & MODE_MASK, atime=secs, mtime=secs)
-
-
-# --------------------------------------------------------------------------
-# the event loop thread and the connections
-# --------------------------------------------------------------------------
-class _Loop:
-    """One asyncio loop in one daemon thread: where asyncssh runs."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
-
-    def submit(self, coro: Awaitable[T]) -> concurrent.futures.Future:
-        with self._lock:
-            if self.loop is None:
-                loop = asyncio.new_event_loop()
-                self.thread = threading.Thread(target=self._main, args=(loop,), name=self.name, daemon=True)
-                self.loop = loop
-                self.thread.start()
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-
-    @staticmethod
-    def _main(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            loop.close()
-
-    def stop(self, last: Callable[[], Awaitable[None]] | None = None, timeout: float = 10.0) -> None:
-        """Run `last()` on the loop, then end the loop and its thread."""
-        with self._lock:
-            loop, thread, self.loop, self.thread = self.loop, self.thread, None, None
-        if loop is None or thread is None:
-            return
-        if last is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(last(), loop).result(timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-
-
-class _BatchedTransport(asyncio.Transport):
-    """The TCP transport asyncssh writes to, with the packets written during
-    one pass of the event loop sent together, in one send().
-
-    Why: asyncssh writes every SSH packet on its own (and puts an empty
-    IGNORE packet before each one), so each SFTP request cost two send()
-    calls, and a 1 GiB file 65,536 of them; on a fast link those system
-    calls and the wake-ups they cause in sshd were the largest single cost
-    of the loop thread (bench/sftp_peers.py, RESULTS.md "Issue 19"). Packets
-    keep their order; they leave at most one loop pass later (call_soon)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, inner: asyncio.Transport) -> None:
-        super().__init__()
-        self.loop, self.inner = loop, inner
-        self.pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self.pending:
-            self.loop.call_soon(self.flush)
-        self.pending.append(data)  # type: ignore[arg-type]
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
-        self.pending = []
-        if not self.inner.is_closing():
-            self.inner.write(data)
-
-    def get_write_buffer_size(self) -> int:
-        return self.inner.get_write_buffer_size() + sum(len(d) for d in self.pending)
-
-    def close(self) -> None:
-        self.flush()
-        self.inner.close()
-
-    def abort(self) -> None:
-        self.pending = []
-        self.inner.abort()
-
-    def is_closing(self) -> bool:
-        return self.inner.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.inner.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self.inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.inner.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self.inner.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.inner.set_write_buffer_limits(high, low)
-
-    def can_write_eof(self) -> bool:
-        return self.inner.can_write_eof()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self.inner.write_eof()
-
-
-class _BatchedProtocol(asyncio.Protocol):
-    """Sits between the TCP transport and asyncssh's connection (the protocol
-    asyncssh's factory makes), giving the connection a _BatchedTransport."""
-
-    def __init__(self, factory: Callable[[], asyncio.Protocol]) -> None:
-        self.conn = factory()
-        self.transport: _BatchedTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = _BatchedTransport(asyncio.get_running_loop(), transport)  # type: ignore[arg-type]
-        self.conn.connection_made(self.transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.conn.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.transport.pending = []
-        self.conn.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.conn.resume_writing()
-
-
-class _BatchedTCP:
-    """How our SSH connections reach the server: a plain TCP connection whose
-    writes are batched (_BatchedTransport). Passed as asyncssh.connect's
-    `tunnel`, which takes any object with this create_connection (asyncssh's
-    own tunnel protocol: it opens the connection and hands back (transport,
-    the connection asyncssh's factory made))."""
-
-    async def create_connection(self, session_factory: Callable[[], Any], host: str,
-                                port: int) -> tuple[asyncio.BaseTransport, Any]:
-        loop = asyncio.get_running_loop()
-        _tcp, proto = await loop.create_connection(lambda: _BatchedProtocol(session_factory), host, port)
-        assert proto.transport is not None
-        return proto.transport, proto.conn
-
-    def close(self) -> None:
-        """Nothing to close: the connection closes its own transport."""
-
-    async def wait_closed(self) -> None:
-        """Nothing to wait for (see close)."""
-
-
-@dataclass(eq=False)
-class _Session:
-    """One SSH connection with one SFTP channel, shared by every coroutine
-    that uses it (asyncssh pipelines their requests)."""
-
-    conn: asyncssh.SSHClientConnection
-    sftp: asyncssh.SFTPClient
-    write_size: int
-    timeout: float
-    posix_rename: bool = True  # until the server shows it has none
-    busy: int = 0  # calls using it now
-    pending: int = 0  # requests waiting for a reply
-    last: float = 0.0  # when a reply last came (or the first request went)
-    watcher: asyncio.Task | None = None
-
-    async def req(self, aw: Awaitable[T]) -> T:
-        """One request's reply, watched: see watch()."""
-        loop = asyncio.get_running_loop()
-        if not self.pending:
-            self.last = loop.time()
-        self.pending += 1
-        try:
-            return await aw
-        finally:
-            self.pending -= 1
-            self.last = loop.time()
-
-    async def watch(self) -> None:
-        """Abort the connection when requests wait more than `timeout`
-        seconds without any reply: a dead link (or a hung server) is found
-        within seconds, and every request waiting on it fails at once."""
-        loop = asyncio.get_running_loop()
-        step = max(0.05, min(1.0, self.timeout / 4))
-        while not self.conn.is_closed():
-            await asyncio.sleep(step)
-            if self.pending and loop.time() - self.last > self.timeout:
-                log.info("sftp: no reply for %.1f s: dropping the connection", self.timeout)
-                self.conn.abort()
-                return
-
-    def alive(self) -> bool:
-        return not self.conn.is_closed()
-
-    def close(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-        self.conn.abort()
-
-    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs | None:
-        try:
-            return await self.req(self.sftp.lstat(path))
-        except asyncssh.SFTPError as exc:
-            if _missing(exc):
-                return None
-            raise
-
-    async def lstat_many(self, paths: list[bytes]) -> list[asyncssh.SFTPAttrs | None | asyncssh.SFTPError]:
-        """LSTAT of every path, all in flight at once: one round trip. None
-        for a missing path; any other refusal is handed back in its place
-        (the caller decides which matters: a level above comes first)."""
-        if not paths:
-            return []
-        replies = await asyncio.gather(*(self.lstat(p) for p in paths), return_exceptions=True)
-        for r in replies:
-            if isinstance(r, BaseException) and not isinstance(r, asyncssh.SFTPError):
-                raise r
-        return list(replies)
-
-    async def remove(self, path: bytes, missing_ok: bool = True) -> bool:
-        try:
-            await self.req(self.sftp.remove(path))
-            return True
-        except asyncssh.SFTPError as exc:
-            if missing_ok and _missing(exc):
-                return False
-            raise
-
-    async def scandir(self, path: bytes) -> list[asyncssh.SFTPName]:
-        """Entries of one folder, names as raw bytes (any encoding survives)."""
-        async def read() -> list[asyncssh.SFTPName]:
-            return [e for e in [x async for x in self.sftp.scandir(path)] if e.filename not in (b".", b"..")]
-
-        return await self.req(read())
-
-
-class _Pool:
-    """Up to `size` sessions, used only from the loop thread. A call takes
-    an idle session, else opens one while there is room, else shares the
-    least busy (requests are pipelined: sharing costs no round trips)."""
-
-    def __init__(self, factory: Callable[[], Awaitable[_Session]], size: int) -> None:
-        self._factory = factory
-        self.size = size
-        self.sessions: list[_Session] = []
-        self._opening = 0
-        self._opened: asyncio.Event | None = None
-
-    async def acquire(self) -> _Session:
-        while True:
-            for s in [s for s in self.sessions if not s.alive()]:
-                self.sessions.remove(s)
-                s.close()
-            idle = [s for s in self.sessions if not s.busy]
-            if idle:
-                s = idle[-1]
-            elif len(self.sessions) + self._opening < self.size:
-                s = await self._open()
-            elif self.sessions:
-                s = min(self.sessions, key=lambda x: x.busy)
-            else:  # every place is being opened by another call: wait for one
-                if self._opened is None:
-                    self._opened = asyncio.Event()
-                await self._opened.wait()
-                continue
-            s.busy += 1
-            return s
-
-    async def _open(self) -> _Session:
-        self._opening += 1
-        try:
-            s = await self._factory()
-            self.sessions.append(s)
-            return s
-        finally:
-            self._opening -= 1
-            if self._opened is not None:
-                self._opened.set()
-                self._opened = None
-
-    def release(self, s: _Session, broken: bool) -> None:
-        """Return a session; a broken one is closed, and so are the idle ones:
-        they most likely share its fate (same network path), and finding that
-        out one timeout at a time would delay the reconnection."""
-        s.busy -= 1
-        if not broken:
-            return
-        drop = [x for x in self.sessions if x is s or not x.busy]
-        if s not in drop:
-            drop.append(s)
-        for x in drop:
-            with contextlib.suppress(ValueError):
-                self.sessions.remove(x)
-            x.close()
-
-    async def close(self) -> None:
-        sessions, self.sessions = self.sessions, []
-        self._opened = None
-        for s in sessions:
-            s.close()
-        for s in sessions:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(s.conn.wait_closed(), 2)
 
 
 # --------------------------------------------------------------------------
@@ -911,7 +380,7 @@ class _Parts:
     MAX_INFLIGHT x the write size ahead of what was reported (_Flow)."""
 
     def __init__(self, up: _Upload, ctx: TransferContext, what: str, window: int,
-                 submit: Callable[[Callable[[_Session], Awaitable[Any]]], concurrent.futures.Future],
+                 submit: Callable[[Callable[[Session], Awaitable[Any]]], concurrent.futures.Future],
                  write_range: Callable[..., Awaitable[int]], differs: Callable[..., Awaitable[str | None]]) -> None:
         self.up, self.ctx, self.what, self.window = up, ctx, what, window
         self.submit, self.write_range, self.differs = submit, write_range, differs
@@ -923,7 +392,7 @@ class _Parts:
         flow = _Flow(self.ctx, end, self.window, meter=sent)
         up = self.up
 
-        async def run(s: _Session) -> int:
+        async def run(s: Session) -> int:
             fh = await s.req(s.sftp.open(up.tmp, asyncssh.FXF_WRITE, encoding=None, block_size=0))
             try:
                 flow.start(0)
@@ -965,7 +434,7 @@ class _Parts:
         offset = n * PART_SIZE
         ranges = [(offset, offset + len(data))]
 
-        async def run(s: _Session) -> str | None:
+        async def run(s: Session) -> str | None:
             return await self.differs(s, _view_reader(data, offset), self.up.tmp, ranges)
 
         problem = self._wait(self.submit(run))
@@ -1102,8 +571,8 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         self.ciphers = ciphers
         #: more asyncssh.connect() options (tests, benchmarks: rekey_bytes, window...)
         self.ssh_options = dict(ssh_options or {})
-        self._loop = _Loop(f"sftp-{host}")
-        self._pool = _Pool(self._open_session, self.connections)
+        self._loop = Loop(f"sftp-{host}")
+        self._pool = Pool(self._open_session, self.connections)
         self._key: asyncssh.SSHKey | None = None
         # rel -> temp file (rel) a failed send may have left behind with no resume
         # state naming it (the connection broke mid-way); see discard()
@@ -1180,14 +649,14 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             opts["password"] = self._password
         return opts
 
-    async def _open_session(self) -> _Session:
+    async def _open_session(self) -> Session:
         """Connect, verify the host key, log in, open the SFTP channel."""
         where = f"connect to {self.describe()}"
         try:
             trusted = trusted_keys(self.known_hosts, self.host, self.port)
         except (OSError, ValueError, asyncssh.Error) as exc:
             raise PermanentError(f"known_hosts {self.known_hosts!r}: cannot read it: {exc}") from None
-        seen = _HostKeySeen()
+        seen = HostKeySeen()
         keepalive = self.keepalive if self.keepalive > 0 else 0
         conn = None
         try:
@@ -1195,7 +664,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                 self.host, self.port,
                 username=self.user,
                 known_hosts=([k for k in trusted.values() if isinstance(k, asyncssh.SSHKey)], [], []),
-                server_host_key_algs=_prefer_algs(list(trusted)),
+                server_host_key_algs=prefer_algs(list(trusted)),
                 client_factory=lambda: seen,
                 config=[],
                 connect_timeout=self.timeout,
@@ -1204,7 +673,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                 keepalive_count_max=max(1, math.ceil(self.timeout / keepalive)) if keepalive else 3,
                 encryption_algs="^" + ",".join(self.ciphers) if self.ciphers else (),
                 compression_algs=None,
-                **{"tunnel": _BatchedTCP(), **self._login_options(), **self.ssh_options},
+                **{"tunnel": BatchedTCP(), **self._login_options(), **self.ssh_options},
             )
             sftp = await asyncio.wait_for(conn.start_sftp_client(), self.timeout)
         except BaseException as exc:
@@ -1213,9 +682,9 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             if isinstance(exc, asyncssh.HostKeyNotVerifiable) and seen.refused is not None:
                 got = seen.refused
                 if not trusted:
-                    raise _unknown_key_error(self.host, self.port, self.known_hosts, got) from None
+                    raise unknown_key_error(self.host, self.port, self.known_hosts, got) from None
                 expected = trusted.get(key_type(got)) or next(iter(trusted.values()))
-                raise _changed_key_error(self.host, self.port, self.known_hosts, got, expected) from None
+                raise changed_key_error(self.host, self.port, self.known_hosts, got, expected) from None
             if isinstance(exc, asyncssh.PermissionDenied):
                 raise PermanentError(f"{where}: login refused for user {self.user!r} ({exc.reason})") from None
             if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) and exc.errno is None \
@@ -1226,11 +695,11 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                 raise
             raise mapped from None
         limit = sftp.limits.max_write_len or SAFE_WRITE_SIZE
-        s = _Session(conn, sftp, write_size=max(1024, min(self.write_size, limit)), timeout=self.timeout)
+        s = Session(conn, sftp, write_size=max(1024, min(self.write_size, limit)), timeout=self.timeout)
         s.watcher = asyncio.get_running_loop().create_task(s.watch())
         return s
 
-    async def _in_session(self, fn: Callable[[_Session], Awaitable[T]]) -> T:
+    async def _in_session(self, fn: Callable[[Session], Awaitable[T]]) -> T:
         s = await self._pool.acquire()
         broken = False
         try:
@@ -1241,11 +710,11 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         finally:
             self._pool.release(s, broken)
 
-    def _submit(self, fn: Callable[[_Session], Awaitable[T]]) -> concurrent.futures.Future:
+    def _submit(self, fn: Callable[[Session], Awaitable[T]]) -> concurrent.futures.Future:
         return self._loop.submit(self._in_session(fn))
 
 
-    def _call(self, what: str, fn: Callable[[_Session], Awaitable[T]]) -> T:
+    def _call(self, what: str, fn: Callable[[Session], Awaitable[T]]) -> T:
         """Run fn(session) on the loop and wait; errors in the contract's kinds."""
         return self._wait(what, self._submit(fn))
 
@@ -1266,11 +735,11 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         self._call(f"connect to {self.describe()}", self._make_root)
 
     def check(self) -> None:
-        async def probe(s: _Session) -> None:
+        async def probe(s: Session) -> None:
             try:
                 await s.req(s.sftp.stat(self._b(self.root)))
             except asyncssh.SFTPError as exc:
-                if not _missing(exc):  # missing: sends will re-create it
+                if not is_missing(exc):  # missing: sends will re-create it
                     raise
 
         self._call(f"check {self.describe()}", probe)
@@ -1279,7 +748,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         self._loop.stop(self._pool.close)
 
     # -- folders -----------------------------------------------------------
-    async def _make_root(self, s: _Session) -> None:
+    async def _make_root(self, s: Session) -> None:
         """mkdir -p of the root: create each missing level, stopping at the
         first that exists. The root and the folders above it are the
         operator's choice (a link there is theirs and is followed); below the
@@ -1291,7 +760,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             try:
                 st = await s.req(s.sftp.stat(self._b(cur)))
             except asyncssh.SFTPError as exc:
-                if not _missing(exc):
+                if not is_missing(exc):
                     raise
                 missing.append(cur)
                 cur = posixpath.dirname(cur.rstrip("/"))
@@ -1302,7 +771,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         for d in reversed(missing):
             await self._mkdir(s, d, what)
 
-    async def _mkdir(self, s: _Session, d: str, what: str) -> None:
+    async def _mkdir(self, s: Session, d: str, what: str) -> None:
         """MKDIR one level (it never follows a link at its own name: EEXIST)."""
         try:
             await s.req(s.sftp.mkdir(self._b(d), asyncssh.SFTPAttrs(permissions=0o755)))
@@ -1324,7 +793,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         parts = self._rel_of(folder).split("/")
         return [self._prefix + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
-    async def _inspect(self, s: _Session, path: str, *siblings: str, leaf: bool = True) -> _PathState:
+    async def _inspect(self, s: Session, path: str, *siblings: str, leaf: bool = True) -> _PathState:
         """LSTAT every folder between the root and `path`, and `path` itself
         (unless not `leaf`) and `siblings` (names in the same folder), in one
         round trip.
@@ -1361,7 +830,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             f"then the next send, or --retry-failed, makes a real folder in its place"
         )
 
-    async def _folder_ready(self, s: _Session, path: str, what: str, leaf: bool = True) -> _PathState:
+    async def _folder_ready(self, s: Session, path: str, what: str, leaf: bool = True) -> _PathState:
         """Make sure every folder above `path` (below the root) is a real
         folder, creating the missing ones; returns what _inspect found
         (`leaf`: LSTAT `path` too).
@@ -1378,7 +847,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             await self._mkdir(s, d, what)
         return st
 
-    async def _remove_file(self, s: _Session, path: str, what: str) -> bool:
+    async def _remove_file(self, s: Session, path: str, what: str) -> bool:
         """REMOVE `path` (a file or a link, never what a link points to) if
         every folder above it is a real one; False if there was nothing to remove."""
         st = await self._inspect(s, path)
@@ -1390,7 +859,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             return False
         return await s.remove(self._b(path))
 
-    async def _diagnose(self, s: _Session, exc: asyncssh.SFTPError, what: str, path: str, need: int = 0) -> XConError:
+    async def _diagnose(self, s: Session, exc: asyncssh.SFTPError, what: str, path: str, need: int = 0) -> XConError:
         """Explain a bare "Failure" (OpenSSH hides ENOSPC, EISDIR... behind it)."""
         if exc.code != asyncssh.FX_FAILURE or not s.alive():
             return _status_error(exc, what)
@@ -1488,7 +957,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                     out[i] = exc
         return out  # type: ignore[return-value]  (every slot is filled)
 
-    async def _send_small(self, s: _Session, f: LocalFile, fd: int, up: _Upload, ctx: TransferContext) -> SendResult:
+    async def _send_small(self, s: Session, f: LocalFile, fd: int, up: _Upload, ctx: TransferContext) -> SendResult:
         """One file of send_many: send()'s steps, with no thread to report to."""
         what = f"send {f.rel!r}"
         flow = _Flow(ctx, f.size, window=1 << 62, watched=False)
@@ -1504,14 +973,14 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         state = ctx.resume.load() if up.resumable else None
         flow = _Flow(ctx, f.size, MAX_INFLIGHT * self.write_size)
 
-        async def prepare(s: _Session) -> tuple[int, Any]:
+        async def prepare(s: Session) -> tuple[int, Any]:
             if not up.resumable:  # no resume to look for: the temp file is looked at only if OPEN finds one
                 await self._folder_ready(s, os.fsdecode(up.tmp), what, leaf=False)
                 return 0, _UNSEEN
             tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
             return await self._resume_offset(s, f, fd, up, state, tmp_st), tmp_st
 
-        async def run(s: _Session, prep: tuple[int, Any] | None = None) -> SendResult:
+        async def run(s: Session, prep: tuple[int, Any] | None = None) -> SendResult:
             try:
                 up.offset, tmp_st = prep if prep is not None else await prepare(s)
                 return await self._put(s, f, fd, up, flow, tmp_st, what)
@@ -1525,7 +994,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                 ctx.resume.save(self._identity(f, up))
         return self._wait(what, self._submit(lambda s: run(s, prep)), flow.drive)
 
-    async def _after_failure(self, s: _Session, exc: BaseException, up: _Upload, f: LocalFile,
+    async def _after_failure(self, s: Session, exc: BaseException, up: _Upload, f: LocalFile,
                              what: str) -> BaseException:
         """Leave no temp file behind, unless the upload can resume from it;
         returns the error to raise (a bare "Failure" explained)."""
@@ -1547,7 +1016,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             return await self._diagnose(s, exc, what, os.fsdecode(up.target), f.size - up.offset)
         return exc
 
-    async def _open_tmp(self, s: _Session, up: _Upload, flags: int, old: Any, what: str) -> Any:
+    async def _open_tmp(self, s: Session, up: _Upload, flags: int, old: Any, what: str) -> Any:
         """OPEN the temp file; an asyncssh file.
 
         A fresh one (CREATE) is opened with EXCL, after removing what `old`
@@ -1585,12 +1054,12 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                              f"it will be tried again")
 
     @staticmethod
-    async def _open_new(s: _Session, up: _Upload, flags: int) -> Any:
+    async def _open_new(s: Session, up: _Upload, flags: int) -> Any:
         fh = await s.req(s.sftp.open(up.tmp, flags, encoding=None, block_size=0))
         up.opened = True
         return fh
 
-    async def _put(self, s: _Session, f: LocalFile, fd: int, up: _Upload, flow: _Flow, tmp_st: Any,
+    async def _put(self, s: Session, f: LocalFile, fd: int, up: _Upload, flow: _Flow, tmp_st: Any,
                    what: str) -> SendResult:
         flags = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
         if up.resumable:
@@ -1614,7 +1083,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         await self._finish(s, f, fd, up, end, what)
         return SendResult(size=end, etag=None, bytes_sent=flow.sent)
 
-    async def _write_range(self, s: _Session, fh: Any, read: _Reader, start: int, end: int | None,
+    async def _write_range(self, s: Session, fh: Any, read: _Reader, start: int, end: int | None,
                            flow: _Flow) -> int:
         """WRITE the local bytes (read(n, pos)) from `start` to `end` (None:
         to the end of the file, however long it is now), up to MAX_INFLIGHT
@@ -1670,7 +1139,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             raise errors[0]
         return pos
 
-    async def _finish(self, s: _Session, f: LocalFile, fd: int, up: _Upload, size: int, what: str,
+    async def _finish(self, s: Session, f: LocalFile, fd: int, up: _Upload, size: int, what: str,
                       data: bytes | None = None) -> None:
         """The last WRITE (`data`, a whole small file), metadata, the checks
         and CLOSE in flight together; then the rename."""
@@ -1700,7 +1169,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             await self._verify(s, f, fd, up, size, replies[1], replies[2], what)
         await self._replace(s, up.tmp, up.target, what)
 
-    async def _verify(self, s: _Session, f: LocalFile, fd: int, up: _Upload, size: int, st: Any, tail: Any,
+    async def _verify(self, s: Session, f: LocalFile, fd: int, up: _Upload, size: int, st: Any, tail: Any,
                       what: str) -> None:
         """Check a large upload before it replaces the target: its size and
         its last block. The replies come from requests sent before CLOSE; if
@@ -1717,7 +1186,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         if problem:
             raise _StartOver(f"{what}: upload check failed ({problem}); it will start over")
 
-    async def _read_tail(self, s: _Session, path: bytes, end: int, n: int) -> bytes | None:
+    async def _read_tail(self, s: Session, path: bytes, end: int, n: int) -> bytes | None:
         """The n bytes of remote file `path` before `end` (None if unreadable)."""
         try:
             fh = await s.req(s.sftp.open(path, asyncssh.FXF_READ, encoding=None, block_size=0))
@@ -1741,7 +1210,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
     def _identity(f: LocalFile, up: _Upload) -> dict:
         return {"kind": "sftp-temp", "tmp": up.tmp_rel, "size": f.size, "mtime_ns": f.mtime_ns, "ino": f.ino}
 
-    async def _resume_offset(self, s: _Session, f: LocalFile, fd: int, up: _Upload, state: dict | None,
+    async def _resume_offset(self, s: Session, f: LocalFile, fd: int, up: _Upload, state: dict | None,
                              st: asyncssh.SFTPAttrs | None) -> int:
         """Bytes of a previous attempt to keep, or 0 to start over. `st`: the
         temp file's lstat (a link there is never resumed: not S_ISREG)."""
@@ -1754,7 +1223,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         log.info("resuming %s at %d of %d bytes", f.rel, have, f.size)
         return have
 
-    async def _read_back(self, s: _Session, fd: int, up: _Upload, ranges: list[tuple[int, int]],
+    async def _read_back(self, s: Session, fd: int, up: _Upload, ranges: list[tuple[int, int]],
                          what: str) -> None:
         """Before resuming: the temp file's bytes in `ranges` must be the
         local file's (read through `fd`, the open source: never by path).
@@ -1771,7 +1240,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         raise _StartOver(f"{what}: the temporary file on the server differs from the local file ({problem}); "
                          f"it will start over")
 
-    async def _first_difference(self, s: _Session, local: _Reader, path: bytes,
+    async def _first_difference(self, s: Session, local: _Reader, path: bytes,
                                 ranges: list[tuple[int, int]]) -> str | None:
         """Where remote `path` differs from the local bytes (local(n, pos)) within `ranges` (None:
         nowhere). READs of at most the write size, READ_BACK_INFLIGHT in
@@ -1823,7 +1292,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         return found[0] if found else None
 
     @staticmethod
-    async def _read_exactly(s: _Session, fh: Any, pos: int, n: int) -> bytes:
+    async def _read_exactly(s: Session, fh: Any, pos: int, n: int) -> bytes:
         """n bytes at pos (fewer only at the end of the file): a server may
         answer a READ with fewer bytes than asked."""
         out = b""
@@ -1847,7 +1316,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         ident = {**self._identity(f, up), "kind": "sftp-parts", "part": PART_SIZE}
         state = ctx.resume.load() or {}
 
-        async def prepare(s: _Session) -> set[int]:
+        async def prepare(s: Session) -> set[int]:
             tmp_st = (await self._folder_ready(s, os.fsdecode(up.tmp), what)).leaves[0]
             kept = _kept_parts(state, ident, plan, tmp_st)
             if not kept:  # afresh: the temp file is made now (EXCL), the parts open it
@@ -1876,7 +1345,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         except BaseException as exc:
             raise self._parts_failed(exc, f, ctx, up, plan, kept, what) from None
 
-        async def finish(s: _Session) -> None:
+        async def finish(s: Session) -> None:
             try:
                 up.handle = await s.req(s.sftp.open(up.tmp, asyncssh.FXF_WRITE | asyncssh.FXF_READ, encoding=None,
                                                     block_size=0))
@@ -1907,7 +1376,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         return exc  # reading the local file failed (chunks.upload reads it): the local side's error
 
     def _drop_tmp(self, up: _Upload, what: str) -> None:
-        async def drop(s: _Session) -> None:
+        async def drop(s: Session) -> None:
             with contextlib.suppress(asyncssh.SFTPError):
                 await s.remove(up.tmp)
 
@@ -1915,7 +1384,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             self._call(what, drop)
 
     # -- rename ----------------------------------------------------------------
-    async def _replace(self, s: _Session, tmp: bytes, target: bytes, what: str) -> None:
+    async def _replace(self, s: Session, tmp: bytes, target: bytes, what: str) -> None:
         """Rename `tmp` over `target`.
 
         With posix-rename@openssh.com (OpenSSH) this is one atomic rename(2).
@@ -1956,7 +1425,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             await s.remove(aside)
 
     # -- delete / move -----------------------------------------------------
-    async def _scandir(self, s: _Session, folder: str) -> list[asyncssh.SFTPName]:
+    async def _scandir(self, s: Session, folder: str) -> list[asyncssh.SFTPName]:
         """The entries of remote folder `folder` (an absolute path) that are in it: a
         name the server makes up ("../x", "/etc/x", "a/../../x") is dropped and logged,
         never removed or walked into (within_listing)."""
@@ -1964,7 +1433,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         return list(within_listing(entries, folder, lambda e: posixpath.join(folder, os.fsdecode(e.filename)),
                                    self.describe(), paths=True))
 
-    async def _rmtree(self, s: _Session, top: str) -> None:
+    async def _rmtree(self, s: Session, top: str) -> None:
         """Remove a folder and everything in it, with SFTP requests only.
 
         `top` was just found a real folder (LSTAT) by the caller; every folder
@@ -1990,7 +1459,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             try:
                 entries = await self._scandir(s, folder)
             except asyncssh.SFTPError as exc:
-                if _missing(exc):
+                if is_missing(exc):
                     stack.pop()
                     continue
                 raise
@@ -2009,7 +1478,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         what = f"delete {rel!r}"
         tmp = posixpath.join(folder, temp_name(name))
 
-        async def run(s: _Session) -> None:
+        async def run(s: Session) -> None:
             found = await self._inspect(s, target, tmp)
             if found.link:  # nothing of our tree is there: never delete through the link
                 log.warning("sftp: %s: nothing removed: remote folder %r is a symbolic link", what,
@@ -2024,7 +1493,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
                 try:
                     await self._rmtree(s, target)
                 except asyncssh.SFTPError as exc:
-                    if not _missing(exc):
+                    if not is_missing(exc):
                         raise
             else:
                 await s.remove(self._b(target))
@@ -2035,7 +1504,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         a, b = self._abs(check_rel(src)), self._abs(check_rel(dest))
         what = f"move {src!r} -> {dest!r}"
 
-        async def run(s: _Session) -> None:
+        async def run(s: Session) -> None:
             st = (await self._inspect(s, a)).leaves[0]  # None too if a folder above it is a link
             if st is None:
                 raise RemoteNotFound(f"{what}: source not on the server")
@@ -2061,7 +1530,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
     def stat(self, rel: str) -> RemoteEntry | None:
         path = self._abs(check_rel(rel))
 
-        async def run(s: _Session) -> asyncssh.SFTPAttrs | None:
+        async def run(s: Session) -> asyncssh.SFTPAttrs | None:
             return (await self._inspect(s, path)).leaves[0]  # one round trip, as one LSTAT
 
         st = self._call(f"stat {rel!r}", run)
@@ -2077,7 +1546,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         path = self._abs(check_rel(rel))
         what = f"read {rel!r}"
 
-        async def run(s: _Session) -> bytes:
+        async def run(s: Session) -> bytes:
             st = (await self._inspect(s, path)).leaves[0]
             if st is None or not statmod.S_ISREG(_mode(st)):
                 raise RemoteNotFound(f"{what}: no such file on the server")
@@ -2097,7 +1566,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
 
         return self._call(what, run)
 
-    async def _read_pieces(self, s: _Session, fh: Any, start: int, end: int) -> bytes:
+    async def _read_pieces(self, s: Session, fh: Any, start: int, end: int) -> bytes:
         """Bytes [start, end) of an open file, READ in pieces of the server's read
         size, READ_IN_FLIGHT of them in flight at once (one round trip per window,
         not per piece). A file that shrank meanwhile ends the read early."""
@@ -2120,7 +1589,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
 
     def free_space(self) -> int | None:
         """statvfs@openssh.com of the root: bytes free for us; None without the extension."""
-        async def run(s: _Session) -> int | None:
+        async def run(s: Session) -> int | None:
             try:
                 st = await s.req(s.sftp.statvfs(self._b(self.root)))
             except asyncssh.SFTPOpUnsupported:
@@ -2135,7 +1604,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         if rel:  # a link on the way (or at rel itself) is not part of the tree: nothing to list
             path = self._abs(rel)
 
-            async def top(s: _Session) -> asyncssh.SFTPAttrs | None:
+            async def top(s: Session) -> asyncssh.SFTPAttrs | None:
                 return (await self._inspect(s, path)).leaves[0]
 
             if not _is_dir(self._call(what, top)):
@@ -2145,11 +1614,11 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             prefix = stack.pop()
             folder = self._abs(prefix)
 
-            async def read(s: _Session, folder: str = folder) -> list[asyncssh.SFTPName]:
+            async def read(s: Session, folder: str = folder) -> list[asyncssh.SFTPName]:
                 try:
                     return await self._scandir(s, folder)
                 except asyncssh.SFTPError as exc:
-                    if not _missing(exc):  # missing, or a file (ENOTDIR)
+                    if not is_missing(exc):  # missing, or a file (ENOTDIR)
                         raise
                     return []
 
