@@ -142,7 +142,7 @@ from connections.contract.xcon import (
 )
 from connections.contract.source import open_source, open_source_fd
 from skynet.transfer import chunks
-from skynet.config.values import keyed, parse_int_range, parse_size_range
+from skynet.config.values import keyed, parse_int_range, parse_size_range, service_values
 
 log = logging.getLogger("skynet.s3")
 
@@ -181,8 +181,6 @@ KEYS: dict[str, tuple[str, str]] = {
     "profile": ("", "profile in ~/.aws/config to take credentials from, when no keys are given"),
 }
 
-# Keys an engine may keep in a service section that are not ours to validate.
-_RESERVED = {"type", "service", "name"}
 
 # -- sizes and config ---------------------------------------------------------------
 
@@ -207,10 +205,7 @@ def _options(service: dict[str, str], target: str) -> dict[str, Any]:
     The key prefix is the service's `prefix` with `target` joined under it. Raises
     ValueError("key: problem") for the first bad value; never echoes a secret.
     """
-    unknown = sorted(set(service) - set(KEYS) - _RESERVED)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown s3 setting (known: {', '.join(KEYS)})")
-    cfg = {k: str(service.get(k, d)).strip() for k, (d, _doc) in KEYS.items()}
+    cfg = {k: v.strip() for k, v in service_values(service, KEYS, "s3").items()}
 
     bucket = cfg["bucket"]
     if not bucket:

@@ -758,25 +758,33 @@ class Rest:
         """ListObjectVersions under `prefix`, one page at a time: (versions, delete markers),
         each a list of {"Key", "VersionId", "IsLatest", "LastModified" (text), "ETag", "Size"}."""
         params = {"versions": "", "prefix": prefix, "encoding-type": "url"}
-        while True:
-            root = self._xml("ListObjectVersions", "GET", self.layout.base or "/", params)
-            encoded = (root.findtext("EncodingType") or "").lower() == "url"
-
+        for root, decode in self._marker_pages("ListObjectVersions", params, "version-id-marker"):
             def entry(el: Any) -> dict[str, Any]:
-                key = el.findtext("Key") or ""
-                return {"Key": unquote_plus(key) if encoded else key, "VersionId": el.findtext("VersionId"),
+                return {"Key": decode(el.findtext("Key") or ""), "VersionId": el.findtext("VersionId"),
                         "IsLatest": (el.findtext("IsLatest") or "").lower() == "true",
                         "LastModified": el.findtext("LastModified"), "ETag": el.findtext("ETag"),
                         "Size": int(el.findtext("Size") or 0)}
 
             yield [entry(v) for v in root.iterfind("Version")], [entry(d) for d in root.iterfind("DeleteMarker")]
+
+    def _marker_pages(self, operation: str, params: dict[str, str], id_marker: str) -> Iterator[tuple[Any, Callable[[str], str]]]:
+        """The pages of a listing continued by a key marker and an id marker
+        (ListObjectVersions: version-id-marker; ListMultipartUploads: upload-id-marker):
+        (root, decode), where decode turns a key back from URL encoding when the
+        server used it (encoding-type=url: "+" for a space, as botocore decodes)."""
+        next_id = "Next" + "".join(w.title() for w in id_marker.split("-"))  # NextVersionIdMarker...
+        while True:
+            root = self._xml(operation, "GET", self.layout.base or "/", params)
+            encoded = (root.findtext("EncodingType") or "").lower() == "url"
+            decode: Callable[[str], str] = unquote_plus if encoded else str
+            yield root, decode
             if (root.findtext("IsTruncated") or "").lower() != "true":
                 return
-            key_marker, id_marker = root.findtext("NextKeyMarker"), root.findtext("NextVersionIdMarker")
-            if not key_marker and not id_marker:
+            key_marker, id_value = root.findtext("NextKeyMarker"), root.findtext(next_id)
+            if not key_marker and not id_value:
                 return
-            params["key-marker"] = unquote_plus(key_marker or "") if encoded else key_marker or ""
-            params["version-id-marker"] = id_marker or ""
+            params["key-marker"] = decode(key_marker or "")
+            params[id_marker] = id_value or ""
 
     def _xml(self, operation: str, method: str, path: str, params: dict[str, str] | None,
              headers: dict[str, str] | None = None, body: bytes = b"", allow_empty: bool = False) -> Any:
@@ -825,16 +833,6 @@ class Rest:
     def list_uploads(self, prefix: str) -> Iterator[tuple[str, str]]:
         """(key, upload id) of every open multipart upload under `prefix`, paged."""
         params = {"uploads": "", "prefix": prefix, "encoding-type": "url"}
-        while True:
-            root = self._xml("ListMultipartUploads", "GET", self.layout.base or "/", params)
-            encoded = (root.findtext("EncodingType") or "").lower() == "url"
+        for root, decode in self._marker_pages("ListMultipartUploads", params, "upload-id-marker"):
             for u in root.iterfind("Upload"):
-                key = u.findtext("Key") or ""
-                yield (unquote_plus(key) if encoded else key), u.findtext("UploadId") or ""
-            if (root.findtext("IsTruncated") or "").lower() != "true":
-                return
-            key_marker, id_marker = root.findtext("NextKeyMarker"), root.findtext("NextUploadIdMarker")
-            if not key_marker and not id_marker:
-                return
-            params["key-marker"] = unquote_plus(key_marker or "") if encoded else key_marker or ""
-            params["upload-id-marker"] = id_marker or ""
+                yield decode(u.findtext("Key") or ""), u.findtext("UploadId") or ""

@@ -96,7 +96,7 @@ from connections.sftp.hostkeys import (  # noqa: F401
 from connections.sftp.session import BatchedTCP, Loop, Pool, Session, is_missing
 from connections.contract.source import SourceChanged, open_source
 from skynet.transfer import chunks
-from skynet.config.values import keyed, parse_bool, parse_int_range, parse_seconds_range
+from skynet.config.values import keyed, parse_bool, parse_int_range, parse_seconds_range, service_values
 
 log = logging.getLogger("skynet.sftp")
 T = TypeVar("T")
@@ -116,8 +116,6 @@ KEYS: dict[str, tuple[str, str]] = {
     "timeout": ("15", "seconds a silent server may take before it counts as unreachable"),
 }
 
-#: keys a service section may carry that are not ours to check
-_GENERIC_KEYS = {"type", "service", "name"}
 
 #: files at least this big are resumable (their identity goes to ctx.resume)
 RESUME_MIN = 8 << 20
@@ -1748,10 +1746,7 @@ def build(service: dict[str, str], target: str) -> SFTPCon:
 
     Raises ValueError("key: problem") for anything that cannot work.
     """
-    unknown = sorted(set(service) - set(KEYS) - _GENERIC_KEYS)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown key for an sftp service (known: {', '.join(KEYS)})")
-    cfg = {k: (service.get(k) if service.get(k) is not None else d) for k, (d, _doc) in KEYS.items()}
+    cfg = service_values(service, KEYS, "sftp")
     host = cfg["host"].strip()
     if not host:
         raise ValueError("host: required")

@@ -148,3 +148,17 @@ def parse_patterns(v: str) -> list[str]:
 
 def _str(v: str) -> str:
     return v.strip()
+
+
+#: keys an engine may keep in a [service] section that are not the service's own
+GENERIC_SERVICE_KEYS = frozenset({"type", "service", "name"})
+
+
+def service_values(section: dict[str, str], keys: dict[str, tuple[str, str]], service: str) -> dict[str, str]:
+    """A [service] section's settings, every key of `keys` present (its default where
+    the section has none); ValueError naming the first key the service does not know.
+    Each connection module parses the values it gets with the parsers above."""
+    unknown = sorted(set(section) - set(keys) - GENERIC_SERVICE_KEYS)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown key for an {service} service (known: {', '.join(keys)})")
+    return {k: str(section[k]) if section.get(k) is not None else d for k, (d, _doc) in keys.items()}
