@@ -210,6 +210,28 @@ def _parts_sent(state: dict, size: int) -> int:
     return sum(min((i + 1) * part, size) - i * part for i in state["done"])
 
 
+def test_parts_only_for_a_far_server_unless_streams_is_set(srv, remote, tmp_path, monkeypatch):
+    """Parallel parts beat one SSH channel's window on a far server; on a near one a single
+    stream is faster, so by default the measured round trip decides (PARALLEL_RTT)."""
+    import connections.sftp.con as sftp_mod
+
+    with con_for(srv, remote, connections="4") as con:
+        assert con.rtt is not None and con.rtt > 0  # measured by connect()
+        con.rtt = 0.0002  # as loopback or a LAN (not asserted of the measure: a loaded machine is slower)
+        assert con._parts_in_flight() == 1
+        con.rtt = 0.05  # as a server 50 ms away
+        assert con._parts_in_flight() == sftp_mod.PARALLEL_STREAMS
+        con.streams = 3
+        assert con._parts_in_flight() == 3
+        con.rtt, con.connections = 0.0001, 2
+        assert con._parts_in_flight() == 2  # explicit, and never more than the connections
+        con.streams, con.parallel_min, con.connections, con.rtt = None, 8 * MiB, 4, 0.0002
+        f = big_file(tmp_path, 20 * MiB)
+        monkeypatch.setattr(con, "_send_parallel", lambda *a: pytest.fail("near server: one stream"))
+        assert con.send(f, TransferContext()).size == f.size
+        assert sha(Path(remote) / "dir" / "big.bin") == sha(f.path)
+
+
 def test_parallel_upload_uses_several_connections_and_resumes(srv, remote, tmp_path):
     f = big_file(tmp_path, 200 * MiB)
     store = NullResumeStore()

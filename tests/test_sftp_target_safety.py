@@ -139,7 +139,7 @@ def test_link_at_the_temp_name_is_never_written_through(srv, remote, outside, tm
     (plain and batch: one request fewer per file): the EXCL open fails, the
     link is removed, the OPEN is made again."""
     extra = {"plain": {}, "batch": {}, "resumable": {"resume_min": 1},
-             "parallel": {"resume_min": 1, "parallel_min": 1}}[path]
+             "parallel": {"resume_min": 1, "parallel_min": 1, "streams": 2}}[path]
     c = build(srv.service(connections="2"), remote)
     for k, v in extra.items():
         setattr(c, k, v)

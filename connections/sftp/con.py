@@ -37,7 +37,7 @@ only by reading it; resume is rare, the read costs one pass). Any difference:
 the temp file and the resume state go, and the send fails with "start over".
 A finished large upload is verified before the rename: its size (FSTAT) and
 its last 64 KiB re-read. Files >= PARALLEL_MIN go as PART_SIZE parts over up
-to `streams` connections, scheduled by skynet.transfer.chunks (the one chunk
+to `streams` connections when the server is far (PARALLEL_RTT), scheduled by skynet.transfer.chunks (the one chunk
 scheduler; SFTP writes or reads back one part: _Parts); finished parts are
 saved in ctx.resume, and read back the same way when resumed.
 
@@ -60,6 +60,7 @@ import os
 import posixpath
 import stat as statmod
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
@@ -129,8 +130,10 @@ READ_IN_FLIGHT = 64  # READ requests of one read_range in flight at once
 #: window/RTT on a distant server)
 PARALLEL_MIN = 64 << 20
 PART_SIZE = 16 << 20
-#: connections one large file uses at most
+#: connections one large file uses at most, on a far server (PARALLEL_RTT)
 PARALLEL_STREAMS = 2
+#: a round trip from which large files go in parallel parts (see SFTPCon._parts_in_flight)
+PARALLEL_RTT = 0.002
 #: unacknowledged WRITE requests allowed in flight per stream
 MAX_INFLIGHT = 32
 #: acknowledged bytes are passed to the progress report (and the bandwidth
@@ -546,7 +549,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         write_size: int = WRITE_SIZE,
         resume_min: int = RESUME_MIN,
         parallel_min: int = PARALLEL_MIN,
-        streams: int = PARALLEL_STREAMS,
+        streams: int | None = None,
         ciphers: tuple[str, ...] = PREFERRED_CIPHERS,
         ssh_options: dict | None = None,
     ) -> None:
@@ -565,7 +568,8 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         self.write_size = write_size
         self.resume_min = resume_min
         self.parallel_min = parallel_min
-        self.streams = max(1, streams)
+        self.streams = streams  # None: chosen by the measured round trip (_parts_in_flight)
+        self.rtt: float | None = None  # seconds, measured by connect()
         self.ciphers = ciphers
         #: more asyncssh.connect() options (tests, benchmarks: rekey_bytes, window...)
         self.ssh_options = dict(ssh_options or {})
@@ -731,6 +735,24 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         """Open the first connection now (so a bad key or host key shows at
         once) and make sure the remote root folder exists."""
         self._call(f"connect to {self.describe()}", self._make_root)
+        probes = []
+        for _ in range(3):  # the least of three: one slow answer (a GC pause) is not the link
+            started = time.monotonic()
+            self.check()
+            probes.append(time.monotonic() - started)
+        self.rtt = min(probes)
+
+    def _parts_in_flight(self) -> int:
+        """Parts in flight for one large file. Parts exist for far servers: one SSH
+        channel's window (2 MiB on OpenSSH) caps a stream at window/RTT, 40 MB/s at
+        50 ms. On a near server (a round trip under PARALLEL_RTT) one stream is faster:
+        it is bound by this process's CPU per packet, and parts add an open, a close
+        and a thread hand-over each (1 GiB on loopback: 322 MB/s in one stream, 263 in
+        two, bench/RESULTS.md). An explicit `streams` (config, tests) wins."""
+        wanted = self.streams
+        if wanted is None:
+            wanted = PARALLEL_STREAMS if self.rtt is not None and self.rtt >= PARALLEL_RTT else 1
+        return max(1, min(self.connections, wanted))
 
     def check(self) -> None:
         async def probe(s: Session) -> None:
@@ -886,7 +908,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         src = open_source(f, buffering=0)  # FileNotFoundError, SourceChanged...: the caller's (local side)
         with src:
             fd = src.fileno()
-            parallel = up.resumable and f.size >= self.parallel_min and min(self.connections, self.streams) > 1
+            parallel = up.resumable and f.size >= self.parallel_min and self._parts_in_flight() > 1
             try:
                 if parallel:
                     result = self._send_parallel(f, ctx, fd, up, what)
@@ -1310,7 +1332,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         are skynet.transfer.chunks.upload's; SFTP writes one part (_Parts).
         Finished parts are saved in ctx.resume as they finish; a later attempt
         reads the kept parts back (_Parts.check) and sends only the rest."""
-        plan = chunks.Plan(f.size, PART_SIZE, max(1, min(self.connections, self.streams)))
+        plan = chunks.Plan(f.size, PART_SIZE, self._parts_in_flight())
         ident = {**self._identity(f, up), "kind": "sftp-parts", "part": PART_SIZE}
         state = ctx.resume.load() or {}
 
