@@ -147,7 +147,7 @@ def test_a_new_action_claimed_while_the_last_one_commits_gets_a_fresh_id(tmp_pat
 
 
 def test_a_claimed_index_entry_is_kept_only_if_nothing_older_can_change_it(tmp_path):
-    from skynet.state.db import IndexEntry
+    from skynet.state.index import IndexEntry
     from skynet.state.uniqueq import DELETE, LOOK_UP, Action
 
     db = StateDB(str(tmp_path / "s.db"))

@@ -14,7 +14,8 @@ from connections.local.con import LocalCon, temp_name
 from skynet.watch.ignore import IgnoreRules
 from skynet.engine.mapper import Mapper
 from skynet.engine.reconcile import Reconciler
-from skynet.state.db import Index, ResumeTable, StateDB
+from skynet.state.db import ResumeTable, StateDB
+from skynet.state.index import Index
 from skynet.state.uniqueq import DELETE, MOVE, SEND, UniqueQ
 from tests.harness import tree
 

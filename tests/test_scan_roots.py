@@ -7,7 +7,8 @@ import os
 
 from skynet.watch.ignore import IgnoreRules
 from skynet.engine.mapper import Mapper
-from skynet.state.db import Index, StateDB
+from skynet.state.db import StateDB
+from skynet.state.index import Index
 from skynet.engine.syncsnap import SyncSnap
 from skynet.state.uniqueq import DELETE, SEND, UniqueQ
 

@@ -27,7 +27,8 @@ from connections.local.con import LocalCon
 from skynet.watch.ignore import IgnoreRules
 from skynet.engine.mapper import Mapper
 from skynet.engine.reconcile import Reconciler
-from skynet.state.db import Index, ResumeTable, StateDB
+from skynet.state.db import ResumeTable, StateDB
+from skynet.state.index import Index
 from skynet.state.uniqueq import SEND, UniqueQ
 from tests.backends import BACKENDS, enabled_backends
 from tests.harness import Daemon, _default_ignored, run_main, tree, wait_converged, write_config

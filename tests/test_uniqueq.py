@@ -124,7 +124,7 @@ def test_a_schema_1_queue_is_migrated_with_its_rows(tmp_path):
 
 
 def test_claim_reads_each_sources_index_entry(tmp_path):
-    from skynet.state.db import Index, IndexEntry
+    from skynet.state.index import Index, IndexEntry
 
     db = StateDB(str(tmp_path / "s.db"))
     Index(db).put_many([("has", 5, 6, 0o600, 7, "etag")])

@@ -44,7 +44,8 @@ from connections.contract.xcon import (
 from connections.contract.source import SourceChanged, kind_of, local_file
 from skynet.watch.ignore import IgnoreRules
 from skynet.engine.mapper import Mapper
-from skynet.state.db import Index, IndexEntry, ResumeTable
+from skynet.state.db import ResumeTable
+from skynet.state.index import Index, IndexEntry
 from skynet.state.uniqueq import DELETE, LOOK_UP, MOVE, SEND, Action, LookUp, UniqueQ
 
 log = logging.getLogger(__name__)

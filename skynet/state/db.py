@@ -493,12 +493,3 @@ class StateReader:
 
     def close(self) -> None:
         self.c.close()
-
-
-def __getattr__(name: str) -> Any:
-    """The Index lives in skynet.state.index (it imports this module, so it cannot be
-    imported here at load time); `from skynet.state.db import Index` still works."""
-    if name in ("Index", "IndexEntry"):
-        from skynet.state import index
-        return getattr(index, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
