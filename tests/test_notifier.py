@@ -21,7 +21,8 @@ import pytest
 import tests.server_pg  # noqa: F401  (registers the "postgres" server)
 from connections.contract.xcon import PermanentError
 from skynet.reporting import pgschema
-from skynet.reporting.notifier import Notifier, NotifyingQueue, Spool, default_daemon_id, redact_dsn
+from skynet.reporting.notifier import Notifier, NotifyingQueue, default_daemon_id, redact_dsn
+from skynet.state.spool import Spool
 from skynet.engine.reconcile import Outcome
 from skynet.state.uniqueq import Action
 from tests.server_pg import free_port, pg_or_skip
