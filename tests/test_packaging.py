@@ -122,6 +122,17 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path, block, extra, blocked, 
     assert line.startswith("skynet: error: "), line
 
 
+def test_the_dashboards_own_command_names_a_missing_extra(tmp_path, block):
+    """`python -m skynet.dashboard serve` without Flask: one line naming the extra, exit 2
+    (the main CLI's rule, for the dashboard's stand-alone entry point too)."""
+    block("flask", "waitress")
+    res = subprocess.run([sys.executable, "-m", "skynet.dashboard", "serve", "--port", "0",
+                          "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                         cwd=str(Path(__file__).resolve().parent.parent))
+    line = one_clear_line(res, "'dashboard' extra", "pip install 'skynet-sync[dashboard]'")
+    assert line.startswith("skynet dashboard: error: "), line
+
+
 def test_a_wheel_installed_into_a_new_venv_runs(tmp_path):
     """Issue 19: from a clean copy of the tree, build a wheel, install it into a new venv
     (no network: its dependencies are lent by this venv), then the installed `skynet`:

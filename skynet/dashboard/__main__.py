@@ -18,6 +18,7 @@ import sys
 import click
 
 from skynet.dashboard import DashboardConfig, hash_secret, new_token, serve
+from skynet.extras import MissingExtra
 
 
 @click.group()
@@ -67,7 +68,7 @@ def serve_cmd(dsn: str | None, sslmode: str | None, host: str, port: int, state_
                           allowed_hosts=list(allowed_hosts), trusted_proxies=list(trusted_proxies))
     try:
         serve(cfg)
-    except ValueError as exc:
+    except (ValueError, MissingExtra) as exc:  # a bad setting, or Flask/waitress not installed: one line
         click.echo(f"skynet dashboard: error: {exc}", err=True)
         sys.exit(2)
 
