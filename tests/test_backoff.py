@@ -58,13 +58,18 @@ def test_retrying_waits_the_same_delays_and_reraises_on_stop() -> None:
 
 
 def test_handler_and_notifier_use_it() -> None:
-    """The loops that used to carry their own formula now take skynet.engine.backoff's."""
+    """The loops that used to carry their own formula now take skynet.engine.backoff's
+    (the handler's retries and reconnection, the notifier's reconnection, and the S3
+    client's one quick retry of a 5xx/429)."""
     import inspect
 
+    from connections.s3 import rest
     from skynet.engine import handler
-
     from skynet.reporting import notifier
-    for mod in (handler, notifier):
+
+    for mod in (handler, notifier, rest):
         src = inspect.getsource(mod)
         assert "skynet.engine.backoff import" in src
         assert "wait_exponential" not in src and "random.uniform" not in src and "2 **" not in src
+        assert "time.monotonic() % 1" not in src  # the S3 client's own jitter, before
+    assert all(0.05 <= rest.QUICK_RETRY.delay(1) <= 0.25 for _ in range(100))

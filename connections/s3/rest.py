@@ -37,14 +37,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol, Union
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
+from skynet.engine.backoff import Backoff
+
 if TYPE_CHECKING:  # imported where used: ssl only for https, ElementTree only for XML replies
     import ssl
+
 
 def escape(text: str) -> str:
     """Text for an XML element (xml.sax.saxutils.escape would import urllib.request)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+#: the one quick retry of a 5xx/429 reply: 0.05-0.25 s (skynet's one back-off; the handler retries after that)
+QUICK_RETRY = Backoff(initial=0.05, cap=0.25, jitter=0.2)
 PROGRESS_STEP = 1 << 20  # bodies above this are sent in slices of this size, with progress
 _ONE_SEND = 64 << 10  # a body up to this size goes out in the same send() as the head
 _MAX_HEAD = 64 << 10  # a reply's status line and headers must fit in this
@@ -627,7 +632,7 @@ class Rest:
             if reply.status in ok:
                 return reply
             if attempt == 0 and (reply.status >= 500 or reply.status == 429):
-                time.sleep(0.05 + 0.2 * (time.monotonic() % 1))  # jitter without the random module
+                time.sleep(QUICK_RETRY.delay(1))
                 continue
             raise s3_error(reply, operation, self.scrub)
         raise AssertionError("unreachable")
