@@ -230,3 +230,31 @@ def test_download_of_a_remote_that_shrank_fails(tmp_path, pool):
     out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
     with pytest.raises(ShortChunk):
         download(MemReader(data, short_at=1), Plan(3_000, 1000, 2), out, TransferContext(), pool)
+
+
+def test_a_stop_while_waiting_for_a_slot_gives_back_only_what_it_took(tmp_path, pool):
+    """Another transfer holds the connection's one slot; this one waits for it, and is
+    stopped meanwhile: it must not give back a slot it never took (an S3 multipart send
+    raised "Semaphore released too many times" instead of its own error, under load)."""
+    fd, _data = _file(tmp_path, 6_000)
+    slots = threading.BoundedSemaphore(1)
+    assert slots.acquire(blocking=False)  # held by another transfer
+    ctx = TransferContext()
+    w = MemWriter()
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            upload(fd, Plan(6_000, 1000, 3), w, ctx, pool, slots=slots)
+        except BaseException as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(0.5)  # waiting for the slot (no chunk can start)
+    assert t.is_alive() and not w.chunks
+    ctx.stop.set()
+    t.join(10)
+    assert [type(e) for e in caught] == [TransferStopped]
+    slots.release()  # the other transfer gives its slot back: exactly one was taken, so no ValueError
+    assert slots.acquire(blocking=False) and not slots.acquire(blocking=False)

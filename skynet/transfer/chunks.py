@@ -153,13 +153,17 @@ class _Flight:
         slot when `slots` is given); False when the transfer must not go on."""
         while len(self.pending) >= self.limit and self.error is None:
             self.reap()
+        held = False  # a slot taken here, to give back if the chunk does not start after all
         if self.slots is not None:
-            while self.error is None and not stop.is_set() and not self.slots.acquire(timeout=0.2):
+            while self.error is None and not stop.is_set():
+                held = self.slots.acquire(timeout=0.2)
+                if held:
+                    break
                 self.reap(block=False)
         go = self.error is None and not stop.is_set()
-        if not go and self.slots is not None:
-            self.slots.release()
-        return go
+        if not go and held:
+            self.slots.release()  # type: ignore[union-attr]
+        return go and (held or self.slots is None)
 
     def release_slot(self) -> None:
         if self.slots is not None:
