@@ -225,6 +225,15 @@ def test_parts_only_for_a_far_server_unless_streams_is_set(srv, remote, tmp_path
         assert con._parts_in_flight() == 3
         con.rtt, con.connections = 0.0001, 2
         assert con._parts_in_flight() == 2  # explicit, and never more than the connections
+        # an upload already begun keeps its way, whatever the round trip measures after a restart
+        begun = TransferContext()
+        begun.resume.save({"kind": "sftp-parts"})
+        con.streams, con.rtt = None, 0.0002
+        assert con._in_parts(begun)
+        begun.resume.save({"kind": "sftp-temp"})
+        con.rtt = 0.05
+        assert not con._in_parts(begun)
+        assert con._in_parts(TransferContext())  # nothing begun: far, so parts
         con.streams, con.parallel_min, con.connections, con.rtt = None, 8 * MiB, 4, 0.0002
         f = big_file(tmp_path, 20 * MiB)
         monkeypatch.setattr(con, "_send_parallel", lambda *a: pytest.fail("near server: one stream"))

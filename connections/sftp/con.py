@@ -742,6 +742,18 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             probes.append(time.monotonic() - started)
         self.rtt = min(probes)
 
+    def _in_parts(self, ctx: TransferContext) -> bool:
+        """Whether a large file goes in parts. An upload already begun keeps its way (parts
+        kept by an earlier attempt are resumed in parts, a temp file written in one stream
+        is continued in one), whatever the round trip measures now: a daemon killed and
+        started again on a busier machine must not send finished bytes again."""
+        kind = (ctx.resume.load() or {}).get("kind")
+        if kind == "sftp-parts":
+            return True
+        if kind == "sftp-temp":
+            return False
+        return self._parts_in_flight() > 1
+
     def _parts_in_flight(self) -> int:
         """Parts in flight for one large file. Parts exist for far servers: one SSH
         channel's window (2 MiB on OpenSSH) caps a stream at window/RTT, 40 MB/s at
@@ -908,7 +920,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         src = open_source(f, buffering=0)  # FileNotFoundError, SourceChanged...: the caller's (local side)
         with src:
             fd = src.fileno()
-            parallel = up.resumable and f.size >= self.parallel_min and self._parts_in_flight() > 1
+            parallel = up.resumable and f.size >= self.parallel_min and self._in_parts(ctx)
             try:
                 if parallel:
                     result = self._send_parallel(f, ctx, fd, up, what)
