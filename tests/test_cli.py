@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from skynet.config import settings as configmod
@@ -191,3 +192,28 @@ def test_wizard_offers_the_units_state_folder_for_a_system_config(tmp_path, monk
     # another state folder for the unit's config: the wizard says what the unit allows
     res = CliRunner().invoke(main, args + ["--set", f"skynet.state_dir={tmp_path / 'elsewhere'}"])
     assert res.exit_code == 0 and "ReadWritePaths=" in res.output, res.output
+
+
+def test_a_first_word_naming_a_subcommand_hands_the_line_to_it(monkeypatch):
+    """`skynet WORD ...` runs WORD's own command with the rest of the line (how
+    restore, versions and job are reached), and the daemon's flags still work."""
+    import types
+
+    import skynet.cli.main as climod
+
+    seen: list[tuple[str, ...]] = []
+
+    @click.command()
+    @click.argument("rest", nargs=-1)
+    def echo(rest: tuple[str, ...]) -> None:
+        seen.append(rest)
+
+    fake = types.ModuleType("skynet_test_fake_sub")
+    fake.echo = echo
+    monkeypatch.setitem(sys.modules, "skynet_test_fake_sub", fake)
+    monkeypatch.setitem(climod.SUBCOMMANDS, "echo", "skynet_test_fake_sub:echo")
+    result = CliRunner().invoke(main, ["echo", "a", "b"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen == [("a", "b")]
+    assert "echo" in CliRunner().invoke(main, ["--help"]).output
+    assert CliRunner().invoke(main, ["--version"]).output.startswith("skynet ")

@@ -15,30 +15,47 @@ from connections import SERVICES, service_module
 from skynet import __version__
 from skynet.config import settings as configmod
 from skynet.config.settings import ConfigError
-from skynet.extras import MissingExtra
 
-EXIT_USAGE = 2
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"skynet: error: {message}", err=True)
-    sys.exit(code)
+from skynet.cli.common import EXIT_USAGE, ExtraAware, fail
 
 
 def resolve_config_path(config_file: str | None, service: str) -> str:
     return os.path.abspath(os.path.expanduser(config_file)) if config_file else configmod.default_config_path(service)
 
 
-class Command(click.Command):
-    """The CLI's command: an optional part used without its extra (s3, sftp, postgres,
-    dashboard) ends with one line saying what to install, from wherever it was found."""
+# Commands with a word of their own (`skynet restore ...`), each a click command in
+# its own module, named "module:attribute" and imported only when used: the
+# daemon's start-up never pays for them. The flags of the main command (--run-with,
+# --status...) stay as they were, so existing units and scripts keep working.
+SUBCOMMANDS: dict[str, str] = {
+}
 
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except MissingExtra as exc:
-            fail(str(exc))
-            return None  # not reached
+
+def subcommand(name: str) -> click.Command:
+    """The click command registered under `name`."""
+    import importlib
+
+    module, _, attr = SUBCOMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Command(ExtraAware):
+    """The CLI's command. A first argument naming a subcommand (SUBCOMMANDS) hands
+    the rest of the line to it."""
+
+    def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv and argv[0] in SUBCOMMANDS:
+            name = argv[0]
+            return subcommand(name).main(argv[1:], prog_name=f"{prog_name or 'skynet'} {name}", **extra)
+        return super().main(argv, prog_name=prog_name, **extra)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if SUBCOMMANDS:
+            with formatter.section("Commands (each has --help)"):
+                formatter.write_dl([(name, (subcommand(name).get_short_help_str(70))) for name in sorted(SUBCOMMANDS)])
+        super().format_epilog(ctx, formatter)
+
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
