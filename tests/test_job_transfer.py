@@ -70,12 +70,20 @@ def _s3_target(servers, **options: Any) -> Iterator[Target]:
         con.close()
 
 
-@pytest.fixture(params=["local", "s3"])
+def _sftp_target(tmp_path, servers) -> Iterator[Target]:
+    from tests.backend_sftp import sftp_backend
+    with sftp_backend(tmp_path, servers) as b:
+        yield Target("sftp", b.con, lambda rel: b.con.read_range(rel, 0, 1 << 40), lambda rel: {})
+
+
+@pytest.fixture(params=["local", "s3", "sftp"])
 def target(request, tmp_path, servers) -> Iterator[Target]:
     if request.param == "local":
         yield _local_target(tmp_path)
-    else:
+    elif request.param == "s3":
         yield from _s3_target(servers)
+    else:
+        yield from _sftp_target(tmp_path, servers)
 
 
 def run(t: Any, item: Item, store: NullResumeStore | None = None, stop_after: int | None = None) -> Any:
