@@ -282,3 +282,55 @@ def test_identical_item_is_skipped(http, target):
     http.put(f"skip/k-{target.kind}.bin", data + b"more")
     res = run(t, Item(url, "k.bin"))
     assert not res.skipped and target.read("k.bin") == data + b"more"
+
+
+# -- FTP ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ftp(servers):
+    return servers.get("ftp")
+
+
+def test_ftp_anonymous_and_login(ftp, target):
+    data = blob(700_000, seed=11)
+    ftp.put(f"pub/{target.kind}/a.bin", data)
+    t = make_transfer("urls:x", target.con)
+    res = run(t, Item(ftp.url(f"pub/{target.kind}/a.bin"), "anon.bin"))
+    assert target.read("anon.bin") == data and res.meta["md5"] == hashlib.md5(data).hexdigest()
+    mtime = int(os.stat(ftp.root / f"pub/{target.kind}/a.bin").st_mtime)
+    assert target.con.stat("anon.bin").mtime_ns // 10**9 == mtime  # MDTM
+    url = ftp.url(f"pub/{target.kind}/a.bin", login=True)
+    res = run(t, Item(url, "login.bin"))
+    assert target.read("login.bin") == data
+    assert ftp.password not in res.meta["source-url"] and ftp.user in res.meta["source-url"]
+    if target.kind == "s3":
+        assert ftp.password not in str(target.meta("login.bin"))
+
+
+def test_ftp_errors_are_classified(ftp, tmp_path):
+    t = make_transfer("urls:x", _local_target(tmp_path).con)
+    with pytest.raises(ItemFailed) as exc:
+        run(t, Item(ftp.url("pub/none.bin"), "x"))
+    assert (exc.value.error_class, exc.value.permanent, exc.value.status) == (NOT_FOUND, True, 550)
+    ftp.put("pub/y.bin", b"y")
+    bad = ftp.url("pub/y.bin", login=True).replace(ftp.password, "wrong")
+    with pytest.raises(ItemFailed) as exc:
+        run(t, Item(bad, "y"))
+    assert exc.value.error_class == FORBIDDEN and exc.value.permanent and "wrong" not in exc.value.text
+
+
+def test_ftp_resume_uses_rest(ftp, target):
+    size = 23 * MiB + 77
+    data = blob(size, seed=12)
+    ftp.put(f"big/{target.kind}.bin", data)
+    url = ftp.url(f"big/{target.kind}.bin", login=True)
+    t = make_transfer("urls:x", target.con)
+    store = NullResumeStore()
+    with pytest.raises(TransferStopped):
+        run(t, Item(url, "big.bin"), store, stop_after=6 * MiB)
+    res = run(t, Item(url, "big.bin"), store)
+    assert target.read("big.bin") == data
+    rests = [int(c.split()[1]) for c in ftp.commands() if c.startswith("REST ")]
+    assert rests and rests[-1] >= 5 * MiB and res.bytes_sent <= size - rests[-1]
+    assert ftp.retrieved(f"big/{target.kind}.bin")[-1] == size - rests[-1]  # nothing before REST again

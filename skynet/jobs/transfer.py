@@ -39,6 +39,7 @@ from connections.contract.xcon import (
     XConError,
     check_rel,
 )
+from skynet.jobs.ftp_source import public_url
 from skynet.jobs.http_source import HttpSource
 from skynet.jobs.item import (
     CHECKSUM,
@@ -119,7 +120,7 @@ class Transfer:
                 self._discard(item, ctx)
             raise
         except Exception as exc:
-            failed = classify(exc, item.source)
+            failed = classify(exc, public_url(item.source) if "://" in item.source else item.source)
             if failed.permanent:
                 self._discard(item, ctx)
             raise failed from exc
