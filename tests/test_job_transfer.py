@@ -334,3 +334,73 @@ def test_ftp_resume_uses_rest(ftp, target):
     rests = [int(c.split()[1]) for c in ftp.commands() if c.startswith("REST ")]
     assert rests and rests[-1] >= 5 * MiB and res.bytes_sent <= size - rests[-1]
     assert ftp.retrieved(f"big/{target.kind}.bin")[-1] == size - rests[-1]  # nothing before REST again
+
+
+# -- trees and remotes as sources ----------------------------------------------------------------
+
+
+def test_local_tree_into_s3_keeps_size_mtime_mode(tmp_path, servers):
+    from skynet.jobs.sources import list_items
+    tree = tmp_path / "tree"
+    files = {"a.txt": (b"alpha", 0o640), "d/e/b.bin": (blob(3 * MiB, seed=13), 0o600), "odd name ü.txt": (b"x", 0o644)}
+    for rel, (data, mode) in files.items():
+        p = tree / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.chmod(p, mode)
+        os.utime(p, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    for target in _s3_target(servers):
+        t = make_transfer(f"local:{tree}", target.con)
+        items = sorted(list_items(f"local:{tree}"), key=lambda i: i.dest)
+        assert [i.dest for i in items] == sorted(files)
+        for item in items:
+            res = run(t, item)
+            assert not res.skipped and target.read(item.dest) == files[item.dest][0]
+            e = target.con.stat(item.dest)
+            assert e.mode == files[item.dest][1] and e.mtime_ns == 1_600_000_000_000_000_000
+        assert all(run(t, item).skipped for item in items)  # identical now: size + mtime
+        t.close()
+
+
+def test_sftp_source_into_s3_resumes_mid_file(tmp_path, servers):
+    from skynet.jobs.sources import list_items
+    from tests.backend_sftp import sftp_backend
+    big = blob(30 * MiB + 5, seed=14)
+    with sftp_backend(tmp_path, servers) as src:
+        from tests.test_xcon_contract import make_file
+        for rel, data in {"x/small.txt": b"small", "x/big.bin": big}.items():
+            src.con.send(make_file(tmp_path, rel, data, mode=0o600, mtime_ns=1_610_000_000_000_000_000),
+                         TransferContext())
+        for target in _s3_target(servers):
+            t = make_transfer("sftp://127.0.0.1/x", target.con, source_con=src.con)
+            items = {i.dest: i for i in list_items("sftp://x", con=src.con)}
+            assert set(items) == {"x/small.txt", "x/big.bin"} and items["x/big.bin"].size == len(big)
+            assert run(t, items["x/small.txt"]).size == 5
+            store = NullResumeStore()
+            with pytest.raises(TransferStopped):
+                run(t, items["x/big.bin"], store, stop_after=12 * MiB)
+            res = run(t, items["x/big.bin"], store)
+            assert target.read("x/big.bin") == big and res.bytes_sent <= len(big) - 10 * MiB
+            e = target.con.stat("x/big.bin")
+            assert e.mtime_ns == 1_610_000_000_000_000_000 and e.mode == 0o600
+
+
+def test_s3_source_into_local_verifies_md5(tmp_path, servers):
+    from skynet.jobs.sources import list_items
+    for src in _s3_target(servers):
+        data = {"k/one.bin": blob(200_000, seed=15), "k/two.bin": b"two"}
+        for rel, b in data.items():
+            src.con.send(__import__("tests.test_xcon_contract", fromlist=["make_file"]).make_file(
+                tmp_path, rel, b, mtime_ns=1_620_000_000_000_000_000), TransferContext())
+        target = _local_target(tmp_path)
+        t = make_transfer("s3:bucket/prefix", target.con, source_con=src.con)
+        items = list(list_items("s3:b", con=src.con))
+        assert {i.dest: i.md5 for i in items} == {k: hashlib.md5(v).hexdigest() for k, v in data.items()}
+        for item in items:
+            res = run(t, item)
+            assert target.read(item.dest) == data[item.dest] and res.meta["md5"] == item.md5
+            assert os.stat(tmp_path / "target" / item.dest).st_mtime_ns == 1_620_000_000_000_000_000
+        missing = Item("k/none.bin", "none.bin")
+        with pytest.raises(ItemFailed) as exc:
+            run(t, missing)
+        assert exc.value.error_class == NOT_FOUND and exc.value.permanent

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
@@ -39,6 +40,7 @@ from connections.contract.xcon import (
     XConError,
     check_rel,
 )
+from connections.contract.source import local_file
 from skynet.jobs.ftp_source import public_url
 from skynet.jobs.http_source import HttpSource
 from skynet.jobs.item import (
@@ -86,12 +88,17 @@ class Transfer:
             raise ValueError(f"on_existing must be one of {', '.join(ON_EXISTING)}, not {opts.on_existing!r}")
         self.spec, self.target, self.opts = source_spec, target, opts
         self.source_con = source_con
+        # local:DIR: the daemon's own send path (sendfile, S3 multipart from the file, resume by
+        # size+mtime+inode, mode and mtime kept), not a stream
+        self.local_root = source_spec[len("local:"):] if source_spec.startswith("local:") else None
         self.http = http or HttpSource(connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
                                        workers=opts.workers)
         self._ftp = None  # made on the first ftp:// item (skynet/jobs/ftp_source.py)
 
     def close(self) -> None:
         self.http.close()
+        if self.source_con is not None:
+            self.source_con.close()
         if self._ftp is not None:
             self._ftp.close()
 
@@ -126,6 +133,8 @@ class Transfer:
             raise failed from exc
 
     def _once(self, item: Item, ctx: TransferContext) -> ItemResult:
+        if self.local_root is not None:
+            return self._send_local(item, ctx)
         seen: dict[str, Stream] = {}
         opener = self._checked(item, self._opener(item, ctx), seen)
         want_md5 = item.md5.lower() if self.opts.verify and item.md5 else None
@@ -136,6 +145,25 @@ class Transfer:
         meta = dict(stream.meta) if stream is not None else {}
         if res.md5:
             meta["md5"] = res.md5
+        return ItemResult(size=res.size, etag=res.etag, bytes_sent=res.bytes_sent, meta=meta)
+
+    def _send_local(self, item: Item, ctx: TransferContext) -> ItemResult:
+        """One file of a local tree, through target.send(): its size, mtime and mode travel."""
+        assert self.local_root is not None
+        check_rel(item.source)
+        path = os.path.join(self.local_root, item.source)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise ItemFailed(NOT_FOUND, f"{item.source}: not in {self.local_root}", permanent=True) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemFailed(NOT_FOUND, f"{item.source}: not a regular file any more", permanent=True)
+        f = local_file(path, item.dest, st, root=self.local_root)
+        if self.opts.max_size is not None and f.size > self.opts.max_size:
+            raise ItemFailed(TOO_LARGE, f"{item.source}: {f.size} bytes is over the limit of {self.opts.max_size}",
+                             permanent=True)
+        res = self.target.send(f, ctx)
+        meta = {"source-url": f"file://{os.path.abspath(path)}", "mtime": str(f.mtime_ns), "mode": f"{f.mode:04o}"}
         return ItemResult(size=res.size, etag=res.etag, bytes_sent=res.bytes_sent, meta=meta)
 
     def _opener(self, item: Item, ctx: TransferContext) -> StreamOpener:
@@ -294,9 +322,9 @@ def make_transfer(source_spec: str, target_con: XCon, *, verify: bool = True, on
     Call .close() on the result when the job ends."""
     opts = Options(verify=verify, on_existing=on_existing, max_size=max_size, connect_timeout=connect_timeout,
                    read_timeout=read_timeout, workers=workers)
-    if source_con is None and source_spec.startswith("local:"):
-        from connections.local.con import LocalCon
-        source_con = LocalCon(source_spec[len("local:"):])
+    if source_con is None and not source_spec.startswith("urls:"):
+        from skynet.jobs.sources import source_con as make_source_con
+        source_con = make_source_con(source_spec)
     return Transfer(source_spec, target_con, opts, source_con=source_con)
 
 
