@@ -404,3 +404,31 @@ def test_s3_source_into_local_verifies_md5(tmp_path, servers):
         with pytest.raises(ItemFailed) as exc:
             run(t, missing)
         assert exc.value.error_class == NOT_FOUND and exc.value.permanent
+
+
+def test_empty_item(http, target):
+    url = http.put(f"plain/empty-{target.kind}.bin", b"")
+    res = run(make_transfer("urls:x", target.con), Item(url, "e/empty.bin"))
+    assert res.size == 0 and target.read("e/empty.bin") == b""
+    assert res.meta["md5"] == hashlib.md5(b"").hexdigest()
+
+
+def test_fresh_target_needs_no_stat_per_item(http, tmp_path):
+    """One listing of the target tells which destinations are new: no stat for them
+    (an S3 HEAD per item); names that are there are stat()ed and compared."""
+    class Counting(LocalCon):
+        stats = 0
+
+        def stat(self, rel):  # noqa: ANN001, ANN201
+            Counting.stats += 1
+            return super().stat(rel)
+
+    (tmp_path / "target").mkdir()
+    urls = [http.put(f"fresh/{i}.bin", blob(1000 + i, seed=i)) for i in range(5)]
+    t = make_transfer("urls:x", Counting(str(tmp_path / "target")))
+    for i, url in enumerate(urls):
+        assert not run(t, Item(url, f"{i}.bin")).skipped
+    assert Counting.stats == 0
+    t2 = make_transfer("urls:x", Counting(str(tmp_path / "target")))
+    assert all(run(t2, Item(url, f"{i}.bin")).skipped for i, url in enumerate(urls))
+    assert Counting.stats == 5

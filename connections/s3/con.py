@@ -1698,7 +1698,7 @@ def _md5_digest(etag: str) -> bytes | None:
 def header_safe(value: str) -> str:
     """A metadata value as an HTTP header may carry it: printable ASCII as it is,
     anything else percent-encoded (a URL with non-ASCII or control characters)."""
-    if all(" " <= c <= "~" for c in value):
+    if value.isascii() and value.isprintable():
         return value
     return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import stat
+import threading
 from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ log = logging.getLogger("skynet.jobs")
 ON_EXISTING = ("skip", "overwrite")
 _MD5 = re.compile(r"[0-9a-f]{32}")
 READ_BACK = 8 << 20
+LISTED_MAX = 200_000  # names of the target kept to skip the per-item stat of a (nearly) empty target
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Transfer:
         self.http = http or HttpSource(connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
                                        workers=opts.workers)
         self._ftp = None  # made on the first ftp:// item (skynet/jobs/ftp_source.py)
+        self._present = _Present(target, LISTED_MAX)
 
     def close(self) -> None:
         self.http.close()
@@ -230,6 +233,8 @@ class Transfer:
     def _already_there(self, item: Item) -> ItemResult | None:
         """ItemResult(skipped=True) when the target holds this item already: the same
         size and the same MD5 (an MD5 ETag) or the same mtime."""
+        if not self._present.maybe(item.dest):
+            return None
         entry = self.target.stat(item.dest)
         if entry is None:
             return None
@@ -275,6 +280,40 @@ class Transfer:
         except XConError as exc:
             log.warning("job: cannot remove the partial upload of %r: %s", item.dest, exc)
         ctx.resume.clear()
+
+
+class _Present:
+    """Which names the target held when the job's first item ran, from one streamed
+    listing: an item whose destination was not there needs no stat (a HEAD per item
+    on S3: a quarter of a small item's cost). A target with more than `cap` files is
+    not kept (memory): every item is then stat()ed. Names that were there are still
+    stat()ed for the comparison (a listing has no mtime of ours on S3)."""
+
+    def __init__(self, target: XCon, cap: int) -> None:
+        self.target, self.cap = target, cap
+        self._names: set[str] | None = None
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def maybe(self, rel: str) -> bool:
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._names = self._load()
+                    self._loaded = True
+        return self._names is None or rel in self._names
+
+    def _load(self) -> set[str] | None:
+        names: set[str] = set()
+        try:
+            for entry in self.target.list(""):
+                names.add(entry.rel)
+                if len(names) > self.cap:
+                    return None
+        except XConError as exc:
+            log.info("job: cannot list the target (%s); every item is looked up on its own", exc)
+            return None
+        return names
 
 
 def _capped(stream: Stream, limit: int, source: str) -> Stream:
