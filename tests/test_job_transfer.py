@@ -4,9 +4,14 @@ folder, `rclone serve s3` and OpenSSH as targets. What was fetched is counted fr
 servers' own logs."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -19,6 +24,7 @@ from skynet.jobs.transfer import make_transfer
 from skynet.transfer.chunks import TransferStopped
 
 MiB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
 
 
 def blob(n: int, seed: int = 1) -> bytes:
@@ -432,3 +438,92 @@ def test_fresh_target_needs_no_stat_per_item(http, tmp_path):
     t2 = make_transfer("urls:x", Counting(str(tmp_path / "target")))
     assert all(run(t2, Item(url, f"{i}.bin")).skipped for i, url in enumerate(urls))
     assert Counting.stats == 5
+
+
+# -- kill -9 in the middle of an item ------------------------------------------------------------
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from connections.contract.xcon import TransferContext
+from skynet.jobs.item import Item
+from skynet.jobs.transfer import make_transfer
+from tests.test_job_transfer import FileStore
+args = json.loads(sys.argv[1])
+if args["kind"] == "local":
+    from connections.local.con import LocalCon
+    con = LocalCon(args["root"])
+else:
+    from connections.s3.con import S3Con
+    con = S3Con(**args["s3"])
+    con.connect()
+ctx = TransferContext(progress=lambda done, total: print(done, flush=True), resume=FileStore(args["state"]),
+                      throttle=lambda n: time.sleep(n / (12 << 20)))
+make_transfer("urls:x", con)(Item(args["url"], "big.bin", md5=args["md5"]), ctx)
+print("finished", flush=True)
+"""
+
+
+class FileStore:
+    """A ResumeStore in a JSON file (what the job's item row is to a real run)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def load(self) -> dict | None:
+        try:
+            with open(self.path) as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+
+    def save(self, state: dict) -> None:
+        with open(self.path + ".tmp", "w") as fh:
+            json.dump(state, fh)
+        os.replace(self.path + ".tmp", self.path)
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_kill_9_mid_item_continues_with_range(http, tmp_path, servers, kind):
+    """A process moving a 23 MiB item is killed with -9 mid-file; the next attempt
+    continues from what the target kept (nginx's log: one ranged GET for the rest)."""
+    size = 23 * MiB + 99
+    data = blob(size, seed=16)
+    md5 = hashlib.md5(data).hexdigest()
+    url = http.put(f"kill/{kind}.bin", data)
+    state = str(tmp_path / "state.json")
+    if kind == "local":
+        target = _local_target(tmp_path)
+        args = {"kind": "local", "root": str(tmp_path / "target")}
+        gen = None
+    else:
+        gen = _s3_target(servers)
+        target = next(gen)
+        args = {"kind": "s3", "s3": {"prefix": "root", "part_size": 5 * MiB, "multipart_threshold": 8 * MiB,
+                                     "concurrency": 2, **servers.get("s3").con_kwargs(target.con.bucket)}}
+    args.update(url=url, md5=md5, state=state)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args), str(REPO)], stdout=subprocess.PIPE,
+                             text=True, cwd=str(REPO))
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == "finished" or int(line) >= 11 * MiB:
+            break
+    child.kill()
+    child.wait()
+    assert FileStore(state).load(), "the kill came after the item finished"
+    t = make_transfer("urls:x", target.con)
+    res = run(t, Item(url, "big.bin", md5=md5), FileStore(state))
+    assert target.read("big.bin") == data and FileStore(state).load() is None
+    gets = [f for f in http.fetches(f"kill/{kind}.bin") if f.method == "GET"]
+    start = int(gets[-1].range.removeprefix("bytes=").rstrip("-"))
+    assert len(gets) == 2 and gets[-1].status == 206 and start >= 5 * MiB and gets[-1].sent == size - start
+    assert res.bytes_sent <= size - start
+    if kind == "s3":
+        assert target.meta("big.bin")["md5"] == md5
+        assert not list(target.con.uploads())
+        with contextlib.suppress(StopIteration):
+            next(gen)  # type: ignore[arg-type]
