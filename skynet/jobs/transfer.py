@@ -118,7 +118,9 @@ class Transfer:
                     return same
             for attempt in (1, 2):
                 try:
-                    return self._once(item, ctx)
+                    result = self._once(item, ctx)
+                    self._present.add(item.dest)
+                    return result
                 except ChecksumMismatch as exc:  # start that item over, once
                     ctx.resume.clear()
                     if attempt == 2:
@@ -302,6 +304,15 @@ class _Present:
                     self._names = self._load()
                     self._loaded = True
         return self._names is None or rel in self._names
+
+    def add(self, rel: str) -> None:
+        """`rel` is at the target now (this job put it there). Kept while the set is
+        under its cap only (memory stays bounded in a job of millions of items; a job
+        never sends one destination twice in a run, so a name not kept costs at most
+        a needless send, never a wrong skip)."""
+        if self._names is not None and len(self._names) < self.cap:
+            with self._lock:
+                self._names.add(rel)
 
     def _load(self) -> set[str] | None:
         names: set[str] = set()
