@@ -527,3 +527,27 @@ def test_kill_9_mid_item_continues_with_range(http, tmp_path, servers, kind):
         assert not list(target.con.uploads())
         with contextlib.suppress(StopIteration):
             next(gen)  # type: ignore[arg-type]
+
+
+def test_another_configs_service_as_source(tmp_path, servers):
+    """`config:FILE`: the job reads another config's service (here SFTP), rooted at its mapping's target."""
+    from skynet.jobs.sources import list_items
+    from tests.harness import write_config
+    srv = servers.get("sftp")
+    folder = srv.fresh_folder("cfgsrc")
+    os.makedirs(os.path.join(folder, "sub"))
+    files = {"one.txt": b"one", "sub/two.bin": blob(300_000, seed=17)}
+    for rel, data in files.items():
+        with open(os.path.join(folder, rel), "wb") as fh:
+            fh.write(data)
+    (tmp_path / "unused").mkdir()
+    cfg = write_config(tmp_path / "other.ini", "sftp", {"m": {"source": str(tmp_path / "unused"), "target": folder}},
+                       tmp_path / "state", srv.service())
+    target = _local_target(tmp_path)
+    t = make_transfer(f"config:{cfg}", target.con)
+    items = sorted(list_items(f"config:{cfg}"), key=lambda i: i.dest)
+    assert [i.dest for i in items] == sorted(files)
+    for item in items:
+        run(t, item)
+        assert target.read(item.dest) == files[item.dest]
+    t.close()
