@@ -551,3 +551,20 @@ def test_another_configs_service_as_source(tmp_path, servers):
         run(t, item)
         assert target.read(item.dest) == files[item.dest]
     t.close()
+
+
+def test_http_basic_auth_from_the_url(http, tmp_path):
+    from tests.server_http import PASSWORD, USER
+    data = b"private bytes"
+    url = http.put("private/p.bin", data)
+    target = _local_target(tmp_path)
+    t = make_transfer("urls:x", target.con)
+    with pytest.raises(ItemFailed) as exc:
+        run(t, Item(url, "p.bin"))
+    assert (exc.value.error_class, exc.value.status) == (FORBIDDEN, 401)
+    authed = url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    res = run(t, Item(authed, "p.bin"))
+    assert target.read("p.bin") == data and PASSWORD not in res.meta["source-url"]
+    with pytest.raises(ItemFailed) as exc:
+        run(t, Item(authed.replace("/private/p.bin", "/private/none.bin"), "n.bin"))
+    assert PASSWORD not in exc.value.text and exc.value.error_class == NOT_FOUND

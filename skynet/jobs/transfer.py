@@ -97,6 +97,7 @@ class Transfer:
                                        workers=opts.workers)
         self._ftp = None  # made on the first ftp:// item (skynet/jobs/ftp_source.py)
         self._present = _Present(target, LISTED_MAX)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.http.close()
@@ -186,11 +187,12 @@ class Transfer:
         from skynet.jobs.sources import remote_opener
         return remote_opener(self.source_con, item)
 
-    def _ftp_source(self):  # noqa: ANN202 (imported lazily: most jobs have no FTP)
-        if self._ftp is None:
-            from skynet.jobs.ftp_source import FtpSource
-            self._ftp = FtpSource(timeout=self.opts.read_timeout)
-        return self._ftp
+    def _ftp_source(self):  # noqa: ANN202 (made on first use: most jobs have no FTP)
+        with self._lock:
+            if self._ftp is None:
+                from skynet.jobs.ftp_source import FtpSource
+                self._ftp = FtpSource(timeout=self.opts.read_timeout)
+            return self._ftp
 
     def _checked(self, item: Item, opener: StreamOpener, seen: dict[str, Stream]) -> StreamOpener:
         """open_at() with the job's limits: the size the list gave (checksum class),
