@@ -55,7 +55,10 @@ def remote_differs(entry: IndexEntry | None, remote: RemoteEntry | None) -> bool
         return entry is not remote
     if remote.size != entry.size:
         return True
-    if entry.etag and remote.etag and entry.etag.strip('"') != remote.etag.strip('"'):
+    ours, theirs = (entry.etag or "").strip('"'), (remote.etag or "").strip('"')
+    # A multipart ETag ("<md5 of md5s>-N") and a plain MD5 of the same bytes differ
+    # (rclone serve s3 answers HEAD with the plain one): only like is compared.
+    if ours and theirs and ("-" in ours) == ("-" in theirs) and ours != theirs:
         return True
     return bool(entry.mtime_ns is not None and remote.mtime_ns is not None and not remote.mtime_is_stored
                 and abs(remote.mtime_ns - entry.mtime_ns) >= 1_000_000_000)
