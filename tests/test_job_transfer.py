@@ -568,3 +568,21 @@ def test_http_basic_auth_from_the_url(http, tmp_path):
     with pytest.raises(ItemFailed) as exc:
         run(t, Item(authed.replace("/private/p.bin", "/private/none.bin"), "n.bin"))
     assert PASSWORD not in exc.value.text and exc.value.error_class == NOT_FOUND
+
+
+def test_local_tree_item_stopped_is_a_pause_and_resumes(tmp_path, servers):
+    """A `local:DIR` item goes through target.send(); ctx.stop there is TransferStopped
+    (a window closing), not a failed attempt, and the upload continues after it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = blob(30 * MiB, seed=18)
+    (tree / "big.bin").write_bytes(data)
+    for target in _s3_target(servers):
+        t = make_transfer(f"local:{tree}", target.con)
+        item = Item("big.bin", "big.bin", size=len(data))
+        store = NullResumeStore()
+        with pytest.raises(TransferStopped):
+            run(t, item, store, stop_after=10 * MiB)
+        res = run(t, item, store)
+        assert target.read("big.bin") == data and res.bytes_sent < len(data)
+        t.close()
