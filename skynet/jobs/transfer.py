@@ -23,7 +23,6 @@ import socket
 import stat
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable
 from urllib.parse import urlsplit
 
 from connections.contract.xcon import (
@@ -395,4 +394,4 @@ def transfer(item: Item, ctx: TransferContext, *, target_con: XCon, source_spec:
         t.close()  # type: ignore[attr-defined]
 
 
-__all__ = ["make_transfer", "transfer", "Transfer", "Options", "classify", "Callable"]
+__all__ = ["make_transfer", "transfer", "Transfer", "Options", "classify"]
