@@ -33,6 +33,7 @@ from itertools import chain
 from typing import Callable
 
 from connections.contract.xcon import TransferContext, UnsafePath, check_rel
+from skynet.transfer.chunks import TransferStopped
 from skynet.transfer.fetch import CHUNK, CONCURRENCY, Wanted, fetch_ranges
 from skynet.versions.current import Completes, NoHistory
 from skynet.versions.model import Version, VersionStore
@@ -229,6 +230,10 @@ class Restore:
     def _one(self, v: Version, chunks: ThreadPoolExecutor) -> None:
         try:
             fetched = self._restore_file(v, chunks)
+        except (TransferStopped, InterruptedError):
+            if not self.stop.is_set():
+                raise
+            return  # stopped, not failed: the same command resumes it
         except Exception as exc:  # one file's failure is not the others'; counted and named
             with self.summary.lock:
                 self.summary.failed += 1
