@@ -47,8 +47,9 @@ def restore_cmd(paths: tuple[str, ...], at: str | None, dest: str, into_source: 
     from skynet.cli.main import load_for_inspection
     from skynet.versions import restore as rs
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("skynet.transfer.fetch").setLevel(logging.DEBUG)
     now = rs.now_ns()
     try:
         when = rs.parse_when(at, now)

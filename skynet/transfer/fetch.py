@@ -177,6 +177,7 @@ def _fetch_whole(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext,
     """A file of one chunk: one ranged read (none for an empty file), written to the part file, landed."""
     ctx.start_at(0, want.size)
     data = read(0, want.size) if want.size else b""
+    log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, len(data))
     part = part_paths(dest)[0]
     fd = os.open(part, _PART_FLAGS | os.O_TRUNC, 0o600)
     try:
