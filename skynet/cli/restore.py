@@ -114,7 +114,10 @@ def store_for(cfg, m, con, now: int):  # type: ignore[no-untyped-def]
     """The VersionStore restore reads from: the mapping's kept versions where it keeps
     them, else the remote as it is now (only --at now can be restored from that)."""
     from skynet.versions.current import CurrentStore
+    from skynet.versions.stores import store_for as kept_store
 
+    if m.versions:
+        return kept_store(con, m)
     return CurrentStore(con, now, m.name)
 
 
