@@ -142,15 +142,19 @@ def fetch_ranges(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext,
         if not done:
             os.ftruncate(fd, 0)
 
+        md5 = _InOrderMD5(fd, plan) if want.etag and _MD5.fullmatch(want.etag) else None
+
         def saved(n: int) -> None:
             done.add(n)
             os.fsync(fd)  # the chunk is on disk before the state says so
             write_atomic(state_path, json.dumps({"ident": ident, "done": sorted(done)}), sync=False)
+            if md5 is not None:
+                md5.advance(done)  # while the next chunks download
 
         download(_Counted(_Ranged(read, want.rel), got), plan, fd, ctx, pool, done=set(done), on_chunk=saved,
                  slots=slots)
         os.ftruncate(fd, want.size)  # a resumed part file may hold more (never the case, cheap to make sure)
-        _finish(fd, want, dest, sync=True)
+        _finish(fd, want, dest, sync=True, md5=md5.finish() if md5 is not None else None)
     finally:
         os.close(fd)
     _land(part, dest)
@@ -193,10 +197,39 @@ def _fetch_whole(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext,
     return len(data)
 
 
-def _finish(fd: int, want: Wanted, dest: str, sync: bool) -> None:
-    """Check the part file, give it its mode and mtime, and make it durable: all before it lands."""
+class _InOrderMD5:
+    """The MD5 of a file being fetched in chunks, taken as soon as a run of chunks from
+    the start is on disk (read back from the page cache on the calling thread, while
+    the pool fetches the next ones): verifying a 1 GiB file then costs no second pass
+    at the end. Chunks kept from an earlier attempt are hashed the same way."""
+
+    def __init__(self, fd: int, plan: Plan) -> None:
+        self.fd, self.plan = fd, plan
+        self.next = 0
+        self.h = hashlib.md5()
+
+    def advance(self, done: set[int]) -> None:
+        while self.next < self.plan.count and self.next in done:
+            start, end = self.plan.bounds(self.next)
+            pos = start
+            while pos < end:
+                piece = os.pread(self.fd, min(CHUNK, end - pos), pos)
+                if not piece:
+                    break  # shorter than planned: the size check says so
+                self.h.update(piece)
+                pos += len(piece)
+            self.next += 1
+
+    def finish(self) -> str:
+        self.advance(set(range(self.plan.count)))
+        return self.h.hexdigest()
+
+
+def _finish(fd: int, want: Wanted, dest: str, sync: bool, md5: str | None = None) -> None:
+    """Check the part file (`md5`: its MD5 already taken), give it its mode and mtime, and
+    make it durable: all before it lands."""
     try:
-        _verify(fd, want)
+        _verify(fd, want, md5)
     except VerifyFailed:
         discard(dest)  # never resume from bytes that failed the check
         raise
@@ -212,19 +245,21 @@ def _land(part: str, dest: str) -> None:
     os.replace(part, dest)
 
 
-def _verify(fd: int, entry: Wanted) -> None:
-    """Size always; the MD5 when the remote's hash is one."""
+def _verify(fd: int, entry: Wanted, md5: str | None = None) -> None:
+    """Size always; the MD5 when the remote's hash is one (`md5`: taken already)."""
     size = os.fstat(fd).st_size
     if size != entry.size:
         raise VerifyFailed(f"{entry.rel}: fetched {size} bytes, the remote has {entry.size}")
     if entry.etag and _MD5.fullmatch(entry.etag):
-        h = hashlib.md5()
-        pos = 0
-        while chunk := os.pread(fd, CHUNK, pos):
-            h.update(chunk)
-            pos += len(chunk)
-        if h.hexdigest() != entry.etag:
-            raise VerifyFailed(f"{entry.rel}: MD5 {h.hexdigest()} of the fetched bytes is not the remote's {entry.etag}")
+        if md5 is None:
+            h = hashlib.md5()
+            pos = 0
+            while chunk := os.pread(fd, CHUNK, pos):
+                h.update(chunk)
+                pos += len(chunk)
+            md5 = h.hexdigest()
+        if md5 != entry.etag:
+            raise VerifyFailed(f"{entry.rel}: MD5 {md5} of the fetched bytes is not the remote's {entry.etag}")
 
 
 def discard(dest: str) -> None:
