@@ -442,6 +442,18 @@ class ServerSideCopy(ABC):
         RemoteNotFound when `src` is not a file on the remote."""
 
 
+class WholeRead(ABC):
+    """A small file's bytes and its metadata (our mtime and mode) come back in one
+    request (S3: one GET carries the object's user metadata; a listing does not, so
+    without this a restore asks a HEAD and a GET per file)."""
+
+    @abstractmethod
+    def read_whole(self, rel: str, *, expect: RemoteEntry) -> tuple[RemoteEntry, bytes]:
+        """The whole file `rel`, held to the version `expect` names (RemoteChanged
+        otherwise), with its entry as stat() would give it. For small files: the
+        bytes are held in memory."""
+
+
 class HardLink(ABC):
     """link() gives a remote file a second name (a hard link): no byte is copied,
     and the second name keeps the bytes, mtime and mode the file had, because a

@@ -133,6 +133,7 @@ from connections.contract.xcon import (
     UnsafePath,
     VersionEntry,
     Versions,
+    WholeRead,
     XCon,
     XConError,
     check_range,
@@ -477,7 +478,7 @@ class _PartWriter:
 # -- the connection -------------------------------------------------------------------
 
 
-class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck):
+class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead):
     """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc.
 
     move() is CopyObject then DeleteObject on the server (no byte through us), so
@@ -1403,6 +1404,25 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         if expect is not None and not etag:
             raise RemoteChanged(f"read {rel!r}: no ETag to hold the read to the version expected")
         return self._get_range(f"read {rel!r}", key, offset, length, etag=etag)
+
+    def read_whole(self, rel: str, *, expect: RemoteEntry) -> tuple[RemoteEntry, bytes]:
+        """One GET of the whole object, If-Match on the ETag listed: its bytes, and from the
+        same reply's headers the entry stat() would give (our mtime and mode)."""
+        key = self._key(rel)
+        what = f"read {rel!r}"
+        if not expect.etag:
+            raise RemoteChanged(f"{what}: no ETag to hold the read to the version expected")
+        try:
+            reply = self._http().get_object(key, if_match=expect.etag)
+        except s3rest.S3Error as exc:
+            raise self._read_error(exc, what, key) from exc
+        except Exception as exc:
+            raise self._classify(exc, what, key) from exc
+        if _etag(reply.headers.get("etag")) not in (None, expect.etag):
+            raise RemoteChanged(f"{what}: {self._where(key)} is another version now")
+        head = s3rest.head_shape(reply.headers)
+        head["ContentLength"] = len(reply.body)
+        return _entry_from_head(rel, head), reply.body
 
     def _get_range(self, what: str, key: str, offset: int, length: int, *, etag: str | None = None,
                    version: str | None = None) -> bytes:

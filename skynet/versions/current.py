@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from connections.contract.xcon import RemoteEntry, RemoteNotFound, XCon
+from connections.contract.xcon import RemoteEntry, RemoteNotFound, WholeRead, XCon
 from skynet.versions.model import Version, VersionStore
 
 
@@ -30,6 +30,11 @@ class Completes(ABC):
     @abstractmethod
     def complete(self, version: Version) -> Version:
         """`version` with its mtime and mode, where the remote keeps them."""
+
+    @abstractmethod
+    def complete_read(self, version: Version) -> tuple[Version, bytes]:
+        """complete() and the whole version's bytes, in one request where the remote
+        can (S3: a GET carries the metadata a listing lacks). For small files."""
 
 
 class CurrentStore(VersionStore, Completes):
@@ -63,6 +68,17 @@ class CurrentStore(VersionStore, Completes):
         entry = self.con.stat(version.rel)
         if entry is None:
             raise RemoteNotFound(f"{version.rel}: no longer on the remote")
+        return self._completed(version, entry)
+
+    def complete_read(self, version: Version) -> tuple[Version, bytes]:
+        """One GET where the connection reads a file whole with its metadata, else stat() and a read."""
+        if isinstance(self.con, WholeRead):
+            entry, data = self.con.read_whole(version.rel, expect=_entry(version))
+            return self._completed(version, entry), data
+        version = self.complete(version)
+        return version, self.read_range(version, 0, version.size)
+
+    def _completed(self, version: Version, entry: RemoteEntry) -> Version:
         return Version(version.rel, version.since_ns, None, entry.size, entry.mtime_ns,
                        entry.mode if version.mode is None else version.mode, entry.etag or version.etag)
 

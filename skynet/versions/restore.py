@@ -38,6 +38,9 @@ from skynet.transfer.fetch import CHUNK, CONCURRENCY, Wanted, fetch_ranges
 from skynet.versions.current import Completes, NoHistory
 from skynet.versions.model import Version, VersionStore
 
+#: a file no larger is read whole, in one request, when its metadata must be asked for too
+#: and nothing of its size is at its place in DIR yet (else a HEAD first: it may be finished)
+WHOLE_READ = 1 << 20
 SPECIAL_BITS = statmod.S_ISUID | statmod.S_ISGID | statmod.S_ISVTX
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)"
@@ -250,15 +253,20 @@ class Restore:
         """Restore one version; None when DIR already holds it, finished."""
         if self.stop.is_set():
             raise InterruptedError("stopped")
-        if isinstance(self.store, Completes) and (v.mtime_ns is None or v.mode is None):
-            v = self.store.complete(v)
         dest = self._dest(v.rel)
+        read = lambda offset, length: self.store.read_range(v, offset, length)  # noqa: E731
+        if isinstance(self.store, Completes) and (v.mtime_ns is None or v.mode is None):
+            if v.size <= WHOLE_READ and not _same_size(dest, v.size):
+                # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET)
+                v, data = self.store.complete_read(v)
+                read = lambda offset, length: data[offset: offset + length]  # noqa: E731
+            else:
+                v = self.store.complete(v)
         want = Wanted(v.rel, v.size, v.etag, {"since_ns": v.since_ns, "mtime_ns": v.mtime_ns, "ref": v.ref},
                       v.mtime_ns, self._mode(v))
         if _finished(dest, want):
             return None
         ctx = TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
-        read = lambda offset, length: self.store.read_range(v, offset, length)  # noqa: E731
         if v.size <= self.opts.chunk_size:
             return fetch_ranges(read, want, dest, ctx, chunks, chunk_size=self.opts.chunk_size, sync=False)
         with self._big:
@@ -299,6 +307,15 @@ class Restore:
                     raise UnsafePath(f"{rel}: its folder in {self.root} leads elsewhere ({real})")
                 self._made.add(parent)
         return dest
+
+
+def _same_size(dest: str, size: int) -> bool:
+    """A regular file of that size is at `dest`: maybe a finished one, to be checked before any read."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return False
+    return statmod.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _finished(dest: str, want: Wanted) -> bool:
