@@ -5,7 +5,7 @@ and from SFTP (OpenSSH sshd), both started here on 127.0.0.1.
     .venv/bin/python bench/restore.py                         # the issue's sizes, 3 rounds
     .venv/bin/python bench/restore.py --small 2000 --big-mib 256 --rounds 1   # a quick look
 
-Same run, interleaved: every round runs each (data set, backend) pair with both tools, the
+Same run, interleaved: after one untimed warm-up pass, every round runs each (data set, backend) pair with both tools, the
 order of the tools alternating from round to round; the figures are medians over the rounds
 and the ratios are skynet / rclone of those medians. Each tool is a child process (skynet as a
 user runs it: `python main.py restore --config-file F --mapping M --to DIR`), timed wall to
@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         with run_rclone_s3(work / "s3") as s3srv, run_sshd(work / "sshd") as sshsrv:
             remotes = {"s3": lambda: s3_remote(s3srv, sets, work), "sftp": lambda: sftp_remote(sshsrv, sets, work)}
             made = [remotes[b]() for b in backends]
+            # An untimed pass first: whoever went first would pay the servers' first reads (the
+            # data into the page cache; rclone serve s3 hashing each object for its ETag).
+            for data in sets:
+                for remote in made:
+                    warm = measure(remote, data, "rclone", work, expect[data])
+                    print(f"warm-up {data:5s} {remote.name:4s} rclone {warm.seconds:7.2f} s (not counted)", flush=True)
             for rnd in range(args.rounds):
                 tools = ["skynet", "rclone"] if rnd % 2 == 0 else ["rclone", "skynet"]
                 for data in sets:
