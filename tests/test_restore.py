@@ -344,3 +344,34 @@ def test_cli_exits_1_when_a_file_failed(cli, tmp_path):
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert "1 failed" in res.stdout and "top.bin" in res.stderr
     assert (out / "docs" / "a.txt").read_bytes() == b"alpha"
+
+
+def test_cli_shows_a_progress_bar_in_a_terminal(cli, tmp_path):
+    """On a terminal the restore draws a bar while files are pending; the summary ends it.
+    A bandwidth limit keeps a 2 MiB file pending for about two seconds."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    cfg, remote, _src = cli
+    (remote / "slow.bin").write_bytes(os.urandom(2 << 20))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), "restore", "--config-file", str(cfg), "--to",
+                             str(tmp_path / "out"), "--bwlimit", "1M"], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=str(REPO), close_fds=True)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            piece = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not piece:
+            break
+        seen += piece
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    text = seen.decode(errors="replace")
+    assert "░" in text and "files" in text and "restored 3 files" in text, text

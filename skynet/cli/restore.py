@@ -14,6 +14,7 @@ import threading
 
 import click
 
+from connections import SERVICES
 from skynet.cli.common import EXIT_USAGE, ExtraAware, fail
 
 EXIT_SOME_FAILED = 1
@@ -32,7 +33,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--keep-special-bits", is_flag=True, help="Keep setuid/setgid/sticky bits (stripped by default).")
 @click.option("--config-file", type=click.Path(dir_okay=False), envvar="SKYNET_CONFIG", show_envvar=True,
               help="Config file to use (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini).")
-@click.option("--service", type=click.Choice(("local", "s3", "sftp")), metavar="SERVICE",
+@click.option("--service", type=click.Choice(SERVICES), metavar="SERVICE",
               help="Which service's config to read (default: the only one that exists).")
 @click.option("--mapping", "mapping_name", metavar="NAME", help="Which mapping (default: the only one).")
 @click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 256), help="Files in flight at once.")
