@@ -246,3 +246,32 @@ def test_a_remote_without_hard_links_keeps_by_copy(able, tmp_path, monkeypatch):
         put(able, tmp_path, "f", body, 50 + i)
     assert calls == ["f"]  # asked once, then copies
     assert [store.read_range(v, 0, 10) for v in store.history("f")] == [b"three", b"two", b"one"]
+
+
+@pytest.mark.parametrize("able", [n for n in enabled_backends() if n == "seaweedfs"], indirect=True)
+def test_keeper_and_store_agree_on_who_keeps_versions(able, tmp_path, monkeypatch):
+    """With bucket versioning on, nothing is written into an area and the store is
+    the bucket's; a bucket that will not say (GetBucketVersioning denied) is taken
+    as keeping none: the area keeps them, and the store reads the area."""
+    from connections.contract.xcon import PermanentError
+    from skynet.config.settings import MappingConfig
+    from skynet.versions.keeper import keeper_for
+    from skynet.versions.native import NativeStore
+    from skynet.versions.stores import VersionsOff, store_for
+
+    m = MappingConfig("t", str(tmp_path), "", versions=True)
+    with pytest.raises(VersionsOff):
+        store_for(able.con, MappingConfig("t", str(tmp_path), ""))
+    able.enable_versioning()
+    put(able, tmp_path, "f", b"one", 10)
+    keeper_for(able.con, True).replacing("f")
+    assert [e.rel for e in able.con.list("")] == ["f"]
+    assert isinstance(store_for(able.con, m), NativeStore)
+
+    def denied(con):
+        raise PermanentError("AccessDenied")
+
+    monkeypatch.setattr(type(able.con), "versioning_on", denied)
+    keeper_for(able.con, True).replacing("f")
+    assert [is_area(e.rel) for e in able.con.list("")] == [True, False]
+    assert isinstance(store_for(able.con, m), AreaStore)

@@ -44,7 +44,7 @@ from connections.contract.xcon import (
     Versions,
     XCon,
 )
-from skynet.versions.names import ARRIVED, DELETED, KEPT, MOVED, Clock, area_name, is_area
+from skynet.versions.names import AREA, ARRIVED, DELETED, KEPT, MOVED, Clock, area_name, is_area
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class LazyKeeper(Keeper):
     def chosen(self) -> Keeper:
         with self._lock:
             if self._chosen is None:
-                if isinstance(self.con, Versions) and self.con.versioning_on():
+                if remote_keeps_versions(self.con):
                     log.info("%s: versions are the bucket's own (S3 versioning is on)", self.con.describe())
                     self._chosen = Keeper(self.con)
                 else:
@@ -192,6 +192,21 @@ class LazyKeeper(Keeper):
 
     def move(self, src: str, dest: str) -> None:
         self.chosen().move(src, dest)
+
+
+def remote_keeps_versions(con: XCon) -> bool:
+    """The remote keeps every version by itself (an S3 bucket with versioning on):
+    then nothing is kept in a versions area, and the store reads the bucket's.
+    A remote that will not say (GetBucketVersioning denied) is taken as keeping
+    none: the area then keeps them, at worst twice. Unreachable: TransientError."""
+    if not isinstance(con, Versions):
+        return False
+    try:
+        return con.versioning_on()
+    except PermanentError as exc:
+        log.warning("%s: cannot tell whether the bucket keeps versions (%s): keeping them in %s", con.describe(),
+                    exc, AREA)
+        return False
 
 
 def keeper_for(con: XCon, versions: bool) -> Keeper:
