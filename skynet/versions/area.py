@@ -203,7 +203,7 @@ class AreaStore(VersionStore):
             if MOVED in pair and ARRIVED in pair:
                 events.append((when, 0, pair[MOVED], pair[ARRIVED]))
             else:
-                log.warning("versions area: a move at %d has only its %s marker; ignored", when, list(pair))
+                log.info("versions area: a move at %d has only its %s marker; ignored", when, list(pair))
         events.sort(key=lambda ev: (-ev[0], ev[1]))
         for when, order, rel, what in events:
             if order == 0:

@@ -17,12 +17,12 @@ area first (names: skynet/versions/names.py; reading: skynet/versions/area.py):
     A kill -9 half-way leaves every file either in place or in the area; the
     delete, replayed, moves the rest.
   * a move src -> dest: what dest holds is kept (a file: `.v` by link or copy;
-    a folder's files: moved in as `.d`), the markers `<src>@S.moved` and
-    `<dest>@S.arrived` are written, then the rename is done on the remote as
-    ONE move (no copies). A failed move takes its markers back; a kill -9
-    between the markers and the rename leaves markers of a move that did not
-    happen: the history then names the files by dest a little early (the
-    bytes are all there).
+    a folder's files: moved in as `.d`), the rename is done on the remote as
+    ONE move (no copies), then the markers `<src>@S.moved` and `<dest>@S.arrived`
+    record it. A kill -9 between the rename and the markers (or markers that
+    cannot be written) leaves the move unrecorded: the history then shows the
+    moved files under the new name only, from their mtime (no bytes lost, and
+    never a move that did not happen).
 """
 from __future__ import annotations
 
@@ -104,16 +104,16 @@ class AreaKeeper(Keeper):
             self._keep_copy(dest, area_name(dest, when, KEPT))
         else:
             self._move_files_in(dest, when)  # a folder the moved one replaces
-        markers = [(area_name(src, when, MOVED), dest), (area_name(dest, when, ARRIVED), src)]
-        for name, text in markers:
-            self._write_marker(name, text)
+        self.con.move(src, dest)
+        # Recorded once done: a marker of a move that never happened would put the
+        # files under the wrong name; a move without its markers only names them by
+        # dest a little early.
         try:
-            self.con.move(src, dest)
-        except BaseException:
-            for name, _ in markers:
-                with contextlib.suppress(Exception):
-                    self.con.delete(name)
-            raise
+            self._write_marker(area_name(src, when, MOVED), dest)
+            self._write_marker(area_name(dest, when, ARRIVED), src)
+        except Exception as exc:  # the move is done: that is what the mirror needs
+            log.warning("move %r -> %r done, but not recorded in %s (%s): the versions of its files show under "
+                        "the new name only", src, dest, AREA, exc)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
