@@ -181,6 +181,7 @@ class LazyKeeper(Keeper):
                     log.info("%s: versions are the bucket's own (S3 versioning is on)", self.con.describe())
                     self._chosen = Keeper(self.con)
                 else:
+                    log.info("%s: versions are kept in %s under the target", self.con.describe(), AREA)
                     self._chosen = AreaKeeper(self.con)
             return self._chosen
 
