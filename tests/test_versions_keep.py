@@ -6,14 +6,12 @@ test sets, so every rule of skynet/versions/area.py is checked to the
 nanosecond on every backend; the end-to-end tests run the daemon."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from connections.contract.xcon import TransferContext
 from skynet.versions.area import AreaStore
 from skynet.versions.keeper import AreaKeeper
-from skynet.versions.model import Version
 from skynet.versions.names import AREA, Clock, area_name, is_area, parse_area_name
 from tests.backends import BACKENDS, enabled_backends
 from tests.test_xcon_contract import make_file
