@@ -62,9 +62,14 @@ def rounded(tree: dict, precision: int) -> dict:
 
 
 def w(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `path` with its bytes and mode at once (a temporary name the daemon
+    ignores, renamed into place): a send between a write and a chmod would make
+    a version of its own (the remote really had it), which no step recorded."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.chmod(path, mode)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 class Steps:
