@@ -6,14 +6,12 @@ test sets, so every rule of skynet/versions/area.py is checked to the
 nanosecond on every backend; the end-to-end tests run the daemon."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from connections.contract.xcon import TransferContext
 from skynet.versions.area import AreaStore
 from skynet.versions.keeper import AreaKeeper
-from skynet.versions.model import Version
 from skynet.versions.names import AREA, Clock, area_name, is_area, parse_area_name
 from tests.backends import BACKENDS, enabled_backends
 from tests.test_xcon_contract import make_file
@@ -159,3 +157,181 @@ def test_native_store_reads_the_buckets_versions(able, tmp_path):
     # pruning one version: it is gone from the history and from the bucket
     store.remove(hist[3])
     assert [(v.deleted, v.size) for v in store.history("d/f.txt")] == [(True, 0), (False, 5), (True, 0), (False, 3)]
+
+
+@pytest.mark.parametrize("able", AREA_BACKENDS, indirect=True)
+def test_move_onto_a_file_and_onto_a_folder_keeps_what_was_there(able, tmp_path):
+    """A move that replaces a file keeps it (as `.v`, with the move's stamp); one that
+    replaces a folder keeps the folder's files; before the move both sides show as
+    they were, after it the destination holds what came."""
+    clock = FakeClock()
+    keeper = AreaKeeper(able.con, clock=clock)
+    store = AreaStore(able.con)
+    put(able, tmp_path, "a.txt", b"aaa", 10)
+    put(able, tmp_path, "b.txt", b"bbbb", 20)
+    put(able, tmp_path, "x/1", b"x-one", 30)
+    put(able, tmp_path, "y/1", b"y-one", 31)
+    put(able, tmp_path, "y/2", b"y-two", 32)
+    clock.now = 100 * S
+    keeper.move("a.txt", "b.txt")
+    clock.now = 200 * S
+    keeper.move("x", "y")
+    before = {"a.txt": b"aaa", "b.txt": b"bbbb", "x/1": b"x-one", "y/1": b"y-one", "y/2": b"y-two"}
+    assert {r: d for r, (d, _, _) in snapshot(store, 50 * S).items()} == before
+    assert {r: d for r, (d, _, _) in snapshot(store, 150 * S).items()} == {
+        "b.txt": b"aaa", "x/1": b"x-one", "y/1": b"y-one", "y/2": b"y-two"}
+    assert {r: d for r, (d, _, _) in snapshot(store, 250 * S).items()} == {"b.txt": b"aaa", "y/1": b"x-one"}
+    assert [(v.since_ns // S, v.until_ns and v.until_ns // S, v.deleted) for v in store.history("y/2")] == [
+        (200, None, True), (32, 200, False)]
+
+
+@pytest.mark.parametrize("able", [n for n in AREA_BACKENDS if n == "local"], indirect=True)
+def test_a_folder_delete_cut_short_anywhere_loses_nothing(able, tmp_path, monkeypatch):
+    """A delete moves the files into the area one by one: cut after any number of
+    them (a kill -9 there leaves the same state), every file is in place or kept,
+    and the delete done again finishes the job; the tree before it reads back whole."""
+    files = {f"big/{i}/f{i}": f"content {i}".encode() for i in range(6)}
+    for rel, data in files.items():
+        put(able, tmp_path, rel, data, 10)
+    clock = FakeClock()
+    keeper = AreaKeeper(able.con, clock=clock)
+    store = AreaStore(able.con)
+    real_move = type(able.con).move
+    moves: list[str] = []
+
+    def one_move_then_killed(con, src, dest):
+        if moves:
+            raise OSError("killed")
+        moves.append(src)
+        real_move(con, src, dest)
+
+    monkeypatch.setattr(type(able.con), "move", one_move_then_killed)
+    for cut in range(len(files) - 1):  # each attempt moves one more file in, then dies
+        moves.clear()
+        clock.now = (100 + cut) * S
+        with pytest.raises(OSError):
+            keeper.delete("big")
+        assert len([e for e in able.con.list("big")]) == len(files) - cut - 1
+        assert {v.rel: store.read_range(v, 0, 100) for v in store.at(50 * S)} == files
+    monkeypatch.setattr(type(able.con), "move", real_move)
+    clock.now = 200 * S
+    keeper.delete("big")
+    assert [e.rel for e in able.con.list("") if not is_area(e.rel)] == []
+    assert {v.rel: store.read_range(v, 0, 100) for v in store.at(50 * S)} == files
+    assert list(store.at(300 * S)) == []
+
+
+@pytest.mark.parametrize("able", [n for n in AREA_BACKENDS if n == "local"], indirect=True)
+def test_a_remote_without_hard_links_keeps_by_copy(able, tmp_path, monkeypatch):
+    """A target whose file system refuses links (Unsupported): the keeper says so
+    once and keeps versions by server-side copy from then on."""
+    from connections.contract.xcon import Unsupported
+
+    calls = []
+
+    def no_link(con, src, dest):
+        calls.append(src)
+        raise Unsupported("no hard links here")
+
+    monkeypatch.setattr(type(able.con), "link", no_link)
+    clock = FakeClock()
+    keeper = AreaKeeper(able.con, clock=clock)
+    store = AreaStore(able.con)
+    for i, body in enumerate([b"one", b"two", b"three"]):
+        clock.now = (100 + i) * S
+        if i:
+            keeper.replacing("f")
+        put(able, tmp_path, "f", body, 50 + i)
+    assert calls == ["f"]  # asked once, then copies
+    assert [store.read_range(v, 0, 10) for v in store.history("f")] == [b"three", b"two", b"one"]
+
+
+@pytest.mark.parametrize("able", [n for n in enabled_backends() if n == "seaweedfs"], indirect=True)
+def test_keeper_and_store_agree_on_who_keeps_versions(able, tmp_path, monkeypatch):
+    """With bucket versioning on, nothing is written into an area and the store is
+    the bucket's; a bucket that will not say (GetBucketVersioning denied) is taken
+    as keeping none: the area keeps them, and the store reads the area."""
+    from connections.contract.xcon import PermanentError
+    from skynet.config.settings import MappingConfig
+    from skynet.versions.keeper import keeper_for
+    from skynet.versions.native import NativeStore
+    from skynet.versions.stores import VersionsOff, store_for
+
+    m = MappingConfig("t", str(tmp_path), "", versions=True)
+    with pytest.raises(VersionsOff):
+        store_for(able.con, MappingConfig("t", str(tmp_path), ""))
+    able.enable_versioning()
+    put(able, tmp_path, "f", b"one", 10)
+    keeper_for(able.con, True).replacing("f")
+    assert [e.rel for e in able.con.list("")] == ["f"]
+    assert isinstance(store_for(able.con, m), NativeStore)
+
+    def denied(con):
+        raise PermanentError("AccessDenied")
+
+    monkeypatch.setattr(type(able.con), "versioning_on", denied)
+    keeper_for(able.con, True).replacing("f")
+    assert [is_area(e.rel) for e in able.con.list("")] == [True, False]
+    assert isinstance(store_for(able.con, m), AreaStore)
+
+
+@pytest.mark.parametrize("able", AREA_BACKENDS, indirect=True)
+def test_a_current_version_replaced_after_it_was_listed_still_reads_back(able, tmp_path):
+    """A restore lists the tree, then reads: a current file replaced (or deleted) in
+    between is read from the area, where the keeper put it, never stitched with the
+    new bytes."""
+    clock = FakeClock()
+    keeper = AreaKeeper(able.con, clock=clock)
+    store = AreaStore(able.con)
+    put(able, tmp_path, "r/f", b"listed version", 10)
+    put(able, tmp_path, "r/g", b"deleted later", 11)
+    listed = {v.rel: v for v in store.at(50 * S)}
+    clock.now = 100 * S
+    keeper.replacing("r/f")
+    put(able, tmp_path, "r/f", b"a newer version", 60)
+    clock.now = 200 * S
+    keeper.delete("r/g")
+    assert store.read_range(listed["r/f"], 0, 100) == b"listed version"
+    assert store.read_range(listed["r/g"], 8, 100) == b"later"
+
+
+@pytest.mark.parametrize("able", [n for n in AREA_BACKENDS if n == "local"], indirect=True)
+def test_a_move_cut_before_its_markers_names_no_wrong_path(able, tmp_path, monkeypatch):
+    """The markers are written once the rename is done: a move that fails writes none,
+    and one cut between the rename and its markers (a kill -9; here the marker write
+    fails) shows its files under the new name only, never under a name they did not
+    have; what it replaced is kept. A lone marker (the second one lost) is ignored."""
+    clock = FakeClock()
+    keeper = AreaKeeper(able.con, clock=clock)
+    store = AreaStore(able.con)
+    put(able, tmp_path, "s", b"source", 10)
+    put(able, tmp_path, "d", b"replaced", 20)
+    real_move = type(able.con).move
+
+    def refused(con, src, dest):
+        raise OSError("refused")
+
+    monkeypatch.setattr(type(able.con), "move", refused)
+    clock.now = 100 * S
+    with pytest.raises(OSError):
+        keeper.move("s", "d")
+    monkeypatch.setattr(type(able.con), "move", real_move)
+    assert not [e for e in able.con.list(AREA) if e.rel.endswith((".moved", ".arrived"))]
+
+    def cut(self, name, text):
+        raise OSError("killed")
+
+    monkeypatch.setattr(AreaKeeper, "_write_marker", cut)
+    clock.now = 200 * S
+    keeper.move("s", "d")
+    assert {v.rel: store.read_range(v, 0, 100) for v in store.at(150 * S)} == {"d": b"replaced"}
+    assert {v.rel: store.read_range(v, 0, 100) for v in store.at(250 * S)} == {"d": b"source"}
+    monkeypatch.undo()
+    put(able, tmp_path, "s2", b"again", 300)
+    clock.now = 400 * S
+    keeper.move("s2", "t")
+    [arrived] = [e.rel for e in able.con.list(AREA) if e.rel.endswith(".arrived")]
+    able.con.delete(arrived)
+    # unrecorded now: "again" shows under its new name from its mtime (300), never under s2
+    assert {v.rel: store.read_range(v, 0, 100) for v in store.at(350 * S)} == {"d": b"source", "t": b"again"}
+    assert {v.rel: store.read_range(v, 0, 100) for v in store.at(450 * S)} == {"d": b"source", "t": b"again"}

@@ -124,6 +124,9 @@ class MappingRunner(WatchFaultListener):
         inner_state = rel_inside(m.source, cfg.state_dir)
         # The versions area's name at the root is never synced from the source (it would land in the area).
         self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "", AREA))
+        if os.path.lexists(os.path.join(m.source, AREA)):
+            log.warning("%s: %r in the source is not synced: the name is the versions area's on the remote",
+                        m.name, AREA)
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue

@@ -1,8 +1,9 @@
 """store_for(): the VersionStore of one mapping's remote."""
 from __future__ import annotations
 
-from connections.contract.xcon import Versions, XCon
+from connections.contract.xcon import XCon
 from skynet.versions.area import AreaStore
+from skynet.versions.keeper import remote_keeps_versions
 from skynet.versions.model import VersionStore
 from skynet.versions.native import NativeStore
 
@@ -18,6 +19,6 @@ def store_for(con: XCon, mapping_cfg) -> VersionStore:
     versions."""
     if not mapping_cfg.versions:
         raise VersionsOff(f"mapping {mapping_cfg.name!r} keeps no versions (versions = no)")
-    if isinstance(con, Versions) and con.versioning_on():
+    if remote_keeps_versions(con):
         return NativeStore(con)
     return AreaStore(con)
