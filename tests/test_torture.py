@@ -31,6 +31,7 @@ import pytest
 from tests.backends import BACKENDS, backend_params
 from tests.harness import Daemon, wait_converged, write_config
 from tests.servers import Servers
+from skynet.versions.names import is_area
 from tests.workload import apply, big_step, random_step
 
 REPORT = Path(os.environ.get("SKYNET_TORTURE_REPORT", "/tmp/skynet-torture.jsonl"))
@@ -83,14 +84,17 @@ class Torture:
     """One trial's moving parts: the churning tree, the daemon, and the tally of
     the faults injected into them."""
 
-    def __init__(self, tmp_path: Path, backend, seed: int, long_faults: bool) -> None:
+    def __init__(self, tmp_path: Path, backend, seed: int, long_faults: bool, versions: bool = False) -> None:
         self.rng = random.Random(seed)
         self.backend = backend
         self.long_faults = long_faults
+        self.versions = versions
         self.src, self.outside = tmp_path / "src", tmp_path / "outside"
         self.src.mkdir()
         self.outside.mkdir()
         mapping = dict(backend.config.get("mapping", {}), source=str(self.src), complete_sync="yes")
+        if versions:
+            mapping["versions"] = "yes"
         service = dict(backend.config.get("service") or {}, **SERVICE_OPTIONS.get(backend.service, {})) or None
         self.cfg = write_config(tmp_path / "c.ini", backend.service, {"t": mapping}, tmp_path / "state", service,
                                 extra={"backoff_cap": "2", "max_attempts": "50", "bwlimit": BWLIMIT})
@@ -183,14 +187,40 @@ class Torture:
             time.sleep(self.rng.uniform(0, 0.2))
         shutil.rmtree(self.outside)
 
+    def mirror(self) -> dict[bytes, bytes]:
+        """The remote as the mirror sees it: with versions on, all but the versions
+        area (which must hold nothing else: the exact comparison shows an area file
+        outside it, or a mirrored file inside it)."""
+        files = self.backend.fetch()
+        if not self.versions:
+            return files
+        return {k: v for k, v in files.items() if not is_area(os.fsdecode(k))}
+
+    def check_versions(self) -> None:
+        """The versions kept through the trial: the store's tree of now is the
+        source, and every version it lists reads back (no name points nowhere)."""
+        from skynet.config.settings import MappingConfig
+        from skynet.versions.stores import store_for
+
+        store = store_for(self.backend.con, MappingConfig("t", str(self.src), "", versions=True))
+        now = {v.rel.encode(): store.read_range(v, 0, v.size + 1) for v in store.at(time.time_ns())}
+        assert now == self.mirror()
+        kept = 0
+        for v in store.history():
+            if not v.deleted:
+                assert len(store.read_range(v, 0, 1)) == min(1, v.size), v
+                kept += v.until_ns is not None
+        print("versions kept besides the current files:", kept)
+        assert kept > 0, "the churn overwrote and deleted files, yet no version was kept"
+
     def evidence(self) -> dict[str, int]:
         log = self.daemon.log_text()
         return {what: log.count(needle) for what, needle in EVIDENCE.items()}
 
 
-def run_trial(tmp_path: Path, backend, seconds: float, seed: int, long_faults: bool) -> dict:
+def run_trial(tmp_path: Path, backend, seconds: float, seed: int, long_faults: bool, versions: bool = False) -> dict:
     started = time.monotonic()
-    t = Torture(tmp_path, backend, seed, long_faults)
+    t = Torture(tmp_path, backend, seed, long_faults, versions)
     try:
         t.run(seconds)
         return check_trial(t, tmp_path, seconds, seed, started)
@@ -209,7 +239,7 @@ def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: 
     backend, d = t.backend, t.daemon
     error: BaseException | None = None
     try:
-        wait_converged(t.src, backend.fetch, exact=True, timeout=180, daemon=d)
+        wait_converged(t.src, t.mirror, exact=True, timeout=180, daemon=d)
     except BaseException as exc:
         error = exc
         raise
@@ -218,6 +248,8 @@ def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: 
     assert failed == [], failed
     assert backend.leftovers() == [], "partial uploads or temp files left on the remote"
     assert d.stop() == 0, d.log_text()[-3000:]
+    if t.versions:
+        t.check_versions()
     return result
 
 
@@ -236,7 +268,7 @@ def report_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started:
     """Append the trial to the JSONL report; return its failed actions and the report. Called from
     a `finally`: nothing in here may raise and so replace the error being reported."""
     failed = failed_actions(tmp_path / "state" / "t.db")
-    result = {"backend": t.backend.service, "seed": seed, "seconds": seconds, "operations": t.ops,
+    result = {"backend": t.backend.service, "versions": t.versions, "seed": seed, "seconds": seconds, "operations": t.ops,
               "big_writes": t.big_writes, "faults": t.faults, "mismatches": int(isinstance(error, AssertionError)),
               "error": None if error is None or isinstance(error, AssertionError) else f"{type(error).__name__}: {error}",
               "failed_actions": len(failed), "read_retries": len(t.backend.read_retries),
@@ -254,6 +286,17 @@ def test_torture_short(tmp_path, backend):
     seed = int(os.environ.get("SKYNET_TORTURE_SEED", SHORT_SEED))
     print("seed", seed)
     run_trial(tmp_path, backend, float(os.environ.get("SKYNET_TORTURE_SHORT_SECONDS", "20")), seed, long_faults=False)
+
+
+def test_torture_short_with_versions(tmp_path, backend):
+    """The short trial with versions kept (issue 20): the mirror still converges, the
+    versions area never shows on its side, and every version kept reads back."""
+    seed = int(os.environ.get("SKYNET_TORTURE_SEED", SHORT_SEED))
+    print("seed", seed)
+    if backend.enable_versioning is not None:
+        backend.enable_versioning()
+    run_trial(tmp_path, backend, float(os.environ.get("SKYNET_TORTURE_VERSIONS_SECONDS", "10")), seed,
+              long_faults=False, versions=True)
 
 
 @pytest.mark.slow

@@ -97,6 +97,7 @@ MAPPING_KEYS: dict[str, Key] = {
     "max_delete": ("1000", "a start-up scan deletes at most this many remote files (more, or all because the source is empty, needs --allow-mass-delete)", parse_int_range(0, 2**62)),
     "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
     "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
+    "versions": ("no", "keep what the mirror overwrites, deletes or moves onto: the bucket's own versions where S3 versioning is on, else a hidden .skynet-versions area under the target", parse_bool),
     "versions_keep": ("staggered", "which kept versions pruning leaves, per file: staggered (one per 30 s for the first hour, one per hour for the first day, one per day up to versions_max_age), a count (10: the newest 10) or an age (90d; also s, m, h, w); the newest version and the deletion records that end a kept version are never removed", parse_keep),
     "versions_max_age": (DEFAULT_MAX_AGE, "with versions_keep = staggered: versions older than this are removed (30d; also s, m, h, w)", parse_age),
 }
@@ -113,6 +114,7 @@ class MappingConfig:
     follow_symlinks: bool = False
     max_delete: int = 1000
     workers: int = 8
+    versions: bool = False
     versions_keep: Policy = field(default_factory=Policy)
     versions_max_age: int = 30 * DAY  # nanoseconds
 
@@ -245,7 +247,7 @@ def load(path: str, service: str | None = None) -> Config:
                 raise ConfigError(path, section, "target", "missing: where should the files go?")
             mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
             for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers",
-                      "versions_keep", "versions_max_age"):
+                      "versions", "versions_keep", "versions_max_age"):
                 if k in m:
                     setattr(mc, k, m[k])
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
