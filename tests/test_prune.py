@@ -3,6 +3,7 @@ the state database that the next run continues from, kill -9 half-way losing not
 its own low-priority thread that stops promptly."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ from tests.fake_versions import FolderVersionStore
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_790_000_000  # seconds
 KEEP2 = Policy(COUNT, count=2)
+
+
+def opener(store):
+    return lambda: contextlib.nullcontext(store)
 
 
 class Clock:
@@ -71,7 +76,7 @@ def test_a_run_removes_what_the_rules_let_go_and_never_the_current(tmp_path, db)
     store.add("d/deleted", (T0 + 1) * NS, None, deleted=True)
     clock = Clock()
     want = expected_after_one_pass(store, KEEP2, clock())
-    r = Pruner("m", store, db, KEEP2, clock=clock).run_once()
+    r = Pruner("m", opener(store), db, KEEP2, clock=clock).run_once(store)
     assert r.finished and r.paths == 6 and r.removed == 5 * 4
     assert remaining(store) == want
     assert all(len(v) == 2 for v in want.values())
@@ -81,18 +86,20 @@ def test_a_run_removes_what_the_rules_let_go_and_never_the_current(tmp_path, db)
 def test_at_most_hourly(tmp_path, db) -> None:
     store = FolderVersionStore(tmp_path / "v")
     clock = Clock()
-    p = Pruner("m", store, db, KEEP2, clock=clock)
-    assert p.wait_seconds() == 0  # never ran: now
-    p.run_once()
+    p = Pruner("m", opener(store), db, KEEP2, clock=clock)
+    assert p.wait_seconds() == 3600  # never ran: an hour from the first look, not during the initial sync
+    clock.t += 3600
+    assert p.wait_seconds() == 0
+    p.run_once(store)
     assert p.wait_seconds() == 3600
     clock.t += 3599
     assert p.wait_seconds() == 1
     clock.t += 1
     assert p.wait_seconds() == 0
     # the time lives in the state database: a new daemon (a new Pruner) honours it
-    p.run_once()
+    p.run_once(store)
     clock.t += 10
-    assert Pruner("m", store, db, KEEP2, clock=clock).wait_seconds() == 3590
+    assert Pruner("m", opener(store), db, KEEP2, clock=clock).wait_seconds() == 3590
 
 
 def test_bounded_work_per_run_and_the_next_run_continues_from_the_cursor(tmp_path, db) -> None:
@@ -100,26 +107,26 @@ def test_bounded_work_per_run_and_the_next_run_continues_from_the_cursor(tmp_pat
     fill(store, 10, 4)
     clock = Clock()
     want = expected_after_one_pass(store, KEEP2, clock())
-    p = Pruner("m", store, db, KEEP2, clock=clock, max_paths=4)
-    r1 = p.run_once()
+    p = Pruner("m", opener(store), db, KEEP2, clock=clock, max_paths=4)
+    r1 = p.run_once(store)
     assert (r1.paths, r1.removed, r1.finished) == (4, 8, False) and db.get_meta(META_CURSOR) == "d/p003"
     seen_before = len(store.removed)
-    r2 = p.run_once()
+    r2 = p.run_once(store)
     assert (r2.paths, r2.finished) == (4, False) and db.get_meta(META_CURSOR) == "d/p007"
     assert {v.rel for v in store.removed[seen_before:]} == {f"d/p{i:03d}" for i in range(4, 8)}
-    r3 = p.run_once()
+    r3 = p.run_once(store)
     assert (r3.paths, r3.finished) == (2, True) and db.get_meta(META_CURSOR) == ""
     assert remaining(store) == want
     # a budget of removals bounds a run too
     fill(store, 10, 4)  # the same versions again
-    r = Pruner("m", store, db, KEEP2, clock=clock, max_removals=5).run_once()
+    r = Pruner("m", opener(store), db, KEEP2, clock=clock, max_removals=5).run_once(store)
     assert (r.paths, r.removed, r.finished) == (3, 6, False)
 
 
 def test_stop_halts_between_removals_and_keeps_the_cursor_before_the_half_done_path(tmp_path, db) -> None:
     store = FolderVersionStore(tmp_path / "v")
     fill(store, 3, 5)
-    p = Pruner("m", store, db, KEEP2, clock=Clock())
+    p = Pruner("m", opener(store), db, KEEP2, clock=Clock())
     real_remove = store.remove
 
     def remove(v):
@@ -127,12 +134,12 @@ def test_stop_halts_between_removals_and_keeps_the_cursor_before_the_half_done_p
         if len(store.removed) == 4:  # p000 done (3), one of p001's
             p._stop.set()
     store.remove = remove  # type: ignore[method-assign]
-    r = p.run_once()
+    r = p.run_once(store)
     assert r.stopped and r.removed == 4 and db.get_meta(META_CURSOR) == "d/p000"
 
 
 KILLED_RUN = textwrap.dedent("""
-    import sys, time
+    import contextlib, sys, time
     sys.path.insert(0, {repo!r})
     from skynet.state.db import StateDB
     from skynet.versions.prune import Pruner
@@ -147,7 +154,7 @@ KILLED_RUN = textwrap.dedent("""
             print("paused", v.rel, flush=True)
             time.sleep(3600)  # killed here, in the middle of a path
     store.remove = remove
-    Pruner("m", store, StateDB({db!r}), Policy(COUNT, count=2), clock=lambda: {now!r}).run_once()
+    Pruner("m", lambda: contextlib.nullcontext(store), StateDB({db!r}), Policy(COUNT, count=2), clock=lambda: {now!r}).run_once(store)
 """)
 
 
@@ -172,9 +179,9 @@ def test_kill_9_half_way_loses_nothing_and_the_next_run_continues(tmp_path) -> N
         assert len(remaining(store)["d/p002"]) == 3  # half pruned
         # the next run (an hour later) starts at p002 and finishes the pass
         clock = Clock(now + 3600)
-        p = Pruner("m", store, db, KEEP2, clock=clock)
+        p = Pruner("m", opener(store), db, KEEP2, clock=clock)
         assert p.wait_seconds() == 0
-        r = p.run_once()
+        r = p.run_once(store)
         assert r.finished and r.paths == 4 and r.removed == 1 + 3 * 3
         assert {v.rel for v in store.removed} == {f"d/p{i:03d}" for i in range(2, 6)}
         assert remaining(store) == want  # the same as one uninterrupted pass
@@ -197,7 +204,8 @@ def test_the_thread_runs_at_the_lowest_priority_and_stops_promptly(tmp_path, db)
         real_remove(v)
     store.remove = remove  # type: ignore[method-assign]
     main_nice, main_io = os.getpriority(os.PRIO_PROCESS, 0), priority.current_io_class()
-    p = Pruner("m", store, db, KEEP2, clock=Clock())
+    p = Pruner("m", opener(store), db, KEEP2, clock=Clock())
+    db.set_meta(META_LAST, "0")  # last pruned long ago: due now
     p.start()
     assert entered.wait(30)
     stopper = threading.Thread(target=p.stop, args=(30,))

@@ -3,6 +3,7 @@ one clear line (exit 2) for a path never synced or outside every mapping. The st
 a folder-backed fake here; tests/test_versions_e2e.py runs it against the real ones."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 from pathlib import Path
@@ -25,10 +26,10 @@ def setup(tmp_path: Path, monkeypatch):
     src_b.mkdir()
     cfg = tmp_path / "c.ini"
     cfg.write_text(f"[skynet]\nservice = local\nstate_dir = {tmp_path / 'st'}\n\n"
-                   f"[mapping a]\nsource = {src_a}\ntarget = {tmp_path / 'ra'}\n\n"
-                   f"[mapping b]\nsource = {src_b}\ntarget = {tmp_path / 'rb'}\n")
+                   f"[mapping a]\nsource = {src_a}\ntarget = {tmp_path / 'ra'}\nversions = yes\n\n"
+                   f"[mapping b]\nsource = {src_b}\ntarget = {tmp_path / 'rb'}\nversions = yes\n")
     stores = {"a": FolderVersionStore(tmp_path / "va"), "b": FolderVersionStore(tmp_path / "vb")}
-    monkeypatch.setattr(versions_cli, "open_store", lambda cfg, m: stores[m.name])
+    monkeypatch.setattr(versions_cli, "open_store", lambda cfg, m: contextlib.nullcontext(stores[m.name]))
     a = stores["a"]
     a.add("docs/report.txt", T0, T0 + 60 * NS, size=1000, etag="aa" * 16)
     a.add("docs/report.txt", T0 + 60 * NS, T0 + 120 * NS, size=2000, etag="bb" * 16)

@@ -9,6 +9,7 @@ is listed, in text or as one JSON array.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -22,11 +23,11 @@ from skynet.config.settings import Config, MappingConfig
 from skynet.versions.model import Version, VersionStore
 
 
-def open_store(cfg: Config, m: MappingConfig) -> VersionStore:
-    """The version store of mapping `m` (the one factory the keeping side provides)."""
-    from skynet.versions.stores import open_store as factory
+def open_store(cfg: Config, m: MappingConfig) -> contextlib.AbstractContextManager[VersionStore]:
+    """The version store of mapping `m`, on a connection of its own (closed after)."""
+    from skynet.versions.session import connected_store
 
-    return factory(cfg, m)
+    return connected_store(cfg, m)
 
 
 def local_iso(ns: int | None) -> str | None:
@@ -129,14 +130,23 @@ def versions(path: str, as_json: bool, config_file: str | None, service: str | N
     need not exist on the disk any more."""
     from skynet.cli.main import load_for_inspection
 
+    from connections.contract.xcon import PermanentError, TransientError
+    from skynet.versions.stores import VersionsOff
+
     cfg = load_for_inspection(config_file, service)
     m, rel = resolve(cfg, path, mapping)
-    store = open_store(cfg, m)
-    first, stream = _peek(iter(store.history(rel)))
-    if first is None:
-        fail(f"{path}: no version of it in mapping {m.name!r} (never synced)"
-             + ("" if getattr(m, "versions", True) else "; versions are off for this mapping (versions = no)"))
-    if as_json:
-        print_json(m.name, stream)
-    else:
-        print_text(stream)
+    try:
+        with open_store(cfg, m) as store:
+            first, stream = _peek(iter(store.history(rel)))
+            if first is None:
+                fail(f"{path}: no version of it in mapping {m.name!r} (never synced)")
+            if as_json:
+                print_json(m.name, stream)
+            else:
+                print_text(stream)
+    except VersionsOff as exc:
+        fail(f"{exc}: there is only the current copy of {path}")
+    except TransientError as exc:
+        fail(f"mapping {m.name!r}: the remote cannot be reached now: {exc}", code=1)
+    except PermanentError as exc:
+        fail(f"mapping {m.name!r}: {exc}")

@@ -4,7 +4,8 @@ It must never cost the mirror anything and never lose its place:
 
 - At most one run an hour per mapping. The start of the last run is kept in the
   mapping's state database (meta `versions_prune_last`), so a daemon restarted
-  every few minutes does not prune every few minutes.
+  every few minutes does not prune every few minutes; the first run comes an hour
+  after the mapping's first start, never during its initial sync.
 - Bounded work per run: at most `max_paths` paths looked at and `max_removals`
   versions removed. Where a run stops, the cursor (meta `versions_prune_cursor`,
   the last path it finished) says where the next one starts; a pass that reaches
@@ -24,6 +25,7 @@ compared in that order.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -31,10 +33,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from connections.contract.xcon import RemoteNotFound
+from connections.contract.xcon import PermanentError, RemoteNotFound
 from skynet.state.db import StateDB
 from skynet.versions.model import Version, VersionStore
-from skynet.versions.retention import NS, Policy, to_remove
+from skynet.versions.retention import NS, Policy, to_remove, with_max_age
 
 log = logging.getLogger("skynet.versions.prune")
 
@@ -68,15 +70,19 @@ def by_path(versions: Iterable[Version]) -> Iterator[list[Version]]:
         yield group
 
 
+StoreOpener = Callable[[], contextlib.AbstractContextManager[VersionStore]]
+
+
 class Pruner:
     """Prunes one mapping's versions; `run_once` is one bounded run, `start` runs them
-    hourly on a thread of their own."""
+    hourly on a thread of their own, each on a store from `open_store` (a connection
+    of its own, opened for the run and closed after it)."""
 
-    def __init__(self, name: str, store: VersionStore, db: StateDB, policy: Policy,
+    def __init__(self, name: str, open_store: StoreOpener, db: StateDB, policy: Policy,
                  clock: Callable[[], float] = time.time, interval: float = INTERVAL,
                  max_paths: int = MAX_PATHS, max_removals: int = MAX_REMOVALS) -> None:
         self.name = name
-        self.store = store
+        self.open_store = open_store
         self.db = db
         self.policy = policy
         self.clock = clock
@@ -88,20 +94,23 @@ class Pruner:
 
     # -- one run ---------------------------------------------------------------
     def wait_seconds(self) -> float:
-        """Seconds until the next run may start (0: now)."""
+        """Seconds until the next run may start (0: now). A mapping that never pruned
+        counts its first look as a run: its first pruning comes an interval later, not
+        during the initial sync (nothing kept yet needs it sooner)."""
         last = self.db.get_meta(META_LAST)
         if last is None:
-            return 0.0
+            self.db.set_meta(META_LAST, repr(self.clock()))
+            return self.interval
         return max(0.0, float(last) + self.interval - self.clock())
 
-    def run_once(self) -> RunResult:
+    def run_once(self, store: VersionStore) -> RunResult:
         """One bounded run from the saved cursor; records its start first, so that a
         run cut short (kill -9, an error) still counts for 'at most hourly'."""
         now = self.clock()
         self.db.set_meta(META_LAST, repr(now))
         cursor = os.fsencode(self.db.get_meta(META_CURSOR) or "")
         result = RunResult()
-        for versions in by_path(self.store.history("")):
+        for versions in by_path(store.history("")):
             rel = versions[0].rel
             if cursor and os.fsencode(rel) <= cursor:
                 continue
@@ -110,7 +119,7 @@ class Pruner:
                 return result
             if result.paths >= self.max_paths or result.removed >= self.max_removals:
                 return result
-            done = self._prune_path(versions, int(now * NS), result)
+            done = self._prune_path(store, versions, int(now * NS), result)
             if not done:
                 result.stopped = True
                 return result
@@ -120,15 +129,18 @@ class Pruner:
         result.finished = True
         return result
 
-    def _prune_path(self, versions: list[Version], now_ns: int, result: RunResult) -> bool:
+    def _prune_path(self, store: VersionStore, versions: list[Version], now_ns: int, result: RunResult) -> bool:
         """Remove what the rules let go of one path; False if stopped half-way."""
         for v in to_remove(versions, self.policy, now_ns):
             if self._stop.is_set():
                 return False
             try:
-                self.store.remove(v)
+                store.remove(v)
             except RemoteNotFound:
                 pass  # gone already: a run killed just after removing it, or removed by hand
+            except PermanentError as exc:  # the store will not (its bytes are a current file's, after a move)
+                log.debug("%s: version of %r since %d not removed: %s", self.name, v.rel, v.since_ns, exc)
+                continue
             result.removed += 1
         return True
 
@@ -148,7 +160,8 @@ class Pruner:
         priority.lower(19, "idle")  # this thread only: Linux priorities are per thread
         while not self._stop.wait(self.wait_seconds()):
             try:
-                r = self.run_once()
+                with self.open_store() as store:
+                    r = self.run_once(store)
             except Exception as exc:  # the remote away, a store error: the next run tries again
                 log.warning("%s: pruning versions stopped: %s; trying again in %.0f s", self.name, exc,
                             self.interval)
@@ -156,3 +169,10 @@ class Pruner:
             if r.removed or not r.finished:
                 log.info("%s: pruned %d version(s) of %d path(s) (keeping %s)%s", self.name, r.removed, r.paths,
                          self.policy.describe(), "" if r.finished else "; the next run continues from there")
+
+
+def pruner_for(cfg, m, db: StateDB) -> Pruner:
+    """The pruner of mapping `m` (versions on): its retention, a connection of its own per run."""
+    from skynet.versions.session import connected_store
+
+    return Pruner(m.name, lambda: connected_store(cfg, m), db, with_max_age(m.versions_keep, m.versions_max_age))
