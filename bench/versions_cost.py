@@ -62,8 +62,10 @@ class Run:
 
 
 def settings(args) -> dict[str, str]:
-    return {"log_level": "WARNING", "nice": "0", "io_class": "none", "workers": str(args.workers),
-            "settle_seconds": str(args.settle)}
+    out = {"log_level": "WARNING", "nice": "0", "io_class": "none", "workers": str(args.workers)}
+    if args.settle is not None:
+        out["settle_seconds"] = str(args.settle)
+    return out
 
 
 def start(work: Path, tag: str, service: str, src: Path, target: str, versions: bool, args,
@@ -139,7 +141,8 @@ def rounds(args, work: Path, service: str, src: Path, rels: list[str], trash: Tr
             target, arrival_root = target_for(f"r{r}-{'on' if versions else 'off'}")
             run = one_run(args, work, service, src, rels, versions, target, arrival_root, opts)
             log(f"{service} versions {'on ' if versions else 'off'} round {r + 1}: {run.files_per_s:,.0f} files/s, "
-                f"p50 {run.p50:.0f} ms, p99 {run.p99:.0f} ms, missing {run.missing}, others {run.others:.2f} cores"
+                f"p50 {run.p50:.0f} ms, p99 {run.p99:.0f} ms, worst {', '.join(f'{x:.0f}' for x in sorted(run.lat_ms)[-4:])} ms, "
+                f"missing {run.missing}, others {run.others:.2f} cores"
                 + (f" ({run.note})" if run.note else ""))
             runs.append(run)
             trash.put(arrival_root)
@@ -214,7 +217,9 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=200, help="overwrites for the latency figures")
     ap.add_argument("--rate", type=float, default=20.0, help="overwrites per second")
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--settle", type=float, default=0.0, help="[skynet] settle_seconds of the daemons")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="[skynet] settle_seconds of the daemons (default: the daemon's; a file is sent at its "
+                         "close anyway, settle only delays one modified without a close)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--targets", default="local,s3")
     ap.add_argument("--workdir", default="", help="where trees and targets go (default: a temporary folder)")
