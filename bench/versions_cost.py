@@ -173,38 +173,49 @@ def bench_s3(args, work: Path, src: Path, rels: list[str], trash: Trash) -> list
         return rounds(args, work, "s3", src, rels, trash, target_for, srv.service_config(bucket))
 
 
+def paired(runs: list[Run], value) -> float:
+    """The median over rounds of on/off, each round's two runs side by side in time:
+    steadier than a ratio of medians on a machine whose load drifts."""
+    on = [r for r in runs if r.versions]
+    off = [r for r in runs if not r.versions]
+    return median([value(a) / value(b) for a, b in zip(on, off)])
+
+
 def report(args, runs: list[Run]) -> str:
     rows = []
     for target in dict.fromkeys(r.target for r in runs):
-        on = [r for r in runs if r.target == target and r.versions]
-        off = [r for r in runs if r.target == target and not r.versions]
+        mine = [r for r in runs if r.target == target]
+        on, off = [r for r in mine if r.versions], [r for r in mine if not r.versions]
         fps_on, fps_off = median([r.files_per_s for r in on]), median([r.files_per_s for r in off])
         p99_on, p99_off = median([r.p99 for r in on]), median([r.p99 for r in off])
         p50_on, p50_off = median([r.p50 for r in on]), median([r.p50 for r in off])
-        missing = sum(r.missing for r in on + off)
-        rows.append([target, f"{fps_off:,.0f}", f"{fps_on:,.0f}", f"{fps_on / fps_off:.2f}",
-                     f"{p50_off:.0f} / {p99_off:.0f}", f"{p50_on:.0f} / {p99_on:.0f}", f"{p99_on / p99_off:.2f}",
-                     str(missing), f"{median([r.others for r in on + off]):.2f}"])
+        rows.append([target, f"{fps_off:,.0f}", f"{fps_on:,.0f}",
+                     f"{fps_on / fps_off:.2f} / {paired(mine, lambda r: r.files_per_s):.2f}",
+                     f"{p50_off:.0f} / {p99_off:.0f}", f"{p50_on:.0f} / {p99_on:.0f}",
+                     f"{p99_on / p99_off:.2f} / {paired(mine, lambda r: r.p99):.2f}",
+                     str(sum(r.missing for r in mine)), f"{median([r.others for r in mine]):.2f}"])
     per_run = [[r.target, "on" if r.versions else "off", f"{r.files_per_s:,.0f}", f"{r.p50:.0f}", f"{r.p99:.0f}",
-                f"{r.others:.2f}"] for r in runs]
+                f"{max(r.lat_ms, default=float('nan')):.0f}", f"{r.others:.2f}"] for r in runs]
     m = machine_info()
     return "\n".join([
         f"`bench/run versions_cost --files {args.files} --size {args.size} --rounds {args.rounds} --changes "
         f"{args.changes} --rate {args.rate:g} --targets {args.targets}` on {m['date']}, code {git_state()}; "
-        f"{m['nproc']} cores ({m['cpu']}), {m['filesystem (/tmp)']}, Python {m['python']}, rclone {m['rclone']}.",
+        f"{m['nproc']} cores ({m['cpu']}), {m['filesystem (/tmp)']}, Python {m['python']}.",
         "",
         f"Initial sync of {args.files:,} files of {args.size:,} B (daemon start -> every file in its Index), then "
         f"{args.changes} overwrites of synced files at {args.rate:g}/s (close -> the new content under its name on "
         f"the target), versions off and on in the same run, order alternating per round; medians of "
-        f"{args.rounds} rounds. S3 is `rclone serve s3` (no bucket versioning: versions go to the versions area "
-        "by server-side copy). Target: within 10% (files/s ratio >= 0.90, p99 ratio <= 1.10).",
+        f"{args.rounds} rounds. Ratios are on/off: of the medians, and the median of each round's own ratio. "
+        "S3 is `rclone serve s3` (no bucket versioning: each overwrite first copies the old version into the "
+        "versions area, server-side). Target: within 10% (files/s ratio >= 0.90, p99 ratio <= 1.10). "
+        "'others' is the CPU other processes of this shared machine used meanwhile, in cores.",
         "",
         table(["target", "files/s off", "files/s on", "ratio", "p50 / p99 ms off", "p50 / p99 ms on", "p99 ratio",
-               "missing", "others (cores)"], rows),
+               "missing", "others"], rows),
         "",
-        "Each run:",
+        "Each run, in order:",
         "",
-        table(["target", "versions", "files/s", "p50 ms", "p99 ms", "others"], per_run),
+        table(["target", "versions", "files/s", "p50 ms", "p99 ms", "max ms", "others"], per_run),
     ])
 
 
