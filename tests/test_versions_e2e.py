@@ -222,3 +222,24 @@ def test_kill_9_while_a_replacement_is_sent_loses_no_version(backend, tmp_path):
     bodies = [store.read_range(v, 0, len(new) + 1) for v in store.history("big.bin")]
     assert bodies[0] == new and set(bodies[1:]) == {old}  # kept again by the restarted send: the same bytes
     assert [store.read_range(v, 0, len(new) + 1) for v in store.at(steps.marks[0][0])] == [old]
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.id in ("local", "sftp")], indirect=True)
+def test_deletions_found_by_the_start_up_scan_are_kept(backend, tmp_path):
+    """Files deleted while the daemon was stopped are deleted by the start-up scan
+    (complete_sync): through the keeper like any other delete."""
+    steps = Steps(tmp_path, backend)
+    w(steps.src / "gone/a.txt", b"deleted while stopped")
+    w(steps.src / "b.txt", b"stays")
+    with steps.daemon:
+        steps.record()
+        assert steps.daemon.stop() == 0
+    shutil.rmtree(steps.src / "gone")
+    steps.daemon = Daemon(steps.cfg, backend.service)
+    with steps.daemon:
+        steps.record()
+        assert steps.daemon.stop() == 0
+    store = store_for(backend.con, MappingConfig("t", str(steps.src), "", versions=True))
+    assert [(v.deleted, v.size) for v in store.history("gone")] == [(True, 0), (False, 21)]
+    assert {v.rel: store.read_range(v, 0, 100) for v in store.at(steps.marks[0][0])} == {
+        "gone/a.txt": b"deleted while stopped", "b.txt": b"stays"}

@@ -9,8 +9,8 @@ and `<path>@S.d` (deleted at S), and the move markers `<src>@S.moved` and
 The rules, from which history() and at() follow:
 
  1. A path's current file is a Version with until None; a kept file's until is S.
- 2. A version's since is the latest of its own mtime and the time it came to
-    that path: the S of the keep or move that put it there (a send replacing
+ 2. A version's since is the latest of its own mtime (an S3 object without our
+    metadata: when it was stored) and the time it came to that path: the S of the keep or move that put it there (a send replacing
     `.v` at S starts the new version at S; a file recreated after a deletion
     at S starts at its mtime, but not before S). A since after the until
     (a clock that went back) is taken as the until.
@@ -75,6 +75,7 @@ class _Content:
     mtime_ns: int | None
     mode: int | None
     etag: str | None
+    born: int  # its own mtime, else when the remote stored it (an object without our metadata)
 
 
 def _under(rel: str, prefix: str) -> bool:
@@ -103,7 +104,7 @@ class _Timeline:
         """End the walk back of the version at `rel`: it began at `floor` or later
         (rule 2); returns when it began."""
         c, until = self.state.pop(rel)
-        since = max(c.mtime_ns or 0, floor)
+        since = max(c.born, floor)
         if until is not None:
             since = min(since, until)
         self._emit(rel, since, until, c)
@@ -134,7 +135,7 @@ class _Timeline:
         def at(top: str) -> list[str]:
             return [p for p in self.state if p == top or p.startswith(top + "/")]
 
-        moving = [p for p in at(dest) if (self.state[p][0].mtime_ns or 0) <= when]
+        moving = [p for p in at(dest) if self.state[p][0].born <= when]
         for p in at(src) + [p for p in at(dest) if p not in moving]:
             self.next_start[p] = self._close(p, when)  # made after the move
         back: list[tuple[str, tuple[_Content, int | None]]] = []
@@ -203,7 +204,7 @@ class AreaStore(VersionStore):
             if MOVED in pair and ARRIVED in pair:
                 events.append((when, 0, pair[MOVED], pair[ARRIVED]))
             else:
-                log.warning("versions area: a move at %d has only its %s marker; ignored", when, list(pair))
+                log.info("versions area: a move at %d has only its %s marker; ignored", when, list(pair))
         events.sort(key=lambda ev: (-ev[0], ev[1]))
         for when, order, rel, what in events:
             if order == 0:
@@ -268,4 +269,4 @@ class AreaStore(VersionStore):
 
 
 def _content(ref: str, e: RemoteEntry) -> _Content:
-    return _Content(ref, e.size, None if e.mtime_is_stored else e.mtime_ns, e.mode, e.etag)
+    return _Content(ref, e.size, None if e.mtime_is_stored else e.mtime_ns, e.mode, e.etag, e.mtime_ns or 0)

@@ -17,20 +17,22 @@ area first (names: skynet/versions/names.py; reading: skynet/versions/area.py):
     A kill -9 half-way leaves every file either in place or in the area; the
     delete, replayed, moves the rest.
   * a move src -> dest: what dest holds is kept (a file: `.v` by link or copy;
-    a folder's files: moved in as `.d`), the markers `<src>@S.moved` and
-    `<dest>@S.arrived` are written, then the rename is done on the remote as
-    ONE move (no copies). A failed move takes its markers back; a kill -9
-    between the markers and the rename leaves markers of a move that did not
-    happen: the history then names the files by dest a little early (the
-    bytes are all there).
+    a folder's files: moved in as `.d`), the rename is done on the remote as
+    ONE move (no copies), then the markers `<src>@S.moved` and `<dest>@S.arrived`
+    record it. A kill -9 between the rename and the markers (or markers that
+    cannot be written) leaves the move unrecorded: the history then shows the
+    moved files under the new name only, from their mtime (no bytes lost, and
+    never a move that did not happen).
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from connections.contract.source import local_file
 from connections.contract.xcon import (
@@ -47,6 +49,9 @@ from connections.contract.xcon import (
 from skynet.versions.names import AREA, ARRIVED, DELETED, KEPT, MOVED, Clock, area_name, is_area
 
 log = logging.getLogger(__name__)
+
+MOVE_THREADS = 8  # renames into the area in flight at once (a folder's files)
+MOVE_PAGE = 1000  # listed paths held at once
 
 
 class Keeper:
@@ -104,16 +109,16 @@ class AreaKeeper(Keeper):
             self._keep_copy(dest, area_name(dest, when, KEPT))
         else:
             self._move_files_in(dest, when)  # a folder the moved one replaces
-        markers = [(area_name(src, when, MOVED), dest), (area_name(dest, when, ARRIVED), src)]
-        for name, text in markers:
-            self._write_marker(name, text)
+        self.con.move(src, dest)
+        # Recorded once done: a marker of a move that never happened would put the
+        # files under the wrong name; a move without its markers only names them by
+        # dest a little early.
         try:
-            self.con.move(src, dest)
-        except BaseException:
-            for name, _ in markers:
-                with contextlib.suppress(Exception):
-                    self.con.delete(name)
-            raise
+            self._write_marker(area_name(src, when, MOVED), dest)
+            self._write_marker(area_name(dest, when, ARRIVED), src)
+        except Exception as exc:  # the move is done: that is what the mirror needs
+            log.warning("move %r -> %r done, but not recorded in %s (%s): the versions of its files show under "
+                        "the new name only", src, dest, AREA, exc)
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -143,14 +148,22 @@ class AreaKeeper(Keeper):
             self.con.move(rel, kept)
 
     def _move_files_in(self, rel: str, when: int) -> None:
-        """Move the file `rel`, or every file under the folder `rel`, into the area as deleted at `when`."""
-        if self.con.stat(rel) is not None:
-            files = [rel]
-        else:
-            files = [e.rel for e in self.con.list(rel)]
-        for f in files:
+        """Move the file `rel`, or every file under the folder `rel`, into the area as
+        deleted at `when`: each one a rename (S3: copy and delete) on the remote,
+        MOVE_THREADS at a time (a folder of many files over a far SFTP server or S3
+        would otherwise wait a round trip per file), a page of the listing at a time."""
+        def one(f: str) -> None:
             with contextlib.suppress(RemoteNotFound):  # gone meanwhile: nothing to keep
                 self.con.move(f, area_name(f, when, DELETED))
+
+        if self.con.stat(rel) is not None:
+            one(rel)
+            return
+        listed = (e.rel for e in self.con.list(rel))
+        with ThreadPoolExecutor(MOVE_THREADS) as pool:
+            while page := list(itertools.islice(listed, MOVE_PAGE)):
+                for _ in pool.map(one, page):  # the first failure raises, after its page is through
+                    pass
 
     def _write_marker(self, name: str, text: str) -> None:
         """A small file in the area (the other end of the move, for people reading it)."""
@@ -181,6 +194,7 @@ class LazyKeeper(Keeper):
                     log.info("%s: versions are the bucket's own (S3 versioning is on)", self.con.describe())
                     self._chosen = Keeper(self.con)
                 else:
+                    log.info("%s: versions are kept in %s under the target", self.con.describe(), AREA)
                     self._chosen = AreaKeeper(self.con)
             return self._chosen
 
