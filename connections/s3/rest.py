@@ -544,6 +544,23 @@ def _meta(headers: dict[str, str]) -> dict[str, str]:
     return {k[11:]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
 
 
+def head_shape(h: dict[str, str]) -> dict[str, Any]:
+    """An object's reply headers (a HEAD's, or a whole GET's: the same ones) in botocore's
+    HeadObject shape: ContentLength, ETag, ContentType, Metadata, LastModified, VersionId."""
+    out: dict[str, Any] = {"ContentLength": int(h.get("content-length") or 0), "Metadata": _meta(h)}
+    for name, field_ in (("etag", "ETag"), ("content-type", "ContentType"), ("x-amz-version-id", "VersionId")):
+        if name in h:
+            out[field_] = h[name]
+    if h.get("last-modified"):
+        from email.utils import parsedate_to_datetime
+
+        try:
+            out["LastModified"] = parsedate_to_datetime(h["last-modified"])
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
 class Rest:
     """Signed S3 requests on one bucket over per-thread keep-alive connections: every
     operation S3Con makes, one method each. Error replies raise S3Error, the network
@@ -739,19 +756,7 @@ class Rest:
         (a datetime), VersionId. S3Error (code = status: "404", "412"...) otherwise."""
         headers = {"if-match": f'"{if_match}"'} if if_match else None
         params = {"versionId": version} if version else None
-        h = self._call("HeadObject", "HEAD", self._key(key), params, headers).headers
-        out: dict[str, Any] = {"ContentLength": int(h.get("content-length") or 0), "Metadata": _meta(h)}
-        for name, field_ in (("etag", "ETag"), ("content-type", "ContentType"), ("x-amz-version-id", "VersionId")):
-            if name in h:
-                out[field_] = h[name]
-        if h.get("last-modified"):
-            from email.utils import parsedate_to_datetime
-
-            try:
-                out["LastModified"] = parsedate_to_datetime(h["last-modified"])
-            except (TypeError, ValueError):
-                pass
-        return out
+        return head_shape(self._call("HeadObject", "HEAD", self._key(key), params, headers).headers)
 
     def get_object(self, key: str, first: int | None = None, last: int | None = None, *,
                    if_match: str | None = None, version: str | None = None) -> Reply:
