@@ -94,11 +94,18 @@ def test_versions_lists_what_was_kept_and_pruning_keeps_what_the_rules_say(backe
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-def test_versions_of_a_mapping_without_versions_is_one_line(backend, tmp_path):
+def test_versions_of_a_mapping_without_versions_lists_the_current_copy(backend, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "a.txt").write_text("a")
+    (src / "a.txt").write_text("abc")
     cfg = write_config(tmp_path / "skynet.ini", "local", {"t": {**backend.config["mapping"], "source": str(src)}},
                        tmp_path / "state")
-    res = run_main("versions", "a.txt", "--config-file", str(cfg))
-    assert res.stdout == "" and one_clear_line(res, "keeps no versions (versions = no)")
+    daemon = Daemon(cfg, "local")
+    with daemon:
+        wait_converged(src, lambda: mirror(backend), True, 60, daemon=daemon)
+    res = run_main("versions", "a.txt", "--json", "--config-file", str(cfg))
+    assert res.returncode == 0 and "keeps no versions (versions = no)" in res.stderr
+    rows = json.loads(res.stdout)
+    assert [(r["path"], r["size"], r["current"]) for r in rows] == [("a.txt", 3, True)]
+    never = run_main("versions", "b.txt", "--config-file", str(cfg))
+    assert never.stdout == "" and one_clear_line(never, "b.txt", "never synced")

@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import posixpath
+import time
 from collections.abc import Iterator
 
 import click
@@ -24,10 +25,11 @@ from skynet.versions.model import Version, VersionStore
 
 
 def open_store(cfg: Config, m: MappingConfig) -> contextlib.AbstractContextManager[VersionStore]:
-    """The version store of mapping `m`, on a connection of its own (closed after)."""
+    """The version store of mapping `m`, on a connection of its own (closed after); for a
+    mapping without versions, its current files (the only version there is of each)."""
     from skynet.versions.session import connected_store
 
-    return connected_store(cfg, m)
+    return connected_store(cfg, m, now_ns=time.time_ns())
 
 
 def local_iso(ns: int | None) -> str | None:
@@ -128,10 +130,8 @@ def versions(path: str, as_json: bool, config_file: str | None, service: str | N
 
     PATH is absolute, under a mapping's source folder, or relative to that folder; it
     need not exist on the disk any more."""
-    from skynet.cli.main import load_for_inspection
-
     from connections.contract.xcon import PermanentError, TransientError
-    from skynet.versions.stores import VersionsOff
+    from skynet.cli.main import load_for_inspection
 
     cfg = load_for_inspection(config_file, service)
     m, rel = resolve(cfg, path, mapping)
@@ -140,12 +140,13 @@ def versions(path: str, as_json: bool, config_file: str | None, service: str | N
             first, stream = _peek(iter(store.history(rel)))
             if first is None:
                 fail(f"{path}: no version of it in mapping {m.name!r} (never synced)")
+            if not m.versions:
+                click.echo(f"skynet: note: mapping {m.name!r} keeps no versions (versions = no): only the current "
+                           "copy of each file is listed", err=True)
             if as_json:
                 print_json(m.name, stream)
             else:
                 print_text(stream)
-    except VersionsOff as exc:
-        fail(f"{exc}: there is only the current copy of {path}")
     except TransientError as exc:
         fail(f"mapping {m.name!r}: the remote cannot be reached now: {exc}", code=1)
     except PermanentError as exc:

@@ -17,13 +17,16 @@ from skynet.versions.stores import store_for
 
 
 @contextlib.contextmanager
-def connected_store(cfg: Config, m: MappingConfig) -> Iterator[VersionStore]:
+def connected_store(cfg: Config, m: MappingConfig, now_ns: int | None = None) -> Iterator[VersionStore]:
     """The store of mapping `m` on a new connection, connected now and closed on exit.
-    VersionsOff for a mapping without versions; the connection's TransientError or
-    PermanentError when the remote cannot be reached or used."""
+    A mapping without versions: VersionsOff, or, given `now_ns`, the remote as it is
+    then (CurrentStore: one version per current file). The connection's TransientError
+    or PermanentError when the remote cannot be reached or used."""
+    from skynet.versions.current import CurrentStore
+
     con = service_module(cfg.service).build(cfg.service_options, m.target)
     try:
         con.connect()
-        yield store_for(con, m)
+        yield CurrentStore(con, now_ns, m.name) if not m.versions and now_ns is not None else store_for(con, m)
     finally:
         con.close()
