@@ -217,3 +217,22 @@ def test_the_thread_runs_at_the_lowest_priority_and_stops_promptly(tmp_path, db)
     assert len(store.removed) == 1
     assert seen == {"nice": 19, "io": "idle"}
     assert (os.getpriority(os.PRIO_PROCESS, 0), priority.current_io_class()) == (main_nice, main_io)
+
+
+def test_the_cursor_is_saved_after_removals_and_every_few_paths_not_after_each(tmp_path, db, monkeypatch) -> None:
+    """Each save is a write transaction beside the mirror's: paths with nothing to
+    remove move the cursor every CURSOR_EVERY paths, and where the run stops."""
+    from skynet.versions import prune
+
+    monkeypatch.setattr(prune, "CURSOR_EVERY", 2)
+    store = FolderVersionStore(tmp_path / "v")
+    fill(store, 5, 1)  # five current files: nothing to remove
+    writes: list[str] = []
+    real = db.set_meta
+    monkeypatch.setattr(db, "set_meta", lambda k, v: (writes.append(v) if k == META_CURSOR else None, real(k, v)))
+    r = Pruner("m", opener(store), db, KEEP2, clock=Clock(), max_paths=3).run_once(store)
+    assert (r.paths, r.finished) == (3, False)
+    assert writes == ["d/p001", "d/p002"]  # after the 2nd path, then where the run stopped
+    writes.clear()
+    r = Pruner("m", opener(store), db, KEEP2, clock=Clock()).run_once(store)
+    assert (r.paths, r.finished) == (2, True) and writes == ["d/p004", ""]

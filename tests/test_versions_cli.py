@@ -1,6 +1,6 @@
 """`skynet versions PATH`: resolving PATH to a mapping, text and JSON output, and the
 one clear line (exit 2) for a path never synced or outside every mapping. The store is
-a folder-backed fake here; tests/test_versions_e2e.py runs it against the real ones."""
+a folder-backed fake here; tests/test_prune_e2e.py runs it against the real ones."""
 from __future__ import annotations
 
 import contextlib

@@ -12,7 +12,8 @@ It must never cost the mirror anything and never lose its place:
   the end starts over from the first path next time.
 - kill -9 at any point loses nothing: each removal is one atomic call
   (VersionStore.remove), the cursor only moves past a path once all of its
-  removals are done, and the rules give the same answer on a path half pruned
+  removals are done (it is saved after each path that had some, and every
+  CURSOR_EVERY paths), and the rules give the same answer on a path half pruned
   (what a pass keeps, a second pass over it keeps too), so the next run simply
   looks at that path again. A version already gone (RemoteNotFound) is fine.
 - Its own thread at the lowest CPU and I/O priority; it looks at the stop flag
@@ -46,6 +47,9 @@ META_CURSOR = "versions_prune_cursor"  # the last path the current pass finished
 INTERVAL = 3600.0
 MAX_PATHS = 50_000
 MAX_REMOVALS = 5_000
+#: the cursor is saved after every path that had removals, else every this many paths (each save is a write
+#: transaction beside the mirror's): a kill -9 makes the next run look at up to this many paths again, no more
+CURSOR_EVERY = 500
 
 
 @dataclass
@@ -110,23 +114,29 @@ class Pruner:
         self.db.set_meta(META_LAST, repr(now))
         cursor = os.fsencode(self.db.get_meta(META_CURSOR) or "")
         result = RunResult()
+        saved, done = cursor, cursor  # the cursor in the database; the last path finished
         for versions in by_path(store.history("")):
             rel = versions[0].rel
             if cursor and os.fsencode(rel) <= cursor:
                 continue
-            if self._stop.is_set():
+            if self._stop.is_set() or result.paths >= self.max_paths or result.removed >= self.max_removals:
+                result.stopped = self._stop.is_set()
+                break
+            removed_before = result.removed
+            if not self._prune_path(store, versions, int(now * NS), result):
                 result.stopped = True
-                return result
-            if result.paths >= self.max_paths or result.removed >= self.max_removals:
-                return result
-            done = self._prune_path(store, versions, int(now * NS), result)
-            if not done:
-                result.stopped = True
-                return result
+                break
             result.paths += 1
-            self.db.set_meta(META_CURSOR, rel)
-        self.db.set_meta(META_CURSOR, "")
-        result.finished = True
+            done = os.fsencode(rel)
+            if result.removed > removed_before or result.paths % CURSOR_EVERY == 0:
+                self.db.set_meta(META_CURSOR, rel)
+                saved = done
+        else:
+            self.db.set_meta(META_CURSOR, "")
+            result.finished = True
+            return result
+        if done != saved:
+            self.db.set_meta(META_CURSOR, os.fsdecode(done))
         return result
 
     def _prune_path(self, store: VersionStore, versions: list[Version], now_ns: int, result: RunResult) -> bool:
