@@ -29,6 +29,7 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 # --status...) stay as they were, so existing units and scripts keep working.
 SUBCOMMANDS: dict[str, str] = {
     "restore": "skynet.cli.restore:restore_cmd",
+    "versions": "skynet.cli.versions:versions",
 }
 
 

@@ -23,6 +23,7 @@ from connections import SERVICES, service_module
 from skynet.state.atomicfile import write_atomic
 from skynet.watch.ignore import validate_pattern
 from skynet.transfer.throttle import validate_bwlimit
+from skynet.versions.retention import DEFAULT_MAX_AGE, DAY, Policy, parse_age, parse_keep
 from skynet.config.values import (
     LOG_LEVELS,
     _str,
@@ -98,6 +99,8 @@ MAPPING_KEYS: dict[str, Key] = {
     "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
     "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
     "versions": ("no", "keep what the mirror overwrites, deletes or moves onto: the bucket's own versions where S3 versioning is on, else a hidden .skynet-versions area under the target", parse_bool),
+    "versions_keep": ("staggered", "which kept versions pruning leaves, per file: staggered (one per 30 s for the first hour, one per hour for the first day, one per day up to versions_max_age), a count (10: the newest 10) or an age (90d; also s, m, h, w); the newest version and the deletion records that end a kept version are never removed", parse_keep),
+    "versions_max_age": (DEFAULT_MAX_AGE, "with versions_keep = staggered: versions older than this are removed (30d; also s, m, h, w)", parse_age),
 }
 
 
@@ -113,6 +116,8 @@ class MappingConfig:
     max_delete: int = 1000
     workers: int = 8
     versions: bool = False
+    versions_keep: Policy = field(default_factory=Policy)
+    versions_max_age: int = 30 * DAY  # nanoseconds
 
 
 @dataclass
@@ -244,7 +249,7 @@ def load(path: str, service: str | None = None) -> Config:
                 raise ConfigError(path, section, "target", "missing: where should the files go?")
             mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
             for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers",
-                      "versions"):
+                      "versions", "versions_keep", "versions_max_age"):
                 if k in m:
                     setattr(mc, k, m[k])
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -38,6 +38,7 @@ from skynet.state.uniqueq import DELETE, SEND, Action, UniqueQ
 from skynet.watch.watcher import Observer, TreeWatch, WatchFaultListener, Watcher
 from skynet.versions.keeper import keeper_for
 from skynet.versions.names import AREA
+from skynet.versions.prune import pruner_for
 
 log = logging.getLogger("skynet")
 
@@ -152,6 +153,7 @@ class MappingRunner(WatchFaultListener):
         self._rewatch_wanted = False
         self._cleaned = False
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
+        self.pruner = pruner_for(cfg, m, self.db) if m.versions else None
 
     def _wake(self) -> None:
         h = getattr(self, "handler", None)
@@ -187,6 +189,8 @@ class MappingRunner(WatchFaultListener):
         self.late.start(lambda: self.handler.connected, self._halt, self.name)
         self._rescan_wanted.set()
         self._scanner.start()
+        if self.pruner is not None:
+            self.pruner.start()
 
     def _recheck_interrupted(self, interrupted: list[Action]) -> None:
         """The previous run died (kill -9, power loss) while these actions were
@@ -389,6 +393,7 @@ class MappingRunner(WatchFaultListener):
         self._halt.set()
         self._rescan_wanted.set()
         steps = [
+            ("stop pruning versions", lambda: self.pruner is not None and self.pruner.stop(timeout)),
             ("stop watching", lambda: self.watch is not None and self.observer.unschedule(self.watch)),
             ("end the scan", lambda: self._scanner.is_alive() and self._scanner.join(timeout=timeout)),
             ("queue pending sends", self.watcher.close),
