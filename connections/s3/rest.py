@@ -707,9 +707,10 @@ class Rest:
         root = self._xml("UploadPartCopy", "PUT", self._key(key), params, h, allow_empty=True)
         return "" if root is None else root.findtext("ETag") or ""
 
-    def delete_object(self, key: str) -> None:
-        """DeleteObject (a missing key is no error in S3)."""
-        self._call("DeleteObject", "DELETE", self._key(key), ok=(200, 204))
+    def delete_object(self, key: str, *, version: str | None = None) -> None:
+        """DeleteObject, of one `version` for good (a missing key is no error in S3)."""
+        params = {"versionId": version} if version else None
+        self._call("DeleteObject", "DELETE", self._key(key), params, ok=(200, 204))
 
     def delete_objects(self, keys: list[str]) -> list[S3Error]:
         """DeleteObjects (quiet) of up to 1,000 keys; the per-key errors the server reports.
@@ -723,6 +724,11 @@ class Rest:
                         key=e.findtext("Key")) for e in root.iterfind("Error")]
 
     # -- reading -------------------------------------------------------------------------
+    def bucket_versioning(self) -> str:
+        """GetBucketVersioning: "Enabled", "Suspended", or "" for a bucket that never had it."""
+        root = self._xml("GetBucketVersioning", "GET", self.layout.base or "/", {"versioning": ""})
+        return (root.findtext("Status") or "").strip()
+
     def head_bucket(self) -> Reply:
         """HEAD the bucket; raises S3Error (code = status) unless 200."""
         return self._call("HeadBucket", "HEAD", self.layout.base or "/")

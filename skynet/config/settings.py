@@ -97,6 +97,7 @@ MAPPING_KEYS: dict[str, Key] = {
     "max_delete": ("1000", "a start-up scan deletes at most this many remote files (more, or all because the source is empty, needs --allow-mass-delete)", parse_int_range(0, 2**62)),
     "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
     "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
+    "versions": ("no", "keep what the mirror overwrites, deletes or moves onto: the bucket's own versions where S3 versioning is on, else a hidden .skynet-versions area under the target", parse_bool),
 }
 
 
@@ -111,6 +112,7 @@ class MappingConfig:
     follow_symlinks: bool = False
     max_delete: int = 1000
     workers: int = 8
+    versions: bool = False
 
 
 @dataclass
@@ -241,7 +243,8 @@ def load(path: str, service: str | None = None) -> Config:
             if not m.get("target") and file_service != "s3":
                 raise ConfigError(path, section, "target", "missing: where should the files go?")
             mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
-            for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers"):
+            for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers",
+                      "versions"):
                 if k in m:
                     setattr(mc, k, m[k])
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -36,6 +36,8 @@ from skynet.engine.syncsnap import SyncSnap
 from skynet.transfer.throttle import Schedule, Throttle
 from skynet.state.uniqueq import DELETE, SEND, Action, UniqueQ
 from skynet.watch.watcher import Observer, TreeWatch, WatchFaultListener, Watcher
+from skynet.versions.keeper import keeper_for
+from skynet.versions.names import AREA
 
 log = logging.getLogger("skynet")
 
@@ -120,13 +122,14 @@ class MappingRunner(WatchFaultListener):
             self.con.size_pool(m.workers)
         self.mapper = Mapper(m.source, m.target)
         inner_state = rel_inside(m.source, cfg.state_dir)
-        self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
+        # The versions area's name at the root is never synced from the source (it would land in the area).
+        self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "", AREA))
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
-                                     complete_sync=m.complete_sync,
+                                     complete_sync=m.complete_sync, keeper=keeper_for(self.con, m.versions),
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
