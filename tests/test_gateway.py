@@ -136,14 +136,14 @@ def kill_resume(tmp_path, cfg, token, roots, size: int, chunk: int, how: str) ->
                     assert gw.patch(url, off, f.read(chunk)).status_code == 204
                     sent += chunk
         # the next chunk: half of it on the wire, then the server dies (-9)
-        flowing = threading.Event()
+        flowing, killed = threading.Event(), threading.Event()
 
         def body():
             with open(src, "rb") as f:
                 f.seek(half)
                 yield f.read(chunk // 2)
                 flowing.set()
-                threading.Event().wait(60)  # the rest never comes: the server is killed first
+                killed.wait(60)  # the rest comes only once the server is dead: it never gets there
                 yield f.read(chunk - chunk // 2)
 
         result: list = []
@@ -151,6 +151,7 @@ def kill_resume(tmp_path, cfg, token, roots, size: int, chunk: int, how: str) ->
         t.start()
         assert flowing.wait(60)
         gw.kill9()
+        killed.set()
         sent += chunk // 2
         t.join(120)
         gw.start()  # same port, same staging folder
