@@ -272,9 +272,9 @@ def load(path: str, service: str | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError."""
     path = os.path.abspath(os.path.expanduser(path))
     cp = read_ini(path)
-    if "skynet" not in cp:
+    if "skynet" not in cp and "gateway" not in cp:
         raise ConfigError(path, "skynet", None, "missing section (it must at least say: service = local|s3|sftp)")
-    g = _parse_section(path, "skynet", dict(cp["skynet"]), GLOBAL_KEYS)
+    g = _parse_section(path, "skynet", dict(cp["skynet"]) if "skynet" in cp else {}, GLOBAL_KEYS)
     file_service = g.get("service") or service
     has_mappings = any(s.startswith("mapping ") for s in cp.sections())
     if not file_service and (has_mappings or "gateway" not in cp):
