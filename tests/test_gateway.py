@@ -116,20 +116,20 @@ def kill_resume(tmp_path, cfg, token, roots, size: int, chunk: int, how: str) ->
         rnd = random.Random(7)
         for _ in range(size // MiB):
             f.write(rnd.randbytes(MiB))
-    md5 = hashlib.md5(src.read_bytes()).hexdigest() if size <= 64 * MiB else None
+    md5 = hashlib.md5(src.read_bytes()).hexdigest() if size <= 64 * MiB else None  # checked at the end (re-read)
     gw = Gateway(cfg, token).start()
     try:
         sent = 0
         half = (size // chunk // 2) * chunk
         if how == "tuspy":
-            uploader = _tuspy_client(gw).uploader(str(src), chunk_size=chunk, metadata={"filename": "big.bin"},
-                                                  store_url=False)
+            meta = {"filename": "big.bin", **({"md5": md5} if md5 else {})}
+            uploader = _tuspy_client(gw).uploader(str(src), chunk_size=chunk, metadata=meta, store_url=False)
             while uploader.offset < half:
                 uploader.upload_chunk()
                 sent += chunk
             url = uploader.url
         else:
-            url = gw.location(gw.create("big.bin", size))
+            url = gw.location(gw.create("big.bin", size, md5=md5))
             with open(src, "rb") as f:
                 for off in range(0, half, chunk):
                     f.seek(off)

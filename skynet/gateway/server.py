@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # waitress reads a whole request body before the app sees it: bodies up to this
 # size stay in memory (an 8 MiB chunk), larger ones go to a temporary file.
 INBUF_OVERFLOW = 16 << 20
+# waitress's socket reads are 8 KiB by default: a thousand loop turns per 8 MiB chunk
+RECV_BYTES = 256 << 10
 
 
 def staging_root(cfg: Any) -> str:
@@ -47,7 +49,8 @@ class GatewayServer:
         self.app = build_app(self.gw)
         self.server = create_server(self.app, host=host or g.host, port=g.port if port is None else port,
                                     threads=g.threads, ident="skynet-gateway", asyncore_use_poll=True,
-                                    max_request_body_size=g.max_upload_size + 1, inbuf_overflow=INBUF_OVERFLOW)
+                                    max_request_body_size=g.max_upload_size + 1, inbuf_overflow=INBUF_OVERFLOW,
+                                    recv_bytes=RECV_BYTES)
         self._stop = threading.Event()
 
     @property

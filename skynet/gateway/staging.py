@@ -30,7 +30,7 @@ import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from skynet.state.atomicfile import write_atomic
 
@@ -110,6 +110,9 @@ class Staging:
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        # MD5 of each upload's bytes so far, kept while they arrive in this process: the
+        # finished file is then verified without reading it again (after a restart it is read)
+        self._running: dict[str, Any] = {}  # upload id -> hashlib.md5 object
         self._load()
 
     # -- files --------------------------------------------------------------
@@ -183,6 +186,7 @@ class Staging:
                                        "finish, terminate or let one expire, then try again")
             self._uploads[up.id] = up
             self._locks[up.id] = threading.Lock()
+        self._running[up.id] = hashlib.md5()
         try:
             fd = os.open(self.part(up.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             os.close(fd)
@@ -205,12 +209,14 @@ class Staging:
         if size is not None and size > room:
             raise UploadError(413, f"the chunk ({size} bytes) goes past Upload-Length ({room} bytes left)")
         h = ALGORITHMS[checksum[0]]() if checksum else None
+        known = self._running.pop(up.id, None)
+        whole = known.copy() if known is not None else None
         got = 0
         fd = os.open(self.part(up.id), os.O_WRONLY | os.O_NOFOLLOW)
         try:
             os.ftruncate(fd, offset)  # what a chunk cut off by a crash left past the offset
             try:
-                got = _copy_in(body, fd, offset, room, h)
+                got = _copy_in(body, fd, offset, room, [x for x in (h, whole) if x is not None])
             finally:
                 if h is not None and h.digest() != checksum[1]:  # type: ignore[index]
                     os.ftruncate(fd, offset)
@@ -218,6 +224,7 @@ class Staging:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._running[up.id] = whole if whole is not None and got >= 0 else known  # type: ignore[assignment]
         if got < 0:
             raise UploadError(460, f"Upload-Checksum: the chunk's {checksum[0]} does not match; "  # type: ignore[index]
                                    "nothing of it was kept, send it again")
@@ -255,6 +262,9 @@ class Staging:
             return f"its bytes are gone ({exc.strerror})"
         if size != up.length:
             return f"{size} bytes on disk, Upload-Length {up.length}"
+        known = self._running.pop(up.id, None)
+        if known is not None:  # every byte hashed as it arrived, each chunk checked then
+            return self._matches(up, known.hexdigest())
         whole = hashlib.md5()
         with open(self.part(up.id), "rb") as f:
             pos = 0
@@ -265,9 +275,13 @@ class Staging:
                 if base64.b64encode(h.digest()).decode() != b64:
                     return f"the chunk at {off} no longer has its {algo}"
             _hash_range(f, pos, up.length, [whole])
-        if up.md5 and whole.hexdigest() != up.md5:
-            return f"MD5 {whole.hexdigest()}, the client said {up.md5}"
-        up.etag = whole.hexdigest()
+        return self._matches(up, whole.hexdigest())
+
+    @staticmethod
+    def _matches(up: Upload, md5: str) -> str | None:
+        if up.md5 and md5 != up.md5:
+            return f"MD5 {md5}, the client said {up.md5}"
+        up.etag = md5
         return None
 
     def landed(self, up: Upload, target: str) -> bool:
@@ -296,6 +310,7 @@ class Staging:
         with self._lock:
             self._uploads.pop(uid, None)
             self._locks.pop(uid, None)
+            self._running.pop(uid, None)
         self._drop_files(uid)
 
     def _drop_files(self, uid: str) -> None:
@@ -328,7 +343,7 @@ class Staging:
         return n
 
 
-def _copy_in(body: BinaryIO, fd: int, offset: int, room: int, h) -> int:
+def _copy_in(body: BinaryIO, fd: int, offset: int, room: int, hashes: list) -> int:
     """Write the body at `offset`, at most `room` bytes (413 past it); the count written."""
     got = 0
     while True:
@@ -342,7 +357,7 @@ def _copy_in(body: BinaryIO, fd: int, offset: int, room: int, h) -> int:
             n = os.pwrite(fd, view, offset + got)
             view = view[n:]
             got += n
-        if h is not None:
+        for h in hashes:
             h.update(piece)
 
 
