@@ -139,8 +139,9 @@ def run_dest(dest: str, work: Path, big: Path, small: Path, args, results: dict)
             clear_gw = lambda: shutil.rmtree(gw_root / "r", ignore_errors=True)  # noqa: E731
             clear_rc = lambda: shutil.rmtree(rc_root, ignore_errors=True)  # noqa: E731
         cfg = work / f"gw-{dest}.ini"
+        extra = {"staging_dir": args.staging} if args.staging else {}
         token = write_config(cfg, {dest: target}, max_upload_size="4GiB", max_uploads_in_flight="1000",
-                             threads=str(max(16, args.threads * 2)))
+                             threads=str(max(16, args.threads * 2)), log_level="INFO", **extra)
         gw = stack.enter_context(Gateway(cfg, token))
         big_bytes = big.stat().st_size if big.is_file() else sum(p.stat().st_size for p in big.iterdir())
         small_bytes = sum(p.stat().st_size for p in small.iterdir())
@@ -175,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file-kib", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=8, help="small files in flight (gateway client and rclone --transfers)")
     ap.add_argument("--chunk-mib", type=int, default=8, help="tus PATCH size for the big file")
+    ap.add_argument("--staging", default="", help="[gateway] staging_dir (e.g. a tmpfs, to see the cost of the "
+                                                 "fsyncs that make offsets durable apart)")
     args = ap.parse_args(argv)
     info = machine_info()
     print(f"# {info['date']}, {info['nproc']} cores ({info['cpu']}), {info['filesystem (/tmp)']} /tmp, "
-          f"{subprocess.run([rclone_binary(), 'version'], capture_output=True, text=True).stdout.split(chr(10))[0]}; chunks of {args.chunk_mib} MiB, {args.threads} at once", flush=True)
+          f"{subprocess.run([rclone_binary(), 'version'], capture_output=True, text=True).stdout.split(chr(10))[0]}; "
+          f"staging on {args.staging or 'the state folder (same disk)'}; chunks of {args.chunk_mib} MiB, {args.threads} at once", flush=True)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
         work = Path(tmp)

@@ -28,11 +28,11 @@ OCTETS = "application/offset+octet-stream"
 MiB = 1 << 20
 
 
-def write_config(path: Path, targets: dict[str, dict[str, str]], **gateway: Any) -> str:
+def write_config(path: Path, targets: dict[str, dict[str, str]], log_level: str = "DEBUG", **gateway: Any) -> str:
     """A gateway config (mode 0600) with `targets` ([target NAME] keys) all in [gateway]
     targets; returns the client's token (only its hash is in the file)."""
     token, digest = new_token()
-    lines = ["[skynet]", f"state_dir = {path.parent / 'state'}", "log_level = DEBUG", ""]
+    lines = ["[skynet]", f"state_dir = {path.parent / 'state'}", f"log_level = {log_level}", ""]
     for name, keys in targets.items():
         lines += [f"[target {name}]", *(f"{k} = {v}" for k, v in keys.items()), ""]
     g = {"targets": ", ".join(targets), "token_hash": digest, "retry_interval": "0.5", **gateway}

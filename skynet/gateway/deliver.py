@@ -65,7 +65,9 @@ class Destination:
     cfg: TargetConfig
     con: XCon
     keeper: Keeper
+    retry_interval: float = 30.0
     up: bool = False
+    failed_at: float = 0.0  # monotonic time of the last failed connect
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -77,9 +79,12 @@ class Destination:
         with self.lock:
             if self.up:
                 return True
+            if self.failed_at and time.monotonic() - self.failed_at < min(self.retry_interval, 5.0):
+                return False  # asked again at once (downloads, each worker): not a connect each time
             try:
                 self.con.connect()
             except Exception as exc:  # down or refusing: stays pending, retried later
+                self.failed_at = time.monotonic()
                 log.warning("gateway: destination %s (%s) unreachable: %s", self.name, self.con.describe(), exc)
                 return False
             self.up = True
@@ -97,7 +102,7 @@ class Deliveries:
     def __init__(self, staging: Staging, targets: list[TargetConfig], retry_interval: float) -> None:
         self.staging = staging
         self.retry_interval = retry_interval
-        self.dests = [self._destination(t) for t in targets]
+        self.dests = [self._destination(t, retry_interval) for t in targets]
         self._cond = threading.Condition()
         self._busy: dict[str, set[str]] = {d.name: set() for d in self.dests}  # filenames in flight per destination
         self._failed_at: dict[str, float] = {}  # destination -> when its last attempt failed
@@ -106,9 +111,9 @@ class Deliveries:
         self._threads: list[threading.Thread] = []
 
     @staticmethod
-    def _destination(t: TargetConfig) -> Destination:
+    def _destination(t: TargetConfig, retry_interval: float) -> Destination:
         con = t.build()
-        return Destination(cfg=t, con=con, keeper=keeper_for(con, True))
+        return Destination(cfg=t, con=con, keeper=keeper_for(con, True), retry_interval=retry_interval)
 
     def start(self) -> None:
         for d in self.dests:
