@@ -323,6 +323,36 @@ def test_termination(two_local, tmp_path):
         assert not (roots[0] / "t.bin").exists()
 
 
+def test_two_clients_on_one_upload(two_local):
+    """Two PATCHes at the same offset, the first one's body still coming in: the one whose
+    chunk is in first is written, the other finds the offset moved (409) and writes nothing.
+    (waitress hands a request to the app once its body is all in, so the second one, sent
+    whole, is the first in.)"""
+    cfg, token, roots = two_local
+    with Gateway(cfg, token) as gw:
+        url = gw.location(gw.create("one.bin", 4 * MiB))
+        flowing, release = threading.Event(), threading.Event()
+
+        def body():
+            yield b"a" * MiB
+            flowing.set()
+            release.wait(60)
+            yield b"a" * MiB
+
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(gw.patch(url, 0, body())))
+        t.start()
+        assert flowing.wait(60)
+        second = gw.patch(url, 0, b"b" * 2 * MiB)
+        assert second.status_code == 204 and second.headers["Upload-Offset"] == str(2 * MiB)
+        release.set()
+        t.join(60)
+        assert first[0].status_code == 409
+        assert gw.head(url).headers["Upload-Offset"] == str(2 * MiB)
+        assert gw.patch(url, 2 * MiB, b"c" * 2 * MiB).status_code == 204
+        assert (roots[0] / "one.bin").read_bytes() == b"b" * 2 * MiB + b"c" * 2 * MiB
+
+
 def test_creation_with_upload_and_empty_file(two_local):
     cfg, token, roots = two_local
     with Gateway(cfg, token) as gw:
@@ -345,6 +375,8 @@ def test_expired_uploads_are_swept(tmp_path):
         url = gw.location(gw.create("slow.bin", 100))
         r = gw.patch(url, 0, b"x" * 10)
         assert r.status_code == 204 and r.headers["Upload-Expires"].endswith("GMT")
+        wait_for(lambda: gw.head(url).status_code in (404, 410), "the upload to expire")
+        assert gw.patch(url, 10, b"y").status_code in (404, 410)
         wait_for(lambda: gw.head(url).status_code == 404, "the sweep to remove the idle upload")
         assert staged(tmp_path / "state") == []
         gw.wait_log("expired at offset 10 of 100")

@@ -33,8 +33,9 @@ def _object(srv, bucket: str, key: str) -> bytes | None:
 
 def test_one_destination_down_while_uploading(tmp_path, servers):
     """SFTP stops half-way through an upload: the upload lands in the local folder and S3
-    (the client is told `Skynet-Pending: sftp`), a second version too; when SFTP is back
-    both versions land there in order (version 1 kept in its versions area)."""
+    (the client is told `Skynet-Pending: sftp`), a second file too; the gateway is killed
+    with -9 and restarted meanwhile; when SFTP is back both land there, in order (the
+    version they replace kept in its versions area)."""
     sshd = servers.get("sftp")
     s3 = servers.get("s3")
     bucket = s3.new_bucket()
@@ -64,6 +65,8 @@ def test_one_destination_down_while_uploading(tmp_path, servers):
         assert gw.get("r/a.bin", rng="bytes=0-99").content == v2[:100]
         assert (sftp_root / "r" / "a.bin").read_bytes() == v1  # held back, not half-written
         assert staged(tmp_path / "state")  # kept on the gateway until SFTP has them
+        gw.kill9()  # what waits for SFTP survives the gateway's death too
+        gw.start()
         sshd.start()
         wait_for(lambda: (sftp_root / "r" / "b.bin").exists() and (sftp_root / "r" / "a.bin").read_bytes() == v2,
                  "SFTP to catch up", timeout=120)
@@ -71,6 +74,7 @@ def test_one_destination_down_while_uploading(tmp_path, servers):
         kept = [p for p in (sftp_root / AREA).rglob("*") if p.is_file()]
         assert [p.read_bytes() for p in kept] == [v1]  # version 1 kept there before version 2 replaced it
         gw.wait_log("landed in sftp", count=3)
+        assert s3.secret_key not in gw.log_text() and token not in gw.log_text()
 
 
 def test_native_versions_on_a_versioned_bucket(tmp_path, servers):

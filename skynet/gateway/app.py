@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.utils
 import logging
 import re
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -129,8 +131,30 @@ class Gateway:
         with self._wlock:
             return uid in self.writing
 
+    @contextlib.contextmanager
+    def writing_to(self, up: Upload) -> Iterator[None]:
+        """Hold the upload for one request (409 if another holds it); the sweep leaves it alone meanwhile."""
+        lock = self.staging.locked(up.id)
+        if not lock.acquire(blocking=False):
+            raise UploadError(409, "another request is writing this upload; retry after it")
+        with self._wlock:
+            self.writing.add(up.id)
+        try:
+            yield
+        finally:
+            with self._wlock:
+                self.writing.discard(up.id)
+            lock.release()
+
     def expires(self, up: Upload) -> str:
         return http_date(up.touched + self.cfg.expire_after)
+
+    def live(self, uid: str) -> Upload:
+        """The upload `uid`: 404 if unknown, 410 once expired (before the sweep removes it)."""
+        up = self.staging.get(uid)
+        if not up.finished and up.touched + self.cfg.expire_after <= time.time():
+            raise UploadError(410, "this upload expired (expire_after); start it again")
+        return up
 
 
 def build_app(gw: Gateway) -> Flask:
@@ -208,7 +232,7 @@ def build_app(gw: Gateway) -> Flask:
 
     @app.route("/uploads/<uid>", methods=["HEAD"])
     def head(uid: str) -> Response:
-        up = gw.staging.get(uid)
+        up = gw.live(uid)
         resp = Response(status=200)
         resp.headers.update({"Upload-Offset": str(up.offset), "Upload-Length": str(up.length)})
         if up.metadata:
@@ -219,7 +243,7 @@ def build_app(gw: Gateway) -> Flask:
 
     @app.route("/uploads/<uid>", methods=["PATCH"])
     def patch(uid: str) -> Response:
-        up = gw.staging.get(uid)
+        up = gw.live(uid)
         if request.headers.get("Content-Type") != OCTETS:
             raise UploadError(415, f"Content-Type: {OCTETS} is needed")
         return _patch(gw, up, _int_header("Upload-Offset"), _checksum())
@@ -227,15 +251,10 @@ def build_app(gw: Gateway) -> Flask:
     @app.route("/uploads/<uid>", methods=["DELETE"])
     def terminate(uid: str) -> Response:
         up = gw.staging.get(uid)
-        lock = gw.staging.locked(uid)
-        if not lock.acquire(blocking=False):
-            raise UploadError(409, "a chunk of this upload is being written; try again")
-        try:
+        with gw.writing_to(up):
             if up.finished:
                 raise UploadError(403, "this upload is finished and being delivered: it cannot be terminated")
             gw.staging.remove(uid)
-        finally:
-            lock.release()
         log.info("gateway: upload %s (%r) terminated", uid, up.filename)
         return Response(status=204)
 
@@ -292,20 +311,11 @@ def _patch(gw: Gateway, up: Upload, offset: int, checksum: tuple[str, bytes] | N
     `Skynet-Landed` names those that have the file, `Skynet-Pending` those that
     were down (it lands there by itself when they return; the upload is safe on
     the gateway's disk meanwhile). 460 when a checksum does not match."""
-    lock = gw.staging.locked(up.id)
-    if not lock.acquire(blocking=False):
-        raise UploadError(409, "another request is writing this upload; retry after it")
-    with gw._wlock:
-        gw.writing.add(up.id)
-    try:
+    with gw.writing_to(up):
         new = gw.staging.write(up, offset, request.stream, request.content_length, checksum)
         done = new == up.length and not up.finished
         if done:
             gw.staging.finish(up, [d.name for d in gw.deliveries.dests])
-    finally:
-        with gw._wlock:
-            gw.writing.discard(up.id)
-        lock.release()
     resp = Response(status=204)
     resp.headers["Upload-Offset"] = str(new)
     if not up.finished:
