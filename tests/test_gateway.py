@@ -292,10 +292,14 @@ def test_limits(tmp_path):
     root = tmp_path / "a"
     root.mkdir()
     cfg = tmp_path / "gw.ini"
-    token = write_config(cfg, {"a": {"service": "local", "root": str(root)}}, max_upload_size="1MiB",
-                         max_uploads_in_flight="2")
+    token = write_config(cfg, {"a": {"service": "local", "root": str(root)}}, max_upload_size="4MiB",
+                         max_uploads_in_flight="2", max_chunk_size="1MiB")
     with Gateway(cfg, token) as gw:
-        r = gw.create("big", MiB + 1)
+        u0 = gw.location(gw.create("chunky", 2 * MiB))
+        assert gw.patch(u0, 0, b"x" * (MiB + 1)).status_code == 413  # max_chunk_size, before it is read
+        assert requests.patch(u0, data=b"x" * (MiB + 1), timeout=30).status_code == 413  # nor without a token
+        assert requests.delete(u0, headers=gw.auth, timeout=30).status_code == 204
+        r = gw.create("big", 4 * MiB + 1)
         assert r.status_code == 413 and "max_upload_size" in r.text
         u1 = gw.location(gw.create("one", 10))
         gw.location(gw.create("two", 10))

@@ -125,6 +125,7 @@ GATEWAY_KEYS: dict[str, Key] = {
     "host": ("127.0.0.1", "address `skynet serve` listens on (put a TLS reverse proxy in front of anything but localhost)", _str),
     "port": ("8770", "port it listens on", parse_int_range(0, 65535)),
     "max_upload_size": ("64GiB", "largest upload accepted (Upload-Length); more is refused with 413", parse_size_range(1, 1 << 50)),
+    "max_chunk_size": ("64MiB", "largest request body (one PATCH, or a POST with data); more is refused with 413 before it is read in. waitress reads a body whole before anything can look at it, token included: this bounds what a stranger can make the gateway buffer", parse_size_range(1 << 20, 1 << 40)),
     "max_uploads_in_flight": ("64", "unfinished uploads at once; one more is refused with 429 until one finishes, is terminated or expires", parse_int_range(1, 100_000)),
     "expire_after": ("86400", "seconds an unfinished upload is kept after its last chunk (Upload-Expires); then the sweep removes it", parse_seconds),
     "staging_dir": ("", "folder for unfinished uploads and deliveries still pending (default: gateway/ in state_dir); on the same disk as state_dir is best", parse_path),
@@ -156,6 +157,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8770
     max_upload_size: int = 64 << 30
+    max_chunk_size: int = 64 << 20
     max_uploads_in_flight: int = 64
     expire_after: float = 86400.0
     staging_dir: str = ""

@@ -49,7 +49,7 @@ class GatewayServer:
         self.app = build_app(self.gw)
         self.server = create_server(self.app, host=host or g.host, port=g.port if port is None else port,
                                     threads=g.threads, ident="skynet-gateway", asyncore_use_poll=True,
-                                    max_request_body_size=g.max_upload_size + 1, inbuf_overflow=INBUF_OVERFLOW,
+                                    max_request_body_size=g.max_chunk_size, inbuf_overflow=INBUF_OVERFLOW,
                                     recv_bytes=RECV_BYTES)
         self._stop = threading.Event()
 
