@@ -98,3 +98,23 @@ def test_native_versions_on_a_versioned_bucket(tmp_path, servers):
     versions = weed.client().list_object_versions(Bucket=bucket, Prefix="root/")["Versions"]
     assert len(versions) == 2  # no versions area: the bucket kept version 1 itself
     assert not [k for k in weed.client().list_objects_v2(Bucket=bucket).get("Contents", []) if AREA in k["Key"]]
+
+
+def test_a_client_is_not_kept_waiting_for_a_retry(tmp_path, servers):
+    """Once a destination failed, the next finished upload is answered at once (Skynet-Pending),
+    not after the destination's retry_interval (here an hour: the old code answered then)."""
+    sshd = servers.get("sftp")
+    local_root = tmp_path / "local"
+    local_root.mkdir()
+    cfg = tmp_path / "gw.ini"
+    token = write_config(cfg, {"local": {"service": "local", "root": str(local_root)},
+                               "sftp": {"service": "sftp", "root": sshd.fresh_folder("gw"), **sshd.service()}},
+                         retry_interval="3600")
+    with Gateway(cfg, token) as gw, left_running(sshd):
+        sshd.stop()
+        r = gw.upload("one", b"1" * 100)  # answered after its one attempt at SFTP
+        assert r.headers["Skynet-Landed"] == "local" and r.headers["Skynet-Pending"] == "sftp"
+        url = gw.location(gw.create("two", 100))
+        r = gw.patch(url, 0, b"2" * 100, timeout=120)
+        assert r.headers["Skynet-Landed"] == "local" and r.headers["Skynet-Pending"] == "sftp"
+        assert (local_root / "two").read_bytes() == b"2" * 100

@@ -137,12 +137,16 @@ class Deliveries:
 
     def submit(self, up: Upload) -> dict[str, Future]:
         """Wake the workers for a newly finished upload; one Future per destination,
-        done (True: landed, False: pending) after its first attempt there."""
+        done (True: landed, False: pending) after its first attempt there, or at once
+        (False) for a destination whose last attempt failed and waits for its retry."""
         out: dict[str, Future] = {}
         with self._cond:
             for name in up.pending:
                 fut: Future = Future()
-                self._waiters.setdefault((up.id, name), []).append(fut)
+                if name in self._failed_at:  # down now: the client is not kept waiting for its retry
+                    fut.set_result(False)
+                else:
+                    self._waiters.setdefault((up.id, name), []).append(fut)
                 out[name] = fut
             self._cond.notify_all()
         return out
