@@ -357,12 +357,16 @@ def test_two_clients_on_one_upload(two_local):
         assert (roots[0] / "one.bin").read_bytes() == b"b" * 2 * MiB + b"c" * 2 * MiB
 
 
-def test_creation_with_upload_and_empty_file(two_local):
+def test_creation_with_upload_and_empty_file(two_local, tmp_path):
     cfg, token, roots = two_local
     with Gateway(cfg, token) as gw:
         r = gw.create("w.txt", 11, body=b"hello world")
         assert r.status_code == 201 and r.headers["Upload-Offset"] == "11" and r.headers["Skynet-Landed"] == "a, b"
         assert (roots[0] / "w.txt").read_bytes() == b"hello world"
+        r = gw.create("w2.txt", 11, body=b"hello world", headers={"Upload-Checksum": md5_header(b"hello")})
+        assert r.status_code == 460 and "Location" not in r.headers
+        assert staged(tmp_path / "state") == []  # nothing left that nobody could resume
+        assert not (roots[0] / "w2.txt").exists()
         r = gw.create("empty", 0)
         assert r.status_code == 201 and r.headers["Upload-Offset"] == "0"
         assert (roots[1] / "empty").read_bytes() == b""
@@ -376,9 +380,10 @@ def test_expired_uploads_are_swept(tmp_path):
     cfg = tmp_path / "gw.ini"
     token = write_config(cfg, {"a": {"service": "local", "root": str(root)}}, expire_after="1")
     with Gateway(cfg, token) as gw:
-        url = gw.location(gw.create("slow.bin", 100))
-        r = gw.patch(url, 0, b"x" * 10)
-        assert r.status_code == 204 and r.headers["Upload-Expires"].endswith("GMT")
+        # the first 10 bytes with the creation: no step of the test has to come within the second
+        r = gw.create("slow.bin", 100, body=b"x" * 10)
+        url = gw.location(r)
+        assert r.headers["Upload-Offset"] == "10" and r.headers["Upload-Expires"].endswith("GMT")
         wait_for(lambda: gw.head(url).status_code in (404, 410), "the upload to expire")
         assert gw.patch(url, 10, b"y").status_code in (404, 410)
         wait_for(lambda: gw.head(url).status_code == 404, "the sweep to remove the idle upload")

@@ -221,12 +221,17 @@ def build_app(gw: Gateway) -> Flask:
         with_body = request.headers.get("Content-Type") == OCTETS
         if request.content_length and not with_body:
             raise UploadError(415, f"a body with the creation needs Content-Type: {OCTETS}")
-        up = gw.staging.create(length, name, raw_meta, md5, gw.cfg.max_uploads_in_flight)
+        whole = with_body and request.content_length == length
+        up = gw.staging.create(length, name, raw_meta, md5, gw.cfg.max_uploads_in_flight, whole=whole)
         log.info("gateway: upload %s created for %r (%d bytes) from %s", up.id, name, length, request.remote_addr)
         resp = Response(status=201)
         resp.headers["Location"] = f"/uploads/{up.id}"
         if with_body or length == 0:  # creation-with-upload (an empty file is finished at once)
-            resp.headers.update(_patch(gw, up, 0, checksum).headers)
+            try:
+                resp.headers.update(_patch(gw, up, 0, checksum).headers)
+            except UploadError:
+                gw.staging.remove(up.id)  # the client got no Location: nobody could resume it
+                raise
         resp.headers["Upload-Expires"] = gw.expires(up)
         return resp
 
