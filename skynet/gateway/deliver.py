@@ -32,7 +32,7 @@ from skynet.versions.keeper import Keeper, keeper_for
 
 log = logging.getLogger(__name__)
 
-WORKERS_PER_TARGET = 4
+WORKERS_PER_TARGET = 8  # sends in flight per destination (rclone copy: --transfers 4 by default)
 
 
 class FileResume(ResumeStore):
