@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 
 import tests.server_s3  # noqa: F401  (registers "s3")
 import tests.server_seaweedfs  # noqa: F401  (registers "seaweedfs")
