@@ -158,9 +158,15 @@ def md5_header(data: bytes) -> str:
 
 
 def staged(state: Path) -> list[str]:
-    """The files in the gateway's staging folder (under the config's state_dir)."""
+    """The bytes the gateway's staging folder holds (under the config's state_dir): uploads and
+    their deliveries' resume state. (The record of a delivered upload stays until expire_after.)"""
     folder = state / "gateway" / "uploads"
-    return sorted(os.listdir(folder)) if folder.exists() else []
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".json")) if folder.exists() else []
+
+
+def records(state: Path) -> list[str]:
+    folder = state / "gateway" / "uploads"
+    return sorted(n for n in os.listdir(folder) if n.endswith(".json")) if folder.exists() else []
 
 
 def wait_for(cond, what: str, timeout: float = 60) -> None:

@@ -17,6 +17,7 @@ from tests.gateway_helpers import (
     Gateway,
     b64,
     md5_header,
+    records,
     staged,
     wait_for,
     write_config,
@@ -90,6 +91,8 @@ def test_curl_walkthrough(two_local, tmp_path):
         assert header(last, "Skynet-Landed") == "a, b"
         for r in roots:
             assert (r / "docs" / "report.bin").read_bytes() == data
+        # a client whose answer to the last chunk was lost asks again: every byte is in
+        assert header(curl("-I", url, *auth), "Upload-Offset") == str(len(data))
         got = curl("-H", f"Authorization: Bearer {token}", "-r", "100-1048675", f"{gw.url}/files/docs/report.bin")
         assert " 206 " in got.splitlines()[0]
         assert header(got, "Content-Range") == f"bytes 100-1048675/{len(data)}"
@@ -388,6 +391,11 @@ def test_expired_uploads_are_swept(tmp_path):
         wait_for(lambda: gw.head(url).status_code == 404, "the sweep to remove the idle upload")
         assert staged(tmp_path / "state") == []
         gw.wait_log("expired at offset 10 of 100")
+        # a delivered upload's record (HEAD: every byte in) goes after as long
+        done = gw.location(gw.create("done.bin", 3, body=b"abc"))
+        assert gw.head(done).headers["Upload-Offset"] == "3" or gw.head(done).status_code == 404
+        wait_for(lambda: records(tmp_path / "state") == [], "the delivered upload's record to go")
+        assert gw.head(done).status_code == 404 and (root / "done.bin").read_bytes() == b"abc"
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "a//b", "./a", "a/", "",

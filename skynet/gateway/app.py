@@ -258,7 +258,7 @@ def build_app(gw: Gateway) -> Flask:
         up = gw.staging.get(uid)
         with gw.writing_to(up):
             if up.finished:
-                raise UploadError(403, "this upload is finished and being delivered: it cannot be terminated")
+                raise UploadError(403, "this upload is finished (delivered, or being delivered): it cannot be terminated")
             gw.staging.remove(uid)
         log.info("gateway: upload %s (%r) terminated", uid, up.filename)
         return Response(status=204)

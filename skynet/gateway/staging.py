@@ -5,6 +5,8 @@ An upload is two files in `<staging>/uploads/`:
     <id>.part   the bytes received so far (exactly `offset` of them count)
     <id>.json   its record: length, offset, file name, checksums of its chunks,
                 times, and once finished the destinations it has still to land in
+                (kept, without the bytes, for expire_after once it is everywhere:
+                HEAD then says every byte is in)
 
 A chunk is written into the .part file and fsynced, then the record is replaced
 atomically (skynet.state.atomicfile.write_atomic: fsync of the file and of the
@@ -156,12 +158,16 @@ class Staging:
         with self._lock:
             up = self._uploads.get(uid) if _ID.fullmatch(uid) else None
         if up is None:
-            raise UploadError(404, "no such upload (finished and delivered, terminated, expired, or never made)")
+            raise UploadError(404, "no such upload (terminated, expired, delivered more than expire_after ago, "
+                                   "or never made)")
         return up
 
     def partial(self) -> list[Upload]:
         with self._lock:
             return [u for u in self._uploads.values() if not u.finished]
+
+    def delivered(self, up: Upload) -> bool:
+        return up.finished and not up.pending
 
     def undelivered(self) -> list[Upload]:
         """Finished uploads some destination still waits for, oldest first."""
@@ -293,17 +299,19 @@ class Staging:
         return None
 
     def landed(self, up: Upload, target: str) -> bool:
-        """`up` is on `target` now; True when it is on all of them (its files are then removed)."""
+        """`up` is on `target` now; True when it is on all of them. Its bytes are then
+        removed, but its record stays (done) until expire_after: a client whose answer to
+        the last chunk was lost asks HEAD and learns that every byte is in."""
         with self.locked(up.id):
             if target in up.pending:
                 up.pending.remove(target)
             up.errors.pop(target, None)
             _unlink(self.resume_file(up.id, target))
-            if up.pending:
-                self._save(up)
-                return False
-        self.remove(up.id)
-        return True
+            if not up.pending:
+                up.touched = time.time()
+                _unlink(self.part(up.id))
+            self._save(up)
+        return not up.pending
 
     def note(self, up: Upload, target: str, *, kept: bool = False, error: str | None = None) -> None:
         """Record that the replaced file was kept on `target`, or its last error."""
@@ -328,13 +336,17 @@ class Staging:
                 _unlink(os.path.join(self.folder, name))
 
     def expired(self, expire_after: float, now: float | None = None) -> Iterator[Upload]:
+        """Unfinished uploads idle for `expire_after`, and records of delivered ones that old."""
         now = time.time() if now is None else now
-        for up in self.partial():
+        with self._lock:
+            found = [u for u in self._uploads.values() if not u.finished or not u.pending]
+        for up in found:
             if up.touched + expire_after <= now:
                 yield up
 
     def sweep(self, expire_after: float, busy: Callable[[str], bool]) -> int:
-        """Remove unfinished uploads idle for `expire_after`; those being written are left."""
+        """Remove unfinished uploads idle for `expire_after` (those being written are left),
+        and the records of delivered ones after as long."""
         n = 0
         for up in list(self.expired(expire_after)):
             lock = self.locked(up.id)
@@ -346,6 +358,8 @@ class Staging:
                              up.offset, up.length)
                     self.remove(up.id)
                     n += 1
+                elif up.finished and not up.pending:
+                    self.remove(up.id)  # delivered long ago: its record is no longer asked for
             finally:
                 lock.release()
         return n
