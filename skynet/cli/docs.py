@@ -7,7 +7,7 @@ A test checks that config/README.md is up to date with the code.
 from __future__ import annotations
 
 from connections import SERVICES, service_module
-from skynet.config.settings import GLOBAL_KEYS, MAPPING_KEYS
+from skynet.config.settings import GATEWAY_KEYS, GLOBAL_KEYS, MAPPING_KEYS, TARGET_KEYS
 
 
 def _table(keys: dict) -> list[str]:
@@ -37,6 +37,17 @@ def reference() -> str:
         "## [mapping NAME]: one local folder to one remote root (as many as you like)",
         "",
         *_table(MAPPING_KEYS),
+        "",
+        "## [target NAME]: a named destination (as many as you like)",
+        "",
+        "`service` and `root`, plus the keys of that service's section below (its credentials, bucket, host...).",
+        "A config that only serves uploads (`skynet serve`) needs no `[skynet] service` and no mapping.",
+        "",
+        *_table(TARGET_KEYS),
+        "",
+        "## [gateway]: the upload gateway (`skynet serve`)",
+        "",
+        *_table(GATEWAY_KEYS),
     ]
     for service in SERVICES:
         try:

@@ -30,6 +30,7 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 SUBCOMMANDS: dict[str, str] = {
     "restore": "skynet.cli.restore:restore_cmd",
     "versions": "skynet.cli.versions:versions",
+    "serve": "skynet.cli.serve:serve",
 }
 
 

@@ -4,6 +4,10 @@
     [local] / [s3] / [sftp]
                         the connection's settings (the KEYS of its module)
     [mapping NAME]      one local folder -> one remote root (MAPPING_KEYS)
+    [target NAME]       a named destination: a service, a root on it and that
+                        service's keys (TARGET_KEYS + the KEYS of its module);
+                        `skynet serve` lands uploads in them ([gateway] targets)
+    [gateway]           the upload gateway, `skynet serve` (GATEWAY_KEYS)
 
 Every key is listed below with its default and meaning; config/*.ini and the
 README are written from the same tables. Unknown sections and keys are errors
@@ -34,6 +38,7 @@ from skynet.config.values import (
     parse_path,
     parse_patterns,
     parse_seconds,
+    parse_size_range,
 )
 
 class ConfigError(Exception):
@@ -58,6 +63,15 @@ def parse_host_names(v: str) -> list[str]:
         if any(c in item for c in "/@?#") or (item.count(":") > 1 and not item.startswith("[")):
             raise ValueError(f"{item!r} is not a host name or host:port")
         out.append(item)
+    return out
+
+
+def parse_names(v: str) -> list[str]:
+    """Section names (of [target NAME]), comma- or line-separated."""
+    out = [item.strip() for item in v.replace(",", "\n").splitlines() if item.strip()]
+    for item in out:
+        if not _name_ok(item):
+            raise ValueError(f"expected names of [target NAME] sections, got {item!r}")
     return out
 
 
@@ -102,6 +116,57 @@ MAPPING_KEYS: dict[str, Key] = {
     "versions_keep": ("staggered", "which kept versions pruning leaves, per file: staggered (one per 30 s for the first hour, one per hour for the first day, one per day up to versions_max_age), a count (10: the newest 10) or an age (90d; also s, m, h, w); the newest version and the deletion records that end a kept version are never removed", parse_keep),
     "versions_max_age": (DEFAULT_MAX_AGE, "with versions_keep = staggered: versions older than this are removed (30d; also s, m, h, w)", parse_age),
 }
+
+
+TARGET_KEYS: dict[str, Key] = {
+    "service": ("", "which connection: local, s3 or sftp (required); the section also takes that service's keys (its table below)", parse_choice(*SERVICES)),
+    "root": ("", "where on it: a folder (local), a key prefix under the bucket's prefix (s3) or a remote folder (sftp) (required for local and sftp)", _str),
+}
+
+GATEWAY_KEYS: dict[str, Key] = {
+    "targets": ("", "the [target NAME] sections every finished upload lands in, comma-separated (required)", parse_names),
+    "host": ("127.0.0.1", "address `skynet serve` listens on (put a TLS reverse proxy in front of anything but localhost)", _str),
+    "port": ("8770", "port it listens on", parse_int_range(0, 65535)),
+    "max_upload_size": ("64GiB", "largest upload accepted (Upload-Length); more is refused with 413", parse_size_range(1, 1 << 50)),
+    "max_chunk_size": ("64MiB", "largest request body (one PATCH, or a POST with data); more is refused with 413 before it is read in. waitress reads a body whole before anything can look at it, token included: this bounds what a stranger can make the gateway buffer", parse_size_range(1 << 20, 1 << 40)),
+    "max_uploads_in_flight": ("64", "unfinished uploads at once; one more is refused with 429 until one finishes, is terminated or expires", parse_int_range(1, 100_000)),
+    "expire_after": ("86400", "seconds an unfinished upload is kept after its last chunk (Upload-Expires); then the sweep removes it", parse_seconds),
+    "staging_dir": ("", "folder for unfinished uploads and deliveries still pending (default: gateway/ in state_dir); on the same disk as state_dir is best", parse_path),
+    "token_hash": ("", "hash of the token clients send as `Authorization: Bearer` (python -m skynet.dashboard new-token) (required)", _str),
+    "threads": ("16", "requests served at once", parse_int_range(1, 1024)),
+    "retry_interval": ("30", "seconds between attempts to land a finished upload in a destination that was down", parse_seconds),
+}
+
+
+@dataclass
+class TargetConfig:
+    """One [target NAME] section: a destination, as the connection modules build it."""
+
+    name: str
+    service: str
+    root: str
+    options: dict[str, str] = field(default_factory=dict)  # the service's own keys, raw (its module parses them)
+
+    def build(self) -> Any:
+        """A connection (XCon) to this destination, not yet connected."""
+        return service_module(self.service).build(self.options, self.root)
+
+
+@dataclass
+class GatewayConfig:
+    """The [gateway] section (`skynet serve`)."""
+
+    targets: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8770
+    max_upload_size: int = 64 << 30
+    max_chunk_size: int = 64 << 20
+    max_uploads_in_flight: int = 64
+    expire_after: float = 86400.0
+    staging_dir: str = ""
+    token_hash: str = ""
+    threads: int = 16
+    retry_interval: float = 30.0
 
 
 @dataclass
@@ -150,6 +215,8 @@ class Config:
     dashboard_hosts: list[str] = field(default_factory=list)
     service_options: dict[str, str] = field(default_factory=dict)
     mappings: list[MappingConfig] = field(default_factory=list)
+    targets: dict[str, TargetConfig] = field(default_factory=dict)
+    gateway: GatewayConfig | None = None
     # set from the command line, not the file: let a start-up scan delete
     # more than max_delete files (or all of them) this once
     allow_mass_delete: bool = False
@@ -212,16 +279,19 @@ def load(path: str, service: str | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError."""
     path = os.path.abspath(os.path.expanduser(path))
     cp = read_ini(path)
-    if "skynet" not in cp:
+    if "skynet" not in cp and "gateway" not in cp:
         raise ConfigError(path, "skynet", None, "missing section (it must at least say: service = local|s3|sftp)")
-    g = _parse_section(path, "skynet", dict(cp["skynet"]), GLOBAL_KEYS)
+    g = _parse_section(path, "skynet", dict(cp["skynet"]) if "skynet" in cp else {}, GLOBAL_KEYS)
     file_service = g.get("service") or service
-    if not file_service:
+    has_mappings = any(s.startswith("mapping ") for s in cp.sections())
+    if not file_service and (has_mappings or "gateway" not in cp):
         raise ConfigError(path, "skynet", "service", "missing (local, s3 or sftp)")
     if service and file_service != service:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
-    mod = service_module(file_service)
-    cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
+    # A file with only [target NAME] and [gateway] sections (for `skynet serve`) needs no service of its own.
+    mod = service_module(file_service) if file_service else None
+    cfg = Config(path=path, service=file_service or "",
+                 state_dir=g.get("state_dir") or default_state_dir(file_service or "gateway"))
     for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "late_grace", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
               "notify_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
               "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
@@ -230,12 +300,19 @@ def load(path: str, service: str | None = None) -> Config:
     for section in cp.sections():
         if section == "skynet":
             continue
+        if section.startswith("target ") and section[7:].strip():
+            target = _parse_target(path, section, dict(cp[section]))
+            cfg.targets[target.name] = target
+            continue
+        if section == "gateway":
+            cfg.gateway = _parse_gateway(path, dict(cp[section]))
+            continue
         if section in SERVICES:
             if section != file_service:
                 raise ConfigError(path, section, None, f"settings for {section!r} in a {file_service!r} config")
             opts = dict(cp[section])
             for key, raw in opts.items():
-                if key not in mod.KEYS:
+                if mod is None or key not in mod.KEYS:
                     known = ", ".join(sorted(mod.KEYS))
                     raise ConfigError(path, section, key, f"unknown key (known keys: {known})")
             cfg.service_options = opts
@@ -252,15 +329,22 @@ def load(path: str, service: str | None = None) -> Config:
                       "versions", "versions_keep", "versions_max_age"):
                 if k in m:
                     setattr(mc, k, m[k])
-            if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            if not _name_ok(name):
                 raise ConfigError(path, section, None, "mapping names may hold letters, digits, '-', '_' and '.' only")
             cfg.mappings.append(mc)
             continue
-        raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s] or [mapping NAME])" % file_service)
-    if not cfg.mappings:
+        raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s], [mapping NAME], "
+                          "[target NAME] or [gateway])" % (file_service or "SERVICE"))
+    if not cfg.mappings and cfg.gateway is None:
         raise ConfigError(path, None, None, "no [mapping NAME] section: nothing to sync")
+    if cfg.gateway is not None:
+        for name in cfg.gateway.targets:
+            if name not in cfg.targets:
+                known = ", ".join(sorted(cfg.targets)) or "none"
+                raise ConfigError(path, "gateway", "targets", f"no [target {name}] section (targets defined: {known})")
     # Let the connection validate its own settings now, not at the first upload.
     for m in cfg.mappings:
+        assert mod is not None  # mappings need a service (checked above)
         try:
             mod.validate(cfg.service_options, m.target)
         except ValueError as exc:
@@ -272,6 +356,52 @@ def load(path: str, service: str | None = None) -> Config:
     return cfg
 
 
+def _name_ok(name: str) -> bool:
+    return name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+
+
+def _parse_target(path: str, section: str, items: dict[str, str]) -> TargetConfig:
+    """A [target NAME] section: `service` and `root` from TARGET_KEYS, every other key
+    the service's own (checked and parsed by its connection module, as for [s3])."""
+    name = section[7:].strip()
+    if not _name_ok(name):
+        raise ConfigError(path, section, None, "target names may hold letters, digits, '-', '_' and '.' only")
+    own = {k: v for k, v in items.items() if k in TARGET_KEYS}
+    parsed = _parse_section(path, section, own, TARGET_KEYS)
+    svc = parsed.get("service")
+    if not svc:
+        raise ConfigError(path, section, "service", "missing (local, s3 or sftp)")
+    mod = service_module(svc)
+    options = {k: v for k, v in items.items() if k not in TARGET_KEYS}
+    for key in options:
+        if key not in mod.KEYS:
+            known = ", ".join(sorted(set(mod.KEYS) | set(TARGET_KEYS)))
+            raise ConfigError(path, section, key, f"unknown key for a {svc} target (known keys: {known})")
+    root = parsed.get("root", "")
+    if not root and svc != "s3":
+        raise ConfigError(path, section, "root", "missing: where on it should the files go?")
+    try:
+        mod.validate(options, root)
+    except ValueError as exc:
+        key, _, problem = str(exc).partition(": ")
+        if problem:
+            raise ConfigError(path, section, "root" if key == "target" else key, problem) from None
+        raise ConfigError(path, section, None, str(exc)) from None
+    return TargetConfig(name=name, service=svc, root=root, options=options)
+
+
+def _parse_gateway(path: str, items: dict[str, str]) -> GatewayConfig:
+    g = _parse_section(path, "gateway", items, GATEWAY_KEYS)
+    out = GatewayConfig(**g)
+    if not out.targets:
+        raise ConfigError(path, "gateway", "targets", "missing: which [target NAME] sections do uploads land in?")
+    if len(set(out.targets)) != len(out.targets):
+        raise ConfigError(path, "gateway", "targets", "a target is named twice")
+    if not out.token_hash:
+        raise ConfigError(path, "gateway", "token_hash", "missing: make one with python -m skynet.dashboard new-token")
+    return out
+
+
 # Settings whose value is a secret (the connection's credentials), by section.
 SECRET_SERVICE_KEYS = ("secret_access_key", "password", "key_passphrase")
 
@@ -280,9 +410,13 @@ def secret_keys(cfg: Config) -> list[str]:
     """The settings of `cfg` that hold a secret: credentials, a DSN with a
     password, the dashboard's hashes (a scrypt hash can be attacked offline)."""
     found = [f"[{cfg.service}] {k}" for k in SECRET_SERVICE_KEYS if cfg.service_options.get(k, "").strip()]
+    found += [f"[target {t.name}] {k}" for t in cfg.targets.values() for k in SECRET_SERVICE_KEYS
+              if t.options.get(k, "").strip()]
     if cfg.notify_dsn and _dsn_has_password(cfg.notify_dsn):
         found.append("[skynet] notify_dsn")
     found += [f"[skynet] {k}" for k in ("dashboard_password_hash", "dashboard_token_hash") if getattr(cfg, k)]
+    if cfg.gateway is not None and cfg.gateway.token_hash:
+        found.append("[gateway] token_hash")
     return found
 
 

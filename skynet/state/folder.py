@@ -13,6 +13,9 @@ that reads the folder while a daemon runs finds exactly what the daemon wrote.
     <state_dir>/status.json             the running daemon's live status
     <state_dir>/notifier-spool.sqlite   notifications waiting for PostgreSQL
     <state_dir>/notifier.seq            the notifier's sequence high-water mark
+    <state_dir>/gateway/                `skynet serve`'s staging folder (unless [gateway] staging_dir):
+        uploads/<id>.part, <id>.json    an upload's bytes so far and its durable record (offset...)
+        uploads/<id>.<target>.resume    resume state of its delivery to one destination
 
 SQL on these databases lives in skynet.state.db, skynet.state.index, skynet.state.queue_store
 and skynet.state.spool (tests/test_state_owner.py guards it).
@@ -29,6 +32,7 @@ DB_SUFFIX = ".db"
 STATUS_FILE = "status.json"
 SPOOL_FILE = "notifier-spool.sqlite"
 SEQ_FILE = "notifier.seq"
+GATEWAY_DIR = "gateway"
 
 
 class StateLocked(Exception):
@@ -62,6 +66,10 @@ class StateFolder:
 
     def seq(self) -> str:
         return os.path.join(self.root, SEQ_FILE)
+
+    def gateway(self) -> str:
+        """`skynet serve`'s default staging folder (skynet.gateway.staging names what is inside)."""
+        return os.path.join(self.root, GATEWAY_DIR)
 
     def mappings(self) -> list[str]:
         """Names of the mappings that have a state database here, sorted."""

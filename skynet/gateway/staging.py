@@ -1,0 +1,402 @@
+"""Unfinished and undelivered uploads on the gateway's disk: durable offsets.
+
+An upload is two files in `<staging>/uploads/`:
+
+    <id>.part   the bytes received so far (exactly `offset` of them count)
+    <id>.json   its record: length, offset, file name, checksums of its chunks,
+                times, and once finished the destinations it has still to land in
+                (kept, without the bytes, for expire_after once it is everywhere:
+                HEAD then says every byte is in)
+
+A chunk is written into the .part file and fsynced, then the record is replaced
+atomically (skynet.state.atomicfile.write_atomic: fsync of the file and of the
+folder). So whatever kills the server (kill -9, power loss), the record's offset
+names bytes that are on disk; bytes past it (the chunk in flight) are cut off
+before the next chunk is written. HEAD reports the record's offset and the
+client resumes there: at most the chunk in flight is sent twice.
+
+A finished upload is verified here (its size, its chunks' checksums read back
+from disk, and the MD5 the client gave as metadata) before it is handed to the
+destinations; only what passed is ever sent anywhere.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO, Callable, Iterator
+
+from skynet.state.atomicfile import write_atomic
+
+log = logging.getLogger(__name__)
+
+READ_PIECE = 1 << 20
+ALGORITHMS = {"md5": hashlib.md5, "sha1": hashlib.sha1}
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class UploadError(Exception):
+    """A request the upload cannot take; `status` is the HTTP answer (tus 1.0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Upload:
+    """One upload's record (what <id>.json holds)."""
+
+    id: str
+    length: int
+    filename: str
+    offset: int = 0
+    metadata: str = ""  # the Upload-Metadata header as the client sent it (HEAD echoes it)
+    md5: str | None = None  # hex MD5 of the whole file, when the client gave one
+    created: float = 0.0
+    touched: float = 0.0  # last accepted chunk: the upload expires expire_after later
+    checksums: list[list] = field(default_factory=list)  # [offset, length, algorithm, digest b64] per chunk
+    finished: bool = False
+    finished_seq: int = 0  # order of finishing: deliveries of one name land in this order
+    etag: str = ""  # MD5 hex of the finished file
+    pending: list[str] = field(default_factory=list)  # destinations it has still to land in
+    kept: list[str] = field(default_factory=list)  # destinations where the file it replaces was kept already
+    errors: dict[str, str] = field(default_factory=dict)  # destination -> last error (no secrets: XCon messages)
+
+
+def parse_checksum(header: str) -> tuple[str, bytes]:
+    """`Upload-Checksum: md5 <base64>` -> ("md5", digest); 400 for anything else."""
+    algo, _, b64 = header.strip().partition(" ")
+    algo = algo.lower()
+    if algo not in ALGORITHMS:
+        raise UploadError(400, f"Upload-Checksum: unsupported algorithm {algo!r} (md5 or sha1)")
+    try:
+        digest = base64.b64decode(b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError(400, "Upload-Checksum: the digest is not base64") from None
+    if len(digest) != ALGORITHMS[algo]().digest_size:
+        raise UploadError(400, f"Upload-Checksum: a {algo} digest has {ALGORITHMS[algo]().digest_size} bytes")
+    return algo, digest
+
+
+def parse_md5(value: str) -> str:
+    """The whole file's MD5 given as metadata: 32 hex digits, or base64 of the 16 bytes."""
+    v = value.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{32}", v):
+        return v.lower()
+    try:
+        raw = base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        raise UploadError(400, "Upload-Metadata md5: expected 32 hex digits or the base64 of 16 bytes")
+    return raw.hex()
+
+
+class Staging:
+    """The uploads under one staging folder; every method is thread-safe per upload."""
+
+    def __init__(self, root: str) -> None:
+        self.folder = os.path.join(root, "uploads")
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        os.chmod(self.folder, 0o700)  # ours alone (staging_dir itself may be a shared folder: left as it is)
+        self._uploads: dict[str, Upload] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._seq = 0
+        # MD5 of each upload's bytes so far, kept while they arrive in this process: the
+        # finished file is then verified without reading it again (after a restart it is read)
+        self._running: dict[str, Any] = {}  # upload id -> hashlib.md5 object
+        self._load()
+
+    # -- files --------------------------------------------------------------
+    def part(self, uid: str) -> str:
+        return os.path.join(self.folder, uid + ".part")
+
+    def record(self, uid: str) -> str:
+        return os.path.join(self.folder, uid + ".json")
+
+    def resume_file(self, uid: str, target: str) -> str:
+        return os.path.join(self.folder, f"{uid}.{target}.resume")
+
+    def _save(self, up: Upload) -> None:
+        write_atomic(self.record(up.id), json.dumps(asdict(up)), 0o600)
+
+    def _load(self) -> None:
+        """Read the records a previous run left (a restart, a kill -9)."""
+        for name in sorted(os.listdir(self.folder)):
+            if name.startswith(".") and name.endswith(".tmp"):  # a record write cut short
+                _unlink(os.path.join(self.folder, name))
+                continue
+            if not name.endswith(".json") or not _ID.fullmatch(name[:-5]):
+                continue
+            try:
+                with open(os.path.join(self.folder, name), encoding="utf-8") as f:
+                    up = Upload(**json.load(f))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("gateway: unreadable upload record %s (%s); removed", name, exc)
+                self._drop_files(name[:-5])
+                continue
+            self._uploads[up.id] = up
+            self._locks[up.id] = threading.Lock()
+            self._seq = max(self._seq, up.finished_seq)
+        for name in os.listdir(self.folder):  # bytes of uploads whose record never got written
+            uid = name.split(".", 1)[0]
+            if _ID.fullmatch(uid) and uid not in self._uploads:
+                _unlink(os.path.join(self.folder, name))
+
+    # -- lookups ------------------------------------------------------------
+    def get(self, uid: str) -> Upload:
+        with self._lock:
+            up = self._uploads.get(uid) if _ID.fullmatch(uid) else None
+        if up is None:
+            raise UploadError(404, "no such upload (terminated, expired, delivered more than expire_after ago, "
+                                   "or never made)")
+        return up
+
+    def partial(self) -> list[Upload]:
+        with self._lock:
+            return [u for u in self._uploads.values() if not u.finished]
+
+    def delivered(self, up: Upload) -> bool:
+        return up.finished and not up.pending
+
+    def undelivered(self) -> list[Upload]:
+        """Finished uploads some destination still waits for, oldest first."""
+        with self._lock:
+            found = [u for u in self._uploads.values() if u.finished and u.pending]
+        return sorted(found, key=lambda u: u.finished_seq)
+
+    def locked(self, uid: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    # -- changes ------------------------------------------------------------
+    def create(self, length: int, filename: str, metadata: str, md5: str | None, limit: int,
+               whole: bool = False) -> Upload:
+        """A new, empty upload; 429 when `limit` unfinished ones exist already.
+
+        `whole`: its creation request carries every byte (creation-with-upload of a whole
+        file): no record is written before them, since a crash before finish() leaves
+        nothing the client was told about (it got no Location), and an orphan .part is
+        removed at start. One record write instead of three, for many small files."""
+        now = time.time()
+        up = Upload(id=secrets.token_hex(16), length=length, filename=filename, metadata=metadata, md5=md5,
+                    created=now, touched=now)
+        with self._lock:
+            busy = sum(1 for u in self._uploads.values() if not u.finished)
+            if busy >= limit:
+                raise UploadError(429, f"too many uploads in flight ({busy} of max_uploads_in_flight {limit}): "
+                                       "finish, terminate or let one expire, then try again")
+            self._uploads[up.id] = up
+            self._locks[up.id] = threading.Lock()
+        self._running[up.id] = hashlib.md5()
+        try:
+            fd = os.open(self.part(up.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+            if not whole:
+                self._save(up)
+        except BaseException:
+            self.remove(up.id)
+            raise
+        return up
+
+    def write(self, up: Upload, offset: int, body: BinaryIO, size: int | None,
+              checksum: tuple[str, bytes] | None) -> int:
+        """Append one chunk at `offset` (the caller holds the upload's lock); the new offset.
+
+        409 when `offset` is not the upload's; 413 when the chunk goes past its length;
+        460 (nothing kept) when its checksum does not match. Without a checksum, a body
+        cut short keeps what arrived, as tus asks."""
+        if up.finished or offset != up.offset:
+            raise UploadError(409, f"Upload-Offset {offset} is not this upload's offset {up.offset}")
+        room = up.length - offset
+        if size is not None and size > room:
+            raise UploadError(413, f"the chunk ({size} bytes) goes past Upload-Length ({room} bytes left)")
+        h = ALGORITHMS[checksum[0]]() if checksum else None
+        known = self._running.pop(up.id, None)
+        whole = known.copy() if known is not None else None
+        got = 0
+        fd = os.open(self.part(up.id), os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, offset)  # what a chunk cut off by a crash left past the offset
+            try:
+                got = _copy_in(body, fd, offset, room, [x for x in (h, whole) if x is not None])
+            finally:
+                if h is not None and h.digest() != checksum[1]:  # type: ignore[index]
+                    os.ftruncate(fd, offset)
+                    got = -1
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._running[up.id] = whole if whole is not None and got >= 0 else known  # type: ignore[assignment]
+        if got < 0:
+            raise UploadError(460, f"Upload-Checksum: the chunk's {checksum[0]} does not match; "  # type: ignore[index]
+                                   "nothing of it was kept, send it again")
+        if got:
+            if checksum:
+                up.checksums.append([offset, got, checksum[0], base64.b64encode(checksum[1]).decode()])
+            up.offset = offset + got
+            up.touched = time.time()
+            if up.offset < up.length:  # the last chunk's record is finish()'s, written next
+                self._save(up)
+        return up.offset
+
+    def finish(self, up: Upload, targets: list[str]) -> None:
+        """The last byte is in: verify the file, then mark it finished (durably) for
+        delivery to `targets`. 460 (upload dropped) when what is on disk is not what
+        the client sent."""
+        problem = self._verify(up)
+        if problem:
+            log.error("gateway: upload %s (%r) failed verification: %s; dropped", up.id, up.filename, problem)
+            self.remove(up.id)
+            raise UploadError(460, f"the finished upload failed verification ({problem}); it was dropped, "
+                                   "upload it again")
+        os.chmod(self.part(up.id), 0o644)  # the mode its copies get on the destinations
+        with self._lock:
+            self._seq += 1
+            up.finished_seq = self._seq
+        up.finished = True
+        up.pending = list(targets)
+        self._save(up)
+
+    def _verify(self, up: Upload) -> str | None:
+        """Why the .part file is not the upload the client sent (None: it is). One read."""
+        try:
+            size = os.stat(self.part(up.id)).st_size
+        except OSError as exc:
+            return f"its bytes are gone ({exc.strerror})"
+        if size != up.length:
+            return f"{size} bytes on disk, Upload-Length {up.length}"
+        known = self._running.pop(up.id, None)
+        if known is not None:  # every byte hashed as it arrived, each chunk checked then
+            return self._matches(up, known.hexdigest())
+        whole = hashlib.md5()
+        with open(self.part(up.id), "rb") as f:
+            pos = 0
+            for off, length, algo, b64 in sorted(up.checksums):
+                pos = _hash_range(f, pos, off, [whole])
+                h = ALGORITHMS[algo]()
+                pos = _hash_range(f, pos, off + length, [whole, h])
+                if base64.b64encode(h.digest()).decode() != b64:
+                    return f"the chunk at {off} no longer has its {algo}"
+            _hash_range(f, pos, up.length, [whole])
+        return self._matches(up, whole.hexdigest())
+
+    @staticmethod
+    def _matches(up: Upload, md5: str) -> str | None:
+        if up.md5 and md5 != up.md5:
+            return f"MD5 {md5}, the client said {up.md5}"
+        up.etag = md5
+        return None
+
+    def landed(self, up: Upload, target: str) -> bool:
+        """`up` is on `target` now; True when it is on all of them. Its bytes are then
+        removed, but its record stays (done) until expire_after: a client whose answer to
+        the last chunk was lost asks HEAD and learns that every byte is in."""
+        with self.locked(up.id):
+            if target in up.pending:
+                up.pending.remove(target)
+            up.errors.pop(target, None)
+            _unlink(self.resume_file(up.id, target))
+            if not up.pending:
+                up.touched = time.time()
+                _unlink(self.part(up.id))
+            self._save(up)
+        return not up.pending
+
+    def note(self, up: Upload, target: str, *, kept: bool = False, error: str | None = None) -> None:
+        """Record that the replaced file was kept on `target`, or its last error."""
+        with self.locked(up.id):
+            if kept and target not in up.kept:
+                up.kept.append(target)
+            if error is not None:
+                up.errors[target] = error
+            self._save(up)
+
+    def remove(self, uid: str) -> None:
+        with self._lock:
+            self._uploads.pop(uid, None)
+            self._locks.pop(uid, None)
+            self._running.pop(uid, None)
+        self._drop_files(uid)
+
+    def _drop_files(self, uid: str) -> None:
+        _unlink(self.record(uid))  # the record first: a half-removed upload is then simply gone
+        for name in os.listdir(self.folder):
+            if name.startswith(uid + "."):
+                _unlink(os.path.join(self.folder, name))
+
+    def expired(self, expire_after: float, now: float | None = None) -> Iterator[Upload]:
+        """Unfinished uploads idle for `expire_after`, and records of delivered ones that old."""
+        now = time.time() if now is None else now
+        with self._lock:
+            found = [u for u in self._uploads.values() if not u.finished or not u.pending]
+        for up in found:
+            if up.touched + expire_after <= now:
+                yield up
+
+    def sweep(self, expire_after: float, busy: Callable[[str], bool]) -> int:
+        """Remove unfinished uploads idle for `expire_after` (those being written are left),
+        and the records of delivered ones after as long."""
+        n = 0
+        for up in list(self.expired(expire_after)):
+            lock = self.locked(up.id)
+            if busy(up.id) or not lock.acquire(blocking=False):
+                continue
+            try:
+                if up.touched + expire_after <= time.time() and not up.finished:
+                    log.info("gateway: upload %s (%r) expired at offset %d of %d; removed", up.id, up.filename,
+                             up.offset, up.length)
+                    self.remove(up.id)
+                    n += 1
+                elif up.finished and not up.pending:
+                    self.remove(up.id)  # delivered long ago: its record is no longer asked for
+            finally:
+                lock.release()
+        return n
+
+
+def _copy_in(body: BinaryIO, fd: int, offset: int, room: int, hashes: list) -> int:
+    """Write the body at `offset`, at most `room` bytes (413 past it); the count written."""
+    got = 0
+    while True:
+        piece = body.read(min(READ_PIECE, room - got + 1))
+        if not piece:
+            return got
+        if got + len(piece) > room:
+            raise UploadError(413, f"the chunk goes past Upload-Length ({room} bytes left)")
+        view = memoryview(piece)
+        while view:
+            n = os.pwrite(fd, view, offset + got)
+            view = view[n:]
+            got += n
+        for h in hashes:
+            h.update(piece)
+
+
+def _hash_range(f: BinaryIO, pos: int, end: int, hashes: list) -> int:
+    f.seek(pos)
+    while pos < end:
+        piece = f.read(min(READ_PIECE * 4, end - pos))
+        if not piece:
+            break
+        for h in hashes:
+            h.update(piece)
+        pos += len(piece)
+    return pos
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
