@@ -7,7 +7,7 @@ A test checks that config/README.md is up to date with the code.
 from __future__ import annotations
 
 from connections import SERVICES, service_module
-from skynet.config.settings import GLOBAL_KEYS, MAPPING_KEYS
+from skynet.config.settings import GLOBAL_KEYS, JOB_KEYS, MAPPING_KEYS
 
 
 def _table(keys: dict) -> list[str]:
@@ -37,6 +37,10 @@ def reference() -> str:
         "## [mapping NAME]: one local folder to one remote root (as many as you like)",
         "",
         *_table(MAPPING_KEYS),
+        "",
+        "## [job NAME]: a migration job, run with `skynet job run NAME` (as many as you like)",
+        "",
+        *_table(JOB_KEYS),
     ]
     for service in SERVICES:
         try:

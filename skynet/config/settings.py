@@ -22,12 +22,13 @@ from typing import Any, Callable
 from connections import SERVICES, service_module
 from skynet.state.atomicfile import write_atomic
 from skynet.watch.ignore import validate_pattern
-from skynet.transfer.throttle import validate_bwlimit
+from skynet.transfer.throttle import validate_bwlimit, validate_window
 from skynet.config.values import (
     LOG_LEVELS,
     _str,
     parse_bool,
     parse_choice,
+    parse_durations,
     parse_int_range,
     parse_level,
     parse_path,
@@ -99,6 +100,64 @@ MAPPING_KEYS: dict[str, Key] = {
 }
 
 
+JOB_SOURCE_KINDS = ("urls", "local", "s3", "sftp", "config")
+
+
+def parse_job_source(v: str) -> str:
+    """A job's source: `urls:PATH` (a list of URLs), `local:DIR` (a tree),
+    `s3:bucket/prefix`, `sftp://[user@]host[:port]/path` or `config:FILE` (another
+    config's service and target). Paths of lists and trees are made absolute here,
+    so a job means the same whatever folder `job run` starts in."""
+    v = v.strip()
+    kind, sep, rest = v.partition(":")
+    if not sep or kind not in JOB_SOURCE_KINDS or not rest.strip("/"):
+        raise ValueError(f"expected urls:PATH, local:DIR, s3:BUCKET/PREFIX, sftp://HOST/PATH or config:FILE, got {v!r}")
+    if kind == "sftp" and not rest.startswith("//"):
+        raise ValueError(f"expected sftp://HOST/PATH, got {v!r}")
+    if kind in ("urls", "local", "config"):
+        return f"{kind}:{parse_path(rest)}"
+    return v
+
+
+JOB_KEYS: dict[str, Key] = {
+    "source": ("", "what to copy (required): urls:PATH (one URL per line, or CSV/TSV with a header naming url and optionally path, size, md5), local:DIR (a tree, uploaded once), s3:BUCKET/PREFIX, sftp://HOST/PATH or config:FILE (another config's service and target)", parse_job_source),
+    "target": ("", "where items land on this config's service: a folder (local, sftp) or a key prefix (s3)", _str),
+    "workers": ("", "items transferred in parallel (default: [skynet] workers)", parse_int_range(1, 1024)),
+    "max_attempts": ("3", "tries of one item on transient errors (timeouts, refused connections, 5xx) before it fails for good; 404, 410, checksum and too_large fail at once", parse_int_range(1, 1000)),
+    "retry_after": ("30s,5m,10m,30m,60m", "waits before the 2nd, 3rd... try of an item (the last one repeats)", parse_durations),
+    "window": ("", "when the job may run, bwlimit's timetable syntax with ranges: 'Mon-Fri 20:00-06:00 Sat,Sun 00:00-24:00' (or '20:00,on 06:00,off'); outside it no item starts and transfers in flight pause at a chunk boundary, to continue when it opens (empty: always)", validate_window),
+    "bwlimit": ("off", "bandwidth limit of this job, as [skynet] bwlimit", validate_bwlimit),
+    "verify": ("yes", "check each item's size and MD5 where the list or the source gives them (a mismatch fails the item with error class checksum)", parse_bool),
+    "on_existing": ("skip", "an item already at the target: skip (leave it when identical, else replace it), overwrite (always send) or keep (never replace an existing file)", parse_choice("skip", "overwrite", "keep")),
+}
+
+
+@dataclass
+class JobConfig:
+    """One [job NAME] section: a bounded set of items copied to this config's service."""
+
+    name: str
+    source: str
+    target: str
+    workers: int = 8
+    max_attempts: int = 3
+    retry_after: list[float] = field(default_factory=lambda: [30.0, 300.0, 600.0, 1800.0, 3600.0])
+    window: str = ""
+    bwlimit: str = "off"
+    verify: bool = True
+    on_existing: str = "skip"
+
+    @property
+    def source_kind(self) -> str:
+        """urls, local, s3, sftp or config."""
+        return self.source.partition(":")[0]
+
+    @property
+    def source_path(self) -> str:
+        """What follows the kind: a path for urls/local/config, bucket/prefix, //host/path."""
+        return self.source.partition(":")[2]
+
+
 @dataclass
 class MappingConfig:
     name: str
@@ -141,6 +200,7 @@ class Config:
     dashboard_hosts: list[str] = field(default_factory=list)
     service_options: dict[str, str] = field(default_factory=dict)
     mappings: list[MappingConfig] = field(default_factory=list)
+    jobs: list[JobConfig] = field(default_factory=list)
     # set from the command line, not the file: let a start-up scan delete
     # more than max_delete files (or all of them) this once
     allow_mass_delete: bool = False
@@ -246,9 +306,12 @@ def load(path: str, service: str | None = None) -> Config:
                 raise ConfigError(path, section, None, "mapping names may hold letters, digits, '-', '_' and '.' only")
             cfg.mappings.append(mc)
             continue
-        raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s] or [mapping NAME])" % file_service)
-    if not cfg.mappings:
-        raise ConfigError(path, None, None, "no [mapping NAME] section: nothing to sync")
+        if section.startswith("job ") and section[4:].strip():
+            cfg.jobs.append(_job(path, section, dict(cp[section]), cfg, file_service))
+            continue
+        raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s], [mapping NAME] or [job NAME])" % file_service)
+    if not cfg.mappings and not cfg.jobs:
+        raise ConfigError(path, None, None, "no [mapping NAME] or [job NAME] section: nothing to sync")
     # Let the connection validate its own settings now, not at the first upload.
     for m in cfg.mappings:
         try:
@@ -259,7 +322,40 @@ def load(path: str, service: str | None = None) -> Config:
                 sect = "mapping " + m.name if key == "target" else file_service
                 raise ConfigError(path, sect, key, problem) from None
             raise ConfigError(path, file_service, None, str(exc)) from None
+    for j in cfg.jobs:
+        try:
+            mod.validate(cfg.service_options, j.target)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(path, f"job {j.name}" if key == "target" else file_service, key if problem else None,
+                              problem or str(exc)) from None
     return cfg
+
+
+def _job(path: str, section: str, items: dict[str, str], cfg: Config, service: str) -> JobConfig:
+    """One [job NAME] section, checked: ConfigError naming the file, the section and the key."""
+    name = section[4:].strip()
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(path, section, None, "job names may hold letters, digits, '-', '_' and '.' only")
+    j = _parse_section(path, section, items, JOB_KEYS)
+    if not j.get("source"):
+        raise ConfigError(path, section, "source", "missing: what to copy (urls:PATH, local:DIR, s3:..., sftp://...)?")
+    if not j.get("target") and service != "s3":
+        raise ConfigError(path, section, "target", "missing: where should the items go?")
+    job = JobConfig(name=name, source=j["source"], target=j.get("target", ""), workers=cfg.workers)
+    for k in ("workers", "max_attempts", "retry_after", "window", "bwlimit", "verify", "on_existing"):
+        if k in j:
+            setattr(job, k, j[k])
+    return job
+
+
+def job(cfg: Config, name: str) -> JobConfig:
+    """The job `name` of `cfg`; ConfigError listing the jobs there are."""
+    for j in cfg.jobs:
+        if j.name == name:
+            return j
+    known = ", ".join(j.name for j in cfg.jobs) or "none"
+    raise ConfigError(cfg.path, f"job {name}", None, f"no such section (jobs in this file: {known})")
 
 
 # Settings whose value is a secret (the connection's credentials), by section.
@@ -302,7 +398,11 @@ def exposed_secrets_warning(cfg: Config) -> str | None:
 
 
 def check_folders(cfg: Config) -> None:
-    """Checks that need the disk: source folders exist, no loops. ConfigError."""
+    """Checks that need the disk (source folders exist, no loops) before the daemon
+    mirrors. ConfigError."""
+    if not cfg.mappings:
+        raise ConfigError(cfg.path, None, None, "no [mapping NAME] section: the daemon has nothing to mirror "
+                          "(a [job NAME] runs with: skynet job run NAME)")
     if cfg.service == "s3":
         # Each mapping owns its prefix: clean-up of abandoned uploads and
         # complete_sync work per prefix, so prefixes must not nest.

@@ -13,6 +13,8 @@ that reads the folder while a daemon runs finds exactly what the daemon wrote.
     <state_dir>/status.json             the running daemon's live status
     <state_dir>/notifier-spool.sqlite   notifications waiting for PostgreSQL
     <state_dir>/notifier.seq            the notifier's sequence high-water mark
+    <state_dir>/jobs/<job>.sqlite       a job's item table (skynet.jobs.table), one file per job
+    <state_dir>/jobs/<job>.lock         flock()ed by its `skynet job run`; holds its PID
 
 SQL on these databases lives in skynet.state.db, skynet.state.index, skynet.state.queue_store
 and skynet.state.spool (tests/test_state_owner.py guards it).
@@ -29,6 +31,8 @@ DB_SUFFIX = ".db"
 STATUS_FILE = "status.json"
 SPOOL_FILE = "notifier-spool.sqlite"
 SEQ_FILE = "notifier.seq"
+JOBS_DIR = "jobs"
+JOB_SUFFIX = ".sqlite"
 
 
 class StateLocked(Exception):
@@ -62,6 +66,19 @@ class StateFolder:
 
     def seq(self) -> str:
         return os.path.join(self.root, SEQ_FILE)
+
+    def job_db(self, job: str) -> str:
+        """A job's item table: apart from the mappings' databases, so no mapping
+        name can collide with a job's and `mappings()` never lists a job."""
+        return os.path.join(self.root, JOBS_DIR, job + JOB_SUFFIX)
+
+    def job_lock(self, job: str) -> str:
+        return os.path.join(self.root, JOBS_DIR, f"{job}.lock")
+
+    def jobs(self) -> list[str]:
+        """Names of the jobs that have an item table here, sorted."""
+        found = glob.glob(os.path.join(glob.escape(os.path.join(self.root, JOBS_DIR)), "*" + JOB_SUFFIX))
+        return sorted(os.path.basename(p)[: -len(JOB_SUFFIX)] for p in found)
 
     def mappings(self) -> list[str]:
         """Names of the mappings that have a state database here, sorted."""
