@@ -98,18 +98,27 @@ class StateFolder:
     def holder(self, mapping: str) -> int | None:
         """PID of the live daemon holding this mapping's lock, from its lock file.
         Only read: taking the lock, even briefly, could make a starting daemon fail."""
-        try:
-            with open(self.lock(mapping)) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return None
-        return pid if pid > 0 and _alive(pid) else None
+        return lock_holder(self.lock(mapping))
+
+    def job_holder(self, job: str) -> int | None:
+        """PID of the live `skynet job run` holding this job's lock."""
+        return lock_holder(self.job_lock(job))
 
     def daemon_id(self, host: str, service: str) -> str:
         """A daemon id that is stable across restarts and unique per state folder
         (two daemons on one host for the same service have different state)."""
         digest = hashlib.sha256(os.path.abspath(self.root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
         return f"{host}/{service}/{digest}"
+
+
+def lock_holder(path: str) -> int | None:
+    """PID written in a lock file, if that process is alive."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
 
 
 def set_aside(db_path: str) -> None:
