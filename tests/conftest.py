@@ -5,6 +5,8 @@ import pytest
 from tests.servers import Servers
 
 # Importing a server module registers its starter with Servers.
+import tests.server_ftp  # noqa: E402,F401
+import tests.server_http  # noqa: E402,F401
 import tests.server_pg  # noqa: E402,F401
 import tests.server_s3  # noqa: E402,F401
 import tests.server_seaweedfs  # noqa: E402,F401

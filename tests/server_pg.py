@@ -25,30 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tests.debian import PackageUnavailable, ensure_package
 from tests.servers import free_port, register
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_USER = "skynet-pg"  # used only when the tests run as root
 
 
-class PostgresUnavailable(RuntimeError):
+class PostgresUnavailable(PackageUnavailable):
     """PostgreSQL 15 is not installed and cannot be installed here."""
 
 
 def ensure_postgres() -> None:
     """Install Debian's postgresql-15 if its binaries are missing (root only)."""
-    if os.path.exists(f"{PG_BIN}/postgres"):
-        return
-    if os.geteuid() != 0:
-        raise PostgresUnavailable(f"{PG_BIN} missing and not root: apt-get install -y postgresql-15")
-    # RUNLEVEL=1 / policy: do not let the package start a cluster of its own.
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", RUNLEVEL="1")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql-15"]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
-        r = subprocess.run(install, env=env, capture_output=True, text=True)
-        if r.returncode != 0 or not os.path.exists(f"{PG_BIN}/postgres"):
-            raise PostgresUnavailable(f"apt-get install postgresql-15 failed: {r.stderr[-500:]}")
+    try:
+        ensure_package("postgresql-15", f"{PG_BIN}/postgres")
+    except PackageUnavailable as exc:
+        raise PostgresUnavailable(str(exc)) from None
 
 
 def ensure_user() -> pwd.struct_passwd:

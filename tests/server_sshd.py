@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from tests.debian import ensure_package
 from tests.servers import free_port, register
 
 SSHD = "/usr/sbin/sshd"
@@ -38,16 +39,7 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 def ensure_sshd() -> None:
     """Install Debian's openssh-server if sshd is missing (we are root on CI)."""
-    if os.path.exists(SSHD):
-        return
-    if os.geteuid() != 0:
-        raise RuntimeError(f"{SSHD} missing: apt-get install -y openssh-server")
-    # RUNLEVEL=1 keeps the package's scripts from starting a system sshd.
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", RUNLEVEL="1")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        _run(["apt-get", "update"], env=env)
-        _run(install, env=env)
+    ensure_package("openssh-server", SSHD)
 
 
 def ensure_user() -> pwd.struct_passwd:

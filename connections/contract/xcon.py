@@ -196,6 +196,7 @@ class SendResult:
     size: int
     etag: str | None = None
     bytes_sent: int = 0  # bytes that crossed the wire this time (resume shows here)
+    md5: str | None = None  # hex MD5 of the whole content, where the send saw every byte (send_stream)
 
 
 class ResumeStore(Protocol):
@@ -475,3 +476,71 @@ class Versions(ABC):
     def read_version_range(self, rel: str, version_id: str, offset: int, length: int) -> bytes:
         """read_range() of one version (a version never changes: no `expect`).
         RemoteNotFound for an unknown version or a delete marker."""
+
+
+# -- streamed sends (migrations: a source that is not a local file) ---------------------
+
+
+class ChecksumMismatch(PermanentError):
+    """The bytes a streamed send received are not the ones the caller expected
+    (size or MD5): nothing was made visible at the target."""
+
+
+@dataclass
+class Stream:
+    """The bytes of one source object from `offset` on, as they arrive (an HTTP
+    body, an FTP data connection, ranged reads of a remote).
+
+    `version` ties resume state to this version of the object (an ETag, a
+    Last-Modified, an FTP MDTM plus size); "" means it cannot be told apart from
+    the next version, so a send must not continue an earlier attempt with it.
+    `size` is the whole object's size (None: unknown until the end, chunked HTTP).
+    """
+
+    offset: int
+    size: int | None
+    version: str
+    read: Callable[[int], bytes]  # up to n bytes; b"" at the end
+    close: Callable[[], None]
+    meta: dict[str, str] = field(default_factory=dict)  # kept as the object's metadata
+    mtime_ns: int | None = None
+    mode: int | None = None
+
+
+StreamOpener = Callable[[int], Stream]  # open_at(offset): the source from `offset` on (or from 0)
+
+
+def read_full(stream: Stream, n: int) -> bytes:
+    """Up to `n` bytes of `stream`, fewer only at its end (a socket read may return less)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class StreamSend(ABC):
+    """send_stream() makes a remote file from a stream, without staging it on
+    local disk (a bounded buffer at most), resuming an earlier attempt where the
+    source can start mid-file (migrations, skynet/jobs/transfer.py)."""
+
+    @abstractmethod
+    def send_stream(self, rel: str, open_at: StreamOpener, ctx: TransferContext, *,
+                    md5: str | None = None) -> SendResult:
+        """Make the remote file `rel` hold the stream's bytes, atomically.
+
+        The send keeps what it needs in ctx.resume (tied to the stream's
+        `version`), asks `open_at(offset)` for the bytes it lacks, and starts
+        over from 0 when the source answers from another offset (it ignored the
+        range or the object changed) or is another version: two versions are
+        never stitched together. The stream's size (when known) and `md5` (when
+        given) are checked before the file becomes visible (ChecksumMismatch);
+        SendResult.md5 is the content's MD5 when this attempt saw every byte
+        (None after a resume that skipped bytes it kept). ctx.stop ends it at
+        a chunk boundary with chunks.TransferStopped, resume state kept.
+        Stream metadata, mtime and mode travel with the file where the remote
+        keeps them."""

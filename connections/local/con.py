@@ -45,6 +45,7 @@ from typing import Iterator
 from connections.contract.xcon import (
     Abilities,
     BatchSend,
+    ChecksumMismatch,
     FreeSpace,
     LocalFile,
     PermanentError,
@@ -54,6 +55,9 @@ from connections.contract.xcon import (
     SendResult,
     ServerSideCopy,
     ServerSideMove,
+    Stream,
+    StreamOpener,
+    StreamSend,
     TransferContext,
     TransientError,
     XCon,
@@ -64,6 +68,8 @@ from connections.contract.xcon import (
 )
 from connections.contract.source import open_root, open_source_fd
 from skynet.config.values import keyed, parse_bool
+from skynet.transfer import streams
+from skynet.transfer.chunks import TransferStopped
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +175,7 @@ def _close(fd: int | None) -> None:
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (O_NONBLOCK: a FIFO never blocks)
 
 
-class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace):
+class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace, StreamSend):
     """A folder as the remote. Constructed without fsync on a machine with GNU
     cp, LocalCon(...) is a BatchLocalCon (send_many through cp): the batch
     ability is a fact of this machine and configuration, declared by the class."""
@@ -385,6 +391,113 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace):
                 os.unlink(tmp, dir_fd=folder)
             raise
         return done
+
+    # -- streamed sends (migrations) ------------------------------------------
+    def send_stream(self, rel: str, open_at: StreamOpener, ctx: TransferContext, *,
+                    md5: str | None = None) -> SendResult:
+        """StreamSend: the stream is written into the temp file send() uses, at its
+        offset; a resumed attempt continues from the temp file's size (the truth
+        after a kill -9) and the MD5 is then taken over the whole temp file; the
+        temp file gets mtime and mode and is renamed into place."""
+        folders, name = split_rel(rel)
+        what = f"send {rel!r}"
+        root = self._open_root()
+        try:
+            folder = self._walk(root, folders, what, create=True)
+            assert folder is not None  # (create=True)
+            try:
+                return self._write_stream(root, folder, name, rel, open_at, ctx, md5, what)
+            finally:
+                os.close(folder)
+        finally:
+            os.close(root)
+
+    def _write_stream(self, root: int, folder: int, name: str, rel: str, open_at: StreamOpener,
+                      ctx: TransferContext, md5: str | None, what: str) -> SendResult:
+        tmp = temp_name(name)
+        saved = ctx.resume.load()
+        if not saved or saved.get("kind") != "local-stream" or saved.get("rel") != rel:
+            saved = None
+        dst = self._open_partial(folder, tmp) if saved else None
+        offset = os.fstat(dst).st_size if dst is not None else 0
+        stream, resumed = streams.reopen(open_at, offset, saved)
+        try:
+            if not resumed:
+                _close(dst)
+                dst, offset = None, 0
+                dst = self._open_tmp(folder, tmp, what)
+                ctx.resume.save({"kind": "local-stream", "rel": rel, "version": stream.version, "size": stream.size})
+            feed = streams.Feed(stream)
+            pos = self._pour(feed, dst, offset, ctx, what)
+            seen = feed.finish(md5)
+            if seen is None:  # resumed: hash the whole temp file (local reads are cheap)
+                seen = _md5_of(dst)
+                streams.check_md5(seen, md5)
+            self._finish_stream(root, folder, tmp, name, dst, stream, what)
+        except ChecksumMismatch:
+            ctx.resume.clear()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+        finally:
+            _close(dst)
+            stream.close()
+        ctx.resume.clear()
+        return SendResult(size=pos, etag=None, bytes_sent=pos - offset, md5=seen)
+
+    def _open_partial(self, folder: int, tmp: str) -> int | None:
+        """The temp file an earlier attempt left, for writing on at its end: only a
+        plain file of ours (one link, not a link planted at its name), else None."""
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not statmod.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            return None
+        return fd
+
+    def _pour(self, feed: streams.Feed, dst: int, offset: int, ctx: TransferContext, what: str) -> int:
+        """Write the stream from `offset` on, CHUNK bytes at a time; ctx.stop is
+        honoured between chunks (what is written stays for the next attempt)."""
+        view = memoryview(bytearray(CHUNK))
+        pos = offset
+        total = feed.stream.size or 0
+        ctx.start_at(offset, total)
+        while True:
+            if ctx.stop.is_set():
+                raise TransferStopped(pos, total)
+            n = feed.fill(view)
+            done = 0
+            while done < n:
+                try:
+                    done += os.pwrite(dst, view[done:n], pos + done)
+                except OSError as exc:
+                    raise self._error(exc, what, n - done) from exc
+            pos += n
+            ctx.report(pos, max(total, pos))
+            if n < len(view):
+                return pos
+
+    def _finish_stream(self, root: int, folder: int, tmp: str, name: str, dst: int, stream: Stream,
+                       what: str) -> None:
+        """Mode, mtime (where the source gave them), fsync, rename into place."""
+        try:
+            os.fchmod(dst, (stream.mode if stream.mode is not None else 0o644) & MODE_BITS)
+            if stream.mtime_ns is not None:
+                os.utime(dst, ns=(stream.mtime_ns, stream.mtime_ns))
+            if self.fsync:
+                os.fsync(dst)
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+        self._still_root(root, what)
+        try:
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except IsADirectoryError:
+            raise PermanentError(f"{what}: a folder is in the way of the file") from None
+        except OSError as exc:
+            raise self._error(exc, what) from exc
 
     def _still_root(self, root: int, what: str) -> None:
         """The root path still leads to the folder this send opened. A share
@@ -823,6 +936,15 @@ class BatchLocalCon(LocalCon, BatchSend):
             results[i] = r
         return results  # type: ignore[return-value]  (every slot is filled)
 
+
+def _md5_of(fd: int) -> str:
+    """The MD5 of an open file's whole content."""
+    h = hashlib.md5()
+    pos = 0
+    while chunk := os.pread(fd, CHUNK, pos):
+        h.update(chunk)
+        pos += len(chunk)
+    return h.hexdigest()
 
 def _rel_of(entry: RemoteEntry) -> str:
     return entry.rel

@@ -111,13 +111,14 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import botocore.exceptions as bce  # the exception classes only: boto3 itself is imported on first use
 
 from connections.s3 import rest as s3rest
 from connections.contract.xcon import (
     Abilities,
+    ChecksumMismatch,
     EtagCheck,
     LocalFile,
     PermanentError,
@@ -128,6 +129,9 @@ from connections.contract.xcon import (
     SendResult,
     ServerSideCopy,
     ServerSideMove,
+    Stream,
+    StreamOpener,
+    StreamSend,
     TransferContext,
     TransientError,
     UnsafePath,
@@ -137,11 +141,12 @@ from connections.contract.xcon import (
     XConError,
     check_range,
     check_rel,
+    read_full,
     remote_join,
     within_listing,
 )
 from connections.contract.source import open_source, open_source_fd
-from skynet.transfer import chunks
+from skynet.transfer import chunks, streams
 from skynet.config.values import keyed, parse_int_range, parse_size_range, service_values
 
 log = logging.getLogger("skynet.s3")
@@ -158,6 +163,7 @@ SMALL_MAX = 4 * MiB  # single PUTs up to this size are read into memory once
 PROGRESS_STEP = MiB
 DELETE_BATCH = 1000  # DeleteObjects limit
 SEND_MEMORY = 256 * MiB  # parts one multipart send may hold in memory (at least 2 parts)
+STREAM_SINGLE_MAX = 16 * MiB  # a stream up to this size is held in memory and PUT once
 STATE_SAVE_EVERY = 1.0  # seconds between resume-state saves (ListParts is the truth)
 
 # Warm the mimetypes table now: its lazy first load is not thread-safe.
@@ -477,7 +483,7 @@ class _PartWriter:
 # -- the connection -------------------------------------------------------------------
 
 
-class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck):
+class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, StreamSend):
     """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc.
 
     move() is CopyObject then DeleteObject on the server (no byte through us), so
@@ -1145,6 +1151,156 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         from the buffer. Raises S3Error/OSError."""
         return _etag(self._http().upload_part(key, upload_id, n, data, _b64(digest), on_sent)) or ""
 
+    # -- streamed sends (migrations) ---------------------------------------------------
+    def send_stream(self, rel: str, open_at: StreamOpener, ctx: TransferContext, *,
+                    md5: str | None = None) -> SendResult:
+        """StreamSend: a small or short stream is held in memory (at most
+        multipart_threshold bytes) and PUT with Content-MD5; a larger one goes up as a
+        multipart upload through chunks.upload_stream (at most `concurrency` parts in
+        memory), its upload id and finished parts kept in ctx.resume: a resumed send
+        lists the parts, asks the source for the bytes after the last part of the
+        unbroken run it holds, and re-sends no finished part."""
+        key = self._key(rel)
+        what = f"send {rel!r}"
+        if ctx.stop.is_set():
+            raise chunks.TransferStopped(0, 1)
+        saved, have = self._stream_state(ctx, key)
+        offset = _stream_offset(saved, have) if saved else 0
+        stream, resumed = streams.reopen(open_at, offset, saved)
+        try:
+            if saved is not None and not resumed:
+                self._drop_state(ctx, saved, "the source changed or cannot continue mid-file")
+                saved, have = None, {}
+            if saved is None:
+                if stream.size is not None and stream.size > MAX_OBJECT:
+                    raise PermanentError(f"{what}: {stream.size} bytes is over S3's 5 TiB object limit")
+                limit = min(self.multipart_threshold, STREAM_SINGLE_MAX)
+                small = stream.size if stream.size is not None and stream.size < limit else None
+                head = read_full(stream, small if small is not None else limit)
+                if small is not None or len(head) < limit:
+                    return self._stream_single(key, rel, stream, head, md5, ctx, what)
+                return self._stream_multipart(key, rel, stream, head, None, {}, md5, ctx, what)
+            return self._stream_multipart(key, rel, stream, b"", saved, have, md5, ctx, what)
+        finally:
+            stream.close()
+
+    def _stream_state(self, ctx: TransferContext, key: str) -> tuple[dict | None, dict[int, tuple[str, int]]]:
+        """The saved streamed upload of `key` and the parts the server holds for it."""
+        state = ctx.resume.load()
+        ok = (bool(state) and state.get("kind") == "s3-stream" and state.get("bucket") == self.bucket
+              and state.get("key") == key and bool(state.get("upload_id"))
+              and isinstance(state.get("part_size"), int) and MIN_PART <= state["part_size"] <= MAX_PART)
+        if not ok:
+            if state and state.get("upload_id"):
+                self._drop_state(ctx, state, "not a streamed upload of this key")
+            return None, {}
+        have = self._list_parts(key, state["upload_id"])
+        if have is None:
+            log.info("s3: upload of %s vanished from the server; starting again", key)
+            ctx.resume.clear()
+            return None, {}
+        return state, have
+
+    def _stream_meta(self, rel: str, stream: Stream, md5_hex: str | None, part_size: int | None) -> dict[str, str]:
+        """Headers of a streamed object: content type, encryption, and as user
+        metadata what the source told (size, mtime, mode, MD5, its URL, ETag...)."""
+        meta: dict[str, str] = {}
+        if stream.size is not None:
+            meta["size"] = str(stream.size)
+        if stream.mtime_ns is not None:
+            meta["mtime"] = format_mtime(stream.mtime_ns)
+        if stream.mode is not None:
+            meta["mode"] = f"{stream.mode & 0o7777:04o}"
+        if md5_hex is not None:
+            meta["md5"] = md5_hex
+        if part_size is not None:
+            meta["part-size"] = str(part_size)
+        meta.update({k.lower(): v for k, v in stream.meta.items()})
+        headers = {"content-type": self._content_type(rel), **self._sse_h}
+        headers.update({"x-amz-meta-" + k: header_safe(v) for k, v in meta.items()})
+        return headers
+
+    def _stream_single(self, key: str, rel: str, stream: Stream, head: bytes, md5: str | None,
+                       ctx: TransferContext, what: str) -> SendResult:
+        """The whole stream is `head`: check it (size, MD5), then one PUT with Content-MD5."""
+        streams.check_end(stream, stream.offset + len(head))
+        seen = hashlib.md5(head)
+        streams.check_md5(seen.hexdigest(), md5)
+        digest = seen.digest()
+        headers = {"content-md5": _b64(digest),
+                   "x-amz-checksum-crc32": _b64(zlib.crc32(head).to_bytes(4, "big")),
+                   **self._stream_meta(rel, stream, digest.hex(), None)}
+        etag = _etag(self._call(what, key, self._http().put, key, head, headers, None))
+        self._verify(what, key, etag, None, {digest.hex()}, len(head))
+        ctx.report(len(head), len(head))
+        return SendResult(size=len(head), etag=etag, bytes_sent=len(head), md5=digest.hex())
+
+    def _stream_multipart(self, key: str, rel: str, stream: Stream, head: bytes, state: dict | None,
+                          have: dict[int, tuple[str, int]], md5: str | None, ctx: TransferContext,
+                          what: str) -> SendResult:
+        if state is None:
+            part_size = part_size_for(stream.size, self.part_size) if stream.size is not None else \
+                max(self.part_size, MIN_PART)
+            upload_id = self._call(what, key, self._http().create_multipart, key,
+                                   self._stream_meta(rel, stream, None, part_size))
+            state = {"kind": "s3-stream", "bucket": self.bucket, "key": key, "upload_id": upload_id,
+                     "version": stream.version, "size": stream.size, "part_size": part_size, "parts": {}}
+            _save(ctx, state)
+        upload_id, part_size = state["upload_id"], state["part_size"]
+        plan = chunks.Plan(stream.size if stream.size is not None else MAX_OBJECT, part_size,
+                           max(2, min(self.concurrency, SEND_MEMORY // part_size)))
+        first = stream.offset // part_size
+        writer = _PartWriter(self, key, upload_id, have, self._etag_is_md5())
+        done = {n - 1: etag for n, (etag, _size) in have.items()}
+        feed = streams.Feed(stream, head)
+
+        def on_chunk(n: int, etag: str) -> None:  # this thread: resume saves are safe here
+            state["parts"][str(n + 1)] = etag
+            _save(ctx, state)
+
+        self._mark_active(upload_id, True)
+        try:
+            etags = chunks.upload_stream(feed.fill, plan, writer, ctx, self._part_pool(), first=first, done=done,
+                                         check_done=writer.check_done, on_chunk=on_chunk, slots=self._slots,
+                                         open_ended=stream.size is None)
+            seen = feed.finish(md5)
+        except (chunks.StaleChunk, ChecksumMismatch) as exc:
+            self._drop_state(ctx, state, str(exc))
+            if isinstance(exc, ChecksumMismatch):
+                raise
+            raise TransientError(f"{what}: {exc}; it will be sent again") from None
+        except chunks.SourceChanged as exc:  # the source ended early: the same version continues later
+            _save(ctx, state)
+            raise TransientError(f"{what}: {exc}") from None
+        except _PartFailed as exc:
+            _save(ctx, state)
+            self._fail_upload(ctx, state, what, key, exc.error)
+        finally:
+            self._mark_active(upload_id, False)
+        parts = [(n + 1, etags[n]) for n in range(len(etags))]
+        try:
+            completed = self._complete(key, upload_id, parts)
+        except Exception as exc:
+            self._fail_upload(ctx, state, what, key, exc)
+        ctx.resume.clear()
+        digests = [writer.digests.get(n) or _md5_digest(have.get(n + 1, ("", 0))[0]) for n in range(len(etags))]
+        etag = self._verify_streamed(what, key, completed, digests, feed.pos)
+        ctx.report(feed.pos, feed.pos)
+        kept = sum(have[n + 1][1] for n in done if n + 1 in have and n < len(etags))
+        return SendResult(size=feed.pos, etag=etag, bytes_sent=feed.pos - kept, md5=seen)
+
+    def _verify_streamed(self, what: str, key: str, completed: str | None, digests: list[bytes | None],
+                         size: int) -> str | None:
+        """The finished object is our parts (its md5-of-md5s ETag), else its size checked by a HEAD."""
+        if self._etag_is_md5() and all(digests) and completed == multipart_etag(digests):  # type: ignore[arg-type]
+            return completed
+        head = self._head(key, what)
+        if head is None:
+            raise TransientError(f"{what}: {self._where(key)} is not there after its upload completed")
+        if int(head["ContentLength"]) != size:
+            raise PermanentError(f"{what}: {self._where(key)} holds {head['ContentLength']} bytes, expected {size}")
+        return _etag(head.get("ETag")) or completed
+
     def cleanup(self, keep: list[dict]) -> None:
         """Abort every multipart upload under our prefix that no resume state in `keep` names.
 
@@ -1518,6 +1674,33 @@ def _key_of(obj: dict) -> str:
 def _upload_key(upload: dict) -> str:
     return upload["key"]
 
+
+def _stream_offset(state: dict, have: dict[int, tuple[str, int]]) -> int:
+    """Where a resumed streamed upload asks the source to go on: after the unbroken
+    run of full parts from part 1 (later finished parts are read past, not re-sent).
+    Never the very end: the last part is then read again (and not re-sent), so the
+    source is asked for bytes it has and its version is checked."""
+    part_size = state["part_size"]
+    n = 0
+    while n + 1 in have and have[n + 1][1] == part_size:
+        n += 1
+    size = state.get("size")
+    if size is not None and n * part_size >= size:
+        n = max(0, -(-size // part_size) - 1)
+    return n * part_size
+
+
+def _md5_digest(etag: str) -> bytes | None:
+    """A part's MD5 from its ETag, where the ETag is an MD5."""
+    return bytes.fromhex(etag) if _MD5_RE.fullmatch(etag or "") else None
+
+
+def header_safe(value: str) -> str:
+    """A metadata value as an HTTP header may carry it: printable ASCII as it is,
+    anything else percent-encoded (a URL with non-ASCII or control characters)."""
+    if all(" " <= c <= "~" for c in value):
+        return value
+    return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 def _save(ctx: TransferContext, state: dict) -> None:
     """Save a snapshot (the parts dict keeps changing after the call)."""

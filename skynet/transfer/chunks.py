@@ -204,10 +204,56 @@ def upload(fd: int, plan: Plan, writer: ChunkWriter, ctx: TransferContext, pool:
     classifies it) after the chunks in flight have ended; ctx.stop raises
     TransferStopped. on_chunk(n, token) runs in this thread as chunks finish.
     """
+    def fill(view: memoryview, offset: int) -> int:
+        _read_exactly(fd, view, offset)
+        return len(view)
+
+    tokens = _send_chunks(fill, plan, writer, ctx, pool, done=done, check_done=check_done, on_chunk=on_chunk,
+                          slots=slots, skip_unread=check_done is None)
+    if os.pread(fd, 1, plan.size):
+        raise SourceChanged("the file grew while it was being sent")
+    return tokens
+
+
+def upload_stream(fill: Callable[[memoryview], int], plan: Plan, writer: ChunkWriter, ctx: TransferContext,
+                  pool: Executor, *, first: int = 0, done: dict[int, str] | None = None,
+                  check_done: Callable[[int, memoryview, str], bool] | None = None,
+                  on_chunk: Callable[[int, str], None] | None = None,
+                  slots: threading.Semaphore | None = None, open_ended: bool = False) -> dict[int, str]:
+    """upload() from a stream read in order (an HTTP body, an FTP data connection)
+    instead of a file: `fill(view)` puts the next bytes into `view` and returns
+    how many (fewer only where the stream ends). Chunks before `first` are kept
+    and not read (the stream starts at chunk `first`'s offset); a later chunk in
+    `done` is read (the stream must go past it) and, with `check_done`, checked,
+    but not sent again. With `open_ended` the size is unknown: `plan.size` is a
+    bound, and the first short chunk is the last (an empty one after the first is
+    not sent); return value's length is then the number of chunks. Without it a
+    stream that ends early raises SourceChanged."""
+    kept = {n: t for n, t in (done or {}).items() if n < first}
+    later = {n: t for n, t in (done or {}).items() if n >= first}
+
+    def filled(view: memoryview, _offset: int) -> int:
+        got = fill(view)
+        if got < len(view) and not open_ended:
+            raise SourceChanged(f"the stream ended {len(view) - got} bytes early")
+        return got
+
+    return _send_chunks(filled, plan, writer, ctx, pool, done={**kept, **later}, check_done=check_done,
+                        on_chunk=on_chunk, slots=slots, skip_unread=False, first=first, open_ended=open_ended)
+
+
+def _send_chunks(fill: Callable[[memoryview, int], int], plan: Plan, writer: ChunkWriter, ctx: TransferContext,
+                 pool: Executor, *, done: dict[int, str] | None, check_done: Callable[[int, memoryview, str], bool] | None,
+                 on_chunk: Callable[[int, str], None] | None, slots: threading.Semaphore | None,
+                 skip_unread: bool, first: int = 0, open_ended: bool = False) -> dict[int, str]:
+    """The loop of upload() and upload_stream(): chunks are filled in order in this
+    thread and sent on the pool. `skip_unread`: a kept chunk is neither read nor
+    checked (a file can be read at any offset; a stream cannot skip)."""
     kept = {n: t for n, t in (done or {}).items() if 0 <= n < plan.count}
     tokens: dict[int, str] = dict(kept)
     progress = _Progress(ctx, plan.size, plan.bytes_in(kept))
     buffers = _Buffers(plan.chunk_size)
+    count = plan.count
 
     def finished(n: int, token: object) -> None:
         tokens[n] = str(token)
@@ -216,8 +262,8 @@ def upload(fd: int, plan: Plan, writer: ChunkWriter, ctx: TransferContext, pool:
 
     flight = _Flight(pool, plan.concurrency, finished, slots)
     try:
-        for n in range(plan.count):
-            if n in kept and check_done is None:
+        for n in range(first, plan.count):
+            if n in kept and skip_unread:
                 continue
             if not flight.room(ctx.stop):
                 break
@@ -230,26 +276,33 @@ def upload(fd: int, plan: Plan, writer: ChunkWriter, ctx: TransferContext, pool:
                 flight.release_slot()
 
             try:
-                _read_exactly(fd, view, start)
+                got = fill(view, start)
             except BaseException:
                 release()
                 raise
+            if got < len(view):  # open-ended: the stream's end
+                view = view[:got]
+                count = n + 1 if got or n == 0 else n
+                if not got and n > 0:
+                    release()
+                    break
             if n in kept:
                 flight.start(n, _checker(n, view, kept[n], check_done), release)
             else:
                 flight.start(n, _sender(writer, n, start, view, progress.add), release)
             flight.reap(block=False)
+            if count != plan.count:
+                break
         flight.drain()
     except BaseException:
         flight.drain()  # never leave chunk threads running behind the caller
         raise
     if flight.error is not None:
         raise flight.error
-    if len(tokens) < plan.count:
-        raise TransferStopped(len(tokens), plan.count)
-    if os.pread(fd, 1, plan.size):
-        raise SourceChanged("the file grew while it was being sent")
-    return tokens
+    got_all = all(n in tokens for n in range(count))
+    if not got_all:
+        raise TransferStopped(len(tokens), count)
+    return {n: tokens[n] for n in range(count)}
 
 
 def download(reader: ChunkReader, plan: Plan, out_fd: int, ctx: TransferContext, pool: Executor, *,

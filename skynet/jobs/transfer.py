@@ -1,0 +1,312 @@
+"""The transfer of ONE item of a job: its source read as a stream, written into
+the target through StreamSend, resumed mid-file, verified, classified.
+
+The job runner (skynet/jobs/runner.py) owns the item table, retries and
+windows; it calls the TransferItem make_transfer() returns once per attempt:
+
+    transfer = make_transfer("urls:list.txt", target_con)
+    result = transfer(item, ctx)      # ItemResult, or raises ItemFailed / TransferStopped
+
+`ctx.resume` is the item's own store: a killed attempt continues mid-file
+(HTTP Range + If-Range, FTP REST, ranged remote reads, feeding the target's
+resumable upload). `ctx.stop` ends it at a chunk boundary (TransferStopped,
+resume state kept). Every error leaves here as ItemFailed with one of the
+classes of skynet/jobs/item.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass, replace
+from typing import Callable
+from urllib.parse import urlsplit
+
+from connections.contract.xcon import (
+    ChecksumMismatch,
+    PermanentError,
+    RemoteNotFound,
+    SendResult,
+    Stream,
+    StreamOpener,
+    StreamSend,
+    TransferContext,
+    TransientError,
+    UnsafePath,
+    XCon,
+    XConError,
+    check_rel,
+)
+from skynet.jobs.http_source import HttpSource
+from skynet.jobs.item import (
+    CHECKSUM,
+    FORBIDDEN,
+    NOT_FOUND,
+    OTHER,
+    REFUSED,
+    TIMEOUT,
+    TOO_LARGE,
+    Item,
+    ItemFailed,
+    ItemResult,
+    TransferItem,
+)
+from skynet.transfer.chunks import TransferStopped
+
+log = logging.getLogger("skynet.jobs")
+ON_EXISTING = ("skip", "overwrite")
+_MD5 = re.compile(r"[0-9a-f]{32}")
+READ_BACK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Options:
+    """How every item of one job is moved."""
+
+    verify: bool = True  # size and MD5 where the list or the source gives them
+    on_existing: str = "skip"  # "skip": an identical item already at the target is not moved again
+    max_size: int | None = None  # larger items fail as too_large
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    workers: int = 16
+
+
+class Transfer:
+    """make_transfer()'s TransferItem: one per job, shared by its workers (the
+    HTTP pool, FTP sessions and the target connection are reused, item after item)."""
+
+    def __init__(self, source_spec: str, target: XCon, opts: Options, *, source_con: XCon | None = None,
+                 http: HttpSource | None = None) -> None:
+        if not isinstance(target, StreamSend):
+            raise PermanentError(f"{target.describe()} cannot take streamed items")
+        if opts.on_existing not in ON_EXISTING:
+            raise ValueError(f"on_existing must be one of {', '.join(ON_EXISTING)}, not {opts.on_existing!r}")
+        self.spec, self.target, self.opts = source_spec, target, opts
+        self.source_con = source_con
+        self.http = http or HttpSource(connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
+                                       workers=opts.workers)
+        self._ftp = None  # made on the first ftp:// item (skynet/jobs/ftp_source.py)
+
+    def close(self) -> None:
+        self.http.close()
+        if self._ftp is not None:
+            self._ftp.close()
+
+    # -- one item ----------------------------------------------------------------------
+    def __call__(self, item: Item, ctx: TransferContext) -> ItemResult:
+        try:
+            check_rel(item.dest)
+        except UnsafePath as exc:
+            raise ItemFailed(OTHER, str(exc), permanent=True) from None
+        try:
+            if self.opts.on_existing == "skip" and not (ctx.resume.load() or {}):
+                same = self._already_there(item)
+                if same is not None:
+                    return same
+            for attempt in (1, 2):
+                try:
+                    return self._once(item, ctx)
+                except ChecksumMismatch as exc:  # start that item over, once
+                    ctx.resume.clear()
+                    if attempt == 2:
+                        raise ItemFailed(CHECKSUM, f"{item.source}: {exc}", permanent=True) from None
+                    log.info("job: %s: %s; starting it over", item.source, exc)
+            raise AssertionError("unreachable")
+        except (ItemFailed, TransferStopped) as exc:
+            if isinstance(exc, ItemFailed) and exc.permanent:
+                self._discard(item, ctx)
+            raise
+        except Exception as exc:
+            failed = classify(exc, item.source)
+            if failed.permanent:
+                self._discard(item, ctx)
+            raise failed from exc
+
+    def _once(self, item: Item, ctx: TransferContext) -> ItemResult:
+        seen: dict[str, Stream] = {}
+        opener = self._checked(item, self._opener(item, ctx), seen)
+        want_md5 = item.md5.lower() if self.opts.verify and item.md5 else None
+        res = self.target.send_stream(item.dest, opener, ctx, md5=want_md5)
+        if want_md5 and res.md5 is None:  # resumed past bytes this attempt did not see
+            self._read_back(item, res, want_md5)
+        stream = seen.get("stream")
+        meta = dict(stream.meta) if stream is not None else {}
+        if res.md5:
+            meta["md5"] = res.md5
+        return ItemResult(size=res.size, etag=res.etag, bytes_sent=res.bytes_sent, meta=meta)
+
+    def _opener(self, item: Item, ctx: TransferContext) -> StreamOpener:
+        """The source of `item` as open_at(offset)."""
+        scheme = urlsplit(item.source).scheme.lower() if "://" in item.source else ""
+        if scheme in ("http", "https"):
+            saved = (ctx.resume.load() or {}).get("version") or None
+            return lambda offset: self.http.open_at(item.source, offset, saved if offset else None)
+        if scheme == "ftp":
+            return self._ftp_source().opener(item.source)
+        if scheme:
+            raise ItemFailed(OTHER, f"{item.source}: unsupported scheme {scheme!r}", permanent=True)
+        if self.source_con is None:
+            raise ItemFailed(OTHER, f"{item.source}: not a URL, and the job has no source store", permanent=True)
+        from skynet.jobs.sources import remote_opener
+        return remote_opener(self.source_con, item)
+
+    def _ftp_source(self):  # noqa: ANN202 (imported lazily: most jobs have no FTP)
+        if self._ftp is None:
+            from skynet.jobs.ftp_source import FtpSource
+            self._ftp = FtpSource(timeout=self.opts.read_timeout)
+        return self._ftp
+
+    def _checked(self, item: Item, opener: StreamOpener, seen: dict[str, Stream]) -> StreamOpener:
+        """open_at() with the job's limits: the size the list gave (checksum class),
+        max_size (too_large) also while reading a stream of unknown size."""
+        limit = self.opts.max_size
+
+        def open_at(offset: int) -> Stream:
+            stream = opener(offset)
+            seen["stream"] = stream
+            if limit is not None and stream.size is not None and stream.size > limit:
+                stream.close()
+                raise ItemFailed(TOO_LARGE, f"{item.source}: {stream.size} bytes is over the limit of {limit}",
+                                 permanent=True)
+            if self.opts.verify and item.size is not None and stream.size is not None and stream.size != item.size:
+                stream.close()
+                raise ChecksumMismatch(f"the source has {stream.size} bytes, the list says {item.size}")
+            if item.mtime_ns is not None and stream.mtime_ns is None:
+                stream.mtime_ns = item.mtime_ns
+            if item.mode is not None and stream.mode is None:
+                stream.mode = item.mode
+            if limit is None or stream.size is not None:
+                return stream
+            return _capped(stream, limit, item.source)
+
+        return open_at
+
+    def _read_back(self, item: Item, res: SendResult, want: str) -> None:
+        """The MD5 of what the target now holds, read back (a resumed item whose
+        first bytes this attempt never saw); a mismatch removes it."""
+        h = hashlib.md5()
+        pos = 0
+        while pos < res.size:
+            data = self.target.read_range(item.dest, pos, min(READ_BACK, res.size - pos))
+            if not data:
+                break
+            h.update(data)
+            pos += len(data)
+        if h.hexdigest() != want:
+            self.target.delete(item.dest)
+            raise ChecksumMismatch(f"MD5 {h.hexdigest()} of the object is not the expected {want}")
+
+    def _already_there(self, item: Item) -> ItemResult | None:
+        """ItemResult(skipped=True) when the target holds this item already: the same
+        size and the same MD5 (an MD5 ETag) or the same mtime."""
+        entry = self.target.stat(item.dest)
+        if entry is None:
+            return None
+        size, md5, mtime = item.size, item.md5, item.mtime_ns
+        etag = (entry.etag or "").strip('"').lower()
+        by_md5 = md5 is not None and _MD5.fullmatch(etag) is not None
+        if size is None or (not by_md5 and mtime is None):  # ask the source (an HTTP HEAD, FTP SIZE/MDTM)
+            size2, mtime2 = self._source_stat(item)
+            size = size if size is not None else size2
+            mtime = mtime if mtime is not None else mtime2
+        if size is None or entry.size != size:
+            return None
+        if by_md5:
+            same = etag == (md5 or "").lower()
+        else:
+            same = (mtime is not None and entry.mtime_ns is not None and not entry.mtime_is_stored
+                    and abs(entry.mtime_ns - mtime) < 1_000_000_000)
+        if not same:
+            return None
+        return ItemResult(size=entry.size, etag=entry.etag, bytes_sent=0, skipped=True)
+
+    def _source_stat(self, item: Item) -> tuple[int | None, int | None]:
+        """(size, mtime_ns) the source tells without sending the object."""
+        scheme = urlsplit(item.source).scheme.lower() if "://" in item.source else ""
+        if scheme in ("http", "https"):
+            return self.http.head(item.source)
+        if scheme == "ftp":
+            return self._ftp_source().stat(item.source)
+        if self.source_con is not None and not scheme:
+            entry = self.source_con.stat(item.source)
+            if entry is None:
+                raise ItemFailed(NOT_FOUND, f"{item.source}: not on the source", permanent=True)
+            return entry.size, None if entry.mtime_is_stored else entry.mtime_ns
+        return None, None
+
+    def _discard(self, item: Item, ctx: TransferContext) -> None:
+        """A permanent failure: what an unfinished upload left on the target goes."""
+        state = ctx.resume.load()
+        if not state:
+            return
+        try:
+            self.target.discard(item.dest, state)
+        except XConError as exc:
+            log.warning("job: cannot remove the partial upload of %r: %s", item.dest, exc)
+        ctx.resume.clear()
+
+
+def _capped(stream: Stream, limit: int, source: str) -> Stream:
+    """`stream` (of unknown size) failing as too_large once it passes `limit` bytes."""
+    pos = [stream.offset]
+    inner = stream.read
+
+    def read(n: int) -> bytes:
+        data = inner(n)
+        pos[0] += len(data)
+        if pos[0] > limit:
+            raise ItemFailed(TOO_LARGE, f"{source}: more than the limit of {limit} bytes", permanent=True)
+        return data
+
+    return replace(stream, read=read)
+
+
+def classify(exc: BaseException, source: str) -> ItemFailed:
+    """Any error of an attempt as an ItemFailed of the classes in item.py."""
+    text = f"{source}: {exc}"
+    if isinstance(exc, ItemFailed):
+        return exc
+    if isinstance(exc, RemoteNotFound):
+        return ItemFailed(NOT_FOUND, text, permanent=True)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ItemFailed(TIMEOUT, text, permanent=False)
+    if isinstance(exc, ConnectionRefusedError):
+        return ItemFailed(REFUSED, text, permanent=False)
+    if isinstance(exc, PermissionError):
+        return ItemFailed(FORBIDDEN, text, permanent=True)
+    if isinstance(exc, PermanentError):
+        return ItemFailed(OTHER, text, permanent=True)
+    if isinstance(exc, (TransientError, OSError, EOFError)):
+        return ItemFailed(OTHER, text, permanent=False)
+    return ItemFailed(OTHER, text, permanent=False)
+
+
+def make_transfer(source_spec: str, target_con: XCon, *, verify: bool = True, on_existing: str = "skip",
+                  max_size: int | None = None, connect_timeout: float = 10.0, read_timeout: float = 30.0,
+                  workers: int = 16, source_con: XCon | None = None) -> TransferItem:
+    """The TransferItem of one job: transfer(item, ctx) -> ItemResult (raises
+    ItemFailed or TransferStopped). `source_spec` is the job's `source`
+    (`urls:PATH`, `local:DIR`, a remote); `source_con` the connection a remote
+    or local source is read through (items' sources are then paths under it).
+    Call .close() on the result when the job ends."""
+    opts = Options(verify=verify, on_existing=on_existing, max_size=max_size, connect_timeout=connect_timeout,
+                   read_timeout=read_timeout, workers=workers)
+    if source_con is None and source_spec.startswith("local:"):
+        from connections.local.con import LocalCon
+        source_con = LocalCon(source_spec[len("local:"):])
+    return Transfer(source_spec, target_con, opts, source_con=source_con)
+
+
+def transfer(item: Item, ctx: TransferContext, *, target_con: XCon, source_spec: str = "urls:",
+             **kw: object) -> ItemResult:
+    """One item without a job (tests, one-off use): make_transfer() for it alone."""
+    t = make_transfer(source_spec, target_con, **kw)  # type: ignore[arg-type]
+    try:
+        return t(item, ctx)
+    finally:
+        t.close()  # type: ignore[attr-defined]
+
+
+__all__ = ["make_transfer", "transfer", "Transfer", "Options", "classify", "Callable"]
