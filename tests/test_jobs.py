@@ -107,7 +107,7 @@ def test_job_section_is_read_with_its_defaults(tmp_path):
     ("retry_after", "30s,soon", "expected durations"),
     ("window", "Mon-Fri 20:00", "bad window entry"),
     ("window", "Mon-Fri 25:00-06:00", "bad time"),
-    ("on_existing", "merge", "expected one of skip, overwrite, keep"),
+    ("on_existing", "merge", "expected one of skip, overwrite"),
     ("source", "gopher:x", "expected urls:PATH"),
     ("max_attempts", "0", "expected a whole number from 1"),
     ("colour", "red", "unknown key"),

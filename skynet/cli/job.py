@@ -123,6 +123,7 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
         code = runner.run()
     finally:
         reporter.stop()
+        _close(transfer)
         _close(con)
         lock.release()
     _summary(j.name, table)
@@ -132,7 +133,8 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
 def _default_make_transfer(j: JobConfig, con: object) -> Callable:
     from skynet.jobs.transfer import make_transfer
 
-    return make_transfer(j, con)
+    return make_transfer(j.source, con, verify=j.verify, on_existing=j.on_existing,  # type: ignore[arg-type]
+                         workers=j.workers, read_timeout=j.timeout, connect_timeout=min(10.0, j.timeout))
 
 
 def _target(cfg: configmod.Config, j: JobConfig) -> object:

@@ -28,6 +28,7 @@ from skynet.config.values import (
     _str,
     parse_bool,
     parse_choice,
+    parse_duration,
     parse_durations,
     parse_int_range,
     parse_level,
@@ -128,7 +129,8 @@ JOB_KEYS: dict[str, Key] = {
     "window": ("", "when the job may run, bwlimit's timetable syntax with ranges: 'Mon-Fri 20:00-06:00 Sat,Sun 00:00-24:00' (or '20:00,on 06:00,off'); outside it no item starts and transfers in flight pause at a chunk boundary, to continue when it opens (empty: always)", validate_window),
     "bwlimit": ("off", "bandwidth limit of this job, as [skynet] bwlimit", validate_bwlimit),
     "verify": ("yes", "check each item's size and MD5 where the list or the source gives them (a mismatch fails the item with error class checksum)", parse_bool),
-    "on_existing": ("skip", "an item already at the target: skip (leave it when identical, else replace it), overwrite (always send) or keep (never replace an existing file)", parse_choice("skip", "overwrite", "keep")),
+    "timeout": ("30s", "an attempt fails as a timeout when the source sends nothing for this long (connecting: 10s at most)", parse_duration),
+    "on_existing": ("skip", "an item already at the target: skip (leave it when identical: same size, and same MD5 or mtime; else replace it) or overwrite (always send)", parse_choice("skip", "overwrite")),
 }
 
 
@@ -146,6 +148,7 @@ class JobConfig:
     bwlimit: str = "off"
     verify: bool = True
     on_existing: str = "skip"
+    timeout: float = 30.0
 
     @property
     def source_kind(self) -> str:
@@ -343,7 +346,7 @@ def _job(path: str, section: str, items: dict[str, str], cfg: Config, service: s
     if not j.get("target") and service != "s3":
         raise ConfigError(path, section, "target", "missing: where should the items go?")
     job = JobConfig(name=name, source=j["source"], target=j.get("target", ""), workers=cfg.workers)
-    for k in ("workers", "max_attempts", "retry_after", "window", "bwlimit", "verify", "on_existing"):
+    for k in ("workers", "max_attempts", "retry_after", "window", "bwlimit", "verify", "on_existing", "timeout"):
         if k in j:
             setattr(job, k, j[k])
     return job

@@ -11,7 +11,7 @@ the window between an item finishing and its row saying so stays short.
 Retries: a transient failure (timeout, refused, 5xx, reset) is tried again
 after `retry_after[attempt-1]` (the last wait repeats) until `max_attempts`;
 a permanent one (404, 410, checksum, too large, unsupported) fails at once.
-A host that refuses or times out also backs off as a whole (skynet's one
+A host that refuses connections also backs off as a whole (skynet's one
 back-off): its other items are not started until it is due again, and are not
 charged an attempt for it. Nothing polls: the loop sleeps until the next
 result, the next due item or the next change of the window.
@@ -46,7 +46,7 @@ from skynet.transfer.throttle import Window
 log = logging.getLogger("skynet.jobs")
 
 EXIT_DONE, EXIT_STOPPED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
-HOST_ERRORS = (REFUSED, TIMEOUT)  # the host, not the item: its other items wait too
+HOST_ERRORS = (REFUSED,)  # the host, not the item: its other items wait too (a timeout may be one stalled item)
 HOST_BACKOFF = Backoff(initial=1.0, cap=60.0, jitter=1.0)
 PROGRESS_EVERY = 5.0  # seconds between the run's progress rows (`job status` reads them)
 
@@ -328,7 +328,7 @@ class Runner:
 
     def _failed(self, c: Claimed, exc: ItemFailed, stop: threading.Event) -> Outcome:
         now = self.clock.now()
-        if stop.is_set() and exc.error_class in HOST_ERRORS:
+        if stop.is_set() and exc.error_class in (REFUSED, TIMEOUT):
             # a transfer cut short by the window's end may fail as a timeout: not its fault
             return Outcome(c.id, "release", now)
         next_at = 0.0
