@@ -114,6 +114,8 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
                     throttle=throttle.consume if throttle.active else None)
     reporter = _progress(runner, cfg)
     runner.on_change = reporter.poke
+    notifier = _notifier(cfg, j.name)
+    runner.on_progress = notifier.job
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
     log.info("job %s: %s -> %s on %s, %d worker(s)", j.name, j.source, j.target or "/", cfg.service, j.workers)
@@ -123,11 +125,24 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
         code = runner.run()
     finally:
         reporter.stop()
+        notifier.close()
         _close(transfer)
         _close(con)
         lock.release()
     _summary(j.name, table)
     return code
+
+
+def _notifier(cfg: configmod.Config, name: str) -> object:
+    """The run's notifier (a no-op without notify_dsn): the daemon's id with
+    "/job/NAME", and a spool of its own, so it never shares the daemon's."""
+    import dataclasses
+
+    from skynet.reporting.notifier import default_daemon_id, from_config, local_hostname
+
+    base = cfg.daemon_id or default_daemon_id(local_hostname(), cfg.service, cfg.state_dir)
+    folder = StateFolder(cfg.state_dir)
+    return from_config(dataclasses.replace(cfg, daemon_id=f"{base}/job/{name}", state_dir=folder.job_notifier(name)))
 
 
 def _default_make_transfer(j: JobConfig, con: object) -> Callable:

@@ -39,7 +39,7 @@ from skynet.config.settings import JobConfig
 from skynet.engine.backoff import Backoff, BackoffCounter
 from skynet.jobs.intake import Intake
 from skynet.jobs.item import OTHER, REFUSED, TIMEOUT, Item, ItemFailed, ItemResult
-from skynet.jobs.table import DONE, FAILED, Claimed, ItemResume, ItemTable, Outcome
+from skynet.jobs.table import DONE, FAILED, QUEUED, RUNNING, Claimed, ItemResume, ItemTable, Outcome
 from skynet.transfer.chunks import TransferStopped
 from skynet.transfer.throttle import Window
 
@@ -76,7 +76,8 @@ class Counters:
     failed: int = 0
     bytes: int = 0
     pending: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # every failed attempt, by class
+    failed_by_class: dict[str, int] = field(default_factory=dict)  # items failed for good, by class
 
 
 class HostGate:
@@ -124,6 +125,9 @@ class Runner:
         self.window = Window(job.window)
         self.gate = HostGate(host_backoff)
         self.on_change = on_change or (lambda: None)
+        self.on_progress: Callable[[dict], None] = lambda state: None  # the notifier's job()
+        self.base: dict[tuple[str, str | None], int] = {}  # the table's counts when the run started
+        self.base_bytes = 0
         self.work: queue.Queue[Claimed | None] = queue.Queue()
         self.outcomes: queue.Queue[Outcome | None] = queue.Queue()
         self.pause = threading.Event()  # ctx.stop of the transfers started in this opening of the window
@@ -147,7 +151,8 @@ class Runner:
         requeued = self.table.requeue_running()
         if requeued:
             log.info("job %s: %d item(s) a stopped run left running are queued again", self.job.name, requeued)
-        self.counters.pending = self.table.pending()
+        self.base, self.base_bytes = self.table.counts(), self.table.bytes_done()
+        self.counters.pending = sum(n for (status, _), n in self.base.items() if status in (QUEUED, RUNNING))
         intake_thread = self._start_intake()
         workers = [threading.Thread(target=self._worker, name=f"job-{i}", daemon=True) for i in range(self.job.workers)]
         for w in workers:
@@ -267,6 +272,8 @@ class Runner:
             elif o.kind == FAILED:
                 self.counters.failed += 1
                 self.counters.pending -= 1
+                cls = o.error_class or OTHER
+                self.counters.failed_by_class[cls] = self.counters.failed_by_class.get(cls, 0) + 1
             if o.error_class:
                 self.counters.errors[o.error_class] = self.counters.errors.get(o.error_class, 0) + 1
             self.counters.bytes += o.bytes
@@ -294,6 +301,29 @@ class Runner:
         self.table.set("progress", {"at": now, "started": c.started, "running": running, "done": c.done,
                                     "failed": c.failed, "bytes": c.bytes, "rate": c.done / elapsed,
                                     "bytes_rate": c.bytes / elapsed, "pending": max(c.pending, 0)})
+        self.on_progress(self.snapshot(running))
+
+    def snapshot(self, running: bool = True) -> dict:
+        """The job's state from the counts at start and this run's outcomes, without
+        scanning the table: what the notifier reports (the shape of `job status --json`)."""
+        c = self.counters
+        by_status = {s: 0 for s in (QUEUED, RUNNING, DONE, FAILED)}
+        errors: dict[str, int] = {}
+        for (status, cls), n in self.base.items():
+            by_status[status] = by_status.get(status, 0) + n
+            if status == FAILED and cls:
+                errors[cls] = errors.get(cls, 0) + n
+        for cls, n in c.failed_by_class.items():
+            errors[cls] = errors.get(cls, 0) + n
+        pending = max(c.pending, 0)
+        in_flight = min(self.in_flight, pending) if running else 0
+        elapsed = max(self.clock.now() - c.started, 1e-6)
+        rate = c.done / elapsed if running else 0.0
+        by_status.update({DONE: by_status[DONE] + c.done, FAILED: by_status[FAILED] + c.failed,
+                          RUNNING: in_flight, QUEUED: pending - in_flight})
+        return {"name": self.job.name, "source": self.job.source, "target": self.job.target, "counts": by_status,
+                "errors": errors, "bytes": self.base_bytes + c.bytes, "rate": rate,
+                "eta_seconds": pending / rate if rate > 0 else None, "running": running}
 
     # -- the workers --------------------------------------------------------------
 

@@ -15,6 +15,7 @@ that reads the folder while a daemon runs finds exactly what the daemon wrote.
     <state_dir>/notifier.seq            the notifier's sequence high-water mark
     <state_dir>/jobs/<job>.sqlite       a job's item table (skynet.jobs.table), one file per job
     <state_dir>/jobs/<job>.lock         flock()ed by its `skynet job run`; holds its PID
+    <state_dir>/jobs/<job>.notifier/    that run's notifier spool and sequence (as above)
 
 SQL on these databases lives in skynet.state.db, skynet.state.index, skynet.state.queue_store
 and skynet.state.spool (tests/test_state_owner.py guards it).
@@ -74,6 +75,11 @@ class StateFolder:
 
     def job_lock(self, job: str) -> str:
         return os.path.join(self.root, JOBS_DIR, f"{job}.lock")
+
+    def job_notifier(self, job: str) -> str:
+        """The folder of a `job run`'s notifier spool and sequence: its own, since
+        the daemon on the same state folder has one too."""
+        return os.path.join(self.root, JOBS_DIR, f"{job}.notifier")
 
     def jobs(self) -> list[str]:
         """Names of the jobs that have an item table here, sorted."""
