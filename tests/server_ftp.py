@@ -48,12 +48,18 @@ class FtpServer:
         os.replace(tmp, dest)
 
     def commands(self) -> list[str]:
-        """Every command the server logged (e.g. 'REST 1048576', 'RETR /a.bin')."""
+        """Every command the server logged (e.g. 'REST 1048576', 'RETR a.bin')."""
         out = []
         for line in self.log.read_text(errors="replace").splitlines():
-            if "->" in line:
-                out.append(line.split("->", 1)[1].strip())
+            if " <- " in line:
+                out.append(line.split(" <- ", 1)[1].strip())
         return out
+
+    def retrieved(self, path: str) -> list[int]:
+        """Bytes the server sent for each RETR of `path` (logged when the transfer ended)."""
+        want = f" RETR {self.root / path.lstrip('/')} "
+        return [int(line.rsplit("bytes=", 1)[1].split()[0]) for line in self.log.read_text(errors="replace").splitlines()
+                if want in line and "bytes=" in line]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -12,6 +12,7 @@ asked for. Paths under a few prefixes behave badly on purpose:
     /chunked/...    no Content-Length (chunked transfer encoding)
     /redirect/X     302 to /X
     /gone/... 410   /forbidden/... 403   /e500/... 500   /e503/... 503
+    /private/...    basic authentication: USER / PASSWORD
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.debian import ensure_package
 from tests.servers import free_port, register
 
 NGINX = "/usr/sbin/nginx"
+USER, PASSWORD = "reader", "s3cret-pass"
 START_TIMEOUT = 15.0
 
 
@@ -129,6 +131,7 @@ http {{
         location /forbidden/ {{ return 403; }}
         location /e500/ {{ return 500; }}
         location /e503/ {{ return 503; }}
+        location /private/ {{ auth_basic "skynet"; auth_basic_user_file {d}/htpasswd; }}
     }}
 }}
 """
@@ -161,6 +164,7 @@ def http_server(workdir: Path) -> Iterator[HttpServer]:
     root.mkdir(exist_ok=True)
     port = free_port()
     (workdir / "nginx.conf").write_text(_config(workdir, port, root, log))
+    (workdir / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
     srv = HttpServer(port=port, root=root, dir=workdir, log=log)
     srv.start()
     try:

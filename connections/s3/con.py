@@ -1241,8 +1241,10 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         if state is None:
             part_size = part_size_for(stream.size, self.part_size) if stream.size is not None else \
                 max(self.part_size, MIN_PART)
+            # The MD5 the caller expects (checked before completing) is the object's metadata;
+            # without one, the multipart ETag is all a large streamed object carries.
             upload_id = self._call(what, key, self._http().create_multipart, key,
-                                   self._stream_meta(rel, stream, None, part_size))
+                                   self._stream_meta(rel, stream, md5.lower() if md5 else None, part_size))
             state = {"kind": "s3-stream", "bucket": self.bucket, "key": key, "upload_id": upload_id,
                      "version": stream.version, "size": stream.size, "part_size": part_size, "parts": {}}
             _save(ctx, state)
@@ -1698,7 +1700,7 @@ def _md5_digest(etag: str) -> bytes | None:
 def header_safe(value: str) -> str:
     """A metadata value as an HTTP header may carry it: printable ASCII as it is,
     anything else percent-encoded (a URL with non-ASCII or control characters)."""
-    if all(" " <= c <= "~" for c in value):
+    if value.isascii() and value.isprintable():
         return value
     return quote(value, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 

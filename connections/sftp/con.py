@@ -69,6 +69,7 @@ import asyncssh
 from connections.contract.xcon import (
     Abilities,
     BatchSend,
+    ChecksumMismatch,
     FreeSpace,
     LocalFile,
     PermanentError,
@@ -77,6 +78,9 @@ from connections.contract.xcon import (
     RemoteNotFound,
     SendResult,
     ServerSideMove,
+    Stream,
+    StreamOpener,
+    StreamSend,
     TransferContext,
     TransientError,
     UnsafePath,
@@ -96,7 +100,7 @@ from connections.sftp.hostkeys import (  # noqa: F401
 )
 from connections.sftp.session import BatchedTCP, Loop, Pool, Session, is_missing
 from connections.contract.source import SourceChanged, open_source
-from skynet.transfer import chunks
+from skynet.transfer import chunks, streams
 from skynet.config.values import keyed, parse_bool, parse_int_range, parse_seconds_range, service_values
 
 log = logging.getLogger("skynet.sftp")
@@ -144,6 +148,7 @@ REPORT_EVERY = 0.1
 BATCH_INFLIGHT = 64
 #: bytes re-read from the end of a large upload to check it arrived intact
 VERIFY_TAIL = 64 << 10
+STREAM_CHUNK = 4 << 20  # send_stream: bytes read from the source per step (one buffer per send)
 #: READ requests in flight when a resume reads back the temp file (each at
 #: most the session's write size: at most this many buffers in memory)
 READ_BACK_INFLIGHT = 16
@@ -521,7 +526,7 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 # --------------------------------------------------------------------------
 # the connection
 # --------------------------------------------------------------------------
-class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
+class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace, StreamSend):
     """SFTP on asyncssh. move() is posix-rename on the server; send_many pipelines
     many small files on the shared connections; free_space() asks statvfs@openssh.com
     (None where the server lacks it). No ServerSideCopy: SFTPv3 has no copy without a
@@ -1456,6 +1461,85 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
         with contextlib.suppress(asyncssh.SFTPError):
             await s.remove(aside)
 
+    # -- streamed sends (migrations) -----------------------------------------
+    def send_stream(self, rel: str, open_at: StreamOpener, ctx: TransferContext, *,
+                    md5: str | None = None) -> SendResult:
+        """StreamSend: the stream goes into send()'s temp file, STREAM_CHUNK bytes at a
+        time (read by a worker thread, written by up to MAX_INFLIGHT WRITEs); a resumed
+        attempt continues from the temp file's size. Then mode, mtime, rename."""
+        what = f"send {rel!r}"
+        target = self._abs(rel)
+        folder, name = posixpath.split(target)
+        tmp = posixpath.join(folder, temp_name(name))
+        up = _Upload(rel=rel, target=self._b(target), tmp=self._b(tmp), tmp_rel=self._rel_of(tmp), size=0,
+                     resumable=True)
+        saved = ctx.resume.load()
+        if not saved or saved.get("kind") != "sftp-stream" or saved.get("tmp") != up.tmp_rel:
+            saved = None
+
+        async def look(s: Session) -> Any:
+            return (await self._folder_ready(s, tmp, what)).leaves[0]
+
+        old = self._call(what, look)
+        have = old.size if saved and old is not None and statmod.S_ISREG(_mode(old)) else 0
+        stream, resumed = streams.reopen(open_at, have or 0, saved)
+        try:
+            if not resumed:
+                up.offset = 0
+                ctx.resume.save({"kind": "sftp-stream", "tmp": up.tmp_rel, "version": stream.version,
+                                 "size": stream.size})
+            else:
+                up.offset, old = have, None
+            feed = streams.Feed(stream)
+            flow = _Flow(ctx, stream.size or 0, MAX_INFLIGHT * self.write_size)
+            end = self._wait(what, self._submit(lambda s: self._pour(s, up, old, feed, stream, flow, md5, what)),
+                             flow.drive)
+        except BaseException as exc:
+            if isinstance(exc, ChecksumMismatch):
+                ctx.resume.clear()
+                with contextlib.suppress(XConError):
+                    self._remove_ours(up.tmp_rel, what)
+            raise
+        finally:
+            stream.close()
+        ctx.resume.clear()
+        return SendResult(size=end, etag=None, bytes_sent=end - up.offset, md5=feed.seen)
+
+    async def _pour(self, s: Session, up: _Upload, old: Any, feed: streams.Feed, stream: Stream, flow: _Flow,
+                    md5: str | None, what: str) -> int:
+        """On the loop: open the temp file (fresh, or to go on at up.offset), write the
+        stream into it, check its end, give it mode and mtime, rename it into place."""
+        flags = asyncssh.FXF_WRITE | asyncssh.FXF_READ
+        if not up.offset:
+            flags |= asyncssh.FXF_CREAT | asyncssh.FXF_EXCL
+        up.handle = await self._open_tmp(s, up, flags, old if not up.offset else None, what)
+        try:
+            flow.start(up.offset)
+            view = memoryview(bytearray(STREAM_CHUNK))
+            pos = up.offset
+            while True:
+                if flow.ctx.stop.is_set():  # (through _LocalError: the session stays in step)
+                    raise _LocalError(chunks.TransferStopped(pos, stream.size or 0))  # type: ignore[arg-type]
+                n = await _from_source(feed.fill, view)
+                await self._write_range(s, up.handle, _view_reader(view, pos), pos, pos + n, flow)
+                pos += n
+                if n < len(view):
+                    break
+            await _from_source(feed.finish, md5)
+            attrs = asyncssh.SFTPAttrs(permissions=(stream.mode if stream.mode is not None else 0o644) & 0o7777)
+            if stream.mtime_ns is not None:
+                attrs = _attrs(attrs.permissions, stream.mtime_ns)
+            await s.req(up.handle.setstat(attrs))
+            await s.req(up.handle.close())
+            up.handle = None
+        finally:
+            if up.handle is not None:
+                with contextlib.suppress(Exception):
+                    await s.req(up.handle.close())
+                up.handle = None
+        await self._replace(s, up.tmp, up.target, what)
+        return pos
+
     # -- delete / move -----------------------------------------------------
     async def _scandir(self, s: Session, folder: str) -> list[asyncssh.SFTPName]:
         """The entries of remote folder `folder` (an absolute path) that are in it: a
@@ -1723,6 +1807,16 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace):
             return [s.conn.get_extra_info(name) for s in self._pool.sessions if s.alive()]
 
         return self._loop.submit(get()).result(self.timeout)
+
+
+async def _from_source(fn: Callable[..., T], *args: Any) -> T:
+    """A blocking read of a stream's source (a socket), in a worker thread so the loop
+    goes on; its errors are the source's (carried through _LocalError, never taken
+    for a broken SFTP session)."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except Exception as exc:
+        raise _LocalError(exc) from exc  # type: ignore[arg-type]
 
 
 def _keep_for_resume(exc: BaseException) -> bool:

@@ -22,7 +22,10 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from urllib.parse import unquote, urlsplit
+
 from connections.contract.xcon import Stream
+from skynet.jobs.ftp_source import public_url
 from skynet.jobs.item import FORBIDDEN, NOT_FOUND, OTHER, REFUSED, TIMEOUT, ItemFailed
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -49,7 +52,7 @@ class HttpSource:
     def head(self, url: str) -> tuple[int | None, int | None]:
         """(size, mtime_ns) of `url` by a HEAD, (None, None) when the server will not
         say (an item already at the target is then compared by what it can)."""
-        resp = self._request("HEAD", url, {})
+        resp = self._request("HEAD", url, _auth(url))
         try:
             if resp.status != 200:
                 raise_for_status(resp.status, url)
@@ -60,7 +63,7 @@ class HttpSource:
     def open_at(self, url: str, offset: int, if_range: str | None) -> Stream:
         """The object at `url` from `offset` on (a 206), or whole (a 200: the server
         ignored the range, or the object is not the version `if_range` names)."""
-        headers = {"Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity", **_auth(url)}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
             if if_range:
@@ -79,7 +82,7 @@ class HttpSource:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
             if not m:
                 resp.close()
-                raise ItemFailed(OTHER, f"{url}: 206 without a usable Content-Range", permanent=False, status=206)
+                raise ItemFailed(OTHER, f"{public_url(url)}: 206 without a usable Content-Range", permanent=False, status=206)
             start, size = int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
         return _stream(resp, url, start, size)
 
@@ -97,7 +100,7 @@ def _stream(resp: Any, url: str, start: int, size: int | None) -> Stream:
     etag = resp.headers.get("ETag")
     modified = resp.headers.get("Last-Modified")
     version = etag if etag and not etag.startswith("W/") else (modified or "")
-    meta = {"source-url": url}
+    meta = {"source-url": public_url(url)}
     if etag:
         meta["source-etag"] = etag
     if modified:
@@ -122,27 +125,35 @@ def _stream(resp: Any, url: str, start: int, size: int | None) -> Stream:
                   mtime_ns=_http_time(modified))
 
 
+def _auth(url: str) -> dict[str, str]:
+    """Basic authentication from the URL's user:password, which urllib3 does not send by itself."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return {}
+    return urllib3.util.make_headers(basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}")
+
+
 def raise_for_status(status: int, url: str) -> None:
     """An HTTP status that is not the object, as the item's error class."""
     if status in (404, 410):
-        raise ItemFailed(NOT_FOUND, f"{url}: HTTP {status}", permanent=True, status=status)
+        raise ItemFailed(NOT_FOUND, f"{public_url(url)}: HTTP {status}", permanent=True, status=status)
     if status in (401, 403):
-        raise ItemFailed(FORBIDDEN, f"{url}: HTTP {status}", permanent=True, status=status)
+        raise ItemFailed(FORBIDDEN, f"{public_url(url)}: HTTP {status}", permanent=True, status=status)
     if status in (408, 504):
-        raise ItemFailed(TIMEOUT, f"{url}: HTTP {status}", permanent=False, status=status)
+        raise ItemFailed(TIMEOUT, f"{public_url(url)}: HTTP {status}", permanent=False, status=status)
     if status in (429, 503):
-        raise ItemFailed(REFUSED, f"{url}: HTTP {status}", permanent=False, status=status)
+        raise ItemFailed(REFUSED, f"{public_url(url)}: HTTP {status}", permanent=False, status=status)
     permanent = 300 <= status < 500  # a redirect loop, 400, 405...: asking again gets the same answer
-    raise ItemFailed(OTHER, f"{url}: HTTP {status}", permanent=permanent, status=status)
+    raise ItemFailed(OTHER, f"{public_url(url)}: HTTP {status}", permanent=permanent, status=status)
 
 
 def classify_urllib3(exc: Exception, url: str) -> ItemFailed:
     """A urllib3 error as the item's error class (all transient but too many redirects)."""
     reason = getattr(exc, "reason", None) if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
     reason = reason or exc
-    text = f"{url}: {reason}"
+    text = f"{public_url(url)}: {reason}"
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, urllib3.exceptions.ResponseError):
-        return ItemFailed(OTHER, f"{url}: too many redirects", permanent=True)
+        return ItemFailed(OTHER, f"{public_url(url)}: too many redirects", permanent=True)
     # (NewConnectionError first: urllib3 2.x makes it a ConnectTimeoutError for compatibility)
     if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.NameResolutionError,
                            ConnectionRefusedError)):

@@ -20,6 +20,8 @@ import logging
 import os
 import re
 import socket
+import stat
+import threading
 from dataclasses import dataclass, replace
 from typing import Callable
 from urllib.parse import urlsplit
@@ -39,6 +41,8 @@ from connections.contract.xcon import (
     XConError,
     check_rel,
 )
+from connections.contract.source import local_file
+from skynet.jobs.ftp_source import public_url
 from skynet.jobs.http_source import HttpSource
 from skynet.jobs.item import (
     CHECKSUM,
@@ -59,6 +63,7 @@ log = logging.getLogger("skynet.jobs")
 ON_EXISTING = ("skip", "overwrite")
 _MD5 = re.compile(r"[0-9a-f]{32}")
 READ_BACK = 8 << 20
+LISTED_MAX = 200_000  # names of the target kept to skip the per-item stat of a (nearly) empty target
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,19 @@ class Transfer:
             raise ValueError(f"on_existing must be one of {', '.join(ON_EXISTING)}, not {opts.on_existing!r}")
         self.spec, self.target, self.opts = source_spec, target, opts
         self.source_con = source_con
+        # local:DIR: the daemon's own send path (sendfile, S3 multipart from the file, resume by
+        # size+mtime+inode, mode and mtime kept), not a stream
+        self.local_root = source_spec[len("local:"):] if source_spec.startswith("local:") else None
         self.http = http or HttpSource(connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
                                        workers=opts.workers)
         self._ftp = None  # made on the first ftp:// item (skynet/jobs/ftp_source.py)
+        self._present = _Present(target, LISTED_MAX)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.http.close()
+        if self.source_con is not None:
+            self.source_con.close()
         if self._ftp is not None:
             self._ftp.close()
 
@@ -107,7 +119,9 @@ class Transfer:
                     return same
             for attempt in (1, 2):
                 try:
-                    return self._once(item, ctx)
+                    result = self._once(item, ctx)
+                    self._present.add(item.dest)
+                    return result
                 except ChecksumMismatch as exc:  # start that item over, once
                     ctx.resume.clear()
                     if attempt == 2:
@@ -119,12 +133,14 @@ class Transfer:
                 self._discard(item, ctx)
             raise
         except Exception as exc:
-            failed = classify(exc, item.source)
+            failed = classify(exc, public_url(item.source) if "://" in item.source else item.source)
             if failed.permanent:
                 self._discard(item, ctx)
             raise failed from exc
 
     def _once(self, item: Item, ctx: TransferContext) -> ItemResult:
+        if self.local_root is not None:
+            return self._send_local(item, ctx)
         seen: dict[str, Stream] = {}
         opener = self._checked(item, self._opener(item, ctx), seen)
         want_md5 = item.md5.lower() if self.opts.verify and item.md5 else None
@@ -135,6 +151,25 @@ class Transfer:
         meta = dict(stream.meta) if stream is not None else {}
         if res.md5:
             meta["md5"] = res.md5
+        return ItemResult(size=res.size, etag=res.etag, bytes_sent=res.bytes_sent, meta=meta)
+
+    def _send_local(self, item: Item, ctx: TransferContext) -> ItemResult:
+        """One file of a local tree, through target.send(): its size, mtime and mode travel."""
+        assert self.local_root is not None
+        check_rel(item.source)
+        path = os.path.join(self.local_root, item.source)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise ItemFailed(NOT_FOUND, f"{item.source}: not in {self.local_root}", permanent=True) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemFailed(NOT_FOUND, f"{item.source}: not a regular file any more", permanent=True)
+        f = local_file(path, item.dest, st, root=self.local_root)
+        if self.opts.max_size is not None and f.size > self.opts.max_size:
+            raise ItemFailed(TOO_LARGE, f"{item.source}: {f.size} bytes is over the limit of {self.opts.max_size}",
+                             permanent=True)
+        res = self.target.send(f, ctx)
+        meta = {"source-url": f"file://{os.path.abspath(path)}", "mtime": str(f.mtime_ns), "mode": f"{f.mode:04o}"}
         return ItemResult(size=res.size, etag=res.etag, bytes_sent=res.bytes_sent, meta=meta)
 
     def _opener(self, item: Item, ctx: TransferContext) -> StreamOpener:
@@ -152,11 +187,12 @@ class Transfer:
         from skynet.jobs.sources import remote_opener
         return remote_opener(self.source_con, item)
 
-    def _ftp_source(self):  # noqa: ANN202 (imported lazily: most jobs have no FTP)
-        if self._ftp is None:
-            from skynet.jobs.ftp_source import FtpSource
-            self._ftp = FtpSource(timeout=self.opts.read_timeout)
-        return self._ftp
+    def _ftp_source(self):  # noqa: ANN202 (made on first use: most jobs have no FTP)
+        with self._lock:
+            if self._ftp is None:
+                from skynet.jobs.ftp_source import FtpSource
+                self._ftp = FtpSource(timeout=self.opts.read_timeout)
+            return self._ftp
 
     def _checked(self, item: Item, opener: StreamOpener, seen: dict[str, Stream]) -> StreamOpener:
         """open_at() with the job's limits: the size the list gave (checksum class),
@@ -201,6 +237,8 @@ class Transfer:
     def _already_there(self, item: Item) -> ItemResult | None:
         """ItemResult(skipped=True) when the target holds this item already: the same
         size and the same MD5 (an MD5 ETag) or the same mtime."""
+        if not self._present.maybe(item.dest):
+            return None
         entry = self.target.stat(item.dest)
         if entry is None:
             return None
@@ -248,6 +286,49 @@ class Transfer:
         ctx.resume.clear()
 
 
+class _Present:
+    """Which names the target held when the job's first item ran, from one streamed
+    listing: an item whose destination was not there needs no stat (a HEAD per item
+    on S3: a quarter of a small item's cost). A target with more than `cap` files is
+    not kept (memory): every item is then stat()ed. Names that were there are still
+    stat()ed for the comparison (a listing has no mtime of ours on S3)."""
+
+    def __init__(self, target: XCon, cap: int) -> None:
+        self.target, self.cap = target, cap
+        self._names: set[str] | None = None
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def maybe(self, rel: str) -> bool:
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._names = self._load()
+                    self._loaded = True
+        return self._names is None or rel in self._names
+
+    def add(self, rel: str) -> None:
+        """`rel` is at the target now (this job put it there). Kept while the set is
+        under its cap only (memory stays bounded in a job of millions of items; a job
+        never sends one destination twice in a run, so a name not kept costs at most
+        a needless send, never a wrong skip)."""
+        if self._names is not None and len(self._names) < self.cap:
+            with self._lock:
+                self._names.add(rel)
+
+    def _load(self) -> set[str] | None:
+        names: set[str] = set()
+        try:
+            for entry in self.target.list(""):
+                names.add(entry.rel)
+                if len(names) > self.cap:
+                    return None
+        except XConError as exc:
+            log.info("job: cannot list the target (%s); every item is looked up on its own", exc)
+            return None
+        return names
+
+
 def _capped(stream: Stream, limit: int, source: str) -> Stream:
     """`stream` (of unknown size) failing as too_large once it passes `limit` bytes."""
     pos = [stream.offset]
@@ -293,9 +374,9 @@ def make_transfer(source_spec: str, target_con: XCon, *, verify: bool = True, on
     Call .close() on the result when the job ends."""
     opts = Options(verify=verify, on_existing=on_existing, max_size=max_size, connect_timeout=connect_timeout,
                    read_timeout=read_timeout, workers=workers)
-    if source_con is None and source_spec.startswith("local:"):
-        from connections.local.con import LocalCon
-        source_con = LocalCon(source_spec[len("local:"):])
+    if source_con is None and not source_spec.startswith("urls:"):
+        from skynet.jobs.sources import source_con as make_source_con
+        source_con = make_source_con(source_spec)
     return Transfer(source_spec, target_con, opts, source_con=source_con)
 
 

@@ -23,6 +23,7 @@ class Feed:
         self.pos = stream.offset
         self._head = memoryview(head)
         self._md5 = hashlib.md5() if stream.offset == 0 else None
+        self.seen: str | None = None  # the MD5 finish() found (None: the stream began mid-file)
 
     def fill(self, view: memoryview) -> int:
         """Fill `view` with the next bytes; fewer only at the stream's end."""
@@ -51,6 +52,7 @@ class Feed:
         check_end(self.stream, self.pos)
         seen = self._md5.hexdigest() if self._md5 is not None else None
         check_md5(seen, md5)
+        self.seen = seen
         return seen
 
 
