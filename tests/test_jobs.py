@@ -300,28 +300,29 @@ def test_a_window_pauses_a_transfer_at_a_chunk_boundary_and_it_continues_when_it
     assert table.item("big-10")["attempts"] == 1 and table.item("big-10")["resume"] is None
 
 
-def test_an_unreachable_host_backs_off_without_charging_its_other_items(tmp_path):
+def test_an_unreachable_host_costs_one_connection_per_back_off(tmp_path):
+    """A host that refuses: one connection, then its other items fail with it
+    without a request each (an attempt, retried no earlier than the host is due);
+    after max_attempts rounds every item has failed for good."""
     clock = FakeClock(MONDAY_10)
-    job = job_for(tmp_path, [f"http://dead/down-{i}" for i in range(20)] + ["http://alive/ok"], max_attempts=2)
+    job = job_for(tmp_path, [f"http://dead/down-{i}" for i in range(20)] + ["http://alive/ok"], max_attempts=2,
+                  retry_after=[0.0])
     fake = FakeTransfer(now=clock.now)
     table, runner = make(tmp_path, job, fake, clock=clock)
     t, box = run_in_thread(runner)
-    wait_for(lambda: row(table, "ok")["status"] == "done" and row(table, "down-19")["next_at"] > MONDAY_10,
-             what="the dead host's items set aside")
+    wait_for(lambda: row(table, "ok")["status"] == "done" and row(table, "down-19")["attempts"] == 1,
+             what="the dead host's first round")
     dead = [table.item(f"down-{i}") for i in range(20)]
-    assert len([s for s, _ in fake.calls if "dead" in s]) == 1  # one try, then the host waits
-    assert sum(d["attempts"] for d in dead) == 1
-    until = dead[1]["next_at"]
-    assert all(d["next_at"] >= until for d in dead[1:]) and MONDAY_10 + 1 <= until <= MONDAY_10 + 2
-    clock.t += 3600  # each try makes the host wait longer; a day is plenty
-    for _ in range(60):
-        clock.t += 3600
-        if not t.is_alive():
-            break
-        time.sleep(0.01)
+    assert len([s for s, _ in fake.calls if "dead" in s]) == 1  # one connection for the 20 items
+    until = dead[0]["next_at"]
+    assert MONDAY_10 + 1 <= until <= MONDAY_10 + 2 and all(d["next_at"] == until for d in dead)
+    assert all(d["error_class"] == "refused" for d in dead) and "backing off" in dead[5]["error"]
+    clock.t = until
     t.join(30)
     assert box["code"] == EXIT_FAILED
-    assert all(table.item(f"down-{i}")["status"] == "failed" for i in range(20))
+    assert len([s for s, _ in fake.calls if "dead" in s]) == 2  # one more in the second round
+    assert all((table.item(f"down-{i}")["status"], table.item(f"down-{i}")["attempts"]) == ("failed", 2)
+               for i in range(20))
 
 
 def test_a_running_row_left_by_a_crash_is_queued_again_uncharged(tmp_path):

@@ -12,8 +12,10 @@ Retries: a transient failure (timeout, refused, 5xx, reset) is tried again
 after `retry_after[attempt-1]` (the last wait repeats) until `max_attempts`;
 a permanent one (404, 410, checksum, too large, unsupported) fails at once.
 A host that refuses connections also backs off as a whole (skynet's one
-back-off): its other items are not started until it is due again, and are not
-charged an attempt for it. Nothing polls: the loop sleeps until the next
+back-off): while it does, its other items fail with it without a request of
+their own (an attempt each, retried no earlier than the host is due again), so
+a dead host costs one connection per back-off and its items still reach their
+end after max_attempts, however many there are. Nothing polls: the loop sleeps until the next
 result, the next due item or the next change of the window.
 
 Windows: outside its window the job starts no item, and the transfers in
@@ -341,8 +343,10 @@ class Runner:
         if stop.is_set() or not self.window.is_open(now):  # the window closed since it was claimed
             return Outcome(c.id, "release", now)
         until = self.gate.until(c.item)
-        if until > now:
-            return Outcome(c.id, "release", now, next_at=until)
+        if until > now:  # its host refused moments ago: this item fails with it, without a request of its own
+            host = HostGate.host(c.item)
+            return self._failed(c, ItemFailed(REFUSED, f"{c.item.source}: not tried: {host} refused a connection "
+                                              f"and is backing off", permanent=False), stop, probe=False)
         ctx = TransferContext(resume=ItemResume(self.table, c.id, c.resume), stop=stop, throttle=self.throttle)
         try:
             result = self.transfer(c.item, ctx)
@@ -356,14 +360,17 @@ class Runner:
         self.gate.ok(c.item)
         return Outcome(c.id, DONE, self.clock.now(), bytes=result.bytes_sent, size=result.size)
 
-    def _failed(self, c: Claimed, exc: ItemFailed, stop: threading.Event) -> Outcome:
+    def _failed(self, c: Claimed, exc: ItemFailed, stop: threading.Event, probe: bool = True) -> Outcome:
+        """The outcome of a failed attempt: retried on the job's schedule (and not
+        before its host is due again), or failed for good. `probe`: the attempt
+        reached for the host (not one set aside because the host is backing off)."""
         now = self.clock.now()
         if stop.is_set() and exc.error_class in (REFUSED, TIMEOUT):
             # a transfer cut short by the window's end may fail as a timeout: not its fault
             return Outcome(c.id, "release", now)
         next_at = 0.0
         if exc.error_class in HOST_ERRORS:
-            next_at = self.gate.failed(c.item, now)
+            next_at = self.gate.failed(c.item, now) if probe else self.gate.until(c.item)
         args = dict(error_class=exc.error_class, status_code=exc.status, error=exc.text)
         if exc.permanent or c.attempts >= self.job.max_attempts:
             log.warning("job %s: %s failed%s: %s", self.job.name, c.item.source,
