@@ -44,12 +44,12 @@ class FakeClock:
         return 0.005
 
 
-def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(cond, timeout: float = 30.0, what: str = "condition", every: float = 0.005) -> None:
     end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(every)
 
 
 def row(table: ItemTable, dest: str) -> dict:

@@ -99,13 +99,13 @@ def url_job(servers, tmp_path: Path, n: int, big_mib: int, kills: int) -> None:
     for k in range(kills):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         goal = len(gets(http, start)) + rng.randint(n // 20, n // 6)
-        wait_for(lambda: len(gets(http, start)) >= goal or proc.poll() is not None, 300, "fetches")
+        wait_for(lambda: len(gets(http, start)) >= goal or proc.poll() is not None, 600, "fetches", every=0.2)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         table = ItemTable(str(db))
         checks.append(({r[1] for r in table.rows() if r[3] == "done"}, len(http.fetches())))
         table.close()
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert res.returncode == EXIT_FAILED, res.stderr[-3000:]  # the missing and the stalled ones
     # no finished object fetched twice: nothing done before a kill was GET after it
     log = http.fetches()

@@ -228,10 +228,15 @@ class Runner:
             self._wait(now, is_open)
             self._progress()
 
+    def _hungry(self) -> bool:
+        """Claim only once a worker's worth of items is gone: one transaction
+        then takes a batch, not an item at a time."""
+        return self.in_flight <= self.job.workers
+
     def _top_up(self, now: float) -> int:
         """Claim due items so that every worker has one and one more waits."""
         room = 2 * self.job.workers - self.in_flight
-        if room <= 0:
+        if not self._hungry() or room <= 0:
             return 0
         batch = self.table.claim(room, now)
         for c in batch:
@@ -241,7 +246,7 @@ class Runner:
 
     def _wait(self, now: float, is_open: bool) -> None:
         """Sleep until an outcome arrives, the next item is due or the window changes."""
-        if is_open and self.in_flight < 2 * self.job.workers:
+        if is_open and self._hungry():
             due = self.table.next_due()
             until = due if due is not None else now + self.clock.max_wait()
         else:
