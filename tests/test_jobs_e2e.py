@@ -140,6 +140,7 @@ def test_url_job_into_s3_killed_three_times(servers, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_url_job_into_s3_killed_three_times_full(servers, tmp_path):
     """The issue's run: 100,000 URLs, one of 500 MiB."""
     url_job(servers, tmp_path, n=100_000, big_mib=500, kills=3)
