@@ -568,3 +568,56 @@ def test_http_basic_auth_from_the_url(http, tmp_path):
     with pytest.raises(ItemFailed) as exc:
         run(t, Item(authed.replace("/private/p.bin", "/private/none.bin"), "n.bin"))
     assert PASSWORD not in exc.value.text and exc.value.error_class == NOT_FOUND
+
+
+def test_local_tree_item_stopped_is_a_pause_and_resumes(tmp_path, servers):
+    """A `local:DIR` item goes through target.send(); ctx.stop there is TransferStopped
+    (a window closing), not a failed attempt, and the upload continues after it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = blob(30 * MiB, seed=18)
+    (tree / "big.bin").write_bytes(data)
+    for target in _s3_target(servers):
+        t = make_transfer(f"local:{tree}", target.con)
+        item = Item("big.bin", "big.bin", size=len(data))
+        store = NullResumeStore()
+        with pytest.raises(TransferStopped):
+            run(t, item, store, stop_after=10 * MiB)
+        res = run(t, item, store)
+        assert target.read("big.bin") == data and res.bytes_sent < len(data)
+        t.close()
+
+
+@pytest.mark.parametrize("fault, cls", [("cut", OTHER), ("stall", TIMEOUT)])
+def test_connection_reset_or_stall_mid_body_is_transient_and_resumes(http, target, fault, cls):
+    """The source's connection is reset (or goes silent) mid-file: a transient error of
+    its class, the target keeps what it has, and the next attempt continues with Range.
+    (64 MiB, cut at 8 MiB written: far more than the socket buffers hold is still to come.)"""
+    from tests.faultproxy import FaultProxy
+    size = 64 * MiB + 5
+    data = blob(size, seed=19)
+    path = f"fault/{fault}-{target.kind}.bin"
+    http.put(path, data)
+    proxy = FaultProxy(http.port).start()
+    try:
+        url = f"http://127.0.0.1:{proxy.port}/{path}"
+        t = make_transfer("urls:x", target.con, read_timeout=1.0)
+        store = NullResumeStore()
+        hit = threading.Event()
+
+        def progress(done: int, _total: int) -> None:
+            if done >= 8 * MiB and not hit.is_set():
+                hit.set()
+                getattr(proxy, fault)()
+
+        with pytest.raises(ItemFailed) as exc:
+            t(Item(url, "f.bin"), TransferContext(progress=progress, resume=store))
+        assert exc.value.error_class == cls and not exc.value.permanent and store.load()
+        proxy.restore()
+        res = run(t, Item(url, "f.bin"), store)
+        assert target.read("f.bin") == data
+        ranged = [f for f in http.fetches(path) if f.method == "GET" and f.range.startswith("bytes=")]
+        start = int(ranged[-1].range.removeprefix("bytes=").rstrip("-"))
+        assert ranged[-1].status == 206 and start >= 5 * MiB and res.bytes_sent <= size - start
+    finally:
+        proxy.close()

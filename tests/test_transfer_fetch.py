@@ -94,3 +94,26 @@ def test_a_link_at_the_part_name_is_not_followed(tmp_path, pool):
     with pytest.raises(OSError):
         fetch(RangedRemote(data), _entry(data), dest, TransferContext(), pool)
     assert victim.read_bytes() == b"keep"
+
+
+def test_the_md5_taken_while_chunks_arrive_covers_the_chunks_kept_from_before(tmp_path, pool):
+    """The MD5 is taken in order as chunks land (no second pass): a resumed fetch hashes
+    the kept chunks too, so a kept chunk whose bytes went bad on disk fails the check."""
+    data = os.urandom(100_000)
+    md5 = hashlib.md5(data).hexdigest()
+    for spoil in (False, True):
+        dest = str(tmp_path / f"f{spoil}")
+        ctx = TransferContext()
+        with pytest.raises(TransferStopped):
+            fetch(RangedRemote(data, stop_after=4, ctx=ctx), _entry(data, md5), dest, ctx, pool, chunk_size=8192,
+                  concurrency=1)
+        if spoil:
+            with open(part_paths(dest)[0], "r+b") as fh:
+                fh.write(b"\0" * 10)  # chunk 0, kept as finished
+        if spoil:
+            with pytest.raises(VerifyFailed):
+                fetch(RangedRemote(data), _entry(data, md5), dest, TransferContext(), pool, chunk_size=8192)
+            assert not os.path.exists(dest)
+        else:
+            fetch(RangedRemote(data), _entry(data, md5), dest, TransferContext(), pool, chunk_size=8192)
+            assert open(dest, "rb").read() == data

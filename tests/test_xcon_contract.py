@@ -16,7 +16,9 @@ from connections.contract.xcon import (
     BatchSend,
     EtagCheck,
     FreeSpace,
+    HardLink,
     LocalFile,
+    PermanentError,
     PoolSized,
     RemoteChanged,
     RemoteNotFound,
@@ -27,6 +29,7 @@ from connections.contract.xcon import (
     TransferContext,
     UnsafePath,
     Versions,
+    WholeRead,
     check_rel,
     send_each,
 )
@@ -220,12 +223,13 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 #: the optional abilities each backend declares (by inheriting the typed mixins of
 #: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
-    "local": {BatchSend, ServerSideMove, ServerSideCopy, FreeSpace, StreamSend},
-    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, StreamSend},
-    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, StreamSend},
-    "sftp": {BatchSend, ServerSideMove, FreeSpace, StreamSend},
+    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend},
+    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
+    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
+    "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend},
 }
-ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, FreeSpace, PoolSized, EtagCheck, Versions, StreamSend)
+ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, PoolSized, EtagCheck, Versions, WholeRead,
+             StreamSend)
 
 
 def with_ability(ability) -> list:
@@ -384,6 +388,19 @@ def test_server_side_copy(able, tmp_path):
     assert able.leftovers() == []
 
 
+@pytest.mark.parametrize("able", with_ability(WholeRead), indirect=True)
+def test_whole_read_gives_bytes_and_metadata_of_the_version_listed(able, tmp_path):
+    data = os.urandom(12_345)
+    send(able, tmp_path, "w/a.bin", data, mode=0o640, mtime_ns=1_600_000_000_000_000_000)
+    listed = next(e for e in able.con.list("w") if e.rel == "w/a.bin")
+    entry, got = able.con.read_whole("w/a.bin", expect=listed)
+    assert got == data
+    check_metadata(able, entry, len(data), 1_600_000_000_000_000_000, 0o640)
+    send(able, tmp_path, "w/a.bin", b"another version")
+    with pytest.raises(RemoteChanged):
+        able.con.read_whole("w/a.bin", expect=listed)
+
+
 @pytest.mark.parametrize("able", with_ability(ServerSideMove), indirect=True)
 def test_server_side_move_keeps_bytes_and_metadata(able, tmp_path):
     data = os.urandom(33_333)
@@ -392,6 +409,28 @@ def test_server_side_move_keeps_bytes_and_metadata(able, tmp_path):
     assert able.con.stat("mv/a.bin") is None
     assert able.con.read_range("mv2/b.bin", 0, len(data)) == data
     check_metadata(able, able.con.stat("mv2/b.bin"), len(data), 1_650_000_000_000_000_000, 0o600)
+
+
+@pytest.mark.parametrize("able", with_ability(HardLink), indirect=True)
+def test_hard_link_keeps_the_old_bytes_when_the_file_is_replaced(able, tmp_path):
+    """The versions area's cheap keep: a second name for a file, in folders made for
+    it, that still holds the old bytes, mtime and mode after a send replaced the first."""
+    data = os.urandom(40_000)
+    send(able, tmp_path, "l/a.bin", data, mode=0o600, mtime_ns=1_650_000_000_000_000_000)
+    able.con.link("l/a.bin", "kept/deep/a.bin@1")
+    send(able, tmp_path, "l/a.bin", b"new bytes", mode=0o644)
+    assert able.con.read_range("kept/deep/a.bin@1", 0, len(data) + 1) == data
+    check_metadata(able, able.con.stat("kept/deep/a.bin@1"), len(data), 1_650_000_000_000_000_000, 0o600)
+    assert able.con.read_range("l/a.bin", 0, 100) == b"new bytes"
+    with pytest.raises(RemoteNotFound):
+        able.con.link("l/missing", "kept/x")
+    with pytest.raises(RemoteNotFound):
+        able.con.link("l", "kept/folder")  # a folder is no file to link
+    with pytest.raises(PermanentError):
+        able.con.link("l/a.bin", "kept/deep/a.bin@1")  # the name is taken
+    with pytest.raises(UnsafePath):
+        able.con.link("l/a.bin", "../outside")
+    assert able.con.stat("kept/x") is None and able.leftovers() == []
 
 
 @pytest.mark.parametrize("able", with_ability(FreeSpace), indirect=True)
@@ -445,6 +484,26 @@ def test_versions_on_a_versioned_bucket(able, tmp_path):
     with pytest.raises(RemoteNotFound):
         able.con.read_range("h", 0, 10)  # deleted now
     assert [v.deleted for v in able.con.list_versions("h.bak")] == [False]
+    # every key under a folder (or the file itself), grouped by key, newest first
+    assert able.con.versioning_on()
+    under = list(able.con.list_versions_under("h"))
+    assert [(v.rel, v.deleted) for v in under] == [("h", True), ("h", False), ("h", False), ("h", False)]
+    assert {v.rel for v in able.con.list_versions_under("")} == {"h", "h.bak", "h2/x"}
+    assert [v.rel for v in able.con.list_versions_under("h2")] == ["h2/x"]
+    one = able.con.stat_version("h", versions[2].version_id)
+    check_metadata(able, one, len(bodies[1]), 1_600_000_000_000_000_001, 0o640)
+    with pytest.raises(RemoteNotFound):
+        able.con.stat_version("h", versions[0].version_id)  # the delete marker
+    able.con.delete_version("h", versions[2].version_id)
+    assert [v.version_id for v in able.con.list_versions("h")] == [versions[i].version_id for i in (0, 1, 3)]
+    able.con.delete_version("h", versions[2].version_id)  # gone already: no error
+
+
+@pytest.mark.parametrize("able", [n for n in with_ability(Versions) if n == "s3"], indirect=True)
+def test_versioning_off_is_told(able):
+    """A bucket without versioning (rclone serve s3 has none) says so: the versions
+    area keeps versions there."""
+    assert able.con.versioning_on() is False
 
 
 @pytest.mark.parametrize("able", [n for n in enabled_backends() if n in ("local", "sftp")], indirect=True)

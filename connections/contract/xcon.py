@@ -59,6 +59,12 @@ class RemoteChanged(TransientError):
     the reader starts again from a fresh stat or listing."""
 
 
+class Unsupported(PermanentError):
+    """The remote does not offer an operation after all (an SFTP server without
+    the hardlink extension, a file system without hard links): the caller takes
+    another way."""
+
+
 class UnsafePath(PermanentError):
     """A path would escape the remote root, or is not a clean relative path."""
 
@@ -437,6 +443,31 @@ class ServerSideCopy(ABC):
         RemoteNotFound when `src` is not a file on the remote."""
 
 
+class WholeRead(ABC):
+    """A small file's bytes and its metadata (our mtime and mode) come back in one
+    request (S3: one GET carries the object's user metadata; a listing does not, so
+    without this a restore asks a HEAD and a GET per file)."""
+
+    @abstractmethod
+    def read_whole(self, rel: str, *, expect: RemoteEntry) -> tuple[RemoteEntry, bytes]:
+        """The whole file `rel`, held to the version `expect` names (RemoteChanged
+        otherwise), with its entry as stat() would give it. For small files: the
+        bytes are held in memory."""
+
+
+class HardLink(ABC):
+    """link() gives a remote file a second name (a hard link): no byte is copied,
+    and the second name keeps the bytes, mtime and mode the file had, because a
+    send never writes into an existing file: it renames a new one over it. The
+    versions area keeps an overwritten file's version this way, for free."""
+
+    @abstractmethod
+    def link(self, src: str, dest: str) -> None:
+        """Make `dest` another name of the remote file `src`; the folders above
+        `dest` are made. RemoteNotFound when `src` is not a file; PermanentError
+        when `dest` exists; Unsupported when the remote cannot link."""
+
+
 class FreeSpace(ABC):
     """The remote can tell how much room it has left."""
 
@@ -477,6 +508,26 @@ class Versions(ABC):
         """read_range() of one version (a version never changes: no `expect`).
         RemoteNotFound for an unknown version or a delete marker."""
 
+    @abstractmethod
+    def versioning_on(self) -> bool:
+        """The remote keeps versions now (an S3 bucket's versioning is Enabled, not
+        Suspended nor never set): only then does a delete or overwrite keep one."""
+
+    @abstractmethod
+    def list_versions_under(self, rel: str = "") -> Iterator[VersionEntry]:
+        """list_versions() of the file `rel` and of every file under the folder
+        `rel` ("" for the whole root): grouped by path, each path's versions
+        newest first, streamed; nothing outside `rel`."""
+
+    @abstractmethod
+    def stat_version(self, rel: str, version_id: str) -> RemoteEntry:
+        """stat() of one version: size, our mtime and mode where they travelled
+        with it. RemoteNotFound for an unknown version or a delete marker."""
+
+    @abstractmethod
+    def delete_version(self, rel: str, version_id: str) -> None:
+        """Remove one version (or delete marker) for good. A missing one is not
+        an error."""
 
 # -- streamed sends (migrations: a source that is not a local file) ---------------------
 

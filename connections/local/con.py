@@ -47,6 +47,7 @@ from connections.contract.xcon import (
     BatchSend,
     ChecksumMismatch,
     FreeSpace,
+    HardLink,
     LocalFile,
     PermanentError,
     RemoteChanged,
@@ -60,6 +61,7 @@ from connections.contract.xcon import (
     StreamSend,
     TransferContext,
     TransientError,
+    Unsupported,
     XCon,
     check_range,
     check_rel,
@@ -175,7 +177,7 @@ def _close(fd: int | None) -> None:
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (O_NONBLOCK: a FIFO never blocks)
 
 
-class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace, StreamSend):
+class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend):
     """A folder as the remote. Constructed without fsync on a machine with GNU
     cp, LocalCon(...) is a BatchLocalCon (send_many through cp): the batch
     ability is a fact of this machine and configuration, declared by the class."""
@@ -851,6 +853,35 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, FreeSpace, StreamSend):
                 os.close(root)
         finally:
             os.close(fd)
+
+    def link(self, src: str, dest: str) -> None:
+        """linkat() beneath the root, by descriptor: `src` must be a regular file
+        (a link at its name is no file of ours), `dest`'s folders are made."""
+        what = f"link {src!r} -> {dest!r}"
+        (a_folders, a), (b_folders, b) = split_rel(src), split_rel(dest)
+        a_parent = b_parent = None
+        try:
+            a_parent = self._open_folder(a_folders, what, create=False)
+            try:
+                st = None if a_parent is None else os.stat(a, dir_fd=a_parent, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                raise self._error(exc, what) from exc
+            if st is None or not statmod.S_ISREG(st.st_mode):
+                raise RemoteNotFound(f"{what}: no such file on the target")
+            b_parent = self._open_folder(b_folders, what, create=True)
+            try:
+                os.link(a, b, src_dir_fd=a_parent, dst_dir_fd=b_parent, follow_symlinks=False)
+            except FileExistsError:
+                raise PermanentError(f"{what}: the name is taken") from None
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise Unsupported(f"{what}: the target's file system refuses hard links ({exc.strerror})") from None
+                raise self._error(exc, what) from exc
+        finally:
+            _close(a_parent)
+            _close(b_parent)
 
     def free_space(self) -> int | None:
         """Bytes free for an unprivileged writer on the target's file system."""

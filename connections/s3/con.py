@@ -137,6 +137,7 @@ from connections.contract.xcon import (
     UnsafePath,
     VersionEntry,
     Versions,
+    WholeRead,
     XCon,
     XConError,
     check_range,
@@ -483,7 +484,7 @@ class _PartWriter:
 # -- the connection -------------------------------------------------------------------
 
 
-class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, StreamSend):
+class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend):
     """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc.
 
     move() is CopyObject then DeleteObject on the server (no byte through us), so
@@ -1562,6 +1563,25 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
             raise RemoteChanged(f"read {rel!r}: no ETag to hold the read to the version expected")
         return self._get_range(f"read {rel!r}", key, offset, length, etag=etag)
 
+    def read_whole(self, rel: str, *, expect: RemoteEntry) -> tuple[RemoteEntry, bytes]:
+        """One GET of the whole object, If-Match on the ETag listed: its bytes, and from the
+        same reply's headers the entry stat() would give (our mtime and mode)."""
+        key = self._key(rel)
+        what = f"read {rel!r}"
+        if not expect.etag:
+            raise RemoteChanged(f"{what}: no ETag to hold the read to the version expected")
+        try:
+            reply = self._http().get_object(key, if_match=expect.etag)
+        except s3rest.S3Error as exc:
+            raise self._read_error(exc, what, key) from exc
+        except Exception as exc:
+            raise self._classify(exc, what, key) from exc
+        if _etag(reply.headers.get("etag")) not in (None, expect.etag):
+            raise RemoteChanged(f"{what}: {self._where(key)} is another version now")
+        head = s3rest.head_shape(reply.headers)
+        head["ContentLength"] = len(reply.body)
+        return _entry_from_head(rel, head), reply.body
+
     def _get_range(self, what: str, key: str, offset: int, length: int, *, etag: str | None = None,
                    version: str | None = None) -> bytes:
         """GET bytes [offset, offset+length) of `key` (of one `version`): b"" past the end."""
@@ -1649,6 +1669,55 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         check_range(offset, length)
         key = self._key(rel)
         return self._get_range(f"read {rel!r} version {version_id!r}", key, offset, length, version=version_id)
+
+    def versioning_on(self) -> bool:
+        """GetBucketVersioning says Enabled (Suspended keeps no new versions). A store
+        that does not implement the call (501) has no versioning."""
+        try:
+            return self._http().bucket_versioning() == "Enabled"
+        except s3rest.S3Error as exc:
+            if exc.status == 501 or exc.code == "NotImplemented":
+                return False
+            raise self._classify(exc, "get bucket versioning", None) from exc
+        except Exception as exc:
+            raise self._classify(exc, "get bucket versioning", None) from exc
+
+    def list_versions_under(self, rel: str = "") -> Iterator[VersionEntry]:
+        """ListObjectVersions of the key `rel` and of every key under `rel/`: grouped
+        by key, each newest first (a listing sorts by key, then by age)."""
+        exact = self._key(rel) if rel else None
+        folder = self._dir(rel)
+        for v in self._listed_versions(exact if exact is not None else folder):
+            key = v["Key"]
+            if key != exact and not key.startswith(folder):
+                continue  # "h.bak", "h2/x" for "h": not asked for
+            r = self._rel(key)
+            if r is None:
+                continue
+            yield VersionEntry(
+                r, v.get("VersionId") or "null", int(v.get("Size", 0) or 0), stored_ns(v.get("LastModified")),
+                _etag(v.get("ETag")), latest=bool(v.get("IsLatest")), deleted=v["deleted"],
+            )
+
+    def stat_version(self, rel: str, version_id: str) -> RemoteEntry:
+        """HEAD of one version: our mtime and mode from its metadata."""
+        key = self._key(rel)
+        what = f"stat {rel!r} version {version_id!r}"
+        try:
+            head = self._http().head_object(key, version=version_id)
+        except s3rest.S3Error as exc:
+            if exc.code in _NOT_FOUND_CODES or exc.status == 404:
+                raise RemoteNotFound(f"{what}: no such version") from None
+            raise self._read_error(exc, what, key) from exc
+        except Exception as exc:
+            raise self._classify(exc, what, key) from exc
+        return _entry_from_head(rel, head)
+
+    def delete_version(self, rel: str, version_id: str) -> None:
+        """DeleteObject with a versionId: that version (or delete marker) is gone for good."""
+        key = self._key(rel)
+        self._call(f"delete {rel!r} version {version_id!r}", key, self._http().delete_object, key,
+                   version=version_id)
 
     def uploads(self) -> Iterator[dict]:
         """Open multipart uploads under our prefix, paged: {"key", "upload_id"}. Uploads the

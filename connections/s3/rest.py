@@ -544,6 +544,23 @@ def _meta(headers: dict[str, str]) -> dict[str, str]:
     return {k[11:]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
 
 
+def head_shape(h: dict[str, str]) -> dict[str, Any]:
+    """An object's reply headers (a HEAD's, or a whole GET's: the same ones) in botocore's
+    HeadObject shape: ContentLength, ETag, ContentType, Metadata, LastModified, VersionId."""
+    out: dict[str, Any] = {"ContentLength": int(h.get("content-length") or 0), "Metadata": _meta(h)}
+    for name, field_ in (("etag", "ETag"), ("content-type", "ContentType"), ("x-amz-version-id", "VersionId")):
+        if name in h:
+            out[field_] = h[name]
+    if h.get("last-modified"):
+        from email.utils import parsedate_to_datetime
+
+        try:
+            out["LastModified"] = parsedate_to_datetime(h["last-modified"])
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
 class Rest:
     """Signed S3 requests on one bucket over per-thread keep-alive connections: every
     operation S3Con makes, one method each. Error replies raise S3Error, the network
@@ -707,9 +724,10 @@ class Rest:
         root = self._xml("UploadPartCopy", "PUT", self._key(key), params, h, allow_empty=True)
         return "" if root is None else root.findtext("ETag") or ""
 
-    def delete_object(self, key: str) -> None:
-        """DeleteObject (a missing key is no error in S3)."""
-        self._call("DeleteObject", "DELETE", self._key(key), ok=(200, 204))
+    def delete_object(self, key: str, *, version: str | None = None) -> None:
+        """DeleteObject, of one `version` for good (a missing key is no error in S3)."""
+        params = {"versionId": version} if version else None
+        self._call("DeleteObject", "DELETE", self._key(key), params, ok=(200, 204))
 
     def delete_objects(self, keys: list[str]) -> list[S3Error]:
         """DeleteObjects (quiet) of up to 1,000 keys; the per-key errors the server reports.
@@ -723,6 +741,11 @@ class Rest:
                         key=e.findtext("Key")) for e in root.iterfind("Error")]
 
     # -- reading -------------------------------------------------------------------------
+    def bucket_versioning(self) -> str:
+        """GetBucketVersioning: "Enabled", "Suspended", or "" for a bucket that never had it."""
+        root = self._xml("GetBucketVersioning", "GET", self.layout.base or "/", {"versioning": ""})
+        return (root.findtext("Status") or "").strip()
+
     def head_bucket(self) -> Reply:
         """HEAD the bucket; raises S3Error (code = status) unless 200."""
         return self._call("HeadBucket", "HEAD", self.layout.base or "/")
@@ -733,19 +756,7 @@ class Rest:
         (a datetime), VersionId. S3Error (code = status: "404", "412"...) otherwise."""
         headers = {"if-match": f'"{if_match}"'} if if_match else None
         params = {"versionId": version} if version else None
-        h = self._call("HeadObject", "HEAD", self._key(key), params, headers).headers
-        out: dict[str, Any] = {"ContentLength": int(h.get("content-length") or 0), "Metadata": _meta(h)}
-        for name, field_ in (("etag", "ETag"), ("content-type", "ContentType"), ("x-amz-version-id", "VersionId")):
-            if name in h:
-                out[field_] = h[name]
-        if h.get("last-modified"):
-            from email.utils import parsedate_to_datetime
-
-            try:
-                out["LastModified"] = parsedate_to_datetime(h["last-modified"])
-            except (TypeError, ValueError):
-                pass
-        return out
+        return head_shape(self._call("HeadObject", "HEAD", self._key(key), params, headers).headers)
 
     def get_object(self, key: str, first: int | None = None, last: int | None = None, *,
                    if_match: str | None = None, version: str | None = None) -> Reply:

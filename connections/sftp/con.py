@@ -71,6 +71,7 @@ from connections.contract.xcon import (
     BatchSend,
     ChecksumMismatch,
     FreeSpace,
+    HardLink,
     LocalFile,
     PermanentError,
     RemoteChanged,
@@ -84,6 +85,7 @@ from connections.contract.xcon import (
     TransferContext,
     TransientError,
     UnsafePath,
+    Unsupported,
     XCon,
     XConError,
     check_range,
@@ -526,7 +528,7 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 # --------------------------------------------------------------------------
 # the connection
 # --------------------------------------------------------------------------
-class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace, StreamSend):
+class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
     """SFTP on asyncssh. move() is posix-rename on the server; send_many pipelines
     many small files on the shared connections; free_space() asks statvfs@openssh.com
     (None where the server lacks it). No ServerSideCopy: SFTPv3 has no copy without a
@@ -1637,6 +1639,27 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, FreeSpace, StreamSend):
                 raise PermanentError(f"{what}: a file is in the way of the folder")
             try:
                 await self._replace(s, self._b(a), self._b(b), what)
+            except asyncssh.SFTPError as exc:
+                raise await self._diagnose(s, exc, what, b) from exc
+
+        self._call(what, run)
+
+    def link(self, src: str, dest: str) -> None:
+        """OpenSSH's hardlink@openssh.com (asyncssh's SFTPClient.link): `src` must be a
+        regular file reached through no link, `dest`'s folders are made as a send makes them."""
+        a, b = self._abs(check_rel(src)), self._abs(check_rel(dest))
+        what = f"link {src!r} -> {dest!r}"
+
+        async def run(s: Session) -> None:
+            st = (await self._inspect(s, a)).leaves[0]
+            if st is None or not statmod.S_ISREG(_mode(st)):
+                raise RemoteNotFound(f"{what}: no such file on the server")
+            if (await self._folder_ready(s, b, what)).leaves[0] is not None:
+                raise PermanentError(f"{what}: the name is taken")
+            try:
+                await s.req(s.sftp.link(self._b(a), self._b(b)))
+            except asyncssh.SFTPOpUnsupported:
+                raise Unsupported(f"{what}: the server offers no hard links (hardlink@openssh.com)") from None
             except asyncssh.SFTPError as exc:
                 raise await self._diagnose(s, exc, what, b) from exc
 

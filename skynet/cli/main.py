@@ -29,6 +29,7 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 # --status...) stay as they were, so existing units and scripts keep working.
 SUBCOMMANDS: dict[str, str] = {
     "job": "skynet.cli.job:job",
+    "restore": "skynet.cli.restore:restore_cmd",
 }
 
 

@@ -23,6 +23,7 @@ from skynet.reporting import sdnotify
 from connections.contract.xcon import BatchSend, PermanentError, PoolSized, TransientError, XCon
 from skynet.config.settings import Config, MappingConfig
 from skynet.engine.handler import Handler
+from skynet.engine.late import LateRequests
 from skynet.watch.ignore import IgnoreRules, rel_inside
 from skynet.engine.mapper import Mapper
 from skynet.engine.reconcile import Reconciler, SourceUnavailable
@@ -35,6 +36,8 @@ from skynet.engine.syncsnap import SyncSnap
 from skynet.transfer.throttle import Schedule, Throttle
 from skynet.state.uniqueq import DELETE, SEND, Action, UniqueQ
 from skynet.watch.watcher import Observer, TreeWatch, WatchFaultListener, Watcher
+from skynet.versions.keeper import keeper_for
+from skynet.versions.names import AREA
 
 log = logging.getLogger("skynet")
 
@@ -119,19 +122,22 @@ class MappingRunner(WatchFaultListener):
             self.con.size_pool(m.workers)
         self.mapper = Mapper(m.source, m.target)
         inner_state = rel_inside(m.source, cfg.state_dir)
-        self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "",))
+        # The versions area's name at the root is never synced from the source (it would land in the area).
+        self.ignore = IgnoreRules(m.ignore, use_defaults=m.default_ignores, extra_paths=(inner_state or "", AREA))
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
-                                     complete_sync=m.complete_sync,
+                                     complete_sync=m.complete_sync, keeper=keeper_for(self.con, m.versions),
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
                                on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan)
+        self.late = LateRequests(self.db, self.index, self.con, self.mapper, self.producer_queue, m.complete_sync,
+                                 grace=cfg.late_grace)
         self.watch: TreeWatch | None = None
         self.scan_done = threading.Event()
         self._rescan_wanted = threading.Event()
@@ -175,6 +181,7 @@ class MappingRunner(WatchFaultListener):
         self._watch()
         self._remember_source()
         self.handler.start(connected)
+        self.late.start(lambda: self.handler.connected, self._halt, self.name)
         self._rescan_wanted.set()
         self._scanner.start()
 
@@ -190,6 +197,9 @@ class MappingRunner(WatchFaultListener):
         their temporary files go now. A send() cut short leaves one under a
         name derived from the file's, which the next send() would overwrite,
         but a batch copies through a staging folder and never touches it."""
+        # A request of theirs may also land on the remote later than this run's
+        # own: their paths are checked again once that cannot happen any more.
+        self.late.remember(p for a in interrupted for p in a.paths())
         if isinstance(self.con, BatchSend):
             for rel in sorted({a.src for a in interrupted if a.kind == SEND}):
                 try:

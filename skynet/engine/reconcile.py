@@ -47,6 +47,7 @@ from skynet.engine.mapper import Mapper
 from skynet.state.db import ResumeTable
 from skynet.state.index import Index, IndexEntry
 from skynet.state.uniqueq import DELETE, LOOK_UP, MOVE, SEND, Action, LookUp, UniqueQ
+from skynet.versions.keeper import Keeper
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,12 @@ class Reconciler:
         progress: Callable[[str, int, int], None] | None = None,
         throttle: Callable[[int], None] | None = None,
         complete_sync: bool = False,
+        keeper: Keeper | None = None,
     ) -> None:
         self.mapper = mapper
         self.con = con
+        # Every replace, delete and move of a remote file goes through it (versions).
+        self.keeper = keeper or Keeper(con)
         self.index = index
         self.queue = queue
         self.resume = resume
@@ -220,8 +224,12 @@ class Reconciler:
             return None
         if self.ignore.ignored(rel):
             return Outcome()
-        if index_matches(self._entry(rel, a.entry), st, self.con.abilities.mtime_precision_ns):
+        entry = self._entry(rel, a.entry)
+        if index_matches(entry, st, self.con.abilities.mtime_precision_ns):
             return Outcome()
+        if entry is not None and self.keeper.active:
+            return None  # a version to keep first: send_file does
+
         if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
             return None
         return self._local_file(path, rel, st), st
@@ -370,11 +378,14 @@ class Reconciler:
     def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None,
                   known: IndexEntry | None | LookUp = LOOK_UP) -> None:
         abilities = self.con.abilities
-        if index_matches(self._entry(rel, known), st, abilities.mtime_precision_ns):
+        entry = self._entry(rel, known)
+        if index_matches(entry, st, abilities.mtime_precision_ns):
             return
         if not abilities.byte_names and not Mapper.is_utf8(rel):
             raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")
         path = path or self.mapper.local(rel)
+        if entry is not None:
+            self.keeper.replacing(rel)  # the remote's version, before the send replaces it
         for _ in range(MAX_CHASE):
             f = self._local_file(path, rel, st)
             kw = {"stop": ctx_stop} if ctx_stop is not None else {}  # (no Event built per file)
@@ -439,7 +450,7 @@ class Reconciler:
             return
         if self.ignore.ignored_path(rel) and self.index.get(rel) is None and not self.index.has_under(rel):
             return
-        self.con.delete(rel)
+        self.keeper.delete(rel)
         self.index.remove(rel)
         self.discard_partial(rel, under=True)
         out.deleted += 1
@@ -460,7 +471,7 @@ class Reconciler:
         on_remote = self.index.get(src) is not None or self.index.has_under(src)
         if on_remote and isinstance(self.con, ServerSideMove):
             try:
-                self.con.move(src, dest)
+                self.keeper.move(src, dest)
                 self.index.rename(src, dest)
                 out.moved += 1
                 if self.complete_sync:
@@ -474,7 +485,7 @@ class Reconciler:
         elif on_remote:
             # No server-side move: upload the destination, then drop the source.
             self.sync_path(dest, out, ctx_stop)
-            self.con.delete(src)
+            self.keeper.delete(src)
             self.index.remove(src)
             return
         self.sync_path(dest, out, ctx_stop)

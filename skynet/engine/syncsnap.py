@@ -35,6 +35,7 @@ from skynet.engine.reconcile import index_matches, is_special
 from skynet.state.index import Index, IndexEntry
 from skynet.state.db import under_range
 from skynet.state.uniqueq import DELETE, SEND, UniqueQ
+from skynet.versions.names import is_area
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class SyncSnap:
         batch: list[tuple] = []
         try:
             for e in self.con.list(""):
+                if is_area(e.rel):
+                    continue  # the versions area is no mirrored file (never sent, never deleted)
                 # a stored time (S3's LastModified) is not the file's mtime: not known
                 mtime = None if e.mtime_is_stored else e.mtime_ns
                 batch.append((e.rel, e.size, mtime, e.mode, None, e.etag))

@@ -23,7 +23,6 @@ import socket
 import stat
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable
 from urllib.parse import urlsplit
 
 from connections.contract.xcon import (
@@ -168,7 +167,12 @@ class Transfer:
         if self.opts.max_size is not None and f.size > self.opts.max_size:
             raise ItemFailed(TOO_LARGE, f"{item.source}: {f.size} bytes is over the limit of {self.opts.max_size}",
                              permanent=True)
-        res = self.target.send(f, ctx)
+        try:
+            res = self.target.send(f, ctx)
+        except TransientError:
+            if ctx.stop.is_set():  # send() says "stopped" its own way: a pause, not a failed attempt
+                raise TransferStopped(0, 1) from None
+            raise
         meta = {"source-url": f"file://{os.path.abspath(path)}", "mtime": str(f.mtime_ns), "mode": f"{f.mode:04o}"}
         return ItemResult(size=res.size, etag=res.etag, bytes_sent=res.bytes_sent, meta=meta)
 
@@ -390,4 +394,4 @@ def transfer(item: Item, ctx: TransferContext, *, target_con: XCon, source_spec:
         t.close()  # type: ignore[attr-defined]
 
 
-__all__ = ["make_transfer", "transfer", "Transfer", "Options", "classify", "Callable"]
+__all__ = ["make_transfer", "transfer", "Transfer", "Options", "classify"]

@@ -1,7 +1,8 @@
 """Fetch one remote file to a local path: ranged, parallel, atomic, verified, resumable.
 
 Restore and migrations between stores read large files back. Each goes
-through here, so each gets the same guarantees:
+through here (fetch() for a connection's file, fetch_ranges() for any ranged
+reader: a version a VersionStore keeps), so each gets the same guarantees:
 
 * ranged and parallel: chunks.download() runs `concurrency` ranged reads of
   `chunk_size` bytes at once (a backend only reads one range);
@@ -23,8 +24,12 @@ import contextlib
 import hashlib
 import json
 import os
+import logging
 import re
+import threading
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
 
 from connections.contract.xcon import RemoteEntry, TransferContext, XCon
 from skynet.state.atomicfile import write_atomic
@@ -34,21 +39,41 @@ CHUNK = 16 << 20
 CONCURRENCY = 4
 PART_SUFFIX = ".skynet-part"
 _MD5 = re.compile(r"[0-9a-f]{32}")
+_PART_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+log = logging.getLogger("skynet.transfer.fetch")
 
 
 class VerifyFailed(Exception):
     """The fetched bytes are not the remote file's (size or hash differ)."""
 
 
-class _Ranged:
-    """ChunkReader over a connection's read_range, pinned to one version."""
+ReadRange = Callable[[int, int], bytes]  # (offset, length) -> that many bytes (fewer only at the end)
 
-    def __init__(self, con: XCon, entry: RemoteEntry) -> None:
-        self.con, self.entry = con, entry
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the local file must become: the remote bytes' size and hash (checked),
+    their identity (resume state saved for another identity is dropped), and the
+    mtime and permission bits to give the file before it lands (None: leave them)."""
+
+    rel: str
+    size: int
+    etag: str | None
+    ident: dict = field(default_factory=dict)
+    mtime_ns: int | None = None
+    mode: int | None = None
+
+
+class _Ranged:
+    """ChunkReader over any ranged read (a remote file pinned to one version, a kept version)."""
+
+    def __init__(self, read: ReadRange, rel: str) -> None:
+        self.read, self.rel = read, rel
 
     def read_chunk(self, n: int, offset: int, length: int, got: Meter) -> bytes:
-        data = self.con.read_range(self.entry.rel, offset, length, expect=self.entry)
+        data = self.read(offset, length)
         got(len(data))
+        log.debug("fetched chunk %d of %s (%d bytes at %d)", n, self.rel, len(data), offset)
         return data
 
 
@@ -59,9 +84,8 @@ def part_paths(dest: str) -> tuple[str, str]:
     return part, part + ".json"
 
 
-def _identity(entry: RemoteEntry, chunk_size: int) -> dict:
-    return {"rel": entry.rel, "size": entry.size, "mtime_ns": entry.mtime_ns, "etag": entry.etag,
-            "chunk": chunk_size}
+def _identity(want: Wanted, chunk_size: int) -> dict:
+    return {"rel": want.rel, "size": want.size, "etag": want.etag, **want.ident, "chunk": chunk_size}
 
 
 def _load_done(state_path: str, ident: dict, count: int) -> set[int]:
@@ -85,51 +109,157 @@ def fetch(con: XCon, entry: RemoteEntry, dest: str, ctx: TransferContext, pool: 
     remote file is replaced meanwhile: the caller stats again and calls again),
     TransferStopped on ctx.stop (the next call resumes), VerifyFailed.
     """
-    plan = Plan(entry.size, chunk_size, concurrency)
+    want = Wanted(entry.rel, entry.size, entry.etag, {"mtime_ns": entry.mtime_ns})
+    return fetch_ranges(lambda offset, length: con.read_range(entry.rel, offset, length, expect=entry), want,
+                        dest, ctx, pool, chunk_size=chunk_size, concurrency=concurrency)
+
+
+def fetch_ranges(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext, pool: Executor, *,
+                 chunk_size: int = CHUNK, concurrency: int = CONCURRENCY, sync: bool = True,
+                 slots: threading.Semaphore | None = None) -> int:
+    """fetch() from any ranged reader (a remote file, a kept version): `dest`
+    ends up holding `want`'s bytes with its mtime and mode, or is untouched.
+    Returns the bytes read now (a resumed fetch reads only the chunks it lacks).
+
+    A file of one chunk is read in this thread with one ranged read and keeps
+    no resume state (there is nothing finished to keep); a larger one goes
+    through chunks.download on `pool`. `sync=False` leaves the fsync of a
+    small file to the caller (restore syncs the whole tree once at the end:
+    ten thousand fsyncs cost more than the files)."""
+    if want.size <= chunk_size:
+        return _fetch_whole(read, want, dest, ctx, sync)
+    plan = Plan(want.size, chunk_size, concurrency)
     part, state_path = part_paths(dest)
-    ident = _identity(entry, chunk_size)
+    ident = _identity(want, chunk_size)
     done = _load_done(state_path, ident, plan.count)
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(part, flags, 0o600)
+    fd = os.open(part, _PART_FLAGS, 0o600)
+    moved = [0]
+
+    def got(n: int) -> None:
+        moved[0] += n
+
     try:
         if not done:
             os.ftruncate(fd, 0)
+
+        md5 = _InOrderMD5(fd, plan) if want.etag and _MD5.fullmatch(want.etag) else None
 
         def saved(n: int) -> None:
             done.add(n)
             os.fsync(fd)  # the chunk is on disk before the state says so
             write_atomic(state_path, json.dumps({"ident": ident, "done": sorted(done)}), sync=False)
+            if md5 is not None:
+                md5.advance(done)  # while the next chunks download
 
-        before = plan.bytes_in(done)
-        download(_Ranged(con, entry), plan, fd, ctx, pool, done=set(done), on_chunk=saved)
-        os.ftruncate(fd, entry.size)  # a resumed part file may hold more (never the case, cheap to make sure)
-        try:
-            _verify(fd, entry)
-        except VerifyFailed:
-            discard(dest)  # never resume from bytes that failed the check
-            raise
-        os.fsync(fd)
+        download(_Counted(_Ranged(read, want.rel), got), plan, fd, ctx, pool, done=set(done), on_chunk=saved,
+                 slots=slots)
+        os.ftruncate(fd, want.size)  # a resumed part file may hold more (never the case, cheap to make sure)
+        _finish(fd, want, dest, sync=True, md5=md5.finish() if md5 is not None else None)
     finally:
         os.close(fd)
-    os.replace(part, dest)
+    _land(part, dest)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_path)
-    return entry.size - before
+    return moved[0]
 
 
-def _verify(fd: int, entry: RemoteEntry) -> None:
-    """Size always; the MD5 when the remote's hash is one."""
+class _Counted:
+    """A ChunkReader that also tells `count` every byte it reads (bytes fetched now, resumed ones apart)."""
+
+    def __init__(self, inner: _Ranged, count: Meter) -> None:
+        self.inner, self.count = inner, count
+        self._lock = threading.Lock()
+
+    def read_chunk(self, n: int, offset: int, length: int, got: Meter) -> bytes:
+        data = self.inner.read_chunk(n, offset, length, got)
+        with self._lock:
+            self.count(len(data))
+        return data
+
+
+def _fetch_whole(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
+    """A file of one chunk: one ranged read (none for an empty file), written to the part file, landed."""
+    ctx.start_at(0, want.size)
+    data = read(0, want.size) if want.size else b""
+    log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, len(data))
+    part = part_paths(dest)[0]
+    fd = os.open(part, _PART_FLAGS | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            pos += os.pwrite(fd, view[pos:], pos)
+        ctx.report(len(data), want.size)
+        _finish(fd, want, dest, sync)
+    finally:
+        os.close(fd)
+    _land(part, dest)
+    return len(data)
+
+
+class _InOrderMD5:
+    """The MD5 of a file being fetched in chunks, taken as soon as a run of chunks from
+    the start is on disk (read back from the page cache on the calling thread, while
+    the pool fetches the next ones): verifying a 1 GiB file then costs no second pass
+    at the end. Chunks kept from an earlier attempt are hashed the same way."""
+
+    def __init__(self, fd: int, plan: Plan) -> None:
+        self.fd, self.plan = fd, plan
+        self.next = 0
+        self.h = hashlib.md5()
+
+    def advance(self, done: set[int]) -> None:
+        while self.next < self.plan.count and self.next in done:
+            start, end = self.plan.bounds(self.next)
+            pos = start
+            while pos < end:
+                piece = os.pread(self.fd, min(CHUNK, end - pos), pos)
+                if not piece:
+                    break  # shorter than planned: the size check says so
+                self.h.update(piece)
+                pos += len(piece)
+            self.next += 1
+
+    def finish(self) -> str:
+        self.advance(set(range(self.plan.count)))
+        return self.h.hexdigest()
+
+
+def _finish(fd: int, want: Wanted, dest: str, sync: bool, md5: str | None = None) -> None:
+    """Check the part file (`md5`: its MD5 already taken), give it its mode and mtime, and
+    make it durable: all before it lands."""
+    try:
+        _verify(fd, want, md5)
+    except VerifyFailed:
+        discard(dest)  # never resume from bytes that failed the check
+        raise
+    if want.mode is not None:
+        os.fchmod(fd, want.mode)
+    if want.mtime_ns is not None:
+        os.utime(fd, ns=(want.mtime_ns, want.mtime_ns))
+    if sync:
+        os.fsync(fd)
+
+
+def _land(part: str, dest: str) -> None:
+    os.replace(part, dest)
+
+
+def _verify(fd: int, entry: Wanted, md5: str | None = None) -> None:
+    """Size always; the MD5 when the remote's hash is one (`md5`: taken already)."""
     size = os.fstat(fd).st_size
     if size != entry.size:
         raise VerifyFailed(f"{entry.rel}: fetched {size} bytes, the remote has {entry.size}")
     if entry.etag and _MD5.fullmatch(entry.etag):
-        h = hashlib.md5()
-        pos = 0
-        while chunk := os.pread(fd, CHUNK, pos):
-            h.update(chunk)
-            pos += len(chunk)
-        if h.hexdigest() != entry.etag:
-            raise VerifyFailed(f"{entry.rel}: MD5 {h.hexdigest()} of the fetched bytes is not the remote's {entry.etag}")
+        if md5 is None:
+            h = hashlib.md5()
+            pos = 0
+            while chunk := os.pread(fd, CHUNK, pos):
+                h.update(chunk)
+                pos += len(chunk)
+            md5 = h.hexdigest()
+        if md5 != entry.etag:
+            raise VerifyFailed(f"{entry.rel}: MD5 {md5} of the fetched bytes is not the remote's {entry.etag}")
 
 
 def discard(dest: str) -> None:

@@ -38,6 +38,8 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     "Thumbs.db",
     # skynet's own temporary files and state
     ".skynet-tmp-*",
+    ".*.skynet-part",  # a restore's part file (--into-source) and its resume state
+    ".*.skynet-part.json",
     ".skynet/",
 )
 

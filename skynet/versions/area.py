@@ -1,0 +1,271 @@
+"""AreaStore: the versions of a remote without versions of its own (local, SFTP,
+S3 without versioning), read from the versions area and the current tree.
+
+What is there (see names.py for the names, keeper.py for how they get there):
+the current files under the root, the kept files `<path>@S.v` (replaced at S)
+and `<path>@S.d` (deleted at S), and the move markers `<src>@S.moved` and
+`<dest>@S.arrived`.
+
+The rules, from which history() and at() follow:
+
+ 1. A path's current file is a Version with until None; a kept file's until is S.
+ 2. A version's since is the latest of its own mtime and the time it came to
+    that path: the S of the keep or move that put it there (a send replacing
+    `.v` at S starts the new version at S; a file recreated after a deletion
+    at S starts at its mtime, but not before S). A since after the until
+    (a clock that went back) is taken as the until.
+ 3. A deletion at S (`.d`) is a record of its own, from S until the path's
+    next version starts (or None: still deleted).
+ 4. A move src -> dest at S: from S on, what is at dest (or under dest/) came
+    from src: before S the same content is the version of the path under src
+    (its bytes read from where they are now: the current file under dest, or
+    the version kept when it changed there later). The move ends the versions
+    at src at S (a deletion record follows there, as in 3) and starts those at
+    dest at S. What src held after S was made there after the move.
+ 5. Whatever dest held when something was moved onto it was kept first, with
+    the move's stamp: it is dest's version until S.
+
+They are applied backwards in time: start from the current tree, take the
+recorded events newest first (at one stamp, the move before the keep) and undo
+each, closing the versions it ends. Every version gets its rel as it was named
+then, so at(T) is "per path, the version covering T, deletions left out".
+
+The whole area and the current tree are listed for each call (one listing of
+the root): a prefix is applied to what comes out, since a move may bring the
+files of one folder from anywhere. Memory: one record per version.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from connections.contract.xcon import (
+    PermanentError,
+    RemoteChanged,
+    RemoteEntry,
+    RemoteNotFound,
+    XCon,
+)
+from skynet.versions.model import Version, VersionStore
+from skynet.versions.names import (
+    AREA,
+    ARRIVED,
+    DELETED,
+    KEPT,
+    MOVED,
+    escape,
+    is_area,
+    parse_area_name,
+)
+
+log = logging.getLogger(__name__)
+
+CUR, KEPT_REF = "cur:", "area:"
+STAT_THREADS = 8
+
+
+@dataclass(frozen=True)
+class _Content:
+    """One file's bytes where they are now: the current file, or a kept one."""
+
+    ref: str
+    size: int
+    mtime_ns: int | None
+    mode: int | None
+    etag: str | None
+
+
+def _under(rel: str, prefix: str) -> bool:
+    return not prefix or rel == prefix or rel.startswith(prefix.rstrip("/") + "/")
+
+
+class _Timeline:
+    """The backwards walk of the rules above: `versions` ends up holding, per
+    path, its versions newest first."""
+
+    def __init__(self, current: dict[str, _Content]) -> None:
+        self.state: dict[str, tuple[_Content, int | None]] = {p: (c, None) for p, c in current.items()}
+        self.next_start: dict[str, int] = {}  # an empty path: when its next version starts
+        self.versions: dict[str, list[Version]] = {}
+
+    def _emit(self, rel: str, since: int, until: int | None, c: _Content | None) -> None:
+        if c is None:
+            if until is not None and until <= since:
+                return  # an empty deletion (the path was given new content at once)
+            v = Version(rel, since, until, 0, None, None, None, deleted=True)
+        else:
+            v = Version(rel, since, until, c.size, c.mtime_ns, c.mode, c.etag, ref=c.ref)
+        self.versions.setdefault(rel, []).append(v)
+
+    def _close(self, rel: str, floor: int) -> int:
+        """End the walk back of the version at `rel`: it began at `floor` or later
+        (rule 2); returns when it began."""
+        c, until = self.state.pop(rel)
+        since = max(c.mtime_ns or 0, floor)
+        if until is not None:
+            since = min(since, until)
+        self._emit(rel, since, until, c)
+        return since
+
+    def vacate(self, rel: str, when: int) -> None:
+        """`rel` was emptied at `when` (deleted, moved away): close its later
+        version if any, record the deletion (rule 3)."""
+        if rel in self.state:
+            start = self._close(rel, when)
+        else:
+            start = self.next_start.get(rel)
+        self._emit(rel, when, start, None)
+        self.next_start.pop(rel, None)
+
+    def keep(self, rel: str, when: int, kept: _Content, deleted: bool) -> None:
+        """Undo a `.v` or `.d` at `when`: before it, `rel` held `kept`."""
+        if deleted:
+            self.vacate(rel, when)
+        elif rel in self.state:
+            self._close(rel, when)
+        self.next_start.pop(rel, None)
+        self.state[rel] = (kept, when)
+
+    def move(self, src: str, dest: str, when: int) -> None:
+        """Undo the move src -> dest at `when` (rule 4). Under dest, a file with an
+        mtime after the move was made there afterwards, not moved in."""
+        def at(top: str) -> list[str]:
+            return [p for p in self.state if p == top or p.startswith(top + "/")]
+
+        moving = [p for p in at(dest) if (self.state[p][0].mtime_ns or 0) <= when]
+        for p in at(src) + [p for p in at(dest) if p not in moving]:
+            self.next_start[p] = self._close(p, when)  # made after the move
+        back: list[tuple[str, tuple[_Content, int | None]]] = []
+        for p in moving:
+            c = self.state[p][0]
+            self._close(p, when)
+            self.next_start[p] = when
+            back.append((src + p[len(dest):], (c, when)))
+        for q, entry in back:
+            start = self.next_start.pop(q, None)
+            if start is None or start > when:
+                self._emit(q, when, start, None)  # emptied by the move (and filled again at `start`)
+            self.state[q] = entry
+
+    def finish(self) -> dict[str, list[Version]]:
+        for p in list(self.state):
+            self._close(p, 0)
+        return self.versions
+
+
+class AreaStore(VersionStore):
+    """The versions a remote keeps in its versions area (see the module)."""
+
+    def __init__(self, con: XCon) -> None:
+        self.con = con
+
+    # -- reading the remote ------------------------------------------------
+    def _complete(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
+        """Entries with the file's own mtime and mode: an S3 listing has neither
+        (only when the object was stored), so those are HEADed, in parallel."""
+        todo = [i for i, e in enumerate(entries) if e.mtime_is_stored or (e.mode is None and self.con.abilities.mode)]
+        if not todo:
+            return entries
+        out = list(entries)
+
+        def stat(i: int) -> tuple[int, RemoteEntry | None]:
+            return i, self.con.stat(entries[i].rel)
+
+        with ThreadPoolExecutor(min(STAT_THREADS, len(todo))) as pool:
+            for i, e in pool.map(stat, todo):
+                if e is not None:
+                    out[i] = replace(e, etag=e.etag or entries[i].etag)
+        return out
+
+    def _timeline(self) -> dict[str, list[Version]]:
+        current: list[RemoteEntry] = []
+        area: list[tuple[RemoteEntry, object]] = []
+        for e in self.con.list(""):
+            if not is_area(e.rel):
+                current.append(e)
+            else:
+                name = parse_area_name(e.rel)
+                if name is not None:
+                    area.append((e, name))
+        files = self._complete(current + [e for e, n in area if n.kind in (KEPT, DELETED)])
+        by_rel = {e.rel: e for e in files}
+        t = _Timeline({e.rel: _content(CUR + e.rel, e) for e in files[:len(current)]})
+        moves: dict[int, dict[str, str]] = {}
+        events: list[tuple[int, int, str, object]] = []
+        for e, n in area:
+            if n.kind in (MOVED, ARRIVED):
+                moves.setdefault(n.when_ns, {})[n.kind] = n.rel
+            else:
+                events.append((n.when_ns, 1, n.rel, (by_rel[e.rel], n.kind == DELETED)))
+        for when, pair in moves.items():
+            if MOVED in pair and ARRIVED in pair:
+                events.append((when, 0, pair[MOVED], pair[ARRIVED]))
+            else:
+                log.warning("versions area: a move at %d has only its %s marker; ignored", when, list(pair))
+        events.sort(key=lambda ev: (-ev[0], ev[1]))
+        for when, order, rel, what in events:
+            if order == 0:
+                t.move(rel, what, when)  # type: ignore[arg-type]
+            else:
+                entry, deleted = what  # type: ignore[misc]
+                t.keep(rel, when, _content(KEPT_REF + entry.rel, entry), deleted)
+        return t.finish()
+
+    # -- VersionStore ------------------------------------------------------
+    def history(self, prefix: str = "") -> Iterator[Version]:
+        versions = self._timeline()
+        for rel in sorted(versions):
+            if _under(rel, prefix):
+                yield from sorted(versions[rel], key=lambda v: -v.since_ns)
+
+    def at(self, when_ns: int, prefix: str = "") -> Iterator[Version]:
+        versions = self._timeline()
+        for rel in sorted(versions):
+            if not _under(rel, prefix):
+                continue
+            for v in versions[rel]:
+                if v.covers(when_ns):
+                    if not v.deleted:
+                        yield v
+                    break
+
+    def read_range(self, version: Version, offset: int, length: int) -> bytes:
+        if version.ref.startswith(KEPT_REF):
+            return self.con.read_range(version.ref[len(KEPT_REF):], offset, length)
+        if not version.ref.startswith(CUR):
+            raise RemoteNotFound(f"{version.rel!r}: a deletion has no bytes")
+        rel = version.ref[len(CUR):]
+        expect = RemoteEntry(rel, version.size, version.mtime_ns, version.mode, version.etag)
+        try:
+            return self.con.read_range(rel, offset, length, expect=expect)
+        except (RemoteChanged, RemoteNotFound):
+            # Replaced or deleted since it was listed: its version is in the area now.
+            kept = self._kept_copy(rel, version)
+            if kept is None:
+                raise
+            return self.con.read_range(kept, offset, length)
+
+    def _kept_copy(self, rel: str, version: Version) -> str | None:
+        """The area file holding the version that was current at `rel` (same size and mtime)."""
+        folder, _, name = rel.rpartition("/")
+        where = "/".join([AREA] + [escape(p) for p in folder.split("/") if p])
+        head = escape(name) + "@"
+        for e in self._complete([e for e in self.con.list(where) if e.rel[len(where) + 1:].startswith(head)]):
+            n = parse_area_name(e.rel)
+            if n is not None and n.rel == rel and n.kind in (KEPT, DELETED) and e.size == version.size \
+                    and e.mtime_ns == version.mtime_ns:
+                return e.rel
+        return None
+
+    def remove(self, version: Version) -> None:
+        if version.deleted:
+            return  # a deletion is no object: it goes with the version kept at it
+        if not version.ref.startswith(KEPT_REF):
+            raise PermanentError(f"{version.rel!r}: the version's bytes are a current file's; not removed")
+        self.con.delete(version.ref[len(KEPT_REF):])
+
+
+def _content(ref: str, e: RemoteEntry) -> _Content:
+    return _Content(ref, e.size, None if e.mtime_is_stored else e.mtime_ns, e.mode, e.etag)

@@ -1,0 +1,79 @@
+"""`skynet restore --at` end to end (issue 20 items 3-4), per backend: the daemon runs as a
+subprocess with `versions = yes` (local, SFTP and `rclone serve s3` keep versions in the
+versions area, SeaweedFS with bucket versioning its own); v1 written, overwritten with v2,
+deleted, recreated as v3, a folder renamed and one deleted, the time recorded after each
+step; then `python main.py restore --at T --to DIR` for each recorded time gives back the
+tree of that moment, byte for byte, mode for mode and mtime for mtime (to the remote's
+precision). A time before the first version is one clear line and exit 2."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat as statmod
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.backends import backend_params
+from tests.harness import one_clear_line, run_main
+from tests.test_versions_e2e import Steps, backend, rounded, source_tree, w  # noqa: F401  (backend: the fixture)
+
+
+def iso(ns: int) -> str:
+    """A recorded time as --at takes it: ISO 8601 with its zone, to the microsecond (rounded down)."""
+    return datetime.fromtimestamp(ns // 1000 / 1e6, tz=timezone.utc).isoformat(timespec="microseconds")
+
+
+def tree_of(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    """{rel: (bytes, mtime_ns, mode)} of a restored folder; no part file may be left in it."""
+    out = source_tree(folder) if folder.exists() else {}
+    assert not [rel for rel in out if rel.endswith((".skynet-part", ".skynet-part.json"))], out.keys()
+    return out
+
+
+@pytest.mark.parametrize("backend", backend_params(), indirect=True)
+def test_restore_at_each_recorded_time_gives_that_tree_back(backend, tmp_path):
+    steps = Steps(tmp_path, backend)
+    src = steps.src
+    w(src / "d/f.txt", b"version one", 0o600)
+    w(src / "d/sub/keep.bin", os.urandom(70_000))
+    w(src / "top.txt", b"at the top", 0o640)
+    with steps.daemon:
+        steps.record()
+        w(src / "d/f.txt", b"the second version, longer", 0o644)  # overwritten
+        steps.record()
+        os.unlink(src / "d/f.txt")  # deleted (complete_sync)
+        steps.record()
+        w(src / "d/f.txt", b"v3", 0o600)  # recreated
+        steps.record()
+        os.rename(src / "d", src / "renamed")  # a folder renamed
+        steps.record()
+        shutil.rmtree(src / "renamed/sub")  # a folder deleted
+        steps.record()
+        assert steps.daemon.stop() == 0
+    precision = max(1, backend.con.abilities.mtime_precision_ns)
+    os.chmod(steps.cfg, 0o600)  # it holds secrets (S3, SFTP): else a warning line precedes the error
+    cfg = str(steps.cfg)
+    for i, (when, tree) in enumerate(steps.marks):
+        out = tmp_path / f"restored-{i}"
+        res = run_main("restore", "--config-file", cfg, "--at", iso(when), "--to", str(out), timeout=120)
+        assert res.returncode == 0, (i, res.stdout, res.stderr)
+        assert rounded(tree_of(out), precision) == rounded(tree, precision), f"step {i}: {res.stdout}"
+        assert f"restored {len(tree)} files" in res.stdout
+    # one path, as it was before it was deleted and recreated: the second version
+    out = tmp_path / "one"
+    res = run_main("restore", "--config-file", cfg, "--at", iso(steps.marks[1][0]), "--to", str(out), "d/f.txt")
+    assert res.returncode == 0, res.stderr
+    assert (out / "d/f.txt").read_bytes() == b"the second version, longer"
+    assert statmod.S_IMODE(os.stat(out / "d/f.txt").st_mode) == 0o644
+    # the same restore again: everything there already, nothing fetched
+    res = run_main("restore", "--config-file", cfg, "--at", iso(steps.marks[1][0]), "--to", str(out), "d/f.txt")
+    assert res.returncode == 0 and "0 B fetched, 1 skipped" in res.stdout, res.stdout
+    # bad input on a real store: before the first version; a path never synced
+    first = min(v[1] for v in steps.marks[0][1].values())
+    for args, needle in ((["--at", iso(first - 3600 * 10**9)], "before its first version"),
+                         (["--at", iso(steps.marks[-1][0]), "never/there"], "never synced")):
+        out = tmp_path / "bad"
+        one_clear_line(run_main("restore", "--config-file", cfg, "--to", str(out), *args), needle)
+        assert not out.exists()
