@@ -7,7 +7,7 @@ A test checks that config/README.md is up to date with the code.
 from __future__ import annotations
 
 from connections import SERVICES, service_module
-from skynet.config.settings import GATEWAY_KEYS, GLOBAL_KEYS, MAPPING_KEYS, TARGET_KEYS
+from skynet.config.settings import GATEWAY_KEYS, GLOBAL_KEYS, JOB_KEYS, MAPPING_KEYS, TARGET_KEYS
 
 
 def _table(keys: dict) -> list[str]:
@@ -48,6 +48,10 @@ def reference() -> str:
         "## [gateway]: the upload gateway (`skynet serve`)",
         "",
         *_table(GATEWAY_KEYS),
+        "",
+        "## [job NAME]: a migration job, run with `skynet job run NAME` (as many as you like)",
+        "",
+        *_table(JOB_KEYS),
     ]
     for service in SERVICES:
         try:

@@ -28,6 +28,7 @@ def resolve_config_path(config_file: str | None, service: str) -> str:
 # daemon's start-up never pays for them. The flags of the main command (--run-with,
 # --status...) stay as they were, so existing units and scripts keep working.
 SUBCOMMANDS: dict[str, str] = {
+    "job": "skynet.cli.job:job",
     "restore": "skynet.cli.restore:restore_cmd",
     "versions": "skynet.cli.versions:versions",
     "serve": "skynet.cli.serve:serve",

@@ -26,13 +26,15 @@ from typing import Any, Callable
 from connections import SERVICES, service_module
 from skynet.state.atomicfile import write_atomic
 from skynet.watch.ignore import validate_pattern
-from skynet.transfer.throttle import validate_bwlimit
+from skynet.transfer.throttle import validate_bwlimit, validate_window
 from skynet.versions.retention import DEFAULT_MAX_AGE, DAY, Policy, parse_age, parse_keep
 from skynet.config.values import (
     LOG_LEVELS,
     _str,
     parse_bool,
     parse_choice,
+    parse_duration,
+    parse_durations,
     parse_int_range,
     parse_level,
     parse_path,
@@ -138,6 +140,39 @@ GATEWAY_KEYS: dict[str, Key] = {
 }
 
 
+JOB_SOURCE_KINDS = ("urls", "local", "s3", "sftp", "config")
+
+
+def parse_job_source(v: str) -> str:
+    """A job's source: `urls:PATH` (a list of URLs), `local:DIR` (a tree),
+    `s3:bucket/prefix`, `sftp://[user@]host[:port]/path` or `config:FILE` (another
+    config's service and target). Paths of lists and trees are made absolute here,
+    so a job means the same whatever folder `job run` starts in."""
+    v = v.strip()
+    kind, sep, rest = v.partition(":")
+    if not sep or kind not in JOB_SOURCE_KINDS or not rest.strip("/"):
+        raise ValueError(f"expected urls:PATH, local:DIR, s3:BUCKET/PREFIX, sftp://HOST/PATH or config:FILE, got {v!r}")
+    if kind == "sftp" and not rest.startswith("//"):
+        raise ValueError(f"expected sftp://HOST/PATH, got {v!r}")
+    if kind in ("urls", "local", "config"):
+        return f"{kind}:{parse_path(rest)}"
+    return v
+
+
+JOB_KEYS: dict[str, Key] = {
+    "source": ("", "what to copy (required): urls:PATH (one URL per line, or CSV/TSV with a header naming url and optionally path, size, md5), local:DIR (a tree, uploaded once), s3:BUCKET/PREFIX, sftp://HOST/PATH or config:FILE (another config's service and target)", parse_job_source),
+    "target": ("", "where items land on this config's service: a folder (local, sftp) or a key prefix (s3)", _str),
+    "workers": ("", "items transferred in parallel (default: [skynet] workers)", parse_int_range(1, 1024)),
+    "max_attempts": ("3", "tries of one item on transient errors (timeouts, refused connections, 5xx) before it fails for good; 404, 410, checksum and too_large fail at once", parse_int_range(1, 1000)),
+    "retry_after": ("30s,5m,10m,30m,60m", "waits before the 2nd, 3rd... try of an item (the last one repeats)", parse_durations),
+    "window": ("", "when the job may run, bwlimit's timetable syntax with ranges: 'Mon-Fri 20:00-06:00 Sat,Sun 00:00-24:00' (or '20:00,on 06:00,off'); outside it no item starts and transfers in flight pause at a chunk boundary, to continue when it opens (empty: always)", validate_window),
+    "bwlimit": ("off", "bandwidth limit of this job, as [skynet] bwlimit", validate_bwlimit),
+    "verify": ("yes", "check each item's size and MD5 where the list or the source gives them (a mismatch fails the item with error class checksum)", parse_bool),
+    "timeout": ("30s", "an attempt fails as a timeout when the source sends nothing for this long (connecting: 10s at most)", parse_duration),
+    "on_existing": ("skip", "an item already at the target: skip (leave it when identical: same size, and same MD5 or mtime; else replace it) or overwrite (always send)", parse_choice("skip", "overwrite")),
+}
+
+
 @dataclass
 class TargetConfig:
     """One [target NAME] section: a destination, as the connection modules build it."""
@@ -167,6 +202,33 @@ class GatewayConfig:
     token_hash: str = ""
     threads: int = 16
     retry_interval: float = 30.0
+
+
+@dataclass
+class JobConfig:
+    """One [job NAME] section: a bounded set of items copied to this config's service."""
+
+    name: str
+    source: str
+    target: str
+    workers: int = 8
+    max_attempts: int = 3
+    retry_after: list[float] = field(default_factory=lambda: [30.0, 300.0, 600.0, 1800.0, 3600.0])
+    window: str = ""
+    bwlimit: str = "off"
+    verify: bool = True
+    on_existing: str = "skip"
+    timeout: float = 30.0
+
+    @property
+    def source_kind(self) -> str:
+        """urls, local, s3, sftp or config."""
+        return self.source.partition(":")[0]
+
+    @property
+    def source_path(self) -> str:
+        """What follows the kind: a path for urls/local/config, bucket/prefix, //host/path."""
+        return self.source.partition(":")[2]
 
 
 @dataclass
@@ -217,6 +279,7 @@ class Config:
     mappings: list[MappingConfig] = field(default_factory=list)
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     gateway: GatewayConfig | None = None
+    jobs: list[JobConfig] = field(default_factory=list)
     # set from the command line, not the file: let a start-up scan delete
     # more than max_delete files (or all of them) this once
     allow_mass_delete: bool = False
@@ -283,7 +346,7 @@ def load(path: str, service: str | None = None) -> Config:
         raise ConfigError(path, "skynet", None, "missing section (it must at least say: service = local|s3|sftp)")
     g = _parse_section(path, "skynet", dict(cp["skynet"]) if "skynet" in cp else {}, GLOBAL_KEYS)
     file_service = g.get("service") or service
-    has_mappings = any(s.startswith("mapping ") for s in cp.sections())
+    has_mappings = any(s.startswith(("mapping ", "job ")) for s in cp.sections())
     if not file_service and (has_mappings or "gateway" not in cp):
         raise ConfigError(path, "skynet", "service", "missing (local, s3 or sftp)")
     if service and file_service != service:
@@ -333,10 +396,13 @@ def load(path: str, service: str | None = None) -> Config:
                 raise ConfigError(path, section, None, "mapping names may hold letters, digits, '-', '_' and '.' only")
             cfg.mappings.append(mc)
             continue
+        if section.startswith("job ") and section[4:].strip():
+            cfg.jobs.append(_job(path, section, dict(cp[section]), cfg, file_service))
+            continue
         raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s], [mapping NAME], "
-                          "[target NAME] or [gateway])" % (file_service or "SERVICE"))
-    if not cfg.mappings and cfg.gateway is None:
-        raise ConfigError(path, None, None, "no [mapping NAME] section: nothing to sync")
+                          "[job NAME], [target NAME] or [gateway])" % (file_service or "SERVICE"))
+    if not cfg.mappings and not cfg.jobs and cfg.gateway is None:
+        raise ConfigError(path, None, None, "no [mapping NAME], [job NAME] or [gateway] section: nothing to do")
     if cfg.gateway is not None:
         for name in cfg.gateway.targets:
             if name not in cfg.targets:
@@ -353,6 +419,13 @@ def load(path: str, service: str | None = None) -> Config:
                 sect = "mapping " + m.name if key == "target" else file_service
                 raise ConfigError(path, sect, key, problem) from None
             raise ConfigError(path, file_service, None, str(exc)) from None
+    for j in cfg.jobs:
+        try:
+            mod.validate(cfg.service_options, j.target)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(path, f"job {j.name}" if key == "target" else file_service, key if problem else None,
+                              problem or str(exc)) from None
     return cfg
 
 
@@ -402,6 +475,32 @@ def _parse_gateway(path: str, items: dict[str, str]) -> GatewayConfig:
     return out
 
 
+def _job(path: str, section: str, items: dict[str, str], cfg: Config, service: str) -> JobConfig:
+    """One [job NAME] section, checked: ConfigError naming the file, the section and the key."""
+    name = section[4:].strip()
+    if not _name_ok(name):
+        raise ConfigError(path, section, None, "job names may hold letters, digits, '-', '_' and '.' only")
+    j = _parse_section(path, section, items, JOB_KEYS)
+    if not j.get("source"):
+        raise ConfigError(path, section, "source", "missing: what to copy (urls:PATH, local:DIR, s3:..., sftp://...)?")
+    if not j.get("target") and service != "s3":
+        raise ConfigError(path, section, "target", "missing: where should the items go?")
+    job = JobConfig(name=name, source=j["source"], target=j.get("target", ""), workers=cfg.workers)
+    for k in ("workers", "max_attempts", "retry_after", "window", "bwlimit", "verify", "on_existing", "timeout"):
+        if k in j:
+            setattr(job, k, j[k])
+    return job
+
+
+def job(cfg: Config, name: str) -> JobConfig:
+    """The job `name` of `cfg`; ConfigError listing the jobs there are."""
+    for j in cfg.jobs:
+        if j.name == name:
+            return j
+    known = ", ".join(j.name for j in cfg.jobs) or "none"
+    raise ConfigError(cfg.path, f"job {name}", None, f"no such section (jobs in this file: {known})")
+
+
 # Settings whose value is a secret (the connection's credentials), by section.
 SECRET_SERVICE_KEYS = ("secret_access_key", "password", "key_passphrase")
 
@@ -446,7 +545,11 @@ def exposed_secrets_warning(cfg: Config) -> str | None:
 
 
 def check_folders(cfg: Config) -> None:
-    """Checks that need the disk: source folders exist, no loops. ConfigError."""
+    """Checks that need the disk (source folders exist, no loops) before the daemon
+    mirrors. ConfigError."""
+    if not cfg.mappings:
+        raise ConfigError(cfg.path, None, None, "no [mapping NAME] section: the daemon has nothing to mirror "
+                          "(a [job NAME] runs with: skynet job run NAME)")
     if cfg.service == "s3":
         # Each mapping owns its prefix: clean-up of abandoned uploads and
         # complete_sync work per prefix, so prefixes must not nest.

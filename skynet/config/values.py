@@ -114,6 +114,30 @@ def parse_seconds_range(lo: float = 0.0, hi: float | None = None) -> Callable[[s
 parse_seconds = parse_seconds_range(0.0)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(v: str) -> float:
+    """'30s', '5m', '1.5h', '2d', '90' (seconds) -> seconds."""
+    m = _DURATION_RE.match(v)
+    if not m:
+        raise ValueError(f"expected a duration such as 30s, 5m or 1h, got {v!r}")
+    return float(m.group(1)) * _DURATION_UNIT[m.group(2).lower()]
+
+
+def parse_durations(v: str) -> list[float]:
+    """'30s,5m,10m' -> [30.0, 300.0, 600.0]: a schedule of waits, one per retry
+    (the last one repeats)."""
+    parts = [p for p in v.replace(",", " ").split() if p]
+    if not parts:
+        raise ValueError(f"expected durations such as 30s,5m,10m, got {v!r}")
+    try:
+        return [parse_duration(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"expected durations such as 30s,5m,10m, got {v!r}") from None
+
+
 def parse_level(v: str) -> str:
     t = v.strip().upper()
     if t not in LOG_LEVELS:

@@ -43,6 +43,7 @@ def empty_status(mode: str) -> dict[str, Any]:
         "recent": [],  # {ts, daemon_id, host, mapping, action, path, dest, bytes}
         "failures": [],  # {ts, daemon_id, host, mapping, action, path, dest, error}
         "failures_next": None,  # cursor for the next (older) page of failures
+        "jobs": [],  # {daemon_id, host, name, source, target, counts: {status: n}, errors: {class: n}, bytes, rate, eta, running, updated_at}
     }
 
 
@@ -113,7 +114,28 @@ class PgSource:
             out["throughput"] = self._throughput(cur)
             out["recent"] = self._recent(cur)
             out["failures"], out["failures_next"] = self.failures(cur, failures_before)
+            out["jobs"] = self._jobs(cur)
         return out
+
+    def _jobs(self, cur: Any) -> list[dict]:
+        """Migration jobs (issue 21), newest first; none before schema 2."""
+        cur.execute("SELECT to_regclass('skynet.jobs') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute(
+            """SELECT j.daemon_id, d.host, j.name, j.source, j.target, j.counts, j.errors, j.bytes, j.rate, j.eta,
+                      j.running, extract(epoch FROM j.updated_at)
+               FROM skynet.jobs j LEFT JOIN skynet.daemons d ON d.id = j.daemon_id
+               ORDER BY j.updated_at DESC LIMIT %s""",
+            (LIST_LIMIT,),
+        )
+        return [
+            {"daemon_id": r[0], "host": r[1], "name": r[2], "source": r[3], "target": r[4],
+             "counts": {str(k): int(v) for k, v in (r[5] or {}).items()},
+             "errors": {str(k): int(v) for k, v in (r[6] or {}).items()}, "bytes": r[7], "rate": float(r[8]),
+             "eta": None if r[9] is None else float(r[9]), "running": bool(r[10]), "updated_at": float(r[11])}
+            for r in cur.fetchall()
+        ]
 
     def failures_page(self, before: str | None) -> dict[str, Any]:
         with self._cursor() as cur:

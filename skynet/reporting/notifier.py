@@ -288,6 +288,7 @@ class Notifier:
         self._last_progress: dict[tuple[str, str], float] = {}
         self._hb: list[dict] | None = None
         self._hb_new = False
+        self._jobs: dict[str, dict] = {}  # job name -> its latest state, sent when new
 
         # Writer side (only the writer thread touches these after start).
         self._conn: Any = None
@@ -378,6 +379,17 @@ class Notifier:
         self._hb_new = True
         self._kick()
 
+    def job(self, state: dict) -> None:
+        """A job's latest state (what `skynet job status --json` prints): counts by
+        status, failed items by class, bytes, rate, ETA. Only those keys are kept;
+        the latest one per job wins."""
+        if not self.enabled:
+            return
+        keep = ("name", "source", "target", "counts", "errors", "bytes", "rate", "eta_seconds", "running")
+        with self._lock:
+            self._jobs[str(state.get("name"))] = {k: state.get(k) for k in keep}
+        self._kick()
+
     def handler_hook(self, mapping: str) -> Callable[[str, Any, object], None]:
         """An `on_event(kind, action, info)` callback for skynet.engine.handler.Handler:
         `action` is a uniqueq.Action, `info` the Outcome (done) or the exception
@@ -428,7 +440,7 @@ class Notifier:
         if not self.enabled:
             return 0
         sp = self._spool
-        return len(self._buf) + (sp.count if sp is not None else 0)
+        return len(self._buf) + (sp.count if sp is not None else 0) + len(self._jobs)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything appended so far is in PostgreSQL (tests,
@@ -554,6 +566,8 @@ class Notifier:
             self._drain_spool(budget=max(0.0, self._close_deadline - now) if closing else 0.5)
         if self._conn is not None and (self._hb_new or now >= self._next_heartbeat):
             self._send_heartbeat()
+        if self._conn is not None and self._jobs:
+            self._send_jobs()
         if self._conn is not None and now >= self._next_prune and not self._closing.is_set():
             self._prune()
         self._log_drops()
@@ -728,6 +742,30 @@ class Notifier:
             self._conn.commit()
         except Exception as exc:
             self._sql_failed(exc, "heartbeat")
+
+    def _send_jobs(self) -> None:
+        """Upsert the jobs' latest states; kept for the next try if the database fails."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, {}
+        try:
+            with self._conn.cursor() as cur:
+                for j in jobs.values():
+                    cur.execute(
+                        """INSERT INTO skynet.jobs (daemon_id, name, source, target, counts, errors, bytes, rate,
+                                                    eta, running, updated_at)
+                           VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, now())
+                           ON CONFLICT (daemon_id, name) DO UPDATE SET source = EXCLUDED.source,
+                               target = EXCLUDED.target, counts = EXCLUDED.counts, errors = EXCLUDED.errors,
+                               bytes = EXCLUDED.bytes, rate = EXCLUDED.rate, eta = EXCLUDED.eta,
+                               running = EXCLUDED.running, updated_at = now()""",
+                        (self.daemon_id, _pg_text(j["name"]), _pg_text(j["source"] or ""), _pg_text(j["target"] or ""),
+                         json.dumps(j["counts"] or {}), json.dumps(j["errors"] or {}), int(j["bytes"] or 0),
+                         float(j["rate"] or 0), j["eta_seconds"], bool(j["running"])))
+            self._conn.commit()
+        except Exception as exc:
+            with self._lock:
+                self._jobs = {**jobs, **self._jobs}
+            self._sql_failed(exc, "jobs")
 
     def _mark_stopped(self) -> None:
         try:

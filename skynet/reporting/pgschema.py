@@ -108,6 +108,28 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                )""",
         ],
     ),
+    (
+        2,
+        "jobs",
+        [
+            # One row per job run by `skynet job run` (issue 21): its latest counts,
+            # kept by upsert; a job's daemon_id is its runner's (".../job/NAME").
+            """CREATE TABLE IF NOT EXISTS skynet.jobs (
+                   daemon_id  text NOT NULL,
+                   name       text NOT NULL,
+                   source     text NOT NULL,
+                   target     text NOT NULL,
+                   counts     jsonb NOT NULL,   -- items by status: queued, running, done, failed
+                   errors     jsonb NOT NULL,   -- failed items by error class
+                   bytes      bigint NOT NULL DEFAULT 0,
+                   rate       real NOT NULL DEFAULT 0,   -- items/s of the running job
+                   eta        real,                      -- seconds left; NULL when unknown
+                   running    boolean NOT NULL,
+                   updated_at timestamptz NOT NULL,
+                   PRIMARY KEY (daemon_id, name)
+               )""",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -16,6 +16,9 @@ that reads the folder while a daemon runs finds exactly what the daemon wrote.
     <state_dir>/gateway/                `skynet serve`'s staging folder (unless [gateway] staging_dir):
         uploads/<id>.part, <id>.json    an upload's bytes so far and its durable record (offset...)
         uploads/<id>.<target>.resume    resume state of its delivery to one destination
+    <state_dir>/jobs/<job>.sqlite       a job's item table (skynet.jobs.table), one file per job
+    <state_dir>/jobs/<job>.lock         flock()ed by its `skynet job run`; holds its PID
+    <state_dir>/jobs/<job>.notifier/    that run's notifier spool and sequence (as above)
 
 SQL on these databases lives in skynet.state.db, skynet.state.index, skynet.state.queue_store
 and skynet.state.spool (tests/test_state_owner.py guards it).
@@ -33,6 +36,8 @@ STATUS_FILE = "status.json"
 SPOOL_FILE = "notifier-spool.sqlite"
 SEQ_FILE = "notifier.seq"
 GATEWAY_DIR = "gateway"
+JOBS_DIR = "jobs"
+JOB_SUFFIX = ".sqlite"
 
 
 class StateLocked(Exception):
@@ -71,6 +76,24 @@ class StateFolder:
         """`skynet serve`'s default staging folder (skynet.gateway.staging names what is inside)."""
         return os.path.join(self.root, GATEWAY_DIR)
 
+    def job_db(self, job: str) -> str:
+        """A job's item table: apart from the mappings' databases, so no mapping
+        name can collide with a job's and `mappings()` never lists a job."""
+        return os.path.join(self.root, JOBS_DIR, job + JOB_SUFFIX)
+
+    def job_lock(self, job: str) -> str:
+        return os.path.join(self.root, JOBS_DIR, f"{job}.lock")
+
+    def job_notifier(self, job: str) -> str:
+        """The folder of a `job run`'s notifier spool and sequence: its own, since
+        the daemon on the same state folder has one too."""
+        return os.path.join(self.root, JOBS_DIR, f"{job}.notifier")
+
+    def jobs(self) -> list[str]:
+        """Names of the jobs that have an item table here, sorted."""
+        found = glob.glob(os.path.join(glob.escape(os.path.join(self.root, JOBS_DIR)), "*" + JOB_SUFFIX))
+        return sorted(os.path.basename(p)[: -len(JOB_SUFFIX)] for p in found)
+
     def mappings(self) -> list[str]:
         """Names of the mappings that have a state database here, sorted."""
         found = glob.glob(os.path.join(glob.escape(self.root), "*" + DB_SUFFIX))
@@ -89,18 +112,27 @@ class StateFolder:
     def holder(self, mapping: str) -> int | None:
         """PID of the live daemon holding this mapping's lock, from its lock file.
         Only read: taking the lock, even briefly, could make a starting daemon fail."""
-        try:
-            with open(self.lock(mapping)) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return None
-        return pid if pid > 0 and _alive(pid) else None
+        return lock_holder(self.lock(mapping))
+
+    def job_holder(self, job: str) -> int | None:
+        """PID of the live `skynet job run` holding this job's lock."""
+        return lock_holder(self.job_lock(job))
 
     def daemon_id(self, host: str, service: str) -> str:
         """A daemon id that is stable across restarts and unique per state folder
         (two daemons on one host for the same service have different state)."""
         digest = hashlib.sha256(os.path.abspath(self.root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
         return f"{host}/{service}/{digest}"
+
+
+def lock_holder(path: str) -> int | None:
+    """PID written in a lock file, if that process is alive."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and _alive(pid) else None
 
 
 def set_aside(db_path: str) -> None:

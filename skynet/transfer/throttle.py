@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -58,32 +59,121 @@ def _parse_days(spec: str) -> frozenset[int]:
     return frozenset(out)
 
 
+def parse_hhmm(text: str, *, end: bool = False) -> int:
+    """'08:30' -> 510 minutes after midnight; with `end`, '24:00' (the end of a day) too."""
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
+    if not m or int(m.group(2)) > 59 or int(m.group(1)) > 24 or (int(m.group(1)) == 24 and (not end or int(m.group(2)))):
+        raise ValueError(f"bad time {text!r} (expected HH:MM)")
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+def day_entries(text: str) -> Iterator[tuple[frozenset[int], str]]:
+    """The entries of a timetable with the days each applies to: a token naming
+    days ("Mon-Fri", "Sat,Sun") applies to the entries after it (every day before
+    the first). The one tokenizer of bwlimit's schedule and a job's window."""
+    days = frozenset(range(7))
+    for tok in text.split():
+        if tok[:1].isalpha():
+            try:
+                days = _parse_days(tok)
+            except ValueError:
+                raise ValueError(f"bad day range {tok!r} (examples: Mon-Fri, Sat,Sun)") from None
+            continue
+        yield days, tok
+
+
+def week_minute(t: float) -> int:
+    """Minutes since Monday 00:00, local time, at epoch time `t`."""
+    lt = time.localtime(t)
+    return lt.tm_wday * 1440 + lt.tm_hour * 60 + lt.tm_min
+
+
+WEEK = 7 * 1440
+
+
+class Window:
+    """When a job may run: the bwlimit schedule's syntax, with ranges.
+
+        window = Mon-Fri 20:00-06:00 Sat,Sun 00:00-24:00   # open in these ranges (a range
+                                                           # past midnight ends the next day)
+        window = 20:00,on 06:00,off                        # or bwlimit's form: HH:MM,on|off
+
+    Empty: always open. Why not a Schedule of rates: a window is a set of
+    intervals, and "Fri 20:00-06:00" must not be cut at Saturday's midnight."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text.strip()
+        self.open_minutes: list[tuple[int, int]] = []  # [start, end) in week minutes, end may pass WEEK
+        self.schedule: Schedule | None = None
+        entries = list(day_entries(self.text))
+        if entries and all("," in tok for _, tok in entries):
+            self.schedule = Schedule(self.text, value=_on_off)
+            return
+        for days, tok in entries:
+            start, sep, stop = tok.partition("-")
+            if not sep:
+                raise ValueError(f"bad window entry {tok!r} (expected HH:MM-HH:MM, e.g. Mon-Fri 20:00-06:00)")
+            a, b = parse_hhmm(start), parse_hhmm(stop, end=True)
+            if b <= a:
+                b += 1440  # past midnight: ends the next day
+            self.open_minutes += [(d * 1440 + a, d * 1440 + b) for d in sorted(days)]
+
+    @property
+    def always(self) -> bool:
+        return not self.open_minutes and self.schedule is None
+
+    def is_open(self, t: float) -> bool:
+        if self.schedule is not None:
+            return self.schedule.rate_at(t) is not None
+        return self.always or self._open_at(week_minute(t))
+
+    def _open_at(self, m: int) -> bool:
+        return any(a <= m < b or a <= m + WEEK < b for a, b in self.open_minutes)
+
+    def next_change(self, t: float) -> float:
+        """The epoch time, after `t`, when is_open() next changes (at most a week
+        away): how long a closed job sleeps. Minute by minute: 10,080 steps at most."""
+        if self.always:
+            return t + WEEK * 60
+        now = self.is_open(t)
+        base = t - (t % 60)
+        for i in range(1, WEEK + 2):
+            if self.is_open(base + i * 60) != now:
+                return base + i * 60
+        return t + WEEK * 60
+
+
+def _on_off(text: str) -> float | None:
+    """A window's value in bwlimit's form: on (open) or off (closed)."""
+    t = text.strip().lower()
+    if t not in ("on", "off"):
+        raise ValueError(f"bad window value {text!r} (expected on or off)")
+    return 1.0 if t == "on" else None
+
+
+def validate_window(text: str) -> str:
+    Window(text)
+    return text.strip()
+
+
 class Schedule:
     """The rate in force at a given local time."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, value: Callable[[str], float | None] = None) -> None:  # type: ignore[assignment]
+        value = value or parse_rate
         self.text = text.strip()
         self.slots: list[Slot] = []
         self.constant: float | None = None
         if not self.text:
             return
         if "," not in self.text:
-            self.constant = parse_rate(self.text)
+            self.constant = value(self.text)
             return
-        tokens = self.text.split()
-        days = frozenset(range(7))
-        for tok in tokens:
-            if tok[:1].isalpha():  # "Mon-Fri", "Sat,Sun": the days of the entries that follow
-                try:
-                    days = _parse_days(tok)
-                except ValueError:
-                    raise ValueError(f"bad day range {tok!r} (examples: Mon-Fri, Sat,Sun)") from None
-                continue
+        for days, tok in day_entries(self.text):
+            if "," not in tok:
+                raise ValueError(f"bad entry {tok!r} (expected HH:MM,RATE)")
             when, rate = tok.split(",", 1)
-            m = re.fullmatch(r"(\d{1,2}):(\d{2})", when)
-            if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
-                raise ValueError(f"bad time {when!r} (expected HH:MM)")
-            self.slots.append(Slot(days, int(m.group(1)) * 60 + int(m.group(2)), parse_rate(rate)))
+            self.slots.append(Slot(days, parse_hhmm(when), value(rate)))
         if not self.slots:
             raise ValueError(f"no HH:MM,RATE entry in {self.text!r}")
 

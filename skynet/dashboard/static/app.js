@@ -96,6 +96,23 @@
       daemons.length + (stale ? " (" + stale + " stale)" : "");
   }
 
+  function renderJobs(js) {
+    fill("jobs", js || [], function (j) {
+      const c = j.counts || {};
+      const classes = Object.keys(j.errors || {}).sort().map(function (k) { return k + " " + j.errors[k]; });
+      return row([
+        el("td", j.host || j.daemon_id), el("td", j.name),
+        el("td", j.running ? "running" : "stopped", j.running ? "badge ok" : "badge stopped"),
+        el("td", c.done || 0, "num"), el("td", c.failed || 0, c.failed ? "num error" : "num"),
+        el("td", c.queued || 0, "num"), el("td", c.running || 0, "num"),
+        el("td", j.running ? j.rate.toFixed(1) + "/s" : ""),
+        el("td", j.running && j.eta !== null ? Math.round(j.eta) + " s" : ""),
+        el("td", classes.join(", ")), el("td", ago(j.updated_at)),
+      ]);
+    }, "No job has reported yet.");
+    document.getElementById("job-count").textContent = (js || []).length;
+  }
+
   function renderTransfers(ts) {
     fill("transfers", ts, function (t) {
       const bar = el("progress");
@@ -206,6 +223,7 @@
       note.textContent = data.note || "";
       note.hidden = !data.note;
       renderDaemons(data.daemons);
+      renderJobs(data.jobs);
       renderTransfers(data.transfers);
       renderChart(data.throughput, data.now);
       renderRecent(data.recent);

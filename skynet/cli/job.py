@@ -1,0 +1,296 @@
+"""`skynet job ...`: run a migration job and watch it.
+
+    skynet job run NAME [--reload]          until every item is done or failed for good
+    skynet job status NAME [--json]         counts by status and error class, rate, ETA
+    skynet job retry NAME [--class C,...]   failed items queued again (all, or by class)
+    skynet job report NAME --csv            every item's final state, streamed
+
+Exit codes of `run`: 0 every item done, 3 some failed for good (or lines of the
+list made no item), 2 a bad config or a list changed since it was first read,
+1 stopped by a signal before the end (run it again to continue).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+import click
+
+from skynet.cli.common import ExtraAwareGroup, fail
+from skynet.config import settings as configmod
+from skynet.config.settings import ConfigError, JobConfig
+from skynet.jobs.item import ERROR_CLASSES
+from skynet.jobs.table import FAILED, QUEUED, REPORT_COLUMNS, RUNNING, STATUSES, ItemTable
+from skynet.state.folder import StateFolder, StateLock, StateLocked
+
+log = logging.getLogger("skynet.jobs")
+
+_common = [
+    click.option("--config-file", type=click.Path(dir_okay=False, readable=False), envvar="SKYNET_CONFIG",
+                 show_envvar=True, help="Config file (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini)."),
+    click.option("--service", type=click.Choice(["local", "s3", "sftp"]), metavar="SERVICE",
+                 help="Which service's config (default: the only one that exists)."),
+]
+
+
+def common(f: Callable) -> Callable:
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+@click.group(cls=ExtraAwareGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def job() -> None:
+    """Migration jobs: copy a URL list, a tree or another store to this config's service, item by item."""
+
+
+def _load(config_file: str | None, service: str | None, name: str) -> tuple[configmod.Config, JobConfig]:
+    from skynet.cli.main import load_for_inspection
+
+    cfg = load_for_inspection(config_file, service)
+    try:
+        return cfg, configmod.job(cfg, name)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # not reached
+
+
+def _table(cfg: configmod.Config, name: str, must_exist: bool = True) -> ItemTable:
+    import os
+
+    path = StateFolder(cfg.state_dir).job_db(name)
+    if must_exist and not os.path.exists(path):
+        fail(f"job {name} has not run yet (start it with: skynet job run {name})", 1)
+    return ItemTable(path)
+
+
+@job.command("run", cls=click.Command)
+@click.argument("name")
+@click.option("--reload", is_flag=True, help="Read the list again: new lines queued, removed ones dropped, finished items kept.")
+@common
+def run_cmd(name: str, reload: bool, config_file: str | None, service: str | None) -> None:
+    """Run job NAME until every item is done or has failed for good."""
+    cfg, j = _load(config_file, service, name)
+    sys.exit(run_job(cfg, j, reload=reload))
+
+
+def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
+            make_transfer: Callable[[JobConfig, object], Callable] | None = None, clock: object = None) -> int:
+    """`job run` after the config is read: the lock, intake, the target, the runner.
+    `make_transfer(job, target_con)` defaults to skynet.jobs.transfer's (tests give a fake)."""
+    from skynet.cli.main import check_state_dir
+    from skynet.jobs.intake import Intake, ListChanged
+    from skynet.jobs.runner import Runner
+    from skynet.reporting import logs
+    from skynet.transfer.throttle import Schedule, Throttle
+
+    try:
+        check_state_dir(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
+    folder = StateFolder(cfg.state_dir)
+    lock = StateLock(folder.job_lock(j.name))
+    try:
+        lock.acquire()
+    except StateLocked:
+        fail(f"job {j.name} is already running (pid {folder.job_holder(j.name) or '?'})")
+    table = ItemTable(folder.job_db(j.name))
+    intake = Intake(j, table, reload=reload)
+    try:
+        intake.prepare()
+    except ListChanged as exc:
+        fail(str(exc))
+    except FileNotFoundError:
+        fail(f"{cfg.path}: [job {j.name}] source: no such list file {j.source_path!r}")
+    con = _target(cfg, j)
+    transfer = (make_transfer or _default_make_transfer)(j, con)
+    throttle = Throttle(Schedule(j.bwlimit if j.bwlimit != "off" else cfg.bwlimit))
+    runner = Runner(j, table, transfer, intake=intake, clock=clock,  # type: ignore[arg-type]
+                    throttle=throttle.consume if throttle.active else None)
+    reporter = _progress(runner, cfg)
+    runner.on_change = reporter.poke
+    notifier = _notifier(cfg, j.name)
+    runner.on_progress = notifier.job
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    log.info("job %s: %s -> %s on %s, %d worker(s)", j.name, j.source, j.target or "/", cfg.service, j.workers)
+    reporter.start()
+    reporter.poke()
+    try:
+        code = runner.run()
+    finally:
+        reporter.stop()
+        notifier.close()
+        _close(transfer)
+        _close(con)
+        lock.release()
+    _summary(j.name, table)
+    return code
+
+
+def _notifier(cfg: configmod.Config, name: str) -> object:
+    """The run's notifier (a no-op without notify_dsn): the daemon's id with
+    "/job/NAME", and a spool of its own, so it never shares the daemon's."""
+    import dataclasses
+
+    from skynet.reporting.notifier import default_daemon_id, from_config, local_hostname
+
+    base = cfg.daemon_id or default_daemon_id(local_hostname(), cfg.service, cfg.state_dir)
+    folder = StateFolder(cfg.state_dir)
+    return from_config(dataclasses.replace(cfg, daemon_id=f"{base}/job/{name}", state_dir=folder.job_notifier(name)))
+
+
+def _default_make_transfer(j: JobConfig, con: object) -> Callable:
+    from skynet.jobs.transfer import make_transfer
+
+    return make_transfer(j.source, con, verify=j.verify, on_existing=j.on_existing,  # type: ignore[arg-type]
+                         workers=j.workers, read_timeout=j.timeout, connect_timeout=min(10.0, j.timeout))
+
+
+def _target(cfg: configmod.Config, j: JobConfig) -> object:
+    """The connection to this config's service, rooted at the job's target."""
+    from connections import service_module
+    from connections.contract.xcon import PoolSized, XConError
+
+    con = service_module(cfg.service).build(cfg.service_options, j.target)
+    if isinstance(con, PoolSized):
+        con.size_pool(j.workers)
+    try:
+        con.connect()
+    except XConError as exc:
+        fail(f"job {j.name}: cannot reach the target ({con.describe()}): {exc}", 1)
+    return con
+
+
+def _close(con: object) -> None:
+    try:
+        con.close()  # type: ignore[attr-defined]
+    except Exception:  # the run is over; a failing close must not hide its result
+        log.debug("closing the target failed", exc_info=True)
+
+
+def _progress(runner: object, cfg: configmod.Config) -> object:
+    from skynet.reporting.progress import ProgressReporter, Snapshot
+
+    c = runner.counters  # type: ignore[attr-defined]
+    return ProgressReporter(lambda: Snapshot(c.done + c.failed, c.bytes, max(c.pending, 0)),
+                            every=cfg.progress_interval)
+
+
+def _summary(name: str, table: ItemTable) -> None:
+    counts = _by_status(table.counts())
+    problems = table.problem_counts()
+    line = ", ".join(f"{counts[s]:,} {s}" for s in STATUSES if counts[s])
+    if problems:
+        line += "; lines that made no item: " + ", ".join(f"{n:,} {k}" for k, n in sorted(problems.items()))
+    log.info("job %s: %s", name, line or "no items")
+
+
+def _by_status(counts: dict[tuple[str, str | None], int]) -> dict[str, int]:
+    out = {s: 0 for s in STATUSES}
+    for (status, _), n in counts.items():
+        out[status] = out.get(status, 0) + n
+    return out
+
+
+@job.command("status", cls=click.Command)
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a `counts` object keyed by status).")
+@common
+def status_cmd(name: str, as_json: bool, config_file: str | None, service: str | None) -> None:
+    """Counts by status and error class, rate and ETA of job NAME."""
+    cfg, _ = _load(config_file, service, name)
+    st = job_status(cfg, name)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    c = st["counts"]
+    click.echo(f"job {name}: {'running (pid %d)' % st['pid'] if st['pid'] else 'not running'}")
+    click.echo("  " + ", ".join(f"{c[s]:,} {s}" for s in STATUSES) + f" of {st['total']:,}")
+    if st["errors"]:
+        click.echo("  failed by class: " + ", ".join(f"{k} {n:,}" for k, n in sorted(st["errors"].items())))
+    if st["rejected"]:
+        click.echo("  lines that made no item: " + ", ".join(f"{k} {n:,}" for k, n in sorted(st["rejected"].items()))
+                   + f" (skynet job report {name} --csv)")
+    if st["pid"]:
+        eta = st["eta_seconds"]
+        from skynet.reporting.progress import human_bytes, human_seconds
+        click.echo(f"  {st['rate']:,.1f} items/s, {human_bytes(st['bytes_rate'])}/s, "
+                   f"ETA {human_seconds(eta) if eta is not None else '?'}")
+
+
+def job_status(cfg: configmod.Config, name: str) -> dict:
+    """A job's state from its table: what `job status --json` prints (and the notifier sends)."""
+    table = _table(cfg, name)
+    try:
+        counts = table.counts()
+        by_status = _by_status(counts)
+        progress = table.get("progress") or {}
+        pid = StateFolder(cfg.state_dir).job_holder(name)
+        rate = progress.get("rate", 0.0) if pid else 0.0
+        pending = by_status[QUEUED] + by_status[RUNNING]
+        return {
+            "job": name,
+            "pid": pid,
+            "counts": by_status,
+            "total": sum(by_status.values()),
+            "errors": {e: n for (s, e), n in counts.items() if s == FAILED and e},
+            "rejected": table.problem_counts(),
+            "bytes": table.bytes_done(),
+            "rate": rate,
+            "bytes_rate": progress.get("bytes_rate", 0.0) if pid else 0.0,
+            "eta_seconds": pending / rate if rate > 0 else None,
+        }
+    finally:
+        table.close()
+
+
+@job.command("retry", cls=click.Command)
+@click.argument("name")
+@click.option("--class", "classes", metavar="C,...",
+              help=f"Only failed items of these error classes ({', '.join(ERROR_CLASSES)}).")
+@common
+def retry_cmd(name: str, classes: str | None, config_file: str | None, service: str | None) -> None:
+    """Queue job NAME's failed items again, with fresh attempts."""
+    cfg, _ = _load(config_file, service, name)
+    wanted = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in ERROR_CLASSES]
+    if unknown:
+        fail(f"--class {unknown[0]!r}: expected one of {', '.join(ERROR_CLASSES)}")
+    table = _table(cfg, name)
+    n = table.requeue_failed(wanted or None)
+    table.close()
+    click.echo(f"job {name}: {n:,} failed item(s) queued again"
+               + ("" if StateFolder(cfg.state_dir).job_holder(name) else f"; run: skynet job run {name}"))
+
+
+@job.command("report", cls=click.Command)
+@click.argument("name")
+@click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV on stdout (the only format).")
+@common
+def report_cmd(name: str, as_csv: bool, config_file: str | None, service: str | None) -> None:
+    """Every item of job NAME with its final state, as CSV (streamed), then the lines that made no item."""
+    cfg, _ = _load(config_file, service, name)
+    table = _table(cfg, name)
+    try:
+        write_report(table, sys.stdout)
+    finally:
+        table.close()
+
+
+def write_report(table: ItemTable, out: object) -> None:
+    """Items in list order, then the list's rejected lines (status `rejected`,
+    error_class malformed or duplicate): nothing of the list goes unaccounted."""
+    w = csv.writer(out)  # type: ignore[arg-type]
+    w.writerow(REPORT_COLUMNS)
+    for row in table.rows():
+        w.writerow(["" if v is None else v for v in row])
+    blank = {k: "" for k in REPORT_COLUMNS}
+    for line, kind, text in table.problems():
+        w.writerow(list({**blank, "line": line, "status": "rejected", "error_class": kind, "error": text}.values()))
+
