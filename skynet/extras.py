@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "sftp": ("asyncssh",),
     "postgres": ("psycopg2",),
     "dashboard": ("flask", "waitress"),
+    "jobs": ("urllib3",),  # HTTP(S) sources of migration jobs (skynet/jobs/http_source.py)
 }
 
 

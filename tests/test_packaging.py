@@ -153,3 +153,17 @@ def test_a_wheel_installed_into_a_new_venv_runs(tmp_path):
                   for p in (install_check.REPO / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     missing = sorted(str(p) for p in tree_files if not (site / p).is_file())
     assert not missing, f"not in the wheel: {missing}"
+
+
+def test_a_job_of_urls_without_the_jobs_extra_is_one_line_naming_it(tmp_path, block):
+    """HTTP(S) sources need urllib3 (the `jobs` extra): without it, `job run` says so in
+    one line before any item runs (not as every item's error), exit 2."""
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a\n")
+    cfg = tmp_path / "local.ini"
+    cfg.write_text(f"[skynet]\nservice = local\nstate_dir = {tmp_path / 'state'}\nlog_level = WARNING\n\n"
+                   f"[job j]\nsource = urls:{tmp_path / 'urls.txt'}\ntarget = {tmp_path / 'dst'}\n")
+    (tmp_path / "dst").mkdir()
+    block("urllib3")
+    res = run_main("job", "run", "j", "--config-file", str(cfg))
+    line = one_clear_line(res, "'jobs' extra", "pip install 'skynet-sync[jobs]'", "urllib3 is not installed")
+    assert line.startswith("skynet: error: "), line

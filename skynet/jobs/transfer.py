@@ -23,6 +23,7 @@ import socket
 import stat
 import threading
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from connections.contract.xcon import (
@@ -42,7 +43,6 @@ from connections.contract.xcon import (
 )
 from connections.contract.source import local_file
 from skynet.jobs.ftp_source import public_url
-from skynet.jobs.http_source import HttpSource
 from skynet.jobs.item import (
     CHECKSUM,
     FORBIDDEN,
@@ -57,6 +57,9 @@ from skynet.jobs.item import (
     TransferItem,
 )
 from skynet.transfer.chunks import TransferStopped
+
+if TYPE_CHECKING:
+    from skynet.jobs.http_source import HttpSource
 
 log = logging.getLogger("skynet.jobs")
 ON_EXISTING = ("skip", "overwrite")
@@ -82,7 +85,7 @@ class Transfer:
     HTTP pool, FTP sessions and the target connection are reused, item after item)."""
 
     def __init__(self, source_spec: str, target: XCon, opts: Options, *, source_con: XCon | None = None,
-                 http: HttpSource | None = None) -> None:
+                 http: "HttpSource | None" = None) -> None:
         if not isinstance(target, StreamSend):
             raise PermanentError(f"{target.describe()} cannot take streamed items")
         if opts.on_existing not in ON_EXISTING:
@@ -92,14 +95,14 @@ class Transfer:
         # local:DIR: the daemon's own send path (sendfile, S3 multipart from the file, resume by
         # size+mtime+inode, mode and mtime kept), not a stream
         self.local_root = source_spec[len("local:"):] if source_spec.startswith("local:") else None
-        self.http = http or HttpSource(connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
-                                       workers=opts.workers)
+        self._http = http  # made on the first http(s):// item: urllib3 is the `jobs` extra
         self._ftp = None  # made on the first ftp:// item (skynet/jobs/ftp_source.py)
         self._present = _Present(target, LISTED_MAX)
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
         if self.source_con is not None:
             self.source_con.close()
         if self._ftp is not None:
@@ -181,7 +184,7 @@ class Transfer:
         scheme = urlsplit(item.source).scheme.lower() if "://" in item.source else ""
         if scheme in ("http", "https"):
             saved = (ctx.resume.load() or {}).get("version") or None
-            return lambda offset: self.http.open_at(item.source, offset, saved if offset else None)
+            return lambda offset: self._http_source().open_at(item.source, offset, saved if offset else None)
         if scheme == "ftp":
             return self._ftp_source().opener(item.source)
         if scheme:
@@ -190,6 +193,17 @@ class Transfer:
             raise ItemFailed(OTHER, f"{item.source}: not a URL, and the job has no source store", permanent=True)
         from skynet.jobs.sources import remote_opener
         return remote_opener(self.source_con, item)
+
+    def _http_source(self) -> "HttpSource":
+        with self._lock:
+            if self._http is None:
+                from skynet.extras import require
+
+                require("jobs", "a job of HTTP URLs")
+                from skynet.jobs.http_source import HttpSource
+                self._http = HttpSource(connect_timeout=self.opts.connect_timeout, read_timeout=self.opts.read_timeout,
+                                        workers=self.opts.workers)
+            return self._http
 
     def _ftp_source(self):  # noqa: ANN202 (made on first use: most jobs have no FTP)
         with self._lock:
@@ -268,7 +282,7 @@ class Transfer:
         """(size, mtime_ns) the source tells without sending the object."""
         scheme = urlsplit(item.source).scheme.lower() if "://" in item.source else ""
         if scheme in ("http", "https"):
-            return self.http.head(item.source)
+            return self._http_source().head(item.source)
         if scheme == "ftp":
             return self._ftp_source().stat(item.source)
         if self.source_con is not None and not scheme:
@@ -378,6 +392,10 @@ def make_transfer(source_spec: str, target_con: XCon, *, verify: bool = True, on
     Call .close() on the result when the job ends."""
     opts = Options(verify=verify, on_existing=on_existing, max_size=max_size, connect_timeout=connect_timeout,
                    read_timeout=read_timeout, workers=workers)
+    if source_spec.startswith("urls:"):
+        from skynet.extras import require
+
+        require("jobs", "a job of URLs")  # said once, before any item: not as every item's error
     if source_con is None and not source_spec.startswith("urls:"):
         from skynet.jobs.sources import source_con as make_source_con
         source_con = make_source_con(source_spec)
