@@ -288,7 +288,7 @@ def test_cli_restores_now_and_prints_the_summary(cli, tmp_path):
     (["--at", "2999-01-01"], ["in the future"]),
     (["never/synced"], ["never synced"]),
     (["/elsewhere/x"], ["not under the mapping's source folder"]),
-    (["--mapping", "other"], ["no such mapping"]),
+    (["--mapping", "other"], ["no mapping 'other'"]),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, needles):
     cfg, _remote, _src = cli

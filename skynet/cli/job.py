@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import click
 
-from skynet.cli.common import ExtraAwareGroup, fail
+from skynet.cli.common import ExtraAwareGroup, config_options, fail
 from skynet.config import settings as configmod
 from skynet.config.settings import ConfigError, JobConfig
 from skynet.jobs.item import ERROR_CLASSES
@@ -28,20 +28,6 @@ from skynet.jobs.table import FAILED, QUEUED, REPORT_COLUMNS, RUNNING, STATUSES,
 from skynet.state.folder import StateFolder, StateLock, StateLocked
 
 log = logging.getLogger("skynet.jobs")
-
-_common = [
-    click.option("--config-file", type=click.Path(dir_okay=False, readable=False), envvar="SKYNET_CONFIG",
-                 show_envvar=True, help="Config file (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini)."),
-    click.option("--service", type=click.Choice(["local", "s3", "sftp"]), metavar="SERVICE",
-                 help="Which service's config (default: the only one that exists)."),
-]
-
-
-def common(f: Callable) -> Callable:
-    for opt in reversed(_common):
-        f = opt(f)
-    return f
-
 
 @click.group(cls=ExtraAwareGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def job() -> None:
@@ -71,7 +57,7 @@ def _table(cfg: configmod.Config, name: str, must_exist: bool = True) -> ItemTab
 @job.command("run", cls=click.Command)
 @click.argument("name")
 @click.option("--reload", is_flag=True, help="Read the list again: new lines queued, removed ones dropped, finished items kept.")
-@common
+@config_options
 def run_cmd(name: str, reload: bool, config_file: str | None, service: str | None) -> None:
     """Run job NAME until every item is done or has failed for good."""
     cfg, j = _load(config_file, service, name)
@@ -201,7 +187,7 @@ def _by_status(counts: dict[tuple[str, str | None], int]) -> dict[str, int]:
 @job.command("status", cls=click.Command)
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a `counts` object keyed by status).")
-@common
+@config_options
 def status_cmd(name: str, as_json: bool, config_file: str | None, service: str | None) -> None:
     """Counts by status and error class, rate and ETA of job NAME."""
     cfg, _ = _load(config_file, service, name)
@@ -254,7 +240,7 @@ def job_status(cfg: configmod.Config, name: str) -> dict:
 @click.argument("name")
 @click.option("--class", "classes", metavar="C,...",
               help=f"Only failed items of these error classes ({', '.join(ERROR_CLASSES)}).")
-@common
+@config_options
 def retry_cmd(name: str, classes: str | None, config_file: str | None, service: str | None) -> None:
     """Queue job NAME's failed items again, with fresh attempts."""
     cfg, _ = _load(config_file, service, name)
@@ -272,7 +258,7 @@ def retry_cmd(name: str, classes: str | None, config_file: str | None, service: 
 @job.command("report", cls=click.Command)
 @click.argument("name")
 @click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV on stdout (the only format).")
-@common
+@config_options
 def report_cmd(name: str, as_csv: bool, config_file: str | None, service: str | None) -> None:
     """Every item of job NAME with its final state, as CSV (streamed), then the lines that made no item."""
     cfg, _ = _load(config_file, service, name)

@@ -14,8 +14,7 @@ import threading
 
 import click
 
-from connections import SERVICES
-from skynet.cli.common import EXIT_USAGE, ExtraAware, fail
+from skynet.cli.common import EXIT_USAGE, ExtraAware, config_options, fail, pick_mapping, rel_in
 
 EXIT_SOME_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -31,10 +30,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--into-source", is_flag=True,
               help="Allow DIR inside a watched source folder: the daemon then syncs the restored files back.")
 @click.option("--keep-special-bits", is_flag=True, help="Keep setuid/setgid/sticky bits (stripped by default).")
-@click.option("--config-file", type=click.Path(dir_okay=False), envvar="SKYNET_CONFIG", show_envvar=True,
-              help="Config file to use (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini).")
-@click.option("--service", type=click.Choice(SERVICES), metavar="SERVICE",
-              help="Which service's config to read (default: the only one that exists).")
+@config_options
 @click.option("--mapping", "mapping_name", metavar="NAME", help="Which mapping (default: the only one).")
 @click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 256), help="Files in flight at once.")
 @click.option("--bwlimit", metavar="RATE", help="Bandwidth limit (as the config's bwlimit; default: the config's).")
@@ -60,7 +56,7 @@ def restore_cmd(paths: tuple[str, ...], at: str | None, dest: str, into_source: 
     m = pick_mapping(cfg, mapping_name)
     try:
         check_not_in_source(cfg, dest, into_source)
-        prefixes = [rel_to_source(m.source, p) for p in paths] or [""]
+        prefixes = [rel_to_source(m, p) for p in paths] or [""]
         rs.check_dest(dest)
     except rs.RestoreRefused as exc:
         fail(str(exc))
@@ -71,14 +67,10 @@ def restore_cmd(paths: tuple[str, ...], at: str | None, dest: str, into_source: 
 
 def run(cfg, m, opts, now: int) -> int:  # type: ignore[no-untyped-def]
     """Connect, restore with a progress bar, print the summary; the exit code."""
-    from connections import service_module
-    from connections.contract.xcon import PoolSized
     from skynet.reporting.progress import ProgressReporter, Snapshot
     from skynet.versions import restore as rs
+    from skynet.versions.session import connected_store
 
-    con = service_module(cfg.service).build(cfg.service_options, m.target)
-    if isinstance(con, PoolSized):
-        con.size_pool(opts.workers + opts.concurrency * opts.big_files)
     stop = threading.Event()
     job: rs.Restore | None = None
 
@@ -88,21 +80,20 @@ def run(cfg, m, opts, now: int) -> int:  # type: ignore[no-untyped-def]
 
     reporter = ProgressReporter(snapshot, stream=sys.stderr, every=cfg.progress_interval)
     try:
-        con.connect()
-        job = rs.Restore(store_for(cfg, m, con, now), opts, stop, on_change=reporter.poke)
-        reporter.start()
-        try:
-            summary = job.run()
-        except KeyboardInterrupt:
-            stop.set()
-            click.echo(f"\nskynet: interrupted; {job.summary.line()}; the same command resumes", err=True)
-            return EXIT_INTERRUPTED
+        with connected_store(cfg, m, now, threads=opts.workers + opts.concurrency * opts.big_files) as store:
+            job = rs.Restore(store, opts, stop, on_change=reporter.poke)
+            reporter.start()
+            try:
+                summary = job.run()
+            except KeyboardInterrupt:
+                stop.set()
+                click.echo(f"\nskynet: interrupted; {job.summary.line()}; the same command resumes", err=True)
+                return EXIT_INTERRUPTED
     except rs.RestoreRefused as exc:
         fail(str(exc))
         return EXIT_USAGE  # not reached
     finally:
         reporter.stop()
-        con.close()
     for line in summary.errors[:20]:
         click.echo(f"skynet: failed: {line}", err=True)
     if len(summary.errors) > 20:
@@ -111,40 +102,14 @@ def run(cfg, m, opts, now: int) -> int:  # type: ignore[no-untyped-def]
     return EXIT_SOME_FAILED if summary.failed else 0
 
 
-def store_for(cfg, m, con, now: int):  # type: ignore[no-untyped-def]
-    """The VersionStore restore reads from: the mapping's kept versions where it keeps
-    them, else the remote as it is now (only --at now can be restored from that)."""
-    from skynet.versions.current import CurrentStore
-    from skynet.versions.stores import store_for as kept_store
-
-    if m.versions:
-        return kept_store(con, m)
-    return CurrentStore(con, now, m.name)
-
-
-def pick_mapping(cfg, name: str | None):  # type: ignore[no-untyped-def]
-    if name is None:
-        if len(cfg.mappings) != 1:
-            fail(f"{cfg.path} has {len(cfg.mappings)} mappings: say which with --mapping NAME "
-                 f"({', '.join(x.name for x in cfg.mappings)})")
-        return cfg.mappings[0]
-    for x in cfg.mappings:
-        if x.name == name:
-            return x
-    fail(f"--mapping {name!r}: no such mapping in {cfg.path} ({', '.join(x.name for x in cfg.mappings)})")
-
-
-def rel_to_source(source: str, path: str) -> str:
+def rel_to_source(m, path: str) -> str:  # type: ignore[no-untyped-def]
     """A PATH relative to the mapping root, or absolute under the source folder, as the store names it."""
     from skynet.versions.restore import RestoreRefused, norm_prefix
 
-    if os.path.isabs(path):
-        src = os.path.abspath(source)
-        full = os.path.abspath(path)
-        if full != src and not full.startswith(src.rstrip(os.sep) + os.sep):
-            raise RestoreRefused(f"{path}: not under the mapping's source folder {src}")
-        path = os.path.relpath(full, src)
-    return norm_prefix(path)
+    rel = rel_in(m, path)
+    if rel is None:
+        raise RestoreRefused(f"{path}: not under the mapping's source folder {os.path.abspath(m.source)}")
+    return norm_prefix(rel)
 
 
 def check_not_in_source(cfg, dest: str, into_source: bool) -> None:  # type: ignore[no-untyped-def]

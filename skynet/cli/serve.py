@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import click
 
-from skynet.cli.common import ExtraAware, fail
+from skynet.cli.common import ExtraAware, config_options, fail
 
 
 @click.command(cls=ExtraAware, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config-file", type=click.Path(dir_okay=False), envvar="SKYNET_CONFIG", show_envvar=True,
-              help="Config file with a [gateway] section and its [target NAME] sections.")
-@click.option("--service", type=click.Choice(("local", "s3", "sftp")), metavar="SERVICE",
-              help="Which service's default config to read, when no --config-file is given.")
+@config_options
 @click.option("--host", help="Address to listen on (default: [gateway] host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default: [gateway] port; 0: any free one).")
 def serve(config_file: str | None, service: str | None, host: str | None, port: int | None) -> None:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import os
-import posixpath
 import time
 from collections.abc import Iterator
 
 import click
 
-from skynet.cli.common import ExtraAware, fail
+from skynet.cli.common import ExtraAware, config_options, fail, mapping_and_rel
 from skynet.config.settings import Config, MappingConfig
 from skynet.versions.model import Version, VersionStore
 
@@ -53,34 +51,6 @@ def text_line(v: Version) -> str:
     state = "deleted" if v.deleted else ("current" if v.until_ns is None else "")
     size = "" if v.deleted else f"{v.size:,} B"
     return f"  {local_iso(v.since_ns)}  {size:>15}  {v.etag or '-':<34}  {state}".rstrip()
-
-
-def resolve(cfg: Config, path: str, mapping: str | None) -> tuple[MappingConfig, str]:
-    """(the mapping, PATH relative to its root, '' for the root), or a clear error."""
-    chosen = [m for m in cfg.mappings if mapping is None or m.name == mapping]
-    if not chosen:
-        fail(f"no mapping {mapping!r} in {cfg.path} (mappings: {', '.join(m.name for m in cfg.mappings)})")
-    if os.path.isabs(path):
-        for m in chosen:
-            rel = os.path.relpath(os.path.normpath(path), m.source)
-            if rel == "." or not (rel == ".." or rel.startswith("../")):
-                return m, clean_rel(rel)
-        fail(f"{path} is not under the source folder of "
-             + (f"mapping {mapping!r}" if mapping else "any mapping") + f" in {cfg.path}")
-    if len(chosen) > 1:
-        fail(f"{path!r} is relative and {cfg.path} has {len(chosen)} mappings: say which with --mapping "
-             f"({', '.join(m.name for m in chosen)}), or give an absolute path")
-    return chosen[0], clean_rel(path)
-
-
-def clean_rel(path: str) -> str:
-    """A path relative to the mapping root in its canonical form; never outside it."""
-    rel = posixpath.normpath(path.replace(os.sep, "/")) if path else "."
-    if rel == "..":
-        rel = "../"
-    if rel.startswith("../") or rel.startswith("/"):
-        fail(f"{path!r} leaves the mapping's source folder")
-    return "" if rel == "." else rel
 
 
 def _peek(it: Iterator[Version]) -> tuple[Version | None, Iterator[Version]]:
@@ -118,10 +88,7 @@ def print_json(mapping: str, versions: Iterator[Version]) -> None:
 @click.command(cls=ExtraAware, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records instead of text.")
-@click.option("--config-file", type=click.Path(dir_okay=False, readable=False), envvar="SKYNET_CONFIG",
-              show_envvar=True, help="Config file to use (default: $XDG_CONFIG_HOME/skynet/SERVICE.ini).")
-@click.option("--service", type=click.Choice(("local", "s3", "sftp")), metavar="SERVICE",
-              help="Which service's config to read (default: the only one that exists).")
+@config_options
 @click.option("--mapping", metavar="NAME", help="The mapping PATH belongs to (needed for a relative PATH "
                                                 "when the config has several).")
 def versions(path: str, as_json: bool, config_file: str | None, service: str | None, mapping: str | None) -> None:
@@ -134,7 +101,7 @@ def versions(path: str, as_json: bool, config_file: str | None, service: str | N
     from skynet.cli.main import load_for_inspection
 
     cfg = load_for_inspection(config_file, service)
-    m, rel = resolve(cfg, path, mapping)
+    m, rel = mapping_and_rel(cfg, path, mapping)
     try:
         with open_store(cfg, m) as store:
             first, stream = _peek(iter(store.history(rel)))
