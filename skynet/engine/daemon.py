@@ -20,7 +20,7 @@ from typing import Callable
 
 from connections import service_module
 from skynet.reporting import sdnotify
-from connections.contract.xcon import BatchSend, PermanentError, PoolSized, TransientError, XCon
+from connections.contract.xcon import BatchSend, Folders, PermanentError, PoolSized, TransientError, XCon
 from skynet.config.settings import Config, MappingConfig
 from skynet.engine.handler import Handler
 from skynet.watch.ignore import IgnoreRules, rel_inside
@@ -131,7 +131,7 @@ class MappingRunner(WatchFaultListener):
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
                                on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
-                               on_rescan=self.rescan)
+                               on_rescan=self.rescan, folders=isinstance(self.con, Folders))
         self.watch: TreeWatch | None = None
         self.scan_done = threading.Event()
         self._rescan_wanted = threading.Event()
