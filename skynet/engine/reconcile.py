@@ -317,8 +317,9 @@ class Reconciler:
             if isinstance(self.con, Folders):
                 # One level per action: the folders in it are actions of their own, so
                 # a scan that queues every new folder does not walk each subtree again.
-                out.queued += self.queue.put_many(self.pending_sends(rel, deep=False))
+                # Made first: what it holds cannot go where the folder cannot be.
                 self.make_folder(rel, st, out)
+                out.queued += self.queue.put_many(self.pending_sends(rel, deep=False))
             else:
                 out.queued += self.queue.put_many(self.pending_sends(rel))
         elif statmod.S_ISREG(st.st_mode):
