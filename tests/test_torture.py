@@ -209,7 +209,7 @@ def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: 
     backend, d = t.backend, t.daemon
     error: BaseException | None = None
     try:
-        wait_converged(t.src, backend.fetch, exact=True, timeout=180, daemon=d)
+        wait_converged(t.src, backend.fetch, exact=True, timeout=180, daemon=d, fetch_folders=backend.fetch_folders)
     except BaseException as exc:
         error = exc
         raise
