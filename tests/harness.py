@@ -47,7 +47,7 @@ OWN_TMP = b".skynet-tmp-"
 
 
 def folders(root: Path | str, skip: Callable[[str], bool] | None = None) -> dict[bytes, int]:
-    """{relative path bytes: permission bits} of every folder under root (root itself
+    """{relative path bytes: permission bits (rwx only)} of every folder under root (root itself
     not, links not followed), as `diff -r` and `ls -l` see a tree's folders. What
     `skip` names is left out with everything below it, and so are skynet's own
     temporary folders."""
@@ -65,7 +65,7 @@ def folders(root: Path | str, skip: Callable[[str], bool] | None = None) -> dict
             except FileNotFoundError:
                 continue  # removed by the daemon meanwhile
             if stat.S_ISDIR(st.st_mode):
-                out[rel] = stat.S_IMODE(st.st_mode)
+                out[rel] = st.st_mode & 0o777  # (setuid, setgid, sticky: never mirrored)
                 keep.append(name)
         dirs[:] = keep
     return out

@@ -58,7 +58,8 @@ class ScanStats:
     files: int = 0
     folders: int = 0  # on a target with folders
     sends: int = 0
-    deletes: int = 0
+    deletes: int = 0  # files and folders
+    folder_deletes: int = 0  # of which folders
     unchanged: int = 0
     adopted: int = 0  # already on the remote at first sync
     refused_deletes: int = 0  # held back by the mass-delete guard
@@ -294,6 +295,7 @@ class SyncSnap:
                     pass  # excluded now, but not ours to delete
                 elif self.complete_sync:
                     s.deletes += 1
+                    s.folder_deletes += isinstance(ie, IndexFolder)
                     if len(deletes) <= self.max_delete or self.allow_mass_delete:
                         deletes.append((DELETE, ie.rel, ""))
                         if self.allow_mass_delete and len(deletes) >= BATCH:
@@ -345,9 +347,10 @@ class SyncSnap:
             s.refused_deletes = s.deletes
             why = ("the source folder is empty" if empty_source
                    else f"that is more than max_delete = {self.max_delete}")
+            folders = f" and {s.folder_deletes} folder(s)" if s.folder_deletes else ""
             log.error(
-                "NOT deleting %d file(s) on the remote that are gone from %r: %s. If that is intended, run once with "
-                "--allow-mass-delete (or SKYNET_ALLOW_MASS_DELETE=1), or raise max_delete for this mapping.",
-                s.deletes, self.mapper.source, why)
+                "NOT deleting %d file(s)%s on the remote that are gone from %r: %s. If that is intended, run once "
+                "with --allow-mass-delete (or SKYNET_ALLOW_MASS_DELETE=1), or raise max_delete for this mapping.",
+                s.deletes - s.folder_deletes, folders, self.mapper.source, why)
             return
         self.queue.put_many(deletes)
