@@ -41,9 +41,10 @@ REPORT = Path(os.environ.get("SKYNET_TORTURE_REPORT", "/tmp/skynet-torture.jsonl
 SERVICE_OPTIONS = {"s3": {"multipart_threshold": "5MiB", "part_size": "5MiB"}}
 
 #: the default suite's short trial runs one fixed workload per backend, so that a CI run
-#: does not fail at random; exploring seeds is `-m slow` and SKYNET_TORTURE_SEED. Known
-#: open failure: seed 943513205 on S3 leaves a deleted key on the remote (a killed daemon's
-#: stalled request landing after the restarted daemon's delete; see the issue-19 note).
+#: does not fail at random; exploring seeds is `-m slow` and SKYNET_TORTURE_SEED. Seed
+#: 943513205 on S3 used to leave a deleted key on the remote (a killed daemon's stalled
+#: request landing after the restarted daemon's delete); skynet/engine/late.py now checks
+#: a dead run's paths again after late_grace (tests/test_late_requests.py shows it).
 SHORT_SEED = 397525480
 
 #: the daemon's bandwidth limit: a big file takes about a second to go up, long

@@ -69,6 +69,7 @@ GLOBAL_KEYS: dict[str, Key] = {
     "stop_timeout": ("20", "seconds SIGTERM waits for running actions before checkpointing them", parse_seconds),
     "poll_interval": ("30", "while some folders cannot be watched (inotify limit), rescan this often, in seconds", parse_seconds),
     "settle_seconds": ("1.0", "quiet time before a created/modified file with no close event is sent", parse_seconds),
+    "late_grace": ("60", "after a kill -9 or power loss, seconds the remote must be reachable again before the paths the dead run was syncing are checked once more (a request of that run may land late)", parse_seconds),
     "bwlimit": ("off", "bandwidth limit for all transfers, bytes/s with k/M/G, or a schedule: '08:00,2M 18:00,off' (Mon-Fri 08:00,512k ...)", validate_bwlimit),
     "nice": ("10", "CPU priority the daemon lowers itself to (0 = leave as started, 19 = lowest)", parse_int_range(0, 19)),
     "io_class": ("idle", "I/O priority class the daemon sets for itself: idle, best-effort or none (leave as started)", parse_choice("idle", "best-effort", "none")),
@@ -123,6 +124,7 @@ class Config:
     stop_timeout: float = 20.0
     settle_seconds: float = 1.0
     poll_interval: float = 30.0
+    late_grace: float = 60.0
     bwlimit: str = "off"
     progress_interval: float = 30.0
     nice: int = 10
@@ -213,7 +215,7 @@ def load(path: str, service: str | None = None) -> Config:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
     mod = service_module(file_service)
     cfg = Config(path=path, service=file_service, state_dir=g.get("state_dir") or default_state_dir(file_service))
-    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
+    for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "late_grace", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
               "notify_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
               "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
         if k in g:

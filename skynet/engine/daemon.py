@@ -23,6 +23,7 @@ from skynet.reporting import sdnotify
 from connections.contract.xcon import BatchSend, Folders, PermanentError, PoolSized, TransientError, XCon
 from skynet.config.settings import Config, MappingConfig
 from skynet.engine.handler import Handler
+from skynet.engine.late import LateRequests
 from skynet.watch.ignore import IgnoreRules, rel_inside
 from skynet.engine.mapper import Mapper
 from skynet.engine.reconcile import Reconciler, SourceUnavailable
@@ -132,6 +133,8 @@ class MappingRunner(WatchFaultListener):
                                on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan, folders=isinstance(self.con, Folders))
+        self.late = LateRequests(self.db, self.index, self.con, self.mapper, self.producer_queue, m.complete_sync,
+                                 grace=cfg.late_grace)
         self.watch: TreeWatch | None = None
         self.scan_done = threading.Event()
         self._rescan_wanted = threading.Event()
@@ -175,6 +178,7 @@ class MappingRunner(WatchFaultListener):
         self._watch()
         self._remember_source()
         self.handler.start(connected)
+        self.late.start(lambda: self.handler.connected, self._halt, self.name)
         self._rescan_wanted.set()
         self._scanner.start()
 
@@ -190,6 +194,9 @@ class MappingRunner(WatchFaultListener):
         their temporary files go now. A send() cut short leaves one under a
         name derived from the file's, which the next send() would overwrite,
         but a batch copies through a staging folder and never touches it."""
+        # A request of theirs may also land on the remote later than this run's
+        # own: their paths are checked again once that cannot happen any more.
+        self.late.remember(p for a in interrupted for p in a.paths())
         if isinstance(self.con, BatchSend):
             for rel in sorted({a.src for a in interrupted if a.kind == SEND}):
                 try:

@@ -160,10 +160,12 @@ class _Flight:
                 if held:
                     break
                 self.reap(block=False)
+        # The loop above ends holding a slot unless the transfer must stop, so going
+        # on always holds one (when there are slots at all).
         go = self.error is None and not stop.is_set()
         if not go and held:
             self.slots.release()  # type: ignore[union-attr]
-        return go and (held or self.slots is None)
+        return go
 
     def release_slot(self) -> None:
         if self.slots is not None:
