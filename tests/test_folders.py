@@ -247,3 +247,55 @@ def test_max_delete_and_an_emptied_source_count_folders(mirror):
     d.wait_log("the source folder is empty", timeout=30)
     assert {b"e0", b"e1", b"e2", b"e3", b"e4"} <= set(remote_folders(env))
     assert b"keep.txt" in env.remote()
+
+
+# -- the pieces below the daemon: the folders table and the start-up scan's merge ----------
+
+
+def test_the_index_records_folders_and_moves_and_forgets_them_with_their_files(tmp_path):
+    from skynet.state.db import StateDB
+    from skynet.state.index import Index
+
+    index = Index(StateDB(str(tmp_path / "s.db")))
+    for rel, mode in (("a", 0o755), ("a/b", 0o700), ("a.b", 0o711), ("ab", 0o750), ("a/b/c", 0o755)):
+        index.put_folder(rel, mode)
+    index.put_many([("a/b/f.txt", 1, 1, 0o644, 1, None)])
+    # the scan's walk order: "a.b/" < "a/" < "a/b/" < "ab/" (a folder's key is its path and "/")
+    assert [f.rel for f in index.iter_folders_under("")] == ["a.b", "a", "a/b", "a/b/c", "ab"]
+    assert [f.rel for f in index.iter_folders_under("a")] == ["a/b", "a/b/c"]  # never "a" itself
+    index.rename("a", "z")
+    assert index.folder("a") is None and index.folder("z/b").mode == 0o700 and index.get("z/b/f.txt") is not None
+    assert index.folder("a.b").mode == 0o711  # a sibling sharing the prefix stays
+    index.remove("z/b")
+    assert [f.rel for f in index.iter_folders_under("")] == ["a.b", "ab", "z"] and index.get("z/b/f.txt") is None
+
+
+def test_the_start_up_scan_compares_folders_in_walk_order(tmp_path):
+    """Folders and files whose names sort differently as paths and as folders ("a.b",
+    "a", "a/x"): the merge meets each one once, so a scan queues exactly the new or
+    changed folders, and deletes (with complete_sync) exactly those the disk lost."""
+    from connections.local.con import LocalCon
+    from skynet.engine.mapper import Mapper
+    from skynet.engine.syncsnap import SyncSnap
+    from skynet.state.db import StateDB
+    from skynet.state.index import Index
+    from skynet.state.uniqueq import DELETE, SEND, UniqueQ
+    from skynet.watch.ignore import IgnoreRules
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for rel in ("a", "a/x", "a.b", "ab", "new", "moded"):
+        mkdir(src / rel, 0o755)
+    os.chmod(src / "moded", 0o700)
+    w(src / "a/x/f.txt", "f")
+    w(src / "a.txt", "t")
+    dst.mkdir()
+    db = StateDB(str(tmp_path / "s.db"))
+    index, queue = Index(db), UniqueQ(db)
+    index.put_many([("a/x/f.txt", 1, os.stat(src / "a/x/f.txt").st_mtime_ns, 0o644, 1, None)])
+    for rel in ("a", "a/x", "a.b", "ab", "moded", "gone", "gone/deeper"):
+        index.put_folder(rel, 0o755)
+    snap = SyncSnap(Mapper(str(src), str(dst)), index, queue, IgnoreRules(), True, LocalCon(str(dst)))
+    st = snap.run()
+    rows = {(k, os.fsdecode(s)) for k, s in db.conn().execute("SELECT kind, src FROM queue").fetchall()}
+    assert rows == {(SEND, "a.txt"), (SEND, "new"), (SEND, "moded"), (DELETE, "gone"), (DELETE, "gone/deeper")}, rows
+    assert (st.folders, st.unchanged, st.deletes, st.folder_deletes) == (6, 1, 2, 2)
