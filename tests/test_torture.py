@@ -7,8 +7,10 @@ away (per backend: an unmounted target folder; for S3 and SFTP a cut or stalled
 network, and the server process itself stopped by SIGTERM or SIGKILL and started
 again on the same port and data). Big files are written just before a fault, so
 that it lands in the middle of a resumable upload. When the churn stops, the
-remote must equal the source byte for byte, with no partial uploads or temp
-files left and no failed actions.
+remote must equal the source byte for byte (on a target with folders, local and
+SFTP, the workload also makes and removes empty folders, changes their modes and
+swaps files and folders, and the folders and their modes must match too), with no
+partial uploads or temp files left and no failed actions.
 
 The default suite runs a short trial per backend (on SeaweedFS, the second S3 server,
 only with -m slow: tests.backends.SECOND_SERVERS); the long one is
@@ -108,7 +110,7 @@ class Torture:
 
     def churn(self, steps: int) -> None:
         for _ in range(steps):
-            apply(self.src, self.outside, random_step(self.rng), self.ops)
+            apply(self.src, self.outside, random_step(self.rng, self.backend.fetch_folders is not None), self.ops)
             self.ops += 1
 
     def big_write_in_flight(self) -> None:

@@ -89,10 +89,17 @@ def big_step(rng: random.Random, low: int = 11 << 19, high: int = 12 << 20) -> t
     return ("write", name, rng.randbytes(rng.randint(low, high)))
 
 
-def random_step(rng: random.Random) -> tuple:
-    """One random operation, in the same shape `apply` takes."""
-    kind = rng.choice(["write", "write", "append", "delete", "rename", "rename_dir", "rmtree", "atomic_save",
-                       "move_in", "move_out", "mkdir", "rmdir", "chmod_dir", "file_to_dir", "dir_to_file"])
+#: what random_step draws besides the file operations, on a target with folders
+FOLDER_KINDS = ["mkdir", "rmdir", "chmod_dir", "file_to_dir", "dir_to_file"]
+
+
+def random_step(rng: random.Random, folder_ops: bool = False) -> tuple:
+    """One random operation, in the same shape `apply` takes; with `folder_ops` (a
+    target with folders: folders are part of its mirror) the folder operations too.
+    Without, the draws are those the torture's fixed seeds were chosen with."""
+    kinds = ["write", "write", "append", "delete", "rename", "rename_dir", "rmtree", "atomic_save",
+             "move_in", "move_out"]
+    kind = rng.choice(kinds + FOLDER_KINDS if folder_ops else kinds)
     data = lambda n: rng.randbytes(rng.randint(0, n))  # noqa: E731
     if kind in ("write", "atomic_save"):
         return (kind, rng.choice(NAMES), data(rng.choice([100, 5000, 200_000])))
