@@ -198,7 +198,7 @@ class FolderEntry:
     """One remote folder as Folders.list_folders sees it."""
 
     rel: str
-    mode: int | None = None  # permission bits (never the special ones); None when the remote cannot tell
+    mode: int | None = None  # its permission bits as the remote has them; None when the remote cannot tell
 
 
 @dataclass(frozen=True)
