@@ -20,7 +20,7 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
     # Imported here so that tests/backends.py may import this module at its top.
     from tests.backends import Backend, write_tree
     from tests.faultproxy import FaultProxy
-    from tests.harness import server_diagnosis, tree
+    from tests.harness import folders, server_diagnosis, tree
     from tests.servers import left_running, server_faults
 
     srv = servers.get("sftp")
@@ -46,6 +46,7 @@ def sftp_backend(tmp_path, servers, **service: str) -> Iterator["Backend"]:
                 config={"service": daemon_config, "mapping": {"target": root}},
                 leftovers=con.leftovers,
                 fetch=fetch,
+                fetch_folders=lambda: folders(root),  # (the server's folder is a local one)
                 service="sftp",
                 faults=faults,
                 diagnose=lambda: server_diagnosis("sshd", srv.running, srv.pid, srv.log),

@@ -16,7 +16,7 @@ import pytest
 
 from connections.contract.xcon import XCon
 from connections.local.con import LocalCon
-from tests.harness import retrying_read, tree
+from tests.harness import folders, retrying_read, tree
 
 
 @dataclass
@@ -43,6 +43,9 @@ class Backend:
     seed: Callable[[dict[str, bytes]], None] = lambda files: None
     #: turn the remote's versioning on (None: the test server has none)
     enable_versioning: Callable[[], None] | None = None
+    #: the remote's folders as {relative path bytes: permission bits}, on a target with
+    #: folders (connections.contract.xcon.Folders; None: folders are not part of the mirror)
+    fetch_folders: Callable[[], dict[bytes, int]] | None = None
 
     def __post_init__(self) -> None:
         """The harness's own reads of the remote (fetch, leftovers) retry transient
@@ -53,6 +56,9 @@ class Backend:
         self.fetch = retrying_read(self.fetch, f"{self.service} fetch", self.diagnose, on_retry=self._retried)
         self.leftovers = retrying_read(self.leftovers, f"{self.service} leftovers", self.diagnose,
                                        on_retry=self._retried)
+        if self.fetch_folders is not None:
+            self.fetch_folders = retrying_read(self.fetch_folders, f"{self.service} folders", self.diagnose,
+                                               on_retry=self._retried)
 
     def _retried(self, exc: BaseException) -> None:
         self.read_retries.append(f"{type(exc).__name__}: {exc}")
@@ -73,6 +79,7 @@ def local_backend(tmp_path, servers) -> Iterator[Backend]:
             config={"mapping": {"target": str(root)}},
             leftovers=con.leftovers,
             fetch=lambda: tree(root),
+            fetch_folders=lambda: folders(root),
             service="local",
             faults={"target unmounted": unmount},
             seed=lambda files: write_tree(root, files),

@@ -35,6 +35,42 @@ def _default_ignored(rel: str) -> bool:
     return IgnoreRules().ignored(rel)
 
 
+def _default_ignored_folder(rel: str) -> bool:
+    from skynet.watch.ignore import IgnoreRules
+
+    return IgnoreRules().ignored(rel, is_dir=True)
+
+
+#: skynet's own temporary names on a target (connections.local.con.TMP_PREFIX): a
+#: send_many's staging folder is no folder of the mirror
+OWN_TMP = b".skynet-tmp-"
+
+
+def folders(root: Path | str, skip: Callable[[str], bool] | None = None) -> dict[bytes, int]:
+    """{relative path bytes: permission bits (rwx only)} of every folder under root (root itself
+    not, links not followed), as `diff -r` and `ls -l` see a tree's folders. What
+    `skip` names is left out with everything below it, and so are skynet's own
+    temporary folders."""
+    root_b = os.fsencode(str(root))
+    out: dict[bytes, int] = {}
+    for folder, dirs, _files in os.walk(root_b):
+        keep = []
+        for name in dirs:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, root_b)
+            if name.startswith(OWN_TMP) or (skip and skip(os.fsdecode(rel))):
+                continue
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue  # removed by the daemon meanwhile
+            if stat.S_ISDIR(st.st_mode):
+                out[rel] = st.st_mode & 0o777  # (setuid, setgid, sticky: never mirrored)
+                keep.append(name)
+        dirs[:] = keep
+    return out
+
+
 def tree(root: Path | str, skip: Callable[[str], bool] | None = None) -> dict[bytes, bytes]:
     """{relative path bytes: content} of every regular file under root."""
     root_b = os.fsencode(str(root))
@@ -295,13 +331,29 @@ def world_writable_tmp(prefix: str) -> Path:
 STATE_DUMP = "handler state:"
 
 
+def converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bool,
+              skip: Callable[[str], bool] | None = _default_ignored,
+              fetch_folders: Callable[[], dict[bytes, int]] | None = None,
+              folder_skip: Callable[[str], bool] | None = _default_ignored_folder) -> str:
+    """"" when the remote equals the source, else what differs: the files (bytes), and
+    with `fetch_folders` (a target with folders) the folders and their permission bits
+    too, as `diff -r` sees a tree (exact: nothing more on the remote; else a superset)."""
+    last = diff(tree(src, skip), fetch(), exact)
+    if last or fetch_folders is None:
+        return last
+    last = diff(folders(src, folder_skip), fetch_folders(), exact)
+    return f"folders (path: mode) {last}" if last else ""
+
+
 def wait_converged(src: Path, fetch: Callable[[], dict[bytes, bytes]], exact: bool, timeout: float = 30,
-                   skip: Callable[[str], bool] | None = _default_ignored, daemon: Daemon | None = None) -> None:
-    """Poll until the remote equals the source (the test's clock, not the daemon's)."""
+                   skip: Callable[[str], bool] | None = _default_ignored, daemon: Daemon | None = None,
+                   fetch_folders: Callable[[], dict[bytes, int]] | None = None) -> None:
+    """Poll until the remote equals the source (the test's clock, not the daemon's):
+    files, and with `fetch_folders` folders and their modes too (see converged)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        last = diff(tree(src, skip), fetch(), exact)
+        last = converged(src, fetch, exact, skip, fetch_folders)
         if not last:
             return
         time.sleep(0.1)

@@ -38,7 +38,7 @@ class Env:
 
     def converge(self, timeout: float = 30, exact: bool | None = None) -> None:
         wait_converged(self.src, self.backend.fetch, self.complete if exact is None else exact, timeout,
-                       daemon=self.daemon)
+                       daemon=self.daemon, fetch_folders=self.backend.fetch_folders)
 
     def remote(self) -> dict[bytes, bytes]:
         return self.backend.fetch()

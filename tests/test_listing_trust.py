@@ -238,18 +238,21 @@ def test_sftp_move_over_a_folder_ignores_made_up_names(sftp_setup, tmp_path):
 
 
 def test_local_list_goes_through_the_filter(tmp_path, monkeypatch, caplog):
-    """readdir never names "../x", but LocalCon.list is held to the same rule: a walk
-    that yields a foreign path (here injected) is filtered and logged like the others."""
-    from connections.contract.xcon import RemoteEntry
+    """readdir never names "../x", but LocalCon.list (and list_folders) is held to the
+    same rule: a walk that yields a foreign path (here injected) is filtered and logged
+    like the others."""
     from connections.local.con import LocalCon
 
     (tmp_path / "t").mkdir()
+    (tmp_path / "a-file").write_bytes(b"1")
     con = LocalCon(str(tmp_path / "t"))
     con.connect()
-    made_up = [RemoteEntry("d/ok", 1), RemoteEntry("d/../x", 1), RemoteEntry("dx/y", 1), RemoteEntry("d", 1)]
-    monkeypatch.setattr(LocalCon, "_walk_files", lambda self, rel: iter(made_up))
-    with caplog.at_level(logging.WARNING, logger="skynet.listing"):
-        assert [e.rel for e in con.list("d")] == ["d/ok", "d"]
-    (line,) = warnings_of(caplog)
-    assert "2 entries outside 'd'" in line
+    for listing, st in ((con.list, os.stat(tmp_path / "a-file")), (con.list_folders, os.stat(tmp_path / "t"))):
+        made_up = [("d/ok", st), ("d/../x", st), ("dx/y", st), ("d", st)]
+        monkeypatch.setattr(LocalCon, "_walk_tree", lambda self, rel, made_up=made_up: iter(made_up))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="skynet.listing"):
+            assert [e.rel for e in listing("d")] == ["d/ok", "d"], listing
+        (line,) = warnings_of(caplog)
+        assert "2 entries outside 'd'" in line
     con.close()

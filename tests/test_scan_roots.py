@@ -69,11 +69,11 @@ def test_only_files_the_index_knows_are_stated_and_one_gone_meanwhile_counts_as_
     snap, db = _setup(tmp_path)
     listed = list(snap.walk(""))
     # New files are queued from the listing alone: nothing is asked of their stat.
-    assert all(isinstance(e, os.DirEntry) for _, e in listed)
+    assert all(isinstance(e, os.DirEntry) for _, _, e, _ in listed)
     # 'a/gone.txt' is listed (it was there a moment ago) but gone when the scan
     # stats it to compare with its Index entry: the remote copy must be deleted.
-    listed.append(("a/gone.txt", _Vanished()))
-    listed.sort(key=lambda t: os.fsencode(t[0]))  # the walk's byte order
+    listed.append((b"a/gone.txt", "a/gone.txt", _Vanished(), False))
+    listed.sort(key=lambda t: t[0])  # the walk's byte order
     monkeypatch.setattr(snap, "walk", lambda rel="": iter(listed))
     st = snap.run()
     assert (DELETE, "a/gone.txt") in _queued(db)

@@ -7,8 +7,10 @@ away (per backend: an unmounted target folder; for S3 and SFTP a cut or stalled
 network, and the server process itself stopped by SIGTERM or SIGKILL and started
 again on the same port and data). Big files are written just before a fault, so
 that it lands in the middle of a resumable upload. When the churn stops, the
-remote must equal the source byte for byte, with no partial uploads or temp
-files left and no failed actions.
+remote must equal the source byte for byte (on a target with folders, local and
+SFTP, the workload also makes and removes empty folders, changes their modes and
+swaps files and folders, and the folders and their modes must match too), with no
+partial uploads or temp files left and no failed actions.
 
 The default suite runs a short trial per backend (on SeaweedFS, the second S3 server,
 only with -m slow: tests.backends.SECOND_SERVERS); the long one is
@@ -112,7 +114,7 @@ class Torture:
 
     def churn(self, steps: int) -> None:
         for _ in range(steps):
-            apply(self.src, self.outside, random_step(self.rng), self.ops)
+            apply(self.src, self.outside, random_step(self.rng, self.backend.fetch_folders is not None), self.ops)
             self.ops += 1
 
     def big_write_in_flight(self) -> None:
@@ -197,6 +199,13 @@ class Torture:
             return files
         return {k: v for k, v in files.items() if not is_area(os.fsdecode(k))}
 
+    def mirror_folders(self) -> dict[bytes, int]:
+        """The remote's folders as the mirror sees them: the versions area's left out."""
+        folders = self.backend.fetch_folders()
+        if not self.versions:
+            return folders
+        return {k: v for k, v in folders.items() if not is_area(os.fsdecode(k))}
+
     def check_versions(self) -> None:
         """The versions kept through the trial: the store's tree of now is the
         source, and every version it lists reads back (no name points nowhere)."""
@@ -240,7 +249,8 @@ def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: 
     backend, d = t.backend, t.daemon
     error: BaseException | None = None
     try:
-        wait_converged(t.src, t.mirror, exact=True, timeout=180, daemon=d)
+        wait_converged(t.src, t.mirror, exact=True, timeout=180, daemon=d,
+                       fetch_folders=t.mirror_folders if backend.fetch_folders else None)
     except BaseException as exc:
         error = exc
         raise

@@ -130,6 +130,16 @@ def test_versions_kept_while_mirroring_give_back_every_recorded_tree(backend, tm
     assert AREA not in (e.rel.split("/")[0] for e in con.list("") if not is_area(e.rel))
 
 
+def indexed_folders(state_db: Path) -> list[bytes]:
+    """The folders the daemon's Index says the mirror made on the remote (targets with folders)."""
+    import contextlib
+
+    from skynet.state.sqlitelib import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)) as db:
+        return sorted(bytes(r[0]) for r in db.execute("SELECT key FROM folders"))
+
+
 def indexed(state_db: Path) -> list[bytes]:
     """The paths the daemon's Index says the remote holds."""
     import contextlib
@@ -171,6 +181,14 @@ def test_the_area_is_never_mirrored_nor_deleted(backend, tmp_path):
     assert not any("sneaky" in k for k in area)
     assert f"{AREA!r} in the source is not synced" in log
     assert indexed(tmp_path / "state" / "t.db") == [b"y.txt"]  # the first sync adopted nothing of the area
+    # nor its folders (a target with folders): an adopted area folder, absent from the
+    # source, was deleted as gone by the next start's scan, taking every version with it
+    assert not any(k.startswith(AREA.encode()) for k in indexed_folders(tmp_path / "state" / "t.db"))
+    with steps.daemon:
+        wait_converged(steps.src, lambda: mirror(backend), True, 60, skip, daemon=steps.daemon)
+        assert steps.daemon.stop() == 0
+    area = area_files(backend)
+    assert {k: area[k] for k in kept} == kept  # still untouched after a restart's scan
     store = store_for(backend.con, MappingConfig("t", str(steps.src), "", versions=True))
     assert [v.deleted for v in store.history("x.txt")] == [True, False]
 

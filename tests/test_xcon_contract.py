@@ -15,8 +15,10 @@ import pytest
 from connections.contract.xcon import (
     BatchSend,
     EtagCheck,
+    Folders,
     FreeSpace,
     HardLink,
+    InTheWay,
     LocalFile,
     PermanentError,
     PoolSized,
@@ -223,13 +225,13 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 #: the optional abilities each backend declares (by inheriting the typed mixins of
 #: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
-    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend},
+    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders},
     "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
     "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
-    "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend},
+    "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend, Folders},
 }
 ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, PoolSized, EtagCheck, Versions, WholeRead,
-             StreamSend)
+             StreamSend, Folders)
 
 
 def with_ability(ability) -> list:
@@ -431,6 +433,62 @@ def test_hard_link_keeps_the_old_bytes_when_the_file_is_replaced(able, tmp_path)
     with pytest.raises(UnsafePath):
         able.con.link("l/a.bin", "../outside")
     assert able.con.stat("kept/x") is None and able.leftovers() == []
+
+
+def folder_listing(backend, rel=""):
+    return {e.rel: e.mode for e in backend.con.list_folders(rel)}
+
+
+@pytest.mark.parametrize("able", with_ability(Folders), indirect=True)
+def test_folders_made_empty_with_their_modes_and_listed(able, tmp_path):
+    con = able.con
+    con.make_folder("empty", 0o750)
+    con.make_folder("deep/er/est", 0o700)  # the folders above are made too
+    con.make_folder("special", 0o4755 | 0o2000 | 0o1000)  # never setuid, setgid or sticky
+    send(able, tmp_path, "full/f.txt", b"kept")
+    con.make_folder("full", 0o711)  # a folder already there: its mode changes, its files stay
+    got = folder_listing(able)
+    assert got["empty"] == 0o750 and got["deep/er/est"] == 0o700 and got["special"] == 0o755
+    assert got["full"] == 0o711 and con.stat("full/f.txt").size == 4
+    assert set(got) == {"empty", "deep", "deep/er", "deep/er/est", "special", "full"}
+    assert list(listing(able)) == ["full/f.txt"]  # list() lists files only
+    assert folder_listing(able, "deep") == {"deep/er": got["deep/er"], "deep/er/est": 0o700}
+    con.make_folder("empty", 0o755)  # made again: no error, the new mode
+    assert folder_listing(able)["empty"] == 0o755
+    con.delete("deep")  # delete() takes a folder with what is in it
+    assert not any(rel.startswith("deep") for rel in folder_listing(able))
+    assert able.leftovers() == []
+
+
+@pytest.mark.parametrize("able", with_ability(Folders), indirect=True)
+def test_folder_listing_never_yields_siblings_of_the_prefix(able):
+    for rel in ("dir/a", "dir.bak", "dir2", "dirx/d"):
+        able.con.make_folder(rel, 0o755)
+    assert set(folder_listing(able, "dir")) == {"dir/a"}
+    assert folder_listing(able, "nothere") == {}
+
+
+@pytest.mark.parametrize("able", with_ability(Folders), indirect=True)
+def test_what_is_in_the_way_is_named_never_replaced(able, tmp_path):
+    """A file where a folder must be, a folder where a file must go: InTheWay, naming
+    the blocker (the engine decides whether it may go), and nothing changed."""
+    con = able.con
+    send(able, tmp_path, "file", b"a file")
+    con.make_folder("folder", 0o755)
+    send(able, tmp_path, "folder/inside", b"in")
+    for call, blocker in ((lambda: con.make_folder("file", 0o755), "file"),
+                          (lambda: con.make_folder("file/sub", 0o755), "file"),
+                          (lambda: send(able, tmp_path / "b", "file/below.txt", b"x"), "file"),  # (another
+                          (lambda: send(able, tmp_path / "c", "folder", b"x"), "folder"),  # local tree)
+                          (lambda: con.move("file", "folder"), "folder"),
+                          (lambda: con.move("folder", "file"), "file")):
+        with pytest.raises(InTheWay) as info:
+            call()
+        assert info.value.blocker == blocker, (info.value, blocker)
+        assert "in the way" in str(info.value)
+    assert con.stat("file").size == 6 and con.stat("folder/inside").size == 2
+    assert set(folder_listing(able)) == {"folder"}
+    assert able.leftovers() == []
 
 
 @pytest.mark.parametrize("able", with_ability(FreeSpace), indirect=True)

@@ -1,6 +1,8 @@
 """A workload of random file operations, shared by the property test and the
 torture test: creates, writes, appends, renames of files and folders, deletes,
-editor-style atomic saves, moves in from outside and out of the root."""
+editor-style atomic saves, moves in from outside and out of the root; and folder
+operations: empty folders made and removed, a folder's mode changed, a file
+replaced by a folder of the same name and back."""
 from __future__ import annotations
 
 import os
@@ -10,6 +12,8 @@ from pathlib import Path
 
 NAMES = ["a", "b", "c.txt", "d1/a", "d1/b", "d1/sub/x", "d2/y", "d2/deep/z", "d3/q"]
 DIRS = ["d1", "d2", "d3", "d1/sub", "d4"]
+#: folder modes the workload gives (each lets its owner in and write: skynet writes into them)
+DIR_MODES = [0o755, 0o700, 0o750, 0o775, 0o711]
 
 def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
     kind, *args = step
@@ -47,6 +51,25 @@ def apply(src: Path, outside: Path, step: tuple, n: int) -> None:
             os.rename(staged, src / args[0])
         elif kind == "move_out":
             os.rename(src / args[0], outside / f"out{n}")
+        elif kind == "mkdir":  # an empty folder, with a mode
+            p = src / args[0]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.mkdir()
+            os.chmod(p, args[1])
+        elif kind == "rmdir":  # only if empty (else the OSError below: not applied)
+            os.rmdir(src / args[0])
+        elif kind == "chmod_dir":
+            if (src / args[0]).is_dir() and not (src / args[0]).is_symlink():
+                os.chmod(src / args[0], args[1])
+        elif kind == "file_to_dir":  # a file replaced by a folder of the same name (with a file in it)
+            p = src / args[0]
+            p.unlink()
+            p.mkdir()
+            (p / "f").write_bytes(args[1])
+        elif kind == "dir_to_file":  # a folder replaced by a file of the same name
+            p = src / args[0]
+            shutil.rmtree(p)
+            p.write_bytes(args[1])
     except OSError:
         pass  # the operation did not apply to the current tree: fine, like a user's failed command
 
@@ -66,10 +89,17 @@ def big_step(rng: random.Random, low: int = 11 << 19, high: int = 12 << 20) -> t
     return ("write", name, rng.randbytes(rng.randint(low, high)))
 
 
-def random_step(rng: random.Random) -> tuple:
-    """One random operation, in the same shape `apply` takes."""
-    kind = rng.choice(["write", "write", "append", "delete", "rename", "rename_dir", "rmtree", "atomic_save",
-                       "move_in", "move_out"])
+#: what random_step draws besides the file operations, on a target with folders
+FOLDER_KINDS = ["mkdir", "rmdir", "chmod_dir", "file_to_dir", "dir_to_file"]
+
+
+def random_step(rng: random.Random, folder_ops: bool = False) -> tuple:
+    """One random operation, in the same shape `apply` takes; with `folder_ops` (a
+    target with folders: folders are part of its mirror) the folder operations too.
+    Without, the draws are those the torture's fixed seeds were chosen with."""
+    kinds = ["write", "write", "append", "delete", "rename", "rename_dir", "rmtree", "atomic_save",
+             "move_in", "move_out"]
+    kind = rng.choice(kinds + FOLDER_KINDS if folder_ops else kinds)
     data = lambda n: rng.randbytes(rng.randint(0, n))  # noqa: E731
     if kind in ("write", "atomic_save"):
         return (kind, rng.choice(NAMES), data(rng.choice([100, 5000, 200_000])))
@@ -85,4 +115,12 @@ def random_step(rng: random.Random) -> tuple:
         return (kind, rng.choice(DIRS))
     if kind == "move_in":
         return (kind, rng.choice(NAMES + DIRS), data(3000))
+    if kind in ("mkdir", "chmod_dir"):
+        return (kind, rng.choice(DIRS), rng.choice(DIR_MODES))
+    if kind == "rmdir":
+        return (kind, rng.choice(DIRS))
+    if kind == "file_to_dir":
+        return (kind, rng.choice(NAMES), data(1000))
+    if kind == "dir_to_file":
+        return (kind, rng.choice(DIRS), data(1000))
     return (kind, rng.choice(NAMES + DIRS))

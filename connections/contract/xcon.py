@@ -69,6 +69,23 @@ class UnsafePath(PermanentError):
     """A path would escape the remote root, or is not a clean relative path."""
 
 
+class InTheWay(PermanentError):
+    """On a remote with folders (Folders), something of the other kind holds a
+    name the call needs: a file where a folder is to be (made, or walked through
+    to write below it), or a folder where a file is to be written. `blocker` is
+    its relative path: the name itself or a folder above it. Permanent as it
+    stands; the engine, when deletes are propagated (complete_sync), removes the
+    blocker through its one delete path and tries again, so a mirror whose source
+    swapped a file for a folder (or back) converges."""
+
+    def __init__(self, message: str, blocker: str) -> None:
+        super().__init__(message)
+        self.blocker = blocker
+
+    def __reduce__(self):  # (pickled with its blocker, like any other error)
+        return type(self), (str(self), self.blocker)
+
+
 def check_rel(rel: str) -> str:
     """Return `rel` if it is a clean relative POSIX path, else raise UnsafePath.
 
@@ -180,6 +197,14 @@ class RemoteEntry:
     # LastModified, where no mtime of ours travels with it), not the file's mtime:
     # good for "newer than", never for "the same file as the local one".
     mtime_is_stored: bool = False
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    """One remote folder as Folders.list_folders sees it."""
+
+    rel: str
+    mode: int | None = None  # its permission bits as the remote has them; None when the remote cannot tell
 
 
 @dataclass(frozen=True)
@@ -595,3 +620,26 @@ class StreamSend(ABC):
         a chunk boundary with chunks.TransferStopped, resume state kept.
         Stream metadata, mtime and mode travel with the file where the remote
         keeps them."""
+
+class Folders(ABC):
+    """The remote has real folders (a local folder, SFTP), not names with "/" in
+    them (S3): an empty folder exists there, and a folder has permission bits.
+    The engine then mirrors folders too (created empty, their modes kept, removed
+    with complete_sync); without it a folder is implicit in the files under it.
+
+    A file where a folder is needed, or a folder where a file is to go, raises
+    InTheWay (send, move and make_folder alike): never replaced by the backend
+    itself, since whether it may go is the engine's decision (complete_sync)."""
+
+    @abstractmethod
+    def make_folder(self, rel: str, mode: int) -> None:
+        """Make the folder `rel` (and the folders above it that are missing) and
+        give it the permission bits `mode` (never setuid, setgid or sticky); a
+        folder already there keeps its content and gets the mode. InTheWay when
+        a file is at `rel` or above it."""
+
+    @abstractmethod
+    def list_folders(self, rel: str = "") -> Iterator[FolderEntry]:
+        """Every folder below folder `rel` (not `rel` itself), recursively,
+        streamed and held to the listing rule (within_listing) as list() is;
+        our own temporary folders are not listed, nor links."""

@@ -46,8 +46,11 @@ from connections.contract.xcon import (
     Abilities,
     BatchSend,
     ChecksumMismatch,
+    FolderEntry,
+    Folders,
     FreeSpace,
     HardLink,
+    InTheWay,
     LocalFile,
     PermanentError,
     RemoteChanged,
@@ -177,7 +180,7 @@ def _close(fd: int | None) -> None:
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (O_NONBLOCK: a FIFO never blocks)
 
 
-class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend):
+class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders):
     """A folder as the remote. Constructed without fsync on a machine with GNU
     cp, LocalCon(...) is a BatchLocalCon (send_many through cp): the batch
     ability is a fact of this machine and configuration, declared by the class."""
@@ -288,7 +291,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         if not create:
             return False
         if not statmod.S_ISLNK(st.st_mode):
-            raise PermanentError(f"{what}: a file is in the way of folder {rel!r}")
+            raise InTheWay(f"{what}: a file is in the way of folder {rel!r}", rel)
         log.warning("%s: a link is in the way of folder %r in %r: removing the link (not what it points to)",
                     what, rel, self.root)
         self._remove(parent, name, what)  # a link: unlinked itself, never what it points to
@@ -385,7 +388,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             try:
                 os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
             except IsADirectoryError:
-                raise PermanentError(f"{what}: a folder is in the way of the file") from None
+                raise InTheWay(f"{what}: a folder is in the way of the file", f.rel) from None
             except OSError as exc:
                 raise self._error(exc, what) from exc
         except BaseException:
@@ -759,6 +762,9 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                 # rename() refuses a non-empty destination folder: the moved
                 # folder replaces it, as it does on the source side.
                 self._remove(b_parent, b, what)
+            elif b_st is not None and statmod.S_ISDIR(a_st.st_mode) != statmod.S_ISDIR(b_st.st_mode):
+                kind = "folder" if statmod.S_ISDIR(b_st.st_mode) else "file"
+                raise InTheWay(f"{what}: a {kind} is in the way of the destination", dest)
             try:
                 os.replace(a, b, src_dir_fd=a_parent, dst_dir_fd=b_parent)
             except OSError as exc:
@@ -883,6 +889,25 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             _close(a_parent)
             _close(b_parent)
 
+    def make_folder(self, rel: str, mode: int) -> None:
+        """Folders.make_folder, by descriptor like everything here: each level
+        opened (or made) without following a link, the mode set on the folder
+        that was opened (through its O_PATH descriptor), never on a name."""
+        what = f"make folder {rel!r}"
+        fd = self._open_folder(check_rel(rel).split("/"), what, create=True)
+        assert fd is not None  # (create=True)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode & MODE_BITS)  # the opened folder itself (no name looked up again)
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+        finally:
+            os.close(fd)
+
+    def list_folders(self, rel: str = "") -> Iterator[FolderEntry]:
+        """The folders under `rel`, held to the listing rule (within_listing) like list()."""
+        return within_listing((FolderEntry(r, statmod.S_IMODE(st.st_mode)) for r, st in self._walk_tree(rel)
+                               if statmod.S_ISDIR(st.st_mode)), rel, _folder_rel, f"local: {self.root}", paths=True)
+
     def free_space(self) -> int | None:
         """Bytes free for an unprivileged writer on the target's file system."""
         try:
@@ -893,11 +918,15 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
 
     def list(self, rel: str = "") -> Iterator[RemoteEntry]:
         """The files under `rel`, held to the listing rule (within_listing) like every backend's."""
-        return within_listing(self._walk_files(rel), rel, _rel_of, f"local: {self.root}", paths=True)
+        files = (RemoteEntry(r, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
+                 for r, st in self._walk_tree(rel) if statmod.S_ISREG(st.st_mode))
+        return within_listing(files, rel, _rel_of, f"local: {self.root}", paths=True)
 
-    def _walk_files(self, rel: str) -> Iterator[RemoteEntry]:
-        """Every file under `rel`, by descriptor: os.fwalk never descends into
-        a link (nor into a folder swapped for one while it walks)."""
+    def _walk_tree(self, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(path, lstat) of every file and folder under `rel` (links and the like
+        too: callers keep what they list), by descriptor: os.fwalk never descends
+        into a link (nor into a folder swapped for one while it walks); our
+        temporary files and staging folders are left out."""
         top = self._open_folder(check_rel(rel).split("/") if rel else [], f"list {rel!r}", create=False)
         if top is None:
             return
@@ -911,7 +940,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                 dirs[:] = [d for d in dirs if not d.startswith(TMP_PREFIX)]
                 sub = folder[2:]  # "." or "./x/y"
                 prefix = "/".join(p for p in (rel, sub) if p)
-                for name in files:
+                for name in dirs + files:
                     if name.startswith(TMP_PREFIX):
                         continue
                     try:
@@ -920,9 +949,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                         continue
                     except OSError as exc:
                         raise self._error(exc, f"list {rel!r}") from exc
-                    if statmod.S_ISREG(st.st_mode):
-                        yield RemoteEntry(f"{prefix}/{name}" if prefix else name, st.st_size, st.st_mtime_ns,
-                                          statmod.S_IMODE(st.st_mode))
+                    yield f"{prefix}/{name}" if prefix else name, st
         finally:
             os.close(top)
 
@@ -976,6 +1003,11 @@ def _md5_of(fd: int) -> str:
         h.update(chunk)
         pos += len(chunk)
     return h.hexdigest()
+
+
+def _folder_rel(entry: FolderEntry) -> str:
+    return entry.rel
+
 
 def _rel_of(entry: RemoteEntry) -> str:
     return entry.rel

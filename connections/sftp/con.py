@@ -70,8 +70,11 @@ from connections.contract.xcon import (
     Abilities,
     BatchSend,
     ChecksumMismatch,
+    FolderEntry,
+    Folders,
     FreeSpace,
     HardLink,
+    InTheWay,
     LocalFile,
     PermanentError,
     RemoteChanged,
@@ -528,7 +531,7 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 # --------------------------------------------------------------------------
 # the connection
 # --------------------------------------------------------------------------
-class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
+class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend, Folders):
     """SFTP on asyncssh. move() is posix-rename on the server; send_many pipelines
     many small files on the shared connections; free_space() asks statvfs@openssh.com
     (None where the server lacks it). No ServerSideCopy: SFTPv3 has no copy without a
@@ -822,7 +825,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
             if statmod.S_ISLNK(_mode(st)):
                 raise self._link_error(d, what) from None
             if not _is_dir(st):
-                raise PermanentError(f"{what}: a file is in the way of folder {d!r}") from None
+                raise InTheWay(f"{what}: a file is in the way of folder {self._rel_of(d)!r}", self._rel_of(d)) from None
 
     # -- links: each level checked with LSTAT, fresh every time, none followed --
     def _levels(self, folder: str) -> list[str]:
@@ -881,7 +884,8 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
         if st.blocker is not None:
             if st.link:
                 raise self._link_error(st.blocker, what)
-            raise PermanentError(f"{what}: a file is in the way of folder {st.blocker!r}")
+            rel = self._rel_of(st.blocker)
+            raise InTheWay(f"{what}: a file is in the way of folder {rel!r}", rel)
         for d in st.levels[st.missing:]:
             await self._mkdir(s, d, what)
         return st
@@ -904,7 +908,7 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
             return _status_error(exc, what)
         with contextlib.suppress(Exception):
             if _is_dir(await s.lstat(self._b(path))):
-                return PermanentError(f"{what}: a folder is in the way of the file")
+                return InTheWay(f"{what}: a folder is in the way of the file", self._rel_of(path))
         with contextlib.suppress(Exception):
             vfs = await s.req(s.sftp.statvfs(self._b(posixpath.dirname(path) or ".")))
             free = vfs.frsize * vfs.bavail
@@ -1448,7 +1452,8 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
             if st is None:
                 raise
             if _is_dir(st):
-                raise PermanentError(f"{what}: a folder is in the way") from exc
+                rel = self._rel_of(os.fsdecode(target))
+                raise InTheWay(f"{what}: a folder is in the way of the file", rel) from exc
         folder, name = posixpath.split(os.fsdecode(target))
         aside = self._b(posixpath.join(folder, ASIDE_PREFIX + temp_name(name)[len(TMP_PREFIX):]))
         with contextlib.suppress(asyncssh.SFTPError):
@@ -1636,7 +1641,9 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
                 await self._rmtree(s, b)
             elif src_dir and dst is not None:
                 # OpenSSH would report ENOTDIR as "no such file": say what it is.
-                raise PermanentError(f"{what}: a file is in the way of the folder")
+                raise InTheWay(f"{what}: a file is in the way of the folder", dest)
+            elif dst_dir:
+                raise InTheWay(f"{what}: a folder is in the way of the file", dest)
             try:
                 await self._replace(s, self._b(a), self._b(b), what)
             except asyncssh.SFTPError as exc:
@@ -1725,6 +1732,34 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend):
             if len(p) < step:
                 break  # the end of the file came early
         return bytes(out)
+
+    def make_folder(self, rel: str, mode: int) -> None:
+        """Folders.make_folder with SFTP requests only: the levels above checked
+        (and made) as a send makes them, MKDIR of `rel` unless it is a folder
+        already, then SETSTAT of its permission bits."""
+        path = self._abs(check_rel(rel))
+        what = f"make folder {rel!r}"
+
+        async def run(s: Session) -> None:
+            st = (await self._folder_ready(s, path, what)).leaves[0]
+            if st is None:
+                await self._mkdir(s, path, what)
+            elif statmod.S_ISLNK(_mode(st)):
+                raise self._link_error(path, what)
+            elif not _is_dir(st):
+                raise InTheWay(f"{what}: a file is in the way of folder {rel!r}", rel)
+            await s.req(s.sftp.setstat(self._b(path), asyncssh.SFTPAttrs(permissions=mode & MODE_MASK)))
+
+        self._call(what, run)
+
+    def list_folders(self, rel: str = "") -> Iterator[FolderEntry]:
+        """The folders under `rel`, held to the listing rule (within_listing) like list()."""
+        if rel:
+            check_rel(rel)
+        folders = (FolderEntry(_join_rel(prefix, os.fsdecode(name)), statmod.S_IMODE(_mode(attr)))
+                   for prefix, name, attr in self._walk(rel, f"list folders {rel!r}")
+                   if _is_dir(attr) and b"/" not in name and not name.startswith(_OURS))
+        return within_listing(folders, rel, _folder_rel, f"sftp: {self.describe()}", paths=True)
 
     def free_space(self) -> int | None:
         """statvfs@openssh.com of the root: bytes free for us; None without the extension."""
@@ -1856,6 +1891,10 @@ def _join_rel(prefix: str, name: str) -> str:
 
 
 def _entry_rel(e: RemoteEntry) -> str:
+    return e.rel
+
+
+def _folder_rel(e: FolderEntry) -> str:
     return e.rel
 
 

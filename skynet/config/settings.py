@@ -111,7 +111,7 @@ MAPPING_KEYS: dict[str, Key] = {
     "complete_sync": ("no", "also delete on the remote what is deleted locally (an exact mirror)", parse_bool),
     "ignore": ("", "extra gitignore-style patterns, one per line or comma-separated", parse_patterns),
     "default_ignores": ("yes", "also ignore editor swap/temp files, partial downloads and skynet's own files", parse_bool),
-    "max_delete": ("1000", "a start-up scan deletes at most this many remote files (more, or all because the source is empty, needs --allow-mass-delete)", parse_int_range(0, 2**62)),
+    "max_delete": ("1000", "a start-up scan deletes at most this many remote files and folders (more, or all because the source is empty, needs --allow-mass-delete)", parse_int_range(0, 2**62)),
     "follow_symlinks": ("no", "copy what symbolic links point to (otherwise links are skipped and logged)", parse_bool),
     "workers": ("", "actions run in parallel for this mapping (default: [skynet] workers)", parse_int_range(1, 256)),
     "versions": ("no", "keep what the mirror overwrites, deletes or moves onto: the bucket's own versions where S3 versioning is on, else a hidden .skynet-versions area under the target", parse_bool),

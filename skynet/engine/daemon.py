@@ -20,7 +20,7 @@ from typing import Callable
 
 from connections import service_module
 from skynet.reporting import sdnotify
-from connections.contract.xcon import BatchSend, PermanentError, PoolSized, TransientError, XCon
+from connections.contract.xcon import BatchSend, Folders, PermanentError, PoolSized, TransientError, XCon
 from skynet.config.settings import Config, MappingConfig
 from skynet.engine.handler import Handler
 from skynet.engine.late import LateRequests
@@ -139,7 +139,7 @@ class MappingRunner(WatchFaultListener):
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
                                on_event=on_event, on_reconnect=self._cleanup)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
-                               on_rescan=self.rescan)
+                               on_rescan=self.rescan, folders=isinstance(self.con, Folders))
         self.late = LateRequests(self.db, self.index, self.con, self.mapper, self.producer_queue, m.complete_sync,
                                  grace=cfg.late_grace)
         self.watch: TreeWatch | None = None

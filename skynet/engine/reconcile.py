@@ -7,8 +7,10 @@ converges and replaying one after a crash is harmless (idempotent):
 
 * send(p):   p is a file -> upload it unless the Index says the remote already
              has this version; p is a folder -> queue a send for each file under
-             it that the remote lacks; p is gone -> nothing (its delete hint, if
-             any, does the rest) but throw away a partial upload of it.
+             it that the remote lacks (on a target with folders: make the folder
+             with its mode, and queue a send for each file in it the remote lacks
+             and for each folder in it); p is gone -> nothing (its delete hint,
+             if any, does the rest) but throw away a partial upload of it.
 * delete(p): p is back on disk -> behave like send(p), and queue deletes for
              what the remote holds under p that is not on disk; else delete
              the remote file or folder and forget it in the Index.
@@ -17,6 +19,11 @@ converges and replaying one after a crash is harmless (idempotent):
              send whatever in d differs (with complete_sync, and queue deletes
              for what it brought to d that is not on disk); the remote lacks s
              (the "write x.part, rename to x" case) -> send(d).
+
+On a target with folders (Folders), what is in the way of the source (a folder
+where it has a file, a file where it has a folder) is removed through the one
+delete path (remove_remote) with complete_sync, and the write tried again; without
+complete_sync it stays, and the action fails with a message that says so.
 
 This module decides *what* to do; skynet/engine/handler.py decides *when* (ordering,
 parallelism, retries) and connections/* decide *how*.
@@ -29,10 +36,12 @@ import logging
 import os
 import stat as statmod
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from connections.contract.xcon import (
     BatchSend,
+    Folders,
+    InTheWay,
     LocalFile,
     PermanentError,
     RemoteNotFound,
@@ -50,11 +59,13 @@ from skynet.state.uniqueq import DELETE, LOOK_UP, MOVE, SEND, Action, LookUp, Un
 from skynet.versions.keeper import Keeper
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How many times one send re-uploads a file that keeps changing under it before
 # leaving it to the next event (a file being written continuously).
 MAX_CHASE = 3
 PROGRESS_MIN_BYTES = 1 << 20
+FOLDER_MODE_BITS = 0o777  # a folder's permission bits on the target: never setuid, setgid or sticky
 
 
 class LocalFileError(PermanentError):
@@ -311,7 +322,14 @@ class Reconciler:
         if statmod.S_ISDIR(st.st_mode):
             if self.ignore.ignored(rel, is_dir=True):
                 return
-            out.queued += self.queue.put_many(self.pending_sends(rel))
+            if isinstance(self.con, Folders):
+                # One level per action: the folders in it are actions of their own, so
+                # a scan that queues every new folder does not walk each subtree again.
+                # Made first: what it holds cannot go where the folder cannot be.
+                self.make_folder(rel, st, out)
+                out.queued += self.queue.put_many(self.pending_sends(rel, deep=False))
+            else:
+                out.queued += self.queue.put_many(self.pending_sends(rel))
         elif statmod.S_ISREG(st.st_mode):
             if not self.ignore.ignored(rel):
                 self.send_file(rel, st, out, ctx_stop, path, known)
@@ -322,8 +340,10 @@ class Reconciler:
             # but recorded as failed with the reason, not skipped in silence.
             raise NotRegular(f"not sent: {rel!r} is a {kind_of(st.st_mode)}; only regular files are synced")
 
-    def pending_sends(self, top: str) -> Iterator[tuple[str, str, str]]:
-        """`send` actions for every file under folder `top` that the remote lacks.
+    def pending_sends(self, top: str, deep: bool = True) -> Iterator[tuple[str, str, str]]:
+        """`send` actions for every file under folder `top` that the remote lacks;
+        not `deep`: for the files in `top` the remote lacks and for every folder
+        in it (each folder's own send makes it and goes on below it).
 
         Streams: one folder listing in memory at a time.
         """
@@ -344,8 +364,12 @@ class Reconciler:
                     rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                     try:
                         if entry.is_dir(follow_symlinks=self.follow_symlinks):
-                            if not self.ignore.ignored(rel, is_dir=True):
+                            if self.ignore.ignored(rel, is_dir=True):
+                                continue
+                            if deep:
                                 stack.append(rel)
+                            else:
+                                yield (SEND, rel, "")
                             continue
                         if not entry.is_file(follow_symlinks=self.follow_symlinks):
                             if is_special(entry, self.follow_symlinks) and not self.ignore.ignored(rel):
@@ -360,19 +384,62 @@ class Reconciler:
                         yield (SEND, rel, "")
 
     def gone_under(self, top: str, and_top: bool = False) -> Iterator[tuple[str, str, str]]:
-        """`delete` hints for the files the remote holds below folder `top` (and,
-        with `and_top`, at `top` itself) that are no longer on disk (each hint
-        looks at the disk again when it runs)."""
-        if and_top and self.index.get(top) is not None and self._lstat(top) is None:
+        """`delete` hints for the files and recorded folders the remote holds below
+        folder `top` (and, with `and_top`, at `top` itself) that are no longer on
+        disk (each hint looks at the disk again when it runs)."""
+        held = self.index.get(top) is not None or self.index.folder(top) is not None
+        if and_top and held and self._lstat(top) is None:
             yield (DELETE, top, "")
         for rel in self.index.paths_under(top):
             if self._lstat(rel) is None:
                 yield (DELETE, rel, "")
+        for folder in self.index.iter_folders_under(top):
+            if self._lstat(folder.rel) is None:
+                yield (DELETE, folder.rel, "")
 
     def _put_hints(self, specs: Iterator[tuple[str, str, str]], out: Outcome) -> None:
         """Queue hints a thousand at a time (memory stays flat for huge folders)."""
         while batch := list(itertools.islice(specs, 1000)):
             out.queued += self.queue.put_many(batch)
+
+    # -- folders and what is in their way ------------------------------------
+    def make_folder(self, rel: str, st: os.stat_result, out: Outcome) -> None:
+        """Make the folder `rel` on a target with folders, with the permission bits
+        `st` has (never the special ones), and record it: empty folders are part
+        of the mirror there, and the start-up scan tells the folders the mirror
+        holds from those it never made."""
+        con = self.con
+        assert isinstance(con, Folders)  # (sync_path asks)
+        if not con.abilities.byte_names and not Mapper.is_utf8(rel):
+            raise PermanentError(f"name {rel!r} is not valid UTF-8 and {con.service} cannot store it")
+        mode = statmod.S_IMODE(st.st_mode) & FOLDER_MODE_BITS
+        self.through(rel, lambda: con.make_folder(rel, mode), out)
+        self.index.put_folder(rel, mode)
+
+    def through(self, rel: str, op: Callable[[], T], out: Outcome) -> T:
+        """op(), a write at `rel` on the remote; whatever it finds in its way (InTheWay)
+        removed by make_way and op() tried again, once per level of `rel` at most."""
+        for _ in range(rel.count("/") + 1):
+            try:
+                return op()
+            except InTheWay as exc:
+                self.make_way(rel, exc, out)
+        return op()
+
+    def make_way(self, rel: str, exc: InTheWay, out: Outcome) -> None:
+        """Something of the other kind is on the remote where the source has `rel`
+        (a folder where it has a file, a file at `rel` or above it where it has a
+        folder). With complete_sync it goes, through the one delete path, as any
+        remote thing the source lacks would; without, it stays and `exc` says so."""
+        blocker = exc.blocker
+        if not self.complete_sync:
+            raise InTheWay(f"{exc}; complete_sync is off, so skynet leaves {blocker!r} there (tried again when "
+                           f"{rel!r} changes here, at the next start, and with --retry-failed)", blocker) from exc
+        if blocker != rel and not rel.startswith(blocker + "/"):
+            raise exc  # not on the way to `rel`: nothing skynet may remove for it
+        self.check_source()
+        log.info("%s; complete_sync: removing %r from the remote to make way for %r", exc, blocker, rel)
+        self.remove_remote(blocker, out)
 
     # -- send --------------------------------------------------------------
     def send_file(self, rel: str, st: os.stat_result, out: Outcome, ctx_stop=None, path: str | None = None,
@@ -399,7 +466,7 @@ class Reconciler:
                 **kw,
             )
             try:
-                res = self.con.send(f, ctx)
+                res = self.through(rel, lambda: self.con.send(f, ctx), out)
             except FileNotFoundError:
                 log.info("%r vanished before it could be sent", rel)
                 self.discard_partial(rel)
@@ -450,6 +517,12 @@ class Reconciler:
             return
         if self.ignore.ignored_path(rel) and self.index.get(rel) is None and not self.index.has_under(rel):
             return
+        self.remove_remote(rel, out)
+
+    def remove_remote(self, rel: str, out: Outcome) -> None:
+        """The one way a remote file or folder (with what is under it) is removed:
+        a delete, and what is in the way of the source with complete_sync. Through
+        the keeper, so with versions on what goes is kept."""
         self.keeper.delete(rel)
         self.index.remove(rel)
         self.discard_partial(rel, under=True)
@@ -468,10 +541,10 @@ class Reconciler:
             return
         # Before the move: a folder rename on the remote would carry temp files along.
         self.discard_partial(src, under=True)
-        on_remote = self.index.get(src) is not None or self.index.has_under(src)
+        on_remote = self.index.get(src) is not None or self.index.has_under(src) or self.index.folder(src) is not None
         if on_remote and isinstance(self.con, ServerSideMove):
             try:
-                self.keeper.move(src, dest)
+                self.through(dest, lambda: self.keeper.move(src, dest), out)
                 self.index.rename(src, dest)
                 out.moved += 1
                 if self.complete_sync:

@@ -14,10 +14,18 @@ full paths (the Index's ORDER BY). Actions go to the queue in batches.
 First sync: when the Index is empty and the connection can list, the remote is
 listed once (paged) and its files are taken into the Index, so files already
 there and identical (same size and mtime, or same content hash) are not sent.
+
+On a target with folders (Folders) the folders are compared too: the walk yields
+each folder (key: its path and "/", the order of the Index's `folders` table) and
+the Index's files and folders are merged into one stream in that order. A folder
+the remote lacks, or holds with other permission bits, gets a `send`; one the
+mirror holds that the disk lost gets a `delete` (with complete_sync), counted
+with the files' deletes against max_delete.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import logging
 import os
@@ -27,12 +35,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from connections.contract.xcon import EtagCheck, LocalFile, XCon
+from connections.contract.xcon import EtagCheck, Folders, LocalFile, XCon
 from connections.contract.source import local_file, open_source
 from skynet.watch.ignore import IgnoreRules
 from skynet.engine.mapper import Mapper
-from skynet.engine.reconcile import index_matches, is_special
-from skynet.state.index import Index, IndexEntry
+from skynet.engine.reconcile import FOLDER_MODE_BITS, index_matches, is_special
+from skynet.state.index import Index, IndexEntry, IndexFolder, folder_key
 from skynet.state.db import under_range
 from skynet.state.uniqueq import DELETE, SEND, UniqueQ
 from skynet.versions.names import is_area
@@ -49,8 +57,10 @@ FIRST_BATCH = 64
 @dataclass
 class ScanStats:
     files: int = 0
+    folders: int = 0  # on a target with folders
     sends: int = 0
-    deletes: int = 0
+    deletes: int = 0  # files and folders
+    folder_deletes: int = 0  # of which folders
     unchanged: int = 0
     adopted: int = 0  # already on the remote at first sync
     refused_deletes: int = 0  # held back by the mass-delete guard
@@ -97,10 +107,14 @@ class SyncSnap:
         self.precheck = precheck or (lambda: None)
         self.stats = ScanStats()
         self.partial = False  # scanning only some folders (run(roots=...))
+        self.folders = isinstance(con, Folders)  # folders are part of the mirror
 
     # -- the walk ----------------------------------------------------------
-    def walk(self, rel_dir: str = "", dir_entry: os.DirEntry | None = None) -> Iterator[tuple[str, os.DirEntry]]:
-        """(rel, entry) of every regular file under `rel_dir`, in byte order.
+    def walk(self, rel_dir: str = "", dir_entry: os.DirEntry | None = None
+             ) -> Iterator[tuple[bytes, str, os.DirEntry, bool]]:
+        """(key, rel, entry, is_dir) of every regular file under `rel_dir` (key: its
+        path's bytes), and on a target with folders of every folder too (key: its
+        path's bytes and "/"), in key order.
 
         The listing alone tells a file from a folder. The stat is left to the
         caller, because only files the Index knows need one: skipping it for
@@ -125,15 +139,18 @@ class SyncSnap:
         except OSError as exc:
             log.error("cannot list folder %r: %s", rel_dir or ".", exc.strerror)
             self.stats.errors += 1
-            if dir_entry is not None and not self.partial:
-                yield rel_dir, dir_entry
+            if dir_entry is not None and not self.partial and not self.folders:
+                yield os.fsencode(rel_dir), rel_dir, dir_entry, False  # (with folders: the folder's own send says so)
             return
         entries.sort(key=lambda t: t[0])
-        for _key, name, is_dir, e in entries:
+        prefix = os.fsencode(rel_dir) + b"/" if rel_dir else b""
+        for key, name, is_dir, e in entries:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if self.ignore.ignored(rel, is_dir=is_dir):
                 continue
             if is_dir:
+                if self.folders:
+                    yield prefix + key, rel, e, True
                 yield from self.walk(rel, e)
                 continue
             try:
@@ -141,7 +158,7 @@ class SyncSnap:
             except OSError:
                 continue
             if regular or (not self.partial and is_special(e, self.follow_symlinks)):
-                yield rel, e  # a FIFO, socket...: its send records why it is not sent (at start-up)
+                yield prefix + key, rel, e, False  # a FIFO, socket...: its send records why it is not sent (at start-up)
         del entries
 
     # -- first sync --------------------------------------------------------
@@ -168,9 +185,22 @@ class SyncSnap:
         if batch:
             self.index.put_many(batch)
             n += len(batch)
+        self._adopt_folders()
         if n:
             log.info("first sync: the remote already holds %d file(s); identical ones will not be sent", n)
         return n
+
+    def _adopt_folders(self) -> None:
+        """First sync on a target with folders: the folders there go into the Index
+        with their modes, so those the source has alike are not made again."""
+        if not isinstance(self.con, Folders):
+            return
+        rows = ((f.rel, f.mode) for f in self.con.list_folders("") if not is_area(f.rel))  # (never the versions area)
+        try:
+            while batch := list(itertools.islice(rows, BATCH)):
+                self.index.apply(folders=batch)
+        except Exception as exc:
+            log.warning("could not list the remote's folders for the first sync (%s); each will be made", exc)
 
     def _identical_to_listing(self, rel: str, st: os.stat_result, entry: IndexEntry) -> bool:
         """At first sync: is the remote copy (listed, not yet verified) this file?"""
@@ -196,13 +226,23 @@ class SyncSnap:
         return False
 
     def _streams(self, roots: list[str] | None) -> tuple[Iterator, Iterator]:
-        """(files on disk, Index entries), both in byte order: the whole tree, or only
-        the folders in `roots` (disjoint), each a contiguous byte range of paths."""
+        """(files and folders on disk, Index entries and folders), both in key order:
+        the whole tree, or only the folders in `roots` (disjoint), each a contiguous
+        byte range of keys."""
         if roots is None:
-            return self.walk(""), self.index.iter_sorted()
+            return self.walk(""), self._recorded("")
         roots = sorted((r for r in roots if not self.ignore.ignored(r, is_dir=True)), key=lambda r: under_range(r)[0])
         return (itertools.chain.from_iterable(self.walk(r) for r in roots),
-                itertools.chain.from_iterable(self.index.iter_under(r, BATCH) for r in roots))
+                itertools.chain.from_iterable(self._recorded(r) for r in roots))
+
+    def _recorded(self, rel: str) -> Iterator[tuple[bytes, IndexEntry | IndexFolder]]:
+        """(key, entry) of the files the Index holds below `rel`, and on a target with
+        folders of the folders it records there, merged in key order."""
+        files = ((os.fsencode(e.rel), e) for e in self.index.iter_under(rel, BATCH))
+        if not self.folders:
+            return files
+        folders = ((folder_key(f.rel), f) for f in self.index.iter_folders_under(rel, BATCH))
+        return heapq.merge(files, folders, key=lambda t: t[0])
 
     # -- the scan ----------------------------------------------------------
     def run(self, roots: list[str] | None = None) -> ScanStats:
@@ -236,37 +276,53 @@ class SyncSnap:
 
         local, remote = self._streams(roots)
         lf = next(local, None)
-        ie = next(remote, None)
-        while (lf is not None or ie is not None) and not self.stop.is_set():
-            lkey = os.fsencode(lf[0]) if lf is not None else None
-            ikey = os.fsencode(ie.rel) if ie is not None else None
+        ir = next(remote, None)
+        while (lf is not None or ir is not None) and not self.stop.is_set():
+            lkey = lf[0] if lf is not None else None
+            ikey = ir[0] if ir is not None else None
+            ie = ir[1] if ir is not None else None
             if ikey is None or (lkey is not None and lkey < ikey):
-                rel = lf[0]  # not in the Index: sent whatever its stat says
-                s.files += 1
+                rel = lf[1]  # not in the Index: sent whatever its stat says
+                if lf[3]:
+                    s.folders += 1
+                else:
+                    s.files += 1
                 sends.append((SEND, rel, ""))
                 s.sends += 1
                 lf = next(local, None)
             elif lkey is None or ikey < lkey:
-                if ie.mtime_ns is None and not self.complete_sync:
+                # (a folder the mirror holds, gone from the disk, is counted like a file)
+                if isinstance(ie, IndexEntry) and ie.mtime_ns is None and not self.complete_sync:
                     pass  # a remote-only file seen at first sync: leave it alone
                 elif self.ignore.ignored_path(ie.rel):
                     pass  # excluded now, but not ours to delete
                 elif self.complete_sync:
                     s.deletes += 1
+                    s.folder_deletes += isinstance(ie, IndexFolder)
                     if len(deletes) <= self.max_delete or self.allow_mass_delete:
                         deletes.append((DELETE, ie.rel, ""))
                         if self.allow_mass_delete and len(deletes) >= BATCH:
                             self.queue.put_many(deletes)
                             deletes = []
-                ie = next(remote, None)
+                ir = next(remote, None)
             else:
-                rel, dentry = lf
+                _key, rel, dentry, is_dir = lf
                 lf = next(local, None)
                 try:
                     st = dentry.stat(follow_symlinks=self.follow_symlinks)
                 except OSError:
                     continue  # gone since the listing: ie meets the next file, or counts as deleted
+                if is_dir:
+                    s.folders += 1
+                    assert isinstance(ie, IndexFolder)  # (the same key: a folder both sides)
+                    if ie.mode != statmod.S_IMODE(st.st_mode) & FOLDER_MODE_BITS:
+                        sends.append((SEND, rel, ""))  # its permission bits changed
+                        s.sends += 1
+                    ir = next(remote, None)
+                    flush()
+                    continue
                 s.files += 1
+                assert isinstance(ie, IndexEntry)
                 if index_matches(ie, st, prec):
                     s.unchanged += 1
                 elif first and self._identical_to_listing(rel, st, ie):
@@ -275,7 +331,7 @@ class SyncSnap:
                 else:
                     sends.append((SEND, rel, ""))
                     s.sends += 1
-                ie = next(remote, None)
+                ir = next(remote, None)
             flush()
         flush(force=True)
         if deletes and not self.stop.is_set():
@@ -288,14 +344,16 @@ class SyncSnap:
         would delete more than `max_delete` files, or every file because the
         source is empty, deletes nothing unless the user allowed it."""
         s = self.stats
-        empty_source = s.files == 0 and not self.partial  # an empty unwatched folder is no empty source
+        # an empty unwatched folder is no empty source; one with folders in it neither
+        empty_source = s.files == 0 and s.folders == 0 and not self.partial
         if not self.allow_mass_delete and (s.deletes > self.max_delete or empty_source):
             s.refused_deletes = s.deletes
             why = ("the source folder is empty" if empty_source
                    else f"that is more than max_delete = {self.max_delete}")
+            folders = f" and {s.folder_deletes} folder(s)" if s.folder_deletes else ""
             log.error(
-                "NOT deleting %d file(s) on the remote that are gone from %r: %s. If that is intended, run once with "
-                "--allow-mass-delete (or SKYNET_ALLOW_MASS_DELETE=1), or raise max_delete for this mapping.",
-                s.deletes, self.mapper.source, why)
+                "NOT deleting %d file(s)%s on the remote that are gone from %r: %s. If that is intended, run once "
+                "with --allow-mass-delete (or SKYNET_ALLOW_MASS_DELETE=1), or raise max_delete for this mapping.",
+                s.deletes - s.folder_deletes, folders, self.mapper.source, why)
             return
         self.queue.put_many(deletes)

@@ -72,6 +72,15 @@ CREATE TABLE IF NOT EXISTS failed (
     PRIMARY KEY (kind, src, dest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS resume (path BLOB PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
+-- The folders the mirror holds on a target with real folders (local, SFTP), beside
+-- the files in `entries`: made by skynet, or found there at the first sync. The key
+-- is the folder's path with "/" after it, so that ORDER BY key is the order of the
+-- start-up scan's walk ("a.txt" < "a/" < "a/x"), and a folder is under_range of itself.
+CREATE TABLE IF NOT EXISTS folders (
+    key BLOB PRIMARY KEY,
+    mode INTEGER,                           -- NULL: not known
+    synced_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -139,7 +148,7 @@ class StateDB:
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
             # Touch every table once: a damaged page usually shows up here.
-            for table in ("meta", "queue", "entries", "failed", "resume"):
+            for table in ("meta", "queue", "entries", "failed", "resume", "folders"):
                 c.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()  # noqa: S608 - fixed names
         except sqlite3.DatabaseError as exc:
             self.close()

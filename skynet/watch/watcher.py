@@ -8,6 +8,9 @@ The event rules of DESIGN.md live here, and only here:
 | file created / modified / chmod| send after `settle` seconds of quiet (a file moved   |
 |                                | in, or written through mmap, never reports a close)  |
 | folder created (or moved in)   | send of the folder after settle: queues its files    |
+|                                | (on a target with folders: makes it, empty too)      |
+| folder chmod                   | on a target with folders: send of the folder after   |
+|                                | settle (its mode); else nothing                      |
 | moved inside the root          | move (one event for a folder move: its contents     |
 |                                | move with it)                                        |
 | moved from an ignored name     | send of the destination (editor save, x.part -> x)   |
@@ -142,6 +145,7 @@ class Watcher:
         complete_sync: bool,
         settle: float = 1.0,
         on_rescan: Callable[[str], None] | None = None,
+        folders: bool = False,
     ) -> None:
         self.mapper = mapper
         self.ignore = ignore
@@ -149,6 +153,7 @@ class Watcher:
         self.complete_sync = complete_sync
         self.debouncer = Debouncer(settle, lambda rel: self.queue.put(SEND, rel))
         self.on_rescan = on_rescan or (lambda why: None)
+        self.folders = folders  # the target has folders (Folders): a folder's mode is mirrored
         self.events = 0
 
     def dispatch(self, event: Event) -> None:  # called on the TreeWatch's thread
@@ -175,6 +180,9 @@ class Watcher:
         if event.kind == CLOSED:
             self.debouncer.cancel(rel)
             self.queue.put(SEND, rel)
+        elif event.kind == ATTRIB and event.is_dir:
+            if self.folders:
+                self.debouncer.touch(rel)
         elif event.kind in (CREATED, MODIFIED, ATTRIB):
             self.debouncer.touch(rel)
         elif event.kind == DELETED:
@@ -515,7 +523,9 @@ class TreeWatch:
         elif mask & inotify.IN_DELETE:
             out.append(Event(DELETED, path, is_dir))  # the folder's own watch ends with IN_IGNORED
         elif is_dir:
-            return  # a folder's attributes: nothing to send
+            if mask & inotify.IN_ATTRIB:
+                out.append(Event(ATTRIB, path, True))  # its mode, kept where the target has folders
+            return
         elif mask & inotify.IN_CLOSE_WRITE:
             out.append(Event(CLOSED, path))
         elif mask & inotify.IN_MODIFY:
