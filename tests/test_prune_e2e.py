@@ -14,24 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from skynet.versions.names import is_area
-from tests.backends import BACKENDS, backend_params
+from tests.backends import backend_params
 from tests.harness import Daemon, one_clear_line, run_main, wait_converged, write_config
-
-S = 1_000_000_000
-
-
-@pytest.fixture
-def backend(request, tmp_path, servers):
-    with BACKENDS[request.param](tmp_path, servers) as b:
-        if b.enable_versioning is not None:
-            b.enable_versioning()  # SeaweedFS: the bucket's own versions
-        yield b
-
-
-def mirror(backend) -> dict[bytes, bytes]:
-    return {k: v for k, v in backend.fetch().items() if not is_area(os.fsdecode(k))}
-
+from tests.versions_harness import S, backend, mirror  # noqa: F401 (backend: the fixture)
 
 def versions_json(cfg: Path, path: str) -> list[dict]:
     res = run_main("versions", path, "--json", "--config-file", str(cfg))

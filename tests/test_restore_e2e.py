@@ -8,7 +8,6 @@ precision). A time before the first version is one clear line and exit 2."""
 from __future__ import annotations
 
 import os
-import shutil
 import stat as statmod
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from tests.backends import backend_params
 from tests.harness import one_clear_line, run_main
-from tests.test_versions_e2e import Steps, backend, rounded, source_tree, w  # noqa: F401  (backend: the fixture)
+from tests.versions_harness import backend, rounded, run_scenario, source_tree  # noqa: F401  (backend: the fixture)
 
 
 def iso(ns: int) -> str:
@@ -34,24 +33,7 @@ def tree_of(folder: Path) -> dict[str, tuple[bytes, int, int]]:
 
 @pytest.mark.parametrize("backend", backend_params(), indirect=True)
 def test_restore_at_each_recorded_time_gives_that_tree_back(backend, tmp_path):
-    steps = Steps(tmp_path, backend)
-    src = steps.src
-    w(src / "d/f.txt", b"version one", 0o600)
-    w(src / "d/sub/keep.bin", os.urandom(70_000))
-    w(src / "top.txt", b"at the top", 0o640)
-    with steps.daemon:
-        steps.record()
-        w(src / "d/f.txt", b"the second version, longer", 0o644)  # overwritten
-        steps.record()
-        os.unlink(src / "d/f.txt")  # deleted (complete_sync)
-        steps.record()
-        w(src / "d/f.txt", b"v3", 0o600)  # recreated
-        steps.record()
-        os.rename(src / "d", src / "renamed")  # a folder renamed
-        steps.record()
-        shutil.rmtree(src / "renamed/sub")  # a folder deleted
-        steps.record()
-        assert steps.daemon.stop() == 0
+    steps = run_scenario(tmp_path, backend)
     precision = max(1, backend.con.abilities.mtime_precision_ns)
     os.chmod(steps.cfg, 0o600)  # it holds secrets (S3, SFTP): else a warning line precedes the error
     cfg = str(steps.cfg)

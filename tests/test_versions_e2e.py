@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat as statmod
 import time
 from pathlib import Path
 
@@ -18,35 +17,9 @@ from skynet.config.settings import MappingConfig
 from skynet.versions.names import AREA, is_area
 from skynet.watch.ignore import IgnoreRules
 from skynet.versions.stores import store_for
-from tests.backends import BACKENDS, backend_params
-from tests.harness import Daemon, wait_converged, write_config
-
-S = 1_000_000_000
-
-
-@pytest.fixture
-def backend(request, tmp_path, servers):
-    with BACKENDS[request.param](tmp_path, servers) as b:
-        if b.enable_versioning is not None:
-            b.enable_versioning()  # SeaweedFS: the bucket's own versions
-        yield b
-
-
-def mirror(backend) -> dict[bytes, bytes]:
-    """The remote as the mirror sees it: everything but the versions area."""
-    return {k: v for k, v in backend.fetch().items() if not is_area(os.fsdecode(k))}
-
-
-def source_tree(src: Path) -> dict[str, tuple[bytes, int, int]]:
-    """{rel: (bytes, mtime_ns, mode)} of the source now."""
-    out = {}
-    for folder, _dirs, files in os.walk(src):
-        for name in files:
-            p = os.path.join(folder, name)
-            st = os.stat(p)
-            out[os.path.relpath(p, src)] = (Path(p).read_bytes(), st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
-    return out
-
+from tests.backends import backend_params
+from tests.harness import Daemon, wait_converged
+from tests.versions_harness import Steps, backend, mirror, rounded, run_scenario, source_tree, w  # noqa: F401 (backend: the fixture)
 
 def restored(store, when_ns: int, precision: int) -> dict[str, tuple[bytes, int, int]]:
     """{rel: (bytes, mtime_ns to the remote's precision, mode)} of store.at(when_ns)."""
@@ -57,64 +30,10 @@ def restored(store, when_ns: int, precision: int) -> dict[str, tuple[bytes, int,
     return out
 
 
-def rounded(tree: dict, precision: int) -> dict:
-    return {rel: (data, mtime // precision * precision, mode) for rel, (data, mtime, mode) in tree.items()}
-
-
-def w(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `path` with its bytes and mode at once (a temporary name the daemon
-    ignores, renamed into place): a send between a write and a chmod would make
-    a version of its own (the remote really had it), which no step recorded."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-class Steps:
-    """Runs the daemon, records (time, source tree) after each step once the mirror caught up."""
-
-    def __init__(self, tmp_path: Path, backend) -> None:
-        self.backend = backend
-        self.src = tmp_path / "src"
-        self.src.mkdir()
-        mapping = {**backend.config.get("mapping", {}), "source": str(self.src), "complete_sync": "yes",
-                   "versions": "yes"}
-        self.cfg = write_config(tmp_path / "skynet.ini", backend.service, {"t": mapping}, tmp_path / "state",
-                                backend.config.get("service"))
-        self.daemon = Daemon(self.cfg, backend.service)
-        self.marks: list[tuple[int, dict]] = []
-
-    def record(self) -> None:
-        wait_converged(self.src, lambda: mirror(self.backend), True, 60, daemon=self.daemon)
-        now = time.time_ns()
-        self.marks.append((now, source_tree(self.src)))
-        # Whole-second LastModified (SeaweedFS): the next step must not share this second.
-        while time.time_ns() // S == now // S:
-            time.sleep(0.01)
-
-
 @pytest.mark.parametrize("backend", backend_params(), indirect=True)
 def test_versions_kept_while_mirroring_give_back_every_recorded_tree(backend, tmp_path):
-    steps = Steps(tmp_path, backend)
+    steps = run_scenario(tmp_path, backend)
     src = steps.src
-    w(src / "d/f.txt", b"version one", 0o600)
-    w(src / "d/sub/keep.bin", os.urandom(70_000))
-    w(src / "top.txt", b"at the top", 0o640)
-    with steps.daemon:
-        steps.record()
-        w(src / "d/f.txt", b"the second version, longer", 0o644)  # overwritten
-        steps.record()
-        os.unlink(src / "d/f.txt")  # deleted (complete_sync)
-        steps.record()
-        w(src / "d/f.txt", b"v3", 0o600)  # recreated
-        steps.record()
-        os.rename(src / "d", src / "renamed")  # a folder renamed
-        steps.record()
-        shutil.rmtree(src / "renamed/sub")  # a folder deleted
-        steps.record()
-        assert steps.daemon.stop() == 0
     con = backend.con
     store = store_for(con, MappingConfig("t", str(src), "", versions=True))
     precision = max(1, con.abilities.mtime_precision_ns)
