@@ -12,15 +12,13 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tests.servers import free_port, register
+from tests.servers import free_port, register, wait_answering
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
@@ -71,22 +69,6 @@ class FtpServer:
                 self._proc.wait()
 
 
-def _wait(port: int, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ftp server exited ({proc.returncode}): {log.read_text(errors='replace')[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.settimeout(2)
-                if s.recv(4).startswith(b"220"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"ftp server did not answer on {port}")
-
-
 @register("ftp")
 @contextlib.contextmanager
 def ftp_server(workdir: Path) -> Iterator[FtpServer]:
@@ -102,7 +84,8 @@ def ftp_server(workdir: Path) -> Iterator[FtpServer]:
                                 stdout=out, stderr=subprocess.STDOUT)
     srv = FtpServer(port=port, root=root, user=user, password=password, log=log, pid=proc.pid, _proc=proc)
     try:
-        _wait(port, proc, log)
+        wait_answering(proc, port, "the ftp server", b"", b"220", START_TIMEOUT,
+                       lambda: log.read_text(errors="replace")[-2000:])
         yield srv
     finally:
         srv.stop()

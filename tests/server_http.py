@@ -19,15 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from tests.debian import ensure_package
-from tests.servers import free_port, register
+from tests.servers import free_port, register, wait_answering
 
 NGINX = "/usr/sbin/nginx"
 USER, PASSWORD = "reader", "s3cret-pass"
@@ -102,7 +100,8 @@ class HttpServer:
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=open(self.dir / "stderr.log", "ab"))
         self.pid = self._proc.pid
-        _wait_http(self.port, self._proc, self.dir)
+        wait_answering(self._proc, self.port, "nginx", b"HEAD / HTTP/1.0\r\n\r\n", b"HTTP/", START_TIMEOUT,
+                       lambda: _nginx_log(self.dir))
 
 
 def _config(d: Path, port: int, root: Path, log: Path) -> str:
@@ -137,21 +136,9 @@ http {{
 """
 
 
-def _wait_http(port: int, proc: subprocess.Popen, d: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited ({proc.returncode}): {(d / 'stderr.log').read_text(errors='replace')}"
-                               f"{(d / 'error.log').read_text(errors='replace') if (d / 'error.log').exists() else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
-                if s.recv(5) == b"HTTP/":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nginx did not answer on {port}")
+def _nginx_log(d: Path) -> str:
+    return (d / "stderr.log").read_text(errors="replace") + \
+        ((d / "error.log").read_text(errors="replace") if (d / "error.log").exists() else "")
 
 
 @register("http")

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tests.servers import free_port, register
+from tests.servers import free_port, register, wait_answering
 
 START_TIMEOUT = 20.0
 
@@ -82,7 +81,8 @@ class S3Server:
         """Launch rclone on our port and wait until it answers (RuntimeError if it does not)."""
         proc = _launch(self.port, self.access_key, self.secret_key, self.data_dir, self.log or Path(os.devnull))
         try:
-            _wait_until_up(proc, self.port, self.log)
+            wait_answering(proc, self.port, "rclone serve s3", b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", b"HTTP/",
+                           START_TIMEOUT, lambda: _log_tail(self.log))
             self._wait_serving(proc)
         except RuntimeError:
             _stop(proc)
@@ -168,22 +168,6 @@ def _log_tail(log: Path | None) -> str:
         return log.read_text(errors="replace")[-2000:] if log else ""
     except OSError:
         return ""
-
-
-def _wait_until_up(proc: subprocess.Popen, port: int, log: Path | None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"rclone serve s3 exited with {proc.returncode}:\n{_log_tail(log)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                if s.recv(12).startswith(b"HTTP/"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"rclone serve s3 did not answer within {START_TIMEOUT}s:\n{_log_tail(log)}")
 
 
 def _launch(port: int, access_key: str, secret_key: str, data: Path, log: Path) -> subprocess.Popen:

@@ -79,3 +79,27 @@ def left_running(srv: Restartable) -> Iterator[Restartable]:
     finally:
         if not srv.running:
             srv.start()
+
+
+def wait_answering(proc: Any, port: int, what: str, hello: bytes, answer: bytes, timeout: float,
+                   tail: Callable[[], str]) -> None:
+    """Until the server `proc` started answers on 127.0.0.1:`port`: `hello` sent (b""
+    for a server that speaks first) and a reply starting with `answer`. RuntimeError
+    with `tail()` (its log's end) when it exits or stays silent for `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.settimeout(2)
+                if hello:
+                    s.sendall(hello)
+                if s.recv(len(answer)).startswith(answer):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer on port {port} within {timeout}s:\n{tail()}")
