@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+from skynet.state.sqlitelib import sqlite3
 from tests.backends import backend_params
 from tests.harness import Daemon, one_clear_line, run_main, wait_converged, write_config
 from tests.versions_harness import S, backend, mirror  # noqa: F401 (backend: the fixture)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from skynet.jobs.item import Item
-from skynet.state.sqlitelib import sqlite3
+from skynet.state.sqlitelib import connect_wal, sqlite3
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED)
@@ -113,10 +113,7 @@ class ItemTable:
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "c", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute("PRAGMA busy_timeout=60000")
+            c = connect_wal(self.path)
             self._local.c = c
             with self._lock:
                 self._all.append(c)

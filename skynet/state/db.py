@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote
 
-from skynet.state.sqlitelib import WAL_RESET_FIXED, sqlite3
+from skynet.state.sqlitelib import WAL_RESET_FIXED, connect_wal, sqlite3
 from skynet.state.folder import set_aside
 
 SCHEMA_VERSION = 2
@@ -174,10 +174,7 @@ class StateDB:
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute("PRAGMA busy_timeout=60000")
+            c = connect_wal(self.path)
             # Checkpoints run on a thread of their own (Checkpointer), never
             # inside a COMMIT: see there.
             c.execute("PRAGMA wal_autocheckpoint=0")

@@ -26,4 +26,19 @@ except ImportError:  # pragma: no cover - a platform without its wheel: see WAL_
 # so no commit can race it (slower under a large upload, but correct).
 WAL_RESET_FIXED: bool = sqlite3.sqlite_version_info >= (3, 51, 3)
 
-__all__ = ["sqlite3", "WAL_RESET_FIXED"]
+
+
+def connect_wal(path: str) -> "sqlite3.Connection":
+    """A connection to a state database in WAL mode, as every one of them is opened:
+    autocommit (transactions are explicit), fsync at checkpoints only (a crash loses
+    no committed row, a power cut at most the last commits), and a minute's wait for
+    a lock before "database is locked" (a checkpoint or a reader may hold it briefly).
+    One per thread: the callers keep them in a threading.local."""
+    c = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute("PRAGMA busy_timeout=60000")
+    return c
+
+
+__all__ = ["sqlite3", "WAL_RESET_FIXED", "connect_wal"]
