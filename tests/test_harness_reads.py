@@ -150,8 +150,9 @@ def stub_trial(tmp_path: Path, fetch: Callable[[], dict]) -> SimpleNamespace:
         db.execute("CREATE TABLE failed (kind TEXT, src TEXT, error TEXT)")
         db.commit()
     daemon = SimpleNamespace(proc=None, log_text=lambda: "", stop=lambda: 0)
-    return SimpleNamespace(backend=Backend(con=None, fetch=fetch, service="s3"), daemon=daemon, src=tmp_path / "src",
-                           ops=0, big_writes=0, faults={}, evidence=lambda: {})
+    backend = Backend(con=None, fetch=fetch, service="s3")  # (its fetch is the harness's retrying read)
+    return SimpleNamespace(backend=backend, daemon=daemon, src=tmp_path / "src", ops=0, big_writes=0, faults={},
+                           evidence=lambda: {}, versions=False, mirror=backend.fetch, mirror_folders=dict)
 
 
 def test_check_trial_reports_the_read_error_not_its_own(tmp_path, monkeypatch, short_budget):
