@@ -31,7 +31,11 @@ def next_second() -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("backend", backend_params(), indirect=True)
+# local (the versions area) and SeaweedFS (a bucket's own versions) in the default suite;
+# SFTP and rclone serve s3 (the area again, through other connections) with -m slow
+@pytest.mark.parametrize("backend", [pytest.param(p.values[0], id=p.id, marks=p.marks if p.id in ("local", "seaweedfs")
+                                                  else (*p.marks, pytest.mark.slow)) for p in backend_params()],
+                         indirect=True)
 def test_versions_lists_what_was_kept_and_pruning_keeps_what_the_rules_say(backend, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

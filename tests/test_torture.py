@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import BACKENDS, backend_params
+from tests.backends import BACKENDS, backend_params, enabled_backends
 from tests.harness import Daemon, wait_converged, write_config
 from tests.servers import Servers
 from skynet.versions.names import is_area
@@ -299,6 +299,8 @@ def test_torture_short(tmp_path, backend):
     run_trial(tmp_path, backend, float(os.environ.get("SKYNET_TORTURE_SHORT_SECONDS", "20")), seed, long_faults=False)
 
 
+@pytest.mark.parametrize("backend", [pytest.param(n, id=n, marks=() if n == "local" else pytest.mark.slow)
+                                     for n in enabled_backends()], indirect=True)
 def test_torture_short_with_versions(tmp_path, backend):
     """The short trial with versions kept (issue 20): the mirror still converges, the
     versions area never shows on its side, and every version kept reads back."""
