@@ -552,6 +552,8 @@ def _describe(o: Outcome | None) -> str:
     bits = []
     if o.uploaded:
         bits.append(f"{o.uploaded} uploaded ({o.bytes_sent} bytes)")
+    if o.folders_made:
+        bits.append("folder made on the remote")
     if o.moved:
         bits.append("moved on the remote")
     if o.deleted:

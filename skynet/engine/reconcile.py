@@ -134,6 +134,7 @@ class Outcome:
     deleted: int = 0
     moved: int = 0
     queued: int = 0
+    folders_made: int = 0  # on a target with folders
     #: Index rows to write together with the action's completion, in the
     #: handler's one transaction per finished action
     index_rows: list[tuple] = field(default_factory=list)
@@ -415,6 +416,7 @@ class Reconciler:
         mode = statmod.S_IMODE(st.st_mode) & FOLDER_MODE_BITS
         self.through(rel, lambda: con.make_folder(rel, mode), out)
         self.index.put_folder(rel, mode)
+        out.folders_made += 1
 
     def through(self, rel: str, op: Callable[[], T], out: Outcome) -> T:
         """op(), a write at `rel` on the remote; whatever it finds in its way (InTheWay)
