@@ -16,7 +16,13 @@ import pytest
 
 from tests.backends import backend_params
 from tests.harness import one_clear_line, run_main
-from tests.versions_harness import backend, rounded, run_scenario, source_tree  # noqa: F401  (backend: the fixture)
+from tests.versions_harness import (  # noqa: F401  (backend: the fixture)
+    backend,
+    check_the_store_gives_back_every_recorded_tree,
+    rounded,
+    run_scenario,
+    source_tree,
+)
 
 
 def iso(ns: int) -> str:
@@ -33,7 +39,10 @@ def tree_of(folder: Path) -> dict[str, tuple[bytes, int, int]]:
 
 @pytest.mark.parametrize("backend", backend_params(), indirect=True)
 def test_restore_at_each_recorded_time_gives_that_tree_back(backend, tmp_path):
+    """Also the keeping side's own check (test_versions_e2e): one run of the scenario
+    per backend serves both (the default suite's time)."""
     steps = run_scenario(tmp_path, backend)
+    check_the_store_gives_back_every_recorded_tree(backend, steps)
     precision = max(1, backend.con.abilities.mtime_precision_ns)
     os.chmod(steps.cfg, 0o600)  # it holds secrets (S3, SFTP): else a warning line precedes the error
     cfg = str(steps.cfg)

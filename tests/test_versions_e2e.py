@@ -19,35 +19,7 @@ from skynet.watch.ignore import IgnoreRules
 from skynet.versions.stores import store_for
 from tests.backends import backend_params
 from tests.harness import Daemon, wait_converged
-from tests.versions_harness import Steps, backend, mirror, rounded, run_scenario, source_tree, w  # noqa: F401 (backend: the fixture)
-
-def restored(store, when_ns: int, precision: int) -> dict[str, tuple[bytes, int, int]]:
-    """{rel: (bytes, mtime_ns to the remote's precision, mode)} of store.at(when_ns)."""
-    out = {}
-    for v in store.at(when_ns):
-        data = store.read_range(v, 0, v.size + 1)
-        out[v.rel] = (data, v.mtime_ns // precision * precision, v.mode)
-    return out
-
-
-@pytest.mark.parametrize("backend", backend_params(), indirect=True)
-def test_versions_kept_while_mirroring_give_back_every_recorded_tree(backend, tmp_path):
-    steps = run_scenario(tmp_path, backend)
-    src = steps.src
-    con = backend.con
-    store = store_for(con, MappingConfig("t", str(src), "", versions=True))
-    precision = max(1, con.abilities.mtime_precision_ns)
-    for i, (when, tree) in enumerate(steps.marks):
-        assert restored(store, when, precision) == rounded(tree, precision), f"step {i}"
-    hist = list(store.history("d/f.txt"))
-    assert [v.deleted for v in hist] == [True, False, True, False, False]  # moved away, v3, deleted, v2, v1
-    assert [v.size for v in hist if not v.deleted] == [2, 26, 11]
-    assert hist[0].until_ns is None
-    assert all(newer.since_ns == older.until_ns for newer, older in zip(hist, hist[1:]))
-    # the mirror side never holds the area, nor anything else beyond the source
-    assert {os.fsdecode(k) for k in mirror(backend)} == set(source_tree(src))
-    assert AREA not in (e.rel.split("/")[0] for e in con.list("") if not is_area(e.rel))
-
+from tests.versions_harness import Steps, backend, mirror, w  # noqa: F401 (backend: the fixture)
 
 def indexed_folders(state_db: Path) -> list[bytes]:
     """The folders the daemon's Index says the mirror made on the remote (targets with folders)."""

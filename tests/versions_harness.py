@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from skynet.versions.names import is_area
+from skynet.config.settings import MappingConfig
+from skynet.versions.names import AREA, is_area
+from skynet.versions.stores import store_for
 from tests.backends import BACKENDS
 from tests.harness import Daemon, wait_converged, write_config
 
@@ -102,3 +104,33 @@ def run_scenario(tmp_path: Path, backend) -> "Steps":
         steps.record()
         assert steps.daemon.stop() == 0
     return steps
+
+
+def restored(store, when_ns: int, precision: int) -> dict[str, tuple[bytes, int, int]]:
+    """{rel: (bytes, mtime_ns to the remote's precision, mode)} of store.at(when_ns)."""
+    out = {}
+    for v in store.at(when_ns):
+        data = store.read_range(v, 0, v.size + 1)
+        out[v.rel] = (data, v.mtime_ns // precision * precision, v.mode)
+    return out
+
+
+def check_the_store_gives_back_every_recorded_tree(backend, steps: Steps) -> None:
+    """After run_scenario: the mapping's VersionStore gives each recorded tree back at its
+    time (bytes, mtime, mode), the history of d/f.txt tiles time, and the mirror side
+    never shows the area. Called by tests/test_restore_e2e.py, whose one run of the
+    scenario per backend then checks `skynet restore` on the same history."""
+    src = steps.src
+    con = backend.con
+    store = store_for(con, MappingConfig("t", str(src), "", versions=True))
+    precision = max(1, con.abilities.mtime_precision_ns)
+    for i, (when, tree) in enumerate(steps.marks):
+        assert restored(store, when, precision) == rounded(tree, precision), f"step {i}"
+    hist = list(store.history("d/f.txt"))
+    assert [v.deleted for v in hist] == [True, False, True, False, False]  # moved away, v3, deleted, v2, v1
+    assert [v.size for v in hist if not v.deleted] == [2, 26, 11]
+    assert hist[0].until_ns is None
+    assert all(newer.since_ns == older.until_ns for newer, older in zip(hist, hist[1:]))
+    # the mirror side never holds the area, nor anything else beyond the source
+    assert {os.fsdecode(k) for k in mirror(backend)} == set(source_tree(src))
+    assert AREA not in (e.rel.split("/")[0] for e in con.list("") if not is_area(e.rel))
