@@ -3,7 +3,10 @@ with `versions = yes` on every backend (local, SFTP and `rclone serve s3` keep
 them in the versions area, SeaweedFS with bucket versioning keeps its own); the
 tree is snapshotted after each step once the mirror caught up, and the mapping's
 VersionStore gives each snapshot back at its time, byte for byte and mode for mode,
-while the mirror side never shows the area."""
+while the mirror side never shows the area (that scenario runs once per backend, in
+tests/test_restore_e2e.py, which checks the store and `skynet restore` on it: see
+tests/versions_harness.py). Here: the area never mirrored nor deleted, batches, kill -9
+mid-replacement, deletions found by the start-up scan."""
 from __future__ import annotations
 
 import os
