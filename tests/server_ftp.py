@@ -9,7 +9,6 @@ REST offset before it, so a test can tell what was fetched again.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tests.servers import free_port, register, wait_answering
+from tests.servers import free_port, put_file, register, stop_process, wait_answering
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
@@ -39,11 +38,7 @@ class FtpServer:
         return f"ftp://{who}127.0.0.1:{self.port}/{path.lstrip('/')}"
 
     def put(self, path: str, data: bytes) -> None:
-        dest = self.root / path.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp-put")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        put_file(self.root, path, data)
 
     def commands(self) -> list[str]:
         """Every command the server logged (e.g. 'REST 1048576', 'RETR a.bin')."""
@@ -60,13 +55,7 @@ class FtpServer:
                 if want in line and "bytes=" in line]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(sig)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, sig)
 
 
 @register("ftp")

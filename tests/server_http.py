@@ -17,7 +17,6 @@ asked for. Paths under a few prefixes behave badly on purpose:
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.debian import ensure_package
-from tests.servers import free_port, register, wait_answering
+from tests.servers import free_port, put_file, register, stop_process, wait_answering
 
 NGINX = "/usr/sbin/nginx"
 USER, PASSWORD = "reader", "s3cret-pass"
@@ -58,11 +57,7 @@ class HttpServer:
 
     def put(self, path: str, data: bytes) -> str:
         """Serve `data` at /path (written atomically: a fetch sees the old or the new); its URL."""
-        dest = self.root / path.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp-put")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        put_file(self.root, path, data)
         return self.url(path)
 
     def fetches(self, path: str | None = None) -> list[Fetch]:
@@ -86,13 +81,7 @@ class HttpServer:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(sig)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, sig)
 
     def start(self) -> None:
         assert not self.running, "already running"

@@ -103,3 +103,30 @@ def wait_answering(proc: Any, port: int, what: str, hello: bytes, answer: bytes,
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not answer on port {port} within {timeout}s:\n{tail()}")
+
+
+def put_file(root: Any, path: str, data: bytes) -> None:
+    """`data` at root/path, written atomically (a server reading it meanwhile sees the
+    old bytes or the new, never half): the served folder of the HTTP and FTP servers."""
+    import os
+
+    dest = root / path.lstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp-put")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+
+
+def stop_process(proc: Any, sig: int = signal.SIGTERM, grace: float = 10) -> None:
+    """End a server this test setup started (by its Popen): `sig`, then SIGKILL after
+    `grace` seconds; nothing when it is not running."""
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
