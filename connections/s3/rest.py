@@ -346,6 +346,27 @@ class HttpConn:
         if self._buf:
             raise ProtocolError("the proxy sent bytes before the tunnel opened")
 
+    def open(self) -> None:
+        """Connect now unless connected: for a caller that tells a failed connection
+        (refused, unreachable, a connect timeout) from a failed request."""
+        if self.sock is None:
+            self._connect()
+
+    def start(self, head: bytes, no_body: bool) -> tuple[int, dict[str, str], "ReplyBody"]:
+        """Send a request without a body and read its reply's status and headers; the
+        body is read as it arrives through the ReplyBody (a large download never sits in
+        memory). The connection answers its next request once that body was read to
+        its end; a body abandoned before (ReplyBody.close) closes it. Any exception
+        here leaves the connection closed."""
+        sock = self.sock or self._connect()
+        try:
+            sock.sendall(head)
+            status, version, headers = self._final_head()
+            return status, headers, self._body(status, version, headers, no_body)
+        except BaseException:
+            self.close()
+            raise
+
     def exchange(self, head: bytes, body: Body, on_sent: Callable[[int], None] | None,
                  no_body: bool) -> Reply:
         """Send one request, read its reply; on_sent(bytes of the body sent so far) after
@@ -408,23 +429,45 @@ class HttpConn:
         return self.sock.recv(_RECV)
 
     def _read_reply(self, no_body: bool) -> tuple[Reply, bool]:
+        status, version, headers = self._final_head()
+        body = self._body(status, version, headers, no_body)
+        return Reply(status, headers, body.read_all()), body.keep
+
+    def _final_head(self) -> tuple[int, str, dict[str, str]]:
         while True:
             status, version, headers = self._read_head()
             if 100 <= status < 200 and status != 101:
                 continue  # interim reply (100 Continue): the real one follows
-            break
+            return status, version, headers
+
+    def _body(self, status: int, version: str, headers: dict[str, str], no_body: bool) -> "ReplyBody":
+        """How the reply's body is framed (none, chunked, Content-Length, up to the
+        close), and whether the connection stays open after it."""
         conn = headers.get("connection", "").lower()
         keep = "close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn)
         if no_body or status in (204, 304):
-            return Reply(status, headers, b""), keep
+            return ReplyBody(self, 0, False, keep)
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            return Reply(status, headers, self._read_chunked()), keep
+            return ReplyBody(self, None, True, keep)
         length = headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
                 raise ProtocolError(f"bad Content-Length {length!r}")
-            return Reply(status, headers, self._read_exact(int(length))), keep
-        return Reply(status, headers, self._read_to_close()), False
+            return ReplyBody(self, int(length), False, keep)
+        return ReplyBody(self, None, False, False)
+
+    def _take(self, n: int) -> bytes:
+        """Up to `n` bytes that arrived (at least one unless the connection closed)."""
+        buf = self._buf
+        if not buf:
+            buf = self._recv()
+            if not buf:
+                return b""
+        if len(buf) <= n:
+            self._buf = b""
+            return buf
+        self._buf = buf[n:]
+        return buf[:n]
 
     def _read_head(self) -> tuple[int, str, dict[str, str]]:
         buf = self._buf
@@ -487,21 +530,28 @@ class HttpConn:
                 raise ProtocolError("connection closed inside a chunked body")
             self._buf += chunk
 
+    def _chunk_size(self) -> int:
+        """The size line of the next chunk; at the last (0), the trailer fields are read too."""
+        size_text = self._read_line().split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            while self._read_line():  # trailer fields, then an empty line
+                pass
+        return size
+
+    def _chunk_end(self) -> None:
+        if self._read_exact(2) != b"\r\n":
+            raise ProtocolError("chunk not followed by CRLF")
+
     def _read_chunked(self) -> bytes:
         parts = []
-        while True:
-            size_text = self._read_line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-            if size == 0:
-                while self._read_line():  # trailer fields, then an empty line
-                    pass
-                return b"".join(parts)
+        while size := self._chunk_size():
             parts.append(self._read_exact(size))
-            if self._read_exact(2) != b"\r\n":
-                raise ProtocolError("chunk not followed by CRLF")
+            self._chunk_end()
+        return b"".join(parts)
 
     def _read_to_close(self) -> bytes:
         parts = [self._buf]
@@ -509,6 +559,86 @@ class HttpConn:
         while chunk := self._recv():
             parts.append(chunk)
         return b"".join(parts)
+
+
+class ReplyBody:
+    """A reply's body, read as it arrives (HttpConn.start) or whole (read_all): framed by
+    Content-Length (`left`), chunked, or up to the connection's close (`left` None, not
+    chunked). At its end the connection is ready for its next request (`keep`) or
+    closed; closed too when the body is abandoned before its end (close()) or a read
+    fails. A body cut short raises ProtocolError."""
+
+    __slots__ = ("conn", "left", "chunked", "keep", "done", "_chunk_left")
+
+    def __init__(self, conn: HttpConn, left: int | None, chunked: bool, keep: bool) -> None:
+        self.conn, self.left, self.chunked, self.keep = conn, left, chunked, keep
+        self.done = False
+        self._chunk_left = 0
+        if left == 0:
+            self._end()
+
+    def _end(self) -> None:
+        self.done = True
+        if self.keep:
+            self.conn.used = True
+        else:
+            self.conn.close()
+
+    def read_all(self) -> bytes:
+        conn = self.conn
+        if self.done:
+            return b""
+        if self.chunked:
+            data = conn._read_chunked()
+        elif self.left is not None:
+            data = conn._read_exact(self.left)
+        else:
+            data = conn._read_to_close()
+        self._end()
+        return data
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes of the body (fewer as they arrive); b"" at its end."""
+        if self.done or n <= 0:
+            return b""
+        try:
+            if self.chunked:
+                return self._read_chunk(n)
+            data = self.conn._take(n if self.left is None else min(n, self.left))
+            if self.left is None:
+                if not data:
+                    self._end()
+                return data
+            if not data:
+                raise ProtocolError(f"connection closed with {self.left} body bytes still to come")
+            self.left -= len(data)
+            if self.left == 0:
+                self._end()
+            return data
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_chunk(self, n: int) -> bytes:
+        conn = self.conn
+        if self._chunk_left == 0:
+            self._chunk_left = conn._chunk_size()
+            if self._chunk_left == 0:
+                self._end()
+                return b""
+        data = conn._take(min(n, self._chunk_left))
+        if not data:
+            raise ProtocolError("connection closed inside a chunked body")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0:
+            conn._chunk_end()
+        return data
+
+    def close(self) -> None:
+        """Abandon the rest of the body: the connection cannot answer again."""
+        if not self.done:
+            self.done = True
+            self.conn.close()
 
 
 # -- requests -----------------------------------------------------------------------------
