@@ -51,6 +51,9 @@ EXIT_DONE, EXIT_STOPPED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 HOST_ERRORS = (REFUSED,)  # the host, not the item: its other items wait too (a timeout may be one stalled item)
 HOST_BACKOFF = Backoff(initial=1.0, cap=60.0, jitter=1.0)
 PROGRESS_EVERY = 5.0  # seconds between the run's progress rows (`job status` reads them)
+GROUP_WAIT = 0.01  # seconds an outcome may wait for others to share its transaction (_gather)
+GROUP_POLL = 0.002
+CLAIM_AHEAD = 2  # items claimed per worker beyond the one it runs
 
 
 class Clock(Protocol):
@@ -231,11 +234,12 @@ class Runner:
     def _hungry(self) -> bool:
         """Claim only once a worker's worth of items is gone: one transaction
         then takes a batch, not an item at a time."""
-        return self.in_flight <= self.job.workers
+        return self.in_flight <= CLAIM_AHEAD * self.job.workers
 
     def _top_up(self, now: float) -> int:
-        """Claim due items so that every worker has one and one more waits."""
-        room = 2 * self.job.workers - self.in_flight
+        """Claim due items so that every worker has one and CLAIM_AHEAD more wait
+        (enough that the workers never idle while outcomes gather for a commit)."""
+        room = (CLAIM_AHEAD + 1) * self.job.workers - self.in_flight
         if not self._hungry() or room <= 0:
             return 0
         batch = self.table.claim(room, now)
@@ -259,12 +263,27 @@ class Runner:
             got.append(self.outcomes.get(timeout=timeout) if timeout > 0 else self.outcomes.get_nowait())
         except queue.Empty:
             return
+        if got[0] is not None:
+            self._gather()
         while True:  # everything that is there: one transaction
             try:
                 got.append(self.outcomes.get_nowait())
             except queue.Empty:
                 break
         self._record([o for o in got if o is not None])
+
+    def _gather(self) -> None:
+        """Group commit: after an outcome, let the other transfers in flight finish into
+        the same transaction, for at most GROUP_WAIT and only while the workers have
+        items waiting (they never idle for it). One outcome per commit cost 85 us of this
+        thread's CPU per item on a job of small items (half of it the transaction)."""
+        deadline = time.monotonic() + GROUP_WAIT
+        enough = max(2, self.job.workers)
+        while self.outcomes.qsize() < min(enough, self.in_flight) and self.work.qsize() * 2 >= self.job.workers:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.is_set():
+                return
+            time.sleep(min(left, GROUP_POLL))
 
     def _record(self, outcomes: list[Outcome | None]) -> None:
         real = [o for o in outcomes if o is not None]
@@ -323,7 +342,7 @@ class Runner:
         for cls, n in c.failed_by_class.items():
             errors[cls] = errors.get(cls, 0) + n
         pending = max(c.pending, 0)
-        in_flight = min(self.in_flight, pending) if running else 0
+        in_flight = min(self.in_flight, self.job.workers, pending) if running else 0  # claimed ahead: still queued
         elapsed = max(self.clock.now() - c.started, 1e-6)
         rate = c.done / elapsed if running else 0.0
         by_status.update({DONE: by_status[DONE] + c.done, FAILED: by_status[FAILED] + c.failed,
