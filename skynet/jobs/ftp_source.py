@@ -17,6 +17,7 @@ import contextlib
 import ftplib
 import socket
 import threading
+import re
 import time
 from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
@@ -25,11 +26,14 @@ from connections.contract.xcon import Stream, StreamOpener
 from skynet.jobs.item import FORBIDDEN, NOT_FOUND, OTHER, REFUSED, TIMEOUT, ItemFailed
 
 Key = tuple[str, int, str, str]  # host, port, user, password
+_PLAIN_URL = re.compile(r"[a-z]+://[a-z0-9.\-]+(:[1-9][0-9]*)?(/[^?#]*)?(\?[^#]+)?\Z")
 IDLE_MAX = 8  # sessions kept per server and login
 
 
 def public_url(url: str) -> str:
     """`url` without its password (for messages and object metadata)."""
+    if _PLAIN_URL.match(url):  # no user, a lower-case host: as it is (once per item: urlsplit costs ~10 us)
+        return url
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{parts.username}@{host}" if parts.username and parts.username != "anonymous" else host
