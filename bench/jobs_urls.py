@@ -12,15 +12,20 @@ same parallelism (16):
               (Debian's aria2, installed here with apt-get when missing; time and CPU are the sum)
 
 Rounds are interleaved (the order rotates each round) and medians reported:
-items/s (wall) and the tool's own CPU seconds (os.wait4: its children included).
-Every object is counted in the bucket after each run. Target: skynet at least
-1.5 x rclone copyurl's items/s. Writes the "Issue 21: a job of URLs into S3"
-section of bench/RESULTS.md.
+items/s (wall) and the tool's own CPU seconds (os.wait4: its children included),
+the servers' CPU per item (nginx and `rclone serve s3`, from /proc: the two cores
+are shared with them), the CPU the rest of the machine used meanwhile (other
+sessions) and the load average. The machine is shared, so wall-clock ratios are
+given per round (the tools of one round ran minutes apart) beside the ratio of the
+medians; CPU per item is the steadier figure. Every object is counted in the
+bucket after each run. Target: skynet at least 1.5 x rclone copyurl's items/s.
+Writes the "Issue 21: a job of URLs into S3" section of bench/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import Proc, log, machine_info, median, table, write_section  # noqa: E402
+from bench.common import CLK_TCK, Proc, cpu_busy_s, log, machine_info, median, table, write_section  # noqa: E402
 from bench.s3_peers import S3Target, _aws_env, _base_env, count_objects, tool  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -59,6 +64,13 @@ def serve_objects(http, n: int, size: int) -> list[tuple[str, str]]:
         data = (i.to_bytes(8, "big") + block)[:size]
         out.append((http.put(f"bench/{rel}", data), rel))
     return out
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def run(argv: list[str], env: dict, logf: Path) -> tuple[float, float, int]:
@@ -127,6 +139,7 @@ def main() -> None:
     tools = {"skynet": skynet, "rclone copyurl": rclone,
              "aria2 + s5cmd": lambda *a: aria2_s5cmd(*a, aria2c=aria2c)}
     res: dict[str, list[tuple[float, float]]] = {k: [] for k in tools}
+    more: dict[str, list[tuple[float, float, float]]] = {k: [] for k in tools}  # servers' CPU, others' CPU, load
     try:
         with contextlib.ExitStack() as stack:
             http = stack.enter_context(http_server(work / "http"))
@@ -139,26 +152,40 @@ def main() -> None:
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     prefix = f"r{r}-{name.split()[0]}"
+                    servers = [http.pid, srv.pid]
+                    s0, b0 = sum(proc_cpu_s(p) for p in servers), cpu_busy_s()
                     secs, cpu, rc = tools[name](t, items, prefix, work, args.workers)
+                    s1, b1 = sum(proc_cpu_s(p) for p in servers), cpu_busy_s()
+                    load = os.getloadavg()[0]
                     got = count_objects(t, prefix)
-                    log(f"round {r + 1} {name}: {secs:.1f} s, {args.files / secs:,.0f} items/s, CPU {cpu:.1f} s, "
-                        f"{got:,} objects, rc {rc}")
+                    others = max(b1 - b0 - cpu - (s1 - s0), 0.0) / secs  # cores the rest of the machine used
+                    log(f"round {r + 1} {name}: {secs:.1f} s, {args.files / secs:,.0f} items/s, CPU {cpu:.1f} s "
+                        f"({cpu * 1000 / args.files:.2f} ms/item; servers {(s1 - s0) * 1000 / args.files:.2f}), "
+                        f"others {others:.2f} cores, load {load:.1f}, {got:,} objects, rc {rc}")
                     if got != args.files:
                         raise SystemExit(f"{name}: {got} of {args.files} objects arrived (rc {rc}); see {work}")
                     res[name].append((args.files / secs, cpu))
+                    more[name].append(((s1 - s0) * 1000 / args.files, others, load))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = median([x for x, _ in res["rclone copyurl"]])
+    base_rounds = [x for x, _ in res["rclone copyurl"]]
     rows = [[name, f"{median([x for x, _ in v]):,.0f}", f"{median([x for x, _ in v]) / base:.2f} x",
-             f"{median([c for _, c in v]):.1f} s", f"{median([c for _, c in v]) * 1000 / args.files:.2f} ms",
-             ", ".join(f"{x:,.0f}" for x, _ in v)] for name, v in res.items()]
+             " / ".join(f"{x / b:.2f}" for (x, _), b in zip(v, base_rounds)),
+             f"{median([c for _, c in v]) * 1000 / args.files:.2f} ms",
+             f"{median([m[0] for m in more[name]]):.2f} ms",
+             ", ".join(f"{x:,.0f}" for x, _ in v),
+             ", ".join(f"{m[1]:.1f}" for m in more[name]),
+             ", ".join(f"{m[2]:.1f}" for m in more[name])] for name, v in res.items()]
     info = machine_info()
     body = "\n".join([
         f"`bench/run jobs_urls` (bench/jobs_urls.py): {args.files:,} URLs of {args.size // 1024} KiB from nginx into",
         f"`rclone serve s3` on 127.0.0.1, {args.workers} in parallel for every tool, {args.rounds} interleaved rounds",
-        "(order rotated), medians. CPU is the tool's own (its children included), not the servers'.",
+        "(order rotated), medians. CPU is the tool's own (its children included); the servers' (nginx + rclone",
+        "serve s3) is its own column; `others` is the CPU the rest of the machine used meanwhile, in cores.",
         "",
-        table(["tool", "items/s", "vs rclone copyurl", "CPU", "CPU per item", "items/s per round"], rows),
+        table(["tool", "items/s", "vs rclone copyurl", "same-round ratios", "CPU per item", "servers' CPU per item",
+               "items/s per round", "others (cores)", "load average"], rows),
         "",
         f"Machine: {info.get('cpu', '?')}, {info.get('nproc', '?')} cores, shared; {info.get('date', '')}.",
     ])
