@@ -129,15 +129,19 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64 << 10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--tools", default="skynet,rclone copyurl,aria2 + s5cmd",
+                    help="comma-separated (rclone copyurl is the base of the ratios and always runs)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    aria2c = need_aria2()
+    aria2c = need_aria2() if "aria2 + s5cmd" in args.tools else "aria2c"
     from tests.server_http import http_server
     from tests.server_s3 import run_rclone_s3
 
     work = Path(tempfile.mkdtemp(prefix="skynet-jobs-urls-"))
     tools = {"skynet": skynet, "rclone copyurl": rclone,
              "aria2 + s5cmd": lambda *a: aria2_s5cmd(*a, aria2c=aria2c)}
+    wanted = set(args.tools.split(",")) | {"rclone copyurl"}
+    tools = {k: v for k, v in tools.items() if k in wanted}
     res: dict[str, list[tuple[float, float]]] = {k: [] for k in tools}
     more: dict[str, list[tuple[float, float, float]]] = {k: [] for k in tools}  # servers' CPU, others' CPU, load
     try:
