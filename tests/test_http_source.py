@@ -89,7 +89,7 @@ def _serve() -> Iterator[ThreadingHTTPServer]:
     srv.daemon_threads = True
     srv.connections = 0  # type: ignore[attr-defined]
     srv.lock = threading.Lock()  # type: ignore[attr-defined]
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     try:
         yield srv
