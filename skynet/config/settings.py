@@ -520,12 +520,9 @@ def secret_keys(cfg: Config) -> list[str]:
 
 
 def _dsn_has_password(dsn: str) -> bool:
-    try:
-        import psycopg2.extensions
+    from skynet.reporting.pgdsn import has_password
 
-        return bool(psycopg2.extensions.parse_dsn(dsn).get("password"))
-    except Exception:
-        return "password" in dsn.lower() or "@" in dsn  # cannot tell: assume it may
+    return has_password(dsn)
 
 
 def exposed_secrets_warning(cfg: Config) -> str | None:
