@@ -70,3 +70,52 @@ def test_exposition_for_a_web_app():
     body, ctype = metrics.exposition()
     assert ctype.startswith("text/plain")
     assert b"skynet_actions_total{" in body or b"# TYPE skynet_actions_total counter" in body
+
+
+# -- the daemon: metrics_port ------------------------------------------------------------
+def wait_scrape(port: int, want, what: str, daemon=None, timeout: float = 30.0) -> dict:
+    """Scrape until `want(samples)` holds (the daemon counts as it finishes actions)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    got: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            got = scrape(port)
+        except OSError:
+            got = {}
+        if got and want(got):
+            return got
+        time.sleep(0.1)
+    tail = daemon.log_text()[-3000:] if daemon is not None else ""
+    raise AssertionError(f"{what}: {sorted((k, v) for k, v in got.items() if k[0].startswith('skynet_'))}\n{tail}")
+
+
+def test_daemon_serves_metrics_that_move_as_files_sync(tmp_path):
+    from tests.harness import Daemon, tree, wait_converged, write_config
+    from tests.servers import free_port
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(3):
+        (src / f"f{i}.txt").write_bytes(b"x" * (100 + i))
+    port = free_port()
+    cfg = write_config(tmp_path / "c.ini", "local",
+                       {"docs": {"source": str(src), "target": str(dst), "complete_sync": "yes"}}, tmp_path / "state", extra={"metrics_port": str(port), "notify_heartbeat": "0.2"})
+    with Daemon(cfg) as d:
+        wait_converged(src, lambda: tree(dst), exact=True, daemon=d)
+        first = wait_scrape(port, lambda g: value(g, "skynet_actions_total", mapping="docs", action="send",
+                                                  outcome="done") == 3, "three sends", d)
+        assert value(first, "skynet_bytes_sent_total", mapping="docs") == 100 + 101 + 102
+        assert value(first, "skynet_transfer_seconds_count", mapping="docs", action="send") == 3
+        (src / "late.txt").write_bytes(b"y" * 1000)
+        (src / "f0.txt").unlink()
+        got = wait_scrape(port, lambda g: value(g, "skynet_actions_total", mapping="docs", action="delete",
+                                                outcome="done") == 1
+                          and value(g, "skynet_bytes_sent_total", mapping="docs") == 303 + 1000, "one more", d)
+        assert value(got, "skynet_actions_total", mapping="docs", action="send", outcome="done") == 4
+        wait_scrape(port, lambda g: ("skynet_queue_depth", (("mapping", "docs"),)) in g, "queue depth", d)
+        assert any(k[0] == "process_cpu_seconds_total" for k in got)  # the standard process metrics come along
+        assert d.stop() == 0
+    assert "metrics: Prometheus text on http://127.0.0.1:" in d.log_text()

@@ -106,7 +106,8 @@ def _fleet_hash() -> str:
     ("dashboard", ["flask", "waitress"], "local", ["--dashboard", "--dashboard-port", "0"], {}, {}),
     ("postgres", ["psycopg"], "local", ["--dashboard", "--dashboard-port", "0"],
      {"notify_dsn": "postgresql://u@127.0.0.1:9/db", "dashboard_password_hash": "FLEET"}, {}),
-], ids=["run-s3", "run-sftp", "wizard-sftp", "notifier", "dashboard", "fleet-dashboard"])
+    ("metrics", ["prometheus_client"], "local", ["--run-with", "local"], {"metrics_port": "9"}, {}),
+], ids=["run-s3", "run-sftp", "wizard-sftp", "notifier", "dashboard", "fleet-dashboard", "metrics"])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, block, extra, blocked, service, args, extra_settings,
                                                service_options):
     src = tmp_path / "src"

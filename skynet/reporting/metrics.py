@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Any, Mapping
 
+from skynet.extras import require as require_extra
+
 log = logging.getLogger(__name__)
 
 #: Transfer latency buckets (seconds): small files take milliseconds, large ones minutes.
@@ -85,13 +87,38 @@ def start_metrics_server(host: str = "127.0.0.1", port: int = 0) -> int:
     """Serve /metrics on http://host:port in a daemon thread; returns the bound
     port (port 0: a free one). Binds 127.0.0.1 unless told otherwise: the
     figures name mappings and jobs, which is not for everyone on the network."""
-    from prometheus_client import start_http_server
-
     enable()
-    server, _thread = start_http_server(port, addr=host)
-    bound = server.server_port
+    bound = start_server(host, port).server_port
     log.info("metrics: Prometheus text on http://%s:%d/metrics", host if ":" not in host else f"[{host}]", bound)
     return bound
+
+
+def start_server(host: str, port: int, registry: Any = None) -> Any:
+    """A /metrics HTTP server for `registry` (default: skynet's, the process
+    default) in a daemon thread; returns the server (`.server_port`,
+    `.shutdown()`), for a caller that stops it (the dashboard)."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=registry or REGISTRY)
+    return server
+
+
+def from_config(cfg: Any) -> int | None:
+    """The daemon's metrics: serve them on `metrics_port` (0: off) at
+    `metrics_host`. Returns the port, or None when off or when the port cannot
+    be bound: that is logged as an ERROR and syncing goes on (a scraper
+    notices a target that is down; a sync that would not start over it helps
+    nobody)."""
+    port = int(getattr(cfg, "metrics_port", 0) or 0)
+    if not port:
+        return None
+    require_extra("metrics", "metrics_port")
+    host = getattr(cfg, "metrics_host", "") or "127.0.0.1"
+    try:
+        return start_metrics_server(host, port)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s:%d (%s); no /metrics this run", host, port, exc)
+        return None
 
 
 def exposition() -> tuple[bytes, str]:
@@ -189,3 +216,97 @@ def set_job_states(job: str, counts: Mapping[str, int]) -> None:
             _m.item_states.labels(job, state).set(int(counts.get(state, 0) or 0))
     except Exception:
         log.debug("metrics: could not record job states", exc_info=True)
+
+
+# -- the dashboard: the fleet as PostgreSQL knows it ---------------------------------
+class FleetCollector:
+    """Gauges read at scrape time from the dashboard's data source (its
+    `status()`: the notifier's tables), so Prometheus sees every daemon and job
+    that reports to the database, not just this process. A failed read is
+    `skynet_fleet_up 0`, not a failed scrape."""
+
+    def __init__(self, status: Any) -> None:
+        self._status = status
+
+    def describe(self) -> list:
+        return []  # no up-front description: the families depend on the data
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("skynet_fleet_up", "1 if the dashboard could read the database at this scrape")
+        try:
+            data = self._status()
+        except Exception as exc:
+            log.warning("metrics: cannot read the fleet's status: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from _daemon_families(data.get("daemons") or [])
+        yield from _job_families(data.get("jobs") or [])
+
+
+def _daemon_families(daemons: list[dict]) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    states = GaugeMetricFamily("skynet_fleet_daemons", "Daemons by state (running, stale: heartbeats missed, stopped)",
+                               labels=["state"])
+    age = GaugeMetricFamily("skynet_fleet_heartbeat_age_seconds", "Seconds since a daemon's last heartbeat",
+                            labels=["daemon"])
+    queue = GaugeMetricFamily("skynet_fleet_queue_depth", "Actions waiting or running, per daemon and mapping",
+                              labels=["daemon", "mapping"])
+    failed = GaugeMetricFamily("skynet_fleet_failed_actions", "Actions parked as failed, per daemon and mapping",
+                               labels=["daemon", "mapping"])
+    count = {"running": 0, "stale": 0, "stopped": 0}
+    for d in daemons:
+        count["stopped" if d.get("stopped") else "stale" if d.get("stale") else "running"] += 1
+        if d.get("age") is not None:
+            age.add_metric([str(d["id"])], float(d["age"]))
+        for m in d.get("mappings") or []:
+            labels = [str(d["id"]), str(m.get("name"))]
+            if m.get("queue_depth") is not None:
+                queue.add_metric(labels, float(m["queue_depth"]))
+            if m.get("failed") is not None:
+                failed.add_metric(labels, float(m["failed"]))
+    for state, n in count.items():
+        states.add_metric([state], n)
+    yield from (states, age, queue, failed)
+
+
+def _job_families(jobs: list[dict]) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    items = GaugeMetricFamily("skynet_fleet_job_items", "A job's items by state", labels=["daemon", "job", "state"])
+    errors = GaugeMetricFamily("skynet_fleet_job_failures", "A job's failed items by error class",
+                               labels=["daemon", "job", "error_class"])
+    rate = GaugeMetricFamily("skynet_fleet_job_rate", "A job's items per second", labels=["daemon", "job"])
+    nbytes = GaugeMetricFamily("skynet_fleet_job_bytes", "Bytes of a job's items done", labels=["daemon", "job"])
+    eta = GaugeMetricFamily("skynet_fleet_job_eta_seconds", "Seconds a running job has left (when known)",
+                            labels=["daemon", "job"])
+    for j in jobs:
+        who = [str(j.get("daemon_id")), str(j.get("name"))]
+        for state, n in sorted((j.get("counts") or {}).items()):
+            items.add_metric([*who, str(state)], float(n))
+        for cls, n in sorted((j.get("errors") or {}).items()):
+            errors.add_metric([*who, str(cls)], float(n))
+        rate.add_metric(who, float(j.get("rate") or 0))
+        nbytes.add_metric(who, float(j.get("bytes") or 0))
+        if j.get("eta") is not None:
+            eta.add_metric(who, float(j["eta"]))
+    yield from (items, errors, rate, nbytes, eta)
+
+
+def fleet_registry(status: Any) -> Any:
+    """A registry of its own for the dashboard's /metrics: the fleet's gauges
+    (FleetCollector over `status`, a callable returning the dashboard's status
+    dict) and skynet's process metrics."""
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(status))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
