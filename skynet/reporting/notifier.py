@@ -26,6 +26,9 @@ in ONE background thread, the writer:
   how many were dropped and which setting raises the cap.
 * Resources: exactly one thread and at most one database connection per
   Notifier; the connection is closed before a reconnect and at close().
+  No psycopg_pool here: one writer thread uses one connection at a time, and
+  a pool would add its own threads and its own reconnect loop beside the
+  spool-aware back-off above (the dashboard, with many request threads, has one).
 * No database configured (dsn None): a no-op object with the same methods.
 
 Secrets: the DSN is only ever logged through `redact_dsn()`, and error texts
@@ -687,7 +690,8 @@ class Notifier:
         """Insert one batch in one transaction. False if the connection broke
         (the caller spools the rows); a row PostgreSQL rejects as data is
         logged and skipped, so one odd row cannot wedge delivery.
-        `maybe_seen=False` only for rows never sent before (see _insert)."""
+        `maybe_seen=False` only for rows never sent before (see _insert).
+        The batch is its own transaction: _insert starts it, this commits it."""
         try:
             self._insert(rows, maybe_seen)
             self._conn.commit()
@@ -735,17 +739,16 @@ class Notifier:
         with self._conn.cursor() as cur:
             fresh: set[int] | None = None
             if not maybe_seen:
-                # A plain SAVEPOINT, not conn.transaction(): that would COMMIT on its
-                # own when no transaction is open, and the batch is one transaction.
-                cur.execute("SAVEPOINT skynet_copy")
+                # The COPY opens the batch's transaction (the caller commits after
+                # this), so a duplicate needs no savepoint: roll it all back and
+                # take the ON CONFLICT path (two round trips a batch fewer).
                 try:
                     with cur.copy("COPY skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest,"
                                   " error, bytes_done, bytes_total) FROM STDIN") as copy:
                         for row in _copy_rows(did, rows):
                             copy.write_row(row)
-                    cur.execute("RELEASE SAVEPOINT skynet_copy")
                 except psycopg.errors.UniqueViolation:
-                    cur.execute("ROLLBACK TO SAVEPOINT skynet_copy")
+                    self._conn.rollback()
                     maybe_seen = True
             if maybe_seen:
                 cur.execute(
