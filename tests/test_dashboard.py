@@ -281,14 +281,20 @@ def test_no_secret_reaches_the_page_the_json_or_the_log(pg, tmp_path, caplog):
 
 
 def test_database_down_gives_503_not_a_crash(pg, tmp_path):
+    """... and the fleet's /metrics says so (skynet_fleet_up 0) instead of failing the scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
     from tests.server_pg import free_port
 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
-    with running_dashboard(dsn=dead) as base:
+    port = free_port()
+    with running_dashboard(dsn=dead, metrics_port=port) as base:
         s = login(base)
         r = s.get(base + "/api/status")
         assert r.status_code == 503 and "retrying" in r.json()["error"]
         assert s.get(base + "/").status_code == 200
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    [up] = [x for fam in text_string_to_metric_families(text) for x in fam.samples if x.name == "skynet_fleet_up"]
+    assert up.value == 0
 
 
 # -- local mode (no database) -------------------------------------------------------------
@@ -488,14 +494,3 @@ def test_fleet_metrics_on_their_own_port(fleet, tmp_path):
     with pytest.raises(requests.ConnectionError):  # stopped with the dashboard
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
-
-def test_fleet_metrics_say_when_the_database_is_down(pg):
-    from prometheus_client.parser import text_string_to_metric_families
-    from tests.servers import free_port
-
-    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
-    port = free_port()
-    with running_dashboard(dsn=dead, metrics_port=port):
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-    [up] = [s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == "skynet_fleet_up"]
-    assert up.value == 0

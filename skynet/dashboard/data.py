@@ -68,7 +68,9 @@ class PgSource:
         autocommit connections, opened lazily (min_size 0: a dashboard nobody
         looks at holds no connection). The pool checks a connection before
         lending it (a server restart leaves dead ones behind) and drops the
-        ones a request broke; a request waits at most 5 s for one (then 503, as with a database that is down)."""
+        ones a request broke. A request waits at most 3 s for one, then gets
+        503 as with a database that is down (queries take milliseconds, and
+        statement_timeout caps them at 5 s)."""
         from psycopg_pool import ConnectionPool
 
         self.dsn = dsn
@@ -81,7 +83,7 @@ class PgSource:
         )
         if sslmode:
             kw["sslmode"] = sslmode
-        self._pool = ConnectionPool(dsn, min_size=0, max_size=max_conns, kwargs=kw, open=True, timeout=5,
+        self._pool = ConnectionPool(dsn, min_size=0, max_size=max_conns, kwargs=kw, open=True, timeout=3,
                                     check=ConnectionPool.check_connection, name="skynet-dashboard")
 
     def describe(self) -> str:
