@@ -494,3 +494,21 @@ def test_fleet_metrics_on_their_own_port(fleet, tmp_path):
     with pytest.raises(requests.ConnectionError):  # stopped with the dashboard
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
+
+
+def test_pooled_connections_survive_a_database_restart(pg, tmp_path):
+    """The pool checks a connection before lending it: after PostgreSQL restarts, the
+    first page is served from a new connection, not a 503 from a dead one."""
+    dsn = pg.fresh_db("restart")
+    n = Notifier(dsn, "alpha.example", "s3", "alpha/s3/1", str(tmp_path / "sa"), "1.2.3")
+    n.event("photos", "done", "send", "a.jpg", bytes_total=1)
+    assert n.flush(20)
+    n.close()
+    with running_dashboard(dsn=dsn) as base:
+        s = login(base)
+        assert s.get(base + "/api/status").status_code == 200  # the pool now holds a connection
+        pg.stop()
+        pg.start()
+        r = s.get(base + "/api/status")
+        assert r.status_code == 200, r.text
+        assert [x["path"] for x in r.json()["recent"]] == ["a.jpg"]
