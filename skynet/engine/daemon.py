@@ -18,10 +18,9 @@ import time
 from typing import Callable
 
 
-from connections import service_module
 from skynet.reporting import sdnotify
 from connections.contract.xcon import BatchSend, Folders, PermanentError, PoolSized, TransientError, XCon
-from skynet.config.settings import Config, MappingConfig
+from skynet.config.settings import Config, MappingConfig, connection_for, service_of
 from skynet.engine.handler import Handler
 from skynet.engine.late import LateRequests
 from skynet.watch.ignore import IgnoreRules, rel_inside
@@ -118,7 +117,7 @@ class MappingRunner(WatchFaultListener):
         self.failed = FailedActions(self.db)
         self.resume = ResumeTable(self.db)
         self._check_identity()
-        self.con: XCon = service_module(cfg.service).build(cfg.service_options, m.target)
+        self.con: XCon = connection_for(cfg, m)
         if isinstance(self.con, PoolSized):  # connections that pool sessions size the pool for our workers
             self.con.size_pool(m.workers)
         self.mapper = Mapper(m.source, m.target)
@@ -162,7 +161,7 @@ class MappingRunner(WatchFaultListener):
 
     def _check_identity(self) -> None:
         """If the mapping now points elsewhere, what the Index says is void."""
-        ident = mapping_identity(self.cfg.service, self.m.source, self.m.target)
+        ident = mapping_identity(service_of(self.cfg, self.m), self.m.source, self.m.target)
         old = self.db.identity()
         if old is not None and old != ident:
             log.warning("%s: source or target changed since the last run; forgetting what the old remote held",
