@@ -89,7 +89,8 @@ class MappingRunner(WatchFaultListener):
 
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
                  throttle: Throttle | None = None, on_event: Callable | None = None,
-                 on_progress: Callable[[str, int, int], None] | None = None, notifier=None) -> None:
+                 on_progress: Callable[[str, int, int], None] | None = None, notifier=None,
+                 on_connection: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -136,7 +137,7 @@ class MappingRunner(WatchFaultListener):
                                      throttle=throttle.consume if throttle and throttle.active else None)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
-                               on_event=on_event, on_reconnect=self._cleanup)
+                               on_event=on_event, on_reconnect=self._cleanup, on_connection=on_connection)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan, folders=isinstance(self.con, Folders))
         self.late = LateRequests(self.db, self.index, self.con, self.mapper, self.producer_queue, m.complete_sync,
@@ -465,7 +466,7 @@ class Daemon:
     def _start_mapping(self, m: MappingConfig) -> None:
         r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=lambda kind, a, info, name=m.name: self._on_event(name, kind, a, info),
                           on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total),
-                          notifier=self.notifier)
+                          notifier=self.notifier, on_connection=self.progress.poke)
         self.runners[m.name] = r
         r.start()
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
