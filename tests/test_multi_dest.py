@@ -207,3 +207,119 @@ def test_config_errors_are_one_clear_line(tmp_path, change, needles):
                       {"a": {"service": "local", "root": str(tmp_path / "a")},
                        "b": {"service": "local", "root": str(tmp_path / "b")}}, mapping=change)
     one_clear_line(run_main("--run-with", "local", "--config-file", str(cfg)), str(cfg), *needles)
+
+
+# -- placement = most-free -----------------------------------------------------
+
+class FakeFree:
+    """A destination's FreeSpace ability with the free space the test sets."""
+
+    def __init__(self, free: int | None) -> None:
+        self.free = free
+
+    def free_space(self) -> int | None:
+        return self.free
+
+
+def make_pool(tmp_path: Path, free: dict[str, FakeFree], up: dict[str, bool] | None = None):
+    from skynet.engine.placement import Pool
+    from skynet.state.placement import PlacementTable
+
+    tmp_path.mkdir(exist_ok=True)
+    pool = Pool(PlacementTable(str(tmp_path / "m.placement.sqlite")))
+    hints: dict[str, list[str]] = {name: [] for name in free}
+    lanes = {name: pool.join(name, f.free_space, lambda name=name: (up or {}).get(name, True), hints[name].append)
+             for name, f in free.items()}
+    return pool, lanes, hints
+
+
+def test_most_free_places_each_new_file_on_the_roomiest_destination(tmp_path):
+    """Free space injected through the FreeSpace ability: a new file goes to the
+    destination with most room, a burst is spread (each choice is charged its
+    size), a destination that is down or cannot tell comes last, and the choice is
+    kept: asked again, or after free space changed, the file stays where it is."""
+    from connections.contract.xcon import FreeSpace
+
+    FreeSpace.register(FakeFree)
+    free = {"a": FakeFree(1000), "b": FakeFree(600), "c": FakeFree(None)}
+    pool, lanes, _ = make_pool(tmp_path, free)
+    assert isinstance(free["a"], FreeSpace)
+    owners = {}
+    for i in range(4):
+        rel = f"f{i}"
+        owners[rel] = [n for n, lane in lanes.items() if lane.owns(rel, 300, held=False)]
+    # 1000 vs 600: a; 700 vs 600: a; 400 vs 600: b; 400 vs 300: a
+    assert owners == {"f0": ["a"], "f1": ["a"], "f2": ["b"], "f3": ["a"]}
+    free["b"].free = 10_000  # later readings do not move what is placed
+    assert [n for n, lane in lanes.items() if lane.owns("f0", 300, held=False)] == ["a"]
+    pool2, lanes2, _ = make_pool(tmp_path / "x", {"a": FakeFree(5000), "b": FakeFree(9000)}, up={"b": False})
+    assert lanes2["b"].owns("new", 1, held=False) is False and lanes2["a"].owns("new", 1, held=False) is True
+    pool.table.close()
+    pool2.table.close()
+
+
+def test_most_free_placement_follows_moves_and_survives_a_lost_table(tmp_path):
+    """A move carries the placement of a file, and of every file under a folder; a
+    lane that held the old file at the destination name is told to look again; a
+    file a lane already holds, unknown to the table (lost), stays on that lane."""
+    pool, lanes, hints = make_pool(tmp_path, {"a": FakeFree(1000), "b": FakeFree(10)})
+    assert lanes["a"].owns("d/x", 1, held=False) and lanes["a"].owns("y", 1, held=False)
+    assert lanes["b"].owns("z", 1, held=True)  # held by b already: stays on b
+    lanes["b"].moved("d", "e")
+    assert pool.table.owner("e/x") == "a" and pool.table.owner("d/x") is None
+    lanes["a"].moved("y", "z")  # y (on a) renamed over z (on b): b removes its z
+    assert pool.table.owner("z") == "a" and hints == {"a": [], "b": ["z"]}
+    pool.table.close()
+
+
+def test_most_free_puts_each_file_on_one_destination_and_restore_finds_it(tmp_path):
+    """Two local destinations of different room (their `capacity`): each file lands on
+    exactly one of them, the roomier first, both are used; an overwrite and a rename
+    stay where the file is, a delete follows it; `skynet restore` and `skynet versions`
+    of the mapping find files on either."""
+    src, a, b = tmp_path / "src", tmp_path / "a", tmp_path / "b"
+    for p in (src, a, b):
+        p.mkdir()
+    cfg = pool_config(tmp_path / "c.ini", src, tmp_path / "state",
+                      {"a": {"service": "local", "root": str(a), "capacity": "100k"},
+                       "b": {"service": "local", "root": str(b), "capacity": "130k"}},
+                      mapping={"placement": "most-free", "versions": "yes"})
+    from tests.harness import tree
+
+    def where() -> dict[bytes, str]:
+        out: dict[bytes, str] = {}
+        for name, root in (("a", a), ("b", b)):
+            for rel in tree(root, skip=lambda r: r.startswith(".skynet-versions")):
+                assert rel not in out, f"{rel!r} on both destinations"
+                out[rel] = name
+        return out
+
+    def union() -> dict[bytes, bytes]:
+        files = {}
+        for root in (a, b):
+            files.update(tree(root, skip=lambda r: r.startswith(".skynet-versions")))
+        return files
+
+    with Daemon(cfg) as d:
+        (src / "first").write_bytes(b"1" * 20_000)
+        wait_converged(src, union, exact=True, daemon=d)
+        assert where() == {b"first": "b"}  # 130k of room against 100k
+        for i in range(6):
+            (src / f"f{i}").write_bytes(bytes([i]) * 20_000)
+        wait_converged(src, union, exact=True, daemon=d)
+        placed = where()
+        assert set(placed.values()) == {"a", "b"}, placed
+        on_a = sorted(rel for rel, lane in placed.items() if lane == "a")[0].decode()
+        (src / on_a).write_bytes(b"changed")
+        os.rename(src / on_a, src / "renamed")
+        (src / "first").unlink()
+        wait_converged(src, union, exact=True, daemon=d)
+        assert where()[b"renamed"] == "a" and b"first" not in where()
+        assert (a / "renamed").read_bytes() == b"changed"
+        res = run_main("restore", "--config-file", str(cfg), "--to", str(tmp_path / "out"))
+        assert res.returncode == 0, res.stderr
+        from tests.harness import tree as files_of
+        assert files_of(tmp_path / "out") == files_of(src)
+        res = run_main("versions", "--config-file", str(cfg), "--json", "first")
+        assert res.returncode == 0, res.stderr
+        assert [v["deleted"] for v in json.loads(res.stdout)] == [True, False], res.stdout

@@ -128,6 +128,7 @@ MAPPING_KEYS: dict[str, Key] = {
 TARGET_KEYS: dict[str, Key] = {
     "service": ("", "which connection: local, s3 or sftp (required); the section also takes that service's keys (its table below)", parse_choice(*SERVICES)),
     "root": ("", "where on it: a folder (local), a key prefix under the bucket's prefix (s3) or a remote folder (sftp) (required for local and sftp)", _str),
+    "capacity": ("", "for a mapping's placement = most-free: the most this destination may hold (k/M/G/T); its free space is this minus what it holds, or the disk's free space if that is less (S3 has no free space to ask: without capacity it is placed last)", parse_size_range(1, 1 << 62)),
 }
 
 GATEWAY_KEYS: dict[str, Key] = {
@@ -186,6 +187,7 @@ class TargetConfig:
     service: str
     root: str
     options: dict[str, str] = field(default_factory=dict)  # the service's own keys, raw (its module parses them)
+    capacity: int = 0  # bytes it may hold, for placement = most-free (0: not set)
 
     def build(self) -> Any:
         """A connection (XCon) to this destination, not yet connected."""
@@ -257,6 +259,7 @@ class MappingConfig:
     pool: str = ""  # the [mapping NAME] the lane belongs to ('' for a plain mapping)
     destination: str = ""  # the lane's [target NAME]
     placement: str = "all"  # the pool's placement: all or most-free
+    capacity: int = 0  # the lane's target's capacity (0: not set)
 
     @property
     def mapping(self) -> str:
@@ -531,7 +534,8 @@ def _lanes(path: str, mc: MappingConfig, targets: list[str], known: dict[str, Ta
             raise ConfigError(path, sect, "targets", f"no [target {t}] section (targets defined: {names})")
         tc = known[t]
         out.append(dataclasses.replace(mc, name=lane_name(mc.name, t), target=tc.root, service=tc.service,
-                                       options=dict(tc.options), pool=mc.name, destination=t))
+                                       options=dict(tc.options), pool=mc.name, destination=t,
+                                       capacity=tc.capacity))
     return out
 
 
@@ -566,7 +570,7 @@ def _parse_target(path: str, section: str, items: dict[str, str]) -> TargetConfi
         if problem:
             raise ConfigError(path, section, "root" if key == "target" else key, problem) from None
         raise ConfigError(path, section, None, str(exc)) from None
-    return TargetConfig(name=name, service=svc, root=root, options=options)
+    return TargetConfig(name=name, service=svc, root=root, options=options, capacity=parsed.get("capacity", 0))
 
 
 def _parse_gateway(path: str, items: dict[str, str]) -> GatewayConfig:

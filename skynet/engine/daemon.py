@@ -19,9 +19,10 @@ from typing import Callable
 
 
 from skynet.reporting import sdnotify
-from connections.contract.xcon import BatchSend, Folders, PermanentError, PoolSized, TransientError, XCon
-from skynet.config.settings import Config, MappingConfig, connection_for, service_of
+from connections.contract.xcon import BatchSend, Folders, FreeSpace, PermanentError, PoolSized, TransientError, XCon
+from skynet.config.settings import Config, MappingConfig, connection_for, lanes_of, service_of
 from skynet.engine.handler import Handler
+from skynet.engine.placement import Pool, hint_sender
 from skynet.engine.late import LateRequests
 from skynet.watch.ignore import IgnoreRules, rel_inside
 from skynet.engine.mapper import Mapper
@@ -29,6 +30,7 @@ from skynet.engine.reconcile import Reconciler, SourceUnavailable
 from skynet.state.index import Index
 from skynet.state.db import FailedActions, ResumeTable, StateError, open_or_rebuild
 from skynet.state.folder import StateFolder, StateLock, StateLocked, mapping_identity
+from skynet.state.placement import PlacementTable
 from skynet.reporting.progress import ProgressReporter, Snapshot
 from skynet.reporting.status import InFlight, write_status
 from skynet.engine.syncsnap import SyncSnap
@@ -90,7 +92,7 @@ class MappingRunner(WatchFaultListener):
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
                  throttle: Throttle | None = None, on_event: Callable | None = None,
                  on_progress: Callable[[str, int, int], None] | None = None, notifier=None,
-                 on_connection: Callable[[], None] | None = None) -> None:
+                 on_connection: Callable[[], None] | None = None, pool: Pool | None = None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -131,10 +133,13 @@ class MappingRunner(WatchFaultListener):
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
+        lane = pool.join(m.name, self._free_space, lambda: self.handler.connected,
+                         hint_sender(self.producer_queue.put)) if pool is not None else None
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
                                      complete_sync=m.complete_sync, keeper=keeper_for(self.con, m.versions),
-                                     throttle=throttle.consume if throttle and throttle.active else None)
+                                     throttle=throttle.consume if throttle and throttle.active else None,
+                                     placement=lane)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
                                on_event=on_event, on_reconnect=self._cleanup, on_connection=on_connection)
@@ -154,6 +159,18 @@ class MappingRunner(WatchFaultListener):
         self._cleaned = False
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
         self.pruner = pruner_for(cfg, m, self.db) if m.versions else None
+
+    def _free_space(self) -> int | None:
+        """Room left on this lane's destination, for placement = most-free: the
+        connection's FreeSpace, and/or the target's capacity less what the Index holds
+        (the smaller when both are known); None when neither tells."""
+        known = []
+        if isinstance(self.con, FreeSpace):
+            known.append(self.con.free_space())
+        if self.m.capacity:
+            known.append(max(0, self.m.capacity - self.index.total_bytes()))
+        known = [k for k in known if k is not None]
+        return min(known) if known else None
 
     def _wake(self) -> None:
         h = getattr(self, "handler", None)
@@ -430,6 +447,7 @@ class Daemon:
         self._reload_wanted = False
         self.fatal_reason: str | None = None
         self.runners: dict[str, MappingRunner] = {}
+        self.pools: dict[str, Pool] = {}  # mappings with placement = most-free: their lanes' shared placement
         self.observer = Observer()
         self.throttle = Throttle(Schedule(cfg.bwlimit))
         self.in_flight = InFlight()
@@ -466,10 +484,21 @@ class Daemon:
     def _start_mapping(self, m: MappingConfig) -> None:
         r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=lambda kind, a, info, name=m.name: self._on_event(name, kind, a, info),
                           on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total),
-                          notifier=self.notifier, on_connection=self.progress.poke)
+                          notifier=self.notifier, on_connection=self.progress.poke, pool=self._pool(m))
         self.runners[m.name] = r
         r.start()
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
+
+    def _pool(self, m: MappingConfig) -> Pool | None:
+        """The placement shared by the lanes of `m`'s mapping, if it places each file on one."""
+        if not m.pool or m.placement != "most-free":
+            return None
+        if m.pool not in self.pools:
+            folder = StateFolder(self.cfg.state_dir)
+            folder.make()
+            self.pools[m.pool] = Pool(PlacementTable(folder.placement(m.pool)))
+        self.pools[m.pool].expect([lane.name for lane in lanes_of(self.cfg, m.pool)])
+        return self.pools[m.pool]
 
     def _on_event(self, mapping: str, kind: str, action, info) -> None:
         """Every action's started/done/failed, from the handlers' workers."""
@@ -630,4 +659,6 @@ class Daemon:
         except Exception:
             pass
         self.notifier.close(5)
+        for pool in self.pools.values():
+            pool.table.close()
         log.info("stopped cleanly in %.1fs", time.monotonic() - t0)
