@@ -18,7 +18,7 @@ import pytest
 from tests.backends import local_backend
 from tests.backend_s3 import s3_backend
 from tests.backend_sftp import sftp_backend
-from tests.harness import Daemon, one_clear_line, run_main, wait_converged
+from tests.harness import Daemon, converged, one_clear_line, run_main, tree, wait_converged
 from tests.servers import Servers
 from tests.workload import apply, random_step
 
@@ -152,6 +152,9 @@ def outage_trial(tmp_path: Path, servers, own_servers, outage: float) -> None:
             assert "m@disk: pausing" not in d.log_text() and "m@cloud: pausing" not in d.log_text()
             for b in lanes.values():
                 assert b.leftovers() == []
+            res = run_main("restore", "--config-file", str(cfg), "--to", str(tmp_path / "out"))
+            assert res.returncode == 0, res.stderr  # from the first destination that answers
+            assert converged(src, lambda: tree(tmp_path / "out"), exact=True) == ""
 
 
 def test_failed_and_status_show_each_destination(tmp_path):
@@ -284,8 +287,6 @@ def test_most_free_puts_each_file_on_one_destination_and_restore_finds_it(tmp_pa
                       {"a": {"service": "local", "root": str(a), "capacity": "100k"},
                        "b": {"service": "local", "root": str(b), "capacity": "130k"}},
                       mapping={"placement": "most-free", "versions": "yes"})
-    from tests.harness import tree
-
     def where() -> dict[bytes, str]:
         out: dict[bytes, str] = {}
         for name, root in (("a", a), ("b", b)):
@@ -318,8 +319,7 @@ def test_most_free_puts_each_file_on_one_destination_and_restore_finds_it(tmp_pa
         assert (a / "renamed").read_bytes() == b"changed"
         res = run_main("restore", "--config-file", str(cfg), "--to", str(tmp_path / "out"))
         assert res.returncode == 0, res.stderr
-        from tests.harness import tree as files_of
-        assert files_of(tmp_path / "out") == files_of(src)
+        assert tree(tmp_path / "out") == tree(src)
         res = run_main("versions", "--config-file", str(cfg), "--json", "first")
         assert res.returncode == 0, res.stderr
         assert [v["deleted"] for v in json.loads(res.stdout)] == [True, False], res.stdout

@@ -80,9 +80,12 @@ class Pool:
             now = self.clock()
             best, best_key = None, None
             for name, slot in self._slots.items():
-                if now - slot.read_at >= FREE_TTL:
-                    slot.reading, slot.read_at, slot.placed_since = _ask(name, slot.free), now, 0
-                room = None if slot.reading is None or not slot.up() else slot.reading - slot.placed_since
+                if not slot.up():  # not asked: a call to a destination that is down could hang
+                    room = None
+                else:
+                    if now - slot.read_at >= FREE_TTL:
+                        slot.reading, slot.read_at, slot.placed_since = _ask(name, slot.free), now, 0
+                    room = None if slot.reading is None else slot.reading - slot.placed_since
                 key = (room is not None, room or 0)
                 if best_key is None or key > best_key:
                     best, best_key = name, key
