@@ -22,7 +22,7 @@ from skynet.reporting import sdnotify
 from connections.contract.xcon import BatchSend, Folders, FreeSpace, PermanentError, PoolSized, TransientError, XCon
 from skynet.config.settings import Config, MappingConfig, connection_for, lanes_of, service_of
 from skynet.engine.handler import Handler
-from skynet.engine.placement import Pool, hint_sender
+from skynet.engine.placement import Lane, Pool, hint_sender
 from skynet.engine.late import LateRequests
 from skynet.watch.ignore import IgnoreRules, rel_inside
 from skynet.engine.mapper import Mapper
@@ -133,8 +133,8 @@ class MappingRunner(WatchFaultListener):
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
-        lane = pool.join(m.name, self._free_space, lambda: self.handler.connected,
-                         hint_sender(self.producer_queue.put)) if pool is not None else None
+        self.pool = pool
+        lane = Lane(pool, m.name) if pool is not None else None
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
                                      complete_sync=m.complete_sync, keeper=keeper_for(self.con, m.versions),
@@ -203,6 +203,9 @@ class MappingRunner(WatchFaultListener):
         self._watch()
         self._remember_source()
         self.handler.start(connected)
+        if self.pool is not None:  # placed on from now on (choices wait for the lanes still starting)
+            self.pool.join(self.name, self._free_space, lambda: self.handler.connected,
+                           hint_sender(self.producer_queue.put))
         self.late.start(lambda: self.handler.connected, self._halt, self.name)
         self._rescan_wanted.set()
         self._scanner.start()
@@ -415,6 +418,7 @@ class MappingRunner(WatchFaultListener):
             ("end the scan", lambda: self._scanner.is_alive() and self._scanner.join(timeout=timeout)),
             ("queue pending sends", self.watcher.close),
             ("flush the queue", self.queue.flush),
+            ("leave the placement pool", lambda: self.pool is not None and self.pool.leave(self.name)),
             ("stop the workers", lambda: self.handler.stop(timeout)),
             ("close the queue", self.queue.close),
             ("close the connection", self.con.close),

@@ -63,13 +63,19 @@ class Pool:
             self._expected = frozenset(lanes)
 
     def join(self, lane: str, free: Callable[[], int | None], up: Callable[[], bool],
-             hint: Callable[[str], None]) -> "Lane":
-        """Lane `lane` takes part (again, after a reload): its free space, whether it is
-        reachable, and its queue."""
+             hint: Callable[[str], None]) -> Lane:
+        """Lane `lane` takes part (again, after a reload), once it runs: its free space,
+        whether it is reachable, and its queue."""
         with self._lock:
             self._slots[lane] = _Slot(free, up, hint)
             self._lock.notify_all()
         return Lane(self, lane)
+
+    def leave(self, lane: str) -> None:
+        """Lane `lane` stops (the daemon stops, or a reload removed it): nothing new is placed on it."""
+        with self._lock:
+            self._slots.pop(lane, None)
+            self._expected = self._expected - {lane}  # (a restart expects it again)
 
     def choose(self, size: int) -> str:
         """The lane with most free space now (the first in lane order on a tie; lanes
