@@ -181,6 +181,10 @@ def test_failed_and_status_show_each_destination(tmp_path):
         assert [(r["mapping"], r["destination"], r["path"]) for r in rows] == [("m@a", "a", "blocked.txt")], rows
         text = run_main("--failed", "--config-file", str(cfg)).stdout
         assert "m@a  send 'blocked.txt'" in text, text
+        from skynet.dashboard.data import LocalSource  # the dashboard without a database: one row each
+
+        dash = LocalSource([str(tmp_path / "state")]).status()
+        assert {m["name"]: m["failed"] for m in dash["daemons"][0]["mappings"]} == {"m@a": 1, "m@b": 0}, dash
         os.rename(b, tmp_path / "b.away")
         (src / "during.txt").write_text("while b is away")
         wait_for("a has the new file", lambda: (a / "during.txt").exists())
