@@ -1,5 +1,11 @@
 """The daemon: wires Watcher, UniqueQ, SyncSnap, Handler and an XCon per mapping.
 
+A mapping with several destinations (`targets`) comes from the config as one
+lane per destination, NAME@TARGET, and each lane runs here as a mapping of its
+own (its own state, watch, scan, workers and connection), so one that is down
+holds back no other. With `placement = most-free` the lanes of a mapping share a
+Pool (skynet/engine/placement.py) that puts each file on one of them.
+
 Start-up order matters for never losing a change: the watch is set up *before*
 the start-up scan, so a file changed during the scan is caught by one or the
 other (both is harmless: the second send finds the Index up to date).
@@ -490,7 +496,12 @@ class Daemon:
                           on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total),
                           notifier=self.notifier, on_connection=self.progress.poke, pool=self._pool(m))
         self.runners[m.name] = r
-        r.start()
+        try:
+            r.start()
+        except BaseException:
+            if r.pool is not None:  # the other lanes place files without it
+                r.pool.leave(r.name)
+            raise
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
 
     def _pool(self, m: MappingConfig) -> Pool | None:

@@ -81,8 +81,10 @@ class Pool:
         """The lane with most free space now (the first in lane order on a tie; lanes
         that cannot tell last), charged `size` bytes."""
         with self._lock:
-            # (one that cannot start at all stops the daemon: this wait is short)
-            self._lock.wait_for(lambda: self._expected <= set(self._slots), timeout=JOIN_WAIT)
+            # (short: lanes start one after the other; one that cannot start is waited for once)
+            if not self._lock.wait_for(lambda: self._expected <= set(self._slots), timeout=JOIN_WAIT):
+                log.warning("placing files without %s: not started", ", ".join(sorted(self._expected - set(self._slots))))
+                self._expected = frozenset(self._slots)
             now = self.clock()
             best, best_key = None, None
             for name, slot in self._slots.items():
