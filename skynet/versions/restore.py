@@ -34,7 +34,7 @@ from typing import Callable
 
 from connections.contract.xcon import TransferContext, UnsafePath, check_rel
 from skynet.transfer.chunks import TransferStopped
-from skynet.transfer.fetch import CHUNK, CONCURRENCY, Wanted, fetch_ranges
+from skynet.transfer.fetch import CHUNK, CONCURRENCY, ReadInto, Wanted, fetch_ranges, from_bytes
 from skynet.versions.current import Completes, NoHistory
 from skynet.versions.model import Version, VersionStore
 
@@ -254,14 +254,15 @@ class Restore:
         if self.stop.is_set():
             raise InterruptedError("stopped")
         dest = self._dest(v.rel)
-        read = lambda offset, length: self.store.read_range(v, offset, length)  # noqa: E731
-        if isinstance(self.store, Completes) and (v.mtime_ns is None or v.mode is None):
+        store = self.store
+        read: ReadInto = lambda offset, length, out: store.read_into(v, offset, length, out)  # noqa: E731
+        if isinstance(store, Completes) and (v.mtime_ns is None or v.mode is None):
             if v.size <= WHOLE_READ and not _same_size(dest, v.size):
                 # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET)
-                v, data = self.store.complete_read(v)
-                read = lambda offset, length: data[offset: offset + length]  # noqa: E731
+                v, data = store.complete_read(v)
+                read = from_bytes(lambda offset, length: data[offset: offset + length])
             else:
-                v = self.store.complete(v)
+                v = store.complete(v)
         want = Wanted(v.rel, v.size, v.etag, {"since_ns": v.since_ns, "mtime_ns": v.mtime_ns, "ref": v.ref},
                       v.mtime_ns, self._mode(v))
         if _finished(dest, want):
