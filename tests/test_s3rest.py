@@ -509,3 +509,36 @@ def test_list_versions_pages_and_conditional_reads(scripted):
     with pytest.raises(s3rest.S3Error) as info:
         rest.head_object("a b", if_match="old")
     assert info.value.status == 412
+
+
+def test_a_streamed_body_goes_to_the_sink_in_order_and_errors_are_read_whole(scripted):
+    """get_object(sink_for=...): a 2xx body is handed to the sink piece by piece (received into
+    one reused buffer; the bytes the head's read already held first), the connection kept
+    alive after it; an error reply is never streamed (its XML becomes the S3Error); a body
+    without a length (chunked) reaches the sink whole; a body cut short is a ProtocolError."""
+    big = os.urandom(s3rest._STREAM_BUF * 3 + 777)
+    ranged = b"HTTP/1.1 206 Partial\r\nContent-Length: %d\r\nETag: \"e\"\r\n\r\n" % len(big) + big
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    cut = b"HTTP/1.1 206 Partial\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly this"
+    server = scripted([ranged, error_reply(500, "InternalError"), error_reply(412, "PreconditionFailed"), chunked,
+                       ok(b"plain"), cut], split=100_000)
+    rest = rest_for(server)
+    pieces: list[bytes] = []
+    seen: list[tuple[int, str]] = []
+
+    def sink_for(status: int, headers: dict[str, str]):
+        seen.append((status, headers.get("etag", "")))
+        return lambda piece: pieces.append(bytes(piece))
+
+    reply = rest.get_object("k", 0, len(big) - 1, sink_for=sink_for)
+    assert reply.status == 206 and reply.body == b"" and b"".join(pieces) == big and len(pieces) > 3
+    assert seen == [(206, '"e"')]
+    with pytest.raises(s3rest.S3Error) as info:  # a 500 (retried once), then a 412: neither streamed
+        rest.get_object("k", 0, 9, if_match="old", sink_for=sink_for)
+    assert info.value.status == 412 and info.value.code == "PreconditionFailed" and seen == [(206, '"e"')]
+    pieces.clear()
+    assert rest.get_object("k", sink_for=sink_for).body == b"" and pieces == [b"hello"]
+    assert rest.get_object("k").body == b"plain"  # no sink: the body as before
+    assert server.connections == 1  # every reply above was read to its end: one keep-alive connection
+    with pytest.raises(s3rest.ProtocolError):
+        rest.get_object("k", 0, 99, sink_for=sink_for)
