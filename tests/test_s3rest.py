@@ -23,7 +23,7 @@ import pytest
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
 from connections.s3 import rest as s3rest
-from connections.contract.xcon import LocalFile, PermanentError, TransferContext, TransientError
+from connections.contract.xcon import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError
 from connections.s3.con import S3Con
 
 REPO = Path(__file__).resolve().parent.parent
@@ -542,3 +542,23 @@ def test_a_streamed_body_goes_to_the_sink_in_order_and_errors_are_read_whole(scr
     assert server.connections == 1  # every reply above was read to its end: one keep-alive connection
     with pytest.raises(s3rest.ProtocolError):
         rest.get_object("k", 0, 99, sink_for=sink_for)
+
+
+def test_a_copy_of_a_known_size_is_one_request_and_a_refused_one_looks_first(scripted):
+    """S3Con.copy(size=...) (the keeper keeping a version before an overwrite, with the size
+    the Index knows): one CopyObject, no HEAD first; a missing source is its 404; a refusal
+    (a source larger than believed) falls back to the HEAD and the copy it chooses."""
+    copied = ok(b"<CopyObjectResult><ETag>\"c1\"</ETag></CopyObjectResult>")
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nETag: \"e\"\r\n\r\n"
+    server = scripted([copied, error_reply(404, "NoSuchKey"), error_reply(400, "InvalidRequest"), head, copied,
+                       head, copied])
+    con = s3con_for(server)
+    con.copy("d/f.txt", "v/f.txt", size=4)
+    assert [r[0].split(" ")[0] for r in server.requests] == ["PUT"]
+    with pytest.raises(RemoteNotFound):
+        con.copy("d/gone.txt", "v/gone.txt", size=4)
+    con.copy("d/f.txt", "v/f2.txt", size=4)  # refused: HEAD, then the copy
+    con.copy("d/f.txt", "v/f3.txt")  # no size known: HEAD first, as before
+    methods = [r[0].split(" ")[0] for r in server.requests]
+    assert methods == ["PUT", "PUT", "PUT", "HEAD", "PUT", "HEAD", "PUT"]
+    assert all(r[1]["x-amz-copy-source"] == "bkt/root/d/f.txt" for r in server.requests if r[0].startswith("PUT /bkt/root/v/f"))

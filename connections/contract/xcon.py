@@ -462,10 +462,13 @@ class ServerSideCopy(ABC):
     CopyObject, a local copy beneath the root): no byte goes through us."""
 
     @abstractmethod
-    def copy(self, src: str, dest: str) -> None:
+    def copy(self, src: str, dest: str, *, size: int | None = None) -> None:
         """Make the remote file `dest` a copy of the remote file `src` (its
         bytes, mtime and mode), atomically; an existing `dest` is replaced.
-        RemoteNotFound when `src` is not a file on the remote."""
+        RemoteNotFound when `src` is not a file on the remote. `size`: what the
+        caller believes src's size is (the Index), so that a backend which must
+        look src up first to choose how to copy (S3: one CopyObject up to 5 GiB,
+        multipart above) may skip that request; a wrong belief costs the lookup."""
 
 
 class WholeRead(ABC):

@@ -1658,10 +1658,21 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
             return RemoteNotFound(f"{what}: {self._where(key)} is deleted at that version")
         return self._classify(exc, what, key)
 
-    def copy(self, src: str, dest: str) -> None:
-        """CopyObject (multipart copy above copy_threshold), metadata kept."""
+    def copy(self, src: str, dest: str, *, size: int | None = None) -> None:
+        """CopyObject (multipart copy above copy_threshold), metadata kept. With `size`
+        up to copy_threshold, one CopyObject and no HEAD first (a missing src is the
+        copy's own 404; a refusal, say a src larger than believed, falls back to the
+        HEAD): keeping a version before an overwrite costs one request, not two."""
         a, b = self._key(src), self._key(dest)
         what = f"copy {src!r} -> {dest!r}"
+        if size is not None and size <= self.copy_threshold and a != b:
+            try:
+                self._copy(a, b, size, what)
+                return
+            except RemoteNotFound:
+                raise RemoteNotFound(f"{what}: {self._where(a)} is not there") from None
+            except PermanentError as exc:
+                log.info("%s: %s; copying again after a HEAD", what, exc)
         head = self._head(a, what)
         if head is None:
             raise RemoteNotFound(f"{what}: {self._where(a)} is not there")
