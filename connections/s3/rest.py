@@ -54,9 +54,10 @@ PROGRESS_STEP = 1 << 20  # bodies above this are sent in slices of this size, wi
 _ONE_SEND = 64 << 10  # a body up to this size goes out in the same send() as the head
 _MAX_HEAD = 64 << 10  # a reply's status line and headers must fit in this
 _RECV = 64 << 10  # below malloc's mmap threshold: a 256 KiB recv() buffer cost ~18 us a reply in mmap/munmap
-#: a streamed body (BodySink) is received into one reused buffer of this size per connection: small
-#: enough to stay in the CPU's cache between recv_into() and the sink's write
-_STREAM_BUF = 256 << 10
+#: a streamed body (BodySink) is received into one reused buffer of this size per connection, made on
+#: its first streamed body (measured, 512 MiB ranged GETs written with pwrite: 64 KiB 2.5, 256 KiB 2.2,
+#: 1 MiB 2.1, 4 MiB 2.15 CPU s per GiB, MD5 included)
+_STREAM_BUF = 1 << 20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED = "UNSIGNED-PAYLOAD"
 
