@@ -1617,11 +1617,11 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
             if etag and _etag(headers.get("etag")) not in (None, etag):
                 raise _OtherVersion()
 
-        sink_for = None
-        if out is not None:
-            def sink_for(_status: int, headers: dict[str, str]) -> s3rest.Sink:
-                same_version(headers)  # before any byte reaches `out`
-                return out
+        def checked(_status: int, headers: dict[str, str]) -> s3rest.Sink | None:
+            same_version(headers)  # before any byte reaches `out`
+            return out
+
+        sink_for = checked if out is not None else None
         try:
             reply = self._http().get_object(key, offset, offset + length - 1, if_match=etag, version=version,
                                             sink_for=sink_for)

@@ -578,6 +578,13 @@ class HighWater:
             self.high = upto
 
 
+def _only_for(ok: tuple[int, ...], sink_for: BodySink) -> BodySink:
+    """`sink_for`, asked only about replies whose status is in `ok` (an error's body is read whole)."""
+    def streamed(status: int, headers: dict[str, str]) -> Sink | None:
+        return sink_for(status, headers) if status in ok else None
+    return streamed
+
+
 def s3_error(reply: Reply, operation: str, scrub: Callable[[str], str], key: str | None = None) -> S3Error:
     """An S3 error reply as an S3Error. A reply without an XML body (HEAD) gets its
     status as its code, as botocore did."""
@@ -694,12 +701,7 @@ class Rest:
         folder); bytes sent again are not reported twice. `sink_for` sees only replies in
         `ok` (an error's body is read whole, for its code)."""
         progress = HighWater(on_sent) if on_sent is not None else None
-        streamed: BodySink | None = None
-        if sink_for is not None:
-            outer = sink_for
-
-            def streamed(status: int, headers: dict[str, str]) -> Sink | None:
-                return outer(status, headers) if status in ok else None
+        streamed = None if sink_for is None else _only_for(ok, sink_for)
         for attempt in (0, 1):
             reply = self.request(method, path, params, headers, body, progress, sink_for=streamed)
             if reply.status in ok:
