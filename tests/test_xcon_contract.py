@@ -22,6 +22,7 @@ from connections.contract.xcon import (
     LocalFile,
     PermanentError,
     PoolSized,
+    RangeInto,
     RemoteChanged,
     RemoteNotFound,
     ServerSideCopy,
@@ -33,6 +34,7 @@ from connections.contract.xcon import (
     Versions,
     WholeRead,
     check_rel,
+    read_range_into,
     send_each,
 )
 from tests.backends import BACKENDS, enabled_backends
@@ -226,12 +228,12 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 #: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
     "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders},
-    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
-    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
+    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
+    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
     "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend, Folders},
 }
 ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, PoolSized, EtagCheck, Versions, WholeRead,
-             StreamSend, Folders)
+             StreamSend, Folders, RangeInto)
 
 
 def with_ability(ability) -> list:
@@ -321,6 +323,53 @@ def test_read_range_refuses_another_version_than_expected(backend, tmp_path):
                 backend.con.read_range("v.txt", offset, length, expect=stale)
     now = backend.con.stat("v.txt")
     assert backend.con.read_range("v.txt", 0, 100, expect=now) == b"the second version, longer"
+
+
+def test_read_range_into_writes_each_range_at_its_offset(backend, tmp_path):
+    """read_range_into (streamed where the backend is RangeInto, else one read_range): the
+    pieces of a range arrive in order and, written at the range's offset, rebuild the file;
+    the edges as read_range's; a stale `expect` refused before any byte reaches the sink."""
+    data = os.urandom(3 * MiB + 12_345)  # several receive buffers' worth per range
+    n = len(data)
+    send(backend, tmp_path, "into.bin", data)
+    entry = backend.con.stat("into.bin")
+    out = os.open(tmp_path / "out.bin", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        def write_at(pos: int):
+            at = [pos]
+
+            def sink(piece: memoryview) -> None:
+                os.pwrite(out, piece, at[0])
+                at[0] += len(piece)
+            return sink
+
+        ranges = [(2 * MiB, 2 * MiB), (0, MiB), (MiB, MiB)]  # out of order, the last one crossing the end
+        for offset, length in ranges:
+            got = read_range_into(backend.con, "into.bin", offset, length, write_at(offset), expect=entry)
+            assert got == min(length, n - offset)
+        assert os.pread(out, n + 10, 0) == data
+    finally:
+        os.close(out)
+
+    def collect(rel, offset, length, **kw):
+        pieces: list[bytes] = []
+        got = read_range_into(backend.con, rel, offset, length, lambda p: pieces.append(bytes(p)), **kw)
+        assert got == sum(map(len, pieces))
+        return b"".join(pieces)
+
+    assert collect("into.bin", n - 1, 100) == data[-1:]
+    assert collect("into.bin", n, 1) == b"" and collect("into.bin", n + 99, 5) == b""
+    assert collect("into.bin", 77, 0) == b""
+    with pytest.raises(ValueError):
+        collect("into.bin", -1, 5)
+    with pytest.raises(RemoteNotFound):
+        collect("nope", 0, 10)
+    send(backend, tmp_path, "into.bin", b"another version")
+    reached: list[int] = []
+    for offset, length in ((0, 5), (100, MiB), (3, 0)):
+        with pytest.raises(RemoteChanged):
+            read_range_into(backend.con, "into.bin", offset, length, lambda p: reached.append(len(p)), expect=entry)
+    assert reached == []  # not one byte of the other version
 
 
 def test_stat_and_list_fields(backend, tmp_path):

@@ -837,9 +837,10 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             raise RemoteNotFound(f"{what}: not a file on the target")
         return fd
 
-    def copy(self, src: str, dest: str) -> None:
+    def copy(self, src: str, dest: str, *, size: int | None = None) -> None:
         """Copy the file `src` to `dest` beneath the root, written as send() writes
-        (temp file, mtime and mode, rename): no byte leaves the machine."""
+        (temp file, mtime and mode, rename): no byte leaves the machine. (`size`
+        is not needed: the open file says.)"""
         what = f"copy {src!r} -> {dest!r}"
         fd = self._open_file(src, what)
         try:

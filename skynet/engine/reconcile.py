@@ -478,7 +478,7 @@ class Reconciler:
             raise PermanentError(f"name {rel!r} is not valid UTF-8 and {self.con.service} cannot store it")
         path = path or self.mapper.local(rel)
         if entry is not None:
-            self.keeper.replacing(rel)  # the remote's version, before the send replaces it
+            self.keeper.replacing(rel, entry.size)  # the remote's version, before the send replaces it
         for _ in range(MAX_CHASE):
             f = self._local_file(path, rel, st)
             kw = {"stop": ctx_stop} if ctx_stop is not None else {}  # (no Event built per file)
