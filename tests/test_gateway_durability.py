@@ -1,12 +1,18 @@
-"""What the gateway promises across `kill -9` now that it fsyncs only what has to outlive a request:
-an acknowledged PATCH's offset is what HEAD reports after a restart (its bytes intact); a whole file
-sent with its creation that landed everywhere leaves nothing on the gateway's disk; one that a
-destination still waits for is made durable before the answer says so, and lands after a restart."""
+"""What the gateway promises across `kill -9` and power cuts now that its fsyncs run beside the
+uploads (skynet/gateway/staging.py, acklog.py): an acknowledged PATCH's offset is what HEAD reports
+after a restart (its bytes intact); after a reboot only what was fsynced counts, at most SYNC_LAG
+behind; a whole file sent with its creation that landed everywhere leaves nothing on the gateway's
+disk; one that a destination still waits for is made durable before the answer says so."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import random
+from pathlib import Path
 
+from skynet.gateway import acklog, staging
+from skynet.gateway.staging import Staging
 from tests.gateway_helpers import MiB, Gateway, md5_header, records, staged, wait_for, write_config
 
 
@@ -84,3 +90,42 @@ def test_whole_upload_a_destination_waits_for_survives_kill9(tmp_path):
         wait_for(lambda: staged(tmp_path / "state") == [], "its bytes to go once b has them")
     finally:
         gw.stop()
+
+
+def _chunk(st, up, data: bytes, start: int, n: int) -> int:
+    return st.write(up, start, io.BytesIO(data[start:start + n]), n, None)
+
+
+def test_after_a_reboot_only_fsynced_offsets_count(tmp_path, monkeypatch):
+    """In-process, the syncer's work done by hand: read back in the same boot (what kill -9
+    leaves), the upload goes on from its last acknowledged chunk; read back after a reboot
+    (another boot id: the page cache is gone), from the offset the syncer made durable, never
+    further, and the next chunk written there cuts off what lay past it."""
+    data = _rand(3 * MiB, 4)
+    st = Staging(str(tmp_path), syncer=False)
+    up = st.create(len(data), "r.bin", "", None, 10)
+    assert _chunk(st, up, data, 0, MiB) == MiB
+    assert st.sync(up)  # the first MiB fdatasynced, then recorded
+    assert _chunk(st, up, data, MiB, MiB) == 2 * MiB  # acknowledged, not synced
+    assert json.loads(Path(st.record(up.id)).read_text())["offset"] == MiB
+    assert Staging(str(tmp_path), syncer=False).get(up.id).offset == 2 * MiB  # same boot
+    monkeypatch.setattr(acklog, "boot_id", lambda: "another-boot")
+    after = Staging(str(tmp_path), syncer=False)
+    again = after.get(up.id)
+    assert again.offset == MiB
+    other = _rand(MiB, 5)
+    assert after.write(again, MiB, io.BytesIO(other), MiB, None) == 2 * MiB
+    assert Path(after.part(up.id)).read_bytes() == data[:MiB] + other
+
+
+def test_a_patch_waits_for_the_disk_beyond_sync_lag(tmp_path, monkeypatch):
+    """With the syncer running, an answered chunk never leaves the durable record more than
+    SYNC_LAG behind (here 1 MiB: each 1 MiB chunk waits for the one before it to be fsynced)."""
+    monkeypatch.setattr(staging, "SYNC_LAG", MiB)
+    data = _rand(5 * MiB, 6)
+    st = Staging(str(tmp_path))
+    up = st.create(len(data), "l.bin", "", None, 10)
+    for start in range(0, 4 * MiB, MiB):
+        end = _chunk(st, up, data, start, MiB)
+        assert end - json.loads(Path(st.record(up.id)).read_text())["offset"] <= MiB
+    wait_for(lambda: json.loads(Path(st.record(up.id)).read_text())["offset"] == 4 * MiB, "the syncer to catch up")
