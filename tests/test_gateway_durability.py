@@ -129,3 +129,22 @@ def test_a_patch_waits_for_the_disk_beyond_sync_lag(tmp_path, monkeypatch):
         end = _chunk(st, up, data, start, MiB)
         assert end - json.loads(Path(st.record(up.id)).read_text())["offset"] <= MiB
     wait_for(lambda: json.loads(Path(st.record(up.id)).read_text())["offset"] == 4 * MiB, "the syncer to catch up")
+
+
+def test_delivered_uploads_leave_the_working_set(tmp_path):
+    """Landed everywhere, an upload is still answered (HEAD: every byte in) until expire_after,
+    but no longer among what the delivery workers, the syncer and the in-flight limit scan on
+    every request (a day of small uploads used to be scanned by each of them)."""
+    st = Staging(str(tmp_path), syncer=False)
+    ups = []
+    for i in range(3):
+        up = st.create(3, f"f{i}", "", None, 3, whole=True)
+        st.write(up, 0, io.BytesIO(b"abc"), 3, None)
+        st.finish(up, ["a"])
+        ups.append(up)
+    assert [u.id for u in st.undelivered()] == [u.id for u in ups]
+    for up in ups:
+        assert st.landed(up, "a")
+    assert st.undelivered() == [] and st.partial() == []
+    assert st.get(ups[0].id).offset == 3
+    assert st.create(1, "next", "", None, 1) is not None  # the limit counts uploads in flight only

@@ -134,6 +134,9 @@ class Staging:
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
         os.chmod(self.folder, 0o700)  # ours alone (staging_dir itself may be a shared folder: left as it is)
         self._uploads: dict[str, Upload] = {}
+        # those not yet delivered everywhere: what the workers, the syncer and the limit look
+        # at (delivered ones stay in _uploads for HEAD until expire_after: thousands of them)
+        self._active: dict[str, Upload] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._seq = 0
@@ -209,7 +212,7 @@ class Staging:
 
     def _lagging(self) -> list[Upload]:
         with self._lock:
-            ups = list(self._uploads.values())
+            ups = list(self._active.values())
         with self._sync:
             return [u for u in ups if u.id in self._durable and not u.finished and u.id not in self._volatile
                     and self._durable[u.id] < u.offset < u.length]
@@ -274,6 +277,8 @@ class Staging:
             if not up.finished:
                 self._replay(up)
             self._uploads[up.id] = up
+            if not self.delivered(up):
+                self._active[up.id] = up
             self._locks[up.id] = threading.Lock()
             self._seq = max(self._seq, up.finished_seq)
         for name in os.listdir(self.folder):  # bytes of uploads whose record never got written
@@ -307,7 +312,7 @@ class Staging:
 
     def partial(self) -> list[Upload]:
         with self._lock:
-            return [u for u in self._uploads.values() if not u.finished]
+            return [u for u in self._active.values() if not u.finished]
 
     def delivered(self, up: Upload) -> bool:
         return up.finished and not up.pending
@@ -315,7 +320,7 @@ class Staging:
     def undelivered(self) -> list[Upload]:
         """Finished uploads some destination still waits for, oldest first."""
         with self._lock:
-            found = [u for u in self._uploads.values() if u.finished and u.pending]
+            found = [u for u in self._active.values() if u.finished and u.pending]
         return sorted(found, key=lambda u: u.finished_seq)
 
     def locked(self, uid: str) -> threading.Lock:
@@ -335,11 +340,12 @@ class Staging:
         up = Upload(id=secrets.token_hex(16), length=length, filename=filename, metadata=metadata, md5=md5,
                     created=now, touched=now)
         with self._lock:
-            busy = sum(1 for u in self._uploads.values() if not u.finished)
+            busy = sum(1 for u in self._active.values() if not u.finished)
             if busy >= limit:
                 raise UploadError(429, f"too many uploads in flight ({busy} of max_uploads_in_flight {limit}): "
                                        "finish, terminate or let one expire, then try again")
             self._uploads[up.id] = up
+            self._active[up.id] = up
             self._locks[up.id] = threading.Lock()
         self._running[up.id] = hashlib.md5() if md5 else None
         if whole:
@@ -462,6 +468,8 @@ class Staging:
             _unlink(self.resume_file(up.id, target))
             if not up.pending:
                 up.touched = time.time()
+                with self._lock:
+                    self._active.pop(up.id, None)
                 _unlink(self.part(up.id))
                 _unlink(self.ack(up.id))
                 if not self._volatile.pop(up.id, True):
@@ -481,6 +489,7 @@ class Staging:
     def remove(self, uid: str) -> None:
         with self._lock:
             self._uploads.pop(uid, None)
+            self._active.pop(uid, None)
             self._locks.pop(uid, None)
             self._running.pop(uid, None)
             self._volatile.pop(uid, None)
