@@ -114,8 +114,13 @@ def rclone(src: Path, dest: str, threads: int, env: dict[str, str]) -> float:
     """`rclone copy`; its CPU seconds (user + system, from os.wait4)."""
     proc = subprocess.Popen([rclone_binary(), "copy", str(src), dest, "--transfers", str(threads),
                              "--config", os.devnull], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read() if proc.stderr else b""
-    _pid, status, ru = os.wait4(proc.pid, 0)
+    try:
+        err = proc.stderr.read() if proc.stderr else b""
+        _pid, status, ru = os.wait4(proc.pid, 0)
+    except BaseException:  # interrupted: no rclone left behind
+        proc.kill()
+        proc.wait()
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"rclone copy: exit {proc.returncode}: {err.decode(errors='replace')[-500:]}")
