@@ -225,12 +225,15 @@ class Staging:
                 with self._sync:
                     self._sync.wait(1.0)
                 continue
+            synced = False
             for up in todo:
                 try:
-                    self.sync(up)
+                    synced = self.sync(up) or synced
                 except OSError as exc:
                     log.error("gateway: cannot make upload %s durable (%s); tried again", up.id, exc)
-                    time.sleep(1.0)
+            if not synced:  # nothing could be done (a .part gone, a disk failing): no busy loop
+                with self._sync:
+                    self._sync.wait(1.0)
 
     def _acknowledge(self, up: Upload, start: int, entry: list | None) -> None:
         """The chunk [start, up.offset) is in: logged for a restart after kill -9, then the
