@@ -424,4 +424,4 @@ def test_bad_config_is_one_line(tmp_path):
     res = run_main("serve", "--config-file", str(cfg))
     assert res.returncode == 2
     assert res.stderr.strip() == (f"skynet: error: {cfg}: [target a] bucket: unknown key for a local target "
-                                  "(known keys: fsync, root, service)")
+                                  "(known keys: capacity, fsync, root, service)")

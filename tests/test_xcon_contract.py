@@ -5,6 +5,7 @@ way the handler expects, whatever the storage behind it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from connections.contract.source import SourceChanged
 from connections.contract.xcon import (
     BatchSend,
     EtagCheck,
@@ -29,6 +31,7 @@ from connections.contract.xcon import (
     ServerSideMove,
     Stream,
     StreamSend,
+    TakeOver,
     TransferContext,
     UnsafePath,
     Versions,
@@ -227,13 +230,13 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 #: the optional abilities each backend declares (by inheriting the typed mixins of
 #: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
-    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders},
+    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders, TakeOver},
     "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
     "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
     "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend, Folders},
 }
 ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, PoolSized, EtagCheck, Versions, WholeRead,
-             StreamSend, Folders, RangeInto)
+             StreamSend, Folders, RangeInto, TakeOver)
 
 
 def with_ability(ability) -> list:
@@ -482,6 +485,30 @@ def test_hard_link_keeps_the_old_bytes_when_the_file_is_replaced(able, tmp_path)
     with pytest.raises(UnsafePath):
         able.con.link("l/a.bin", "../outside")
     assert able.con.stat("kept/x") is None and able.leftovers() == []
+
+
+@pytest.mark.parametrize("able", with_ability(TakeOver), indirect=True)
+def test_take_over_lands_the_very_file_without_a_copy(able, tmp_path):
+    """The gateway's landing of a finished upload: the remote name becomes the same
+    inode (nothing copied), with the file's mtime and mode, no temporary left; a
+    file replaced or changed since it was looked at is refused, nothing lands."""
+    data = os.urandom(70_000)
+    f = make_file(tmp_path, "t/deep/a.bin", data, mode=0o640, mtime_ns=1_650_000_000_000_000_000)
+    res = able.con.take_over(f)
+    assert res.size == len(data) and res.bytes_sent == 0
+    assert able.con.read_range("t/deep/a.bin", 0, len(data) + 1) == data
+    check_metadata(able, able.con.stat("t/deep/a.bin"), len(data), 1_650_000_000_000_000_000, 0o640)
+    assert os.stat(f.path).st_nlink == 2  # one inode, two names: no byte was copied
+    g = make_file(tmp_path, "t/deep/b.bin", b"second", mode=0o600)
+    able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))  # over the first: renamed over it
+    able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))  # twice: one inode, no temporary left
+    assert able.con.read_range("t/deep/a.bin", 0, 100) == b"second"
+    os.unlink(g.path)
+    with open(g.path, "wb") as out:  # another file at the path: not the one that was looked at
+        out.write(b"planted")
+    with pytest.raises(SourceChanged):
+        able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))
+    assert able.con.read_range("t/deep/a.bin", 0, 100) == b"second" and able.leftovers() == []
 
 
 def folder_listing(backend, rel=""):

@@ -540,6 +540,21 @@ class HardLink(ABC):
         when `dest` exists; Unsupported when the remote cannot link."""
 
 
+class TakeOver(ABC):
+    """take_over() makes a finished file of this machine the remote's `rel` by a
+    hard link instead of a copy: no byte is read or written again. Only for a
+    file its owner hands over and never writes again (the gateway's finished
+    staging file): the remote's copy *is* that inode, so its mtime and mode are
+    set on it. Never for a mirrored source, which its user may edit in place."""
+
+    @abstractmethod
+    def take_over(self, f: LocalFile) -> SendResult:
+        """Link `f` (checked as open_source_fd checks it) under a temporary name
+        beside `rel`, give it f's mtime and mode, sync it if this remote syncs
+        sends, and rename it over `rel`. Unsupported when the file cannot be
+        linked there (another file system, hard links refused): send it then."""
+
+
 class FreeSpace(ABC):
     """The remote can tell how much room it has left."""
 
