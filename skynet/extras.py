@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("psycopg2",),
     "dashboard": ("flask", "waitress"),
     "jobs": ("urllib3",),  # HTTP(S) sources of migration jobs (skynet/jobs/http_source.py)
+    "fleet": ("procrastinate", "psycopg", "psycopg_pool"),  # jobs_dsn, `skynet worker` (skynet/jobs/fleet.py)
 }
 
 

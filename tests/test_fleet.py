@@ -1,0 +1,248 @@
+"""Issue 22, items 1 and 2: one job, several `skynet worker` processes, on
+procrastinate and the real PostgreSQL of the tests; nginx is the source (its access
+log says what was fetched), `rclone serve s3` the target.
+
+The default suite runs three workers on 2,000 URLs with one killed with -9 and
+started again, and a worker cut off from PostgreSQL by a fault proxy; the issue's
+full run (20,000 URLs, a worker killed every 10 s; and one from SFTP) is slow:
+
+    ./dev test -m slow tests/test_fleet.py
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.harness import REPO, run_main
+from tests.test_jobs import wait_for
+from tests.test_jobs_e2e import job_config, s3_objects, small
+
+
+def fleet_config(tmp_path: Path, srv, bucket: str, lines: list[str], dsn: str, **job: str) -> Path:
+    p = job_config(tmp_path, srv, bucket, lines, **job)
+    p.write_text(p.read_text().replace("[skynet]\n", f"[skynet]\njobs_dsn = {dsn}\n", 1))
+    return p
+
+
+def pg(dsn: str):
+    import psycopg
+
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def count(dsn: str, sql: str, *args) -> int:
+    with pg(dsn) as c:
+        return c.execute(sql, args).fetchone()[0]
+
+
+def pending(dsn: str) -> int:
+    return count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status IN ('queued', 'running')")
+
+
+class Workers:
+    """`skynet worker` processes of one config, started and ended by PID."""
+
+    def __init__(self, cfg: Path, tmp_path: Path, *args: str) -> None:
+        self.cfg, self.dir, self.args = cfg, tmp_path, args
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        log = open(self.dir / f"worker{len(self.procs)}.log", "wb")
+        p = subprocess.Popen([sys.executable, str(REPO / "main.py"), "worker", "--config-file", str(self.cfg),
+                              *self.args, *extra], cwd=REPO, stdout=log, stderr=log)
+        self.procs.append(p)
+        return p
+
+    def logs(self) -> str:
+        return "\n".join((self.dir / f"worker{i}.log").read_text(errors="replace")[-3000:]
+                         for i in range(len(self.procs)))
+
+    def stop(self) -> list[int]:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(60))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        return codes
+
+
+def url_lines(http, n: int, missing_every: int = 0) -> tuple[str, list[str], dict[str, bytes | None]]:
+    tag = f"f{random.randrange(1 << 30)}"
+    lines, expect = ["url,path"], {}
+    for i in range(n):
+        name = f"d{i % 10}/f{i}.bin"
+        if missing_every and i % missing_every == 7:
+            lines.append(f"{http.url(f'{tag}/{name}')},{name}")
+            expect[name] = None
+        else:
+            lines.append(f"{http.put(f'{tag}/{name}', small(i))},{name}")
+            expect[name] = small(i)
+    return tag, lines, expect
+
+
+def full_fetches(http, tag: str, since: int = 0) -> collections.Counter:
+    """GETs answered with the whole object, per path of this job."""
+    return collections.Counter(f.path for f in http.fetches()[since:]
+                               if f.method == "GET" and f.status == 200 and f.sent > 0 and f"/{tag}/" in f.path)
+
+
+def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: int, stall: float) -> None:
+    """n URLs (1 % missing) into S3 by three workers; one killed with -9 `kills`
+    times (every `kill_every` s, or once a third of the items are done) and started again."""
+    http, srv, pgs = servers.get("http"), servers.get("s3"), servers.get("postgres")
+    dsn = pgs.fresh_db("fleet")
+    bucket = srv.new_bucket("fleet")
+    tag, lines, expect = url_lines(http, n, missing_every=100)
+    p = fleet_config(tmp_path, srv, bucket, lines, dsn, workers="8", batch_size=str(max(n // 40, 20)))
+    res = run_main("job", "submit", "m", "--config-file", str(p), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{n:,} item(s) read" in res.stdout, res.stdout
+    start = len(http.fetches())
+    workers = Workers(p, tmp_path, "--stall-timeout", str(stall))
+    victim = [workers.start(), workers.start(), workers.start()]
+    takeovers: list[float] = []
+    at_kill: list[tuple[set[str], set[str], int]] = []  # (done dests, dests the victim held, log position)
+    try:
+        for k in range(kills):
+            if kill_every is None:
+                wait_for(lambda: count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done'") >= n // 3,
+                         120, "a third done", every=0.05)
+            else:
+                time.sleep(kill_every)
+            if not pending(dsn):
+                break
+            proc = victim[k % 3]
+            pid = proc.pid
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = time.monotonic()
+            with pg(dsn) as c:
+                held = {r[0] for r in c.execute("SELECT id FROM skynet_jobs.items WHERE status='running' "
+                                                "AND split_part(worker, ':', 2) = %s", (str(pid),))}
+                done = {r[0] for r in c.execute("SELECT dest FROM skynet_jobs.items WHERE status='done'")}
+                held_dests = {r[0] for r in c.execute("SELECT dest FROM skynet_jobs.items WHERE id = ANY(%s)", (list(held),))}
+            at_kill.append((done, held_dests, len(http.fetches())))
+            victim[k % 3] = workers.start()
+
+            def taken_over() -> bool:
+                return not held or count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE id = ANY(%s) AND "
+                                              "status='running' AND split_part(worker, ':', 2) = %s",
+                                         list(held), str(pid)) == 0
+            wait_for(taken_over, 120, "the killed worker's items to be taken over", every=0.1)
+            takeovers.append(time.monotonic() - killed_at)
+            print(f"kill {k + 1}: {len(held)} item(s) held by the killed worker, taken over "
+                  f"{takeovers[-1]:.1f} s after the kill (stall timeout {stall:.0f} s)")
+        wait_for(lambda: pending(dsn) == 0, 600, "the job to finish", every=0.2)
+    finally:
+        codes = workers.stop()
+        print("\n".join(line for line in workers.logs().splitlines() if " INFO " not in line)[-4000:])
+    assert codes[-3:] == [0, 0, 0], workers.logs()
+    assert takeovers and max(takeovers) < 60, takeovers
+    # every item in its state, once
+    with pg(dsn) as c:
+        rows = {r[0]: r[1:] for r in c.execute("SELECT dest, status, error_class, done_transitions FROM skynet_jobs.items")}
+    objects = s3_objects(srv, bucket, "in/")
+    for dest, data in expect.items():
+        status, cls, transitions = rows[dest]
+        if data is None:
+            assert (status, cls) == ("failed", "not_found") and dest not in objects
+        else:
+            assert status == "done" and transitions == 1 and objects[dest][0] == len(data), (dest, rows[dest])
+    # at most one full fetch per item, but for items in flight when a worker died;
+    # nothing finished before a kill was fetched after it
+    fetched = full_fetches(http, tag, start)
+    twice = {path for path, k in fetched.items() if k > 1}
+    in_flight = {f"/{tag}/{d}" for _, held, _ in at_kill for d in held}
+    assert twice <= in_flight, sorted(twice - in_flight)[:5]
+    for done, _, pos in at_kill:
+        again = {f.path for f in http.fetches()[pos:] if f.method == "GET"} & {f"/{tag}/{d}" for d in done}
+        assert not again, sorted(again)[:5]
+    print(f"{n} items, {len(at_kill)} kill(s): {len(twice)} item(s) fetched twice (in flight at a kill), "
+          f"take-over {', '.join(f'{t:.1f}' for t in takeovers)} s")
+
+
+def test_three_workers_one_killed_and_restarted(servers, tmp_path):
+    fleet_run(servers, tmp_path, n=2000, kill_every=None, kills=1, stall=4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_three_workers_20000_items_one_killed_every_10s(servers, tmp_path):
+    """The issue's run: 20,000 URLs, a worker killed with -9 every 10 s, default stall timeout."""
+    fleet_run(servers, tmp_path, n=20_000, kill_every=10, kills=12, stall=30)
+
+
+def test_a_worker_cut_off_from_postgresql_keeps_no_lease_it_cannot_renew(servers, tmp_path):
+    """A worker whose PostgreSQL goes silent (a fault proxy holds every byte) stops
+    its transfers and kills itself before its heartbeat is stale enough for another
+    worker to take its batches; the other worker then finishes them, each item done once."""
+    http, srv, pgs = servers.get("http"), servers.get("s3"), servers.get("postgres")
+    dsn = pgs.fresh_db("cut")
+    bucket = srv.new_bucket("cut")
+    tag, lines, expect = url_lines(http, 120, missing_every=40)
+    direct = fleet_config(tmp_path, srv, bucket, lines, dsn, workers="2", batch_size="40")
+    assert run_main("job", "submit", "m", "--config-file", str(direct), timeout=120).returncode == 0
+    proxy = FaultProxy(pgs.port).start()
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    proxied = fleet_config(slow, srv, bucket, lines, dsn.replace(f":{pgs.port}/", f":{proxy.port}/"),
+                           workers="2", batch_size="40", bwlimit="64k")
+    stall = 4.0
+    workers = Workers(proxied, tmp_path, "--stall-timeout", str(stall))
+    try:
+        cut_off = workers.start()
+        wait_for(lambda: count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done'") >= 5, 60,
+                 "some items done", every=0.05)
+        proxy.stall()
+        cut_at = time.time()
+        code = cut_off.wait(30)
+        gone_at = time.time()
+        with pg(dsn) as c:
+            beat = c.execute("SELECT extract(epoch FROM last_heartbeat) FROM skynet_jobs.workers WHERE pid=%s",
+                             (cut_off.pid,)).fetchone()[0]
+            held = c.execute("SELECT count(*) FROM skynet_jobs.items WHERE status='running'").fetchone()[0]
+        print(f"cut off at +0 s; exited {gone_at - cut_at:.1f} s later, {gone_at - float(beat):.1f} s after its last "
+              f"heartbeat (stall timeout {stall:.0f} s); {held} item(s) left running")
+        assert code == -signal.SIGKILL and "heartbeat not renewed" in workers.logs(), workers.logs()
+        assert gone_at - float(beat) < stall  # gone before anyone could take its batches over
+        fetched = len(http.fetches())
+        other = Workers(direct, tmp_path / "slow", "--stall-timeout", str(stall), "--exit-when-idle")
+        finisher = other.start()
+        assert finisher.wait(120) == 0, other.logs()
+        # failed items stay queryable by class; `job retry` enqueues them again
+        res = run_main("job", "status", "m", "--json", "--config-file", str(direct))
+        assert res.returncode == 0, res.stderr
+        st = json.loads(res.stdout)
+        assert st["counts"]["done"] == 117 and st["errors"] == {"not_found": 3}, st
+        assert len(st["workers"]) == 2 and all(w["stopped"] for w in st["workers"] if w["pid"] == finisher.pid), st
+        missing = [d for d, data in expect.items() if data is None]
+        for d in missing:
+            http.put(f"{tag}/{d}", b"now here")
+        res = run_main("job", "retry", "m", "--class", "not_found", "--config-file", str(direct))
+        assert "3 failed item(s) queued again in 1 batch(es)" in res.stdout, res.stdout + res.stderr
+        assert other.start().wait(120) == 0, other.logs()
+    finally:
+        proxy.close()
+        workers.stop()
+    with pg(dsn) as c:
+        rows = dict(c.execute("SELECT dest, done_transitions FROM skynet_jobs.items WHERE status='done'").fetchall())
+    assert len(rows) == 120 and set(rows.values()) == {1}
+    assert len(s3_objects(srv, bucket, "in/")) == 120
+    assert all(k == 1 for k in full_fetches(http, tag, fetched).values())
+    report = run_main("job", "report", "m", "--csv", "--config-file", str(direct)).stdout.splitlines()
+    assert len(report) == 121 and all(",done," in line for line in report[1:]), report[:3]
