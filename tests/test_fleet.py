@@ -107,9 +107,13 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
     http, srv, pgs = servers.get("http"), servers.get("s3"), servers.get("postgres")
     dsn = pgs.fresh_db("fleet")
     bucket = srv.new_bucket("fleet")
+    t = time.monotonic()
     tag, lines, expect = url_lines(http, n, missing_every=100)
+    print(f"files {time.monotonic() - t:.1f} s")
     p = fleet_config(tmp_path, srv, bucket, lines, dsn, workers="8", batch_size=str(max(n // 40, 20)))
+    t0 = time.monotonic()
     res = run_main("job", "submit", "m", "--config-file", str(p), timeout=300)
+    print(f"submit {time.monotonic() - t0:.1f} s")
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"{n:,} item(s) read" in res.stdout, res.stdout
     start = len(http.fetches())
@@ -126,6 +130,7 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
                 time.sleep(kill_every)
             if not pending(dsn):
                 break
+            print(f"kill at {time.monotonic() - t0:.1f} s")
             proc = victim[k % 3]
             pid = proc.pid
             proc.send_signal(signal.SIGKILL)
@@ -148,8 +153,11 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
             print(f"kill {k + 1}: {len(held)} item(s) held by the killed worker, taken over "
                   f"{takeovers[-1]:.1f} s after the kill (stall timeout {stall:.0f} s)")
         wait_for(lambda: pending(dsn) == 0, 600, "the job to finish", every=0.2)
+        print(f"finished at {time.monotonic() - t0:.1f} s")
     finally:
+        t1 = time.monotonic()
         codes = workers.stop()
+        print(f"stopped in {time.monotonic() - t1:.1f} s")
         print("\n".join(line for line in workers.logs().splitlines() if " INFO " not in line)[-4000:])
     assert codes[-3:] == [0, 0, 0], workers.logs()
     assert takeovers and max(takeovers) < 60, takeovers
@@ -172,6 +180,7 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
     for done, _, pos in at_kill:
         again = {f.path for f in http.fetches()[pos:] if f.method == "GET"} & {f"/{tag}/{d}" for d in done}
         assert not again, sorted(again)[:5]
+    print(f"checked at {time.monotonic() - t0:.1f} s")
     print(f"{n} items, {len(at_kill)} kill(s): {len(twice)} item(s) fetched twice (in flight at a kill), "
           f"take-over {', '.join(f'{t:.1f}' for t in takeovers)} s")
 
@@ -246,3 +255,96 @@ def test_a_worker_cut_off_from_postgresql_keeps_no_lease_it_cannot_renew(servers
     assert all(k == 1 for k in full_fetches(http, tag, fetched).values())
     report = run_main("job", "report", "m", "--csv", "--config-file", str(direct)).stdout.splitlines()
     assert len(report) == 121 and all(",done," in line for line in report[1:]), report[:3]
+
+
+def procrastinate_jobs(dsn: str, status: str) -> int:
+    return count(dsn, "SELECT count(*) FROM procrastinate_jobs WHERE queue_name='skynet-job-m' AND status=%s", status)
+
+
+def heartbeats_after(dsn: str, at: float, n: int) -> bool:
+    """Every live worker has sent a heartbeat after `at` (so it has looked at the pause row since)."""
+    return count(dsn, "SELECT count(*) FROM skynet_jobs.workers WHERE stopped_at IS NULL AND "
+                      "last_heartbeat > to_timestamp(%s)", at) >= n
+
+
+def test_a_paused_queue_stops_every_worker_at_a_chunk_boundary_and_resumes(servers, tmp_path):
+    """Issue 22 item 3 with the pause row: two workers; `job pause` while a 24 MiB item
+    is half sent into S3: no batch runs on either worker, the item stops at a part
+    boundary, keeps its parts and is not charged an attempt; `job resume` and it
+    continues without fetching or sending them again."""
+    from tests.test_jobs_e2e import MiB, big_blob
+
+    http, srv, pgs = servers.get("http"), servers.get("s3"), servers.get("postgres")
+    dsn = pgs.fresh_db("pause")
+    bucket = srv.new_bucket("pause")
+    tag, lines, expect = url_lines(http, 30)
+    big = big_blob(24 * MiB)
+    lines.append(f"{http.put(f'{tag}/big.bin', big)},big.bin")
+    p = fleet_config(tmp_path, srv, bucket, lines, dsn, workers="2", batch_size="4", bwlimit="4M")
+    assert run_main("job", "submit", "m", "--config-file", str(p)).returncode == 0
+    workers = Workers(p, tmp_path, "--stall-timeout", "6")
+    try:
+        workers.start(), workers.start()
+
+        def parts() -> int:
+            with pg(dsn) as c:
+                resume = c.execute("SELECT resume FROM skynet_jobs.items WHERE dest='big.bin'").fetchone()[0]
+            return len(json.loads(resume or "{}").get("parts", []))
+        wait_for(lambda: parts() >= 1, 120, "a part of the big item sent", every=0.05)
+        res = run_main("job", "pause", "m", "--config-file", str(p))
+        assert res.returncode == 0 and "paused on every worker" in res.stdout, res.stderr
+        paused_at = time.time()
+        wait_for(lambda: procrastinate_jobs(dsn, "doing") == 0 and
+                 count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='running'") == 0,
+                 60, "every batch back in the queue", every=0.05)
+        done_then = count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done'")
+        since = time.time()
+        wait_for(lambda: heartbeats_after(dsn, since, 2), 30, "a heartbeat of each worker", every=0.1)
+        # paused: the queue holds batches, no worker takes one
+        assert procrastinate_jobs(dsn, "todo") > 0 and procrastinate_jobs(dsn, "doing") == 0
+        assert count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done'") == done_then < 31
+        with pg(dsn) as c:
+            status, attempts, resume = c.execute(
+                "SELECT status, attempts, resume FROM skynet_jobs.items WHERE dest='big.bin'").fetchone()
+        state = json.loads(resume)
+        kept, part = len(state["parts"]), state["part_size"]
+        assert (status, attempts) == ("queued", 0) and kept >= 1
+        st = json.loads(run_main("job", "status", "m", "--json", "--config-file", str(p)).stdout)
+        assert st["paused"] == "operator"
+        print(f"paused {time.time() - paused_at:.1f} s: {done_then} done, big.bin kept {kept} part(s)")
+        assert "resumed" in run_main("job", "resume", "m", "--config-file", str(p)).stdout
+        wait_for(lambda: pending(dsn) == 0, 120, "the job to finish", every=0.1)
+    finally:
+        codes = workers.stop()
+    assert codes == [0, 0], workers.logs()
+    got = srv.client().get_object(Bucket=bucket, Key="in/big.bin")["Body"].read()
+    assert got == big
+    trace = [(f.status, f.sent, f.range) for f in http.fetches(f"{tag}/big.bin")]
+    assert len(trace) == 2 and trace[1] == (206, len(big) - kept * part, f"bytes={kept * part}-"), (kept, trace)
+    assert count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done' AND done_transitions=1") == 31
+
+
+def test_a_closed_window_pauses_the_queue_for_every_worker(servers, tmp_path):
+    """Outside its window a job's queue is paused (the row every worker reads): a
+    worker takes none of its batches."""
+    http, srv, pgs = servers.get("http"), servers.get("s3"), servers.get("postgres")
+    dsn = pgs.fresh_db("window")
+    bucket = srv.new_bucket("window")
+    _, lines, _ = url_lines(http, 10)
+    later = time.localtime(time.time() + 3 * 3600)
+    closed = f"{later.tm_hour:02d}:00-{(later.tm_hour + 1) % 24:02d}:00"  # an hour that is not now
+    p = fleet_config(tmp_path, srv, bucket, lines, dsn, window=closed, batch_size="5")
+    assert run_main("job", "submit", "m", "--config-file", str(p)).returncode == 0
+    workers = Workers(p, tmp_path, "--stall-timeout", "6")
+    try:
+        workers.start()
+        wait_for(lambda: count(dsn, "SELECT count(*) FROM skynet_jobs.pauses WHERE job='m' AND paused AND "
+                                    "reason='window'") == 1, 60, "the pause row", every=0.05)
+        since = time.time()
+        wait_for(lambda: heartbeats_after(dsn, since, 1), 30, "a heartbeat after it", every=0.1)
+        assert procrastinate_jobs(dsn, "todo") == 2 and procrastinate_jobs(dsn, "doing") == 0
+        assert count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='queued' AND attempts=0") == 10
+        out = run_main("job", "status", "m", "--config-file", str(p)).stdout
+        assert "queue paused (window)" in out and "0 done" in out, out
+    finally:
+        assert workers.stop() == [0], workers.logs()

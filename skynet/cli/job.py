@@ -5,6 +5,7 @@
     skynet job retry NAME [--class C,...]   failed items queued again (all, or by class)
     skynet job report NAME --csv            every item's final state, streamed
     skynet job submit NAME                  ([skynet] jobs_dsn) read the source, queue batches for `skynet worker`
+    skynet job pause NAME / resume NAME     ([skynet] jobs_dsn) every worker stops / starts taking its batches
 
 Exit codes of `run`: 0 every item done, 3 some failed for good (or lines of the
 list made no item), 2 a bad config or a list changed since it was first read,
@@ -260,7 +261,8 @@ def status_cmd(name: str, as_json: bool, config_file: str | None, service: str |
         click.echo(json.dumps(st, indent=2))
         return
     c = st["counts"]
-    click.echo(f"job {name}: {'running (pid %d)' % st['pid'] if st['pid'] else 'not running'}")
+    click.echo(f"job {name}: {'running (pid %d)' % st['pid'] if st['pid'] else 'not running'}"
+               + (f", queue paused ({st['paused']})" if st.get("paused") else ""))
     click.echo("  " + ", ".join(f"{c[s]:,} {s}" for s in STATUSES) + f" of {st['total']:,}")
     if st["errors"]:
         click.echo("  failed by class: " + ", ".join(f"{k} {n:,}" for k, n in sorted(st["errors"].items())))
@@ -287,6 +289,7 @@ def job_status(cfg: configmod.Config, name: str) -> dict:
         progress = table.get("progress") or {}
         pid = StateFolder(cfg.state_dir).job_holder(name)
         workers: list[dict] = []
+        paused = None
         if cfg.jobs_dsn:  # the fleet's workers: their rates, from their heartbeats
             from skynet.jobs.fleet import worker_rows
 
@@ -295,10 +298,14 @@ def job_status(cfg: configmod.Config, name: str) -> dict:
             live = [w for w in workers if not w["stopped"] and w["age"] < 90]
             pid = live[0]["pid"] if live else None
             progress = {"rate": sum(w["rate"] for w in live), "bytes_rate": 0.0}
+            from skynet.jobs.fleet import pause_state
+
+            paused = pause_state(table.pool, name)  # type: ignore[attr-defined]
         rate = progress.get("rate", 0.0) if pid else 0.0
         pending = by_status[QUEUED] + by_status[RUNNING]
         return {
             "workers": workers,
+            "paused": paused,
             "job": name,
             "pid": pid,
             "counts": by_status,
@@ -312,6 +319,38 @@ def job_status(cfg: configmod.Config, name: str) -> dict:
         }
     finally:
         table.close()
+
+
+@job.command("pause", cls=click.Command)
+@click.argument("name")
+@config_options
+def pause_cmd(name: str, config_file: str | None, service: str | None) -> None:
+    """Pause job NAME's queue on every worker ([skynet] jobs_dsn): no new batch starts,
+    items in flight stop at a chunk boundary, until `job resume NAME`."""
+    _set_pause(config_file, service, name, True)
+
+
+@job.command("resume", cls=click.Command)
+@click.argument("name")
+@config_options
+def resume_cmd(name: str, config_file: str | None, service: str | None) -> None:
+    """Undo `job pause NAME`: the workers follow the job's window again."""
+    _set_pause(config_file, service, name, False)
+
+
+def _set_pause(config_file: str | None, service: str | None, name: str, paused: bool) -> None:
+    cfg, _ = _load(config_file, service, name)
+    if not cfg.jobs_dsn:
+        fail(f"{cfg.path}: pausing a job's queue needs [skynet] jobs_dsn (`job run` stops with SIGTERM)")
+    table = _table(cfg, name)
+    try:
+        from skynet.jobs.fleet import set_pause
+
+        set_pause(table.pool, name, paused)  # type: ignore[attr-defined]
+    finally:
+        table.close()
+    click.echo(f"job {name}: " + ("paused on every worker (skynet job resume " + name + ")" if paused
+                                  else "resumed: the workers follow its window"))
 
 
 @job.command("retry", cls=click.Command)

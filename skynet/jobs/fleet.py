@@ -486,6 +486,22 @@ class FleetWorker:
         return True
 
 
+def set_pause(pool: Any, job: str, paused: bool) -> None:
+    """`job pause`: every worker stops taking the job's batches until `job resume`
+    (reason 'operator': a window does not undo it); resume hands the row back to the window."""
+    with pool.connection() as c:
+        c.execute("INSERT INTO skynet_jobs.pauses(job, paused, reason) VALUES (%s, %s, %s) ON CONFLICT (job) DO UPDATE "
+                  "SET paused=excluded.paused, reason=excluded.reason, changed_at=now()",
+                  (job, paused, "operator" if paused else "window"))
+
+
+def pause_state(pool: Any, job: str) -> str | None:
+    """Why the job's queue is paused ('window', 'operator'), or None."""
+    with pool.connection() as c:
+        row = c.execute("SELECT reason FROM skynet_jobs.pauses WHERE job=%s AND paused", (job,)).fetchone()
+    return row[0] if row else None
+
+
 def worker_rows(pool: Any, job: str | None = None, *, live_within: float = 3600.0) -> list[dict]:
     """The workers seen in the last `live_within` seconds (all jobs, or those serving `job`)."""
     with pool.connection() as c:
