@@ -469,14 +469,7 @@ class FleetWorker:
                 rt.task = asyncio.create_task(self._serve(app, [queue_of(name)], self.concurrency))
 
     def _pause_row(self, job: str, closed: bool) -> bool:
-        """Set the job's pause row from its window (every worker writes the same),
-        and return what the row says."""
-        with self.pool.connection() as c:
-            c.execute("INSERT INTO skynet_jobs.pauses(job, paused, reason) VALUES (%s, %s, 'window') "
-                      "ON CONFLICT (job) DO UPDATE SET paused=excluded.paused, reason=excluded.reason, changed_at=now() "
-                      "WHERE pauses.paused IS DISTINCT FROM excluded.paused AND pauses.reason = 'window'",
-                      (job, closed))
-            return c.execute("SELECT paused FROM skynet_jobs.pauses WHERE job=%s", (job,)).fetchone()[0]
+        return sync_pause(self.pool, job, closed)
 
     async def _idle(self, app: Any) -> bool:
         for name in self.jobs:
@@ -484,6 +477,17 @@ class FleetWorker:
                 if q["todo"] or q["doing"]:
                     return False
         return True
+
+
+def sync_pause(pool: Any, job: str, closed: bool) -> bool:
+    """Set the job's pause row from its window (every worker writes the same; an
+    operator's pause is left alone), and return what the row says: paused or not."""
+    with pool.connection() as c:
+        c.execute("INSERT INTO skynet_jobs.pauses(job, paused, reason) VALUES (%s, %s, 'window') "
+                  "ON CONFLICT (job) DO UPDATE SET paused=excluded.paused, changed_at=now() "
+                  "WHERE pauses.paused IS DISTINCT FROM excluded.paused AND pauses.reason = 'window'",
+                  (job, closed))
+        return c.execute("SELECT paused FROM skynet_jobs.pauses WHERE job=%s", (job,)).fetchone()[0]
 
 
 def set_pause(pool: Any, job: str, paused: bool) -> None:
