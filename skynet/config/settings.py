@@ -94,6 +94,9 @@ GLOBAL_KEYS: dict[str, Key] = {
     "log_level": ("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", parse_level),
     "log_file": ("", "write the log to this file (rotated) instead of stderr; e.g. ~/.local/state/skynet/skynet.log", parse_path),
     "log_format": ("text", "text or json", parse_choice("text", "json")),
+    "metrics_port": ("0", "serve Prometheus metrics (actions, bytes, failures, queue depth, latency, job items) on this port at /metrics, without login; 0: off", parse_int_range(0, 65535)),
+    "metrics_host": ("127.0.0.1", "address the metrics ports listen on (metrics_port, dashboard_metrics_port); anything but loopback exposes mapping and job names to the network", _str),
+    "dashboard_metrics_port": ("0", "with --dashboard: serve the fleet's figures from PostgreSQL (daemons, queues, jobs' items by state and failures by class) for Prometheus on this port at /metrics, without login; 0: off", parse_int_range(0, 65535)),
     "notify_dsn": ("", "PostgreSQL that receives every action for the dashboard: postgresql://user:password@host:5432/db, or 'env' for libpq's PGHOST/PGUSER/PGPASSWORD/PGPASSFILE variables; empty: no notifications", _str),
     "jobs_dsn": ("", "PostgreSQL that holds the item tables of jobs run by many machines (`skynet job submit`, `skynet worker`): postgresql://user:password@host:5432/db, or 'env' for libpq's PGHOST/PGUSER/PGPASSWORD/PGPASSFILE variables; empty: each job's items stay in the state folder and only `job run` runs them", _str),
     "notify_sslmode": ("", "TLS for that connection: disable, allow, prefer, require, verify-ca or verify-full (empty: libpq's default or PGSSLMODE)", parse_choice("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
@@ -269,6 +272,9 @@ class Config:
     log_level: str = "INFO"
     log_file: str = ""
     log_format: str = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    dashboard_metrics_port: int = 0
     notify_dsn: str = ""
     jobs_dsn: str = ""
     notify_sslmode: str = ""
@@ -360,6 +366,7 @@ def load(path: str, service: str | None = None) -> Config:
     cfg = Config(path=path, service=file_service or "",
                  state_dir=g.get("state_dir") or default_state_dir(file_service or "gateway"))
     for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "late_grace", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
+              "metrics_port", "metrics_host", "dashboard_metrics_port",
               "notify_dsn", "jobs_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
               "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
         if k in g:
@@ -526,12 +533,9 @@ def secret_keys(cfg: Config) -> list[str]:
 
 
 def _dsn_has_password(dsn: str) -> bool:
-    try:
-        import psycopg2.extensions
+    from skynet.reporting.pgdsn import has_password
 
-        return bool(psycopg2.extensions.parse_dsn(dsn).get("password"))
-    except Exception:
-        return "password" in dsn.lower() or "@" in dsn  # cannot tell: assume it may
+    return has_password(dsn)
 
 
 def exposed_secrets_warning(cfg: Config) -> str | None:

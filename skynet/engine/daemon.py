@@ -438,6 +438,9 @@ class Daemon:
         self.ready = False
         from skynet.reporting import notifier as notifiermod
         self.notifier = notifiermod.from_config(cfg)
+        from skynet.reporting import metrics
+        self.metrics = metrics
+        metrics.from_config(cfg)  # metrics_port: /metrics for Prometheus (opt-in)
         self._next_heartbeat = 0.0
 
     def fatal(self, reason: str) -> None:
@@ -474,6 +477,7 @@ class Daemon:
     def _on_event(self, mapping: str, kind: str, action, info) -> None:
         """Every action's started/done/failed, from the handlers' workers."""
         self.notifier.on_handler_event(mapping, kind, action, info)
+        self.metrics.on_handler_event(mapping, kind, action, info)
         if kind != "started":
             self.in_flight.finish(mapping, action.src)
         self.progress.poke()
@@ -530,7 +534,7 @@ class Daemon:
             # check that the watches' threads are alive: if they died, exit
             # non-zero so systemd restarts us rather than run deaf.
             timeout = 60.0 if ping is None else min(60.0, ping)
-            if self.notifier.enabled:
+            if self.notifier.enabled or self.metrics.enabled():
                 self._heartbeat()
                 timeout = min(timeout, max(0.05, self._next_heartbeat - time.monotonic()))
             if not self.ready:
@@ -568,6 +572,7 @@ class Daemon:
             maps.append({"name": r.name, "source": r.m.source, "target": r.con.describe(), "queue_depth": depth,
                          "in_flight": len(r.handler.in_flight()), "failed": failed,
                          "connected": r.handler.connected})
+            self.metrics.set_mapping_state(r.name, depth, maps[-1]["in_flight"], failed)
         self.notifier.heartbeat(maps)
 
     def status_line(self) -> str:
