@@ -17,12 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.faultproxy import FaultProxy
 from tests.harness import REPO, run_main
+from tests.servers import free_port
 from tests.test_jobs import wait_for
 from tests.test_jobs_e2e import job_config, s3_objects, small
 
@@ -284,8 +286,9 @@ def test_a_paused_queue_stops_every_worker_at_a_chunk_boundary_and_resumes(serve
     p = fleet_config(tmp_path, srv, bucket, lines, dsn, workers="2", batch_size="4", bwlimit="2M")
     assert run_main("job", "submit", "m", "--config-file", str(p)).returncode == 0
     workers = Workers(p, tmp_path, "--stall-timeout", "6")
+    port = free_port()
     try:
-        workers.start(), workers.start()
+        workers.start("--metrics-port", str(port)), workers.start()
 
         def parts() -> int:
             with pg(dsn) as c:
@@ -312,6 +315,11 @@ def test_a_paused_queue_stops_every_worker_at_a_chunk_boundary_and_resumes(serve
         assert (status, attempts) == ("queued", 0) and kept >= 1
         st = json.loads(run_main("job", "status", "m", "--json", "--config-file", str(p)).stdout)
         assert st["paused"] == "operator"
+        assert [w["batches_held"] for w in st["workers"]] == [0, 0], st["workers"]
+        # the worker's /metrics: the items it finished (whole-job states come every 15 s)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        mine = [ln for ln in text.splitlines() if ln.startswith('skynet_job_items_total{job="m",status="done"}')]
+        assert mine and float(mine[0].split()[-1]) >= 1, text[-2000:]
         res = run_main("job", "pause", "m", "--config-file", str(p))
         assert res.returncode == 0 and "paused on every worker" in res.stdout, res.stderr
         print(f"paused {time.time() - paused_at:.1f} s: {done_then} done, big.bin kept {kept} part(s)")

@@ -31,7 +31,7 @@ log = logging.getLogger("skynet.jobs.fleet")
 @click.option("--stall-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
               help="Seconds without a heartbeat after which a worker's batches go to others.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus /metrics on this port (127.0.0.1).")
+              help="Serve Prometheus /metrics on this port (at [skynet] metrics_host; default: metrics_port).")
 @config_options
 def worker(job_name: str | None, concurrency: int, exit_when_idle: bool, stall_timeout: float,
            metrics_port: int | None, config_file: str | None, service: str | None) -> None:
@@ -66,8 +66,10 @@ def worker(job_name: str | None, concurrency: int, exit_when_idle: bool, stall_t
         t = Throttle(Schedule(j.bwlimit if j.bwlimit != "off" else cfg.bwlimit))
         return t.consume if t.active else None
 
+    on_outcomes, on_states = _metrics(cfg, metrics_port)
     w = FleetWorker(cfg.jobs_dsn, jobs, make_transfer, concurrency=concurrency, exit_when_idle=exit_when_idle,
-                    stall_timeout=stall_timeout, throttle=throttle)  # type: ignore[arg-type]
+                    stall_timeout=stall_timeout, throttle=throttle, on_outcomes=on_outcomes,  # type: ignore[arg-type]
+                    on_states=on_states)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())
     log.info("worker %s: serving %s (concurrency %d, stall timeout %.0f s)", w.id,
@@ -81,3 +83,24 @@ def worker(job_name: str | None, concurrency: int, exit_when_idle: bool, stall_t
             except Exception:  # the run is over; a failing close must not hide its result
                 log.debug("closing the target failed", exc_info=True)
     sys.exit(code)
+
+
+def _metrics(cfg: configmod.Config, port: int | None) -> tuple:
+    """With --metrics-port (or [skynet] metrics_port): /metrics on that port, fed
+    with every item this worker finishes and, now and then, the whole job's items by state."""
+    from skynet.reporting import metrics
+
+    port = port if port is not None else cfg.metrics_port
+    if not port:
+        return (lambda job, outcomes: None), None
+    from skynet.extras import require
+
+    require("metrics", "--metrics-port")
+    metrics.start_metrics_server(cfg.metrics_host or "127.0.0.1", port)
+
+    def on_outcomes(job: str, outcomes: list) -> None:
+        for o in outcomes:
+            if o.kind in ("done", "failed"):
+                metrics.item_finished(job, o.kind, o.error_class, o.bytes)
+
+    return on_outcomes, metrics.set_job_states

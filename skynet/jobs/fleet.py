@@ -61,6 +61,7 @@ log = logging.getLogger("skynet.jobs.fleet")
 FLEET_QUEUE = "skynet-fleet"
 BATCH_TASK = "skynet.batch"
 REAP_TASK = "skynet.reap"
+STATES_EVERY = 15.0  # seconds between two readings of the jobs' items by state (/metrics)
 REAP_EVERY = 5  # seconds between two looks for stalled batches (at most; less with a short stall timeout)
 STALL_TIMEOUT = 30.0
 SCHEMA_LOCK = 0x736B796E65745051  # "skynetPQ": one process applies procrastinate's schema
@@ -234,7 +235,8 @@ class FleetWorker:
     def __init__(self, dsn: str, jobs: list[JobConfig], make_transfer: Callable[[JobConfig], Any], *,
                  concurrency: int = 1, exit_when_idle: bool = False, stall_timeout: float = STALL_TIMEOUT,
                  throttle: Callable[[JobConfig], Callable[[int], None] | None] = lambda j: None,
-                 on_outcomes: Callable[[str, list[Outcome]], None] = lambda job, outcomes: None) -> None:
+                 on_outcomes: Callable[[str, list[Outcome]], None] = lambda job, outcomes: None,
+                 on_states: Callable[[str, dict[str, int]], None] | None = None) -> None:
         self.dsn, self.concurrency, self.exit_when_idle = dsn, concurrency, exit_when_idle
         self.stall_timeout = stall_timeout
         self.heartbeat_every = stall_timeout / 6  # ours; procrastinate's own every stall_timeout / 3
@@ -250,6 +252,8 @@ class FleetWorker:
         self.transfers = [rt.attempt.transfer for rt in self.jobs.values()]
         self.stats = WorkerStats()
         self.on_outcomes = on_outcomes
+        self.on_states = on_states  # the whole job's items by state (metrics), every STATES_EVERY s
+        self._states_at = 0.0
         self.stopping = threading.Event()
         self.last_beat = time.monotonic()
         self.reaped = 0
@@ -343,6 +347,7 @@ class FleetWorker:
                                            connect_timeout=max(2, int(self.heartbeat_every)))
                 self._beat(conn)
                 self.last_beat = time.monotonic()
+                self._report_states()
             except Exception as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.id, exc)
                 with contextlib.suppress(Exception):
@@ -352,6 +357,17 @@ class FleetWorker:
             with contextlib.suppress(Exception):
                 conn.execute("UPDATE skynet_jobs.workers SET stopped_at=now(), batches_held=0 WHERE id=%s", (self.id,))
                 conn.close()
+
+    def _report_states(self) -> None:
+        """The jobs' item counts for /metrics: a GROUP BY over the job's items, so not every beat."""
+        if self.on_states is None or time.monotonic() - self._states_at < STATES_EVERY:
+            return
+        self._states_at = time.monotonic()
+        for name, rt in self.jobs.items():
+            by_state: dict[str, int] = {}
+            for (status, _cls), n in rt.table.counts().items():
+                by_state[status] = by_state.get(status, 0) + n
+            self.on_states(name, by_state)
 
     def _beat(self, conn: Any) -> None:
         s = self.stats
