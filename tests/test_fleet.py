@@ -353,3 +353,103 @@ def test_the_pause_row_follows_the_window_but_not_over_an_operators_pause(server
         assert sync_pause(pool, "other", closed=False) is False
     finally:
         pool.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_three_workers_sftp_into_s3_one_killed(servers, tmp_path):
+    """The issue's SFTP run: a tree on the test sshd (`config:` source: another config's
+    SFTP service) into S3 by three workers, one killed with -9 and started again."""
+    sftp, srv, pgs = servers.get("sftp"), servers.get("s3"), servers.get("postgres")
+    dsn = pgs.fresh_db("sftp")
+    bucket = srv.new_bucket("fsftp")
+    root = Path(sftp.fresh_folder())  # the server's folder is a local one
+    n = 2000
+    for i in range(n):
+        f = root / f"d{i % 10}" / f"f{i}.bin"
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(small(i))
+    local = tmp_path / "unused-source"
+    local.mkdir()
+    src = tmp_path / "sftp.ini"
+    src.write_text(f"[skynet]\nservice = sftp\nstate_dir = {tmp_path / 'sftp-state'}\n\n[sftp]\n"
+                   + "".join(f"{k} = {v}\n" for k, v in sftp.service().items())
+                   + f"\n[mapping src]\nsource = {local}\ntarget = {root}\n")
+    src.chmod(0o600)
+    p = fleet_config(tmp_path, srv, bucket, ["unused"], dsn, workers="8", batch_size="100")
+    p.write_text(p.read_text().replace("source = urls:", f"source = config:{src}\n# was: urls:"))
+    assert run_main("job", "submit", "m", "--config-file", str(p), timeout=600).returncode == 0
+    workers = Workers(p, tmp_path, "--stall-timeout", "30")
+    procs = [workers.start() for _ in range(3)]
+    try:
+        wait_for(lambda: count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done'") >= n // 3,
+                 600, "a third done", every=0.1)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        killed_at = time.monotonic()
+        workers.start()
+        wait_for(lambda: pending(dsn) == 0, 900, "the job to finish", every=0.2)
+        print(f"SFTP -> S3: {n} items done {time.monotonic() - killed_at:.1f} s after the kill")
+    finally:
+        codes = workers.stop()
+    assert codes[1:] == [0, 0, 0], workers.logs()
+    assert count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done' AND done_transitions=1") == n
+    objects = s3_objects(srv, bucket, "in/")
+    assert len(objects) == n and all(size == len(small(0)) for size, _ in objects.values())
+
+
+def test_an_item_is_done_once_and_held_items_are_left_to_a_live_worker(servers):
+    """The item table's two guards, on the real PostgreSQL: a second `done` for an item
+    changes nothing (the conditional UPDATE; record() counts the transitions), and an
+    item running for a worker whose heartbeat is fresh is not claimed by another,
+    while one of a silent (or stopped) worker is taken over without a new attempt."""
+    from skynet.jobs.item import Item
+    from skynet.jobs.pgtable import PgItemTable, make_pool
+    from skynet.jobs.table import DONE, NewItem, Outcome
+
+    pool = make_pool(servers.get("postgres").fresh_db("once"))
+    try:
+        a, b = (PgItemTable(pool, "m", worker=w, stall_timeout=30) for w in ("A", "B"))
+        a.add([NewItem(i, Item(f"http://h/{i}", f"f{i}")) for i in (1, 2, 3)], 1, {})
+        with pool.connection() as c:
+            c.execute("INSERT INTO skynet_jobs.workers(id, jobs, host, pid, started_at, last_heartbeat) VALUES "
+                      "('A', ARRAY['m'], 'h', 1, now(), now()), ('B', ARRAY['m'], 'h', 2, now(), now())")
+        with pool.connection() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM skynet_jobs.items ORDER BY id")]
+        assert [c.attempts for c in a.claim_ids(ids, 1.0)] == [1, 1, 1]
+        assert b.claim_ids(ids, 2.0) == []  # A is alive: its items stay its own
+        assert a.record([Outcome(ids[0], DONE, 3.0, bytes=4)]) == 1
+        assert b.record([Outcome(ids[0], DONE, 4.0, bytes=4)]) == 0  # already done: nothing changes
+        with pool.connection() as c:
+            c.execute("UPDATE skynet_jobs.workers SET last_heartbeat = now() - interval '1 min' WHERE id='A'")
+        taken = b.claim_ids(ids, 5.0)  # A went silent: B takes its running items, not the done one
+        assert [c.id for c in taken] == ids[1:] and [c.attempts for c in taken] == [1, 1]
+        assert b.record([Outcome(c.id, DONE, 6.0) for c in taken]) == 2
+        with pool.connection() as c:
+            rows = c.execute("SELECT status, done_transitions, bytes FROM skynet_jobs.items ORDER BY id").fetchall()
+        assert rows == [("done", 1, 4), ("done", 1, 0), ("done", 1, 0)]
+    finally:
+        pool.close()
+
+
+def test_the_retry_strategy_maps_what_a_batch_raised_to_procrastinates_decision():
+    """Windows retry at the window's opening, unfinished items when the first is due,
+    anything else on the job's retry_after (a batch never fails for good: its items do)."""
+    import datetime
+
+    from skynet.config.settings import JobConfig
+    from skynet.jobs.fleet import BatchNotFinished, FleetRetry, QueuePaused
+
+    class Job:  # what procrastinate passes: the job's kwargs and attempts so far
+        task_kwargs = {"job": "m"}
+        attempts = 7
+
+    j = JobConfig("m", "urls:x", "t", retry_after=[1.0, 60.0])
+    retry = FleetRetry(lambda name: j if name == "m" else None)
+    at = retry.get_retry_decision(exception=QueuePaused(2_000_000_000.0, "closed"), job=Job()).retry_at
+    assert at == datetime.datetime.fromtimestamp(2_000_000_000.0, datetime.timezone.utc)
+    before = datetime.datetime.now(datetime.timezone.utc)
+    soon = retry.get_retry_decision(exception=BatchNotFinished(5.0, "x"), job=Job()).retry_at
+    assert datetime.timedelta(seconds=4) < soon - before < datetime.timedelta(seconds=60)
+    later = retry.get_retry_decision(exception=OSError("db away"), job=Job()).retry_at
+    assert datetime.timedelta(seconds=55) < later - before < datetime.timedelta(seconds=120)

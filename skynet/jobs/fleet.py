@@ -92,8 +92,9 @@ class QueuePaused(Exception):
 class FleetRetry(procrastinate.BaseRetryStrategy):
     """The batch task's procrastinate retry strategy (a BaseRetryStrategy): the
     job's retry_after schedule and max_attempts are applied per item (what the
-    batch raised says when its next item is due); anything else a batch raises
-    (a lost database connection) is retried on the same schedule, max_attempts times."""
+    batch raised says when its next item is due; an item fails for good after
+    max_attempts); anything else a batch raises (a lost database connection) is
+    retried on the same schedule: a batch never fails for good, its items do."""
 
     def __init__(self, jobs: Callable[[str], JobConfig | None]) -> None:
         self.jobs = jobs
@@ -105,9 +106,8 @@ class FleetRetry(procrastinate.BaseRetryStrategy):
         if isinstance(exception, BatchNotFinished):
             return RetryDecision(retry_in={"seconds": round(exception.seconds, 3)})
         j = self.jobs(job.task_kwargs.get("job", ""))
-        if j is None or job.attempts + 1 >= max(j.max_attempts, 3):
-            return None
-        return RetryDecision(retry_in={"seconds": j.retry_after[min(job.attempts, len(j.retry_after) - 1)]})
+        schedule = j.retry_after if j is not None else [30.0]
+        return RetryDecision(retry_in={"seconds": schedule[min(job.attempts, len(schedule) - 1)]})
 
 
 # -- the app ------------------------------------------------------------------------------
@@ -275,6 +275,9 @@ class FleetWorker:
             self.stats.batches_held += 1
         try:
             self._run_items(rt, ids, stop)
+        except BaseException:
+            self._release(rt, ids)
+            raise
         finally:
             with self.stats.lock:
                 self.stats.batches_held -= 1
@@ -286,6 +289,16 @@ class FleetWorker:
             raise BatchNotFinished(wait_s, f"job {name}: {queued} item(s) of the batch to try again, "
                                            f"{held} held by another worker")
         return {"items": len(ids)}
+
+    def _release(self, rt: JobRuntime, ids: list[int]) -> None:
+        """A batch that broke (a database error): its items this worker holds go back
+        to queued at once (uncharged), so its retry, here or elsewhere, takes them."""
+        try:
+            with self.pool.connection() as c:
+                c.execute("UPDATE skynet_jobs.items SET status='queued', worker=NULL, attempts=greatest(attempts-1, 0) "
+                          "WHERE job=%s AND id = ANY(%s) AND status='running' AND worker=%s", (rt.job.name, ids, self.id))
+        except Exception as exc:  # the database is away: the items wait for the stall timeout instead
+            log.warning("job %s: could not hand back a broken batch's items: %s", rt.job.name, exc)
 
     def _resume_at(self, rt: JobRuntime) -> float:
         """When a paused batch should run again: the window's opening (now + 1 s
