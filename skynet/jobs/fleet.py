@@ -194,7 +194,13 @@ def run_batch(context: Any, job: str, ids: list[int]) -> dict:
     """A batch of one job's items, run here (the worker process's FleetWorker)."""
     if _RUNTIME is None:
         raise RuntimeError("skynet.batch runs in `skynet worker` only")
-    return _RUNTIME.run_batch(job, ids)
+    try:
+        return _RUNTIME.run_batch(job, ids)
+    except (QueuePaused, BatchNotFinished):
+        raise
+    except Exception:  # procrastinate retries it; say why here, where the log level is skynet's
+        log.exception("job %s: a batch of %d item(s) broke; it is retried", job, len(ids))
+        raise
 
 
 # -- the worker --------------------------------------------------------------------------
