@@ -189,7 +189,7 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
 
 
 def test_three_workers_one_killed_and_restarted(servers, tmp_path):
-    fleet_run(servers, tmp_path, n=2000, kill_every=None, kills=1, stall=4)
+    fleet_run(servers, tmp_path, n=2000, kill_every=None, kills=1, stall=6)
 
 
 @pytest.mark.slow
@@ -214,7 +214,7 @@ def test_a_worker_cut_off_from_postgresql_keeps_no_lease_it_cannot_renew(servers
     slow.mkdir()
     proxied = fleet_config(slow, srv, bucket, lines, dsn.replace(f":{pgs.port}/", f":{proxy.port}/"),
                            workers="2", batch_size="10", bwlimit="64k")
-    stall = 4.0
+    stall = 6.0
     workers = Workers(proxied, tmp_path, "--stall-timeout", str(stall))
     try:
         cut_off = workers.start()

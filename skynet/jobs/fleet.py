@@ -248,7 +248,7 @@ class FleetWorker:
         self.heartbeat_every = stall_timeout / 6  # ours; procrastinate's own every stall_timeout / 3
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         size = concurrency * max(j.workers for j in jobs) + concurrency + 4
-        self.pool = make_pool(dsn, size)
+        self.pool = make_pool(dsn, size, idle_in_transaction=stall_timeout / 2)
         self.jobs: dict[str, JobRuntime] = {}
         for j in jobs:
             table = PgItemTable(self.pool, j.name, worker=self.id, stall_timeout=stall_timeout)

@@ -104,12 +104,18 @@ def migrate(conn: Any) -> None:
             log.info("jobs database: migration %d (%s) applied", version, name)
 
 
-def make_pool(dsn: str, size: int = 4) -> Any:
-    """A psycopg 3 pool on jobs_dsn, its schema migrated."""
+def make_pool(dsn: str, size: int = 4, *, idle_in_transaction: float | None = None) -> Any:
+    """A psycopg 3 pool on jobs_dsn, its schema migrated. `idle_in_transaction`
+    (seconds): the server ends a session left inside a transaction that long. A
+    worker cut off mid-transaction (a silent network) would otherwise keep its
+    row locks until TCP gives up (hours), and the items it held could not be
+    taken over; workers set it to half their stall timeout."""
     from psycopg_pool import ConnectionPool
 
-    pool = ConnectionPool(conninfo(dsn), min_size=1, max_size=max(2, size), open=True,
-                          kwargs={"autocommit": True, "connect_timeout": 10})
+    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+    if idle_in_transaction:
+        kwargs["options"] = f"-c idle_in_transaction_session_timeout={int(idle_in_transaction * 1000)}"
+    pool = ConnectionPool(conninfo(dsn), min_size=1, max_size=max(2, size), open=True, kwargs=kwargs)
     with pool.connection() as c:
         migrate(c)
     return pool
