@@ -3,8 +3,10 @@ procrastinate and the real PostgreSQL of the tests; nginx is the source (its acc
 log says what was fetched), `rclone serve s3` the target.
 
 The default suite runs three workers on 2,000 URLs with one killed with -9 and
-started again, and a worker cut off from PostgreSQL by a fault proxy; the issue's
-full run (20,000 URLs, a worker killed every 10 s; and one from SFTP) is slow:
+started again, a worker cut off from PostgreSQL by a fault proxy, and the pause
+row's and item table's rules in-process; the issue's full run (20,000 URLs, a
+worker killed every 10 s; one from SFTP) and two workers paused mid-upload (17 s)
+are slow:
 
     ./dev test -m slow tests/test_fleet.py
 """
@@ -268,6 +270,7 @@ def heartbeats_after(dsn: str, at: float, n: int) -> bool:
                       "last_heartbeat > to_timestamp(%s)", at) >= n
 
 
+@pytest.mark.slow
 def test_a_paused_queue_stops_every_worker_at_a_chunk_boundary_and_resumes(servers, tmp_path):
     """Issue 22 item 3 with the pause row: two workers; a pause while a 24 MiB item
     is half sent into S3: no batch runs on either worker, the item stops at a part
