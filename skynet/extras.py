@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "metrics": ("prometheus_client",),  # /metrics for Prometheus (metrics_port, skynet/reporting/metrics.py)
     "dashboard": ("flask", "waitress"),
     "jobs": ("urllib3",),  # HTTP(S) sources of migration jobs (skynet/jobs/http_source.py)
+    "fleet": ("procrastinate", "psycopg", "psycopg_pool"),  # jobs_dsn, `skynet worker` (skynet/jobs/fleet.py)
 }
 
 

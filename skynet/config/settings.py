@@ -101,6 +101,7 @@ GLOBAL_KEYS: dict[str, Key] = {
     "metrics_host": ("127.0.0.1", "address the metrics ports listen on (metrics_port, dashboard_metrics_port); anything but loopback exposes mapping and job names to the network", _str),
     "dashboard_metrics_port": ("0", "with --dashboard: serve the fleet's figures from PostgreSQL (daemons, queues, jobs' items by state and failures by class) for Prometheus on this port at /metrics, without login; 0: off", parse_int_range(0, 65535)),
     "notify_dsn": ("", "PostgreSQL that receives every action for the dashboard: postgresql://user:password@host:5432/db, or 'env' for libpq's PGHOST/PGUSER/PGPASSWORD/PGPASSFILE variables; empty: no notifications", _str),
+    "jobs_dsn": ("", "PostgreSQL that holds the item tables of jobs run by many machines (`skynet job submit`, `skynet worker`): postgresql://user:password@host:5432/db, or 'env' for libpq's PGHOST/PGUSER/PGPASSWORD/PGPASSFILE variables; empty: each job's items stay in the state folder and only `job run` runs them", _str),
     "notify_sslmode": ("", "TLS for that connection: disable, allow, prefer, require, verify-ca or verify-full (empty: libpq's default or PGSSLMODE)", parse_choice("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
     "notify_retention_days": ("14", "days of events kept in PostgreSQL; older ones are deleted in small batches, hourly", parse_int_range(1, 3650)),
     "notify_heartbeat": ("10", "seconds between heartbeats (queue depth, in flight, failed per mapping); the dashboard flags a daemon silent for 3 of them", parse_seconds),
@@ -178,6 +179,7 @@ JOB_KEYS: dict[str, Key] = {
     "bwlimit": ("off", "bandwidth limit of this job, as [skynet] bwlimit", validate_bwlimit),
     "verify": ("yes", "check each item's size and MD5 where the list or the source gives them (a mismatch fails the item with error class checksum)", parse_bool),
     "timeout": ("30s", "an attempt fails as a timeout when the source sends nothing for this long (connecting: 10s at most)", parse_duration),
+    "batch_size": ("1000", "items per batch `skynet job submit` queues for workers (with [skynet] jobs_dsn): a worker takes a batch at a time", parse_int_range(1, 1_000_000)),
     "on_existing": ("skip", "an item already at the target: skip (leave it when identical: same size, and same MD5 or mtime; else replace it) or overwrite (always send)", parse_choice("skip", "overwrite")),
 }
 
@@ -229,6 +231,7 @@ class JobConfig:
     verify: bool = True
     on_existing: str = "skip"
     timeout: float = 30.0
+    batch_size: int = 1000
 
     @property
     def source_kind(self) -> str:
@@ -344,6 +347,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     dashboard_metrics_port: int = 0
     notify_dsn: str = ""
+    jobs_dsn: str = ""
     notify_sslmode: str = ""
     notify_retention_days: int = 14
     notify_heartbeat: float = 10.0
@@ -434,7 +438,7 @@ def load(path: str, service: str | None = None) -> Config:
                  state_dir=g.get("state_dir") or default_state_dir(file_service or "gateway"))
     for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "late_grace", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
               "metrics_port", "metrics_host", "dashboard_metrics_port",
-              "notify_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
+              "notify_dsn", "jobs_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",
               "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
         if k in g:
             setattr(cfg, k, g[k])
@@ -603,7 +607,7 @@ def _job(path: str, section: str, items: dict[str, str], cfg: Config, service: s
     if not j.get("target") and service != "s3":
         raise ConfigError(path, section, "target", "missing: where should the items go?")
     job = JobConfig(name=name, source=j["source"], target=j.get("target", ""), workers=cfg.workers)
-    for k in ("workers", "max_attempts", "retry_after", "window", "bwlimit", "verify", "on_existing", "timeout"):
+    for k in ("workers", "max_attempts", "retry_after", "window", "bwlimit", "verify", "on_existing", "timeout", "batch_size"):
         if k in j:
             setattr(job, k, j[k])
     return job
@@ -630,6 +634,8 @@ def secret_keys(cfg: Config) -> list[str]:
               if t.options.get(k, "").strip()]
     if cfg.notify_dsn and _dsn_has_password(cfg.notify_dsn):
         found.append("[skynet] notify_dsn")
+    if cfg.jobs_dsn and _dsn_has_password(cfg.jobs_dsn):
+        found.append("[skynet] jobs_dsn")
     found += [f"[skynet] {k}" for k in ("dashboard_password_hash", "dashboard_token_hash") if getattr(cfg, k)]
     if cfg.gateway is not None and cfg.gateway.token_hash:
         found.append("[gateway] token_hash")

@@ -53,6 +53,7 @@ class DashboardConfig:
     # fleet's gauges read from the data source at each scrape (skynet/reporting/metrics.py)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    jobs_dsn: str | None = None  # [skynet] jobs_dsn: the fleet's jobs and workers (skynet/dashboard/fleet.py)
 
 
 def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None, secure_cookie: bool = False,
@@ -76,6 +77,7 @@ def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = Non
         trusted_proxies=list(trusted_proxies or []),
         metrics_port=int(getattr(cfg, "dashboard_metrics_port", 0) or 0),
         metrics_host=getattr(cfg, "metrics_host", "") or "127.0.0.1",
+        jobs_dsn=getattr(cfg, "jobs_dsn", "") or None,
     )
 
 
