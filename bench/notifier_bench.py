@@ -1,6 +1,7 @@
 """What the notifier costs the sync: measured, with PostgreSQL on this machine.
 
     .venv/bin/python bench/notifier_bench.py [--files 10000] [--dsn URL] [--workers 8]
+    .venv/bin/python bench/notifier_bench.py --before [REV] [--daemon-rounds 3]   # psycopg2 -> psycopg 3
 
 Three measurements (results also in bench/out/notifier_bench.json):
 
@@ -22,6 +23,12 @@ Three measurements (results also in bench/out/notifier_bench.json):
    target, the daemon's CPU, and the local PostgreSQL's CPU. It runs once the
    daemon reads notify_dsn (issue #6 integration); until then it says so.
 
+5. --before [REV]: the notifier of commit REV (default 84ddf36, the last on
+   psycopg2; checked out as a temporary `git worktree`) against this one, in
+   the same run: micro (1) and the spool's re-delivery path of each in a child
+   process, and the daemon (4) without notify_dsn, with the old and with the
+   new notifier, interleaved; medians, new/old ratios, CPU per event.
+
 Without --dsn a private PostgreSQL 15 is started (tests/server_pg.py) and
 stopped at the end.
 """
@@ -41,7 +48,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
+# --before runs this file again with SKYNET_BENCH_CODE=<a checkout of the old commit>:
+# its skynet package is the one imported (the child measures that code).
+CODE = Path(os.environ.get("SKYNET_BENCH_CODE") or REPO)
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(CODE))
 
 from skynet.reporting.notifier import Notifier  # noqa: E402
 
@@ -92,15 +103,11 @@ def server_cpu(postmaster: int | None) -> float:
 
 
 def count_rows(dsn: str, daemon_id: str) -> int:
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM skynet.events WHERE daemon_id = %s", (daemon_id,))
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM skynet.events WHERE daemon_id LIKE %s", (daemon_id,))
+        return cur.fetchone()[0]
 
 
 def _emit(n: Notifier, files: int, workers: int) -> tuple[float, float]:
@@ -130,7 +137,8 @@ def _emit(n: Notifier, files: int, workers: int) -> tuple[float, float]:
 
 
 def micro(dsn: str, files: int, workers: int, spool: str) -> dict:
-    n = Notifier(dsn, "bench-host", "local", "bench/micro", spool, "bench")
+    did = f"bench/micro-{os.getpid()}"  # --before: the old and the new child write to one database
+    n = Notifier(dsn, "bench-host", "local", did, spool, "bench")
     n.event("bench", "queued", "send", "warm-up")
     assert n.flush(30), "PostgreSQL not reachable"
     proc0 = time.process_time()
@@ -140,7 +148,7 @@ def micro(dsn: str, files: int, workers: int, spool: str) -> dict:
     t_all = time.perf_counter() - t0
     proc_cpu = time.process_time() - proc0
     n.close()
-    rows = count_rows(dsn, "bench/micro") - 1
+    rows = count_rows(dsn, did) - 1
     calls = files * 4
     # A 4 KiB file's final progress row is skipped (progress is for large uploads).
     expected = files * 3 if 4096 < n.progress_min_bytes else calls
@@ -274,10 +282,12 @@ def daemon_wired() -> bool:
     return "notify_dsn" in config.GLOBAL_KEYS
 
 
-def daemon_sync(files: int, work: Path, notify_dsn: str | None, timeout: float = 600) -> tuple[float, float]:
+def daemon_sync(files: int, work: Path, notify_dsn: str | None, timeout: float = 600, code: Path = REPO,
+                daemon_id: str = "") -> tuple[float, float]:
     """One real run: `main.py --run-with local` mirrors FILES x 4 KiB into an
     empty target. Returns (seconds until the target holds them all, the
-    daemon's CPU seconds for the whole run, start to SIGTERM exit)."""
+    daemon's CPU seconds for the whole run, start to SIGTERM exit). `code`: the
+    checkout whose main.py runs (--before: an older commit's)."""
     import signal
     import subprocess
 
@@ -297,13 +307,15 @@ def daemon_sync(files: int, work: Path, notify_dsn: str | None, timeout: float =
              "nice = 0", "io_class = none"]
     if notify_dsn:
         lines.append(f"notify_dsn = {notify_dsn}")
+    if daemon_id:
+        lines.append(f"daemon_id = {daemon_id}")
     lines += ["", "[mapping bench]", f"source = {src}", f"target = {dst}", ""]
     cfg = work / "bench.ini"
     cfg.write_text("\n".join(lines))
     log = open(work / "daemon.log", "ab")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), "--run-with", "local", "--config-file", str(cfg)],
-                            cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(code / "main.py"), "--run-with", "local", "--config-file", str(cfg)],
+                            cwd=str(code), stdout=log, stderr=subprocess.STDOUT)
     try:
         while True:
             n = sum(len(os.listdir(dst / f"dir{d}")) for d in range(100) if (dst / f"dir{d}").is_dir())
@@ -327,7 +339,7 @@ def daemon_sync(files: int, work: Path, notify_dsn: str | None, timeout: float =
 def daemon_overhead(files: int, work: Path, dsn: str, rounds: int, postmaster: int | None) -> dict:
     """The daemon-level comparison: median wall and CPU with and without
     notify_dsn, plus the local PostgreSQL's CPU (alternating runs)."""
-    import psycopg2
+    import psycopg
 
     without, with_, pg_cpu = [], [], []
     for k in range(rounds):
@@ -335,11 +347,9 @@ def daemon_overhead(files: int, work: Path, dsn: str, rounds: int, postmaster: i
         s0 = server_cpu(postmaster)
         with_.append(daemon_sync(files, work, dsn))
         pg_cpu.append(server_cpu(postmaster) - s0)
-    conn = psycopg2.connect(dsn)
-    with conn.cursor() as cur:
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT kind, count(*) FROM skynet.events GROUP BY kind ORDER BY kind")
         kinds = dict(cur.fetchall())
-    conn.close()
     med = statistics.median
     w0, w1 = med(x[0] for x in without), med(x[0] for x in with_)
     c0, c1, pgc = med(x[1] for x in without), med(x[1] for x in with_), med(pg_cpu)
@@ -356,6 +366,148 @@ def daemon_overhead(files: int, work: Path, dsn: str, rounds: int, postmaster: i
     }
 
 
+# -- --before REV: the same measurements on an older commit's notifier, same run -----------
+def redeliver(dsn: str, files: int, workers: int, spool: str) -> dict:
+    """The spool path: FILES x 4 notifications spooled while PostgreSQL is
+    unreachable, then delivered by the next start (rows that may have been
+    sent: INSERT ... ON CONFLICT DO NOTHING, psycopg2's execute_values before,
+    one INSERT ... SELECT FROM unnest(arrays) since psycopg 3). Returns the
+    time and this process's CPU from that start to every row in PostgreSQL."""
+    from tests.servers import free_port
+
+    did = f"bench/redeliver-{os.getpid()}"
+    dead = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    n = Notifier(dead, "bench-host", "local", did, spool, "bench", backoff_initial=1, backoff_cap=5)
+    _emit(n, files, workers)
+    n.close(60)
+    c0, t0 = time.process_time(), time.perf_counter()
+    n = Notifier(dsn, "bench-host", "local", did, spool, "bench")
+    ok = n.flush(300)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n.close()
+    rows = count_rows(dsn, did)
+    return {"rows": rows, "complete": ok and rows == files * 3, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "cpu_per_row_us": round(cpu / max(rows, 1) * 1e6, 1)}
+
+
+def child(args: argparse.Namespace) -> None:
+    """`--child`: micro + redeliver with the skynet of SKYNET_BENCH_CODE; one JSON line out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {"micro": micro(args.dsn, args.files, args.workers, str(Path(tmp) / "spool-micro")),
+               "redeliver": redeliver(args.dsn, args.files, args.workers, str(Path(tmp) / "spool-redeliver"))}
+    print(json.dumps(out))
+
+
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """A temporary `git worktree` of `rev` under /tmp, removed afterwards."""
+    import subprocess
+
+    path = Path(tempfile.mkdtemp(prefix="skynet-bench-before-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(path), rev], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_child(code: Path, dsn: str, files: int, workers: int) -> dict:
+    import subprocess
+
+    env = dict(os.environ, SKYNET_BENCH_CODE=str(code))
+    res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--dsn", dsn, "--files", str(files),
+                          "--workers", str(workers)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def before_after(rev: str, dsn: str, postmaster: int | None, files: int, workers: int, rounds: int,
+                 work: Path) -> dict:
+    """Old (`rev`, psycopg2) and new (this checkout, psycopg 3) notifiers in
+    the same run: per round, the micro and redeliver measurements of each in a
+    child process, then the daemon without notify_dsn, with the old and with the
+    new one (the order of old and new alternates between rounds). Medians, and
+    the daemon's added CPU per event (with minus without, over the events it
+    stored)."""
+    import psycopg
+
+    runs: dict[str, list] = {"old": [], "new": []}
+    daemon: dict[str, list] = {"without": [], "old": [], "new": []}
+    pg: dict[str, list] = {"old": [], "new": []}
+    with checkout(rev) as old:
+        codes = {"old": old, "new": REPO}
+        for k in range(rounds):
+            order = ("old", "new") if k % 2 == 0 else ("new", "old")
+            for tag in order:
+                runs[tag].append(run_child(codes[tag], dsn, files, workers))
+            daemon["without"].append(daemon_sync(files, work, None))
+            for tag in order:
+                s0 = server_cpu(postmaster)
+                daemon[tag].append(daemon_sync(files, work, dsn, code=codes[tag], daemon_id=f"bench-{tag}-{k}"))
+                pg[tag].append(server_cpu(postmaster) - s0)
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT split_part(daemon_id, '-', 2), count(*) FROM skynet.events"
+                    " WHERE daemon_id LIKE 'bench-%%' GROUP BY 1")
+        events = {tag: n / rounds for tag, n in cur.fetchall()}
+    med = statistics.median
+    out: dict = {"rev": rev, "rounds": rounds, "files": files, "workers": workers}
+    for tag in ("old", "new"):
+        m = [r["micro"] for r in runs[tag]]
+        d = [r["redeliver"] for r in runs[tag]]
+        out[tag] = {
+            "micro_per_call_us": med(x["per_call_us"] for x in m),
+            "micro_writer_cpu_per_row_us": med(x["writer_cpu_per_row_us"] for x in m),
+            "micro_rows_per_s": med(x["rows_per_s"] for x in m),
+            "micro_complete": all(x["complete"] for x in m),
+            "redeliver_cpu_per_row_us": med(x["cpu_per_row_us"] for x in d),
+            "redeliver_wall_s": med(x["wall_s"] for x in d),
+            "redeliver_complete": all(x["complete"] for x in d),
+            "daemon_wall_s": med(x[0] for x in daemon[tag]),
+            "daemon_cpu_s": med(x[1] for x in daemon[tag]),
+            "postgres_cpu_s": med(pg[tag]),
+            "events_per_run": events.get(tag, 0),
+        }
+    w0, c0 = med(x[0] for x in daemon["without"]), med(x[1] for x in daemon["without"])
+    out["without"] = {"daemon_wall_s": w0, "daemon_cpu_s": c0}
+    for tag in ("old", "new"):
+        o = out[tag]
+        o["daemon_wall_ratio"] = round(o["daemon_wall_s"] / w0, 3)
+        o["daemon_cpu_ratio"] = round(o["daemon_cpu_s"] / c0, 3)
+        o["added_cpu_per_event_us"] = round((o["daemon_cpu_s"] - c0) / max(o["events_per_run"], 1) * 1e6, 1)
+    out["new_over_old"] = {key: round(out["new"][key] / out["old"][key], 3) for key in (
+        "micro_per_call_us", "micro_writer_cpu_per_row_us", "redeliver_cpu_per_row_us", "daemon_wall_s",
+        "daemon_cpu_s", "postgres_cpu_s") if out["old"][key]}
+    out["runs"] = {"children": runs, "daemon": daemon, "postgres_cpu": pg}
+    return out
+
+
+def print_before_after(r: dict) -> None:
+    o, n = r["old"], r["new"]
+    print(f"notifier before ({r['rev']}, psycopg2) and after (psycopg 3), same run, {r['rounds']} interleaved rounds, "
+          f"medians; {r['files']:,} files, {r['workers']} threads")
+    rows = [
+        ("callers' CPU per notification (us)", "micro_per_call_us"),
+        ("writer CPU per row, COPY path (us)", "micro_writer_cpu_per_row_us"),
+        ("rows/s into PostgreSQL, COPY path", "micro_rows_per_s"),
+        ("CPU per row, spool re-delivery (us)", "redeliver_cpu_per_row_us"),
+        ("daemon wall to a full target (s)", "daemon_wall_s"),
+        ("daemon CPU (s)", "daemon_cpu_s"),
+        ("daemon wall / without notifier", "daemon_wall_ratio"),
+        ("daemon CPU / without notifier", "daemon_cpu_ratio"),
+        ("daemon CPU added per event (us)", "added_cpu_per_event_us"),
+        ("local PostgreSQL CPU per run (s)", "postgres_cpu_s"),
+    ]
+    print(f"  {'':40s} {'psycopg2':>10s} {'psycopg 3':>10s}")
+    for label, key in rows:
+        print(f"  {label:40s} {o[key]:>10} {n[key]:>10}")
+    print(f"  without notifier: daemon {r['without']['daemon_wall_s']:.2f} s wall, "
+          f"{r['without']['daemon_cpu_s']:.2f} s CPU; events per run {o['events_per_run']:.0f} / "
+          f"{n['events_per_run']:.0f}; all complete: {o['micro_complete'] and n['micro_complete']}, "
+          f"{o['redeliver_complete'] and n['redeliver_complete']}")
+    print(f"  new / old: {r['new_over_old']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
@@ -364,7 +516,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--daemon-rounds", type=int, default=3,
                     help="rounds of the daemon-level comparison (0: skip it); needs notify_dsn in the config")
+    ap.add_argument("--before", metavar="REV", nargs="?", const="84ddf36", default=None,
+                    help="compare with the notifier of commit REV (default 84ddf36, the last on psycopg2), same run")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
+    if args.before:
+        with postgres(args.dsn) as (dsn, postmaster), tempfile.TemporaryDirectory() as tmp:
+            r = before_after(args.before, dsn, postmaster, args.files, args.workers, args.daemon_rounds, Path(tmp))
+        r["loadavg"] = os.getloadavg()
+        print_before_after(r)
+        print(f"  load average at the end: {' '.join(f'{x:.1f}' for x in r['loadavg'])} "
+              f"(the machine has {os.cpu_count()} cores)")
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "notifier_bench_before_after.json").write_text(json.dumps(r, indent=2) + "\n")
+        return
     results: dict = {"files": args.files, "workers": args.workers}
     with postgres(args.dsn) as (dsn, postmaster), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

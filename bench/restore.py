@@ -53,6 +53,7 @@ class Run:
     bytes: int
     cpu_s: float
     rc: int
+    load: float = 0.0  # the 1-minute load average when the run ended (other sessions share the 2 cores)
 
     @property
     def files_per_s(self) -> float:
@@ -183,7 +184,7 @@ def measure(remote: Remote, data: str, tool: str, work: Path, expect: tuple[int,
     if (files, total) != expect:
         print(f"   !! {tool} {remote.name} {data}: {files} files / {total} bytes, expected {expect}", flush=True)
         rc = rc or 99
-    return Run(tool, remote.name, data, seconds, files, total, cpu, rc)
+    return Run(tool, remote.name, data, seconds, files, total, cpu, rc, os.getloadavg()[0])
 
 
 def median_of(runs: list[Run], tool: str, backend: str, data: str) -> tuple[float, float, float, float]:
@@ -197,8 +198,8 @@ def median_of(runs: list[Run], tool: str, backend: str, data: str) -> tuple[floa
 
 def table(runs: list[Run], backends: list[str], datas: list[str], label: dict[str, str]) -> str:
     rows = ["| data | from | skynet files/s | rclone files/s | ratio | skynet MB/s | rclone MB/s | ratio | "
-            "skynet s (CPU s) | rclone s (CPU s) | target |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "skynet s (CPU s) | rclone s (CPU s) | load | target |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for data in datas:
         for b in backends:
             s = median_of(runs, "skynet", b, data)
@@ -206,8 +207,10 @@ def table(runs: list[Run], backends: list[str], datas: list[str], label: dict[st
             fr = s[0] / r[0] if r[0] else 0.0
             mr = s[1] / r[1] if r[1] else 0.0
             met = "met" if (fr >= 1.0 if data == "small" else mr >= 0.9) else "MISSED"
+            loads = [x.load for x in runs if (x.backend, x.data) == (b, data)]
+            load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
             rows.append(f"| {label[data]} | {b} | {s[0]:,.0f} | {r[0]:,.0f} | {fr:.2f} | {s[1]:,.1f} | {r[1]:,.1f} | "
-                        f"{mr:.2f} | {s[2]:.2f} ({s[3]:.1f}) | {r[2]:.2f} ({r[3]:.1f}) | {met} |")
+                        f"{mr:.2f} | {s[2]:.2f} ({s[3]:.1f}) | {r[2]:.2f} ({r[3]:.1f}) | {load} | {met} |")
     return "\n".join(rows)
 
 
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                             runs.append(run)
                             print(f"round {rnd + 1}  {data:5s} {remote.name:4s} {tool:6s} {run.seconds:7.2f} s "
                                   f"{run.files_per_s:8.0f} files/s {run.mb_per_s:8.1f} MB/s  CPU {run.cpu_s:5.1f} s  "
-                                  f"rc={run.rc}", flush=True)
+                                  f"load {run.load:4.1f}  rc={run.rc}", flush=True)
     finally:
         shutil.rmtree(work / "data", ignore_errors=True)
         shutil.rmtree(work / "out", ignore_errors=True)

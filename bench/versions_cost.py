@@ -50,6 +50,8 @@ class Run:
     lat_ms: list[float] = field(default_factory=list)
     missing: int = 0
     others: float = 0.0
+    cpu_ms: float = float("nan")  # the daemon's CPU per overwrite (steadier than wall time on a shared machine)
+    load: float = 0.0  # the 1-minute load average at the end of the run
     note: str = ""
 
     @property
@@ -94,8 +96,12 @@ def one_run(args, work: Path, service: str, src: Path, rels: list[str], versions
         if t_end is None:
             return Run(service, versions, float("nan"), note="initial sync incomplete: " + d.proc.log_tail(600))
         run = Run(service, versions, len(rels) / (t_end - t0))
+        time.sleep(1.0)  # the initial sync's tail (Index batches, its last log lines) apart from the overwrites
+        cpu0 = d.proc.cpu_now()
         run.lat_ms, run.missing = overwrites(args, src, rels, arrival_root)
+        run.cpu_ms = (d.proc.cpu_now() - cpu0) * 1000 / max(1, len(run.lat_ms))
         run.others = meter.others_cores(d.proc.cpu_now())
+        run.load = os.getloadavg()[0]
         return run
     finally:
         d.proc.stop()
@@ -142,7 +148,8 @@ def rounds(args, work: Path, service: str, src: Path, rels: list[str], trash: Tr
             run = one_run(args, work, service, src, rels, versions, target, arrival_root, opts)
             log(f"{service} versions {'on ' if versions else 'off'} round {r + 1}: {run.files_per_s:,.0f} files/s, "
                 f"p50 {run.p50:.0f} ms, p99 {run.p99:.0f} ms, worst {', '.join(f'{x:.0f}' for x in sorted(run.lat_ms)[-4:])} ms, "
-                f"missing {run.missing}, others {run.others:.2f} cores"
+                f"missing {run.missing}, CPU {run.cpu_ms:.2f} ms/overwrite, others {run.others:.2f} cores, "
+                f"load {run.load:.1f}"
                 + (f" ({run.note})" if run.note else ""))
             runs.append(run)
             trash.put(arrival_root)
@@ -191,11 +198,14 @@ def report(args, runs: list[Run]) -> str:
         p50_on, p50_off = median([r.p50 for r in on]), median([r.p50 for r in off])
         rows.append([target, f"{fps_off:,.0f}", f"{fps_on:,.0f}",
                      f"{fps_on / fps_off:.2f} / {paired(mine, lambda r: r.files_per_s):.2f}",
-                     f"{p50_off:.0f} / {p99_off:.0f}", f"{p50_on:.0f} / {p99_on:.0f}",
+                     f"{p50_off:.1f} / {p99_off:.1f}", f"{p50_on:.1f} / {p99_on:.1f}",
                      f"{p99_on / p99_off:.2f} / {paired(mine, lambda r: r.p99):.2f}",
-                     str(sum(r.missing for r in mine)), f"{median([r.others for r in mine]):.2f}"])
-    per_run = [[r.target, "on" if r.versions else "off", f"{r.files_per_s:,.0f}", f"{r.p50:.0f}", f"{r.p99:.0f}",
-                f"{max(r.lat_ms, default=float('nan')):.0f}", f"{r.others:.2f}"] for r in runs]
+                     f"{median([r.cpu_ms for r in off]):.2f} / {median([r.cpu_ms for r in on]):.2f}",
+                     str(sum(r.missing for r in mine)), f"{median([r.others for r in mine]):.2f}",
+                     f"{median([r.load for r in mine]):.1f}"])
+    per_run = [[r.target, "on" if r.versions else "off", f"{r.files_per_s:,.0f}", f"{r.p50:.1f}", f"{r.p99:.1f}",
+                f"{max(r.lat_ms, default=float('nan')):.0f}", f"{r.cpu_ms:.2f}", f"{r.others:.2f}", f"{r.load:.1f}"]
+               for r in runs]
     m = machine_info()
     return "\n".join([
         f"`bench/run versions_cost --files {args.files} --size {args.size} --rounds {args.rounds} --changes "
@@ -208,14 +218,16 @@ def report(args, runs: list[Run]) -> str:
         f"{args.rounds} rounds. Ratios are on/off: of the medians, and the median of each round's own ratio. "
         "S3 is `rclone serve s3` (no bucket versioning: each overwrite first copies the old version into the "
         "versions area, server-side). Target: within 10% (files/s ratio >= 0.90, p99 ratio <= 1.10). "
-        "'others' is the CPU other processes of this shared machine used meanwhile, in cores.",
+        "'others' is the CPU other processes of this shared machine used meanwhile, in cores; 'load' the 1-minute "
+        "load average at the end of each run; 'CPU ms/overwrite' the daemon's own CPU during the overwrites.",
         "",
         table(["target", "files/s off", "files/s on", "ratio", "p50 / p99 ms off", "p50 / p99 ms on", "p99 ratio",
-               "missing", "others"], rows),
+               "CPU ms/overwrite off / on", "missing", "others", "load"], rows),
         "",
         "Each run, in order:",
         "",
-        table(["target", "versions", "files/s", "p50 ms", "p99 ms", "max ms", "others"], per_run),
+        table(["target", "versions", "files/s", "p50 ms", "p99 ms", "max ms", "CPU ms/overwrite", "others", "load"],
+              per_run),
     ])
 
 

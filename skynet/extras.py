@@ -19,9 +19,11 @@ DIST = "skynet-sync"
 EXTRAS: dict[str, tuple[str, ...]] = {
     "s3": ("boto3", "botocore"),
     "sftp": ("asyncssh",),
-    "postgres": ("psycopg2",),
+    "postgres": ("psycopg", "psycopg_pool"),
+    "metrics": ("prometheus_client",),  # /metrics for Prometheus (metrics_port, skynet/reporting/metrics.py)
     "dashboard": ("flask", "waitress"),
     "jobs": ("urllib3",),  # HTTP(S) sources of migration jobs (skynet/jobs/http_source.py)
+    "fleet": ("procrastinate", "psycopg", "psycopg_pool"),  # jobs_dsn, `skynet worker` (skynet/jobs/fleet.py)
 }
 
 

@@ -130,10 +130,9 @@ class PGServer:
         return self.pid is not None and _alive(self.pid)
 
     def connect(self, dbname: str = "postgres"):
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(self.url(dbname), connect_timeout=5)
-        conn.autocommit = True
+        conn = psycopg.connect(self.url(dbname), connect_timeout=5, autocommit=True)
         return conn
 
     def fresh_db(self, prefix: str = "t") -> str:

@@ -281,14 +281,20 @@ def test_no_secret_reaches_the_page_the_json_or_the_log(pg, tmp_path, caplog):
 
 
 def test_database_down_gives_503_not_a_crash(pg, tmp_path):
+    """... and the fleet's /metrics says so (skynet_fleet_up 0) instead of failing the scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
     from tests.server_pg import free_port
 
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
-    with running_dashboard(dsn=dead) as base:
+    port = free_port()
+    with running_dashboard(dsn=dead, metrics_port=port) as base:
         s = login(base)
         r = s.get(base + "/api/status")
         assert r.status_code == 503 and "retrying" in r.json()["error"]
         assert s.get(base + "/").status_code == 200
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    [up] = [x for fam in text_string_to_metric_families(text) for x in fam.samples if x.name == "skynet_fleet_up"]
+    assert up.value == 0
 
 
 # -- local mode (no database) -------------------------------------------------------------
@@ -454,3 +460,55 @@ def test_stop_closes_idle_connections_and_a_server_that_never_ran(tmp_path):
     port = unused.effective_port
     stop_server(unused)  # never ran: its listening socket is closed all the same
     socket.create_server(("127.0.0.1", port)).close()
+
+
+# -- /metrics for Prometheus ---------------------------------------------------------------
+def test_fleet_metrics_on_their_own_port(fleet, tmp_path):
+    """dashboard_metrics_port: the fleet's figures from PostgreSQL in Prometheus's text
+    format, on a port of its own (no login there; the dashboard's pages keep theirs)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from tests.servers import free_port
+
+    dsn, _ = fleet
+    j = Notifier(dsn, "gamma.example", "s3", "gamma/job/move", str(tmp_path / "sj"), "1.2.3")
+    j.job({"name": "move", "source": "http://src/", "target": "s3://b/", "counts": {"done": 7, "queued": 3,
+           "failed": 2}, "errors": {"http_404": 2}, "bytes": 7000, "rate": 3.5, "eta_seconds": 1.0, "running": True})
+    assert j.flush(20)
+    j.close()
+    port = free_port()
+    with running_dashboard(dsn=dsn, metrics_port=port) as base:
+        assert requests.get(base + "/metrics").status_code in (401, 404)  # not on the login-protected app
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert got[("skynet_fleet_up", ())] == 1
+    daemons = {state: got[("skynet_fleet_daemons", (("state", state),))] for state in ("running", "stale", "stopped")}
+    assert daemons["running"] + daemons["stale"] == 2 and daemons["stopped"] == 1  # the job's notifier closed
+    assert got[("skynet_fleet_queue_depth", (("daemon", "alpha/s3/1"), ("mapping", "photos")))] == 12
+    assert got[("skynet_fleet_failed_actions", (("daemon", "alpha/s3/1"), ("mapping", "photos")))] == 1
+    who = (("daemon", "gamma/job/move"), ("job", "move"))
+    assert got[("skynet_fleet_job_items", (*who, ("state", "done")))] == 7
+    assert got[("skynet_fleet_job_failures", (("daemon", "gamma/job/move"), ("error_class", "http_404"),
+                                              ("job", "move")))] == 2
+    assert got[("skynet_fleet_job_rate", who)] == 3.5
+    with pytest.raises(requests.ConnectionError):  # stopped with the dashboard
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+
+def test_pooled_connections_survive_a_database_restart(pg, tmp_path):
+    """The pool checks a connection before lending it: after PostgreSQL restarts, the
+    first page is served from a new connection, not a 503 from a dead one."""
+    dsn = pg.fresh_db("restart")
+    n = Notifier(dsn, "alpha.example", "s3", "alpha/s3/1", str(tmp_path / "sa"), "1.2.3")
+    n.event("photos", "done", "send", "a.jpg", bytes_total=1)
+    assert n.flush(20)
+    n.close()
+    with running_dashboard(dsn=dsn) as base:
+        s = login(base)
+        assert s.get(base + "/api/status").status_code == 200  # the pool now holds a connection
+        pg.stop()
+        pg.start()
+        r = s.get(base + "/api/status")
+        assert r.status_code == 200, r.text
+        assert [x["path"] for x in r.json()["recent"]] == ["a.jpg"]

@@ -454,12 +454,12 @@ def test_a_hundred_daemons_at_once(pg, tmp_path, caplog):
 
 def test_concurrent_migrations(pg):
     dsn = pg.fresh_db("mig")
-    import psycopg2
+    import psycopg
 
     errors: list[Exception] = []
 
     def run() -> None:
-        c = psycopg2.connect(dsn)
+        c = psycopg.connect(dsn)
         try:
             pgschema.migrate(c)
         except Exception as exc:  # pragma: no cover - reported below
@@ -473,7 +473,7 @@ def test_concurrent_migrations(pg):
     for t in threads:
         t.join()
     assert not errors
-    c = psycopg2.connect(dsn)
+    c = psycopg.connect(dsn)
     assert pgschema.current_version(c) == pgschema.LATEST
     assert pgschema.migrate(c) == pgschema.LATEST  # nothing left to do
     c.close()

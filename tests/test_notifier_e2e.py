@@ -25,7 +25,7 @@ def _wired() -> bool:
 
 
 def wait_rows(conn, sql: str, params: tuple, want, timeout: float = 20, log: Daemon | None = None):
-    import psycopg2.errors
+    import psycopg.errors
 
     deadline = time.monotonic() + timeout
     got = None
@@ -34,7 +34,7 @@ def wait_rows(conn, sql: str, params: tuple, want, timeout: float = 20, log: Dae
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 got = cur.fetchall()
-        except psycopg2.errors.UndefinedTable:  # the daemon has not created the schema yet
+        except psycopg.errors.UndefinedTable:  # the daemon has not created the schema yet
             got = None
         else:
             if want(got):

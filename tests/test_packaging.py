@@ -28,8 +28,8 @@ for _name in os.environ.get("SKYNET_TEST_BLOCK", "").split(","):
 
 #: every package that is not a core dependency (pyproject.toml), pysqlite3 included:
 #: where it has no wheel, skynet/state/sqlitelib.py falls back to the standard library's sqlite3
-OPTIONAL = ("boto3", "botocore", "s3transfer", "asyncssh", "cryptography", "bcrypt", "psycopg2", "flask",
-            "waitress", "werkzeug", "jinja2", "pysqlite3")
+OPTIONAL = ("boto3", "botocore", "s3transfer", "asyncssh", "cryptography", "bcrypt", "psycopg", "psycopg_pool",
+            "prometheus_client", "flask", "waitress", "werkzeug", "jinja2", "pysqlite3")
 
 
 @pytest.fixture
@@ -102,11 +102,12 @@ def _fleet_hash() -> str:
     ("s3", ["boto3", "botocore"], "s3", ["--run-with", "s3"], {}, {"bucket": "b"}),
     ("sftp", ["asyncssh"], "sftp", ["--run-with", "sftp"], {}, {"host": "h"}),
     ("sftp", ["asyncssh"], "sftp", ["--config", "sftp", "--non-interactive"], {}, {"host": "h"}),
-    ("postgres", ["psycopg2"], "local", ["--run-with", "local"], {"notify_dsn": "postgresql://u@127.0.0.1:9/db"}, {}),
+    ("postgres", ["psycopg"], "local", ["--run-with", "local"], {"notify_dsn": "postgresql://u@127.0.0.1:9/db"}, {}),
     ("dashboard", ["flask", "waitress"], "local", ["--dashboard", "--dashboard-port", "0"], {}, {}),
-    ("postgres", ["psycopg2"], "local", ["--dashboard", "--dashboard-port", "0"],
+    ("postgres", ["psycopg"], "local", ["--dashboard", "--dashboard-port", "0"],
      {"notify_dsn": "postgresql://u@127.0.0.1:9/db", "dashboard_password_hash": "FLEET"}, {}),
-], ids=["run-s3", "run-sftp", "wizard-sftp", "notifier", "dashboard", "fleet-dashboard"])
+    ("metrics", ["prometheus_client"], "local", ["--run-with", "local"], {"metrics_port": "9"}, {}),
+], ids=["run-s3", "run-sftp", "wizard-sftp", "notifier", "dashboard", "fleet-dashboard", "metrics"])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, block, extra, blocked, service, args, extra_settings,
                                                service_options):
     src = tmp_path / "src"

@@ -375,3 +375,20 @@ def test_cli_shows_a_progress_bar_in_a_terminal(cli, tmp_path):
     assert proc.wait(timeout=60) == 0
     text = seen.decode(errors="replace")
     assert "░" in text and "files" in text and "restored 3 files" in text, text
+
+
+def test_the_tree_is_synced_at_the_end_only_when_a_small_file_was_not_synced_itself(tmp_path, monkeypatch):
+    """Small files land without an fsync each and the restore syncs the file system once at
+    the end; a restore of large files only (each fsynced before it lands) does not wait
+    for that syncfs, which also flushes every other program's dirty pages."""
+    import skynet.versions.restore as restore_mod
+
+    synced: list[str] = []
+    monkeypatch.setattr(restore_mod, "_syncfs", synced.append)
+    s = FakeStore()
+    s.put("big.bin", T0, None, os.urandom(5 * 8192 + 7))
+    first = restore(s, Options(str(tmp_path / "big"), T0 + S, chunk_size=8192))
+    assert first.files == 1 and synced == []
+    s.put("small.txt", T0, None, b"small")
+    second = restore(s, Options(str(tmp_path / "both"), T0 + S, chunk_size=8192))
+    assert second.files == 2 and synced == [os.path.realpath(tmp_path / "both")]

@@ -23,7 +23,7 @@ import pytest
 
 import tests.server_s3  # noqa: F401  (registers the "s3" server)
 from connections.s3 import rest as s3rest
-from connections.contract.xcon import LocalFile, PermanentError, TransferContext, TransientError
+from connections.contract.xcon import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError
 from connections.s3.con import S3Con
 
 REPO = Path(__file__).resolve().parent.parent
@@ -509,3 +509,56 @@ def test_list_versions_pages_and_conditional_reads(scripted):
     with pytest.raises(s3rest.S3Error) as info:
         rest.head_object("a b", if_match="old")
     assert info.value.status == 412
+
+
+def test_a_streamed_body_goes_to_the_sink_in_order_and_errors_are_read_whole(scripted):
+    """get_object(sink_for=...): a 2xx body is handed to the sink piece by piece (received into
+    one reused buffer; the bytes the head's read already held first), the connection kept
+    alive after it; an error reply is never streamed (its XML becomes the S3Error); a body
+    without a length (chunked) reaches the sink whole; a body cut short is a ProtocolError."""
+    big = os.urandom(s3rest._STREAM_BUF * 3 + 777)
+    ranged = b"HTTP/1.1 206 Partial\r\nContent-Length: %d\r\nETag: \"e\"\r\n\r\n" % len(big) + big
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    cut = b"HTTP/1.1 206 Partial\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly this"
+    server = scripted([ranged, error_reply(500, "InternalError"), error_reply(412, "PreconditionFailed"), chunked,
+                       ok(b"plain"), cut], split=100_000)
+    rest = rest_for(server)
+    pieces: list[bytes] = []
+    seen: list[tuple[int, str]] = []
+
+    def sink_for(status: int, headers: dict[str, str]):
+        seen.append((status, headers.get("etag", "")))
+        return lambda piece: pieces.append(bytes(piece))
+
+    reply = rest.get_object("k", 0, len(big) - 1, sink_for=sink_for)
+    assert reply.status == 206 and reply.body == b"" and b"".join(pieces) == big and len(pieces) > 3
+    assert seen == [(206, '"e"')]
+    with pytest.raises(s3rest.S3Error) as info:  # a 500 (retried once), then a 412: neither streamed
+        rest.get_object("k", 0, 9, if_match="old", sink_for=sink_for)
+    assert info.value.status == 412 and info.value.code == "PreconditionFailed" and seen == [(206, '"e"')]
+    pieces.clear()
+    assert rest.get_object("k", sink_for=sink_for).body == b"" and pieces == [b"hello"]
+    assert rest.get_object("k").body == b"plain"  # no sink: the body as before
+    assert server.connections == 1  # every reply above was read to its end: one keep-alive connection
+    with pytest.raises(s3rest.ProtocolError):
+        rest.get_object("k", 0, 99, sink_for=sink_for)
+
+
+def test_a_copy_of_a_known_size_is_one_request_and_a_refused_one_looks_first(scripted):
+    """S3Con.copy(size=...) (the keeper keeping a version before an overwrite, with the size
+    the Index knows): one CopyObject, no HEAD first; a missing source is its 404; a refusal
+    (a source larger than believed) falls back to the HEAD and the copy it chooses."""
+    copied = ok(b"<CopyObjectResult><ETag>\"c1\"</ETag></CopyObjectResult>")
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nETag: \"e\"\r\n\r\n"
+    server = scripted([copied, error_reply(404, "NoSuchKey"), error_reply(400, "InvalidRequest"), head, copied,
+                       head, copied])
+    con = s3con_for(server)
+    con.copy("d/f.txt", "v/f.txt", size=4)
+    assert [r[0].split(" ")[0] for r in server.requests] == ["PUT"]
+    with pytest.raises(RemoteNotFound):
+        con.copy("d/gone.txt", "v/gone.txt", size=4)
+    con.copy("d/f.txt", "v/f2.txt", size=4)  # refused: HEAD, then the copy
+    con.copy("d/f.txt", "v/f3.txt")  # no size known: HEAD first, as before
+    methods = [r[0].split(" ")[0] for r in server.requests]
+    assert methods == ["PUT", "PUT", "PUT", "HEAD", "PUT", "HEAD", "PUT"]
+    assert all(r[1]["x-amz-copy-source"] == "bkt/root/d/f.txt" for r in server.requests if r[0].startswith("PUT /bkt/root/v/f"))

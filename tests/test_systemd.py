@@ -18,7 +18,8 @@ from tests.harness import REPO, Daemon, run_main, tree, wait_converged, world_wr
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 @pytest.mark.parametrize("unit, instance", [("skynet@.service", "skynet@s3.service"),
-                                            ("skynet-user@.service", "skynet-user@sftp.service")])
+                                            ("skynet-user@.service", "skynet-user@sftp.service"),
+                                            ("skynet-worker@.service", "skynet-worker@s3.service")])
 def test_unit_files_verify(tmp_path, unit, instance):
     # verify needs the ExecStart binary to exist: point the unit at the skynet command
     # of the venv running the tests (a git worktree may share another checkout's venv)

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from connections.contract.xcon import RemoteEntry, TransferContext
-from skynet.transfer.chunks import TransferStopped
+from connections.contract.xcon import RangeInto, RemoteEntry, TransferContext
+from skynet.transfer.chunks import ShortChunk, TransferStopped
 from skynet.transfer.fetch import VerifyFailed, fetch, part_paths
 
 
@@ -117,3 +117,36 @@ def test_the_md5_taken_while_chunks_arrive_covers_the_chunks_kept_from_before(tm
         else:
             fetch(RangedRemote(data), _entry(data, md5), dest, TransferContext(), pool, chunk_size=8192)
             assert open(dest, "rb").read() == data
+
+
+class StreamedRemote(RangedRemote, RangeInto):
+    """A remote whose ranged reads come in pieces of `piece` bytes (RangeInto), as an S3 GET's body arrives."""
+
+    def __init__(self, data: bytes, piece: int, short_at: int | None = None) -> None:
+        super().__init__(data)
+        self.piece, self.short_at = piece, short_at
+        self.pieces = 0
+
+    def read_range_into(self, rel, offset, length, out, *, expect=None) -> int:
+        data = self.read_range(rel, offset, length, expect=expect)
+        if self.short_at is not None and offset == self.short_at:
+            data = data[: len(data) // 2]  # the remote got shorter under this range
+        view = memoryview(data)
+        for i in range(0, len(view), self.piece):
+            out(view[i: i + self.piece])
+            self.pieces += 1
+        return len(data)
+
+
+def test_a_streamed_range_is_written_piece_by_piece_at_its_offset(tmp_path, pool):
+    data = os.urandom(100_000)
+    dest = str(tmp_path / "big.bin")
+    remote = StreamedRemote(data, piece=1000)
+    got = fetch(remote, _entry(data, hashlib.md5(data).hexdigest()), dest, TransferContext(), pool,
+                chunk_size=8192, concurrency=3)
+    assert got == len(data) and open(dest, "rb").read() == data
+    assert remote.pieces >= len(data) // 1000  # it did come in pieces
+    short = StreamedRemote(data, piece=1000, short_at=8192 * 2)
+    with pytest.raises(ShortChunk):
+        fetch(short, _entry(data), str(tmp_path / "short.bin"), TransferContext(), pool, chunk_size=8192, concurrency=3)
+    assert not os.path.exists(tmp_path / "short.bin")

@@ -335,3 +335,22 @@ def test_a_move_cut_before_its_markers_names_no_wrong_path(able, tmp_path, monke
     # unrecorded now: "again" shows under its new name from its mtime (300), never under s2
     assert {v.rel: store.read_range(v, 0, 100) for v in store.at(350 * S)} == {"d": b"source", "t": b"again"}
     assert {v.rel: store.read_range(v, 0, 100) for v in store.at(450 * S)} == {"d": b"source", "t": b"again"}
+
+
+@pytest.mark.parametrize("able", AREA_BACKENDS, indirect=True)
+def test_a_keep_told_the_size_keeps_the_old_bytes_and_a_lost_file_is_nothing_to_keep(able, tmp_path):
+    """replacing(rel, size) -- the engine passes the Index's size, so that S3 keeps the
+    version with one CopyObject and no HEAD first -- keeps exactly what replacing(rel)
+    kept; a file the remote lost is nothing to keep (no error, nothing in the area)."""
+    clock = FakeClock()
+    keeper = AreaKeeper(able.con, clock=clock)
+    store = AreaStore(able.con)
+    put(able, tmp_path, "k/f.txt", b"old bytes", 90)
+    clock.now = 200 * S
+    keeper.replacing("k/f.txt", 9)
+    put(able, tmp_path, "k/f.txt", b"new", 150)
+    clock.now = 300 * S
+    keeper.replacing("k/gone.txt", 5)
+    assert snapshot(store, 100 * S) == {"k/f.txt": (b"old bytes", 90 * S, 0o640)}
+    assert snapshot(store, 250 * S) == {"k/f.txt": (b"new", 150 * S, 0o640)}
+    assert [(v.rel, v.size) for v in store.history("k")] == [("k/f.txt", 3), ("k/f.txt", 9)]

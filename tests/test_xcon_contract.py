@@ -5,6 +5,7 @@ way the handler expects, whatever the storage behind it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from connections.contract.source import SourceChanged
 from connections.contract.xcon import (
     BatchSend,
     EtagCheck,
@@ -22,17 +24,20 @@ from connections.contract.xcon import (
     LocalFile,
     PermanentError,
     PoolSized,
+    RangeInto,
     RemoteChanged,
     RemoteNotFound,
     ServerSideCopy,
     ServerSideMove,
     Stream,
     StreamSend,
+    TakeOver,
     TransferContext,
     UnsafePath,
     Versions,
     WholeRead,
     check_rel,
+    read_range_into,
     send_each,
 )
 from tests.backends import BACKENDS, enabled_backends
@@ -225,13 +230,13 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 #: the optional abilities each backend declares (by inheriting the typed mixins of
 #: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
-    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders},
-    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
-    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend},
+    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders, TakeOver},
+    "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
+    "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
     "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend, Folders},
 }
 ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, PoolSized, EtagCheck, Versions, WholeRead,
-             StreamSend, Folders)
+             StreamSend, Folders, RangeInto, TakeOver)
 
 
 def with_ability(ability) -> list:
@@ -321,6 +326,53 @@ def test_read_range_refuses_another_version_than_expected(backend, tmp_path):
                 backend.con.read_range("v.txt", offset, length, expect=stale)
     now = backend.con.stat("v.txt")
     assert backend.con.read_range("v.txt", 0, 100, expect=now) == b"the second version, longer"
+
+
+def test_read_range_into_writes_each_range_at_its_offset(backend, tmp_path):
+    """read_range_into (streamed where the backend is RangeInto, else one read_range): the
+    pieces of a range arrive in order and, written at the range's offset, rebuild the file;
+    the edges as read_range's; a stale `expect` refused before any byte reaches the sink."""
+    data = os.urandom(3 * MiB + 12_345)  # several receive buffers' worth per range
+    n = len(data)
+    send(backend, tmp_path, "into.bin", data)
+    entry = backend.con.stat("into.bin")
+    out = os.open(tmp_path / "out.bin", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        def write_at(pos: int):
+            at = [pos]
+
+            def sink(piece: memoryview) -> None:
+                os.pwrite(out, piece, at[0])
+                at[0] += len(piece)
+            return sink
+
+        ranges = [(2 * MiB, 2 * MiB), (0, MiB), (MiB, MiB)]  # out of order, the last one crossing the end
+        for offset, length in ranges:
+            got = read_range_into(backend.con, "into.bin", offset, length, write_at(offset), expect=entry)
+            assert got == min(length, n - offset)
+        assert os.pread(out, n + 10, 0) == data
+    finally:
+        os.close(out)
+
+    def collect(rel, offset, length, **kw):
+        pieces: list[bytes] = []
+        got = read_range_into(backend.con, rel, offset, length, lambda p: pieces.append(bytes(p)), **kw)
+        assert got == sum(map(len, pieces))
+        return b"".join(pieces)
+
+    assert collect("into.bin", n - 1, 100) == data[-1:]
+    assert collect("into.bin", n, 1) == b"" and collect("into.bin", n + 99, 5) == b""
+    assert collect("into.bin", 77, 0) == b""
+    with pytest.raises(ValueError):
+        collect("into.bin", -1, 5)
+    with pytest.raises(RemoteNotFound):
+        collect("nope", 0, 10)
+    send(backend, tmp_path, "into.bin", b"another version")
+    reached: list[int] = []
+    for offset, length in ((0, 5), (100, MiB), (3, 0)):
+        with pytest.raises(RemoteChanged):
+            read_range_into(backend.con, "into.bin", offset, length, lambda p: reached.append(len(p)), expect=entry)
+    assert reached == []  # not one byte of the other version
 
 
 def test_stat_and_list_fields(backend, tmp_path):
@@ -433,6 +485,30 @@ def test_hard_link_keeps_the_old_bytes_when_the_file_is_replaced(able, tmp_path)
     with pytest.raises(UnsafePath):
         able.con.link("l/a.bin", "../outside")
     assert able.con.stat("kept/x") is None and able.leftovers() == []
+
+
+@pytest.mark.parametrize("able", with_ability(TakeOver), indirect=True)
+def test_take_over_lands_the_very_file_without_a_copy(able, tmp_path):
+    """The gateway's landing of a finished upload: the remote name becomes the same
+    inode (nothing copied), with the file's mtime and mode, no temporary left; a
+    file replaced or changed since it was looked at is refused, nothing lands."""
+    data = os.urandom(70_000)
+    f = make_file(tmp_path, "t/deep/a.bin", data, mode=0o640, mtime_ns=1_650_000_000_000_000_000)
+    res = able.con.take_over(f)
+    assert res.size == len(data) and res.bytes_sent == 0
+    assert able.con.read_range("t/deep/a.bin", 0, len(data) + 1) == data
+    check_metadata(able, able.con.stat("t/deep/a.bin"), len(data), 1_650_000_000_000_000_000, 0o640)
+    assert os.stat(f.path).st_nlink == 2  # one inode, two names: no byte was copied
+    g = make_file(tmp_path, "t/deep/b.bin", b"second", mode=0o600)
+    able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))  # over the first: renamed over it
+    able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))  # twice: one inode, no temporary left
+    assert able.con.read_range("t/deep/a.bin", 0, 100) == b"second"
+    os.unlink(g.path)
+    with open(g.path, "wb") as out:  # another file at the path: not the one that was looked at
+        out.write(b"planted")
+    with pytest.raises(SourceChanged):
+        able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))
+    assert able.con.read_range("t/deep/a.bin", 0, 100) == b"second" and able.leftovers() == []
 
 
 def folder_listing(backend, rel=""):

@@ -462,10 +462,13 @@ class ServerSideCopy(ABC):
     CopyObject, a local copy beneath the root): no byte goes through us."""
 
     @abstractmethod
-    def copy(self, src: str, dest: str) -> None:
+    def copy(self, src: str, dest: str, *, size: int | None = None) -> None:
         """Make the remote file `dest` a copy of the remote file `src` (its
         bytes, mtime and mode), atomically; an existing `dest` is replaced.
-        RemoteNotFound when `src` is not a file on the remote."""
+        RemoteNotFound when `src` is not a file on the remote. `size`: what the
+        caller believes src's size is (the Index), so that a backend which must
+        look src up first to choose how to copy (S3: one CopyObject up to 5 GiB,
+        multipart above) may skip that request; a wrong belief costs the lookup."""
 
 
 class WholeRead(ABC):
@@ -480,6 +483,50 @@ class WholeRead(ABC):
         bytes are held in memory."""
 
 
+#: Called with each consecutive piece of a ranged read; the view is valid only during the call
+#: (the reader reuses its buffer), so a sink writes or hashes it and keeps nothing.
+Sink = Callable[[memoryview], None]
+
+
+class RangeInto(ABC):
+    """A ranged read can hand its bytes over piece by piece as they arrive instead of
+    returning them whole (S3: the GET's body is received into one reused buffer). A
+    restore of a large file writes each piece at its offset: every byte crosses
+    memory once, where a 16 MiB bytes object is received, joined and copied again."""
+
+    @abstractmethod
+    def read_range_into(self, rel: str, offset: int, length: int, out: Sink, *,
+                        expect: RemoteEntry | None = None) -> int:
+        """read_range()'s bytes, in order, to `out`; return how many (fewer than
+        `length` only where the file ends). Same errors as read_range(); on an
+        error `out` may have had some of the bytes (the caller discards them)."""
+
+
+def read_range_into(con: XCon, rel: str, offset: int, length: int, out: Sink, *,
+                    expect: RemoteEntry | None = None) -> int:
+    """RangeInto.read_range_into on any connection: streamed where the backend can,
+    else one read_range() handed to `out` in one piece. Returns the byte count."""
+    if isinstance(con, RangeInto):
+        return con.read_range_into(rel, offset, length, out, expect=expect)
+    data = con.read_range(rel, offset, length, expect=expect)
+    if data:
+        out(memoryview(data))
+    return len(data)
+
+
+class Counting:
+    """A Sink that counts what passes through it on its way to `out`."""
+
+    __slots__ = ("out", "n")
+
+    def __init__(self, out: Sink) -> None:
+        self.out, self.n = out, 0
+
+    def __call__(self, piece: memoryview) -> None:
+        self.out(piece)
+        self.n += len(piece)
+
+
 class HardLink(ABC):
     """link() gives a remote file a second name (a hard link): no byte is copied,
     and the second name keeps the bytes, mtime and mode the file had, because a
@@ -491,6 +538,21 @@ class HardLink(ABC):
         """Make `dest` another name of the remote file `src`; the folders above
         `dest` are made. RemoteNotFound when `src` is not a file; PermanentError
         when `dest` exists; Unsupported when the remote cannot link."""
+
+
+class TakeOver(ABC):
+    """take_over() makes a finished file of this machine the remote's `rel` by a
+    hard link instead of a copy: no byte is read or written again. Only for a
+    file its owner hands over and never writes again (the gateway's finished
+    staging file): the remote's copy *is* that inode, so its mtime and mode are
+    set on it. Never for a mirrored source, which its user may edit in place."""
+
+    @abstractmethod
+    def take_over(self, f: LocalFile) -> SendResult:
+        """Link `f` (checked as open_source_fd checks it) under a temporary name
+        beside `rel`, give it f's mtime and mode, sync it if this remote syncs
+        sends, and rename it over `rel`. Unsupported when the file cannot be
+        linked there (another file system, hard links refused): send it then."""
 
 
 class FreeSpace(ABC):

@@ -122,12 +122,15 @@ from connections.contract.xcon import (
     EtagCheck,
     LocalFile,
     PermanentError,
+    Counting,
     PoolSized,
+    RangeInto,
     RemoteChanged,
     RemoteEntry,
     RemoteNotFound,
     SendResult,
     ServerSideCopy,
+    Sink,
     ServerSideMove,
     Stream,
     StreamOpener,
@@ -443,6 +446,10 @@ def _ca_bundle(core: Any = None) -> str | None:
 # -- multipart upload: S3's half of the chunk scheduler ---------------------------------------
 
 
+class _OtherVersion(Exception):
+    """A ranged GET's reply names another ETag than the one asked for (a server that ignores If-Match)."""
+
+
 class _PartFailed(Exception):
     """A part's request failed on a pool thread; `error` is what it raised, for
     _fail_upload to classify (keep the upload, or abort it). Told apart from errors
@@ -484,7 +491,8 @@ class _PartWriter:
 # -- the connection -------------------------------------------------------------------
 
 
-class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend):
+class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend,
+            RangeInto):
     """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc.
 
     move() is CopyObject then DeleteObject on the server (no byte through us), so
@@ -1563,6 +1571,22 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
             raise RemoteChanged(f"read {rel!r}: no ETag to hold the read to the version expected")
         return self._get_range(f"read {rel!r}", key, offset, length, etag=etag)
 
+    def read_range_into(self, rel: str, offset: int, length: int, out: Sink, *,
+                        expect: RemoteEntry | None = None) -> int:
+        """read_range() with the reply's body handed to `out` piece by piece as it arrives
+        (received into one reused buffer): a 16 MiB range is never a bytes object. The
+        reply's ETag is checked before the first byte goes to `out`."""
+        check_range(offset, length)
+        key = self._key(rel)
+        etag = expect.etag if expect is not None else None
+        if expect is not None and not etag:
+            raise RemoteChanged(f"read {rel!r}: no ETag to hold the read to the version expected")
+        counted = Counting(out)
+        data = self._get_range(f"read {rel!r}", key, offset, length, etag=etag, out=counted)
+        if data:  # nothing was streamed (past the end): b""; kept for symmetry
+            counted(memoryview(data))
+        return counted.n
+
     def read_whole(self, rel: str, *, expect: RemoteEntry) -> tuple[RemoteEntry, bytes]:
         """One GET of the whole object, If-Match on the ETag listed: its bytes, and from the
         same reply's headers the entry stat() would give (our mtime and mode)."""
@@ -1583,20 +1607,33 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         return _entry_from_head(rel, head), reply.body
 
     def _get_range(self, what: str, key: str, offset: int, length: int, *, etag: str | None = None,
-                   version: str | None = None) -> bytes:
-        """GET bytes [offset, offset+length) of `key` (of one `version`): b"" past the end."""
+                   version: str | None = None, out: s3rest.Sink | None = None) -> bytes:
+        """GET bytes [offset, offset+length) of `key` (of one `version`): b"" past the end.
+        With `out` the body is streamed to it (b"" returned) once the reply's ETag checks out."""
         if length == 0:  # an empty Range is no valid header: HEAD says whether it is there
             return self._past_end(what, key, etag, version)
+
+        def same_version(headers: dict[str, str]) -> None:
+            if etag and _etag(headers.get("etag")) not in (None, etag):
+                raise _OtherVersion()
+
+        def checked(_status: int, headers: dict[str, str]) -> s3rest.Sink | None:
+            same_version(headers)  # before any byte reaches `out`
+            return out
+
+        sink_for = checked if out is not None else None
         try:
-            reply = self._http().get_object(key, offset, offset + length - 1, if_match=etag, version=version)
+            reply = self._http().get_object(key, offset, offset + length - 1, if_match=etag, version=version,
+                                            sink_for=sink_for)
+            same_version(reply.headers)
+        except _OtherVersion:
+            raise RemoteChanged(f"{what}: {self._where(key)} is another version now") from None
         except s3rest.S3Error as exc:
             if exc.code == "InvalidRange" or exc.status == 416:
                 return self._past_end(what, key, etag, version)
             raise self._read_error(exc, what, key) from exc
         except Exception as exc:
             raise self._classify(exc, what, key) from exc
-        if etag and _etag(reply.headers.get("etag")) not in (None, etag):
-            raise RemoteChanged(f"{what}: {self._where(key)} is another version now")
         return reply.body
 
     def _past_end(self, what: str, key: str, etag: str | None, version: str | None) -> bytes:
@@ -1621,10 +1658,21 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
             return RemoteNotFound(f"{what}: {self._where(key)} is deleted at that version")
         return self._classify(exc, what, key)
 
-    def copy(self, src: str, dest: str) -> None:
-        """CopyObject (multipart copy above copy_threshold), metadata kept."""
+    def copy(self, src: str, dest: str, *, size: int | None = None) -> None:
+        """CopyObject (multipart copy above copy_threshold), metadata kept. With `size`
+        up to copy_threshold, one CopyObject and no HEAD first (a missing src is the
+        copy's own 404; a refusal, say a src larger than believed, falls back to the
+        HEAD): keeping a version before an overwrite costs one request, not two."""
         a, b = self._key(src), self._key(dest)
         what = f"copy {src!r} -> {dest!r}"
+        if size is not None and size <= self.copy_threshold and a != b:
+            try:
+                self._copy(a, b, size, what)
+                return
+            except RemoteNotFound:
+                raise RemoteNotFound(f"{what}: {self._where(a)} is not there") from None
+            except PermanentError as exc:
+                log.info("%s: %s; copying again after a HEAD", what, exc)
         head = self._head(a, what)
         if head is None:
             raise RemoteNotFound(f"{what}: {self._where(a)} is not there")

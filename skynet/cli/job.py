@@ -4,6 +4,8 @@
     skynet job status NAME [--json]         counts by status and error class, rate, ETA
     skynet job retry NAME [--class C,...]   failed items queued again (all, or by class)
     skynet job report NAME --csv            every item's final state, streamed
+    skynet job submit NAME                  ([skynet] jobs_dsn) read the source, queue batches for `skynet worker`
+    skynet job pause NAME / resume NAME     ([skynet] jobs_dsn) every worker stops / starts taking its batches
 
 Exit codes of `run`: 0 every item done, 3 some failed for good (or lines of the
 list made no item), 2 a bad config or a list changed since it was first read,
@@ -24,6 +26,7 @@ from skynet.cli.common import ExtraAwareGroup, config_options, fail
 from skynet.config import settings as configmod
 from skynet.config.settings import ConfigError, JobConfig
 from skynet.jobs.item import ERROR_CLASSES
+from skynet.jobs.store import ItemStore
 from skynet.jobs.table import FAILED, QUEUED, REPORT_COLUMNS, RUNNING, STATUSES, ItemTable
 from skynet.state.folder import StateFolder, StateLock, StateLocked
 
@@ -45,9 +48,16 @@ def _load(config_file: str | None, service: str | None, name: str) -> tuple[conf
         raise  # not reached
 
 
-def _table(cfg: configmod.Config, name: str, must_exist: bool = True) -> ItemTable:
+def _table(cfg: configmod.Config, name: str, must_exist: bool = True) -> ItemStore:
+    """The job's item table: in PostgreSQL with [skynet] jobs_dsn, else its SQLite file."""
     import os
 
+    if cfg.jobs_dsn:
+        table = _pg_table(cfg, name)
+        if must_exist and table.get("intake") is None:
+            table.close()
+            fail(f"job {name} has not been submitted yet (queue it with: skynet job submit {name})", 1)
+        return table
     path = StateFolder(cfg.state_dir).job_db(name)
     if must_exist and not os.path.exists(path):
         fail(f"job {name} has not run yet (start it with: skynet job run {name})", 1)
@@ -61,7 +71,62 @@ def _table(cfg: configmod.Config, name: str, must_exist: bool = True) -> ItemTab
 def run_cmd(name: str, reload: bool, config_file: str | None, service: str | None) -> None:
     """Run job NAME until every item is done or has failed for good."""
     cfg, j = _load(config_file, service, name)
+    if cfg.jobs_dsn:
+        fail(f"{cfg.path}: [skynet] jobs_dsn is set: job {name}'s items live in PostgreSQL; queue them with "
+             f"`skynet job submit {name}` and run them with `skynet worker` (on as many machines as you like)")
     sys.exit(run_job(cfg, j, reload=reload))
+
+
+def _pg_table(cfg: configmod.Config, name: str) -> object:
+    from skynet.extras import require
+
+    require("fleet", "[skynet] jobs_dsn")
+    from skynet.jobs.pgtable import PgItemTable
+
+    try:
+        return PgItemTable.open(cfg.jobs_dsn, name)
+    except Exception as exc:  # unreachable, refused, bad credentials: one line
+        fail(f"[skynet] jobs_dsn: cannot use the jobs database: {exc}", 1)
+        raise  # not reached
+
+
+@job.command("submit", cls=click.Command)
+@click.argument("name")
+@click.option("--reload", is_flag=True, help="Read the list again: new lines queued, removed ones dropped, finished items kept.")
+@config_options
+def submit_cmd(name: str, reload: bool, config_file: str | None, service: str | None) -> None:
+    """Read job NAME's source into PostgreSQL ([skynet] jobs_dsn) and queue its items,
+    by batches, for `skynet worker` on any number of machines."""
+    from skynet.jobs.intake import Intake, ListChanged
+    from skynet.reporting import logs
+
+    cfg, j = _load(config_file, service, name)
+    if not cfg.jobs_dsn:
+        fail(f"{cfg.path}: `job submit` needs [skynet] jobs_dsn (a PostgreSQL the workers share); "
+             f"without it, run the job here: skynet job run {name}")
+    logs.setup(cfg.log_level, cfg.log_file, cfg.log_format)
+    table = _pg_table(cfg, name)
+    from skynet.jobs import fleet
+
+    try:
+        fleet.ensure_schema(cfg.jobs_dsn)
+        intake = Intake(j, table, reload=reload)  # type: ignore[arg-type]
+        try:
+            intake.prepare()
+        except ListChanged as exc:
+            fail(str(exc))
+        except FileNotFoundError:
+            fail(f"{cfg.path}: [job {j.name}] source: no such list file {j.source_path!r}")
+        intake.run()
+        app = fleet.build_app(cfg.jobs_dsn, sync=True)
+        with app.open():
+            batches = fleet.enqueue(app, table, j.batch_size)  # type: ignore[arg-type]
+        counts = _by_status(table.counts())
+    finally:
+        table.close()
+    click.echo(f"job {name}: {intake.added:,} item(s) read, {batches:,} batch(es) of up to {j.batch_size:,} queued on "
+               f"{fleet.queue_of(name)}; {counts[QUEUED]:,} queued, {counts['done']:,} done, {counts[FAILED]:,} failed"
+               + (f"; {intake.rejected:,} line(s) made no item" if intake.rejected else ""))
 
 
 def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
@@ -168,7 +233,7 @@ def _progress(runner: object, cfg: configmod.Config) -> object:
                             every=cfg.progress_interval)
 
 
-def _summary(name: str, table: ItemTable) -> None:
+def _summary(name: str, table: ItemStore) -> None:
     counts = _by_status(table.counts())
     problems = table.problem_counts()
     line = ", ".join(f"{counts[s]:,} {s}" for s in STATUSES if counts[s])
@@ -196,13 +261,18 @@ def status_cmd(name: str, as_json: bool, config_file: str | None, service: str |
         click.echo(json.dumps(st, indent=2))
         return
     c = st["counts"]
-    click.echo(f"job {name}: {'running (pid %d)' % st['pid'] if st['pid'] else 'not running'}")
+    click.echo(f"job {name}: {'running (pid %d)' % st['pid'] if st['pid'] else 'not running'}"
+               + (f", queue paused ({st['paused']})" if st.get("paused") else ""))
     click.echo("  " + ", ".join(f"{c[s]:,} {s}" for s in STATUSES) + f" of {st['total']:,}")
     if st["errors"]:
         click.echo("  failed by class: " + ", ".join(f"{k} {n:,}" for k, n in sorted(st["errors"].items())))
     if st["rejected"]:
         click.echo("  lines that made no item: " + ", ".join(f"{k} {n:,}" for k, n in sorted(st["rejected"].items()))
                    + f" (skynet job report {name} --csv)")
+    for w in st.get("workers", []):
+        click.echo(f"  worker {w['host']} pid {w['pid']}: last heartbeat {w['age']:.0f} s ago, "
+                   f"{w['batches_held']} batch(es) held, {w['done']:,} done, {w['rate']:,.1f} items/s"
+                   + (" (stopped)" if w["stopped"] else ""))
     if st["pid"]:
         eta = st["eta_seconds"]
         from skynet.reporting.progress import human_bytes, human_seconds
@@ -218,9 +288,24 @@ def job_status(cfg: configmod.Config, name: str) -> dict:
         by_status = _by_status(counts)
         progress = table.get("progress") or {}
         pid = StateFolder(cfg.state_dir).job_holder(name)
+        workers: list[dict] = []
+        paused = None
+        if cfg.jobs_dsn:  # the fleet's workers: their rates, from their heartbeats
+            from skynet.jobs.fleet import worker_rows
+
+            workers = [{k: v for k, v in w.items() if k != "jobs"}
+                       for w in worker_rows(table.pool, name)]  # type: ignore[attr-defined]
+            live = [w for w in workers if not w["stopped"] and w["age"] < 90]
+            pid = live[0]["pid"] if live else None
+            progress = {"rate": sum(w["rate"] for w in live), "bytes_rate": 0.0}
+            from skynet.jobs.fleet import pause_state
+
+            paused = pause_state(table.pool, name)  # type: ignore[attr-defined]
         rate = progress.get("rate", 0.0) if pid else 0.0
         pending = by_status[QUEUED] + by_status[RUNNING]
         return {
+            "workers": workers,
+            "paused": paused,
             "job": name,
             "pid": pid,
             "counts": by_status,
@@ -236,6 +321,38 @@ def job_status(cfg: configmod.Config, name: str) -> dict:
         table.close()
 
 
+@job.command("pause", cls=click.Command)
+@click.argument("name")
+@config_options
+def pause_cmd(name: str, config_file: str | None, service: str | None) -> None:
+    """Pause job NAME's queue on every worker ([skynet] jobs_dsn): no new batch starts,
+    items in flight stop at a chunk boundary, until `job resume NAME`."""
+    _set_pause(config_file, service, name, True)
+
+
+@job.command("resume", cls=click.Command)
+@click.argument("name")
+@config_options
+def resume_cmd(name: str, config_file: str | None, service: str | None) -> None:
+    """Undo `job pause NAME`: the workers follow the job's window again."""
+    _set_pause(config_file, service, name, False)
+
+
+def _set_pause(config_file: str | None, service: str | None, name: str, paused: bool) -> None:
+    cfg, _ = _load(config_file, service, name)
+    if not cfg.jobs_dsn:
+        fail(f"{cfg.path}: pausing a job's queue needs [skynet] jobs_dsn (`job run` stops with SIGTERM)")
+    table = _table(cfg, name)
+    try:
+        from skynet.jobs.fleet import set_pause
+
+        set_pause(table.pool, name, paused)  # type: ignore[attr-defined]
+    finally:
+        table.close()
+    click.echo(f"job {name}: " + ("paused on every worker (skynet job resume " + name + ")" if paused
+                                  else "resumed: the workers follow its window"))
+
+
 @job.command("retry", cls=click.Command)
 @click.argument("name")
 @click.option("--class", "classes", metavar="C,...",
@@ -249,6 +366,17 @@ def retry_cmd(name: str, classes: str | None, config_file: str | None, service: 
     if unknown:
         fail(f"--class {unknown[0]!r}: expected one of {', '.join(ERROR_CLASSES)}")
     table = _table(cfg, name)
+    if cfg.jobs_dsn:  # queued again, and enqueued as new batches for the workers
+        from skynet.jobs import fleet
+
+        cfg_job = configmod.job(cfg, name)
+        ids = table.requeue_failed_ids(wanted or None)  # type: ignore[attr-defined]
+        app = fleet.build_app(cfg.jobs_dsn, sync=True)
+        with app.open():
+            batches = fleet.enqueue(app, table, cfg_job.batch_size, ids=ids)  # type: ignore[arg-type]
+        table.close()
+        click.echo(f"job {name}: {len(ids):,} failed item(s) queued again in {batches:,} batch(es) for `skynet worker`")
+        return
     n = table.requeue_failed(wanted or None)
     table.close()
     click.echo(f"job {name}: {n:,} failed item(s) queued again"
@@ -269,7 +397,7 @@ def report_cmd(name: str, as_csv: bool, config_file: str | None, service: str | 
         table.close()
 
 
-def write_report(table: ItemTable, out: object) -> None:
+def write_report(table: ItemStore, out: object) -> None:
     """Items in list order, then the list's rejected lines (status `rejected`,
     error_class malformed or duplicate): nothing of the list goes unaccounted."""
     w = csv.writer(out)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "restore": "skynet.cli.restore:restore_cmd",
     "versions": "skynet.cli.versions:versions",
     "serve": "skynet.cli.serve:serve",
+    "worker": "skynet.cli.worker:worker",
 }
 
 

@@ -49,6 +49,11 @@ class DashboardConfig:
     allowed_hosts: list[str] = field(default_factory=list)  # Host names answered; empty: host and localhost
     trusted_proxies: list[str] = field(default_factory=list)  # addresses/networks whose X-Forwarded-For counts
     threads: int = 8
+    # /metrics for Prometheus on a port of its own (0: off), without login: the
+    # fleet's gauges read from the data source at each scrape (skynet/reporting/metrics.py)
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    jobs_dsn: str | None = None  # [skynet] jobs_dsn: the fleet's jobs and workers (skynet/dashboard/fleet.py)
 
 
 def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = None, secure_cookie: bool = False,
@@ -56,7 +61,7 @@ def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = Non
     """A DashboardConfig from the daemon's Config (skynet.config.settings.Config):
     notify_dsn ("" -> local mode on state_dir; "env" -> libpq's environment),
     notify_sslmode, dashboard_password_hash, dashboard_token_hash,
-    dashboard_hosts; the rest comes from the command line. Attributes are read
+    dashboard_hosts, dashboard_metrics_port, metrics_host; the rest comes from the command line. Attributes are read
     with defaults, so this also works on a Config without them."""
     raw = (getattr(cfg, "notify_dsn", "") or "").strip()
     return DashboardConfig(
@@ -70,6 +75,9 @@ def config_from_daemon(cfg: Any, host: str | None = None, port: int | None = Non
         secure_cookie=secure_cookie,
         allowed_hosts=list(getattr(cfg, "dashboard_hosts", None) or []),
         trusted_proxies=list(trusted_proxies or []),
+        metrics_port=int(getattr(cfg, "dashboard_metrics_port", 0) or 0),
+        metrics_host=getattr(cfg, "metrics_host", "") or "127.0.0.1",
+        jobs_dsn=getattr(cfg, "jobs_dsn", "") or None,
     )
 
 
@@ -114,8 +122,9 @@ class DashboardServer:
     socket is closed under a poll in progress. Then the worker threads
     (`task_dispatcher.shutdown()`) and the database pool are closed."""
 
-    def __init__(self, server: Any, source: Any, sockets: dict) -> None:
+    def __init__(self, server: Any, source: Any, sockets: dict, metrics_server: Any = None) -> None:
         self.server = server
+        self.metrics_server = metrics_server  # prometheus_client's HTTP server, when metrics_port is set
         self.sockets = sockets  # the socket map we gave create_server(); the server and its channels live in it
         self.source = source
         self._stop = threading.Event()
@@ -150,6 +159,9 @@ class DashboardServer:
             return
         self.server.task_dispatcher.shutdown()
         self._close_sockets()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.source.close()
         self._done.set()
 
@@ -183,7 +195,22 @@ def make_server(cfg: DashboardConfig) -> DashboardServer:
     # asyncore_use_poll: poll(), not select(), which fails on descriptors past 1023.
     server = create_server(app, map=sockets, host=cfg.host, port=cfg.port, threads=cfg.threads,
                            ident="skynet-dashboard", clear_untrusted_proxy_headers=False, asyncore_use_poll=True)
-    return DashboardServer(server, source, sockets)
+    return DashboardServer(server, source, sockets, _metrics_server(cfg, source))
+
+
+def _metrics_server(cfg: DashboardConfig, source: Any) -> Any:
+    """The fleet's /metrics on cfg.metrics_port (None when 0). A port of its own
+    rather than a route of the app: Prometheus scrapes without a login, and the
+    dashboard's pages must keep theirs; bound to 127.0.0.1 unless metrics_host
+    says otherwise."""
+    if not cfg.metrics_port:
+        return None
+    require_extra("metrics", "dashboard_metrics_port")
+    from skynet.reporting import metrics
+
+    server = metrics.start_server(cfg.metrics_host, cfg.metrics_port, metrics.fleet_registry(source.status))
+    log.info("dashboard: the fleet's metrics on http://%s:%d/metrics", cfg.metrics_host, server.server_port)
+    return server
 
 
 def stop_server(server: DashboardServer) -> None:

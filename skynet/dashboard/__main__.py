@@ -53,9 +53,12 @@ def new_token_cmd() -> None:
               help="A Host name to answer to (repeatable; default: --host and localhost).")
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True,
               help="Address or network of a reverse proxy whose X-Forwarded-For/-Proto are believed (repeatable).")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Serve the fleet's figures for Prometheus at /metrics on this port, without login (0: off).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port listens on.")
 def serve_cmd(dsn: str | None, sslmode: str | None, host: str, port: int, state_dirs: tuple[str, ...],
               password_hash_file: str | None, secure_cookie: bool, allowed_hosts: tuple[str, ...],
-              trusted_proxies: tuple[str, ...]) -> None:
+              trusted_proxies: tuple[str, ...], metrics_port: int, metrics_host: str) -> None:
     """Serve the dashboard until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pw = os.environ.get("SKYNET_DASHBOARD_PASSWORD_HASH")
@@ -65,7 +68,8 @@ def serve_cmd(dsn: str | None, sslmode: str | None, host: str, port: int, state_
     token = os.environ.get("SKYNET_DASHBOARD_TOKEN_HASH")
     cfg = DashboardConfig(dsn=dsn, sslmode=sslmode, host=host, port=port, password_hash=pw, token_hash=token,
                           state_dirs=list(state_dirs), secure_cookie=secure_cookie,
-                          allowed_hosts=list(allowed_hosts), trusted_proxies=list(trusted_proxies))
+                          allowed_hosts=list(allowed_hosts), trusted_proxies=list(trusted_proxies),
+                          metrics_port=metrics_port, metrics_host=metrics_host)
     try:
         serve(cfg)
     except (ValueError, MissingExtra) as exc:  # a bad setting, or Flask/waitress not installed: one line

@@ -52,6 +52,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 def create_app(cfg: Any, source: Any) -> Flask:
     """Build the Flask app for `cfg` (a DashboardConfig) reading from `source`
     (data.PgSource or data.LocalSource)."""
+    from skynet.dashboard.fleet import register as register_fleet
+
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(MAX_CONTENT_LENGTH=16 * 1024, JSON_SORT_KEYS=False)
     app.wsgi_app = TrustedProxies(app.wsgi_app, getattr(cfg, "trusted_proxies", None) or [])  # type: ignore[method-assign]
@@ -171,7 +173,7 @@ def create_app(cfg: Any, source: Any) -> Flask:
         token = request.cookies.get(SESSION_COOKIE) or ""
         csrf = sessions.csrf_for(token) if token else ""
         return Response(render_template("index.html", csrf=csrf, source=source.describe(),
-                                        refresh_ms=int(cfg.refresh_seconds * 1000)))
+                                        refresh_ms=int(cfg.refresh_seconds * 1000), fleet=fleet))
 
     @app.get("/api/status")
     def api_status() -> Response:
@@ -194,6 +196,8 @@ def create_app(cfg: Any, source: Any) -> Flask:
         except Exception as exc:
             log.warning("dashboard: cannot read failures: %s", type(exc).__name__)
             return _json_error("cannot read the database; retrying", 503)
+
+    fleet = register_fleet(app, cfg, logged_in)  # jobs and workers of a fleet (jobs_dsn): skynet/dashboard/fleet.py
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -16,7 +16,6 @@ skynet.state.db.StateReader) read-only, so one machine can still be watched.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -65,7 +64,14 @@ class PgSource:
     mode = "postgres"
 
     def __init__(self, dsn: str, sslmode: str | None = None, stale_factor: float = 3.0, max_conns: int = 4) -> None:
-        from psycopg2.pool import ThreadedConnectionPool
+        """A psycopg_pool.ConnectionPool of up to `max_conns` read-only,
+        autocommit connections, opened lazily (min_size 0: a dashboard nobody
+        looks at holds no connection). The pool checks a connection before
+        lending it (a server restart leaves dead ones behind) and drops the
+        ones a request broke. A request waits at most 3 s for one, then gets
+        503 as with a database that is down (queries take milliseconds, and
+        statement_timeout caps them at 5 s)."""
+        from psycopg_pool import ConnectionPool
 
         self.dsn = dsn
         self.stale_factor = stale_factor
@@ -73,32 +79,23 @@ class PgSource:
             connect_timeout=5,
             application_name="skynet-dashboard",
             options="-c default_transaction_read_only=on -c statement_timeout=5000",
+            autocommit=True,
         )
         if sslmode:
             kw["sslmode"] = sslmode
-        self._pool = ThreadedConnectionPool(0, max_conns, dsn, **kw)
-        self._sem = threading.BoundedSemaphore(max_conns)
+        self._pool = ConnectionPool(dsn, min_size=0, max_size=max_conns, kwargs=kw, open=True, timeout=3,
+                                    check=ConnectionPool.check_connection, name="skynet-dashboard")
 
     def describe(self) -> str:
         return redact_dsn(self.dsn)
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
-        with self._sem:
-            conn = self._pool.getconn()
-            broken = False
-            try:
-                conn.autocommit = True
-                with conn.cursor() as cur:
-                    yield cur
-            except Exception:
-                broken = True
-                raise
-            finally:
-                self._pool.putconn(conn, close=broken or bool(conn.closed))
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            yield cur
 
     def close(self) -> None:
-        self._pool.closeall()
+        self._pool.close()
 
     def status(self, failures_before: str | None = None) -> dict[str, Any]:
         out = empty_status(self.mode)

@@ -223,7 +223,7 @@ def build_app(gw: Gateway) -> Flask:
             raise UploadError(415, f"a body with the creation needs Content-Type: {OCTETS}")
         whole = with_body and request.content_length == length
         up = gw.staging.create(length, name, raw_meta, md5, gw.cfg.max_uploads_in_flight, whole=whole)
-        log.info("gateway: upload %s created for %r (%d bytes) from %s", up.id, name, length, request.remote_addr)
+        log.debug("gateway: upload %s created for %r (%d bytes) from %s", up.id, name, length, request.remote_addr)
         resp = Response(status=201)
         resp.headers["Location"] = f"/uploads/{up.id}"
         if with_body or length == 0:  # creation-with-upload (an empty file is finished at once)
@@ -326,11 +326,15 @@ def _patch(gw: Gateway, up: Upload, offset: int, checksum: tuple[str, bytes] | N
     if not up.finished:
         resp.headers["Upload-Expires"] = gw.expires(up)
     if done:
-        log.info("gateway: upload %s (%r) finished and verified (md5 %s)", up.id, up.filename, up.etag)
+        log.debug("gateway: upload %s (%r) finished and verified (md5 %s)", up.id, up.filename,
+                 up.etag or "not asked for")
         results = {name: fut.result() for name, fut in gw.deliveries.submit(up).items()}
+        if not all(results.values()):
+            gw.staging.persist(up)  # a whole upload must now outlive this request: made durable
         resp.headers["Skynet-Landed"] = ", ".join(n for n, ok in results.items() if ok)
         resp.headers["Skynet-Pending"] = ", ".join(n for n, ok in results.items() if not ok)
-        resp.headers["ETag"] = f'"{up.etag}"'
+        if up.etag:
+            resp.headers["ETag"] = f'"{up.etag}"'
     return resp
 
 

@@ -24,7 +24,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from connections.contract.source import local_file
-from connections.contract.xcon import PermanentError, ResumeStore, TransferContext, XCon
+from connections.contract.xcon import (
+    LocalFile, PermanentError, ResumeStore, SendResult, TakeOver, TransferContext, Unsupported, XCon,
+)
 from skynet.config.settings import TargetConfig
 from skynet.gateway.staging import Staging, Upload
 from skynet.state.atomicfile import write_atomic
@@ -206,7 +208,7 @@ class Deliveries:
                 d.keeper.replacing(up.filename)  # the current file becomes a version first
                 self.staging.note(up, d.name, kept=True)
             f = local_file(path, up.filename, os.stat(path))
-            res = d.con.send(f, TransferContext(resume=FileResume(self.staging.resume_file(up.id, d.name))))
+            res = self._put(d, f, up)
         except Exception as exc:  # every failure leaves it pending: retried in order
             if not isinstance(exc, PermanentError):
                 d.lost()
@@ -217,3 +219,14 @@ class Deliveries:
         log.info("gateway: %r (%d bytes, upload %s) landed in %s", up.filename, res.size, up.id, d.name)
         self.staging.landed(up, d.name)
         return True
+
+    def _put(self, d: Destination, f: LocalFile, up: Upload) -> SendResult:
+        """The finished staging file onto `d`: taken over by a hard link where `d`
+        can (a local folder on the staging's file system: nothing copied, the
+        gateway never writes a finished upload again), else sent."""
+        if isinstance(d.con, TakeOver):
+            try:
+                return d.con.take_over(f)
+            except Unsupported:
+                pass  # another file system: a copy
+        return d.con.send(f, TransferContext(resume=FileResume(self.staging.resume_file(up.id, d.name))))

@@ -1,19 +1,38 @@
 """Unfinished and undelivered uploads on the gateway's disk: durable offsets.
 
-An upload is two files in `<staging>/uploads/`:
+An upload is up to three files in `<staging>/uploads/`:
 
     <id>.part   the bytes received so far (exactly `offset` of them count)
     <id>.json   its record: length, offset, file name, checksums of its chunks,
                 times, and once finished the destinations it has still to land in
                 (kept, without the bytes, for expire_after once it is everywhere:
                 HEAD then says every byte is in)
+    <id>.ack    the chunks acknowledged since (acklog.py)
 
-A chunk is written into the .part file and fsynced, then the record is replaced
-atomically (skynet.state.atomicfile.write_atomic: fsync of the file and of the
-folder). So whatever kills the server (kill -9, power loss), the record's offset
-names bytes that are on disk; bytes past it (the chunk in flight) are cut off
-before the next chunk is written. HEAD reports the record's offset and the
-client resumes there: at most the chunk in flight is sent twice.
+A chunk is written into the .part file (the page cache), a line naming it is
+appended to the .ack log, and then the answer goes out: a `kill -9` of the server
+loses nothing it acknowledged (after a restart in the same boot the log is read
+back; bytes past its last line, the chunk in flight, are cut off before the next
+chunk is written), and the client sending chunk after chunk never waits for the
+disk. The fsyncs happen beside it, in one syncer thread for all uploads: it
+fdatasyncs an upload's .part and only then replaces the record atomically
+(write_atomic: fsync of the file and of the folder) with the offset it synced.
+So after a power cut the record never names bytes that are not on disk, and it
+lags the acknowledged offset by at most SYNC_LAG (a PATCH waits for the syncer
+beyond that): the client resends at most that much, from the offset HEAD gives.
+
+A whole file in its creation request (creation-with-upload, the usual way for
+small files) is "volatile" until it has to outlive the request: nothing of it is
+fsynced and no record is written while it is received, verified and landed,
+because until the 201 goes out the client holds no Location and would send it
+all again after any crash (the .part an orphan, removed at start). Five fsyncs
+per small file saved (the chunk, the finished record and the landed record with
+their folder). A finished upload of several chunks is volatile the same way
+from its last chunk on (that chunk gets no .ack line: after a crash before the
+answer the client sends it again). Either is made durable (persist(): fdatasync
+of its bytes, then its finished record) only when a destination is still pending
+after the first attempt, before the answer says it will land there later; once it
+landed everywhere its bytes are dropped, so they never needed to reach the disk.
 
 A finished upload is verified here (its size, its chunks' checksums read back
 from disk, and the MD5 the client gave as metadata) before it is handed to the
@@ -34,11 +53,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
+from skynet.gateway import acklog
 from skynet.state.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 
 READ_PIECE = 1 << 20
+# acknowledged bytes of an upload not yet fdatasynced by the syncer, at most: what a
+# power cut can make a client send again; a PATCH past it waits for the disk
+SYNC_LAG = 256 << 20
 ALGORITHMS = {"md5": hashlib.md5, "sha1": hashlib.sha1}
 _ID = re.compile(r"[0-9a-f]{32}")
 
@@ -104,18 +127,33 @@ def parse_md5(value: str) -> str:
 class Staging:
     """The uploads under one staging folder; every method is thread-safe per upload."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, syncer: bool = True) -> None:
+        """`syncer`: run the thread that makes offsets durable (tests of what a power cut
+        leaves call sync() themselves instead)."""
         self.folder = os.path.join(root, "uploads")
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
         os.chmod(self.folder, 0o700)  # ours alone (staging_dir itself may be a shared folder: left as it is)
         self._uploads: dict[str, Upload] = {}
+        # those not yet delivered everywhere: what the workers, the syncer and the limit look
+        # at (delivered ones stay in _uploads for HEAD until expire_after: thousands of them)
+        self._active: dict[str, Upload] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._seq = 0
-        # MD5 of each upload's bytes so far, kept while they arrive in this process: the
-        # finished file is then verified without reading it again (after a restart it is read)
-        self._running: dict[str, Any] = {}  # upload id -> hashlib.md5 object
+        # Uploads whose every byte arrived in this process, each chunk checked then: the
+        # finished file is verified without reading it again (after a restart it is read).
+        # The value is the MD5 of the bytes so far when the client gave the whole file's
+        # MD5 to check it against, else None: an MD5 nobody compares costs ~1.5 CPU s/GiB.
+        self._running: dict[str, Any] = {}  # upload id -> hashlib.md5 object or None
+        # uploads whose record is not written until persist() (see above) -> whether a record
+        # is written once it landed everywhere (False for a whole upload: nobody can ask HEAD)
+        self._volatile: dict[str, bool] = {}
+        self._boot = acklog.boot_id()
+        self._durable: dict[str, int] = {}  # upload id -> offset its record names (bytes fdatasynced)
+        self._sync = threading.Condition()  # guards offsets, checksums, finished, _durable
         self._load()
+        if syncer:
+            threading.Thread(target=self._sync_loop, name="gateway-sync", daemon=True).start()
 
     # -- files --------------------------------------------------------------
     def part(self, uid: str) -> str:
@@ -127,8 +165,102 @@ class Staging:
     def resume_file(self, uid: str, target: str) -> str:
         return os.path.join(self.folder, f"{uid}.{target}.resume")
 
+    def ack(self, uid: str) -> str:
+        return os.path.join(self.folder, uid + ".ack")
+
     def _save(self, up: Upload) -> None:
-        write_atomic(self.record(up.id), json.dumps(asdict(up)), 0o600)
+        """Write the record (durably) as far as it is true on disk: an unfinished upload's
+        offset is the one the syncer reached."""
+        if up.id in self._volatile:  # lives in memory until persist()
+            return
+        with self._sync:
+            state = self._state(up, up.length if up.finished else self._durable.get(up.id, 0))
+        write_atomic(self.record(up.id), state, 0o600)
+
+    @staticmethod
+    def _state(up: Upload, offset: int) -> str:
+        """The record's JSON with `offset` (and the checksums of the chunks before it)."""
+        d = asdict(up)
+        d["offset"] = offset
+        d["checksums"] = [c for c in up.checksums if c[0] + c[1] <= offset]
+        return json.dumps(d)
+
+    # -- durability ---------------------------------------------------------
+    def sync(self, up: Upload) -> bool:
+        """fdatasync what `up` acknowledged, then write its record with that offset.
+        False when there was nothing to do (volatile, finished, at its last byte, gone)."""
+        with self._sync:
+            target = up.offset
+            if (up.finished or up.id in self._volatile or up.id not in self._durable
+                    or target <= self._durable[up.id] or target >= up.length):
+                return False  # (the last chunk is finish()'s: made durable by persist())
+        try:
+            fd = os.open(self.part(up.id), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        with self._sync:  # held while writing: remove() and finish() cannot come in between
+            if up.finished or up.id not in self._durable or target <= self._durable[up.id]:
+                return False
+            write_atomic(self.record(up.id), self._state(up, target), 0o600)
+            self._durable[up.id] = target
+            self._sync.notify_all()
+        return True
+
+    def _lagging(self) -> list[Upload]:
+        with self._lock:
+            ups = list(self._active.values())
+        with self._sync:
+            return [u for u in ups if u.id in self._durable and not u.finished and u.id not in self._volatile
+                    and self._durable[u.id] < u.offset < u.length]
+
+    def _sync_loop(self) -> None:
+        """One thread for every upload's fsyncs: they run while the next chunks arrive."""
+        while True:
+            todo = self._lagging()
+            if not todo:
+                with self._sync:
+                    self._sync.wait(1.0)
+                continue
+            synced = False
+            for up in todo:
+                try:
+                    synced = self.sync(up) or synced
+                except OSError as exc:
+                    log.error("gateway: cannot make upload %s durable (%s); tried again", up.id, exc)
+            if not synced:  # nothing could be done (a .part gone, a disk failing): no busy loop
+                with self._sync:
+                    self._sync.wait(1.0)
+
+    def _acknowledge(self, up: Upload, start: int, entry: list | None) -> None:
+        """The chunk [start, up.offset) is in: logged for a restart after kill -9, then the
+        syncer is woken; waits while the upload is more than SYNC_LAG ahead of the disk."""
+        acklog.append(self.ack(up.id), self._boot, start, up.offset, entry, up.touched)
+        with self._sync:
+            self._sync.notify_all()
+            while up.id in self._durable and up.offset - self._durable[up.id] > SYNC_LAG:
+                self._sync.wait(1.0)
+
+    def persist(self, up: Upload) -> None:
+        """Make a volatile upload durable (its bytes, then its record): it must outlive
+        this request, e.g. a destination still waits for it. A no-op for the others."""
+        with self.locked(up.id):
+            if up.id not in self._volatile or not up.pending:
+                return
+            try:
+                fd = os.open(self.part(up.id), os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                fd = -1  # landed everywhere meanwhile: only the record is left
+            if fd >= 0:
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            self._volatile.pop(up.id, None)
+            self._save(up)
 
     def _load(self) -> None:
         """Read the records a previous run left (a restart, a kill -9)."""
@@ -145,13 +277,32 @@ class Staging:
                 log.warning("gateway: unreadable upload record %s (%s); removed", name, exc)
                 self._drop_files(name[:-5])
                 continue
+            if not up.finished:
+                self._replay(up)
             self._uploads[up.id] = up
+            if not self.delivered(up):
+                self._active[up.id] = up
             self._locks[up.id] = threading.Lock()
             self._seq = max(self._seq, up.finished_seq)
         for name in os.listdir(self.folder):  # bytes of uploads whose record never got written
             uid = name.split(".", 1)[0]
             if _ID.fullmatch(uid) and uid not in self._uploads:
                 _unlink(os.path.join(self.folder, name))
+
+    def _replay(self, up: Upload) -> None:
+        """An unfinished upload read back: on from its record's (durable) offset through the
+        chunks acknowledged in this boot whose bytes are there (acklog.py)."""
+        self._durable[up.id] = up.offset
+        try:
+            size = os.stat(self.part(up.id)).st_size
+        except OSError:
+            return
+        for end, entry, touched in acklog.replay(self.ack(up.id), self._boot, up.offset):
+            if size < end:
+                break
+            if entry:
+                up.checksums.append(entry)
+            up.offset, up.touched = end, touched
 
     # -- lookups ------------------------------------------------------------
     def get(self, uid: str) -> Upload:
@@ -164,7 +315,7 @@ class Staging:
 
     def partial(self) -> list[Upload]:
         with self._lock:
-            return [u for u in self._uploads.values() if not u.finished]
+            return [u for u in self._active.values() if not u.finished]
 
     def delivered(self, up: Upload) -> bool:
         return up.finished and not up.pending
@@ -172,7 +323,7 @@ class Staging:
     def undelivered(self) -> list[Upload]:
         """Finished uploads some destination still waits for, oldest first."""
         with self._lock:
-            found = [u for u in self._uploads.values() if u.finished and u.pending]
+            found = [u for u in self._active.values() if u.finished and u.pending]
         return sorted(found, key=lambda u: u.finished_seq)
 
     def locked(self, uid: str) -> threading.Lock:
@@ -185,25 +336,30 @@ class Staging:
         """A new, empty upload; 429 when `limit` unfinished ones exist already.
 
         `whole`: its creation request carries every byte (creation-with-upload of a whole
-        file): no record is written before them, since a crash before finish() leaves
-        nothing the client was told about (it got no Location), and an orphan .part is
-        removed at start. One record write instead of three, for many small files."""
+        file): the upload is volatile (module docstring) until persist(): a crash before
+        the answer leaves nothing the client was told about (it got no Location), and an
+        orphan .part is removed at start."""
         now = time.time()
         up = Upload(id=secrets.token_hex(16), length=length, filename=filename, metadata=metadata, md5=md5,
                     created=now, touched=now)
         with self._lock:
-            busy = sum(1 for u in self._uploads.values() if not u.finished)
+            busy = sum(1 for u in self._active.values() if not u.finished)
             if busy >= limit:
                 raise UploadError(429, f"too many uploads in flight ({busy} of max_uploads_in_flight {limit}): "
                                        "finish, terminate or let one expire, then try again")
             self._uploads[up.id] = up
+            self._active[up.id] = up
             self._locks[up.id] = threading.Lock()
-        self._running[up.id] = hashlib.md5()
+        self._running[up.id] = hashlib.md5() if md5 else None
+        if whole:
+            self._volatile[up.id] = False
+        else:
+            with self._sync:
+                self._durable[up.id] = 0
         try:
             fd = os.open(self.part(up.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             os.close(fd)
-            if not whole:
-                self._save(up)
+            self._save(up)
         except BaseException:
             self.remove(up.id)
             raise
@@ -222,6 +378,7 @@ class Staging:
         if size is not None and size > room:
             raise UploadError(413, f"the chunk ({size} bytes) goes past Upload-Length ({room} bytes left)")
         h = ALGORITHMS[checksum[0]]() if checksum else None
+        tracked = up.id in self._running  # every byte so far arrived in this process
         known = self._running.pop(up.id, None)
         whole = known.copy() if known is not None else None
         got = 0
@@ -234,20 +391,22 @@ class Staging:
                 if h is not None and h.digest() != checksum[1]:  # type: ignore[index]
                     os.ftruncate(fd, offset)
                     got = -1
-            os.fsync(fd)
         finally:
             os.close(fd)
-        self._running[up.id] = whole if whole is not None and got >= 0 else known  # type: ignore[assignment]
+        if tracked:
+            self._running[up.id] = known if got < 0 else whole
         if got < 0:
             raise UploadError(460, f"Upload-Checksum: the chunk's {checksum[0]} does not match; "  # type: ignore[index]
                                    "nothing of it was kept, send it again")
         if got:
-            if checksum:
-                up.checksums.append([offset, got, checksum[0], base64.b64encode(checksum[1]).decode()])
-            up.offset = offset + got
-            up.touched = time.time()
-            if up.offset < up.length:  # the last chunk's record is finish()'s, written next
-                self._save(up)
+            entry = [offset, got, checksum[0], base64.b64encode(checksum[1]).decode()] if checksum else None
+            with self._sync:
+                if entry:
+                    up.checksums.append(entry)
+                up.offset = offset + got
+                up.touched = time.time()
+            if up.offset < up.length and up.id not in self._volatile:  # the last chunk is finish()'s
+                self._acknowledge(up, offset, entry)
         return up.offset
 
     def finish(self, up: Upload, targets: list[str]) -> None:
@@ -264,9 +423,11 @@ class Staging:
         with self._lock:
             self._seq += 1
             up.finished_seq = self._seq
-        up.finished = True
-        up.pending = list(targets)
-        self._save(up)
+        with self._sync:
+            up.finished = True
+            up.pending = list(targets)
+            self._volatile.setdefault(up.id, True)  # durable by persist(), or not needed once landed
+            self._durable.pop(up.id, None)
 
     def _verify(self, up: Upload) -> str | None:
         """Why the .part file is not the upload the client sent (None: it is). One read."""
@@ -276,9 +437,9 @@ class Staging:
             return f"its bytes are gone ({exc.strerror})"
         if size != up.length:
             return f"{size} bytes on disk, Upload-Length {up.length}"
-        known = self._running.pop(up.id, None)
-        if known is not None:  # every byte hashed as it arrived, each chunk checked then
-            return self._matches(up, known.hexdigest())
+        if up.id in self._running:  # every byte arrived here, each chunk checked then
+            known = self._running.pop(up.id)
+            return self._matches(up, known.hexdigest() if known is not None else None)
         whole = hashlib.md5()
         with open(self.part(up.id), "rb") as f:
             pos = 0
@@ -292,10 +453,11 @@ class Staging:
         return self._matches(up, whole.hexdigest())
 
     @staticmethod
-    def _matches(up: Upload, md5: str) -> str | None:
+    def _matches(up: Upload, md5: str | None) -> str | None:
+        """md5 None: not computed (the client gave none to compare with)."""
         if up.md5 and md5 != up.md5:
             return f"MD5 {md5}, the client said {up.md5}"
-        up.etag = md5
+        up.etag = md5 or ""
         return None
 
     def landed(self, up: Upload, target: str) -> bool:
@@ -309,7 +471,12 @@ class Staging:
             _unlink(self.resume_file(up.id, target))
             if not up.pending:
                 up.touched = time.time()
+                with self._lock:
+                    self._active.pop(up.id, None)
                 _unlink(self.part(up.id))
+                _unlink(self.ack(up.id))
+                if not self._volatile.pop(up.id, True):
+                    return True  # a whole upload: its record lives in memory only
             self._save(up)
         return not up.pending
 
@@ -325,8 +492,13 @@ class Staging:
     def remove(self, uid: str) -> None:
         with self._lock:
             self._uploads.pop(uid, None)
+            self._active.pop(uid, None)
             self._locks.pop(uid, None)
             self._running.pop(uid, None)
+            self._volatile.pop(uid, None)
+        with self._sync:
+            self._durable.pop(uid, None)
+            self._sync.notify_all()
         self._drop_files(uid)
 
     def _drop_files(self, uid: str) -> None:
@@ -366,21 +538,34 @@ class Staging:
 
 
 def _copy_in(body: BinaryIO, fd: int, offset: int, room: int, hashes: list) -> int:
-    """Write the body at `offset`, at most `room` bytes (413 past it); the count written."""
+    """Write the body at `offset`, at most `room` bytes (413 past it); the count written.
+
+    Read with readinto() into one buffer reused for the whole chunk: read() would
+    make a bytearray and then a bytes copy of it for every piece (two allocations
+    and one copy per MiB saved)."""
     got = 0
+    buf = memoryview(bytearray(min(READ_PIECE, room + 1)))
     while True:
-        piece = body.read(min(READ_PIECE, room - got + 1))
-        if not piece:
+        want = min(len(buf), room - got + 1)
+        n = body.readinto(buf[:want]) if hasattr(body, "readinto") else _read_into(body, buf[:want])
+        if not n:
             return got
-        if got + len(piece) > room:
+        if got + n > room:
             raise UploadError(413, f"the chunk goes past Upload-Length ({room} bytes left)")
-        view = memoryview(piece)
+        piece = buf[:n]
+        view = piece
         while view:
-            n = os.pwrite(fd, view, offset + got)
-            view = view[n:]
-            got += n
+            k = os.pwrite(fd, view, offset + got)
+            view = view[k:]
+            got += k
         for h in hashes:
             h.update(piece)
+
+
+def _read_into(body: BinaryIO, buf: memoryview) -> int:
+    piece = body.read(len(buf))
+    buf[:len(piece)] = piece
+    return len(piece)
 
 
 def _hash_range(f: BinaryIO, pos: int, end: int, hashes: list) -> int:

@@ -33,43 +33,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
-from urllib.parse import urlsplit
 
 from connections.contract.xcon import TransferContext
 from skynet.config.settings import JobConfig
-from skynet.engine.backoff import Backoff, BackoffCounter
+from skynet.engine.backoff import Backoff
+from skynet.jobs.attempt import HOST_BACKOFF, Clock, HostGate, ItemAttempt, SystemClock  # noqa: F401 (re-exported)
 from skynet.jobs.intake import Intake
-from skynet.jobs.item import OTHER, REFUSED, TIMEOUT, Item, ItemFailed, ItemResult
-from skynet.jobs.table import DONE, FAILED, QUEUED, RUNNING, Claimed, ItemResume, ItemTable, Outcome
-from skynet.transfer.chunks import TransferStopped
+from skynet.jobs.item import OTHER, Item, ItemResult
+from skynet.jobs.table import DONE, FAILED, QUEUED, RUNNING, Claimed, ItemTable, Outcome
 from skynet.transfer.throttle import Window
 
 log = logging.getLogger("skynet.jobs")
 
 EXIT_DONE, EXIT_STOPPED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
-HOST_ERRORS = (REFUSED,)  # the host, not the item: its other items wait too (a timeout may be one stalled item)
-HOST_BACKOFF = Backoff(initial=1.0, cap=60.0, jitter=1.0)
 PROGRESS_EVERY = 5.0  # seconds between the run's progress rows (`job status` reads them)
 GROUP_WAIT = 0.01  # seconds an outcome may wait for others to share its transaction (_gather)
 GROUP_POLL = 0.002
 CLAIM_AHEAD = 2  # items claimed per worker beyond the one it runs
-
-
-class Clock(Protocol):
-    """Time for the runner: now() in epoch seconds; wait() sleeps on a queue."""
-
-    def now(self) -> float: ...
-
-    def max_wait(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-    def max_wait(self) -> float:
-        return 60.0  # wake at least this often (a changed table, a signal)
 
 
 @dataclass
@@ -85,38 +65,6 @@ class Counters:
     failed_by_class: dict[str, int] = field(default_factory=dict)  # items failed for good, by class
 
 
-class HostGate:
-    """Per-host back-off: after a refused connection or a timeout, the host's
-    items wait (uncharged) until it is due again; a success resets it."""
-
-    def __init__(self, backoff: Backoff) -> None:
-        self.backoff = backoff
-        self._lock = threading.Lock()
-        self._hosts: dict[str, tuple[BackoffCounter, float]] = {}
-
-    @staticmethod
-    def host(item: Item) -> str:
-        return urlsplit(item.source).netloc.lower() if "://" in item.source else ""
-
-    def until(self, item: Item) -> float:
-        with self._lock:
-            found = self._hosts.get(self.host(item))
-        return found[1] if found else 0.0
-
-    def failed(self, item: Item, now: float) -> float:
-        host = self.host(item)
-        with self._lock:
-            counter = self._hosts.get(host, (BackoffCounter(self.backoff), 0.0))[0]
-            until = now + counter.failed()
-            self._hosts[host] = (counter, until)
-        return until
-
-    def ok(self, item: Item) -> None:
-        if self._hosts:
-            with self._lock:
-                self._hosts.pop(self.host(item), None)
-
-
 class Runner:
     """Runs one job until every item is done or failed for good (or stop())."""
 
@@ -129,6 +77,7 @@ class Runner:
         self.throttle = throttle
         self.window = Window(job.window)
         self.gate = HostGate(host_backoff)
+        self.attempts = ItemAttempt(job, table, transfer, self.clock, throttle=throttle, gate=self.gate)
         self.on_change = on_change or (lambda: None)
         self.on_progress: Callable[[dict], None] = lambda state: None  # the notifier's job()
         self.base: dict[tuple[str, str | None], int] = {}  # the table's counts when the run started
@@ -361,44 +310,5 @@ class Runner:
             self.outcomes.put(self._attempt(c))
 
     def _attempt(self, c: Claimed) -> Outcome:
-        """One try of one item, as the outcome to record."""
-        stop = self.pause
-        now = self.clock.now()
-        if stop.is_set() or not self.window.is_open(now):  # the window closed since it was claimed
-            return Outcome(c.id, "release", now)
-        until = self.gate.until(c.item)
-        if until > now:  # its host refused moments ago: this item fails with it, without a request of its own
-            host = HostGate.host(c.item)
-            return self._failed(c, ItemFailed(REFUSED, f"{c.item.source}: not tried: {host} refused a connection "
-                                              f"and is backing off", permanent=False), stop, probe=False)
-        ctx = TransferContext(resume=ItemResume(self.table, c.id, c.resume), stop=stop, throttle=self.throttle)
-        try:
-            result = self.transfer(c.item, ctx)
-        except TransferStopped:
-            return Outcome(c.id, "release", self.clock.now())
-        except ItemFailed as exc:
-            return self._failed(c, exc, stop)
-        except Exception as exc:  # a bug or an unclassified error: transient, and logged whole
-            log.exception("job %s: %s: unexpected error", self.job.name, c.item.source)
-            return self._failed(c, ItemFailed(OTHER, f"{type(exc).__name__}: {exc}", permanent=False), stop)
-        self.gate.ok(c.item)
-        return Outcome(c.id, DONE, self.clock.now(), bytes=result.bytes_sent, size=result.size)
-
-    def _failed(self, c: Claimed, exc: ItemFailed, stop: threading.Event, probe: bool = True) -> Outcome:
-        """The outcome of a failed attempt: retried on the job's schedule (and not
-        before its host is due again), or failed for good. `probe`: the attempt
-        reached for the host (not one set aside because the host is backing off)."""
-        now = self.clock.now()
-        if stop.is_set() and exc.error_class in (REFUSED, TIMEOUT):
-            # a transfer cut short by the window's end may fail as a timeout: not its fault
-            return Outcome(c.id, "release", now)
-        next_at = 0.0
-        if exc.error_class in HOST_ERRORS:
-            next_at = self.gate.failed(c.item, now) if probe else self.gate.until(c.item)
-        args = dict(error_class=exc.error_class, status_code=exc.status, error=exc.text)
-        if exc.permanent or c.attempts >= self.job.max_attempts:
-            log.warning("job %s: %s failed%s: %s", self.job.name, c.item.source,
-                        "" if exc.permanent else f" after {c.attempts} attempts", exc.text)
-            return Outcome(c.id, FAILED, now, **args)
-        wait = self.job.retry_after[min(c.attempts, len(self.job.retry_after)) - 1]
-        return Outcome(c.id, "retry", now, next_at=max(now + wait, next_at), **args)
+        """One try of one item (skynet/jobs/attempt.py: the same code as `skynet worker`)."""
+        return self.attempts.attempt(c, self.pause)

@@ -5,7 +5,7 @@ Rule one: it never slows or stops syncing. The public methods (`event`,
 deque and return; everything else (JSON, SQL, disk, network, retries) happens
 in ONE background thread, the writer:
 
-    callers ──append──▶ deque ──writer──▶ PostgreSQL   (one COPY or INSERT ... VALUES list per batch)
+    callers ──append──▶ deque ──writer──▶ PostgreSQL   (one COPY or one INSERT ... unnest(arrays) per batch)
                                    └──▶ spool (SQLite in the state folder) ──▶ PostgreSQL later
 
 * Order and no duplicates: every row gets a sequence number when it is
@@ -26,6 +26,9 @@ in ONE background thread, the writer:
   how many were dropped and which setting raises the cap.
 * Resources: exactly one thread and at most one database connection per
   Notifier; the connection is closed before a reconnect and at close().
+  No psycopg_pool here: one writer thread uses one connection at a time, and
+  a pool would add its own threads and its own reconnect loop beside the
+  spool-aware back-off above (the dashboard, with many request threads, has one).
 * No database configured (dsn None): a no-op object with the same methods.
 
 Secrets: the DSN is only ever logged through `redact_dsn()`, and error texts
@@ -38,7 +41,6 @@ import datetime
 import json
 import logging
 import os
-import re
 import socket
 from skynet.state.sqlitelib import sqlite3
 import threading
@@ -46,6 +48,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from skynet.reporting import pgschema
+from skynet.reporting.pgdsn import UNPARSABLE_DSN, password_of, redact_dsn, scrub_text  # noqa: F401 (re-exported)
 from skynet.state.atomicfile import write_atomic
 from skynet.engine.backoff import Backoff, BackoffCounter
 from skynet.extras import require as require_extra
@@ -63,79 +66,6 @@ ACTIONS = ("send", "delete", "move")
 
 SEQ_BLOCK = 1_000_000_000  # seq numbers reserved ahead in the high-water file
 MAX_ERROR_CHARS = 4000
-
-# For free text (libpq's error messages), where no DSN can be parsed: a URL's
-# user:password@ part, and password=VALUE with libpq's quoting ('...') and
-# backslash escapes (Hunter\ 2secret is one value).
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:]*:)(?P<pw>[^@]*)(?=@)", re.I)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|(?:\\.|[^\s&\\])+)", re.I)
-
-UNPARSABLE_DSN = "(a DSN that could not be parsed)"
-
-
-def redact_dsn(dsn: str | None) -> str:
-    """The DSN as it may be logged or shown: postgresql://user:***@host:port/dbname.
-
-    Built from the DSN as libpq parses it (psycopg2.extensions.parse_dsn:
-    URLs with %-escapes and ?password=, keyword/value strings with quotes and
-    backslash escapes), never by editing the raw text: a pattern over the raw
-    string misses some spelling libpq accepts (`password=Hunter\\ 2secret`
-    came out as `*** 2secret`). Only host, port, dbname, user and sslmode are
-    kept; a DSN libpq cannot parse is not echoed at all. "" means libpq's
-    environment variables (PGHOST...), which are not shown either.
-    """
-    if dsn is None:
-        return "(none)"
-    if dsn == "":
-        return "(libpq environment: PGHOST, PGUSER, ...)"
-    try:
-        import psycopg2.extensions
-
-        parts = psycopg2.extensions.parse_dsn(dsn)
-    except Exception:
-        return UNPARSABLE_DSN
-    return _describe_dsn(parts)
-
-
-def _describe_dsn(parts: dict[str, str]) -> str:
-    """postgresql://user[:***]@host[:port][,host2[:port2]]/dbname[?sslmode=...], each part %-escaped."""
-    from urllib.parse import quote
-
-    user = quote(parts.get("user", ""), safe="")
-    auth = f"{user}:***@" if "password" in parts else (f"{user}@" if user else "")
-    hosts = parts.get("host", "").split(",") if parts.get("host") else []
-    ports = parts.get("port", "").split(",") if parts.get("port") else []
-    if len(ports) == 1 and len(hosts) > 1:
-        ports = ports * len(hosts)
-    where = []
-    for i in range(max(len(hosts), len(ports))):
-        h = hosts[i] if i < len(hosts) else ""
-        h = f"[{h}]" if ":" in h else quote(h, safe="")
-        where.append(h + (f":{quote(ports[i], safe='')}" if i < len(ports) and ports[i] else ""))
-    out = f"postgresql://{auth}{','.join(where)}"
-    if parts.get("dbname"):
-        out += "/" + quote(parts["dbname"], safe="")
-    if parts.get("sslmode"):
-        out += "?sslmode=" + quote(parts["sslmode"], safe="")
-    return out
-
-
-def scrub_text(text: str) -> str:
-    """A message that may quote a DSN (a libpq error), with any password in it replaced by '***'."""
-    out = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", text)
-    return _KV_PASSWORD.sub(lambda m: m.group("head") + "***", out)
-
-
-def _password_of(dsn: str | None) -> str | None:
-    if not dsn:
-        return os.environ.get("PGPASSWORD") or None
-    try:
-        import psycopg2.extensions
-
-        return psycopg2.extensions.parse_dsn(dsn).get("password") or None
-    except Exception:
-        return None
-
 
 def default_daemon_id(host: str, service: str, state_dir: str) -> str:
     """A daemon id that is stable across restarts and unique per state folder
@@ -168,56 +98,20 @@ def _size(n: int) -> str:
     return f"{n / (1 << 20):.0f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _UTC = datetime.timezone.utc
 
 
-def _copy_field(v: Any, limit: int | None = None) -> str:
-    """One field in COPY's text format: \\N for NULL; text made valid for
-    PostgreSQL (`_pg_text`), then backslash, tab, newline and carriage return
-    escaped, the only characters with a meaning there. Plain printable ASCII
-    (most names) takes a shortcut."""
-    if v is None:
-        return "\\N"
-    if isinstance(v, str):
-        if v.isascii() and v.isprintable() and (limit is None or len(v) <= limit):
-            return v.replace("\\", "\\\\") if "\\" in v else v
-        return _pg_text(v, limit).translate(_COPY_ESCAPES)
-    return str(v)
-
-
-class _CopyReader:
-    """A file-like object streaming rows in COPY text format (UTF-8 bytes,
-    which psycopg2 passes through without a decode step), a few at a time."""
-
-    def __init__(self, daemon_id: str, rows: Sequence[Row]) -> None:
-        self._did = _copy_field(daemon_id)
-        self._rows = iter(rows)
-        self._pending = b""
-
-    def _line(self, r: Row) -> bytes:
-        ts = datetime.datetime.fromtimestamp(r[1], _UTC).isoformat()
-        f = _copy_field
-        return (f"{self._did}\t{r[0]}\t{ts}\t{f(r[2])}\t{f(r[3])}\t{f(r[4])}\t{f(r[5])}\t{f(r[6])}\t"
-                f"{f(r[7], MAX_ERROR_CHARS)}\t{f(r[8])}\t{f(r[9])}\n").encode("utf-8")
-
-    def read(self, size: int = -1) -> bytes:
-        chunks = [self._pending]
-        have = len(self._pending)
-        for r in self._rows:
-            line = self._line(r)
-            chunks.append(line)
-            have += len(line)
-            if 0 < size <= have:
-                break
-        data = b"".join(chunks)
-        if size > 0 and len(data) > size:
-            data, self._pending = data[:size], data[size:]
-        else:
-            self._pending = b""
-        return data
-
-    readline = read
+def _copy_rows(daemon_id: str, rows: Sequence[Row]) -> Iterable[tuple]:
+    """The batch as COPY rows: psycopg 3's Copy.write_row() adapts and escapes
+    each field (no COPY text of ours to get wrong); text goes through
+    `_pg_text` first, as PostgreSQL refuses NUL and invalid UTF-8. Measured
+    against a hand-made text block through Copy.write(): 2.9 against 2.5 us of
+    client CPU per row (bench/RESULTS.md, issue 22), which buys that."""
+    f = _pg_text
+    ts = datetime.datetime.fromtimestamp
+    for r in rows:
+        yield (daemon_id, r[0], ts(r[1], _UTC), f(r[2]), r[3], r[4], f(r[5]), f(r[6]), f(r[7], MAX_ERROR_CHARS),
+               r[8], r[9])
 
 
 # -- the notifier ---------------------------------------------------------------
@@ -302,7 +196,7 @@ class Notifier:
         self._transfer_keys: set[tuple[str, str]] = set()  # (mapping, path) with a transfers row
         self._seq_hw = 0
         self._outage_logged = False
-        self._password = _password_of(dsn) if self.enabled else None
+        self._password = password_of(dsn) if self.enabled else None
         self.delivered = 0  # rows PostgreSQL acknowledged (tests, benchmarks)
         self.connects = 0
         self._thread: threading.Thread | None = None
@@ -624,7 +518,7 @@ class Notifier:
         return scrub_text(text) if "://" in text or "password" in text.lower() else text
 
     def _connect(self) -> None:
-        import psycopg2
+        import psycopg
 
         kw: dict[str, Any] = dict(
             connect_timeout=self.connect_timeout,
@@ -637,7 +531,7 @@ class Notifier:
             kw["sslmode"] = self.sslmode
         conn = None
         try:
-            conn = psycopg2.connect(self.dsn, **kw)
+            conn = psycopg.connect(self.dsn, **kw)
             pgschema.migrate(conn)
             conn.autocommit = False
             self._conn = conn
@@ -692,11 +586,11 @@ class Notifier:
         return self._scrub(text.splitlines()[0] if text else type(exc).__name__)
 
     def _is_connection_error(self, exc: BaseException) -> bool:
-        import psycopg2
+        import psycopg
 
-        if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             return True
-        return self._conn is None or getattr(self._conn, "closed", 1) != 0
+        return self._conn is None or bool(self._conn.closed)
 
     def _register(self) -> None:
         """Insert or refresh this daemon's row at (re)connection."""
@@ -796,7 +690,8 @@ class Notifier:
         """Insert one batch in one transaction. False if the connection broke
         (the caller spools the rows); a row PostgreSQL rejects as data is
         logged and skipped, so one odd row cannot wedge delivery.
-        `maybe_seen=False` only for rows never sent before (see _insert)."""
+        `maybe_seen=False` only for rows never sent before (see _insert).
+        The batch is its own transaction: _insert starts it, this commits it."""
         try:
             self._insert(rows, maybe_seen)
             self._conn.commit()
@@ -829,52 +724,48 @@ class Notifier:
 
         Rows that may already be in PostgreSQL (`maybe_seen`: they come from
         the spool, i.e. a batch whose fate is unknown, or a previous run) go
-        through INSERT ... VALUES ... ON CONFLICT (daemon_id, seq) DO NOTHING
-        RETURNING seq (execute_values, one statement). Rows never sent before
-        take the fast path, COPY FROM STDIN into the same table: a third of the
-        client CPU (measured in bench/notifier_bench.py), and the primary key
-        still refuses a duplicate (then the batch is redone the first way).
-        COPY carries data, not SQL: each field is escaped by `_copy_field`.
+        through ONE INSERT ... SELECT FROM unnest(arrays) ON CONFLICT
+        (daemon_id, seq) DO NOTHING RETURNING seq: eleven array parameters
+        whatever the batch size, so one statement and one round trip (what
+        psycopg2's execute_values did by pasting values into the SQL text).
+        Rows never sent before take the fast path, COPY FROM STDIN into the
+        same table (see bench/notifier_bench.py), and the primary key still
+        refuses a duplicate (then the batch is redone the first way). COPY
+        carries data, not SQL: psycopg escapes each field (`_copy_rows`).
         """
-        from psycopg2.extras import execute_values
+        import psycopg.errors
 
         did = self.daemon_id
         with self._conn.cursor() as cur:
             fresh: set[int] | None = None
             if not maybe_seen:
+                # The COPY opens the batch's transaction (the caller commits after
+                # this), so a duplicate needs no savepoint: roll it all back and
+                # take the ON CONFLICT path (two round trips a batch fewer).
                 try:
-                    cur.execute("SAVEPOINT skynet_copy")
-                    cur.copy_expert(
-                        "COPY skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest, error,"
-                        " bytes_done, bytes_total) FROM STDIN",
-                        _CopyReader(did, rows),
-                        size=1 << 20,  # the whole batch in one read: fewer GIL hand-offs with the sync's threads
-                    )
-                    cur.execute("RELEASE SAVEPOINT skynet_copy")
-                except Exception as exc:
-                    import psycopg2.errors
-
-                    if not isinstance(exc, psycopg2.errors.UniqueViolation):
-                        raise
-                    cur.execute("ROLLBACK TO SAVEPOINT skynet_copy")
+                    with cur.copy("COPY skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest,"
+                                  " error, bytes_done, bytes_total) FROM STDIN") as copy:
+                        for row in _copy_rows(did, rows):
+                            copy.write_row(row)
+                except psycopg.errors.UniqueViolation:
+                    self._conn.rollback()
                     maybe_seen = True
             if maybe_seen:
-                values = [
-                    (did, r[0], r[1], _pg_text(r[2]), r[3], r[4], _pg_text(r[5]), _pg_text(r[6]),
-                     _pg_text(r[7], MAX_ERROR_CHARS), r[8], r[9])
-                    for r in rows
-                ]
-                new = execute_values(
-                    cur,
+                cur.execute(
                     """INSERT INTO skynet.events (daemon_id, seq, ts, mapping, kind, action, path, dest, error,
                                                   bytes_done, bytes_total)
-                       VALUES %s ON CONFLICT (daemon_id, seq) DO NOTHING RETURNING seq""",
-                    values,
-                    template="(%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s)",
-                    page_size=len(values),
-                    fetch=True,
+                       SELECT %s, seq, to_timestamp(ts), mapping, kind, action, path, dest, error, bytes_done,
+                              bytes_total
+                       FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::text[],
+                                   %s::text[], %s::text[], %s::bigint[], %s::bigint[])
+                            AS r(seq, ts, mapping, kind, action, path, dest, error, bytes_done, bytes_total)
+                       ON CONFLICT (daemon_id, seq) DO NOTHING RETURNING seq""",
+                    (did, [r[0] for r in rows], [float(r[1]) for r in rows], [_pg_text(r[2]) for r in rows],
+                     [r[3] for r in rows], [r[4] for r in rows], [_pg_text(r[5]) for r in rows],
+                     [_pg_text(r[6]) for r in rows], [_pg_text(r[7], MAX_ERROR_CHARS) for r in rows],
+                     [r[8] for r in rows], [r[9] for r in rows]),
                 )
-                fresh = {s for (s,) in new}
+                fresh = {s for (s,) in cur.fetchall()}
                 if not fresh:
                     return
             # Derived tables, from the new rows only. A transfers row exists
@@ -899,21 +790,21 @@ class Notifier:
                     else:
                         acc[0] += 1
                         acc[1] += r[9] or 0
-            ups = [(did, _pg_text(m), _pg_text(p), t[0], t[1], t[2], t[2])
+            ups = [(_pg_text(m), _pg_text(p), t[0], t[1], float(t[2]))
                    for (m, p), t in transfers.items() if t is not None]
             gone = [(_pg_text(m), _pg_text(p)) for (m, p), t in transfers.items() if t is None]
             if ups:
-                execute_values(
-                    cur,
+                cur.execute(
                     """INSERT INTO skynet.transfers (daemon_id, mapping, path, bytes_done, bytes_total,
                                                      started_at, updated_at)
-                       VALUES %s ON CONFLICT (daemon_id, mapping, path) DO UPDATE
+                       SELECT %s, mapping, path, done, total, to_timestamp(ts), to_timestamp(ts)
+                       FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::float8[])
+                            AS u(mapping, path, done, total, ts)
+                       ON CONFLICT (daemon_id, mapping, path) DO UPDATE
                        SET bytes_done = EXCLUDED.bytes_done, bytes_total = EXCLUDED.bytes_total,
                            updated_at = EXCLUDED.updated_at
                        WHERE skynet.transfers.updated_at <= EXCLUDED.updated_at""",
-                    ups,
-                    template="(%s, %s, %s, %s, %s, to_timestamp(%s), to_timestamp(%s))",
-                    page_size=len(ups),
+                    (did, *map(list, zip(*ups))),
                 )
             if gone:
                 cur.execute(
@@ -922,15 +813,18 @@ class Notifier:
                     ([m for m, _ in gone], [p for _, p in gone], did),
                 )
             if roll:
-                execute_values(
-                    cur,
+                keys = sorted(roll.items())
+                cur.execute(
                     """INSERT INTO skynet.throughput (minute, daemon_id, mapping, files, bytes, failed)
-                       VALUES %s ON CONFLICT (minute, daemon_id, mapping) DO UPDATE
+                       SELECT to_timestamp(minute), %s, mapping, files, bytes, failed
+                       FROM unnest(%s::float8[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[])
+                            AS u(minute, mapping, files, bytes, failed)
+                       ON CONFLICT (minute, daemon_id, mapping) DO UPDATE
                        SET files = skynet.throughput.files + EXCLUDED.files,
                            bytes = skynet.throughput.bytes + EXCLUDED.bytes,
                            failed = skynet.throughput.failed + EXCLUDED.failed""",
-                    [(m, did, _pg_text(mp), a[0], a[1], a[2]) for (m, mp), a in sorted(roll.items())],
-                    template="(to_timestamp(%s), %s, %s, %s, %s, %s)",
+                    (did, [float(m) for (m, _), _ in keys], [_pg_text(mp) for (_, mp), _ in keys],
+                     [a[0] for _, a in keys], [a[1] for _, a in keys], [a[2] for _, a in keys]),
                 )
         # Only after the statements went through (the caller commits next; if
         # the commit fails, the rows are re-sent and this is recomputed).

@@ -152,7 +152,7 @@ def current_version(conn: Any) -> int:
 def migrate(conn: Any) -> int:
     """Bring the schema up to LATEST; return the version found before.
 
-    `conn` is a psycopg2 connection; a transaction left open on it is rolled
+    `conn` is a psycopg (3) connection; a transaction left open on it is rolled
     back first, and its autocommit setting is restored afterwards. Safe to call
     from many processes at once. Raises SchemaTooNew if the database is ahead of
     this code: an older daemon must not write to a schema it does not know (the

@@ -4,8 +4,10 @@ Restore and migrations between stores read large files back. Each goes
 through here (fetch() for a connection's file, fetch_ranges() for any ranged
 reader: a version a VersionStore keeps), so each gets the same guarantees:
 
-* ranged and parallel: chunks.download() runs `concurrency` ranged reads of
-  `chunk_size` bytes at once (a backend only reads one range);
+* ranged and parallel: the chunk scheduler (chunks.each) runs `concurrency`
+  ranged reads of `chunk_size` bytes at once (a backend only reads one range),
+  each streamed into the part file at its offset as it arrives (ReadInto: a
+  connection that can hands the bytes over piece by piece, RangeInto);
 * one version: every range is read with `expect=entry`, so an object replaced
   on the remote mid-download raises RemoteChanged instead of stitching two
   versions into one file;
@@ -25,15 +27,16 @@ import hashlib
 import json
 import os
 import logging
+import queue
 import re
 import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from connections.contract.xcon import RemoteEntry, TransferContext, XCon
+from connections.contract.xcon import RemoteEntry, Sink, TransferContext, XCon, read_range_into
 from skynet.state.atomicfile import write_atomic
-from skynet.transfer.chunks import Meter, Plan, download
+from skynet.transfer.chunks import Meter, Plan, ShortChunk, each
 
 CHUNK = 16 << 20
 CONCURRENCY = 4
@@ -48,6 +51,21 @@ class VerifyFailed(Exception):
 
 
 ReadRange = Callable[[int, int], bytes]  # (offset, length) -> that many bytes (fewer only at the end)
+#: (offset, length, out) -> the byte count: the bytes of a ranged read handed to `out` in order as
+#: they arrive (fewer only at the end). Streamed, a chunk is written where it belongs piece by piece.
+ReadInto = Callable[[int, int, Sink], int]
+HASH_STEP = 256 << 10  # the MD5 reads the part file back in pieces this size, into one buffer that stays in cache
+REPORT_STEP = 1 << 20  # progress (and the bandwidth limit) is told about a streamed chunk every MiB
+
+
+def from_bytes(read: ReadRange) -> ReadInto:
+    """A ReadInto over a ranged read that returns bytes (held in memory, handed over in one piece)."""
+    def read_into(offset: int, length: int, out: Sink) -> int:
+        data = read(offset, length)
+        if data:
+            out(memoryview(data))
+        return len(data)
+    return read_into
 
 
 @dataclass(frozen=True)
@@ -64,17 +82,29 @@ class Wanted:
     mode: int | None = None
 
 
-class _Ranged:
-    """ChunkReader over any ranged read (a remote file pinned to one version, a kept version)."""
+class _WriteAt:
+    """The Sink of one chunk: each piece pwritten at its place in the part file as it
+    arrives, progress told every REPORT_STEP bytes (and at the end, by done())."""
 
-    def __init__(self, read: ReadRange, rel: str) -> None:
-        self.read, self.rel = read, rel
+    __slots__ = ("fd", "pos", "got", "unreported")
 
-    def read_chunk(self, n: int, offset: int, length: int, got: Meter) -> bytes:
-        data = self.read(offset, length)
-        got(len(data))
-        log.debug("fetched chunk %d of %s (%d bytes at %d)", n, self.rel, len(data), offset)
-        return data
+    def __init__(self, fd: int, pos: int, got: Meter) -> None:
+        self.fd, self.pos, self.got, self.unreported = fd, pos, got, 0
+
+    def __call__(self, piece: memoryview) -> None:
+        fd, pos = self.fd, self.pos
+        while piece:
+            written = os.pwrite(fd, piece, pos)
+            piece, pos = piece[written:], pos + written
+        self.unreported += pos - self.pos
+        self.pos = pos
+        if self.unreported >= REPORT_STEP:
+            self.done()
+
+    def done(self) -> None:
+        if self.unreported:
+            n, self.unreported = self.unreported, 0
+            self.got(n)
 
 
 def part_paths(dest: str) -> tuple[str, str]:
@@ -110,11 +140,13 @@ def fetch(con: XCon, entry: RemoteEntry, dest: str, ctx: TransferContext, pool: 
     TransferStopped on ctx.stop (the next call resumes), VerifyFailed.
     """
     want = Wanted(entry.rel, entry.size, entry.etag, {"mtime_ns": entry.mtime_ns})
-    return fetch_ranges(lambda offset, length: con.read_range(entry.rel, offset, length, expect=entry), want,
-                        dest, ctx, pool, chunk_size=chunk_size, concurrency=concurrency)
+
+    def read(offset: int, length: int, out: Sink) -> int:
+        return read_range_into(con, entry.rel, offset, length, out, expect=entry)
+    return fetch_ranges(read, want, dest, ctx, pool, chunk_size=chunk_size, concurrency=concurrency)
 
 
-def fetch_ranges(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext, pool: Executor, *,
+def fetch_ranges(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, pool: Executor, *,
                  chunk_size: int = CHUNK, concurrency: int = CONCURRENCY, sync: bool = True,
                  slots: threading.Semaphore | None = None) -> int:
     """fetch() from any ranged reader (a remote file, a kept version): `dest`
@@ -123,7 +155,7 @@ def fetch_ranges(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext,
 
     A file of one chunk is read in this thread with one ranged read and keeps
     no resume state (there is nothing finished to keep); a larger one goes
-    through chunks.download on `pool`. `sync=False` leaves the fsync of a
+    through chunks.each on `pool`. `sync=False` leaves the fsync of a
     small file to the caller (restore syncs the whole tree once at the end:
     ten thousand fsyncs cost more than the files)."""
     if want.size <= chunk_size:
@@ -143,16 +175,15 @@ def fetch_ranges(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext,
             os.ftruncate(fd, 0)
 
         md5 = _InOrderMD5(fd, plan) if want.etag and _MD5.fullmatch(want.etag) else None
+        saver = _Saver(fd, state_path, ident, done, md5)
 
-        def saved(n: int) -> None:
-            done.add(n)
-            os.fsync(fd)  # the chunk is on disk before the state says so
-            write_atomic(state_path, json.dumps({"ident": ident, "done": sorted(done)}), sync=False)
-            if md5 is not None:
-                md5.advance(done)  # while the next chunks download
+        def fetched(n: int, start: int, end: int, meter: Meter) -> None:
+            _fetch_chunk(read, fd, n, start, end, meter, got, want.rel)
 
-        download(_Counted(_Ranged(read, want.rel), got), plan, fd, ctx, pool, done=set(done), on_chunk=saved,
-                 slots=slots)
+        try:
+            each(plan, fetched, ctx, pool, done=set(done), on_chunk=lambda n, _r: saver.add(n), slots=slots)
+        finally:
+            saver.close()  # every finished chunk recorded (also when stopped or failed), the thread gone
         os.ftruncate(fd, want.size)  # a resumed part file may hold more (never the case, cheap to make sure)
         _finish(fd, want, dest, sync=True, md5=md5.finish() if md5 is not None else None)
     finally:
@@ -163,38 +194,84 @@ def fetch_ranges(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext,
     return moved[0]
 
 
-class _Counted:
-    """A ChunkReader that also tells `count` every byte it reads (bytes fetched now, resumed ones apart)."""
+def _fetch_chunk(read: ReadInto, fd: int, n: int, start: int, end: int, meter: Meter, count: Meter,
+                 rel: str) -> None:
+    """One chunk on a pool thread: streamed into the part file at its offset; ShortChunk
+    if the remote has fewer bytes there than planned (it changed: the caller starts over)."""
+    sink = _WriteAt(fd, start, meter)
+    try:
+        got = read(start, end - start, sink)
+    finally:
+        sink.done()
+    count(got)
+    if got != end - start:
+        raise ShortChunk(f"chunk {n + 1}: the remote returned {got} of {end - start} bytes")
+    log.debug("fetched chunk %d of %s (%d bytes at %d)", n, rel, got, start)
 
-    def __init__(self, inner: _Ranged, count: Meter) -> None:
-        self.inner, self.count = inner, count
-        self._lock = threading.Lock()
 
-    def read_chunk(self, n: int, offset: int, length: int, got: Meter) -> bytes:
-        data = self.inner.read_chunk(n, offset, length, got)
-        with self._lock:
-            self.count(len(data))
-        return data
-
-
-def _fetch_whole(read: ReadRange, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
-    """A file of one chunk: one ranged read (none for an empty file), written to the part file, landed."""
+def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
+    """A file of one chunk: one ranged read (none for an empty file), streamed into the part file, landed."""
     ctx.start_at(0, want.size)
-    data = read(0, want.size) if want.size else b""
-    log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, len(data))
     part = part_paths(dest)[0]
     fd = os.open(part, _PART_FLAGS | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        pos = 0
-        while pos < len(view):
-            pos += os.pwrite(fd, view[pos:], pos)
-        ctx.report(len(data), want.size)
+        sink = _WriteAt(fd, 0, lambda _n: None)
+        got = read(0, want.size, sink) if want.size else 0
+        log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, got)
+        ctx.report(got, want.size)
         _finish(fd, want, dest, sync)
     finally:
         os.close(fd)
     _land(part, dest)
-    return len(data)
+    return got
+
+
+class _Saver:
+    """Records finished chunks on a thread of its own, in the order they finish: fsync the
+    part file (a chunk is on disk before the state says so), write the resume state, and
+    take the MD5 of the run of chunks from the start that is complete. Several chunks
+    finished meanwhile share one fsync and one state write. On the scheduling thread this
+    work (an fsync and 16 MiB of MD5 per chunk) kept it from starting the next ranged read
+    while the other reads went on; here it overlaps them. close() waits for everything
+    handed over and re-raises the first error it met."""
+
+    def __init__(self, fd: int, state_path: str, ident: dict, done: set[int], md5: "_InOrderMD5 | None") -> None:
+        self.fd, self.state_path, self.ident, self.done, self.md5 = fd, state_path, ident, done, md5
+        self.error: BaseException | None = None
+        self._q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="fetch-save", daemon=True)
+        self._thread.start()
+
+    def add(self, n: int) -> None:
+        self._q.put(n)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._q.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._q.get_nowait())
+            finished = [n for n in batch if n is not None]
+            if finished and self.error is None:
+                try:
+                    self._record(finished)
+                except BaseException as exc:  # handed to the caller by close()
+                    self.error = exc
+            if None in batch:
+                return
+
+    def _record(self, finished: list[int]) -> None:
+        os.fsync(self.fd)  # the chunks are on disk before the state says so
+        self.done.update(finished)
+        write_atomic(self.state_path, json.dumps({"ident": self.ident, "done": sorted(self.done)}), sync=False)
+        if self.md5 is not None:
+            self.md5.advance(self.done)  # while the next chunks download
 
 
 class _InOrderMD5:
@@ -207,17 +284,18 @@ class _InOrderMD5:
         self.fd, self.plan = fd, plan
         self.next = 0
         self.h = hashlib.md5()
+        self._buf = memoryview(bytearray(HASH_STEP))  # reused: a fresh 16 MiB bytes per read cost page faults
 
     def advance(self, done: set[int]) -> None:
         while self.next < self.plan.count and self.next in done:
             start, end = self.plan.bounds(self.next)
             pos = start
             while pos < end:
-                piece = os.pread(self.fd, min(CHUNK, end - pos), pos)
-                if not piece:
+                got = os.preadv(self.fd, [self._buf[: min(HASH_STEP, end - pos)]], pos)
+                if not got:
                     break  # shorter than planned: the size check says so
-                self.h.update(piece)
-                pos += len(piece)
+                self.h.update(self._buf[:got])
+                pos += got
             self.next += 1
 
     def finish(self) -> str:

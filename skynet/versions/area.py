@@ -42,11 +42,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from connections.contract.xcon import (
+    Counting,
     PermanentError,
     RemoteChanged,
     RemoteEntry,
     RemoteNotFound,
+    Sink,
     XCon,
+    read_range_into,
 )
 from skynet.versions.model import Version, VersionStore
 from skynet.versions.names import (
@@ -233,20 +236,29 @@ class AreaStore(VersionStore):
                     break
 
     def read_range(self, version: Version, offset: int, length: int) -> bytes:
+        pieces: list[bytes] = []
+        self.read_into(version, offset, length, lambda piece: pieces.append(bytes(piece)))
+        return b"".join(pieces)
+
+    def read_into(self, version: Version, offset: int, length: int, out: Sink) -> int:
+        """A kept version from its area file; a current one from the file, held to the
+        version listed, or, replaced or deleted since, from the area file keeping it now."""
         if version.ref.startswith(KEPT_REF):
-            return self.con.read_range(version.ref[len(KEPT_REF):], offset, length)
+            return read_range_into(self.con, version.ref[len(KEPT_REF):], offset, length, out)
         if not version.ref.startswith(CUR):
             raise RemoteNotFound(f"{version.rel!r}: a deletion has no bytes")
         rel = version.ref[len(CUR):]
         expect = RemoteEntry(rel, version.size, version.mtime_ns, version.mode, version.etag)
+        counted = Counting(out)
         try:
-            return self.con.read_range(rel, offset, length, expect=expect)
+            return read_range_into(self.con, rel, offset, length, counted, expect=expect)
         except (RemoteChanged, RemoteNotFound):
-            # Replaced or deleted since it was listed: its version is in the area now.
-            kept = self._kept_copy(rel, version)
+            # Replaced or deleted since it was listed: its version is in the area now
+            # (read again from the start only when none of the other bytes went out).
+            kept = self._kept_copy(rel, version) if counted.n == 0 else None
             if kept is None:
                 raise
-            return self.con.read_range(kept, offset, length)
+            return read_range_into(self.con, kept, offset, length, out)
 
     def _kept_copy(self, rel: str, version: Version) -> str | None:
         """The area file holding the version that was current at `rel` (same size and mtime)."""

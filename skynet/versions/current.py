@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from connections.contract.xcon import RemoteEntry, RemoteNotFound, WholeRead, XCon
+from connections.contract.xcon import RemoteEntry, RemoteNotFound, Sink, WholeRead, XCon, read_range_into
 from skynet.versions.model import Version, VersionStore
 
 
@@ -57,6 +57,10 @@ class CurrentStore(VersionStore, Completes):
     def read_range(self, version: Version, offset: int, length: int) -> bytes:
         """The current file's bytes, held to the version listed (RemoteChanged if replaced since)."""
         return self.con.read_range(version.rel, offset, length, expect=_entry(version))
+
+    def read_into(self, version: Version, offset: int, length: int, out: Sink) -> int:
+        """read_range(), streamed to `out` where the connection can."""
+        return read_range_into(self.con, version.rel, offset, length, out, expect=_entry(version))
 
     def remove(self, version: Version) -> None:
         raise NotImplementedError("a mirror without versions has nothing kept to remove")

@@ -64,8 +64,8 @@ class Keeper:
     def __init__(self, con: XCon) -> None:
         self.con = con
 
-    def replacing(self, rel: str) -> None:
-        """A send is about to replace the remote file `rel`."""
+    def replacing(self, rel: str, size: int | None = None) -> None:
+        """A send is about to replace the remote file `rel` (of `size` bytes, as the Index knows it)."""
 
     def delete(self, rel: str) -> None:
         """XCon.delete, keeping what it removes."""
@@ -88,10 +88,10 @@ class AreaKeeper(Keeper):
         self.clock = clock or Clock()
         self._link = isinstance(con, HardLink)
 
-    def replacing(self, rel: str) -> None:
+    def replacing(self, rel: str, size: int | None = None) -> None:
         self._guard(rel)
         try:
-            self._keep_copy(rel, area_name(rel, self.clock(), KEPT))
+            self._keep_copy(rel, area_name(rel, self.clock(), KEPT), size)
         except RemoteNotFound:
             pass  # nothing there to keep (the Index knew a file the remote lost)
 
@@ -128,7 +128,7 @@ class AreaKeeper(Keeper):
         if is_area(rel):
             raise PermanentError(f"{rel!r} is the versions area: not touched by the mirror")
 
-    def _keep_copy(self, rel: str, kept: str) -> None:
+    def _keep_copy(self, rel: str, kept: str, size: int | None = None) -> None:
         """A second name for the current file `rel` in the area, as cheap as the
         remote allows: a hard link, else a server-side copy, else (an SFTP
         server without hard links) a move, leaving `rel` missing until the send
@@ -143,7 +143,7 @@ class AreaKeeper(Keeper):
                             "server-side copies" if isinstance(self.con, ServerSideCopy) else "moves")
                 self._link = False
         if isinstance(self.con, ServerSideCopy):
-            self.con.copy(rel, kept)
+            self.con.copy(rel, kept, size=size)
         else:
             self.con.move(rel, kept)
 
@@ -198,8 +198,8 @@ class LazyKeeper(Keeper):
                     self._chosen = AreaKeeper(self.con)
             return self._chosen
 
-    def replacing(self, rel: str) -> None:
-        self.chosen().replacing(rel)
+    def replacing(self, rel: str, size: int | None = None) -> None:
+        self.chosen().replacing(rel, size)
 
     def delete(self, rel: str) -> None:
         self.chosen().delete(rel)

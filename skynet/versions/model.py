@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from connections.contract.xcon import Sink
+
 
 @dataclass(frozen=True)
 class Version:
@@ -57,6 +59,14 @@ class VersionStore(ABC):
         """`length` bytes (fewer only at the end) of that version from `offset`.
         A version never changes, so no `expect`; RemoteNotFound when it was
         pruned meanwhile."""
+
+    def read_into(self, version: Version, offset: int, length: int, out: Sink) -> int:
+        """read_range()'s bytes handed to `out` in order (streamed where the store's
+        connection can: RangeInto); the byte count. This default reads them whole."""
+        data = self.read_range(version, offset, length)
+        if data:
+            out(memoryview(data))
+        return len(data)
 
     @abstractmethod
     def remove(self, version: Version) -> None:

@@ -113,6 +113,39 @@
     document.getElementById("job-count").textContent = (js || []).length;
   }
 
+  function renderFleet(f) {
+    fill("fleet-jobs", f.jobs || [], function (j) {
+      const c = j.counts || {};
+      const classes = Object.keys(j.errors || {}).sort().map(function (k) { return k + " " + j.errors[k]; });
+      const state = j.paused ? "paused (" + j.paused + ")" : (j.workers ? "running" : "idle");
+      return row([
+        el("td", j.name), el("td", state, j.paused ? "badge stopped" : (j.workers ? "badge ok" : "badge")),
+        el("td", c.done || 0, "num"), el("td", c.failed || 0, c.failed ? "num error" : "num"),
+        el("td", c.queued || 0, "num"), el("td", c.running || 0, "num"), el("td", j.workers, "num"),
+        el("td", j.rate ? j.rate.toFixed(1) + "/s" : ""),
+        el("td", j.eta !== null && j.eta !== undefined ? Math.round(j.eta) + " s" : ""),
+        el("td", classes.join(", ")),
+      ]);
+    }, "No job has been submitted.");
+    fill("fleet-workers", f.workers || [], function (w) {
+      const state = w.stopped ? "stopped" : (w.stale ? "stale" : "running");
+      return row([
+        el("td", w.host), el("td", w.pid, "num"), el("td", (w.jobs || []).join(", ")),
+        el("td", state, w.stopped ? "badge stopped" : (w.stale ? "badge error" : "badge ok")),
+        el("td", ago(w.last_heartbeat)), el("td", w.batches_held, "num"), el("td", w.done, "num"),
+        el("td", w.failed, w.failed ? "num error" : "num"), el("td", w.rate ? w.rate.toFixed(1) + "/s" : ""),
+      ]);
+    }, "No worker has started.");
+    document.getElementById("fleet-job-count").textContent = (f.jobs || []).length;
+    document.getElementById("fleet-worker-count").textContent = (f.workers || []).length;
+  }
+
+  async function refreshFleet() {
+    if (!document.getElementById("fleet")) return;
+    const resp = await fetch("/api/fleet", { credentials: "same-origin", cache: "no-store" });
+    if (resp.ok) renderFleet(await resp.json());
+  }
+
   function renderTransfers(ts) {
     fill("transfers", ts, function (t) {
       const bar = el("progress");
@@ -228,6 +261,7 @@
       renderChart(data.throughput, data.now);
       renderRecent(data.recent);
       renderFailures(data.failures, data.failures_next);
+      await refreshFleet();
       document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     } catch (e) {
       banner("Cannot reach the dashboard server (" + e.message + "); retrying.");
