@@ -8,7 +8,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
+
+T = TypeVar("T")
+
+#: how many ports start_on_free_port() tries before it gives up
+PORT_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -16,6 +21,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_on_free_port(start: Callable[[int], T], what: str, attempts: int = PORT_ATTEMPTS) -> T:
+    """`start(port)` on a free_port(), again on another port when it raises RuntimeError.
+
+    WHY: a port free when free_port() checked it may be taken before the server binds it:
+    by a server another pytest-xdist worker (or another session) starts at the same moment,
+    or by a client's ephemeral port. `start` must clean up what it started before raising."""
+    last: RuntimeError | None = None
+    for _attempt in range(attempts):
+        try:
+            return start(free_port())
+        except RuntimeError as exc:
+            last = exc
+    raise RuntimeError(f"could not start {what} on any of {attempts} free ports: {last}")
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock, machine-wide, named `name` (a file under /tmp, flock).
+
+    WHY: what the test servers set up once per machine (a Debian package, a system user)
+    must not be set up by two pytest-xdist workers (or two sessions) at once: two
+    apt-get's fight over the dpkg lock, and the second useradd of one name fails."""
+    import fcntl
+    import os
+
+    # read-only is enough for flock, and works on a lock file another user made
+    fd = os.open(f"/tmp/skynet-tests-{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class Servers:
