@@ -30,6 +30,7 @@ def test_rates_and_schedules():
             Schedule(bad)
 
 
+@pytest.mark.serial  # wall-clock timing: not beside the parallel workers (see tests/conftest.py)
 def test_token_bucket_rate():
     t = Throttle(Schedule("4M"))
     start = time.monotonic()
@@ -39,6 +40,7 @@ def test_token_bucket_rate():
     assert 2.2 < elapsed < 2.8, elapsed
 
 
+@pytest.mark.serial  # wall-clock timing: not beside the parallel workers (see tests/conftest.py)
 def test_bandwidth_limit_holds_within_10_percent_over_20s(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
