@@ -26,9 +26,11 @@ PASS_ENV = "SKYNET_TEST_PASS"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `serial` assert on wall-clock timing (a rate within 10 %, a p99 latency):
-    beside the parallel workers' daemons and servers they would measure the neighbours'
-    load, so ./dev test runs them in a pass of their own once the parallel one is over."""
+    """Tests marked `serial` assert on wall-clock timing (a rate within 10 %, a fresh session
+    within 1.5 s), or lower a machine-wide inotify sysctl for a while (every daemon another
+    worker starts meanwhile would get the tiny queue or watch limit): beside the parallel
+    workers they would measure, or break, the neighbours, so ./dev test runs them in a pass
+    of their own once the parallel one is over."""
     import os
 
     wanted = os.environ.get(PASS_ENV)
