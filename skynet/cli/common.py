@@ -56,13 +56,18 @@ def config_options(f: Callable) -> Callable:
 
 
 def pick_mapping(cfg: "Config", name: str | None) -> "MappingConfig":
-    """The mapping `name`, or the only one; else one line listing them."""
-    names = ", ".join(m.name for m in cfg.mappings)
+    """The mapping `name`, or the only one; else one line listing them. A mapping with
+    several destinations is one mapping here (its files wherever they are); one of its
+    destinations alone is NAME@TARGET."""
+    from skynet.config.settings import top_mappings
+
+    tops = top_mappings(cfg)
+    names = ", ".join(m.name for m in tops)
     if name is None:
-        if len(cfg.mappings) != 1:
-            fail(f"{cfg.path} has {len(cfg.mappings)} mappings: say which with --mapping NAME ({names})")
-        return cfg.mappings[0]
-    for m in cfg.mappings:
+        if len(tops) != 1:
+            fail(f"{cfg.path} has {len(tops)} mappings: say which with --mapping NAME ({names})")
+        return tops[0]
+    for m in tops + cfg.mappings:
         if m.name == name:
             return m
     fail(f"no mapping {name!r} in {cfg.path} (mappings: {names})")
@@ -87,17 +92,20 @@ def rel_in(m: "MappingConfig", path: str) -> str | None:
 def mapping_and_rel(cfg: "Config", path: str, mapping: str | None) -> tuple["MappingConfig", str]:
     """(the mapping PATH belongs to, PATH under its root): an absolute PATH picks its
     mapping; a relative one needs --mapping when the config has several."""
+    from skynet.config.settings import top_mappings
+
+    tops = top_mappings(cfg)
     if os.path.isabs(path):
-        chosen = [pick_mapping(cfg, mapping)] if mapping else cfg.mappings
+        chosen = [pick_mapping(cfg, mapping)] if mapping else tops
         for m in chosen:
             rel = rel_in(m, path)
             if rel is not None:
                 return m, rel
         fail(f"{path} is not under the source folder of "
              + (f"mapping {mapping!r}" if mapping else "any mapping") + f" in {cfg.path}")
-    if mapping is None and len(cfg.mappings) > 1:
-        fail(f"{path!r} is relative and {cfg.path} has {len(cfg.mappings)} mappings: say which with --mapping "
-             f"({', '.join(m.name for m in cfg.mappings)}), or give an absolute path")
+    if mapping is None and len(tops) > 1:
+        fail(f"{path!r} is relative and {cfg.path} has {len(tops)} mappings: say which with --mapping "
+             f"({', '.join(m.name for m in tops)}), or give an absolute path")
     m = pick_mapping(cfg, mapping)
     rel = rel_in(m, path)
     assert rel is not None  # relative

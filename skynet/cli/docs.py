@@ -42,6 +42,7 @@ def reference() -> str:
         "",
         "`service` and `root`, plus the keys of that service's section below (its credentials, bucket, host...).",
         "A config that only serves uploads (`skynet serve`) needs no `[skynet] service` and no mapping.",
+        "A mapping's `targets = a, b` mirrors its folder to each of them (README, \"Several destinations\").",
         "",
         *_table(TARGET_KEYS),
         "",

@@ -38,7 +38,8 @@ def list_failed(cfg: Config, as_json: bool) -> int:
     rows = []
     for m, db in _dbs(cfg):
         for f in FailedActions(db).list():
-            rows.append({"mapping": m.name, "action": f.kind, "path": f.src, "dest": f.dest or None,
+            # mapping: NAME@TARGET for a destination of a mapping with several
+            rows.append({"mapping": m.name, "destination": m.destination or None, "action": f.kind, "path": f.src, "dest": f.dest or None,
                          "error": f.error, "attempts": f.attempts,
                          "first_failed": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(f.first_at)),
                          "last_failed": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(f.last_at))})

@@ -3,10 +3,13 @@
     [skynet]            daemon-wide settings (GLOBAL_KEYS)
     [local] / [s3] / [sftp]
                         the connection's settings (the KEYS of its module)
-    [mapping NAME]      one local folder -> one remote root (MAPPING_KEYS)
+    [mapping NAME]      one local folder -> one remote root (MAPPING_KEYS), or
+                        -> several destinations (`targets = a, b`): the mapping
+                        becomes one lane per destination, `NAME@a`, `NAME@b`
     [target NAME]       a named destination: a service, a root on it and that
                         service's keys (TARGET_KEYS + the KEYS of its module);
-                        `skynet serve` lands uploads in them ([gateway] targets)
+                        mappings (`targets`) and `skynet serve` ([gateway]
+                        targets) send to them
     [gateway]           the upload gateway, `skynet serve` (GATEWAY_KEYS)
 
 Every key is listed below with its default and meaning; config/*.ini and the
@@ -107,7 +110,9 @@ GLOBAL_KEYS: dict[str, Key] = {
 
 MAPPING_KEYS: dict[str, Key] = {
     "source": ("", "the local folder to mirror (required)", parse_path),
-    "target": ("", "where it goes: a folder (local), a key prefix (s3) or a remote folder (sftp) (required for local and sftp)", _str),
+    "target": ("", "where it goes: a folder (local), a key prefix (s3) or a remote folder (sftp) (required for local and sftp, unless targets is set)", _str),
+    "targets": ("", "instead of target: several destinations, the [target NAME] sections it goes to, comma-separated; each keeps its own queue, Index, resume state, failed actions and versions, and shows as NAME@TARGET", parse_names),
+    "placement": ("all", "with targets: all (every file to every destination) or most-free (each new file to the one destination with most free space, where it then stays)", parse_choice("all", "most-free")),
     "complete_sync": ("no", "also delete on the remote what is deleted locally (an exact mirror)", parse_bool),
     "ignore": ("", "extra gitignore-style patterns, one per line or comma-separated", parse_patterns),
     "default_ignores": ("yes", "also ignore editor swap/temp files, partial downloads and skynet's own files", parse_bool),
@@ -123,6 +128,7 @@ MAPPING_KEYS: dict[str, Key] = {
 TARGET_KEYS: dict[str, Key] = {
     "service": ("", "which connection: local, s3 or sftp (required); the section also takes that service's keys (its table below)", parse_choice(*SERVICES)),
     "root": ("", "where on it: a folder (local), a key prefix under the bucket's prefix (s3) or a remote folder (sftp) (required for local and sftp)", _str),
+    "capacity": ("", "for a mapping's placement = most-free: the most this destination may hold (k/M/G/T); its free space is this minus what it holds, or the disk's free space if that is less (S3 has no free space to ask: without capacity it is placed last)", parse_size_range(1, 1 << 62)),
 }
 
 GATEWAY_KEYS: dict[str, Key] = {
@@ -181,6 +187,7 @@ class TargetConfig:
     service: str
     root: str
     options: dict[str, str] = field(default_factory=dict)  # the service's own keys, raw (its module parses them)
+    capacity: int = 0  # bytes it may hold, for placement = most-free (0: not set)
 
     def build(self) -> Any:
         """A connection (XCon) to this destination, not yet connected."""
@@ -245,6 +252,70 @@ class MappingConfig:
     versions: bool = False
     versions_keep: Policy = field(default_factory=Policy)
     versions_max_age: int = 30 * DAY  # nanoseconds
+    # A lane: one destination of a mapping with several (`targets`). Its name is
+    # NAME@TARGET; it syncs like a mapping of its own, on its target's service.
+    service: str = ""  # the lane's service ('' for a plain mapping: the file's)
+    options: dict[str, str] | None = None  # the lane's service keys (None: the file's [SERVICE] section)
+    pool: str = ""  # the [mapping NAME] the lane belongs to ('' for a plain mapping)
+    destination: str = ""  # the lane's [target NAME]
+    placement: str = "all"  # the pool's placement: all or most-free
+    capacity: int = 0  # the lane's target's capacity (0: not set)
+
+    @property
+    def mapping(self) -> str:
+        """The [mapping NAME] this syncs (a lane's pool, else its own name)."""
+        return self.pool or self.name
+
+
+LANE_SEP = "@"
+
+
+def lane_name(mapping: str, target: str) -> str:
+    """The name a mapping's destination goes by: in the state folder, --status,
+    --failed, the notifier and the dashboard."""
+    return f"{mapping}{LANE_SEP}{target}"
+
+
+def service_of(cfg: "Config", m: MappingConfig) -> str:
+    """The service mapping (or lane) `m` sends to."""
+    return m.service or cfg.service
+
+
+def connection_for(cfg: "Config", m: MappingConfig) -> Any:
+    """A new connection (XCon) to mapping (or lane) `m`'s remote root, not yet connected."""
+    options = cfg.service_options if m.options is None else m.options
+    return service_module(service_of(cfg, m)).build(options, m.target)
+
+
+def lanes_of(cfg: "Config", mapping: str) -> list[MappingConfig]:
+    """The lanes of [mapping `mapping`] (one per destination), or [] if it has one target."""
+    return [m for m in cfg.mappings if m.pool == mapping]
+
+
+def pool_mapping(cfg: "Config", mapping: str) -> MappingConfig | None:
+    """[mapping `mapping`] with several destinations, as a whole (to read its files
+    and versions wherever they are); None when it has no lanes. Its `pool` is its own
+    name and its `destination` is empty."""
+    import dataclasses
+
+    lanes = lanes_of(cfg, mapping)
+    if not lanes:
+        return None
+    return dataclasses.replace(lanes[0], name=mapping, target="", service="", options=None, destination="")
+
+
+def top_mappings(cfg: "Config") -> list[MappingConfig]:
+    """The config's [mapping NAME]s as the user wrote them: a plain mapping as it is,
+    one with several destinations as a whole (pool_mapping), not lane by lane."""
+    out: list[MappingConfig] = []
+    for m in cfg.mappings:
+        if not m.pool:
+            out.append(m)
+        elif m is lanes_of(cfg, m.pool)[0]:
+            pool = pool_mapping(cfg, m.pool)
+            assert pool is not None
+            out.append(pool)
+    return out
 
 
 @dataclass
@@ -360,6 +431,7 @@ def load(path: str, service: str | None = None) -> Config:
               "daemon_id", "dashboard_password_hash", "dashboard_token_hash", "dashboard_hosts"):
         if k in g:
             setattr(cfg, k, g[k])
+    pools: dict[str, tuple[MappingConfig, list[str]]] = {}  # mappings with several destinations
     for section in cp.sections():
         if section == "skynet":
             continue
@@ -385,22 +457,33 @@ def load(path: str, service: str | None = None) -> Config:
             m = _parse_section(path, section, dict(cp[section]), MAPPING_KEYS)
             if not m.get("source"):
                 raise ConfigError(path, section, "source", "missing: which local folder to mirror?")
-            if not m.get("target") and file_service != "s3":
+            if "targets" in m:
+                if "target" in m:
+                    raise ConfigError(path, section, "targets", "give either target (one destination) or targets "
+                                      "(several), not both")
+            elif not m.get("target") and file_service != "s3":
                 raise ConfigError(path, section, "target", "missing: where should the files go?")
+            elif "placement" in m:
+                raise ConfigError(path, section, "placement", "only with targets (several destinations)")
             mc = MappingConfig(name=name, source=m["source"], target=m.get("target", ""), workers=cfg.workers)
             for k in ("complete_sync", "ignore", "default_ignores", "follow_symlinks", "max_delete", "workers",
-                      "versions", "versions_keep", "versions_max_age"):
+                      "versions", "versions_keep", "versions_max_age", "placement"):
                 if k in m:
                     setattr(mc, k, m[k])
             if not _name_ok(name):
                 raise ConfigError(path, section, None, "mapping names may hold letters, digits, '-', '_' and '.' only")
-            cfg.mappings.append(mc)
+            if "targets" in m:
+                pools[name] = (mc, m["targets"])
+            else:
+                cfg.mappings.append(mc)
             continue
         if section.startswith("job ") and section[4:].strip():
             cfg.jobs.append(_job(path, section, dict(cp[section]), cfg, file_service))
             continue
         raise ConfigError(path, section, None, "unknown section (expected [skynet], [%s], [mapping NAME], "
                           "[job NAME], [target NAME] or [gateway])" % (file_service or "SERVICE"))
+    for name, (mc, targets) in pools.items():
+        cfg.mappings += _lanes(path, mc, targets, cfg.targets)
     if not cfg.mappings and not cfg.jobs and cfg.gateway is None:
         raise ConfigError(path, None, None, "no [mapping NAME], [job NAME] or [gateway] section: nothing to do")
     if cfg.gateway is not None:
@@ -410,6 +493,8 @@ def load(path: str, service: str | None = None) -> Config:
                 raise ConfigError(path, "gateway", "targets", f"no [target {name}] section (targets defined: {known})")
     # Let the connection validate its own settings now, not at the first upload.
     for m in cfg.mappings:
+        if m.pool:
+            continue  # a lane: its [target NAME] section was validated with its own service
         assert mod is not None  # mappings need a service (checked above)
         try:
             mod.validate(cfg.service_options, m.target)
@@ -427,6 +512,31 @@ def load(path: str, service: str | None = None) -> Config:
             raise ConfigError(path, f"job {j.name}" if key == "target" else file_service, key if problem else None,
                               problem or str(exc)) from None
     return cfg
+
+
+def _lanes(path: str, mc: MappingConfig, targets: list[str], known: dict[str, TargetConfig]) -> list[MappingConfig]:
+    """A mapping with several destinations as its lanes, one per [target NAME]:
+    each syncs like a mapping of its own (state, queue, Index, failed actions,
+    versions), to its target's service and root."""
+    import dataclasses
+
+    sect = f"mapping {mc.name}"
+    if not targets:
+        raise ConfigError(path, sect, "targets", "empty: name the [target NAME] sections it goes to")
+    seen: set[str] = set()
+    out = []
+    for t in targets:
+        if t in seen:
+            raise ConfigError(path, sect, "targets", f"{t!r} is named twice")
+        seen.add(t)
+        if t not in known:
+            names = ", ".join(sorted(known)) or "none"
+            raise ConfigError(path, sect, "targets", f"no [target {t}] section (targets defined: {names})")
+        tc = known[t]
+        out.append(dataclasses.replace(mc, name=lane_name(mc.name, t), target=tc.root, service=tc.service,
+                                       options=dict(tc.options), pool=mc.name, destination=t,
+                                       capacity=tc.capacity))
+    return out
 
 
 def _name_ok(name: str) -> bool:
@@ -460,7 +570,7 @@ def _parse_target(path: str, section: str, items: dict[str, str]) -> TargetConfi
         if problem:
             raise ConfigError(path, section, "root" if key == "target" else key, problem) from None
         raise ConfigError(path, section, None, str(exc)) from None
-    return TargetConfig(name=name, service=svc, root=root, options=options)
+    return TargetConfig(name=name, service=svc, root=root, options=options, capacity=parsed.get("capacity", 0))
 
 
 def _parse_gateway(path: str, items: dict[str, str]) -> GatewayConfig:
@@ -550,26 +660,29 @@ def check_folders(cfg: Config) -> None:
     if not cfg.mappings:
         raise ConfigError(cfg.path, None, None, "no [mapping NAME] section: the daemon has nothing to mirror "
                           "(a [job NAME] runs with: skynet job run NAME)")
-    if cfg.service == "s3":
-        # Each mapping owns its prefix: clean-up of abandoned uploads and
-        # complete_sync work per prefix, so prefixes must not nest.
-        seen: list[tuple[str, str]] = []
-        for m in cfg.mappings:
-            t = m.target.strip("/")
-            for other, ot in seen:
-                if t == ot or t.startswith(ot + "/") or ot.startswith(t + "/") or not t or not ot:
-                    raise ConfigError(cfg.path, f"mapping {m.name}", "target",
-                                      f"{m.target!r} overlaps mapping {other!r}'s target {ot!r} in the same bucket")
-            seen.append((m.name, t))
+    # Each mapping owns its prefix: clean-up of abandoned uploads and complete_sync
+    # work per prefix, so prefixes in one bucket must not nest.
+    seen: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
     for m in cfg.mappings:
-        sect = f"mapping {m.name}"
+        if service_of(cfg, m) != "s3":
+            continue
+        opts = cfg.service_options if m.options is None else m.options
+        bucket = seen.setdefault((opts.get("endpoint_url", ""), opts.get("bucket", ""), opts.get("prefix", "")), [])
+        t = m.target.strip("/")
+        for other, ot in bucket:
+            if t == ot or t.startswith(ot + "/") or ot.startswith(t + "/") or not t or not ot:
+                raise ConfigError(cfg.path, f"mapping {m.mapping}", "targets" if m.pool else "target",
+                                  f"{m.target!r} overlaps mapping {other!r}'s target {ot!r} in the same bucket")
+        bucket.append((m.name, t))
+    for m in cfg.mappings:
+        sect = f"mapping {m.mapping}"
         problem = folder_problem(m.source)
         if problem:
             raise ConfigError(cfg.path, sect, "source", problem)
-        if cfg.service == "local":
+        if service_of(cfg, m) == "local":
             problem = overlap(m.source, os.path.expanduser(m.target))
             if problem:
-                raise ConfigError(cfg.path, sect, "target", problem)
+                raise ConfigError(cfg.path, sect, "targets" if m.pool else "target", problem)
 
 
 def overlap(source: str, target: str) -> str | None:

@@ -1,5 +1,11 @@
 """The daemon: wires Watcher, UniqueQ, SyncSnap, Handler and an XCon per mapping.
 
+A mapping with several destinations (`targets`) comes from the config as one
+lane per destination, NAME@TARGET, and each lane runs here as a mapping of its
+own (its own state, watch, scan, workers and connection), so one that is down
+holds back no other. With `placement = most-free` the lanes of a mapping share a
+Pool (skynet/engine/placement.py) that puts each file on one of them.
+
 Start-up order matters for never losing a change: the watch is set up *before*
 the start-up scan, so a file changed during the scan is caught by one or the
 other (both is harmless: the second send finds the Index up to date).
@@ -18,11 +24,11 @@ import time
 from typing import Callable
 
 
-from connections import service_module
 from skynet.reporting import sdnotify
-from connections.contract.xcon import BatchSend, Folders, PermanentError, PoolSized, TransientError, XCon
-from skynet.config.settings import Config, MappingConfig
+from connections.contract.xcon import BatchSend, Folders, FreeSpace, PermanentError, PoolSized, TransientError, XCon
+from skynet.config.settings import Config, MappingConfig, connection_for, lanes_of, service_of
 from skynet.engine.handler import Handler
+from skynet.engine.placement import Lane, Pool, hint_sender
 from skynet.engine.late import LateRequests
 from skynet.watch.ignore import IgnoreRules, rel_inside
 from skynet.engine.mapper import Mapper
@@ -30,6 +36,7 @@ from skynet.engine.reconcile import Reconciler, SourceUnavailable
 from skynet.state.index import Index
 from skynet.state.db import FailedActions, ResumeTable, StateError, open_or_rebuild
 from skynet.state.folder import StateFolder, StateLock, StateLocked, mapping_identity
+from skynet.state.placement import PlacementTable
 from skynet.reporting.progress import ProgressReporter, Snapshot
 from skynet.reporting.status import InFlight, write_status
 from skynet.engine.syncsnap import SyncSnap
@@ -90,7 +97,8 @@ class MappingRunner(WatchFaultListener):
 
     def __init__(self, cfg: Config, m: MappingConfig, observer, fatal: Callable[[str], None],
                  throttle: Throttle | None = None, on_event: Callable | None = None,
-                 on_progress: Callable[[str, int, int], None] | None = None, notifier=None) -> None:
+                 on_progress: Callable[[str, int, int], None] | None = None, notifier=None,
+                 on_connection: Callable[[], None] | None = None, pool: Pool | None = None) -> None:
         self.cfg = cfg
         self.m = m
         self.observer = observer
@@ -118,7 +126,7 @@ class MappingRunner(WatchFaultListener):
         self.failed = FailedActions(self.db)
         self.resume = ResumeTable(self.db)
         self._check_identity()
-        self.con: XCon = service_module(cfg.service).build(cfg.service_options, m.target)
+        self.con: XCon = connection_for(cfg, m)
         if isinstance(self.con, PoolSized):  # connections that pool sessions size the pool for our workers
             self.con.size_pool(m.workers)
         self.mapper = Mapper(m.source, m.target)
@@ -131,13 +139,16 @@ class MappingRunner(WatchFaultListener):
         self.queue = UniqueQ(self.db, on_put=self._wake, on_fatal=fatal)
         # Producers (watcher, scan, reconciler) put through a tap that reports "queued".
         self.producer_queue = notifier.queue_tap(m.name, self.queue) if notifier is not None else self.queue
+        self.pool = pool
+        lane = Lane(pool, m.name) if pool is not None else None
         self.reconciler = Reconciler(self.mapper, self.con, self.index, self.producer_queue, self.resume, self.ignore,
                                      follow_symlinks=m.follow_symlinks, progress=on_progress,
                                      complete_sync=m.complete_sync, keeper=keeper_for(self.con, m.versions),
-                                     throttle=throttle.consume if throttle and throttle.active else None)
+                                     throttle=throttle.consume if throttle and throttle.active else None,
+                                     placement=lane)
         self.handler = Handler(m.name, self.queue, self.con, self.reconciler, self.failed, workers=m.workers,
                                max_attempts=cfg.max_attempts, backoff_cap=cfg.backoff_cap, on_fatal=fatal,
-                               on_event=on_event, on_reconnect=self._cleanup)
+                               on_event=on_event, on_reconnect=self._cleanup, on_connection=on_connection)
         self.watcher = Watcher(self.mapper, self.ignore, self.producer_queue, m.complete_sync, settle=cfg.settle_seconds,
                                on_rescan=self.rescan, folders=isinstance(self.con, Folders))
         self.late = LateRequests(self.db, self.index, self.con, self.mapper, self.producer_queue, m.complete_sync,
@@ -155,6 +166,18 @@ class MappingRunner(WatchFaultListener):
         self._scanner = threading.Thread(target=self._scan_loop, name=f"{m.name}-scan", daemon=True)
         self.pruner = pruner_for(cfg, m, self.db) if m.versions else None
 
+    def _free_space(self) -> int | None:
+        """Room left on this lane's destination, for placement = most-free: the
+        connection's FreeSpace, and/or the target's capacity less what the Index holds
+        (the smaller when both are known); None when neither tells."""
+        known = []
+        if isinstance(self.con, FreeSpace):
+            known.append(self.con.free_space())
+        if self.m.capacity:
+            known.append(max(0, self.m.capacity - self.index.total_bytes()))
+        known = [k for k in known if k is not None]
+        return min(known) if known else None
+
     def _wake(self) -> None:
         h = getattr(self, "handler", None)
         if h is not None:
@@ -162,7 +185,7 @@ class MappingRunner(WatchFaultListener):
 
     def _check_identity(self) -> None:
         """If the mapping now points elsewhere, what the Index says is void."""
-        ident = mapping_identity(self.cfg.service, self.m.source, self.m.target)
+        ident = mapping_identity(service_of(self.cfg, self.m), self.m.source, self.m.target)
         old = self.db.identity()
         if old is not None and old != ident:
             log.warning("%s: source or target changed since the last run; forgetting what the old remote held",
@@ -186,6 +209,9 @@ class MappingRunner(WatchFaultListener):
         self._watch()
         self._remember_source()
         self.handler.start(connected)
+        if self.pool is not None:  # placed on from now on (choices wait for the lanes still starting)
+            self.pool.join(self.name, self._free_space, lambda: self.handler.connected,
+                           hint_sender(self.producer_queue.put))
         self.late.start(lambda: self.handler.connected, self._halt, self.name)
         self._rescan_wanted.set()
         self._scanner.start()
@@ -398,6 +424,7 @@ class MappingRunner(WatchFaultListener):
             ("end the scan", lambda: self._scanner.is_alive() and self._scanner.join(timeout=timeout)),
             ("queue pending sends", self.watcher.close),
             ("flush the queue", self.queue.flush),
+            ("leave the placement pool", lambda: self.pool is not None and self.pool.leave(self.name)),
             ("stop the workers", lambda: self.handler.stop(timeout)),
             ("close the queue", self.queue.close),
             ("close the connection", self.con.close),
@@ -430,6 +457,7 @@ class Daemon:
         self._reload_wanted = False
         self.fatal_reason: str | None = None
         self.runners: dict[str, MappingRunner] = {}
+        self.pools: dict[str, Pool] = {}  # mappings with placement = most-free: their lanes' shared placement
         self.observer = Observer()
         self.throttle = Throttle(Schedule(cfg.bwlimit))
         self.in_flight = InFlight()
@@ -466,10 +494,26 @@ class Daemon:
     def _start_mapping(self, m: MappingConfig) -> None:
         r = MappingRunner(self.cfg, m, self.observer, self.fatal, self.throttle, on_event=lambda kind, a, info, name=m.name: self._on_event(name, kind, a, info),
                           on_progress=lambda path, done, total, name=m.name: self._on_progress(name, path, done, total),
-                          notifier=self.notifier)
+                          notifier=self.notifier, on_connection=self.progress.poke, pool=self._pool(m))
         self.runners[m.name] = r
-        r.start()
+        try:
+            r.start()
+        except BaseException:
+            if r.pool is not None:  # the other lanes place files without it
+                r.pool.leave(r.name)
+            raise
         log.info("%s: watching %r -> %s", r.name, r.m.source, r.con.describe())
+
+    def _pool(self, m: MappingConfig) -> Pool | None:
+        """The placement shared by the lanes of `m`'s mapping, if it places each file on one."""
+        if not m.pool or m.placement != "most-free":
+            return None
+        if m.pool not in self.pools:
+            folder = StateFolder(self.cfg.state_dir)
+            folder.make()
+            self.pools[m.pool] = Pool(PlacementTable(folder.placement(m.pool)))
+        self.pools[m.pool].expect([lane.name for lane in lanes_of(self.cfg, m.pool)])
+        return self.pools[m.pool]
 
     def _on_event(self, mapping: str, kind: str, action, info) -> None:
         """Every action's started/done/failed, from the handlers' workers."""
@@ -630,4 +674,6 @@ class Daemon:
         except Exception:
             pass
         self.notifier.close(5)
+        for pool in self.pools.values():
+            pool.table.close()
         log.info("stopped cleanly in %.1fs", time.monotonic() - t0)

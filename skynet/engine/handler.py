@@ -106,6 +106,7 @@ class Handler:
         on_event: Callable[[str, Action, object], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
         on_reconnect: Callable[[], None] | None = None,
+        on_connection: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -123,6 +124,8 @@ class Handler:
         self.on_fatal = on_fatal or (lambda reason: None)
         # called once the remote is back, before the workers resume (must not raise)
         self.on_reconnect = on_reconnect or (lambda: None)
+        # the daemon rewrites its status (--status, the dashboard) when this changes
+        self.on_connection = on_connection or (lambda: None)
 
         self._cv = threading.Condition()
         self._window: list[Action] = []
@@ -500,6 +503,7 @@ class Handler:
             self._paused = True
             self.connected = False
         log.warning("%s: pausing: %s; reconnecting in the background", self.name, why)
+        self.on_connection()
         threading.Thread(target=self._reconnect_loop, name=f"{self.name}-reconnect", daemon=True).start()
 
     def _reconnect_loop(self) -> None:
@@ -535,6 +539,7 @@ class Handler:
             self.connected = True
             self._dirty = True
             self._cv.notify_all()
+        self.on_connection()
 
 
 def _unvouched(a: Action) -> Action:

@@ -36,7 +36,7 @@ import logging
 import os
 import stat as statmod
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from connections.contract.xcon import (
     BatchSend,
@@ -57,6 +57,9 @@ from skynet.state.db import ResumeTable
 from skynet.state.index import Index, IndexEntry
 from skynet.state.uniqueq import DELETE, LOOK_UP, MOVE, SEND, Action, LookUp, UniqueQ
 from skynet.versions.keeper import Keeper
+
+if TYPE_CHECKING:
+    from skynet.engine.placement import Lane
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,8 +157,12 @@ class Reconciler:
         throttle: Callable[[int], None] | None = None,
         complete_sync: bool = False,
         keeper: Keeper | None = None,
+        placement: "Lane | None" = None,
     ) -> None:
         self.mapper = mapper
+        # A lane of a mapping with placement = most-free: which files are this lane's
+        # (skynet/engine/placement.py); None: every file is.
+        self.placement = placement
         self.con = con
         # Every replace, delete and move of a remote file goes through it (versions).
         self.keeper = keeper or Keeper(con)
@@ -237,6 +244,8 @@ class Reconciler:
         if self.ignore.ignored(rel):
             return Outcome()
         entry = self._entry(rel, a.entry)
+        if self.placement is not None and not self.placement.owns(rel, st.st_size, entry is not None):
+            return None  # another lane's file: run() takes a copy of it off this one
         if index_matches(entry, st, self.con.abilities.mtime_precision_ns):
             return Outcome()
         if entry is not None and self.keeper.active:
@@ -332,7 +341,7 @@ class Reconciler:
             else:
                 out.queued += self.queue.put_many(self.pending_sends(rel))
         elif statmod.S_ISREG(st.st_mode):
-            if not self.ignore.ignored(rel):
+            if not self.ignore.ignored(rel) and self.placed_here(rel, st, out, known):
                 self.send_file(rel, st, out, ctx_stop, path, known)
         elif statmod.S_ISLNK(st.st_mode):
             log.info("skipping symbolic link %r (set follow_symlinks = yes to copy its target)", rel)
@@ -340,6 +349,21 @@ class Reconciler:
             # A FIFO, socket or device: never opened (a FIFO would block a worker),
             # but recorded as failed with the reason, not skipped in silence.
             raise NotRegular(f"not sent: {rel!r} is a {kind_of(st.st_mode)}; only regular files are synced")
+
+    def placed_here(self, rel: str, st: os.stat_result, out: Outcome,
+                    known: IndexEntry | None | LookUp = LOOK_UP) -> bool:
+        """Is file `rel` this lane's to hold (always, but with placement = most-free)?
+        If not and the lane holds a copy (a move left it, or the file was placed
+        elsewhere meanwhile), the copy goes: the file lives on another destination."""
+        if self.placement is None:
+            return True
+        entry = self._entry(rel, known)
+        if self.placement.owns(rel, st.st_size, entry is not None):
+            return True
+        if entry is not None:
+            log.info("%r is placed on another destination; removing this one's copy", rel)
+            self.remove_remote(rel, out)
+        return False
 
     def pending_sends(self, top: str, deep: bool = True) -> Iterator[tuple[str, str, str]]:
         """`send` actions for every file under folder `top` that the remote lacks;
@@ -519,7 +543,13 @@ class Reconciler:
             return
         if self.ignore.ignored_path(rel) and self.index.get(rel) is None and not self.index.has_under(rel):
             return
+        if self.placement is not None and not self.holds(rel):
+            return  # with placement = most-free a file is on one destination: the others hold nothing
         self.remove_remote(rel, out)
+
+    def holds(self, rel: str) -> bool:
+        """The remote holds `rel`, or something under it, as the Index says."""
+        return self.index.get(rel) is not None or self.index.has_under(rel) or self.index.folder(rel) is not None
 
     def remove_remote(self, rel: str, out: Outcome) -> None:
         """The one way a remote file or folder (with what is under it) is removed:
@@ -541,9 +571,11 @@ class Reconciler:
             self.sync_path(dest, out, ctx_stop)
             self._put_hints(self.gone_under(src), out)
             return
+        if self.placement is not None:
+            self.placement.moved(src, dest)  # where each file is follows it (the first lane to run the move)
         # Before the move: a folder rename on the remote would carry temp files along.
         self.discard_partial(src, under=True)
-        on_remote = self.index.get(src) is not None or self.index.has_under(src) or self.index.folder(src) is not None
+        on_remote = self.holds(src)
         if on_remote and isinstance(self.con, ServerSideMove):
             try:
                 self.through(dest, lambda: self.keeper.move(src, dest), out)

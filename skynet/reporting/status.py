@@ -65,7 +65,10 @@ def collect(cfg: Config) -> dict:
     for m in cfg.mappings:
         db_path = folder.db(m.name)
         pid = folder.holder(m.name)
-        row = {"name": m.name, "source": m.source, "target": m.target, "running": pid is not None, "pid": pid,
+        # A destination of a mapping with several: its own row, named NAME@TARGET.
+        row = {"name": m.name, "mapping": m.mapping, "destination": m.destination or None,
+               "service": m.service or cfg.service, "source": m.source, "target": m.target,
+               "running": pid is not None, "pid": pid,
                "queue_depth": None, "failed": None, "connected": None, "in_flight": []}
         if os.path.exists(db_path):
             with StateReader(db_path, timeout=60) as db:
@@ -89,7 +92,8 @@ def print_status(cfg: Config, as_json: bool) -> int:
     for m in doc["mappings"]:
         state = "not running" if not m["running"] else (
             "connected" if m["connected"] else "waiting for the remote" if m["connected"] is False else "running")
-        click.echo(f"{m['name']}: {m['source']} -> {m['target']}  [{state}]")
+        where = f"{m['destination']} ({m['service']} {m['target']})" if m["destination"] else m["target"]
+        click.echo(f"{m['name']}: {m['source']} -> {where}  [{state}]")
         click.echo(f"  queue depth {m['queue_depth'] if m['queue_depth'] is not None else '?'}, "
                    f"failed {m['failed'] if m['failed'] is not None else '?'}")
         for u in m["in_flight"]:

@@ -10,6 +10,8 @@ that reads the folder while a daemon runs finds exactly what the daemon wrote.
     <state_dir>/<mapping>.db.corrupt-*  a damaged database, moved aside
     <state_dir>/<mapping>.lock          flock()ed by the daemon; holds its PID
     <state_dir>/<mapping>.seen          "a state database was made here once"
+    <state_dir>/<mapping>.placement.sqlite  which destination holds each file of a
+                                        mapping with `placement = most-free` (skynet.state.placement)
     <state_dir>/status.json             the running daemon's live status
     <state_dir>/notifier-spool.sqlite   notifications waiting for PostgreSQL
     <state_dir>/notifier.seq            the notifier's sequence high-water mark
@@ -32,6 +34,7 @@ import os
 import time
 
 DB_SUFFIX = ".db"
+PLACEMENT_SUFFIX = ".placement.sqlite"
 STATUS_FILE = "status.json"
 SPOOL_FILE = "notifier-spool.sqlite"
 SEQ_FILE = "notifier.seq"
@@ -62,6 +65,11 @@ class StateFolder:
 
     def seen(self, mapping: str) -> str:
         return os.path.join(self.root, f"{mapping}.seen")
+
+    def placement(self, mapping: str) -> str:
+        """The placement table of a mapping with several destinations (not `*.db`:
+        `mappings()` must not take it for a mapping)."""
+        return os.path.join(self.root, f"{mapping}{PLACEMENT_SUFFIX}")
 
     def status(self) -> str:
         return os.path.join(self.root, STATUS_FILE)

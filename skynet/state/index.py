@@ -170,6 +170,10 @@ class Index:
     def count(self) -> int:
         return self.db.conn().execute("SELECT count(*) FROM entries").fetchone()[0]
 
+    def total_bytes(self) -> int:
+        """What the remote holds, in bytes (a destination's `capacity` minus this is its room)."""
+        return self.db.conn().execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0]
+
 
 def _forget(c: sqlite3.Connection, rel: str) -> None:
     if rel == "":

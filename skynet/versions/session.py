@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from connections import service_module
-from skynet.config.settings import Config, MappingConfig
+from skynet.config.settings import Config, MappingConfig, connection_for
 from skynet.versions.model import VersionStore
 from skynet.versions.stores import store_for
 
@@ -25,10 +24,14 @@ def connected_store(cfg: Config, m: MappingConfig, now_ns: int | None = None,
     will read through it at once (a connection that pools sessions sizes its pool).
     The connection's TransientError or PermanentError when the remote cannot be
     reached or used."""
+    if m.pool == m.name:  # a mapping with several destinations, as a whole
+        with pool_store(cfg, m, now_ns, threads) as store:
+            yield store
+        return
     from connections.contract.xcon import PoolSized
     from skynet.versions.current import CurrentStore
 
-    con = service_module(cfg.service).build(cfg.service_options, m.target)
+    con = connection_for(cfg, m)
     if threads is not None and isinstance(con, PoolSized):
         con.size_pool(threads)
     try:
@@ -36,3 +39,30 @@ def connected_store(cfg: Config, m: MappingConfig, now_ns: int | None = None,
         yield CurrentStore(con, now_ns, m.name) if not m.versions and now_ns is not None else store_for(con, m)
     finally:
         con.close()
+
+
+@contextlib.contextmanager
+def pool_store(cfg: Config, m: MappingConfig, now_ns: int | None = None,
+               threads: int | None = None) -> Iterator[VersionStore]:
+    """The store of a mapping with several destinations. `placement = all`: every
+    destination holds every file, so the first one that answers serves (the
+    connection errors of the last one when none does). `most-free`: each file is on
+    one destination, so all of them are read as one (PoolStore)."""
+    from connections.contract.xcon import TransientError
+    from skynet.config.settings import lanes_of
+    from skynet.versions.pool import PoolStore
+
+    lanes = lanes_of(cfg, m.name)
+    with contextlib.ExitStack() as stack:
+        if m.placement != "all":
+            yield PoolStore([stack.enter_context(connected_store(cfg, lane, now_ns, threads)) for lane in lanes])
+            return
+        for i, lane in enumerate(lanes):
+            try:
+                store = stack.enter_context(connected_store(cfg, lane, now_ns, threads))
+            except TransientError:
+                if i == len(lanes) - 1:
+                    raise
+                continue
+            yield store
+            return
