@@ -10,14 +10,24 @@ from __future__ import annotations
 import os
 import subprocess
 
+from tests.servers import machine_lock
+
 
 class PackageUnavailable(RuntimeError):
     """A Debian package is missing and cannot be installed here."""
 
 
 def ensure_package(package: str, path: str) -> None:
-    """Install `package` unless `path` (a file it ships) exists; root only."""
+    """Install `package` unless `path` (a file it ships) exists; root only. One install at a
+    time on the machine (machine_lock): pytest-xdist workers share dpkg's lock."""
     if os.path.exists(path):
+        return
+    with machine_lock("apt-get"):
+        _install(package, path)
+
+
+def _install(package: str, path: str) -> None:
+    if os.path.exists(path):  # another worker installed it while we waited
         return
     if os.geteuid() != 0:
         raise PackageUnavailable(f"{path} missing and not root: apt-get install -y {package}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from tests.servers import free_port, put_file, register, stop_process, wait_answering
+from tests.servers import put_file, register, start_on_free_port, stop_process, wait_answering
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
@@ -64,17 +64,26 @@ def ftp_server(workdir: Path) -> Iterator[FtpServer]:
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "root"
     root.mkdir(exist_ok=True)
-    port, user, password = free_port(), "mover", secrets.token_hex(8)
+    user, password = "mover", secrets.token_hex(8)
     log = workdir / "ftp.log"
-    low = 30000 + (port % 20000)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.server_ftp", str(root), str(port), user, password,
-                                 f"{low}-{low + 40}"], cwd=str(REPO), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
-    srv = FtpServer(port=port, root=root, user=user, password=password, log=log, pid=proc.pid, _proc=proc)
+
+    def start(port: int) -> FtpServer:
+        low = 30000 + (port % 20000)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "tests.server_ftp", str(root), str(port), user, password,
+                                     f"{low}-{low + 40}"], cwd=str(REPO), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        started = FtpServer(port=port, root=root, user=user, password=password, log=log, pid=proc.pid, _proc=proc)
+        try:
+            wait_answering(proc, port, "the ftp server", b"", b"220", START_TIMEOUT,
+                           lambda: log.read_text(errors="replace")[-2000:])
+        except RuntimeError:
+            started.stop()
+            raise
+        return started
+
+    srv = start_on_free_port(start, "the ftp server")
     try:
-        wait_answering(proc, port, "the ftp server", b"", b"220", START_TIMEOUT,
-                       lambda: log.read_text(errors="replace")[-2000:])
         yield srv
     finally:
         srv.stop()

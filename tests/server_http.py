@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.debian import ensure_package
-from tests.servers import free_port, put_file, register, stop_process, wait_answering
+from tests.servers import put_file, register, start_on_free_port, stop_process, wait_answering
 
 NGINX = "/usr/sbin/nginx"
 USER, PASSWORD = "reader", "s3cret-pass"
@@ -138,11 +138,19 @@ def http_server(workdir: Path) -> Iterator[HttpServer]:
     workdir.mkdir(parents=True, exist_ok=True)
     root, log = workdir / "www", workdir / "access.log"
     root.mkdir(exist_ok=True)
-    port = free_port()
-    (workdir / "nginx.conf").write_text(_config(workdir, port, root, log))
     (workdir / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-    srv = HttpServer(port=port, root=root, dir=workdir, log=log)
-    srv.start()
+
+    def start(port: int) -> HttpServer:
+        (workdir / "nginx.conf").write_text(_config(workdir, port, root, log))
+        started = HttpServer(port=port, root=root, dir=workdir, log=log)
+        try:
+            started.start()
+        except RuntimeError:
+            started.stop()
+            raise
+        return started
+
+    srv = start_on_free_port(start, "nginx")
     try:
         yield srv
     finally:

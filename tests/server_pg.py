@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.debian import PackageUnavailable, ensure_package
-from tests.servers import free_port, register
+from tests.servers import free_port, machine_lock, register, start_on_free_port  # noqa: F401 (tests import free_port from here)
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_USER = "skynet-pg"  # used only when the tests run as root
@@ -47,12 +47,13 @@ def ensure_postgres() -> None:
 def ensure_user() -> pwd.struct_passwd:
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid())
-    try:
-        return pwd.getpwnam(PG_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-                       check=True, capture_output=True)
-        return pwd.getpwnam(PG_USER)
+    with machine_lock("useradd"):  # pytest-xdist workers: one useradd of this name
+        try:
+            return pwd.getpwnam(PG_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+                           check=True, capture_output=True)
+            return pwd.getpwnam(PG_USER)
 
 
 @dataclass
@@ -164,10 +165,16 @@ def run_postgres(logdir: Path | None = None) -> Iterator[PGServer]:
     if os.geteuid() == 0:
         os.chown(d, account.pw_uid, account.pw_gid)
     os.chmod(d, 0o755)
-    srv = PGServer(dir=d, port=free_port(), account=account)
+    srv = PGServer(dir=d, port=0, account=account)
+
+    def start(port: int) -> PGServer:
+        srv.port = port
+        srv.start()  # pg_ctl -w: RuntimeError when postgres cannot bind the port
+        return srv
+
     try:
         srv.initdb()
-        srv.start()
+        start_on_free_port(start, "postgres")
         yield srv
     finally:
         srv.stop()

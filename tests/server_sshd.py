@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tests.debian import ensure_package
-from tests.servers import free_port, register
+from tests.servers import machine_lock, register, start_on_free_port
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "skynet-sftp"  # used only when the tests run as root
@@ -46,15 +46,16 @@ def ensure_user() -> pwd.struct_passwd:
     """The account sshd runs as: ourselves, or a dedicated one when we are root."""
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid())
-    try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        # '*' (not '!'): no password login, but not a locked account either.
-        # A real shell, so that rclone's remote md5sum (its default hash
-        # check, measured by bench/sftp_peers.py) works as on a real server.
-        _run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
-              "--password", "*", TEST_USER])
-        return pwd.getpwnam(TEST_USER)
+    with machine_lock("useradd"):  # pytest-xdist workers: one useradd of this name
+        try:
+            return pwd.getpwnam(TEST_USER)
+        except KeyError:
+            # '*' (not '!'): no password login, but not a locked account either.
+            # A real shell, so that rclone's remote md5sum (its default hash
+            # check, measured by bench/sftp_peers.py) works as on a real server.
+            _run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
+                  "--password", "*", TEST_USER])
+            return pwd.getpwnam(TEST_USER)
 
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
@@ -221,17 +222,27 @@ def run_sshd(logdir: Path) -> Iterator[SSHServer]:
         shutil.copy(d / "client_ed25519.pub", d / "authorized_keys")
         root = d / "remote"
         root.mkdir()
-        port = free_port()
-        (d / "sshd_config").write_text(_sshd_config(d, port))
         if is_root:
             # sshd refuses a host key its own user cannot read; the client
             # key stays root's (the tests read it).
-            for p in (d, root, d / "host_ed25519", d / "sshd_config", d / "authorized_keys"):
+            for p in (d, root, d / "host_ed25519", d / "authorized_keys"):
                 os.chown(p, account.pw_uid, account.pw_gid)
             os.chmod(d, 0o755)
         log = logdir / "sshd.log"
-        proc = _launch_sshd(d, log, account.pw_uid, account.pw_gid)
-        wait_port(port, proc, log)
+
+        def start(port: int) -> tuple[int, subprocess.Popen]:
+            (d / "sshd_config").write_text(_sshd_config(d, port))
+            if is_root:
+                os.chown(d / "sshd_config", account.pw_uid, account.pw_gid)
+            started = _launch_sshd(d, log, account.pw_uid, account.pw_gid)
+            try:
+                wait_port(port, started, log)
+            except RuntimeError:
+                stop_sshd(started)
+                raise
+            return port, started
+
+        port, proc = start_on_free_port(start, "sshd")
         pub = (d / "host_ed25519.pub").read_text().split()
         known = d / "known_hosts"
         known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")

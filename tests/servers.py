@@ -8,14 +8,99 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
+
+T = TypeVar("T")
+
+#: how many ports start_on_free_port() tries before it gives up
+PORT_ATTEMPTS = 3
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, never handed out before
+    in this process, from this process's own pool (port_pool()).
+
+    WHY not bind(0): the kernel takes that port from the ephemeral range, where every
+    client's connect() takes its local port too, and where another pytest-xdist worker's
+    bind(0) may be given the port of a server of ours that a test stopped for a while (an
+    outage): the server could not come back on its port. A pool below the ephemeral range,
+    one slice per worker, is touched by neither."""
+    import random
+
+    low, high = port_pool()
+    while len(_HANDED_OUT) < high - low:
+        port = random.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
+        _HANDED_OUT.add(port)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something else of the machine's holds it
+            return port
+    raise RuntimeError(f"every port of {low}-{high} was handed out")
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def port_pool() -> tuple[int, int]:
+    """This process's ports [low, high): POOL_SPAN ports below the ephemeral range
+    (net.ipv4.ip_local_port_range), sliced among the pytest-xdist workers (PYTEST_XDIST_WORKER
+    gwN of PYTEST_XDIST_WORKER_COUNT); the whole span in a process that is not a worker."""
+    import os
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            ephemeral = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low = max(1024, ephemeral - POOL_SPAN)
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return low, ephemeral
+    size = (ephemeral - low) // count
+    index = int(worker[2:]) % count
+    return low + index * size, low + (index + 1) * size
+
+
+#: how many ports below the ephemeral range the test servers take theirs from
+POOL_SPAN = 12000
+
+
+def start_on_free_port(start: Callable[[int], T], what: str, attempts: int = PORT_ATTEMPTS) -> T:
+    """`start(port)` on a free_port(), again on another port when it raises RuntimeError.
+
+    WHY: a port free when free_port() checked it may be taken before the server binds it:
+    by a server another pytest-xdist worker (or another session) starts at the same moment,
+    or by a client's ephemeral port. `start` must clean up what it started before raising."""
+    last: RuntimeError | None = None
+    for _attempt in range(attempts):
+        try:
+            return start(free_port())
+        except RuntimeError as exc:
+            last = exc
+    raise RuntimeError(f"could not start {what} on any of {attempts} free ports: {last}")
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock, machine-wide, named `name` (a file under /tmp, flock).
+
+    WHY: what the test servers set up once per machine (a Debian package, a system user)
+    must not be set up by two pytest-xdist workers (or two sessions) at once: two
+    apt-get's fight over the dpkg lock, and the second useradd of one name fails."""
+    import fcntl
+    import os
+
+    # read-only is enough for flock, and works on a lock file another user made
+    fd = os.open(f"/tmp/skynet-tests-{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class Servers:

@@ -100,6 +100,7 @@ def test_close_is_idempotent_and_interrupt_after_close_is_harmless():
 
 
 
+@pytest.mark.serial  # sets a machine-wide inotify sysctl: no other daemon may start meanwhile (tests/conftest.py)
 @pytest.mark.skipif(os.geteuid() != 0 or not INOTIFY_SYSCTL.exists(), reason="changing inotify limits needs root")
 def test_queue_overflow_is_reported(tmp_path):
     with inotify_sysctl("max_queued_events", 8):  # fixed when the instance is made

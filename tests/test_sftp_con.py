@@ -806,6 +806,7 @@ def test_temp_file_of_a_send_cut_off_mid_way_goes_with_discard(srv, remote, tmp_
         con.close()
 
 
+@pytest.mark.serial  # wall-clock timing: not beside the parallel workers (see tests/conftest.py)
 def test_one_dead_session_flushes_the_idle_ones(srv, remote, tmp_path, proxy):
     con = build(srv.service(port=str(proxy.port), known_hosts=proxy.known_hosts, timeout="2",
                             connections="3"), remote)

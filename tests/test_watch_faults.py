@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not INOTIFY.exists(), reaso
 
 
 
+@pytest.mark.serial  # sets a machine-wide inotify sysctl: no other daemon may start meanwhile (tests/conftest.py)
 def test_queue_overflow_is_logged_and_rescanned(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
@@ -40,6 +41,7 @@ def test_queue_overflow_is_logged_and_rescanned(tmp_path):
         assert d.stop() == 0
 
 
+@pytest.mark.serial  # sets a machine-wide inotify sysctl: no other daemon may start meanwhile (tests/conftest.py)
 def test_watch_limit_is_logged_and_polled():
     base = world_writable_tmp("skynet-watch-")
     try:
