@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends import BACKENDS, backend_params, enabled_backends
-from tests.harness import Daemon, wait_converged, write_config
+from tests.harness import Daemon, run_main, wait_converged, write_config
 from tests.servers import Servers
 from skynet.versions.names import is_area
 from tests.workload import apply, big_step, random_step
@@ -228,6 +228,21 @@ class Torture:
         return {what: log.count(needle) for what, needle in EVIDENCE.items()}
 
 
+def wait_idle(cfg: Path, timeout: float) -> None:
+    """Wait (bounded) until `--status` shows no queued and no in-flight action: the
+    remote's temp files are then judged on a daemon that is done, not mid-upload (a
+    last re-check after a kill -9 may still be sending when the trees first match).
+    Not idle in time: the caller's check runs anyway and says what is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = run_main("--status", "--json", "--config-file", str(cfg))
+        with contextlib.suppress(ValueError):
+            rows = json.loads(res.stdout).get("mappings", []) if res.returncode == 0 else None
+            if rows is not None and all(r.get("queue_depth") == 0 and not r.get("in_flight") for r in rows):
+                return
+        time.sleep(0.5)
+
+
 def run_trial(tmp_path: Path, backend, seconds: float, seed: int, long_faults: bool, versions: bool = False) -> dict:
     started = time.monotonic()
     t = Torture(tmp_path, backend, seed, long_faults, versions)
@@ -257,7 +272,9 @@ def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: 
     finally:
         failed, result = report_trial(t, tmp_path, seconds, seed, started, error)
     assert failed == [], failed
-    assert backend.leftovers() == [], "partial uploads or temp files left on the remote"
+    wait_idle(t.cfg, timeout=60)
+    left = backend.leftovers()
+    assert left == [], f"partial uploads or temp files left on the remote once idle: {left}\n{d.log_text()[-6000:]}"
     assert d.stop() == 0, d.log_text()[-3000:]
     if t.versions:
         t.check_versions()
