@@ -124,13 +124,29 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
     victim = [workers.start(), workers.start(), workers.start()]
     takeovers: list[float] = []
     at_kill: list[tuple[set[str], set[str], int]] = []  # (done dests, dests the victim held, log position)
+    waiting: list[tuple[int, set[int], str, float]] = []  # kills whose items are not taken over yet
+
+    def watch_takeovers() -> None:
+        """Note the kills whose held items no longer run under the dead worker."""
+        for entry in list(waiting):
+            k, held, pid, killed_at = entry
+            if not held or count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE id = ANY(%s) AND "
+                                      "status='running' AND split_part(worker, ':', 2) = %s", list(held), pid) == 0:
+                waiting.remove(entry)
+                takeovers.append(time.monotonic() - killed_at)
+                print(f"kill {k + 1}: {len(held)} item(s) held by the killed worker, taken over "
+                      f"{takeovers[-1]:.1f} s after the kill (stall timeout {stall:.0f} s)")
+
     try:
         for k in range(kills):
             if kill_every is None:
                 wait_for(lambda: count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE status='done'") >= n // 3,
                          120, "a third done", every=0.05)
-            else:
-                time.sleep(kill_every)
+            else:  # the next kill comes on time, take-overs of earlier ones or not
+                until = time.monotonic() + kill_every
+                while time.monotonic() < until:
+                    watch_takeovers()
+                    time.sleep(0.1)
             if not pending(dsn):
                 break
             print(f"kill at {time.monotonic() - t0:.1f} s")
@@ -146,15 +162,11 @@ def fleet_run(servers, tmp_path: Path, n: int, kill_every: float | None, kills: 
                 held_dests = {r[0] for r in c.execute("SELECT dest FROM skynet_jobs.items WHERE id = ANY(%s)", (list(held),))}
             at_kill.append((done, held_dests, len(http.fetches())))
             victim[k % 3] = workers.start()
-
-            def taken_over() -> bool:
-                return not held or count(dsn, "SELECT count(*) FROM skynet_jobs.items WHERE id = ANY(%s) AND "
-                                              "status='running' AND split_part(worker, ':', 2) = %s",
-                                         list(held), str(pid)) == 0
-            wait_for(taken_over, 120, "the killed worker's items to be taken over", every=0.1)
-            takeovers.append(time.monotonic() - killed_at)
-            print(f"kill {k + 1}: {len(held)} item(s) held by the killed worker, taken over "
-                  f"{takeovers[-1]:.1f} s after the kill (stall timeout {stall:.0f} s)")
+            waiting.append((k, held, str(pid), killed_at))
+            if kill_every is None:
+                break
+        wait_for(lambda: (watch_takeovers(), not waiting)[1], 120, "the killed workers' items to be taken over",
+                 every=0.1)
         wait_for(lambda: pending(dsn) == 0, 600, "the job to finish", every=0.2)
         print(f"finished at {time.monotonic() - t0:.1f} s")
     finally:
