@@ -376,22 +376,9 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         try:
             try:
                 done = self._copy(src, dst, f.size, ctx, what)
-                try:  # on the descriptor: no path lookups
-                    os.fchmod(dst, f.mode & MODE_BITS)
-                    os.utime(dst, ns=(f.mtime_ns, f.mtime_ns))
-                    if self.fsync:
-                        os.fsync(dst)
-                except OSError as exc:
-                    raise self._error(exc, what, f.size) from exc
+                self._land(root, folder, tmp, name, dst, f.mode, f.mtime_ns, what, f.rel, f.size)
             finally:
                 os.close(dst)
-            self._still_root(root, what)
-            try:
-                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-            except IsADirectoryError:
-                raise InTheWay(f"{what}: a folder is in the way of the file", f.rel) from None
-            except OSError as exc:
-                raise self._error(exc, what) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=folder)
@@ -433,20 +420,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                 raise Unsupported(f"{what}: cannot link it here ({exc.strerror})") from None
             raise self._error(exc, what) from exc
         try:
-            try:
-                os.fchmod(src, f.mode & MODE_BITS)
-                os.utime(src, ns=(f.mtime_ns, f.mtime_ns))
-                if self.fsync:
-                    os.fsync(src)
-            except OSError as exc:
-                raise self._error(exc, what, f.size) from exc
-            self._still_root(root, what)
-            try:
-                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-            except IsADirectoryError:
-                raise InTheWay(f"{what}: a folder is in the way of the file", f.rel) from None
-            except OSError as exc:
-                raise self._error(exc, what) from exc
+            self._land(root, folder, tmp, name, src, f.mode, f.mtime_ns, what, f.rel, f.size)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=folder)
@@ -547,19 +521,31 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
     def _finish_stream(self, root: int, folder: int, tmp: str, name: str, dst: int, stream: Stream,
                        what: str) -> None:
         """Mode, mtime (where the source gave them), fsync, rename into place."""
+        mode = stream.mode if stream.mode is not None else 0o644
+        self._land(root, folder, tmp, name, dst, mode, stream.mtime_ns, what)
+
+    def _land(self, root: int, folder: int, tmp: str, name: str, fd: int, mode: int, mtime_ns: int | None,
+              what: str, rel: str | None = None, size: int = 0) -> None:
+        """The end of every write here: the temp file `tmp` (open as `fd`) gets the
+        permission bits (never the special ones) and the mtime on its descriptor (no
+        path lookups), an fsync if this target syncs, and is renamed over `name` --
+        unless the root no longer leads where the write began. A folder at `name`
+        is InTheWay for a mirrored file (`rel`), a plain refusal otherwise."""
         try:
-            os.fchmod(dst, (stream.mode if stream.mode is not None else 0o644) & MODE_BITS)
-            if stream.mtime_ns is not None:
-                os.utime(dst, ns=(stream.mtime_ns, stream.mtime_ns))
+            os.fchmod(fd, mode & MODE_BITS)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
             if self.fsync:
-                os.fsync(dst)
+                os.fsync(fd)
         except OSError as exc:
-            raise self._error(exc, what) from exc
+            raise self._error(exc, what, size) from exc
         self._still_root(root, what)
         try:
             os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         except IsADirectoryError:
-            raise PermanentError(f"{what}: a folder is in the way of the file") from None
+            if rel is None:
+                raise PermanentError(f"{what}: a folder is in the way of the file") from None
+            raise InTheWay(f"{what}: a folder is in the way of the file", rel) from None
         except OSError as exc:
             raise self._error(exc, what) from exc
 
