@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -29,6 +30,9 @@ from skynet.jobs.item import ERROR_CLASSES
 from skynet.jobs.store import ItemStore
 from skynet.jobs.table import FAILED, QUEUED, REPORT_COLUMNS, RUNNING, STATUSES, ItemTable
 from skynet.state.folder import StateFolder, StateLock, StateLocked
+
+if TYPE_CHECKING:
+    from skynet.jobs.intake import Intake
 
 log = logging.getLogger("skynet.jobs")
 
@@ -97,7 +101,6 @@ def _pg_table(cfg: configmod.Config, name: str) -> object:
 def submit_cmd(name: str, reload: bool, config_file: str | None, service: str | None) -> None:
     """Read job NAME's source into PostgreSQL ([skynet] jobs_dsn) and queue its items,
     by batches, for `skynet worker` on any number of machines."""
-    from skynet.jobs.intake import Intake, ListChanged
     from skynet.reporting import logs
 
     cfg, j = _load(config_file, service, name)
@@ -110,13 +113,7 @@ def submit_cmd(name: str, reload: bool, config_file: str | None, service: str | 
 
     try:
         fleet.ensure_schema(cfg.jobs_dsn)
-        intake = Intake(j, table, reload=reload)  # type: ignore[arg-type]
-        try:
-            intake.prepare()
-        except ListChanged as exc:
-            fail(str(exc))
-        except FileNotFoundError:
-            fail(f"{cfg.path}: [job {j.name}] source: no such list file {j.source_path!r}")
+        intake = _prepared_intake(cfg, j, table, reload)
         intake.run()
         app = fleet.build_app(cfg.jobs_dsn, sync=True)
         with app.open():
@@ -134,7 +131,6 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
     """`job run` after the config is read: the lock, intake, the target, the runner.
     `make_transfer(job, target_con)` defaults to skynet.jobs.transfer's (tests give a fake)."""
     from skynet.cli.main import check_state_dir
-    from skynet.jobs.intake import Intake, ListChanged
     from skynet.jobs.runner import Runner
     from skynet.reporting import logs
     from skynet.transfer.throttle import Schedule, Throttle
@@ -151,13 +147,7 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
     except StateLocked:
         fail(f"job {j.name} is already running (pid {folder.job_holder(j.name) or '?'})")
     table = ItemTable(folder.job_db(j.name))
-    intake = Intake(j, table, reload=reload)
-    try:
-        intake.prepare()
-    except ListChanged as exc:
-        fail(str(exc))
-    except FileNotFoundError:
-        fail(f"{cfg.path}: [job {j.name}] source: no such list file {j.source_path!r}")
+    intake = _prepared_intake(cfg, j, table, reload)
     con = _target(cfg, j)
     transfer = (make_transfer or _default_make_transfer)(j, con)
     throttle = Throttle(Schedule(j.bwlimit if j.bwlimit != "off" else cfg.bwlimit))
@@ -182,6 +172,21 @@ def run_job(cfg: configmod.Config, j: JobConfig, *, reload: bool = False,
         lock.release()
     _summary(j.name, table)
     return code
+
+
+def _prepared_intake(cfg: configmod.Config, j: JobConfig, table: ItemStore, reload: bool) -> "Intake":
+    """The job's intake, its list checked against what the table read before (the
+    same refusals for `job run` and `job submit`: a changed list, a missing file)."""
+    from skynet.jobs.intake import Intake, ListChanged
+
+    intake = Intake(j, table, reload=reload)  # type: ignore[arg-type]
+    try:
+        intake.prepare()
+    except ListChanged as exc:
+        fail(str(exc))
+    except FileNotFoundError:
+        fail(f"{cfg.path}: [job {j.name}] source: no such list file {j.source_path!r}")
+    return intake
 
 
 def _notifier(cfg: configmod.Config, name: str) -> object:

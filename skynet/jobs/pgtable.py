@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from skynet.jobs.item import Item
-from skynet.jobs.table import DONE, FAILED, QUEUED, REPORT_COLUMNS, RUNNING, Claimed, NewItem, Outcome
+from skynet.jobs.table import DONE, FAILED, QUEUED, REPORT_COLUMNS, RUNNING, Claimed, NewItem, Outcome, by_pages
 
 log = logging.getLogger("skynet.jobs")
 
@@ -320,16 +320,9 @@ class PgItemTable:
         return dict(self._all("SELECT kind, count(*) FROM skynet_jobs.problems WHERE job=%s GROUP BY kind", (self.job,)))
 
     def rows(self, batch: int = 1000) -> Iterator[tuple]:
-        last = -1
-        cols = ", ".join(REPORT_COLUMNS)
-        while True:
-            page = self._all(f"SELECT id, {cols} FROM skynet_jobs.items WHERE job=%s AND id > %s ORDER BY id LIMIT %s",
-                             (self.job, last, batch))
-            if not page:
-                return
-            last = page[-1][0]
-            for r in page:
-                yield r[1:]
+        sql = (f"SELECT id, {', '.join(REPORT_COLUMNS)} FROM skynet_jobs.items"
+               " WHERE job=%s AND id > %s ORDER BY id LIMIT %s")
+        return by_pages(lambda last: self._all(sql, (self.job, last, batch)))
 
     def problems(self) -> Iterator[tuple[int, str, str]]:
         yield from self._all("SELECT line, kind, text FROM skynet_jobs.problems WHERE job=%s ORDER BY line", (self.job,))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from skynet.jobs.item import Item
@@ -55,6 +55,21 @@ CREATE TABLE IF NOT EXISTS job_info(key TEXT PRIMARY KEY, value TEXT);
 ITEM_COLUMNS = "line, source, dest, size, md5, mtime_ns, mode, status, error_class, error, gen"
 REPORT_COLUMNS = ("line", "source", "dest", "status", "error_class", "status_code", "bytes", "attempts",
                   "first_at", "last_at", "error")
+
+
+def by_pages(page_after: Callable[[int], list[tuple]]) -> Iterator[tuple]:
+    """Rows read a page at a time by their id (keyset paging: each page starts
+    after the last id seen, so a report of ten million items holds one page in
+    memory and no page costs more than the first). `page_after(last_id)` returns
+    rows whose first column is the id; they are yielded without it."""
+    last = -1
+    while True:
+        page = page_after(last)
+        if not page:
+            return
+        last = page[-1][0]
+        for r in page:
+            yield r[1:]
 
 
 @dataclass(frozen=True)
@@ -294,15 +309,8 @@ class ItemTable:
     def rows(self, batch: int = 1000) -> Iterator[tuple]:
         """Every item's row (REPORT_COLUMNS), in list order, streamed a page at a time."""
         c = self.conn()
-        last = -1
-        while True:
-            page = c.execute(f"SELECT id, {', '.join(REPORT_COLUMNS)} FROM items WHERE id > ? ORDER BY id LIMIT ?",
-                             (last, batch)).fetchall()
-            if not page:
-                return
-            last = page[-1][0]
-            for r in page:
-                yield r[1:]
+        sql = f"SELECT id, {', '.join(REPORT_COLUMNS)} FROM items WHERE id > ? ORDER BY id LIMIT ?"
+        return by_pages(lambda last: c.execute(sql, (last, batch)).fetchall())
 
     def problems(self) -> Iterator[tuple[int, str, str]]:
         yield from self.conn().execute("SELECT line, kind, text FROM problems ORDER BY line")
