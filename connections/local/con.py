@@ -40,7 +40,7 @@ import stat as statmod
 import subprocess
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from connections.contract.xcon import (
     Abilities,
@@ -78,6 +78,7 @@ from skynet.transfer import streams
 from skynet.transfer.chunks import TransferStopped
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TMP_PREFIX = ".skynet-tmp-"
 # Target folders are opened one level at a time from the root's descriptor,
@@ -347,9 +348,18 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
 
     # -- operations --------------------------------------------------------
     def send(self, f: LocalFile, ctx: TransferContext) -> SendResult:
+        def write(root: int, folder: int, name: str, src: int, what: str) -> int:
+            return self._write(root, folder, name, src, f, ctx, what)
+
+        done = self._into_place(f, f"send {f.rel!r}", write)
+        return SendResult(size=done, etag=None, bytes_sent=done)
+
+    def _into_place(self, f: LocalFile, what: str, put: Callable[[int, int, str, int, str], T]) -> T:
+        """The frame of a send: `f` opened as checked (errors opening it are the
+        caller's, the local side: connections/contract/source.py), the root and
+        f's folder beneath it opened (made where missing), then `put(root, folder,
+        name, src, what)`; every descriptor closed after."""
         folders, name = split_rel(f.rel)
-        what = f"send {f.rel!r}"
-        # Errors opening the source are the caller's (local side): connections/contract/source.py
         src = open_source_fd(f)
         try:
             root = self._open_root()
@@ -357,14 +367,13 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                 folder = self._walk(root, folders, what, create=True)
                 assert folder is not None  # (create=True)
                 try:
-                    done = self._write(root, folder, name, src, f, ctx, what)
+                    return put(root, folder, name, src, what)
                 finally:
                     os.close(folder)
             finally:
                 os.close(root)
         finally:
             os.close(src)
-        return SendResult(size=done, etag=None, bytes_sent=done)
 
     def _write(self, root: int, folder: int, name: str, src: int, f: LocalFile, ctx: TransferContext,
                what: str) -> int:
@@ -391,22 +400,8 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         second lookup of f.path, no privilege needed), then given mtime and mode
         and renamed over the name as send() does. A 1 GiB upload lands in
         microseconds instead of a copy and an fsync of the copy."""
-        folders, name = split_rel(f.rel)
-        what = f"take over {f.rel!r}"
-        src = open_source_fd(f)
-        try:
-            root = self._open_root()
-            try:
-                folder = self._walk(root, folders, what, create=True)
-                assert folder is not None  # (create=True)
-                try:
-                    self._link_in(root, folder, name, src, f, what)
-                finally:
-                    os.close(folder)
-            finally:
-                os.close(root)
-        finally:
-            os.close(src)
+        self._into_place(f, f"take over {f.rel!r}",
+                         lambda root, folder, name, src, what: self._link_in(root, folder, name, src, f, what))
         return SendResult(size=f.size, etag=None, bytes_sent=0)
 
     def _link_in(self, root: int, folder: int, name: str, src: int, f: LocalFile, what: str) -> None:
