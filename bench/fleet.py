@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Proc, log, machine_info, median, table, write_section  # noqa: E402
-from bench.jobs_urls import serve_objects  # noqa: E402
+from bench.jobs_urls import job_config, serve_objects  # noqa: E402
 from bench.s3_peers import S3Target, _base_env, count_objects  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,15 +45,7 @@ def load() -> str:
 
 
 def config(d: Path, t: S3Target, dsn: str, items: list[tuple[str, str]], prefix: str, workers: int, batch: int) -> Path:
-    lst = d / "urls.csv"
-    lst.write_text("url,path\n" + "".join(f"{u},{rel}\n" for u, rel in items))
-    cfg = d / "s3.ini"
-    cfg.write_text(f"[skynet]\nservice = s3\nstate_dir = {d / 'state'}\nlog_level = WARNING\njobs_dsn = {dsn}\n\n"
-                   f"[s3]\nbucket = {t.bucket}\nendpoint_url = {t.endpoint_url}\nregion = {t.region}\n"
-                   f"addressing_style = path\naccess_key_id = {t.access_key}\nsecret_access_key = {t.secret_key}\n\n"
-                   f"[job bench]\nsource = urls:{lst}\ntarget = {prefix}\nworkers = {workers}\nbatch_size = {batch}\n")
-    cfg.chmod(0o600)
-    return cfg
+    return job_config(d, t, items, prefix, workers, skynet_keys=f"jobs_dsn = {dsn}\n", job_keys=f"batch_size = {batch}\n")
 
 
 def one_run(pgs, t: S3Target, items: list, prefix: str, work: Path, procs: int, workers: int, batch: int) -> dict:

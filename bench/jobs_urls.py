@@ -79,17 +79,25 @@ def run(argv: list[str], env: dict, logf: Path) -> tuple[float, float, int]:
     return time.perf_counter() - t0, u.cpu_s, u.returncode
 
 
-def skynet(t: S3Target, items: list[tuple[str, str]], prefix: str, work: Path, workers: int) -> tuple[float, float, int]:
-    d = work / prefix
-    d.mkdir()
+def job_config(d: Path, t: S3Target, items: list[tuple[str, str]], prefix: str, workers: int,
+               skynet_keys: str = "", job_keys: str = "") -> Path:
+    """The config of job `bench` (a CSV list of `items` into S3 under `prefix`), 0600;
+    `skynet_keys` / `job_keys`: more lines for its [skynet] and [job bench] sections."""
     lst = d / "urls.csv"
     lst.write_text("url,path\n" + "".join(f"{u},{rel}\n" for u, rel in items))
     cfg = d / "s3.ini"
-    cfg.write_text(f"[skynet]\nservice = s3\nstate_dir = {d / 'state'}\nlog_level = WARNING\n\n[s3]\nbucket = {t.bucket}\n"
-                   f"endpoint_url = {t.endpoint_url}\nregion = {t.region}\naddressing_style = path\n"
-                   f"access_key_id = {t.access_key}\nsecret_access_key = {t.secret_key}\n\n"
-                   f"[job bench]\nsource = urls:{lst}\ntarget = {prefix}\nworkers = {workers}\n")
+    cfg.write_text(f"[skynet]\nservice = s3\nstate_dir = {d / 'state'}\nlog_level = WARNING\n{skynet_keys}\n"
+                   f"[s3]\nbucket = {t.bucket}\nendpoint_url = {t.endpoint_url}\nregion = {t.region}\n"
+                   f"addressing_style = path\naccess_key_id = {t.access_key}\nsecret_access_key = {t.secret_key}\n\n"
+                   f"[job bench]\nsource = urls:{lst}\ntarget = {prefix}\nworkers = {workers}\n{job_keys}")
     cfg.chmod(0o600)
+    return cfg
+
+
+def skynet(t: S3Target, items: list[tuple[str, str]], prefix: str, work: Path, workers: int) -> tuple[float, float, int]:
+    d = work / prefix
+    d.mkdir()
+    cfg = job_config(d, t, items, prefix, workers)
     return run([sys.executable, str(REPO / "main.py"), "job", "run", "bench", "--config-file", str(cfg)],
                _base_env(), d / "skynet.log")
 
