@@ -97,6 +97,7 @@ def test_a_wrong_final_md5_makes_nothing_visible(tmp_path, servers):
         assert r.status_code == 460
         assert _object(s3, bucket, "x.bin") == v1
         wait_for(lambda: _multiparts(s3, bucket) == [], "the early multipart upload to be aborted")
+        gw.wait_log("s3: aborting upload of root/x.bin")
         assert _object(s3, bucket, "x.bin") == v1
         assert gw.get("x.bin").content == v1
         (entry,) = gw.versions()["files"]
@@ -137,5 +138,6 @@ def test_kill9_mid_upload_resumes(tmp_path, servers):
         assert r.headers["Skynet-Landed"] == "s3"
         assert _object(s3, bucket, "k/r.bin") == data
         gw.wait_log("landed in s3 (sent while it arrived)")
-        assert "vanished" not in gw.log_text() and "starting again" not in gw.log_text()
+        log = gw.log_text()
+        assert "vanished" not in log and "starting again" not in log and "s3: aborting upload" not in log
     assert before["UploadId"] and _multiparts(s3, bucket) == []

@@ -160,7 +160,9 @@ class EarlySends:
             res: SendResult = d.con.send_stream(up.filename, lambda off: self._open(d, up, send, off), send.ctx,
                                                 md5=up.md5)  # type: ignore[attr-defined]
         except BaseException as exc:  # the worker sees it in take() and tries again
-            if not isinstance(exc, UploadGone):
+            if isinstance(exc, UploadGone):
+                self.done(up, d)  # nobody will take() it: forgotten now
+            else:
                 log.info("gateway: early send of %r to %s stopped (%s: %s)", up.filename, d.name,
                          type(exc).__name__, exc)
             send.future.set_exception(exc)
