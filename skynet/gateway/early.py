@@ -18,8 +18,10 @@ checksums, the client's MD5) and after the keeper kept the version it replaces.
 The multipart upload can only be completed (the object made visible) once the
 stream has ended, so a failed verification, a termination or an expiry
 (Staging.remove) makes the blocked read raise UploadGone instead: the send
-aborts its multipart upload and nothing appears at the key. The client's MD5 is
-also handed to send_stream, which checks it once more before completing.
+aborts its multipart upload and nothing appears at the key. The stream is
+`checked` (Stream.checked): the send does not hash the whole file a second time
+(Staging did, when the client gave an MD5: ~1.4 CPU s/GiB saved); the client's
+MD5 is still given to send_stream, as the object's metadata.
 
 Restarts: the send keeps its resume state in `<id>.<target>.early`; its stream's
 version names the upload and the kernel's boot, so after a kill -9 (same boot:
@@ -186,7 +188,7 @@ class EarlySends:
             return data
 
         return Stream(offset=offset, size=up.length, version=f"gateway-upload:{up.id}:{self._boot}", read=read,
-                      close=lambda: os.close(fd), mode=0o644)
+                      close=lambda: os.close(fd), mode=0o644, checked=True)
 
     def _wait(self, up: Upload, send: _Send, pos: int) -> int:
         """Block until bytes past `pos` may be read; the end of what may be read."""
