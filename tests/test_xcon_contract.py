@@ -680,8 +680,9 @@ class MemorySource:
     `stop` once `stop_at` bytes are read (a run window closing mid-file)."""
 
     def __init__(self, data: bytes, version: str = "v1", *, sized: bool = True, mtime_ns: int | None = None,
-                 mode: int | None = None) -> None:
+                 mode: int | None = None, checked: bool = False) -> None:
         self.data, self.version, self.sized, self.mtime_ns, self.mode = data, version, sized, mtime_ns, mode
+        self.checked = checked
         self.opened: list[int] = []  # offsets asked for
         self.read_bytes: list[int] = []  # bytes read per open
         self.stop: threading.Event | None = None
@@ -702,7 +703,7 @@ class MemorySource:
             return chunk
 
         return Stream(offset, len(self.data) if self.sized else None, self.version, read, lambda: None,
-                      {"source-url": "mem://x"}, self.mtime_ns, self.mode)
+                      {"source-url": "mem://x"}, self.mtime_ns, self.mode, checked=self.checked)
 
 
 @pytest.mark.parametrize("able", with_ability(StreamSend), indirect=True)
@@ -754,4 +755,19 @@ def test_stream_send_resumes_mid_file_and_never_stitches(able, tmp_path):
     res = con.send_stream("s/m.bin", MemorySource(small, sized=False), TransferContext(),
                           md5=hashlib.md5(small).hexdigest())
     assert res.md5 == hashlib.md5(small).hexdigest() and con.read_range("s/m.bin", 0, 200_000) == small
+    assert able.leftovers() == []
+
+
+@pytest.mark.parametrize("able", with_ability(StreamSend), indirect=True)
+def test_stream_send_of_a_checked_stream(able):
+    """Stream.checked (the source verifies its bytes itself, the gateway's early delivery):
+    the send does not hash the whole stream (SendResult.md5 None, no ChecksumMismatch from
+    its own hash) but still lands it whole, its size checked."""
+    con = able.con
+    data = os.urandom(20 * MiB + 7)  # S3: past the one-PUT limit, a multipart upload
+    res = con.send_stream("c/big.bin", MemorySource(data, checked=True), TransferContext())
+    assert res.md5 is None and res.size == len(data)
+    assert con.read_range("c/big.bin", 0, len(data) + 1) == data
+    res = con.send_stream("c/plain.bin", MemorySource(data), TransferContext())
+    assert res.md5 == hashlib.md5(data).hexdigest()
     assert able.leftovers() == []

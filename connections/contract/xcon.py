@@ -643,6 +643,10 @@ class Stream:
     meta: dict[str, str] = field(default_factory=dict)  # kept as the object's metadata
     mtime_ns: int | None = None
     mode: int | None = None
+    # the source checks these bytes itself before it lets the stream end (the gateway's
+    # verified upload, skynet/gateway/early.py): a send does not hash the whole stream
+    # again (SendResult.md5 is then None; the size is still checked)
+    checked: bool = False
 
 
 StreamOpener = Callable[[int], Stream]  # open_at(offset): the source from `offset` on (or from 0)

@@ -463,7 +463,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             feed = streams.Feed(stream)
             pos = self._pour(feed, dst, offset, ctx, what)
             seen = feed.finish(md5)
-            if seen is None:  # resumed: hash the whole temp file (local reads are cheap)
+            if seen is None and not stream.checked:  # resumed: hash the whole temp file (local reads are cheap)
                 seen = _md5_of(dst)
                 streams.check_md5(seen, md5)
             self._finish_stream(root, folder, tmp, name, dst, stream, what)

@@ -226,6 +226,8 @@ def build_app(gw: Gateway) -> Flask:
         log.debug("gateway: upload %s created for %r (%d bytes) from %s", up.id, name, length, request.remote_addr)
         resp = Response(status=201)
         resp.headers["Location"] = f"/uploads/{up.id}"
+        if not whole and length:
+            gw.deliveries.early.begin(up)  # a large upload goes to S3 while its chunks arrive (early.py)
         if with_body or length == 0:  # creation-with-upload (an empty file is finished at once)
             try:
                 resp.headers.update(_patch(gw, up, 0, checksum).headers)

@@ -28,6 +28,7 @@ from connections.contract.xcon import (
     LocalFile, PermanentError, ResumeStore, SendResult, TakeOver, TransferContext, Unsupported, XCon,
 )
 from skynet.config.settings import TargetConfig
+from skynet.gateway.early import EarlySends
 from skynet.gateway.staging import Staging, Upload
 from skynet.state.atomicfile import write_atomic
 from skynet.versions.keeper import Keeper, keeper_for
@@ -111,6 +112,7 @@ class Deliveries:
         self._waiters: dict[tuple[str, str], list[Future]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.early = EarlySends(staging, self.dests, FileResume)  # large uploads sent while they arrive
 
     @staticmethod
     def _destination(t: TargetConfig, retry_interval: float) -> Destination:
@@ -118,6 +120,8 @@ class Deliveries:
         return Destination(cfg=t, con=con, keeper=keeper_for(con, True), retry_interval=retry_interval)
 
     def start(self) -> None:
+        for up in self.staging.partial():  # unfinished at the last stop: their early sends continue
+            self.early.begin(up)
         for d in self.dests:
             d.ensure()
             for i in range(WORKERS_PER_TARGET):
@@ -127,6 +131,7 @@ class Deliveries:
 
     def stop(self) -> None:
         self._stop.set()
+        self.early.stop()
         with self._cond:
             self._cond.notify_all()
         for th in self._threads:
@@ -207,8 +212,11 @@ class Deliveries:
             if up.filename and d.name not in up.kept and d.con.stat(up.filename) is not None:
                 d.keeper.replacing(up.filename)  # the current file becomes a version first
                 self.staging.note(up, d.name, kept=True)
-            f = local_file(path, up.filename, os.stat(path))
-            res = self._put(d, f, up)
+            early = self.early.take(up, d)  # verified and the old version kept: its last bytes go now
+            if early is not None:
+                res = early.result()
+            else:
+                res = self._put(d, local_file(path, up.filename, os.stat(path)), up)
         except Exception as exc:  # every failure leaves it pending: retried in order
             if not isinstance(exc, PermanentError):
                 d.lost()
@@ -216,7 +224,9 @@ class Deliveries:
                         type(exc).__name__, exc, self.retry_interval)
             self.staging.note(up, d.name, error=f"{type(exc).__name__}: {exc}")
             return False
-        log.info("gateway: %r (%d bytes, upload %s) landed in %s", up.filename, res.size, up.id, d.name)
+        log.info("gateway: %r (%d bytes, upload %s) landed in %s%s", up.filename, res.size, up.id, d.name,
+                 " (sent while it arrived)" if early is not None else "")
+        self.early.done(up, d)
         self.staging.landed(up, d.name)
         return True
 

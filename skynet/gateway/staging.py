@@ -151,9 +151,22 @@ class Staging:
         self._boot = acklog.boot_id()
         self._durable: dict[str, int] = {}  # upload id -> offset its record names (bytes fdatasynced)
         self._sync = threading.Condition()  # guards offsets, checksums, finished, _durable
+        # called with an upload id when its acknowledged offset grew or it was removed
+        # (early.py: a delivery reading the upload as it arrives waits for these)
+        self._watchers: list[Callable[[str], None]] = []
         self._load()
         if syncer:
             threading.Thread(target=self._sync_loop, name="gateway-sync", daemon=True).start()
+
+    def watch(self, fn: Callable[[str], None]) -> None:
+        """Call `fn(upload id)` after a chunk was acknowledged (its .ack line written: a
+        kill -9 keeps it) and after an upload was removed (terminated, expired, failed
+        verification)."""
+        self._watchers.append(fn)
+
+    def _changed(self, uid: str) -> None:
+        for fn in self._watchers:
+            fn(uid)
 
     # -- files --------------------------------------------------------------
     def part(self, uid: str) -> str:
@@ -407,6 +420,7 @@ class Staging:
                 up.touched = time.time()
             if up.offset < up.length and up.id not in self._volatile:  # the last chunk is finish()'s
                 self._acknowledge(up, offset, entry)
+                self._changed(up.id)
         return up.offset
 
     def finish(self, up: Upload, targets: list[str]) -> None:
@@ -500,6 +514,7 @@ class Staging:
             self._durable.pop(uid, None)
             self._sync.notify_all()
         self._drop_files(uid)
+        self._changed(uid)
 
     def _drop_files(self, uid: str) -> None:
         _unlink(self.record(uid))  # the record first: a half-removed upload is then simply gone

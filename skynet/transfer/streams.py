@@ -22,8 +22,8 @@ class Feed:
         self.stream = stream
         self.pos = stream.offset
         self._head = memoryview(head)
-        self._md5 = hashlib.md5() if stream.offset == 0 else None
-        self.seen: str | None = None  # the MD5 finish() found (None: the stream began mid-file)
+        self._md5 = hashlib.md5() if stream.offset == 0 and not stream.checked else None
+        self.seen: str | None = None  # the MD5 finish() found (None: began mid-file, or `checked`)
 
     def fill(self, view: memoryview) -> int:
         """Fill `view` with the next bytes; fewer only at the stream's end."""
