@@ -152,7 +152,8 @@ def stub_trial(tmp_path: Path, fetch: Callable[[], dict]) -> SimpleNamespace:
     daemon = SimpleNamespace(proc=None, log_text=lambda: "", stop=lambda: 0)
     backend = Backend(con=None, fetch=fetch, service="s3")  # (its fetch is the harness's retrying read)
     return SimpleNamespace(backend=backend, daemon=daemon, src=tmp_path / "src", ops=0, big_writes=0, faults={},
-                           evidence=lambda: {}, versions=False, mirror=backend.fetch, mirror_folders=dict)
+                           evidence=lambda: {}, versions=False, mirror=backend.fetch, mirror_folders=dict,
+                           wait_idle=lambda timeout: None)
 
 
 def test_check_trial_reports_the_read_error_not_its_own(tmp_path, monkeypatch, short_budget):

@@ -223,24 +223,25 @@ class Torture:
         print("versions kept besides the current files:", kept)
         assert kept > 0, "the churn overwrote and deleted files, yet no version was kept"
 
+    def wait_idle(self, timeout: float) -> None:
+        """Wait (bounded) until `--status` shows no queued and no in-flight action: the
+        remote's temp files are then judged on a daemon that is done, not mid-upload (a
+        last re-check after a kill -9 may still be sending when the trees first match).
+        Not idle in time, or no answer: the caller's check runs anyway and says what is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            res = run_main("--status", "--json", "--config-file", str(self.cfg))
+            if res.returncode != 0:
+                return
+            with contextlib.suppress(ValueError):
+                rows = json.loads(res.stdout).get("mappings", [])
+                if all(r.get("queue_depth") == 0 and not r.get("in_flight") for r in rows):
+                    return
+            time.sleep(0.5)
+
     def evidence(self) -> dict[str, int]:
         log = self.daemon.log_text()
         return {what: log.count(needle) for what, needle in EVIDENCE.items()}
-
-
-def wait_idle(cfg: Path, timeout: float) -> None:
-    """Wait (bounded) until `--status` shows no queued and no in-flight action: the
-    remote's temp files are then judged on a daemon that is done, not mid-upload (a
-    last re-check after a kill -9 may still be sending when the trees first match).
-    Not idle in time: the caller's check runs anyway and says what is left."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        res = run_main("--status", "--json", "--config-file", str(cfg))
-        with contextlib.suppress(ValueError):
-            rows = json.loads(res.stdout).get("mappings", []) if res.returncode == 0 else None
-            if rows is not None and all(r.get("queue_depth") == 0 and not r.get("in_flight") for r in rows):
-                return
-        time.sleep(0.5)
 
 
 def run_trial(tmp_path: Path, backend, seconds: float, seed: int, long_faults: bool, versions: bool = False) -> dict:
@@ -272,7 +273,7 @@ def check_trial(t: Torture, tmp_path: Path, seconds: float, seed: int, started: 
     finally:
         failed, result = report_trial(t, tmp_path, seconds, seed, started, error)
     assert failed == [], failed
-    wait_idle(t.cfg, timeout=60)
+    t.wait_idle(timeout=60)
     left = backend.leftovers()
     assert left == [], f"partial uploads or temp files left on the remote once idle: {left}\n{d.log_text()[-6000:]}"
     assert d.stop() == 0, d.log_text()[-3000:]

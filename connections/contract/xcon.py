@@ -687,6 +687,12 @@ class StreamSend(ABC):
         Stream metadata, mtime and mode travel with the file where the remote
         keeps them."""
 
+    def parts_from(self) -> int | None:
+        """The size from which send_stream sends a stream in parts that go up while
+        it is read (S3: multipart_threshold), so a producer slower than the remote
+        overlaps with it (the gateway's early delivery); None: it is sent whole."""
+        return None
+
 class Folders(ABC):
     """The remote has real folders (a local folder, SFTP), not names with "/" in
     them (S3): an empty folder exists there, and a folder has permission bits.

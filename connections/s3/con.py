@@ -1161,6 +1161,10 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         return _etag(self._http().upload_part(key, upload_id, n, data, _b64(digest), on_sent)) or ""
 
     # -- streamed sends (migrations) ---------------------------------------------------
+    def parts_from(self) -> int | None:
+        """StreamSend: streams of multipart_threshold bytes or more go up as multipart uploads."""
+        return self.multipart_threshold
+
     def send_stream(self, rel: str, open_at: StreamOpener, ctx: TransferContext, *,
                     md5: str | None = None) -> SendResult:
         """StreamSend: a small or short stream is held in memory (at most

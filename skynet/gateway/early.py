@@ -85,9 +85,10 @@ class EarlySends:
     def streams(d: "Destination", length: int) -> bool:
         """Whether `d` gets uploads of `length` bytes early: it streams, does not take
         files over, and sends this size in parts (below, one PUT after the end is as fast)."""
-        threshold = getattr(d.con, "multipart_threshold", None)
-        return (isinstance(d.con, StreamSend) and not isinstance(d.con, TakeOver)
-                and isinstance(threshold, int) and length >= threshold)
+        if not isinstance(d.con, StreamSend) or isinstance(d.con, TakeOver):
+            return False
+        threshold = d.con.parts_from()
+        return threshold is not None and length >= threshold
 
     def resume_file(self, uid: str, target: str) -> str:
         return os.path.join(self.staging.folder, f"{uid}.{target}.early")
