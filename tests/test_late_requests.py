@@ -99,6 +99,22 @@ def test_a_remote_copy_replaced_by_an_older_upload_is_sent_again(rig):
     assert rig.index.get("f.txt") is None  # else the send would be skipped as up to date
 
 
+def test_files_a_late_folder_delete_took_under_a_folder_are_sent_again(rig):
+    """A dead run's delete (or move) of a folder lands after the next run uploaded a
+    file under it again: the folder's hint must not trust the Index for the files
+    the remote lost or holds in another version (torture, S3, d1/sub/inner/f)."""
+    rig.synced("d1/sub/inner/f", b"uploaded again by the new run")
+    rig.synced("d1/sub/kept", b"untouched")
+    rig.synced("d1/other", b"replaced late")
+    (rig.remote / "d1" / "sub" / "inner" / "f").unlink()  # the late folder delete
+    (rig.remote / "d1" / "other").write_bytes(b"an OLD version, late")
+    rig.late.remember(["d1"])
+    assert rig.late.check() == 1
+    assert rig.hints.got == [(SEND, "d1", "")]  # the walk then sends what the Index lacks
+    assert rig.index.get("d1/sub/inner/f") is None and rig.index.get("d1/other") is None
+    assert rig.index.get("d1/sub/kept") is not None  # what the remote still holds as sent stays
+
+
 def test_a_remote_copy_that_is_what_was_sent_costs_nothing(rig):
     rig.synced("ok.txt", b"same")
     rig.late.remember(["ok.txt"])

@@ -23,7 +23,9 @@ For each path:
   keeps what the disk lost anyway);
 * a file whose remote copy is not the one the Index recorded (size, hash, or our
   mtime): the Index entry is dropped and a send hint queued, so it goes up again;
-* a folder: a send hint, which walks it against the Index.
+* a folder: the Index entries under it whose remote copy is gone or another one
+  are dropped (a late folder delete or move), then a send hint, which walks it
+  against the Index and so sends them again.
 """
 from __future__ import annotations
 
@@ -133,6 +135,20 @@ class LateRequests:
         self._forget(paths)
         return len(hints)
 
+    def _forget_what_the_remote_lost(self, rel: str) -> None:
+        """A folder a dead run was working on: its delete or move (a listing, then a
+        request per file) may land after the next run sent files under it again. The
+        folder's send hint walks it against the Index, so every Index entry under it
+        whose remote copy is gone or another one is dropped first: the walk then
+        sends it. One listing of the folder (held as a dict: the folders of the
+        actions a dead run held, once per unclean stop)."""
+        remote = {e.rel: e for e in self.con.list(rel)}
+        lost = [e.rel for e in self.index.iter_under(rel) if remote_differs(e, remote.get(e.rel))]
+        for path in lost:
+            self.index.remove(path)
+        if lost:
+            log.info("%d file(s) under %r are not on the remote as sent: sent again", len(lost), rel)
+
     def _hint(self, rel: str) -> tuple[str, str, str] | None:
         try:
             st = os.lstat(self.mapper.local(rel))
@@ -141,6 +157,7 @@ class LateRequests:
         except OSError:
             return None  # unreadable: the scan and the watcher say so
         if statmod.S_ISDIR(st.st_mode):
+            self._forget_what_the_remote_lost(rel)
             return (SEND, rel, "")
         if not statmod.S_ISREG(st.st_mode):
             return None
