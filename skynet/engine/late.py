@@ -23,7 +23,7 @@ For each path:
   keeps what the disk lost anyway);
 * a file whose remote copy is not the one the Index recorded (size, hash, or our
   mtime): the Index entry is dropped and a send hint queued, so it goes up again;
-* a folder: the Index entries under it whose remote copy is gone or another one
+* a folder: what the Index records under it whose remote copy is gone or another one
   are dropped (a late folder delete or move), then a send hint, which walks it
   against the Index and so sends them again.
 """
