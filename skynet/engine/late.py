@@ -144,9 +144,8 @@ class LateRequests:
         actions a dead run held, once per unclean stop)."""
         remote = {e.rel: e for e in self.con.list(rel)}
         lost = [e.rel for e in self.index.iter_under(rel) if remote_differs(e, remote.get(e.rel))]
-        for path in lost:
-            self.index.remove(path)
         if lost:
+            self.index.apply(forget=lost)  # one transaction, however many
             log.info("%d file(s) under %r are not on the remote as sent: sent again", len(lost), rel)
 
     def _hint(self, rel: str) -> tuple[str, str, str] | None:
