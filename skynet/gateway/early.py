@@ -103,7 +103,7 @@ class EarlySends:
             for d in todo:
                 self._sends[(up.id, d.name)] = _Send()
         for d in todo:
-            threading.Thread(target=self._run, args=(d, up), name=f"early-{d.name}-{up.id[:8]}", daemon=True).start()
+            self._start(d, up)
 
     def take(self, up: Upload, d: "Destination") -> Future | None:
         """For the delivery worker, once `up` is verified and the version it replaces kept:
@@ -121,8 +121,7 @@ class EarlySends:
                     return None
                 send = self._sends[key] = _Send(released=True)
                 self._acked.setdefault(up.id, up.offset)
-                threading.Thread(target=self._run, args=(d, up), name=f"early-{d.name}-{up.id[:8]}",
-                                 daemon=True).start()
+                self._start(d, up)
             send.released = True
             self._cond.notify_all()
             return send.future
@@ -153,6 +152,10 @@ class EarlySends:
             if uid in self._acked:
                 self._acked[uid] = offset
                 self._cond.notify_all()
+
+    def _start(self, d: "Destination", up: Upload) -> None:
+        """The thread of the send of `up` to `d` (its _Send is registered first)."""
+        threading.Thread(target=self._run, args=(d, up), name=f"early-{d.name}-{up.id[:8]}", daemon=True).start()
 
     def _run(self, d: "Destination", up: Upload) -> None:
         send = self._sends[(up.id, d.name)]
