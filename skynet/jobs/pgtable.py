@@ -27,6 +27,7 @@ from typing import Any
 
 from skynet.jobs.item import Item
 from skynet.jobs.table import DONE, FAILED, QUEUED, REPORT_COLUMNS, RUNNING, Claimed, NewItem, Outcome, by_pages
+from skynet.reporting import pgschema
 
 log = logging.getLogger("skynet.jobs")
 
@@ -87,21 +88,10 @@ def conninfo(dsn: str) -> str:
     return "" if dsn.strip() == "env" else dsn.strip()
 
 
-def migrate(conn: Any) -> None:
-    """Apply the missing migrations (one transaction, under the advisory lock)."""
-    with conn.transaction():
-        conn.execute("CREATE SCHEMA IF NOT EXISTS skynet_jobs")
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-        conn.execute("CREATE TABLE IF NOT EXISTS skynet_jobs.schema_version (version integer PRIMARY KEY, "
-                     "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        have = {r[0] for r in conn.execute("SELECT version FROM skynet_jobs.schema_version")}
-        for version, name, steps in MIGRATIONS:
-            if version in have:
-                continue
-            for sql in steps:
-                conn.execute(sql)
-            conn.execute("INSERT INTO skynet_jobs.schema_version(version, name) VALUES (%s, %s)", (version, name))
-            log.info("jobs database: migration %d (%s) applied", version, name)
+def migrate(conn: Any) -> int:
+    """Apply the missing migrations of `skynet_jobs` (skynet/reporting/pgschema.py's
+    runner: one transaction under this schema's advisory lock)."""
+    return pgschema.migrate(conn, "skynet_jobs", MIGRATIONS, ADVISORY_LOCK_KEY, "jobs schema")
 
 
 def make_pool(dsn: str, size: int = 4, *, idle_in_transaction: float | None = None) -> Any:

@@ -139,18 +139,23 @@ class SchemaTooNew(Exception):
     """The database was migrated by a newer skynet than this one."""
 
 
-def current_version(conn: Any) -> int:
+def current_version(conn: Any, schema: str = SCHEMA) -> int:
     """The applied schema version (0 if none), without taking any lock."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('skynet.schema_version') IS NOT NULL")
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.schema_version",))
         if not cur.fetchone()[0]:
             return 0
-        cur.execute("SELECT coalesce(max(version), 0) FROM skynet.schema_version")
+        cur.execute(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")  # noqa: S608 (a constant)
         return int(cur.fetchone()[0])
 
 
-def migrate(conn: Any) -> int:
-    """Bring the schema up to LATEST; return the version found before.
+def migrate(conn: Any, schema: str = SCHEMA, migrations: list[tuple[int, str, list[str]]] | None = None,
+            lock_key: int = ADVISORY_LOCK_KEY, what: str = "notifier schema") -> int:
+    """Bring `schema` up to the last of `migrations` (default: the notifier's);
+    return the version found before. The one migration runner of skynet's
+    PostgreSQL schemas (the notifier's `skynet`, the jobs' `skynet_jobs`): each
+    passes its own schema name (a constant of the code, never input), steps and
+    advisory-lock key.
 
     `conn` is a psycopg (3) connection; a transaction left open on it is rolled
     back first, and its autocommit setting is restored afterwards. Safe to call
@@ -158,38 +163,42 @@ def migrate(conn: Any) -> int:
     this code: an older daemon must not write to a schema it does not know (the
     notifier then logs it and keeps spooling; syncing is not affected).
     """
+    assert schema.isidentifier(), schema
+    migrations = MIGRATIONS if migrations is None else migrations
+    latest = migrations[-1][0]
     autocommit = conn.autocommit
     if autocommit:
         conn.autocommit = False
     else:
         conn.rollback()
     try:
-        found = current_version(conn)
+        found = current_version(conn, schema)
         conn.rollback()
-        if found > LATEST:
-            raise SchemaTooNew(f"the notifier schema is at version {found}; this skynet knows up to {LATEST}")
-        if found == LATEST:
+        if found > latest:
+            raise SchemaTooNew(f"the {what} is at version {found}; this skynet knows up to {latest}")
+        if found == latest:
             return found
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-            cur.execute("CREATE SCHEMA IF NOT EXISTS skynet")
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             cur.execute(
-                """CREATE TABLE IF NOT EXISTS skynet.schema_version (
+                f"""CREATE TABLE IF NOT EXISTS {schema}.schema_version (
                        version     integer PRIMARY KEY,
                        description text NOT NULL,
                        applied_at  timestamptz NOT NULL DEFAULT now())"""
             )
-            cur.execute("SELECT coalesce(max(version), 0) FROM skynet.schema_version")
+            cur.execute(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")  # noqa: S608
             have = int(cur.fetchone()[0])  # re-read under the lock: another daemon may have done it
-            for version, description, steps in MIGRATIONS:
+            for version, description, steps in migrations:
                 if version <= have:
                     continue
                 for sql in steps:
                     cur.execute(sql)
                 cur.execute(
-                    "INSERT INTO skynet.schema_version(version, description) VALUES (%s, %s)", (version, description)
+                    f"INSERT INTO {schema}.schema_version(version, description) VALUES (%s, %s)",  # noqa: S608
+                    (version, description)
                 )
-                log.info("notifier schema: applied migration %d (%s)", version, description)
+                log.info("%s: applied migration %d (%s)", what, version, description)
         conn.commit()
         return found
     except BaseException:
