@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tests.servers import free_port, register, wait_answering
+from tests.servers import register, start_on_free_port, wait_answering
 
 START_TIMEOUT = 20.0
 
@@ -208,28 +208,25 @@ def run_rclone_s3(workdir: Path, access_key: str | None = None, secret_key: str 
     secret_key = secret_key or f"skynetsecret{secrets.token_hex(16)}"
     log = workdir / "rclone.log"
     yield from serve_first_that_starts(
-        lambda: S3Server(f"http://127.0.0.1:{free_port()}", access_key, secret_key, data, log=log), "rclone serve s3")
+        lambda port: S3Server(f"http://127.0.0.1:{port}", access_key, secret_key, data, log=log), "rclone serve s3")
 
 
-def serve_first_that_starts(make: Callable[[], S3Server], name: str) -> Iterator[S3Server]:
-    """Make and start a server, up to three times (a free port can be taken
-    before the server binds it), yield it, and stop it (by its PID) after."""
-    last_error: Exception | None = None
-    for _attempt in range(3):
-        server = make()
-        try:
-            server._spawn()
-        except RuntimeError as exc:
-            last_error = exc
-            continue
-        try:
-            yield server
-        finally:
-            if server._client is not None:
-                server._client.close()
-            server.stop()
-        return
-    raise RuntimeError(f"could not start {name}: {last_error}")
+def serve_first_that_starts(make: Callable[[int], S3Server], name: str) -> Iterator[S3Server]:
+    """Make a server for a free port and start it, on another while the port is taken
+    before the server binds it (tests/servers.py start_on_free_port), yield it, and
+    stop it (by its PID) after."""
+    def start(port: int) -> S3Server:
+        server = make(port)
+        server._spawn()
+        return server
+
+    server = start_on_free_port(start, name)
+    try:
+        yield server
+    finally:
+        if server._client is not None:
+            server._client.close()
+        server.stop()
 
 
 @register("s3")

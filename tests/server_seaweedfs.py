@@ -183,9 +183,9 @@ def run_seaweedfs(workdir: Path) -> Iterator[SeaweedServer]:
     secret_key = f"skynetsecret{secrets.token_hex(16)}"
     _write_identities(workdir / "identities.json", access_key, secret_key)
 
-    def make() -> SeaweedServer:
-        ports = distinct_free_ports(PORT_FLAGS)
-        return SeaweedServer(f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, data,
+    def make(s3_port: int) -> SeaweedServer:
+        ports = {**distinct_free_ports(tuple(f for f in PORT_FLAGS if f != "s3.port")), "s3.port": s3_port}
+        return SeaweedServer(f"http://127.0.0.1:{s3_port}", access_key, secret_key, data,
                              log=workdir / "weed.log", ports=ports, workdir=workdir)
 
     yield from serve_first_that_starts(make, "weed mini")  # type: ignore[misc]
