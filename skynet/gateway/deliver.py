@@ -263,8 +263,13 @@ class Deliveries:
             return False
         path = self.staging.part(up.id)
         try:
-            if up.filename and d.name not in up.kept and d.con.stat(up.filename) is not None:
-                self._keep(d, up)  # the current file becomes a version first
+            if up.filename and d.name not in up.kept:
+                if d.con.stat(up.filename) is not None:
+                    self._keep(d, up)  # the current file becomes a version first
+                else:  # nothing to keep: said all the same before the send, so that a landing done
+                    # again after a kill -9 between the send and the landed record does not keep
+                    # this very upload's file as a version of itself
+                    self.staging.note(up, d.name, kept=True)
             early = self.early.take(up, d)  # verified and the old version kept: its last bytes go now
             if early is not None:
                 res = early.result()
