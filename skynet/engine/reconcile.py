@@ -491,6 +491,7 @@ class Reconciler:
                 throttle=self.throttle,
                 **kw,
             )
+            ctx.begin(f.size)  # the bandwidth limit: the first piece's budget is taken before it goes
             try:
                 res = self.through(rel, lambda: self.con.send(f, ctx), out)
             except FileNotFoundError:
