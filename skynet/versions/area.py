@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 
 from connections.contract.xcon import (
     Counting,
+    FolderEntry,
     PermanentError,
     RemoteChanged,
     RemoteEntry,
@@ -51,7 +52,7 @@ from connections.contract.xcon import (
     XCon,
     read_range_into,
 )
-from skynet.versions.model import Version, VersionStore
+from skynet.versions.model import Version, VersionStore, holds_files, remote_folders
 from skynet.versions.names import (
     AREA,
     ARRIVED,
@@ -271,6 +272,12 @@ class AreaStore(VersionStore):
                     and e.mtime_ns == version.mtime_ns:
                 return e.rel
         return None
+
+    def folders(self, prefix: str = "") -> Iterator[FolderEntry]:
+        return remote_folders(self.con, prefix)
+
+    def holds_files(self, rel: str) -> bool:
+        return holds_files(self.con, rel)
 
     def remove(self, version: Version) -> None:
         if version.deleted:
