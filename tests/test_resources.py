@@ -156,6 +156,39 @@ def test_progress_summary_lines_when_not_a_terminal(tmp_path):
     assert "█" not in text
 
 
+def test_backlog_done_counts_the_files_done_before_the_reporter_woke(caplog):
+    """The files finished between the first poke and the reporter's wake-up belong to the
+    backlog. Old code: counted from the wake-up, 30 of 150 (and then no line at all: below 100)."""
+    import logging
+
+    from skynet.reporting.progress import ProgressReporter, Snapshot
+
+    state = {"done": 0, "pending": 0, "looked": 0}
+
+    def snap() -> Snapshot:
+        state["looked"] += 1
+        return Snapshot(state["done"], state["done"] * 10, state["pending"])
+
+    r = ProgressReporter(snap)
+    caplog.set_level(logging.INFO, logger="skynet.reporting.progress")
+    r.start()
+    try:
+        state.update(done=120, pending=30)  # done before the reporter looks: it sleeps until poked
+        looked = state["looked"]
+        r.poke()
+        deadline = time.monotonic() + 10
+        while state["looked"] == looked:  # the reporter woke and looked (the old code's starting point)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        state.update(done=150, pending=0)
+        while not [m for m in caplog.messages if m.startswith("backlog done")]:
+            assert time.monotonic() < deadline, caplog.messages
+            time.sleep(0.01)
+    finally:
+        r.stop()
+    assert [m for m in caplog.messages if m.startswith("backlog done")][0].startswith("backlog done: 150 files")
+
+
 def test_progress_bar_in_a_terminal(tmp_path):
     import io
 
