@@ -241,8 +241,9 @@ class Restore:
     def _restore_folders(self) -> None:
         """The remote's folders under the restored paths (on a remote that has them),
         each given its mode, after the files and deepest first, so a read-only folder
-        was still writable while it was filled. A folder no restored file is in is
-        made only when it is empty on the remote now (see VersionStore.holds_files)."""
+        was still writable while it was filled (and only once no file failed). A folder
+        no restored file is in is made only when it is empty on the remote now (see
+        VersionStore.holds_files)."""
         found: list[tuple[str, int | None]] = []
         for prefix in outermost(self.opts.prefixes):
             for f in self.store.folders(prefix):
@@ -252,6 +253,8 @@ class Restore:
                 self._folder(path, f.rel)
                 found.append((f.rel, f.mode))
         found.sort(key=lambda f: -f[0].count("/"))
+        if self.summary.failed:
+            found = []  # no mode yet: the same command, run again for the failed files, must still write them
         for rel, mode in found:
             if mode is not None:
                 os.chmod(os.path.join(self.root, rel), self._bits(mode))
