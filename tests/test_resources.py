@@ -88,7 +88,9 @@ def _landing(folder, size: int, stop) -> tuple[float | None, float | None]:
 # Old code (charged after each piece): 2.33 MiB/s against 2 MiB/s from the first byte to the
 # last (every worker's first piece went out free: 8 MiB at once).
 @pytest.mark.serial  # wall-clock timing: not beside the parallel workers (see tests/conftest.py)
-@pytest.mark.parametrize("bwlimit", ["2M", "00:00,2M"])  # a constant, and a schedule in force all day
+# A schedule in force all day in the default suite; the constant form (the same bucket, and the
+# 20 s test above) with -m slow.
+@pytest.mark.parametrize("bwlimit", [pytest.param("2M", marks=pytest.mark.slow), "00:00,2M"])
 def test_bandwidth_limit_holds_from_the_first_byte(tmp_path, bwlimit):
     import threading
     from concurrent.futures import ThreadPoolExecutor
