@@ -598,6 +598,20 @@ class TakeOver(ABC):
         linked there (another file system, hard links refused): send it then."""
 
 
+class PutBytes(ABC):
+    """put_bytes() makes the remote's `rel` hold bytes already in memory (the gateway's
+    whole small uploads, received and verified in one request): written and put in
+    place as atomically as send(), without a local file to read them from."""
+
+    @abstractmethod
+    def put_bytes(self, rel: str, data: bytes | memoryview, *, mode: int = 0o644,
+                  replacing: Callable[[], None] | None = None) -> SendResult:
+        """Make `rel` hold `data` (permission bits `mode`), synced if this remote syncs
+        sends; `replacing()` is called when a file is at `rel` already, before it is
+        replaced (the versions keeper keeps it). Nothing is visible at `rel` unless
+        every byte is there."""
+
+
 class FreeSpace(ABC):
     """The remote can tell how much room it has left."""
 
