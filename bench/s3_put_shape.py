@@ -18,6 +18,7 @@ import argparse
 import base64
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -104,25 +105,28 @@ def main() -> None:
     for c in [int(x) for x in args.conns.split(",") if x]:
         runs[f"full, {c} connections"] = (headers_full, False, c)
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
-    with run_rclone_s3(work / "s3") as srv:
-        bucket = srv.new_bucket("shape")
-        layout = Layout.from_endpoint(srv.endpoint_url, bucket, "path", srv.region)
-        rest = Rest(layout, StaticCredentials(srv.access_key, srv.secret_key), connect_timeout=10, timeout=60,
-                    scrub=str)
-        put_many(rest, layout.base, "warm", 200, args.threads, headers_full(), False)
-        names = list(runs)
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                make, flat, threads = runs[name]
-                rest.close()
-                s0, c0, t0 = proc_cpu_s(srv.pid), time.process_time(), time.perf_counter()
-                put_many(rest, layout.base, f"r{r}-{abs(hash(name)) % 10**8}", args.puts, threads, make(), flat)
-                s1, c1, t1 = proc_cpu_s(srv.pid), time.process_time(), time.perf_counter()
-                got[name].append(((s1 - s0) * 1000 / args.puts, (c1 - c0) * 1000 / args.puts))
-                print(f"round {r + 1} {name:24s} server {got[name][-1][0]:.3f} ms/PUT, client "
-                      f"{got[name][-1][1]:.3f} ms/PUT, {args.puts / (t1 - t0):,.0f} PUT/s, load {os.getloadavg()[0]:.1f}",
-                      flush=True)
-    print(f"\n| variant | server CPU per PUT (median) | rounds | client CPU per PUT |\n|---|---|---|---|")
+    try:
+        with run_rclone_s3(work / "s3") as srv:
+            bucket = srv.new_bucket("shape")
+            layout = Layout.from_endpoint(srv.endpoint_url, bucket, "path", srv.region)
+            rest = Rest(layout, StaticCredentials(srv.access_key, srv.secret_key), connect_timeout=10, timeout=60,
+                        scrub=str)
+            put_many(rest, layout.base, "warm", 200, args.threads, headers_full(), False)
+            names = list(runs)
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    make, flat, threads = runs[name]
+                    rest.close()
+                    s0, c0, t0 = proc_cpu_s(srv.pid), time.process_time(), time.perf_counter()
+                    put_many(rest, layout.base, f"r{r}-{abs(hash(name)) % 10**8}", args.puts, threads, make(), flat)
+                    s1, c1, t1 = proc_cpu_s(srv.pid), time.process_time(), time.perf_counter()
+                    got[name].append(((s1 - s0) * 1000 / args.puts, (c1 - c0) * 1000 / args.puts))
+                    print(f"round {r + 1} {name:24s} server {got[name][-1][0]:.3f} ms/PUT, client "
+                          f"{got[name][-1][1]:.3f} ms/PUT, {args.puts / (t1 - t0):,.0f} PUT/s, load {os.getloadavg()[0]:.1f}",
+                          flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # every PUT's object: gigabytes
+    print("\n| variant | server CPU per PUT (median) | rounds | client CPU per PUT |\n|---|---|---|---|")
     base = statistics.median(x for x, _ in got[names[0]])
     for name in names:
         s = [x for x, _ in got[name]]
