@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import urllib3
 
-from skynet.jobs.http_source import HttpSource, _split
+from skynet.jobs.http_source import HttpSource, _auth, _split
 from skynet.jobs.item import OTHER, ItemFailed
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes
@@ -212,3 +213,14 @@ def test_split_is_urllib3s_reading_of_the_url(u):
     """The plain-URL shortcut and urllib3's parse_url read every URL alike."""
     p = urllib3.util.parse_url(u)
     assert _split(u) == ((p.scheme or "http").lower(), p.netloc, p.request_uri)
+
+
+@pytest.mark.parametrize("u", ["http://127.0.0.1:8080/x", "http://u:p@h/x", "http://u@h/x", "http://h/p@x", "http://h/x?a=b@c",
+                               "https://user%40mail:pw@h/x", "ftp://h/x"])
+def test_credentials_are_read_only_from_a_url_with_user_info(u):
+    """_auth's shortcut (no "@" in the URL: no credentials, no urlsplit per request)
+    gives what reading the URL whole gives."""
+    parts = urlsplit(u)
+    want = {} if parts.username is None else urllib3.util.make_headers(
+        basic_auth=f"{unquote(parts.username)}:{unquote(parts.password or '')}")
+    assert _auth(u) == want

@@ -20,7 +20,7 @@ import pytest
 
 from skynet.config import settings
 from skynet.config.settings import ConfigError, JobConfig
-from skynet.jobs.intake import Intake, ListChanged
+from skynet.jobs.intake import BadLine, Intake, ListChanged, ListFormat, parse_line, split_fields
 from skynet.jobs.item import Item
 from skynet.jobs.runner import EXIT_DONE, EXIT_FAILED, Runner
 from skynet.jobs.table import ItemTable
@@ -166,6 +166,36 @@ def test_bad_lines_are_reported_with_their_line_number_and_the_rest_runs(tmp_pat
     gopher = table.item("2.txt")
     assert (gopher["status"], gopher["error_class"], gopher["attempts"]) == ("failed", "other", 0)
     assert "unsupported scheme 'gopher'" in gopher["error"]
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+@pytest.mark.parametrize("text", ["", ",", "a,b", 'a,"b,c"', '"a\tb"\tc', "a\x00b", " a , b ", "a,,", "\t", 'x"y,z',
+                                  "a;b", "http://h/x?a=1,in/x.bin,12"])
+def test_fields_of_a_line_are_csvs_reading(text, sep):
+    """split_fields (a line without quotes is split at once) reads every line as csv.reader does."""
+    assert split_fields(text, sep) == next(csv.reader([text], delimiter=sep), [])
+
+
+@pytest.mark.parametrize("url", ["http://h/x", "HTTPS://H.example:8443/a?b#c", "ftp://u:p@h/x", "gopher://h/x",
+                                 "http://[::1]:80/x", "http://[::1/x", "http://bücher.de/x", "mailto:someone",
+                                 "http:/x", "not a url", "http:///x", "1http://h/x"])
+def test_a_line_with_a_path_reads_its_url_as_one_without(url):
+    """With a path column, intake reads only the URL's scheme and host (no urlsplit per
+    line): the same item, refusal or unsupported scheme as a list that takes the
+    destination from the URL's path."""
+    def read(line: str, fmt: ListFormat) -> tuple:
+        try:
+            row = parse_line(line, fmt, 7)
+        except BadLine as exc:
+            return ("bad", str(exc))
+        return (row.item.source, row.status, row.error_class, row.error)
+
+    with_path = read(f"{url},d/x.bin", ListFormat(",", ("url", "path")))
+    without = read(url, ListFormat(",", ("url",)))
+    if without[0] == "bad" and "file name" in without[1]:  # only the path column could name it
+        assert with_path[0] != "bad"
+    else:
+        assert with_path == without
 
 
 def test_csv_and_tsv_lists_give_path_size_and_md5(tmp_path):

@@ -11,12 +11,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from connections.contract.xcon import TransferContext
 from skynet.config.settings import JobConfig
 from skynet.engine.backoff import Backoff, BackoffCounter
-from skynet.jobs.item import OTHER, REFUSED, TIMEOUT, Item, ItemFailed, ItemResult
+from skynet.jobs.item import OTHER, REFUSED, TIMEOUT, Item, ItemFailed, ItemResult, scheme_host
 from skynet.jobs.table import DONE, FAILED, Claimed, ItemResume, Outcome
 from skynet.transfer.chunks import TransferStopped
 from skynet.transfer.throttle import Window
@@ -60,9 +59,11 @@ class HostGate:
 
     @staticmethod
     def host(item: Item) -> str:
-        return urlsplit(item.source).netloc.lower() if "://" in item.source else ""
+        return scheme_host(item.source)[1]
 
     def until(self, item: Item) -> float:
+        if not self._hosts:  # no host is backing off (nearly always): no lock, no parsing per item
+            return 0.0
         with self._lock:
             found = self._hosts.get(self.host(item))
         return found[1] if found else 0.0

@@ -254,6 +254,8 @@ def _split(url: str) -> tuple[str, str, str]:
 
 def _auth(url: str) -> dict[str, str]:
     """Basic authentication from the URL's user:password (an HTTP client does not send it by itself)."""
+    if "@" not in url:  # no user info (nearly every URL): no urlsplit per request
+        return {}
     parts = urlsplit(url)
     if parts.username is None:
         return {}

@@ -4,8 +4,10 @@ one item (sources read through HTTP, FTP or a remote; streamed into the target).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 # Error classes an item's row records (issue 21).
 NOT_FOUND = "not_found"
@@ -28,6 +30,25 @@ class Item:
     md5: str | None = None  # hex, from the list or the source, when known
     mtime_ns: int | None = None
     mode: int | None = None
+
+
+# scheme://authority of a URL whose authority has no user info, no IPv6 brackets and no
+# space or control character: split by this one match as urlsplit would split it
+_SCHEME_HOST = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#@\[\]\x00-\x20\x7f]*)(?=[/?#]|\Z)")
+
+
+def scheme_host(source: str) -> tuple[str, str]:
+    """(scheme, host[:port]) of an item's source URL, both lower-case; ("", "") for a
+    path under the job's source root. The same answer as urlsplit's, for the cost of one
+    regular-expression match on a plain URL: the runner asks for every item (its host's
+    back-off, the scheme's source), and urlsplit cost ~3 us each time."""
+    if "://" not in source:
+        return "", ""
+    m = _SCHEME_HOST.match(source)
+    if m is not None:
+        return m.group(1).lower(), m.group(2).lower()
+    parts = urlsplit(source)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import stat
 import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from connections.contract.xcon import (
     ChecksumMismatch,
@@ -55,6 +54,7 @@ from skynet.jobs.item import (
     ItemFailed,
     ItemResult,
     TransferItem,
+    scheme_host,
 )
 from skynet.transfer.chunks import TransferStopped
 
@@ -181,7 +181,7 @@ class Transfer:
 
     def _opener(self, item: Item, ctx: TransferContext) -> StreamOpener:
         """The source of `item` as open_at(offset)."""
-        scheme = urlsplit(item.source).scheme.lower() if "://" in item.source else ""
+        scheme = scheme_host(item.source)[0]
         if scheme in ("http", "https"):
             saved = (ctx.resume.load() or {}).get("version") or None
             return lambda offset: self._http_source().open_at(item.source, offset, saved if offset else None)
@@ -280,7 +280,7 @@ class Transfer:
 
     def _source_stat(self, item: Item) -> tuple[int | None, int | None]:
         """(size, mtime_ns) the source tells without sending the object."""
-        scheme = urlsplit(item.source).scheme.lower() if "://" in item.source else ""
+        scheme = scheme_host(item.source)[0]
         if scheme in ("http", "https"):
             return self._http_source().head(item.source)
         if scheme == "ftp":
