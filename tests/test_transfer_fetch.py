@@ -210,10 +210,23 @@ def test_the_md5_follows_the_bytes_written_while_a_chunk_still_arrives(tmp_path,
     assert open(dest, "rb").read() == data and fed[0] == len(data)
 
 
-def test_the_md5_is_of_the_bytes_on_disk_not_of_the_bytes_received(tmp_path, pool, monkeypatch):
-    """The MD5 reads the part file back: a byte that reached the file other than it arrived
-    (here pwrite flips one) fails the check, and nothing lands."""
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read-back"])
+def test_the_md5_is_of_the_bytes_on_disk_not_of_the_bytes_received(tmp_path, pool, monkeypatch, mapped):
+    """The MD5 reads the part file (through a mapping, or with pread where the file cannot
+    be mapped): a byte that reached the file other than it arrived (here pwrite flips one)
+    fails the check, and nothing lands; the right bytes pass either way."""
+    import errno
+    import mmap
+
+    if not mapped:
+        def no_mmap(*_a, **_k):
+            raise OSError(errno.ENODEV, "no mmap on this file system")
+        monkeypatch.setattr(mmap, "mmap", no_mmap)
     data = os.urandom(100_000)
+    good = str(tmp_path / "good")
+    fetch(StreamedRemote(data, piece=1000), _entry(data, hashlib.md5(data).hexdigest()), good, TransferContext(),
+          pool, chunk_size=8192, concurrency=3)
+    assert open(good, "rb").read() == data
     real_pwrite = os.pwrite
 
     def flipping(fd: int, piece, pos: int) -> int:
