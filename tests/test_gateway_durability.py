@@ -148,3 +148,55 @@ def test_delivered_uploads_leave_the_working_set(tmp_path):
     assert st.undelivered() == [] and st.partial() == []
     assert st.get(ups[0].id).offset == 3
     assert st.create(1, "next", "", None, 1) is not None  # the limit counts uploads in flight only
+
+
+def test_a_landing_done_again_after_a_kill_makes_no_extra_version(tmp_path, monkeypatch):
+    """A staged upload lands on its retry, and the gateway dies between the send and the
+    landed record (here: the worker stops there for good). Started again from its disk, the
+    gateway lands it once more: still one version of the file, not the upload's own file
+    kept as a version of itself (the old code's extra version)."""
+    import threading
+    from types import SimpleNamespace
+
+    from skynet.config.settings import TargetConfig
+    from skynet.gateway.deliver import Deliveries
+    from skynet.versions.stores import store_for
+
+    root = tmp_path / "a"  # not there yet: the first attempt fails, the upload is made durable
+    target = TargetConfig(name="a", service="local", root=str(root))
+    st = Staging(str(tmp_path / "gw"), syncer=False)
+    dl = Deliveries(st, [target], retry_interval=0.2)
+    never = threading.Event()
+    try:
+        dl.start()
+        up = st.create(3, "f.bin", "", None, 5, whole=True)
+        st.write(up, 0, io.BytesIO(b"abc"), 3, None)
+        st.finish(up, ["a"])
+        assert dl.submit(up)["a"].result(timeout=60) is False
+        st.persist(up)
+        sent = threading.Event()
+
+        def killed(up, target):  # the send is done, the landed record never written
+            sent.set()
+            never.wait()
+            return False
+
+        monkeypatch.setattr(st, "landed", killed)
+        root.mkdir()
+        dl.kick()
+        assert sent.wait(60) and (root / "f.bin").read_bytes() == b"abc"
+        st2 = Staging(str(tmp_path / "gw"), syncer=False)  # the restart, from what is on disk
+        assert [u.id for u in st2.undelivered()] == [up.id]
+        dl2 = Deliveries(st2, [target], retry_interval=0.2)
+        dl2.start()
+        try:
+            wait_for(lambda: st2.undelivered() == [], "the upload to land again after the restart")
+        finally:
+            dl2.stop()
+        con = target.build()
+        history = [v for v in store_for(con, SimpleNamespace(versions=True, name="a")).history("f.bin")
+                   if not v.deleted]
+        assert len(history) == 1 and (root / "f.bin").read_bytes() == b"abc"
+    finally:
+        never.set()
+        dl.stop()

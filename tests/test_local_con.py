@@ -161,3 +161,35 @@ def test_a_staging_folder_its_orphaned_cp_still_writes_into_is_removed_once_it_s
     con.cleanup([])
     writer.join()
     assert not os.path.lexists(stale) and con.leftovers() == []
+
+
+@pytest.mark.parametrize("tmpfile", [True, False])
+def test_put_bytes_with_and_without_o_tmpfile(tmp_path, monkeypatch, tmpfile):
+    """put_bytes() writes an anonymous file (O_TMPFILE) where the file system has them, a
+    named temp file where it has not (EOPNOTSUPP): either way a new file and a replaced
+    one land whole, and a send cut before the rename leaves no temporary behind."""
+    if not tmpfile:
+        real_open = os.open
+
+        def no_tmpfile(path, flags, *args, **kw):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(95, "Operation not supported")
+            return real_open(path, flags, *args, **kw)
+
+        monkeypatch.setattr(os, "open", no_tmpfile)
+    con = LocalCon(str(tmp_path / "t"))
+    os.mkdir(tmp_path / "t")
+    con.put_bytes("d/a.bin", b"one")
+    kept = []
+    con.put_bytes("d/a.bin", memoryview(b"two!"), mode=0o600, replacing=lambda: kept.append(1))
+    assert (tmp_path / "t" / "d" / "a.bin").read_bytes() == b"two!" and kept == [1]
+    assert (tmp_path / "t" / "d" / "a.bin").stat().st_mode & 0o777 == 0o600
+
+    def cut() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        con.put_bytes("d/a.bin", b"three", replacing=cut)
+    assert sorted(os.listdir(tmp_path / "t" / "d")) == ["a.bin"]
+    assert (tmp_path / "t" / "d" / "a.bin").read_bytes() == b"two!"
+    assert not (tmp_path / "t" / "d" / temp_name("a.bin")).exists()

@@ -327,3 +327,27 @@ def test_most_free_puts_each_file_on_one_destination_and_restore_finds_it(tmp_pa
         res = run_main("versions", "--config-file", str(cfg), "--json", "first")
         assert res.returncode == 0, res.stderr
         assert [v["deleted"] for v in json.loads(res.stdout)] == [True, False], res.stdout
+
+
+def test_a_config_whose_mappings_name_their_targets_needs_no_service(tmp_path):
+    """[skynet] without `service`: every mapping names its [target NAME] sections, so
+    nothing goes to a default service. Old code: --status refused it ("[skynet]
+    service: missing (local, s3 or sftp)", exit 2)."""
+    src, a, b = tmp_path / "src", tmp_path / "a", tmp_path / "b"
+    for p in (src, a, b):
+        p.mkdir()
+    cfg = pool_config(tmp_path / "c.ini", src, tmp_path / "state",
+                      {"a": {"service": "local", "root": str(a)}, "b": {"service": "local", "root": str(b)}})
+    cfg.write_text(cfg.read_text().replace("service = local\nstate_dir", "state_dir", 1))
+    assert "[skynet]\nstate_dir" in cfg.read_text()
+    res = run_main("--status", "--config-file", str(cfg))
+    assert res.returncode == 0 and "m@a:" in res.stdout and "m@b:" in res.stdout, res.stdout + res.stderr
+    (src / "f.txt").write_text("to both")
+    with Daemon(cfg) as d:  # --run-with local
+        wait_converged(src, lambda: tree(a), exact=True, timeout=30, daemon=d)
+        wait_converged(src, lambda: tree(b), exact=True, timeout=30, daemon=d)
+    # neither a service nor targets: one line that says both ways out
+    plain = tmp_path / "plain.ini"
+    plain.write_text(f"[skynet]\nstate_dir = {tmp_path / 'state2'}\n\n[mapping p]\nsource = {src}\ntarget = {a}\n")
+    one_clear_line(run_main("--status", "--config-file", str(plain)), str(plain), "[skynet] service: missing",
+                   "[mapping p]", "targets")

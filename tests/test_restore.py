@@ -175,6 +175,33 @@ def test_bytes_that_fail_the_hash_never_land_and_count_as_failed(store, tmp_path
     assert set(snapshot(tmp_path / "r")) == {"a.txt", "b.txt", "d.bak"}  # no part file left either
 
 
+def test_folder_modes_wait_until_no_file_failed(store, tmp_path):
+    """Folders' modes go on last, and only once every file landed: a read-only folder
+    given its mode while a file in it failed would refuse the run that fetches it again.
+    A folder empty on the remote is made; `later` (files now, none as of TIME) is not."""
+    from connections.contract.xcon import FolderEntry
+
+    class WithFolders(FakeStore):
+        def folders(self, prefix=""):
+            return iter([FolderEntry("d", 0o555), FolderEntry("empty", 0o2750), FolderEntry("later", 0o700)])
+
+        def holds_files(self, rel):
+            return rel != "empty"
+
+    s = WithFolders()
+    s.versions, s.data = store.versions, store.data
+    s.corrupt.add("d/e.txt")
+    out = tmp_path / "r"
+    assert restore(s, Options(str(out), T0 + 15 * S)).failed == 1
+    assert stat.S_IMODE(os.stat(out / "d").st_mode) != 0o555 and (out / "empty").is_dir()
+    s.corrupt.clear()  # the same command again: the failed file lands, then the modes
+    summary = restore(s, Options(str(out), T0 + 15 * S))
+    assert summary.failed == 0 and (out / "d/e.txt").read_bytes() == b"deep"
+    assert stat.S_IMODE(os.stat(out / "d").st_mode) == 0o555
+    assert stat.S_IMODE(os.stat(out / "empty").st_mode) == 0o750  # no setgid without --keep-special-bits
+    assert not (out / "later").exists()
+
+
 def test_a_version_pruned_meanwhile_fails_alone(store, tmp_path):
     class Pruned(FakeStore):
         def read_range(self, version, offset, length):

@@ -68,3 +68,44 @@ def test_restore_at_each_recorded_time_gives_that_tree_back(backend, tmp_path):
         out = tmp_path / "bad"
         one_clear_line(run_main("restore", "--config-file", cfg, "--to", str(out), *args), needle)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.id in ("local", "sftp")], indirect=True)
+def test_restore_makes_empty_folders_and_gives_folders_their_modes(backend, tmp_path):
+    """On a remote with folders: an empty folder comes back, each folder with its mode
+    (a read-only one still gets its file: modes go on last, deepest first); a folder
+    made after TIME, with its files, does not. Old code: neither `empty` nor the modes
+    (every folder 0o755 from makedirs, `empty` absent)."""
+    from skynet.versions.names import is_area
+    from tests.harness import wait_converged
+    from tests.versions_harness import Steps, mirror, w
+
+    # (the mirror itself cannot fill a read-only folder on an SFTP server: there `ro` is writable)
+    ro = 0o555 if backend.service == "local" else 0o705
+    steps = Steps(tmp_path, backend)
+    src = steps.src
+    (src / "empty").mkdir()
+    os.chmod(src / "empty", 0o750)
+    w(src / "ro/f.txt", b"in a read-only folder")
+    os.chmod(src / "ro", ro)
+    w(src / "d/deep/g.txt", b"deep")
+    os.chmod(src / "d", 0o710)
+
+    def folders() -> dict[bytes, int]:
+        return {k: m for k, m in backend.fetch_folders().items() if not is_area(os.fsdecode(k))}
+
+    with steps.daemon:
+        wait_converged(src, lambda: mirror(backend), True, 60, daemon=steps.daemon, fetch_folders=folders)
+        steps.record()
+        w(src / "later/x.txt", b"made after the time restored")
+        wait_converged(src, lambda: mirror(backend), True, 60, daemon=steps.daemon, fetch_folders=folders)
+        assert steps.daemon.stop() == 0
+    os.chmod(steps.cfg, 0o600)
+    out = tmp_path / "out"
+    res = run_main("restore", "--config-file", str(steps.cfg), "--at", iso(steps.marks[0][0]), "--to", str(out),
+                   timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    modes = {rel: statmod.S_IMODE(os.stat(out / rel).st_mode) for rel in ("empty", "ro", "d", "d/deep")}
+    assert modes == {"empty": 0o750, "ro": ro, "d": 0o710, "d/deep": 0o755}, {k: oct(v) for k, v in modes.items()}
+    assert (out / "ro/f.txt").read_bytes() == b"in a read-only folder" and os.listdir(out / "empty") == []
+    assert not (out / "later").exists()

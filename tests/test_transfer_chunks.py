@@ -258,3 +258,70 @@ def test_a_stop_while_waiting_for_a_slot_gives_back_only_what_it_took(tmp_path, 
     assert [type(e) for e in caught] == [TransferStopped]
     slots.release()  # the other transfer gives its slot back: exactly one was taken, so no ValueError
     assert slots.acquire(blocking=False) and not slots.acquire(blocking=False)
+
+
+class PieceMeter:
+    """A throttle and a remote's pieces, side by side: each piece checks, as it is about
+    to go, that the bandwidth limit was already charged for it (take before, not after)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.charged = self.moved = 0
+        self.short: list[tuple[int, int]] = []  # (moved with this piece, charged) where charged fell short
+
+    def throttle(self, n: int) -> None:
+        with self.lock:
+            self.charged += n
+
+    def piece(self, n: int) -> None:
+        with self.lock:
+            self.moved += n
+            if self.moved > self.charged:
+                self.short.append((self.moved, self.charged))
+
+
+def test_the_bandwidth_limit_is_taken_before_each_piece_of_an_upload_and_a_download(tmp_path, pool):
+    # Old code: the throttle was charged only after each piece had gone, so the first piece
+    # of every chunk in flight went out free (short == [(1000, 0), ...]).
+    fd, data = _file(tmp_path, 8_000)
+    m = PieceMeter()
+
+    class Writer(MemWriter):
+        def write_chunk(self, n, offset, view, sent):
+            for i in range(0, len(view), 250):
+                m.piece(min(250, len(view) - i))
+                sent(min(250, len(view) - i))
+            return ""
+
+    upload(fd, Plan(8_000, 1000, 4), Writer(), TransferContext(throttle=m.throttle), pool)
+    assert m.short == [] and m.charged == m.moved == 8_000
+
+    m = PieceMeter()
+
+    class Reader(MemReader):
+        def read_chunk(self, n, offset, length, got):
+            for i in range(0, length, 250):
+                m.piece(min(250, length - i))
+                got(min(250, length - i))
+            return self.data[offset: offset + length]
+
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    download(Reader(data), Plan(len(data), 1000, 4), out, TransferContext(throttle=m.throttle), pool)
+    assert m.short == [] and m.charged == m.moved == 8_000
+
+
+def test_a_single_stream_send_takes_its_first_piece_before_it_goes():
+    # A connection that reports after each piece (S3's PUT, a local copy): begin() took the
+    # first piece, each report the next. Old code: TransferContext had no begin(), and
+    # report() charged only what had gone.
+    m = PieceMeter()
+    ctx = TransferContext(throttle=m.throttle)
+    size, piece = 5 * (1 << 20) + 123, 1 << 19
+    ctx.begin(size)
+    done = 0
+    while done < size:
+        n = min(piece, size - done)
+        m.piece(n)
+        done += n
+        ctx.report(done, size)
+    assert m.short == [] and m.charged == m.moved == size  # nothing taken that was not sent

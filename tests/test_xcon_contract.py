@@ -24,6 +24,7 @@ from connections.contract.xcon import (
     LocalFile,
     PermanentError,
     PoolSized,
+    PutBytes,
     RangeInto,
     RemoteChanged,
     RemoteNotFound,
@@ -230,13 +231,13 @@ def test_send_many_sends_each_file_and_reports_each_failure_alone(backend, tmp_p
 #: the optional abilities each backend declares (by inheriting the typed mixins of
 #: connections/contract/xcon.py); every one is exercised for that backend below
 DECLARED = {
-    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders, TakeOver},
+    "local": {BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders, TakeOver, PutBytes},
     "s3": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
     "seaweedfs": {ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend, RangeInto},
     "sftp": {BatchSend, ServerSideMove, HardLink, FreeSpace, StreamSend, Folders},
 }
 ABILITIES = (BatchSend, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, PoolSized, EtagCheck, Versions, WholeRead,
-             StreamSend, Folders, RangeInto, TakeOver)
+             StreamSend, Folders, RangeInto, TakeOver, PutBytes)
 
 
 def with_ability(ability) -> list:
@@ -509,6 +510,37 @@ def test_take_over_lands_the_very_file_without_a_copy(able, tmp_path):
     with pytest.raises(SourceChanged):
         able.con.take_over(dataclasses.replace(g, rel="t/deep/a.bin"))
     assert able.con.read_range("t/deep/a.bin", 0, 100) == b"second" and able.leftovers() == []
+
+
+@pytest.mark.parametrize("able", with_ability(PutBytes), indirect=True)
+def test_put_bytes_lands_new_and_replaced_files_whole(able):
+    """The gateway's direct landing of a whole small upload: bytes from memory become
+    the file (its folders made), with the mode asked for; over an existing file
+    `replacing` is called once, before the file changes; no temporary is left; a
+    folder in the way is refused and nothing lands."""
+    data = os.urandom(70_000)
+    seen = []
+    res = able.con.put_bytes("p/deep/a.bin", memoryview(data), mode=0o640, replacing=lambda: seen.append("new"))
+    assert res.size == len(data) and seen == []  # nothing was there: nothing to keep
+    assert able.con.read_range("p/deep/a.bin", 0, len(data) + 1) == data
+    assert able.con.stat("p/deep/a.bin").mode == 0o640
+    able.con.put_bytes("p/deep/a.bin", b"second",
+                       replacing=lambda: seen.append(able.con.read_range("p/deep/a.bin", 0, len(data))))
+    assert seen == [data] and able.con.read_range("p/deep/a.bin", 0, 100) == b"second"
+    assert able.con.stat("p/deep/a.bin").mode == 0o644
+    able.con.put_bytes("p/deep/empty.bin", b"")
+    assert able.con.stat("p/deep/empty.bin").size == 0
+
+    def cut() -> None:  # a send that dies after writing, before the file is in place
+        raise RuntimeError("cut short")
+
+    with pytest.raises(RuntimeError):
+        able.con.put_bytes("p/deep/a.bin", b"third", replacing=cut)
+    assert able.con.read_range("p/deep/a.bin", 0, 100) == b"second" and able.leftovers() == []
+    able.con.make_folder("p/dir", 0o755)
+    with pytest.raises(PermanentError):
+        able.con.put_bytes("p/dir", b"x")
+    assert able.con.stat("p/dir") is None and able.leftovers() == []
 
 
 def folder_listing(backend, rel=""):

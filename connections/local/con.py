@@ -53,6 +53,7 @@ from connections.contract.xcon import (
     InTheWay,
     LocalFile,
     PermanentError,
+    PutBytes,
     RemoteChanged,
     RemoteEntry,
     RemoteNotFound,
@@ -182,7 +183,8 @@ def _close(fd: int | None) -> None:
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (O_NONBLOCK: a FIFO never blocks)
 
 
-class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders, TakeOver):
+class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, StreamSend, Folders, TakeOver,
+               PutBytes):
     """A folder as the remote. Constructed without fsync on a machine with GNU
     cp, LocalCon(...) is a BatchLocalCon (send_many through cp): the batch
     ability is a fact of this machine and configuration, declared by the class."""
@@ -401,10 +403,104 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         and renamed over the name as send() does. A 1 GiB upload lands in
         microseconds instead of a copy and an fsync of the copy."""
         self._into_place(f, f"take over {f.rel!r}",
-                         lambda root, folder, name, src, what: self._link_in(root, folder, name, src, f, what))
+                         lambda root, folder, name, src, what: self._link_in(root, folder, name, src, what, f.mode,
+                                                                             f.mtime_ns, f.rel, f.size))
         return SendResult(size=f.size, etag=None, bytes_sent=0)
 
-    def _link_in(self, root: int, folder: int, name: str, src: int, f: LocalFile, what: str) -> None:
+    def put_bytes(self, rel: str, data: bytes | memoryview, *, mode: int = 0o644,
+                  replacing: Callable[[], None] | None = None) -> SendResult:
+        """PutBytes: the bytes go into an anonymous file (O_TMPFILE) in rel's folder,
+        which gets its name only once written: a kill -9 mid-way leaves nothing behind
+        (the kernel frees the inode), where a named temp file would stay until the next
+        write of that name. A new name is linked in place directly; an existing file is
+        replaced as take_over() does (a temp name, then rename). A file system without
+        O_TMPFILE gets the named temp file send() writes."""
+        what = f"send {rel!r}"
+        folders, name = split_rel(rel)
+        root = self._open_root()
+        try:
+            folder = self._walk(root, folders, what, create=True)
+            assert folder is not None  # (create=True)
+            try:
+                self._put_in(root, folder, name, rel, data, mode, replacing, what)
+            finally:
+                os.close(folder)
+        finally:
+            os.close(root)
+        return SendResult(size=len(data), etag=None, bytes_sent=len(data))
+
+    def _put_in(self, root: int, folder: int, name: str, rel: str, data: bytes | memoryview, mode: int,
+                replacing: Callable[[], None] | None, what: str) -> None:
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise self._error(exc, what, len(data)) from exc
+            fd = -1  # no O_TMPFILE here
+        if fd < 0:
+            tmp = temp_name(name)
+            fd = self._open_tmp(folder, tmp, what)
+            try:
+                self._write_all(fd, data, what)
+                self._before_replacing(folder, name, replacing, what)
+                self._land(root, folder, tmp, name, fd, mode, None, what, rel, len(data))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
+            finally:
+                os.close(fd)
+            return
+        try:
+            self._write_all(fd, data, what)
+            if self._before_replacing(folder, name, replacing, what) or not self._link_new(root, folder, name, fd,
+                                                                                             mode, what, len(data)):
+                self._link_in(root, folder, name, fd, what, mode, None, rel, len(data))
+        finally:
+            os.close(fd)
+
+    def _write_all(self, fd: int, data: bytes | memoryview, what: str) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            try:
+                done += os.pwrite(fd, view[done:], done)
+            except OSError as exc:
+                raise self._error(exc, what, len(view) - done) from exc
+
+    def _before_replacing(self, folder: int, name: str, replacing: Callable[[], None] | None, what: str) -> bool:
+        """Whether something is at `name`; `replacing()` first when it is a file."""
+        try:
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+        if replacing is not None and statmod.S_ISREG(st.st_mode):
+            replacing()
+        return True
+
+    def _link_new(self, root: int, folder: int, name: str, fd: int, mode: int, what: str, size: int) -> bool:
+        """Give the written anonymous file `fd` its mode (and an fsync where this target
+        syncs) and link it at `name`, which nothing held a moment ago; False when
+        something is there now (the caller replaces it the usual way)."""
+        try:
+            os.fchmod(fd, mode & MODE_BITS)
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            raise self._error(exc, what, size) from exc
+        self._still_root(root, what)
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+        return True
+
+    def _link_in(self, root: int, folder: int, name: str, src: int, what: str, mode: int, mtime_ns: int | None,
+                 rel: str, size: int) -> None:
         tmp = temp_name(name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=folder)  # a crash's leftover, never written through
@@ -415,7 +511,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                 raise Unsupported(f"{what}: cannot link it here ({exc.strerror})") from None
             raise self._error(exc, what) from exc
         try:
-            self._land(root, folder, tmp, name, src, f.mode, f.mtime_ns, what, f.rel, f.size)
+            self._land(root, folder, tmp, name, src, mode, mtime_ns, what, rel, size)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=folder)

@@ -81,8 +81,8 @@ def parse_names(v: str) -> list[str]:
 
 
 GLOBAL_KEYS: dict[str, Key] = {
-    "service": ("", "which connection this file configures: local, s3 or sftp", parse_choice(*SERVICES)),
-    "state_dir": ("", "folder for the queue, the Index and resume state (default: $XDG_STATE_HOME/skynet/<service>)", parse_path),
+    "service": ("", "which connection this file configures: local, s3 or sftp (not needed when every mapping names its targets)", parse_choice(*SERVICES)),
+    "state_dir": ("", "folder for the queue, the Index and resume state (default: $XDG_STATE_HOME/skynet/<service>, or .../targets without a service)", parse_path),
     "workers": ("8", "actions run in parallel (per mapping, unless the mapping sets its own)", parse_int_range(1, 256)),
     "max_attempts": ("5", "tries of one action on transient errors before it is recorded as failed", parse_int_range(1, 1000)),
     "backoff_cap": ("60", "longest wait, in seconds, between reconnection attempts", parse_seconds),
@@ -423,19 +423,24 @@ def load(path: str, service: str | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError."""
     path = os.path.abspath(os.path.expanduser(path))
     cp = read_ini(path)
-    if "skynet" not in cp and "gateway" not in cp:
+    # What sends to the file's own service: a job, or a mapping with one `target` (a
+    # mapping with `targets` goes to its [target NAME] sections' services instead).
+    own = [s for s in cp.sections() if s.startswith("job ") or (s.startswith("mapping ") and "targets" not in cp[s])]
+    lanes_only = not own and any(s.startswith("mapping ") for s in cp.sections())
+    if "skynet" not in cp and "gateway" not in cp and not lanes_only:
         raise ConfigError(path, "skynet", None, "missing section (it must at least say: service = local|s3|sftp)")
     g = _parse_section(path, "skynet", dict(cp["skynet"]) if "skynet" in cp else {}, GLOBAL_KEYS)
     file_service = g.get("service") or service
-    has_mappings = any(s.startswith(("mapping ", "job ")) for s in cp.sections())
-    if not file_service and (has_mappings or "gateway" not in cp):
-        raise ConfigError(path, "skynet", "service", "missing (local, s3 or sftp)")
+    if not file_service and (own or not (lanes_only or "gateway" in cp)):
+        raise ConfigError(path, "skynet", "service", "missing (local, s3 or sftp)" + (
+            f": [{own[0]}] sends to it (or give that mapping targets = NAME, ... of [target NAME] sections)"
+            if own and own[0].startswith("mapping ") else ""))
     if service and file_service != service:
         raise ConfigError(path, "skynet", "service", f"this file configures {file_service!r}, not {service!r}")
     # A file with only [target NAME] and [gateway] sections (for `skynet serve`) needs no service of its own.
     mod = service_module(file_service) if file_service else None
     cfg = Config(path=path, service=file_service or "",
-                 state_dir=g.get("state_dir") or default_state_dir(file_service or "gateway"))
+                 state_dir=g.get("state_dir") or default_state_dir(file_service or ("targets" if lanes_only else "gateway")))
     for k in ("workers", "max_attempts", "backoff_cap", "stop_timeout", "settle_seconds", "poll_interval", "late_grace", "bwlimit", "progress_interval", "nice", "io_class", "log_level", "log_file", "log_format",
               "metrics_port", "metrics_host", "dashboard_metrics_port",
               "notify_dsn", "jobs_dsn", "notify_sslmode", "notify_retention_days", "notify_heartbeat", "notify_spool_mb",

@@ -329,6 +329,7 @@ class Reconciler:
             return
         if not statmod.S_ISREG(st.st_mode):
             self.discard_partial(rel)  # it was a file with an upload under way, maybe
+        self.drop_other_kind(rel, st, out)
         if statmod.S_ISDIR(st.st_mode):
             if self.ignore.ignored(rel, is_dir=True):
                 return
@@ -349,6 +350,24 @@ class Reconciler:
             # A FIFO, socket or device: never opened (a FIFO would block a worker),
             # but recorded as failed with the reason, not skipped in silence.
             raise NotRegular(f"not sent: {rel!r} is a {kind_of(st.st_mode)}; only regular files are synced")
+
+    def drop_other_kind(self, rel: str, st: os.stat_result, out: Outcome) -> None:
+        """With complete_sync, on a remote without folders (S3): the remote's copy of
+        `rel` as the other kind goes before `rel` is sent as what it is now -- the
+        file `a` when `a` became a folder, every `a/...` when it became a file.
+        There nothing is in the way (`a` and `a/x` are two keys), so make_way never
+        runs and the old kind stayed for ever. Remotes with folders refuse the write
+        (InTheWay) and make_way removes the blocker."""
+        if not self.complete_sync or isinstance(self.con, Folders):
+            return
+        if statmod.S_ISDIR(st.st_mode):
+            stale = self.index.get(rel) is not None
+        else:
+            stale = statmod.S_ISREG(st.st_mode) and self.index.has_under(rel)
+        if stale:
+            log.info("complete_sync: %r is a %s now; removing the remote's %s", rel,
+                     *(("folder", "file") if statmod.S_ISDIR(st.st_mode) else ("file", "folder")))
+            self.remove_remote(rel, out)
 
     def placed_here(self, rel: str, st: os.stat_result, out: Outcome,
                     known: IndexEntry | None | LookUp = LOOK_UP) -> bool:
@@ -491,6 +510,7 @@ class Reconciler:
                 throttle=self.throttle,
                 **kw,
             )
+            ctx.begin(f.size)  # the bandwidth limit: the first piece's budget is taken before it goes
             try:
                 res = self.through(rel, lambda: self.con.send(f, ctx), out)
             except FileNotFoundError:
@@ -545,7 +565,22 @@ class Reconciler:
             return
         if self.placement is not None and not self.holds(rel):
             return  # with placement = most-free a file is on one destination: the others hold nothing
+        if not self.holds(rel) and self._beneath_a_file(rel):
+            # Its folder is a file now, whose send removed what the remote held under it
+            # (drop_other_kind): a store backed by a file system (rclone serve s3) takes a
+            # delete of `a/x` then for one of the folder `a`, and removes the new file `a`.
+            return
         self.remove_remote(rel, out)
+
+    def _beneath_a_file(self, rel: str) -> bool:
+        """A folder on the way to `rel` is something else (a file) on disk now."""
+        try:
+            os.lstat(self.mapper.local(rel))
+        except NotADirectoryError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def holds(self, rel: str) -> bool:
         """The remote holds `rel`, or something under it, as the Index says."""

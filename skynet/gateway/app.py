@@ -31,19 +31,21 @@ import binascii
 import contextlib
 import datetime as dt
 import email.utils
+import hashlib
+import io
 import logging
 import re
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from flask import Flask, Response, jsonify, request
 
 from connections.contract.xcon import RemoteEntry, RemoteNotFound, UnsafePath, XConError, check_rel
 from skynet.dashboard.auth import LoginThrottle, TokenCheck
 from skynet.gateway.deliver import Deliveries, Destination
-from skynet.gateway.staging import Staging, Upload, UploadError, parse_checksum, parse_md5
+from skynet.gateway.staging import ALGORITHMS, Staging, Upload, UploadError, parse_checksum, parse_md5
 from skynet.versions.model import Version
 from skynet.versions.stores import store_for
 
@@ -54,6 +56,9 @@ EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration"
 OCTETS = "application/offset+octet-stream"
 PIECE = 4 << 20
 MAX_NAME = 1024
+# A whole upload up to this size in its creation request lands from memory (_direct):
+# waitress keeps bodies this large in memory anyway (server.py, inbuf_overflow).
+WHOLE_IN_MEMORY = 16 << 20
 
 
 def check_name(name: str) -> str:
@@ -222,6 +227,10 @@ def build_app(gw: Gateway) -> Flask:
         if request.content_length and not with_body:
             raise UploadError(415, f"a body with the creation needs Content-Type: {OCTETS}")
         whole = with_body and request.content_length == length
+        if whole and 0 < length <= WHOLE_IN_MEMORY:
+            resp = _direct(gw, length, name, raw_meta, md5, checksum)
+            if resp is not None:
+                return resp
         up = gw.staging.create(length, name, raw_meta, md5, gw.cfg.max_uploads_in_flight, whole=whole)
         log.debug("gateway: upload %s created for %r (%d bytes) from %s", up.id, name, length, request.remote_addr)
         resp = Response(status=201)
@@ -311,18 +320,22 @@ def _checksum() -> tuple[str, bytes] | None:
     return parse_checksum(raw) if raw else None
 
 
-def _patch(gw: Gateway, up: Upload, offset: int, checksum: tuple[str, bytes] | None) -> Response:
-    """Write one chunk; at the last byte verify the upload and land it everywhere.
+def _patch(gw: Gateway, up: Upload, offset: int, checksum: tuple[str, bytes] | None,
+           body: BinaryIO | None = None, landed: list[str] | None = None) -> Response:
+    """Write one chunk (the request's body, or `body`); at the last byte verify the
+    upload and land it everywhere (but in `landed`, where it is already).
 
     The answer to the last chunk comes once every destination was tried once:
     `Skynet-Landed` names those that have the file, `Skynet-Pending` those that
     were down (it lands there by itself when they return; the upload is safe on
     the gateway's disk meanwhile). 460 when a checksum does not match."""
+    landed = landed or []
     with gw.writing_to(up):
-        new = gw.staging.write(up, offset, request.stream, request.content_length, checksum)
+        new = gw.staging.write(up, offset, request.stream if body is None else body, request.content_length,
+                               checksum)
         done = new == up.length and not up.finished
         if done:
-            gw.staging.finish(up, [d.name for d in gw.deliveries.dests])
+            gw.staging.finish(up, [d.name for d in gw.deliveries.dests if d.name not in landed])
     resp = Response(status=204)
     resp.headers["Upload-Offset"] = str(new)
     if not up.finished:
@@ -330,7 +343,8 @@ def _patch(gw: Gateway, up: Upload, offset: int, checksum: tuple[str, bytes] | N
     if done:
         log.debug("gateway: upload %s (%r) finished and verified (md5 %s)", up.id, up.filename,
                  up.etag or "not asked for")
-        results = {name: fut.result() for name, fut in gw.deliveries.submit(up).items()}
+        results = {**dict.fromkeys(landed, True),
+                   **{name: fut.result() for name, fut in gw.deliveries.submit(up).items()}}
         if not all(results.values()):
             gw.staging.persist(up)  # a whole upload must now outlive this request: made durable
         resp.headers["Skynet-Landed"] = ", ".join(n for n, ok in results.items() if ok)
@@ -338,6 +352,101 @@ def _patch(gw: Gateway, up: Upload, offset: int, checksum: tuple[str, bytes] | N
         if up.etag:
             resp.headers["ETag"] = f'"{up.etag}"'
     return resp
+
+
+def _direct(gw: Gateway, length: int, name: str, raw_meta: str, md5: str | None,
+            checksum: tuple[str, bytes] | None) -> Response | None:
+    """A whole small upload in its creation request, landed from memory: the body is
+    verified (Upload-Checksum, the md5 metadata) before anything is written, then put
+    in each destination (PutBytes: a local folder writes it beside its name and links
+    it in place), with no staged file, record or ack line: nothing of it is on the
+    gateway's disk, so nothing needs fsyncing or cleaning up, and a crash before the
+    answer leaves nothing (the client, without a Location, sends it again). None when
+    this cannot be done now (a destination down, busy with that name, or not one
+    that takes bytes): the staged way then. A destination that fails gets the bytes
+    staged after all (durable, retried), as a staged upload does."""
+    dests = gw.deliveries.claim(name)
+    if dests is None:
+        return None
+    held = True
+    try:
+        with _whole_body(length) as body:
+            etag = _verify_whole(body, md5, checksum)
+            up = gw.staging.create(length, name, raw_meta, md5, gw.cfg.max_uploads_in_flight, whole=True,
+                                   staged=False)
+            failed = gw.deliveries.put(up, dests, body)
+            resp = Response(status=201)
+            resp.headers["Location"] = f"/uploads/{up.id}"
+            if not failed:
+                gw.staging.delivered_whole(up, etag)
+                resp.headers.update({"Upload-Offset": str(length), "Skynet-Landed": ", ".join(d.name for d in dests),
+                                     "Skynet-Pending": ""})
+                if etag:
+                    resp.headers["ETag"] = f'"{etag}"'
+            else:
+                gw.deliveries.release(name)  # the workers take the staged upload from here
+                held = False
+                gw.staging.stage(up)
+                landed = [d.name for d in dests if d.name not in failed]
+                try:
+                    resp.headers.update(_patch(gw, up, 0, checksum, io.BytesIO(body), landed).headers)
+                except UploadError:
+                    gw.staging.remove(up.id)
+                    raise
+    finally:
+        if held:
+            gw.deliveries.release(name)
+    log.debug("gateway: upload %s for %r (%d bytes) from %s landed from the request", up.id, name, length,
+              request.remote_addr)
+    resp.headers["Upload-Expires"] = gw.expires(up)
+    return resp
+
+
+@contextlib.contextmanager
+def _whole_body(length: int) -> Iterator[memoryview]:
+    """The request's body, all `length` bytes. waitress hands a body under its
+    inbuf_overflow (server.py) over as a BytesIO: its buffer is used as it is (no
+    copy); otherwise it is read into one. 400 when the body is short."""
+    inp = request.environ.get("wsgi.input")
+    if isinstance(inp, io.BytesIO):
+        pos = inp.tell()
+        whole = inp.getbuffer()
+        view = whole[pos:pos + length]
+    else:
+        whole = memoryview(bytearray(length))
+        view = whole[:_read_fully(request.stream, whole)]
+    try:
+        if len(view) != length:
+            raise UploadError(400, f"the body has {len(view)} bytes, Upload-Length and Content-Length {length}")
+        yield view
+    finally:
+        view.release()  # (a BytesIO with an exported buffer cannot be closed)
+        whole.release()
+
+
+def _read_fully(stream: BinaryIO, buf: memoryview) -> int:
+    got = 0
+    while got < len(buf):
+        n = stream.readinto(buf[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _verify_whole(body: memoryview, md5: str | None, checksum: tuple[str, bytes] | None) -> str:
+    """460 when the body is not what the client's checksums say (nothing was written
+    yet); the MD5 hex when the client gave one (the ETag), else ""."""
+    if checksum and ALGORITHMS[checksum[0]](body).digest() != checksum[1]:
+        raise UploadError(460, f"Upload-Checksum: the chunk's {checksum[0]} does not match; "
+                               "nothing of it was kept, send it again")
+    if not md5:
+        return ""
+    seen = hashlib.md5(body).hexdigest()
+    if seen != md5:
+        raise UploadError(460, f"the finished upload failed verification (MD5 {seen}, the client said {md5}); "
+                               "it was dropped, upload it again")
+    return seen
 
 
 def _find(gw: Gateway, rel: str) -> tuple[Destination, RemoteEntry]:

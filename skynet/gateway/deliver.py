@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from connections.contract.source import local_file
 from connections.contract.xcon import (
-    LocalFile, PermanentError, ResumeStore, SendResult, TakeOver, TransferContext, Unsupported, XCon,
+    LocalFile, PermanentError, PutBytes, ResumeStore, SendResult, TakeOver, TransferContext, Unsupported, XCon,
 )
 from skynet.config.settings import TargetConfig
 from skynet.gateway.early import EarlySends
@@ -113,6 +113,8 @@ class Deliveries:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.early = EarlySends(staging, self.dests, FileResume)  # large uploads sent while they arrive
+        # whole small uploads may land from the request itself (claim()): every destination takes bytes
+        self.direct = bool(self.dests) and all(isinstance(d.con, PutBytes) for d in self.dests)
 
     @staticmethod
     def _destination(t: TargetConfig, retry_interval: float) -> Destination:
@@ -157,6 +159,58 @@ class Deliveries:
                 out[name] = fut
             self._cond.notify_all()
         return out
+
+    # -- direct landings (a whole small upload, from the request: app.py) -------
+    def claim(self, filename: str) -> list[Destination] | None:
+        """Every destination, held for landing `filename` straight from the request
+        that carries it: None unless each takes bytes from memory (PutBytes), is
+        connected and not waiting for a retry, and has no upload of that name being
+        sent or pending (uploads of one name land in the order they finished).
+        release() gives them back."""
+        if not self.direct:
+            return None
+        with self._cond:
+            for d in self.dests:
+                if not d.up or d.name in self._failed_at or filename in self._busy[d.name]:
+                    return None
+            if any(u.filename == filename for u in self.staging.undelivered()):
+                return None
+            for d in self.dests:
+                self._busy[d.name].add(filename)
+        return self.dests
+
+    def release(self, filename: str) -> None:
+        """End of claim(): the workers wake only when an upload of that name waits."""
+        with self._cond:
+            for d in self.dests:
+                self._busy[d.name].discard(filename)
+            if any(u.filename == filename for u in self.staging.undelivered()):
+                self._cond.notify_all()
+
+    def put(self, up: Upload, dests: list[Destination], body: memoryview) -> list[str]:
+        """Land the verified bytes of `up` in each of `dests` (claimed) from memory; the
+        names of those that failed (they stay pending: the caller stages the bytes)."""
+        failed = []
+        for d in dests:
+            try:
+                d.con.put_bytes(up.filename, body, mode=0o644,  # type: ignore[attr-defined]
+                                replacing=lambda d=d: self._keep(d, up))
+            except Exception as exc:
+                if not isinstance(exc, PermanentError):
+                    d.lost()
+                log.warning("gateway: %r not landed in %s from the request (%s: %s); staged and retried",
+                            up.filename, d.name, type(exc).__name__, exc)
+                self.staging.note(up, d.name, error=f"{type(exc).__name__}: {exc}")
+                failed.append(d.name)
+                continue
+            log.info("gateway: %r (%d bytes, upload %s) landed in %s", up.filename, up.length, up.id, d.name)
+        return failed
+
+    def _keep(self, d: Destination, up: Upload) -> None:
+        """The file `up` replaces on `d` becomes a version first (once per upload)."""
+        if d.name not in up.kept:
+            d.keeper.replacing(up.filename)
+            self.staging.note(up, d.name, kept=True)
 
     def kick(self) -> None:
         """Try the destinations that failed again now (a test, an operator)."""
@@ -209,9 +263,13 @@ class Deliveries:
             return False
         path = self.staging.part(up.id)
         try:
-            if up.filename and d.name not in up.kept and d.con.stat(up.filename) is not None:
-                d.keeper.replacing(up.filename)  # the current file becomes a version first
-                self.staging.note(up, d.name, kept=True)
+            if up.filename and d.name not in up.kept:
+                if d.con.stat(up.filename) is not None:
+                    self._keep(d, up)  # the current file becomes a version first
+                else:  # nothing to keep: said all the same before the send, so that a landing done
+                    # again after a kill -9 between the send and the landed record does not keep
+                    # this very upload's file as a version of itself
+                    self.staging.note(up, d.name, kept=True)
             early = self.early.take(up, d)  # verified and the old version kept: its last bytes go now
             if early is not None:
                 res = early.result()

@@ -345,13 +345,15 @@ class Staging:
 
     # -- changes ------------------------------------------------------------
     def create(self, length: int, filename: str, metadata: str, md5: str | None, limit: int,
-               whole: bool = False) -> Upload:
+               whole: bool = False, staged: bool = True) -> Upload:
         """A new, empty upload; 429 when `limit` unfinished ones exist already.
 
         `whole`: its creation request carries every byte (creation-with-upload of a whole
         file): the upload is volatile (module docstring) until persist(): a crash before
         the answer leaves nothing the client was told about (it got no Location), and an
-        orphan .part is removed at start."""
+        orphan .part is removed at start. `staged=False` (with `whole`): no .part file
+        yet; the bytes go straight to the destinations (app.py, direct()), and stage()
+        makes the file only when one of them could not take them."""
         now = time.time()
         up = Upload(id=secrets.token_hex(16), length=length, filename=filename, metadata=metadata, md5=md5,
                     created=now, touched=now)
@@ -370,13 +372,36 @@ class Staging:
             with self._sync:
                 self._durable[up.id] = 0
         try:
-            fd = os.open(self.part(up.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            os.close(fd)
+            if staged or not whole:
+                self.stage(up)
             self._save(up)
         except BaseException:
             self.remove(up.id)
             raise
         return up
+
+    def stage(self, up: Upload) -> None:
+        """The upload's empty .part file (made once, by create() or for a direct one)."""
+        fd = os.open(self.part(up.id), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+
+    def delivered_whole(self, up: Upload, etag: str) -> None:
+        """A whole upload (create(whole=True, staged=False)) landed in every destination
+        straight from the request: finished and done, with no file ever staged. Its
+        record lives in memory only (like every whole upload once landed): HEAD on its
+        Location says every byte is in until expire_after."""
+        with self._lock:
+            self._seq += 1
+            up.finished_seq = self._seq
+            self._active.pop(up.id, None)
+            self._running.pop(up.id, None)
+            self._volatile.pop(up.id, None)
+        with self._sync:
+            up.offset = up.length
+            up.etag = etag
+            up.finished = True
+            up.pending = []
+            up.touched = time.time()
 
     def write(self, up: Upload, offset: int, body: BinaryIO, size: int | None,
               checksum: tuple[str, bytes] | None) -> int:

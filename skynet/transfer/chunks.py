@@ -28,7 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
-from connections.contract.xcon import TransferContext
+from connections.contract.xcon import FIRST_PIECE, TransferContext
 
 Meter = Callable[[int], None]  # called with each new number of bytes moved
 T = TypeVar("T")
@@ -291,6 +291,7 @@ def _send_chunks(fill: Callable[[memoryview, int], int], plan: Plan, writer: Chu
             if n in kept:
                 flight.start(n, _checker(n, view, kept[n], check_done), release)
             else:
+                ctx.ahead(min(FIRST_PIECE, len(view)))  # the bandwidth limit, taken before the chunk's first piece
                 flight.start(n, _sender(writer, n, start, view, progress.add), release)
             flight.reap(block=False)
             if count != plan.count:
@@ -355,6 +356,7 @@ def each(plan: Plan, work: Callable[[int, int, int, Meter], T], ctx: TransferCon
             if not flight.room(ctx.stop):
                 break
             start, end = plan.bounds(n)
+            ctx.ahead(min(FIRST_PIECE, end - start))
             flight.start(n, _bound(work, n, start, end, progress.add), flight.release_slot)
             flight.reap(block=False)
         flight.drain()

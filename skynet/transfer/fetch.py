@@ -224,6 +224,7 @@ def _fetch_chunk(read: ReadInto, fd: int, n: int, start: int, end: int, meter: M
 def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
     """A file of one chunk: one ranged read (none for an empty file), streamed into the part file, landed."""
     ctx.start_at(0, want.size)
+    ctx.ahead(want.size)  # the bandwidth limit, taken before the one read (its piece is the whole file)
     part = part_paths(dest)[0]
     fd = os.open(part, _PART_FLAGS | os.O_TRUNC, 0o600)
     try:

@@ -31,18 +31,26 @@ each, closing the versions it ends. Every version gets its rel as it was named
 then, so at(T) is "per path, the version covering T, deletions left out".
 
 The whole area and the current tree are listed for each call (one listing of
-the root): a prefix is applied to what comes out, since a move may bring the
-files of one folder from anywhere. Memory: one record per version.
+the root, streamed into a temporary SQLite file and read back by path): a prefix
+is applied to what comes out, since a move may bring the files of one folder from
+anywhere. Memory: one path's records at a time, and the move markers; the paths
+under a move's src or dest (tied by rule 4) are walked together, in memory.
 """
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from connections.contract.xcon import (
     Counting,
+    FolderEntry,
     PermanentError,
     RemoteChanged,
     RemoteEntry,
@@ -51,7 +59,8 @@ from connections.contract.xcon import (
     XCon,
     read_range_into,
 )
-from skynet.versions.model import Version, VersionStore
+from skynet.state.sqlitelib import sqlite3
+from skynet.versions.model import Version, VersionStore, holds_files, remote_folders
 from skynet.versions.names import (
     AREA,
     ARRIVED,
@@ -66,7 +75,9 @@ from skynet.versions.names import (
 log = logging.getLogger(__name__)
 
 CUR, KEPT_REF = "cur:", "area:"
+CUR_KIND = "cur"  # a spooled row of a current file (the others: KEPT, DELETED)
 STAT_THREADS = 8
+SPOOL_BATCH = 512  # listed entries completed and spooled at a time
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,7 @@ class AreaStore(VersionStore):
         self.con = con
 
     # -- reading the remote ------------------------------------------------
-    def _complete(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
+    def _complete(self, entries: list[RemoteEntry], pool: ThreadPoolExecutor | None = None) -> list[RemoteEntry]:
         """Entries with the file's own mtime and mode: an S3 listing has neither
         (only when the object was stored), so those are HEADed, in parallel."""
         todo = [i for i, e in enumerate(entries) if e.mtime_is_stored or (e.mode is None and self.con.abilities.mode)]
@@ -177,59 +188,85 @@ class AreaStore(VersionStore):
         def stat(i: int) -> tuple[int, RemoteEntry | None]:
             return i, self.con.stat(entries[i].rel)
 
-        with ThreadPoolExecutor(min(STAT_THREADS, len(todo))) as pool:
+        with contextlib.ExitStack() as stack:
+            if pool is None:
+                pool = stack.enter_context(ThreadPoolExecutor(min(STAT_THREADS, len(todo))))
             for i, e in pool.map(stat, todo):
                 if e is not None:
                     out[i] = replace(e, etag=e.etag or entries[i].etag)
         return out
 
-    def _timeline(self) -> dict[str, list[Version]]:
-        current: list[RemoteEntry] = []
-        area: list[tuple[RemoteEntry, object]] = []
-        for e in self.con.list(""):
-            if not is_area(e.rel):
-                current.append(e)
-            else:
-                name = parse_area_name(e.rel)
-                if name is not None:
-                    area.append((e, name))
-        files = self._complete(current + [e for e, n in area if n.kind in (KEPT, DELETED)])
-        by_rel = {e.rel: e for e in files}
-        t = _Timeline({e.rel: _content(CUR + e.rel, e) for e in files[:len(current)]})
-        moves: dict[int, dict[str, str]] = {}
-        events: list[tuple[int, int, str, object]] = []
-        for e, n in area:
-            if n.kind in (MOVED, ARRIVED):
-                moves.setdefault(n.when_ns, {})[n.kind] = n.rel
-            else:
-                events.append((n.when_ns, 1, n.rel, (by_rel[e.rel], n.kind == DELETED)))
-        for when, pair in moves.items():
+    def _spool(self, spool: _Spool) -> list[tuple[int, str, str]]:
+        """The root's one listing streamed into `spool` (completed a batch at a time);
+        returns the moves, (stamp, src, dest), whose markers are the only entries held."""
+        markers: dict[int, dict[str, str]] = {}
+        batch: list[tuple[RemoteEntry, str, int, str]] = []  # (entry, rel, stamp, kind: CUR_KIND or KEPT/DELETED)
+        with ThreadPoolExecutor(STAT_THREADS) as pool:
+            def flush() -> None:
+                done = self._complete([e for e, *_ in batch], pool)
+                spool.add((rel, when, kind, _content((CUR if kind == CUR_KIND else KEPT_REF) + e.rel, e))
+                          for e, (_, rel, when, kind) in zip(done, batch))
+                batch.clear()
+
+            for e in self.con.list(""):
+                if not is_area(e.rel):
+                    batch.append((e, e.rel, 0, CUR_KIND))
+                else:
+                    name = parse_area_name(e.rel)
+                    if name is None:
+                        continue
+                    if name.kind in (MOVED, ARRIVED):
+                        markers.setdefault(name.when_ns, {})[name.kind] = name.rel
+                    else:
+                        batch.append((e, name.rel, name.when_ns, name.kind))
+                if len(batch) >= SPOOL_BATCH:
+                    flush()
+            flush()
+        moves = []
+        for when, pair in markers.items():
             if MOVED in pair and ARRIVED in pair:
-                events.append((when, 0, pair[MOVED], pair[ARRIVED]))
+                moves.append((when, pair[MOVED], pair[ARRIVED]))
             else:
                 log.info("versions area: a move at %d has only its %s marker; ignored", when, list(pair))
-        events.sort(key=lambda ev: (-ev[0], ev[1]))
-        for when, order, rel, what in events:
-            if order == 0:
-                t.move(rel, what, when)  # type: ignore[arg-type]
-            else:
-                entry, deleted = what  # type: ignore[misc]
-                t.keep(rel, when, _content(KEPT_REF + entry.rel, entry), deleted)
-        return t.finish()
+        return moves
+
+    def _by_path(self, prefix: str) -> Iterator[tuple[str, list[Version]]]:
+        """(path, its versions in the walk's order) for every path under `prefix`, by
+        path (byte order), with the listing spooled to disk: what is held at once is one
+        path's entries, plus whatever moves tie together (rule 4 relates every path under
+        a move's src and dest, so those subtrees are walked as one, in memory)."""
+        with _Spool() as spool:
+            moves = self._spool(spool)
+            tops = sorted({p for _, src, dest in moves for p in (src, dest)})
+            tied = self._tied(spool, moves, tops, prefix)
+            plain = ((rel, _walk_one(rel, rows)) for rel, rows in spool.paths(prefix) if not _under_any(rel, tops))
+            yield from heapq.merge(tied, plain, key=lambda item: _key(item[0]))
+
+    def _tied(self, spool: _Spool, moves: list[tuple[int, str, str]], tops: list[str],
+              prefix: str) -> Iterator[tuple[str, list[Version]]]:
+        """The paths under what moves tie together (rule 4), walked as one timeline."""
+        if not moves:
+            return iter(())
+        current: dict[str, _Content] = {}
+        events: list[tuple[int, int, str, object]] = [(when, 0, src, dest) for when, src, dest in moves]
+        for top in _outer(tops):
+            for rel, rows in spool.paths(top):
+                for when, kind, c in rows:
+                    if kind == CUR_KIND:
+                        current[rel] = c
+                    else:
+                        events.append((when, 1, rel, (c, kind == DELETED)))
+        versions = _run(current, events)
+        return iter([(rel, versions[rel]) for rel in sorted(versions, key=_key) if _under(rel, prefix)])
 
     # -- VersionStore ------------------------------------------------------
     def history(self, prefix: str = "") -> Iterator[Version]:
-        versions = self._timeline()
-        for rel in sorted(versions):
-            if _under(rel, prefix):
-                yield from sorted(versions[rel], key=lambda v: -v.since_ns)
+        for _rel, versions in self._by_path(prefix):
+            yield from sorted(versions, key=lambda v: -v.since_ns)
 
     def at(self, when_ns: int, prefix: str = "") -> Iterator[Version]:
-        versions = self._timeline()
-        for rel in sorted(versions):
-            if not _under(rel, prefix):
-                continue
-            for v in versions[rel]:
+        for _rel, versions in self._by_path(prefix):
+            for v in versions:
                 if v.covers(when_ns):
                     if not v.deleted:
                         yield v
@@ -272,12 +309,96 @@ class AreaStore(VersionStore):
                 return e.rel
         return None
 
+    def folders(self, prefix: str = "") -> Iterator[FolderEntry]:
+        return remote_folders(self.con, prefix)
+
+    def holds_files(self, rel: str) -> bool:
+        return holds_files(self.con, rel)
+
     def remove(self, version: Version) -> None:
         if version.deleted:
             return  # a deletion is no object: it goes with the version kept at it
         if not version.ref.startswith(KEPT_REF):
             raise PermanentError(f"{version.rel!r}: the version's bytes are a current file's; not removed")
         self.con.delete(version.ref[len(KEPT_REF):])
+
+
+def _run(current: dict[str, _Content], events: list[tuple[int, int, str, object]]) -> dict[str, list[Version]]:
+    """The backwards walk over recorded events (newest first; at one stamp, the move
+    before the keep): every path's versions."""
+    t = _Timeline(current)
+    events.sort(key=lambda ev: (-ev[0], ev[1]))
+    for when, order, rel, what in events:
+        if order == 0:
+            t.move(rel, what, when)  # type: ignore[arg-type]
+        else:
+            kept, deleted = what  # type: ignore[misc]
+            t.keep(rel, when, kept, deleted)
+    return t.finish()
+
+
+def _walk_one(rel: str, rows: list[tuple[int, str, _Content]]) -> list[Version]:
+    """One path no move touched: its versions from its current file and its own keeps."""
+    current = {rel: c for _when, kind, c in rows if kind == CUR_KIND}
+    return _run(current, [(when, 1, rel, (c, kind == DELETED)) for when, kind, c in rows if kind != CUR_KIND]).get(rel, [])
+
+
+def _key(rel: str) -> bytes:
+    """The order paths come out in: their bytes (the spool's ORDER BY)."""
+    return os.fsencode(rel)
+
+
+def _under_any(rel: str, tops: list[str]) -> bool:
+    return any(_under(rel, t) for t in tops)
+
+
+def _outer(tops: list[str]) -> list[str]:
+    """`tops` without those under another one."""
+    out: list[str] = []
+    for t in sorted(tops, key=_key):
+        if not any(_under(t, o) for o in out):
+            out.append(t)
+    return out
+
+
+class _Spool:
+    """The root's listing on disk, read back path by path in byte order: a sort by
+    path whose memory does not grow with the listing (a temporary SQLite file)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="skynet-versions-")
+        self.db = sqlite3.connect(os.path.join(self._dir.name, "spool.db"), check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE e (path BLOB, stamp INTEGER, kind TEXT, ref BLOB, size INTEGER, mtime INTEGER,"
+                        " mode INTEGER, etag TEXT, born INTEGER)")
+
+    def __enter__(self) -> "_Spool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+    def add(self, rows: Iterator[tuple[str, int, str, _Content]]) -> None:
+        self.db.executemany("INSERT INTO e VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            ((_key(rel), when, kind, _key(c.ref), c.size, c.mtime_ns, c.mode, c.etag, c.born)
+                             for rel, when, kind, c in rows))
+
+    def paths(self, prefix: str) -> Iterator[tuple[str, list[tuple[int, str, _Content]]]]:
+        """(path, its rows: (stamp, kind, content)) for every path at or under `prefix`, by path."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'by_path'").fetchone():
+            self.db.execute("CREATE INDEX by_path ON e (path)")
+        sql = "SELECT path, stamp, kind, ref, size, mtime, mode, etag, born FROM e"
+        args: tuple = ()
+        if prefix:
+            top = _key(prefix.rstrip("/"))
+            sql += " WHERE path = ? OR (path >= ? AND path < ?)"
+            args = (top, top + b"/", top + b"0")  # "0" follows "/": everything under top/
+        rows = self.db.execute(sql + " ORDER BY path", args)
+        for path, group in itertools.groupby(rows, key=lambda r: r[0]):
+            yield os.fsdecode(path), [(r[1], r[2], _Content(os.fsdecode(r[3]), r[4], r[5], r[6], r[7], r[8]))
+                                      for r in group]
 
 
 def _content(ref: str, e: RemoteEntry) -> _Content:

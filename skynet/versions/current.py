@@ -13,8 +13,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from connections.contract.xcon import RemoteEntry, RemoteNotFound, Sink, WholeRead, XCon, read_range_into
-from skynet.versions.model import Version, VersionStore
+from connections.contract.xcon import (
+    FolderEntry, RemoteEntry, RemoteNotFound, Sink, WholeRead, XCon, read_range_into,
+)
+from skynet.versions.model import Version, VersionStore, holds_files, remote_folders
 
 
 class NoHistory(Exception):
@@ -53,6 +55,12 @@ class CurrentStore(VersionStore, Completes):
             raise NoHistory(f"{name} keeps no versions (versions = no): only its current state can be "
                             "restored (--at now)")
         return self._current(prefix)
+
+    def folders(self, prefix: str = "") -> Iterator[FolderEntry]:
+        return remote_folders(self.con, prefix)
+
+    def holds_files(self, rel: str) -> bool:
+        return holds_files(self.con, rel)
 
     def read_range(self, version: Version, offset: int, length: int) -> bytes:
         """The current file's bytes, held to the version listed (RemoteChanged if replaced since)."""

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from connections.contract.xcon import Sink
+from connections.contract.xcon import FolderEntry, Folders, Sink, XCon
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,33 @@ class VersionStore(ABC):
     @abstractmethod
     def remove(self, version: Version) -> None:
         """Drop one kept version (pruning). Never the current one."""
+
+    def folders(self, prefix: str = "") -> Iterator[FolderEntry]:
+        """The folders the remote holds now at or under `prefix`, with their modes, for
+        restore to make the empty ones and give each its bits. Now, not as of a time:
+        folders have no versions. This default: a remote without folders (S3)."""
+        return iter(())
+
+    def holds_files(self, rel: str) -> bool:
+        """The remote's folder `rel` holds a file now, at any depth. Restore makes a
+        folder that got no file as of its time only when it is empty now (kept empty,
+        when made unknown): one that holds files now held other ones then, or none."""
+        return False
+
+
+def holds_files(con: XCon, rel: str) -> bool:
+    """VersionStore.holds_files() of a store reading `con` (the first file listed answers)."""
+    return next(iter(con.list(rel)), None) is not None
+
+
+def remote_folders(con: XCon, prefix: str = "") -> Iterator[FolderEntry]:
+    """VersionStore.folders() of a store reading `con`: its folders at or under
+    `prefix`, never the versions area's. Streamed."""
+    from skynet.versions.names import is_area
+
+    if not isinstance(con, Folders):
+        return
+    top = prefix.rstrip("/")
+    for f in con.list_folders(""):
+        if not is_area(f.rel) and (not top or f.rel == top or f.rel.startswith(top + "/")):
+            yield f

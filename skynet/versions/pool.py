@@ -11,6 +11,7 @@ import dataclasses
 import heapq
 from collections.abc import Iterator
 
+from connections.contract.xcon import FolderEntry
 from skynet.versions.model import Version, VersionStore
 
 
@@ -41,6 +42,18 @@ class PoolStore(VersionStore):
             if v.rel != last:
                 last = v.rel
                 yield v
+
+    def folders(self, prefix: str = "") -> Iterator[FolderEntry]:
+        """Every lane's folders, each path once (the first lane's mode)."""
+        seen: set[str] = set()
+        for s in self.stores:
+            for f in s.folders(prefix):
+                if f.rel not in seen:
+                    seen.add(f.rel)
+                    yield f
+
+    def holds_files(self, rel: str) -> bool:
+        return any(s.holds_files(rel) for s in self.stores)
 
     def read_range(self, version: Version, offset: int, length: int) -> bytes:
         store, v = self._route(version)
