@@ -93,3 +93,48 @@ def test_kill9_mid_restore_then_the_same_command_fetches_only_the_rest(tmp_path,
     print(f"{backend.service}: killed with {len(done)} of {plan.count} chunks done; the second run fetched "
           f"{big_bytes / 2**20:.0f} MiB of the big file (remainder {remainder / 2**20:.0f} MiB), "
           f"skipped {len(landed)} finished files")
+
+
+@pytest.fixture(params=[b for b in enabled_backends() if b == "s3"])
+def md5_backend(request, tmp_path, servers):
+    """rclone serve s3 with the objects written into its folder: each ETag is the plain MD5."""
+    with BACKENDS[request.param](tmp_path, servers) as b:
+        yield b
+
+
+def test_kill9_then_a_kept_chunk_spoilt_on_disk_fails_the_md5_and_the_next_run_starts_over(tmp_path, md5_backend):
+    """The MD5 is taken beside the download (fetch.py _FollowingMD5) and cannot be kept
+    across a kill: the resumed run hashes the kept chunks from the part file. One of them
+    spoilt after the kill fails the check (nothing lands, exit 1), and the run after that
+    fetches the file afresh and lands it."""
+    size = 5 * CHUNK
+    big = os.urandom(size)
+    md5_backend.seed({"big.bin": big})
+    mapping = dict(md5_backend.config.get("mapping", {}), source=str(tmp_path / "src"))
+    (tmp_path / "src").mkdir()
+    cfg = write_config(tmp_path / "c.ini", md5_backend.service, {"t": mapping}, tmp_path / "state",
+                       dict(md5_backend.config.get("service", {})), extra={"bwlimit": "40M"})
+    out = tmp_path / "out"
+    part, state = (Path(p) for p in part_paths(str(out / "big.bin")))
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(restore_cmd(cfg, out), cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            done = wait_chunks(state, first, 1)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+    kept = min(json.loads(state.read_text())["done"])
+    with open(part, "r+b") as fh:
+        fh.seek(kept * CHUNK + 1000)
+        fh.write(b"\0" * 16)
+
+    second = subprocess.run(restore_cmd(cfg, out), cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert "MD5" in second.stderr and not (out / "big.bin").exists()
+    assert kept not in {n for f, n, _b in chunks_fetched(second.stderr) if f == "big.bin"}  # it was resumed
+    assert not part.exists() and not state.exists()  # bytes that failed the check are not resumed from
+
+    third = subprocess.run(restore_cmd(cfg, out), cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (out / "big.bin").read_bytes() == big
+    assert done and len({n for f, n, _b in chunks_fetched(third.stderr) if f == "big.bin"}) == 5

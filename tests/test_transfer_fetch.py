@@ -150,3 +150,140 @@ def test_a_streamed_range_is_written_piece_by_piece_at_its_offset(tmp_path, pool
     with pytest.raises(ShortChunk):
         fetch(short, _entry(data), str(tmp_path / "short.bin"), TransferContext(), pool, chunk_size=8192, concurrency=3)
     assert not os.path.exists(tmp_path / "short.bin")
+
+
+class _CountingMD5:
+    """hashlib.md5 that tells, through `fed`, how many bytes it has been given so far."""
+
+    def __init__(self, fed: list[int], seen: threading.Event, threshold: int) -> None:
+        self.h, self.fed, self.seen, self.threshold = hashlib.md5(), fed, seen, threshold
+
+    def update(self, data) -> None:
+        self.h.update(data)
+        self.fed[0] += len(data)
+        if self.fed[0] >= self.threshold:
+            self.seen.set()
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+class _PausingRemote(StreamedRemote):
+    """Streams chunk 0 in 64 KiB pieces and, half-way through it, waits (at most `patience` s)
+    for `seen`: whether the MD5 had started on chunk 0 before its last byte arrived."""
+
+    def __init__(self, data: bytes, seen: threading.Event, patience: float) -> None:
+        super().__init__(data, piece=64 << 10)
+        self.seen, self.patience = seen, patience
+        self.hashed_mid_chunk: bool | None = None
+
+    def read_range_into(self, rel, offset, length, out, *, expect=None) -> int:
+        if offset != 0:
+            return super().read_range_into(rel, offset, length, out, expect=expect)
+        view = memoryview(self.read_range(rel, offset, length, expect=expect))
+        half = len(view) // 2
+        for i in range(0, half, self.piece):
+            out(view[i: min(i + self.piece, half)])
+        self.hashed_mid_chunk = self.seen.wait(self.patience)
+        for i in range(half, len(view), self.piece):
+            out(view[i: i + self.piece])
+        return len(view)
+
+
+def test_the_md5_follows_the_bytes_written_while_a_chunk_still_arrives(tmp_path, pool, monkeypatch):
+    """The MD5 is taken on a thread of its own right behind the written bytes, not when a
+    chunk is finished and recorded (it used to wait behind the saver's fsync and trail
+    the download by seconds): half of chunk 0 on the file is hashed before the rest comes."""
+    import types
+
+    from skynet.transfer import fetch as fetch_mod
+
+    fed, seen = [0], threading.Event()
+    chunk = 4 << 20  # the sinks report their front every MiB (REPORT_STEP)
+    monkeypatch.setattr(fetch_mod, "hashlib", types.SimpleNamespace(md5=lambda: _CountingMD5(fed, seen, 1 << 20)))
+    data = os.urandom(2 * chunk + 1000)
+    remote = _PausingRemote(data, seen, patience=20.0)
+    dest = str(tmp_path / "big.bin")
+    fetch(remote, _entry(data, hashlib.md5(data).hexdigest()), dest, TransferContext(), pool,
+          chunk_size=chunk, concurrency=1)
+    assert remote.hashed_mid_chunk is True
+    assert open(dest, "rb").read() == data and fed[0] == len(data)
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read-back"])
+def test_the_md5_is_of_the_bytes_on_disk_not_of_the_bytes_received(tmp_path, pool, monkeypatch, mapped):
+    """The MD5 reads the part file (through a mapping, or with pread where the file cannot
+    be mapped): a byte that reached the file other than it arrived (here pwrite flips one)
+    fails the check, and nothing lands; the right bytes pass either way."""
+    import errno
+    import mmap
+
+    if not mapped:
+        def no_mmap(*_a, **_k):
+            raise OSError(errno.ENODEV, "no mmap on this file system")
+        monkeypatch.setattr(mmap, "mmap", no_mmap)
+    data = os.urandom(100_000)
+    good = str(tmp_path / "good")
+    fetch(StreamedRemote(data, piece=1000), _entry(data, hashlib.md5(data).hexdigest()), good, TransferContext(),
+          pool, chunk_size=8192, concurrency=3)
+    assert open(good, "rb").read() == data
+    real_pwrite = os.pwrite
+
+    def flipping(fd: int, piece, pos: int) -> int:
+        if pos <= 3 * 8192 < pos + len(piece):
+            spoilt = bytearray(piece)
+            spoilt[3 * 8192 - pos] ^= 0xFF
+            return real_pwrite(fd, spoilt, pos)
+        return real_pwrite(fd, piece, pos)
+
+    monkeypatch.setattr(os, "pwrite", flipping)
+    dest = str(tmp_path / "f")
+    with pytest.raises(VerifyFailed):
+        fetch(StreamedRemote(data, piece=1000), _entry(data, hashlib.md5(data).hexdigest()), dest, TransferContext(),
+              pool, chunk_size=8192, concurrency=3)
+    assert not os.path.exists(dest) and not os.path.exists(part_paths(dest)[0])
+
+
+class _FailingRemote(RangedRemote):
+    """Fails the ranged read at `fail_at` (a network error) once the read at `after` is served."""
+
+    def __init__(self, data: bytes, fail_at: int, after: int) -> None:
+        super().__init__(data)
+        self.fail_at, self.after = fail_at, after
+        self.served = threading.Event()
+
+    def read_range(self, rel, offset, length, *, expect=None) -> bytes:
+        if offset == self.fail_at:
+            assert self.served.wait(20.0)
+            raise ConnectionResetError("the connection broke")
+        got = super().read_range(rel, offset, length, expect=expect)
+        if offset == self.after:
+            self.served.set()
+        return got
+
+
+def test_a_resumed_fetch_hashes_kept_chunks_after_a_gap_from_disk(tmp_path, pool):
+    """Chunks kept from an attempt that failed on chunk 1 (0, 2, 3... finished) are hashed
+    from the file around the one fetched again; a kept chunk after the gap that went bad
+    on disk fails the check. And a failed fetch leaves no MD5 thread behind."""
+    data = os.urandom(100_000)
+    md5 = hashlib.md5(data).hexdigest()
+    for spoil in (False, True):
+        dest = str(tmp_path / f"f{spoil}")
+        with pytest.raises(ConnectionResetError):
+            fetch(_FailingRemote(data, fail_at=8192, after=2 * 8192), _entry(data, md5), dest, TransferContext(), pool,
+                  chunk_size=8192, concurrency=3)
+        assert not any(t.name == "fetch-md5" for t in threading.enumerate())
+        if spoil:
+            with open(part_paths(dest)[0], "r+b") as fh:
+                fh.seek(2 * 8192)
+                fh.write(b"\0" * 10)  # chunk 2, kept as finished
+        again = RangedRemote(data)
+        if spoil:
+            with pytest.raises(VerifyFailed):
+                fetch(again, _entry(data, md5), dest, TransferContext(), pool, chunk_size=8192, concurrency=3)
+            assert not os.path.exists(dest)
+        else:
+            fetch(again, _entry(data, md5), dest, TransferContext(), pool, chunk_size=8192, concurrency=3)
+            assert open(dest, "rb").read() == data
+        assert 8192 in again.asked and 2 * 8192 not in again.asked  # chunk 1 fetched again, chunk 2 kept

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import logging
+import mmap
 import queue
 import re
 import threading
@@ -54,7 +55,8 @@ ReadRange = Callable[[int, int], bytes]  # (offset, length) -> that many bytes (
 #: (offset, length, out) -> the byte count: the bytes of a ranged read handed to `out` in order as
 #: they arrive (fewer only at the end). Streamed, a chunk is written where it belongs piece by piece.
 ReadInto = Callable[[int, int, Sink], int]
-HASH_STEP = 256 << 10  # the MD5 reads the part file back in pieces this size, into one buffer that stays in cache
+HASH_STEP = 256 << 10  # without a mapping, the MD5 reads the part file back in pieces this size, into one cached buffer
+MAP_STEP = 64 << 20  # the MD5 maps at most this much of the part file at a time
 REPORT_STEP = 1 << 20  # progress (and the bandwidth limit) is told about a streamed chunk every MiB
 
 
@@ -84,12 +86,14 @@ class Wanted:
 
 class _WriteAt:
     """The Sink of one chunk: each piece pwritten at its place in the part file as it
-    arrives, progress told every REPORT_STEP bytes (and at the end, by done())."""
+    arrives, progress told every REPORT_STEP bytes (and at the end, by done()): to `got`
+    (the byte count) and to `front` (where the chunk's bytes on the file now end: the
+    MD5 follows them)."""
 
-    __slots__ = ("fd", "pos", "got", "unreported")
+    __slots__ = ("fd", "pos", "got", "unreported", "front")
 
-    def __init__(self, fd: int, pos: int, got: Meter) -> None:
-        self.fd, self.pos, self.got, self.unreported = fd, pos, got, 0
+    def __init__(self, fd: int, pos: int, got: Meter, front: Callable[[int], None] | None = None) -> None:
+        self.fd, self.pos, self.got, self.unreported, self.front = fd, pos, got, 0, front
 
     def __call__(self, piece: memoryview) -> None:
         fd, pos = self.fd, self.pos
@@ -105,6 +109,8 @@ class _WriteAt:
         if self.unreported:
             n, self.unreported = self.unreported, 0
             self.got(n)
+            if self.front is not None:
+                self.front(self.pos)
 
 
 def part_paths(dest: str) -> tuple[str, str]:
@@ -174,18 +180,24 @@ def fetch_ranges(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
         if not done:
             os.ftruncate(fd, 0)
 
-        md5 = _InOrderMD5(fd, plan) if want.etag and _MD5.fullmatch(want.etag) else None
-        saver = _Saver(fd, state_path, ident, done, md5)
+        md5 = _FollowingMD5(fd, plan, done) if want.etag and _MD5.fullmatch(want.etag) else None
+        saver = _Saver(fd, state_path, ident, done)
 
         def fetched(n: int, start: int, end: int, meter: Meter) -> None:
-            _fetch_chunk(read, fd, n, start, end, meter, got, want.rel)
+            front = None if md5 is None else md5.front_of(n)
+            _fetch_chunk(read, fd, n, start, end, meter, got, want.rel, front)
 
         try:
-            each(plan, fetched, ctx, pool, done=set(done), on_chunk=lambda n, _r: saver.add(n), slots=slots)
+            try:
+                each(plan, fetched, ctx, pool, done=set(done), on_chunk=lambda n, _r: saver.add(n), slots=slots)
+            finally:
+                saver.close()  # every finished chunk recorded (also when stopped or failed), the thread gone
+            digest = md5.finish() if md5 is not None else None
         finally:
-            saver.close()  # every finished chunk recorded (also when stopped or failed), the thread gone
+            if md5 is not None:
+                md5.close()
         os.ftruncate(fd, want.size)  # a resumed part file may hold more (never the case, cheap to make sure)
-        _finish(fd, want, dest, sync=True, md5=md5.finish() if md5 is not None else None)
+        _finish(fd, want, dest, sync=True, md5=digest)
     finally:
         os.close(fd)
     _land(part, dest)
@@ -195,10 +207,10 @@ def fetch_ranges(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
 
 
 def _fetch_chunk(read: ReadInto, fd: int, n: int, start: int, end: int, meter: Meter, count: Meter,
-                 rel: str) -> None:
+                 rel: str, front: Callable[[int], None] | None = None) -> None:
     """One chunk on a pool thread: streamed into the part file at its offset; ShortChunk
     if the remote has fewer bytes there than planned (it changed: the caller starts over)."""
-    sink = _WriteAt(fd, start, meter)
+    sink = _WriteAt(fd, start, meter, front)
     try:
         got = read(start, end - start, sink)
     finally:
@@ -229,15 +241,16 @@ def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
 
 class _Saver:
     """Records finished chunks on a thread of its own, in the order they finish: fsync the
-    part file (a chunk is on disk before the state says so), write the resume state, and
-    take the MD5 of the run of chunks from the start that is complete. Several chunks
-    finished meanwhile share one fsync and one state write. On the scheduling thread this
-    work (an fsync and 16 MiB of MD5 per chunk) kept it from starting the next ranged read
-    while the other reads went on; here it overlaps them. close() waits for everything
-    handed over and re-raises the first error it met."""
+    part file (a chunk is on disk before the state says so), then write the resume state.
+    Several chunks finished meanwhile share one fsync and one state write. On the
+    scheduling thread an fsync per chunk kept it from starting the next ranged read while
+    the other reads went on; here it overlaps them. The MD5 is not taken here: waiting
+    behind an fsync of hundreds of dirty MiB it fell seconds behind the download
+    (_FollowingMD5). close() waits for everything handed over and re-raises the first
+    error it met."""
 
-    def __init__(self, fd: int, state_path: str, ident: dict, done: set[int], md5: "_InOrderMD5 | None") -> None:
-        self.fd, self.state_path, self.ident, self.done, self.md5 = fd, state_path, ident, done, md5
+    def __init__(self, fd: int, state_path: str, ident: dict, done: set[int]) -> None:
+        self.fd, self.state_path, self.ident, self.done = fd, state_path, ident, done
         self.error: BaseException | None = None
         self._q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="fetch-save", daemon=True)
@@ -271,37 +284,106 @@ class _Saver:
         os.fsync(self.fd)  # the chunks are on disk before the state says so
         self.done.update(finished)
         write_atomic(self.state_path, json.dumps({"ident": self.ident, "done": sorted(self.done)}), sync=False)
-        if self.md5 is not None:
-            self.md5.advance(self.done)  # while the next chunks download
 
 
-class _InOrderMD5:
-    """The MD5 of a file being fetched in chunks, taken as soon as a run of chunks from
-    the start is on disk (read back from the page cache on the calling thread, while
-    the pool fetches the next ones): verifying a 1 GiB file then costs no second pass
-    at the end. Chunks kept from an earlier attempt are hashed the same way."""
+class _FollowingMD5:
+    """The MD5 of a file being fetched in chunks, taken on a thread of its own as close
+    behind the writes as they let it: it hashes the bytes from the start of the part file
+    that are written so far -- chunks kept from an earlier attempt, whole chunks fetched
+    now, and the written front of the chunk under way, which each chunk's sink reports
+    every MiB (front_of) -- and waits for more. So the MD5 runs beside the download
+    instead of trailing it, and it is the MD5 of the bytes on disk (each byte read from
+    the file after it was written there, and never written again by this fetch: a chunk
+    is fetched once per call). Kept chunks are hashed from disk like the others, so a kept
+    chunk that went bad fails the check.
 
-    def __init__(self, fd: int, plan: Plan) -> None:
+    The bytes are read through a read-only mapping of the part file (its page-cache pages
+    hashed in place, one update() per range without the GIL: a read-back copied each
+    byte once more, 0.1 CPU-s per GiB on the MD5's thread, which is the restore's
+    critical path); where the file cannot be mapped, through pread into one buffer. A
+    mapping faults (SIGBUS) if the file is truncated under it: only this fetch truncates
+    its part file, before and after hashing."""
+
+    def __init__(self, fd: int, plan: Plan, kept: set[int]) -> None:
         self.fd, self.plan = fd, plan
-        self.next = 0
+        self.pos = 0  # the bytes [0, pos) are hashed
         self.h = hashlib.md5()
-        self._buf = memoryview(bytearray(HASH_STEP))  # reused: a fresh 16 MiB bytes per read cost page faults
+        self.error: BaseException | None = None
+        self._fronts = {n: plan.bounds(n)[1] for n in kept}  # chunk -> where its bytes on the file end
+        self._more = threading.Event()
+        self._closed = False
+        self._can_map = True
+        self._buf = memoryview(bytearray(HASH_STEP))  # reused: a fresh bytes object per read costs page faults
+        self._thread = threading.Thread(target=self._run, name="fetch-md5", daemon=True)
+        self._thread.start()
 
-    def advance(self, done: set[int]) -> None:
-        while self.next < self.plan.count and self.next in done:
-            start, end = self.plan.bounds(self.next)
-            pos = start
-            while pos < end:
-                got = os.preadv(self.fd, [self._buf[: min(HASH_STEP, end - pos)]], pos)
-                if not got:
-                    break  # shorter than planned: the size check says so
-                self.h.update(self._buf[:got])
-                pos += got
-            self.next += 1
+    def front_of(self, n: int) -> Callable[[int], None]:
+        """What chunk `n`'s sink calls with the offset its written bytes reach."""
+        def front(upto: int) -> None:
+            self._fronts[n] = upto
+            self._more.set()
+        return front
 
     def finish(self) -> str:
-        self.advance(set(range(self.plan.count)))
+        """The hex MD5 once every byte is hashed (all chunks must be on the file)."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
         return self.h.hexdigest()
+
+    def close(self) -> None:
+        """Stop the thread (a fetch that failed or stopped: the rest never comes)."""
+        self._closed = True
+        self._more.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while self.pos < self.plan.size and not self._closed:
+                self._more.clear()
+                upto = self._written_from(self.pos)
+                if upto <= self.pos:
+                    self._more.wait()
+                    continue
+                self._hash(self.pos, upto)
+                self.pos = upto
+        except BaseException as exc:  # handed to the caller by finish()
+            self.error = exc
+
+    def _written_from(self, pos: int) -> int:
+        """Where the bytes on the file that start at `pos` (a chunk's start or inside it) end."""
+        n = pos // self.plan.chunk_size
+        return self._fronts.get(n, self.plan.bounds(n)[0])
+
+    def _hash(self, pos: int, end: int) -> None:
+        while pos < end:
+            step = min(end, pos + MAP_STEP)
+            if not self._hash_mapped(pos, step):
+                self._hash_read(pos, step)
+            pos = step
+
+    def _hash_mapped(self, pos: int, end: int) -> bool:
+        """Hash [pos, end) of the file through a mapping; False if it cannot be mapped."""
+        if not self._can_map:
+            return False
+        start = pos - pos % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(self.fd, end - start, prot=mmap.PROT_READ, offset=start)
+        except (OSError, ValueError):  # a file system without mmap: read instead, from now on
+            self._can_map = False
+            return False
+        with mapped, memoryview(mapped) as view:
+            self.h.update(view[pos - start:])
+        return True
+
+    def _hash_read(self, pos: int, end: int) -> None:
+        buf, h, fd = self._buf, self.h, self.fd
+        while pos < end:
+            got = os.preadv(fd, [buf[: min(HASH_STEP, end - pos)]], pos)
+            if not got:
+                raise VerifyFailed(f"the part file ends at {pos}, before the {end} bytes written to it")
+            h.update(buf[:got])
+            pos += got
 
 
 def _finish(fd: int, want: Wanted, dest: str, sync: bool, md5: str | None = None) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 DEFAULT_PATTERNS: tuple[str, ...] = (
     # vim, emacs, nano, LibreOffice, gedit, JetBrains, generic temp/backup names
@@ -48,6 +50,8 @@ class IgnoreRules:
     """Matches relative paths against the default and the configured patterns."""
 
     def __init__(self, patterns: list[str] | tuple[str, ...] = (), use_defaults: bool = True, extra_paths: tuple[str, ...] = ()) -> None:
+        import pathspec  # here, not at the top: loading the config (every command) needs no pathspec
+
         lines = list(DEFAULT_PATTERNS if use_defaults else ()) + [p for p in patterns if p.strip()]
         self.patterns = lines
         self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
@@ -95,6 +99,8 @@ def _one_regex(spec: pathspec.GitIgnoreSpec) -> re.Pattern | None:
 
 def validate_pattern(pattern: str) -> str:
     """Raise ValueError for a pattern pathspec cannot compile."""
+    import pathspec  # see IgnoreRules
+
     try:
         pathspec.GitIgnoreSpec.from_lines([pattern])
     except Exception as exc:  # pathspec raises several types
