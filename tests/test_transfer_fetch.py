@@ -1,6 +1,7 @@
 """fetch(): one remote file to a local path, ranged, atomic, verified, resumable (skynet/transfer/fetch.py)."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -10,7 +11,7 @@ import pytest
 
 from connections.contract.xcon import RangeInto, RemoteEntry, TransferContext
 from skynet.transfer.chunks import ShortChunk, TransferStopped
-from skynet.transfer.fetch import VerifyFailed, fetch, part_paths
+from skynet.transfer.fetch import PartBusy, VerifyFailed, fetch, part_paths
 
 
 class RangedRemote:
@@ -94,6 +95,27 @@ def test_a_link_at_the_part_name_is_not_followed(tmp_path, pool):
     with pytest.raises(OSError):
         fetch(RangedRemote(data), _entry(data), dest, TransferContext(), pool)
     assert victim.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("size", [1000, 50_000], ids=["one read", "chunked"])
+def test_a_part_file_another_fetch_holds_is_left_alone(tmp_path, pool, size):
+    """Two restores into one folder: the second finds the part file locked and fails that
+    file with PartBusy, without truncating or writing the first one's bytes (whose MD5
+    may be reading them through a mapping)."""
+    data = os.urandom(size)
+    dest = str(tmp_path / "f")
+    part = part_paths(dest)[0]
+    with open(part, "wb") as held:
+        held.write(b"first fetch's bytes")
+        held.flush()
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        remote = RangedRemote(data)
+        with pytest.raises(PartBusy, match="another process"):
+            fetch(remote, _entry(data), dest, TransferContext(), pool, chunk_size=8192)
+        assert remote.asked == [] and open(part, "rb").read() == b"first fetch's bytes"
+    assert not os.path.exists(dest)
+    fetch(RangedRemote(data), _entry(data), dest, TransferContext(), pool, chunk_size=8192)  # once it is free
+    assert open(dest, "rb").read() == data
 
 
 def test_the_md5_taken_while_chunks_arrive_covers_the_chunks_kept_from_before(tmp_path, pool):

@@ -23,6 +23,7 @@ reader: a version a VersionStore keeps), so each gets the same guarantees:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +46,29 @@ PART_SUFFIX = ".skynet-part"
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _PART_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 log = logging.getLogger("skynet.transfer.fetch")
+
+
+class PartBusy(OSError):
+    """Another process (a second restore into the same folder) is writing this part file."""
+
+
+def _open_part(part: str, truncate: bool) -> int:
+    """The part file, opened and held under an exclusive lock for this fetch: two
+    restores into one folder would otherwise write, truncate and hash one file at once
+    (and a truncation under the MD5's mapping is a SIGBUS, not an error). The loser
+    fails that file with one clear line and the folder's content is left as it was."""
+    fd = os.open(part, _PART_FLAGS, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BlockingIOError:
+        os.close(fd)
+        raise PartBusy(f"another process is fetching into {part}; not touched") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class VerifyFailed(Exception):
@@ -170,16 +194,13 @@ def fetch_ranges(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
     part, state_path = part_paths(dest)
     ident = _identity(want, chunk_size)
     done = _load_done(state_path, ident, plan.count)
-    fd = os.open(part, _PART_FLAGS, 0o600)
+    fd = _open_part(part, truncate=not done)
     moved = [0]
 
     def got(n: int) -> None:
         moved[0] += n
 
     try:
-        if not done:
-            os.ftruncate(fd, 0)
-
         md5 = _FollowingMD5(fd, plan, done) if want.etag and _MD5.fullmatch(want.etag) else None
         saver = _Saver(fd, state_path, ident, done)
 
@@ -226,7 +247,7 @@ def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
     ctx.start_at(0, want.size)
     ctx.ahead(want.size)  # the bandwidth limit, taken before the one read (its piece is the whole file)
     part = part_paths(dest)[0]
-    fd = os.open(part, _PART_FLAGS | os.O_TRUNC, 0o600)
+    fd = _open_part(part, truncate=True)
     try:
         sink = _WriteAt(fd, 0, lambda _n: None)
         got = read(0, want.size, sink) if want.size else 0
@@ -302,7 +323,7 @@ class _FollowingMD5:
     byte once more, 0.1 CPU-s per GiB on the MD5's thread, which is the restore's
     critical path); where the file cannot be mapped, through pread into one buffer. A
     mapping faults (SIGBUS) if the file is truncated under it: only this fetch truncates
-    its part file, before and after hashing."""
+    its part file, before and after hashing, and it holds the file's lock (_open_part)."""
 
     def __init__(self, fd: int, plan: Plan, kept: set[int]) -> None:
         self.fd, self.plan = fd, plan
