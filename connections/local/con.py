@@ -361,21 +361,26 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         caller's, the local side: connections/contract/source.py), the root and
         f's folder beneath it opened (made where missing), then `put(root, folder,
         name, src, what)`; every descriptor closed after."""
-        folders, name = split_rel(f.rel)
         src = open_source_fd(f)
         try:
-            root = self._open_root()
-            try:
-                folder = self._walk(root, folders, what, create=True)
-                assert folder is not None  # (create=True)
-                try:
-                    return put(root, folder, name, src, what)
-                finally:
-                    os.close(folder)
-            finally:
-                os.close(root)
+            return self._in_folder(f.rel, what, lambda root, folder, name: put(root, folder, name, src, what))
         finally:
             os.close(src)
+
+    def _in_folder(self, rel: str, what: str, act: Callable[[int, int, str], T]) -> T:
+        """`act(root, folder, name)` with the root and rel's folder beneath it open
+        (folders made where missing, never through a link); both closed after."""
+        folders, name = split_rel(rel)
+        root = self._open_root()
+        try:
+            folder = self._walk(root, folders, what, create=True)
+            assert folder is not None  # (create=True)
+            try:
+                return act(root, folder, name)
+            finally:
+                os.close(folder)
+        finally:
+            os.close(root)
 
     def _write(self, root: int, folder: int, name: str, src: int, f: LocalFile, ctx: TransferContext,
                what: str) -> int:
@@ -416,17 +421,8 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         replaced as take_over() does (a temp name, then rename). A file system without
         O_TMPFILE gets the named temp file send() writes."""
         what = f"send {rel!r}"
-        folders, name = split_rel(rel)
-        root = self._open_root()
-        try:
-            folder = self._walk(root, folders, what, create=True)
-            assert folder is not None  # (create=True)
-            try:
-                self._put_in(root, folder, name, rel, data, mode, replacing, what)
-            finally:
-                os.close(folder)
-        finally:
-            os.close(root)
+        self._in_folder(rel, what, lambda root, folder, name: self._put_in(root, folder, name, rel, data, mode,
+                                                                           replacing, what))
         return SendResult(size=len(data), etag=None, bytes_sent=len(data))
 
     def _put_in(self, root: int, folder: int, name: str, rel: str, data: bytes | memoryview, mode: int,
@@ -528,18 +524,9 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         offset; a resumed attempt continues from the temp file's size (the truth
         after a kill -9) and the MD5 is then taken over the whole temp file; the
         temp file gets mtime and mode and is renamed into place."""
-        folders, name = split_rel(rel)
         what = f"send {rel!r}"
-        root = self._open_root()
-        try:
-            folder = self._walk(root, folders, what, create=True)
-            assert folder is not None  # (create=True)
-            try:
-                return self._write_stream(root, folder, name, rel, open_at, ctx, md5, what)
-            finally:
-                os.close(folder)
-        finally:
-            os.close(root)
+        return self._in_folder(rel, what, lambda root, folder, name: self._write_stream(root, folder, name, rel,
+                                                                                        open_at, ctx, md5, what))
 
     def _write_stream(self, root: int, folder: int, name: str, rel: str, open_at: StreamOpener,
                       ctx: TransferContext, md5: str | None, what: str) -> SendResult:
@@ -983,17 +970,8 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             st = os.fstat(fd)
             f = LocalFile(path="", rel=dest, size=st.st_size, mtime_ns=st.st_mtime_ns,
                           mode=statmod.S_IMODE(st.st_mode), ino=st.st_ino)
-            folders, name = split_rel(dest)
-            root = self._open_root()
-            try:
-                folder = self._walk(root, folders, what, create=True)
-                assert folder is not None  # (create=True)
-                try:
-                    self._write(root, folder, name, fd, f, TransferContext(), what)
-                finally:
-                    os.close(folder)
-            finally:
-                os.close(root)
+            self._in_folder(dest, what, lambda root, folder, name: self._write(root, folder, name, fd, f,
+                                                                               TransferContext(), what))
         finally:
             os.close(fd)
 
