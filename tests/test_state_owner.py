@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OWNERS = {"skynet/state/db.py", "skynet/state/folder.py", "skynet/state/index.py", "skynet/state/queue_store.py",
           "skynet/jobs/table.py",
-          "skynet/state/spool.py", "skynet/state/sqlitelib.py"}
+          "skynet/state/spool.py", "skynet/state/sortspool.py", "skynet/state/sqlitelib.py"}
 # A statement on one of the state's tables (PostgreSQL's are schema-qualified: skynet.events...).
 STATE_SQL = re.compile(r"\b(FROM|INTO|UPDATE|JOIN|TABLE(\s+IF\s+NOT\s+EXISTS)?)\s+(queue|entries|failed|resume|meta|spool)\b",
                        re.IGNORECASE)

@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -59,7 +57,7 @@ from connections.contract.xcon import (
     XCon,
     read_range_into,
 )
-from skynet.state.sqlitelib import sqlite3
+from skynet.state.sortspool import SortSpool
 from skynet.versions.model import Version, VersionStore, holds_files, remote_folders
 from skynet.versions.names import (
     AREA,
@@ -361,44 +359,22 @@ def _outer(tops: list[str]) -> list[str]:
     return out
 
 
-class _Spool:
+class _Spool(SortSpool):
     """The root's listing on disk, read back path by path in byte order: a sort by
-    path whose memory does not grow with the listing (a temporary SQLite file)."""
+    path whose memory does not grow with the listing."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="skynet-versions-")
-        self.db = sqlite3.connect(os.path.join(self._dir.name, "spool.db"), check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE e (path BLOB, stamp INTEGER, kind TEXT, ref BLOB, size INTEGER, mtime INTEGER,"
-                        " mode INTEGER, etag TEXT, born INTEGER)")
+        super().__init__(width=8)
 
-    def __enter__(self) -> "_Spool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
-        self._dir.cleanup()
-
-    def add(self, rows: Iterator[tuple[str, int, str, _Content]]) -> None:
-        self.db.executemany("INSERT INTO e VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            ((_key(rel), when, kind, _key(c.ref), c.size, c.mtime_ns, c.mode, c.etag, c.born)
-                             for rel, when, kind, c in rows))
+    def add(self, rows: Iterator[tuple[str, int, str, _Content]]) -> None:  # type: ignore[override]
+        super().add((_key(rel), when, kind, _key(c.ref), c.size, c.mtime_ns, c.mode, c.etag, c.born)
+                    for rel, when, kind, c in rows)
 
     def paths(self, prefix: str) -> Iterator[tuple[str, list[tuple[int, str, _Content]]]]:
         """(path, its rows: (stamp, kind, content)) for every path at or under `prefix`, by path."""
-        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'by_path'").fetchone():
-            self.db.execute("CREATE INDEX by_path ON e (path)")
-        sql = "SELECT path, stamp, kind, ref, size, mtime, mode, etag, born FROM e"
-        args: tuple = ()
-        if prefix:
-            top = _key(prefix.rstrip("/"))
-            sql += " WHERE path = ? OR (path >= ? AND path < ?)"
-            args = (top, top + b"/", top + b"0")  # "0" follows "/": everything under top/
-        rows = self.db.execute(sql + " ORDER BY path", args)
-        for path, group in itertools.groupby(rows, key=lambda r: r[0]):
-            yield os.fsdecode(path), [(r[1], r[2], _Content(os.fsdecode(r[3]), r[4], r[5], r[6], r[7], r[8]))
-                                      for r in group]
+        for path, rows in self.groups(_key(prefix.rstrip("/")) if prefix else b""):
+            yield os.fsdecode(path), [(r[0], r[1], _Content(os.fsdecode(r[2]), r[3], r[4], r[5], r[6], r[7]))
+                                      for r in rows]
 
 
 def _content(ref: str, e: RemoteEntry) -> _Content:
