@@ -231,18 +231,22 @@ def run_curl(t: S3Target, items: list[tuple[str, str]], prefix: str, workers: in
     return secs, cpu
 
 
-def verify(t: S3Target, s3, prefix: str, items: list[tuple[str, str]], root: Path, n_check: int = 5) -> None:
-    """Every object listed under `prefix`, and a few fetched back equal to their source."""
+def verify(t: S3Target, s3, prefix: str, items: list[tuple[str, str]], root: Path, n_check: int = 5) -> str:
+    """Every object listed under `prefix`, and a few fetched back equal to their source;
+    the metadata names the first one carries (to compare the paths' PUTs)."""
     got = count_objects(t, prefix)
     if got != len(items):
         raise SystemExit(f"{prefix}: {got} of {len(items)} objects")
     client = s3.client()
     step = max(len(items) // n_check, 1)
+    head = client.head_object(Bucket=t.bucket, Key=f"{prefix}/{items[0][1]}")
+    names = ",".join(sorted(head.get("Metadata", {})))
     for _url, rel in items[::step][:n_check]:
         body = client.get_object(Bucket=t.bucket, Key=f"{prefix}/{rel}")["Body"].read()
         want = (root / "items" / rel).read_bytes()
         if hashlib.md5(body).digest() != hashlib.md5(want).digest():
             raise SystemExit(f"{prefix}/{rel}: MD5 differs from the source")
+    return names
 
 
 def main() -> None:
@@ -288,11 +292,11 @@ def main() -> None:
                     secs, cpu = runs[name](prefix)
                     srv_cpu = proc_cpu_s(http.pid) + proc_cpu_s(srv.pid) - s0
                     load = os.getloadavg()[0]
-                    verify(t, srv, prefix, items, http.root)
+                    meta = verify(t, srv, prefix, items, http.root)
                     row = (args.items / secs, cpu * 1000 / args.items, srv_cpu * 1000 / args.items, load)
                     res[name].append(row)
                     log(f"round {r + 1} {name:8s} {row[0]:7.0f} items/s  client {row[1]:.3f} ms/item  "
-                        f"servers {row[2]:.3f} ms/item  load {load:.1f}  (verified)")
+                        f"servers {row[2]:.3f} ms/item  load {load:.1f}  (verified; metadata {meta})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.items:,} x {args.size // KiB} KiB, {args.workers} in flight, medians of {args.rounds} rounds:")
