@@ -339,7 +339,11 @@ class Restore:
         return dest
 
     def _folder(self, path: str, rel: str) -> None:
-        """The folder `path` in DIR (for `rel`) made, and not a link leading out of DIR."""
+        """The folder `path` in DIR (for `rel`) made, and not a link leading out of DIR.
+        A folder already made is found without the lock (a set's `in` is atomic), so
+        the 16 workers do not queue behind one that is making a new folder."""
+        if path in self._made:
+            return
         with self._made_lock:
             if path not in self._made:
                 os.makedirs(path, exist_ok=True)
