@@ -13,6 +13,10 @@ inside one run honest); medians over the rounds, and the gateway's MB/s as a rat
     receiving, fsyncing the staged bytes, verifying, and the send to the destination.
   * rclone: `rclone copy SRC DST --transfers THREADS` of the same files (its defaults otherwise).
 
+Between two runs the output is removed and the disk synced (`os.sync()`): rclone never fsyncs, so
+without it the run after rclone's pays for rclone's writeback (the gateway's durability fsyncs waited
+behind it: the 1 GiB local case measured 470 MB/s after rclone and 930 MB/s before it, 19:30 UTC).
+
 Besides MB/s, every run reports CPU seconds per GiB (less sensitive than wall time to the
 other sessions on a shared machine): the gateway process's (/proc/PID/stat), the client's
 (this process, which does nothing else meanwhile) and rclone's (os.wait4), with the load
@@ -201,6 +205,7 @@ def run_dest(dest: str, work: Path, big: Path, small: Path, args, results: dict)
                     print(f"round {r + 1} {dest:5} {workload:18} {tool:8} {mbps:8.1f} MB/s  CPU {cpu:5.2f} s/GiB{extra}"
                           f"  load {load:.1f}", flush=True)
                     (clear_gw if tool == "gateway" else clear_rc)()
+                    os.sync()  # the next run starts on a settled disk, not behind this one's writeback
 
 
 def _file_md5(path: Path) -> str:
