@@ -282,16 +282,22 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
                 raise self._error(exc, what) from exc
         raise TransientError(f"{what}: folder {rel!r} keeps changing")
 
+    def _lstat_at(self, folder: int, name: str, what: str) -> os.stat_result | None:
+        """`name` in the open `folder`, its link not followed; None when nothing is there."""
+        try:
+            return os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error(exc, what) from exc
+
     def _clear_link(self, parent: int, name: str, rel: str, what: str, create: bool) -> bool:
         """Something not a folder is at `name`: True once a link there is gone
         (create=True only), False when nothing there is to be walked into
         (create=False); a file in the way of a folder to make raises."""
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
+        st = self._lstat_at(parent, name, what)
+        if st is None:
             return create
-        except OSError as exc:
-            raise self._error(exc, what) from exc
         if not create:
             return False
         if not statmod.S_ISLNK(st.st_mode):
@@ -466,12 +472,9 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
 
     def _before_replacing(self, folder: int, name: str, replacing: Callable[[], None] | None, what: str) -> bool:
         """Whether something is at `name`; `replacing()` first when it is a file."""
-        try:
-            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-        except FileNotFoundError:
+        st = self._lstat_at(folder, name, what)
+        if st is None:
             return False
-        except OSError as exc:
-            raise self._error(exc, what) from exc
         if replacing is not None and statmod.S_ISREG(st.st_mode):
             replacing()
         return True
@@ -902,14 +905,10 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         if parent is None:
             return None
         try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise self._error(exc, f"stat {rel!r}") from exc
+            st = self._lstat_at(parent, name, f"stat {rel!r}")
         finally:
             os.close(parent)
-        if not statmod.S_ISREG(st.st_mode):
+        if st is None or not statmod.S_ISREG(st.st_mode):
             return None
         return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
 
