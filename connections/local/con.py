@@ -479,17 +479,25 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             replacing()
         return True
 
-    def _link_new(self, root: int, folder: int, name: str, fd: int, mode: int, what: str, size: int) -> bool:
-        """Give the written anonymous file `fd` its mode (and an fsync where this target
-        syncs) and link it at `name`, which nothing held a moment ago; False when
-        something is there now (the caller replaces it the usual way)."""
+    def _finish_inode(self, root: int, fd: int, mode: int, mtime_ns: int | None, what: str, size: int) -> None:
+        """A written file's last steps before it gets its name: permission bits (never
+        the special ones) and mtime on its descriptor, an fsync if this target syncs,
+        and a check that the root still leads where the write began."""
         try:
             os.fchmod(fd, mode & MODE_BITS)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
             if self.fsync:
                 os.fsync(fd)
         except OSError as exc:
             raise self._error(exc, what, size) from exc
         self._still_root(root, what)
+
+    def _link_new(self, root: int, folder: int, name: str, fd: int, mode: int, what: str, size: int) -> bool:
+        """Give the written anonymous file `fd` its mode (and an fsync where this target
+        syncs) and link it at `name`, which nothing held a moment ago; False when
+        something is there now (the caller replaces it the usual way)."""
+        self._finish_inode(root, fd, mode, None, what, size)
         try:
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
         except FileExistsError:
@@ -612,15 +620,7 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         path lookups), an fsync if this target syncs, and is renamed over `name` --
         unless the root no longer leads where the write began. A folder at `name`
         is InTheWay for a mirrored file (`rel`), a plain refusal otherwise."""
-        try:
-            os.fchmod(fd, mode & MODE_BITS)
-            if mtime_ns is not None:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-            if self.fsync:
-                os.fsync(fd)
-        except OSError as exc:
-            raise self._error(exc, what, size) from exc
-        self._still_root(root, what)
+        self._finish_inode(root, fd, mode, mtime_ns, what, size)
         try:
             os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         except IsADirectoryError:
