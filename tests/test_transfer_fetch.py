@@ -86,24 +86,54 @@ def test_bytes_that_fail_the_hash_never_land(tmp_path, pool):
     assert not os.path.exists(dest) and not os.path.exists(part_paths(dest)[1])
 
 
-def test_a_link_at_the_part_name_is_not_followed(tmp_path, pool):
+@pytest.mark.parametrize("size,there", [(50_000, False), (1000, True)], ids=["chunked", "one read over a file"])
+def test_a_link_at_the_part_name_is_not_followed(tmp_path, pool, size, there):
+    data = os.urandom(size)
+    dest = str(tmp_path / "f")
+    if there:
+        open(dest, "wb").write(b"old")  # a one-read file needs the part name only to replace a file
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    os.symlink(victim, part_paths(dest)[0])
+    with pytest.raises(OSError):
+        fetch(RangedRemote(data), _entry(data), dest, TransferContext(), pool, chunk_size=8192)
+    assert victim.read_bytes() == b"keep"
+
+
+def test_a_one_read_file_into_a_free_name_never_uses_the_part_name(tmp_path, pool):
+    """A file of one read lands as an unnamed file linked in place: a link (or another
+    fetch's file) at its part name is neither followed nor touched."""
     data = os.urandom(1000)
     dest = str(tmp_path / "f")
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
     os.symlink(victim, part_paths(dest)[0])
-    with pytest.raises(OSError):
-        fetch(RangedRemote(data), _entry(data), dest, TransferContext(), pool)
-    assert victim.read_bytes() == b"keep"
+    fetch(RangedRemote(data), _entry(data, hashlib.md5(data).hexdigest()), dest, TransferContext(), pool)
+    assert open(dest, "rb").read() == data and victim.read_bytes() == b"keep"
+    assert os.path.islink(part_paths(dest)[0])
 
 
-@pytest.mark.parametrize("size", [1000, 50_000], ids=["one read", "chunked"])
-def test_a_part_file_another_fetch_holds_is_left_alone(tmp_path, pool, size):
+def test_a_one_read_file_replaces_what_is_there_in_one_step(tmp_path, pool):
+    data = os.urandom(1000)
+    dest = tmp_path / "f"
+    dest.write_bytes(b"older and longer than one line")
+    other = tmp_path / "other"
+    os.link(dest, other)  # replaced by a rename: the old inode (and this name of it) is left as it was
+    fetch(RangedRemote(data), _entry(data), str(dest), TransferContext(), pool)
+    assert dest.read_bytes() == data and other.read_bytes() == b"older and longer than one line"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "other"]
+
+
+@pytest.mark.parametrize("size,there", [(1000, True), (50_000, False)], ids=["one read over a file", "chunked"])
+def test_a_part_file_another_fetch_holds_is_left_alone(tmp_path, pool, size, there):
     """Two restores into one folder: the second finds the part file locked and fails that
     file with PartBusy, without truncating or writing the first one's bytes (whose MD5
-    may be reading them through a mapping)."""
+    may be reading them through a mapping). A file of one read takes the part name only
+    to replace a file that is there (it is read before it finds the name busy)."""
     data = os.urandom(size)
     dest = str(tmp_path / "f")
+    if there:
+        open(dest, "wb").write(b"old")
     part = part_paths(dest)[0]
     with open(part, "wb") as held:
         held.write(b"first fetch's bytes")
@@ -112,8 +142,8 @@ def test_a_part_file_another_fetch_holds_is_left_alone(tmp_path, pool, size):
         remote = RangedRemote(data)
         with pytest.raises(PartBusy, match="another process"):
             fetch(remote, _entry(data), dest, TransferContext(), pool, chunk_size=8192)
-        assert remote.asked == [] and open(part, "rb").read() == b"first fetch's bytes"
-    assert not os.path.exists(dest)
+        assert (remote.asked == []) is not there and open(part, "rb").read() == b"first fetch's bytes"
+    assert open(dest, "rb").read() == b"old" if there else not os.path.exists(dest)
     fetch(RangedRemote(data), _entry(data), dest, TransferContext(), pool, chunk_size=8192)  # once it is free
     assert open(dest, "rb").read() == data
 

@@ -23,6 +23,7 @@ reader: a version a VersionStore keeps), so each gets the same guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -243,9 +244,43 @@ def _fetch_chunk(read: ReadInto, fd: int, n: int, start: int, end: int, meter: M
 
 
 def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
-    """A file of one chunk: one ranged read (none for an empty file), streamed into the part file, landed."""
+    """A file of one chunk: one ranged read (none for an empty file), landed.
+
+    Where the file system has unnamed files (O_TMPFILE), the bytes go into one in
+    dest's folder, hashed as they are written, and it is linked in place once
+    checked: no part name, no lock, no truncation and no rename, and a kill -9
+    mid-way leaves nothing. On ext4 this also keeps the new inode's allocation
+    out from under the folder's lock (creat() scans for a free inode holding it;
+    an unnamed file takes it only to link): 16 workers filling one folder spent
+    more time spinning on that lock than writing (10,000 x 4 KiB, 16 threads:
+    7.1 s with part files, 3.7 s unnamed, on this machine's ext4). Elsewhere the
+    named part file, as a chunked fetch uses."""
     ctx.start_at(0, want.size)
     ctx.ahead(want.size)  # the bandwidth limit, taken before the one read (its piece is the whole file)
+    fd = _unnamed_in(os.path.dirname(dest))
+    if fd is None:
+        return _fetch_whole_named(read, want, dest, ctx, sync)
+    try:
+        write = _WriteAt(fd, 0, lambda _n: None)
+        h = hashlib.md5() if want.etag and _MD5.fullmatch(want.etag) else None
+        if h is None:
+            sink: Sink = write
+        else:
+            def sink(piece: memoryview) -> None:
+                h.update(piece)
+                write(piece)
+        got = read(0, want.size, sink) if want.size else 0
+        log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, got)
+        ctx.report(got, want.size)
+        _finish(fd, want, dest, sync, md5=None if h is None else h.hexdigest())
+        _link_unnamed(fd, dest)
+    finally:
+        os.close(fd)
+    return got
+
+
+def _fetch_whole_named(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
+    """_fetch_whole() through the named part file (a file system without O_TMPFILE)."""
     part = part_paths(dest)[0]
     fd = _open_part(part, truncate=True)
     try:
@@ -258,6 +293,65 @@ def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
         os.close(fd)
     _land(part, dest)
     return got
+
+
+class _Unnamed:
+    """Whether unnamed files can be made and linked here: O_TMPFILE (Linux 3.11+, most
+    local file systems) and /proc/self/fd to link them by. The first refusal turns them
+    off for the process."""
+
+    usable = os.path.isdir("/proc/self/fd") and hasattr(os, "O_TMPFILE")
+    anchor = -1  # a folder descriptor, see _link_unnamed
+    lock = threading.Lock()
+
+
+def _unnamed_in(folder: str) -> int | None:
+    """An unnamed file in `folder`, open for writing; None where there are none."""
+    if not _Unnamed.usable:
+        return None
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        _Unnamed.usable = False
+        return None
+
+
+def _link_unnamed(fd: int, dest: str) -> None:
+    """Give the unnamed file `fd` the name `dest`: linked there when the name is free
+    (a restore into an empty folder), else linked at the part name and renamed over
+    what is there, so the old file is replaced in one step (never followed if a link).
+    The part name is taken only if no other fetch holds it (PartBusy).
+
+    It is linked by its /proc/self/fd name with linkat(AT_SYMLINK_FOLLOW), which needs
+    no privilege (AT_EMPTY_PATH does). Python calls linkat only when given a folder
+    descriptor, so it gets one, which an absolute `dest` makes linkat ignore."""
+    try:
+        _link_fd(fd, dest)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.ENOENT, errno.EOPNOTSUPP):
+            _Unnamed.usable = False  # the next files go through named part files
+        raise
+    part = part_paths(dest)[0]
+    held = _open_part(part, truncate=False)
+    try:
+        os.unlink(part)
+        _link_fd(fd, part)
+    finally:
+        os.close(held)
+    _land(part, dest)
+
+
+def _link_fd(fd: int, path: str) -> None:
+    if _Unnamed.anchor < 0:
+        with _Unnamed.lock:
+            if _Unnamed.anchor < 0:
+                _Unnamed.anchor = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.link(f"/proc/self/fd/{fd}", os.path.abspath(path), dst_dir_fd=_Unnamed.anchor, follow_symlinks=True)
 
 
 class _Saver:

@@ -287,8 +287,9 @@ class Restore:
         dest = self._dest(v.rel)
         store = self.store
         read: ReadInto = lambda offset, length, out: store.read_into(v, offset, length, out)  # noqa: E731
+        there = _lstat(dest)
         if isinstance(store, Completes) and (v.mtime_ns is None or v.mode is None):
-            if v.size <= WHOLE_READ and not _same_size(dest, v.size):
+            if v.size <= WHOLE_READ and not _same_size(there, v.size):
                 # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET)
                 v, data = store.complete_read(v)
                 read = from_bytes(lambda offset, length: data[offset: offset + length])
@@ -296,7 +297,7 @@ class Restore:
                 v = store.complete(v)
         want = Wanted(v.rel, v.size, v.etag, {"since_ns": v.since_ns, "mtime_ns": v.mtime_ns, "ref": v.ref},
                       v.mtime_ns, self._mode(v))
-        if _finished(dest, want):
+        if there is not None and _finished(dest, there, want):
             return None
         ctx = TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
         if v.size <= self.opts.chunk_size:
@@ -353,23 +354,23 @@ class Restore:
                 self._made.add(path)
 
 
-def _same_size(dest: str, size: int) -> bool:
-    """A regular file of that size is at `dest`: maybe a finished one, to be checked before any read."""
+def _lstat(dest: str) -> os.stat_result | None:
+    """What is at `dest` in DIR now (a link not followed), once per file: None if nothing."""
     try:
-        st = os.lstat(dest)
+        return os.lstat(dest)
     except FileNotFoundError:
-        return False
-    return statmod.S_ISREG(st.st_mode) and st.st_size == size
+        return None
 
 
-def _finished(dest: str, want: Wanted) -> bool:
-    """DIR already holds this version (restored by an earlier, interrupted run): its
-    size, mode and mtime -- set only just before the rename that made it appear --
-    or, for a version without an mtime, its MD5."""
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        return False
+def _same_size(st: os.stat_result | None, size: int) -> bool:
+    """A regular file of that size is there: maybe a finished one, to be checked before any read."""
+    return st is not None and statmod.S_ISREG(st.st_mode) and st.st_size == size
+
+
+def _finished(dest: str, st: os.stat_result, want: Wanted) -> bool:
+    """DIR already holds this version at `dest` (`st`: its lstat), restored by an earlier,
+    interrupted run: its size, mode and mtime -- set only just before the rename that
+    made it appear -- or, for a version without an mtime, its MD5."""
     if not statmod.S_ISREG(st.st_mode) or st.st_size != want.size:
         return False
     if want.mode is not None and statmod.S_IMODE(st.st_mode) != want.mode:
