@@ -1,9 +1,10 @@
 """Issue 20: what keeping versions costs a mirror.
 
-    bench/run versions_cost [--files 10000] [--size 4096] [--rounds 3] [--targets local,s3]
+    bench/run versions_cost [--files 10000] [--size 4096] [--rounds 3] [--targets local,s3,sftp]
 
 For each target (a local folder; S3 on `rclone serve s3` on 127.0.0.1, a bucket without
-versioning, so versions go to the versions area by server-side copy), in the same run,
+versioning, so versions go to the versions area by server-side copy; SFTP on OpenSSH's
+sshd, where a version is kept by a hard link), in the same run,
 rounds of: a daemon with `versions = yes` and one with `versions = no` (the order
 alternating per round), each on a fresh state folder and a fresh target:
 
@@ -180,6 +181,17 @@ def bench_s3(args, work: Path, src: Path, rels: list[str], trash: Trash) -> list
         return rounds(args, work, "s3", src, rels, trash, target_for, srv.service_config(bucket))
 
 
+def bench_sftp(args, work: Path, src: Path, rels: list[str], trash: Trash) -> list[Run]:
+    from tests.server_sshd import run_sshd
+
+    with run_sshd(work / "sshd") as srv:
+        def target_for(tag: str) -> tuple[str, Path]:
+            folder = srv.fresh_folder(f"vc-{tag}")  # the server runs here: its remote path is a local one
+            return folder, Path(folder)
+
+        return rounds(args, work, "sftp", src, rels, trash, target_for, srv.service())
+
+
 def paired(runs: list[Run], value) -> float:
     """The median over rounds of on/off, each round's two runs side by side in time:
     steadier than a ratio of medians on a machine whose load drifts."""
@@ -256,7 +268,7 @@ def main() -> int:
     runs: list[Run] = []
     try:
         for target in args.targets.split(","):
-            runs += {"local": bench_local, "s3": bench_s3}[target](args, work, src, rels, trash)
+            runs += {"local": bench_local, "s3": bench_s3, "sftp": bench_sftp}[target](args, work, src, rels, trash)
     finally:
         trash.put(src)
         trash.empty()

@@ -419,3 +419,56 @@ def test_the_tree_is_synced_at_the_end_only_when_a_small_file_was_not_synced_its
     s.put("small.txt", T0, None, b"small")
     second = restore(s, Options(str(tmp_path / "both"), T0 + S, chunk_size=8192))
     assert second.files == 2 and synced == [os.path.realpath(tmp_path / "both")]
+
+
+def test_the_folders_of_one_restored_path_are_read_without_listing_the_others():
+    """A restore of one folder asks the remote for that folder and lists below it only,
+    not every folder of the remote (a big tree, one folder wanted)."""
+    from connections.contract.xcon import FolderEntry, Folders
+    from skynet.versions.model import remote_folders
+
+    class Spy(Folders):
+        def __init__(self) -> None:
+            self.listed: list[str] = []
+
+        def make_folder(self, rel: str, mode: int) -> None:
+            raise AssertionError("restore never makes remote folders")
+
+        def list_folders(self, rel: str = ""):
+            self.listed.append(rel)
+            return iter([FolderEntry(f"{rel}/sub", 0o700)])
+
+        def folder(self, rel: str):
+            return FolderEntry(rel, 0o710) if rel == "d" else None
+
+    spy = Spy()
+    assert list(remote_folders(spy, "d/")) == [FolderEntry("d", 0o710), FolderEntry("d/sub", 0o700)]
+    assert spy.listed == ["d"]
+    assert list(remote_folders(spy, "gone")) == [] and spy.listed == ["d"]
+
+
+def test_a_small_file_read_whole_with_its_metadata_waits_for_the_bandwidth_limit_first(tmp_path):
+    """A small file whose metadata the listing lacks is read in one request with it
+    (Completes.complete_read, S3's GET): the limit's budget for its bytes is taken
+    before that request, and not again when it lands."""
+    from skynet.versions.current import Completes
+
+    events: list[tuple[str, str | int]] = []
+
+    class Listing(FakeStore, Completes):
+        def complete(self, version: Version) -> Version:
+            raise AssertionError("a small file missing from DIR is read whole")
+
+        def complete_read(self, version: Version) -> tuple[Version, bytes]:
+            events.append(("read", version.rel))
+            data = self.data[version.ref]
+            return Version(version.rel, version.since_ns, None, len(data), T0, 0o640, version.etag, ref=version.ref), data
+
+    s = Listing()
+    for name, size in (("a", 3000), ("b", 7000)):
+        s.put(name, T0, None, os.urandom(size), mtime=None)
+        s.versions[-1] = Version(name, T0, None, size, None, None, s.versions[-1].etag, ref=s.versions[-1].ref)
+    summary = restore(s, Options(str(tmp_path / "out"), T0 + S, workers=1, throttle=lambda n: events.append(("take", n))))
+    assert summary.files == 2 and summary.bytes == 10_000
+    assert events == [("take", 3000), ("read", "a"), ("take", 7000), ("read", "b")]
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "a").st_mode) == 0o640

@@ -109,3 +109,9 @@ def test_restore_makes_empty_folders_and_gives_folders_their_modes(backend, tmp_
     assert modes == {"empty": 0o750, "ro": ro, "d": 0o710, "d/deep": 0o755}, {k: oct(v) for k, v in modes.items()}
     assert (out / "ro/f.txt").read_bytes() == b"in a read-only folder" and os.listdir(out / "empty") == []
     assert not (out / "later").exists()
+    one = tmp_path / "one"  # one folder of the tree: it and what is below it, with their modes
+    res = run_main("restore", "d", "--config-file", str(steps.cfg), "--at", iso(steps.marks[0][0]), "--to", str(one),
+                   timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(os.listdir(one)) == ["d"] and (one / "d/deep/g.txt").read_bytes() == b"deep"
+    assert {rel: statmod.S_IMODE(os.stat(one / rel).st_mode) for rel in ("d", "d/deep")} == {"d": 0o710, "d/deep": 0o755}

@@ -17,6 +17,7 @@ from connections.contract.source import SourceChanged
 from connections.contract.xcon import (
     BatchSend,
     EtagCheck,
+    FolderEntry,
     Folders,
     FreeSpace,
     HardLink,
@@ -569,6 +570,16 @@ def test_folders_made_empty_with_their_modes_and_listed(able, tmp_path):
 
 
 @pytest.mark.parametrize("able", with_ability(Folders), indirect=True)
+def test_one_folder_is_looked_at_by_its_name(able, tmp_path):
+    con = able.con
+    con.make_folder("a/b", 0o750)
+    send(able, tmp_path, "a/file", b"f")
+    assert con.folder("a/b") == FolderEntry("a/b", 0o750) and con.folder("a").rel == "a"
+    for rel in ("a/file", "a/missing", "missing/b", "a/file/below"):  # a file, nothing, nothing above
+        assert con.folder(rel) is None, rel
+
+
+@pytest.mark.parametrize("able", with_ability(Folders), indirect=True)
 def test_folder_listing_never_yields_siblings_of_the_prefix(able):
     for rel in ("dir/a", "dir.bak", "dir2", "dirx/d"):
         able.con.make_folder(rel, 0o755)
@@ -688,6 +699,9 @@ def test_read_range_follows_no_link(able, tmp_path):
         with pytest.raises(RemoteNotFound):
             able.con.read_range(rel, 0, 100)
         assert able.con.stat(rel) is None
+    (outside / "sub").mkdir()
+    for rel in ("folder-link", "folder-link/sub"):  # nor is a folder reached through one
+        assert able.con.folder(rel) is None
 
 
 def test_fetch_through_the_chunk_scheduler_reads_every_byte(backend, tmp_path):

@@ -772,3 +772,11 @@ class Folders(ABC):
         """Every folder below folder `rel` (not `rel` itself), recursively,
         streamed and held to the listing rule (within_listing) as list() is;
         our own temporary folders are not listed, nor links."""
+
+    def folder(self, rel: str) -> FolderEntry | None:
+        """The folder `rel` itself, with its mode; None when no folder is there (nothing,
+        a file, a link). Restoring one folder of a tree asks for it instead of listing
+        every folder. This default looks for it in its parent's listing; a backend that
+        can look at one name answers with one request."""
+        parent = rel.rpartition("/")[0]
+        return next((f for f in self.list_folders(parent) if f.rel == rel), None)

@@ -1017,6 +1017,20 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
         finally:
             os.close(fd)
 
+    def folder(self, rel: str) -> FolderEntry | None:
+        """Folders.folder: one lstat beneath the root (no link followed on the way or at rel)."""
+        folders, name = split_rel(rel)
+        parent = self._open_folder(folders, f"stat {rel!r}", create=False)
+        if parent is None:
+            return None
+        try:
+            st = self._lstat_at(parent, name, f"stat {rel!r}")
+        finally:
+            os.close(parent)
+        if st is None or not statmod.S_ISDIR(st.st_mode) or name.startswith(TMP_PREFIX):
+            return None
+        return FolderEntry(rel, statmod.S_IMODE(st.st_mode))
+
     def list_folders(self, rel: str = "") -> Iterator[FolderEntry]:
         """The folders under `rel`, held to the listing rule (within_listing) like list()."""
         return within_listing((FolderEntry(r, statmod.S_IMODE(st.st_mode)) for r, st in self._walk_tree(rel)

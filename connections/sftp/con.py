@@ -1752,6 +1752,18 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend, 
 
         self._call(what, run)
 
+    def folder(self, rel: str) -> FolderEntry | None:
+        """Folders.folder: one LSTAT, after checking that no level on the way is a link (as stat() does)."""
+        path = self._abs(check_rel(rel))
+
+        async def run(s: Session) -> asyncssh.SFTPAttrs | None:
+            return (await self._inspect(s, path)).leaves[0]
+
+        st = self._call(f"stat {rel!r}", run)
+        if st is None or not _is_dir(st) or rel.rpartition("/")[2].encode().startswith(_OURS):
+            return None
+        return FolderEntry(rel, statmod.S_IMODE(_mode(st)))
+
     def list_folders(self, rel: str = "") -> Iterator[FolderEntry]:
         """The folders under `rel`, held to the listing rule (within_listing) like list()."""
         if rel:

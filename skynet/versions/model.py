@@ -98,6 +98,13 @@ def remote_folders(con: XCon, prefix: str = "") -> Iterator[FolderEntry]:
     if not isinstance(con, Folders):
         return
     top = prefix.rstrip("/")
-    for f in con.list_folders(""):
-        if not is_area(f.rel) and (not top or f.rel == top or f.rel.startswith(top + "/")):
+    if top:  # the folder itself, then only what is below it: not every folder of the remote
+        if is_area(top):
+            return
+        itself = con.folder(top)
+        if itself is None:
+            return
+        yield itself
+    for f in con.list_folders(top):
+        if not is_area(f.rel):
             yield f

@@ -288,9 +288,13 @@ class Restore:
         store = self.store
         read: ReadInto = lambda offset, length, out: store.read_into(v, offset, length, out)  # noqa: E731
         there = _lstat(dest)
+        ctx = TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
         if isinstance(store, Completes) and (v.mtime_ns is None or v.mode is None):
             if v.size <= WHOLE_READ and not _same_size(there, v.size):
-                # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET)
+                # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET),
+                # the bandwidth limit's budget for them taken first (the fetch below then owes nothing)
+                ctx.start_at(0, v.size)
+                ctx.ahead(v.size)
                 v, data = store.complete_read(v)
                 read = from_bytes(lambda offset, length: data[offset: offset + length])
             else:
@@ -299,7 +303,6 @@ class Restore:
                       v.mtime_ns, self._mode(v))
         if there is not None and _finished(dest, there, want):
             return None
-        ctx = TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
         if v.size <= self.opts.chunk_size:
             self.unsynced = True  # (before it lands: a kill after the rename leaves nothing unsynced behind a sync)
             return fetch_ranges(read, want, dest, ctx, chunks, chunk_size=self.opts.chunk_size, sync=False)
