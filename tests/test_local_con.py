@@ -75,6 +75,7 @@ def test_send_many_copies_a_batch_with_one_cp(tmp_path, monkeypatch):
 
     import connections.local.con as local
 
+    local.gnu_cp()  # its `cp --version` (once per process) is not the batch's cp: run alone, this test saw it
     runs = []
     real_run = subprocess.run
     monkeypatch.setattr(local.subprocess, "run", lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))

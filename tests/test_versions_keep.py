@@ -354,3 +354,57 @@ def test_a_keep_told_the_size_keeps_the_old_bytes_and_a_lost_file_is_nothing_to_
     assert snapshot(store, 100 * S) == {"k/f.txt": (b"old bytes", 90 * S, 0o640)}
     assert snapshot(store, 250 * S) == {"k/f.txt": (b"new", 150 * S, 0o640)}
     assert [(v.rel, v.size) for v in store.history("k")] == [("k/f.txt", 3), ("k/f.txt", 9)]
+
+
+@pytest.mark.parametrize("able", [n for n in AREA_BACKENDS if n in ("local", "sftp")], indirect=True)
+def test_overwrites_go_in_a_batch_each_kept_first(able, tmp_path, monkeypatch):
+    """With versions on, small overwrites still take the batch path (send_many) that
+    sends with versions off take: each remote version is kept first (all the keeps
+    before the batch), so a mirror keeping versions does not fall back to one send
+    per file. Old code: every overwrite went through send() one by one."""
+    import threading
+
+    from connections.contract.xcon import BatchSend
+    from skynet.engine.mapper import Mapper
+    from skynet.engine.reconcile import Reconciler
+    from skynet.state.db import ResumeTable, StateDB
+    from skynet.state.index import Index
+    from skynet.state.uniqueq import SEND, UniqueQ
+    from skynet.watch.ignore import IgnoreRules
+
+    assert isinstance(able.con, BatchSend)
+    src = tmp_path / "src"
+    rels = [f"d/f{i}.txt" for i in range(6)]
+    for i, rel in enumerate(rels):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"first %d" % i)
+    db = StateDB(str(tmp_path / "state.db"))
+    queue, index = UniqueQ(db), Index(db)
+    clock = FakeClock()
+    rec = Reconciler(Mapper(str(src)), able.con, index, queue, ResumeTable(db), IgnoreRules(),
+                     keeper=AreaKeeper(able.con, clock=clock))
+    try:
+        def batch() -> None:
+            queue.put_many((SEND, r, "") for r in rels)
+            queue.flush()
+            actions = queue.claim(len(rels))
+            results = rec.run_many(actions, threading.Event())
+            assert all(not isinstance(r, Exception) for r in results), results
+            queue.finish_many([(a.id, r.index_rows, a.paths()) for a, r in zip(actions, results)])
+
+        import time
+
+        batch()  # the first sync: nothing to keep
+        for i, rel in enumerate(rels):
+            (src / rel).write_bytes(b"second, longer %d" % i)
+        clock.now = kept_at = time.time_ns() + 10 * S
+        monkeypatch.setattr(able.con, "send", lambda *a, **k: pytest.fail("an overwrite left the batch"))
+        batch()
+        store = AreaStore(able.con)
+
+        def tree_at(when: int) -> dict[str, bytes]:
+            return {rel: data for rel, (data, _mtime, _mode) in snapshot(store, when).items()}
+        assert tree_at(kept_at - 1) == {rel: b"first %d" % i for i, rel in enumerate(rels)}
+        assert tree_at(kept_at + 1) == {rel: b"second, longer %d" % i for i, rel in enumerate(rels)}
+    finally:
+        queue.close()

@@ -203,6 +203,7 @@ class Reconciler:
         would have raised."""
         results: list[Outcome | Exception | None] = [None] * len(actions)
         todo: list[tuple[int, LocalFile, os.stat_result]] = []
+        keeps: dict[str, int | None] = {}  # rel -> the size of the remote version to keep before the batch
         for i, a in enumerate(actions):
             try:
                 prepared = self._plain_send(a) if a.kind == SEND else None
@@ -212,7 +213,14 @@ class Reconciler:
             if isinstance(prepared, Outcome):
                 results[i] = prepared
             elif prepared is not None:
-                todo.append((i, prepared[0], prepared[1]))
+                f, st, keep = prepared
+                todo.append((i, f, st))
+                if keep is not None:
+                    keeps[f.rel] = keep.size
+        if keeps:
+            # each version kept before the batch replaces it; a file whose keep failed is left to run()
+            failed = self.keeper.replacing_many(list(keeps.items()))
+            todo = [t for t in todo if t[1].rel not in failed]
         if todo:
             assert isinstance(self.con, BatchSend)  # (batch_ok)
             sent = self.con.send_many([f for _, f, _ in todo], stop)
@@ -232,9 +240,10 @@ class Reconciler:
                     results[i] = exc
         return results  # type: ignore[return-value]  (every slot is filled)
 
-    def _plain_send(self, a: Action) -> Outcome | tuple[LocalFile, os.stat_result] | None:
+    def _plain_send(self, a: Action) -> Outcome | tuple[LocalFile, os.stat_result, IndexEntry | None] | None:
         """For a `send` in a batch: an Outcome if nothing is to be done (the
-        remote has this version), the file to send if it is the plain case,
+        remote has this version), the file to send if it is the plain case (and
+        the Index entry of the remote version the keeper keeps first, if it must),
         None to leave it to run()."""
         rel = a.src
         path = self.mapper.local(rel)
@@ -248,12 +257,9 @@ class Reconciler:
             return None  # another lane's file: run() takes a copy of it off this one
         if index_matches(entry, st, self.con.abilities.mtime_precision_ns):
             return Outcome()
-        if entry is not None and self.keeper.active:
-            return None  # a version to keep first: send_file does
-
         if not self.con.abilities.byte_names and not Mapper.is_utf8(rel):
             return None
-        return self._local_file(path, rel, st), st
+        return self._local_file(path, rel, st), st, entry if entry is not None and self.keeper.active else None
 
     def _entry(self, rel: str, known: IndexEntry | None | LookUp) -> IndexEntry | None:
         """`rel`'s Index entry: the one the action was claimed with, else a query."""

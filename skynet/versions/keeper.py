@@ -67,6 +67,11 @@ class Keeper:
     def replacing(self, rel: str, size: int | None = None) -> None:
         """A send is about to replace the remote file `rel` (of `size` bytes, as the Index knows it)."""
 
+    def replacing_many(self, files: list[tuple[str, int | None]]) -> set[str]:
+        """replacing() for each (rel, size) of a batch of sends about to go at once;
+        the paths whose keep failed (their sends must not go in the batch)."""
+        return set()
+
     def delete(self, rel: str) -> None:
         """XCon.delete, keeping what it removes."""
         self.con.delete(rel)
@@ -94,6 +99,24 @@ class AreaKeeper(Keeper):
             self._keep_copy(rel, area_name(rel, self.clock(), KEPT), size)
         except RemoteNotFound:
             pass  # nothing there to keep (the Index knew a file the remote lost)
+
+    def replacing_many(self, files: list[tuple[str, int | None]]) -> set[str]:
+        """The keeps of a batch, MOVE_THREADS at a time (one request each: on a far
+        server one after the other would cost a round trip per file before the batch)."""
+        def one(item: tuple[str, int | None]) -> str | None:
+            try:
+                self.replacing(*item)
+            except Exception as exc:  # the file's send is left to run(), which keeps it again and says why
+                log.debug("keeping %r before a batch: %s", item[0], exc)
+                return item[0]
+            return None
+
+        if len(files) == 1:
+            failed = [one(files[0])]
+        else:
+            with ThreadPoolExecutor(min(MOVE_THREADS, len(files))) as pool:
+                failed = list(pool.map(one, files))
+        return {rel for rel in failed if rel is not None}
 
     def delete(self, rel: str) -> None:
         self._guard(rel)
@@ -200,6 +223,14 @@ class LazyKeeper(Keeper):
 
     def replacing(self, rel: str, size: int | None = None) -> None:
         self.chosen().replacing(rel, size)
+
+    def replacing_many(self, files: list[tuple[str, int | None]]) -> set[str]:
+        try:
+            keeper = self.chosen()
+        except Exception as exc:  # not decided yet (the remote unreachable): each send goes through run()
+            log.debug("keeping before a batch: %s", exc)
+            return {rel for rel, _size in files}
+        return keeper.replacing_many(files)
 
     def delete(self, rel: str) -> None:
         self.chosen().delete(rel)
