@@ -455,20 +455,60 @@ def test_a_small_file_read_whole_with_its_metadata_waits_for_the_bandwidth_limit
 
     events: list[tuple[str, str | int]] = []
 
-    class Listing(FakeStore, Completes):
-        def complete(self, version: Version) -> Version:
-            raise AssertionError("a small file missing from DIR is read whole")
-
+    class Listing(_ReadsWhole, Completes):
         def complete_read(self, version: Version) -> tuple[Version, bytes]:
             events.append(("read", version.rel))
-            data = self.data[version.ref]
-            return Version(version.rel, version.since_ns, None, len(data), T0, 0o640, version.etag, ref=version.ref), data
+            return super().complete_read(version)
 
     s = Listing()
     for name, size in (("a", 3000), ("b", 7000)):
-        s.put(name, T0, None, os.urandom(size), mtime=None)
-        s.versions[-1] = Version(name, T0, None, size, None, None, s.versions[-1].etag, ref=s.versions[-1].ref)
+        _listed_bare(s, name, os.urandom(size))
     summary = restore(s, Options(str(tmp_path / "out"), T0 + S, workers=1, throttle=lambda n: events.append(("take", n))))
     assert summary.files == 2 and summary.bytes == 10_000
     assert events == [("take", 3000), ("read", "a"), ("take", 7000), ("read", "b")]
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "a").st_mode) == 0o640
+
+
+class _ReadsWhole(FakeStore):
+    """A store whose listing lacks mtime and mode (S3's): small files are read whole with them."""
+
+    def complete(self, version: Version) -> Version:
+        return version
+
+    def complete_read(self, version: Version) -> tuple[Version, bytes]:
+        data = self.data[version.ref]
+        if version.rel in self.corrupt:
+            data = b"x" * len(data)
+        return Version(version.rel, version.since_ns, None, len(data), T0, 0o640, version.etag, ref=version.ref), data
+
+
+def _listed_bare(s: FakeStore, rel: str, data: bytes) -> None:
+    s.put(rel, T0, None, data)
+    v = s.versions[-1]
+    s.versions[-1] = Version(rel, T0, None, len(data), None, None, v.etag, ref=v.ref)
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed file", "no O_TMPFILE: part file"])
+def test_small_files_read_whole_land_checked_or_not_at_all(tmp_path, monkeypatch, unnamed):
+    """A small file read whole is checked in memory (MD5) before anything is written: a
+    bad one fails alone and leaves nothing in DIR; the good ones land with the mode and
+    mtime their GET carried. Also where the file system has no unnamed files."""
+    from skynet.transfer import fetch as fetch_mod
+    from skynet.versions.current import Completes
+
+    class Store(_ReadsWhole, Completes):
+        pass
+
+    monkeypatch.setattr(fetch_mod._Unnamed, "usable", unnamed)
+    s = Store()
+    for i in range(5):
+        _listed_bare(s, f"d/f{i}", os.urandom(100 + i))
+    s.corrupt.add("d/f3")
+    out = tmp_path / "out"
+    summary = restore(s, Options(str(out), T0 + S, workers=2))
+    assert (summary.files, summary.failed) == (4, 1) and "MD5" in summary.errors[0]
+    assert sorted(os.listdir(out / "d")) == ["f0", "f1", "f2", "f4"]  # no part file, no f3
+    for i in (0, 1, 2, 4):
+        st = os.stat(out / "d" / f"f{i}")
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, T0)
+        assert (out / "d" / f"f{i}").read_bytes() == s.data[f"d/f{i}@{T0}"]

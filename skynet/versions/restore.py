@@ -34,7 +34,7 @@ from typing import Callable
 
 from connections.contract.xcon import TransferContext, UnsafePath, check_rel
 from skynet.transfer.chunks import TransferStopped
-from skynet.transfer.fetch import CHUNK, CONCURRENCY, ReadInto, Wanted, fetch_ranges, from_bytes
+from skynet.transfer.fetch import CHUNK, CONCURRENCY, ReadInto, Wanted, fetch_ranges, from_bytes, land_bytes
 from skynet.versions.current import Completes, NoHistory
 from skynet.versions.model import Version, VersionStore
 
@@ -296,6 +296,8 @@ class Restore:
                 ctx.start_at(0, v.size)
                 ctx.ahead(v.size)
                 v, data = store.complete_read(v)
+                if len(data) <= self.opts.chunk_size:  # (always, but for a chunk size below WHOLE_READ)
+                    return self._land(v, data, dest)
                 read = from_bytes(lambda offset, length: data[offset: offset + length])
             else:
                 v = store.complete(v)
@@ -309,6 +311,15 @@ class Restore:
         with self._big:
             return fetch_ranges(read, want, dest, ctx, chunks, chunk_size=self.opts.chunk_size,
                                 concurrency=self.opts.concurrency)
+
+    def _land(self, v: Version, data: bytes, dest: str) -> int:
+        """A small file read whole: checked and landed from memory (fetch.land_bytes)."""
+        want = Wanted(v.rel, v.size, v.etag, mtime_ns=v.mtime_ns, mode=self._mode(v))
+        self.unsynced = True  # (before it lands: a kill after the link leaves nothing unsynced behind a sync)
+        land_bytes(data, want, dest, sync=False)
+        with self.summary.lock:
+            self.summary.bytes += len(data)
+        return len(data)
 
     def _meter(self) -> Callable[[int, int], None]:
         """ctx.progress for one file: adds what it reads to the run's byte count as it arrives."""
