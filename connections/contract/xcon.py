@@ -31,7 +31,7 @@ import posixpath
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 log = logging.getLogger("skynet.listing")
 T = TypeVar("T")
@@ -524,6 +524,31 @@ class WholeRead(ABC):
         """The whole file `rel`, held to the version `expect` names (RemoteChanged
         otherwise), with its entry as stat() would give it. For small files: the
         bytes are held in memory."""
+
+
+class WholeReadMany(ABC):
+    """Many small files read whole, with their metadata, by one thread keeping several
+    requests in flight (S3: one GET each over several keep-alive connections, replies
+    taken as they arrive). A restore of many small files through threads spent most of
+    its CPU handing the interpreter lock from thread to thread; one thread waiting on
+    many sockets does not (10,000 x 4 KiB: 4.7 CPU-s with 16 threads, 1.3 with one)."""
+
+    @abstractmethod
+    def read_whole_many(self, take: "Callable[[bool], tuple[Any, RemoteEntry] | None | EndOfWork]",
+                        width: int, stop: threading.Event) -> Iterator[tuple[Any, RemoteEntry | None, bytes]]:
+        """Read files read_whole() would, `width` at once. `take(block)` hands over the
+        next (tag, expected entry), None when none is ready yet (asked with block=False
+        while requests are in flight), or END when there are no more. Yields (tag, entry,
+        bytes) for each file read, held to the version expected, or (tag, None, b"") for a
+        file to read the usual way (read_whole), which then tells what went wrong: an error
+        reply, another version, a dropped connection. Stops taking work once `stop` is set."""
+
+
+class EndOfWork:
+    """What WholeReadMany's `take` returns when there is no more work."""
+
+
+END = EndOfWork()
 
 
 #: Called with each consecutive piece of a ranged read; the view is valid only during the call

@@ -141,6 +141,8 @@ from connections.contract.xcon import (
     VersionEntry,
     Versions,
     WholeRead,
+    WholeReadMany,
+    EndOfWork,
     XCon,
     XConError,
     check_range,
@@ -491,8 +493,8 @@ class _PartWriter:
 # -- the connection -------------------------------------------------------------------
 
 
-class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, StreamSend,
-            RangeInto):
+class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck, WholeRead, WholeReadMany,
+            StreamSend, RangeInto):
     """A mapping's files as objects under `<bucket>/<prefix>/`. See the module doc.
 
     move() is CopyObject then DeleteObject on the server (no byte through us), so
@@ -1609,6 +1611,36 @@ class S3Con(XCon, ServerSideMove, ServerSideCopy, Versions, PoolSized, EtagCheck
         head = s3rest.head_shape(reply.headers)
         head["ContentLength"] = len(reply.body)
         return _entry_from_head(rel, head), reply.body
+
+    def read_whole_many(self, take: Callable[[bool], tuple[Any, RemoteEntry] | None | EndOfWork], width: int,
+                        stop: threading.Event) -> Iterator[tuple[Any, RemoteEntry | None, bytes]]:
+        """WholeReadMany: GETs of whole objects from this thread over `width` connections of
+        its own (connections/s3/wholegets.py), each If-Match on the ETag listed; a reply
+        that is not a plain 200 of that version is handed back for read_whole()."""
+        from connections.s3.wholegets import WholeGets
+
+        unread: list[tuple[Any, RemoteEntry]] = []  # no ETag to hold the read to: read_whole() says so
+
+        def jobs(block: bool) -> tuple[Any, str, str] | None | EndOfWork:
+            while True:
+                item = take(block)
+                if item is None or isinstance(item, EndOfWork):
+                    return item
+                if item[1].etag:
+                    return item, self._key(item[1].rel), item[1].etag
+                unread.append(item)
+
+        for (tag, entry), reply in WholeGets(self._http(), width).run(jobs, stop):
+            while unread:
+                yield unread.pop()[0], None, b""
+            if reply is None or _etag(reply.headers.get("etag")) not in (None, entry.etag):
+                yield tag, None, b""
+                continue
+            head = s3rest.head_shape(reply.headers)
+            head["ContentLength"] = len(reply.body)
+            yield tag, _entry_from_head(entry.rel, head), reply.body
+        while unread:
+            yield unread.pop()[0], None, b""
 
     def _get_range(self, what: str, key: str, offset: int, length: int, *, etag: str | None = None,
                    version: str | None = None, out: s3rest.Sink | None = None) -> bytes:

@@ -301,6 +301,30 @@ def key_path(base: str, key: str) -> str:
 # -- HTTP/1.1 -----------------------------------------------------------------------------
 
 
+def parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    """A reply's status line and headers (without the blank line ending them): (status,
+    HTTP version, headers by lower-case name, repeated ones joined with ", ")."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"bad status line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ProtocolError(f"bad header line {line[:80]!r}")
+        name = name.strip().lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return int(parts[1]), parts[0], headers
+
+
+def keeps_alive(version: str, headers: dict[str, str]) -> bool:
+    """Whether the connection answers another request after this reply."""
+    conn = headers.get("connection", "").lower()
+    return "close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn)
+
+
 class HttpConn:
     """One keep-alive HTTP/1.1 connection. Not thread-safe: Rest keeps one per thread."""
 
@@ -468,8 +492,7 @@ class HttpConn:
     def _body(self, status: int, version: str, headers: dict[str, str], no_body: bool) -> "ReplyBody":
         """How the reply's body is framed (none, chunked, Content-Length, up to the
         close), and whether the connection stays open after it."""
-        conn = headers.get("connection", "").lower()
-        keep = "close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn)
+        keep = keeps_alive(version, headers)
         if no_body or status in (204, 304):
             return ReplyBody(self, 0, False, keep)
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -511,19 +534,7 @@ class HttpConn:
             first = False
             buf += chunk
         head, self._buf = buf[:end], buf[end + 4 :]
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(f"bad status line {lines[0][:80]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ProtocolError(f"bad header line {line[:80]!r}")
-            name = name.strip().lower()
-            value = value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return int(parts[1]), parts[0], headers
+        return parse_head(head)
 
     def _read_exact(self, n: int) -> bytes:
         buf = self._buf
@@ -805,28 +816,41 @@ class Rest:
         if headers and any("\n" in v or "\r" in v for v in headers.values()):
             raise ValueError("a header value holds a line break")  # would split the request
         query = canonical_query(params) if params else ""
-        target = f"{self._origin}{path}?{query}" if query else f"{self._origin}{path}"
         if payload is None:
             payload = UNSIGNED if body else EMPTY_SHA256
         no_body = method == "HEAD"
         for attempt in (0, 1):
             conn = self._conn()
-            h = dict(headers) if headers else {}
-            h["host"] = self.layout.host
-            if body or method in ("PUT", "POST"):
-                h["content-length"] = str(len(body))
-            self.signer.sign(method, path, query, h, payload)
-            if self._origin and self.proxy is not None and self.proxy.authorization:
-                h["proxy-authorization"] = self.proxy.authorization  # for the proxy: not signed
-            head = "".join([f"{method} {target} HTTP/1.1\r\n", *[f"{k}: {v}\r\n" for k, v in h.items()], "\r\n"])
+            head = self.head(method, path, query, headers, payload, len(body) if body or method in ("PUT", "POST")
+                             else None)
             reused = conn.used and conn.sock is not None
             try:
-                return conn.exchange(head.encode("latin-1"), body, on_sent, no_body, sink_for)
+                return conn.exchange(head, body, on_sent, no_body, sink_for)
             except (Disconnected, BrokenPipeError, ConnectionResetError):
                 if reused and attempt == 0:  # a keep-alive connection the server had closed
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    def head(self, method: str, path: str, query: str, headers: dict[str, str] | None, payload: str,
+             length: int | None = None) -> bytes:
+        """A request's signed head (`path` encoded already, `query` canonical), signed now:
+        what request() sends, and what WholeGets sends on its own connections."""
+        target = f"{self._origin}{path}?{query}" if query else f"{self._origin}{path}"
+        h = dict(headers) if headers else {}
+        h["host"] = self.layout.host
+        if length is not None:
+            h["content-length"] = str(length)
+        self.signer.sign(method, path, query, h, payload)
+        if self._origin and self.proxy is not None and self.proxy.authorization:
+            h["proxy-authorization"] = self.proxy.authorization  # for the proxy: not signed
+        return "".join([f"{method} {target} HTTP/1.1\r\n", *[f"{k}: {v}\r\n" for k, v in h.items()],
+                        "\r\n"]).encode("latin-1")
+
+    def connection(self) -> HttpConn:
+        """A connection of its own (not the calling thread's), for a caller that drives
+        several at once (WholeGets)."""
+        return HttpConn(self.layout, self._ssl, self.connect_timeout, self.timeout, self.proxy)
 
     def _call(self, operation: str, method: str, path: str, params: dict[str, str] | None = None,
               headers: dict[str, str] | None = None, body: Body = b"", on_sent: Callable[[int], None] | None = None,
@@ -950,6 +974,10 @@ class Rest:
         headers = {"if-match": f'"{if_match}"'} if if_match else None
         params = {"versionId": version} if version else None
         return head_shape(self._call("HeadObject", "HEAD", self._key(key), params, headers).headers)
+
+    def get_head(self, key: str, if_match: str | None = None) -> bytes:
+        """The signed head of get_object(key, if_match=...): a whole object's GET."""
+        return self.head("GET", self._key(key), "", {"if-match": f'"{if_match}"'} if if_match else None, EMPTY_SHA256)
 
     def get_object(self, key: str, first: int | None = None, last: int | None = None, *,
                    if_match: str | None = None, version: str | None = None,

@@ -10,11 +10,12 @@ yesterday's.
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from connections.contract.xcon import (
-    FolderEntry, RemoteEntry, RemoteNotFound, Sink, WholeRead, XCon, read_range_into,
+    EndOfWork, FolderEntry, RemoteEntry, RemoteNotFound, Sink, WholeRead, WholeReadMany, XCon, read_range_into,
 )
 from skynet.versions.model import Version, VersionStore, holds_files, remote_folders
 
@@ -37,6 +38,17 @@ class Completes(ABC):
     def complete_read(self, version: Version) -> tuple[Version, bytes]:
         """complete() and the whole version's bytes, in one request where the remote
         can (S3: a GET carries the metadata a listing lacks). For small files."""
+
+    def reads_many(self) -> bool:
+        """Whether complete_read_many() reads several files at once from one thread."""
+        return False
+
+    def complete_read_many(self, take: Callable[[bool], Version | None | EndOfWork], width: int,
+                           stop: threading.Event) -> Iterator[tuple[Version, tuple[Version, bytes] | None]]:
+        """complete_read() of the versions `take` hands over (as WholeReadMany's take does),
+        `width` at once, from the calling thread: (version, (completed version, bytes)), or
+        (version, None) for one to read with complete_read(). Only where reads_many()."""
+        raise NotImplementedError
 
 
 class CurrentStore(VersionStore, Completes):
@@ -72,6 +84,21 @@ class CurrentStore(VersionStore, Completes):
 
     def remove(self, version: Version) -> None:
         raise NotImplementedError("a mirror without versions has nothing kept to remove")
+
+    def reads_many(self) -> bool:
+        return isinstance(self.con, WholeReadMany)
+
+    def complete_read_many(self, take: Callable[[bool], Version | None | EndOfWork], width: int,
+                           stop: threading.Event) -> Iterator[tuple[Version, tuple[Version, bytes] | None]]:
+        """The connection's read_whole_many(), each version held to its listed entry."""
+        assert isinstance(self.con, WholeReadMany)
+
+        def entries(block: bool) -> tuple[Version, RemoteEntry] | None | EndOfWork:
+            v = take(block)
+            return v if v is None or isinstance(v, EndOfWork) else (v, _entry(v))
+
+        for v, entry, data in self.con.read_whole_many(entries, width, stop):
+            yield v, None if entry is None else (self._completed(v, entry), data)
 
     def complete(self, version: Version) -> Version:
         """stat() the file: the mtime and mode its metadata keeps (S3), else the time it was stored."""

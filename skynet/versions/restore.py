@@ -217,6 +217,11 @@ class Restore:
         # the chunk pool outlives the file pool: a large file's worker hands its chunks to it until it ends
         with ThreadPoolExecutor(self.opts.concurrency * self.opts.big_files, thread_name_prefix="chunk") as chunks, \
                 ThreadPoolExecutor(self.opts.workers, thread_name_prefix="restore") as files:
+            def pooled(v: Version) -> None:
+                fut = files.submit(self._one, v, chunks)
+                fut.add_done_callback(lambda _f: room.release())
+
+            small = self._small_files(pooled, room.release)
             try:
                 for v in chain.from_iterable(streams):
                     if self.stop.is_set():
@@ -224,11 +229,16 @@ class Restore:
                     room.acquire()
                     with self.summary.lock:
                         self.summary.listed += 1
-                    fut = files.submit(self._one, v, chunks)
-                    fut.add_done_callback(lambda _f: room.release())
+                    if small is not None and small.takes(v):
+                        small.put(v)
+                    else:
+                        pooled(v)
             except BaseException:
                 self.stop.set()  # the files in flight end at their next chunk; the pool waits for them
                 raise
+            finally:
+                if small is not None:
+                    small.close()
         if not self.stop.is_set():
             self._restore_folders()
         if self.unsynced:
@@ -237,6 +247,17 @@ class Restore:
             # shared bench machine), and a large file is fsynced before it lands anyway.
             _syncfs(self.root)
         return self.summary
+
+    def _small_files(self, pooled: Callable[[Version], None], release: Callable[[], None]) -> "SmallFiles | None":
+        """The lane that reads small files many at once from one thread, where the store
+        can (S3) and no bandwidth limit is to be kept (it meters per file, the lane
+        would not); None: every file goes to the pool."""
+        from skynet.versions.smallfiles import SmallFiles
+
+        store = self.store
+        if not isinstance(store, Completes) or not store.reads_many() or self.opts.throttle is not None:
+            return None
+        return SmallFiles(self, store, pooled, release, min(WHOLE_READ, self.opts.chunk_size), self.opts.workers)
 
     def _restore_folders(self) -> None:
         """The remote's folders under the restored paths (on a remote that has them),
@@ -262,8 +283,13 @@ class Restore:
             self.summary.folders += len(found)
 
     def _one(self, v: Version, chunks: ThreadPoolExecutor) -> None:
+        self.account(v, lambda: self._restore_file(v, chunks))
+
+    def account(self, v: Version, work: Callable[[], int | None]) -> None:
+        """Run one file's restore (`work`: the bytes fetched, None if DIR had it) and count
+        what came of it; one file's failure is not the others'."""
         try:
-            fetched = self._restore_file(v, chunks)
+            fetched = work()
         except (TransferStopped, InterruptedError):
             if not self.stop.is_set():
                 raise
@@ -284,20 +310,20 @@ class Restore:
         """Restore one version; None when DIR already holds it, finished."""
         if self.stop.is_set():
             raise InterruptedError("stopped")
-        dest = self._dest(v.rel)
+        dest = self.dest(v.rel)
         store = self.store
         read: ReadInto = lambda offset, length, out: store.read_into(v, offset, length, out)  # noqa: E731
-        there = _lstat(dest)
+        there = lstat_or_none(dest)
         ctx = TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
         if isinstance(store, Completes) and (v.mtime_ns is None or v.mode is None):
-            if v.size <= WHOLE_READ and not _same_size(there, v.size):
+            if v.size <= WHOLE_READ and not same_size(there, v.size):
                 # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET),
                 # the bandwidth limit's budget for them taken first (the fetch below then owes nothing)
                 ctx.start_at(0, v.size)
                 ctx.ahead(v.size)
                 v, data = store.complete_read(v)
                 if len(data) <= self.opts.chunk_size:  # (always, but for a chunk size below WHOLE_READ)
-                    return self._land(v, data, dest)
+                    return self.land(v, data, dest)
                 read = from_bytes(lambda offset, length: data[offset: offset + length])
             else:
                 v = store.complete(v)
@@ -312,7 +338,7 @@ class Restore:
             return fetch_ranges(read, want, dest, ctx, chunks, chunk_size=self.opts.chunk_size,
                                 concurrency=self.opts.concurrency)
 
-    def _land(self, v: Version, data: bytes, dest: str) -> int:
+    def land(self, v: Version, data: bytes, dest: str) -> int:
         """A small file read whole: checked and landed from memory (fetch.land_bytes)."""
         want = Wanted(v.rel, v.size, v.etag, mtime_ns=v.mtime_ns, mode=self._mode(v))
         self.unsynced = True  # (before it lands: a kill after the link leaves nothing unsynced behind a sync)
@@ -346,7 +372,7 @@ class Restore:
         """Permission bits to give: setuid, setgid and sticky only with --keep-special-bits."""
         return mode & (0o7777 if self.opts.keep_special_bits else 0o7777 & ~SPECIAL_BITS)
 
-    def _dest(self, rel: str) -> str:
+    def dest(self, rel: str) -> str:
         """DIR/rel, its folders made, none of them a link leading out of DIR."""
         rel = check_rel(rel)
         dest = os.path.join(self.root, rel)
@@ -368,7 +394,7 @@ class Restore:
                 self._made.add(path)
 
 
-def _lstat(dest: str) -> os.stat_result | None:
+def lstat_or_none(dest: str) -> os.stat_result | None:
     """What is at `dest` in DIR now (a link not followed), once per file: None if nothing."""
     try:
         return os.lstat(dest)
@@ -376,7 +402,7 @@ def _lstat(dest: str) -> os.stat_result | None:
         return None
 
 
-def _same_size(st: os.stat_result | None, size: int) -> bool:
+def same_size(st: os.stat_result | None, size: int) -> bool:
     """A regular file of that size is there: maybe a finished one, to be checked before any read."""
     return st is not None and statmod.S_ISREG(st.st_mode) and st.st_size == size
 

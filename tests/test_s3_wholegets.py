@@ -1,0 +1,151 @@
+"""S3Con.read_whole_many (connections/s3/wholegets.py): many whole-object GETs from one
+thread. Against the real S3 servers: every file read, held to the version listed, with the
+entry read_whole() gives; what it cannot take on (missing, replaced, no ETag) handed back.
+Against a server of canned replies (fault injection): each odd reply gives back its own
+file only, and the rest are still read."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from connections.contract.xcon import END, RemoteEntry, TransferContext
+from connections.s3.con import S3Con
+from tests.backend_s3 import make_local
+from tests.backends import BACKENDS, enabled_backends
+
+
+@pytest.fixture(params=[n for n in enabled_backends() if n in ("s3", "seaweedfs")])
+def s3(request, tmp_path, servers):
+    with BACKENDS[request.param](tmp_path, servers) as b:
+        yield b
+
+
+def feeder(items: list) -> callable:
+    """A take() handing over `items`, then END."""
+    it = iter(items)
+
+    def take(_block: bool):
+        return next(it, END)
+    return take
+
+
+def test_many_small_files_are_read_each_held_to_its_version(s3, tmp_path):
+    con = s3.con
+    data = {f"d/f{i:02d}": os.urandom(100 + i) for i in range(40)}
+    for rel, body in data.items():
+        con.send(make_local(tmp_path / "seed", rel, body), TransferContext())
+    listed = {e.rel: e for e in con.list("d")}
+    con.send(make_local(tmp_path / "seed2", "d/f05", b"replaced after the listing"), TransferContext())
+    con.delete("d/f07")
+    items = [(rel, e) for rel, e in sorted(listed.items())]
+    items.append(("no-etag", RemoteEntry("d/f08", listed["d/f08"].size)))
+    got = {tag: (entry, body) for tag, entry, body in con.read_whole_many(feeder(items), 8, threading.Event())}
+    assert set(got) == set(listed) | {"no-etag"}
+    for rel in ("d/f05", "d/f07", "no-etag"):  # replaced, gone, nothing to hold it to: read_whole() says why
+        assert got[rel] == (None, b""), rel
+    for rel, (entry, body) in got.items():
+        if rel in ("d/f05", "d/f07", "no-etag"):
+            continue
+        assert body == data[rel]
+        whole_entry, whole_body = con.read_whole(rel, expect=listed[rel])
+        assert entry == whole_entry and body == whole_body
+
+
+def test_a_stop_ends_the_reads_without_taking_more(s3, tmp_path):
+    con = s3.con
+    for i in range(20):
+        con.send(make_local(tmp_path / "seed", f"s{i:02d}", b"x" * 10), TransferContext())
+    entries = sorted(con.list(""), key=lambda e: e.rel)
+    stop = threading.Event()
+    asked = []
+
+    def take(_block: bool):
+        if len(asked) == 5:
+            stop.set()
+        if len(asked) >= len(entries):
+            return END
+        asked.append(entries[len(asked)])
+        return asked[-1].rel, asked[-1]
+
+    got = list(con.read_whole_many(take, 2, stop))
+    assert len(asked) <= 6 and {tag for tag, _e, _b in got} == {e.rel for e in asked}
+
+
+class Canned:
+    """A TCP server on 127.0.0.1 answering each request on a connection with the next
+    reply its script has for that key (the path's last part); a reply of None never comes."""
+
+    def __init__(self, replies: dict[str, bytes | None]) -> None:
+        self.replies = replies
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c: socket.socket) -> None:
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                key = head.split(b" ")[1].decode().rsplit("/", 1)[1]
+                reply = self.replies[key]
+                if reply is None:
+                    time.sleep(30)  # a server that stopped answering
+                    return
+                c.sendall(reply)
+                if b"connection: close" in reply.lower():
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ok(body: bytes, *extra: str) -> bytes:
+    lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", 'ETag: "e"', "x-amz-meta-mtime: 1600000000",
+             *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_odd_replies_give_back_their_own_file_only(tmp_path, monkeypatch):
+    replies = {
+        **{f"ok{i}": ok(b"body %d" % i) for i in range(10)},
+        "closing": ok(b"then closed", "Connection: close"),
+        "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"e\"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "error": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+        "garbage": b"this is no HTTP reply\r\n\r\n",
+        "silent": None,
+    }
+    srv = Canned(replies)
+    try:
+        con = S3Con(bucket="b", endpoint_url=f"http://127.0.0.1:{srv.port}", region="us-east-1",
+                    addressing_style="path", access_key_id="k", secret_access_key="s")
+        monkeypatch.setattr(con._http(), "timeout", 1.0)  # the silent one is given back after a second
+        keys = ["closing", "chunked", "error", "garbage", "silent"] + [f"ok{i}" for i in range(10)]
+        items = [(k, RemoteEntry(k, 1, None, None, "e")) for k in keys]
+        got = {tag: (entry, body) for tag, entry, body in con.read_whole_many(feeder(items), 3, threading.Event())}
+    finally:
+        srv.close()
+    assert set(got) == set(keys)
+    assert got["closing"][1] == b"then closed" and got["closing"][0].mtime_ns == 1_600_000_000 * 10**9
+    for k in ("chunked", "error", "garbage", "silent"):
+        assert got[k] == (None, b""), k
+    for i in range(10):
+        assert got[f"ok{i}"][1] == b"body %d" % i
