@@ -149,3 +149,76 @@ def test_odd_replies_give_back_their_own_file_only(tmp_path, monkeypatch):
         assert got[k] == (None, b""), k
     for i in range(10):
         assert got[f"ok{i}"][1] == b"body %d" % i
+
+
+@pytest.fixture
+def tls_s3(tmp_path, monkeypatch):
+    """`rclone serve s3` over TLS on 127.0.0.1, its certificate self-signed for that address
+    and trusted through AWS_CA_BUNDLE (as a user with a private CA would)."""
+    import datetime
+    import ipaddress
+    import secrets
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tests.server_s3 import _stop, rclone_binary
+    from tests.servers import start_on_free_port
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_file, 0o600)
+    data = tmp_path / "data"
+    (data / "tls").mkdir(parents=True)
+    ak, sk = f"skynettest{secrets.token_hex(4)}", f"skynetsecret{secrets.token_hex(16)}"
+
+    def start(port: int):
+        proc = subprocess.Popen([rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key",
+                                 f"{ak},{sk}", "--cert", str(cert_file), "--key", str(key_file), "--config",
+                                 os.devnull, str(data)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc, port
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    _stop(proc)
+                    raise RuntimeError("rclone serve s3 with TLS did not start") from None
+                time.sleep(0.1)
+
+    proc, port = start_on_free_port(start, "rclone serve s3 (TLS)")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert_file))
+    try:
+        yield S3Con(bucket="tls", endpoint_url=f"https://127.0.0.1:{port}", region="us-east-1",
+                    addressing_style="path", access_key_id=ak, secret_access_key=sk)
+    finally:
+        _stop(proc)
+
+
+def test_many_reads_over_tls(tls_s3, tmp_path):
+    """The same reads over TLS: records a select() saw as readable may hold several replies'
+    bytes, which the TLS socket has decrypted and holds back (pending)."""
+    con = tls_s3
+    con.connect()
+    data = {f"t{i:02d}": os.urandom(20_000 + i) for i in range(24)}  # each reply several TLS records
+    for rel, body in data.items():
+        con.send(make_local(tmp_path / "seed", rel, body), TransferContext())
+    items = [(e.rel, e) for e in con.list("")]
+    got = {tag: body for tag, entry, body in con.read_whole_many(feeder(items), 6, threading.Event())}
+    assert got == data
