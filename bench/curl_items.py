@@ -1,5 +1,6 @@
 """Issue 21 spike: would a libcurl-driven item transfer (pycurl's CurlMulti, one Python
-thread) bring the client's CPU per URL item to <= 0.31 ms? Not part of bench/run or the suite.
+thread), or the same loop on plain non-blocking sockets, bring the client's CPU per URL
+item to <= 0.31 ms? Not part of bench/run or the suite.
 
 Servers as bench/jobs_urls.py starts them (nginx via tests/server_http.py, `rclone serve s3`
 via tests/server_s3.py), N x 64 KiB objects; then, interleaved, ROUNDS rounds of:
@@ -12,6 +13,10 @@ via tests/server_s3.py), N x 64 KiB objects; then, interleaved, ROUNDS rounds of
             Content-Type, x-amz-meta-size/-mtime/-md5/-source-url/-source-etag/
             -source-last-modified), signed by connections/s3/rest.py's Signer; the ETag of
             every PUT reply is compared with the MD5
+  loop      the same one-thread loop without libcurl: non-blocking sockets and one select()
+            (as connections/s3/wholegets.py reads a restore's small files), a GET to the
+            HTTP server and a PUT to S3 per item on each slot's two keep-alive connections,
+            the same headers, signature and ETag check as `curl`
   transfer  skynet's own per-item path in this process: bench/item_transfer.py's run_skynet
             (make_transfer from WORKERS threads, on_existing=overwrite: no HEAD, like curl)
   job       `skynet job run` of the same list, as bench/jobs_urls.py runs it (its own process;
@@ -252,13 +257,142 @@ def verify(t: S3Target, s3, prefix: str, items: list[tuple[str, str]], root: Pat
     return names
 
 
+class LoopItems:
+    """One thread, non-blocking sockets: GET from the HTTP server, MD5+CRC32, signed PUT.
+    A spike: plain HTTP only, no redirects, retries or resume; any odd reply raises."""
+
+    def __init__(self, t: S3Target, prefix: str, workers: int, size: int, http_host: str, http_port: int) -> None:
+        import selectors
+        self.layout = Layout.from_endpoint(t.endpoint_url, t.bucket, "path", t.region)
+        self.signer = Signer(t.region, StaticCredentials(t.access_key, t.secret_key))
+        self.prefix = prefix
+        self.sel = selectors.DefaultSelector()
+        self.workers = workers
+        self.hp = (http_host, http_port)
+        self.sp = (self.layout.hostname, self.layout.port)
+        self._mtime = {}
+
+    mtime = CurlItems.mtime
+
+    def run(self, items: list[tuple[str, str]]) -> None:
+        import selectors
+
+        todo = iter(items)
+        pairs = [_Pair(self.hp, self.sp) for _ in range(self.workers)]
+        for pair in pairs:
+            self.sel.register(pair.get, selectors.EVENT_READ, (pair, True))
+            self.sel.register(pair.put, selectors.EVENT_READ, (pair, False))
+        busy = sum(1 for pair in pairs if pair.start(next(todo, None), self.hp))
+        while busy:
+            for key, _events in self.sel.select(1.0):
+                pair, is_get = key.data
+                reply = pair.receive(is_get)
+                if reply is None:
+                    continue
+                status, h, body = reply
+                if is_get:
+                    if status != 200:
+                        raise RuntimeError(f"GET {pair.item[0]}: HTTP {status}")
+                    pair.send_put(self._put_head(pair, h, body), body)
+                    continue
+                etag = h.get("etag", "").strip('"')
+                if status != 200 or etag != pair.md5:
+                    raise RuntimeError(f"PUT {pair.item[1]}: HTTP {status}, ETag {etag!r} for MD5 {pair.md5}")
+                if not pair.start(next(todo, None), self.hp):
+                    busy -= 1
+        for pair in pairs:
+            pair.close()
+
+    def _put_head(self, pair: "_Pair", h: dict[str, str], body: bytes) -> bytes:
+        """The PUT of a fetched body: exactly the headers CurlItems.start_put sends, signed."""
+        digest = hashlib.md5(body).digest()
+        pair.md5 = digest.hex()
+        path = key_path(self.layout.base, f"{self.prefix}/{pair.item[1]}")
+        headers = {"content-md5": base64.b64encode(digest).decode(),
+                   "x-amz-checksum-crc32": base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
+                   "content-type": "application/octet-stream",
+                   "x-amz-meta-size": str(len(body)), "x-amz-meta-md5": digest.hex(),
+                   "x-amz-meta-source-url": header_safe(pair.item[0]),
+                   "host": self.layout.host, "content-length": str(len(body))}
+        if "last-modified" in h:
+            headers["x-amz-meta-mtime"] = self.mtime(h["last-modified"])
+            headers["x-amz-meta-source-last-modified"] = h["last-modified"]
+        if "etag" in h:
+            headers["x-amz-meta-source-etag"] = header_safe(h["etag"])
+        self.signer.sign("PUT", path, "", headers, UNSIGNED)
+        return "".join([f"PUT {path} HTTP/1.1\r\n", *[f"{k}: {v}\r\n" for k, v in headers.items()],
+                        "\r\n"]).encode("latin-1")
+
+    def close(self) -> None:
+        self.sel.close()
+
+
+class _Pair:
+    """One LoopItems slot: a keep-alive connection to the HTTP server and one to S3."""
+
+    def __init__(self, http: tuple[str, int], s3: tuple[str, int]) -> None:
+        import socket
+
+        self.get = socket.create_connection(http)
+        self.put = socket.create_connection(s3)
+        for sock in (self.get, self.put):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.item: tuple[str, str] = ("", "")
+        self.md5 = ""
+
+    def start(self, item: tuple[str, str] | None, http: tuple[str, int]) -> bool:
+        """GET the item's URL; False when there is no item."""
+        if item is None:
+            return False
+        self.item, self.buf = item, bytearray()
+        path = item[0].split("/", 3)[3]
+        self.get.sendall(f"GET /{path} HTTP/1.1\r\nHost: {http[0]}:{http[1]}\r\n\r\n".encode())
+        return True
+
+    def send_put(self, head: bytes, body: bytes) -> None:
+        self.buf = bytearray()
+        self.put.sendall(head + body)
+
+    def receive(self, from_get: bool) -> tuple[int, dict[str, str], bytes] | None:
+        """(status, headers, body) once the reply on that connection is whole, else None."""
+        from connections.s3.rest import parse_head
+
+        data = (self.get if from_get else self.put).recv(1 << 17)
+        if not data:
+            raise RuntimeError("the server closed a connection")
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        status, _version, headers = parse_head(bytes(self.buf[:end]))
+        if len(self.buf) < end + 4 + int(headers.get("content-length", "0")):
+            return None
+        return status, headers, bytes(self.buf[end + 4:])
+
+    def close(self) -> None:
+        self.get.close()
+        self.put.close()
+
+
+def run_loop(t: S3Target, items: list[tuple[str, str]], prefix: str, workers: int, size: int) -> tuple[float, float]:
+    """(seconds, CPU seconds) of the socket loop moving `items` under `prefix`."""
+    host, port = items[0][0].split("/")[2].split(":")
+    loop = LoopItems(t, prefix, workers, size, host, int(port))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    loop.run(items)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    loop.close()
+    return secs, cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--size", type=int, default=64 * KiB)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--only", default="curl,transfer,job")
+    ap.add_argument("--only", default="curl,loop,transfer,job")
     ap.add_argument("--hold", type=float, default=0.0, help="seconds to wait before each curl run (to attach py-spy)")
     args = ap.parse_args()
     from tests.server_http import http_server
@@ -280,6 +414,7 @@ def main() -> None:
                 items.append((http.url(f"items/{rel}"), rel))
             runs: dict[str, Callable[[str], tuple[float, float]]] = {
                 "curl": lambda p: run_curl(t, items, p, args.workers, args.size),
+                "loop": lambda p: run_loop(t, items, p, args.workers, args.size),
                 "transfer": lambda p: _transfer(http, srv, bucket, p, args.items, args.workers),
                 "job": lambda p: _job(t, items, p, work, args.workers),
             }
