@@ -142,18 +142,7 @@ class CurlItems:
         data = slot.body.getvalue()[:n]  # bytes[:len] is the same object: one copy, out of the buffer
         digest = hashlib.md5(data).digest()
         path = key_path(self.layout.base, f"{self.prefix}/{slot.item[1]}")
-        headers = {"content-md5": base64.b64encode(digest).decode(),
-                   "x-amz-checksum-crc32": base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode(),
-                   "content-type": "application/octet-stream",
-                   "x-amz-meta-size": str(n), "x-amz-meta-md5": digest.hex(),
-                   "x-amz-meta-source-url": header_safe(slot.item[0]),
-                   "host": self.layout.host, "content-length": str(n)}
-        if "last-modified" in h:
-            headers["x-amz-meta-mtime"] = self.mtime(h["last-modified"])
-            headers["x-amz-meta-source-last-modified"] = h["last-modified"]
-        if "etag" in h:
-            headers["x-amz-meta-source-etag"] = header_safe(h["etag"])
-        self.signer.sign("PUT", path, "", headers, UNSIGNED)
+        headers = item_put_headers(self, slot.item[0], h, data, digest, path)
         p = slot.put
         p.setopt(self.pycurl.URL, self.origin + path)
         p.setopt(self.pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()] + ["Expect:", "Accept:"])
@@ -219,6 +208,25 @@ class CurlItems:
         for s in self.slots:
             s.close()
         self.multi.close()
+
+
+def item_put_headers(loop: "CurlItems | LoopItems", url: str, h: dict[str, str], body: bytes, digest: bytes,
+                     path: str) -> dict[str, str]:
+    """The signed headers of a job item's PUT (what S3Con._stream_single sends): `h` is
+    the GET reply's headers, `digest` the body's MD5, `path` the object's key path."""
+    headers = {"content-md5": base64.b64encode(digest).decode(),
+               "x-amz-checksum-crc32": base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
+               "content-type": "application/octet-stream",
+               "x-amz-meta-size": str(len(body)), "x-amz-meta-md5": digest.hex(),
+               "x-amz-meta-source-url": header_safe(url),
+               "host": loop.layout.host, "content-length": str(len(body))}
+    if "last-modified" in h:
+        headers["x-amz-meta-mtime"] = loop.mtime(h["last-modified"])
+        headers["x-amz-meta-source-last-modified"] = h["last-modified"]
+    if "etag" in h:
+        headers["x-amz-meta-source-etag"] = header_safe(h["etag"])
+    loop.signer.sign("PUT", path, "", headers, UNSIGNED)
+    return headers
 
 
 def _chain(first, rest):
@@ -308,18 +316,7 @@ class LoopItems:
         digest = hashlib.md5(body).digest()
         pair.md5 = digest.hex()
         path = key_path(self.layout.base, f"{self.prefix}/{pair.item[1]}")
-        headers = {"content-md5": base64.b64encode(digest).decode(),
-                   "x-amz-checksum-crc32": base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
-                   "content-type": "application/octet-stream",
-                   "x-amz-meta-size": str(len(body)), "x-amz-meta-md5": digest.hex(),
-                   "x-amz-meta-source-url": header_safe(pair.item[0]),
-                   "host": self.layout.host, "content-length": str(len(body))}
-        if "last-modified" in h:
-            headers["x-amz-meta-mtime"] = self.mtime(h["last-modified"])
-            headers["x-amz-meta-source-last-modified"] = h["last-modified"]
-        if "etag" in h:
-            headers["x-amz-meta-source-etag"] = header_safe(h["etag"])
-        self.signer.sign("PUT", path, "", headers, UNSIGNED)
+        headers = item_put_headers(self, pair.item[0], h, body, digest, path)
         return "".join([f"PUT {path} HTTP/1.1\r\n", *[f"{k}: {v}\r\n" for k, v in headers.items()],
                         "\r\n"]).encode("latin-1")
 

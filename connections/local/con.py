@@ -900,17 +900,21 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
             _close(b_parent)
 
     def stat(self, rel: str) -> RemoteEntry | None:
+        st = self._lstat_rel(rel)
+        if st is None or not statmod.S_ISREG(st.st_mode):
+            return None
+        return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
+
+    def _lstat_rel(self, rel: str) -> os.stat_result | None:
+        """lstat of `rel` beneath the root, no link followed on the way or at rel; None if nothing is there."""
         folders, name = split_rel(rel)
         parent = self._open_folder(folders, f"stat {rel!r}", create=False)
         if parent is None:
             return None
         try:
-            st = self._lstat_at(parent, name, f"stat {rel!r}")
+            return self._lstat_at(parent, name, f"stat {rel!r}")
         finally:
             os.close(parent)
-        if st is None or not statmod.S_ISREG(st.st_mode):
-            return None
-        return RemoteEntry(rel, st.st_size, st.st_mtime_ns, statmod.S_IMODE(st.st_mode))
 
     def read_range(self, rel: str, offset: int, length: int, *, expect: RemoteEntry | None = None) -> bytes:
         """pread() of the file opened beneath the root (no link followed); `expect`
@@ -1019,15 +1023,8 @@ class LocalCon(XCon, ServerSideMove, ServerSideCopy, HardLink, FreeSpace, Stream
 
     def folder(self, rel: str) -> FolderEntry | None:
         """Folders.folder: one lstat beneath the root (no link followed on the way or at rel)."""
-        folders, name = split_rel(rel)
-        parent = self._open_folder(folders, f"stat {rel!r}", create=False)
-        if parent is None:
-            return None
-        try:
-            st = self._lstat_at(parent, name, f"stat {rel!r}")
-        finally:
-            os.close(parent)
-        if st is None or not statmod.S_ISDIR(st.st_mode) or name.startswith(TMP_PREFIX):
+        st = self._lstat_rel(rel)
+        if st is None or not statmod.S_ISDIR(st.st_mode) or split_rel(rel)[1].startswith(TMP_PREFIX):
             return None
         return FolderEntry(rel, statmod.S_IMODE(st.st_mode))
 
