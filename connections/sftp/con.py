@@ -1658,10 +1658,18 @@ class SFTPCon(XCon, ServerSideMove, BatchSend, HardLink, FreeSpace, StreamSend, 
         what = f"link {src!r} -> {dest!r}"
 
         async def run(s: Session) -> None:
-            st = (await self._inspect(s, a)).leaves[0]
+            # Both paths are looked at in the same round trip (a keep of a version waits for this before an
+            # overwrite): `src` a regular file reached through no link, `dest`'s folders made.
+            found, ready = await asyncio.gather(self._inspect(s, a), self._folder_ready(s, b, what),
+                                                return_exceptions=True)
+            if isinstance(found, BaseException):
+                raise found
+            st = found.leaves[0]
             if st is None or not statmod.S_ISREG(_mode(st)):
                 raise RemoteNotFound(f"{what}: no such file on the server")
-            if (await self._folder_ready(s, b, what)).leaves[0] is not None:
+            if isinstance(ready, BaseException):
+                raise ready
+            if ready.leaves[0] is not None:
                 raise PermanentError(f"{what}: the name is taken")
             try:
                 await s.req(s.sftp.link(self._b(a), self._b(b)))
