@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import log, median  # noqa: E402
 from bench.item_transfer import run_skynet  # noqa: E402
-from bench.jobs_urls import proc_cpu_s, skynet as job_run  # noqa: E402
+from bench.jobs_urls import proc_cpu_s, skynet as job_run, url_servers  # noqa: E402
 from bench.s3_peers import S3Target, count_objects  # noqa: E402
 from connections.s3.con import format_mtime, header_safe  # noqa: E402
 from connections.s3.rest import UNSIGNED, Layout, Signer, StaticCredentials, key_path  # noqa: E402
@@ -392,16 +392,10 @@ def main() -> None:
     ap.add_argument("--only", default="curl,loop,transfer,job")
     ap.add_argument("--hold", type=float, default=0.0, help="seconds to wait before each curl run (to attach py-spy)")
     args = ap.parse_args()
-    from tests.server_http import http_server
-    from tests.server_s3 import run_rclone_s3
-
     work = Path(tempfile.mkdtemp(prefix="skynet-curl-items-"))
     try:
         with contextlib.ExitStack() as stack:
-            http = stack.enter_context(http_server(work / "http"))
-            srv = stack.enter_context(run_rclone_s3(work / "s3"))
-            bucket = srv.new_bucket("curl")
-            t = S3Target(srv.endpoint_url, srv.access_key, srv.secret_key, bucket, srv.region)
+            http, srv, t = url_servers(stack, work, "curl")
             log(f"serving {args.items:,} objects of {args.size:,} bytes")
             block = os.urandom(args.size)
             items = []
@@ -412,7 +406,7 @@ def main() -> None:
             runs: dict[str, Callable[[str], tuple[float, float]]] = {
                 "curl": lambda p: run_curl(t, items, p, args.workers, args.size),
                 "loop": lambda p: run_loop(t, items, p, args.workers, args.size),
-                "transfer": lambda p: _transfer(http, srv, bucket, p, args.items, args.workers),
+                "transfer": lambda p: _transfer(http, srv, t.bucket, p, args.items, args.workers),
                 "job": lambda p: _job(t, items, p, work, args.workers),
             }
             names = args.only.split(",")

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Proc, log, machine_info, median, table, write_section  # noqa: E402
-from bench.jobs_urls import job_config, serve_objects  # noqa: E402
+from bench.jobs_urls import job_config, serve_objects, url_servers  # noqa: E402
 from bench.s3_peers import S3Target, _base_env, count_objects  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,20 +123,15 @@ def main() -> None:
     ap.add_argument("--procs", default="1,2,4")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from tests.server_http import http_server
     from tests.server_pg import run_postgres
-    from tests.server_s3 import run_rclone_s3
 
     counts = [int(x) for x in args.procs.split(",")]
     work = Path(tempfile.mkdtemp(prefix="skynet-fleet-bench-"))
     res: dict[int, list[dict]] = {k: [] for k in counts}
     try:
         with contextlib.ExitStack() as stack:
-            http = stack.enter_context(http_server(work / "http"))
-            srv = stack.enter_context(run_rclone_s3(work / "s3"))
+            http, srv, t = url_servers(stack, work, "fleet")
             pgs = stack.enter_context(run_postgres())
-            bucket = srv.new_bucket("fleet")
-            t = S3Target(srv.endpoint_url, srv.access_key, srv.secret_key, bucket, srv.region)
             log(f"serving {args.files:,} objects of {args.size:,} bytes")
             items = serve_objects(http, args.files, args.size)
             for r in range(args.rounds):

@@ -66,6 +66,18 @@ def serve_objects(http, n: int, size: int) -> list[tuple[str, str]]:
     return out
 
 
+def url_servers(stack: contextlib.ExitStack, work: Path, stem: str) -> tuple:
+    """nginx and `rclone serve s3` under `work`, stopped with `stack`, and a new bucket:
+    (http server, S3 server, its S3Target). What every bench of URL items starts."""
+    from tests.server_http import http_server
+    from tests.server_s3 import run_rclone_s3
+
+    http = stack.enter_context(http_server(work / "http"))
+    srv = stack.enter_context(run_rclone_s3(work / "s3"))
+    bucket = srv.new_bucket(stem)
+    return http, srv, S3Target(srv.endpoint_url, srv.access_key, srv.secret_key, bucket, srv.region)
+
+
 def proc_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) process `pid` used so far."""
     with open(f"/proc/{pid}/stat") as f:
@@ -142,8 +154,6 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     aria2c = need_aria2() if "aria2 + s5cmd" in args.tools else "aria2c"
-    from tests.server_http import http_server
-    from tests.server_s3 import run_rclone_s3
 
     work = Path(tempfile.mkdtemp(prefix="skynet-jobs-urls-"))
     tools = {"skynet": skynet, "rclone copyurl": rclone,
@@ -154,10 +164,7 @@ def main() -> None:
     more: dict[str, list[tuple[float, float, float]]] = {k: [] for k in tools}  # servers' CPU, others' CPU, load
     try:
         with contextlib.ExitStack() as stack:
-            http = stack.enter_context(http_server(work / "http"))
-            srv = stack.enter_context(run_rclone_s3(work / "s3"))
-            bucket = srv.new_bucket("jobs")
-            t = S3Target(srv.endpoint_url, srv.access_key, srv.secret_key, bucket, srv.region)
+            http, srv, t = url_servers(stack, work, "jobs")
             log(f"serving {args.files:,} objects of {args.size:,} bytes")
             items = serve_objects(http, args.files, args.size)
             names = list(tools)

@@ -797,7 +797,7 @@ class Rest:
     def _conn(self) -> HttpConn:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = HttpConn(self.layout, self._ssl, self.connect_timeout, self.timeout, self.proxy)
+            c = self.connection()
             self._local.conn = c
             with self._lock:
                 self._all.add(c)
@@ -813,8 +813,6 @@ class Rest:
         whatever the retries. Network errors raise OSError."""
         if on_sent is not None and not isinstance(on_sent, HighWater):
             on_sent = HighWater(on_sent)
-        if headers and any("\n" in v or "\r" in v for v in headers.values()):
-            raise ValueError("a header value holds a line break")  # would split the request
         query = canonical_query(params) if params else ""
         if payload is None:
             payload = UNSIGNED if body else EMPTY_SHA256
@@ -836,6 +834,8 @@ class Rest:
              length: int | None = None) -> bytes:
         """A request's signed head (`path` encoded already, `query` canonical), signed now:
         what request() sends, and what WholeGets sends on its own connections."""
+        if headers and any("\n" in v or "\r" in v for v in headers.values()):
+            raise ValueError("a header value holds a line break")  # would split the request
         target = f"{self._origin}{path}?{query}" if query else f"{self._origin}{path}"
         h = dict(headers) if headers else {}
         h["host"] = self.layout.host

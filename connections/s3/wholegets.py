@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from connections.contract.xcon import END, EndOfWork
+from connections.contract.xcon import EndOfWork
 from connections.s3.rest import _MAX_HEAD, _RECV, HttpConn, ProtocolError, Reply, Rest, keeps_alive, parse_head
 
 #: (tag, key, etag the object must have): one GET's job; `take` returns one, None (none ready yet) or END
@@ -71,7 +71,7 @@ class WholeGets:
                         continue
                     job = None if stop.is_set() else take(busy == 0)
                     if job is None or isinstance(job, EndOfWork):
-                        ended = job is END or stop.is_set()
+                        ended = job is not None or stop.is_set()  # (not None: the end of the work)
                         break
                     if self._send(sel, slot, job):
                         busy += 1

@@ -108,6 +108,11 @@ class Wanted:
     mtime_ns: int | None = None
     mode: int | None = None
 
+    @property
+    def plain_md5(self) -> bool:
+        """The remote's hash is a plain MD5 of the bytes (an S3 single-PUT ETag): checked."""
+        return bool(self.etag and _MD5.fullmatch(self.etag))
+
 
 class _WriteAt:
     """The Sink of one chunk: each piece pwritten at its place in the part file as it
@@ -202,7 +207,7 @@ def fetch_ranges(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
         moved[0] += n
 
     try:
-        md5 = _FollowingMD5(fd, plan, done) if want.etag and _MD5.fullmatch(want.etag) else None
+        md5 = _FollowingMD5(fd, plan, done) if want.plain_md5 else None
         saver = _Saver(fd, state_path, ident, done)
 
         def fetched(n: int, start: int, end: int, meter: Meter) -> None:
@@ -243,26 +248,29 @@ def _fetch_chunk(read: ReadInto, fd: int, n: int, start: int, end: int, meter: M
     log.debug("fetched chunk %d of %s (%d bytes at %d)", n, rel, got, start)
 
 
-def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
-    """A file of one chunk: one ranged read (none for an empty file), landed.
+def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext | None, sync: bool) -> int:
+    """A file of one chunk: one ranged read (none for an empty file), hashed as it is
+    written, checked, landed. `ctx` None: no progress or bandwidth limit to tell.
 
     Where the file system has unnamed files (O_TMPFILE), the bytes go into one in
-    dest's folder, hashed as they are written, and it is linked in place once
-    checked: no part name, no lock, no truncation and no rename, and a kill -9
-    mid-way leaves nothing. On ext4 this also keeps the new inode's allocation
-    out from under the folder's lock (creat() scans for a free inode holding it;
-    an unnamed file takes it only to link): 16 workers filling one folder spent
-    more time spinning on that lock than writing (10,000 x 4 KiB, 16 threads:
-    7.1 s with part files, 3.7 s unnamed, on this machine's ext4). Elsewhere the
-    named part file, as a chunked fetch uses."""
-    ctx.start_at(0, want.size)
-    ctx.ahead(want.size)  # the bandwidth limit, taken before the one read (its piece is the whole file)
+    dest's folder, linked in place once checked: no part name, no lock, no truncation
+    and no rename, and a kill -9 mid-way leaves nothing. On ext4 this also keeps the
+    new inode's allocation out from under the folder's lock (creat() scans for a free
+    inode holding it; an unnamed file takes it only to link): 16 workers filling one
+    folder spent more time spinning on that lock than writing (10,000 x 4 KiB, 16
+    threads: 7.1 s with part files, 3.7 s unnamed, on this machine's ext4). Elsewhere
+    the named part file, as a chunked fetch uses, renamed into place."""
+    if ctx is not None:
+        ctx.start_at(0, want.size)
+        ctx.ahead(want.size)  # the bandwidth limit, taken before the one read (its piece is the whole file)
+    part = None
     fd = _unnamed_in(os.path.dirname(dest))
     if fd is None:
-        return _fetch_whole_named(read, want, dest, ctx, sync)
+        part = part_paths(dest)[0]
+        fd = _open_part(part, truncate=True)
     try:
         write = _WriteAt(fd, 0, lambda _n: None)
-        h = hashlib.md5() if want.etag and _MD5.fullmatch(want.etag) else None
+        h = hashlib.md5() if want.plain_md5 else None
         if h is None:
             sink: Sink = write
         else:
@@ -271,54 +279,24 @@ def _fetch_whole(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, 
                 write(piece)
         got = read(0, want.size, sink) if want.size else 0
         log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, got)
-        ctx.report(got, want.size)
+        if ctx is not None:
+            ctx.report(got, want.size)
         _finish(fd, want, dest, sync, md5=None if h is None else h.hexdigest())
-        _link_unnamed(fd, dest)
+        if part is None:
+            _link_unnamed(fd, dest)
     finally:
         os.close(fd)
+    if part is not None:
+        _land(part, dest)
     return got
 
 
 def land_bytes(data: bytes | memoryview, want: Wanted, dest: str, *, sync: bool = True) -> int:
     """Make `dest` hold `data`, a small file read whole (with its metadata, in one
-    request): checked in memory (the size, and the MD5 where the hash is one), written
-    into an unnamed file in dest's folder with its mode and mtime, linked in place.
-    The lean way for many small files: no reader, no sink, no part file. Where the file
-    system has no unnamed files, through the part file as _fetch_whole() does."""
-    if len(data) != want.size:
-        raise VerifyFailed(f"{want.rel}: fetched {len(data)} bytes, the remote has {want.size}")
-    if want.etag and _MD5.fullmatch(want.etag):
-        digest = hashlib.md5(data).hexdigest()
-        if digest != want.etag:
-            raise VerifyFailed(f"{want.rel}: MD5 {digest} of the fetched bytes is not the remote's {want.etag}")
-    fd = _unnamed_in(os.path.dirname(dest))
-    if fd is None:
-        view = memoryview(data)
-        return _fetch_whole_named(from_bytes(lambda offset, length: view[offset: offset + length]), want, dest,
-                                  TransferContext(), sync)
-    try:
-        _WriteAt(fd, 0, lambda _n: None)(memoryview(data))
-        _finish(fd, want, dest, sync, checked=True)
-        _link_unnamed(fd, dest)
-    finally:
-        os.close(fd)
-    return len(data)
-
-
-def _fetch_whole_named(read: ReadInto, want: Wanted, dest: str, ctx: TransferContext, sync: bool) -> int:
-    """_fetch_whole() through the named part file (a file system without O_TMPFILE)."""
-    part = part_paths(dest)[0]
-    fd = _open_part(part, truncate=True)
-    try:
-        sink = _WriteAt(fd, 0, lambda _n: None)
-        got = read(0, want.size, sink) if want.size else 0
-        log.debug("fetched chunk 0 of %s (%d bytes at 0)", want.rel, got)
-        ctx.report(got, want.size)
-        _finish(fd, want, dest, sync)
-    finally:
-        os.close(fd)
-    _land(part, dest)
-    return got
+    request), as _fetch_whole() lands a file of one read: checked (size, MD5 where the
+    hash is one) before it gets its name, with its mode and mtime."""
+    view = memoryview(data)
+    return _fetch_whole(from_bytes(lambda offset, length: view[offset: offset + length]), want, dest, None, sync)
 
 
 class _Unnamed:
@@ -527,16 +505,14 @@ class _FollowingMD5:
             pos += got
 
 
-def _finish(fd: int, want: Wanted, dest: str, sync: bool, md5: str | None = None, checked: bool = False) -> None:
-    """Check the part file (`md5`: its MD5 already taken; `checked`: its bytes were checked
-    before they were written), give it its mode and mtime, and make it durable: all
-    before it lands."""
-    if not checked:
-        try:
-            _verify(fd, want, md5)
-        except VerifyFailed:
-            discard(dest)  # never resume from bytes that failed the check
-            raise
+def _finish(fd: int, want: Wanted, dest: str, sync: bool, md5: str | None = None) -> None:
+    """Check the part file (`md5`: its MD5 already taken), give it its mode and mtime, and
+    make it durable: all before it lands."""
+    try:
+        _verify(fd, want, md5)
+    except VerifyFailed:
+        discard(dest)  # never resume from bytes that failed the check
+        raise
     if want.mode is not None:
         os.fchmod(fd, want.mode)
     if want.mtime_ns is not None:
@@ -554,7 +530,7 @@ def _verify(fd: int, entry: Wanted, md5: str | None = None) -> None:
     size = os.fstat(fd).st_size
     if size != entry.size:
         raise VerifyFailed(f"{entry.rel}: fetched {size} bytes, the remote has {entry.size}")
-    if entry.etag and _MD5.fullmatch(entry.etag):
+    if entry.plain_md5:
         if md5 is None:
             h = hashlib.md5()
             pos = 0

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from connections.contract.xcon import TransferContext, UnsafePath, check_rel
 from skynet.transfer.chunks import TransferStopped
@@ -38,11 +38,13 @@ from skynet.transfer.fetch import CHUNK, CONCURRENCY, ReadInto, Wanted, fetch_ra
 from skynet.versions.current import Completes, NoHistory
 from skynet.versions.model import Version, VersionStore
 
+if TYPE_CHECKING:
+    from skynet.versions.smallfiles import SmallFiles
+
 #: a file no larger is read whole, in one request, when its metadata must be asked for too
 #: and nothing of its size is at its place in DIR yet (else a HEAD first: it may be finished)
 WHOLE_READ = 1 << 20
 SPECIAL_BITS = statmod.S_ISUID | statmod.S_ISGID | statmod.S_ISVTX
-_MD5 = re.compile(r"[0-9a-f]{32}")
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)"
                        r"\s+ago\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -314,11 +316,12 @@ class Restore:
         store = self.store
         read: ReadInto = lambda offset, length, out: store.read_into(v, offset, length, out)  # noqa: E731
         there = lstat_or_none(dest)
-        ctx = TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
+        ctx: TransferContext | None = None
         if isinstance(store, Completes) and (v.mtime_ns is None or v.mode is None):
             if v.size <= WHOLE_READ and not same_size(there, v.size):
                 # nothing there to skip: metadata and bytes in one request (S3: a GET, not a HEAD and a GET),
                 # the bandwidth limit's budget for them taken first (the fetch below then owes nothing)
+                ctx = self._context()
                 ctx.start_at(0, v.size)
                 ctx.ahead(v.size)
                 v, data = store.complete_read(v)
@@ -331,6 +334,7 @@ class Restore:
                       v.mtime_ns, self._mode(v))
         if there is not None and _finished(dest, there, want):
             return None
+        ctx = ctx or self._context()
         if v.size <= self.opts.chunk_size:
             self.unsynced = True  # (before it lands: a kill after the rename leaves nothing unsynced behind a sync)
             return fetch_ranges(read, want, dest, ctx, chunks, chunk_size=self.opts.chunk_size, sync=False)
@@ -339,13 +343,17 @@ class Restore:
                                 concurrency=self.opts.concurrency)
 
     def land(self, v: Version, data: bytes, dest: str) -> int:
-        """A small file read whole: checked and landed from memory (fetch.land_bytes)."""
+        """A small file read whole, landed from memory (fetch.land_bytes)."""
         want = Wanted(v.rel, v.size, v.etag, mtime_ns=v.mtime_ns, mode=self._mode(v))
         self.unsynced = True  # (before it lands: a kill after the link leaves nothing unsynced behind a sync)
         land_bytes(data, want, dest, sync=False)
         with self.summary.lock:
             self.summary.bytes += len(data)
         return len(data)
+
+    def _context(self) -> TransferContext:
+        """One file's TransferContext: the run's stop flag and bandwidth limit, its bytes counted."""
+        return TransferContext(stop=self.stop, throttle=self.opts.throttle, progress=self._meter())
 
     def _meter(self) -> Callable[[int, int], None]:
         """ctx.progress for one file: adds what it reads to the run's byte count as it arrives."""
@@ -417,7 +425,7 @@ def _finished(dest: str, st: os.stat_result, want: Wanted) -> bool:
         return False
     if want.mtime_ns is not None:
         return st.st_mtime_ns == want.mtime_ns
-    if want.etag and _MD5.fullmatch(want.etag):
+    if want.plain_md5:
         return _md5(dest) == want.etag
     return False
 

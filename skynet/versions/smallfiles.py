@@ -100,9 +100,8 @@ class SmallFiles:
                 continue
             try:
                 dest = self.restore.dest(v.rel)
-            except Exception as exc:  # a name leading out of DIR: that file fails, as in the pool
-                self.restore.account(v, lambda exc=exc: _raise(exc))
-                self.release()
+            except Exception:  # a name leading out of DIR: the pool fails that file and says why
+                self.pooled(v)
                 continue
             if same_size(lstat_or_none(dest), v.size):
                 self.pooled(v)
@@ -121,7 +120,3 @@ class SmallFiles:
                 self.release()
             else:
                 self.pooled(v)
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
