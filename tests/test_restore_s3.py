@@ -126,3 +126,42 @@ def test_a_failing_lane_hands_its_files_to_the_pool(s3, tmp_path, monkeypatch):
     summary = restore(CurrentStore(con, now), Options(str(out), now, workers=3))
     assert (summary.files, summary.failed) == (30, 0)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def test_cli_restore_of_many_small_files_killed_then_run_again(s3, tmp_path):
+    """`python main.py restore` from S3 without versions, as a user runs it: small files
+    go through the lane that reads many at once. Killed with -9 while they land, it
+    leaves only whole files under their own names (nothing half-written, no temporary
+    name); the same command then restores the rest and skips what is there."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.harness import REPO, write_config
+
+    files = {f"many/{i:04d}.txt": os.urandom(1000 + i % 97) for i in range(3000)}
+    s3.seed(files)
+    mapping = dict(s3.config.get("mapping", {}), source=str(tmp_path / "src"))
+    (tmp_path / "src").mkdir()
+    cfg = write_config(tmp_path / "c.ini", s3.service, {"t": mapping}, tmp_path / "state",
+                       dict(s3.config.get("service", {})))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "main.py"), "restore", "--config-file", str(cfg), "--to", str(out)]
+    first = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            if (out / "many").is_dir() and len(os.listdir(out / "many")) >= 50:
+                break
+            time.sleep(0.005)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    landed = os.listdir(out / "many")
+    assert 50 <= len(landed) < len(files)  # killed mid-way
+    assert all(name in {rel.split("/")[1] for rel in files} for name in landed), landed  # no temporary names
+    assert all((out / "many" / name).read_bytes() == files[f"many/{name}"] for name in landed)
+    again = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(landed):,} skipped" in again.stdout, again.stdout
+    assert {f"many/{p.name}": p.read_bytes() for p in (out / "many").iterdir()} == files
