@@ -165,3 +165,54 @@ def test_cli_restore_of_many_small_files_killed_then_run_again(s3, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(landed):,} skipped" in again.stdout, again.stdout
     assert {f"many/{p.name}": p.read_bytes() for p in (out / "many").iterdir()} == files
+
+
+def test_cli_restore_when_the_network_is_cut_mid_way_then_run_again(s3, tmp_path):
+    """The network to the S3 server cut while the lane reads small files (the listing,
+    one page, is done): the restore ends with exit 1, the files it could not read
+    counted failed and nothing half-written left; with the network back, the same
+    command restores the rest. Cut before it starts: one clear line, exit 1."""
+    import subprocess
+    import sys
+
+    from tests.harness import REPO, write_config
+
+    files = {f"cut/{i:03d}.txt": os.urandom(500 + i % 89) for i in range(1000)}  # one listing page
+    s3.seed(files)
+    mapping = dict(s3.config.get("mapping", {}), source=str(tmp_path / "src"))
+    (tmp_path / "src").mkdir()
+    cfg = write_config(tmp_path / "c.ini", s3.service, {"t": mapping}, tmp_path / "state",
+                       dict(s3.config.get("service", {})))
+    os.chmod(cfg, 0o600)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "main.py"), "restore", "--config-file", str(cfg), "--to", str(out)]
+    cut, heal = s3.faults["network cut"]
+    cut()
+    try:
+        res = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    finally:
+        heal()
+    err = res.stderr.strip()
+    assert res.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1, (res.returncode, err)
+    assert "cannot be reached now" in err and "the same command resumes" in err, err
+    assert not (out / "cut").exists()
+    first = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            if (out / "cut").is_dir() and len(os.listdir(out / "cut")) >= 50:
+                break
+            time.sleep(0.005)
+        cut()
+        stdout, stderr = first.communicate(timeout=240)
+    finally:
+        heal()
+        if first.poll() is None:
+            first.kill()
+    landed = os.listdir(out / "cut")
+    assert first.returncode == 1 and 50 <= len(landed) < len(files), (first.returncode, len(landed), stderr[-2000:])
+    assert f"{len(files) - len(landed):,} failed" in stdout, (stdout, stderr[-2000:])
+    assert all((out / "cut" / name).read_bytes() == files[f"cut/{name}"] for name in landed)  # whole files only
+    again = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {f"cut/{p.name}": p.read_bytes() for p in (out / "cut").iterdir()} == files

@@ -67,6 +67,7 @@ def restore_cmd(paths: tuple[str, ...], at: str | None, dest: str, into_source: 
 
 def run(cfg, m, opts, now: int) -> int:  # type: ignore[no-untyped-def]
     """Connect, restore with a progress bar, print the summary; the exit code."""
+    from connections.contract.xcon import PermanentError, TransientError
     from skynet.reporting.progress import ProgressReporter, Snapshot
     from skynet.versions import restore as rs
     from skynet.versions.session import connected_store
@@ -92,6 +93,12 @@ def run(cfg, m, opts, now: int) -> int:  # type: ignore[no-untyped-def]
     except rs.RestoreRefused as exc:
         fail(str(exc))
         return EXIT_USAGE  # not reached
+    except TransientError as exc:  # unreachable at the start, or while listing (the files in flight end first)
+        done = f"; {job.summary.line()}" if job is not None else ""
+        fail(f"mapping {m.name!r}: the remote cannot be reached now ({exc}){done}; the same command resumes",
+             code=EXIT_SOME_FAILED)
+    except PermanentError as exc:
+        fail(f"mapping {m.name!r}: {exc}")
     finally:
         reporter.stop()
     for line in summary.errors[:20]:

@@ -63,9 +63,11 @@ class ProgressReporter:
             self._poke.set()
 
     def stop(self) -> None:
+        """Stop drawing; a reporter never started (its command failed first) has nothing to stop."""
         self._halt.set()
         self._poke.set()
-        self._thread.join(timeout=2)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=2)
 
     def _loop(self) -> None:
         while not self._halt.is_set():
