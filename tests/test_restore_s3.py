@@ -216,3 +216,28 @@ def test_cli_restore_when_the_network_is_cut_mid_way_then_run_again(s3, tmp_path
     again = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {f"cut/{p.name}": p.read_bytes() for p in (out / "cut").iterdir()} == files
+
+
+def test_a_full_disk_fails_the_small_files_and_leaves_nothing(s3, tmp_path, monkeypatch):
+    """ENOSPC while the lane writes small files: each counted failed with the disk's own
+    words, no file and no temporary name left in DIR; with room again, the same restore
+    restores them all."""
+    import errno
+
+    con = s3.con
+    files = {f"f{i:02d}": os.urandom(300 + i) for i in range(40)}
+    for rel, data in files.items():
+        con.send(make_local(tmp_path / "seed", rel, data), TransferContext())
+
+    def full(*_args, **_kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "pwrite", full)
+    now = time.time_ns()
+    out = tmp_path / "out"
+    first = restore(CurrentStore(con, now), Options(str(out), now, workers=4))
+    assert (first.files, first.failed) == (0, 40) and "No space left on device" in first.errors[0]
+    assert os.listdir(out) == []
+    monkeypatch.undo()
+    second = restore(CurrentStore(con, now), Options(str(out), now, workers=4))
+    assert (second.files, second.failed) == (40, 0)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
