@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -128,6 +129,32 @@ def test_a_failing_lane_hands_its_files_to_the_pool(s3, tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
 
 
+def cli_restore(s3, tmp_path, files: dict[str, bytes]) -> tuple[list[str], Path]:
+    """`files` seeded on the server, a config of one mapping without versions (0600), and
+    the `python main.py restore` command a user runs for it: (command, its --to folder)."""
+    import sys
+
+    from tests.harness import REPO, write_config
+
+    s3.seed(files)
+    mapping = dict(s3.config.get("mapping", {}), source=str(tmp_path / "src"))
+    (tmp_path / "src").mkdir()
+    cfg = write_config(tmp_path / "c.ini", s3.service, {"t": mapping}, tmp_path / "state",
+                       dict(s3.config.get("service", {})))
+    os.chmod(cfg, 0o600)
+    out = tmp_path / "out"
+    return [sys.executable, str(REPO / "main.py"), "restore", "--config-file", str(cfg), "--to", str(out)], out
+
+
+def wait_landed(proc, folder, count: int) -> None:
+    """Until `count` files are in `folder` (the restore `proc` is then mid-way), or it ended."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if folder.is_dir() and len(os.listdir(folder)) >= count:
+            return
+        time.sleep(0.005)
+
+
 def test_cli_restore_of_many_small_files_killed_then_run_again(s3, tmp_path):
     """`python main.py restore` from S3 without versions, as a user runs it: small files
     go through the lane that reads many at once. Killed with -9 while they land, it
@@ -135,25 +162,14 @@ def test_cli_restore_of_many_small_files_killed_then_run_again(s3, tmp_path):
     name); the same command then restores the rest and skips what is there."""
     import signal
     import subprocess
-    import sys
 
-    from tests.harness import REPO, write_config
+    from tests.harness import REPO
 
     files = {f"many/{i:04d}.txt": os.urandom(1000 + i % 97) for i in range(3000)}
-    s3.seed(files)
-    mapping = dict(s3.config.get("mapping", {}), source=str(tmp_path / "src"))
-    (tmp_path / "src").mkdir()
-    cfg = write_config(tmp_path / "c.ini", s3.service, {"t": mapping}, tmp_path / "state",
-                       dict(s3.config.get("service", {})))
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "main.py"), "restore", "--config-file", str(cfg), "--to", str(out)]
+    cmd, out = cli_restore(s3, tmp_path, files)
     first = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and first.poll() is None:
-            if (out / "many").is_dir() and len(os.listdir(out / "many")) >= 50:
-                break
-            time.sleep(0.005)
+        wait_landed(first, out / "many", 50)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -173,19 +189,11 @@ def test_cli_restore_when_the_network_is_cut_mid_way_then_run_again(s3, tmp_path
     counted failed and nothing half-written left; with the network back, the same
     command restores the rest. Cut before it starts: one clear line, exit 1."""
     import subprocess
-    import sys
 
-    from tests.harness import REPO, write_config
+    from tests.harness import REPO
 
     files = {f"cut/{i:03d}.txt": os.urandom(500 + i % 89) for i in range(1000)}  # one listing page
-    s3.seed(files)
-    mapping = dict(s3.config.get("mapping", {}), source=str(tmp_path / "src"))
-    (tmp_path / "src").mkdir()
-    cfg = write_config(tmp_path / "c.ini", s3.service, {"t": mapping}, tmp_path / "state",
-                       dict(s3.config.get("service", {})))
-    os.chmod(cfg, 0o600)
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "main.py"), "restore", "--config-file", str(cfg), "--to", str(out)]
+    cmd, out = cli_restore(s3, tmp_path, files)
     cut, heal = s3.faults["network cut"]
     cut()
     try:
@@ -198,11 +206,7 @@ def test_cli_restore_when_the_network_is_cut_mid_way_then_run_again(s3, tmp_path
     assert not (out / "cut").exists()
     first = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and first.poll() is None:
-            if (out / "cut").is_dir() and len(os.listdir(out / "cut")) >= 50:
-                break
-            time.sleep(0.005)
+        wait_landed(first, out / "cut", 50)
         cut()
         stdout, stderr = first.communicate(timeout=240)
     finally:
