@@ -1,7 +1,7 @@
 """S3Con.read_whole_many (connections/s3/wholegets.py): many whole-object GETs from one
 thread. Against the real S3 servers: every file read, held to the version listed, with the
 entry read_whole() gives; what it cannot take on (missing, replaced, no ETag) handed back.
-Against a server of canned replies (fault injection): each odd reply gives back its own
+Against a scripted server (tests/scripted_http.py: fault injection): each odd reply gives back its own
 file only, and the rest are still read."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from connections.contract.xcon import END, RemoteEntry, TransferContext
 from connections.s3.con import S3Con
 from tests.backend_s3 import make_local
 from tests.backends import BACKENDS, enabled_backends
+from tests.scripted_http import Scripted, ok
 
 
 @pytest.fixture(params=[n for n in enabled_backends() if n in ("s3", "seaweedfs")])
@@ -75,65 +76,21 @@ def test_a_stop_ends_the_reads_without_taking_more(s3, tmp_path):
     assert len(asked) <= 6 and {tag for tag, _e, _b in got} == {e.rel for e in asked}
 
 
-class Canned:
-    """A TCP server on 127.0.0.1 answering each request on a connection with the next
-    reply its script has for that key (the path's last part); a reply of None never comes."""
-
-    def __init__(self, replies: dict[str, bytes | None]) -> None:
-        self.replies = replies
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns += 1
-            threading.Thread(target=self._one, args=(c,), daemon=True).start()
-
-    def _one(self, c: socket.socket) -> None:
-        buf = b""
-        with c:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = c.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                key = head.split(b" ")[1].decode().rsplit("/", 1)[1]
-                reply = self.replies[key]
-                if reply is None:
-                    time.sleep(30)  # a server that stopped answering
-                    return
-                c.sendall(reply)
-                if b"connection: close" in reply.lower():
-                    return
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def ok(body: bytes, *extra: str) -> bytes:
-    lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", 'ETag: "e"', "x-amz-meta-mtime: 1600000000",
-             *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+def ok_object(body: bytes, *extra: str) -> bytes:
+    """A GET's 200 with an object's ETag and our mtime metadata."""
+    return ok(body, "".join(f"{h}\r\n" for h in ('ETag: "e"', "x-amz-meta-mtime: 1600000000", *extra)))
 
 
 def test_odd_replies_give_back_their_own_file_only(tmp_path, monkeypatch):
     replies = {
-        **{f"ok{i}": ok(b"body %d" % i) for i in range(10)},
-        "closing": ok(b"then closed", "Connection: close"),
+        **{f"ok{i}": ok_object(b"body %d" % i) for i in range(10)},
+        "closing": ok_object(b"then closed", "Connection: close"),
         "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"e\"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         "error": b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
         "garbage": b"this is no HTTP reply\r\n\r\n",
-        "silent": None,
+        "silent": "silent",
     }
-    srv = Canned(replies)
+    srv = Scripted(replies)
     try:
         con = S3Con(bucket="b", endpoint_url=f"http://127.0.0.1:{srv.port}", region="us-east-1",
                     addressing_style="path", access_key_id="k", secret_access_key="s")

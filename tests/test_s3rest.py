@@ -25,69 +25,9 @@ import tests.server_s3  # noqa: F401  (registers the "s3" server)
 from connections.s3 import rest as s3rest
 from connections.contract.xcon import LocalFile, PermanentError, RemoteNotFound, TransferContext, TransientError
 from connections.s3.con import S3Con
+from tests.scripted_http import Scripted, ok
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-# -- a scripted HTTP server -------------------------------------------------------------
-
-
-class Scripted:
-    """Accepts connections on 127.0.0.1 and answers each request with the next scripted
-    reply: bytes (sent in `split`-byte pieces), or "close" (hang up without answering).
-    Records every request as (request line, headers, body)."""
-
-    def __init__(self, replies: list, split: int = 0) -> None:
-        self.replies = list(replies)
-        self.split = split
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-                length = int(headers.get("content-length", "0"))
-                while len(buf) < length:
-                    buf += conn.recv(65536)
-                body, buf = buf[:length], buf[length:]
-                self.requests.append((lines[0], headers, body))
-                reply = self.replies.pop(0) if self.replies else b"HTTP/1.1 500 Out of script\r\nContent-Length: 0\r\n\r\n"
-                if reply == "close":
-                    return
-                if self.split:
-                    for i in range(0, len(reply), self.split):
-                        conn.sendall(reply[i : i + self.split])
-                else:
-                    conn.sendall(reply)
-                if b"connection: close" in reply.lower() or b"HTTP/1.0" in reply[:9]:
-                    return
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
 
 
 @pytest.fixture
@@ -102,10 +42,6 @@ def scripted():
     yield make
     for s in made:
         s.close()
-
-
-def ok(body: bytes = b"", extra: str = "") -> bytes:
-    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
 def rest_for(server: Scripted, timeout: float = 5.0) -> s3rest.Rest:
