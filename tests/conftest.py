@@ -12,6 +12,12 @@ import tests.server_s3  # noqa: E402,F401
 import tests.server_seaweedfs  # noqa: E402,F401
 import tests.server_sshd  # noqa: E402,F401
 
+# werkzeug's module body walks its own globals() (werkzeug/exceptions.py _find_exceptions). One
+# fresh-clone run failed a test's first import of moto there with "dictionary changed size during
+# iteration": what another thread importing werkzeug (flask) at the same moment would do; which thread
+# was not found. Imported here, while each test process is still one thread, later imports find it whole.
+import werkzeug.exceptions  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory):
